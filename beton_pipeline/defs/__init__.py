@@ -1,0 +1,1 @@
+"""Dagster objects only, autoloaded by `dg.load_from_defs_folder` (see beton_pipeline/definitions.py)."""

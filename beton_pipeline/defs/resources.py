@@ -1,0 +1,102 @@
+"""Resources: the warehouse, the source directory, the settings and dbt. Values come from
+environment variables at run time (never at import), so tests point them at temporary files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+from dagster_dbt import DbtCliResource
+
+from beton_pipeline import settings as beton_settings
+from beton_pipeline.dbt_project import beton_dbt_project
+from beton_pipeline.warehouse import connect
+
+WAREHOUSE_POOL = "duckdb_warehouse"
+"""Every asset that writes the warehouse (dbt included) runs in this pool; dagster.yaml limits it to 1."""
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The DuckDB warehouse file. `path` empty means `BETON_WAREHOUSE`, else `data/beton.duckdb`."""
+
+    path: str | None = None
+
+    @property
+    def resolved_path(self) -> Path:
+        return Path(self.path).resolve() if self.path else beton_settings.warehouse_path()
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        with connect(self.resolved_path, read_only=read_only) as con:
+            yield con
+
+
+class SettingsResource(dg.ConfigurableResource):
+    """beton.yaml settings. `config_path` empty means `BETON_CONFIG`, else `beton.yaml` at the project root."""
+
+    config_path: str | None = None
+
+    def load(self) -> beton_settings.Settings:
+        return beton_settings.load_settings(self.config_path)
+
+
+class SourceResource(dg.ConfigurableResource):
+    """The source directory: `source_dir`, else `BETON_SOURCE_DIR`, else the demo data (generated on first use)."""
+
+    source_dir: str | None = None
+
+    def resolve(self, settings: beton_settings.Settings, log=None) -> Path:
+        explicit = Path(self.source_dir).resolve() if self.source_dir else beton_settings.source_dir()
+        if explicit is not None:
+            if not explicit.is_dir():
+                raise FileNotFoundError(f"source directory {explicit} does not exist (BETON_SOURCE_DIR)")
+            return explicit
+        demo = beton_settings.demo_dir()
+        if not (demo / "TRUTH.json").exists():
+            from beton_pipeline.sources.demo import generate_demo
+
+            if log:
+                log.info(f"No BETON_SOURCE_DIR: generating demo data ({settings.demo.accounts} accounts) in {demo}")
+            generate_demo(demo, n_accounts=settings.demo.accounts, seed=settings.demo.seed)
+        return demo
+
+
+@contextmanager
+def warehouse_env(warehouse: WarehouseResource) -> Iterator[None]:
+    """Point dbt's profile (`env_var('BETON_WAREHOUSE')`) at the resource's file for the duration of a dbt call."""
+    old = os.environ.get("BETON_WAREHOUSE")
+    os.environ["BETON_WAREHOUSE"] = str(warehouse.resolved_path)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("BETON_WAREHOUSE", None)
+        else:
+            os.environ["BETON_WAREHOUSE"] = old
+
+
+def dbt_executable() -> str:
+    """The `dbt` installed beside this Python (the project's venv), else the one on PATH."""
+    beside = Path(sys.executable).parent / "dbt"
+    return str(beside) if beside.exists() else (shutil.which("dbt") or "dbt")
+
+
+def default_resources() -> dict[str, dg.ConfigurableResource]:
+    """The resources every beton run uses; tests build the same set around temporary paths."""
+    return {
+        "warehouse": WarehouseResource(),
+        "settings": SettingsResource(),
+        "source": SourceResource(),
+        "dbt": DbtCliResource(project_dir=beton_dbt_project, dbt_executable=dbt_executable()),
+    }
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    return dg.Definitions(resources=default_resources())

@@ -1,0 +1,42 @@
+"""dbt models as assets: staging → intermediate → marts, grouped by their folder."""
+
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
+
+from beton_pipeline.dbt_project import beton_dbt_project
+from beton_pipeline.defs.resources import WAREHOUSE_POOL, SettingsResource, WarehouseResource, warehouse_env
+
+
+class BetonDbtTranslator(DagsterDbtTranslator):
+    """Asset keys are model names; groups follow the folders (staging, intermediate, marts)."""
+
+    def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
+        if dbt_resource_props["resource_type"] == "source":
+            return super().get_asset_key(dbt_resource_props)
+        return dg.AssetKey(dbt_resource_props["name"])
+
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        fqn = dbt_resource_props.get("fqn", [])
+        if dbt_resource_props["resource_type"] == "seed":
+            return "reference"
+        return fqn[1] if len(fqn) > 2 else "dbt"
+
+
+@dbt_assets(
+    manifest=beton_dbt_project.manifest_path,
+    project=beton_dbt_project,
+    dagster_dbt_translator=BetonDbtTranslator(),
+    pool=WAREHOUSE_POOL,
+)
+def beton_dbt_models(
+    context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource, settings: SettingsResource
+):
+    """Build (run + test) the selected dbt models with the windows and thresholds from beton.yaml."""
+    dbt_vars = json.dumps(settings.load().dbt_vars())
+    with warehouse_env(warehouse):
+        yield from dbt.cli(["build", "--vars", dbt_vars], context=context).stream()

@@ -1,0 +1,163 @@
+"""beton settings: `beton.yaml` (or the file named by `BETON_CONFIG`) validated into typed models.
+
+Every setting has a documented default, so an empty file (or no file) is a valid configuration.
+Secrets never live here: Slack, Attio, webhook and Postgres credentials come only from environment
+variables (see README, "Configuration").
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+"""The repository root: `beton.yaml`, `dbt_project/` and the default `data/` folder live here."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RevenueSettings(_Strict):
+    acv: float = Field(12_000.0, gt=0, description="Annual contract value used when an account's own ARR is unknown.")
+    currency: str = Field("usd", pattern=r"^[a-zA-Z]{3}$")
+    baseline_conversion: float | None = Field(
+        None, gt=0, lt=1, description="Expected conversion rate; null means the observed base rate."
+    )
+    sales_cycle_days: int = Field(30, gt=0)
+
+
+class WindowSettings(_Strict):
+    observation_days: int = Field(14, gt=0, description="Days after an account's start whose behaviour may predict.")
+    conversion_window_days: int = Field(60, gt=0, description="An account converts if it pays within this many days of its start.")
+    holdout_fraction: float = Field(0.3, ge=0, lt=1, description="Share of the latest eligible cohorts kept back for the temporal holdout.")
+    as_of: str | None = Field(None, description="ISO timestamp of the run's 'now'; null means the latest event in the data.")
+
+    @model_validator(mode="after")
+    def _observation_fits(self) -> "WindowSettings":
+        if self.observation_days > self.conversion_window_days:
+            raise ValueError("observation_days must not exceed conversion_window_days")
+        return self
+
+
+class ThresholdSettings(_Strict):
+    min_sample: int = Field(30, ge=1, description="Minimum accounts with the signal before it can be enabled.")
+    min_lift: float = Field(1.3, gt=0, description="Minimum lift (and lower CI bound above 1) to enable a signal.")
+    confidence_level: float = Field(0.95, gt=0.5, lt=1)
+    fdr_alpha: float = Field(0.05, gt=0, lt=1, description="Benjamini-Hochberg false-discovery rate.")
+
+
+class PropertyFeature(_Strict):
+    event: str
+    property: str
+    transform: Literal["none", "url_path"] = "none"
+
+
+class DiscoverySettings(_Strict):
+    count_thresholds: tuple[int, ...] = (1, 2, 3, 5, 10)
+    first_n_days: tuple[int, ...] = (1, 3, 7, 14)
+    property_features: tuple[PropertyFeature, ...] = (
+        PropertyFeature(event="$pageview", property="$current_url", transform="url_path"),
+    )
+    min_property_support: int = Field(20, ge=1, description="Accounts a property value needs before it becomes a candidate.")
+    min_candidate_support: int = Field(10, ge=1, description="Accounts a candidate must fire for before it is tested.")
+    intent_lookback_days: int = Field(90, gt=0)
+    pair_top_k: int = Field(12, ge=0, description="Pairs (AND) are formed from this many strongest single candidates.")
+    excluded_events: tuple[str, ...] = ("$identify", "$feature_flag_called")
+
+    @model_validator(mode="after")
+    def _sorted(self) -> "DiscoverySettings":
+        if not self.count_thresholds or min(self.count_thresholds) < 1:
+            raise ValueError("count_thresholds must be positive integers")
+        if not self.first_n_days or min(self.first_n_days) < 1:
+            raise ValueError("first_n_days must be positive integers")
+        return self
+
+
+class DemoSettings(_Strict):
+    accounts: int = Field(3000, ge=50)
+    seed: int = 7
+
+
+class ScheduleSettings(_Strict):
+    cron: str = "0 6 * * *"
+    timezone: str = "UTC"
+
+
+class Settings(_Strict):
+    revenue: RevenueSettings = RevenueSettings()
+    windows: WindowSettings = WindowSettings()
+    thresholds: ThresholdSettings = ThresholdSettings()
+    discovery: DiscoverySettings = DiscoverySettings()
+    demo: DemoSettings = DemoSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    playbooks: tuple[dict, ...] = ()
+
+    @property
+    def feature_windows(self) -> tuple[int, ...]:
+        """First-N-day windows actually used: those within the observation window, plus the window itself."""
+        days = {d for d in self.discovery.first_n_days if d <= self.windows.observation_days}
+        days.add(self.windows.observation_days)
+        return tuple(sorted(days))
+
+    def dbt_vars(self) -> dict:
+        """The subset of settings the dbt models read (`--vars`)."""
+        return {
+            "observation_days": self.windows.observation_days,
+            "conversion_window_days": self.windows.conversion_window_days,
+            "feature_windows_days": list(self.feature_windows),
+            "intent_lookback_days": self.discovery.intent_lookback_days,
+            "as_of": self.windows.as_of,
+            "property_features": [p.model_dump() for p in self.discovery.property_features],
+        }
+
+
+class SettingsError(ValueError):
+    """beton.yaml could not be read or is invalid; the message names the file and the field."""
+
+
+def config_path() -> Path:
+    """`BETON_CONFIG` if set, else `beton.yaml` at the project root."""
+    return Path(os.environ.get("BETON_CONFIG") or PROJECT_ROOT / "beton.yaml")
+
+
+def load_settings(path: Path | str | None = None) -> Settings:
+    """Read and validate settings; a missing default file means all defaults."""
+    path = Path(path) if path else config_path()
+    if not path.exists():
+        if path == PROJECT_ROOT / "beton.yaml":
+            return Settings()
+        raise SettingsError(f"{path}: settings file not found (BETON_CONFIG)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{path}: expected a mapping at the top level")
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise SettingsError(f"{path}: {problems}") from None
+
+
+def warehouse_path() -> Path:
+    """`BETON_WAREHOUSE` if set, else `data/beton.duckdb` under the project root."""
+    return Path(os.environ.get("BETON_WAREHOUSE") or PROJECT_ROOT / "data" / "beton.duckdb").resolve()
+
+
+def source_dir() -> Path | None:
+    """`BETON_SOURCE_DIR` if set; None means the demo data."""
+    value = os.environ.get("BETON_SOURCE_DIR")
+    return Path(value).resolve() if value else None
+
+
+def demo_dir() -> Path:
+    """Where the embedded demo source directory is generated."""
+    return (PROJECT_ROOT / "data" / "demo").resolve()

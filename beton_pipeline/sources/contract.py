@@ -1,0 +1,180 @@
+"""The input data contract as code: every source table, its columns, their types and rules.
+
+One `TableSpec` per table of the source directory (README, "Data contract"). The ingest step reads a
+table's files as text, checks every row against its spec in SQL, loads the valid rows typed into
+`raw.raw_<table>` and writes every rejected row, with its reason, to `beton.quarantine`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+ColumnKind = Literal["string", "timestamp", "integer", "number", "json", "currency"]
+
+
+@dataclass(frozen=True)
+class Column:
+    """One contract column.
+
+    `required`: the column must be present in the file (a missing required column is an error that
+    names the file and the column). `not_null`: a row with an empty value is quarantined.
+    `allowed`: the only accepted values (compared lower-case). `min_value`: numeric lower bound.
+    """
+
+    name: str
+    kind: ColumnKind = "string"
+    required: bool = True
+    not_null: bool = False
+    allowed: tuple[str, ...] | None = None
+    min_value: float | None = None
+    lower: bool = False
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One source table: its name (the file stem), whether the directory must have it, its columns and key."""
+
+    name: str
+    columns: tuple[Column, ...]
+    required: bool
+    key: tuple[str, ...] | None = None
+
+    @property
+    def raw_table(self) -> str:
+        return f"raw.raw_{self.name}"
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+
+STRIPE_SUBSCRIPTION_STATUSES = ("trialing", "active", "past_due", "canceled", "unpaid", "incomplete", "incomplete_expired", "paused")
+STRIPE_INVOICE_STATUSES = ("draft", "open", "paid", "uncollectible", "void")
+
+TABLES: tuple[TableSpec, ...] = (
+    TableSpec(
+        "events",
+        (
+            Column("uuid", not_null=True),
+            Column("event", not_null=True),
+            Column("timestamp", "timestamp", not_null=True),
+            Column("distinct_id", not_null=True),
+            Column("properties", "json", required=False),
+            Column("person_properties", "json", required=False),
+        ),
+        required=True,
+        key=("uuid",),
+    ),
+    TableSpec(
+        "crm_companies",
+        (
+            Column("record_id", not_null=True),
+            Column("name"),
+            Column("domain", lower=True),
+            Column("employee_count", "integer", required=False, min_value=0),
+            Column("industry", required=False),
+            Column("created_at", "timestamp"),
+        ),
+        required=True,
+        key=("record_id",),
+    ),
+    TableSpec(
+        "crm_people",
+        (
+            Column("record_id", not_null=True),
+            Column("email", lower=True),
+            Column("company_record_id"),
+            Column("created_at", "timestamp"),
+        ),
+        required=True,
+        key=("record_id",),
+    ),
+    TableSpec(
+        "crm_deals",
+        (
+            Column("record_id", not_null=True),
+            Column("company_record_id"),
+            Column("name", required=False),
+            Column("stage"),
+            Column("value", "number", min_value=0),
+            Column("currency", "currency"),
+            Column("owner", required=False),
+            Column("created_at", "timestamp"),
+            Column("closed_at", "timestamp"),
+            Column("status", not_null=True, allowed=("open", "won", "lost"), lower=True),
+        ),
+        required=False,
+        key=("record_id",),
+    ),
+    TableSpec(
+        "crm_deal_stage_changes",
+        (
+            Column("deal_record_id", not_null=True),
+            Column("stage", not_null=True),
+            Column("changed_at", "timestamp", not_null=True),
+            Column("reason", required=False),
+        ),
+        required=False,
+    ),
+    TableSpec(
+        "billing_customers",
+        (
+            Column("id", not_null=True),
+            Column("email", lower=True),
+            Column("created", "timestamp"),
+            Column("metadata", "json", required=False),
+        ),
+        required=True,
+        key=("id",),
+    ),
+    TableSpec(
+        "billing_subscriptions",
+        (
+            Column("id", not_null=True),
+            Column("customer", not_null=True),
+            Column("status", not_null=True, allowed=STRIPE_SUBSCRIPTION_STATUSES, lower=True),
+            Column("created", "timestamp", not_null=True),
+            Column("trial_end", "timestamp"),
+            Column("canceled_at", "timestamp"),
+            Column("plan_amount", "integer", not_null=True, min_value=0),
+            Column("plan_interval", not_null=True, allowed=("day", "week", "month", "year"), lower=True),
+            Column("currency", "currency", not_null=True),
+        ),
+        required=True,
+        key=("id",),
+    ),
+    TableSpec(
+        "billing_invoices",
+        (
+            Column("id", not_null=True),
+            Column("customer", not_null=True),
+            Column("subscription"),
+            Column("status", not_null=True, allowed=STRIPE_INVOICE_STATUSES, lower=True),
+            Column("amount_paid", "integer", not_null=True, min_value=0),
+            Column("currency", "currency", not_null=True),
+            Column("created", "timestamp", not_null=True),
+            Column("paid_at", "timestamp"),
+        ),
+        required=True,
+        key=("id",),
+    ),
+    TableSpec(
+        "intent_signals",
+        (
+            Column("company_domain", not_null=True, lower=True),
+            Column("signal_type", not_null=True, lower=True),
+            Column("occurred_at", "timestamp", not_null=True),
+            Column("source", required=False),
+            Column("payload", "json", required=False),
+        ),
+        required=False,
+    ),
+)
+
+TABLES_BY_NAME: dict[str, TableSpec] = {t.name: t for t in TABLES}
+
+SUPPORTED_SUFFIXES = (".parquet", ".csv", ".csv.gz", ".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
+
+MIN_TIMESTAMP = "1990-01-01"
+"""Timestamps before this are quarantined: they are sentinel values (0, 1970) or typos."""

@@ -1,0 +1,372 @@
+"""Read a source directory into the warehouse: validate every row, load the good ones, quarantine the rest.
+
+For each contract table (`contract.TABLES`) the files are read as text by DuckDB (Parquet, CSV, JSON
+Lines, gzip'd or not, one file or a folder of parts), every row is checked in one SQL pass, and:
+
+* valid rows are loaded, typed, into `raw.raw_<table>` (replacing the table: ingest is idempotent);
+* rows that break a rule go to `beton.quarantine` with the raw row (JSON text) and every reason;
+* rows identical in every contract column to an earlier row are dropped and counted.
+
+The invariant, checked by an asset check: rows read = rows loaded + rows quarantined + exact duplicates.
+A missing required table or column is not a row problem: it raises `SourceError` naming the file.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pycountry
+
+from beton_pipeline.sources.contract import MIN_TIMESTAMP, SUPPORTED_SUFFIXES, Column, TableSpec
+
+MAX_JSON_CHARS = 1_000_000
+"""A JSON value longer than this (1 MB of text) is quarantined: no real event property needs it."""
+
+_ISO_CURRENCIES = tuple(sorted(c.alpha_3.lower() for c in pycountry.currencies))
+
+QUARANTINE_DDL = """
+create schema if not exists beton;
+create table if not exists beton.quarantine (
+    source_table varchar not null,
+    source_file varchar,
+    line_number bigint,
+    raw_row varchar,
+    reason varchar not null,
+    ingested_at timestamp not null
+);
+"""
+
+
+class SourceError(ValueError):
+    """The source directory cannot be read as the contract says; the message names the file and column."""
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What one table's ingest did. `rows_read = rows_loaded + rows_quarantined + exact_duplicates_dropped`."""
+
+    table: str
+    files: tuple[str, ...]
+    rows_read: int
+    rows_loaded: int
+    rows_quarantined: int
+    exact_duplicates_dropped: int
+    ignored_columns: tuple[str, ...] = ()
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def balanced(self) -> bool:
+        return self.rows_read == self.rows_loaded + self.rows_quarantined + self.exact_duplicates_dropped
+
+
+def _suffix(path: Path) -> str | None:
+    name = path.name.lower()
+    return next((s for s in SUPPORTED_SUFFIXES if name.endswith(s)), None)
+
+
+def find_table_files(source_dir: Path, table: str) -> list[Path]:
+    """The files of one table: `<table>.<ext>` and/or `<table>/<part>.<ext>`, sorted by name."""
+    files = [p for p in source_dir.glob(f"{table}.*") if p.is_file() and p.name[: -len(_suffix(p) or "x")] == table and _suffix(p)]
+    folder = source_dir / table
+    if folder.is_dir():
+        files += sorted(p for p in folder.iterdir() if p.is_file() and _suffix(p))
+    return sorted(files, key=lambda p: (p.parent != source_dir, str(p)))
+
+
+def _scalar(con: duckdb.DuckDBPyConnection, query: str):
+    """The single value a query returns."""
+    return con.sql(query).fetchall()[0][0]
+
+
+def _q(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _timestamp_expr(v: str) -> str:
+    """Text → TIMESTAMP (UTC). Epoch seconds (integer or decimal) or ISO-8601 with or without zone."""
+    return (
+        f"(case when regexp_full_match(trim({v}), '[+-]?[0-9]+(\\.[0-9]+)?') "
+        f"then (case when abs(try_cast(trim({v}) as double)) < 1e11 then to_timestamp(try_cast(trim({v}) as double))::timestamp end) "
+        f"else try_cast(trim({v}) as timestamptz)::timestamp end)"
+    )
+
+
+def _present(v: str) -> str:
+    return f"(nullif(trim({v}), '') is not null)"
+
+
+def _reason_exprs(col: Column) -> list[str]:
+    """SQL expressions, each NULL or a reason text, for one column of the text table."""
+    v = _q(col.name)
+    name = col.name
+    out = []
+    if col.not_null:
+        out.append(f"case when not {_present(v)} then '{name} is empty' end")
+    if col.kind == "timestamp":
+        ts = _timestamp_expr(v)
+        out.append(
+            f"case when {_present(v)} and {ts} is null then '{name}: not a timestamp: ' || left({v}, 40) "
+            f"when {ts} < timestamp '{MIN_TIMESTAMP}' then '{name}: before {MIN_TIMESTAMP}' "
+            f"when {ts} > current_timestamp::timestamp + interval 1 day then '{name}: in the future' end"
+        )
+    elif col.kind == "integer":
+        out.append(f"case when {_present(v)} and not regexp_full_match(trim({v}), '[+-]?[0-9]{{1,18}}') then '{name}: not an integer: ' || left({v}, 40) end")
+    elif col.kind == "number":
+        out.append(
+            f"case when {_present(v)} and (try_cast(trim({v}) as double) is null or not isfinite(try_cast(trim({v}) as double))) "
+            f"then '{name}: not a number: ' || left({v}, 40) end"
+        )
+    elif col.kind == "json":
+        out.append(
+            f"case when {_present(v)} and length({v}) > {MAX_JSON_CHARS} then '{name}: JSON larger than {MAX_JSON_CHARS} characters' "
+            f"when {_present(v)} and not json_valid({v}) then '{name}: malformed JSON' "
+            f"when {_present(v)} and json_type({v}::json) not in ('OBJECT', 'NULL') then '{name}: not a JSON object' end"
+        )
+    elif col.kind == "currency":
+        allowed = ", ".join(_lit(c) for c in _ISO_CURRENCIES)
+        out.append(f"case when {_present(v)} and lower(trim({v})) not in ({allowed}) then '{name}: unknown currency ' || left({v}, 12) end")
+    if col.min_value is not None and col.kind in ("integer", "number"):
+        out.append(
+            f"case when {_present(v)} and try_cast(trim({v}) as double) < {col.min_value} then '{name}: below {col.min_value:g}' end"
+        )
+    if col.allowed is not None:
+        allowed = ", ".join(_lit(a) for a in col.allowed)
+        out.append(f"case when {_present(v)} and lower(trim({v})) not in ({allowed}) then '{name}: unexpected value ' || left({v}, 40) end")
+    return out
+
+
+def _typed_expr(col: Column) -> str:
+    """Text → the column's warehouse type (run only on rows that passed validation)."""
+    v = _q(col.name)
+    if col.kind == "timestamp":
+        return f"{_timestamp_expr(v)} as {v}"
+    if col.kind == "integer":
+        return f"cast(nullif(trim({v}), '') as bigint) as {v}"
+    if col.kind == "number":
+        return f"cast(nullif(trim({v}), '') as double) as {v}"
+    if col.kind == "currency":
+        return f"lower(nullif(trim({v}), '')) as {v}"
+    if col.kind == "json":
+        return f"nullif(trim({v}), '') as {v}"
+    if col.lower:
+        return f"lower(nullif(trim({v}), '')) as {v}"
+    return f"nullif({v}, '') as {v}"
+
+
+def _raw_table_ddl(spec: TableSpec) -> str:
+    types = {"timestamp": "timestamp", "integer": "bigint", "number": "double"}
+    cols = ", ".join(f"{_q(c.name)} {types.get(c.kind, 'varchar')}" for c in spec.columns)
+    return f"create or replace table {spec.raw_table} ({cols}, _source_file varchar, _line_number bigint)"
+
+
+class _TextLoader:
+    """Reads one table's files into a temp table of text columns plus `_file`, `_line`, `_raw`."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, spec: TableSpec, text_table: str, reject_table: str):
+        self.con, self.spec, self.text_table, self.reject_table = con, spec, text_table, reject_table
+        self.extra_columns: set[str] = set()
+        cols = ", ".join(f"{_q(c)} varchar" for c in spec.column_names)
+        con.execute(f"create or replace temp table {text_table} ({cols}, _file varchar, _line bigint, _raw varchar)")
+        con.execute(f"create or replace temp table {reject_table} (_file varchar, _line bigint, _raw varchar, reason varchar)")
+
+    def _check_columns(self, path: Path, present: list[str]) -> None:
+        missing = [c.name for c in self.spec.columns if c.required and c.name not in present]
+        if missing:
+            raise SourceError(f"{path}: missing required column(s) {', '.join(missing)} for table '{self.spec.name}'")
+        self.extra_columns |= set(present) - set(self.spec.column_names)
+
+    def _insert(self, path: Path, select_cols: dict[str, str], from_clause: str, line_expr: str) -> None:
+        names = self.spec.column_names
+        cols = ", ".join(select_cols.get(c, "null") for c in names)
+        raw = "json_object(" + ", ".join(f"{_lit(c)}, {select_cols[c]}" for c in names if c in select_cols) + ")::varchar"
+        self.con.execute(
+            f"insert into {self.text_table} select {cols}, {_lit(str(path))}, {line_expr}, {raw} from {from_clause}"
+        )
+
+    def load(self, path: Path) -> None:
+        if path.stat().st_size == 0:
+            raise SourceError(f"{path}: file is empty (0 bytes); remove it or write at least a header row")
+        suffix = _suffix(path)
+        if suffix == ".parquet":
+            self._load_parquet(path)
+        elif suffix.startswith(".csv"):
+            self._load_csv(path)
+        else:
+            self._load_jsonl(path)
+
+    def _load_parquet(self, path: Path) -> None:
+        src = f"read_parquet({_lit(str(path))})"
+        try:
+            described = self.con.sql(f"describe select * from {src}").fetchall()
+        except duckdb.Error as exc:
+            raise SourceError(f"{path}: not a readable Parquet file: {str(exc).splitlines()[0]}") from None
+        types = {name: typ for name, typ, *_ in described}
+        self._check_columns(path, list(types))
+        select = {}
+        for c in self.spec.column_names:
+            if c in types:
+                nested = any(t in types[c].upper() for t in ("STRUCT", "MAP", "[]", "JSON", "UNION"))
+                select[c] = f"to_json({_q(c)})::varchar" if nested else f"cast({_q(c)} as varchar)"
+        self._insert(path, select, f"(select *, row_number() over () as _rn from {src})", "_rn")
+
+    def _load_csv(self, path: Path) -> None:
+        self.con.execute("drop table if exists _beton_rej_err; drop table if exists _beton_rej_scan")
+        src = (
+            f"read_csv({_lit(str(path))}, all_varchar=true, header=true, store_rejects=true, "
+            f"rejects_table='_beton_rej_err', rejects_scan='_beton_rej_scan')"
+        )
+        try:
+            self.con.execute(f"create or replace temp table _beton_csv as select *, row_number() over () as _rn from {src}")
+        except duckdb.Error as exc:
+            raise SourceError(f"{path}: not a readable CSV file: {str(exc).splitlines()[0]}") from None
+        present = [r[0] for r in self.con.sql("describe _beton_csv").fetchall() if r[0] != "_rn"]
+        self._check_columns(path, present)
+        select = {c: _q(c) for c in self.spec.column_names if c in present}
+        # Lines the CSV reader rejected (bad encoding, wrong number of fields, unterminated quotes).
+        self.con.execute(
+            f"insert into {self.reject_table} select {_lit(str(path))}, line, "
+            f"json_object('line', csv_line)::varchar, 'unreadable CSV line (' || error_type || '): ' || error_message "
+            f"from _beton_rej_err"
+        )
+        self._insert(path, select, "_beton_csv", "_rn + 1")
+        self.con.execute("drop table _beton_csv")
+
+    def _load_jsonl(self, path: Path) -> None:
+        src = (
+            f"read_csv({_lit(str(path))}, columns={{'line': 'VARCHAR'}}, header=false, delim='\\x1f', "
+            f"quote='', escape='', auto_detect=false, strict_mode=false)"
+        )
+        try:
+            self.con.execute(
+                f"create or replace temp table _beton_lines as select line, row_number() over () as _rn from {src}"
+            )
+        except duckdb.Error as exc:
+            raise SourceError(f"{path}: not a readable JSON Lines file: {str(exc).splitlines()[0]}") from None
+        self.con.execute("delete from _beton_lines where line is null or trim(line) = ''")
+        self.con.execute(
+            "alter table _beton_lines add column ok boolean; "
+            "update _beton_lines set ok = json_valid(line) and json_type(case when json_valid(line) then line end::json) = 'OBJECT'"
+        )
+        self.con.execute(
+            f"insert into {self.reject_table} select {_lit(str(path))}, _rn, json_object('line', line)::varchar, "
+            f"'malformed JSON line' from _beton_lines where not ok"
+        )
+        self.con.execute("create or replace temp table _beton_objs as select line::json as j, _rn from _beton_lines where ok")
+        keys = {r[0] for r in self.con.sql("select distinct unnest(json_keys(j)) from _beton_objs").fetchall()}
+        if _scalar(self.con, "select count(*) from _beton_objs") > 0:
+            self._check_columns(path, sorted(keys))
+        select = {}
+        for col in self.spec.columns:
+            if col.name not in keys:
+                continue
+            path_ = _lit("$." + _q(col.name))
+            if col.kind == "json":
+                # An object stays JSON text; a string holding JSON text (as CSV exports write it) is unwrapped.
+                select[col.name] = (
+                    f"(case when json_type(j, {path_}) = 'VARCHAR' then json_extract_string(j, {path_}) "
+                    f"when json_type(j, {path_}) = 'NULL' then null else json_extract(j, {path_})::varchar end)"
+                )
+            else:
+                select[col.name] = f"json_extract_string(j, {path_})"
+        self._insert(path, select, "_beton_objs", "_rn")
+        self.con.execute("drop table _beton_objs; drop table _beton_lines")
+
+
+def ensure_quarantine(con: duckdb.DuckDBPyConnection) -> None:
+    """Create `beton.quarantine` if it does not exist."""
+    con.execute(QUARANTINE_DDL)
+
+
+def ingest_table(
+    con: duckdb.DuckDBPyConnection, source_dir: Path, spec: TableSpec, ingested_at: datetime | None = None
+) -> IngestResult:
+    """Validate and load one table from `source_dir` into `raw.raw_<table>`; see the module docstring."""
+    ingested_at = ingested_at or datetime.now(timezone.utc).replace(tzinfo=None)
+    con.execute("set TimeZone = 'UTC'")
+    con.execute("create schema if not exists raw")
+    ensure_quarantine(con)
+    files = find_table_files(source_dir, spec.name)
+    if not files and spec.required:
+        raise SourceError(
+            f"{source_dir}: required table '{spec.name}' not found "
+            f"(expected {spec.name}.parquet, .csv, .jsonl (optionally .gz) or a {spec.name}/ folder of parts)"
+        )
+    text, rejects = f"_beton_text_{spec.name}", f"_beton_rejects_{spec.name}"
+    loader = _TextLoader(con, spec, text, rejects)
+    for path in files:
+        loader.load(path)
+
+    reasons = [e for c in spec.columns for e in _reason_exprs(c)]
+    reason_sql = "nullif(concat_ws('; ', " + ", ".join(reasons) + "), '')" if reasons else "null"
+    all_cols = ", ".join(_q(c) for c in spec.column_names)
+    key_rule = ""
+    if spec.key:
+        key_cols = ", ".join(_q(k) for k in spec.key)
+        key_rule = (
+            f", case when _reason is null and _dup = 1 and row_number() over "
+            f"(partition by {key_cols}, (_reason is null and _dup = 1) order by _file, _line) > 1 "
+            f"then 'duplicate {'/'.join(spec.key)}: an earlier row with the same key was kept (first wins)' end as _key_reason"
+        )
+    con.execute(
+        f"""
+        create or replace temp table _beton_checked as
+        with checked as (
+            select *, {reason_sql} as _reason,
+                   row_number() over (partition by {all_cols} order by _file, _line) as _dup
+            from {text}
+        )
+        select * {key_rule if key_rule else ", null as _key_reason"} from checked
+        """
+    )
+    rows_read = _scalar(con, f"select count(*) from {text}") + _scalar(con, f"select count(*) from {rejects}")
+    typed = ", ".join(_typed_expr(c) for c in spec.columns)
+    good = "_dup = 1 and _reason is null and _key_reason is null"
+    con.execute("begin transaction")
+    try:
+        con.execute(_raw_table_ddl(spec))
+        con.execute(f"insert into {spec.raw_table} select {typed}, _file, _line from _beton_checked where {good} order by _file, _line")
+        con.execute(f"delete from beton.quarantine where source_table = {_lit(spec.name)}")
+        con.execute(
+            f"insert into beton.quarantine select {_lit(spec.name)}, _file, _line, _raw, coalesce(_reason, _key_reason), ? "
+            f"from _beton_checked where _dup = 1 and not ({good}) "
+            f"union all select {_lit(spec.name)}, _file, _line, _raw, reason, ? from {rejects}",
+            [ingested_at, ingested_at],
+        )
+        con.execute("commit")
+    except Exception:
+        con.execute("rollback")
+        raise
+    loaded = _scalar(con, f"select count(*) from {spec.raw_table}")
+    dups = _scalar(con, "select count(*) from _beton_checked where _dup > 1")
+    reason_rows = con.sql(
+        f"select reason, count(*) from beton.quarantine where source_table = {_lit(spec.name)} group by 1 order by 2 desc"
+    ).fetchall()
+    quarantined = sum(n for _, n in reason_rows)
+    con.execute(f"drop table _beton_checked; drop table {text}; drop table {rejects}")
+    return IngestResult(
+        table=spec.name,
+        files=tuple(str(p) for p in files),
+        rows_read=rows_read,
+        rows_loaded=loaded,
+        rows_quarantined=quarantined,
+        exact_duplicates_dropped=dups,
+        ignored_columns=tuple(sorted(loader.extra_columns)),
+        quarantine_reasons=_summarise_reasons(reason_rows),
+    )
+
+
+def _summarise_reasons(rows: list[tuple[str, int]]) -> dict[str, int]:
+    """Quarantine counts by reason (the top 20), with the row-specific tail (the offending value) cut off."""
+    out: Counter[str] = Counter()
+    for reason, n in rows:
+        for part in reason.split("; "):
+            out[": ".join(part.split(": ")[:2])] += n
+    return dict(out.most_common(20))

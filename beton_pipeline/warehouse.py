@@ -1,0 +1,55 @@
+"""Opening the DuckDB warehouse: one writer at a time, readers read-only, UTC everywhere."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+LOCK_RETRY_SECONDS = 30.0
+"""How long a writer waits for another process's lock on the file before failing with a clear error."""
+
+
+class WarehouseLockedError(RuntimeError):
+    """Another process holds the DuckDB file's write lock."""
+
+
+@contextmanager
+def connect(path: Path | str, read_only: bool = False, wait_seconds: float = LOCK_RETRY_SECONDS) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection to the warehouse file with `TimeZone = 'UTC'`, retried (bounded) while another process holds the lock."""
+    path = Path(path)
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_seconds
+    delay = 0.1
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+            break
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
+                if "lock" in str(exc).lower():
+                    raise WarehouseLockedError(
+                        f"{path}: the warehouse is locked by another process (waited {wait_seconds:.0f} s); "
+                        "stop the other beton/dbt process or point BETON_WAREHOUSE elsewhere"
+                    ) from None
+                raise
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 2.0)
+    try:
+        con.execute("set TimeZone = 'UTC'")
+        yield con
+    finally:
+        con.close()
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    """Whether `schema.table` exists in the connected warehouse."""
+    rows = con.sql(
+        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
+        params=[schema, table],
+    ).fetchall()
+    return rows[0][0] > 0

@@ -1,0 +1,23 @@
+-- Per account and event: how often it happened in the point-in-time window and in each first-N-days
+-- window (all strictly before feature_window_end_at). Grain: one row per account × event name.
+with windows as (
+    select * from {{ ref('int_account_windows') }}
+),
+
+events_in_window as (
+    select e.account_id, e.event_name, e.occurred_at, w.started_at
+    from {{ ref('int_events_resolved') }} as e
+    inner join windows as w on w.account_id = e.account_id
+    where e.occurred_at < w.feature_window_end_at
+)
+
+select
+    account_id,
+    event_name,
+    count(*) as n_in_window,
+    {% for days in var('feature_windows_days') -%}
+    sum(case when occurred_at < {{ dbt.dateadd('day', days, 'started_at') }} then 1 else 0 end) as n_first_{{ days }}d,
+    {% endfor -%}
+    min(occurred_at) as first_occurred_at
+from events_in_window
+group by account_id, event_name

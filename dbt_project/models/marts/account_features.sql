@@ -1,0 +1,82 @@
+-- Point-in-time account attributes and activity summaries, all measured strictly before
+-- feature_window_end_at. Grain: one row per account with product events.
+with windows as (
+    select * from {{ ref('int_account_windows') }}
+),
+
+accounts as (
+    select * from {{ ref('int_accounts') }}
+),
+
+events_in_window as (
+    select e.account_id, e.event_name, e.distinct_id, e.occurred_at
+    from {{ ref('int_events_resolved') }} as e
+    inner join windows as w on w.account_id = e.account_id
+    where e.occurred_at < w.feature_window_end_at
+),
+
+activity as (
+    select
+        account_id,
+        count(*) as n_events,
+        count(distinct event_name) as n_distinct_events,
+        count(distinct distinct_id) as n_users,
+        count(distinct cast(occurred_at as date)) as n_active_days
+    from events_in_window
+    group by account_id
+),
+
+-- The plan the account chose (trial plans included) before the window closed: a billing attribute.
+customer_accounts as (
+    select c.customer_id, k.account_id
+    from {{ ref('stg_stripe__customers') }} as c
+    inner join {{ ref('int_account_keys') }} as k
+        on k.match_key = coalesce(c.metadata_company_domain, {{ email_domain('c.email') }})
+        and k.key_type in ('crm_domain', 'product_group_key')
+),
+
+plans as (
+    select account_id, plan_interval, annualized_amount
+    from (
+        select
+            ca.account_id,
+            s.plan_interval,
+            s.annualized_amount,
+            row_number() over (partition by ca.account_id order by s.created_at, s.subscription_id) as plan_rank
+        from {{ ref('stg_stripe__subscriptions') }} as s
+        inner join customer_accounts as ca on ca.customer_id = s.customer_id
+        inner join windows as w on w.account_id = ca.account_id
+        where s.created_at < w.feature_window_end_at
+    ) as ranked_plans
+    where plan_rank = 1
+)
+
+select
+    w.account_id,
+    w.started_at,
+    {{ dbt.date_trunc('month', 'w.started_at') }} as cohort_month,
+    w.feature_window_end_at,
+    -- firmographics (CRM)
+    a.is_crm_company,
+    a.industry,
+    a.employee_count,
+    case
+        when a.employee_count is null then null
+        when a.employee_count < 10 then '1-9'
+        when a.employee_count < 50 then '10-49'
+        when a.employee_count < 200 then '50-199'
+        when a.employee_count < 1000 then '200-999'
+        else '1000+'
+    end as employee_band,
+    -- billing
+    p.plan_interval,
+    p.annualized_amount as plan_annualized_amount,
+    -- activity in the window
+    coalesce(act.n_events, 0) as n_events,
+    coalesce(act.n_distinct_events, 0) as n_distinct_events,
+    coalesce(act.n_users, 0) as n_users,
+    coalesce(act.n_active_days, 0) as n_active_days
+from windows as w
+inner join accounts as a on a.account_id = w.account_id
+left join activity as act on act.account_id = w.account_id
+left join plans as p on p.account_id = w.account_id
