@@ -155,7 +155,7 @@ def _typed_expr(col: Column) -> str:
     if col.kind == "currency":
         return f"lower(nullif(trim({v}), '')) as {v}"
     if col.kind == "json":
-        return f"nullif(trim({v}), '') as {v}"
+        return f"json(nullif(trim({v}), ''))::varchar as {v}"  # minified, canonical text
     if col.lower:
         return f"lower(nullif(trim({v}), '')) as {v}"
     return f"nullif({v}, '') as {v}"

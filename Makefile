@@ -1,0 +1,56 @@
+# beton — two commands: `make run` (set up + run the whole graph on demo data) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export UV_COMPILE_BYTECODE := 1
+export UV_LINK_MODE := copy
+STAMP := $(VENV)/.beton-installed
+
+.PHONY: setup run test ui docs bench clean help
+
+help:
+	@echo "make run    set up .venv, generate demo data if BETON_SOURCE_DIR is unset, run the whole graph"
+	@echo "make test   set up and run the test suite"
+	@echo "make ui     start dagster dev on http://127.0.0.1:3000"
+	@echo "make docs   build the dbt docs site (dbt_project/target/index.html)"
+	@echo "make bench  run the benchmarks (BENCHMARKS.md)"
+
+# One-time (and on dependency change) environment: uv from PyPI, then the locked dependency set.
+$(STAMP): pyproject.toml uv.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip -q
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install -q --disable-pip-version-check "uv==0.13.8"
+	$(BIN)/uv sync --frozen --python $(BIN)/python
+	@touch $(STAMP)
+
+setup: $(STAMP) dbt_project/target/manifest.json $(DAGSTER_HOME)/dagster.yaml
+
+dbt_project/target/manifest.json: $(STAMP) $(shell find dbt_project/models dbt_project/macros dbt_project/seeds -type f 2>/dev/null) dbt_project/dbt_project.yml
+	cd dbt_project && ../$(BIN)/dbt parse --quiet --profiles-dir . && touch target/manifest.json
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	@mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+run: setup
+	$(BIN)/beton run
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+ui: setup
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+docs: setup
+	@# Column types come from the warehouse when `make run` has built it; otherwise the docs have descriptions only.
+	cd dbt_project && if [ -f "$${BETON_WAREHOUSE:-../data/beton.duckdb}" ]; then ../$(BIN)/dbt docs generate --profiles-dir .; \
+	  else ../$(BIN)/dbt docs generate --profiles-dir . --empty-catalog; fi
+	@echo "dbt docs: dbt_project/target/index.html (serve with: cd dbt_project && ../$(BIN)/dbt docs serve --profiles-dir . --host 127.0.0.1)"
+
+bench: setup
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf data .dagster_home dbt_project/target dbt_project/logs

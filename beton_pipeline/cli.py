@@ -1,0 +1,177 @@
+"""The `beton` command (README, "The beton command"). Every subcommand has --help and exits
+non-zero with a one-line reason on error."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from beton_pipeline.settings import PROJECT_ROOT, SettingsError, demo_dir, load_settings, warehouse_path
+
+app = typer.Typer(help="beton: discover, prove, backtest, score and act on the signals that predict revenue.", no_args_is_help=True)
+signals_app = typer.Typer(help="List beton.signals, or enable/disable one.", invoke_without_command=True)
+app.add_typer(signals_app, name="signals")
+console = Console(stderr=True)
+out = Console()
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code=1)
+
+
+def _ensure_dagster_home() -> Path:
+    """DAGSTER_HOME, or a project-local `.dagster_home/` using the project's dagster.yaml."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        home = str(PROJECT_ROOT / ".dagster_home")
+        os.environ["DAGSTER_HOME"] = home
+    path = Path(home)
+    path.mkdir(parents=True, exist_ok=True)
+    config = path / "dagster.yaml"
+    if not config.exists():
+        config.write_text((PROJECT_ROOT / "dagster.yaml").read_text())
+    return path
+
+
+@app.command()
+def demo(
+    accounts: Annotated[int, typer.Option(help="Number of accounts (500 to 1,000,000).", min=50)] = 3000,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same data.")] = 7,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Directory to write (default: data/demo).")] = None,
+) -> None:
+    """Write a demo source directory (the embedded default) with planted signals, decoys and bad rows."""
+    from beton_pipeline.sources.demo import generate_demo
+
+    target = out_dir or demo_dir()
+    with Progress(SpinnerColumn(), TextColumn("demo data"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("accounts", total=accounts)
+        summary = generate_demo(target, n_accounts=accounts, seed=seed, progress=lambda done, total: bar.update(task, completed=done))
+    out.print(f"wrote {summary.n_events:,} events for {summary.n_accounts:,} accounts to {summary.out_dir}")
+    out.print(f"planted truth (never read by the pipeline): {summary.truth_path}")
+
+
+@app.command()
+def run() -> None:
+    """Materialise the whole asset graph in-process against BETON_SOURCE_DIR (or demo data) and BETON_WAREHOUSE."""
+    import dagster as dg
+
+    try:
+        load_settings()
+    except SettingsError as exc:
+        _fail(str(exc))
+    _ensure_dagster_home()
+    from beton_pipeline.runner import run_pipeline
+
+    stages = ["ingest + dbt", "cohort counts", "discovery"]
+    try:
+        with dg.DagsterInstance.get() as instance, Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        ) as bar:
+            task = bar.add_task("beton run", total=len(stages))
+
+            def on_stage(name: str) -> None:
+                bar.update(task, description=f"beton run: {name}", completed=stages.index(name))
+
+            summary = run_pipeline(instance, on_stage=on_stage)
+            bar.update(task, completed=len(stages), description="beton run: done")
+    except Exception as exc:  # one line for the user; the Dagster event log has the rest
+        _fail(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    _print_summary(summary)
+
+
+def _print_summary(summary) -> None:
+    table = Table(title=f"beton run: {warehouse_path()}")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, n in summary.rows.items():
+        table.add_row(name, f"{n:,}")
+    out.print(table)
+    acc = summary.accounts
+    out.print(
+        f"accounts: {acc.get('accounts', 0):,} ({acc.get('with_events', 0):,} with events, {acc.get('eligible', 0):,} with a known outcome, "
+        f"{acc.get('eligible_converted', 0):,} of those converted)"
+    )
+    out.print("events by identity resolution: " + ", ".join(f"{k} {v:,}" for k, v in summary.identity.items()))
+    out.print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in summary.stage_seconds.items()))
+    out.print(f"enabled signals ({len(summary.enabled_signals)}):")
+    for signal_id, definition, lift in summary.enabled_signals:
+        out.print(f"  {signal_id}  lift {lift:.2f}  {definition}")
+
+
+@signals_app.callback()
+def signals_list(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (one object per signal).")] = False,
+    include_all: Annotated[bool, typer.Option("--all", help="Every tested candidate, not only each family's best.")] = False,
+) -> None:
+    """List beton.signals, best first."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from beton_pipeline.signal_store import read_signals
+    from beton_pipeline.warehouse import connect
+
+    path = warehouse_path()
+    if not path.exists():
+        _fail(f"{path}: no warehouse yet; run `beton run` (or `make run`) first")
+    with connect(path, read_only=True) as con:
+        frame = read_signals(con, include_all=include_all)
+    if as_json:
+        sys.stdout.write(json.dumps(frame.to_dicts(), default=str, indent=1) + "\n")
+        return
+    table = Table(title=f"beton.signals ({frame.height} shown)")
+    for col in ("signal_id", "definition", "recommendation", "enabled", "lift", "95% CI", "n_with", "q_value", "holdout_lift", "projected_arr"):
+        table.add_column(col, overflow="fold")
+    for r in frame.iter_rows(named=True):
+        fmt = lambda x, spec: "—" if x is None else format(x, spec)  # noqa: E731
+        table.add_row(
+            r["signal_id"], r["definition"], r["recommendation"], "yes" if r["enabled"] else "no",
+            fmt(r["lift"], ".2f"), f"{fmt(r['lift_ci_low'], '.2f')}–{fmt(r['lift_ci_high'], '.2f')}",
+            f"{r['n_with']:,}", fmt(r["q_value"], ".2g"), fmt(r["holdout_lift"], ".2f"), fmt(r["projected_arr"], ",.0f"),
+        )
+    out.print(table)
+
+
+def _override(signal_id: str, enabled: bool, by: str | None, reason: str | None) -> None:
+    from beton_pipeline.signal_store import UnknownSignalError, set_override
+    from beton_pipeline.warehouse import connect
+
+    who = by or os.environ.get("USER") or "unknown"
+    try:
+        with connect(warehouse_path()) as con:
+            set_override(con, signal_id, enabled, who, reason)
+    except UnknownSignalError as exc:
+        _fail(str(exc.args[0]))
+    out.print(f"{signal_id}: {'enabled' if enabled else 'disabled'} by {who}" + (f" ({reason})" if reason else ""))
+
+
+@signals_app.command("enable")
+def signals_enable(
+    signal_id: str,
+    reason: Annotated[str | None, typer.Option(help="Why (kept with the decision).")] = None,
+    by: Annotated[str | None, typer.Option(help="Who decided (default: $USER).")] = None,
+) -> None:
+    """Enable a signal whatever its recommendation; survives re-runs."""
+    _override(signal_id, True, by, reason)
+
+
+@signals_app.command("disable")
+def signals_disable(
+    signal_id: str,
+    reason: Annotated[str | None, typer.Option(help="Why (kept with the decision).")] = None,
+    by: Annotated[str | None, typer.Option(help="Who decided (default: $USER).")] = None,
+) -> None:
+    """Disable a signal whatever its recommendation; survives re-runs."""
+    _override(signal_id, False, by, reason)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,241 @@
+"""Candidate signals: every behaviour, property, attribute and intent condition discovery tests.
+
+A candidate is a yes/no condition on an account, evaluated on point-in-time features (the marts
+`account_event_features`, `account_property_features`, `account_intent_features`, `account_features`):
+
+| kind             | condition (all strictly before the account's feature window end)             | family            |
+|------------------|-------------------------------------------------------------------------------|-------------------|
+| `event_count`    | event E happened ≥ t times in the first d days (t ∈ count_thresholds, d ∈ windows) | `event:E`     |
+| `event_property` | event E with property P = v happened ≥ t times in the first d days            | `property:E:P=v`  |
+| `attribute`      | CRM/billing attribute = value (industry, employee band, plan interval)        | `attribute:A=v`   |
+| `intent`         | a buying signal of type T in the lookback before start (or up to window end)  | `intent:T`        |
+| `pair`           | both of two single candidates from different families (AND)                   | `pair:F1&F2`      |
+
+Each candidate has a canonical `key` (stable across runs: the same definition always gives the same
+key and `signal_id`). `build_candidate_matrix` returns the accounts × candidates boolean matrix in
+sparse (CSR) form; building it loops only over the (few) configured windows and thresholds, never over
+accounts or candidates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+ATTRIBUTE_COLUMNS = ("industry", "employee_band", "plan_interval")
+"""Account attributes turned into one candidate per observed value."""
+
+PROPERTY_THRESHOLDS = (1, 2, 3)
+"""Count thresholds for property-value candidates (values are rarer than events)."""
+
+
+@dataclass(frozen=True)
+class FeatureFrames:
+    """The point-in-time feature tables discovery reads, as polars frames.
+
+    accounts: account_id, cohort_month, started_at, converted (bool), arr, industry, employee_band, plan_interval
+    events: account_id, event_name, n_first_<d>d for each window d
+    properties: account_id, event_name, property_name, property_value, n_first_<d>d
+    intent: account_id, signal_type, n_before_start, n_before_window_end
+    """
+
+    accounts: pl.DataFrame
+    events: pl.DataFrame
+    properties: pl.DataFrame
+    intent: pl.DataFrame
+
+
+@dataclass(frozen=True)
+class CandidateMatrix:
+    """Accounts × candidates. `matrix[i, j]` is True when candidate j fired for account i."""
+
+    account_ids: np.ndarray
+    candidates: pl.DataFrame  # key, signal_id, kind, family, definition, event, property, value, window_days, threshold
+    matrix: sp.csr_matrix
+
+    @property
+    def n_candidates(self) -> int:
+        return self.candidates.height
+
+
+def signal_id(key: str) -> str:
+    """A short stable id for a candidate key: `sig_` + the first 12 hex digits of its SHA-256."""
+    return "sig_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def signal_ids(keys: pl.Series) -> pl.Series:
+    """`signal_id` for every key (hashing is per distinct key; there are few)."""
+    return keys.map_elements(signal_id, return_dtype=pl.String)
+
+
+_CANDIDATE_SCHEMA = {
+    "key": pl.String,
+    "kind": pl.String,
+    "family": pl.String,
+    "definition": pl.String,
+    "event": pl.String,
+    "property": pl.String,
+    "value": pl.String,
+    "window_days": pl.Int64,
+    "threshold": pl.Int64,
+}
+
+
+def _count_hits(
+    frame: pl.DataFrame, windows: tuple[int, ...], thresholds: tuple[int, ...], kind: str, observation_days: int
+) -> pl.DataFrame:
+    """(account_id, candidate columns) for every window × threshold a row's count reaches."""
+    if frame.is_empty():
+        return pl.DataFrame(schema={"account_id": pl.String, **_CANDIDATE_SCHEMA})
+    is_property = kind == "event_property"
+    parts = []
+    for days in windows:
+        col = f"n_first_{days}d"
+        for threshold in thresholds:
+            hits = frame.filter(pl.col(col) >= threshold)
+            if hits.is_empty():
+                continue
+            window_text = f"in the first {days} days" if days != observation_days else f"in the first {days} days (observation window)"
+            if is_property:
+                subject = pl.format("`{}` with {} = {}", "event_name", "property_name", "property_value")
+                family = pl.format("property:{}:{}={}", "event_name", "property_name", "property_value")
+            else:
+                subject = pl.format("`{}`", "event_name")
+                family = pl.format("event:{}", "event_name")
+            parts.append(
+                hits.select(
+                    "account_id",
+                    pl.concat_str([family, pl.lit(f":first_{days}d:>={threshold}")]).alias("key"),
+                    pl.lit(kind).alias("kind"),
+                    family.alias("family"),
+                    pl.concat_str([subject, pl.lit(f" >= {threshold} {window_text}")]).alias("definition"),
+                    pl.col("event_name").alias("event"),
+                    (pl.col("property_name") if is_property else pl.lit(None, pl.String)).alias("property"),
+                    (pl.col("property_value") if is_property else pl.lit(None, pl.String)).alias("value"),
+                    pl.lit(days, pl.Int64).alias("window_days"),
+                    pl.lit(threshold, pl.Int64).alias("threshold"),
+                )
+            )
+    if not parts:
+        return pl.DataFrame(schema={"account_id": pl.String, **_CANDIDATE_SCHEMA})
+    return pl.concat(parts)
+
+
+def _attribute_hits(accounts: pl.DataFrame) -> pl.DataFrame:
+    parts = []
+    for column in ATTRIBUTE_COLUMNS:
+        if column not in accounts.columns:
+            continue
+        value = pl.col(column).cast(pl.String)
+        parts.append(
+            accounts.filter(pl.col(column).is_not_null()).select(
+                "account_id",
+                pl.format("attribute:{}={}", pl.lit(column), value).alias("key"),
+                pl.lit("attribute").alias("kind"),
+                pl.format("attribute:{}={}", pl.lit(column), value).alias("family"),
+                pl.format("{} = {}", pl.lit(column), value).alias("definition"),
+                pl.lit(None, pl.String).alias("event"),
+                pl.lit(column).alias("property"),
+                value.alias("value"),
+                pl.lit(None, pl.Int64).alias("window_days"),
+                pl.lit(None, pl.Int64).alias("threshold"),
+            )
+        )
+    return pl.concat(parts) if parts else pl.DataFrame(schema={"account_id": pl.String, **_CANDIDATE_SCHEMA})
+
+
+def _intent_hits(intent: pl.DataFrame, lookback_days: int) -> pl.DataFrame:
+    if intent.is_empty():
+        return pl.DataFrame(schema={"account_id": pl.String, **_CANDIDATE_SCHEMA})
+    common = [
+        pl.lit("intent").alias("kind"),
+        pl.format("intent:{}", "signal_type").alias("family"),
+        pl.lit(None, pl.String).alias("event"),
+        pl.lit("signal_type").alias("property"),
+        pl.col("signal_type").alias("value"),
+        pl.lit(lookback_days, pl.Int64).alias("window_days"),
+        pl.lit(1, pl.Int64).alias("threshold"),
+    ]
+    before_start = intent.filter(pl.col("n_before_start") >= 1).select(
+        "account_id",
+        pl.format("intent:{}:before_start", "signal_type").alias("key"),
+        *common[:2],
+        pl.format("{} in the {} days before start", "signal_type", pl.lit(lookback_days)).alias("definition"),
+        *common[2:],
+    )
+    until_window_end = intent.filter(pl.col("n_before_window_end") >= 1).select(
+        "account_id",
+        pl.format("intent:{}:before_window_end", "signal_type").alias("key"),
+        *common[:2],
+        pl.format("{} from {} days before start to the end of the observation window", "signal_type", pl.lit(lookback_days)).alias(
+            "definition"
+        ),
+        *common[2:],
+    )
+    return pl.concat([before_start, until_window_end])
+
+
+def candidate_hits(
+    frames: FeatureFrames,
+    windows: tuple[int, ...],
+    count_thresholds: tuple[int, ...],
+    observation_days: int,
+    intent_lookback_days: int,
+    excluded_events: tuple[str, ...] = (),
+) -> pl.DataFrame:
+    """Long form: one row per (account, candidate that fired for it), with the candidate's columns."""
+    events = frames.events.filter(~pl.col("event_name").is_in(list(excluded_events)))
+    hits = pl.concat(
+        [
+            _count_hits(events, windows, count_thresholds, "event_count", observation_days),
+            _count_hits(frames.properties, windows, PROPERTY_THRESHOLDS, "event_property", observation_days),
+            _attribute_hits(frames.accounts),
+            _intent_hits(frames.intent, intent_lookback_days),
+        ],
+        how="vertical_relaxed",
+    )
+    known = frames.accounts.select("account_id")
+    return hits.join(known, on="account_id", how="semi")
+
+
+def build_candidate_matrix(frames: FeatureFrames, hits: pl.DataFrame) -> CandidateMatrix:
+    """The sparse accounts × candidates matrix for `frames.accounts` (row order kept) from `candidate_hits`."""
+    account_ids = frames.accounts.get_column("account_id").to_numpy()
+    candidates = (
+        hits.select(list(_CANDIDATE_SCHEMA)).unique(subset="key", keep="first").sort("key")
+    )
+    candidates = candidates.with_columns(signal_ids(candidates.get_column("key")).alias("signal_id"))
+    account_index = pl.DataFrame({"account_id": account_ids, "_row": np.arange(len(account_ids), dtype=np.int64)})
+    candidate_index = candidates.select("key").with_row_index("_col")
+    coords = hits.select("account_id", "key").join(account_index, on="account_id").join(candidate_index, on="key")
+    rows = coords.get_column("_row").to_numpy()
+    cols = coords.get_column("_col").to_numpy().astype(np.int64)
+    matrix = sp.csr_matrix(
+        (np.ones(len(rows), dtype=np.float64), (rows, cols)), shape=(len(account_ids), candidates.height)
+    )
+    matrix.data[:] = 1.0  # a candidate fires once per account, however many hit rows named it
+    return CandidateMatrix(account_ids=account_ids, candidates=candidates, matrix=matrix)
+
+
+def sufficient_statistics(matrix: CandidateMatrix, converted: np.ndarray, arr: np.ndarray) -> pl.DataFrame:
+    """Counts per candidate in one sparse product: Xᵀ · [1, y, y·arr].
+
+    n_with = Σ_i X_ij, conversions_with = Σ_i X_ij·y_i, arr_with = Σ_i X_ij·y_i·arr_i,
+    where y_i = 1 when account i converted. The totals (n, conversions) are returned as columns too,
+    so per-cohort rows can be summed and the "without" counts derived as total − with.
+    """
+    y = converted.astype(np.float64)
+    arr_converted = np.where(y > 0, np.nan_to_num(arr.astype(np.float64)), 0.0)
+    right = np.column_stack([np.ones_like(y), y, arr_converted])
+    counts = np.asarray(matrix.matrix.T @ right)
+    return matrix.candidates.with_columns(
+        pl.Series("n_with", np.rint(counts[:, 0]).astype(np.int64)),
+        pl.Series("conversions_with", np.rint(counts[:, 1]).astype(np.int64)),
+        pl.Series("arr_with", counts[:, 2]),
+        pl.lit(int(len(y)), pl.Int64).alias("n_total"),
+        pl.lit(int(y.sum()), pl.Int64).alias("conversions_total"),
+    )

@@ -1,0 +1,38 @@
+"""Jobs and schedules."""
+
+import dagster as dg
+
+from beton_pipeline.settings import load_settings
+
+ingest_and_transform = dg.AssetSelection.groups("ingest", "reference", "staging", "intermediate", "marts")
+
+daily_ingest_job = dg.define_asset_job(
+    "daily_ingest_job",
+    selection=ingest_and_transform,
+    description="Ingest every source table and rebuild the dbt feature tables.",
+)
+
+discovery_job = dg.define_asset_job(
+    "discovery_job",
+    selection=dg.AssetSelection.assets("signals"),
+    description="Aggregate the per-cohort counts into beton.signals (run after the cohort partitions are fresh).",
+)
+
+
+@dg.definitions
+def schedules() -> dg.Definitions:
+    # Read at definitions load (not a secret): the hour and timezone of the daily run.
+    schedule = load_settings().schedule
+    return dg.Definitions(
+        jobs=[daily_ingest_job, discovery_job],
+        schedules=[
+            dg.ScheduleDefinition(
+                name="daily_ingest_schedule",
+                job=daily_ingest_job,
+                cron_schedule=schedule.cron,
+                execution_timezone=schedule.timezone,
+                default_status=dg.DefaultScheduleStatus.RUNNING,
+                description="Daily: ingest the sources and rebuild the feature tables.",
+            )
+        ],
+    )

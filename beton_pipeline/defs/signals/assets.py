@@ -1,0 +1,185 @@
+"""Signal discovery assets: per-cohort-month sufficient statistics, then `beton.signals`."""
+
+import json
+from datetime import datetime
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from beton_pipeline.core.candidates import build_candidate_matrix, candidate_hits, sufficient_statistics
+from beton_pipeline.core.discovery import (
+    DiscoveryConfig,
+    choose_holdout,
+    discover,
+    pair_counts,
+    sum_counts,
+    top_singles,
+    supported,
+    evaluate,
+)
+from beton_pipeline.defs.partitions import cohort_months
+from beton_pipeline.defs.resources import WAREHOUSE_POOL, SettingsResource, WarehouseResource
+from beton_pipeline.settings import Settings
+from beton_pipeline.signal_store import write_discovered_signals
+from beton_pipeline.tables import eligible_cohort_months, read_feature_frames, replace_rows
+from beton_pipeline.warehouse import table_exists
+
+COHORT_COUNTS_TABLE = "beton.signal_cohort_counts"
+
+
+def discovery_config(settings: Settings) -> DiscoveryConfig:
+    """The discovery settings from beton.yaml."""
+    return DiscoveryConfig(
+        confidence_level=settings.thresholds.confidence_level,
+        fdr_alpha=settings.thresholds.fdr_alpha,
+        min_sample=settings.thresholds.min_sample,
+        min_lift=settings.thresholds.min_lift,
+        min_candidate_support=settings.discovery.min_candidate_support,
+        min_property_support=settings.discovery.min_property_support,
+        pair_top_k=settings.discovery.pair_top_k,
+        acv=settings.revenue.acv,
+    )
+
+
+def _hits(frames, settings: Settings) -> pl.DataFrame:
+    return candidate_hits(
+        frames,
+        windows=settings.feature_windows,
+        count_thresholds=settings.discovery.count_thresholds,
+        observation_days=settings.windows.observation_days,
+        intent_lookback_days=settings.discovery.intent_lookback_days,
+        excluded_events=settings.discovery.excluded_events,
+    )
+
+
+@dg.asset(
+    partitions_def=cohort_months,
+    group_name="signals",
+    kinds={"python", "polars", "duckdb"},
+    pool=WAREHOUSE_POOL,
+    deps=["account_features", "account_event_features", "account_property_features", "account_intent_features", "account_outcomes"],
+    description=(
+        "Sufficient statistics for every candidate signal in one cohort month (accounts whose first product "
+        "event fell in that month and whose outcome window has closed): accounts with the candidate, their "
+        "conversions and ARR, and the cohort's totals. Counted with one sparse matrix product. "
+        "Table `beton.signal_cohort_counts`; re-materialising a month replaces exactly that month's rows."
+    ),
+)
+def signal_cohort_counts(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource
+) -> dg.MaterializeResult:
+    cfg = settings.load()
+    month = context.partition_key
+    with warehouse.connect() as con:
+        frames = read_feature_frames(con, cfg.feature_windows, cohort_month=month)
+        matrix = build_candidate_matrix(frames, _hits(frames, cfg))
+        accounts = frames.accounts
+        counts = sufficient_statistics(
+            matrix,
+            accounts.get_column("converted").to_numpy(),
+            accounts.get_column("arr").fill_null(0).to_numpy(),
+        ).with_columns(pl.lit(month).alias("cohort_month"))
+        replace_rows(con, COHORT_COUNTS_TABLE, counts, "cohort_month = ?", [month])
+    return dg.MaterializeResult(
+        metadata={
+            "cohort_month": month,
+            "eligible_accounts": accounts.height,
+            "conversions": int(accounts.get_column("converted").sum()) if accounts.height else 0,
+            "candidates_seen": matrix.n_candidates,
+        }
+    )
+
+
+def signals_markdown(signals: pl.DataFrame, limit: int = 15) -> str:
+    """A markdown table of the best signals (one per family), best first."""
+    top = signals.filter(pl.col("is_family_best")).sort(["recommendation_order", "q_value", "lift"], descending=[False, False, True]).head(limit)
+    lines = ["| signal | recommendation | lift (95% CI) | n with | q | holdout lift |", "|---|---|---|---|---|---|"]
+    for r in top.iter_rows(named=True):
+        hl = "—" if r["holdout_lift"] is None or np.isnan(r["holdout_lift"]) else f"{r['holdout_lift']:.2f}"
+        lines.append(
+            f"| {r['definition']} | {r['recommendation']} | {r['lift']:.2f} ({r['lift_ci_low']:.2f}–{r['lift_ci_high']:.2f}) "
+            f"| {r['n_with']} | {r['q_value']:.2g} | {hl} |"
+        )
+    return "\n".join(lines)
+
+
+@dg.asset(
+    group_name="signals",
+    kinds={"python", "polars", "duckdb"},
+    pool=WAREHOUSE_POOL,
+    deps=[signal_cohort_counts],
+    description=(
+        "beton.signals: every candidate tested in this run with counts, rates, lift and its CI (Katz log), "
+        "a two-sided p-value (pooled z-test, Fisher exact below expected count 5), Benjamini–Hochberg q-values "
+        "over all candidates, the lift on the later holdout cohorts, projected ARR and a recommendation "
+        "(enable/review/reject). `enabled` follows the recommendation unless a user override says otherwise."
+    ),
+    check_specs=[dg.AssetCheckSpec("all_cohorts_counted", asset="signals", description="every eligible cohort month has its counts partition")],
+)
+def signals(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource) -> dg.MaterializeResult:
+    cfg = settings.load()
+    config = discovery_config(cfg)
+    with warehouse.connect() as con:
+        expected = set(eligible_cohort_months(con))
+        counts = con.sql(f"select * from {COHORT_COUNTS_TABLE}").pl() if table_exists(con, *COHORT_COUNTS_TABLE.split(".")) else pl.DataFrame()
+        present = set(counts.get_column("cohort_month").unique().to_list()) if counts.height else set()
+        missing = sorted(expected - present)
+        if missing:
+            raise dg.Failure(
+                description=f"signal_cohort_counts is missing cohort month(s) {', '.join(missing)}: materialise those partitions first",
+                metadata={"missing_months": missing},
+            )
+        counts = counts.filter(pl.col("cohort_month").is_in(sorted(expected)))
+        sizes = counts.group_by("cohort_month").agg(pl.col("n_total").first().alias("n_eligible"))
+        split = choose_holdout(sizes, cfg.windows.holdout_fraction)
+        disc = sum_counts(counts, split.discovery_months)
+        hold = sum_counts(counts, split.holdout_months)
+
+        # Pairs need account-level membership: rebuild it only for the strongest singles' families.
+        singles = evaluate(supported(disc, config), config.confidence_level)
+        top = top_singles(singles, config.pair_top_k)
+        pair_disc, pair_hold = pl.DataFrame(), pl.DataFrame()
+        if len(top) >= 2:
+            frames = read_feature_frames(con, cfg.feature_windows)
+            hits = _hits(frames, cfg).filter(pl.col("key").is_in(top))
+            months = frames.accounts.get_column("cohort_month").dt.strftime("%Y-%m")
+            in_holdout = months.is_in(list(split.holdout_months)).to_numpy()
+            converted = frames.accounts.get_column("converted").to_numpy()
+            arr = frames.accounts.get_column("arr").fill_null(0).to_numpy()
+            for mask, target in ((~in_holdout, "disc"), (in_holdout, "hold")):
+                sub = frames.accounts.filter(pl.Series(mask))
+                sub_frames = type(frames)(accounts=sub, events=frames.events, properties=frames.properties, intent=frames.intent)
+                matrix = build_candidate_matrix(sub_frames, hits.join(sub.select("account_id"), on="account_id", how="semi"))
+                pc = pair_counts(matrix, top, converted[mask], arr[mask])
+                if target == "disc":
+                    pair_disc = pc
+                else:
+                    pair_hold = pc
+        span_days = _span_days(split.discovery_months)
+        result = discover(disc, hold, pair_disc, pair_hold, config, span_days)
+        as_of = con.sql("select max(as_of_at) from marts.account_outcomes").fetchall()[0][0]
+        written = write_discovered_signals(con, result, cfg, as_of=as_of, split=split)
+    enabled = written.filter(pl.col("enabled"))
+    return dg.MaterializeResult(
+        metadata={
+            "candidates_tested": dg.MetadataValue.int(result.height),
+            "enabled": dg.MetadataValue.int(enabled.height),
+            "review": dg.MetadataValue.int(written.filter(pl.col("recommendation") == "review").height),
+            "discovery_accounts": dg.MetadataValue.int(split.n_discovery),
+            "holdout_accounts": dg.MetadataValue.int(split.n_holdout),
+            "holdout_months": dg.MetadataValue.json(list(split.holdout_months)),
+            "top_signals": dg.MetadataValue.md(signals_markdown(written)),
+        },
+        check_results=[dg.AssetCheckResult(check_name="all_cohorts_counted", passed=True, metadata={"cohort_months": len(expected)})],
+    )
+
+
+def _span_days(months: tuple) -> float:
+    """Days covered by a run of cohort months (`YYYY-MM`), for per-year scaling."""
+    if not months:
+        return 365.0
+    first = datetime.strptime(min(months), "%Y-%m")
+    last = datetime.strptime(max(months), "%Y-%m")
+    n_months = (last.year - first.year) * 12 + last.month - first.month + 1
+    return n_months * 365.0 / 12.0

@@ -1,0 +1,101 @@
+"""`beton run`: materialise the whole asset graph in-process, in dependency order, and summarise.
+
+Unpartitioned assets first (ingest, dbt), then one `signal_cohort_counts` partition per eligible cohort
+month (registered as dynamic partitions), then `signals`. The runs are recorded in the Dagster
+instance, so they show in the UI like scheduled ones.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from beton_pipeline.defs.partitions import cohort_months
+from beton_pipeline.settings import warehouse_path
+from beton_pipeline.tables import eligible_cohort_months
+from beton_pipeline.warehouse import connect, table_exists
+
+SUMMARY_TABLES = (
+    "raw.raw_events", "raw.raw_crm_companies", "raw.raw_billing_invoices", "beton.quarantine",
+    "intermediate.int_events_resolved", "marts.account_outcomes", "marts.account_features",
+    "marts.account_event_features", "beton.signal_cohort_counts", "beton.signals",
+)
+
+
+@dataclass
+class RunSummary:
+    """What a `beton run` did: stage times, row counts and the headline numbers."""
+
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+    cohort_months: list[str] = field(default_factory=list)
+    identity: dict[str, int] = field(default_factory=dict)
+    accounts: dict[str, int] = field(default_factory=dict)
+    enabled_signals: list[tuple[str, str, float]] = field(default_factory=list)
+
+
+def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, **kwargs) -> None:
+    result = job.execute_in_process(instance=instance, raise_on_error=True, **kwargs)
+    if not result.success:  # raise_on_error covers step failures; this covers the rest
+        raise RuntimeError(f"run {result.run_id} of {job.name} failed")
+
+
+def run_pipeline(
+    instance: dg.DagsterInstance, defs: dg.Definitions | None = None, on_stage: Callable[[str], None] | None = None
+) -> RunSummary:
+    """Materialise everything; `on_stage(name)` is called as each stage starts (for progress bars)."""
+    if defs is None:
+        from beton_pipeline.definitions import defs
+    summary = RunSummary()
+    stages: list[tuple[str, Callable[[], None]]] = []
+
+    def ingest_and_transform() -> None:
+        _execute(defs.resolve_job_def("daily_ingest_job"), instance)
+
+    def cohort_counts() -> None:
+        with connect(warehouse_path(), read_only=True) as con:
+            months = eligible_cohort_months(con)
+        summary.cohort_months = months
+        existing = set(instance.get_dynamic_partitions(cohort_months.name))
+        instance.add_dynamic_partitions(cohort_months.name, [m for m in months if m not in existing])
+        job = defs.resolve_implicit_global_asset_job_def()
+        for month in months:
+            _execute(job, instance, partition_key=month, asset_selection=[dg.AssetKey("signal_cohort_counts")])
+
+    def discovery() -> None:
+        _execute(defs.resolve_job_def("discovery_job"), instance)
+
+    stages = [("ingest + dbt", ingest_and_transform), ("cohort counts", cohort_counts), ("discovery", discovery)]
+    for name, step in stages:
+        if on_stage:
+            on_stage(name)
+        started = time.perf_counter()
+        step()
+        summary.stage_seconds[name] = round(time.perf_counter() - started, 2)
+    _fill_summary(summary)
+    return summary
+
+
+def _fill_summary(summary: RunSummary) -> None:
+    with connect(warehouse_path(), read_only=True) as con:
+        for table in SUMMARY_TABLES:
+            schema, name = table.split(".")
+            if table_exists(con, schema, name):
+                summary.rows[table] = con.sql(f"select count(*) from {table}").fetchall()[0][0]
+        summary.identity = dict(
+            con.sql(
+                "select coalesce(resolution_method, 'unresolved'), count(*) from intermediate.int_events_resolved group by 1 order by 1"
+            ).fetchall()
+        )
+        row = con.sql(
+            "select count(*), count(*) filter (where has_events), count(*) filter (where is_eligible), "
+            "count(*) filter (where is_eligible and converted) from marts.account_outcomes"
+        ).fetchall()[0]
+        summary.accounts = dict(zip(("accounts", "with_events", "eligible", "eligible_converted"), row))
+        if table_exists(con, "beton", "signals"):
+            summary.enabled_signals = con.sql(
+                "select signal_id, definition, lift from beton.signals where enabled order by q_value, lift desc"
+            ).fetchall()

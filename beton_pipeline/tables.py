@@ -1,0 +1,76 @@
+"""Reading the marts into polars and writing beton's output tables, idempotently.
+
+Every write replaces exactly the rows it owns (a partition, or one `source`) inside one transaction,
+so re-running a partition or a backfill never duplicates rows.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import polars as pl
+
+from beton_pipeline.core.candidates import FeatureFrames
+
+ACCOUNT_COLUMNS = """
+    o.account_id, o.cohort_month, o.started_at, o.converted, o.arr, o.is_eligible,
+    f.industry, f.employee_band, f.plan_interval
+"""
+
+
+def read_feature_frames(
+    con: duckdb.DuckDBPyConnection, windows: tuple[int, ...], cohort_month: str | None = None, eligible_only: bool = True
+) -> FeatureFrames:
+    """The discovery inputs for eligible accounts (optionally one cohort month, `YYYY-MM`)."""
+    where = ["o.has_events"]
+    params: list = []
+    if eligible_only:
+        where.append("o.is_eligible")
+    if cohort_month is not None:
+        where.append("strftime(o.cohort_month, '%Y-%m') = ?")
+        params.append(cohort_month)
+    cond = " and ".join(where)
+    accounts = con.sql(
+        f"select {ACCOUNT_COLUMNS} from marts.account_outcomes o join marts.account_features f using (account_id) "
+        f"where {cond} order by o.account_id",
+        params=params,
+    ).pl()
+    counts = ", ".join(f"e.n_first_{d}d" for d in windows)
+    scope = f"join marts.account_outcomes o using (account_id) where {cond}"
+    events = con.sql(f"select e.account_id, e.event_name, {counts} from marts.account_event_features e {scope}", params=params).pl()
+    properties = con.sql(
+        f"select e.account_id, e.event_name, e.property_name, e.property_value, {counts} "
+        f"from marts.account_property_features e {scope}",
+        params=params,
+    ).pl()
+    intent = con.sql(
+        f"select e.account_id, e.signal_type, e.n_before_start, e.n_before_window_end from marts.account_intent_features e {scope}",
+        params=params,
+    ).pl()
+    return FeatureFrames(accounts=accounts, events=events, properties=properties, intent=intent)
+
+
+def eligible_cohort_months(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Cohort months (`YYYY-MM`) that have at least one eligible account."""
+    rows = con.sql(
+        "select distinct strftime(cohort_month, '%Y-%m') from marts.account_outcomes where is_eligible order by 1"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def replace_rows(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, where: str, params: list | None = None) -> None:
+    """In one transaction: create `table` from `frame`'s schema if missing, delete rows matching `where`, insert `frame`."""
+    schema = table.split(".")[0]
+    con.execute(f"create schema if not exists {schema}")
+    con.register("_beton_frame", frame.to_arrow())
+    try:
+        con.execute(f"create table if not exists {table} as select * from _beton_frame limit 0")
+        con.execute("begin transaction")
+        try:
+            con.execute(f"delete from {table} where {where}", params or [])
+            con.execute(f"insert into {table} by name select * from _beton_frame")
+            con.execute("commit")
+        except Exception:
+            con.execute("rollback")
+            raise
+    finally:
+        con.unregister("_beton_frame")
