@@ -37,8 +37,12 @@ class RunSummary:
     enabled_signals: list[tuple[str, str, float]] = field(default_factory=list)
 
 
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+"""Console logging for in-process runs: warnings and errors only (the event log keeps everything)."""
+
+
 def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, **kwargs) -> None:
-    result = job.execute_in_process(instance=instance, raise_on_error=True, **kwargs)
+    result = job.execute_in_process(instance=instance, raise_on_error=True, run_config=QUIET, **kwargs)
     if not result.success:  # raise_on_error covers step failures; this covers the rest
         raise RuntimeError(f"run {result.run_id} of {job.name} failed")
 

@@ -14,7 +14,7 @@ Method (README, "How discovery decides"):
 4. **Pairs.** The `pair_top_k` strongest single candidates (lowest p with lift > 1, one per family)
    are combined pairwise (AND) across families and tested like singles. They are chosen by looking at
    the outcome, so their p-values are optimistic; they can only be enabled if they replicate in the
-   holdout and beat both of their parts.
+   holdout, clear both parts' lifts, and their parts are not both enabled already.
 5. **False-discovery control.** Benjamini–Hochberg q-values over every candidate tested in the run:
    every event, window, threshold, property value, attribute value, intent type and pair.
 6. **Holdout replication.** The same counts on the holdout give `holdout_lift` (with CI and p).
@@ -32,12 +32,13 @@ Method (README, "How discovery decides"):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
-from beton_pipeline.core.candidates import CandidateMatrix, signal_ids
+from beton_pipeline.core.candidates import CandidateMatrix, signal_ids, sufficient_statistics
 from beton_pipeline.core.stats import benjamini_hochberg, compare_proportions
 
 HOLDOUT_REPLICATION_P = 0.10
@@ -266,8 +267,11 @@ def recommend(signals: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
     strong = (pl.col("lift") >= config.min_lift) & (pl.col("lift_ci_low") > 1)
     big_enough = pl.col("n_with") >= config.min_sample
     replicated = (pl.col("holdout_lift") > 1) & (pl.col("holdout_p_value") < HOLDOUT_REPLICATION_P)
-    pair_adds = pl.col("pair_beats_parts").fill_null(True)
-    qualifies = significant & strong & big_enough & replicated.fill_null(False) & pair_adds
+    base = significant & strong & big_enough & replicated.fill_null(False)
+    signals = signals.with_columns(base.alias("_qualifies"))
+    signals = _pair_value(signals)
+    qualifies = pl.col("_qualifies") & pl.col("_pair_adds")
+    pair_adds = pl.col("_pair_adds")
     frame = signals.with_columns(
         pl.when(qualifies).then(pl.lit("enable"))
         .when(significant & (pl.col("lift") > 1)).then(pl.lit("review"))
@@ -275,7 +279,9 @@ def recommend(signals: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
         pl.when(qualifies).then(pl.lit("significant after FDR, strong, replicated in holdout"))
         .when(significant & (pl.col("lift") > 1) & ~big_enough).then(pl.lit(f"significant but fewer than {config.min_sample} accounts"))
         .when(significant & (pl.col("lift") > 1) & ~strong).then(pl.lit(f"significant but lift below {config.min_lift} or CI reaches 1"))
-        .when(significant & (pl.col("lift") > 1) & ~pair_adds).then(pl.lit("pair does not beat its parts"))
+        .when(significant & (pl.col("lift") > 1) & ~pair_adds).then(
+            pl.lit("pair adds nothing: its parts are both enabled, or its lift CI does not clear both parts' lifts")
+        )
         .when(significant & (pl.col("lift") > 1)).then(pl.lit("significant but did not replicate in the holdout"))
         .when(significant).then(pl.lit("significant, but predicts lower conversion"))
         .otherwise(pl.lit(f"not significant after FDR (q > {config.fdr_alpha})")).alias("recommendation_reason"),
@@ -302,7 +308,7 @@ def recommend(signals: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
         .alias("recommendation_reason"),
         pl.when(pl.col("is_family_best")).then(pl.col("alternatives")).otherwise(pl.lit(None, pl.List(pl.String))).alias("alternatives"),
     )
-    return frame.drop("_rank", "_score", "_best_id", "_best_def")
+    return frame.drop("_rank", "_score", "_best_id", "_best_def", "_qualifies", "_pair_adds")
 
 
 def discover(
@@ -329,27 +335,97 @@ def discover(
     if not pair_holdout.is_empty():
         holdout_all = pl.concat([holdout_all, pair_holdout.select(CANDIDATE_COLUMNS + COUNT_COLUMNS)], how="vertical_relaxed")
     evaluated = attach_holdout(evaluated, holdout_all, config.confidence_level)
-    evaluated = _mark_pairs_beating_parts(evaluated)
     evaluated = evaluated.with_columns(projected_arr(evaluated, span_days, config.acv))
     return recommend(evaluated, config).with_columns(pl.lit("discovered").alias("source"))
 
 
-def _mark_pairs_beating_parts(frame: pl.DataFrame) -> pl.DataFrame:
-    """`pair_beats_parts`: for a pair, whether its lift CI low bound exceeds both parts' lifts (null for singles)."""
-    if "part_a" not in frame.columns:
-        return frame.with_columns(pl.lit(None, pl.Boolean).alias("pair_beats_parts"))
-    lifts = frame.filter(pl.col("kind") != "pair").select("key", "lift")
-    marked = (
+def _pair_value(frame: pl.DataFrame) -> pl.DataFrame:
+    """`_pair_adds`: true for singles; for a pair, whether it tells more than its parts.
+
+    A pair adds something when its lift CI low bound clears both parts' lifts and its parts are not
+    both enabled already (the score adds enabled signals, so such a pair would count them twice).
+    """
+    if "part_a" not in frame.columns or frame.filter(pl.col("kind") == "pair").is_empty():
+        return frame.with_columns(pl.lit(True).alias("_pair_adds"))
+    parts = frame.filter(pl.col("kind") != "pair").select("key", "lift", "_qualifies")
+    pairs = (
         frame.filter(pl.col("kind") == "pair")
         .select("key", "lift_ci_low", "part_a", "part_b")
-        .join(lifts.rename({"key": "part_a", "lift": "lift_a"}), on="part_a", how="left")
-        .join(lifts.rename({"key": "part_b", "lift": "lift_b"}), on="part_b", how="left")
+        .join(parts.rename({"key": "part_a", "lift": "lift_a", "_qualifies": "q_a"}), on="part_a", how="left")
+        .join(parts.rename({"key": "part_b", "lift": "lift_b", "_qualifies": "q_b"}), on="part_b", how="left")
         .select(
             "key",
             (
                 (pl.col("lift_ci_low") > pl.col("lift_a").fill_null(np.inf))
                 & (pl.col("lift_ci_low") > pl.col("lift_b").fill_null(np.inf))
-            ).alias("pair_beats_parts"),
+                & ~(pl.col("q_a").fill_null(False) & pl.col("q_b").fill_null(False))
+            ).alias("_pair_adds"),
         )
     )
-    return frame.join(marked, on="key", how="left")
+    return frame.join(pairs, on="key", how="left").with_columns(pl.col("_pair_adds").fill_null(True))
+
+
+PairSource = Callable[[list[str], HoldoutSplit], tuple[pl.DataFrame, pl.DataFrame]]
+"""Returns the pair counts (discovery, holdout) for the chosen single candidates."""
+
+
+@dataclass(frozen=True)
+class DiscoveryRun:
+    """A discovery run's result: one row per tested candidate, and the temporal split it used."""
+
+    signals: pl.DataFrame
+    split: HoldoutSplit
+
+
+def discover_from_cohort_counts(
+    cohort_counts: pl.DataFrame, pair_source: PairSource, config: DiscoveryConfig, holdout_fraction: float
+) -> DiscoveryRun:
+    """Split cohorts in time, add up their counts, form pairs, and `discover`.
+
+    `cohort_counts` holds `sufficient_statistics` rows with a `cohort_month` column (one block per
+    month); `pair_source(top_keys, split)` returns the pair counts for the chosen singles, from
+    whatever holds account-level membership (memory, or the warehouse).
+    """
+    sizes = cohort_counts.group_by("cohort_month").agg(pl.col("n_total").first().alias("n_eligible"))
+    split = choose_holdout(sizes, holdout_fraction)
+    disc = sum_counts(cohort_counts, split.discovery_months)
+    hold = sum_counts(cohort_counts, split.holdout_months)
+    singles = evaluate(supported(disc, config), config.confidence_level)
+    top = top_singles(singles, config.pair_top_k)
+    pair_disc, pair_hold = pair_source(top, split) if len(top) >= 2 else (pl.DataFrame(), pl.DataFrame())
+    result = discover(disc, hold, pair_disc, pair_hold, config, span_days(split.discovery_months))
+    return DiscoveryRun(signals=result, split=split)
+
+
+def cohort_counts_from_matrix(matrix: CandidateMatrix, cohort_month: np.ndarray, converted: np.ndarray, arr: np.ndarray) -> pl.DataFrame:
+    """Per-cohort sufficient statistics from one in-memory matrix (the partitioned asset's rows, all at once)."""
+    blocks = []
+    for month in np.unique(cohort_month):  # one block per cohort month (tens), not per candidate
+        rows = np.flatnonzero(cohort_month == month)
+        sub = CandidateMatrix(matrix.account_ids[rows], matrix.candidates, matrix.matrix[rows])
+        counts = sufficient_statistics(sub, converted[rows], arr[rows])
+        blocks.append(counts.filter(pl.col("n_with") > 0).with_columns(pl.lit(str(month)).alias("cohort_month")))
+    return pl.concat(blocks)
+
+
+def matrix_pair_source(matrix: CandidateMatrix, cohort_month: np.ndarray, converted: np.ndarray, arr: np.ndarray) -> PairSource:
+    """A `PairSource` over an in-memory candidate matrix."""
+
+    def source(top: list[str], split: HoldoutSplit) -> tuple[pl.DataFrame, pl.DataFrame]:
+        out = []
+        for months in (split.discovery_months, split.holdout_months):
+            rows = np.flatnonzero(np.isin(cohort_month, list(months)))
+            sub = CandidateMatrix(matrix.account_ids[rows], matrix.candidates, matrix.matrix[rows])
+            out.append(pair_counts(sub, top, converted[rows], arr[rows]))
+        return out[0], out[1]
+
+    return source
+
+
+def span_days(months: tuple) -> float:
+    """Days covered by a run of cohort months (`YYYY-MM`), for per-year scaling."""
+    if not months:
+        return 365.0
+    first_year, first_month = map(int, min(months).split("-"))
+    last_year, last_month = map(int, max(months).split("-"))
+    return ((last_year - first_year) * 12 + last_month - first_month + 1) * 365.0 / 12.0

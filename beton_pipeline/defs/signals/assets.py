@@ -1,23 +1,12 @@
 """Signal discovery assets: per-cohort-month sufficient statistics, then `beton.signals`."""
 
-import json
-from datetime import datetime
 
 import dagster as dg
 import numpy as np
 import polars as pl
 
 from beton_pipeline.core.candidates import build_candidate_matrix, candidate_hits, sufficient_statistics
-from beton_pipeline.core.discovery import (
-    DiscoveryConfig,
-    choose_holdout,
-    discover,
-    pair_counts,
-    sum_counts,
-    top_singles,
-    supported,
-    evaluate,
-)
+from beton_pipeline.core.discovery import DiscoveryConfig, HoldoutSplit, discover_from_cohort_counts, matrix_pair_source
 from beton_pipeline.defs.partitions import cohort_months
 from beton_pipeline.defs.resources import WAREHOUSE_POOL, SettingsResource, WarehouseResource
 from beton_pipeline.settings import Settings
@@ -131,33 +120,8 @@ def signals(context: dg.AssetExecutionContext, warehouse: WarehouseResource, set
                 metadata={"missing_months": missing},
             )
         counts = counts.filter(pl.col("cohort_month").is_in(sorted(expected)))
-        sizes = counts.group_by("cohort_month").agg(pl.col("n_total").first().alias("n_eligible"))
-        split = choose_holdout(sizes, cfg.windows.holdout_fraction)
-        disc = sum_counts(counts, split.discovery_months)
-        hold = sum_counts(counts, split.holdout_months)
-
-        # Pairs need account-level membership: rebuild it only for the strongest singles' families.
-        singles = evaluate(supported(disc, config), config.confidence_level)
-        top = top_singles(singles, config.pair_top_k)
-        pair_disc, pair_hold = pl.DataFrame(), pl.DataFrame()
-        if len(top) >= 2:
-            frames = read_feature_frames(con, cfg.feature_windows)
-            hits = _hits(frames, cfg).filter(pl.col("key").is_in(top))
-            months = frames.accounts.get_column("cohort_month").dt.strftime("%Y-%m")
-            in_holdout = months.is_in(list(split.holdout_months)).to_numpy()
-            converted = frames.accounts.get_column("converted").to_numpy()
-            arr = frames.accounts.get_column("arr").fill_null(0).to_numpy()
-            for mask, target in ((~in_holdout, "disc"), (in_holdout, "hold")):
-                sub = frames.accounts.filter(pl.Series(mask))
-                sub_frames = type(frames)(accounts=sub, events=frames.events, properties=frames.properties, intent=frames.intent)
-                matrix = build_candidate_matrix(sub_frames, hits.join(sub.select("account_id"), on="account_id", how="semi"))
-                pc = pair_counts(matrix, top, converted[mask], arr[mask])
-                if target == "disc":
-                    pair_disc = pc
-                else:
-                    pair_hold = pc
-        span_days = _span_days(split.discovery_months)
-        result = discover(disc, hold, pair_disc, pair_hold, config, span_days)
+        run = discover_from_cohort_counts(counts, _warehouse_pair_source(con, cfg), config, cfg.windows.holdout_fraction)
+        result, split = run.signals, run.split
         as_of = con.sql("select max(as_of_at) from marts.account_outcomes").fetchall()[0][0]
         written = write_discovered_signals(con, result, cfg, as_of=as_of, split=split)
     enabled = written.filter(pl.col("enabled"))
@@ -175,11 +139,19 @@ def signals(context: dg.AssetExecutionContext, warehouse: WarehouseResource, set
     )
 
 
-def _span_days(months: tuple) -> float:
-    """Days covered by a run of cohort months (`YYYY-MM`), for per-year scaling."""
-    if not months:
-        return 365.0
-    first = datetime.strptime(min(months), "%Y-%m")
-    last = datetime.strptime(max(months), "%Y-%m")
-    n_months = (last.year - first.year) * 12 + last.month - first.month + 1
-    return n_months * 365.0 / 12.0
+def _warehouse_pair_source(con, cfg: Settings):
+    """Pair counts for the chosen singles, from account-level features read back from the marts."""
+
+    def source(top: list[str], split: HoldoutSplit) -> tuple[pl.DataFrame, pl.DataFrame]:
+        frames = read_feature_frames(con, cfg.feature_windows)
+        hits = _hits(frames, cfg).filter(pl.col("key").is_in(top))
+        matrix = build_candidate_matrix(frames, hits)
+        accounts = frames.accounts
+        return matrix_pair_source(
+            matrix,
+            accounts.get_column("cohort_month").dt.strftime("%Y-%m").to_numpy(),
+            accounts.get_column("converted").to_numpy(),
+            accounts.get_column("arr").fill_null(0).to_numpy(),
+        )(top, split)
+
+    return source
