@@ -45,7 +45,7 @@ ui: setup
 
 docs: setup
 	@# Column types come from the warehouse when `make run` has built it; otherwise the docs have descriptions only.
-	cd dbt_project && if [ -f "$${BETON_WAREHOUSE:-../data/beton.duckdb}" ]; then ../$(BIN)/dbt docs generate --profiles-dir .; \
+	cd dbt_project && if [ -f "$${BETON_WAREHOUSE:-../data/warehouse.duckdb}" ]; then ../$(BIN)/dbt docs generate --profiles-dir .; \
 	  else ../$(BIN)/dbt docs generate --profiles-dir . --empty-catalog; fi
 	@echo "dbt docs: dbt_project/target/index.html (serve with: cd dbt_project && ../$(BIN)/dbt docs serve --profiles-dir . --host 127.0.0.1)"
 

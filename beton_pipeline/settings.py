@@ -148,8 +148,8 @@ def load_settings(path: Path | str | None = None) -> Settings:
 
 
 def warehouse_path() -> Path:
-    """`BETON_WAREHOUSE` if set, else `data/beton.duckdb` under the project root."""
-    return Path(os.environ.get("BETON_WAREHOUSE") or PROJECT_ROOT / "data" / "beton.duckdb").resolve()
+    """`BETON_WAREHOUSE` if set, else `data/warehouse.duckdb` under the project root."""
+    return Path(os.environ.get("BETON_WAREHOUSE") or PROJECT_ROOT / "data" / "warehouse.duckdb").resolve()
 
 
 def source_dir() -> Path | None:

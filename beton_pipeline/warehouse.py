@@ -13,6 +13,11 @@ LOCK_RETRY_SECONDS = 30.0
 """How long a writer waits for another process's lock on the file before failing with a clear error."""
 
 
+RESERVED_STEMS = frozenset({"beton", "raw", "staging", "intermediate", "marts", "reference", "main"})
+"""DuckDB names a file's catalog after its stem; a stem equal to one of beton's schemas makes
+`beton.signals` ambiguous, so such file names are refused with a clear error."""
+
+
 class WarehouseLockedError(RuntimeError):
     """Another process holds the DuckDB file's write lock."""
 
@@ -21,6 +26,11 @@ class WarehouseLockedError(RuntimeError):
 def connect(path: Path | str, read_only: bool = False, wait_seconds: float = LOCK_RETRY_SECONDS) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection to the warehouse file with `TimeZone = 'UTC'`, retried (bounded) while another process holds the lock."""
     path = Path(path)
+    if path.stem.lower() in RESERVED_STEMS:
+        raise ValueError(
+            f"{path}: the warehouse file must not be named after one of beton's schemas "
+            f"({', '.join(sorted(RESERVED_STEMS))}); DuckDB would make `{path.stem}.<table>` ambiguous. Try warehouse.duckdb"
+        )
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_seconds

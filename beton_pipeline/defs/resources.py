@@ -23,7 +23,7 @@ WAREHOUSE_POOL = "duckdb_warehouse"
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """The DuckDB warehouse file. `path` empty means `BETON_WAREHOUSE`, else `data/beton.duckdb`."""
+    """The DuckDB warehouse file. `path` empty means `BETON_WAREHOUSE`, else `data/warehouse.duckdb`."""
 
     path: str | None = None
 

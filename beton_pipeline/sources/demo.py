@@ -98,7 +98,7 @@ import pyarrow.parquet as pq
 
 __all__ = ["DemoSummary", "generate_demo", "CHUNK_ACCOUNTS"]
 
-CHUNK_ACCOUNTS = 25_000
+CHUNK_ACCOUNTS = 10_000
 """Accounts per generation chunk (and per events part file)."""
 
 DAY = 86_400
@@ -556,9 +556,9 @@ def _sample_times(
     return out
 
 
-def _fmt_iso_s(sec: pl.Series | pl.Expr, suffix: str = "Z") -> pl.Expr:
-    e = sec if isinstance(sec, pl.Expr) else pl.lit(sec)
-    return pl.from_epoch(e, time_unit="s").dt.strftime("%Y-%m-%dT%H:%M:%S" + suffix)
+def _fmt_iso_s(sec: pl.Expr, suffix: str = "Z") -> pl.Expr:
+    """Epoch seconds -> ISO-8601 text (UTC) with `suffix` ('Z' or '+00:00')."""
+    return pl.from_epoch(sec, time_unit="s").dt.strftime("%Y-%m-%dT%H:%M:%S" + suffix)
 
 
 def _iso_s(sec: np.ndarray, suffix: str = "Z") -> pl.Series:
@@ -741,7 +741,6 @@ def _events_chunk(w: _World, c: int, acc: dict, users: dict) -> tuple[pl.DataFra
     D = acc["D"].astype(float)
     tzf = acc["tz"].astype(float)
     latent = acc["latent"]
-    zero = np.zeros(n)
     ev = _Ev()
 
     def place(a: np.ndarray, lo: np.ndarray, hi: np.ndarray, scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -875,7 +874,7 @@ def _events_chunk(w: _World, c: int, acc: dict, users: dict) -> tuple[pl.DataFra
     e = {k: np.concatenate([e[k], anon[k]]) for k in e}
     N = e["acc"].shape[0]
 
-    # ---- bad rows (extra rows; exact duplicates are added after the strings are built) -----------------
+    # ---- bad rows: extra rows (reused uuid, null timestamp, truncated JSON), then exact duplicates -------
     counts = {
         "exact_duplicates": int(round(0.002 * N)), "duplicate_uuid": int(round(0.001 * N)),
         "null_timestamp": int(round(0.0005 * N)), "malformed_properties": int(round(0.0005 * N)),
@@ -892,7 +891,7 @@ def _events_chunk(w: _World, c: int, acc: dict, users: dict) -> tuple[pl.DataFra
     src_m = rng.choice(pageviews, counts["malformed_properties"], replace=False)
     src = np.concatenate([src_u, src_n, src_m])
     extra_rows = {k: v[src] for k, v in e.items()}
-    nu_, nn_, nm_ = src_u.shape[0], src_n.shape[0], src_m.shape[0]
+    nu_, nn_ = src_u.shape[0], src_n.shape[0]
     # reused uuid: another noise event, up to 10 minutes later (never past the data end)
     other = (e["ev"][src_u] - _EV_NOISE0 + 1 + rng.integers(0, len(NOISE_EVENTS) - 1, nu_)) % len(NOISE_EVENTS)
     extra_rows["ev"][:nu_] = _EV_NOISE0 + other
@@ -912,6 +911,8 @@ def _events_chunk(w: _World, c: int, acc: dict, users: dict) -> tuple[pl.DataFra
     dup = rng.choice(N, counts["exact_duplicates"], replace=False)  # clean rows only
     order = np.concatenate([np.arange(N2), dup])
     order = order[np.argsort(e["t"][order], kind="stable")]
+    e = {k: v[order] for k, v in e.items()}
+    uuid_b, null_ts, malformed, no_zone = uuid_b[order], null_ts[order], malformed[order], no_zone[order]
 
     # ---- strings ----------------------------------------------------------------------------------------
     is_anon = e["acc"] < 0
@@ -954,7 +955,7 @@ def _events_chunk(w: _World, c: int, acc: dict, users: dict) -> tuple[pl.DataFra
         .when(pl.col("mode") == _M_EMAIL).then(pl.concat_str([pl.lit('{"email": "'), pl.col("email"), pl.lit('"}')]))
         .otherwise(pl.lit(None, dtype=pl.String)).alias("person_properties"),
     )
-    return out[order], counts
+    return out, counts
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1006,7 +1007,6 @@ def _crm_chunk(w: _World, c: int, acc: dict, users: dict) -> dict[str, pl.DataFr
     valid = (step < n_steps[:, None]) & (times < w.E)
     valid &= np.cumprod(valid, axis=1).astype(bool)
     kept = valid.sum(axis=1)
-    terminal = np.where(d_won, 4, 0)
     terminal_kept = (d_won & (kept == 5)) | (lost & (kept == n_steps))
     stage_names = DEAL_STAGES + ("won", "lost")
     stage_code = np.where(step < reached[:, None], step, np.where(d_won[:, None], 4, 5))
@@ -1015,7 +1015,6 @@ def _crm_chunk(w: _World, c: int, acc: dict, users: dict) -> dict[str, pl.DataFr
     cur_stage = stage_code[np.arange(nd), last_idx]
     status = np.where(terminal_kept, np.where(d_won, 1, 2), 0)
     closed = np.where(terminal_kept, times[np.arange(nd), last_idx], -1)
-    del terminal
     monthly_amount = _PLAN_AMOUNTS[acc["plan"][d_acc]]
     acv_won = np.where(acc["yearly"][d_acc], monthly_amount * 10, monthly_amount * 12) // 100
     acv_other = (_PLAN_AMOUNTS[rng.choice(3, size=nd, p=_PLAN_P)] * 12 // 100) * rng.integers(1, 6, nd)

@@ -1,0 +1,108 @@
+"""End to end: the whole graph materialised in-process on generated demo data (conftest.pipeline_run)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from beton_pipeline.settings import load_settings
+
+CHECKER = Path(__file__).resolve().parents[3] / "shared" / "tools" / "check_signals_table.py"
+
+
+@pytest.fixture(scope="module")
+def con(pipeline_run):
+    c = duckdb.connect(str(pipeline_run.warehouse), read_only=True)
+    yield c
+    c.close()
+
+
+def test_raw_staging_and_mart_tables_exist(con):
+    tables = {f"{s}.{t}" for s, t in con.sql("select table_schema, table_name from information_schema.tables").fetchall()}
+    for expected in (
+        "raw.raw_events", "raw.raw_crm_companies", "raw.raw_billing_invoices", "staging.stg_posthog__events",
+        "intermediate.int_events_resolved", "marts.account_features", "marts.account_outcomes",
+        "marts.account_event_features", "beton.quarantine", "beton.signal_cohort_counts", "beton.signals",
+    ):
+        assert expected in tables, expected
+    assert con.sql("select count(*) from marts.account_outcomes").fetchall()[0][0] > 0
+
+
+def test_planted_bad_rows_are_quarantined_or_dropped(con, pipeline_run):
+    bad = pipeline_run.truth["bad_rows"]["events"]
+    reasons = dict(con.sql("select reason, count(*) from beton.quarantine where source_table = 'events' group by 1").fetchall())
+    assert reasons.get("timestamp is empty", 0) == bad["null_timestamp"]
+    assert reasons.get("properties: malformed JSON", 0) == bad["malformed_properties"]
+    assert reasons.get("duplicate uuid: an earlier row with the same key was kept (first wins)", 0) == bad["duplicate_uuid"]
+    file_rows = con.sql(f"select count(*) from read_parquet('{pipeline_run.source_dir}/events/*.parquet')").fetchall()[0][0]
+    loaded = con.sql("select count(*) from raw.raw_events").fetchall()[0][0]
+    assert file_rows - loaded - sum(reasons.values()) == bad["exact_duplicates"]  # read = loaded + quarantined + duplicates
+    negative = con.sql("select count(*) from beton.quarantine where source_table = 'billing_invoices' and reason like 'amount_paid: below 0%'").fetchall()[0][0]
+    assert negative == pipeline_run.truth["bad_rows"]["billing_invoices"]["negative_amount"]
+
+
+def test_leaking_event_never_reaches_features_or_signals(con, pipeline_run):
+    for leak in pipeline_run.truth["leaks"]:
+        event = leak["event"]
+        assert con.sql("select count(*) from raw.raw_events where event = ?", params=[event]).fetchall()[0][0] > 0
+        assert con.sql("select count(*) from marts.account_event_features where event_name = ?", params=[event]).fetchall()[0][0] == 0
+        assert con.sql("select count(*) from beton.signals where definition like ?", params=[f"%`{event}`%"]).fetchall()[0][0] == 0
+
+
+def test_identity_resolution_uses_every_rule_and_counts_the_unresolved(pipeline_run):
+    identity = pipeline_run.summary.identity
+    assert set(identity) == {"group", "email_domain", "crm_person", "unresolved"}
+    assert identity["group"] > identity["email_domain"] > 0 and identity["crm_person"] > 0 and identity["unresolved"] > 0
+
+
+def _neighbours(thresholds: tuple[int, ...], planted: int) -> set[int]:
+    ordered = sorted(thresholds)
+    i = ordered.index(planted)
+    return set(ordered[max(0, i - 1) : i + 2])
+
+
+def test_every_planted_signal_is_enabled_at_or_next_to_its_threshold(con, pipeline_run):
+    thresholds = load_settings().discovery.count_thresholds
+    enabled = con.sql("select * from beton.signals where enabled and kind <> 'pair'").pl()
+    for planted in pipeline_run.truth["planted"]:
+        if planted["kind"] == "event_count":
+            rows = enabled.filter(pl.col("family") == f"event:{planted['event']}")
+            assert rows.height == 1, planted
+            assert rows["threshold"][0] in _neighbours(thresholds, planted["threshold"]), (planted, rows["definition"][0])
+        elif planted["kind"] == "event_property":
+            rows = enabled.filter(pl.col("family") == f"property:{planted['event']}:{planted['property']}={planted['value']}")
+            assert rows.height == 1, planted
+            assert rows["threshold"][0] in _neighbours((1, 2, 3), planted["threshold"])
+        elif planted["kind"] == "crm_attribute":
+            assert enabled.filter(pl.col("family") == f"attribute:{planted['attribute']}={planted['value']}").height == 1, planted
+        elif planted["kind"] == "intent":
+            assert enabled.filter(pl.col("family") == f"intent:{planted['signal_type']}").height == 1, planted
+
+
+def test_no_noise_or_leak_is_enabled(con, pipeline_run):
+    enabled = con.sql("select definition from beton.signals where enabled").fetchall()
+    decoys = pipeline_run.truth["noise_events"] + [leak["event"] for leak in pipeline_run.truth["leaks"]]
+    for (definition,) in enabled:
+        assert not any(f"`{name}`" in definition for name in decoys), definition
+
+
+def test_signals_table_passes_the_independent_checker(pipeline_run):
+    assert CHECKER.exists(), CHECKER
+    done = subprocess.run([sys.executable, str(CHECKER), str(pipeline_run.warehouse)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_contract_columns_of_beton_signals(con):
+    cols = {r[0] for r in con.sql("describe beton.signals").fetchall()}
+    contract = {
+        "signal_id", "definition", "source", "n_with", "conversions_with", "n_without", "conversions_without", "rate_with",
+        "rate_without", "lift", "lift_ci_low", "lift_ci_high", "p_value", "q_value", "holdout_lift", "projected_arr",
+        "recommendation", "enabled", "method",
+    }
+    assert contract <= cols
+    recs = {r[0] for r in con.sql("select distinct recommendation from beton.signals").fetchall()}
+    assert recs <= {"enable", "review", "reject"}
+    assert con.sql("select count(*) from beton.signals where method is null or definition is null").fetchall()[0][0] == 0
