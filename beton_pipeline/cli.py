@@ -19,12 +19,12 @@ from beton_pipeline.settings import PROJECT_ROOT, SettingsError, demo_dir, load_
 app = typer.Typer(help="beton: discover, prove, backtest, score and act on the signals that predict revenue.", no_args_is_help=True)
 signals_app = typer.Typer(help="List beton.signals, or enable/disable one.", invoke_without_command=True)
 app.add_typer(signals_app, name="signals")
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
+    sys.stderr.write(f"error: {' '.join(message.split())}\n")  # one line, whatever the terminal width
     raise typer.Exit(code=1)
 
 

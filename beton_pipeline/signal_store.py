@@ -20,17 +20,21 @@ from beton_pipeline.warehouse import table_exists
 SIGNALS_TABLE = "beton.signals"
 OVERRIDES_TABLE = "beton.signal_overrides"
 
-SIGNAL_COLUMNS = [
-    "signal_id", "definition", "source", "kind", "family",
-    "n_with", "conversions_with", "n_without", "conversions_without", "rate_with", "rate_without",
-    "lift", "lift_ci_low", "lift_ci_high", "p_value", "q_value",
-    "holdout_lift", "holdout_lift_ci_low", "holdout_lift_ci_high", "holdout_p_value",
-    "holdout_n_with", "holdout_conversions_with", "holdout_n_total",
-    "projected_arr", "recommendation", "recommendation_reason", "enabled", "enabled_override",
-    "method", "is_family_best", "alternatives",
-    "candidate_key", "event", "property", "value", "window_days", "threshold",
-    "confidence_level", "as_of",
-]
+SIGNALS_SCHEMA: dict[str, pl.DataType] = {
+    "signal_id": pl.String(), "definition": pl.String(), "source": pl.String(), "kind": pl.String(), "family": pl.String(),
+    "n_with": pl.Int64(), "conversions_with": pl.Int64(), "n_without": pl.Int64(), "conversions_without": pl.Int64(),
+    "rate_with": pl.Float64(), "rate_without": pl.Float64(),
+    "lift": pl.Float64(), "lift_ci_low": pl.Float64(), "lift_ci_high": pl.Float64(), "p_value": pl.Float64(), "q_value": pl.Float64(),
+    "holdout_lift": pl.Float64(), "holdout_lift_ci_low": pl.Float64(), "holdout_lift_ci_high": pl.Float64(), "holdout_p_value": pl.Float64(),
+    "holdout_n_with": pl.Int64(), "holdout_conversions_with": pl.Int64(), "holdout_n_total": pl.Int64(),
+    "projected_arr": pl.Float64(), "recommendation": pl.String(), "recommendation_reason": pl.String(),
+    "enabled": pl.Boolean(), "enabled_override": pl.Boolean(),
+    "method": pl.String(), "is_family_best": pl.Boolean(), "alternatives": pl.String(),
+    "candidate_key": pl.String(), "event": pl.String(), "property": pl.String(), "value": pl.String(),
+    "window_days": pl.Int64(), "threshold": pl.Int64(), "confidence_level": pl.Float64(), "as_of": pl.Datetime("us"),
+}
+"""beton.signals, column by column (README, "beton.signals")."""
+SIGNAL_COLUMNS = list(SIGNALS_SCHEMA)
 
 OVERRIDES_DDL = f"""
 create schema if not exists beton;
@@ -69,6 +73,10 @@ def _with_enabled(frame: pl.DataFrame, overrides: pl.DataFrame) -> pl.DataFrame:
 def write_discovered_signals(con: duckdb.DuckDBPyConnection, result: pl.DataFrame, settings: Settings, as_of, split) -> pl.DataFrame:
     """Replace the `source = 'discovered'` rows of beton.signals with `result`; returns what was written."""
     n_tested = result.height
+    if n_tested == 0:
+        empty = pl.DataFrame(schema=SIGNALS_SCHEMA)
+        replace_rows(con, SIGNALS_TABLE, empty, "source = 'discovered'")
+        return empty.with_columns(pl.lit(None, pl.Int64).alias("recommendation_order"))
     frame = result.with_columns(
         pl.col("key").alias("candidate_key"),
         pl.format("{}; q: Benjamini-Hochberg over {} candidates; holdout: {} later cohort months", "method", pl.lit(n_tested), pl.lit(len(split.holdout_months))).alias("method"),
@@ -80,7 +88,7 @@ def write_discovered_signals(con: duckdb.DuckDBPyConnection, result: pl.DataFram
     float_cols = [c for c in frame.columns if frame.schema[c] == pl.Float64]
     frame = frame.with_columns(pl.col(c).fill_nan(None) for c in float_cols)
     frame = _with_enabled(frame, latest_overrides(con))
-    out = frame.select(SIGNAL_COLUMNS).sort("signal_id")
+    out = frame.select(SIGNAL_COLUMNS).cast(SIGNALS_SCHEMA).sort("signal_id")
     replace_rows(con, SIGNALS_TABLE, out, "source = 'discovered'")
     return frame
 
@@ -105,7 +113,7 @@ def set_override(
 def read_signals(con: duckdb.DuckDBPyConnection, include_all: bool = False) -> pl.DataFrame:
     """beton.signals, best first: enabled, then by recommendation, q-value and lift. By default one row per family."""
     if not table_exists(con, "beton", "signals"):
-        return pl.DataFrame(schema={c: pl.String for c in SIGNAL_COLUMNS})
+        return pl.DataFrame(schema=SIGNALS_SCHEMA)
     where = "" if include_all else "where is_family_best or source = 'custom'"
     return con.sql(
         f"select * from {SIGNALS_TABLE} {where} order by enabled desc, "

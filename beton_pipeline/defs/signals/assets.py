@@ -82,6 +82,8 @@ def signal_cohort_counts(
 
 def signals_markdown(signals: pl.DataFrame, limit: int = 15) -> str:
     """A markdown table of the best signals (one per family), best first."""
+    if signals.is_empty():
+        return "No signal tested: no account has a known outcome yet."
     top = signals.filter(pl.col("is_family_best")).sort(["recommendation_order", "q_value", "lift"], descending=[False, False, True]).head(limit)
     lines = ["| signal | recommendation | lift (95% CI) | n with | q | holdout lift |", "|---|---|---|---|---|---|"]
     for r in top.iter_rows(named=True):
@@ -119,9 +121,13 @@ def signals(context: dg.AssetExecutionContext, warehouse: WarehouseResource, set
                 description=f"signal_cohort_counts is missing cohort month(s) {', '.join(missing)}: materialise those partitions first",
                 metadata={"missing_months": missing},
             )
-        counts = counts.filter(pl.col("cohort_month").is_in(sorted(expected)))
-        run = discover_from_cohort_counts(counts, _warehouse_pair_source(con, cfg), config, cfg.windows.holdout_fraction)
-        result, split = run.signals, run.split
+        counts = counts.filter(pl.col("cohort_month").is_in(sorted(expected))) if counts.height else counts
+        if counts.is_empty():
+            context.log.warning("No eligible account (outcome window closed) yet: beton.signals has no discovered rows")
+            result, split = pl.DataFrame(), HoldoutSplit((), (), 0, 0)
+        else:
+            run = discover_from_cohort_counts(counts, _warehouse_pair_source(con, cfg), config, cfg.windows.holdout_fraction)
+            result, split = run.signals, run.split
         as_of = con.sql("select max(as_of_at) from marts.account_outcomes").fetchall()[0][0]
         written = write_discovered_signals(con, result, cfg, as_of=as_of, split=split)
     enabled = written.filter(pl.col("enabled"))
