@@ -44,7 +44,7 @@ def _ensure_dagster_home() -> Path:
 
 @app.command()
 def demo(
-    accounts: Annotated[int, typer.Option(help="Number of accounts (500 to 1,000,000).", min=50)] = 3000,
+    accounts: Annotated[int, typer.Option(help="Number of accounts (500 to 1,000,000).", min=50)] = 8000,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same data.")] = 7,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Directory to write (default: data/demo).")] = None,
 ) -> None:

@@ -79,7 +79,7 @@ class DiscoverySettings(_Strict):
 
 
 class DemoSettings(_Strict):
-    accounts: int = Field(3000, ge=50)
+    accounts: int = Field(8000, ge=50)
     seed: int = 7
 
 

@@ -39,7 +39,9 @@ The world
   start), 15 % upgrade during the trial (day 3-13). Conversion time = ``paid_at`` of the first invoice
   with ``amount_paid > 0``. A latent converter whose payment would fall after the data end is not a
   converter in the data (right-censored: trialing, or past_due with an open invoice).
-* Billing: one customer per trialing/converting account (~86 % of accounts); customer e-mail = the
+* Billing: 85 % of accounts start a trial, independently of everything planted (so having a
+  subscription does not predict conversion); converters who skipped it buy directly, their customer
+  and subscription created at the moment they pay. Customer e-mail = the
   first user's; ``metadata = {"company_domain": ...}`` for ~85 %, ``{}`` otherwise (then the e-mail
   is at the company domain). Trials get a $0 paid invoice at start (not a conversion). Non-converters
   end ``canceled`` (or ``incomplete``, with no trial and an open $0 invoice); converters are
@@ -605,7 +607,12 @@ def _accounts_chunk(w: _World, c: int, g0: int, n: int) -> dict[str, np.ndarray 
     trial_end = start + cust_off + TRIAL_DAYS * DAY
     conv = np.where(early, start + early_off, trial_end + delay)
     converted = latent & (conv < w.E)
-    has_customer = latent | (rng.random(n) < 0.85)
+    # Whether an account starts a trial is independent of everything planted: otherwise "has a
+    # subscription" (and so plan_interval) would predict conversion. Converters who skipped the trial
+    # buy directly: their customer and subscription appear at the moment they pay.
+    trialist = rng.random(n) < 0.85
+    has_customer = trialist | converted
+    direct_offset = rng.integers(60, HOUR, n)
     plan = rng.choice(3, size=n, p=_PLAN_P)
     yearly = rng.random(n) < 0.40
     eur = rng.random(n) < 0.15
@@ -634,7 +641,8 @@ def _accounts_chunk(w: _World, c: int, g0: int, n: int) -> dict[str, np.ndarray 
         "g": g, "tz": tz, "start": start, "D": w.E - start, "n_users": n_users, "activity": activity,
         "industry": industry, "employees": employees, "crm": crm, "fintech": fintech, "first_half": first_half,
         **{f"b_{k}": v for k, v in beh.items()},
-        "latent": latent, "early": early, "cust_created": start + cust_off, "trial_end": trial_end,
+        "latent": latent, "early": early, "trialist": trialist,
+        "cust_created": np.where(trialist, start + cust_off, conv - direct_offset), "trial_end": trial_end,
         "conv": conv, "converted": converted, "has_customer": has_customer, "plan": plan, "yearly": yearly,
         "eur": eur, "crm_created": crm_created, "name_seed": name_seed,
         "domain": domain, "name": name, "record_id": record_id,
@@ -1094,6 +1102,7 @@ def _billing_chunk(w: _World, c: int, acc: dict, users: dict) -> tuple[dict[str,
     conv = acc["converted"][cust]
     latent = acc["latent"][cust]
     conv_t = acc["conv"][cust]
+    direct = ~acc["trialist"][cust]  # bought without a trial (converters only)
     trial_end = np.where(acc["early"][cust] & conv, conv_t, acc["trial_end"][cust])
     yearly = acc["yearly"][cust]
     amount = _PLAN_AMOUNTS[acc["plan"][cust]] * np.where(yearly, 10, 1)
@@ -1101,7 +1110,7 @@ def _billing_chunk(w: _World, c: int, acc: dict, users: dict) -> tuple[dict[str,
     trial_over = acc["trial_end"][cust] < E
     # non-converters: incomplete (no trial) for ~15%, else trialing until the trial ends, then canceled
     incomplete = ~latent & (rng.random(nc) < 0.15)
-    censored_due = latent & ~conv & trial_over  # payment pending at the data end
+    censored_due = latent & ~conv & trial_over & ~direct  # payment pending at the data end
     r = rng.random(nc)
     period = np.where(yearly, 365 * DAY, 30 * DAY)
     n_renew = np.where(conv, (E - 1 - conv_t) // period, 0)
@@ -1112,7 +1121,7 @@ def _billing_chunk(w: _World, c: int, acc: dict, users: dict) -> tuple[dict[str,
         3,
     )  # 0 trialing 1 active 2 past_due 3 canceled 4 unpaid 5 incomplete
     canceled_at = np.where(status == 3, np.minimum(acc["trial_end"][cust] + rng.integers(0, 2 * DAY, nc), E - 1), -1)
-    trial_col = np.where(incomplete, -1, trial_end)
+    trial_col = np.where(incomplete | direct, -1, trial_end)
     subs = pl.DataFrame({
         "id": sub_ids, "customer": ids,
         "status": _lookup(("trialing", "active", "past_due", "canceled", "unpaid", "incomplete"), status),
@@ -1126,7 +1135,7 @@ def _billing_chunk(w: _World, c: int, acc: dict, users: dict) -> tuple[dict[str,
 
     # invoices (per customer index `ci`)
     parts = []  # (ci, status, amount_paid, created, paid_at)
-    trial = np.flatnonzero(~incomplete)
+    trial = np.flatnonzero(~incomplete & ~direct)
     parts.append((trial, np.zeros_like(trial), np.zeros_like(trial), created[trial], created[trial]))
     inc = np.flatnonzero(incomplete)
     parts.append((inc, np.ones_like(inc), np.zeros_like(inc), created[inc], np.full(inc.shape[0], -1)))
