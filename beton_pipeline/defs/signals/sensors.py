@@ -1,0 +1,41 @@
+"""Keep discovery fresh: when the marts are rebuilt, register new cohort months and recount them."""
+
+import dagster as dg
+
+from beton_pipeline.defs.partitions import cohort_months
+from beton_pipeline.defs.resources import WarehouseResource
+from beton_pipeline.tables import eligible_cohort_months
+from beton_pipeline.warehouse import WarehouseLockedError
+
+cohort_counts_job = dg.define_asset_job(
+    "cohort_counts_job",
+    selection=dg.AssetSelection.assets("signal_cohort_counts"),
+    partitions_def=cohort_months,
+    description="Recount one cohort month's candidate statistics.",
+)
+
+
+@dg.asset_sensor(
+    asset_key=dg.AssetKey("account_outcomes"),
+    job=cohort_counts_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "After account_outcomes is rebuilt: add cohort months that gained eligible accounts as partitions "
+        "and request one recount per eligible month (run key = the materialization and the month, so a "
+        "materialization is never counted twice). `signals` follows by its automation condition."
+    ),
+)
+def cohort_months_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry, warehouse: WarehouseResource):
+    try:
+        with warehouse.connect(read_only=True, wait_seconds=2) as con:
+            months = eligible_cohort_months(con)
+    except WarehouseLockedError:
+        return dg.SkipReason("the warehouse is being written; will look again on the next tick")
+    existing = set(context.instance.get_dynamic_partitions(cohort_months.name))
+    new = [m for m in months if m not in existing]
+    storage_id = asset_event.storage_id
+    return dg.SensorResult(
+        dynamic_partitions_requests=[cohort_months.build_add_request(new)] if new else [],
+        run_requests=[dg.RunRequest(run_key=f"{storage_id}:{m}", partition_key=m) for m in months],
+    )
