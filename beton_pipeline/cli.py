@@ -71,7 +71,7 @@ def run() -> None:
     _ensure_dagster_home()
     from beton_pipeline.runner import run_pipeline
 
-    stages = ["ingest + dbt", "cohort counts", "discovery"]
+    stages = ["ingest + dbt", "cohort counts", "discovery", "health + scores"]
     try:
         with dg.DagsterInstance.get() as instance, Progress(
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
@@ -101,6 +101,15 @@ def _print_summary(summary) -> None:
         f"{acc.get('eligible_converted', 0):,} of those converted)"
     )
     out.print("events by identity resolution: " + ", ".join(f"{k} {v:,}" for k, v in summary.identity.items()))
+    if summary.monitoring_days:
+        out.print(f"health and scores for {summary.monitoring_days[0]} … {summary.monitoring_days[1]}; latest health: "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(summary.health.items())))
+    if summary.leads:
+        leads = summary.leads
+        out.print(
+            f"latest day: {leads.get('accounts_in_play', 0):,} accounts in play, {leads.get('leads_surfaced', 0):,} leads surfaced, "
+            f"pipeline influenced (30 d) {leads.get('pipeline_influenced_arr_30d', 0):,.0f}"
+        )
     out.print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in summary.stage_seconds.items()))
     out.print(f"enabled signals ({len(summary.enabled_signals)}):")
     for signal_id, definition, lift in summary.enabled_signals:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from beton_pipeline.defs.partitions import cohort_months
+from beton_pipeline.live import data_days
 from beton_pipeline.settings import warehouse_path
 from beton_pipeline.tables import eligible_cohort_months
 from beton_pipeline.warehouse import connect, table_exists
@@ -22,7 +23,11 @@ SUMMARY_TABLES = (
     "raw.raw_events", "raw.raw_crm_companies", "raw.raw_billing_invoices", "beton.quarantine",
     "intermediate.int_events_resolved", "marts.account_outcomes", "marts.account_features",
     "marts.account_event_features", "beton.signal_cohort_counts", "beton.signals",
+    "beton.signal_health", "beton.account_scores", "beton.revenue_metrics",
 )
+
+DAILY_ASSETS = ("signal_health", "account_scores")
+"""Daily-partitioned assets `beton run` materialises, in one run over the days the data covers."""
 
 
 @dataclass
@@ -32,6 +37,9 @@ class RunSummary:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     cohort_months: list[str] = field(default_factory=list)
+    monitoring_days: tuple[str, str] | None = None
+    health: dict[str, int] = field(default_factory=dict)
+    leads: dict[str, float] = field(default_factory=dict)
     identity: dict[str, int] = field(default_factory=dict)
     accounts: dict[str, int] = field(default_factory=dict)
     enabled_signals: list[tuple[str, str, float]] = field(default_factory=list)
@@ -72,7 +80,20 @@ def run_pipeline(
     def discovery() -> None:
         _execute(defs.resolve_job_def("discovery_job"), instance)
 
-    stages = [("ingest + dbt", ingest_and_transform), ("cohort counts", cohort_counts), ("discovery", discovery)]
+    def monitoring() -> None:
+        with connect(warehouse_path(), read_only=True) as con:
+            bounds = data_days(con)
+        if bounds is None:
+            return
+        summary.monitoring_days = (str(bounds[0]), str(bounds[1]))
+        _execute(
+            defs.resolve_implicit_global_asset_job_def(),
+            instance,
+            asset_selection=[dg.AssetKey(k) for k in DAILY_ASSETS],
+            tags={"dagster/asset_partition_range_start": str(bounds[0]), "dagster/asset_partition_range_end": str(bounds[1])},
+        )
+
+    stages = [("ingest + dbt", ingest_and_transform), ("cohort counts", cohort_counts), ("discovery", discovery), ("health + scores", monitoring)]
     for name, step in stages:
         if on_stage:
             on_stage(name)
@@ -99,6 +120,13 @@ def _fill_summary(summary: RunSummary) -> None:
             "count(*) filter (where is_eligible and converted) from marts.account_outcomes"
         ).fetchall()[0]
         summary.accounts = dict(zip(("accounts", "with_events", "eligible", "eligible_converted"), row))
+        if table_exists(con, "beton", "signal_health"):
+            summary.health = dict(
+                con.sql("select health, count(*) from beton.signal_health where day = (select max(day) from beton.signal_health) group by 1").fetchall()
+            )
+        if table_exists(con, "beton", "revenue_metrics"):
+            rows = con.sql("select * from beton.revenue_metrics order by day desc limit 1").pl()
+            summary.leads = {k: v for k, v in rows.row(0, named=True).items() if k != "day"} if rows.height else {}
         if table_exists(con, "beton", "signals"):
             summary.enabled_signals = con.sql(
                 "select signal_id, definition, lift from beton.signals where enabled order by q_value, lift desc"

@@ -78,6 +78,22 @@ class DiscoverySettings(_Strict):
         return self
 
 
+class MonitoringSettings(_Strict):
+    start_date: str = Field("2024-01-01", pattern=r"^\d{4}-\d{2}-\d{2}$", description="First day of the daily partitions (health, scores).")
+    window_days: int = Field(90, gt=0, description="Rolling window of outcome closures each day's health looks at.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="False-alarm probability per signal per year of daily looks.")
+    looks_per_year: int = Field(365, ge=1, description="Daily looks the alpha is spent over (Bonferroni).")
+    min_fired: int = Field(30, ge=1)
+    min_conversions: int = Field(10, ge=1)
+
+
+class ScoringSettings(_Strict):
+    half_life_days: float = Field(14.0, gt=0, description="A signal's contribution halves every this many days after it fired.")
+    calibration_ages_days: tuple[int, ...] = (1, 3, 7, 14, 21, 30, 45)
+    lead_threshold: float = Field(0.15, gt=0, lt=1, description="Accounts in play scoring at least this are surfaced as leads.")
+    top_contributions: int = Field(3, ge=1)
+
+
 class DemoSettings(_Strict):
     accounts: int = Field(8000, ge=50)
     seed: int = 7
@@ -93,6 +109,8 @@ class Settings(_Strict):
     windows: WindowSettings = WindowSettings()
     thresholds: ThresholdSettings = ThresholdSettings()
     discovery: DiscoverySettings = DiscoverySettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
+    scoring: ScoringSettings = ScoringSettings()
     demo: DemoSettings = DemoSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     playbooks: tuple[dict, ...] = ()

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 import duckdb
 import polars as pl
 
+from beton_pipeline.core.candidates import signal_id
 from beton_pipeline.settings import Settings
 from beton_pipeline.tables import replace_rows
 from beton_pipeline.warehouse import table_exists
@@ -32,6 +33,7 @@ SIGNALS_SCHEMA: dict[str, pl.DataType] = {
     "method": pl.String(), "is_family_best": pl.Boolean(), "alternatives": pl.String(),
     "candidate_key": pl.String(), "event": pl.String(), "property": pl.String(), "value": pl.String(),
     "window_days": pl.Int64(), "threshold": pl.Int64(), "confidence_level": pl.Float64(), "as_of": pl.Datetime("us"),
+    "part_a_id": pl.String(), "part_b_id": pl.String(),
 }
 """beton.signals, column by column (README, "beton.signals")."""
 SIGNAL_COLUMNS = list(SIGNALS_SCHEMA)
@@ -77,8 +79,12 @@ def write_discovered_signals(con: duckdb.DuckDBPyConnection, result: pl.DataFram
         empty = pl.DataFrame(schema=SIGNALS_SCHEMA)
         replace_rows(con, SIGNALS_TABLE, empty, "source = 'discovered'")
         return empty.with_columns(pl.lit(None, pl.Int64).alias("recommendation_order"))
+    if "part_a" not in result.columns:
+        result = result.with_columns(pl.lit(None, pl.String).alias("part_a"), pl.lit(None, pl.String).alias("part_b"))
     frame = result.with_columns(
         pl.col("key").alias("candidate_key"),
+        pl.col("part_a").map_elements(signal_id, return_dtype=pl.String).alias("part_a_id"),
+        pl.col("part_b").map_elements(signal_id, return_dtype=pl.String).alias("part_b_id"),
         pl.format("{}; q: Benjamini-Hochberg over {} candidates; holdout: {} later cohort months", "method", pl.lit(n_tested), pl.lit(len(split.holdout_months))).alias("method"),
         pl.col("alternatives").map_elements(lambda a: json.dumps(list(a)), return_dtype=pl.String).alias("alternatives"),
         pl.lit(settings.thresholds.confidence_level).alias("confidence_level"),

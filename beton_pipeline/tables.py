@@ -64,6 +64,7 @@ def replace_rows(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame
     con.register("_beton_frame", frame.to_arrow())
     try:
         con.execute(f"create table if not exists {table} as select * from _beton_frame limit 0")
+        _add_missing_columns(con, table)
         con.execute("begin transaction")
         try:
             con.execute(f"delete from {table} where {where}", params or [])
@@ -74,3 +75,11 @@ def replace_rows(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame
             raise
     finally:
         con.unregister("_beton_frame")
+
+
+def _add_missing_columns(con: duckdb.DuckDBPyConnection, table: str) -> None:
+    """Columns a newer beton writes that an older table lacks are added (NULL for old rows)."""
+    have = {r[0] for r in con.sql(f"describe {table}").fetchall()}
+    for name, typ, *_ in con.sql("describe _beton_frame").fetchall():
+        if name not in have:
+            con.execute(f'alter table {table} add column "{name}" {typ}')

@@ -31,14 +31,30 @@ class Column:
     lower: bool = False
 
 
+DEFAULT_MAX_LAG_DAYS = 35.0
+"""How many days a table's newest row may trail the as-of time before the table counts as stale. A
+month and a few days: a Stripe invoice export has at least one invoice a month, and a CRM export that
+stopped longer ago than that silently drops every account that started since."""
+
+EVENTS_MAX_LAG_DAYS = 3.0
+"""The events may trail `windows.as_of` (when it is set) by this much: a weekend of export delay."""
+
+
 @dataclass(frozen=True)
 class TableSpec:
-    """One source table: its name (the file stem), whether the directory must have it, its columns and key."""
+    """One source table: its name (the file stem), whether the directory must have it, its columns and key.
+
+    `freshness_column` is the timestamp whose newest value says how current the table is;
+    `max_lag_days` the default for how far that may trail the as-of time (the latest event, or
+    `windows.as_of`) before the table is stale (None: never).
+    """
 
     name: str
     columns: tuple[Column, ...]
     required: bool
     key: tuple[str, ...] | None = None
+    freshness_column: str | None = None
+    max_lag_days: float | None = DEFAULT_MAX_LAG_DAYS
 
     @property
     def raw_table(self) -> str:
@@ -65,6 +81,8 @@ TABLES: tuple[TableSpec, ...] = (
         ),
         required=True,
         key=("uuid",),
+        freshness_column="timestamp",
+        max_lag_days=EVENTS_MAX_LAG_DAYS,
     ),
     TableSpec(
         "crm_companies",
@@ -78,6 +96,7 @@ TABLES: tuple[TableSpec, ...] = (
         ),
         required=True,
         key=("record_id",),
+        freshness_column="created_at",
     ),
     TableSpec(
         "crm_people",
@@ -89,6 +108,7 @@ TABLES: tuple[TableSpec, ...] = (
         ),
         required=True,
         key=("record_id",),
+        freshness_column="created_at",
     ),
     TableSpec(
         "crm_deals",
@@ -106,6 +126,7 @@ TABLES: tuple[TableSpec, ...] = (
         ),
         required=False,
         key=("record_id",),
+        freshness_column="created_at",
     ),
     TableSpec(
         "crm_deal_stage_changes",
@@ -116,6 +137,7 @@ TABLES: tuple[TableSpec, ...] = (
             Column("reason", required=False),
         ),
         required=False,
+        freshness_column="changed_at",
     ),
     TableSpec(
         "billing_customers",
@@ -127,6 +149,7 @@ TABLES: tuple[TableSpec, ...] = (
         ),
         required=True,
         key=("id",),
+        freshness_column="created",
     ),
     TableSpec(
         "billing_subscriptions",
@@ -143,6 +166,7 @@ TABLES: tuple[TableSpec, ...] = (
         ),
         required=True,
         key=("id",),
+        freshness_column="created",
     ),
     TableSpec(
         "billing_invoices",
@@ -158,6 +182,7 @@ TABLES: tuple[TableSpec, ...] = (
         ),
         required=True,
         key=("id",),
+        freshness_column="created",
     ),
     TableSpec(
         "intent_signals",
@@ -169,6 +194,7 @@ TABLES: tuple[TableSpec, ...] = (
             Column("payload", "json", required=False),
         ),
         required=False,
+        freshness_column="occurred_at",
     ),
 )
 

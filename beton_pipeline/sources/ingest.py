@@ -26,6 +26,18 @@ from beton_pipeline.sources.contract import MIN_TIMESTAMP, SUPPORTED_SUFFIXES, C
 MAX_JSON_CHARS = 1_000_000
 """A JSON value longer than this (1 MB of text) is quarantined: no real event property needs it."""
 
+MAX_LINE_BYTES = 64 * 1024 * 1024
+"""The longest CSV or JSON Lines record read (DuckDB's default is 2 MB). Longer records are read so
+that an oversized JSON value is quarantined with its own reason instead of stopping the run; a record
+over this limit stops the run with an error naming the file."""
+
+MAX_EPOCH_SECONDS = 1e11
+"""Epoch values at or above this (the year 5138) are not seconds: usually milliseconds, which the
+contract does not accept (the value is ambiguous), so the row is quarantined saying so."""
+
+_INTEGER_PATTERN = "[+-]?[0-9]{1,18}(\\.0*)?"
+"""An integer, optionally with a zero fraction ("4900.0"); at most 18 digits so it fits a BIGINT."""
+
 _ISO_CURRENCIES = tuple(sorted(c.alpha_3.lower() for c in pycountry.currencies))
 
 QUARANTINE_DDL = """
@@ -90,11 +102,15 @@ def _lit(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def _is_epoch(v: str) -> str:
+    return f"regexp_full_match(trim({v}), '[+-]?[0-9]+(\\.[0-9]+)?')"
+
+
 def _timestamp_expr(v: str) -> str:
-    """Text → TIMESTAMP (UTC). Epoch seconds (integer or decimal) or ISO-8601 with or without zone."""
+    """Text → TIMESTAMP (UTC). Epoch seconds (integer or decimal) or ISO-8601 with or without zone (none = UTC)."""
     return (
-        f"(case when regexp_full_match(trim({v}), '[+-]?[0-9]+(\\.[0-9]+)?') "
-        f"then (case when abs(try_cast(trim({v}) as double)) < 1e11 then to_timestamp(try_cast(trim({v}) as double))::timestamp end) "
+        f"(case when {_is_epoch(v)} "
+        f"then (case when abs(try_cast(trim({v}) as double)) < {MAX_EPOCH_SECONDS:g} then to_timestamp(try_cast(trim({v}) as double))::timestamp end) "
         f"else try_cast(trim({v}) as timestamptz)::timestamp end)"
     )
 
@@ -113,12 +129,15 @@ def _reason_exprs(col: Column) -> list[str]:
     if col.kind == "timestamp":
         ts = _timestamp_expr(v)
         out.append(
-            f"case when {_present(v)} and {ts} is null then '{name}: not a timestamp: ' || left({v}, 40) "
+            f"case when {_present(v)} and {_is_epoch(v)} and {ts} is null "
+            f"then '{name}: epoch value too large for seconds (milliseconds?): ' || left(trim({v}), 40) "
+            f"when {_present(v)} and {ts} is null then '{name}: not a timestamp: ' || left({v}, 40) "
             f"when {ts} < timestamp '{MIN_TIMESTAMP}' then '{name}: before {MIN_TIMESTAMP}' "
             f"when {ts} > current_timestamp::timestamp + interval 1 day then '{name}: in the future' end"
         )
     elif col.kind == "integer":
-        out.append(f"case when {_present(v)} and not regexp_full_match(trim({v}), '[+-]?[0-9]{{1,18}}') then '{name}: not an integer: ' || left({v}, 40) end")
+        # "4900.0" is an integer written by a float column (pandas writes integers with nulls that way).
+        out.append(f"case when {_present(v)} and not regexp_full_match(trim({v}), '{_INTEGER_PATTERN}') then '{name}: not an integer: ' || left({v}, 40) end")
     elif col.kind == "number":
         out.append(
             f"case when {_present(v)} and (try_cast(trim({v}) as double) is null or not isfinite(try_cast(trim({v}) as double))) "
@@ -149,7 +168,7 @@ def _typed_expr(col: Column) -> str:
     if col.kind == "timestamp":
         return f"{_timestamp_expr(v)} as {v}"
     if col.kind == "integer":
-        return f"cast(nullif(trim({v}), '') as bigint) as {v}"
+        return f"cast(regexp_replace(nullif(trim({v}), ''), '\\.0*$', '') as bigint) as {v}"
     if col.kind == "number":
         return f"cast(nullif(trim({v}), '') as double) as {v}"
     if col.kind == "currency":
@@ -167,8 +186,46 @@ def _raw_table_ddl(spec: TableSpec) -> str:
     return f"create or replace table {spec.raw_table} ({cols}, _source_file varchar, _line_number bigint)"
 
 
+def _unreadable(path: Path, what: str, exc: duckdb.Error) -> SourceError:
+    """A `SourceError` for a file DuckDB cannot read, with DuckDB's most telling line (not its dump of options)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    detail = next((ln for ln in lines if "Maximum line size" in ln), lines[0] if lines else type(exc).__name__)
+    detail = detail.replace(f": {path}", "").split(". Actual Size")[0]
+    for prefix in ("IO Error: ", "Invalid Input Error: ", "Conversion Error: "):
+        detail = detail.removeprefix(prefix)
+    if "gzip" in detail.lower():
+        detail = f"truncated or corrupt gzip ({detail})"
+    return SourceError(f"{path}: not a readable {what} file: {detail}")
+
+
+_CSV_ERROR_REASONS = """
+    case error_type
+        when 'TOO MANY COLUMNS' then regexp_extract(error_message, 'Found: ([0-9]+)', 1) || ' fields, the header has '
+            || regexp_extract(error_message, 'Expected Number of Columns: ([0-9]+)', 1)
+        when 'MISSING COLUMNS' then regexp_extract(error_message, 'Found: ([0-9]+)', 1) || ' field(s), the header has '
+            || regexp_extract(error_message, 'Expected Number of Columns: ([0-9]+)', 1)
+        when 'INVALID ENCODING' then 'not valid UTF-8'
+        when 'UNQUOTED VALUE' then 'a quote inside an unquoted value'
+        when 'LINE SIZE OVER MAXIMUM' then 'longer than the maximum line size'
+        else lower(error_type) || ': ' || error_message
+    end
+"""
+"""DuckDB's CSV reject (one row per error) → the reason text of the line, stable and short."""
+
+
+_JSON_KIND_NAME = (
+    "case kind when 'ARRAY' then 'array' when 'VARCHAR' then 'string' when 'NULL' then 'null' "
+    "when 'BOOLEAN' then 'boolean' else 'number' end"
+)
+"""DuckDB's `json_type` of a valid JSON line that is not an object → the JSON name of its kind."""
+
+
 class _TextLoader:
-    """Reads one table's files into a temp table of text columns plus `_file`, `_line`, `_raw`."""
+    """Reads one table's files into a temp table of text columns plus `_file`, `_line`, `_raw`.
+
+    Records DuckDB's reader rejects (wrong number of fields, bad encoding) go to the reject table, one
+    row per record, with `_line` the record's number in the file (the header is line 1 of a CSV).
+    """
 
     def __init__(self, con: duckdb.DuckDBPyConnection, spec: TableSpec, text_table: str, reject_table: str):
         self.con, self.spec, self.text_table, self.reject_table = con, spec, text_table, reject_table
@@ -207,7 +264,7 @@ class _TextLoader:
         try:
             described = self.con.sql(f"describe select * from {src}").fetchall()
         except duckdb.Error as exc:
-            raise SourceError(f"{path}: not a readable Parquet file: {str(exc).splitlines()[0]}") from None
+            raise _unreadable(path, "Parquet", exc) from None
         types = {name: typ for name, typ, *_ in described}
         self._check_columns(path, list(types))
         select = {}
@@ -215,51 +272,84 @@ class _TextLoader:
             if c in types:
                 nested = any(t in types[c].upper() for t in ("STRUCT", "MAP", "[]", "JSON", "UNION"))
                 select[c] = f"to_json({_q(c)})::varchar" if nested else f"cast({_q(c)} as varchar)"
-        self._insert(path, select, f"(select *, row_number() over () as _rn from {src})", "_rn")
+        try:
+            self._insert(path, select, f"(select *, row_number() over () as _rn from {src})", "_rn")
+        except duckdb.Error as exc:
+            raise _unreadable(path, "Parquet", exc) from None
+
+    def _read_with_rejects(self, path: Path, what: str, src: str, table: str) -> None:
+        """`create temp table <table> as select *, _rn from <src>` (a `read_csv` with `store_rejects`)."""
+        self.con.execute("drop table if exists _beton_rej_err; drop table if exists _beton_rej_scan")
+        try:
+            self.con.execute(f"create or replace temp table {table} as select *, row_number() over () as _rn from {src}")
+        except duckdb.Error as exc:
+            raise _unreadable(path, what, exc) from None
+        # One reject per record: DuckDB writes one per missing field. `_s` is the record's number among
+        # the data records (the header excluded), `_k` its rank among the rejects.
+        self.con.execute(
+            f"""
+            create or replace temp table _beton_rej as
+            select line, line - {1 if what == 'CSV' else 0} as _s, csv_line, reason,
+                   row_number() over (order by line) as _k
+            from (
+                select line, csv_line, {_CSV_ERROR_REASONS} as reason,
+                       row_number() over (partition by line order by column_idx, byte_position) as _first
+                from _beton_rej_err
+            ) where _first = 1
+            """
+        )
+
+    def _numbered(self, table: str) -> str:
+        """`table` with `_rec`, the data-record number of accepted record `_rn`. DuckDB numbers accepted
+        records only, so each rejected record before it moves it down one: accepted record k follows
+        reject i iff s_i - i < k, and s_i - i never decreases, so an as-of join on it finds the count."""
+        return (
+            f"(select t.*, t._rn + coalesce(r.n, 0) as _rec from {table} t "
+            f"asof left join (select _s - _k as below, max(_k) as n from _beton_rej group by 1) r on t._rn > r.below)"
+        )
 
     def _load_csv(self, path: Path) -> None:
-        self.con.execute("drop table if exists _beton_rej_err; drop table if exists _beton_rej_scan")
         src = (
             f"read_csv({_lit(str(path))}, all_varchar=true, header=true, store_rejects=true, "
-            f"rejects_table='_beton_rej_err', rejects_scan='_beton_rej_scan')"
+            f"rejects_table='_beton_rej_err', rejects_scan='_beton_rej_scan', max_line_size={MAX_LINE_BYTES})"
         )
-        try:
-            self.con.execute(f"create or replace temp table _beton_csv as select *, row_number() over () as _rn from {src}")
-        except duckdb.Error as exc:
-            raise SourceError(f"{path}: not a readable CSV file: {str(exc).splitlines()[0]}") from None
+        self._read_with_rejects(path, "CSV", src, "_beton_csv")
         present = [r[0] for r in self.con.sql("describe _beton_csv").fetchall() if r[0] != "_rn"]
         self._check_columns(path, present)
         select = {c: _q(c) for c in self.spec.column_names if c in present}
-        # Lines the CSV reader rejected (bad encoding, wrong number of fields, unterminated quotes).
         self.con.execute(
-            f"insert into {self.reject_table} select {_lit(str(path))}, line, "
-            f"json_object('line', csv_line)::varchar, 'unreadable CSV line (' || error_type || '): ' || error_message "
-            f"from _beton_rej_err"
+            f"insert into {self.reject_table} select {_lit(str(path))}, line, json_object('line', csv_line)::varchar, "
+            f"'unreadable CSV line: ' || reason from _beton_rej"
         )
-        self._insert(path, select, "_beton_csv", "_rn + 1")
-        self.con.execute("drop table _beton_csv")
+        self._insert(path, select, self._numbered("_beton_csv"), "_rec + 1")
+        self.con.execute("drop table _beton_csv; drop table _beton_rej")
 
     def _load_jsonl(self, path: Path) -> None:
+        # Each line as one text value: a delimiter and no quote that never occur in JSON text.
         src = (
             f"read_csv({_lit(str(path))}, columns={{'line': 'VARCHAR'}}, header=false, delim='\\x1f', "
-            f"quote='', escape='', auto_detect=false, strict_mode=false)"
+            f"quote='', escape='', auto_detect=false, strict_mode=false, store_rejects=true, "
+            f"rejects_table='_beton_rej_err', rejects_scan='_beton_rej_scan', max_line_size={MAX_LINE_BYTES})"
         )
-        try:
-            self.con.execute(
-                f"create or replace temp table _beton_lines as select line, row_number() over () as _rn from {src}"
-            )
-        except duckdb.Error as exc:
-            raise SourceError(f"{path}: not a readable JSON Lines file: {str(exc).splitlines()[0]}") from None
+        self._read_with_rejects(path, "JSON Lines", src, "_beton_lines")
+        self.con.execute(
+            f"insert into {self.reject_table} select {_lit(str(path))}, line, json_object('line', csv_line)::varchar, "
+            f"'unreadable JSON line: ' || reason from _beton_rej"
+        )
+        self.con.execute(f"create or replace temp table _beton_lines as select * exclude (_rec), _rec as _line from {self._numbered('_beton_lines')}")
         self.con.execute("delete from _beton_lines where line is null or trim(line) = ''")
         self.con.execute(
-            "alter table _beton_lines add column ok boolean; "
-            "update _beton_lines set ok = json_valid(line) and json_type(case when json_valid(line) then line end::json) = 'OBJECT'"
+            "alter table _beton_lines add column kind varchar; "
+            "update _beton_lines set kind = case when json_valid(line) then json_type(case when json_valid(line) then line end::json) end"
         )
         self.con.execute(
-            f"insert into {self.reject_table} select {_lit(str(path))}, _rn, json_object('line', line)::varchar, "
-            f"'malformed JSON line' from _beton_lines where not ok"
+            f"insert into {self.reject_table} select {_lit(str(path))}, _line, json_object('line', line)::varchar, "
+            f"case when kind is null then 'malformed JSON line' else 'JSON line is not an object (' || {_JSON_KIND_NAME} || ')' end "
+            f"from _beton_lines where kind is distinct from 'OBJECT'"
         )
-        self.con.execute("create or replace temp table _beton_objs as select line::json as j, _rn from _beton_lines where ok")
+        self.con.execute(
+            "create or replace temp table _beton_objs as select line::json as j, _line from _beton_lines where kind = 'OBJECT'"
+        )
         keys = {r[0] for r in self.con.sql("select distinct unnest(json_keys(j)) from _beton_objs").fetchall()}
         if _scalar(self.con, "select count(*) from _beton_objs") > 0:
             self._check_columns(path, sorted(keys))
@@ -276,8 +366,8 @@ class _TextLoader:
                 )
             else:
                 select[col.name] = f"json_extract_string(j, {path_})"
-        self._insert(path, select, "_beton_objs", "_rn")
-        self.con.execute("drop table _beton_objs; drop table _beton_lines")
+        self._insert(path, select, "_beton_objs", "_line")
+        self.con.execute("drop table _beton_objs; drop table _beton_lines; drop table _beton_rej")
 
 
 def ensure_quarantine(con: duckdb.DuckDBPyConnection) -> None:

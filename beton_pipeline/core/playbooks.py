@@ -1,0 +1,682 @@
+"""Playbooks, pure: configuration, rule evaluation, message templates, idempotency keys, holdouts.
+
+A *playbook* (beton.yaml, ``playbooks:``) says **when** to act and **what** to do:
+
+* account playbooks fire per scored account and day (``beton.account_scores``): any/all of named
+  signals fired, a minimum score, the top N by rank — every condition given must hold;
+* health playbooks fire per signal and day when its health in ``beton.signal_health`` changes to
+  one of the listed states.
+
+Each (playbook, subject, day, destination) becomes at most one row of the outbox,
+``beton.playbook_actions``, keyed by :func:`idempotency_key`; the outbox sends it (see
+``beton_pipeline/outbox.py``). This module computes *which* rows and *what* they carry, and nothing
+else: no I/O, no Dagster.
+
+Randomized holdout: account ``a`` is held out of playbook ``p`` when
+``U(p, a) < holdout_fraction``, with ``U(p, a)`` = the first 8 bytes of
+``SHA-256(p + "\\x1f" + a)`` read as a big-endian unsigned integer, divided by 2^64
+(:func:`holdout_draw`). The draw is uniform, independent of everything about the account, fixed
+over time (an account stays in its arm every day), different per playbook, and reproducible in
+any language or in SQL (DuckDB: ``('0x' || left(sha256(p || chr(31) || a), 16))::ubigint / 2^64``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import string
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Annotated, Literal
+from urllib.parse import quote
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from beton_pipeline.destinations import attio as attio_dest
+from beton_pipeline.destinations import slack as slack_dest
+from beton_pipeline.destinations import webhook as webhook_dest
+
+HEALTH_STATES = ("healthy", "degrading", "broken", "insufficient_data")
+STATUSES = ("pending", "sent", "retrying", "dead", "held_out", "dry_run")
+"""Outbox statuses. Only ``pending`` and ``retrying`` rows are ever sent."""
+
+SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+ACCOUNT_TEMPLATE_FIELDS = (
+    "account_id", "company", "company_name", "domain", "score", "score_raw", "score_rank",
+    "signals", "signal_ids", "playbook", "day", "crm_url",
+)
+"""Placeholders an account playbook's templates may use (``$company``, ``${score}``, …)."""
+
+HEALTH_TEMPLATE_FIELDS = (
+    "signal_id", "definition", "health", "previous_health", "lift", "lift_ci_low", "lift_ci_high",
+    "backtest_lift", "playbook", "day",
+)
+"""Placeholders a health playbook's templates may use."""
+
+DEFAULT_ACCOUNT_SLACK_TEMPLATE = "*$company* matched *$playbook*: score $score (rank $score_rank). Top signals: $signals"
+DEFAULT_HEALTH_SLACK_TEMPLATE = "Signal `$signal_id` ($definition) changed from $previous_health to *$health* on $day."
+
+
+class PlaybookConfigError(ValueError):
+    """A playbook, experiment or destinations entry in beton.yaml is invalid; the message names it."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _template_fields(template: str) -> set[str]:
+    """Placeholders in a ``string.Template``; a malformed ``$`` raises ValueError."""
+    tpl = string.Template(template)
+    if not tpl.is_valid():
+        raise ValueError(f"invalid template {template!r}: write $name or ${{name}}, and $$ for a literal $")
+    return set(tpl.get_identifiers())
+
+
+def render(template: str, values: Mapping[str, object]) -> str:
+    """``template`` with ``$name`` / ``${name}`` replaced by ``str(values[name])`` (``$$`` → ``$``).
+
+    ``string.Template`` does substitution only: no attribute access, indexing, expressions or code,
+    so a value (or a template) can never execute anything. Unknown names were rejected when the
+    configuration was read.
+    """
+    return string.Template(template).substitute({k: "" if v is None else str(v) for k, v in values.items()})
+
+
+# ------------------------------------------------------------------------------------------------
+# Configuration
+# ------------------------------------------------------------------------------------------------
+class PlaybookWhen(_Strict):
+    """When a playbook fires. Every condition given must hold (AND); give at least one.
+
+    Account conditions: ``any_signals`` (at least one fired), ``all_signals`` (every one fired),
+    ``min_score`` (calibrated probability, 0–1), ``top_n`` (``score_rank <= top_n`` that day).
+    Health condition: ``health_changed_to`` (a signal's health changed to one of these states),
+    optionally only for the signals in ``health_of``.
+    """
+
+    any_signals: tuple[str, ...] = ()
+    all_signals: tuple[str, ...] = ()
+    min_score: float | None = Field(None, ge=0, le=1)
+    top_n: int | None = Field(None, ge=1)
+    health_changed_to: tuple[Literal["healthy", "degrading", "broken", "insufficient_data"], ...] = ()
+    health_of: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "PlaybookWhen":
+        account = bool(self.any_signals or self.all_signals or self.min_score is not None or self.top_n is not None)
+        health = bool(self.health_changed_to)
+        if account and health:
+            raise ValueError("a playbook reacts to accounts (any_signals/all_signals/min_score/top_n) or to health_changed_to, not both")
+        if not account and not health:
+            raise ValueError("give at least one condition: any_signals, all_signals, min_score, top_n or health_changed_to")
+        if self.health_of and not health:
+            raise ValueError("health_of needs health_changed_to")
+        return self
+
+    @property
+    def kind(self) -> Literal["account", "health"]:
+        return "health" if self.health_changed_to else "account"
+
+
+class SlackAction(_Strict):
+    """Post a Block Kit message to a channel (``#name`` or a channel id)."""
+
+    type: Literal["slack"]
+    channel: str = Field(min_length=1)
+    template: str | None = Field(None, description="mrkdwn headline; data values are escaped before substitution")
+
+    @property
+    def destination(self) -> str:
+        return f"slack:{self.channel}"
+
+
+class AttioAction(_Strict):
+    """Set an attribute on the account's Attio record (CRM companies only: the account id is the record id)."""
+
+    type: Literal["attio"]
+    object: str = "companies"
+    attribute: str = Field(min_length=1, description="attribute slug or id, e.g. beton_score")
+    value: str = "$score_raw"
+    value_type: Literal["text", "number"] = "number"
+
+    @property
+    def destination(self) -> str:
+        return f"attio:{self.object}.{self.attribute}"
+
+
+class WebhookAction(_Strict):
+    """POST a signed JSON event; the secret comes from ``BETON_WEBHOOK_SECRET_<NAME>``."""
+
+    type: Literal["webhook"]
+    name: str = Field(pattern=SLUG)
+    url: str
+
+    @property
+    def destination(self) -> str:
+        return f"webhook:{self.name}"
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, url: str) -> str:
+        return webhook_dest.check_url(url)
+
+
+Action = Annotated[SlackAction | AttioAction | WebhookAction, Field(discriminator="type")]
+
+
+class Playbook(_Strict):
+    """One playbook from beton.yaml (see the module docstring and the README example)."""
+
+    name: str = Field(pattern=SLUG)
+    description: str = ""
+    enabled: bool = True
+    when: PlaybookWhen
+    then: tuple[Action, ...] = Field(min_length=1)
+    holdout_fraction: float | None = Field(None, ge=0, lt=1, description="share of matched accounts held out; default 0.1 (account playbooks), 0 (health)")
+    dry_run: bool = False
+    max_attempts: int = Field(6, ge=1, le=50)
+    readout_window_days: int | None = Field(None, ge=1, description="conversion counted within N days of the first action; default windows.conversion_window_days")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Playbook":
+        destinations = [a.destination for a in self.then]
+        if len(set(destinations)) != len(destinations):
+            raise ValueError(f"two actions share a destination ({', '.join(sorted(destinations))}); each must differ")
+        allowed = set(HEALTH_TEMPLATE_FIELDS if self.kind == "health" else ACCOUNT_TEMPLATE_FIELDS)
+        for i, action in enumerate(self.then):
+            templates = {
+                SlackAction: lambda a: [a.template or ""],
+                AttioAction: lambda a: [a.value],
+                WebhookAction: lambda a: [],
+            }[type(action)](action)
+            for template in templates:
+                unknown = _template_fields(template) - allowed
+                if unknown:
+                    raise ValueError(
+                        f"then[{i}]: unknown placeholder(s) {', '.join('$' + u for u in sorted(unknown))}; "
+                        f"available: {', '.join('$' + f for f in sorted(allowed))}"
+                    )
+            if isinstance(action, AttioAction) and self.kind == "health":
+                raise ValueError(f"then[{i}]: an attio action needs an account playbook (health playbooks have no account)")
+        if self.kind == "health" and self.holdout_fraction:
+            raise ValueError("holdout_fraction applies to account playbooks only")
+        return self
+
+    @property
+    def kind(self) -> Literal["account", "health"]:
+        return self.when.kind
+
+    @property
+    def effective_holdout_fraction(self) -> float:
+        if self.kind == "health":
+            return 0.0
+        return 0.1 if self.holdout_fraction is None else self.holdout_fraction
+
+
+class DestinationSettings(_Strict):
+    """``destinations:`` in beton.yaml: how actions are delivered (no secrets here)."""
+
+    dry_run: bool = Field(False, description="record what would be sent (status dry_run) and send nothing")
+    webhook_allowed_hosts: tuple[str, ...] = Field((), description="when non-empty, webhooks may only go to these hosts (`*.example.com` allowed)")
+    crm_record_url: str | None = Field(None, description="link to an account's CRM record: $record_id, $domain, e.g. https://app.attio.com/acme/company/$record_id/overview")
+    backoff_base_seconds: float = Field(10.0, ge=0)
+    backoff_max_seconds: float = Field(3600.0, ge=0)
+    max_inline_wait_seconds: float = Field(30.0, ge=0, description="longer waits are left to the retry sensor instead of sleeping in the run")
+    timeout_seconds: float = Field(10.0, gt=0)
+
+    @field_validator("crm_record_url")
+    @classmethod
+    def _template(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        unknown = _template_fields(url) - {"record_id", "domain"}
+        if unknown:
+            raise ValueError(f"unknown placeholder(s) {', '.join('$' + u for u in sorted(unknown))}; use $record_id and $domain")
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return url
+
+
+class Experiment(_Strict):
+    """One experiment read from PostHog ``$feature_flag_called`` events (``experiments:`` in beton.yaml).
+
+    Exposure: a user's (``distinct_id``) first ``$feature_flag_called`` for ``flag``; its variant is
+    the ``$feature_flag_response`` of that first exposure. Conversion: ``goal_event`` by the same user
+    strictly after that first exposure (within ``conversion_window_days`` when given; then only users
+    exposed at least that long before the data's last event are counted).
+    """
+
+    name: str = Field(pattern=SLUG)
+    flag: str = Field(min_length=1)
+    goal_event: str = Field(min_length=1)
+    control: str = "control"
+    variants: tuple[str, ...] = Field((), description="the expected variants, control included; empty = every response seen")
+    weights: tuple[float, ...] = Field((), description="expected traffic shares in the order of variants; empty = equal")
+    conversion_window_days: int | None = Field(None, ge=1)
+    start: date | None = None
+    end: date | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Experiment":
+        if self.variants and self.control not in self.variants:
+            raise ValueError(f"control {self.control!r} is not one of variants {list(self.variants)}")
+        if self.weights and len(self.weights) != len(self.variants):
+            raise ValueError("weights need variants of the same length")
+        if any(w <= 0 for w in self.weights):
+            raise ValueError("weights must be positive")
+        if self.start and self.end and self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+@dataclass(frozen=True)
+class PlaybookConfig:
+    """Everything the playbook and readout assets need from beton.yaml."""
+
+    playbooks: tuple[Playbook, ...]
+    experiments: tuple[Experiment, ...]
+    destinations: DestinationSettings
+
+    def playbook(self, name: str) -> Playbook:
+        for p in self.playbooks:
+            if p.name == name:
+                return p
+        raise KeyError(f"no playbook named {name!r} in beton.yaml (have: {', '.join(p.name for p in self.playbooks) or 'none'})")
+
+    @property
+    def account_playbooks(self) -> tuple[Playbook, ...]:
+        return tuple(p for p in self.playbooks if p.enabled and p.kind == "account")
+
+    @property
+    def health_playbooks(self) -> tuple[Playbook, ...]:
+        return tuple(p for p in self.playbooks if p.enabled and p.kind == "health")
+
+
+def _errors(exc: ValidationError, prefix: str) -> str:
+    return "; ".join(f"{prefix}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}".replace(f"{prefix}.:", f"{prefix}:") for err in exc.errors())
+
+
+def parse_playbook_config(
+    playbooks: Sequence[Mapping] = (), experiments: Sequence[Mapping] = (), destinations: Mapping | None = None
+) -> PlaybookConfig:
+    """Validate the raw ``playbooks``, ``experiments`` and ``destinations`` sections.
+
+    Raises PlaybookConfigError naming each bad field (``playbooks[0].then.1.webhook.url: …``),
+    duplicate names, and webhook hosts outside ``destinations.webhook_allowed_hosts``.
+    """
+    problems: list[str] = []
+    try:
+        dest = DestinationSettings.model_validate(dict(destinations or {}))
+    except ValidationError as exc:
+        problems.append(_errors(exc, "destinations"))
+        dest = DestinationSettings()
+    parsed: list[Playbook] = []
+    for i, raw in enumerate(playbooks or ()):
+        try:
+            parsed.append(Playbook.model_validate(dict(raw) if isinstance(raw, Mapping) else raw))
+        except ValidationError as exc:
+            problems.append(_errors(exc, f"playbooks[{i}]"))
+    exps: list[Experiment] = []
+    for i, raw in enumerate(experiments or ()):
+        try:
+            exps.append(Experiment.model_validate(dict(raw) if isinstance(raw, Mapping) else raw))
+        except ValidationError as exc:
+            problems.append(_errors(exc, f"experiments[{i}]"))
+    for label, names in (("playbook", [p.name for p in parsed]), ("experiment", [e.name for e in exps])):
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            problems.append(f"duplicate {label} name(s): {', '.join(dupes)}")
+    for p in parsed:
+        for i, action in enumerate(p.then):
+            if isinstance(action, WebhookAction):
+                try:
+                    webhook_dest.check_url(action.url, dest.webhook_allowed_hosts)
+                except webhook_dest.WebhookURLError as exc:
+                    problems.append(f"playbooks[{p.name}].then[{i}].url: {exc}")
+    if problems:
+        raise PlaybookConfigError("; ".join(problems))
+    return PlaybookConfig(tuple(parsed), tuple(exps), dest)
+
+
+def playbook_config_from_settings(settings: object) -> PlaybookConfig:
+    """The playbook configuration of a loaded ``Settings`` (``playbooks``, ``experiments``, ``destinations``).
+
+    ``experiments`` and ``destinations`` are read with getattr so this works before Settings has them.
+    """
+    return parse_playbook_config(
+        getattr(settings, "playbooks", ()) or (),
+        getattr(settings, "experiments", ()) or (),
+        getattr(settings, "destinations", None) or {},
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Keys and the holdout
+# ------------------------------------------------------------------------------------------------
+def idempotency_key(playbook: str, subject: str, day: date | str, destination: str) -> str:
+    """``sha256("{playbook}\\x1f{subject}\\x1f{YYYY-MM-DD}\\x1f{destination}")`` as 32 hex characters.
+
+    One key per (playbook, account or signal, day, destination): inserting a key that exists is a
+    no-op, which is what makes re-runs and backfills send nothing twice.
+    """
+    text = "\x1f".join((playbook, subject, str(day), destination))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def holdout_draw(playbook: str, account_ids: Iterable[str]) -> np.ndarray:
+    """``U(p, a)`` in [0, 1) per account (see the module docstring for the formula)."""
+    prefix = playbook.encode("utf-8") + b"\x1f"
+    # One hash per *matched* account (the output size): a few microseconds each.
+    ints = [int.from_bytes(hashlib.sha256(prefix + str(a).encode("utf-8")).digest()[:8], "big") for a in account_ids]
+    return np.asarray(ints, dtype=np.uint64).astype(np.float64) / 2.0**64
+
+
+def is_held_out(playbook: str, account_ids: Sequence[str], holdout_fraction: float) -> np.ndarray:
+    """Boolean array: ``holdout_draw(playbook, a) < holdout_fraction``."""
+    if holdout_fraction <= 0:
+        return np.zeros(len(account_ids), dtype=bool)
+    return holdout_draw(playbook, account_ids) < holdout_fraction
+
+
+# ------------------------------------------------------------------------------------------------
+# Rule evaluation
+# ------------------------------------------------------------------------------------------------
+_SIGNAL_IDS = pl.List(pl.Struct({"signal_id": pl.String}))
+
+
+def with_signal_ids(scores: pl.DataFrame) -> pl.DataFrame:
+    """``scores`` with a ``signal_ids`` list column decoded from ``signals_fired`` (unless already there)."""
+    if "signal_ids" in scores.columns:
+        return scores
+    return scores.with_columns(
+        pl.col("signals_fired").str.json_decode(_SIGNAL_IDS).list.eval(pl.element().struct.field("signal_id")).alias("signal_ids")
+    )
+
+
+def account_condition(when: PlaybookWhen) -> pl.Expr:
+    """The polars predicate of an account playbook over ``account_scores`` columns (nulls never match)."""
+    cond = pl.lit(True)
+    if when.min_score is not None:
+        cond = cond & (pl.col("score") >= when.min_score)
+    if when.top_n is not None:
+        cond = cond & (pl.col("score_rank") <= when.top_n)
+    if when.any_signals:
+        cond = cond & pl.col("signal_ids").list.eval(pl.element().is_in(list(when.any_signals))).list.any()
+    for signal_id in when.all_signals:
+        cond = cond & pl.col("signal_ids").list.contains(signal_id)
+    return cond.fill_null(False)
+
+
+def match_accounts(scores: pl.DataFrame, when: PlaybookWhen) -> pl.DataFrame:
+    """The rows of one day's ``account_scores`` that satisfy ``when`` (vectorised; sorted by rank)."""
+    if when.kind != "account":
+        raise ValueError("match_accounts needs an account playbook")
+    if scores.is_empty():
+        return scores
+    frame = with_signal_ids(scores) if (when.any_signals or when.all_signals) else scores
+    matched = frame.filter(account_condition(when))
+    order = [c for c in ("score_rank", "account_id") if c in matched.columns]
+    return matched.sort(order, nulls_last=True) if order else matched
+
+
+def health_changes(health: pl.DataFrame, states: Iterable[str] = HEALTH_STATES, signals: Iterable[str] = ()) -> pl.DataFrame:
+    """Signal-days whose health differs from the same signal's previous observed day.
+
+    Input: ``beton.signal_health`` rows (``day``, ``signal_id``, ``health``, …). Output: those rows
+    where ``previous_health`` (health on the signal's latest earlier day) exists, differs, and the
+    new health is in ``states`` (and the signal in ``signals`` when given), with ``previous_health``
+    added. A signal's first observed day is never a change.
+    """
+    if health.is_empty():
+        return health.with_columns(pl.lit(None, dtype=pl.String).alias("previous_health"))
+    ordered = health.sort(["signal_id", "day"]).with_columns(pl.col("health").shift(1).over("signal_id").alias("previous_health"))
+    cond = pl.col("previous_health").is_not_null() & (pl.col("previous_health") != pl.col("health")) & pl.col("health").is_in(list(states))
+    signals = list(signals)
+    if signals:
+        cond = cond & pl.col("signal_id").is_in(signals)
+    return ordered.filter(cond)
+
+
+# ------------------------------------------------------------------------------------------------
+# Planning outbox rows
+# ------------------------------------------------------------------------------------------------
+OUTBOX_PLAN_SCHEMA = {
+    "idempotency_key": pl.String,
+    "playbook": pl.String,
+    "day": pl.Date,
+    "account_id": pl.String,
+    "signal_id": pl.String,
+    "destination": pl.String,
+    "destination_type": pl.String,
+    "held_out": pl.Boolean,
+    "status": pl.String,
+    "max_attempts": pl.Int32,
+    "payload": pl.String,
+}
+"""Columns of a planned action (one outbox row before any attempt)."""
+
+
+def _json_list(text: str | None) -> list[dict]:
+    if not text:
+        return []
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return []
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _crm_url(template: str | None, account_id: str, domain: str | None, is_crm: bool | None) -> str | None:
+    if not template or not is_crm:
+        return None
+    return render(template, {"record_id": quote(str(account_id), safe=""), "domain": quote(str(domain or ""), safe="")})
+
+
+def account_values(row: Mapping, playbook: str, day: date, crm_url: str | None) -> dict[str, object]:
+    """The template values of one matched account (raw, unescaped)."""
+    top = _json_list(row.get("top_contributions")) or _json_list(row.get("signals_fired"))[:3]
+    score = row.get("score")
+    company = row.get("company_name") or row.get("domain") or row["account_id"]
+    ids = row.get("signal_ids")
+    if ids is None:
+        ids = [s.get("signal_id") for s in _json_list(row.get("signals_fired"))]
+    return {
+        "account_id": row["account_id"],
+        "company": company,
+        "company_name": row.get("company_name") or "",
+        "domain": row.get("domain") or "",
+        "score": "—" if score is None else f"{100 * score:.0f}%",
+        "score_raw": "" if score is None else f"{score:.4f}",
+        "score_rank": "" if row.get("score_rank") is None else row["score_rank"],
+        "signals": ", ".join(str(s.get("definition") or s.get("signal_id")) for s in top) or "none",
+        "signal_ids": ", ".join(str(i) for i in ids if i),
+        "playbook": playbook,
+        "day": day.isoformat(),
+        "crm_url": crm_url or "",
+    }
+
+
+def _account_payload(action, playbook: Playbook, row: Mapping, day: date, values: Mapping[str, object], key: str) -> dict | None:
+    if isinstance(action, SlackAction):
+        escaped = {k: slack_dest.escape_mrkdwn(v) for k, v in values.items()}
+        headline = render(action.template or DEFAULT_ACCOUNT_SLACK_TEMPLATE, escaped)
+        top = _json_list(row.get("top_contributions")) or _json_list(row.get("signals_fired"))[:3]
+        return slack_dest.account_message(
+            action.channel,
+            headline,
+            title=str(values["company"]),
+            account_id=str(row["account_id"]),
+            domain=row.get("domain"),
+            score=row.get("score"),
+            score_rank=row.get("score_rank"),
+            signals=top,
+            playbook=playbook.name,
+            day=day.isoformat(),
+            crm_url=str(values["crm_url"]) or None,
+        )
+    if isinstance(action, AttioAction):
+        if not row.get("is_crm_company"):
+            return None  # not in the CRM: there is no record to update
+        text = render(action.value, values)
+        if action.value_type == "number":
+            try:
+                value: object = float(text)
+            except ValueError:
+                raise PlaybookConfigError(f"playbook {playbook.name}: attio value {action.value!r} rendered {text!r}, not a number") from None
+        else:
+            value = text
+        return attio_dest.record_update(action.object, str(row["account_id"]), {action.attribute: value})
+    return {
+        "webhook": action.name,
+        "url": action.url,
+        "event": {
+            "type": "playbook.matched",
+            "idempotency_key": key,
+            "playbook": playbook.name,
+            "day": day.isoformat(),
+            "account": {
+                "account_id": row["account_id"],
+                "company_name": row.get("company_name"),
+                "domain": row.get("domain"),
+                "is_crm_company": row.get("is_crm_company"),
+                "crm_url": values["crm_url"] or None,
+            },
+            "score": row.get("score"),
+            "score_rank": row.get("score_rank"),
+            "top_contributions": _json_list(row.get("top_contributions")),
+        },
+    }
+
+
+def _plan_frame(rows: list[dict]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=OUTBOX_PLAN_SCHEMA) if rows else pl.DataFrame(schema=OUTBOX_PLAN_SCHEMA)
+
+
+def plan_account_actions(
+    playbook: Playbook, matched: pl.DataFrame, day: date, destinations: DestinationSettings, dry_run: bool = False
+) -> pl.DataFrame:
+    """Outbox rows for the accounts ``matched`` on ``day``: one per account and action.
+
+    Held-out accounts (:func:`is_held_out`) get rows too, with ``held_out = true`` and status
+    ``held_out`` (the payload they would have received is kept for audit). In a dry run every row is
+    ``dry_run``. Attio actions skip accounts that are not CRM companies (no record to update).
+    Payload building is a loop over matched rows × actions: the output size, not the input.
+    """
+    if playbook.kind != "account":
+        raise ValueError("plan_account_actions needs an account playbook")
+    if matched.is_empty():
+        return _plan_frame([])
+    dry = dry_run or playbook.dry_run or destinations.dry_run
+    ids = matched.get_column("account_id").cast(pl.String).to_list()
+    held = is_held_out(playbook.name, ids, playbook.effective_holdout_fraction)
+    rows: list[dict] = []
+    for row, held_out in zip(matched.iter_rows(named=True), held.tolist()):
+        crm = _crm_url(destinations.crm_record_url, row["account_id"], row.get("domain"), row.get("is_crm_company"))
+        values = account_values(row, playbook.name, day, crm)
+        for action in playbook.then:
+            key = idempotency_key(playbook.name, row["account_id"], day, action.destination)
+            payload = _account_payload(action, playbook, row, day, values, key)
+            if payload is None:
+                continue
+            rows.append(
+                {
+                    "idempotency_key": key,
+                    "playbook": playbook.name,
+                    "day": day,
+                    "account_id": row["account_id"],
+                    "signal_id": None,
+                    "destination": action.destination,
+                    "destination_type": action.type,
+                    "held_out": held_out,
+                    "status": "dry_run" if dry else ("held_out" if held_out else "pending"),
+                    "max_attempts": playbook.max_attempts,
+                    "payload": json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str),
+                }
+            )
+    return _plan_frame(rows)
+
+
+def _num(x: object) -> str:
+    return "—" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{float(x):.2f}"
+
+
+def plan_health_actions(
+    playbook: Playbook, changes: pl.DataFrame, day: date, destinations: DestinationSettings, dry_run: bool = False
+) -> pl.DataFrame:
+    """Outbox rows for the health changes (:func:`health_changes`) that happened on ``day``."""
+    if playbook.kind != "health":
+        raise ValueError("plan_health_actions needs a health playbook")
+    todays = changes.filter(pl.col("day") == day) if not changes.is_empty() else changes
+    if todays.is_empty():
+        return _plan_frame([])
+    dry = dry_run or playbook.dry_run or destinations.dry_run
+    rows: list[dict] = []
+    for row in todays.sort("signal_id").iter_rows(named=True):
+        values = {
+            "signal_id": row["signal_id"],
+            "definition": row.get("definition") or row["signal_id"],
+            "health": row["health"],
+            "previous_health": row.get("previous_health") or "—",
+            "lift": _num(row.get("lift")),
+            "lift_ci_low": _num(row.get("lift_ci_low")),
+            "lift_ci_high": _num(row.get("lift_ci_high")),
+            "backtest_lift": _num(row.get("backtest_lift")),
+            "playbook": playbook.name,
+            "day": day.isoformat(),
+        }
+        for action in playbook.then:
+            key = idempotency_key(playbook.name, row["signal_id"], day, action.destination)
+            if isinstance(action, SlackAction):
+                escaped = {k: slack_dest.escape_mrkdwn(v) for k, v in values.items()}
+                payload = slack_dest.health_message(
+                    action.channel,
+                    render(action.template or DEFAULT_HEALTH_SLACK_TEMPLATE, escaped),
+                    signal_id=row["signal_id"],
+                    definition=row.get("definition"),
+                    previous_health=row.get("previous_health"),
+                    health=row["health"],
+                    lift=row.get("lift"),
+                    lift_ci_low=row.get("lift_ci_low"),
+                    lift_ci_high=row.get("lift_ci_high"),
+                    backtest_lift=row.get("backtest_lift"),
+                    day=day.isoformat(),
+                )
+            else:  # webhook (attio is rejected for health playbooks at validation)
+                payload = {
+                    "webhook": action.name,
+                    "url": action.url,
+                    "event": {
+                        "type": "signal.health_changed",
+                        "idempotency_key": key,
+                        "playbook": playbook.name,
+                        "day": day.isoformat(),
+                        "signal": {k: row.get(k) for k in ("signal_id", "definition", "health", "previous_health", "lift", "lift_ci_low", "lift_ci_high", "backtest_lift")},
+                    },
+                }
+            rows.append(
+                {
+                    "idempotency_key": key,
+                    "playbook": playbook.name,
+                    "day": day,
+                    "account_id": None,
+                    "signal_id": row["signal_id"],
+                    "destination": action.destination,
+                    "destination_type": action.type,
+                    "held_out": False,
+                    "status": "dry_run" if dry else "pending",
+                    "max_attempts": playbook.max_attempts,
+                    "payload": json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str),
+                }
+            )
+    return _plan_frame(rows)
+
+
+def slug_ok(name: str) -> bool:
+    """Whether ``name`` is a valid playbook/experiment/webhook name (lower-case slug)."""
+    return re.match(SLUG, name) is not None

@@ -1,0 +1,197 @@
+"""Slack: Block Kit messages for playbooks and signal-health alerts, sent with slack-sdk's WebClient.
+
+Every value that comes from data (an account's name or domain, a signal's definition) is escaped
+with :func:`escape_mrkdwn` before it enters ``mrkdwn`` text, so an account named ``<!channel>``
+shows as text instead of notifying the channel. Message *templates* come from beton.yaml (trusted
+configuration) and are not escaped: an admin may write ``<!here>`` in a template on purpose.
+
+The builders are pure; :class:`SlackSender` makes one ``chat.postMessage`` call per attempt (its
+own retries are switched off so the outbox records and paces every attempt).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from urllib.parse import urlsplit
+
+from beton_pipeline.destinations.http import DeliveryResult, classify_status, parse_retry_after, redact
+
+DEFAULT_BASE_URL = "https://slack.com/api/"
+HEADER_MAX_CHARS = 150
+SECTION_MAX_CHARS = 3000
+TEXT_MAX_CHARS = 3000
+
+_QUIET = logging.getLogger("beton.destinations.slack_sdk")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False  # slack-sdk logs failed requests itself; the outbox records them instead
+
+RETRYABLE_ERRORS = frozenset({"ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"})
+"""``ok: false`` error codes (HTTP 200) that are worth another attempt; every other code is permanent."""
+
+
+def escape_mrkdwn(text: object) -> str:
+    """Slack's control-character escaping: ``&`` → ``&amp;``, ``<`` → ``&lt;``, ``>`` → ``&gt;``.
+
+    This is exactly what Slack documents for user text ("Escaping text"): with ``<`` and ``>``
+    escaped, nothing in the value can form a link, a mention or a ``<!channel>`` broadcast.
+    """
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _is_http_url(url: str | None) -> bool:
+    if not url:
+        return False
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def _score_text(score: float | None, rank: int | None) -> str:
+    if score is None:
+        return "—"
+    text = f"{100 * score:.0f}%"
+    return f"{text} (rank {rank})" if rank is not None else text
+
+
+def signals_mrkdwn(signals: Sequence[Mapping], limit: int = 5) -> str:
+    """A bulleted list of signal definitions (escaped), with their score contribution when known."""
+    lines = []
+    for sig in list(signals)[:limit]:
+        definition = escape_mrkdwn(sig.get("definition") or sig.get("signal_id") or "?")
+        contribution = sig.get("contribution")
+        suffix = f"  (+{contribution:.2f})" if isinstance(contribution, (int, float)) else ""
+        lines.append(f"• {definition}{suffix}")
+    if len(signals) > limit:
+        lines.append(f"… and {len(signals) - limit} more")
+    return "\n".join(lines) if lines else "—"
+
+
+def account_message(
+    channel: str,
+    headline_mrkdwn: str,
+    *,
+    title: str,
+    account_id: str,
+    domain: str | None,
+    score: float | None,
+    score_rank: int | None,
+    signals: Sequence[Mapping],
+    playbook: str,
+    day: str,
+    crm_url: str | None,
+) -> dict:
+    """The ``chat.postMessage`` arguments for one account: channel, fallback text and Block Kit blocks.
+
+    ``headline_mrkdwn`` must already be rendered with escaped values; ``title``, ``domain`` and the
+    signal definitions are escaped here. The CRM button is added only for an http(s) URL.
+    """
+    blocks: list[dict] = [
+        {"type": "header", "text": {"type": "plain_text", "text": _cut(title or account_id, HEADER_MAX_CHARS), "emoji": False}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": _cut(headline_mrkdwn, SECTION_MAX_CHARS)}},
+        {
+            "type": "section",
+            "fields": [
+                {"type": "mrkdwn", "text": f"*Score*\n{_score_text(score, score_rank)}"},
+                {"type": "mrkdwn", "text": f"*Domain*\n{escape_mrkdwn(domain) if domain else '—'}"},
+                {"type": "mrkdwn", "text": f"*Account*\n`{escape_mrkdwn(account_id)}`"},
+                {"type": "mrkdwn", "text": f"*Playbook*\n{escape_mrkdwn(playbook)} · {day}"},
+            ],
+        },
+        {"type": "section", "text": {"type": "mrkdwn", "text": _cut("*Signals*\n" + signals_mrkdwn(signals), SECTION_MAX_CHARS)}},
+    ]
+    if _is_http_url(crm_url):
+        blocks.append(
+            {
+                "type": "actions",
+                "elements": [{"type": "button", "text": {"type": "plain_text", "text": "Open in CRM"}, "url": crm_url, "action_id": "open_crm"}],
+            }
+        )
+    return {"channel": channel, "text": _cut(headline_mrkdwn, TEXT_MAX_CHARS), "blocks": blocks}
+
+
+def health_message(
+    channel: str,
+    headline_mrkdwn: str,
+    *,
+    signal_id: str,
+    definition: str | None,
+    previous_health: str | None,
+    health: str,
+    lift: float | None,
+    lift_ci_low: float | None,
+    lift_ci_high: float | None,
+    backtest_lift: float | None,
+    day: str,
+) -> dict:
+    """The ``chat.postMessage`` arguments for a signal whose health changed."""
+
+    def num(x: float | None) -> str:
+        return "—" if x is None else f"{x:.2f}"
+
+    ci = f" ({num(lift_ci_low)}–{num(lift_ci_high)})" if lift_ci_low is not None and lift_ci_high is not None else ""
+    blocks = [
+        {"type": "header", "text": {"type": "plain_text", "text": _cut(f"Signal health: {health}", HEADER_MAX_CHARS), "emoji": False}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": _cut(headline_mrkdwn, SECTION_MAX_CHARS)}},
+        {
+            "type": "section",
+            "fields": [
+                {"type": "mrkdwn", "text": f"*Signal*\n`{escape_mrkdwn(signal_id)}`"},
+                {"type": "mrkdwn", "text": f"*Health*\n{escape_mrkdwn(previous_health or '—')} → *{escape_mrkdwn(health)}*"},
+                {"type": "mrkdwn", "text": f"*Live lift*\n{num(lift)}{ci}"},
+                {"type": "mrkdwn", "text": f"*Backtest lift*\n{num(backtest_lift)}"},
+            ],
+        },
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": _cut(f"{escape_mrkdwn(definition or signal_id)} · {day}", SECTION_MAX_CHARS)}]},
+    ]
+    return {"channel": channel, "text": _cut(headline_mrkdwn, TEXT_MAX_CHARS), "blocks": blocks}
+
+
+class SlackSender:
+    """Posts prepared messages with ``chat.postMessage`` (one attempt per call, no built-in retries)."""
+
+    def __init__(self, token: str, base_url: str = DEFAULT_BASE_URL, timeout_seconds: float = 10.0):
+        if not token:
+            raise ValueError("the Slack token is empty (BETON_SLACK_TOKEN)")
+        self._token = token
+        self._base_url = base_url
+        self._timeout = timeout_seconds
+
+    def _client(self):
+        from slack_sdk import WebClient
+
+        return WebClient(token=self._token, base_url=self._base_url, timeout=self._timeout, retry_handlers=[], logger=_QUIET)
+
+    def send(self, payload: Mapping, idempotency_key: str) -> DeliveryResult:
+        """One ``chat.postMessage``; 429/5xx/transient ``ok: false`` codes → retry, other errors → fail."""
+        from slack_sdk.errors import SlackApiError
+
+        try:
+            response = self._client().chat_postMessage(
+                channel=payload["channel"],
+                text=payload["text"],
+                blocks=payload.get("blocks"),
+                unfurl_links=False,
+                unfurl_media=False,
+            )
+        except SlackApiError as exc:
+            status = exc.response.status_code
+            data = exc.response.data if isinstance(exc.response.data, dict) else {}
+            code = str(data.get("error") or "")
+            outcome = classify_status(status)
+            if status == 200:
+                outcome = "retry" if code in RETRYABLE_ERRORS else "fail"
+            elif outcome == "sent":  # a 2xx that was not ok
+                outcome = "fail"
+            headers = exc.response.headers or {}
+            retry_after = parse_retry_after(headers.get("Retry-After") or headers.get("retry-after"))
+            label = code if code and not code.startswith("Received a response in a non-JSON format") else "non-JSON response"
+            error = f"slack chat.postMessage: HTTP {status}" + (f" ({label})" if label else "")
+            return DeliveryResult(outcome, status, retry_after=retry_after, error=redact(error, [self._token]))
+        except Exception as exc:  # network: URLError, timeouts, connection resets
+            reason = getattr(exc, "reason", exc)
+            return DeliveryResult("retry", None, error=redact(f"slack chat.postMessage: connection failed: {type(reason).__name__}", [self._token]))
+        return DeliveryResult("sent", response.status_code, response_id=str(response.get("ts") or "") or None)
