@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 """The repository root: `beton.yaml`, `dbt_project/` and the default `data/` folder live here."""
@@ -94,6 +94,31 @@ class ScoringSettings(_Strict):
     top_contributions: int = Field(3, ge=1)
 
 
+class FreshnessSettings(_Strict):
+    max_lag_days: dict[str, float | None] = Field(
+        default_factory=dict,
+        description=(
+            "Per source table: days its newest row may trail the as-of (latest event or windows.as_of); "
+            "null = no check. Unlisted tables: events 3, others 35."
+        ),
+    )
+    max_age_days: float | None = Field(
+        None, gt=0, description="Days the newest event may be older than the wall clock; null = off (production: e.g. 2)."
+    )
+
+    @field_validator("max_lag_days")
+    @classmethod
+    def _known_tables(cls, value: dict[str, float | None]) -> dict[str, float | None]:
+        from beton_pipeline.sources.contract import TABLES_BY_NAME
+
+        unknown = sorted(set(value) - set(TABLES_BY_NAME))
+        if unknown:
+            raise ValueError(f"unknown table(s) {', '.join(unknown)}; expected one of {', '.join(TABLES_BY_NAME)}")
+        if any(v is not None and v < 0 for v in value.values()):
+            raise ValueError("days must not be negative")
+        return value
+
+
 class DemoSettings(_Strict):
     accounts: int = Field(8000, ge=50)
     seed: int = 7
@@ -109,6 +134,7 @@ class Settings(_Strict):
     windows: WindowSettings = WindowSettings()
     thresholds: ThresholdSettings = ThresholdSettings()
     discovery: DiscoverySettings = DiscoverySettings()
+    freshness: FreshnessSettings = FreshnessSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     scoring: ScoringSettings = ScoringSettings()
     demo: DemoSettings = DemoSettings()

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-from sklearn.linear_model import LogisticRegression
 
 from beton_pipeline.core.stats import wilson_interval
 
@@ -81,8 +80,27 @@ def fit_calibration(raw: np.ndarray, age_days: np.ndarray, converted: np.ndarray
     if y.all() or not y.any():
         rate = float(np.clip(y.mean() if y.size else 0.5, 1e-6, 1 - 1e-6))
         return Calibration(float(np.log(rate / (1 - rate))), 0.0, 0.0, int(y.size))
-    model = LogisticRegression(C=np.inf, max_iter=1000).fit(x, y)  # unpenalised maximum likelihood
-    return Calibration(float(model.intercept_[0]), float(model.coef_[0, 0]), float(model.coef_[0, 1]), int(y.size))
+    beta = logistic_mle(np.column_stack([np.ones(len(y)), x]), y)
+    return Calibration(float(beta[0]), float(beta[1]), float(beta[2]), int(y.size))
+
+
+def logistic_mle(x: np.ndarray, y: np.ndarray, max_iter: int = 100, tol: float = 1e-12) -> np.ndarray:
+    """Unpenalised logistic regression by Newton–Raphson (IRLS): β ← β + (XᵀWX)⁻¹ Xᵀ(y − p), W = diag(p(1 − p)).
+
+    Converges quadratically; stops when the largest step is below `tol` (bounded by `max_iter`).
+    A tiny ridge (1e-9) keeps XᵀWX invertible when a column is constant.
+    """
+    beta = np.zeros(x.shape[1])
+    y = y.astype(float)
+    for _ in range(max_iter):
+        p = 1.0 / (1.0 + np.exp(-(x @ beta)))
+        w = p * (1 - p)
+        hessian = x.T @ (x * w[:, None]) + 1e-9 * np.eye(x.shape[1])
+        step = np.linalg.solve(hessian, x.T @ (y - p))
+        beta += step
+        if np.max(np.abs(step)) < tol:
+            break
+    return beta
 
 
 def calibration_observations(accounts: pl.DataFrame, ages_days: tuple[int, ...]) -> pl.DataFrame:

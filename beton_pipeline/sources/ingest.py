@@ -8,7 +8,12 @@ Lines, gzip'd or not, one file or a folder of parts), every row is checked in on
 * rows identical in every contract column to an earlier row are dropped and counted.
 
 The invariant, checked by an asset check: rows read = rows loaded + rows quarantined + exact duplicates.
-A missing required table or column is not a row problem: it raises `SourceError` naming the file.
+A missing required table or column, or a file DuckDB cannot read (corrupt gzip, a record over
+`MAX_LINE_BYTES`), is not a row problem: it raises `SourceError` naming the file (and the column).
+Records the CSV reader rejects (wrong number of fields, invalid UTF-8) are quarantined like bad rows.
+
+`measure_freshness` says how far each loaded table's newest row trails the as-of time (the latest
+event, never the wall clock); the ingest asset checks fail on a stale or empty source.
 """
 
 from __future__ import annotations
@@ -22,14 +27,16 @@ import duckdb
 import pycountry
 
 from beton_pipeline.sources.contract import MIN_TIMESTAMP, SUPPORTED_SUFFIXES, Column, TableSpec
+from beton_pipeline.warehouse import table_exists
 
 MAX_JSON_CHARS = 1_000_000
 """A JSON value longer than this (1 MB of text) is quarantined: no real event property needs it."""
 
 MAX_LINE_BYTES = 64 * 1024 * 1024
-"""The longest CSV or JSON Lines record read (DuckDB's default is 2 MB). Longer records are read so
-that an oversized JSON value is quarantined with its own reason instead of stopping the run; a record
-over this limit stops the run with an error naming the file."""
+"""The longest CSV or JSON Lines record read (DuckDB's default is 2 MB), so that an oversized JSON
+value is quarantined with its own reason instead of stopping the run. A longer JSON Lines record is
+quarantined as unreadable; a longer CSV record stops the run with an error naming the file when it
+falls in the part DuckDB samples to detect the dialect, and is quarantined otherwise."""
 
 MAX_EPOCH_SECONDS = 1e11
 """Epoch values at or above this (the year 5138) are not seconds: usually milliseconds, which the
@@ -103,6 +110,7 @@ def _lit(value: str) -> str:
 
 
 def _is_epoch(v: str) -> str:
+    """SQL: whether the text is a plain number (epoch seconds, integer or decimal)."""
     return f"regexp_full_match(trim({v}), '[+-]?[0-9]+(\\.[0-9]+)?')"
 
 
@@ -190,7 +198,9 @@ def _unreadable(path: Path, what: str, exc: duckdb.Error) -> SourceError:
     """A `SourceError` for a file DuckDB cannot read, with DuckDB's most telling line (not its dump of options)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     detail = next((ln for ln in lines if "Maximum line size" in ln), lines[0] if lines else type(exc).__name__)
-    detail = detail.replace(f": {path}", "").split(". Actual Size")[0]
+    for where in (f": {path}", f" '{path}'", f" \"{path}\"", f" {path}"):
+        detail = detail.replace(where, "")
+    detail = detail.split(". Actual Size")[0]
     for prefix in ("IO Error: ", "Invalid Input Error: ", "Conversion Error: "):
         detail = detail.removeprefix(prefix)
     if "gzip" in detail.lower():
@@ -206,7 +216,7 @@ _CSV_ERROR_REASONS = """
             || regexp_extract(error_message, 'Expected Number of Columns: ([0-9]+)', 1)
         when 'INVALID ENCODING' then 'not valid UTF-8'
         when 'UNQUOTED VALUE' then 'a quote inside an unquoted value'
-        when 'LINE SIZE OVER MAXIMUM' then 'longer than the maximum line size'
+        when 'LINE SIZE OVER MAXIMUM' then 'longer than {max_line_bytes} bytes'
         else lower(error_type) || ': ' || error_message
     end
 """
@@ -292,7 +302,7 @@ class _TextLoader:
             select line, line - {1 if what == 'CSV' else 0} as _s, csv_line, reason,
                    row_number() over (order by line) as _k
             from (
-                select line, csv_line, {_CSV_ERROR_REASONS} as reason,
+                select line, csv_line, {_CSV_ERROR_REASONS.format(max_line_bytes=MAX_LINE_BYTES)} as reason,
                        row_number() over (partition by line order by column_idx, byte_position) as _first
                 from _beton_rej_err
             ) where _first = 1
@@ -460,3 +470,131 @@ def _summarise_reasons(rows: list[tuple[str, int]]) -> dict[str, int]:
         for part in reason.split("; "):
             out[": ".join(part.split(": ")[:2])] += n
     return dict(out.most_common(20))
+
+
+# --- Source freshness -------------------------------------------------------------------------------
+#
+# beton's "now" is the as-of time (the latest event, or `windows.as_of`), never the wall clock, so a
+# source is judged by how far its newest row trails the as-of: a billing export that stopped a month
+# before the events is stale whatever day it is, and demo data from 2025 is fresh in 2030. The wall
+# clock is consulted only when `freshness.max_age_days` is set (production), and only for the events,
+# which set the as-of: every other source is tied to them by its lag.
+
+FRESHNESS_SETTING_DEFAULTS: dict[str, object] = {"max_lag_days": {}, "max_age_days": None}
+"""What an absent `freshness` section of beton.yaml means: every table's contract default
+(`TableSpec.max_lag_days`: 3 days for the events, 35 for every other table) and no wall-clock limit."""
+
+
+def freshness_limits(settings: object, spec: TableSpec) -> tuple[float | None, float | None]:
+    """(max_lag_days, max_age_days) of one table from `settings.freshness`, read defensively.
+
+    `freshness.max_lag_days` maps table names to days (null: no lag check); a table not listed keeps
+    `spec.max_lag_days`. `freshness.max_age_days` (days, null: off) applies to the events only.
+    Settings without a `freshness` section give the defaults (`FRESHNESS_SETTING_DEFAULTS`).
+    """
+    freshness = getattr(settings, "freshness", None)
+    lags = getattr(freshness, "max_lag_days", None) or FRESHNESS_SETTING_DEFAULTS["max_lag_days"]
+    max_lag = lags[spec.name] if spec.name in lags else spec.max_lag_days
+    max_age = getattr(freshness, "max_age_days", FRESHNESS_SETTING_DEFAULTS["max_age_days"]) if spec.name == "events" else None
+    return (None if max_lag is None else float(max_lag)), (None if max_age is None else float(max_age))
+
+
+@dataclass(frozen=True)
+class SourceFreshness:
+    """How current one loaded source table is.
+
+    lag_days = (as_of − newest) / 1 day, where newest = max(freshness column) over the loaded rows and
+    as_of = `windows.as_of`, else the newest event; age_days = (now − newest) / 1 day (wall clock).
+    The table is fresh when it has a row (or is optional), lag_days ≤ max_lag_days and
+    age_days ≤ max_age_days (a limit of None is not checked).
+    """
+
+    table: str
+    column: str
+    required: bool
+    newest: datetime | None
+    as_of: datetime | None
+    now: datetime
+    max_lag_days: float | None
+    max_age_days: float | None
+
+    @property
+    def lag_days(self) -> float | None:
+        if self.newest is None or self.as_of is None:
+            return None
+        return (self.as_of - self.newest).total_seconds() / 86400
+
+    @property
+    def age_days(self) -> float | None:
+        return None if self.newest is None else (self.now - self.newest).total_seconds() / 86400
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """Why the table is stale or empty, one sentence each; empty when fresh."""
+        if self.newest is None:
+            return (f"{self.table}: no loaded row has a {self.column}",) if self.required else ()
+        out = []
+        if self.max_lag_days is not None:
+            if self.as_of is None:
+                out.append(f"{self.table}: lag cannot be measured: no events loaded and windows.as_of is not set")
+            elif self.lag_days > self.max_lag_days:
+                out.append(
+                    f"{self.table}: newest {self.column} {self.newest:%Y-%m-%d %H:%M} is {self.lag_days:.1f} days "
+                    f"behind the as-of {self.as_of:%Y-%m-%d %H:%M} (freshness.max_lag_days: {self.max_lag_days:g})"
+                )
+        if self.max_age_days is not None and self.age_days > self.max_age_days:
+            out.append(
+                f"{self.table}: newest {self.column} {self.newest:%Y-%m-%d %H:%M} is {self.age_days:.1f} days "
+                f"old (freshness.max_age_days: {self.max_age_days:g})"
+            )
+        return tuple(out)
+
+    @property
+    def fresh(self) -> bool:
+        return not self.problems
+
+
+def parse_timestamp(con: duckdb.DuckDBPyConnection, text: str) -> datetime:
+    """A timestamp setting (ISO-8601 or epoch seconds; no zone = UTC) as naive UTC, by the contract's rules."""
+    value = _scalar(con, f"select {_timestamp_expr(_lit(text))}")
+    if value is None:
+        raise ValueError(f"not a timestamp: {text!r} (expected ISO-8601 or epoch seconds)")
+    return value
+
+
+def as_of_time(con: duckdb.DuckDBPyConnection, as_of_setting: str | None) -> datetime | None:
+    """The run's as-of: `windows.as_of` if set, else the newest loaded event (None when there is none).
+    Naive UTC on a UTC session, as every warehouse connection is (`warehouse.connect`)."""
+    if as_of_setting:
+        return parse_timestamp(con, as_of_setting)
+    if not table_exists(con, "raw", "raw_events"):
+        return None
+    return _scalar(con, "select max(timestamp) from raw.raw_events")
+
+
+def measure_freshness(
+    con: duckdb.DuckDBPyConnection,
+    spec: TableSpec,
+    as_of: datetime | None,
+    max_lag_days: float | None,
+    max_age_days: float | None = None,
+    now: datetime | None = None,
+) -> SourceFreshness:
+    """The newest `spec.freshness_column` in `raw.raw_<table>` (None if the table is empty or absent) against the limits."""
+    if spec.freshness_column is None:
+        raise ValueError(f"table '{spec.name}' has no freshness column")
+    newest = (
+        _scalar(con, f"select max({_q(spec.freshness_column)}) from {spec.raw_table}")
+        if table_exists(con, *spec.raw_table.split("."))
+        else None
+    )
+    return SourceFreshness(
+        table=spec.name,
+        column=spec.freshness_column,
+        required=spec.required,
+        newest=newest,
+        as_of=as_of,
+        now=now or datetime.now(timezone.utc).replace(tzinfo=None),
+        max_lag_days=max_lag_days,
+        max_age_days=max_age_days,
+    )

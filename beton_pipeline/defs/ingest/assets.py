@@ -1,11 +1,30 @@
-"""Ingest assets: one per contract table, reading the source directory into `raw.raw_<table>`."""
+"""Ingest assets: one per contract table, reading the source directory into `raw.raw_<table>`, each
+with checks that fail loudly (and stop the downstream dbt models) instead of letting a bad or stale
+source produce quietly wrong signals:
 
+* `rows_accounted_for`: rows read = loaded + quarantined + exact duplicates (no row lost);
+* `has_rows`: a required table loaded at least one row;
+* `fresh`: the table's newest row trails the as-of time (the latest event, or `windows.as_of`) by at
+  most `freshness.max_lag_days`, and the newest event is at most `freshness.max_age_days` old by the
+  wall clock when that is set (see `beton_pipeline.sources.ingest.SourceFreshness`).
+
+Checks of required tables are blocking with severity ERROR; those of optional tables warn.
+"""
 
 import dagster as dg
 
 from beton_pipeline.defs.resources import WAREHOUSE_POOL, SettingsResource, SourceResource, WarehouseResource
 from beton_pipeline.sources.contract import TABLES, TableSpec
-from beton_pipeline.sources.ingest import IngestResult, ingest_table
+from beton_pipeline.sources.ingest import (
+    IngestResult,
+    SourceFreshness,
+    as_of_time,
+    freshness_limits,
+    ingest_table,
+    measure_freshness,
+)
+
+EVENTS_KEY = dg.AssetKey("raw_events")
 
 
 def ingest_metadata(result: IngestResult) -> dict[str, dg.MetadataValue]:
@@ -24,6 +43,10 @@ def ingest_metadata(result: IngestResult) -> dict[str, dg.MetadataValue]:
     }
 
 
+def _severity(spec: TableSpec) -> dg.AssetCheckSeverity:
+    return dg.AssetCheckSeverity.ERROR if spec.required else dg.AssetCheckSeverity.WARN
+
+
 def build_ingest_asset(spec: TableSpec) -> dg.AssetsDefinition:
     """The asset that loads one contract table, with checks that every row read is accounted for."""
     key = dg.AssetKey(f"raw_{spec.name}")
@@ -39,8 +62,14 @@ def build_ingest_asset(spec: TableSpec) -> dg.AssetsDefinition:
             "Rejected rows go to `beton.quarantine` with their reason; exact duplicates are dropped and counted."
         ),
         check_specs=[
-            dg.AssetCheckSpec("rows_accounted_for", asset=key, description="rows read = loaded + quarantined + exact duplicates"),
-            dg.AssetCheckSpec("has_rows", asset=key, description="a required table loaded at least one row"),
+            dg.AssetCheckSpec(
+                "rows_accounted_for", asset=key, blocking=True,
+                description="rows read = loaded + quarantined + exact duplicates (no row lost)",
+            ),
+            dg.AssetCheckSpec(
+                "has_rows", asset=key, blocking=spec.required,
+                description="a required table loaded at least one row (an empty one stops the run)",
+            ),
         ],
     )
     def _ingest(
@@ -54,19 +83,28 @@ def build_ingest_asset(spec: TableSpec) -> dg.AssetsDefinition:
             result = ingest_table(con, source_dir, spec)
         if result.rows_quarantined:
             context.log.warning(f"{spec.name}: {result.rows_quarantined} row(s) quarantined: {result.quarantine_reasons}")
+        accounted = result.rows_loaded + result.rows_quarantined + result.exact_duplicates_dropped
         return dg.MaterializeResult(
             metadata=ingest_metadata(result),
             check_results=[
                 dg.AssetCheckResult(
                     check_name="rows_accounted_for",
                     passed=result.balanced,
-                    metadata={"rows_read": result.rows_read, "accounted": result.rows_loaded + result.rows_quarantined + result.exact_duplicates_dropped},
+                    severity=dg.AssetCheckSeverity.ERROR,
+                    metadata={"rows_read": result.rows_read, "accounted": accounted},
+                    description=None if result.balanced else f"{result.rows_read} rows read, {accounted} accounted for",
                 ),
                 dg.AssetCheckResult(
                     check_name="has_rows",
                     passed=result.rows_loaded > 0 or not spec.required,
                     severity=dg.AssetCheckSeverity.ERROR,
-                    metadata={"rows_loaded": result.rows_loaded},
+                    metadata={"rows_loaded": result.rows_loaded, "rows_read": result.rows_read, "files": len(result.files)},
+                    description=(
+                        f"required table '{spec.name}' loaded no row ({result.rows_read} read, "
+                        f"{result.rows_quarantined} quarantined)"
+                        if spec.required and result.rows_loaded == 0
+                        else None
+                    ),
                 ),
             ],
         )
@@ -74,4 +112,70 @@ def build_ingest_asset(spec: TableSpec) -> dg.AssetsDefinition:
     return _ingest
 
 
+def freshness_metadata(freshness: SourceFreshness) -> dict[str, dg.MetadataValue]:
+    """What the `fresh` check measured: newest row, as-of, lag and age in days, and the limits used."""
+
+    def days(value: float | None) -> dg.MetadataValue:
+        return dg.MetadataValue.float(round(value, 3)) if value is not None else dg.MetadataValue.text("n/a")
+
+    def limit(value: float | None) -> dg.MetadataValue:
+        return dg.MetadataValue.float(value) if value is not None else dg.MetadataValue.text("off")
+
+    def when(value) -> dg.MetadataValue:
+        return dg.MetadataValue.text(value.isoformat(sep=" ") if value is not None else "n/a")
+
+    return {
+        "column": dg.MetadataValue.text(freshness.column),
+        "newest": when(freshness.newest),
+        "as_of": when(freshness.as_of),
+        "lag_days": days(freshness.lag_days),
+        "max_lag_days": limit(freshness.max_lag_days),
+        "age_days": days(freshness.age_days),
+        "max_age_days": limit(freshness.max_age_days),
+    }
+
+
+def build_freshness_check(spec: TableSpec) -> dg.AssetChecksDefinition:
+    """The `fresh` check of one ingest asset (see the module docstring). It reads the warehouse, after
+    `raw_events` when both run, since the events set the as-of."""
+    key = dg.AssetKey(f"raw_{spec.name}")
+    max_lag_default = "off" if spec.max_lag_days is None else f"{spec.max_lag_days:g} days"
+
+    @dg.asset_check(
+        asset=key,
+        name="fresh",
+        description=(
+            f"The newest `{spec.freshness_column}` trails the as-of time (latest event, or windows.as_of) by at most "
+            f"freshness.max_lag_days (default {max_lag_default})"
+            + ("; and is at most freshness.max_age_days old by the wall clock (off unless set)" if spec.name == "events" else "")
+            + ("; an empty table fails." if spec.required else "; an absent optional table passes.")
+        ),
+        blocking=spec.required,
+        additional_deps=[] if key == EVENTS_KEY else [EVENTS_KEY],
+        pool=WAREHOUSE_POOL,
+    )
+    def _fresh(warehouse: WarehouseResource, settings: SettingsResource) -> dg.AssetCheckResult:
+        cfg = settings.load()
+        max_lag, max_age = freshness_limits(cfg, spec)
+        with warehouse.connect(read_only=True) as con:
+            as_of = as_of_time(con, cfg.windows.as_of)
+            freshness = measure_freshness(con, spec, as_of, max_lag, max_age)
+        problems = freshness.problems
+        no_as_of = freshness.newest is not None and freshness.as_of is None and freshness.max_lag_days is not None
+        return dg.AssetCheckResult(
+            passed=not problems,
+            # Without events there is no as-of: the events' own check fails with ERROR; this one only warns.
+            severity=dg.AssetCheckSeverity.WARN if no_as_of else _severity(spec),
+            metadata=freshness_metadata(freshness),
+            description="; ".join(problems) if problems else (
+                f"optional table '{spec.name}' has no rows" if freshness.newest is None else
+                f"newest {spec.freshness_column} {freshness.newest:%Y-%m-%d %H:%M}"
+                + (f", {freshness.lag_days:.1f} days behind the as-of" if freshness.lag_days is not None else "")
+            ),
+        )
+
+    return _fresh
+
+
 ingest_assets = [build_ingest_asset(spec) for spec in TABLES]
+freshness_checks = [build_freshness_check(spec) for spec in TABLES]

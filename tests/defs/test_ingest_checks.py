@@ -1,0 +1,229 @@
+"""Ingest asset checks, materialised in-process on small source directories: they pass on good data,
+and a stale billing table or an empty required table fails (with the lag in the metadata) and stops
+what depends on it."""
+
+import shutil
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from beton_pipeline.defs.ingest.assets import freshness_checks, ingest_assets
+from beton_pipeline.defs.resources import SettingsResource, SourceResource, WarehouseResource
+from beton_pipeline.settings import Settings
+from beton_pipeline.sources.contract import TABLES, TABLES_BY_NAME
+from beton_pipeline.sources.ingest import SourceFreshness, as_of_time, freshness_limits, measure_freshness
+
+FIXTURE = Path(__file__).parent.parent / "fixtures" / "contract_dir"
+LATEST_EVENT = datetime(2025, 2, 5, 11, 0)
+"""The newest valid event of the contract fixture (e-009): the as-of of every run below."""
+
+INVOICES_HEADER = "id,customer,subscription,status,amount_paid,currency,created,paid_at\n"
+
+
+@dg.asset(deps=[dg.AssetKey("raw_billing_invoices"), dg.AssetKey("raw_crm_people")])
+def downstream_of_billing_and_people() -> None:
+    """Stands in for the dbt models: it must not run when a blocking ingest check fails."""
+
+
+def _source(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    shutil.copytree(FIXTURE, src)
+    return src
+
+
+def _fresh_check(table: str) -> dg.AssetChecksDefinition:
+    return next(c for c in freshness_checks if next(iter(c.check_keys)).asset_key == dg.AssetKey(f"raw_{table}"))
+
+
+def _materialize(tmp_path: Path, src: Path, config: str = "", selection=None) -> dg.ExecuteInProcessResult:
+    (tmp_path / "beton.yaml").write_text(config)
+    return dg.materialize(
+        [*ingest_assets, *freshness_checks, downstream_of_billing_and_people],
+        resources={
+            "warehouse": WarehouseResource(path=str(tmp_path / "warehouse.duckdb")),
+            "source": SourceResource(source_dir=str(src)),
+            "settings": SettingsResource(config_path=str(tmp_path / "beton.yaml")),
+        },
+        selection=selection,
+        raise_on_error=False,
+    )
+
+
+def _checks(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {f"{e.asset_key.to_user_string()}:{e.check_name}": e for e in result.get_asset_check_evaluations()}
+
+
+def _materialized(result: dg.ExecuteInProcessResult) -> set[str]:
+    return {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+
+
+def test_every_check_passes_on_good_data(tmp_path):
+    result = _materialize(tmp_path, _source(tmp_path))
+    assert result.success
+    checks = _checks(result)
+    assert len(checks) == 3 * len(TABLES)
+    assert all(c.passed for c in checks.values()), [(k, c.description) for k, c in checks.items() if not c.passed]
+    assert "downstream_of_billing_and_people" in _materialized(result)
+    invoices = checks["raw_billing_invoices:fresh"].metadata
+    # Newest valid invoice: in_1, created 1739609600 = 2025-02-15 08:53:20, 9.9 days after the as-of.
+    assert invoices["newest"].value == "2025-02-15 08:53:20"
+    assert invoices["as_of"].value == "2025-02-05 11:00:00"
+    assert invoices["lag_days"].value == pytest.approx(-(datetime(2025, 2, 15, 8, 53, 20) - LATEST_EVENT) / timedelta(days=1), abs=1e-3)
+    assert invoices["max_lag_days"].value == 35.0
+    assert checks["raw_events:fresh"].metadata["lag_days"].value == 0.0
+    assert checks["raw_events:fresh"].metadata["max_age_days"].value == "off"  # demo-era data never fails by the wall clock
+
+
+def test_stale_billing_fails_with_its_lag_and_blocks_downstream(tmp_path):
+    src = _source(tmp_path)
+    (src / "billing_invoices.csv").write_text(
+        INVOICES_HEADER + "in_1,cus_1,sub_1,paid,4900,usd,2024-12-01T00:00:00Z,2024-12-01T00:00:00Z\n"
+    )
+    result = _materialize(tmp_path, src)
+    assert not result.success
+    check = _checks(result)["raw_billing_invoices:fresh"]
+    lag = (LATEST_EVENT - datetime(2024, 12, 1)) / timedelta(days=1)  # 66.46 days
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+    assert check.metadata["lag_days"].value == pytest.approx(lag, abs=1e-3)
+    assert check.metadata["max_lag_days"].value == 35.0
+    assert check.description == (
+        "billing_invoices: newest created 2024-12-01 00:00 is 66.5 days behind the as-of 2025-02-05 11:00 "
+        "(freshness.max_lag_days: 35)"
+    )
+    # The other tables are fine; what depends on billing does not run on stale data.
+    failed = {k for k, c in _checks(result).items() if not c.passed}
+    assert failed == {"raw_billing_invoices:fresh"}
+    assert "raw_billing_invoices" in _materialized(result)
+    assert "downstream_of_billing_and_people" not in _materialized(result)
+
+
+def test_empty_required_table_fails_has_rows_and_fresh(tmp_path):
+    src = _source(tmp_path)
+    (src / "crm_people.csv").write_text("record_id,email,company_record_id,created_at\n")  # header only
+    result = _materialize(tmp_path, src)
+    assert not result.success
+    checks = _checks(result)
+    has_rows = checks["raw_crm_people:has_rows"]
+    assert not has_rows.passed and has_rows.severity == dg.AssetCheckSeverity.ERROR
+    assert has_rows.description == "required table 'crm_people' loaded no row (0 read, 0 quarantined)"
+    assert {k for k, c in checks.items() if not c.passed} == {"raw_crm_people:has_rows"}
+    # The blocking check fails the step: nothing downstream runs, not even the freshness check...
+    assert "raw_crm_people:fresh" not in checks
+    assert "downstream_of_billing_and_people" not in _materialized(result)
+    # ...which, run on its own (as from the UI), fails too.
+    alone = _checks(_materialize(tmp_path, src, selection=dg.AssetSelection.checks(_fresh_check("crm_people"))))
+    fresh = alone["raw_crm_people:fresh"]
+    assert not fresh.passed and fresh.severity == dg.AssetCheckSeverity.ERROR
+    assert fresh.description == "crm_people: no loaded row has a created_at"
+    assert fresh.metadata["newest"].value == "n/a" and fresh.metadata["lag_days"].value == "n/a"
+
+
+def test_absent_optional_table_passes_and_stale_optional_table_only_warns(tmp_path):
+    src = _source(tmp_path)
+    (src / "crm_deals.jsonl").unlink()
+    (src / "intent_signals.csv").write_text(
+        "company_domain,signal_type,occurred_at,source,payload\nacme.io,funding_round,2024-06-01T00:00:00Z,cb,\n"
+    )
+    result = _materialize(tmp_path, src)
+    assert result.success  # warnings do not stop the run
+    checks = _checks(result)
+    assert checks["raw_crm_deals:fresh"].passed
+    assert checks["raw_crm_deals:fresh"].description == "optional table 'crm_deals' has no rows"
+    intent = checks["raw_intent_signals:fresh"]
+    assert not intent.passed and intent.severity == dg.AssetCheckSeverity.WARN
+    assert intent.metadata["lag_days"].value == pytest.approx((LATEST_EVENT - datetime(2024, 6, 1)) / timedelta(days=1), abs=1e-3)
+
+
+def test_windows_as_of_is_the_reference_and_the_events_may_trail_it_three_days(tmp_path):
+    result = _materialize(tmp_path, _source(tmp_path), "windows:\n  as_of: '2025-02-10T00:00:00Z'\n")
+    checks = _checks(result)
+    events = checks["raw_events:fresh"]
+    assert not events.passed and not result.success  # the events end 4.5 days before the as-of
+    assert events.metadata["as_of"].value == "2025-02-10 00:00:00"
+    assert events.metadata["lag_days"].value == pytest.approx((datetime(2025, 2, 10) - LATEST_EVENT) / timedelta(days=1), abs=1e-3)
+    assert events.metadata["max_lag_days"].value == 3.0
+    # The other freshness checks depend on the events (their as-of), so a failed events check skips them.
+    assert "raw_billing_invoices:fresh" not in checks and "raw_billing_invoices:has_rows" in checks
+
+
+def test_as_of_setting_follows_the_contract_timestamp_rules():
+    con = duckdb.connect()
+    con.execute("set TimeZone = 'UTC'")
+    assert as_of_time(con, None) is None  # no events table yet
+    assert as_of_time(con, "2025-02-10T01:00:00+01:00") == datetime(2025, 2, 10)
+    assert as_of_time(con, "1739145600") == datetime(2025, 2, 10)
+    with pytest.raises(ValueError, match="not a timestamp: 'next tuesday'"):
+        as_of_time(con, "next tuesday")
+
+
+# --- The limits and the measurement, without Dagster ------------------------------------------------
+
+
+class _Freshness:
+    def __init__(self, max_lag_days=None, max_age_days=None):
+        self.max_lag_days, self.max_age_days = max_lag_days, max_age_days
+
+
+class _SettingsWith:
+    def __init__(self, freshness):
+        self.freshness = freshness
+
+
+def test_limits_default_to_the_contract_and_settings_override_per_table():
+    events, invoices, deals = TABLES_BY_NAME["events"], TABLES_BY_NAME["billing_invoices"], TABLES_BY_NAME["crm_deals"]
+    assert freshness_limits(Settings(), events) == (3.0, None)
+    assert freshness_limits(Settings(), invoices) == (35.0, None)
+    custom = _SettingsWith(_Freshness(max_lag_days={"billing_invoices": 10, "crm_deals": None}, max_age_days=2))
+    assert freshness_limits(custom, invoices) == (10.0, None)
+    assert freshness_limits(custom, deals) == (None, None)  # null turns the lag check off
+    assert freshness_limits(custom, events) == (3.0, 2.0)  # the wall-clock age is checked on the events only
+
+
+def test_every_table_has_a_timestamp_freshness_column():
+    for spec in TABLES:
+        kinds = {c.name: c.kind for c in spec.columns}
+        assert kinds.get(spec.freshness_column) == "timestamp", spec.name
+
+
+def _fresh(newest, as_of, now=datetime(2030, 1, 1), lag=35.0, age=None, required=True) -> SourceFreshness:
+    return SourceFreshness("billing_invoices", "created", required, newest, as_of, now, lag, age)
+
+
+def test_freshness_rule_at_the_boundaries():
+    as_of = datetime(2025, 3, 1)
+    assert _fresh(as_of - timedelta(days=35), as_of).fresh  # exactly at the limit
+    assert not _fresh(as_of - timedelta(days=35, seconds=1), as_of).fresh
+    assert _fresh(as_of + timedelta(days=3), as_of).lag_days == -3.0  # newer than the as-of is fine
+    assert _fresh(as_of - timedelta(days=400), as_of, lag=None).fresh  # no limit, no lag check
+    assert _fresh(None, as_of, required=False).fresh and not _fresh(None, as_of).fresh
+    old = _fresh(as_of, as_of, now=as_of + timedelta(days=10), age=7)
+    assert old.problems == ("billing_invoices: newest created 2025-03-01 00:00 is 10.0 days old (freshness.max_age_days: 7)",)
+    assert _fresh(as_of, None).problems == (
+        "billing_invoices: lag cannot be measured: no events loaded and windows.as_of is not set",
+    )
+
+
+def test_measure_freshness_reads_the_loaded_rows():
+    con = duckdb.connect()
+    spec = TABLES_BY_NAME["billing_invoices"]
+    assert measure_freshness(con, spec, None, 35.0).newest is None  # no raw table yet
+    con.execute("create schema raw; create table raw.raw_billing_invoices (created timestamp)")
+    con.execute("insert into raw.raw_billing_invoices values ('2025-01-01'), ('2025-01-20 12:00'), (null)")
+    got = measure_freshness(con, spec, datetime(2025, 2, 1), 35.0, now=datetime(2025, 2, 2))
+    assert got.newest == datetime(2025, 1, 20, 12) and got.lag_days == 11.5 and got.age_days == 12.5 and got.fresh
+
+
+@pytest.mark.skipif(not hasattr(Settings(), "freshness"), reason="settings.py has no `freshness` section yet")
+def test_freshness_settings_from_beton_yaml(tmp_path):
+    src = _source(tmp_path)
+    (src / "billing_invoices.csv").write_text(
+        INVOICES_HEADER + "in_1,cus_1,sub_1,paid,4900,usd,2024-12-01T00:00:00Z,2024-12-01T00:00:00Z\n"
+    )
+    result = _materialize(tmp_path, src, "freshness:\n  max_lag_days: {billing_invoices: 70}\n  max_age_days: 36500\n")
+    checks = _checks(result)
+    assert result.success and checks["raw_billing_invoices:fresh"].passed
+    assert checks["raw_billing_invoices:fresh"].metadata["max_lag_days"].value == 70.0
+    assert checks["raw_events:fresh"].metadata["max_age_days"].value == 36500.0
