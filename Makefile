@@ -20,7 +20,7 @@ help:
 # One-time (and on dependency change) environment: uv from PyPI, then the locked dependency set.
 $(STAMP): pyproject.toml uv.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip -q
+	@$(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip --upgrade >/dev/null
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install -q --disable-pip-version-check "uv==0.13.8"
 	$(BIN)/uv sync --frozen --python $(BIN)/python
 	@touch $(STAMP)
@@ -46,8 +46,8 @@ ui: setup
 docs: setup
 	@# Column types come from the warehouse when `make run` has built it; otherwise the docs have descriptions only.
 	cd dbt_project && if [ -f "$${BETON_WAREHOUSE:-../data/warehouse.duckdb}" ]; then ../$(BIN)/dbt docs generate --profiles-dir .; \
-	  else ../$(BIN)/dbt docs generate --profiles-dir . --empty-catalog; fi
-	@echo "dbt docs: dbt_project/target/index.html (serve with: cd dbt_project && ../$(BIN)/dbt docs serve --profiles-dir . --host 127.0.0.1)"
+	  else tmp=$$(mktemp -d) && BETON_WAREHOUSE=$$tmp/docs.duckdb ../$(BIN)/dbt docs generate --profiles-dir . --empty-catalog; fi
+	@echo "dbt docs: dbt_project/target/index.html (serve: cd dbt_project && ../$(BIN)/dbt docs serve --profiles-dir . --host 127.0.0.1)"
 
 bench: setup
 	$(BIN)/python benchmarks/run.py
