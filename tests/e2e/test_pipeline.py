@@ -106,3 +106,28 @@ def test_contract_columns_of_beton_signals(con):
     recs = {r[0] for r in con.sql("select distinct recommendation from beton.signals").fetchall()}
     assert recs <= {"enable", "review", "reject"}
     assert con.sql("select count(*) from beton.signals where method is null or definition is null").fetchall()[0][0] == 0
+
+
+def test_shuffled_demo_outcomes_enable_almost_nothing(con):
+    """Null data: the demo's outcomes permuted across eligible accounts, 20 seeds. Runs with any `enable`
+    must stay near fdr_alpha or below (the holdout replication makes them rarer still)."""
+    import numpy as np
+
+    from beton_pipeline.core.candidates import build_candidate_matrix, candidate_hits
+    from beton_pipeline.core.discovery import DiscoveryConfig, cohort_counts_from_matrix, discover_from_cohort_counts, matrix_pair_source
+    from beton_pipeline.tables import read_feature_frames
+
+    cfg = load_settings()
+    frames = read_feature_frames(con, cfg.feature_windows)
+    hits = candidate_hits(frames, cfg.feature_windows, cfg.discovery.count_thresholds, cfg.windows.observation_days, cfg.discovery.intent_lookback_days, cfg.discovery.excluded_events)
+    matrix = build_candidate_matrix(frames, hits)
+    months = frames.accounts["cohort_month"].dt.strftime("%Y-%m").to_numpy()
+    y0 = frames.accounts["converted"].to_numpy()
+    config = DiscoveryConfig(fdr_alpha=cfg.thresholds.fdr_alpha, min_sample=cfg.thresholds.min_sample, min_lift=cfg.thresholds.min_lift)
+    runs_with_enable = 0
+    for seed in range(20):
+        y = np.random.default_rng(seed).permutation(y0)
+        arr = np.where(y, 12_000.0, 0.0)
+        run = discover_from_cohort_counts(cohort_counts_from_matrix(matrix, months, y, arr), matrix_pair_source(matrix, months, y, arr), config, cfg.windows.holdout_fraction)
+        runs_with_enable += run.signals.filter(pl.col("recommendation") == "enable").height > 0
+    assert runs_with_enable <= 2, runs_with_enable
