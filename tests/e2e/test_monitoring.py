@@ -16,8 +16,9 @@ from beton_pipeline.settings import load_settings
 from beton_pipeline.signal_store import set_override
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def con(pipeline_run):
+    """A read-only connection per test: an in-process writer (a re-materialisation) cannot coexist with it."""
     c = duckdb.connect(str(pipeline_run.warehouse), read_only=True)
     yield c
     c.close()

@@ -13,8 +13,9 @@ from beton_pipeline.settings import load_settings
 CHECKER = Path(__file__).resolve().parents[3] / "shared" / "tools" / "check_signals_table.py"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def con(pipeline_run):
+    """A read-only connection per test: an in-process writer (a re-materialisation) cannot coexist with it."""
     c = duckdb.connect(str(pipeline_run.warehouse), read_only=True)
     yield c
     c.close()
