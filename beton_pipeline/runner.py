@@ -23,7 +23,7 @@ SUMMARY_TABLES = (
     "raw.raw_events", "raw.raw_crm_companies", "raw.raw_billing_invoices", "beton.quarantine",
     "intermediate.int_events_resolved", "marts.account_outcomes", "marts.account_features",
     "marts.account_event_features", "beton.signal_cohort_counts", "beton.signals",
-    "beton.signal_health", "beton.account_scores", "beton.revenue_metrics",
+    "beton.model_backtest", "beton.signal_health", "beton.account_scores", "beton.revenue_metrics",
 )
 
 DAILY_ASSETS = ("signal_health", "account_scores")

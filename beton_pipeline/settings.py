@@ -29,6 +29,14 @@ class RevenueSettings(_Strict):
         None, gt=0, lt=1, description="Expected conversion rate; null means the observed base rate."
     )
     sales_cycle_days: int = Field(30, gt=0)
+    sales_capacity: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Accounts your sales team can work per month. The lead-score backtest qualifies sales_capacity × "
+            "(test cohort months) accounts; null means the top 10% of test accounts."
+        ),
+    )
 
 
 class WindowSettings(_Strict):

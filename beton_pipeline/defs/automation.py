@@ -14,8 +14,11 @@ daily_ingest_job = dg.define_asset_job(
 
 discovery_job = dg.define_asset_job(
     "discovery_job",
-    selection=dg.AssetSelection.assets("signals"),
-    description="Aggregate the per-cohort counts into beton.signals (run after the cohort partitions are fresh).",
+    selection=dg.AssetSelection.assets("signals", "lead_score_model"),
+    description=(
+        "Aggregate the per-cohort counts into beton.signals (run after the cohort partitions are fresh), "
+        "then train and backtest the lead-score model."
+    ),
 )
 
 
