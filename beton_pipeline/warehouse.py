@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,7 +11,13 @@ from pathlib import Path
 import duckdb
 
 LOCK_RETRY_SECONDS = 30.0
-"""How long a writer waits for another process's lock on the file before failing with a clear error."""
+"""How long a writer waits for another process's lock on the file before failing with a clear error
+(`BETON_LOCK_WAIT_SECONDS` overrides it)."""
+
+
+def lock_wait_seconds() -> float:
+    """`BETON_LOCK_WAIT_SECONDS`, else `LOCK_RETRY_SECONDS`."""
+    return float(os.environ.get("BETON_LOCK_WAIT_SECONDS") or LOCK_RETRY_SECONDS)
 
 
 RESERVED_STEMS = frozenset({"beton", "raw", "staging", "intermediate", "marts", "reference", "main"})
@@ -23,8 +30,9 @@ class WarehouseLockedError(RuntimeError):
 
 
 @contextmanager
-def connect(path: Path | str, read_only: bool = False, wait_seconds: float = LOCK_RETRY_SECONDS) -> Iterator[duckdb.DuckDBPyConnection]:
+def connect(path: Path | str, read_only: bool = False, wait_seconds: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection to the warehouse file with `TimeZone = 'UTC'`, retried (bounded) while another process holds the lock."""
+    wait_seconds = lock_wait_seconds() if wait_seconds is None else wait_seconds
     path = Path(path)
     if path.stem.lower() in RESERVED_STEMS:
         raise ValueError(

@@ -16,7 +16,7 @@ from dagster_dbt import DbtCliResource
 
 from beton_pipeline import settings as beton_settings
 from beton_pipeline.dbt_project import beton_dbt_project
-from beton_pipeline.warehouse import LOCK_RETRY_SECONDS, connect
+from beton_pipeline.warehouse import connect
 
 WAREHOUSE_POOL = "duckdb_warehouse"
 """Every asset that writes the warehouse (dbt included) runs in this pool; dagster.yaml limits it to 1."""
@@ -32,7 +32,7 @@ class WarehouseResource(dg.ConfigurableResource):
         return Path(self.path).resolve() if self.path else beton_settings.warehouse_path()
 
     @contextmanager
-    def connect(self, read_only: bool = False, wait_seconds: float = LOCK_RETRY_SECONDS) -> Iterator[duckdb.DuckDBPyConnection]:
+    def connect(self, read_only: bool = False, wait_seconds: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
         with connect(self.resolved_path, read_only=read_only, wait_seconds=wait_seconds) as con:
             yield con
 
