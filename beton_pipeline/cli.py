@@ -71,7 +71,7 @@ def run() -> None:
     _ensure_dagster_home()
     from beton_pipeline.runner import run_pipeline
 
-    stages = ["ingest + dbt", "cohort counts", "discovery", "health + scores"]
+    stages = ["ingest + dbt", "cohort counts", "discovery", "health + scores", "playbooks + readouts"]
     try:
         with dg.DagsterInstance.get() as instance, Progress(
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
@@ -110,6 +110,10 @@ def _print_summary(summary) -> None:
             f"latest day: {leads.get('accounts_in_play', 0):,} accounts in play, {leads.get('leads_surfaced', 0):,} leads surfaced, "
             f"pipeline influenced (30 d) {leads.get('pipeline_influenced_arr_30d', 0):,.0f}"
         )
+    if summary.actions:
+        out.print("playbook actions: " + ", ".join(f"{k} {v:,}" for k, v in summary.actions.items()))
+    for text in summary.experiments:
+        out.print(f"experiment: {text}")
     out.print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in summary.stage_seconds.items()))
     out.print(f"enabled signals ({len(summary.enabled_signals)}):")
     for signal_id, definition, lift in summary.enabled_signals:
@@ -180,6 +184,146 @@ def signals_disable(
 ) -> None:
     """Disable a signal whatever its recommendation; survives re-runs."""
     _override(signal_id, False, by, reason)
+
+
+def _fmt(x, spec: str) -> str:
+    return "—" if x is None else format(x, spec)
+
+
+@app.command()
+def backtest(
+    sql: Annotated[str | None, typer.Option("--sql", help="One SELECT returning account_id (optionally fired_at), run in a read-only sandbox.")] = None,
+    file: Annotated[Path | None, typer.Option("--file", help="A signal file: YAML (name + when) or .sql.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON: the beton.signals row and the per-period results.")] = False,
+    timeout: Annotated[float, typer.Option(help="Time limit of a SQL signal, in seconds.", min=0.1, max=600)] = 30.0,
+) -> None:
+    """Backtest one custom signal without writing it: its beton.signals columns and its results per cohort month."""
+    import duckdb
+
+    from beton_pipeline.core.conditions import SignalDefinitionError
+    from beton_pipeline.custom_signals import SIGNAL_SUFFIXES, backtest_definition
+    from beton_pipeline.sql_sandbox import SqlSignalError
+    from beton_pipeline.warehouse import WarehouseLockedError
+
+    if (sql is None) == (file is None):
+        _fail("give exactly one of --sql QUERY or --file SIGNAL.yml")
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        _fail(str(exc))
+    path = warehouse_path()
+    if not path.exists():
+        _fail(f"{path}: no warehouse yet; run `beton run` (or `make run`) first")
+    if file is not None:
+        if not file.is_file():
+            _fail(f"{file}: no such file")
+        text, origin, kind = file.read_text(encoding="utf-8"), str(file), SIGNAL_SUFFIXES.get(file.suffix.lower(), "auto")
+    else:
+        text, origin, kind = sql, "--sql", "sql"
+    try:
+        with console.status("backtesting"):
+            result = backtest_definition(text, origin, kind, settings, path, timeout)
+    except (SignalDefinitionError, SqlSignalError, WarehouseLockedError) as exc:
+        _fail(str(exc))
+    except duckdb.Error as exc:  # e.g. no marts yet
+        _fail(f"{path}: {str(exc).splitlines()[0]} (has `beton run` finished?)")
+    row = result.signal_row.row(0, named=True)
+    periods = result.periods
+    verdict = (periods.get_column("verdict")[0], periods.get_column("verdict_reason")[0]) if periods.height else (None, None)
+    if as_json:
+        payload = {"signal": row, "verdict": verdict[0], "verdict_reason": verdict[1], "periods": periods.to_dicts()}
+        sys.stdout.write(json.dumps(payload, default=str, indent=1) + "\n")
+        return
+    summary = Table(title=f"{row['signal_id']} (not written; discovery cohorts {', '.join(result.split.discovery_months[:1])}…, "
+                    f"holdout {len(result.split.holdout_months)} later months)", show_header=False)
+    summary.add_column("column")
+    summary.add_column("value", overflow="fold")
+    for key, value in row.items():
+        summary.add_row(key, "—" if value is None else (f"{value:.6g}" if isinstance(value, float) else str(value)))
+    out.print(summary)
+    table = Table(title=f"per cohort month: {verdict[0]} ({verdict[1]})")
+    for col in ("cohort", "split", "accounts", "fired", "converted", "precision", "recall", "lift", "95% CI", "projected ARR (95% CI)", "enough data"):
+        table.add_column(col, overflow="fold", no_wrap=col == "projected ARR (95% CI)")
+    for r in periods.iter_rows(named=True):
+        table.add_row(
+            r["cohort_month"], r["split"], f"{r['cohort_accounts']:,}", f"{r['fired']:,}", f"{r['converted']:,}",
+            _fmt(r["precision"], ".3f"), _fmt(r["recall"], ".3f"), _fmt(r["lift"], ".2f"),
+            f"{_fmt(r['lift_ci_low'], '.2f')}–{_fmt(r['lift_ci_high'], '.2f')}",
+            f"{_fmt(r['projected_arr'], ',.0f')} ({_fmt(r['projected_arr_ci_low'], ',.0f')}–{_fmt(r['projected_arr_ci_high'], ',.0f')})",
+            "yes" if r["enough_data"] else "no",
+        )
+    _wide().print(table)
+
+
+def _wide() -> Console:
+    """stdout, at least 160 columns wide when it is not a terminal (pipes, files), so wide tables do not wrap."""
+    return out if out.is_terminal else Console(soft_wrap=True, width=max(out.width, 160))
+
+
+@app.command()
+def events(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    top: Annotated[int, typer.Option(help="Top values shown per property and attribute.", min=1, max=1000)] = 10,
+) -> None:
+    """List the events, properties, attributes and intent types that custom signal conditions can use."""
+    import duckdb
+
+    from beton_pipeline.custom_signals import event_catalog
+    from beton_pipeline.warehouse import WarehouseLockedError, connect
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        _fail(str(exc))
+    path = warehouse_path()
+    if not path.exists():
+        _fail(f"{path}: no warehouse yet; run `beton run` (or `make run`) first")
+    try:
+        with console.status("reading the marts"), connect(path, read_only=True) as con:
+            catalog = event_catalog(con, settings, top=top)
+    except WarehouseLockedError as exc:
+        _fail(str(exc))
+    except duckdb.Error as exc:
+        _fail(f"{path}: {str(exc).splitlines()[0]} (has `beton run` finished?)")
+    if as_json:
+        sys.stdout.write(json.dumps(catalog, default=str, indent=1) + "\n")
+        return
+    out.print(
+        f"windows (within_days): {', '.join(map(str, catalog['windows_days']))} (default {catalog['observation_days']}); "
+        f"intent lookback (within_days_before_start): {catalog['intent_lookback_days']}"
+    )
+    table = Table(title="events (event:)")
+    for col in ("event", "accounts", "events before window end"):
+        table.add_column(col)
+    for r in catalog["events"]:
+        table.add_row(r["event"], f"{r['accounts']:,}", f"{int(r['events']):,}")
+    out.print(table)
+    table = Table(title=f"property values (event: + property: + equals:/in:), top {top}")
+    for col in ("event", "property", "value", "accounts", "events"):
+        table.add_column(col, overflow="fold")
+    for r in catalog["properties"]:
+        table.add_row(r["event"], r["property"], r["value"], f"{r['accounts']:,}", f"{int(r['events']):,}")
+    out.print(table)
+    keys = [r for r in catalog["raw_property_keys"] if not r["usable"]]
+    if keys:
+        out.print("other property keys seen (add to beton.yaml discovery.property_features to use them): "
+                  + ", ".join(f"{r['event']}.{r['property']} ({r['events']:,})" for r in keys[:40]) + (" …" if len(keys) > 40 else ""))
+    table = Table(title="attributes (attribute: + equals/not_equals/in, or value: \">= n\" for numbers)")
+    for col in ("attribute", "type", "accounts", "values"):
+        table.add_column(col, overflow="fold")
+    for r in catalog["attributes"]:
+        if r["type"] == "number":
+            values = f"min {r['min']}, median {r['median']}, max {r['max']}"
+        else:
+            values = ", ".join(f"{v['value']} ({v['accounts']:,})" for v in r["top_values"])
+        table.add_row(r["attribute"], r["type"], f"{r['accounts']:,}", values)
+    out.print(table)
+    table = Table(title="intent signals (intent: + until: start|window_end)")
+    for col in ("intent", "accounts before start", "accounts before window end"):
+        table.add_column(col)
+    for r in catalog["intent"]:
+        table.add_row(r["intent"], f"{r['accounts_before_start']:,}", f"{r['accounts_before_window_end']:,}")
+    out.print(table)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ SUMMARY_TABLES = (
     "intermediate.int_events_resolved", "marts.account_outcomes", "marts.account_features",
     "marts.account_event_features", "beton.signal_cohort_counts", "beton.signals",
     "beton.model_backtest", "beton.signal_health", "beton.account_scores", "beton.revenue_metrics",
+    "beton.playbook_actions", "beton.playbook_readouts", "beton.experiment_readouts",
 )
 
 DAILY_ASSETS = ("signal_health", "account_scores")
@@ -40,6 +41,8 @@ class RunSummary:
     monitoring_days: tuple[str, str] | None = None
     health: dict[str, int] = field(default_factory=dict)
     leads: dict[str, float] = field(default_factory=dict)
+    actions: dict[str, int] = field(default_factory=dict)
+    experiments: list[str] = field(default_factory=list)
     identity: dict[str, int] = field(default_factory=dict)
     accounts: dict[str, int] = field(default_factory=dict)
     enabled_signals: list[tuple[str, str, float]] = field(default_factory=list)
@@ -93,7 +96,17 @@ def run_pipeline(
             tags={"dagster/asset_partition_range_start": str(bounds[0]), "dagster/asset_partition_range_end": str(bounds[1])},
         )
 
-    stages = [("ingest + dbt", ingest_and_transform), ("cohort counts", cohort_counts), ("discovery", discovery), ("health + scores", monitoring)]
+    def playbooks() -> None:
+        _execute(defs.resolve_job_def("playbook_delivery_job"), instance)
+        _execute(defs.resolve_job_def("playbook_readouts_job"), instance)
+
+    stages = [
+        ("ingest + dbt", ingest_and_transform),
+        ("cohort counts", cohort_counts),
+        ("discovery", discovery),
+        ("health + scores", monitoring),
+        ("playbooks + readouts", playbooks),
+    ]
     for name, step in stages:
         if on_stage:
             on_stage(name)
@@ -127,6 +140,10 @@ def _fill_summary(summary: RunSummary) -> None:
         if table_exists(con, "beton", "revenue_metrics"):
             rows = con.sql("select * from beton.revenue_metrics order by day desc limit 1").pl()
             summary.leads = {k: v for k, v in rows.row(0, named=True).items() if k != "day"} if rows.height else {}
+        if table_exists(con, "beton", "playbook_actions"):
+            summary.actions = dict(con.sql("select status, count(*) from beton.playbook_actions group by 1 order by 1").fetchall())
+        if table_exists(con, "beton", "experiment_readouts"):
+            summary.experiments = [r[0] for r in con.sql("select distinct summary from beton.experiment_readouts where summary is not null order by 1").fetchall()]
         if table_exists(con, "beton", "signals"):
             summary.enabled_signals = con.sql(
                 "select signal_id, definition, lift from beton.signals where enabled order by q_value, lift desc"

@@ -148,6 +148,16 @@ class Settings(_Strict):
     demo: DemoSettings = DemoSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     playbooks: tuple[dict, ...] = ()
+    experiments: tuple[dict, ...] = ()
+    destinations: dict = {}
+
+    @model_validator(mode="after")
+    def _playbooks_valid(self) -> "Settings":
+        """Playbooks, experiments and destinations are checked when settings load (errors name the field)."""
+        from beton_pipeline.core.playbooks import parse_playbook_config
+
+        parse_playbook_config(self.playbooks, self.experiments, self.destinations)
+        return self
 
     @property
     def feature_windows(self) -> tuple[int, ...]:

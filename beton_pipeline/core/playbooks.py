@@ -9,8 +9,10 @@ A *playbook* (beton.yaml, ``playbooks:``) says **when** to act and **what** to d
 
 Each (playbook, subject, day, destination) becomes at most one row of the outbox,
 ``beton.playbook_actions``, keyed by :func:`idempotency_key`; the outbox sends it (see
-``beton_pipeline/outbox.py``). This module computes *which* rows and *what* they carry, and nothing
-else: no I/O, no Dagster.
+``beton_pipeline/outbox.py``). An account acted on (or held out) in a playbook's ``cooldown_days``
+is not planned again, and a day more than ``destinations.max_action_age_days`` behind the latest
+is planned as ``dry_run`` (recorded, never sent). This module computes *which* rows and *what* they
+carry, and nothing else: no I/O, no Dagster.
 
 Randomized holdout: account ``a`` is held out of playbook ``p`` when
 ``U(p, a) < holdout_fraction``, with ``U(p, a)`` = the first 8 bytes of
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -181,6 +182,7 @@ class Playbook(_Strict):
     holdout_fraction: float | None = Field(None, ge=0, lt=1, description="share of matched accounts held out; default 0.1 (account playbooks), 0 (health)")
     dry_run: bool = False
     max_attempts: int = Field(6, ge=1, le=50)
+    cooldown_days: int = Field(7, ge=0, description="an account planned (sent or held out) in the previous N days is not planned again; 0 = every day it matches")
     readout_window_days: int | None = Field(None, ge=1, description="conversion counted within N days of the first action; default windows.conversion_window_days")
 
     @model_validator(mode="after")
@@ -190,6 +192,8 @@ class Playbook(_Strict):
             raise ValueError(f"two actions share a destination ({', '.join(sorted(destinations))}); each must differ")
         allowed = set(HEALTH_TEMPLATE_FIELDS if self.kind == "health" else ACCOUNT_TEMPLATE_FIELDS)
         for i, action in enumerate(self.then):
+            if isinstance(action, AttioAction) and self.kind == "health":
+                raise ValueError(f"then[{i}]: an attio action needs an account playbook (health playbooks have no account)")
             templates = {
                 SlackAction: lambda a: [a.template or ""],
                 AttioAction: lambda a: [a.value],
@@ -202,8 +206,6 @@ class Playbook(_Strict):
                         f"then[{i}]: unknown placeholder(s) {', '.join('$' + u for u in sorted(unknown))}; "
                         f"available: {', '.join('$' + f for f in sorted(allowed))}"
                     )
-            if isinstance(action, AttioAction) and self.kind == "health":
-                raise ValueError(f"then[{i}]: an attio action needs an account playbook (health playbooks have no account)")
         if self.kind == "health" and self.holdout_fraction:
             raise ValueError("holdout_fraction applies to account playbooks only")
         return self
@@ -225,6 +227,11 @@ class DestinationSettings(_Strict):
     dry_run: bool = Field(False, description="record what would be sent (status dry_run) and send nothing")
     webhook_allowed_hosts: tuple[str, ...] = Field((), description="when non-empty, webhooks may only go to these hosts (`*.example.com` allowed)")
     crm_record_url: str | None = Field(None, description="link to an account's CRM record: $record_id, $domain, e.g. https://app.attio.com/acme/company/$record_id/overview")
+    max_action_age_days: int | None = Field(
+        3, ge=0,
+        description="a day older than the latest scored (or health) day by more than this is planned as dry_run, never sent: "
+        "a backfill of old days records what would have fired without paging anyone; null = send every day",
+    )
     backoff_base_seconds: float = Field(10.0, ge=0)
     backoff_max_seconds: float = Field(3600.0, ge=0)
     max_inline_wait_seconds: float = Field(30.0, ge=0, description="longer waits are left to the retry sensor instead of sleeping in the run")
@@ -382,6 +389,11 @@ def is_held_out(playbook: str, account_ids: Sequence[str], holdout_fraction: flo
     if holdout_fraction <= 0:
         return np.zeros(len(account_ids), dtype=bool)
     return holdout_draw(playbook, account_ids) < holdout_fraction
+
+
+def is_stale(day: date, latest_day: date | None, max_age_days: int | None) -> bool:
+    """Whether ``day`` is more than ``max_age_days`` before ``latest_day`` (then it is never sent)."""
+    return max_age_days is not None and latest_day is not None and (latest_day - day).days > max_age_days
 
 
 # ------------------------------------------------------------------------------------------------
@@ -675,8 +687,3 @@ def plan_health_actions(
                 }
             )
     return _plan_frame(rows)
-
-
-def slug_ok(name: str) -> bool:
-    """Whether ``name`` is a valid playbook/experiment/webhook name (lower-case slug)."""
-    return re.match(SLUG, name) is not None

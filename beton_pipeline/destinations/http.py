@@ -89,7 +89,8 @@ class RetryPolicy:
         wait = min(max_seconds, Retry-After)                 if the destination sent Retry-After
         wait = min(max_seconds, base_seconds * 2 ** (k - 1)) otherwise
 
-    After ``max_attempts`` failed attempts the action is ``dead``. A wait of at most
+    After ``max_attempts`` failed attempts the action is ``dead`` (the outbox uses each row's own
+    ``max_attempts``, its playbook's; this one is the default for a caller without rows). A wait of at most
     ``max_inline_wait_seconds`` is slept inside the run; a longer one is deferred: the action stays
     ``retrying`` with ``next_attempt_at`` and the retry sensor requests a run when it is due.
     """

@@ -25,6 +25,7 @@ TEXT_MAX_CHARS = 3000
 _QUIET = logging.getLogger("beton.destinations.slack_sdk")
 _QUIET.addHandler(logging.NullHandler())
 _QUIET.propagate = False  # slack-sdk logs failed requests itself; the outbox records them instead
+_QUIET.setLevel(logging.CRITICAL + 1)
 
 RETRYABLE_ERRORS = frozenset({"ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"})
 """``ok: false`` error codes (HTTP 200) that are worth another attempt; every other code is permanent."""

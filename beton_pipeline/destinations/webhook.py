@@ -112,8 +112,9 @@ class WebhookSender:
         self._timeout = timeout_seconds
         self._clock = clock
 
-    def missing_secret(self, name: str) -> str | None:
-        """The env var to set when the webhook ``name`` has no secret, else None."""
+    def blocked_reason(self, payload: Mapping) -> str | None:
+        """The env var to set when this payload's webhook has no secret (the action then waits), else None."""
+        name = payload["webhook"]
         return None if self._secrets.get(name) else secret_env_var(name)
 
     def send(self, payload: Mapping, idempotency_key: str) -> DeliveryResult:

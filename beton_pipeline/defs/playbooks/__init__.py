@@ -1,0 +1,1 @@
+"""Playbooks: act on account scores and signal health through an outbox, and read out whether acting helped."""

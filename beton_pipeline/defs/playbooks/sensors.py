@@ -1,0 +1,199 @@
+"""Playbook sensors: decide cheaply (read-only, short lock wait), request runs; the runs send.
+
+* `playbook_scores_sensor`: after each `account_scores` materialization (cursor = its storage id, so
+  every backfilled day is seen once), evaluate the account playbooks on that day's scores and request
+  one `playbook_delivery_job` run per playbook and day with matches (run key = `playbook:day`).
+* `signal_health_sensor`: health changes in `beton.signal_health` after the cursor's day (cursor =
+  that day plus the last seen health per signal); one run per health playbook and day with a change
+  to one of its states.
+* `playbook_retry_sensor`: when `retrying` (or blocked `pending`) actions are due, one send-only run.
+
+Whatever a sensor does, the outbox's idempotency keys make a duplicate run harmless.
+"""
+
+import json
+from collections.abc import Sequence
+from datetime import date, datetime, timezone
+
+import dagster as dg
+import duckdb
+
+from beton_pipeline import outbox
+from beton_pipeline.core.playbooks import (
+    PlaybookConfig,
+    PlaybookConfigError,
+    health_changes,
+    is_stale,
+    match_accounts,
+    playbook_config_from_settings,
+)
+from beton_pipeline.defs.playbooks.assets import PlaybookRunConfig
+from beton_pipeline.defs.playbooks.jobs import playbook_delivery_job
+from beton_pipeline.defs.resources import SettingsResource, WarehouseResource
+from beton_pipeline.warehouse import WarehouseLockedError
+
+SCORES_KEY = dg.AssetKey("account_scores")
+SENSOR_LOCK_WAIT_SECONDS = 1.0
+"""A sensor waits at most this long for the warehouse; if a writer holds it, the tick is skipped."""
+MAX_EVENTS_PER_TICK = 50
+
+
+def _run_request(playbook: str, day: date, **extra_tags: str) -> dg.RunRequest:
+    tags = {"beton/playbook": playbook, "beton/day": day.isoformat(), **{f"beton/{k}": v for k, v in extra_tags.items()}}
+    return dg.RunRequest(
+        run_key=f"{playbook}:{day.isoformat()}",
+        run_config=dg.RunConfig(ops={"playbook_actions": PlaybookRunConfig(playbooks=[playbook], days=[day.isoformat()])}),
+        tags=tags,
+    )
+
+
+def account_matches(con: duckdb.DuckDBPyConnection, config: PlaybookConfig, days: Sequence[date]) -> list[tuple[str, date, int]]:
+    """(playbook, day, accounts matched) for every enabled account playbook with matches on ``days``.
+
+    Reads only the columns the rules need (signal ids decoded by DuckDB); this is the sensor's cost.
+    """
+    playbooks = config.account_playbooks
+    if not playbooks:
+        return []
+    needs_signals = any(p.when.any_signals or p.when.all_signals for p in playbooks)
+    out = []
+    for day in days:
+        scores = outbox.read_scores(con, day, columns=("account_id", "score", "score_rank"), with_signal_ids=needs_signals)
+        for pb in playbooks:
+            n = match_accounts(scores, pb.when).height
+            if n:
+                out.append((pb.name, day, n))
+    return out
+
+
+def _config(settings: SettingsResource) -> PlaybookConfig | str:
+    try:
+        return playbook_config_from_settings(settings.load())
+    except (PlaybookConfigError, ValueError) as exc:
+        return f"beton.yaml: {exc}"
+
+
+@dg.sensor(
+    job=playbook_delivery_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "After each account_scores materialization (every partition, in order): evaluate the account playbooks on "
+        "that day's scores and request one delivery run per playbook and day with matches (run key playbook:day)."
+    ),
+)
+def playbook_scores_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource, settings: SettingsResource):
+    after = int(context.cursor) if context.cursor else None
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=SCORES_KEY, after_storage_id=after), limit=MAX_EVENTS_PER_TICK, ascending=True
+    ).records
+    if not records:
+        return dg.SkipReason("no new account_scores materialization")
+    cursor = str(records[-1].storage_id)
+    config = _config(settings)
+    if isinstance(config, str):
+        return dg.SkipReason(config)  # cursor kept: the days are evaluated once the file is fixed
+    if not config.account_playbooks:
+        return dg.SensorResult(skip_reason="no account playbook enabled in beton.yaml", cursor=cursor)
+    partition_days = {r.partition_key for r in records}
+    try:
+        with warehouse.connect(read_only=True, wait_seconds=SENSOR_LOCK_WAIT_SECONDS) as con:
+            latest = outbox.latest_score_day(con)
+            days = {date.fromisoformat(p[:10]) for p in partition_days if p}
+            if None in partition_days and latest:  # an unpartitioned materialization: its latest day
+                days.add(latest)
+            # Days a delivery would only record as dry_run (a backfill of history) are not worth a run.
+            days = sorted(d for d in days if not is_stale(d, latest, config.destinations.max_action_age_days))
+            matches = account_matches(con, config, days)
+    except (WarehouseLockedError, duckdb.IOException) as exc:
+        return dg.SkipReason(f"warehouse not readable now ({type(exc).__name__}); will look again on the next tick")
+    if not matches:
+        shown = ", ".join(map(str, days)) or "no recent day"
+        return dg.SensorResult(skip_reason=f"no account matched a playbook on {shown}", cursor=cursor)
+    return dg.SensorResult(run_requests=[_run_request(p, d, matched=str(n)) for p, d, n in matches], cursor=cursor)
+
+
+def health_requests(
+    con: duckdb.DuckDBPyConnection, config: PlaybookConfig, through_day: date | None
+) -> tuple[list[tuple[str, date, list[str]]], dict[str, str], date | None]:
+    """(playbook, day, changed signal ids) after ``through_day``; the latest health per signal; the last day.
+
+    Without a cursor (first tick) only the latest day is considered, so deploying beton does not
+    replay months of past health changes into Slack.
+    """
+    health = outbox.read_signal_health(con, since=through_day)
+    if health.is_empty():
+        return [], {}, through_day
+    last_day = max(health.get_column("day").to_list())
+    latest = {r["signal_id"]: r["health"] for r in health.sort("day").iter_rows(named=True)}
+    requests = []
+    for pb in config.health_playbooks:
+        changes = health_changes(health, pb.when.health_changed_to, pb.when.health_of)
+        days = sorted(set(changes.get_column("day").to_list()))
+        days = [d for d in days if (d > through_day if through_day else d == last_day)]
+        for day in days:
+            ids = sorted(changes.filter(changes["day"] == day).get_column("signal_id").to_list())
+            requests.append((pb.name, day, ids))
+    return requests, latest, last_day
+
+
+@dg.sensor(
+    job=playbook_delivery_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "When a signal's health in beton.signal_health changes to a state a health playbook watches (degrading, "
+        "broken, …), request that playbook's delivery for the day. Cursor: the last day seen and each signal's last "
+        "seen health, so no change alerts twice."
+    ),
+)
+def signal_health_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource, settings: SettingsResource):
+    state = json.loads(context.cursor) if context.cursor else {}
+    through = date.fromisoformat(state["through_day"]) if state.get("through_day") else None
+    config = _config(settings)
+    if isinstance(config, str):
+        return dg.SkipReason(config)
+    if not config.health_playbooks:
+        return dg.SkipReason("no health playbook enabled in beton.yaml")
+    try:
+        with warehouse.connect(read_only=True, wait_seconds=SENSOR_LOCK_WAIT_SECONDS) as con:
+            requests, latest, last_day = health_requests(con, config, through)
+    except (WarehouseLockedError, duckdb.IOException) as exc:
+        return dg.SkipReason(f"warehouse not readable now ({type(exc).__name__}); will look again on the next tick")
+    new_state = {"through_day": last_day.isoformat() if last_day else None, "health": {**state.get("health", {}), **latest}}
+    cursor = json.dumps(new_state, sort_keys=True)
+    if not requests:
+        return dg.SensorResult(skip_reason="no signal health change to alert on", cursor=cursor)
+    runs = [_run_request(playbook, day, signals=",".join(ids)[:200]) for playbook, day, ids in requests]
+    return dg.SensorResult(run_requests=runs, cursor=cursor)
+
+
+@dg.sensor(
+    job=playbook_delivery_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "When outbox actions are due again (retrying after a backoff, or pending), request one send-only delivery run "
+        "(run key = the earliest due time and the count, so an unchanged backlog is not requested twice)."
+    ),
+)
+def playbook_retry_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource, settings: SettingsResource):
+    config = _config(settings)
+    if isinstance(config, str):
+        return dg.SkipReason(config)
+    names = [p.name for p in config.playbooks if p.enabled]
+    if not names:
+        return dg.SkipReason("no playbook enabled in beton.yaml")
+    try:
+        with warehouse.connect(read_only=True, wait_seconds=SENSOR_LOCK_WAIT_SECONDS) as con:
+            due_at, n = outbox.next_due_at(con, names)
+    except (WarehouseLockedError, duckdb.IOException) as exc:
+        return dg.SkipReason(f"warehouse not readable now ({type(exc).__name__}); will look again on the next tick")
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    if not n or due_at is None or due_at > now:
+        return dg.SkipReason(f"{n} action(s) waiting; none due" if n else "nothing to retry")
+    return dg.RunRequest(
+        run_key=f"retry:{due_at.isoformat()}:{n}",
+        run_config=dg.RunConfig(ops={"playbook_actions": PlaybookRunConfig(playbooks=names, plan=False)}),
+        tags={"beton/retry": str(n)},
+    )

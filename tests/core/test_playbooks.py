@@ -1,0 +1,283 @@
+"""Playbook core: configuration errors, rule evaluation against a brute-force reference, holdout
+assignment (deterministic, uniform, reproducible in SQL), idempotency keys, templates, planning."""
+
+import json
+from datetime import date
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+
+from beton_pipeline.core.playbooks import (
+    DestinationSettings,
+    PlaybookConfigError,
+    PlaybookWhen,
+    health_changes,
+    holdout_draw,
+    idempotency_key,
+    is_held_out,
+    is_stale,
+    match_accounts,
+    parse_playbook_config,
+    plan_account_actions,
+    plan_health_actions,
+    render,
+)
+
+SLACK = {"type": "slack", "channel": "#revenue"}
+DAY = date(2026, 3, 2)
+
+
+def playbook(**over) -> dict:
+    base = {"name": "hot-accounts", "when": {"min_score": 0.5}, "then": [SLACK]}
+    base.update(over)
+    return base
+
+
+def scores_frame(n: int = 400, seed: int = 1) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    signals = [f"sig_{i}" for i in range(6)]
+    fired = []
+    for _ in range(n):
+        chosen = rng.choice(signals, size=rng.integers(0, 4), replace=False)
+        fired.append(json.dumps([{"signal_id": s, "definition": f"def of {s}", "fired_at": "2026-03-01T00:00:00", "contribution": 0.1} for s in chosen]))
+    score = rng.random(n)
+    score[rng.random(n) < 0.05] = np.nan
+    frame = pl.DataFrame(
+        {
+            "account_id": [f"rec_{i:05d}" for i in range(n)],
+            "score": score,
+            "signals_fired": fired,
+            "top_contributions": fired,
+            "domain": [f"acct{i}.io" for i in range(n)],
+            "company_name": [f"Company {i}" for i in range(n)],
+            "is_crm_company": (np.arange(n) % 3 != 0).tolist(),
+        }
+    ).with_columns(pl.col("score").fill_nan(None))
+    return frame.with_columns(pl.col("score").rank("ordinal", descending=True).cast(pl.Int64).alias("score_rank"))
+
+
+# ------------------------------------------------------------------------------------------------
+# configuration
+# ------------------------------------------------------------------------------------------------
+def test_a_valid_config_parses_with_defaults():
+    cfg = parse_playbook_config(
+        [playbook(), {"name": "health", "when": {"health_changed_to": ["broken"]}, "then": [SLACK]}],
+        [{"name": "onboarding", "flag": "new-onboarding", "goal_event": "api_key_created", "variants": ["control", "test"]}],
+        {"webhook_allowed_hosts": ["hooks.example.com"]},
+    )
+    pb = cfg.playbook("hot-accounts")
+    assert pb.kind == "account" and pb.effective_holdout_fraction == 0.1 and pb.max_attempts == 6
+    assert cfg.playbook("health").effective_holdout_fraction == 0.0
+    assert [p.name for p in cfg.account_playbooks] == ["hot-accounts"] and [p.name for p in cfg.health_playbooks] == ["health"]
+    assert cfg.destinations.max_action_age_days == 3
+    with pytest.raises(KeyError, match="no playbook named"):
+        cfg.playbook("nope")
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (playbook(when={}), "give at least one condition"),
+        (playbook(when={"min_score": 0.5, "health_changed_to": ["broken"]}), "not both"),
+        (playbook(when={"min_score": 1.5}), "min_score"),
+        (playbook(then=[]), "then"),
+        (playbook(then=[{"type": "webhook", "name": "x", "url": "ftp://example.com/hook"}]), "http"),
+        (playbook(then=[{"type": "slack", "channel": "#a", "template": "hi $nope"}]), "unknown placeholder"),
+        (playbook(then=[{"type": "slack", "channel": "#a", "template": "${account_id.__class__}"}]), "invalid template"),
+        (playbook(then=[SLACK, SLACK]), "share a destination"),
+        (playbook(then=[{"type": "pagerduty"}]), "then"),
+        (playbook(name="Hot Accounts"), "name"),
+        ({"name": "h", "when": {"health_changed_to": ["broken"]}, "then": [{"type": "attio", "attribute": "x"}]}, "account playbook"),
+        ({"name": "h", "when": {"health_changed_to": ["broken"]}, "then": [SLACK], "holdout_fraction": 0.2}, "account playbooks only"),
+        (playbook(holdout_fraction=1.0), "holdout_fraction"),
+        (playbook(extra_key=1), "extra_key"),
+    ],
+)
+def test_bad_playbooks_name_the_field(raw, message):
+    with pytest.raises(PlaybookConfigError, match=message) as exc:
+        parse_playbook_config([raw])
+    assert "playbooks[0]" in str(exc.value)
+
+
+def test_duplicates_allowlist_and_experiment_errors():
+    with pytest.raises(PlaybookConfigError, match="duplicate playbook name"):
+        parse_playbook_config([playbook(), playbook()])
+    hook = {"type": "webhook", "name": "crm", "url": "https://evil.example.net/x"}
+    with pytest.raises(PlaybookConfigError, match="not in destinations.webhook_allowed_hosts"):
+        parse_playbook_config([playbook(then=[hook])], destinations={"webhook_allowed_hosts": ["hooks.example.com"]})
+    with pytest.raises(PlaybookConfigError, match=r"experiments\[0\].*control"):
+        parse_playbook_config(experiments=[{"name": "e", "flag": "f", "goal_event": "g", "variants": ["a", "b"]}])
+    with pytest.raises(PlaybookConfigError, match="weights"):
+        parse_playbook_config(experiments=[{"name": "e", "flag": "f", "goal_event": "g", "variants": ["control", "b"], "weights": [1]}])
+    with pytest.raises(PlaybookConfigError, match="crm_record_url"):
+        parse_playbook_config(destinations={"crm_record_url": "https://crm/$nope"})
+
+
+def test_config_reads_settings_without_experiments_field():
+    from beton_pipeline.core.playbooks import playbook_config_from_settings
+    from beton_pipeline.settings import Settings
+
+    cfg = playbook_config_from_settings(Settings(playbooks=(playbook(),)))
+    assert cfg.experiments == () and cfg.playbooks[0].name == "hot-accounts"
+
+
+# ------------------------------------------------------------------------------------------------
+# rules
+# ------------------------------------------------------------------------------------------------
+def _reference(frame: pl.DataFrame, when: PlaybookWhen) -> set[str]:
+    """The rule, one row at a time in plain Python (an independent implementation)."""
+    out = set()
+    for row in frame.iter_rows(named=True):
+        ids = {s["signal_id"] for s in json.loads(row["signals_fired"])}
+        ok = True
+        if when.min_score is not None:
+            ok &= row["score"] is not None and row["score"] >= when.min_score
+        if when.top_n is not None:
+            ok &= row["score_rank"] is not None and row["score_rank"] <= when.top_n
+        if when.any_signals:
+            ok &= bool(ids & set(when.any_signals))
+        if when.all_signals:
+            ok &= set(when.all_signals) <= ids
+        if ok:
+            out.add(row["account_id"])
+    return out
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        {"min_score": 0.7},
+        {"top_n": 25},
+        {"any_signals": ["sig_1", "sig_4"]},
+        {"all_signals": ["sig_2", "sig_3"]},
+        {"any_signals": ["sig_0"], "min_score": 0.3},
+        {"all_signals": ["sig_5"], "top_n": 100, "min_score": 0.2},
+        {"any_signals": ["sig_missing"]},
+    ],
+)
+def test_match_accounts_equals_brute_force(when):
+    frame = scores_frame()
+    rule = PlaybookWhen(**when)
+    matched = match_accounts(frame, rule)
+    assert set(matched["account_id"].to_list()) == _reference(frame, rule)
+    ranks = matched["score_rank"].drop_nulls().to_list()
+    assert ranks == sorted(ranks) and matched["score_rank"].null_count() == 0 or matched["score_rank"][-1] is None
+
+
+def test_match_accounts_on_empty_and_null_signals():
+    frame = scores_frame(5).with_columns(pl.lit(None, dtype=pl.String).alias("signals_fired"))
+    assert match_accounts(frame, PlaybookWhen(any_signals=("sig_1",))).is_empty()
+    assert match_accounts(frame.head(0), PlaybookWhen(min_score=0.1)).is_empty()
+
+
+def test_health_changes():
+    health = pl.DataFrame(
+        {
+            "day": [date(2026, 1, d) for d in (1, 2, 3, 4)] * 2,
+            "signal_id": ["a"] * 4 + ["b"] * 4,
+            "health": ["healthy", "degrading", "degrading", "broken", "broken", "broken", "healthy", "broken"],
+        }
+    )
+    changes = health_changes(health, ("degrading", "broken"))
+    got = sorted((r["signal_id"], r["day"].day, r["previous_health"], r["health"]) for r in changes.iter_rows(named=True))
+    # b's first day is broken but has no previous day: not a change; a's 3rd day repeats: not a change
+    assert got == [("a", 2, "healthy", "degrading"), ("a", 4, "degrading", "broken"), ("b", 4, "healthy", "broken")]
+    assert health_changes(health, ("broken",), signals=("a",)).height == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# holdout and keys
+# ------------------------------------------------------------------------------------------------
+def test_holdout_is_deterministic_uniform_and_per_playbook():
+    ids = [f"acct_{i}" for i in range(100_000)]
+    u = holdout_draw("p", ids)
+    assert np.array_equal(u, holdout_draw("p", ids)) and u.min() >= 0 and u.max() < 1
+    held = is_held_out("p", ids, 0.1)
+    # Binomial(100000, 0.1): sd ~ 95, so 6 sd is ~ 570
+    assert abs(held.sum() - 10_000) < 570
+    # deciles are uniform (chi-square, 9 dof: 99.99th percentile is ~ 33.7)
+    counts = np.histogram(u, bins=10, range=(0, 1))[0]
+    assert ((counts - 10_000) ** 2 / 10_000).sum() < 33.7
+    other = is_held_out("q", ids, 0.1)
+    assert abs((held & other).sum() - 1_000) < 200  # independent across playbooks
+    assert not is_held_out("p", ids[:10], 0.0).any()
+
+
+def test_holdout_formula_matches_duckdb_sha256():
+    ids = ["rec_a", "acme.io", "ünïcode.de", "x" * 100]
+    sql = duckdb.sql(
+        "select ('0x' || left(sha256('hot' || chr(31) || id), 16))::ubigint as h from unnest(?) as t(id)", params=[ids]
+    ).fetchall()
+    expected = np.array([float(r[0]) for r in sql]) / 2.0**64
+    np.testing.assert_allclose(holdout_draw("hot", ids), expected, rtol=0, atol=1e-15)
+
+
+def test_idempotency_key_changes_with_every_part():
+    k = idempotency_key("p", "a", date(2026, 1, 1), "slack:#x")
+    assert k == idempotency_key("p", "a", "2026-01-01", "slack:#x") and len(k) == 32
+    others = {idempotency_key(*parts) for parts in [("q", "a", "2026-01-01", "slack:#x"), ("p", "b", "2026-01-01", "slack:#x"),
+                                                     ("p", "a", "2026-01-02", "slack:#x"), ("p", "a", "2026-01-01", "slack:#y")]}
+    assert k not in others and len(others) == 4
+
+
+def test_render_substitutes_only():
+    assert render("$a and ${b}$$", {"a": "<x>", "b": 1}) == "<x> and 1$"
+    assert render("$a", {"a": "${b}"}) == "${b}"  # a value is never re-expanded
+
+
+def test_is_stale():
+    assert not is_stale(date(2026, 1, 7), date(2026, 1, 10), 3)
+    assert is_stale(date(2026, 1, 6), date(2026, 1, 10), 3)
+    assert not is_stale(date(2020, 1, 1), date(2026, 1, 10), None)
+
+
+# ------------------------------------------------------------------------------------------------
+# planning
+# ------------------------------------------------------------------------------------------------
+def test_plan_account_actions_rows_holdout_escaping_and_crm_only_attio():
+    cfg = parse_playbook_config(
+        [playbook(when={"top_n": 200}, holdout_fraction=0.25, then=[SLACK, {"type": "attio", "attribute": "beton_score"},
+                                                                      {"type": "webhook", "name": "crm", "url": "https://hooks.example.com/b"}])],
+        destinations={"crm_record_url": "https://app.attio.com/acme/company/$record_id/overview"},
+    )
+    pb = cfg.playbooks[0]
+    frame = scores_frame().with_columns(
+        pl.when(pl.col("score_rank") == 1).then(pl.lit("<!channel> & co")).otherwise(pl.col("company_name")).alias("company_name")
+    )
+    matched = match_accounts(frame, pb.when)
+    plan = plan_account_actions(pb, matched, DAY, cfg.destinations)
+    crm = matched.filter(pl.col("is_crm_company")).height
+    assert plan.height == 2 * matched.height + crm  # slack + webhook for all, attio for CRM companies
+    assert plan["idempotency_key"].n_unique() == plan.height
+    held = plan.filter(pl.col("held_out"))
+    assert set(held["status"].unique()) == {"held_out"} and set(plan.filter(~pl.col("held_out"))["status"].unique()) == {"pending"}
+    held_accounts = set(held["account_id"].to_list())
+    expected_held = {a for a, h in zip(matched["account_id"], is_held_out(pb.name, matched["account_id"].to_list(), 0.25)) if h}
+    assert held_accounts == expected_held and 20 < len(held_accounts) < 80
+    top = plan.filter((pl.col("destination_type") == "slack") & (pl.col("account_id") == matched["account_id"][0]))
+    payload = json.loads(top["payload"][0])
+    assert "<!channel>" not in payload["text"] and "&lt;!channel&gt; &amp; co" in payload["text"]
+    assert payload["blocks"][-1]["elements"][0]["url"].startswith("https://app.attio.com/acme/company/rec_")
+    attio = json.loads(plan.filter(pl.col("destination_type") == "attio")["payload"][0])
+    assert set(attio) == {"object", "record_id", "values"} and isinstance(attio["values"]["beton_score"], float)
+    hook = json.loads(plan.filter(pl.col("destination_type") == "webhook")["payload"][0])
+    assert hook["event"]["type"] == "playbook.matched" and hook["event"]["idempotency_key"] in plan["idempotency_key"].to_list()
+
+    dry = plan_account_actions(pb, matched, DAY, cfg.destinations, dry_run=True)
+    assert set(dry["status"].unique()) == {"dry_run"} and dry["held_out"].sum() == plan["held_out"].sum()
+    assert plan_account_actions(pb, matched.head(0), DAY, cfg.destinations).is_empty()
+
+
+def test_plan_health_actions():
+    cfg = parse_playbook_config([{"name": "health", "when": {"health_changed_to": ["broken"]}, "then": [SLACK]}])
+    health = pl.DataFrame(
+        {"day": [date(2026, 1, 1), DAY], "signal_id": ["sig_1", "sig_1"], "definition": ["<x>", "<x>"], "health": ["healthy", "broken"],
+         "lift": [2.0, 0.9], "lift_ci_low": [1.5, 0.6], "lift_ci_high": [2.5, 1.2], "backtest_lift": [2.4, 2.4]}
+    )
+    changes = health_changes(health, ("broken",))
+    plan = plan_health_actions(cfg.playbooks[0], changes, DAY, DestinationSettings())
+    assert plan.height == 1 and plan["signal_id"][0] == "sig_1" and plan["account_id"][0] is None
+    assert "&lt;x&gt;" in json.loads(plan["payload"][0])["text"]
+    assert plan_health_actions(cfg.playbooks[0], changes, date(2026, 1, 1), DestinationSettings()).is_empty()

@@ -1,0 +1,87 @@
+"""Slack: escaping of user-controlled text, Block Kit shape, and chat.postMessage against a local Slack."""
+
+import json
+
+from tests.fakes import FakeSlack
+
+from beton_pipeline.destinations.slack import SlackSender, account_message, escape_mrkdwn, health_message
+
+TOKEN = "xoxb-test-0123456789"
+
+
+def _message(title="Acme <!channel>", crm_url="https://app.attio.com/acme/company/rec_1/overview"):
+    return account_message(
+        "#revenue", f"*{escape_mrkdwn(title)}* matched", title=title, account_id="rec_1", domain="acme.io&<x>",
+        score=0.634, score_rank=3,
+        signals=[{"signal_id": "sig_1", "definition": "`invited_teammate` >= 3 <@U123>", "contribution": 0.4}],
+        playbook="hot-accounts", day="2026-01-05", crm_url=crm_url,
+    )
+
+
+def _mrkdwn_texts(payload: dict) -> list[str]:
+    texts = [payload["text"]]
+    for block in payload["blocks"]:
+        if block.get("text", {}).get("type") == "mrkdwn":
+            texts.append(block["text"]["text"])
+        texts += [f["text"] for f in block.get("fields", [])]
+        texts += [e["text"] for e in block.get("elements", []) if e.get("type") == "mrkdwn"]
+    return texts
+
+
+def test_escape_mrkdwn():
+    assert escape_mrkdwn("<!channel> & <@U1> > x") == "&lt;!channel&gt; &amp; &lt;@U1&gt; &gt; x"
+    assert escape_mrkdwn("&amp;") == "&amp;amp;"  # escaping is not idempotent by design: values are escaped once
+
+
+def test_account_message_cannot_mention_from_data():
+    payload = _message()
+    for text in _mrkdwn_texts(payload):
+        assert "<!channel>" not in text and "<@U123>" not in text and "<x>" not in text
+    assert "&lt;!channel&gt;" in payload["text"]
+    # the header is plain_text: Slack never parses mentions there
+    assert payload["blocks"][0]["text"] == {"type": "plain_text", "text": "Acme <!channel>", "emoji": False}
+    assert payload["blocks"][-1]["elements"][0]["url"].startswith("https://app.attio.com/")
+    assert "63% (rank 3)" in json.dumps(payload)
+
+
+def test_crm_button_only_for_http_urls():
+    assert _message(crm_url="javascript:alert(1)")["blocks"][-1]["type"] != "actions"
+    assert _message(crm_url=None)["blocks"][-1]["type"] != "actions"
+
+
+def test_health_message_fields():
+    payload = health_message("#alerts", "changed", signal_id="sig_1", definition="<b>", previous_health="healthy", health="broken",
+                             lift=0.9, lift_ci_low=0.7, lift_ci_high=1.1, backtest_lift=2.5, day="2026-01-05")
+    body = json.dumps(payload, ensure_ascii=False)
+    assert "healthy → *broken*" in body and "0.90 (0.70–1.10)" in body and "&lt;b&gt;" in body and "<b>" not in body
+
+
+def test_send_ok_then_429_with_retry_after_then_500():
+    with FakeSlack(TOKEN) as slack:
+        sender = SlackSender(TOKEN, slack.base_url, timeout_seconds=5)
+        ok = sender.send(_message(), "k1")
+        assert ok.outcome == "sent" and ok.response_id
+        slack.fail_next(429, retry_after=7)
+        limited = sender.send(_message(), "k1")
+        assert (limited.outcome, limited.status_code, limited.retry_after) == ("retry", 429, 7.0)
+        slack.fail_next(500)
+        broken = sender.send(_message(), "k1")
+        assert (broken.outcome, broken.status_code) == ("retry", 500)
+        assert len(slack.messages) == 1
+        sent = slack.messages[0]
+        assert sent["channel"] == "#revenue" and sent["blocks"][0]["type"] == "header"
+        assert sent["unfurl_links"] is False
+
+
+def test_bad_token_fails_without_leaking_it():
+    with FakeSlack(TOKEN) as slack:
+        result = SlackSender("xoxb-wrong-secret", slack.base_url, timeout_seconds=5).send(_message(), "k")
+    assert result.outcome == "fail" and "invalid_auth" in result.error
+    assert "xoxb-wrong-secret" not in result.error
+
+
+def test_slack_down_is_retryable():
+    with FakeSlack(TOKEN) as slack:
+        base = slack.base_url
+    result = SlackSender(TOKEN, base, timeout_seconds=2).send(_message(), "k")
+    assert result.outcome == "retry" and result.status_code is None and TOKEN not in result.error

@@ -1,0 +1,77 @@
+"""Webhooks: Stripe-style HMAC signatures (checked by a receiver with its own code), URL rules, secrets."""
+
+import hashlib
+import hmac
+
+import pytest
+from tests.fakes import FakeWebhookReceiver
+
+from beton_pipeline.destinations.webhook import (
+    WebhookSender,
+    WebhookURLError,
+    canonical_body,
+    check_url,
+    secret_env_var,
+    sign,
+    verify_signature,
+)
+
+SECRET = "whsec-0123456789abcdef"
+
+
+def test_signature_is_hmac_sha256_over_timestamp_dot_body():
+    body = b'{"a":1}'
+    expected = hmac.new(SECRET.encode(), b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert sign(SECRET, 1700000000, body) == f"t=1700000000,v1={expected}"
+    header = sign(SECRET, 1700000000, body)
+    assert verify_signature(SECRET, header, body, now=1700000100)
+    assert not verify_signature(SECRET, header, body + b" ", now=1700000100)  # body changed
+    assert not verify_signature("other", header, body, now=1700000100)  # wrong secret
+    assert not verify_signature(SECRET, header, body, now=1700000000 + 301)  # replayed too late
+    assert not verify_signature(SECRET, None, body) and not verify_signature(SECRET, "v1=abc", body)
+
+
+def test_receiver_accepts_signed_posts_and_rejects_wrong_secret():
+    event = {"type": "playbook.matched", "account": {"account_id": "rec_1", "company_name": "Ünïcode GmbH"}}
+    with FakeWebhookReceiver(SECRET) as receiver:
+        ok = WebhookSender({"crm-sync": SECRET}).send({"webhook": "crm-sync", "url": receiver.url + "/hooks/beton", "event": event}, "key-1")
+        bad = WebhookSender({"crm-sync": "not-the-secret"}).send({"webhook": "crm-sync", "url": receiver.url + "/hooks/beton", "event": event}, "key-2")
+        assert ok.outcome == "sent"
+        assert (bad.outcome, bad.status_code) == ("fail", 400) and receiver.rejected == 1
+        assert receiver.events == [event] and receiver.idempotency_keys == ["key-1"]
+        assert receiver.successes()[0].body == canonical_body(event)
+        assert "not-the-secret" not in (bad.error or "")
+
+
+def test_url_rules():
+    assert check_url("https://hooks.example.com/x") == "https://hooks.example.com/x"
+    for url in ("ftp://example.com/x", "file:///etc/passwd", "javascript:alert(1)", "example.com/x", "https://user:pw@example.com/"):
+        with pytest.raises(WebhookURLError):
+            check_url(url)
+    allow = ("hooks.example.com", "*.internal.example")
+    check_url("https://hooks.example.com/a", allow)
+    check_url("http://a.b.internal.example/a", allow)
+    for url in ("https://evil.com/a", "https://internal.example/a", "https://hooks.example.com.evil.com/a"):
+        with pytest.raises(WebhookURLError):
+            check_url(url, allow)
+
+
+def test_disallowed_host_is_refused_at_send_time():
+    with FakeWebhookReceiver(SECRET) as receiver:
+        sender = WebhookSender({"h": SECRET}, allowed_hosts=("hooks.example.com",))
+        result = sender.send({"webhook": "h", "url": receiver.url, "event": {}}, "k")
+        assert result.outcome == "fail" and "allowed" in result.error and not receiver.requests
+
+
+def test_secret_env_var_names_and_missing_secret():
+    assert secret_env_var("crm-sync") == "BETON_WEBHOOK_SECRET_CRM_SYNC"
+    assert secret_env_var("zapier_2") == "BETON_WEBHOOK_SECRET_ZAPIER_2"
+    sender = WebhookSender({})
+    assert sender.blocked_reason({"webhook": "crm-sync"}) == "BETON_WEBHOOK_SECRET_CRM_SYNC"
+    assert WebhookSender({"crm-sync": "s"}).blocked_reason({"webhook": "crm-sync"}) is None
+
+
+def test_receiver_down_is_retryable():
+    with FakeWebhookReceiver(SECRET) as receiver:
+        url = receiver.url
+    assert WebhookSender({"h": SECRET}, timeout_seconds=2).send({"webhook": "h", "url": url, "event": {}}, "k").outcome == "retry"
