@@ -71,7 +71,7 @@ def run() -> None:
     _ensure_dagster_home()
     from beton_pipeline.runner import run_pipeline
 
-    stages = ["ingest + dbt", "cohort counts", "discovery", "health + scores", "playbooks + readouts"]
+    stages = ["ingest + dbt", "cohort counts", "discovery", "backtests", "health + scores", "playbooks + readouts"]
     try:
         with dg.DagsterInstance.get() as instance, Progress(
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console

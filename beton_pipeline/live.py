@@ -33,8 +33,10 @@ from beton_pipeline.warehouse import table_exists
 ENABLED_SIGNALS_SQL = """
 select signal_id, definition, kind, candidate_key as key, event, property, value, window_days, threshold,
        part_a_id, part_b_id, lift, conversions_with, n_with, conversions_without, n_without
-from beton.signals where enabled
+from beton.signals where enabled and source = 'discovered'
 """
+# Custom signals (kind condition/sql) are tested and backtested, but not yet scored or monitored daily:
+# their firing times are not computed by `firings.signal_firings`.
 
 
 def enabled_signals(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:

@@ -23,7 +23,7 @@ SUMMARY_TABLES = (
     "raw.raw_events", "raw.raw_crm_companies", "raw.raw_billing_invoices", "beton.quarantine",
     "intermediate.int_events_resolved", "marts.account_outcomes", "marts.account_features",
     "marts.account_event_features", "beton.signal_cohort_counts", "beton.signals",
-    "beton.model_backtest", "beton.signal_health", "beton.account_scores", "beton.revenue_metrics",
+    "beton.signal_backtests", "beton.model_backtest", "beton.signal_health", "beton.account_scores", "beton.revenue_metrics",
     "beton.playbook_actions", "beton.playbook_readouts", "beton.experiment_readouts",
 )
 
@@ -83,6 +83,18 @@ def run_pipeline(
     def discovery() -> None:
         _execute(defs.resolve_job_def("discovery_job"), instance)
 
+    def backtests() -> None:
+        from beton_pipeline.defs.backtests.partitions import partition_range_tags, register_signal_partitions, signal_partitions
+
+        with connect(warehouse_path(), read_only=True) as con:
+            register_signal_partitions(instance, con)
+        keys = instance.get_dynamic_partitions(signal_partitions.name)
+        if keys:  # a single-run backfill policy: one run covers every signal's partition
+            _execute(
+                defs.resolve_implicit_global_asset_job_def(), instance,
+                asset_selection=[dg.AssetKey("signal_backtests")], tags=partition_range_tags(keys),
+            )
+
     def monitoring() -> None:
         with connect(warehouse_path(), read_only=True) as con:
             bounds = data_days(con)
@@ -104,6 +116,7 @@ def run_pipeline(
         ("ingest + dbt", ingest_and_transform),
         ("cohort counts", cohort_counts),
         ("discovery", discovery),
+        ("backtests", backtests),
         ("health + scores", monitoring),
         ("playbooks + readouts", playbooks),
     ]

@@ -73,11 +73,11 @@ def _with_enabled(frame: pl.DataFrame, overrides: pl.DataFrame) -> pl.DataFrame:
 
 
 def write_discovered_signals(con: duckdb.DuckDBPyConnection, result: pl.DataFrame, settings: Settings, as_of, split) -> pl.DataFrame:
-    """Replace the `source = 'discovered'` rows of beton.signals with `result`; returns what was written."""
+    """Replace the discovered and custom rows of beton.signals with `result` (one family, one BH); returns what was written."""
     n_tested = result.height
     if n_tested == 0:
         empty = pl.DataFrame(schema=SIGNALS_SCHEMA)
-        replace_rows(con, SIGNALS_TABLE, empty, "source = 'discovered'")
+        replace_rows(con, SIGNALS_TABLE, empty, "source in ('discovered', 'custom')")
         return empty.with_columns(pl.lit(None, pl.Int64).alias("recommendation_order"))
     if "part_a" not in result.columns:
         result = result.with_columns(pl.lit(None, pl.String).alias("part_a"), pl.lit(None, pl.String).alias("part_b"))
@@ -85,7 +85,11 @@ def write_discovered_signals(con: duckdb.DuckDBPyConnection, result: pl.DataFram
         pl.col("key").alias("candidate_key"),
         pl.col("part_a").map_elements(signal_id, return_dtype=pl.String).alias("part_a_id"),
         pl.col("part_b").map_elements(signal_id, return_dtype=pl.String).alias("part_b_id"),
-        pl.format("{}; q: Benjamini-Hochberg over {} candidates; holdout: {} later cohort months", "method", pl.lit(n_tested), pl.lit(len(split.holdout_months))).alias("method"),
+        pl.format(
+            "{}; q: Benjamini-Hochberg over {} candidates (discovered and custom); holdout: {} later cohort months{}",
+            "method", pl.lit(n_tested), pl.lit(len(split.holdout_months)),
+            (pl.lit("; ") + pl.col("note")).fill_null("") if "note" in result.columns else pl.lit(""),
+        ).alias("method"),
         pl.col("alternatives").map_elements(lambda a: json.dumps(list(a)), return_dtype=pl.String).alias("alternatives"),
         pl.lit(settings.thresholds.confidence_level).alias("confidence_level"),
         pl.lit(as_of, pl.Datetime("us")).alias("as_of"),
@@ -95,7 +99,7 @@ def write_discovered_signals(con: duckdb.DuckDBPyConnection, result: pl.DataFram
     frame = frame.with_columns(pl.col(c).fill_nan(None) for c in float_cols)
     frame = _with_enabled(frame, latest_overrides(con))
     out = frame.select(SIGNAL_COLUMNS).cast(SIGNALS_SCHEMA).sort("signal_id")
-    replace_rows(con, SIGNALS_TABLE, out, "source = 'discovered'")
+    replace_rows(con, SIGNALS_TABLE, out, "source in ('discovered', 'custom')")
     return frame
 
 

@@ -24,9 +24,17 @@ Per signal × period, with fired = accounts the signal fired for, converted = th
 Lift > 1 means rate_with > rate_without (which also counts an infinite lift when nobody without the
 signal converted).
 
-* `insufficient_data`: fewer than `min_periods` periods with enough data;
-* `consistent`: lift > 1 in at least `consistent_share` (75 %) of the periods with enough data;
-* `unstable`: otherwise.
+* `insufficient_data`: fewer than `min_periods` (3) periods with enough data;
+* `consistent`: lift > 1 in at least `consistent_share` (75 %) of the periods with enough data, and
+  the periods agree: Cochran's Q test of homogeneity of the per-period log lifts gives
+  p ≥ `heterogeneity_alpha` (0.05);
+* `unstable`: otherwise (the signal often fails to beat the rest, or its lift changes between
+  periods more than chance allows, as when a behaviour's effect fades).
+
+Cochran's Q (DerSimonian & Laird 1986; Cochran 1954), over the k periods with enough data, with
+the Katz log lift and its variance per period (Haldane–Anscombe +0.5 per cell when a count is 0,
+as in the CI): w_i = 1 / var_i, pooled = Σ w_i·log_i / Σ w_i, Q = Σ w_i (log_i − pooled)²,
+p = P(χ²_{k−1} ≥ Q).
 
 Counting is vectorised: with X the accounts × signals membership, P the accounts × periods one-hot
 matrix and y the conversions, fired = XᵀP, converted = Xᵀ(P·y), ARR = Xᵀ(P·y·arr) — three sparse
@@ -40,6 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
+from scipy import stats as sp_stats
 
 from beton_pipeline.core.stats import compare_proportions, newcombe_diff_interval
 
@@ -55,6 +64,7 @@ class BacktestConfig:
     min_not_fired: int = 10
     min_periods: int = 3
     consistent_share: float = 0.75
+    heterogeneity_alpha: float = 0.05
     periods_per_year: float = 12.0
     acv: float = 12_000.0
 
@@ -165,8 +175,35 @@ def backtest_periods(
     ).with_columns(pl.col(pl.Float64).fill_nan(None))
 
 
+def log_lift_and_variance(a, n1, c, n2) -> tuple[np.ndarray, np.ndarray]:
+    """Katz log lift and its variance per row: log((a/n1)/(c/n2)), 1/a − 1/n1 + 1/c − 1/n2,
+    with the Haldane–Anscombe correction (+0.5 per cell) on rows where a or c is 0."""
+    a, n1, c, n2 = (np.asarray(v, dtype=np.float64) for v in (a, n1, c, n2))
+    shift = np.where((a == 0) | (c == 0), 0.5, 0.0)
+    a, c, n1, n2 = a + shift, c + shift, n1 + 2 * shift, n2 + 2 * shift
+    with np.errstate(all="ignore"):
+        return np.log((a / n1) / (c / n2)), 1 / a - 1 / n1 + 1 / c - 1 / n2
+
+
+def cochran_q(log_lift: np.ndarray, variance: np.ndarray, group: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cochran's Q per group (inverse-variance weights): Q = Σw·x² − (Σw·x)²/Σw, df = k − 1, p = P(χ²_df ≥ Q).
+
+    Returns (q, df, p) arrays of length `n_groups`; p is NaN where a group has fewer than 2 rows.
+    """
+    w = 1.0 / variance
+    sw = np.bincount(group, weights=w, minlength=n_groups)
+    swx = np.bincount(group, weights=w * log_lift, minlength=n_groups)
+    swx2 = np.bincount(group, weights=w * log_lift**2, minlength=n_groups)
+    k = np.bincount(group, minlength=n_groups)
+    with np.errstate(all="ignore"):
+        q = np.maximum(swx2 - swx**2 / sw, 0.0)
+    df = k - 1
+    p = np.where(df >= 1, sp_stats.chi2.sf(q, np.maximum(df, 1)), np.nan)
+    return np.where(df >= 1, q, np.nan), df, p
+
+
 def verdicts(periods: pl.DataFrame, config: BacktestConfig = BacktestConfig()) -> pl.DataFrame:
-    """One row per signal: periods, periods with enough data, periods with lift > 1, verdict and its reason (rule in the module docstring)."""
+    """One row per signal: period counts, Cochran's Q p of the lifts, verdict and its reason (rule in the module docstring)."""
     summary = periods.group_by("signal_id", maintain_order=True).agg(
         pl.len().alias("periods"),
         pl.col("enough_data").sum().cast(pl.Int64).alias("periods_with_data"),
@@ -176,18 +213,28 @@ def verdicts(periods: pl.DataFrame, config: BacktestConfig = BacktestConfig()) -
         pl.col("cohort_conversions").sum().alias("conversions_total"),
         pl.col("cohort_accounts").sum().alias("accounts_total"),
     )
+    enough = periods.filter(pl.col("enough_data"))
+    index = summary.select("signal_id").with_row_index("_g")
+    enough = enough.join(index, on="signal_id", how="inner")
+    log_lift, variance = log_lift_and_variance(*(enough.get_column(c).to_numpy() for c in ("converted", "fired", "converted_not_fired", "not_fired")))
+    _, _, q_p = cochran_q(log_lift, variance, enough.get_column("_g").to_numpy().astype(np.int64), summary.height)
+    summary = summary.with_columns(pl.Series("heterogeneity_p", q_p, dtype=pl.Float64).fill_nan(None))
     share = pl.col("periods_lift_above_1") / pl.col("periods_with_data")
+    agree = pl.col("heterogeneity_p").fill_null(1.0) >= config.heterogeneity_alpha
     enough_rule = f"≥ {config.min_fired} fired, ≥ {config.min_not_fired} not fired, ≥ 1 conversion"
+    above = pl.format(f"lift > 1 in {{}} of {{}} periods with enough data ({enough_rule})", "periods_lift_above_1", "periods_with_data")
     return summary.with_columns(
         pl.when(pl.col("periods_with_data") < config.min_periods).then(pl.lit("insufficient_data"))
-        .when(share >= config.consistent_share).then(pl.lit("consistent"))
+        .when((share >= config.consistent_share) & agree).then(pl.lit("consistent"))
         .otherwise(pl.lit("unstable")).alias("verdict"),
         pl.when(pl.col("periods_with_data") < config.min_periods)
         .then(pl.format(f"{{}} of {{}} periods have enough data ({enough_rule}); {config.min_periods} needed", "periods_with_data", "periods"))
-        .otherwise(pl.format(
-            f"lift > 1 in {{}} of {{}} periods with enough data ({enough_rule}); consistent needs ≥ {config.consistent_share:.0%}",
-            "periods_lift_above_1", "periods_with_data",
-        )).alias("verdict_reason"),
+        .when(share < config.consistent_share)
+        .then(pl.format(f"{{}}; consistent needs ≥ {config.consistent_share:.0%}", above))
+        .when(~agree)
+        .then(pl.format("{}, but the lift changes between periods (Cochran's Q p = {})", above, pl.col("heterogeneity_p").round_sig_figs(2)))
+        .otherwise(pl.format("{}; the periods agree (Cochran's Q p = {})", above, pl.col("heterogeneity_p").round_sig_figs(2).fill_null(float("nan"))))
+        .alias("verdict_reason"),
         (pl.col("converted_total") / pl.col("fired_total")).fill_nan(None).alias("precision_total"),
         (pl.col("converted_total") / pl.col("conversions_total")).fill_nan(None).alias("recall_total"),
     )
@@ -208,6 +255,7 @@ def backtest(
         return periods.with_columns(
             pl.lit(None, pl.String).alias("verdict"), pl.lit(None, pl.String).alias("verdict_reason"),
             pl.lit(None, pl.Int64).alias("periods_with_data"), pl.lit(None, pl.Int64).alias("periods_lift_above_1"),
+            pl.lit(None, pl.Float64).alias("heterogeneity_p"),
         )
-    summary = verdicts(periods, config).select("signal_id", "verdict", "verdict_reason", "periods_with_data", "periods_lift_above_1")
+    summary = verdicts(periods, config).select("signal_id", "verdict", "verdict_reason", "periods_with_data", "periods_lift_above_1", "heterogeneity_p")
     return periods.join(summary, on="signal_id", how="left", maintain_order="left")

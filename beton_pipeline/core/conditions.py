@@ -393,6 +393,8 @@ def parse_signal(text: str, source: str) -> SignalDefinition:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if "chomping or indentation indicators" in problem:  # an unquoted `>= 3` starts a YAML block scalar
+            problem += '; put comparisons in quotes: count: ">= 3"'
         raise SignalDefinitionError(source, mark.line + 1 if mark else None, "", f"not valid YAML: {problem}") from None
     if root is None:
         raise SignalDefinitionError(source, None, "", "the file is empty; expected `name:` and `when:`")
@@ -542,10 +544,11 @@ def describe(cond: Condition, observation_days: int | None = None) -> str:
             subject += f" with {cond.property} = {values[0]}" if len(values) == 1 else f" with {cond.property} in ({', '.join(values)})"
         return f"{subject} {cond.op} {cond.threshold} {window}"
     if isinstance(cond, AttributeCondition):
+        shown = [_number_text(v) if isinstance(v, float) else str(v) for v in cond.values]
         if cond.op == "in":
-            return f"{cond.attribute} = {cond.values[0]}" if len(cond.values) == 1 else f"{cond.attribute} in ({', '.join(map(str, cond.values))})"
+            return f"{cond.attribute} = {shown[0]}" if len(shown) == 1 else f"{cond.attribute} in ({', '.join(shown)})"
         if cond.op == "not_in":
-            return f"{cond.attribute} != {cond.values[0]}" if len(cond.values) == 1 else f"{cond.attribute} not in ({', '.join(map(str, cond.values))})"
+            return f"{cond.attribute} != {shown[0]}" if len(shown) == 1 else f"{cond.attribute} not in ({', '.join(shown)})"
         return f"{cond.attribute} {cond.op} {_number_text(cond.values[0])}"
     if isinstance(cond, IntentCondition):
         if cond.until == "start":

@@ -41,6 +41,9 @@ import polars as pl
 from beton_pipeline.core.candidates import CandidateMatrix, signal_ids, sufficient_statistics
 from beton_pipeline.core.stats import benjamini_hochberg, compare_proportions
 
+CUSTOM_KINDS = ("condition", "sql")
+"""Kinds of user-defined signals (beton.signals `source = 'custom'`): tested whatever their support, never paired."""
+
 HOLDOUT_REPLICATION_P = 0.10
 """Two-sided holdout p below this, with holdout lift > 1, counts as replication (one-sided 0.05)."""
 
@@ -135,7 +138,11 @@ def evaluate(counts: pl.DataFrame, confidence_level: float, prefix: str = "") ->
 
 def supported(counts: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
     """Candidates with enough accounts on both sides to be tested (an outcome-blind filter)."""
-    need = pl.when(pl.col("kind") == "event_property").then(config.min_property_support).otherwise(config.min_candidate_support)
+    need = (
+        pl.when(pl.col("kind").is_in(CUSTOM_KINDS)).then(0)
+        .when(pl.col("kind") == "event_property").then(config.min_property_support)
+        .otherwise(config.min_candidate_support)
+    )
     return counts.filter((pl.col("n_with") >= need) & ((pl.col("n_total") - pl.col("n_with")) >= need))
 
 
@@ -144,7 +151,7 @@ def top_singles(tested: pl.DataFrame, k: int) -> list[str]:
     if k <= 0 or tested.is_empty():
         return []
     return (
-        tested.filter((pl.col("kind") != "pair") & (pl.col("lift") > 1))
+        tested.filter(~pl.col("kind").is_in(["pair", *CUSTOM_KINDS]) & (pl.col("lift") > 1))
         .sort(["p_value", "key"])
         .unique(subset="family", keep="first", maintain_order=True)
         .head(k)
@@ -336,7 +343,8 @@ def discover(
         holdout_all = pl.concat([holdout_all, pair_holdout.select(CANDIDATE_COLUMNS + COUNT_COLUMNS)], how="vertical_relaxed")
     evaluated = attach_holdout(evaluated, holdout_all, config.confidence_level)
     evaluated = evaluated.with_columns(projected_arr(evaluated, span_days, config.acv))
-    return recommend(evaluated, config).with_columns(pl.lit("discovered").alias("source"))
+    source = pl.when(pl.col("kind").is_in(CUSTOM_KINDS)).then(pl.lit("custom")).otherwise(pl.lit("discovered"))
+    return recommend(evaluated, config).with_columns(source.alias("source"))
 
 
 def _pair_value(frame: pl.DataFrame) -> pl.DataFrame:
@@ -397,14 +405,20 @@ def discover_from_cohort_counts(
     return DiscoveryRun(signals=result, split=split)
 
 
-def cohort_counts_from_matrix(matrix: CandidateMatrix, cohort_month: np.ndarray, converted: np.ndarray, arr: np.ndarray) -> pl.DataFrame:
-    """Per-cohort sufficient statistics from one in-memory matrix (the partitioned asset's rows, all at once)."""
+def cohort_counts_from_matrix(
+    matrix: CandidateMatrix, cohort_month: np.ndarray, converted: np.ndarray, arr: np.ndarray, keep_empty: bool = False
+) -> pl.DataFrame:
+    """Per-cohort sufficient statistics from one in-memory matrix (the partitioned asset's rows, all at once).
+
+    Candidates that fired for nobody in a month are dropped unless `keep_empty` (user-defined signals
+    keep their zero rows, so a signal that never fires is still reported)."""
     blocks = []
     for month in np.unique(cohort_month):  # one block per cohort month (tens), not per candidate
         rows = np.flatnonzero(cohort_month == month)
         sub = CandidateMatrix(matrix.account_ids[rows], matrix.candidates, matrix.matrix[rows])
         counts = sufficient_statistics(sub, converted[rows], arr[rows])
-        blocks.append(counts.filter(pl.col("n_with") > 0).with_columns(pl.lit(str(month)).alias("cohort_month")))
+        kept = counts if keep_empty else counts.filter(pl.col("n_with") > 0)
+        blocks.append(kept.with_columns(pl.lit(str(month)).alias("cohort_month")))
     return pl.concat(blocks)
 
 

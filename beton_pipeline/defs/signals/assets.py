@@ -14,6 +14,8 @@ from beton_pipeline.signal_store import write_discovered_signals
 from beton_pipeline.tables import eligible_cohort_months, read_feature_frames, replace_rows
 from beton_pipeline.warehouse import table_exists
 
+CUSTOM_COUNTS_TABLE = "beton.custom_signal_cohort_counts"  # written by the custom_signals asset
+
 COHORT_COUNTS_TABLE = "beton.signal_cohort_counts"
 
 
@@ -99,9 +101,10 @@ def signals_markdown(signals: pl.DataFrame, limit: int = 15) -> str:
     group_name="signals",
     kinds={"python", "polars", "duckdb"},
     pool=WAREHOUSE_POOL,
-    deps=[signal_cohort_counts],
+    deps=[signal_cohort_counts, "custom_signals"],
     description=(
-        "beton.signals: every candidate tested in this run with counts, rates, lift and its CI (Katz log), "
+        "beton.signals: every candidate tested in this run — discovered candidates and the custom signals of "
+        "signals/ (source = custom) — with counts, rates, lift and its CI (Katz log), "
         "a two-sided p-value (pooled z-test, Fisher exact below expected count 5), Benjamini–Hochberg q-values "
         "over all candidates, the lift on the later holdout cohorts, projected ARR and a recommendation "
         "(enable/review/reject). `enabled` follows the recommendation unless a user override says otherwise."
@@ -123,12 +126,17 @@ def signals(context: dg.AssetExecutionContext, warehouse: WarehouseResource, set
                 metadata={"missing_months": missing},
             )
         counts = counts.filter(pl.col("cohort_month").is_in(sorted(expected))) if counts.height else counts
+        custom = con.sql(f"select * from {CUSTOM_COUNTS_TABLE}").pl() if table_exists(con, *CUSTOM_COUNTS_TABLE.split(".")) else pl.DataFrame()
+        notes = custom.select("key", "note").unique("key") if custom.height else pl.DataFrame(schema={"key": pl.String, "note": pl.String})
+        if custom.height and counts.height:
+            counts = pl.concat([counts, custom.filter(pl.col("cohort_month").is_in(sorted(expected))).select(counts.columns)], how="vertical_relaxed")
         if counts.is_empty():
             context.log.warning("No eligible account (outcome window closed) yet: beton.signals has no discovered rows")
             result, split = pl.DataFrame(), HoldoutSplit((), (), 0, 0)
         else:
             run = discover_from_cohort_counts(counts, _warehouse_pair_source(con, cfg), config, cfg.windows.holdout_fraction)
             result, split = run.signals, run.split
+            result = result.join(notes, on="key", how="left")
         as_of = con.sql("select max(as_of_at) from marts.account_outcomes").fetchall()[0][0]
         written = write_discovered_signals(con, result, cfg, as_of=as_of, split=split)
     enabled = written.filter(pl.col("enabled"))

@@ -1,0 +1,1 @@
+"""Custom signals (`signals/*.yml`, `signals/*.sql`) and per-signal backtests (`beton.signal_backtests`)."""

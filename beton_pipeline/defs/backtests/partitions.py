@@ -1,0 +1,40 @@
+"""One dynamic partition per signal: enabled discovered signals and every custom signal.
+
+`register_signal_partitions(instance, con)` adds the missing ones (`beton run` calls it after
+`custom_signals`; the sensor in `sensors.py` does the same after `signals` or `custom_signals`
+materialise). Partitions are never removed: a signal that leaves beton.signals keeps its partition,
+and re-materialising it removes its rows.
+"""
+
+import dagster as dg
+import duckdb
+
+from beton_pipeline.warehouse import table_exists
+
+signal_partitions = dg.DynamicPartitionsDefinition(name="signals")
+
+
+def backtested_signal_ids(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The signals that get a backtest: enabled discovered signals and all custom signals, by id."""
+    if not table_exists(con, "beton", "signals"):
+        return []
+    rows = con.sql(
+        "select signal_id from beton.signals where source = 'custom' or (source = 'discovered' and enabled) order by signal_id"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def register_signal_partitions(instance: dg.DagsterInstance, con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Add a `signals` partition for every signal that gets a backtest; returns those signal ids (sorted)."""
+    ids = backtested_signal_ids(con)
+    existing = set(instance.get_dynamic_partitions(signal_partitions.name))
+    new = [i for i in ids if i not in existing]
+    if new:
+        instance.add_dynamic_partitions(signal_partitions.name, new)
+    return ids
+
+
+def partition_range_tags(keys: list[str]) -> dict[str, str]:
+    """Run tags for one run over the partitions `keys[0]`…`keys[-1]` (in registration order): `signal_backtests`
+    has a single-run backfill policy, so one run backtests them all, reading the marts once."""
+    return {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
