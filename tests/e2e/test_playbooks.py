@@ -568,6 +568,9 @@ def test_playbooks_and_readouts_on_the_demo_run(tmp_path, pipeline_run, servers)
     slack, attio, hook = servers
     wh = tmp_path / "warehouse.duckdb"
     shutil.copy(pipeline_run.warehouse, wh)
+    with duckdb.connect(str(wh)) as con:
+        # `beton run` already recorded the committed demo playbook's dry runs; this test starts a clean outbox.
+        con.execute("delete from beton.playbook_actions; delete from beton.playbook_readouts")
     with duckdb.connect(str(wh), read_only=True) as con:
         days = outbox.score_days(con)
         enabled = [r[0] for r in con.sql("select signal_id from beton.signals where enabled order by q_value limit 2").fetchall()]
