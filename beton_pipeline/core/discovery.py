@@ -12,9 +12,10 @@ Method (README, "How discovery decides"):
    rate_with / rate_without with a Katz log CI, two-sided p from the pooled two-proportion z-test, or
    Fisher's exact test when an expected cell is below 5.
 4. **Pairs.** The `pair_top_k` strongest single candidates (lowest p with lift > 1, one per family)
-   are combined pairwise (AND) across families and tested like singles. They are chosen by looking at
-   the outcome, so their p-values are optimistic; they can only be enabled if they replicate in the
-   holdout, clear both parts' lifts, and their parts are not both enabled already.
+   on the even-numbered discovery months are combined pairwise (AND) across families and tested on
+   the odd-numbered discovery months only, so a pair is never tested on the data that chose it. They
+   can only be enabled if they replicate in the holdout, clear both parts' lifts, and their parts are
+   not both enabled already.
 5. **False-discovery control.** Benjamini–Hochberg q-values over every candidate tested in the run:
    every event, window, threshold, property value, attribute value, intent type and pair.
 6. **Holdout replication.** The same counts on the holdout give `holdout_lift` (with CI and p).
@@ -398,9 +399,17 @@ def discover_from_cohort_counts(
     split = choose_holdout(sizes, holdout_fraction)
     disc = sum_counts(cohort_counts, split.discovery_months)
     hold = sum_counts(cohort_counts, split.holdout_months)
-    singles = evaluate(supported(disc, config), config.confidence_level)
-    top = top_singles(singles, config.pair_top_k)
-    pair_disc, pair_hold = pair_source(top, split) if len(top) >= 2 else (pl.DataFrame(), pl.DataFrame())
+    # Pairs are chosen on half of the discovery months and tested on the other half, so the test of a
+    # pair never uses the data that selected it (choosing and testing on the same accounts would make
+    # its p-value optimistic: measured on shuffled outcomes, it tripled the false discoveries).
+    select_months, test_months = split.discovery_months[::2], split.discovery_months[1::2]
+    pair_disc, pair_hold = pl.DataFrame(), pl.DataFrame()
+    if test_months:
+        singles = evaluate(supported(sum_counts(cohort_counts, select_months), config), config.confidence_level)
+        top = top_singles(singles, config.pair_top_k)
+        if len(top) >= 2:
+            pair_split = HoldoutSplit(test_months, split.holdout_months, 0, split.n_holdout)
+            pair_disc, pair_hold = pair_source(top, pair_split)
     result = discover(disc, hold, pair_disc, pair_hold, config, span_days(split.discovery_months))
     return DiscoveryRun(signals=result, split=split)
 
