@@ -400,19 +400,7 @@ def custom_signal_rows(evaluated: Evaluated, frames: FeatureFrames, settings: Se
     converted = frames.accounts.get_column("converted").to_numpy().astype(bool)
     arr = frames.accounts.get_column("arr").fill_null(0).to_numpy().astype(np.float64)
     signals = evaluated.signals
-    candidates = pl.DataFrame(
-        {
-            "key": [s.key for s in signals],
-            "signal_id": [s.signal_id for s in signals],
-            "kind": [s.kind for s in signals],
-            "family": [f"custom:{s.signal_id}" for s in signals],
-            "definition": [s.definition for s in signals],
-            "event": [None] * len(signals), "property": [None] * len(signals), "value": [None] * len(signals),
-            "window_days": [None] * len(signals), "threshold": [None] * len(signals),
-        },
-        schema={"key": pl.String, "signal_id": pl.String, "kind": pl.String, "family": pl.String, "definition": pl.String,
-                "event": pl.String, "property": pl.String, "value": pl.String, "window_days": pl.Int64, "threshold": pl.Int64},
-    ).select(CANDIDATE_COLUMNS)
+    candidates = custom_candidates(signals)
     disc_rows = np.isin(months, list(split.discovery_months))
     hold_rows = np.isin(months, list(split.holdout_months))
     disc = candidates.with_columns(pl.Series(k, v) for k, v in _counts(evaluated.fired, disc_rows, converted, arr).items())

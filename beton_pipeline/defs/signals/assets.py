@@ -6,7 +6,8 @@ import numpy as np
 import polars as pl
 
 from beton_pipeline.core.candidates import build_candidate_matrix, candidate_hits, sufficient_statistics
-from beton_pipeline.core.discovery import DiscoveryConfig, HoldoutSplit, discover_from_cohort_counts, matrix_pair_source
+from beton_pipeline.core.discovery import HoldoutSplit, discover_from_cohort_counts, matrix_pair_source
+from beton_pipeline.custom_signals import discovery_config
 from beton_pipeline.defs.partitions import cohort_months
 from beton_pipeline.defs.resources import WAREHOUSE_POOL, SettingsResource, WarehouseResource
 from beton_pipeline.settings import Settings
@@ -17,20 +18,6 @@ from beton_pipeline.warehouse import table_exists
 CUSTOM_COUNTS_TABLE = "beton.custom_signal_cohort_counts"  # written by the custom_signals asset
 
 COHORT_COUNTS_TABLE = "beton.signal_cohort_counts"
-
-
-def discovery_config(settings: Settings) -> DiscoveryConfig:
-    """The discovery settings from beton.yaml."""
-    return DiscoveryConfig(
-        confidence_level=settings.thresholds.confidence_level,
-        fdr_alpha=settings.thresholds.fdr_alpha,
-        min_sample=settings.thresholds.min_sample,
-        min_lift=settings.thresholds.min_lift,
-        min_candidate_support=settings.discovery.min_candidate_support,
-        min_property_support=settings.discovery.min_property_support,
-        pair_top_k=settings.discovery.pair_top_k,
-        acv=settings.revenue.acv,
-    )
 
 
 def _hits(frames, settings: Settings) -> pl.DataFrame:
