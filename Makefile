@@ -25,14 +25,18 @@ $(STAMP): pyproject.toml uv.lock
 	$(BIN)/uv sync --frozen --python $(BIN)/python
 	@touch $(STAMP)
 
-setup: $(STAMP) dbt_project/target/manifest.json $(DAGSTER_HOME)/dagster.yaml
+# The Dagster instance: Postgres (dagster.postgres.yaml, RUNBOOK.md) when DAGSTER_PG_HOST is set, else SQLite.
+INSTANCE_YAML := $(if $(DAGSTER_PG_HOST),dagster.postgres.yaml,dagster.yaml)
+
+setup: $(STAMP) dbt_project/target/manifest.json instance
 
 dbt_project/target/manifest.json: $(STAMP) $(shell find dbt_project/models dbt_project/macros dbt_project/seeds -type f 2>/dev/null) dbt_project/dbt_project.yml
 	cd dbt_project && ../$(BIN)/dbt parse --quiet --profiles-dir . && touch target/manifest.json
 
-$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+.PHONY: instance
+instance:
 	@mkdir -p $(DAGSTER_HOME)
-	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	@cmp -s $(INSTANCE_YAML) $(DAGSTER_HOME)/dagster.yaml || { cp $(INSTANCE_YAML) $(DAGSTER_HOME)/dagster.yaml && echo "Dagster instance: $(INSTANCE_YAML) -> $(DAGSTER_HOME)/dagster.yaml"; }
 
 run: setup
 	$(BIN)/beton run

@@ -37,8 +37,9 @@ def _ensure_dagster_home() -> Path:
     path = Path(home)
     path.mkdir(parents=True, exist_ok=True)
     config = path / "dagster.yaml"
-    if not config.exists():
-        config.write_text((PROJECT_ROOT / "dagster.yaml").read_text())
+    if not config.exists():  # Postgres storage when DAGSTER_PG_HOST is set (RUNBOOK.md), else SQLite
+        chosen = "dagster.postgres.yaml" if os.environ.get("DAGSTER_PG_HOST") else "dagster.yaml"
+        config.write_text((PROJECT_ROOT / chosen).read_text())
     return path
 
 

@@ -4,17 +4,19 @@ import dagster as dg
 
 from beton_pipeline.settings import load_settings
 
-ingest_and_transform = dg.AssetSelection.groups("ingest", "reference", "staging", "intermediate", "marts")
+ingest_and_transform = dg.AssetSelection.groups("ingest", "reference", "staging", "intermediate", "marts") | dg.AssetSelection.assets(
+    "custom_signals"
+)
 
 daily_ingest_job = dg.define_asset_job(
     "daily_ingest_job",
     selection=ingest_and_transform,
-    description="Ingest every source table and rebuild the dbt feature tables.",
+    description="Ingest every source table, rebuild the dbt feature tables and count the custom signals.",
 )
 
 discovery_job = dg.define_asset_job(
     "discovery_job",
-    selection=dg.AssetSelection.assets("custom_signals", "signals", "lead_score_model"),
+    selection=dg.AssetSelection.assets("signals", "lead_score_model"),
     description=(
         "Aggregate the per-cohort counts into beton.signals (run after the cohort partitions are fresh), "
         "then train and backtest the lead-score model."

@@ -96,7 +96,8 @@ def signals_markdown(signals: pl.DataFrame, limit: int = 15) -> str:
         "over all candidates, the lift on the later holdout cohorts, projected ARR and a recommendation "
         "(enable/review/reject). `enabled` follows the recommendation unless a user override says otherwise."
     ),
-    automation_condition=dg.AutomationCondition.eager(),
+    # custom_signals is rebuilt by the daily job with the marts; cohort counts by the cohort sensor.
+    automation_condition=dg.AutomationCondition.eager().ignore(dg.AssetSelection.assets("custom_signals")),
     check_specs=[dg.AssetCheckSpec("all_cohorts_counted", asset="signals", description="every eligible cohort month has its counts partition")],
 )
 def signals(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource) -> dg.MaterializeResult:

@@ -14,19 +14,29 @@ cohort_counts_job = dg.define_asset_job(
     description="Recount one cohort month's candidate statistics.",
 )
 
+ACCOUNT_OUTCOMES = dg.AssetKey("account_outcomes")
 
-@dg.asset_sensor(
-    asset_key=dg.AssetKey("account_outcomes"),
+
+@dg.sensor(
     job=cohort_counts_job,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
         "After account_outcomes is rebuilt: add cohort months that gained eligible accounts as partitions "
-        "and request one recount per eligible month (run key = the materialization and the month, so a "
-        "materialization is never counted twice). `signals` follows by its automation condition."
+        "and request one recount per eligible month (run key = the materialization's storage id and the month, "
+        "so a materialization is never counted twice). `signals` follows by its automation condition."
     ),
 )
-def cohort_months_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry, warehouse: WarehouseResource):
+def cohort_months_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource):
+    # The cursor is the storage id of the last account_outcomes materialization handled; it only moves
+    # once the months were read, so a tick that finds the warehouse locked is retried on the next tick.
+    after = int(context.cursor) if context.cursor else None
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=ACCOUNT_OUTCOMES, after_storage_id=after), limit=1, ascending=False
+    ).records
+    if not records:
+        return dg.SkipReason("account_outcomes was not rebuilt since the last tick")
+    latest = records[0].storage_id
     try:
         with warehouse.connect(read_only=True, wait_seconds=2) as con:
             months = eligible_cohort_months(con)
@@ -34,8 +44,8 @@ def cohort_months_sensor(context: dg.SensorEvaluationContext, asset_event: dg.Ev
         return dg.SkipReason("the warehouse is being written; will look again on the next tick")
     existing = set(context.instance.get_dynamic_partitions(cohort_months.name))
     new = [m for m in months if m not in existing]
-    storage_id = asset_event.storage_id
     return dg.SensorResult(
         dynamic_partitions_requests=[cohort_months.build_add_request(new)] if new else [],
-        run_requests=[dg.RunRequest(run_key=f"{storage_id}:{m}", partition_key=m) for m in months],
+        run_requests=[dg.RunRequest(run_key=f"{latest}:{m}", partition_key=m) for m in months],
+        cursor=str(latest),
     )

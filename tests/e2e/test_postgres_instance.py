@@ -1,0 +1,396 @@
+"""beton on a production-shaped Dagster instance: PostgreSQL storage, `dagster-webserver` and
+`dagster-daemon` as separate processes, the committed `dagster.postgres.yaml`.
+
+One test, one story: 6-7 minutes on 2 cores shared with other work (November 2026), most of it the
+ingest job's ~20 steps, each waiting for the warehouse pool and starting its own process:
+1. the daily ingest is launched through GraphQL and runs through the daemon's run queue with the
+   default multiprocess executor; every warehouse writer shares the pool of size 1, so no DuckDB
+   lock error appears anywhere in the event log;
+2. `cohort_months_sensor` ticks on the new `account_outcomes`, adds the cohort-month partitions and
+   its `cohort_counts_job` runs succeed;
+3. the automation sensor materialises `signals` (its eager condition) once every month is counted;
+4. `daily_ingest_schedule` ticks (a test settings file makes its cron every minute);
+5. the runs, ticks and partitions are rows in PostgreSQL.
+"""
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from tests.e2e.servers import (
+    PROJECT_ROOT,
+    PostgresServer,
+    ServerError,
+    dagster_daemon,
+    dagster_webserver,
+    graphql,
+    postgres_bin_dir,
+    postgres_cluster,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+DEMO_ACCOUNTS = 1500
+DEMO_MONTHS = 4
+"""Four months of data leave two or three cohort months with closed outcome windows: enough for the
+sensor to fan out several runs, few enough to keep the test short."""
+
+PG_PASSWORD = "s3cret:/@ with spaces"
+"""A password that must be URL-quoted: TCP connections require it, so the instance really reads DAGSTER_PG_PASSWORD."""
+
+RUN_TIMEOUT = 360
+SENSOR_TIMEOUT = 150
+AUTOMATION_TIMEOUT = 150
+DAEMON_TIMEOUT = 120
+
+FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+LOCK_ERRORS = ("Could not set lock on file", "the warehouse is locked", "Conflicting lock")
+AUTOMATION_SENSOR_TYPES = {"AUTO_MATERIALIZE", "AUTOMATION"}
+
+
+class Dagster:
+    """The GraphQL API of one webserver, scoped to beton's (only) code location."""
+
+    def __init__(self, url: str):
+        self.url = url
+        node = self.query("{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }")[
+            "repositoriesOrError"
+        ]["nodes"][0]
+        self.repository = {"repositoryLocationName": node["location"]["name"], "repositoryName": node["name"]}
+
+    def query(self, text: str, variables: dict | None = None) -> dict:
+        return graphql(self.url, text, variables)
+
+    def launch(self, job: str, tags: dict[str, str] | None = None) -> str:
+        params = {
+            "selector": {**self.repository, "jobName": job},
+            "runConfigData": {},
+            "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]},
+        }
+        result = self.query(
+            "mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename "
+            "... on LaunchRunSuccess { run { runId } } ... on PythonError { message } "
+            "... on InvalidSubsetError { message } ... on RunConfigValidationInvalid { errors { message } } } }",
+            {"p": params},
+        )["launchRun"]
+        assert result["__typename"] == "LaunchRunSuccess", result
+        return result["run"]["runId"]
+
+    def runs(self) -> list[dict]:
+        return self.query(
+            "{ runsOrError(limit: 200) { ... on Runs { results { runId jobName status creationTime startTime endTime "
+            "tags { key value } } } } }"
+        )["runsOrError"]["results"]
+
+    def failed_steps(self, run_id: str) -> list[str]:
+        return [
+            s["stepKey"]
+            for s in self.query("query($id: ID!) { runOrError(runId: $id) { ... on Run { stepStats { stepKey status } } } }", {"id": run_id})[
+                "runOrError"
+            ]["stepStats"]
+            if s["status"] == "FAILURE"
+        ]
+
+    def run_status(self, run_id: str) -> str:
+        return self.query("query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", {"id": run_id})["runOrError"]["status"]
+
+    def instigator_ticks(self, kind: str, name: str, limit: int = 20) -> tuple[str, list[dict]]:
+        """(status, ticks newest first) of a schedule (`kind`="schedule") or sensor (`kind`="sensor")."""
+        selector = {**self.repository, f"{kind}Name": name}
+        state_field = "scheduleState" if kind == "schedule" else "sensorState"
+        selector_type = "ScheduleSelector" if kind == "schedule" else "SensorSelector"
+        data = self.query(
+            f"query($s: {selector_type}!) {{ {kind}OrError({kind}Selector: $s) {{ __typename "
+            f"... on {kind.capitalize()} {{ {state_field} {{ id status ticks(limit: {limit}) {{ status timestamp runIds runKeys "
+            "skipReason error { message } } } } } }",
+            {"s": selector},
+        )[f"{kind}OrError"]
+        assert state_field in data, data
+        return data[state_field]["status"], data[state_field]["ticks"]
+
+    def sensors(self) -> list[dict]:
+        return self.query(
+            "query($r: RepositorySelector!) { sensorsOrError(repositorySelector: $r) { ... on Sensors { results { name sensorType "
+            "sensorState { id status } } } } }",
+            {"r": self.repository},
+        )["sensorsOrError"]["results"]
+
+    def stop_sensor(self, state_id: str) -> None:
+        self.query("mutation($id: String!) { stopSensor(id: $id) { __typename } }", {"id": state_id})
+
+    def start_sensor(self, name: str) -> str:
+        result = self.query(
+            "mutation($s: SensorSelector!) { startSensor(sensorSelector: $s) { __typename ... on Sensor { sensorState { status } } "
+            "... on PythonError { message } } }",
+            {"s": {**self.repository, "sensorName": name}},
+        )["startSensor"]
+        assert result["__typename"] == "Sensor", result
+        return result["sensorState"]["status"]
+
+    def stop_schedule(self, name: str) -> str:
+        state_id = self.query(
+            "query($s: ScheduleSelector!) { scheduleOrError(scheduleSelector: $s) { ... on Schedule { scheduleState { id } } } }",
+            {"s": {**self.repository, "scheduleName": name}},
+        )["scheduleOrError"]["scheduleState"]["id"]
+        result = self.query(
+            "mutation($id: String!) { stopRunningSchedule(id: $id) { __typename ... on ScheduleStateResult { scheduleState { status } } "
+            "... on PythonError { message } } }",
+            {"id": state_id},
+        )["stopRunningSchedule"]
+        assert result["__typename"] == "ScheduleStateResult", result
+        return result["scheduleState"]["status"]
+
+    def terminate(self, run_id: str) -> str:
+        result = self.query(
+            "mutation($id: String!) { terminateRun(runId: $id) { __typename ... on PythonError { message } } }", {"id": run_id}
+        )["terminateRun"]
+        return result["__typename"]
+
+    def latest_materialization(self, asset: str) -> dict | None:
+        data = self.query(
+            "query($k: AssetKeyInput!) { assetOrError(assetKey: $k) { ... on Asset { assetMaterializations(limit: 1) { runId timestamp } } } }",
+            {"k": {"path": [asset]}},
+        )["assetOrError"]
+        mats = (data or {}).get("assetMaterializations") or []
+        return mats[0] if mats else None
+
+    def daemons_healthy(self) -> bool:
+        statuses = self.query("{ instance { daemonHealth { allDaemonStatuses { daemonType required healthy } } } }")["instance"][
+            "daemonHealth"
+        ]["allDaemonStatuses"]
+        return all(s["healthy"] for s in statuses if s["required"])
+
+
+def tag(run: dict, key: str) -> str | None:
+    return next((t["value"] for t in run["tags"] if t["key"] == key), None)
+
+
+class Timeline:
+    """Seconds since the test started, per milestone (printed at the end; pytest -s shows it)."""
+
+    def __init__(self):
+        self.start = time.monotonic()
+        self.marks: dict[str, float] = {}
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = round(time.monotonic() - self.start, 1)
+
+    def __str__(self) -> str:
+        return ", ".join(f"{k} {v:.0f}s" for k, v in self.marks.items())
+
+
+def poll(check: Callable[[], object], timeout: float, what: str, interval: float = 2.0) -> object:
+    """wait_until with a test-friendly interval."""
+    return wait_until(check, timeout, what, interval=interval)
+
+
+@pytest.fixture(scope="module")
+def postgres() -> PostgresServer:
+    if postgres_bin_dir() is None:
+        pytest.fail("PostgreSQL server binaries are missing: `apt-get install -y postgresql` (.ci/run does it), or deselect with -m 'not postgres'")
+    with postgres_cluster(password=PG_PASSWORD) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def instance_env(postgres, tmp_path_factory) -> dict[str, str]:
+    """DAGSTER_HOME holding dagster.postgres.yaml, a small demo source, a fresh warehouse, and settings
+    whose only change is the schedule's cron (every minute, so the daemon ticks during the test)."""
+    from beton_pipeline.settings import config_path
+    from beton_pipeline.sources.demo import generate_demo
+
+    base = tmp_path_factory.mktemp("postgres_instance")
+    home = base / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.postgres.yaml", home / "dagster.yaml")
+    generate_demo(base / "source", n_accounts=DEMO_ACCOUNTS, seed=23, months=DEMO_MONTHS)
+    settings = yaml.safe_load(config_path().read_text()) if config_path().exists() else {}
+    settings = settings or {}
+    settings["schedule"] = {**(settings.get("schedule") or {}), "cron": "* * * * *"}
+    (base / "beton.yaml").write_text(yaml.safe_dump(settings))
+    return {
+        **os.environ,
+        **postgres.dagster_env(),
+        "DAGSTER_HOME": str(home),
+        "BETON_SOURCE_DIR": str(base / "source"),
+        "BETON_WAREHOUSE": str(base / "warehouse" / "warehouse.duckdb"),
+        "BETON_CONFIG": str(base / "beton.yaml"),
+        "LOG_DIR": str(base / "logs"),
+    }
+
+
+def test_daemon_runs_the_pipeline_on_a_postgres_instance(postgres, instance_env):
+    timeline = Timeline()
+    log_dir = Path(instance_env["LOG_DIR"])
+    with dagster_webserver(instance_env, log_dir) as web, dagster_daemon(instance_env, log_dir) as daemon:
+        timeline.mark("webserver up")
+        dagster = Dagster(web.url)
+        try:
+            _story(dagster, postgres, timeline)
+        except (AssertionError, ServerError) as exc:
+            raise AssertionError(f"{exc}\n\ntimeline: {timeline}\n--- daemon log (tail) ---\n{daemon.log_tail(6000)}") from exc
+        finally:
+            _quiesce(dagster)
+            timeline.mark("quiet")
+            print(f"\ntimeline: {timeline}")
+
+
+def _story(dagster: Dagster, postgres: PostgresServer, timeline: Timeline) -> None:
+    poll(dagster.daemons_healthy, DAEMON_TIMEOUT, "every required daemon to report healthy (heartbeats in Postgres)")
+    timeline.mark("daemons healthy")
+
+    # Dagster 1.13 creates `default_automation_condition_sensor` STOPPED: turn on every automation sensor
+    # that is off, as an operator does once at deploy time (RUNBOOK.md). Its first evaluation requests
+    # nothing (eager conditions only react to updates after that), so it is safe on an empty warehouse.
+    started_automation = [
+        s["name"] for s in dagster.sensors() if s["sensorType"] in AUTOMATION_SENSOR_TYPES and s["sensorState"]["status"] != "RUNNING"
+    ]
+    for name in started_automation:
+        assert dagster.start_sensor(name) == "RUNNING"
+
+    # 1. The daily ingest, launched as a user launches it from the UI: queued, then started by the daemon.
+    ingest_run = dagster.launch("daily_ingest_job", tags={"launched_by": "test_postgres_instance"})
+
+    # 4 (meanwhile). The schedule ticks at the first minute boundary; its run would repeat the ingest,
+    # so once the tick is recorded the schedule is stopped and its run cancelled. Every wait below
+    # calls schedule_ticked(), so this happens within seconds of the tick.
+    scheduled: dict[str, object] = {}
+
+    def schedule_ticked() -> bool:
+        if "tick" not in scheduled:
+            _, ticks = dagster.instigator_ticks("schedule", "daily_ingest_schedule")
+            done = [t for t in ticks if t["status"] in ("SUCCESS", "FAILURE", "SKIPPED")]
+            if done:
+                scheduled["tick"] = done[-1]
+                scheduled["stopped"] = dagster.stop_schedule("daily_ingest_schedule")
+                for run_id in done[-1]["runIds"]:
+                    scheduled.setdefault("terminated", []).append((run_id, dagster.terminate(run_id)))
+                timeline.mark("schedule ticked")
+        return "tick" in scheduled
+
+    def ingest_finished() -> str | None:
+        schedule_ticked()
+        status = dagster.run_status(ingest_run)
+        return status if status in FINISHED else None
+
+    status = poll(ingest_finished, RUN_TIMEOUT, f"daily_ingest_job run {ingest_run} to finish")
+    timeline.mark("ingest finished")
+    assert status == "SUCCESS", f"daily_ingest_job run {ingest_run} ended {status}"
+
+    # 2. The cohort sensor sees the new account_outcomes: partitions + one run per eligible month.
+    # 3. (below) signals follows by its eager automation condition once every month is counted.
+    def cohort_tick() -> dict | None:
+        schedule_ticked()
+        _, ticks = dagster.instigator_ticks("sensor", "cohort_months_sensor")
+        errors = [t["error"]["message"] for t in ticks if t["status"] == "FAILURE" and t["error"]]
+        assert not errors, f"cohort_months_sensor tick failed: {errors[0][:2000]}"
+        return next((t for t in ticks if t["status"] == "SUCCESS" and t["runIds"]), None)
+
+    tick = poll(cohort_tick, SENSOR_TIMEOUT, "cohort_months_sensor to request cohort_counts_job runs")
+    timeline.mark("cohort sensor ticked")
+    with postgres.connect() as con, con.cursor() as cur:
+        cur.execute("select partition from dynamic_partitions where partitions_def_name = 'cohort_months' order by 1")
+        months = [r[0] for r in cur.fetchall()]
+    assert months and len(tick["runIds"]) == len(months), (months, tick)
+
+    def cohort_runs_finished() -> list[dict] | None:
+        schedule_ticked()
+        runs = [r for r in dagster.runs() if r["runId"] in tick["runIds"]]
+        return runs if len(runs) == len(tick["runIds"]) and all(r["status"] in FINISHED for r in runs) else None
+
+    cohort_runs = poll(cohort_runs_finished, RUN_TIMEOUT, "the cohort_counts_job runs to finish")
+    timeline.mark("cohort runs finished")
+    assert {(r["jobName"], r["status"]) for r in cohort_runs} == {("cohort_counts_job", "SUCCESS")}, cohort_runs
+    assert sorted(tag(r, "dagster/partition") for r in cohort_runs) == months
+
+    last_cohort_end = max(r["endTime"] for r in cohort_runs)
+
+    def signals_materialised() -> dict | None:
+        schedule_ticked()
+        mat = dagster.latest_materialization("signals")
+        return mat if mat and float(mat["timestamp"]) / 1000 >= last_cohort_end else None
+
+    discovery_fallback = False
+    try:
+        mat = poll(signals_materialised, AUTOMATION_TIMEOUT, "the automation sensor to materialise signals")
+    except ServerError:
+        discovery_fallback = True
+        fallback_run = dagster.launch("discovery_job", tags={"launched_by": "test_postgres_instance"})
+        poll(lambda: dagster.run_status(fallback_run) in FINISHED, RUN_TIMEOUT, "discovery_job to finish")
+        mat = dagster.latest_materialization("signals")
+    poll(lambda: dagster.run_status(mat["runId"]) in FINISHED, RUN_TIMEOUT, f"the run {mat['runId']} that materialised signals to finish")
+    timeline.mark("signals materialised")
+    signals_run = next(r for r in dagster.runs() if r["runId"] == mat["runId"])
+    assert signals_run["status"] == "SUCCESS", signals_run
+
+    # 4. The schedule ticked (normally long before this point).
+    poll(schedule_ticked, 90, "daily_ingest_schedule to tick")
+    tick_data = scheduled["tick"]
+    assert tick_data["status"] == "SUCCESS" and len(tick_data["runIds"]) == 1, tick_data
+    assert scheduled["stopped"] == "STOPPED"
+    scheduled_run = tick_data["runIds"][0]
+    poll(lambda: dagster.run_status(scheduled_run) in FINISHED, 120, f"scheduled run {scheduled_run} to be cancelled")
+    scheduled_run_info = next(r for r in dagster.runs() if r["runId"] == scheduled_run)
+    assert tag(scheduled_run_info, "dagster/schedule_name") == "daily_ingest_schedule"
+    assert scheduled_run_info["status"] == "CANCELED", scheduled_run_info
+
+    # 5. It is all in PostgreSQL, and no step anywhere hit a DuckDB lock.
+    with postgres.connect() as con, con.cursor() as cur:
+        cur.execute("select run_id, pipeline_name, status from runs")
+        stored = {run_id: (job, status) for run_id, job, status in cur.fetchall()}
+        cur.execute(
+            "select count(*) from event_logs where " + " or ".join(["event like %s"] * len(LOCK_ERRORS)),
+            [f"%{text}%" for text in LOCK_ERRORS],
+        )
+        lock_events = cur.fetchone()[0]
+        cur.execute("select type, status, count(*) from job_ticks group by 1, 2 order by 1, 2")
+        tick_counts = cur.fetchall()
+        stored_ticks = sum(n for _, _, n in tick_counts)
+    assert stored[ingest_run] == ("daily_ingest_job", "SUCCESS")
+    assert all(stored[r["runId"]] == ("cohort_counts_job", "SUCCESS") for r in cohort_runs)
+    assert stored[signals_run["runId"]][1] == "SUCCESS"
+    assert stored_ticks >= 2
+    assert lock_events == 0, f"{lock_events} event(s) mention a DuckDB lock"
+    timeline.mark("checked")
+    print(
+        f"\nruns: {sorted(stored.values())}\nschedule tick: {tick_data['status']} run {scheduled_run} "
+        f"-> {scheduled_run_info['status']}; started automation sensors: {started_automation}\nticks (type, status, n): {tick_counts}"
+    )
+
+    # Last, so that a broken automation still lets every other check above run.
+    failed = [(r["jobName"], r["runId"], dagster.failed_steps(r["runId"])) for r in dagster.runs() if r["status"] == "FAILURE"]
+    assert not failed, f"the daily cycle on a fresh instance must not fail any run: {failed} (see their event logs in the daemon log)"
+    assert not discovery_fallback, (
+        f"signals was not materialised by automation within {AUTOMATION_TIMEOUT} s of the last cohort run "
+        f"(automation sensors started: {started_automation}); discovery_job launched by hand did it: {signals_run['runId']}. "
+        "Look at the `signals` evaluations under Automation: a dependency that nothing materialises keeps an eager asset waiting."
+    )
+    assert tag(signals_run, "dagster/auto_materialize") == "true" or tag(signals_run, "dagster/sensor_name"), signals_run["tags"]
+
+
+def _quiesce(dagster: Dagster, timeout: float = 90) -> None:
+    """Before the servers are stopped: stop every sensor and schedule (no new runs), cancel what is still
+    queued or running (other sensors' follow-up runs), and wait (bounded) until every run has ended, so
+    no run worker outlives the daemon. Best effort: the processes are stopped by pid right after."""
+    try:
+        for sensor in dagster.sensors():
+            if sensor["sensorState"]["status"] == "RUNNING":
+                dagster.stop_sensor(sensor["sensorState"]["id"])
+        if dagster.instigator_ticks("schedule", "daily_ingest_schedule")[0] == "RUNNING":
+            dagster.stop_schedule("daily_ingest_schedule")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            unfinished = [r for r in dagster.runs() if r["status"] not in FINISHED]
+            if not unfinished:
+                return
+            for run in unfinished:
+                if run["status"] in ("QUEUED", "NOT_STARTED", "STARTING", "STARTED"):
+                    dagster.terminate(run["runId"])
+            time.sleep(3)
+    except Exception as exc:  # noqa: BLE001 - shutdown must not hide the test's own failure
+        print(f"quiesce: {exc}")
