@@ -1,0 +1,21 @@
+"""The cohort sensor, evaluated directly against the session run's instance and warehouse."""
+
+import dagster as dg
+
+from beton_pipeline.defs.resources import WarehouseResource
+from beton_pipeline.defs.signals.sensors import cohort_months_sensor
+
+
+def test_cohort_sensor_requests_every_eligible_month_once(pipeline_run):
+    resources = {"warehouse": WarehouseResource(path=str(pipeline_run.warehouse))}
+    with dg.build_sensor_context(instance=pipeline_run.instance, resources=resources) as context:
+        result = cohort_months_sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    months = sorted(r.partition_key for r in result.run_requests)
+    assert months == sorted(pipeline_run.summary.cohort_months)
+    assert len({r.run_key for r in result.run_requests}) == len(months)
+    assert result.cursor
+    # the same materialization is never counted twice: with the cursor, the next tick skips
+    with dg.build_sensor_context(instance=pipeline_run.instance, resources=resources, cursor=result.cursor) as context:
+        again = cohort_months_sensor(context)
+    assert isinstance(again, dg.SkipReason)
