@@ -12,4 +12,7 @@ from beton_pipeline.settings import load_settings
 
 cohort_months = dg.DynamicPartitionsDefinition(name="cohort_months")
 
-monitoring_days = dg.DailyPartitionsDefinition(start_date=load_settings().monitoring.start_date, end_offset=1)
+_settings = load_settings()
+monitoring_days = dg.DailyPartitionsDefinition(
+    start_date=_settings.monitoring.start_date, timezone=_settings.schedule.timezone, end_offset=1
+)

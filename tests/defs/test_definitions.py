@@ -13,6 +13,8 @@ def test_definitions_load_with_every_asset_and_a_daily_schedule():
         assert expected in keys
     schedule = defs.resolve_schedule_def("daily_ingest_schedule")
     assert schedule.cron_schedule == "0 6 * * *"
+    monitoring = defs.resolve_schedule_def("daily_monitoring_schedule")
+    assert monitoring.cron_schedule == "0 8 * * *" and monitoring.job.partitions_def is not None
     defs.resolve_job_def("daily_ingest_job")
     defs.resolve_job_def("discovery_job")
 
