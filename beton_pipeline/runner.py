@@ -7,6 +7,7 @@ instance, so they show in the UI like scheduled ones.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,7 +66,7 @@ def run_pipeline(
     if defs is None:
         from beton_pipeline.definitions import defs
     summary = RunSummary()
-    stages: list[tuple[str, Callable[[], None]]] = []
+    release_stale_pool_slots(instance)  # a killed earlier run must not block this one forever
 
     def ingest_and_transform() -> None:
         _execute(defs.resolve_job_def("daily_ingest_job"), instance)
@@ -161,3 +162,46 @@ def _fill_summary(summary: RunSummary) -> None:
             summary.enabled_signals = con.sql(
                 "select signal_id, definition, lift from beton.signals where enabled order by q_value, lift desc"
             ).fetchall()
+
+
+def release_stale_pool_slots(instance: dg.DagsterInstance) -> list[str]:
+    """Free the warehouse-pool slots still held by runs whose process is gone (killed or crashed).
+
+    A run killed mid-step never returns its slot, and with a pool of size 1 every later writer would
+    wait for it forever. A run's process id is in its engine events; a run whose process no longer
+    exists is marked failed and its slots are freed. Returns the run ids released.
+    """
+    released = []
+    storage = instance.event_log_storage
+    for run_id in storage.get_concurrency_run_ids():
+        run = instance.get_run_by_id(run_id)
+        if run is not None and not run.is_finished and _process_alive(_run_pid(instance, run_id)):
+            continue
+        if run is not None and not run.is_finished:
+            instance.report_run_failed(run)
+        storage.free_concurrency_slots_for_run(run_id)
+        released.append(run_id)
+    return released
+
+
+def _run_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
+    """The process id a run's engine events report, if any."""
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT, limit=20).records
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        pid = getattr(event, "pid", None) if event else None
+        if pid:
+            return int(pid)
+    return None
+
+
+def _process_alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
