@@ -33,6 +33,7 @@ import numpy as np
 import polars as pl
 
 from beton_pipeline.core import stats
+from beton_pipeline.core.stats import holm_adjust
 
 SRM_ALPHA = 0.001
 """A sample-ratio-mismatch p-value below this flags the assignment as broken."""
@@ -40,37 +41,6 @@ MIN_UNITS = 100
 """Fewer units than this in an arm → small-sample warning."""
 MIN_EVENTS = 10
 """Fewer conversions (or non-conversions) than this in an arm → small-sample warning."""
-
-
-def holm_adjust(p_values: object) -> np.ndarray:
-    """Holm step-down adjusted p-values (family-wise error rate).
-
-    With the m non-NaN p-values sorted ascending ``p_(1) <= … <= p_(m)``::
-
-        adj_(i) = min(1, max_{j <= i} (m − j + 1) · p_(j))
-
-    NaN p-values are ignored (not counted in m) and stay NaN. Matches
-    ``statsmodels.stats.multitest.multipletests(method="holm")[1]``.
-
-    Reference: Holm (1979), "A simple sequentially rejective multiple test procedure",
-    *Scand. J. Statist.* 6:65–70.
-    """
-    p = np.asarray(p_values, dtype=np.float64)
-    flat = p.ravel()
-    finite = ~np.isnan(flat)
-    pv = flat[finite]
-    if np.any((pv < 0) | (pv > 1)):
-        raise ValueError("p-values must lie in [0, 1] (or be NaN)")
-    out = np.full(flat.shape, np.nan)
-    m = pv.size
-    if m:
-        order = np.argsort(pv, kind="stable")
-        scaled = pv[order] * (m - np.arange(m))
-        adjusted = np.minimum(np.maximum.accumulate(scaled), 1.0)
-        result = np.empty(m)
-        result[order] = adjusted
-        out[finite] = result
-    return out.reshape(p.shape)
 
 
 def small_sample_reasons(label: str, units: int, conversions: int, min_units: int = MIN_UNITS, min_events: int = MIN_EVENTS) -> list[str]:

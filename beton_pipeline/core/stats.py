@@ -484,6 +484,26 @@ def newcombe_diff_interval(
 # --------------------------------------------------------------------------------------------
 # Multiple testing and SRM
 # --------------------------------------------------------------------------------------------
+def _adjust_p_values(p_values: object, adjust_sorted) -> np.ndarray:
+    """Apply `adjust_sorted` (ascending non-NaN p-values → adjusted, same order) and scatter back.
+
+    NaN p-values are ignored (not counted in m) and stay NaN; values outside [0, 1] are an error.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    flat = p.ravel()
+    finite = ~np.isnan(flat)
+    pv = flat[finite]
+    if np.any((pv < 0.0) | (pv > 1.0)):
+        raise ValueError("p-values must lie in [0, 1] (or be NaN)")
+    out = np.full(flat.shape, np.nan)
+    if pv.size:
+        order = np.argsort(pv, kind="stable")
+        result = np.empty(pv.size)
+        result[order] = np.minimum(adjust_sorted(pv[order]), 1.0)
+        out[finite] = result
+    return out.reshape(p.shape)
+
+
 def benjamini_hochberg(p_values: object) -> np.ndarray:
     """Benjamini-Hochberg false-discovery-rate q-values (step-up adjusted p-values).
 
@@ -502,23 +522,33 @@ def benjamini_hochberg(p_values: object) -> np.ndarray:
     Returns:
         float64 array with the shape of ``p_values``.
     """
-    p = np.asarray(p_values, dtype=np.float64)
-    flat = p.ravel()
-    finite = ~np.isnan(flat)
-    pv = flat[finite]
-    if np.any((pv < 0.0) | (pv > 1.0)):
-        raise ValueError("p-values must lie in [0, 1] (or be NaN)")
-    q = np.full(flat.shape, np.nan)
-    m = pv.size
-    if m:
-        order = np.argsort(pv, kind="stable")
-        ranks_over_m = np.arange(1, m + 1, dtype=np.float64) / m
-        raw = pv[order] / ranks_over_m  # >= p because ranks_over_m <= 1
-        q_sorted = np.minimum.accumulate(raw[::-1])[::-1]
-        q_finite = np.empty(m)
-        q_finite[order] = np.minimum(q_sorted, 1.0)
-        q[finite] = q_finite
-    return q.reshape(p.shape)
+
+    def step_up(sorted_p: np.ndarray) -> np.ndarray:
+        m = sorted_p.size
+        raw = sorted_p / (np.arange(1, m + 1, dtype=np.float64) / m)  # >= p exactly: the divisor is <= 1
+        return np.minimum.accumulate(raw[::-1])[::-1]
+
+    return _adjust_p_values(p_values, step_up)
+
+
+def holm_adjust(p_values: object) -> np.ndarray:
+    """Holm step-down adjusted p-values (family-wise error rate).
+
+    With the m non-NaN p-values sorted ascending ``p_(1) <= … <= p_(m)``::
+
+        adj_(i) = min(1, max_{j <= i} (m − j + 1) · p_(j))
+
+    NaN p-values are ignored (not counted in m) and stay NaN. Matches
+    ``statsmodels.stats.multitest.multipletests(method="holm")[1]``.
+
+    Reference: Holm (1979), "A simple sequentially rejective multiple test procedure",
+    *Scand. J. Statist.* 6:65–70.
+    """
+
+    def step_down(sorted_p: np.ndarray) -> np.ndarray:
+        return np.maximum.accumulate(sorted_p * (sorted_p.size - np.arange(sorted_p.size)))
+
+    return _adjust_p_values(p_values, step_down)
 
 
 def srm_pvalue(observed: np.ndarray, expected_share: np.ndarray) -> float:

@@ -11,7 +11,8 @@ from scipy import stats as sp_stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
 
-from beton_pipeline.core.readouts import assignment_counts, experiment_readout, holm_adjust, treatment_readout
+from beton_pipeline.core.readouts import assignment_counts, experiment_readout, treatment_readout
+from beton_pipeline.core.stats import holm_adjust
 
 TOL = 1e-9
 
