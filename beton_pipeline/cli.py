@@ -167,11 +167,15 @@ def _override(signal_id: str, enabled: bool, by: str | None, reason: str | None)
     out.print(f"{signal_id}: {'enabled' if enabled else 'disabled'} by {who}" + (f" ({reason})" if reason else ""))
 
 
+ReasonOption = Annotated[str | None, typer.Option(help="Why (kept with the decision).")]
+ByOption = Annotated[str | None, typer.Option(help="Who decided (default: $USER).")]
+
+
 @signals_app.command("enable")
 def signals_enable(
     signal_id: str,
-    reason: Annotated[str | None, typer.Option(help="Why (kept with the decision).")] = None,
-    by: Annotated[str | None, typer.Option(help="Who decided (default: $USER).")] = None,
+    reason: ReasonOption = None,
+    by: ByOption = None,
 ) -> None:
     """Enable a signal whatever its recommendation; survives re-runs."""
     _override(signal_id, True, by, reason)
@@ -180,8 +184,8 @@ def signals_enable(
 @signals_app.command("disable")
 def signals_disable(
     signal_id: str,
-    reason: Annotated[str | None, typer.Option(help="Why (kept with the decision).")] = None,
-    by: Annotated[str | None, typer.Option(help="Who decided (default: $USER).")] = None,
+    reason: ReasonOption = None,
+    by: ByOption = None,
 ) -> None:
     """Disable a signal whatever its recommendation; survives re-runs."""
     _override(signal_id, False, by, reason)

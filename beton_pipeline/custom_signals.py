@@ -61,7 +61,7 @@ from beton_pipeline.core.discovery import (
 )
 from beton_pipeline.core.stats import benjamini_hochberg
 from beton_pipeline.settings import PROJECT_ROOT, Settings
-from beton_pipeline.signal_store import SIGNAL_COLUMNS, SIGNALS_SCHEMA, SIGNALS_TABLE
+from beton_pipeline.signal_store import SIGNAL_COLUMNS, SIGNALS_SCHEMA, SIGNALS_TABLE, latest_overrides
 from beton_pipeline.sql_sandbox import SqlSignalError, normalise_sql, run_sql_signal, sandbox_connection
 from beton_pipeline.tables import read_feature_frames, replace_rows
 from beton_pipeline.warehouse import connect, table_exists
@@ -512,7 +512,7 @@ def backtest_definition(text: str, origin: str, kind: str, settings: Settings, w
     with connect(warehouse, read_only=True) as con:
         vocab = read_vocabulary(con, settings) if kind == "condition" else None
         frames = read_account_frames(con, settings)
-        overrides = latest_overrides_if_any(con)
+        overrides = latest_overrides(con)
         as_of = as_of_time(con)
     signal = load_definition(text, origin, kind, vocab)
     evaluated = evaluate_custom_signals([signal], frames, warehouse, timeout_seconds)
@@ -520,14 +520,6 @@ def backtest_definition(text: str, origin: str, kind: str, settings: Settings, w
     signal_row = signals_table_rows(rows, overrides, settings.thresholds.confidence_level, as_of)
     periods = backtest_rows(evaluated.fired, [signal.signal_id], frames, settings, split, backtest_meta([signal]), as_of)
     return SingleBacktest(signal=signal, signal_row=signal_row, periods=periods, split=split)
-
-
-def latest_overrides_if_any(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """User overrides (read-only: an empty frame when beton.signal_overrides does not exist yet)."""
-    if not table_exists(con, "beton", "signal_overrides"):
-        return pl.DataFrame(schema={"signal_id": pl.String, "enabled": pl.Boolean})
-    return con.sql("select * from (select *, row_number() over (partition by signal_id order by changed_at desc) as rn "
-                   "from beton.signal_overrides) where rn = 1").pl().drop("rn")
 
 
 # ------------------------------------------------------------------------------------------------

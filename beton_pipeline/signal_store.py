@@ -55,8 +55,14 @@ class UnknownSignalError(KeyError):
 
 
 def latest_overrides(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """The latest override per signal: signal_id, enabled, changed_by, changed_at, reason."""
-    con.execute(OVERRIDES_DDL)
+    """The latest override per signal: signal_id, enabled, changed_by, changed_at, reason.
+
+    Reads only (works on a read-only connection): empty when no decision was ever recorded.
+    """
+    if not table_exists(con, "beton", "signal_overrides"):
+        return pl.DataFrame(
+            schema={"signal_id": pl.String, "enabled": pl.Boolean, "changed_by": pl.String, "changed_at": pl.Datetime("us"), "reason": pl.String}
+        )
     return con.sql(
         f"select * from (select *, row_number() over (partition by signal_id order by changed_at desc) as rn "
         f"from {OVERRIDES_TABLE}) where rn = 1"
