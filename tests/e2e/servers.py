@@ -76,6 +76,46 @@ def wait_until(check: Callable[[], object], timeout: float, what: str, interval:
         time.sleep(interval)
 
 
+def wait_while_progressing(
+    check: Callable[[], object],
+    progress: Callable[[], object],
+    what: str,
+    idle_timeout: float,
+    total_timeout: float,
+    interval: float = 2.0,
+) -> object:
+    """Like `wait_until`, but the deadline is set by progress, not by the clock alone.
+
+    `progress()` returns any comparable snapshot (a run's status and finished-step count, say); every
+    change restarts the `idle_timeout` clock, so a slow but moving run on a loaded machine is waited
+    for, while a stuck one fails after `idle_timeout` s without change. `total_timeout` bounds it all.
+    """
+    start = time.monotonic()
+    last_seen: object = None
+    last_change = start
+    last_error: Exception | None = None
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+            snapshot = progress()
+            if snapshot != last_seen:
+                last_seen, last_change = snapshot, time.monotonic()
+        except (ServerError, AssertionError):
+            raise
+        except Exception as exc:  # a transient GraphQL/connection error counts as "no progress yet"
+            last_error = exc
+        now = time.monotonic()
+        if now - last_change >= idle_timeout or now - start >= total_timeout:
+            reason = f"no progress for {now - last_change:.0f} s" if now - last_change >= idle_timeout else f"{now - start:.0f} s in all"
+            raise ServerError(
+                f"gave up waiting for {what}: {reason} (last progress: {last_seen!r})"
+                + (f" (last error: {last_error})" if last_error else "")
+            )
+        time.sleep(interval)
+
+
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
 
