@@ -8,11 +8,13 @@ export UV_COMPILE_BYTECODE := 1
 export UV_LINK_MODE := copy
 STAMP := $(VENV)/.beton-installed
 
-.PHONY: setup run test ui docs bench clean help
+.PHONY: setup run test lint format ui docs bench clean help
 
 help:
 	@echo "make run    set up .venv, generate demo data if BETON_SOURCE_DIR is unset, run the whole graph"
 	@echo "make test   set up and run the test suite"
+	@echo "make lint   ruff (format check + lint) and the import-linter layer contracts"
+	@echo "make format ruff format + safe fixes"
 	@echo "make ui     start dagster dev on http://127.0.0.1:3000"
 	@echo "make docs   build the dbt docs site (dbt_project/target/index.html)"
 	@echo "make bench  run the benchmarks (BENCHMARKS.md)"
@@ -43,6 +45,17 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# ruff checks formatting and lint rules; import-linter checks the layers (pyproject.toml: entry → defs →
+# store → settings → sources/destinations → warehouse → core). A layering violation fails here and in CI.
+lint: $(STAMP)
+	$(BIN)/ruff format --check beton_pipeline tests benchmarks
+	$(BIN)/ruff check beton_pipeline tests benchmarks
+	$(BIN)/lint-imports
+
+format: $(STAMP)
+	$(BIN)/ruff format beton_pipeline tests benchmarks
+	$(BIN)/ruff check --fix beton_pipeline tests benchmarks
 
 ui: setup
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml

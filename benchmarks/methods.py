@@ -32,6 +32,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
+
 def warm_up() -> None:
     """Import what the timed functions use, so that no timing includes a first import."""
     import pandas  # noqa: F401
@@ -39,7 +40,7 @@ def warm_up() -> None:
 
     import beton_pipeline.core.discovery  # noqa: F401
     import beton_pipeline.defs.signals.assets  # noqa: F401
-    import beton_pipeline.signal_store  # noqa: F401
+    import beton_pipeline.store.signals  # noqa: F401
 
 
 # --------------------------------------------------------------------------------------------------
@@ -246,8 +247,7 @@ def beton_core(con: duckdb.DuckDBPyConnection, settings) -> CoreResult:
     → `discover_from_cohort_counts` (with in-memory pairs), as the assets call them, on every eligible account."""
     from beton_pipeline.core.candidates import build_candidate_matrix, candidate_hits
     from beton_pipeline.core.discovery import cohort_counts_from_matrix, discover_from_cohort_counts, matrix_pair_source
-    from beton_pipeline.defs.signals.assets import discovery_config
-    from beton_pipeline.tables import read_feature_frames
+    from beton_pipeline.store.tables import read_feature_frames
 
     seconds: dict[str, float] = {}
 
@@ -262,11 +262,7 @@ def beton_core(con: duckdb.DuckDBPyConnection, settings) -> CoreResult:
         "candidate_hits",
         candidate_hits,
         frames,
-        windows=settings.feature_windows,
-        count_thresholds=settings.discovery.count_thresholds,
-        observation_days=settings.windows.observation_days,
-        intent_lookback_days=settings.discovery.intent_lookback_days,
-        excluded_events=settings.discovery.excluded_events,
+        settings.feature_spec(),
     )
     matrix = timed("build_candidate_matrix", build_candidate_matrix, frames, hits)
     accounts = frames.accounts
@@ -279,7 +275,7 @@ def beton_core(con: duckdb.DuckDBPyConnection, settings) -> CoreResult:
         discover_from_cohort_counts,
         counts,
         matrix_pair_source(matrix, months, converted, arr),
-        discovery_config(settings),
+        settings.discovery_config(),
         settings.windows.holdout_fraction,
     )
     return CoreResult(signals=run.signals, candidates=matrix.n_candidates, seconds=seconds)
@@ -342,7 +338,7 @@ def beton_quality(con: duckdb.DuckDBPyConnection, truth: dict) -> Quality:
     """beton: planted found = planted families with an enabled signal; noise among enabled and in the
     top 10 that `beton signals` prints (one row per family, enabled first). Only what discovery found
     counts: custom signals (user-defined in `signals/`) are left out."""
-    from beton_pipeline.signal_store import read_signals
+    from beton_pipeline.store.signals import read_signals
 
     best = read_signals(con)
     if "source" in best.columns:

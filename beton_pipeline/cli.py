@@ -130,7 +130,7 @@ def signals_list(
     """List beton.signals, best first."""
     if ctx.invoked_subcommand is not None:
         return
-    from beton_pipeline.signal_store import read_signals
+    from beton_pipeline.store.signals import read_signals
     from beton_pipeline.warehouse import connect
 
     path = warehouse_path()
@@ -155,7 +155,7 @@ def signals_list(
 
 
 def _override(signal_id: str, enabled: bool, by: str | None, reason: str | None) -> None:
-    from beton_pipeline.signal_store import UnknownSignalError, set_override
+    from beton_pipeline.store.signals import UnknownSignalError, set_override
     from beton_pipeline.warehouse import connect
 
     who = by or os.environ.get("USER") or "unknown"
@@ -206,8 +206,8 @@ def backtest(
     import duckdb
 
     from beton_pipeline.core.conditions import SignalDefinitionError
-    from beton_pipeline.custom_signals import SIGNAL_SUFFIXES, backtest_definition
-    from beton_pipeline.sql_sandbox import SqlSignalError
+    from beton_pipeline.store.custom_signals import SIGNAL_SUFFIXES, backtest_definition
+    from beton_pipeline.store.sql_sandbox import SqlSignalError
     from beton_pipeline.warehouse import WarehouseLockedError
 
     if (sql is None) == (file is None):
@@ -273,7 +273,7 @@ def events(
     """List the events, properties, attributes and intent types that custom signal conditions can use."""
     import duckdb
 
-    from beton_pipeline.custom_signals import event_catalog
+    from beton_pipeline.store.custom_signals import event_catalog
     from beton_pipeline.warehouse import WarehouseLockedError, connect
 
     try:

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from beton_pipeline.defs.partitions import cohort_months
-from beton_pipeline.live import data_days
 from beton_pipeline.settings import warehouse_path
-from beton_pipeline.tables import eligible_cohort_months
+from beton_pipeline.store.scoring import data_days
+from beton_pipeline.store.tables import eligible_cohort_months
 from beton_pipeline.warehouse import connect, table_exists
 
 SUMMARY_TABLES = (
@@ -85,7 +85,11 @@ def run_pipeline(
         _execute(defs.resolve_job_def("discovery_job"), instance)
 
     def backtests() -> None:
-        from beton_pipeline.defs.backtests.partitions import partition_range_tags, register_signal_partitions, signal_partitions
+        from beton_pipeline.defs.backtests.partitions import (
+            partition_range_tags,
+            register_signal_partitions,
+            signal_partitions,
+        )
 
         with connect(warehouse_path(), read_only=True) as con:
             register_signal_partitions(instance, con)

@@ -3,6 +3,11 @@
 Every setting has a documented default, so an empty file (or no file) is a valid configuration.
 Secrets never live here: Slack, Attio, webhook and Postgres credentials come only from environment
 variables (see README, "Configuration").
+
+This is also the one place where settings become the configs of `core`: `Settings.feature_spec()`,
+`discovery_config()`, `backtest_config()`, `health_config()`, `scoring_config()`, `lead_score_config()`
+and `playbook_config()`. Store and defs code passes those objects on; nothing else reads settings
+fields to build a core config.
 """
 
 from __future__ import annotations
@@ -13,6 +18,13 @@ from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from beton_pipeline.core.backtest import BacktestConfig
+from beton_pipeline.core.candidates import FeatureSpec
+from beton_pipeline.core.discovery import DiscoveryConfig
+from beton_pipeline.core.monitoring import HealthConfig
+from beton_pipeline.core.playbooks import PlaybookConfig, parse_playbook_config
+from beton_pipeline.core.scoring import ScoringConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 """The repository root: `beton.yaml`, `dbt_project/` and the default `data/` folder live here."""
@@ -154,9 +166,7 @@ class Settings(_Strict):
     @model_validator(mode="after")
     def _playbooks_valid(self) -> "Settings":
         """Playbooks, experiments and destinations are checked when settings load (errors name the field)."""
-        from beton_pipeline.core.playbooks import parse_playbook_config
-
-        parse_playbook_config(self.playbooks, self.experiments, self.destinations)
+        self.playbook_config()
         return self
 
     @property
@@ -165,6 +175,75 @@ class Settings(_Strict):
         days = {d for d in self.discovery.first_n_days if d <= self.windows.observation_days}
         days.add(self.windows.observation_days)
         return tuple(sorted(days))
+
+    # --- core configs, built here and nowhere else ------------------------------------------------
+    def feature_spec(self) -> FeatureSpec:
+        """How candidates are built (discovery, custom-signal backtests and the lead-score model share it)."""
+        return FeatureSpec(
+            windows=self.feature_windows,
+            count_thresholds=self.discovery.count_thresholds,
+            observation_days=self.windows.observation_days,
+            intent_lookback_days=self.discovery.intent_lookback_days,
+            excluded_events=self.discovery.excluded_events,
+        )
+
+    def discovery_config(self) -> DiscoveryConfig:
+        """The rule candidates are tested and recommended by (custom signals use the same)."""
+        return DiscoveryConfig(
+            confidence_level=self.thresholds.confidence_level,
+            fdr_alpha=self.thresholds.fdr_alpha,
+            min_sample=self.thresholds.min_sample,
+            min_lift=self.thresholds.min_lift,
+            min_candidate_support=self.discovery.min_candidate_support,
+            min_property_support=self.discovery.min_property_support,
+            pair_top_k=self.discovery.pair_top_k,
+            acv=self.revenue.acv,
+        )
+
+    def backtest_config(self) -> BacktestConfig:
+        """Backtest settings: the CI level and ACV from beton.yaml, the verdict rule's defaults."""
+        return BacktestConfig(confidence_level=self.thresholds.confidence_level, acv=self.revenue.acv)
+
+    def health_config(self) -> HealthConfig:
+        """Daily signal health: alpha spending, minimum counts, and the lift a healthy signal keeps."""
+        m = self.monitoring
+        return HealthConfig(
+            alpha=m.alpha,
+            looks_per_year=m.looks_per_year,
+            min_fired=m.min_fired,
+            min_conversions=m.min_conversions,
+            min_lift=self.thresholds.min_lift,
+        )
+
+    def scoring_config(self) -> ScoringConfig:
+        """Live account scores: decay, calibration ages, the lead threshold and contributions shown."""
+        s = self.scoring
+        return ScoringConfig(
+            half_life_days=s.half_life_days,
+            calibration_ages_days=s.calibration_ages_days,
+            lead_threshold=s.lead_threshold,
+            top_contributions=s.top_contributions,
+        )
+
+    def lead_score_config(self):  # -> core.model.ModelConfig (imported here: core.model loads scikit-learn)
+        """Lead-score model training; without `revenue.sales_capacity` k is the top 10% of test accounts."""
+        from beton_pipeline.core.model import ModelConfig
+
+        return ModelConfig(
+            min_candidate_support=self.discovery.min_candidate_support,
+            min_property_support=self.discovery.min_property_support,
+            holdout_fraction=self.windows.holdout_fraction,
+            sales_capacity=self.revenue.sales_capacity,
+            confidence_level=self.thresholds.confidence_level,
+        )
+
+    def playbook_config(self) -> PlaybookConfig:
+        """Playbooks, experiments and destinations, parsed and checked."""
+        return parse_playbook_config(self.playbooks, self.experiments, self.destinations)
+
+    def property_transforms(self) -> dict[tuple[str, str], str]:
+        """(event, property) → transform of each configured property feature."""
+        return {(p.event, p.property): p.transform for p in self.discovery.property_features}
 
     def dbt_vars(self) -> dict:
         """The subset of settings the dbt models read (`--vars`)."""

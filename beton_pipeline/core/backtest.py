@@ -50,7 +50,7 @@ import polars as pl
 import scipy.sparse as sp
 from scipy import stats as sp_stats
 
-from beton_pipeline.core.stats import compare_proportions, newcombe_diff_interval
+from beton_pipeline.core.stats import compare_proportions, log_lift_and_variance, newcombe_diff_interval
 
 VERDICTS = ("consistent", "unstable", "insufficient_data")
 
@@ -173,16 +173,6 @@ def backtest_periods(
         },
         schema=BACKTEST_SCHEMA,
     ).with_columns(pl.col(pl.Float64).fill_nan(None))
-
-
-def log_lift_and_variance(a, n1, c, n2) -> tuple[np.ndarray, np.ndarray]:
-    """Katz log lift and its variance per row: log((a/n1)/(c/n2)), 1/a − 1/n1 + 1/c − 1/n2,
-    with the Haldane–Anscombe correction (+0.5 per cell) on rows where a or c is 0."""
-    a, n1, c, n2 = (np.asarray(v, dtype=np.float64) for v in (a, n1, c, n2))
-    shift = np.where((a == 0) | (c == 0), 0.5, 0.0)
-    a, c, n1, n2 = a + shift, c + shift, n1 + 2 * shift, n2 + 2 * shift
-    with np.errstate(all="ignore"):
-        return np.log((a / n1) / (c / n2)), 1 / a - 1 / n1 + 1 / c - 1 / n2
 
 
 def cochran_q(log_lift: np.ndarray, variance: np.ndarray, group: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

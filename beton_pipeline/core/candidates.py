@@ -20,6 +20,7 @@ accounts or candidates.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -179,22 +180,50 @@ def _intent_hits(intent: pl.DataFrame, lookback_days: int) -> pl.DataFrame:
     return pl.concat([before_start, until_window_end])
 
 
-def candidate_hits(
-    frames: FeatureFrames,
-    windows: tuple[int, ...],
-    count_thresholds: tuple[int, ...],
-    observation_days: int,
-    intent_lookback_days: int,
-    excluded_events: tuple[str, ...] = (),
-) -> pl.DataFrame:
+@dataclass(frozen=True)
+class FeatureSpec:
+    """How candidates are built: windows, count thresholds, the observation window and intent lookback, and the
+    events left out. Built from settings by `Settings.feature_spec()`; the lead-score model stores it as JSON."""
+
+    windows: tuple[int, ...]
+    count_thresholds: tuple[int, ...]
+    observation_days: int
+    intent_lookback_days: int
+    excluded_events: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "windows": list(self.windows),
+                "count_thresholds": list(self.count_thresholds),
+                "observation_days": self.observation_days,
+                "intent_lookback_days": self.intent_lookback_days,
+                "excluded_events": list(self.excluded_events),
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureSpec:
+        raw = json.loads(text)
+        return cls(
+            windows=tuple(int(d) for d in raw["windows"]),
+            count_thresholds=tuple(int(t) for t in raw["count_thresholds"]),
+            observation_days=int(raw["observation_days"]),
+            intent_lookback_days=int(raw["intent_lookback_days"]),
+            excluded_events=tuple(raw.get("excluded_events", ())),
+        )
+
+
+def candidate_hits(frames: FeatureFrames, spec: FeatureSpec) -> pl.DataFrame:
     """Long form: one row per (account, candidate that fired for it), with the candidate's columns."""
-    events = frames.events.filter(~pl.col("event_name").is_in(list(excluded_events)))
+    events = frames.events.filter(~pl.col("event_name").is_in(list(spec.excluded_events)))
     hits = pl.concat(
         [
-            _count_hits(events, windows, count_thresholds, "event_count", observation_days),
-            _count_hits(frames.properties, windows, PROPERTY_THRESHOLDS, "event_property", observation_days),
+            _count_hits(events, spec.windows, spec.count_thresholds, "event_count", spec.observation_days),
+            _count_hits(frames.properties, spec.windows, PROPERTY_THRESHOLDS, "event_property", spec.observation_days),
             _attribute_hits(frames.accounts),
-            _intent_hits(frames.intent, intent_lookback_days),
+            _intent_hits(frames.intent, spec.intent_lookback_days),
         ],
         how="vertical_relaxed",
     )

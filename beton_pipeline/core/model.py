@@ -60,7 +60,13 @@ from sklearn.linear_model import LogisticRegressionCV
 from sklearn.metrics import average_precision_score, brier_score_loss, confusion_matrix, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
-from beton_pipeline.core.candidates import CandidateMatrix, FeatureFrames, build_candidate_matrix, candidate_hits
+from beton_pipeline.core.candidates import (
+    CandidateMatrix,
+    FeatureFrames,
+    FeatureSpec,
+    build_candidate_matrix,
+    candidate_hits,
+)
 from beton_pipeline.core.discovery import HoldoutSplit, choose_holdout
 from beton_pipeline.core.stats import wilson_interval
 
@@ -73,40 +79,6 @@ INTERCEPT_KEY = "(intercept)"
 
 class ModelDataError(ValueError):
     """Not enough data to train or test the model; the message says what is missing."""
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """How the candidate features are built (the discovery settings the model was trained with)."""
-
-    windows: tuple[int, ...]
-    count_thresholds: tuple[int, ...]
-    observation_days: int
-    intent_lookback_days: int
-    excluded_events: tuple[str, ...] = ()
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "windows": list(self.windows),
-                "count_thresholds": list(self.count_thresholds),
-                "observation_days": self.observation_days,
-                "intent_lookback_days": self.intent_lookback_days,
-                "excluded_events": list(self.excluded_events),
-            },
-            sort_keys=True,
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> FeatureSpec:
-        raw = json.loads(text)
-        return cls(
-            windows=tuple(int(d) for d in raw["windows"]),
-            count_thresholds=tuple(int(t) for t in raw["count_thresholds"]),
-            observation_days=int(raw["observation_days"]),
-            intent_lookback_days=int(raw["intent_lookback_days"]),
-            excluded_events=tuple(raw.get("excluded_events", ())),
-        )
 
 
 @dataclass(frozen=True)
@@ -240,15 +212,7 @@ class LeadScoreBacktest:
 # --------------------------------------------------------------------------------------------
 def feature_candidates(frames: FeatureFrames, spec: FeatureSpec) -> CandidateMatrix:
     """Every single candidate (no pairs) for `frames.accounts`, in row order."""
-    hits = candidate_hits(
-        frames,
-        windows=spec.windows,
-        count_thresholds=spec.count_thresholds,
-        observation_days=spec.observation_days,
-        intent_lookback_days=spec.intent_lookback_days,
-        excluded_events=spec.excluded_events,
-    )
-    return build_candidate_matrix(frames, hits)
+    return build_candidate_matrix(frames, candidate_hits(frames, spec))
 
 
 def select_columns(matrix: CandidateMatrix, keys: tuple[str, ...] | list[str]) -> sp.csr_matrix:

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from beton_pipeline.core.stats import log_lift_and_variance
+
 HEALTH_STATES = ("healthy", "degrading", "broken", "insufficient_data")
 
 
@@ -59,16 +61,11 @@ class HealthResult:
     health: np.ndarray
 
 
-def _log_lift_and_se(a, n1, c, n2) -> tuple[np.ndarray, np.ndarray]:
-    """log(rate_with / rate_without) and its Katz standard error; +0.5 (Haldane) when a or c is 0."""
-    a, n1, c, n2 = (np.asarray(x, dtype=np.float64) for x in (a, n1, c, n2))
-    zero = (a == 0) | (c == 0)
-    a_, c_ = np.where(zero, a + 0.5, a), np.where(zero, c + 0.5, c)
-    n1_, n2_ = np.where(zero, n1 + 1, n1), np.where(zero, n2 + 1, n2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_lift = np.log((a_ / n1_) / (c_ / n2_))
-        se = np.sqrt(1 / a_ - 1 / n1_ + 1 / c_ - 1 / n2_)
-    return log_lift, se
+def log_lift_and_se(a, n1, c, n2) -> tuple[np.ndarray, np.ndarray]:
+    """log(rate_with / rate_without) and its Katz standard error (`core.stats.log_lift_and_variance`)."""
+    log_lift, variance = log_lift_and_variance(a, n1, c, n2)
+    with np.errstate(invalid="ignore"):
+        return log_lift, np.sqrt(variance)
 
 
 def assess_health(
@@ -81,7 +78,7 @@ def assess_health(
     health tests use the spent level α / looks_per_year.
     """
     a, n1, c, n2 = (np.asarray(x, dtype=np.float64) for x in (a, n1, c, n2))
-    log_lift, se = _log_lift_and_se(a, n1, c, n2)
+    log_lift, se = log_lift_and_se(a, n1, c, n2)
     z_look = stats.norm.isf(config.alpha_per_look)
     z_ci = stats.norm.isf((1 - confidence_level) / 2)
     ref_log = np.log(np.asarray(reference_lift, dtype=np.float64))
@@ -143,7 +140,7 @@ def simulate_false_alarms(
     n2_ref = reference_accounts - n1_ref
     a_ref = rng.binomial(n1_ref, p_with)
     c_ref = rng.binomial(n2_ref, base_rate)
-    ref_log, ref_se = _log_lift_and_se(a_ref, n1_ref, c_ref, n2_ref)
+    ref_log, ref_se = log_lift_and_se(a_ref, n1_ref, c_ref, n2_ref)
     # daily monitoring stream
     arrivals = rng.poisson(accounts_per_day, (days + window_days, n_signals))
     with_signal = rng.binomial(arrivals, prevalence)

@@ -9,7 +9,7 @@ A *playbook* (beton.yaml, ``playbooks:``) says **when** to act and **what** to d
 
 Each (playbook, subject, day, destination) becomes at most one row of the outbox,
 ``beton.playbook_actions``, keyed by :func:`idempotency_key`; the outbox sends it (see
-``beton_pipeline/outbox.py``). An account acted on (or held out) in a playbook's ``cooldown_days``
+``beton_pipeline/store/outbox.py``). An account acted on (or held out) in a playbook's ``cooldown_days``
 is not planned again, and a day more than ``destinations.max_action_age_days`` behind the latest
 is planned as ``dry_run`` (recorded, never sent). This module computes *which* rows and *what* they
 carry, and nothing else: no I/O, no Dagster.
@@ -349,18 +349,6 @@ def parse_playbook_config(
     if problems:
         raise PlaybookConfigError("; ".join(problems))
     return PlaybookConfig(tuple(parsed), tuple(exps), dest)
-
-
-def playbook_config_from_settings(settings: object) -> PlaybookConfig:
-    """The playbook configuration of a loaded ``Settings`` (``playbooks``, ``experiments``, ``destinations``).
-
-    ``experiments`` and ``destinations`` are read with getattr so this works before Settings has them.
-    """
-    return parse_playbook_config(
-        getattr(settings, "playbooks", ()) or (),
-        getattr(settings, "experiments", ()) or (),
-        getattr(settings, "destinations", None) or {},
-    )
 
 
 # ------------------------------------------------------------------------------------------------

@@ -38,7 +38,9 @@ __all__ = [
     "benjamini_hochberg",
     "compare_proportions",
     "fisher_exact_pvalue",
+    "haldane_corrected",
     "lift_ci_katz",
+    "log_lift_and_variance",
     "newcombe_diff_interval",
     "srm_pvalue",
     "two_proportion_z_pvalue",
@@ -351,6 +353,39 @@ def fisher_exact_pvalue(
 # --------------------------------------------------------------------------------------------
 # Intervals
 # --------------------------------------------------------------------------------------------
+def haldane_corrected(
+    a: object, n1: object, c: object, n2: object
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The 2x2 counts with the Haldane-Anscombe correction on rows where ``a == 0`` or ``c == 0``.
+
+    0.5 is added to each of the four cells of such a row: ``a + 0.5``, ``n1 + 1``, ``c + 0.5``,
+    ``n2 + 1``; other rows are unchanged. Returns ``(a, n1, c, n2, used)`` as float64 arrays and the
+    bool mask of corrected rows.
+
+    References: Haldane (1956), *Ann. Hum. Genet.* 20:309-311;
+    Anscombe (1956), *Biometrika* 43:461-464.
+    """
+    a, n1, c, n2 = (np.asarray(v, dtype=np.float64) for v in (a, n1, c, n2))
+    used = (a == 0) | (c == 0)
+    shift = np.where(used, 0.5, 0.0)
+    return a + shift, n1 + 2.0 * shift, c + shift, n2 + 2.0 * shift, used
+
+
+def log_lift_and_variance(a: object, n1: object, c: object, n2: object) -> tuple[np.ndarray, np.ndarray]:
+    """Katz log lift and its variance, per row, with the Haldane-Anscombe correction.
+
+    ``log((a / n1) / (c / n2))`` and ``(1/a - 1/n1) + (1/c - 1/n2)`` on the counts of
+    :func:`haldane_corrected` (Katz et al. 1978). The one implementation of this formula: the lift
+    CI (:func:`lift_ci_katz`), the backtest's heterogeneity test and the daily health use it.
+    Rows with ``n1 == 0`` or ``n2 == 0`` give NaN or inf (callers mask them).
+
+    References: Katz, Baptista, Azen & Pike (1978), *Biometrics* 34:469-474.
+    """
+    a_f, n1_f, c_f, n2_f, _ = haldane_corrected(a, n1, c, n2)
+    with np.errstate(all="ignore"):
+        return np.log((a_f / n1_f) / (c_f / n2_f)), (1.0 / a_f - 1.0 / n1_f) + (1.0 / c_f - 1.0 / n2_f)
+
+
 def lift_ci_katz(
     a: object,
     n1: object,
@@ -387,15 +422,11 @@ def lift_ci_katz(
     z = _z_critical(confidence_level)
     a_, n1_, c_, n2_ = _two_group_counts(a, n1, c, n2)
     valid = (n1_ > 0) & (n2_ > 0)
-    used_correction = valid & ((a_ == 0) | (c_ == 0))
-    shift = np.where(used_correction, 0.5, 0.0)
-    a_f = a_ + shift
-    c_f = c_ + shift
-    n1_f = n1_ + 2.0 * shift
-    n2_f = n2_ + 2.0 * shift
+    a_f, n1_f, c_f, n2_f, used_correction = haldane_corrected(a_, n1_, c_, n2_)
+    used_correction = valid & used_correction
+    _, var = log_lift_and_variance(a_, n1_, c_, n2_)
     with np.errstate(all="ignore"):
         ratio = (a_f / n1_f) / (c_f / n2_f)
-        var = (1.0 / a_f - 1.0 / n1_f) + (1.0 / c_f - 1.0 / n2_f)
         half_width = z * np.sqrt(np.maximum(var, 0.0))
         low = ratio * np.exp(-half_width)
         high = ratio * np.exp(half_width)

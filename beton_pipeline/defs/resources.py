@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import dagster as dg
 import duckdb
@@ -16,10 +17,15 @@ from dagster_dbt import DbtCliResource
 
 from beton_pipeline import settings as beton_settings
 from beton_pipeline.dbt_project import beton_dbt_project
-from beton_pipeline.warehouse import connect
+from beton_pipeline.warehouse import WarehouseLockedError, connect
 
 WAREHOUSE_POOL = "duckdb_warehouse"
 """Every asset that writes the warehouse (dbt included) runs in this pool; dagster.yaml limits it to 1."""
+
+SENSOR_LOCK_WAIT_SECONDS = 2.0
+"""How long a sensor tick waits for a writer to release the warehouse before it skips (ticks are short)."""
+
+T = TypeVar("T")
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -35,6 +41,16 @@ class WarehouseResource(dg.ConfigurableResource):
     def connect(self, read_only: bool = False, wait_seconds: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
         with connect(self.resolved_path, read_only=read_only, wait_seconds=wait_seconds) as con:
             yield con
+
+    def read_or_skip(self, read: Callable[[duckdb.DuckDBPyConnection], T]) -> T | dg.SkipReason:
+        """For sensors: `read(con)` on a read-only connection, or a SkipReason when the warehouse cannot be
+        read now (a writer holds it, or the file is not there yet). The sensor keeps its cursor, so the
+        next tick looks again."""
+        try:
+            with self.connect(read_only=True, wait_seconds=SENSOR_LOCK_WAIT_SECONDS) as con:
+                return read(con)
+        except (WarehouseLockedError, duckdb.IOException) as exc:
+            return dg.SkipReason(f"warehouse not readable now ({type(exc).__name__}); will look again on the next tick")
 
 
 class SettingsResource(dg.ConfigurableResource):

@@ -1,7 +1,7 @@
 """What every destination shares: one HTTP call, how its outcome is classified, backoff, redaction.
 
 No Dagster import and no retry loop here: a sender makes *one* attempt and returns a
-:class:`DeliveryResult`; the outbox (`beton_pipeline/outbox.py`) decides whether and when to try
+:class:`DeliveryResult`; the outbox (`beton_pipeline/store/outbox.py`) decides whether and when to try
 again, and records every attempt. That keeps each attempt visible in `beton.playbook_actions`.
 
 Classification of an HTTP outcome (:func:`classify_status`):

@@ -34,7 +34,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from beton_pipeline.core.backtest import BACKTEST_SCHEMA, BacktestConfig, backtest
+from beton_pipeline.core.backtest import BACKTEST_SCHEMA, backtest
 from beton_pipeline.core.candidates import FeatureFrames, build_candidate_matrix, candidate_hits, signal_id
 from beton_pipeline.core.conditions import (
     ATTRIBUTE_TYPES,
@@ -50,7 +50,6 @@ from beton_pipeline.core.conditions import (
 )
 from beton_pipeline.core.discovery import (
     CANDIDATE_COLUMNS,
-    DiscoveryConfig,
     HoldoutSplit,
     attach_holdout,
     choose_holdout,
@@ -61,9 +60,9 @@ from beton_pipeline.core.discovery import (
 )
 from beton_pipeline.core.stats import benjamini_hochberg
 from beton_pipeline.settings import PROJECT_ROOT, Settings
-from beton_pipeline.signal_store import SIGNAL_COLUMNS, SIGNALS_SCHEMA, SIGNALS_TABLE, latest_overrides
-from beton_pipeline.sql_sandbox import SqlSignalError, normalise_sql, run_sql_signal, sandbox_connection
-from beton_pipeline.tables import read_feature_frames, replace_rows
+from beton_pipeline.store.signals import SIGNAL_COLUMNS, SIGNALS_SCHEMA, SIGNALS_TABLE, latest_overrides
+from beton_pipeline.store.sql_sandbox import SqlSignalError, normalise_sql, run_sql_signal, sandbox_connection
+from beton_pipeline.store.tables import read_feature_frames, replace_rows
 from beton_pipeline.warehouse import connect, table_exists
 
 BACKTESTS_TABLE = "beton.signal_backtests"
@@ -310,14 +309,7 @@ def _pair_parts(key: str, singles: set[str]) -> tuple[str, str] | None:
 
 def discovered_fired(frames: FeatureFrames, keys: list[str], settings: Settings) -> np.ndarray:
     """accounts × keys booleans for discovered candidates (singles and pairs), with discovery's own candidate code."""
-    hits = candidate_hits(
-        frames,
-        windows=settings.feature_windows,
-        count_thresholds=settings.discovery.count_thresholds,
-        observation_days=settings.windows.observation_days,
-        intent_lookback_days=settings.discovery.intent_lookback_days,
-        excluded_events=settings.discovery.excluded_events,
-    )
+    hits = candidate_hits(frames, settings.feature_spec())
     singles = set(hits.get_column("key").unique().to_list())
     needed = {k for k in keys if not k.startswith("pair:")}
     parts = {k: _pair_parts(k, singles) for k in keys if k.startswith("pair:")}
@@ -346,25 +338,6 @@ def discovered_fired(frames: FeatureFrames, keys: list[str], settings: Settings)
 # ------------------------------------------------------------------------------------------------
 # Statistics (beton.signals rows) and backtests
 # ------------------------------------------------------------------------------------------------
-def discovery_config(settings: Settings) -> DiscoveryConfig:
-    """The discovery settings from beton.yaml (the same rule discovered signals are recommended by)."""
-    return DiscoveryConfig(
-        confidence_level=settings.thresholds.confidence_level,
-        fdr_alpha=settings.thresholds.fdr_alpha,
-        min_sample=settings.thresholds.min_sample,
-        min_lift=settings.thresholds.min_lift,
-        min_candidate_support=settings.discovery.min_candidate_support,
-        min_property_support=settings.discovery.min_property_support,
-        pair_top_k=settings.discovery.pair_top_k,
-        acv=settings.revenue.acv,
-    )
-
-
-def backtest_config(settings: Settings) -> BacktestConfig:
-    """Backtest settings: the CI level and ACV from beton.yaml, the verdict rule's defaults."""
-    return BacktestConfig(confidence_level=settings.thresholds.confidence_level, acv=settings.revenue.acv)
-
-
 def cohort_labels(frames: FeatureFrames) -> np.ndarray:
     """Each account's cohort month as `YYYY-MM` (the partition keys of `signal_cohort_counts`)."""
     return frames.accounts.get_column("cohort_month").dt.strftime("%Y-%m").to_numpy().astype(str)
@@ -394,7 +367,7 @@ def _counts(fired: np.ndarray, rows: np.ndarray, converted: np.ndarray, arr: np.
 
 def custom_signal_rows(evaluated: Evaluated, frames: FeatureFrames, settings: Settings) -> tuple[pl.DataFrame, HoldoutSplit]:
     """The beton.signals statistics of custom signals, on discovery's temporal split (module docstring)."""
-    config = discovery_config(settings)
+    config = settings.discovery_config()
     split = temporal_split(frames, settings.windows.holdout_fraction)
     months = cohort_labels(frames)
     converted = frames.accounts.get_column("converted").to_numpy().astype(bool)
@@ -453,7 +426,7 @@ def backtest_rows(
         cohort_labels(frames),
         frames.accounts.get_column("converted").to_numpy().astype(bool),
         frames.accounts.get_column("arr").fill_null(0).to_numpy().astype(np.float64),
-        backtest_config(settings),
+        settings.backtest_config(),
         holdout_periods=split.holdout_months,
     )
     rows = meta.join(periods, on="signal_id", how="inner").with_columns(

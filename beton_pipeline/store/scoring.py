@@ -16,18 +16,17 @@ import polars as pl
 import scipy.sparse as sp
 
 from beton_pipeline.core.discovery import choose_holdout
-from beton_pipeline.core.monitoring import HealthConfig, _log_lift_and_se, assess_health, window_counts
+from beton_pipeline.core.monitoring import assess_health, log_lift_and_se, window_counts
 from beton_pipeline.core.scoring import (
-    ScoringConfig,
     calibration_observations,
     calibration_table,
     contributions,
     fit_calibration,
     raw_scores,
 )
-from beton_pipeline.firings import signal_firings
 from beton_pipeline.settings import Settings
-from beton_pipeline.tables import replace_rows
+from beton_pipeline.store.firings import signal_firings
+from beton_pipeline.store.tables import replace_rows
 from beton_pipeline.warehouse import table_exists
 
 ENABLED_SIGNALS_SQL = """
@@ -54,22 +53,8 @@ def enabled_firings(con: duckdb.DuckDBPyConnection, signals: pl.DataFrame, setti
     if missing:
         parts = con.sql(ENABLED_SIGNALS_SQL.replace("where enabled", "where signal_id in (select unnest(?))"), params=[missing]).pl()
         scope = pl.concat([signals, parts], how="vertical_relaxed")
-    fired = signal_firings(con, scope, property_transforms(settings))
+    fired = signal_firings(con, scope, settings.property_transforms())
     return fired.filter(pl.col("signal_id").is_in(signals["signal_id"].to_list()))
-
-
-def property_transforms(settings: Settings) -> dict[tuple[str, str], str]:
-    return {(p.event, p.property): p.transform for p in settings.discovery.property_features}
-
-
-def health_config(settings: Settings) -> HealthConfig:
-    m = settings.monitoring
-    return HealthConfig(alpha=m.alpha, looks_per_year=m.looks_per_year, min_fired=m.min_fired, min_conversions=m.min_conversions, min_lift=settings.thresholds.min_lift)
-
-
-def scoring_config(settings: Settings) -> ScoringConfig:
-    s = settings.scoring
-    return ScoringConfig(half_life_days=s.half_life_days, calibration_ages_days=s.calibration_ages_days, lead_threshold=s.lead_threshold, top_contributions=s.top_contributions)
 
 
 def data_days(con: duckdb.DuckDBPyConnection) -> tuple[date, date] | None:
@@ -112,12 +97,12 @@ def compute_signal_health(con: duckdb.DuckDBPyConnection, settings: Settings, da
     wanted = np.array([(d - first).days for d in days])
     a, n1 = counts.conversions_with[wanted], counts.n_with[wanted]
     c, n2 = counts.conversions_without[wanted], counts.n_without[wanted]
-    ref_log, ref_se = _log_lift_and_se(signals["conversions_with"], signals["n_with"], signals["conversions_without"], signals["n_without"])
+    ref_log, ref_se = log_lift_and_se(signals["conversions_with"], signals["n_with"], signals["conversions_without"], signals["n_without"])
     shape = a.shape
     result = assess_health(
         a.ravel(), n1.ravel(), c.ravel(), n2.ravel(),
         np.broadcast_to(np.exp(ref_log), shape).ravel(), np.broadcast_to(ref_se, shape).ravel(),
-        health_config(settings), settings.thresholds.confidence_level,
+        settings.health_config(), settings.thresholds.confidence_level,
     )
     k = len(order)
     return pl.DataFrame(
@@ -136,7 +121,7 @@ def compute_signal_health(con: duckdb.DuckDBPyConnection, settings: Settings, da
             "lift_ci_high": result.lift_ci_high,
             "backtest_lift": np.tile(signals["lift"].to_numpy(), len(days)),
             "z_vs_backtest": result.z_vs_reference,
-            "alpha_per_look": health_config(settings).alpha_per_look,
+            "alpha_per_look": settings.health_config().alpha_per_look,
             "health": result.health.astype(str),
         }
     ).with_columns(pl.col("day").cast(pl.Date)).with_columns(pl.col(pl.Float64).fill_nan(None))
@@ -168,7 +153,7 @@ def _json_list(frame: pl.DataFrame, by: str, k: int | None, name: str) -> pl.Dat
 
 def compute_account_scores(con: duckdb.DuckDBPyConnection, settings: Settings, days: list[date]) -> ScoresResult:
     """Scores for the accounts in play on each of `days`, the calibration check, and the revenue numbers."""
-    cfg = scoring_config(settings)
+    cfg = settings.scoring_config()
     signals = enabled_signals(con)
     outcomes = con.sql(
         "select o.account_id, o.started_at, o.converted_at, o.converted, o.is_eligible, o.arr, o.outcome_window_end_at, "

@@ -15,7 +15,7 @@ import polars as pl
 
 from beton_pipeline.core.candidates import signal_id
 from beton_pipeline.settings import Settings
-from beton_pipeline.tables import replace_rows
+from beton_pipeline.store.tables import replace_rows
 from beton_pipeline.warehouse import table_exists
 
 SIGNALS_TABLE = "beton.signals"

@@ -9,7 +9,8 @@ from sklearn.metrics import precision_score, recall_score
 from statsmodels.stats.meta_analysis import combine_effects
 from statsmodels.stats.proportion import confint_proportions_2indep
 
-from beton_pipeline.core.backtest import BacktestConfig, backtest, backtest_periods, cochran_q, log_lift_and_variance, verdicts
+from beton_pipeline.core.backtest import BacktestConfig, backtest, backtest_periods, cochran_q, verdicts
+from beton_pipeline.core.stats import log_lift_and_variance
 
 MONTHS = np.array(["2025-01", "2025-02", "2025-03", "2025-04", "2025-05", "2025-06"])
 

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from beton_pipeline.core.candidates import FeatureFrames, candidate_hits
+from beton_pipeline.core.candidates import FeatureFrames, FeatureSpec, candidate_hits
 from beton_pipeline.core.conditions import (
     AllOf,
     AnyOf,
@@ -330,7 +330,7 @@ def _candidate_yaml(row: dict) -> str:
 
 
 def test_conditions_fire_exactly_where_discoverys_candidates_fire(frames, vocab):
-    hits = candidate_hits(frames, windows=WINDOWS, count_thresholds=(1, 2, 3, 5), observation_days=14, intent_lookback_days=90)
+    hits = candidate_hits(frames, FeatureSpec(WINDOWS, (1, 2, 3, 5), 14, 90))
     candidates = hits.select("key", "kind", "event", "property", "value", "window_days", "threshold").unique("key").sort("key")
     assert set(candidates.get_column("kind").unique()) == {"event_count", "event_property", "attribute", "intent"}
     index = {a: i for i, a in enumerate(frames.accounts.get_column("account_id").to_list())}

@@ -4,7 +4,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from beton_pipeline.core.candidates import FeatureFrames, build_candidate_matrix, candidate_hits, signal_id, sufficient_statistics
+from beton_pipeline.core.candidates import (
+    FeatureFrames,
+    FeatureSpec,
+    build_candidate_matrix,
+    candidate_hits,
+    signal_id,
+    sufficient_statistics,
+)
 from beton_pipeline.core.discovery import (
     DiscoveryConfig,
     choose_holdout,
@@ -60,7 +67,7 @@ def synthetic_frames(n: int = 6000, seed: int = 0, planted_lift: bool = True) ->
 
 
 def run(frames: FeatureFrames, config: DiscoveryConfig = DiscoveryConfig(), converted=None):
-    hits = candidate_hits(frames, WINDOWS, (1, 2, 3, 5), 14, 90)
+    hits = candidate_hits(frames, FeatureSpec(WINDOWS, (1, 2, 3, 5), 14, 90))
     matrix = build_candidate_matrix(frames, hits)
     months = frames.accounts.get_column("cohort_month").dt.strftime("%Y-%m").to_numpy()
     y = frames.accounts.get_column("converted").to_numpy() if converted is None else converted
@@ -71,7 +78,7 @@ def run(frames: FeatureFrames, config: DiscoveryConfig = DiscoveryConfig(), conv
 
 def test_sparse_counts_equal_a_group_by():
     frames = synthetic_frames(2000)
-    hits = candidate_hits(frames, WINDOWS, (1, 2, 3), 14, 90)
+    hits = candidate_hits(frames, FeatureSpec(WINDOWS, (1, 2, 3), 14, 90))
     matrix = build_candidate_matrix(frames, hits)
     y = frames.accounts.get_column("converted").to_numpy()
     stats = sufficient_statistics(matrix, y, np.where(y, 1.0, 0.0))
@@ -88,7 +95,7 @@ def test_sparse_counts_equal_a_group_by():
 
 def test_pair_counts_equal_brute_force():
     frames = synthetic_frames(1500)
-    hits = candidate_hits(frames, WINDOWS, (1, 2), 14, 90)
+    hits = candidate_hits(frames, FeatureSpec(WINDOWS, (1, 2), 14, 90))
     matrix = build_candidate_matrix(frames, hits)
     y = frames.accounts.get_column("converted").to_numpy()
     keys = ["event:good_event:first_7d:>=1", "event:noise_1:first_7d:>=2", "attribute:industry=Fintech"]

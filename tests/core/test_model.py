@@ -7,14 +7,20 @@ import numpy as np
 import polars as pl
 import pytest
 from sklearn.calibration import calibration_curve
-from sklearn.metrics import average_precision_score, brier_score_loss, confusion_matrix, precision_score, recall_score, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    confusion_matrix,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 from statsmodels.stats.proportion import proportion_confint
 
-from beton_pipeline.core.candidates import FeatureFrames, build_candidate_matrix, candidate_hits
+from beton_pipeline.core.candidates import FeatureFrames, FeatureSpec, build_candidate_matrix, candidate_hits
 from beton_pipeline.core.discovery import choose_holdout
 from beton_pipeline.core.model import (
     INTERCEPT_KEY,
-    FeatureSpec,
     ModelConfig,
     ModelDataError,
     backtest_lead_score,
@@ -258,7 +264,7 @@ def test_not_enough_data_is_a_clear_error():
 def test_signals_score_counts_enabled_signals_including_pairs(frames):
     candidates = feature_candidates(frames, SPEC)
     count, weighted = enabled_signal_scores(candidates, ENABLED)
-    hits = candidate_hits(frames, WINDOWS, (1, 2, 3, 5), 14, 90)
+    hits = candidate_hits(frames, FeatureSpec(WINDOWS, (1, 2, 3, 5), 14, 90))
     good = set(hits.filter(pl.col("key") == "event:good_event:first_14d:>=3").get_column("account_id"))
     fintech = set(hits.filter(pl.col("key") == "attribute:industry=Fintech").get_column("account_id"))
     ids = frames.accounts.get_column("account_id").to_list()
@@ -277,7 +283,7 @@ def test_pair_parts_split_on_the_right_ampersand():
 
 
 def test_unknown_enabled_signal_scores_zero(frames):
-    candidates = build_candidate_matrix(frames, candidate_hits(frames, WINDOWS, (1,), 14, 90))
+    candidates = build_candidate_matrix(frames, candidate_hits(frames, FeatureSpec(WINDOWS, (1,), 14, 90)))
     count, _ = enabled_signal_scores(candidates, pl.DataFrame({"candidate_key": ["event:never:first_1d:>=1"], "lift": [2.0]}))
     assert count.sum() == 0
 

@@ -6,7 +6,13 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from beton_pipeline.core.monitoring import HealthConfig, assess_health, rolling_window_counts, simulate_false_alarms, window_counts
+from beton_pipeline.core.monitoring import (
+    HealthConfig,
+    assess_health,
+    rolling_window_counts,
+    simulate_false_alarms,
+    window_counts,
+)
 
 
 def test_rules_on_known_cases():

@@ -116,10 +116,9 @@ def test_duplicates_allowlist_and_experiment_errors():
 
 
 def test_config_reads_settings_without_experiments_field():
-    from beton_pipeline.core.playbooks import playbook_config_from_settings
     from beton_pipeline.settings import Settings
 
-    cfg = playbook_config_from_settings(Settings(playbooks=(playbook(),)))
+    cfg = Settings(playbooks=(playbook(),)).playbook_config()
     assert cfg.experiments == () and cfg.playbooks[0].name == "hot-accounts"
 
 

@@ -6,7 +6,13 @@ import numpy as np
 import polars as pl
 import statsmodels.api as sm
 
-from beton_pipeline.core.scoring import calibration_observations, calibration_table, contributions, fit_calibration, raw_scores
+from beton_pipeline.core.scoring import (
+    calibration_observations,
+    calibration_table,
+    contributions,
+    fit_calibration,
+    raw_scores,
+)
 
 
 def test_contribution_halves_every_half_life_and_ignores_later_firings():

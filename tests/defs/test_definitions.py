@@ -1,6 +1,5 @@
 """The Definitions object: loads, has the whole graph, a daily schedule, and one warehouse pool."""
 
-import dagster as dg
 
 from beton_pipeline.defs.resources import WAREHOUSE_POOL
 

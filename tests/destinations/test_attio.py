@@ -1,8 +1,7 @@
 """Attio: PATCH a company record's attribute with a bearer key, against a local Attio."""
 
-from tests.fakes import FakeAttio
-
 from beton_pipeline.destinations.attio import AttioSender, record_update, record_url
+from tests.fakes import FakeAttio
 
 KEY = "attio-key-0123456789"
 

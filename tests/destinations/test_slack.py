@@ -2,9 +2,8 @@
 
 import json
 
-from tests.fakes import FakeSlack
-
 from beton_pipeline.destinations.slack import SlackSender, account_message, escape_mrkdwn, health_message
+from tests.fakes import FakeSlack
 
 TOKEN = "xoxb-test-0123456789"
 

@@ -4,7 +4,6 @@ import hashlib
 import hmac
 
 import pytest
-from tests.fakes import FakeWebhookReceiver
 
 from beton_pipeline.destinations.webhook import (
     WebhookSender,
@@ -15,6 +14,7 @@ from beton_pipeline.destinations.webhook import (
     sign,
     verify_signature,
 )
+from tests.fakes import FakeWebhookReceiver
 
 SECRET = "whsec-0123456789abcdef"
 

@@ -19,11 +19,11 @@ import duckdb
 import polars as pl
 import pytest
 
-from beton_pipeline.custom_signals import load_signal_files, read_vocabulary
 from beton_pipeline.defs.backtests.partitions import partition_range_tags, register_signal_partitions, signal_partitions
 from beton_pipeline.defs.backtests.sensors import signal_partitions_sensor
 from beton_pipeline.defs.resources import WarehouseResource
 from beton_pipeline.settings import PROJECT_ROOT, load_settings
+from beton_pipeline.store.custom_signals import load_signal_files, read_vocabulary
 
 PLANTED_KEY = "event:invited_teammate:first_14d:>=3"
 INVITES_YAML = """\
@@ -287,7 +287,7 @@ def test_cli_events_lists_what_conditions_can_name(custom_run, con):
 
 
 def test_verdicts_tell_the_planted_behaviours_from_the_drifting_one(custom_run, pipeline_run):
-    from beton_pipeline.custom_signals import backtest_definition
+    from beton_pipeline.store.custom_signals import backtest_definition
 
     settings = load_settings()
     verdict = {}

@@ -1,18 +1,18 @@
 """The lead-score model asset on the session's demo warehouse (conftest.pipeline_run): trained on the
 earlier cohorts, it must beat the base rate on the later ones, as must the enabled-signals score."""
 
+import dagster as dg
 import duckdb
 import numpy as np
 import polars as pl
 import pytest
 from scipy.stats import spearmanr
 
-import dagster as dg
 from beton_pipeline.core.model import SCORERS, model_from_frame, score_accounts
 from beton_pipeline.defs.model.assets import lead_score_model
 from beton_pipeline.defs.resources import SettingsResource, WarehouseResource
 from beton_pipeline.settings import load_settings
-from beton_pipeline.tables import read_feature_frames
+from beton_pipeline.store.tables import read_feature_frames
 
 
 @pytest.fixture(scope="module")

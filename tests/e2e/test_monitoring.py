@@ -11,9 +11,9 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from beton_pipeline.live import compute_signal_health, data_days
 from beton_pipeline.settings import load_settings
-from beton_pipeline.signal_store import set_override
+from beton_pipeline.store.scoring import compute_signal_health, data_days
+from beton_pipeline.store.signals import set_override
 
 
 @pytest.fixture

@@ -115,12 +115,17 @@ def test_shuffled_demo_outcomes_enable_almost_nothing(con):
     import numpy as np
 
     from beton_pipeline.core.candidates import build_candidate_matrix, candidate_hits
-    from beton_pipeline.core.discovery import DiscoveryConfig, cohort_counts_from_matrix, discover_from_cohort_counts, matrix_pair_source
-    from beton_pipeline.tables import read_feature_frames
+    from beton_pipeline.core.discovery import (
+        DiscoveryConfig,
+        cohort_counts_from_matrix,
+        discover_from_cohort_counts,
+        matrix_pair_source,
+    )
+    from beton_pipeline.store.tables import read_feature_frames
 
     cfg = load_settings()
     frames = read_feature_frames(con, cfg.feature_windows)
-    hits = candidate_hits(frames, cfg.feature_windows, cfg.discovery.count_thresholds, cfg.windows.observation_days, cfg.discovery.intent_lookback_days, cfg.discovery.excluded_events)
+    hits = candidate_hits(frames, cfg.feature_spec())
     matrix = build_candidate_matrix(frames, hits)
     months = frames.accounts["cohort_month"].dt.strftime("%Y-%m").to_numpy()
     y0 = frames.accounts["converted"].to_numpy()

@@ -16,9 +16,7 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
-from tests.fakes import FakeAttio, FakeSlack, FakeWebhookReceiver
 
-from beton_pipeline import outbox
 from beton_pipeline.core.playbooks import parse_playbook_config
 from beton_pipeline.defs.playbooks.assets import experiment_readouts, playbook_actions, playbook_readouts
 from beton_pipeline.defs.playbooks.resources import (
@@ -37,6 +35,8 @@ from beton_pipeline.defs.playbooks.sensors import (
 from beton_pipeline.defs.resources import SettingsResource, WarehouseResource
 from beton_pipeline.destinations.http import RetryPolicy
 from beton_pipeline.settings import Settings
+from beton_pipeline.store import outbox
+from tests.fakes import FakeAttio, FakeSlack, FakeWebhookReceiver
 
 SLACK_TOKEN = "xoxb-SECRET-slack-token-4f9a"
 ATTIO_KEY = "attio-SECRET-api-key-77c1"
@@ -533,9 +533,8 @@ def test_sensor_evaluation_time_for_100k_scored_accounts(tmp_path, servers):
     assert sorted(r.run_key for r in result.run_requests) == sorted(f"{p}:{LAST_DAY}" for p in ("any-signal", "all-signals", "top-50"))
     with duckdb.connect(str(wh), read_only=True) as con:
         cfg = InlineSettings(yaml_text=text).load()
-        from beton_pipeline.core.playbooks import playbook_config_from_settings
 
-        matches = dict(((p, n) for p, _, n in account_matches(con, playbook_config_from_settings(cfg), [LAST_DAY])))
+        matches = dict(((p, n) for p, _, n in account_matches(con, cfg.playbook_config(), [LAST_DAY])))
     expected_any = int(((score >= 0.8) & np.array([any(s in f for s in ('"sig_01"', '"sig_07"')) for f in fired])).sum())
     assert matches["any-signal"] == expected_any and matches["top-50"] == 50
     print(f"\nscores sensor, 100k accounts, 3 playbooks: {min(timings):.3f}s best / {max(timings):.3f}s worst of 3")

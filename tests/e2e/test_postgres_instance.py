@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from tests.e2e.servers import (
     PROJECT_ROOT,
     PostgresServer,

@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from beton_pipeline.sql_sandbox import (
+from beton_pipeline.store.sql_sandbox import (
     SqlSignalError,
     SqlSignalRefused,
     normalise_sql,

@@ -5,20 +5,19 @@ import polars as pl
 
 from beton_pipeline.core.backtest import verdicts
 from beton_pipeline.core.conditions import SignalDefinitionError
-from beton_pipeline.custom_signals import (
+from beton_pipeline.defs.backtests.partitions import signal_partitions
+from beton_pipeline.defs.resources import WAREHOUSE_POOL, SettingsResource, WarehouseResource
+from beton_pipeline.store.custom_signals import (
     BACKTESTS_TABLE,
     CUSTOM_COUNTS_TABLE,
     CustomSignalsError,
-    backtest_config,
     compute_backtests,
     compute_custom_cohort_counts,
     signals_dir,
     write_backtests,
 )
-from beton_pipeline.defs.backtests.partitions import signal_partitions
-from beton_pipeline.defs.resources import WAREHOUSE_POOL, SettingsResource, WarehouseResource
-from beton_pipeline.sql_sandbox import SqlSignalError
-from beton_pipeline.tables import replace_rows
+from beton_pipeline.store.sql_sandbox import SqlSignalError
+from beton_pipeline.store.tables import replace_rows
 from beton_pipeline.warehouse import table_exists
 
 MARTS = ["account_features", "account_event_features", "account_property_features", "account_intent_features", "account_outcomes"]
@@ -108,7 +107,7 @@ def signal_backtests(context: dg.AssetExecutionContext, warehouse: WarehouseReso
         context.log.warning(f"not in beton.signals any more (backtest rows removed): {', '.join(run.missing)}")
     metadata: dict = {"signals": dg.MetadataValue.int(len(keys) - len(run.missing)), "rows": dg.MetadataValue.int(run.rows.height), "table": BACKTESTS_TABLE}
     if run.rows.height:
-        summary = verdicts(run.rows, backtest_config(cfg))
+        summary = verdicts(run.rows, cfg.backtest_config())
         counts = summary.group_by("verdict").len()
         metadata["verdicts"] = dg.MetadataValue.json(dict(zip(counts.get_column("verdict").to_list(), counts.get_column("len").to_list())))
         if summary.height == 1:

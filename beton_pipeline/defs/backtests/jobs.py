@@ -5,11 +5,11 @@ import polars as pl
 from pydantic import Field
 
 from beton_pipeline.core.conditions import SignalDefinitionError
-from beton_pipeline.custom_signals import backtest_definition, write_backtests
 from beton_pipeline.defs.backtests.assets import periods_markdown
 from beton_pipeline.defs.backtests.partitions import signal_partitions
 from beton_pipeline.defs.resources import WAREHOUSE_POOL, SettingsResource, WarehouseResource
-from beton_pipeline.sql_sandbox import SqlSignalError
+from beton_pipeline.store.custom_signals import backtest_definition, write_backtests
+from beton_pipeline.store.sql_sandbox import SqlSignalError
 
 signal_backtests_job = dg.define_asset_job(
     "signal_backtests_job",

@@ -6,7 +6,6 @@ import dagster as dg
 from beton_pipeline.defs.backtests.jobs import signal_backtests_job
 from beton_pipeline.defs.backtests.partitions import backtested_signal_ids, signal_partitions
 from beton_pipeline.defs.resources import WarehouseResource
-from beton_pipeline.warehouse import WarehouseLockedError
 
 WATCHED = ("signals", "custom_signals")
 
@@ -28,11 +27,9 @@ def signal_partitions_sensor(context: dg.SensorEvaluationContext, warehouse: War
     marker = ":".join(str(records[0].storage_id) if records else "0" for records in latest)
     if marker == context.cursor:
         return dg.SkipReason("no new materialization of signals or custom_signals")
-    try:
-        with warehouse.connect(read_only=True, wait_seconds=2) as con:
-            ids = backtested_signal_ids(con)
-    except WarehouseLockedError:
-        return dg.SkipReason("the warehouse is being written; will look again on the next tick")
+    ids = warehouse.read_or_skip(backtested_signal_ids)
+    if isinstance(ids, dg.SkipReason):
+        return ids
     existing = set(context.instance.get_dynamic_partitions(signal_partitions.name))
     new = [i for i in ids if i not in existing]
     return dg.SensorResult(

@@ -8,17 +8,14 @@ import polars as pl
 
 from beton_pipeline.core.model import (
     SCORERS,
-    FeatureSpec,
     LeadScoreBacktest,
-    ModelConfig,
     ModelDataError,
     backtest_lead_score,
     crm_comparison,
     deal_progress,
 )
 from beton_pipeline.defs.resources import WAREHOUSE_POOL, SettingsResource, WarehouseResource
-from beton_pipeline.settings import Settings
-from beton_pipeline.tables import read_feature_frames, replace_rows
+from beton_pipeline.store.tables import read_feature_frames, replace_rows
 from beton_pipeline.warehouse import table_exists
 
 BACKTEST_TABLE = "beton.model_backtest"
@@ -30,29 +27,6 @@ MODEL_TABLES = (BACKTEST_TABLE, CALIBRATION_TABLE, CONFUSION_TABLE, CRM_TABLE, F
 
 FIRST_DEAL_STAGE = "qualified"
 """A deal *progressed* when it reached a stage other than this one and `lost` (or was won)."""
-
-
-def feature_spec(settings: Settings) -> FeatureSpec:
-    """The candidate features the model uses: discovery's windows, thresholds and exclusions."""
-    return FeatureSpec(
-        windows=settings.feature_windows,
-        count_thresholds=settings.discovery.count_thresholds,
-        observation_days=settings.windows.observation_days,
-        intent_lookback_days=settings.discovery.intent_lookback_days,
-        excluded_events=settings.discovery.excluded_events,
-    )
-
-
-def model_config(settings: Settings) -> ModelConfig:
-    """Training settings from beton.yaml. `revenue.sales_capacity` (accounts sales can work per month)
-    is read if the settings have it; without it k is the top 10% of test accounts."""
-    return ModelConfig(
-        min_candidate_support=settings.discovery.min_candidate_support,
-        min_property_support=settings.discovery.min_property_support,
-        holdout_fraction=settings.windows.holdout_fraction,
-        sales_capacity=getattr(settings.revenue, "sales_capacity", None),
-        confidence_level=settings.thresholds.confidence_level,
-    )
 
 
 def _fmt(value: float, digits: int = 3) -> str:
@@ -165,7 +139,7 @@ def lead_score_model(context: dg.AssetExecutionContext, warehouse: WarehouseReso
         as_of = con.sql("select max(as_of_at) from marts.account_outcomes").fetchall()[0][0]
         deals = _read_deals(con)
     try:
-        backtest = backtest_lead_score(frames, enabled, feature_spec(cfg), model_config(cfg))
+        backtest = backtest_lead_score(frames, enabled, cfg.feature_spec(), cfg.lead_score_config())
     except ModelDataError as exc:
         context.log.warning(f"lead-score model not trained: {exc}")
         with warehouse.connect() as con:

@@ -5,8 +5,14 @@ import polars as pl
 
 from beton_pipeline.defs.partitions import monitoring_days
 from beton_pipeline.defs.resources import WAREHOUSE_POOL, SettingsResource, WarehouseResource
-from beton_pipeline.live import clamp_days, compute_account_scores, compute_signal_health, data_days, write_days
-from beton_pipeline.tables import replace_rows
+from beton_pipeline.store.scoring import (
+    clamp_days,
+    compute_account_scores,
+    compute_signal_health,
+    data_days,
+    write_days,
+)
+from beton_pipeline.store.tables import replace_rows
 
 DAILY = dict(
     partitions_def=monitoring_days,

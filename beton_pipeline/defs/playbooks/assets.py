@@ -5,8 +5,7 @@ from datetime import date
 import dagster as dg
 import polars as pl
 
-from beton_pipeline import outbox
-from beton_pipeline.core.playbooks import PlaybookConfig, PlaybookConfigError, playbook_config_from_settings
+from beton_pipeline.core.playbooks import PlaybookConfig, PlaybookConfigError
 from beton_pipeline.core.readouts import assignment_counts, experiment_readout, treatment_readout
 from beton_pipeline.defs.playbooks.resources import (
     ATTIO_KEY_ENV,
@@ -18,6 +17,7 @@ from beton_pipeline.defs.playbooks.resources import (
 )
 from beton_pipeline.defs.resources import WAREHOUSE_POOL, SettingsResource, WarehouseResource
 from beton_pipeline.destinations.http import RetryPolicy
+from beton_pipeline.store import outbox
 from beton_pipeline.warehouse import table_exists
 
 PLAYBOOK_READOUTS_TABLE = "beton.playbook_readouts"
@@ -42,7 +42,7 @@ class PlaybookRunConfig(dg.Config):
 def load_playbook_config(settings: SettingsResource) -> PlaybookConfig:
     """The playbook configuration, or a run failure naming the bad beton.yaml field."""
     try:
-        return playbook_config_from_settings(settings.load())
+        return settings.load().playbook_config()
     except PlaybookConfigError as exc:
         raise dg.Failure(description=f"beton.yaml: {exc}") from None
 

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
-from beton_pipeline.core.playbooks import PlaybookConfigError, WebhookAction, playbook_config_from_settings
+from beton_pipeline.core.playbooks import PlaybookConfigError, WebhookAction
 from beton_pipeline.destinations import attio as attio_dest
 from beton_pipeline.destinations import slack as slack_dest
 from beton_pipeline.destinations import webhook as webhook_dest
@@ -81,7 +81,7 @@ def _env_if_set(name: str):
 
 def _webhook_names() -> list[str]:
     try:
-        config = playbook_config_from_settings(load_settings())
+        config = load_settings().playbook_config()
     except (SettingsError, PlaybookConfigError):
         return []  # the playbook asset reports the configuration error when it runs
     return sorted({a.name for p in config.playbooks for a in p.then if isinstance(a, WebhookAction)})

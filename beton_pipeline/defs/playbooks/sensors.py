@@ -18,23 +18,19 @@ from datetime import date, datetime, timezone
 import dagster as dg
 import duckdb
 
-from beton_pipeline import outbox
 from beton_pipeline.core.playbooks import (
     PlaybookConfig,
     PlaybookConfigError,
     health_changes,
     is_stale,
     match_accounts,
-    playbook_config_from_settings,
 )
 from beton_pipeline.defs.playbooks.assets import PlaybookRunConfig
 from beton_pipeline.defs.playbooks.jobs import playbook_delivery_job
 from beton_pipeline.defs.resources import SettingsResource, WarehouseResource
-from beton_pipeline.warehouse import WarehouseLockedError
+from beton_pipeline.store import outbox
 
 SCORES_KEY = dg.AssetKey("account_scores")
-SENSOR_LOCK_WAIT_SECONDS = 1.0
-"""A sensor waits at most this long for the warehouse; if a writer holds it, the tick is skipped."""
 MAX_EVENTS_PER_TICK = 50
 
 
@@ -68,7 +64,7 @@ def account_matches(con: duckdb.DuckDBPyConnection, config: PlaybookConfig, days
 
 def _config(settings: SettingsResource) -> PlaybookConfig | str:
     try:
-        return playbook_config_from_settings(settings.load())
+        return settings.load().playbook_config()
     except (PlaybookConfigError, ValueError) as exc:
         return f"beton.yaml: {exc}"
 
@@ -96,17 +92,20 @@ def playbook_scores_sensor(context: dg.SensorEvaluationContext, warehouse: Wareh
     if not config.account_playbooks:
         return dg.SensorResult(skip_reason="no account playbook enabled in beton.yaml", cursor=cursor)
     partition_days = {r.partition_key for r in records}
-    try:
-        with warehouse.connect(read_only=True, wait_seconds=SENSOR_LOCK_WAIT_SECONDS) as con:
-            latest = outbox.latest_score_day(con)
-            days = {date.fromisoformat(p[:10]) for p in partition_days if p}
-            if None in partition_days and latest:  # an unpartitioned materialization: its latest day
-                days.add(latest)
-            # Days a delivery would only record as dry_run (a backfill of history) are not worth a run.
-            days = sorted(d for d in days if not is_stale(d, latest, config.destinations.max_action_age_days))
-            matches = account_matches(con, config, days)
-    except (WarehouseLockedError, duckdb.IOException) as exc:
-        return dg.SkipReason(f"warehouse not readable now ({type(exc).__name__}); will look again on the next tick")
+
+    def read(con: duckdb.DuckDBPyConnection) -> tuple[list[date], list[tuple[str, date, int]]]:
+        latest = outbox.latest_score_day(con)
+        days = {date.fromisoformat(p[:10]) for p in partition_days if p}
+        if None in partition_days and latest:  # an unpartitioned materialization: its latest day
+            days.add(latest)
+        # Days a delivery would only record as dry_run (a backfill of history) are not worth a run.
+        days = sorted(d for d in days if not is_stale(d, latest, config.destinations.max_action_age_days))
+        return days, account_matches(con, config, days)
+
+    found = warehouse.read_or_skip(read)
+    if isinstance(found, dg.SkipReason):
+        return found
+    days, matches = found
     if not matches:
         shown = ", ".join(map(str, days)) or "no recent day"
         return dg.SensorResult(skip_reason=f"no account matched a playbook on {shown}", cursor=cursor)
@@ -155,11 +154,10 @@ def signal_health_sensor(context: dg.SensorEvaluationContext, warehouse: Warehou
         return dg.SkipReason(config)
     if not config.health_playbooks:
         return dg.SkipReason("no health playbook enabled in beton.yaml")
-    try:
-        with warehouse.connect(read_only=True, wait_seconds=SENSOR_LOCK_WAIT_SECONDS) as con:
-            requests, latest, last_day = health_requests(con, config, through)
-    except (WarehouseLockedError, duckdb.IOException) as exc:
-        return dg.SkipReason(f"warehouse not readable now ({type(exc).__name__}); will look again on the next tick")
+    found = warehouse.read_or_skip(lambda con: health_requests(con, config, through))
+    if isinstance(found, dg.SkipReason):
+        return found
+    requests, latest, last_day = found
     new_state = {"through_day": last_day.isoformat() if last_day else None, "health": {**state.get("health", {}), **latest}}
     cursor = json.dumps(new_state, sort_keys=True)
     if not requests:
@@ -184,11 +182,10 @@ def playbook_retry_sensor(context: dg.SensorEvaluationContext, warehouse: Wareho
     names = [p.name for p in config.playbooks if p.enabled]
     if not names:
         return dg.SkipReason("no playbook enabled in beton.yaml")
-    try:
-        with warehouse.connect(read_only=True, wait_seconds=SENSOR_LOCK_WAIT_SECONDS) as con:
-            due_at, n = outbox.next_due_at(con, names)
-    except (WarehouseLockedError, duckdb.IOException) as exc:
-        return dg.SkipReason(f"warehouse not readable now ({type(exc).__name__}); will look again on the next tick")
+    found = warehouse.read_or_skip(lambda con: outbox.next_due_at(con, names))
+    if isinstance(found, dg.SkipReason):
+        return found
+    due_at, n = found
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     if not n or due_at is None or due_at > now:
         return dg.SkipReason(f"{n} action(s) waiting; none due" if n else "nothing to retry")

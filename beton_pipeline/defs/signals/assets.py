@@ -7,28 +7,16 @@ import polars as pl
 
 from beton_pipeline.core.candidates import build_candidate_matrix, candidate_hits, sufficient_statistics
 from beton_pipeline.core.discovery import HoldoutSplit, discover_from_cohort_counts, matrix_pair_source
-from beton_pipeline.custom_signals import discovery_config
 from beton_pipeline.defs.partitions import cohort_months
 from beton_pipeline.defs.resources import WAREHOUSE_POOL, SettingsResource, WarehouseResource
 from beton_pipeline.settings import Settings
-from beton_pipeline.signal_store import write_discovered_signals
-from beton_pipeline.tables import eligible_cohort_months, read_feature_frames, replace_rows
+from beton_pipeline.store.signals import write_discovered_signals
+from beton_pipeline.store.tables import eligible_cohort_months, read_feature_frames, replace_rows
 from beton_pipeline.warehouse import table_exists
 
 CUSTOM_COUNTS_TABLE = "beton.custom_signal_cohort_counts"  # written by the custom_signals asset
 
 COHORT_COUNTS_TABLE = "beton.signal_cohort_counts"
-
-
-def _hits(frames, settings: Settings) -> pl.DataFrame:
-    return candidate_hits(
-        frames,
-        windows=settings.feature_windows,
-        count_thresholds=settings.discovery.count_thresholds,
-        observation_days=settings.windows.observation_days,
-        intent_lookback_days=settings.discovery.intent_lookback_days,
-        excluded_events=settings.discovery.excluded_events,
-    )
 
 
 @dg.asset(
@@ -51,7 +39,7 @@ def signal_cohort_counts(
     month = context.partition_key
     with warehouse.connect() as con:
         frames = read_feature_frames(con, cfg.feature_windows, cohort_month=month)
-        matrix = build_candidate_matrix(frames, _hits(frames, cfg))
+        matrix = build_candidate_matrix(frames, candidate_hits(frames, cfg.feature_spec()))
         accounts = frames.accounts
         counts = sufficient_statistics(
             matrix,
@@ -102,7 +90,7 @@ def signals_markdown(signals: pl.DataFrame, limit: int = 15) -> str:
 )
 def signals(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource) -> dg.MaterializeResult:
     cfg = settings.load()
-    config = discovery_config(cfg)
+    config = cfg.discovery_config()
     with warehouse.connect() as con:
         expected = set(eligible_cohort_months(con))
         counts = con.sql(f"select * from {COHORT_COUNTS_TABLE}").pl() if table_exists(con, *COHORT_COUNTS_TABLE.split(".")) else pl.DataFrame()
@@ -147,7 +135,7 @@ def _warehouse_pair_source(con, cfg: Settings):
 
     def source(top: list[str], split: HoldoutSplit) -> tuple[pl.DataFrame, pl.DataFrame]:
         frames = read_feature_frames(con, cfg.feature_windows)
-        hits = _hits(frames, cfg).filter(pl.col("key").is_in(top))
+        hits = candidate_hits(frames, cfg.feature_spec()).filter(pl.col("key").is_in(top))
         matrix = build_candidate_matrix(frames, hits)
         accounts = frames.accounts
         return matrix_pair_source(

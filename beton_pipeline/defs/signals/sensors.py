@@ -4,8 +4,7 @@ import dagster as dg
 
 from beton_pipeline.defs.partitions import cohort_months
 from beton_pipeline.defs.resources import WarehouseResource
-from beton_pipeline.tables import eligible_cohort_months
-from beton_pipeline.warehouse import WarehouseLockedError
+from beton_pipeline.store.tables import eligible_cohort_months
 
 cohort_counts_job = dg.define_asset_job(
     "cohort_counts_job",
@@ -37,11 +36,9 @@ def cohort_months_sensor(context: dg.SensorEvaluationContext, warehouse: Warehou
     if not records:
         return dg.SkipReason("account_outcomes was not rebuilt since the last tick")
     latest = records[0].storage_id
-    try:
-        with warehouse.connect(read_only=True, wait_seconds=2) as con:
-            months = eligible_cohort_months(con)
-    except WarehouseLockedError:
-        return dg.SkipReason("the warehouse is being written; will look again on the next tick")
+    months = warehouse.read_or_skip(eligible_cohort_months)
+    if isinstance(months, dg.SkipReason):
+        return months
     existing = set(context.instance.get_dynamic_partitions(cohort_months.name))
     new = [m for m in months if m not in existing]
     return dg.SensorResult(
