@@ -60,20 +60,7 @@ def wait_until(check: Callable[[], object], timeout: float, what: str, interval:
 
     Other exceptions from `check` count as "not yet"; a ServerError (e.g. the process died) or an
     AssertionError (a test's check found a definite failure) stops at once."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-        except (ServerError, AssertionError):
-            raise
-        except Exception as exc:  # not up yet (connection refused, …): keep polling until the deadline
-            last_error = exc
-        if time.monotonic() >= deadline:
-            raise ServerError(f"timed out after {timeout:.0f} s waiting for {what}" + (f" (last error: {last_error})" if last_error else ""))
-        time.sleep(interval)
+    return wait_while_progressing(check, lambda: None, what, idle_timeout=timeout, total_timeout=timeout, interval=interval)
 
 
 def wait_while_progressing(
@@ -89,6 +76,7 @@ def wait_while_progressing(
     `progress()` returns any comparable snapshot (a run's status and finished-step count, say); every
     change restarts the `idle_timeout` clock, so a slow but moving run on a loaded machine is waited
     for, while a stuck one fails after `idle_timeout` s without change. `total_timeout` bounds it all.
+    Exceptions from `check` or `progress` other than ServerError/AssertionError count as "not yet".
     """
     start = time.monotonic()
     last_seen: object = None
@@ -110,7 +98,8 @@ def wait_while_progressing(
         if now - last_change >= idle_timeout or now - start >= total_timeout:
             reason = f"no progress for {now - last_change:.0f} s" if now - last_change >= idle_timeout else f"{now - start:.0f} s in all"
             raise ServerError(
-                f"gave up waiting for {what}: {reason} (last progress: {last_seen!r})"
+                f"gave up waiting for {what}: {reason}"
+                + (f" (last progress: {last_seen!r})" if last_seen is not None else "")
                 + (f" (last error: {last_error})" if last_error else "")
             )
         time.sleep(interval)
