@@ -28,6 +28,9 @@ import polars as pl
 
 FIRING_SCHEMA = {"account_id": pl.String, "signal_id": pl.String, "fired_at": pl.Datetime("us")}
 
+FIRING_INPUTS = ("int_event_occurrences", "int_property_occurrences", "int_account_subscriptions", "int_account_intent_signals", "account_features")
+"""The dbt models firings.sql reads (asset keys are model names): deps of every asset that computes firings."""
+
 # The signal frames firings.sql reads, by kind: registered name → columns and types.
 _EVENTS = ("_beton_sig_events", {"signal_id": pl.String, "event": pl.String, "window_days": pl.Int64, "threshold": pl.Int64})
 _PROPS = (
