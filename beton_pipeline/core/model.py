@@ -40,9 +40,10 @@ Method (README, "Lead-score model"):
    top-k threshold t = the k-th highest score: an account is *qualified* when its score ≥ t (with
    ties at t more than k accounts can qualify; the table says how many).
 6. **CRM comparison.** Test accounts with at least one CRM deal: qualified by the model (as above)
-   against "the deal progressed beyond the first stage" (a stage other than `first_stage` and the
-   lost stages, or status won): confusion matrix, precision/recall, and the false positives and
-   false negatives with the AE's latest stage-change reason.
+   against "the deal progressed beyond the first stage" (a stage other than the first one and the
+   lost stages, or status won; computed per account by the dbt mart `account_deal_progress`):
+   confusion matrix, precision/recall, and the false positives and false negatives with the AE's
+   latest stage-change reason.
 """
 
 from __future__ import annotations
@@ -665,58 +666,6 @@ def backtest_lead_score(frames: FeatureFrames, enabled_signals: pl.DataFrame, sp
 # --------------------------------------------------------------------------------------------
 # CRM comparison
 # --------------------------------------------------------------------------------------------
-DEAL_PROGRESS_SCHEMA = {
-    "account_id": pl.String, "n_deals": pl.Int64, "progressed": pl.Boolean,
-    "latest_stage": pl.String, "latest_changed_at": pl.Datetime("us"), "latest_reason": pl.String, "reason_stage": pl.String,
-}
-
-
-def deal_progress(
-    deals: pl.DataFrame, stage_changes: pl.DataFrame, first_stage: str = "qualified", lost_stages: tuple[str, ...] = ("lost",)
-) -> pl.DataFrame:
-    """Per account with a deal: did any of its deals progress beyond the first stage?
-
-    A deal progressed when its status is `won`, or it reached (current stage or any stage change) a
-    stage other than `first_stage` and `lost_stages` (compared case-insensitively). `latest_stage` and
-    `latest_changed_at` are the account's latest stage change; `latest_reason` is the AE's reason on
-    its latest stage change that has one, given at `reason_stage`.
-    `deals`: deal_record_id, company_record_id, stage, status; `stage_changes`: deal_record_id,
-    stage, changed_at, reason. Accounts are CRM company record ids.
-    """
-    if deals.is_empty():
-        return pl.DataFrame(schema=DEAL_PROGRESS_SCHEMA)
-    not_progress = [first_stage.lower(), *(s.lower() for s in lost_stages)]
-    deal_acc = deals.select("deal_record_id", pl.col("company_record_id").alias("account_id"), "stage", "status")
-    changes = stage_changes.join(deal_acc.select("deal_record_id", "account_id"), on="deal_record_id", how="inner")
-    stage_seen = pl.concat(
-        [deal_acc.select("account_id", "stage"), changes.select("account_id", "stage")], how="vertical_relaxed"
-    ).filter(pl.col("stage").is_not_null())
-    beyond = stage_seen.filter(~pl.col("stage").str.to_lowercase().is_in(not_progress))
-    won = deal_acc.filter(pl.col("status").str.to_lowercase() == "won").select("account_id")
-    progressed = pl.concat([beyond.select("account_id"), won]).unique().with_columns(pl.lit(True).alias("progressed"))
-    latest = (
-        changes.sort(["account_id", "changed_at"], descending=[False, True])
-        .group_by("account_id")
-        .agg(pl.col("stage").first().alias("latest_stage"), pl.col("changed_at").first().alias("latest_changed_at"))
-    )
-    reasons = (
-        changes.filter(pl.col("reason").is_not_null())
-        .sort(["account_id", "changed_at"], descending=[False, True])
-        .group_by("account_id")
-        .agg(pl.col("reason").first().alias("latest_reason"), pl.col("stage").first().alias("reason_stage"))
-    )
-    return (
-        deal_acc.group_by("account_id").agg(pl.len().cast(pl.Int64).alias("n_deals"))
-        .join(progressed, on="account_id", how="left")
-        .join(latest, on="account_id", how="left")
-        .join(reasons, on="account_id", how="left")
-        .with_columns(pl.col("progressed").fill_null(False))
-        .select(list(DEAL_PROGRESS_SCHEMA))
-        .cast(DEAL_PROGRESS_SCHEMA)
-        .sort("account_id")
-    )
-
-
 @dataclass(frozen=True)
 class CrmComparison:
     """Qualified by a scorer against deals that progressed, on the test accounts that have a deal.
@@ -742,7 +691,11 @@ class CrmComparison:
 
 
 def crm_comparison(test_scores: pl.DataFrame, progress: pl.DataFrame, scorer: str, threshold: float, k: int) -> CrmComparison:
-    """Compare `scorer` ≥ `threshold` with `progress.progressed` on the test accounts that have a deal."""
+    """Compare `scorer` ≥ `threshold` with `progress.progressed` on the test accounts that have a deal.
+
+    `progress`: one row per account with a deal (the `account_deal_progress` mart): account_id,
+    n_deals, progressed, latest_stage, latest_changed_at, latest_reason, reason_stage.
+    """
     scored = test_scores.select("account_id", "cohort_month", "converted", pl.col(scorer).alias("score")).with_columns(
         (pl.col("score") >= threshold).alias("qualified")
     )

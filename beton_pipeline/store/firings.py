@@ -11,144 +11,86 @@
 
 "Window end" is the account's point-in-time feature window end (`int_account_windows`), so a firing
 never uses an event at or after conversion. A live score on day D counts firings strictly before D.
-Computed in one SQL statement per kind over all enabled signals at once (DuckDB), not per signal.
+
+The runtime-independent part is dbt: `int_event_occurrences` and `int_property_occurrences` number
+each account's occurrences of an event (of an event with a configured property value, after its
+transform) before the window end; `int_account_subscriptions` and `int_account_intent_signals` hold
+the plan and intent inputs. `firings.sql` (beside this module) joins them with the enabled signals,
+registered as frames, in one statement over all signals at once; pairs are combined here.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import duckdb
 import polars as pl
 
 FIRING_SCHEMA = {"account_id": pl.String, "signal_id": pl.String, "fired_at": pl.Datetime("us")}
 
+FIRING_INPUTS = ("int_event_occurrences", "int_property_occurrences", "int_account_subscriptions", "int_account_intent_signals", "account_features")
+"""The dbt models firings.sql reads (asset keys are model names): deps of every asset that computes firings."""
 
-def _register(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> None:
-    con.register(name, frame.to_arrow())
+# The signal frames firings.sql reads, by kind: registered name → columns and types.
+_EVENTS = ("_beton_sig_events", {"signal_id": pl.String, "event": pl.String, "window_days": pl.Int64, "threshold": pl.Int64})
+_PROPS = (
+    "_beton_sig_props",
+    {"signal_id": pl.String, "event": pl.String, "property": pl.String, "value": pl.String, "window_days": pl.Int64, "threshold": pl.Int64},
+)
+_ATTRS = ("_beton_sig_attrs", {"signal_id": pl.String, "property": pl.String, "value": pl.String})
+_INTENT = ("_beton_sig_intent", {"signal_id": pl.String, "value": pl.String, "window_days": pl.Int64, "before_start": pl.Boolean})
 
 
-def signal_firings(con: duckdb.DuckDBPyConnection, signals: pl.DataFrame, property_transforms: dict[tuple[str, str], str]) -> pl.DataFrame:
+def sql_beside(module_file: str, name: str) -> str:
+    """The text of the SQL file `name` in the directory of `module_file` (a module's `__file__`)."""
+    return (Path(module_file).parent / name).read_text(encoding="utf-8")
+
+
+def _signal_frames(signals: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """The single (non-pair) signals of each kind, as the frames firings.sql joins."""
+    def of_kind(kind: str, spec: tuple[str, dict], *columns: pl.Expr | str) -> tuple[str, pl.DataFrame]:
+        name, schema = spec
+        return name, signals.filter(pl.col("kind") == kind).select(*columns).cast(schema).select(list(schema))
+
+    return dict(
+        [
+            of_kind("event_count", _EVENTS, "signal_id", "event", "window_days", "threshold"),
+            of_kind("event_property", _PROPS, "signal_id", "event", "property", "value", "window_days", "threshold"),
+            of_kind("attribute", _ATTRS, "signal_id", "property", "value"),
+            of_kind("intent", _INTENT, "signal_id", "value", "window_days", pl.col("key").str.ends_with(":before_start").alias("before_start")),
+        ]
+    )
+
+
+def signal_firings(con: duckdb.DuckDBPyConnection, signals: pl.DataFrame, property_transforms: dict[tuple[str, str], str] | None = None) -> pl.DataFrame:
     """(account_id, signal_id, fired_at) for every account with events and every signal in `signals`.
 
-    `signals` has signal_id, kind, event, property, value, window_days, threshold and, for pairs,
-    part_a_id / part_b_id (the parts' signal ids). `property_transforms` maps (event, property) to
-    `url_path` or `none`, as configured for discovery.
+    `signals` has signal_id, kind, key, event, property, value, window_days, threshold and, for pairs,
+    part_a_id / part_b_id (the parts' signal ids). Property values are compared after the transform
+    configured for discovery (dbt's `property_features` var, applied in `int_property_occurrences`),
+    so `property_transforms` is no longer read; it is accepted so callers need not change. A
+    property signal whose (event, property) is not a configured property feature never fires.
     """
-    parts: list[pl.DataFrame] = []
-    singles = signals.filter(pl.col("kind") != "pair")
-    events = singles.filter(pl.col("kind") == "event_count").select("signal_id", "event", "window_days", "threshold")
-    if events.height:
-        _register(con, "_beton_sig_events", events)
-        parts.append(
-            con.sql(
-                """
-                with wanted as (
-                    select e.account_id, e.event_name, e.occurred_at, e.event_id
-                    from intermediate.int_events_resolved e
-                    join intermediate.int_account_windows w using (account_id)
-                    where e.event_name in (select event from _beton_sig_events) and e.occurred_at < w.feature_window_end_at
-                ),
-                ranked as (
-                    select *, row_number() over (partition by account_id, event_name order by occurred_at, event_id) as nth
-                    from wanted
-                )
-                select r.account_id, s.signal_id, r.occurred_at as fired_at
-                from ranked r
-                join _beton_sig_events s on s.event = r.event_name and s.threshold = r.nth
-                join intermediate.int_account_windows w on w.account_id = r.account_id
-                where r.occurred_at < w.started_at + to_days(cast(s.window_days as integer))
-                """
-            ).pl()
-        )
-        con.unregister("_beton_sig_events")
-    props = singles.filter(pl.col("kind") == "event_property").select("signal_id", "event", "property", "value", "window_days", "threshold")
-    if props.height:
-        props = props.with_columns(
-            pl.struct("event", "property").map_elements(lambda s: property_transforms.get((s["event"], s["property"]), "none"), return_dtype=pl.String).alias("transform")
-        )
-        _register(con, "_beton_sig_props", props)
-        parts.append(
-            con.sql(
-                """
-                with wanted as (
-                    select e.account_id, e.event_id, e.occurred_at, s.signal_id, s.threshold, s.window_days,
-                           json_extract_string(e.properties, '$."' || s.property || '"') as raw_value, s.transform, s.value
-                    from intermediate.int_events_resolved e
-                    join _beton_sig_props s on s.event = e.event_name
-                    join intermediate.int_account_windows w on w.account_id = e.account_id
-                    where e.occurred_at < w.feature_window_end_at
-                ),
-                matched as (
-                    select * from wanted
-                    where case when transform = 'url_path'
-                               then regexp_replace(raw_value, '^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*|[?#].*$', '', 'g')
-                               else raw_value end = value
-                ),
-                ranked as (
-                    select *, row_number() over (partition by account_id, signal_id order by occurred_at, event_id) as nth from matched
-                )
-                select r.account_id, r.signal_id, r.occurred_at as fired_at
-                from ranked r join intermediate.int_account_windows w using (account_id)
-                where r.nth = r.threshold and r.occurred_at < w.started_at + to_days(cast(r.window_days as integer))
-                """
-            ).pl()
-        )
-        con.unregister("_beton_sig_props")
-    attrs = singles.filter(pl.col("kind") == "attribute").select("signal_id", "property", "value")
-    if attrs.height:
-        _register(con, "_beton_sig_attrs", attrs)
-        parts.append(
-            con.sql(
-                """
-                select f.account_id, s.signal_id, f.started_at as fired_at
-                from marts.account_features f
-                join _beton_sig_attrs s on (s.property = 'industry' and f.industry = s.value)
-                                        or (s.property = 'employee_band' and f.employee_band = s.value)
-                union all
-                select f.account_id, s.signal_id, greatest(f.started_at, p.first_created_at) as fired_at
-                from marts.account_features f
-                join (
-                    select k.account_id, sub.plan_interval, min(sub.created_at) as first_created_at
-                    from staging.stg_stripe__subscriptions sub
-                    join staging.stg_stripe__customers c using (customer_id)
-                    join intermediate.int_account_keys k
-                      on k.match_key = coalesce(c.metadata_company_domain, lower(substr(c.email, instr(c.email, '@') + 1)))
-                     and k.key_type in ('crm_domain', 'product_group_key')
-                    group by 1, 2
-                ) p on p.account_id = f.account_id
-                join _beton_sig_attrs s on s.property = 'plan_interval' and s.value = p.plan_interval
-                where p.first_created_at < f.feature_window_end_at
-                """
-            ).pl()
-        )
-        con.unregister("_beton_sig_attrs")
-    intents = singles.filter(pl.col("kind") == "intent").select("signal_id", "value", "window_days", pl.col("key").str.ends_with(":before_start").alias("before_start"))
-    if intents.height:
-        _register(con, "_beton_sig_intent", intents)
-        parts.append(
-            con.sql(
-                """
-                select w.account_id, s.signal_id, max(i.occurred_at) as fired_at
-                from staging.stg_intent__signals i
-                join intermediate.int_accounts a on a.domain = i.company_domain
-                join intermediate.int_account_windows w on w.account_id = a.account_id
-                join _beton_sig_intent s on s.value = i.signal_type
-                where i.occurred_at >= w.started_at - to_days(cast(s.window_days as integer))
-                  and i.occurred_at < case when s.before_start then w.started_at else w.feature_window_end_at end
-                group by 1, 2
-                """
-            ).pl()
-        )
-        con.unregister("_beton_sig_intent")
-    singles_fired = pl.concat([p.cast(FIRING_SCHEMA) for p in parts]) if parts else pl.DataFrame(schema=FIRING_SCHEMA)
+    del property_transforms  # the transforms are dbt's (see the docstring)
+    frames = _signal_frames(signals)
+    singles = pl.DataFrame(schema=FIRING_SCHEMA)
+    if any(frame.height for frame in frames.values()):
+        for name, frame in frames.items():
+            con.register(name, frame.to_arrow())
+        try:
+            singles = con.sql(sql_beside(__file__, "firings.sql")).pl().cast(FIRING_SCHEMA)
+        finally:
+            for name in frames:
+                con.unregister(name)
     pairs = signals.filter(pl.col("kind") == "pair")
-    if pairs.height and singles_fired.height:
-        a = singles_fired.rename({"signal_id": "part_a_id", "fired_at": "fa"})
-        b = singles_fired.rename({"signal_id": "part_b_id", "fired_at": "fb"})
-        fired_pairs = (
-            pairs.select("signal_id", "part_a_id", "part_b_id")
-            .join(a, on="part_a_id")
-            .join(b, on=["part_b_id", "account_id"])
-            .select("account_id", "signal_id", pl.max_horizontal("fa", "fb").alias("fired_at"))
-        )
-        return pl.concat([singles_fired, fired_pairs.cast(FIRING_SCHEMA)])
-    return singles_fired
+    if not (pairs.height and singles.height):
+        return singles
+    a = singles.rename({"signal_id": "part_a_id", "fired_at": "fa"})
+    b = singles.rename({"signal_id": "part_b_id", "fired_at": "fb"})
+    fired_pairs = (
+        pairs.select("signal_id", "part_a_id", "part_b_id")
+        .join(a, on="part_a_id")
+        .join(b, on=["part_b_id", "account_id"])
+        .select("account_id", "signal_id", pl.max_horizontal("fa", "fb").alias("fired_at"))
+    )
+    return pl.concat([singles, fired_pairs.cast(FIRING_SCHEMA)])

@@ -28,7 +28,6 @@ from beton_pipeline.core.model import (
     capacity_k,
     confusion_at,
     crm_comparison,
-    deal_progress,
     design_matrix,
     enabled_signal_scores,
     feature_candidates,
@@ -289,43 +288,6 @@ def test_unknown_enabled_signal_scores_zero(frames):
 
 
 # --- CRM comparison ----------------------------------------------------------------------------
-def _ts(day: int):
-    from datetime import datetime
-
-    return datetime(2025, 9, day)
-
-
-def test_deal_progress_and_latest_reason():
-    deals = pl.DataFrame(
-        {
-            "deal_record_id": ["d1", "d2", "d3", "d4", "d5"],
-            "company_record_id": ["a1", "a2", "a3", "a4", "a4"],
-            "stage": ["qualified", "Lost", "lost", "won", "qualified"],
-            "status": ["open", "lost", "lost", "won", "open"],
-        }
-    )
-    changes = pl.DataFrame(
-        {
-            "deal_record_id": ["d1", "d2", "d2", "d3", "d3", "d3", "d4", "d5"],
-            "stage": ["qualified", "Qualified", "Lost", "qualified", "demo", "lost", "won", "qualified"],
-            "changed_at": [_ts(1), _ts(1), _ts(5), _ts(1), _ts(2), _ts(9), _ts(3), _ts(8)],
-            "reason": ["Inbound", None, "No budget", "Inbound", "Needs SSO", None, "Signed", None],
-        }
-    )
-    progress = {r["account_id"]: r for r in deal_progress(deals, changes).iter_rows(named=True)}
-    assert {a: r["progressed"] for a, r in progress.items()} == {"a1": False, "a2": False, "a3": True, "a4": True}
-    assert progress["a3"]["latest_stage"] == "lost" and progress["a3"]["latest_reason"] == "Needs SSO"
-    assert progress["a3"]["reason_stage"] == "demo"
-    assert progress["a4"]["n_deals"] == 2 and progress["a4"]["latest_stage"] == "qualified" and progress["a4"]["latest_reason"] == "Signed"
-    assert progress["a2"]["latest_reason"] == "No budget"
-
-
-def test_no_deals_means_no_progress_rows():
-    deals = pl.DataFrame(schema={"deal_record_id": pl.String, "company_record_id": pl.String, "stage": pl.String, "status": pl.String})
-    changes = pl.DataFrame(schema={"deal_record_id": pl.String, "stage": pl.String, "changed_at": pl.Datetime("us"), "reason": pl.String})
-    assert deal_progress(deals, changes).is_empty()
-
-
 def test_crm_comparison_confusion_and_lists():
     rng = np.random.default_rng(2)
     n = 400

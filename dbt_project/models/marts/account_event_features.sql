@@ -1,14 +1,8 @@
 -- Per account and event: how often it happened in the point-in-time window and in each first-N-days
 -- window (all strictly before feature_window_end_at). Grain: one row per account × event name.
-with windows as (
-    select * from {{ ref('int_account_windows') }}
-),
-
-events_in_window as (
-    select e.account_id, e.event_name, e.occurred_at, w.started_at
-    from {{ ref('int_events_resolved') }} as e
-    inner join windows as w on w.account_id = e.account_id
-    where e.occurred_at < w.feature_window_end_at
+with events_in_window as (
+    select account_id, event_name, occurred_at, started_at
+    from {{ ref('int_event_occurrences') }}
 )
 
 select

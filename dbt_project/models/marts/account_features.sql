@@ -27,25 +27,16 @@ activity as (
 ),
 
 -- The plan the account chose (trial plans included) before the window closed: a billing attribute.
-customer_accounts as (
-    select c.customer_id, k.account_id
-    from {{ ref('stg_stripe__customers') }} as c
-    inner join {{ ref('int_account_keys') }} as k
-        on k.match_key = coalesce(c.metadata_company_domain, {{ email_domain('c.email') }})
-        and k.key_type in ('crm_domain', 'product_group_key')
-),
-
 plans as (
     select account_id, plan_interval, annualized_amount
     from (
         select
-            ca.account_id,
+            s.account_id,
             s.plan_interval,
             s.annualized_amount,
-            row_number() over (partition by ca.account_id order by s.created_at, s.subscription_id) as plan_rank
-        from {{ ref('stg_stripe__subscriptions') }} as s
-        inner join customer_accounts as ca on ca.customer_id = s.customer_id
-        inner join windows as w on w.account_id = ca.account_id
+            row_number() over (partition by s.account_id order by s.created_at, s.subscription_id) as plan_rank
+        from {{ ref('int_account_subscriptions') }} as s
+        inner join windows as w on w.account_id = s.account_id
         where s.created_at < w.feature_window_end_at
     ) as ranked_plans
     where plan_rank = 1

@@ -1,26 +1,9 @@
 -- Per account and intent signal type: signals in the lookback before the account's start and up to
 -- the end of its feature window (never at or after it). Grain: one row per account × signal type.
-with windows as (
-    select * from {{ ref('int_account_windows') }}
-),
-
-account_domains as (
-    select w.account_id, a.domain, w.started_at, w.feature_window_end_at
-    from windows as w
-    inner join {{ ref('int_accounts') }} as a on a.account_id = w.account_id
-    where a.domain is not null
-),
-
-signals as (
-    select
-        d.account_id,
-        s.signal_type,
-        s.occurred_at,
-        d.started_at
-    from {{ ref('stg_intent__signals') }} as s
-    inner join account_domains as d on d.domain = s.company_domain
-    where s.occurred_at < d.feature_window_end_at
-        and s.occurred_at >= {{ dbt.dateadd('day', -1 * var('intent_lookback_days'), 'd.started_at') }}
+with signals as (
+    select account_id, signal_type, occurred_at, started_at
+    from {{ ref('int_account_intent_signals') }}
+    where occurred_at >= {{ dbt.dateadd('day', -1 * var('intent_lookback_days'), 'started_at') }}
 )
 
 select

@@ -1,0 +1,43 @@
+-- Every event of an account before its feature window end that carries a configured property
+-- (beton.yaml discovery.property_features, with its transform, e.g. the URL path of $pageview),
+-- numbered in time per account, event, property and value (ties by event id). Signal firings
+-- (store/firings.sql) and account_property_features read it.
+-- Grain: one row per event × configured property with a non-empty value.
+with windows as (
+    select * from {{ ref('int_account_windows') }}
+),
+
+property_values as (
+    {% for feature in var('property_features') -%}
+    select
+        e.account_id,
+        e.event_id,
+        e.occurred_at,
+        w.started_at,
+        '{{ feature.event }}' as event_name,
+        '{{ feature.property }}' as property_name,
+        {% if feature.transform == 'url_path' -%}
+        {{ url_path(json_string('e.properties', [feature.property])) }}
+        {%- else -%}
+        {{ json_string('e.properties', [feature.property]) }}
+        {%- endif %} as property_value
+    from {{ ref('int_events_resolved') }} as e
+    inner join windows as w on w.account_id = e.account_id
+    where e.event_name = '{{ feature.event }}' and e.occurred_at < w.feature_window_end_at
+    {% if not loop.last %}union all{% endif %}
+    {% endfor %}
+)
+
+select
+    account_id,
+    event_name,
+    property_name,
+    property_value,
+    event_id,
+    occurred_at,
+    started_at,
+    row_number() over (
+        partition by account_id, event_name, property_name, property_value order by occurred_at, event_id
+    ) as occurrence_number
+from property_values
+where property_value is not null and property_value <> ''
