@@ -16,6 +16,7 @@ Each webhook has a name in beton.yaml; its secret comes from ``BETON_WEBHOOK_SEC
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -62,17 +63,19 @@ def verify_signature(
     return any(hmac.compare_digest(expected, candidate) for candidate in fields.get("v1", []))
 
 
+def _event_payload(event: AccountMatchedEvent | HealthChangedEvent, event_type: str, body: Mapping) -> dict:
+    """The stored payload of a webhook action: its name, its URL and the event (what is POSTed)."""
+    header = {"type": event_type, "idempotency_key": event.idempotency_key, "playbook": event.playbook, "day": event.day.isoformat()}
+    return {"webhook": event.webhook, "url": event.url, "event": {**header, **body}}
+
+
 def account_matched_payload(event: AccountMatchedEvent) -> dict:
-    """The stored payload of an account playbook's webhook action: name, URL and the ``playbook.matched`` event."""
+    """An account playbook's ``playbook.matched`` event: the account, its score and top contributions."""
     account = event.account
-    return {
-        "webhook": event.webhook,
-        "url": event.url,
-        "event": {
-            "type": "playbook.matched",
-            "idempotency_key": event.idempotency_key,
-            "playbook": event.playbook,
-            "day": event.day.isoformat(),
+    return _event_payload(
+        event,
+        "playbook.matched",
+        {
             "account": {
                 "account_id": account.account_id,
                 "company_name": account.company_name,
@@ -84,32 +87,12 @@ def account_matched_payload(event: AccountMatchedEvent) -> dict:
             "score_rank": account.score_rank,
             "top_contributions": list(account.top_contributions),
         },
-    }
+    )
 
 
 def health_changed_payload(event: HealthChangedEvent) -> dict:
-    """The stored payload of a health playbook's webhook action: name, URL and the ``signal.health_changed`` event."""
-    change = event.change
-    return {
-        "webhook": event.webhook,
-        "url": event.url,
-        "event": {
-            "type": "signal.health_changed",
-            "idempotency_key": event.idempotency_key,
-            "playbook": event.playbook,
-            "day": event.day.isoformat(),
-            "signal": {
-                "signal_id": change.signal_id,
-                "definition": change.definition,
-                "health": change.health,
-                "previous_health": change.previous_health,
-                "lift": change.lift,
-                "lift_ci_low": change.lift_ci_low,
-                "lift_ci_high": change.lift_ci_high,
-                "backtest_lift": change.backtest_lift,
-            },
-        },
-    }
+    """A health playbook's ``signal.health_changed`` event: the signal, its new and previous health, its lifts."""
+    return _event_payload(event, "signal.health_changed", {"signal": dataclasses.asdict(event.change)})
 
 
 def canonical_body(event: Mapping) -> bytes:
