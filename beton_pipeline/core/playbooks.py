@@ -12,7 +12,10 @@ Each (playbook, subject, day, destination) becomes at most one row of the outbox
 ``beton_pipeline/store/outbox.py``). An account acted on (or held out) in a playbook's ``cooldown_days``
 is not planned again, and a day more than ``destinations.max_action_age_days`` behind the latest
 is planned as ``dry_run`` (recorded, never sent). This module computes *which* rows and *what* they
-carry, and nothing else: no I/O, no Dagster.
+say — each action's message as plain values (:class:`PlannedAction`, :data:`Message`) — and nothing
+else: no I/O, no Dagster, no wire format. Rules decide; the senders in ``beton_pipeline/destinations``
+render the messages (Block Kit, Attio record bodies, webhook JSON), called from
+``beton_pipeline/store/playbooks.py``, which plans and writes the outbox rows.
 
 Randomized holdout: account ``a`` is held out of playbook ``p`` when
 ``U(p, a) < holdout_fraction``, with ``U(p, a)`` = the first 8 bytes of
@@ -31,15 +34,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Annotated, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from beton_pipeline.destinations import attio as attio_dest
-from beton_pipeline.destinations import slack as slack_dest
-from beton_pipeline.destinations import webhook as webhook_dest
+from beton_pipeline.core.formatting import fmt
 
 HEALTH_STATES = ("healthy", "degrading", "broken", "insufficient_data")
 STATUSES = ("pending", "sent", "retrying", "dead", "held_out", "dry_run")
@@ -77,6 +78,39 @@ def _template_fields(template: str) -> set[str]:
     if not tpl.is_valid():
         raise ValueError(f"invalid template {template!r}: write $name or ${{name}}, and $$ for a literal $")
     return set(tpl.get_identifiers())
+
+
+class WebhookURLError(ValueError):
+    """A webhook URL that is not http(s) or whose host is not on the allowlist."""
+
+
+def host_allowed(host: str, allowed_hosts: Iterable[str]) -> bool:
+    """Whether ``host`` matches an entry: an exact host name, or ``*.example.com`` for its sub-domains."""
+    host = host.lower().rstrip(".")
+    for entry in allowed_hosts:
+        entry = entry.lower().strip().rstrip(".")
+        if entry.startswith("*."):
+            if host.endswith(entry[1:]) and host != entry[2:]:
+                return True
+        elif host == entry:
+            return True
+    return False
+
+
+def check_url(url: str, allowed_hosts: Iterable[str] = ()) -> str:
+    """``url`` if it is http(s) with a host (and, when an allowlist is given, an allowed host); else WebhookURLError.
+
+    The webhook URL policy: checked when beton.yaml is read and again by the sender before every POST.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise WebhookURLError(f"webhook URL must be http(s)://host/…, got scheme {parts.scheme or 'none'!r}")
+    if parts.username or parts.password:
+        raise WebhookURLError("webhook URL must not carry credentials (user:password@); use the signing secret")
+    allowed = [h for h in allowed_hosts if h.strip()]
+    if allowed and not host_allowed(parts.hostname, allowed):
+        raise WebhookURLError(f"webhook host {parts.hostname!r} is not in destinations.webhook_allowed_hosts")
+    return url
 
 
 def render(template: str, values: Mapping[str, object]) -> str:
@@ -165,7 +199,7 @@ class WebhookAction(_Strict):
     @field_validator("url")
     @classmethod
     def _http(cls, url: str) -> str:
-        return webhook_dest.check_url(url)
+        return check_url(url)
 
 
 Action = Annotated[SlackAction | AttioAction | WebhookAction, Field(discriminator="type")]
@@ -296,6 +330,13 @@ class PlaybookConfig:
                 return p
         raise KeyError(f"no playbook named {name!r} in beton.yaml (have: {', '.join(p.name for p in self.playbooks) or 'none'})")
 
+    def selected(self, names: Sequence[str] = ()) -> tuple[Playbook, ...]:
+        """The enabled playbooks, or those of ``names`` that are enabled; a name not in beton.yaml raises PlaybookConfigError."""
+        unknown = sorted(set(names) - {p.name for p in self.playbooks})
+        if unknown:
+            raise PlaybookConfigError(f"unknown playbook(s) {', '.join(unknown)}: not in beton.yaml")
+        return tuple(p for p in self.playbooks if p.enabled and (not names or p.name in names))
+
     @property
     def account_playbooks(self) -> tuple[Playbook, ...]:
         return tuple(p for p in self.playbooks if p.enabled and p.kind == "account")
@@ -343,8 +384,8 @@ def parse_playbook_config(
         for i, action in enumerate(p.then):
             if isinstance(action, WebhookAction):
                 try:
-                    webhook_dest.check_url(action.url, dest.webhook_allowed_hosts)
-                except webhook_dest.WebhookURLError as exc:
+                    check_url(action.url, dest.webhook_allowed_hosts)
+                except WebhookURLError as exc:
                     problems.append(f"playbooks[{p.name}].then[{i}].url: {exc}")
     if problems:
         raise PlaybookConfigError("; ".join(problems))
@@ -444,22 +485,119 @@ def health_changes(health: pl.DataFrame, states: Iterable[str] = HEALTH_STATES, 
 
 
 # ------------------------------------------------------------------------------------------------
-# Planning outbox rows
+# Planning: what each action says (values only; the destinations render the wire format)
 # ------------------------------------------------------------------------------------------------
-OUTBOX_PLAN_SCHEMA = {
-    "idempotency_key": pl.String,
-    "playbook": pl.String,
-    "day": pl.Date,
-    "account_id": pl.String,
-    "signal_id": pl.String,
-    "destination": pl.String,
-    "destination_type": pl.String,
-    "held_out": pl.Boolean,
-    "status": pl.String,
-    "max_attempts": pl.Int32,
-    "payload": pl.String,
-}
-"""Columns of a planned action (one outbox row before any attempt)."""
+@dataclass(frozen=True)
+class MatchedAccount:
+    """One matched account as its messages show it (raw values; nothing escaped or formatted).
+
+    ``company`` is the display name (company name, else domain, else id); ``top_contributions`` are
+    the score's top contributions as stored; ``top_signals`` the same, or the first three fired
+    signals when the score has no contributions.
+    """
+
+    account_id: str
+    company: str
+    company_name: str | None
+    domain: str | None
+    is_crm_company: bool | None
+    crm_url: str | None
+    score: float | None
+    score_rank: int | None
+    top_contributions: tuple[dict, ...]
+    top_signals: tuple[dict, ...]
+
+
+@dataclass(frozen=True)
+class HealthChange:
+    """One signal whose health changed (the ``beton.signal_health`` row plus ``previous_health``)."""
+
+    signal_id: str
+    definition: str | None
+    health: str
+    previous_health: str | None
+    lift: float | None
+    lift_ci_low: float | None
+    lift_ci_high: float | None
+    backtest_lift: float | None
+
+
+@dataclass(frozen=True)
+class SlackAccountMessage:
+    """A Slack message about a matched account: the headline template, its raw values, the account."""
+
+    channel: str
+    headline_template: str
+    values: Mapping[str, object]
+    account: MatchedAccount
+    playbook: str
+    day: date
+
+
+@dataclass(frozen=True)
+class SlackHealthMessage:
+    """A Slack message about a signal's health change: the headline template, its raw values, the change."""
+
+    channel: str
+    headline_template: str
+    values: Mapping[str, object]
+    change: HealthChange
+    day: date
+
+
+@dataclass(frozen=True)
+class AttioRecordUpdate:
+    """Set ``attribute`` to ``value`` on the Attio record ``record_id`` of ``object``."""
+
+    object: str
+    record_id: str
+    attribute: str
+    value: str | float
+
+
+@dataclass(frozen=True)
+class AccountMatchedEvent:
+    """A ``playbook.matched`` webhook event for one account."""
+
+    webhook: str
+    url: str
+    idempotency_key: str
+    playbook: str
+    day: date
+    account: MatchedAccount
+
+
+@dataclass(frozen=True)
+class HealthChangedEvent:
+    """A ``signal.health_changed`` webhook event."""
+
+    webhook: str
+    url: str
+    idempotency_key: str
+    playbook: str
+    day: date
+    change: HealthChange
+
+
+Message = SlackAccountMessage | SlackHealthMessage | AttioRecordUpdate | AccountMatchedEvent | HealthChangedEvent
+"""What one action sends, as values; ``store/playbooks.py`` has each destination render it."""
+
+
+@dataclass(frozen=True)
+class PlannedAction:
+    """One outbox row before any attempt: its key, subject, destination, status and message."""
+
+    idempotency_key: str
+    playbook: str
+    day: date
+    account_id: str | None
+    signal_id: str | None
+    destination: str
+    destination_type: str
+    held_out: bool
+    status: str
+    max_attempts: int
+    message: Message
 
 
 def _json_list(text: str | None) -> list[dict]:
@@ -478,23 +616,39 @@ def _crm_url(template: str | None, account_id: str, domain: str | None, is_crm: 
     return render(template, {"record_id": quote(str(account_id), safe=""), "domain": quote(str(domain or ""), safe="")})
 
 
+def matched_account(row: Mapping, crm_url: str | None) -> MatchedAccount:
+    """A :class:`MatchedAccount` from one ``account_scores`` row (``crm_url`` already built)."""
+    top_contributions = _json_list(row.get("top_contributions"))
+    return MatchedAccount(
+        account_id=row["account_id"],
+        company=row.get("company_name") or row.get("domain") or row["account_id"],
+        company_name=row.get("company_name"),
+        domain=row.get("domain"),
+        is_crm_company=row.get("is_crm_company"),
+        crm_url=crm_url,
+        score=row.get("score"),
+        score_rank=row.get("score_rank"),
+        top_contributions=tuple(top_contributions),
+        top_signals=tuple(top_contributions or _json_list(row.get("signals_fired"))[:3]),
+    )
+
+
 def account_values(row: Mapping, playbook: str, day: date, crm_url: str | None) -> dict[str, object]:
     """The template values of one matched account (raw, unescaped)."""
-    top = _json_list(row.get("top_contributions")) or _json_list(row.get("signals_fired"))[:3]
-    score = row.get("score")
-    company = row.get("company_name") or row.get("domain") or row["account_id"]
+    account = matched_account(row, crm_url)
+    score = account.score
     ids = row.get("signal_ids")
     if ids is None:
         ids = [s.get("signal_id") for s in _json_list(row.get("signals_fired"))]
     return {
-        "account_id": row["account_id"],
-        "company": company,
-        "company_name": row.get("company_name") or "",
-        "domain": row.get("domain") or "",
+        "account_id": account.account_id,
+        "company": account.company,
+        "company_name": account.company_name or "",
+        "domain": account.domain or "",
         "score": "—" if score is None else f"{100 * score:.0f}%",
         "score_raw": "" if score is None else f"{score:.4f}",
-        "score_rank": "" if row.get("score_rank") is None else row["score_rank"],
-        "signals": ", ".join(str(s.get("definition") or s.get("signal_id")) for s in top) or "none",
+        "score_rank": "" if account.score_rank is None else account.score_rank,
+        "signals": ", ".join(str(s.get("definition") or s.get("signal_id")) for s in account.top_signals) or "none",
         "signal_ids": ", ".join(str(i) for i in ids if i),
         "playbook": playbook,
         "day": day.isoformat(),
@@ -502,176 +656,108 @@ def account_values(row: Mapping, playbook: str, day: date, crm_url: str | None) 
     }
 
 
-def _account_payload(action, playbook: Playbook, row: Mapping, day: date, values: Mapping[str, object], key: str) -> dict | None:
+def _account_message(action, playbook: Playbook, account: MatchedAccount, day: date, values: Mapping[str, object], key: str) -> Message | None:
     if isinstance(action, SlackAction):
-        escaped = {k: slack_dest.escape_mrkdwn(v) for k, v in values.items()}
-        headline = render(action.template or DEFAULT_ACCOUNT_SLACK_TEMPLATE, escaped)
-        top = _json_list(row.get("top_contributions")) or _json_list(row.get("signals_fired"))[:3]
-        return slack_dest.account_message(
-            action.channel,
-            headline,
-            title=str(values["company"]),
-            account_id=str(row["account_id"]),
-            domain=row.get("domain"),
-            score=row.get("score"),
-            score_rank=row.get("score_rank"),
-            signals=top,
-            playbook=playbook.name,
-            day=day.isoformat(),
-            crm_url=str(values["crm_url"]) or None,
-        )
+        return SlackAccountMessage(action.channel, action.template or DEFAULT_ACCOUNT_SLACK_TEMPLATE, values, account, playbook.name, day)
     if isinstance(action, AttioAction):
-        if not row.get("is_crm_company"):
+        if not account.is_crm_company:
             return None  # not in the CRM: there is no record to update
         text = render(action.value, values)
         if action.value_type == "number":
             try:
-                value: object = float(text)
+                value: str | float = float(text)
             except ValueError:
                 raise PlaybookConfigError(f"playbook {playbook.name}: attio value {action.value!r} rendered {text!r}, not a number") from None
         else:
             value = text
-        return attio_dest.record_update(action.object, str(row["account_id"]), {action.attribute: value})
-    return {
-        "webhook": action.name,
-        "url": action.url,
-        "event": {
-            "type": "playbook.matched",
-            "idempotency_key": key,
-            "playbook": playbook.name,
-            "day": day.isoformat(),
-            "account": {
-                "account_id": row["account_id"],
-                "company_name": row.get("company_name"),
-                "domain": row.get("domain"),
-                "is_crm_company": row.get("is_crm_company"),
-                "crm_url": values["crm_url"] or None,
-            },
-            "score": row.get("score"),
-            "score_rank": row.get("score_rank"),
-            "top_contributions": _json_list(row.get("top_contributions")),
-        },
-    }
-
-
-def _plan_frame(rows: list[dict]) -> pl.DataFrame:
-    return pl.DataFrame(rows, schema=OUTBOX_PLAN_SCHEMA) if rows else pl.DataFrame(schema=OUTBOX_PLAN_SCHEMA)
+        return AttioRecordUpdate(action.object, str(account.account_id), action.attribute, value)
+    return AccountMatchedEvent(action.name, action.url, key, playbook.name, day, account)
 
 
 def plan_account_actions(
     playbook: Playbook, matched: pl.DataFrame, day: date, destinations: DestinationSettings, dry_run: bool = False
-) -> pl.DataFrame:
-    """Outbox rows for the accounts ``matched`` on ``day``: one per account and action.
+) -> list[PlannedAction]:
+    """The actions for the accounts ``matched`` on ``day``: one per account and action.
 
-    Held-out accounts (:func:`is_held_out`) get rows too, with ``held_out = true`` and status
-    ``held_out`` (the payload they would have received is kept for audit). In a dry run every row is
-    ``dry_run``. Attio actions skip accounts that are not CRM companies (no record to update).
-    Payload building is a loop over matched rows × actions: the output size, not the input.
+    Held-out accounts (:func:`is_held_out`) get actions too, with ``held_out = true`` and status
+    ``held_out`` (the message they would have received is kept for audit). In a dry run every action
+    is ``dry_run``. Attio actions skip accounts that are not CRM companies (no record to update).
+    A loop over matched rows × actions: the output size, not the input.
     """
     if playbook.kind != "account":
         raise ValueError("plan_account_actions needs an account playbook")
     if matched.is_empty():
-        return _plan_frame([])
+        return []
     dry = dry_run or playbook.dry_run or destinations.dry_run
     ids = matched.get_column("account_id").cast(pl.String).to_list()
     held = is_held_out(playbook.name, ids, playbook.effective_holdout_fraction)
-    rows: list[dict] = []
+    actions: list[PlannedAction] = []
     for row, held_out in zip(matched.iter_rows(named=True), held.tolist()):
         crm = _crm_url(destinations.crm_record_url, row["account_id"], row.get("domain"), row.get("is_crm_company"))
+        account = matched_account(row, crm)
         values = account_values(row, playbook.name, day, crm)
         for action in playbook.then:
             key = idempotency_key(playbook.name, row["account_id"], day, action.destination)
-            payload = _account_payload(action, playbook, row, day, values, key)
-            if payload is None:
+            message = _account_message(action, playbook, account, day, values, key)
+            if message is None:
                 continue
-            rows.append(
-                {
-                    "idempotency_key": key,
-                    "playbook": playbook.name,
-                    "day": day,
-                    "account_id": row["account_id"],
-                    "signal_id": None,
-                    "destination": action.destination,
-                    "destination_type": action.type,
-                    "held_out": held_out,
-                    "status": "dry_run" if dry else ("held_out" if held_out else "pending"),
-                    "max_attempts": playbook.max_attempts,
-                    "payload": json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str),
-                }
+            status = "dry_run" if dry else ("held_out" if held_out else "pending")
+            actions.append(
+                PlannedAction(key, playbook.name, day, row["account_id"], None, action.destination, action.type, held_out, status, playbook.max_attempts, message)
             )
-    return _plan_frame(rows)
+    return actions
 
 
 def _num(x: object) -> str:
-    return "—" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{float(x):.2f}"
+    """Two decimals for a template; None and non-finite values print as ``—``."""
+    return fmt(None if x is None or not np.isfinite(x) else float(x), ".2f")
+
+
+def health_change(row: Mapping) -> HealthChange:
+    """A :class:`HealthChange` from one row of :func:`health_changes`."""
+    return HealthChange(
+        row["signal_id"], row.get("definition"), row["health"], row.get("previous_health"),
+        row.get("lift"), row.get("lift_ci_low"), row.get("lift_ci_high"), row.get("backtest_lift"),
+    )
+
+
+def health_values(change: HealthChange, playbook: str, day: date) -> dict[str, object]:
+    """The template values of one health change (raw, unescaped; numbers with two decimals)."""
+    return {
+        "signal_id": change.signal_id,
+        "definition": change.definition or change.signal_id,
+        "health": change.health,
+        "previous_health": change.previous_health or "—",
+        "lift": _num(change.lift),
+        "lift_ci_low": _num(change.lift_ci_low),
+        "lift_ci_high": _num(change.lift_ci_high),
+        "backtest_lift": _num(change.backtest_lift),
+        "playbook": playbook,
+        "day": day.isoformat(),
+    }
 
 
 def plan_health_actions(
     playbook: Playbook, changes: pl.DataFrame, day: date, destinations: DestinationSettings, dry_run: bool = False
-) -> pl.DataFrame:
-    """Outbox rows for the health changes (:func:`health_changes`) that happened on ``day``."""
+) -> list[PlannedAction]:
+    """The actions for the health changes (:func:`health_changes`) that happened on ``day``."""
     if playbook.kind != "health":
         raise ValueError("plan_health_actions needs a health playbook")
     todays = changes.filter(pl.col("day") == day) if not changes.is_empty() else changes
     if todays.is_empty():
-        return _plan_frame([])
-    dry = dry_run or playbook.dry_run or destinations.dry_run
-    rows: list[dict] = []
+        return []
+    status = "dry_run" if dry_run or playbook.dry_run or destinations.dry_run else "pending"
+    actions: list[PlannedAction] = []
     for row in todays.sort("signal_id").iter_rows(named=True):
-        values = {
-            "signal_id": row["signal_id"],
-            "definition": row.get("definition") or row["signal_id"],
-            "health": row["health"],
-            "previous_health": row.get("previous_health") or "—",
-            "lift": _num(row.get("lift")),
-            "lift_ci_low": _num(row.get("lift_ci_low")),
-            "lift_ci_high": _num(row.get("lift_ci_high")),
-            "backtest_lift": _num(row.get("backtest_lift")),
-            "playbook": playbook.name,
-            "day": day.isoformat(),
-        }
+        change = health_change(row)
+        values = health_values(change, playbook.name, day)
         for action in playbook.then:
-            key = idempotency_key(playbook.name, row["signal_id"], day, action.destination)
+            key = idempotency_key(playbook.name, change.signal_id, day, action.destination)
             if isinstance(action, SlackAction):
-                escaped = {k: slack_dest.escape_mrkdwn(v) for k, v in values.items()}
-                payload = slack_dest.health_message(
-                    action.channel,
-                    render(action.template or DEFAULT_HEALTH_SLACK_TEMPLATE, escaped),
-                    signal_id=row["signal_id"],
-                    definition=row.get("definition"),
-                    previous_health=row.get("previous_health"),
-                    health=row["health"],
-                    lift=row.get("lift"),
-                    lift_ci_low=row.get("lift_ci_low"),
-                    lift_ci_high=row.get("lift_ci_high"),
-                    backtest_lift=row.get("backtest_lift"),
-                    day=day.isoformat(),
-                )
+                message: Message = SlackHealthMessage(action.channel, action.template or DEFAULT_HEALTH_SLACK_TEMPLATE, values, change, day)
             else:  # webhook (attio is rejected for health playbooks at validation)
-                payload = {
-                    "webhook": action.name,
-                    "url": action.url,
-                    "event": {
-                        "type": "signal.health_changed",
-                        "idempotency_key": key,
-                        "playbook": playbook.name,
-                        "day": day.isoformat(),
-                        "signal": {k: row.get(k) for k in ("signal_id", "definition", "health", "previous_health", "lift", "lift_ci_low", "lift_ci_high", "backtest_lift")},
-                    },
-                }
-            rows.append(
-                {
-                    "idempotency_key": key,
-                    "playbook": playbook.name,
-                    "day": day,
-                    "account_id": None,
-                    "signal_id": row["signal_id"],
-                    "destination": action.destination,
-                    "destination_type": action.type,
-                    "held_out": False,
-                    "status": "dry_run" if dry else "pending",
-                    "max_attempts": playbook.max_attempts,
-                    "payload": json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str),
-                }
+                message = HealthChangedEvent(action.name, action.url, key, playbook.name, day, change)
+            actions.append(
+                PlannedAction(key, playbook.name, day, None, change.signal_id, action.destination, action.type, False, status, playbook.max_attempts, message)
             )
-    return _plan_frame(rows)
+    return actions

@@ -33,6 +33,7 @@ import numpy as np
 import polars as pl
 
 from beton_pipeline.core import stats
+from beton_pipeline.core.playbooks import Experiment
 from beton_pipeline.core.stats import holm_adjust
 
 SRM_ALPHA = 0.001
@@ -386,3 +387,43 @@ def experiment_readout(
         strict=False,
     )
     return ExperimentReadout(experiment, goal_event, control, table, srm, srm_flag, small_any, tuple(warnings), summary)
+
+
+def experiment_notes(counts: pl.DataFrame, diagnostics: dict, expected: Sequence[str]) -> list[str]:
+    """The warnings of an experiment's readout that come from its counts, not from the statistics.
+
+    Users who saw several variants (``diagnostics["saw_several_variants"]``; counted in their first),
+    users exposed too recently to count (``diagnostics["awaiting_window"]``), and variants outside
+    ``expected`` (left out of the comparison, with their exposures).
+    """
+    notes = []
+    if diagnostics["saw_several_variants"]:
+        notes.append(f"{diagnostics['saw_several_variants']} user(s) saw more than one variant (counted in their first)")
+    if diagnostics["awaiting_window"]:
+        notes.append(f"{diagnostics['awaiting_window']} user(s) exposed too recently to count (inside the conversion window)")
+    unexpected = counts.filter(~pl.col("variant").is_in(list(expected)))
+    if unexpected.height:
+        notes.append(
+            "unexpected variant(s) left out: " + ", ".join(f"{v} ({n})" for v, n in unexpected.select("variant", "exposures").iter_rows())
+        )
+    return notes
+
+
+def experiment_readout_from_counts(
+    experiment: Experiment, counts: pl.DataFrame, diagnostics: dict, confidence_level: float = 0.95
+) -> ExperimentReadout:
+    """:func:`experiment_readout` of one configured experiment from its counts per variant.
+
+    ``counts`` has ``variant``, ``exposures``, ``conversions`` (one row per variant seen);
+    ``diagnostics`` has ``saw_several_variants`` and ``awaiting_window``. The variants compared are
+    the experiment's ``variants``, or every variant seen plus the control; a variant with no row
+    counts 0 exposures.
+    """
+    expected = list(experiment.variants) or sorted(set(counts.get_column("variant").to_list()) | {experiment.control})
+    by_variant = {v: (e, c) for v, e, c in counts.select("variant", "exposures", "conversions").iter_rows()}
+    return experiment_readout(
+        experiment.name, experiment.goal_event, expected,
+        [by_variant.get(v, (0, 0))[0] for v in expected], [by_variant.get(v, (0, 0))[1] for v in expected],
+        control=experiment.control, expected_shares=list(experiment.weights) or None,
+        confidence_level=confidence_level, notes=experiment_notes(counts, diagnostics, expected),
+    )

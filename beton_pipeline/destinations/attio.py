@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping
 from urllib.parse import quote
 
+from beton_pipeline.core.playbooks import AttioRecordUpdate
 from beton_pipeline.destinations.http import DeliveryResult, http_request, redact, result_from_response
 
 DEFAULT_BASE_URL = "https://api.attio.com"
@@ -20,6 +21,11 @@ DEFAULT_BASE_URL = "https://api.attio.com"
 def record_update(object_slug: str, record_id: str, values: Mapping[str, object]) -> dict:
     """The stored payload of one record update (what the sender PATCHes)."""
     return {"object": object_slug, "record_id": record_id, "values": dict(values)}
+
+
+def update_payload(update: AttioRecordUpdate) -> dict:
+    """The stored payload of a playbook's Attio action."""
+    return record_update(update.object, update.record_id, {update.attribute: update.value})
 
 
 def record_url(base_url: str, object_slug: str, record_id: str) -> str:

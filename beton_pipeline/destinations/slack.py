@@ -5,7 +5,8 @@ with :func:`escape_mrkdwn` before it enters ``mrkdwn`` text, so an account named
 shows as text instead of notifying the channel. Message *templates* come from beton.yaml (trusted
 configuration) and are not escaped: an admin may write ``<!here>`` in a template on purpose.
 
-The builders are pure; :class:`SlackSender` makes one ``chat.postMessage`` call per attempt (its
+The builders are pure (:func:`account_payload` and :func:`health_payload` turn a playbook's
+message values into the stored payload); :class:`SlackSender` makes one ``chat.postMessage`` call per attempt (its
 own retries are switched off so the outbox records and paces every attempt).
 """
 
@@ -15,6 +16,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
+from beton_pipeline.core.playbooks import SlackAccountMessage, SlackHealthMessage, render
 from beton_pipeline.destinations.http import DeliveryResult, classify_status, parse_retry_after, redact
 
 DEFAULT_BASE_URL = "https://slack.com/api/"
@@ -149,6 +151,47 @@ def health_message(
         {"type": "context", "elements": [{"type": "mrkdwn", "text": _cut(f"{escape_mrkdwn(definition or signal_id)} · {day}", SECTION_MAX_CHARS)}]},
     ]
     return {"channel": channel, "text": _cut(headline_mrkdwn, TEXT_MAX_CHARS), "blocks": blocks}
+
+
+def _headline(template: str, values: Mapping[str, object]) -> str:
+    """The headline: ``template`` (trusted, from beton.yaml) with every value escaped first."""
+    return render(template, {k: escape_mrkdwn(v) for k, v in values.items()})
+
+
+def account_payload(message: SlackAccountMessage) -> dict:
+    """The stored ``chat.postMessage`` arguments of an account playbook's Slack action."""
+    account = message.account
+    return account_message(
+        message.channel,
+        _headline(message.headline_template, message.values),
+        title=str(account.company),
+        account_id=str(account.account_id),
+        domain=account.domain,
+        score=account.score,
+        score_rank=account.score_rank,
+        signals=account.top_signals,
+        playbook=message.playbook,
+        day=message.day.isoformat(),
+        crm_url=account.crm_url or None,
+    )
+
+
+def health_payload(message: SlackHealthMessage) -> dict:
+    """The stored ``chat.postMessage`` arguments of a health playbook's Slack action."""
+    change = message.change
+    return health_message(
+        message.channel,
+        _headline(message.headline_template, message.values),
+        signal_id=change.signal_id,
+        definition=change.definition,
+        previous_health=change.previous_health,
+        health=change.health,
+        lift=change.lift,
+        lift_ci_low=change.lift_ci_low,
+        lift_ci_high=change.lift_ci_high,
+        backtest_lift=change.backtest_lift,
+        day=message.day.isoformat(),
+    )
 
 
 class SlackSender:

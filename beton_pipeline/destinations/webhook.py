@@ -11,58 +11,29 @@ the rare duplicate a crash between sending and recording could cause.
 
 Each webhook has a name in beton.yaml; its secret comes from ``BETON_WEBHOOK_SECRET_<NAME>``
 (:func:`secret_env_var`). URLs must be http(s), and with an allowlist only listed hosts are allowed
-(:func:`check_url`): checked when beton.yaml is read and again before every send.
+(``core.playbooks.check_url``, the URL policy): checked when beton.yaml is read and again before every send.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
-from urllib.parse import urlsplit
 
+from beton_pipeline.core.playbooks import AccountMatchedEvent, HealthChangedEvent, WebhookURLError, check_url
 from beton_pipeline.destinations.http import DeliveryResult, http_request, redact, result_from_response
 
 SIGNATURE_HEADER = "Beton-Signature"
 DEFAULT_TOLERANCE_SECONDS = 300
 
 
-class WebhookURLError(ValueError):
-    """A webhook URL that is not http(s) or whose host is not on the allowlist."""
-
-
 def secret_env_var(name: str) -> str:
     """``BETON_WEBHOOK_SECRET_<NAME>``: the name upper-cased, every non-alphanumeric run → ``_``."""
     return "BETON_WEBHOOK_SECRET_" + re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_")
-
-
-def host_allowed(host: str, allowed_hosts: Iterable[str]) -> bool:
-    """Whether ``host`` matches an entry: an exact host name, or ``*.example.com`` for its sub-domains."""
-    host = host.lower().rstrip(".")
-    for entry in allowed_hosts:
-        entry = entry.lower().strip().rstrip(".")
-        if entry.startswith("*."):
-            if host.endswith(entry[1:]) and host != entry[2:]:
-                return True
-        elif host == entry:
-            return True
-    return False
-
-
-def check_url(url: str, allowed_hosts: Iterable[str] = ()) -> str:
-    """``url`` if it is http(s) with a host (and, when an allowlist is given, an allowed host); else WebhookURLError."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise WebhookURLError(f"webhook URL must be http(s)://host/…, got scheme {parts.scheme or 'none'!r}")
-    if parts.username or parts.password:
-        raise WebhookURLError("webhook URL must not carry credentials (user:password@); use the signing secret")
-    allowed = [h for h in allowed_hosts if h.strip()]
-    if allowed and not host_allowed(parts.hostname, allowed):
-        raise WebhookURLError(f"webhook host {parts.hostname!r} is not in destinations.webhook_allowed_hosts")
-    return url
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -90,6 +61,38 @@ def verify_signature(
         return False
     expected = sign(secret, timestamp, body).split("v1=", 1)[1]
     return any(hmac.compare_digest(expected, candidate) for candidate in fields.get("v1", []))
+
+
+def _event_payload(event: AccountMatchedEvent | HealthChangedEvent, event_type: str, body: Mapping) -> dict:
+    """The stored payload of a webhook action: its name, its URL and the event (what is POSTed)."""
+    header = {"type": event_type, "idempotency_key": event.idempotency_key, "playbook": event.playbook, "day": event.day.isoformat()}
+    return {"webhook": event.webhook, "url": event.url, "event": {**header, **body}}
+
+
+def account_matched_payload(event: AccountMatchedEvent) -> dict:
+    """An account playbook's ``playbook.matched`` event: the account, its score and top contributions."""
+    account = event.account
+    return _event_payload(
+        event,
+        "playbook.matched",
+        {
+            "account": {
+                "account_id": account.account_id,
+                "company_name": account.company_name,
+                "domain": account.domain,
+                "is_crm_company": account.is_crm_company,
+                "crm_url": account.crm_url or None,
+            },
+            "score": account.score,
+            "score_rank": account.score_rank,
+            "top_contributions": list(account.top_contributions),
+        },
+    )
+
+
+def health_changed_payload(event: HealthChangedEvent) -> dict:
+    """A health playbook's ``signal.health_changed`` event: the signal, its new and previous health, its lifts."""
+    return _event_payload(event, "signal.health_changed", {"signal": dataclasses.asdict(event.change)})
 
 
 def canonical_body(event: Mapping) -> bytes:

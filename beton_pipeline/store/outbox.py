@@ -1,4 +1,7 @@
-"""The outbox, `beton.playbook_actions`, and the warehouse reads playbooks and readouts need.
+"""The outbox, `beton.playbook_actions`: its tables, enqueueing planned rows, delivery with retries, status.
+
+What a playbook-day adds is planned in `store/playbooks.py`; the readouts that read the outbox live
+in `store/readouts.py`.
 
 One row per (playbook, account or signal, day, destination), keyed by its idempotency key
 (`core.playbooks.idempotency_key`). Lifecycle::
@@ -31,32 +34,36 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
 import duckdb
 import polars as pl
 
-from beton_pipeline.core.playbooks import (
-    OUTBOX_PLAN_SCHEMA,
-    Playbook,
-    PlaybookConfig,
-    health_changes,
-    is_stale,
-    match_accounts,
-    plan_account_actions,
-    plan_health_actions,
-)
+from beton_pipeline.core.playbooks import DestinationSettings
 from beton_pipeline.destinations.http import DeliveryResult, RetryPolicy, redact
 from beton_pipeline.warehouse import table_exists
 
 ACTIONS_TABLE = "beton.playbook_actions"
 ATTEMPTS_TABLE = "beton.playbook_action_attempts"
-SCORES_TABLE = "beton.account_scores"
-HEALTH_TABLE = "beton.signal_health"
 CLAIM_LEASE = timedelta(minutes=10)
 """A claimed attempt whose outcome was never recorded (the process died) is retried after this."""
 IN_FLIGHT_ERROR = "attempt in flight: its outcome was not recorded (the run stopped during the attempt)"
+
+OUTBOX_PLAN_SCHEMA = {
+    "idempotency_key": pl.String,
+    "playbook": pl.String,
+    "day": pl.Date,
+    "account_id": pl.String,
+    "signal_id": pl.String,
+    "destination": pl.String,
+    "destination_type": pl.String,
+    "held_out": pl.Boolean,
+    "status": pl.String,
+    "max_attempts": pl.Int32,
+    "payload": pl.String,
+}
+"""Columns of a planned action (one outbox row before any attempt)."""
 
 ACTIONS_DDL = f"""
 create table if not exists {ACTIONS_TABLE} (
@@ -274,6 +281,15 @@ def _record(
     )
 
 
+def retry_policy(destinations: DestinationSettings) -> RetryPolicy:
+    """The backoff of ``destinations:`` in beton.yaml (max_attempts comes with each row: its playbook's)."""
+    return RetryPolicy(
+        base_seconds=destinations.backoff_base_seconds,
+        max_seconds=destinations.backoff_max_seconds,
+        max_inline_wait_seconds=destinations.max_inline_wait_seconds,
+    )
+
+
 @dataclass
 class DeliveryStats:
     """What one delivery pass did (counts of actions, not attempts, except ``attempts``)."""
@@ -385,224 +401,3 @@ def status_counts(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     return con.sql(
         f"select playbook, destination, status, count(*) as n from {ACTIONS_TABLE} group by all order by playbook, destination, status"
     ).pl()
-
-
-# ------------------------------------------------------------------------------------------------
-# Reads for the sensors, the delivery and the readouts
-# ------------------------------------------------------------------------------------------------
-SCORE_COLUMNS = ("account_id", "score", "score_rank", "signals_fired", "top_contributions", "domain", "company_name", "is_crm_company")
-
-
-def score_days(con: duckdb.DuckDBPyConnection) -> list[date]:
-    """Days present in ``beton.account_scores`` (ascending); [] when the table does not exist."""
-    if not table_exists(con, "beton", "account_scores"):
-        return []
-    return [r[0] for r in con.sql(f"select distinct day from {SCORES_TABLE} order by 1").fetchall()]
-
-
-def latest_score_day(con: duckdb.DuckDBPyConnection) -> date | None:
-    """The latest day in ``beton.account_scores`` (None when empty or missing)."""
-    if not table_exists(con, "beton", "account_scores"):
-        return None
-    return con.sql(f"select max(day) from {SCORES_TABLE}").fetchall()[0][0]
-
-
-def read_scores(con: duckdb.DuckDBPyConnection, day: date, columns: Sequence[str] = SCORE_COLUMNS, with_signal_ids: bool = False) -> pl.DataFrame:
-    """One day of ``beton.account_scores``; ``with_signal_ids`` adds the fired signal ids, decoded by DuckDB."""
-    cols = ", ".join(columns)
-    if with_signal_ids:
-        cols += ", cast(json_extract_string(signals_fired, '$[*].signal_id') as varchar[]) as signal_ids"
-    return con.sql(f"select {cols} from {SCORES_TABLE} where day = ?", params=[day]).pl()
-
-
-def read_signal_health(con: duckdb.DuckDBPyConnection, since: date | None = None) -> pl.DataFrame:
-    """``beton.signal_health`` (every day, or from the day before ``since`` on so changes on ``since`` are visible)."""
-    cols = "day, signal_id, definition, health, lift, lift_ci_low, lift_ci_high, backtest_lift"
-    if not table_exists(con, "beton", "signal_health"):
-        return pl.DataFrame(
-            schema={"day": pl.Date, "signal_id": pl.String, "definition": pl.String, "health": pl.String, "lift": pl.Float64,
-                    "lift_ci_low": pl.Float64, "lift_ci_high": pl.Float64, "backtest_lift": pl.Float64}
-        )
-    if since is None:
-        return con.sql(f"select {cols} from {HEALTH_TABLE} order by signal_id, day").pl()
-    # The latest earlier observation per signal is the baseline of the first day read.
-    return con.sql(
-        f"""
-        select {cols} from {HEALTH_TABLE} h
-        where day >= (select coalesce(max(day), ?) from {HEALTH_TABLE} p where p.signal_id = h.signal_id and p.day < ?)
-        order by signal_id, day
-        """,
-        params=[since, since],
-    ).pl()
-
-
-def read_assignments(con: duckdb.DuckDBPyConnection, playbook: str) -> tuple[pl.DataFrame, datetime | None]:
-    """Per account assigned to ``playbook`` (dry runs excluded): arm, first day, conversion; and as-of."""
-    if not table_exists(con, "beton", "playbook_actions"):
-        return pl.DataFrame(), None
-    frame = con.sql(
-        f"""
-        with assigned as (
-            select account_id, bool_or(held_out) as held_out, min(day) as first_day
-            from {ACTIONS_TABLE}
-            where playbook = ? and account_id is not null and status <> 'dry_run'
-            group by account_id
-        )
-        select a.account_id, a.held_out, a.first_day, cast(o.converted_at as timestamp) as converted_at,
-               o.account_id is not null as known_account
-        from assigned a left join marts.account_outcomes o on o.account_id = a.account_id
-        order by a.account_id
-        """,
-        params=[playbook],
-    ).pl()
-    as_of = con.sql("select cast(max(as_of_at) as timestamp) from marts.account_outcomes").fetchall()[0][0]
-    return frame, as_of
-
-
-def experiment_counts(
-    con: duckdb.DuckDBPyConnection,
-    flag: str,
-    goal_event: str,
-    conversion_window_days: int | None = None,
-    start: date | None = None,
-    end: date | None = None,
-) -> tuple[pl.DataFrame, dict]:
-    """Exposures and conversions per variant of one feature flag, from ``int_events_resolved``.
-
-    Exposure = a user's first ``$feature_flag_called`` for ``flag`` (within [start, end) when given);
-    variant = its ``feature_flag_response``. Conversion = ``goal_event`` by the same ``distinct_id``
-    strictly after that first exposure (and within ``conversion_window_days`` when given, counting
-    only users exposed at least that long before the last event). Returns the counts per variant
-    and diagnostics: users who saw more than one variant, users still inside their window.
-    """
-    events = "intermediate.int_events_resolved"
-    window_filter = ""
-    params: list = [flag]
-    period = ""
-    if start is not None:
-        period += " and occurred_at >= ?"
-        params.append(start)
-    if end is not None:
-        period += " and occurred_at < ?"
-        params.append(end)
-    params.append(goal_event)
-    if conversion_window_days is not None:
-        window_filter = f" and g.occurred_at < f.exposed_at + interval {int(conversion_window_days)} day"
-    frame = con.sql(
-        f"""
-        with exposures as (
-            select distinct_id, feature_flag_response as variant, occurred_at, event_id
-            from {events}
-            where event_name = '$feature_flag_called' and feature_flag = ? and feature_flag_response is not null
-              and distinct_id is not null {period}
-        ),
-        ranked as (
-            select *, row_number() over (partition by distinct_id order by occurred_at, event_id) as exposure_rank
-            from exposures
-        ),
-        variants_seen as (
-            select distinct_id, count(distinct variant) as n_variants from exposures group by distinct_id
-        ),
-        first_exposure as (
-            select r.distinct_id, r.variant, r.occurred_at as exposed_at, v.n_variants > 1 as saw_several
-            from ranked r join variants_seen v using (distinct_id)
-            where r.exposure_rank = 1
-        ),
-        horizon as (select max(occurred_at) as last_event_at from {events}),
-        converted as (
-            select distinct f.distinct_id
-            from first_exposure f
-            join {events} g on g.distinct_id = f.distinct_id and g.event_name = ? and g.occurred_at > f.exposed_at {window_filter}
-        )
-        select f.variant,
-               count(*) filter (where in_window) as exposures,
-               count(c.distinct_id) filter (where in_window) as conversions,
-               count(*) filter (where f.saw_several) as saw_several,
-               count(*) filter (where not in_window) as awaiting
-        from (
-            select f.*, {"f.exposed_at + interval " + str(int(conversion_window_days)) + " day <= h.last_event_at" if conversion_window_days else "true"} as in_window
-            from first_exposure f cross join horizon h
-        ) f
-        left join converted c using (distinct_id)
-        group by f.variant
-        order by f.variant
-        """,
-        params=params,
-    ).pl()
-    diagnostics = {
-        "saw_several_variants": int(frame.get_column("saw_several").sum()) if frame.height else 0,
-        "awaiting_window": int(frame.get_column("awaiting").sum()) if frame.height else 0,
-    }
-    return frame.select("variant", "exposures", "conversions"), diagnostics
-
-
-# ------------------------------------------------------------------------------------------------
-# Planning: which rows a playbook-day adds to the outbox
-# ------------------------------------------------------------------------------------------------
-def recently_planned(con: duckdb.DuckDBPyConnection, playbook: str, day: date, cooldown_days: int) -> set[str]:
-    """Accounts with a (non dry-run) row for ``playbook`` in the ``cooldown_days`` days before ``day``."""
-    if not table_exists(con, "beton", "playbook_actions"):
-        return set()
-    rows = con.sql(
-        f"select distinct account_id from {ACTIONS_TABLE} where playbook = ? and account_id is not null and status <> 'dry_run' "
-        "and day < ? and day >= ?",
-        params=[playbook, day, day - timedelta(days=cooldown_days)],
-    ).fetchall()
-    return {r[0] for r in rows}
-
-
-def plan_actions(
-    con: duckdb.DuckDBPyConnection,
-    config: PlaybookConfig,
-    playbooks: Sequence[Playbook],
-    days: Sequence[date] | None = None,
-    dry_run: bool = False,
-) -> tuple[pl.DataFrame, dict[str, list[date]]]:
-    """Planned outbox rows for ``playbooks`` on ``days`` (None: each kind's latest day in the warehouse).
-
-    A day older than the latest day by more than ``destinations.max_action_age_days`` is planned as
-    ``dry_run`` (recorded, never sent), so backfilling history pages nobody. An account planned for
-    the playbook in its ``cooldown_days`` before a day (in the outbox or earlier in this batch) is
-    not planned again that day.
-
-    Account playbooks read ``beton.account_scores`` for each day (once per day, shared by the
-    playbooks); health playbooks read ``beton.signal_health`` and plan the changes of each day.
-    Returns the rows and the days planned per playbook kind (a missing table plans nothing).
-    """
-    planned: list[pl.DataFrame] = []
-    account_pbs = [p for p in playbooks if p.kind == "account"]
-    health_pbs = [p for p in playbooks if p.kind == "health"]
-    days_planned: dict[str, list[date]] = {"account": [], "health": []}
-    if account_pbs:
-        available = score_days(con)
-        wanted = list(days) if days else available[-1:]
-        max_age = config.destinations.max_action_age_days
-        in_batch: dict[str, dict[str, date]] = {pb.name: {} for pb in account_pbs}  # playbook → account → last day planned
-        for day in sorted(set(wanted)):
-            if day not in available:
-                continue
-            scores = read_scores(con, day, with_signal_ids=True)
-            dry = dry_run or is_stale(day, available[-1], max_age)
-            for pb in account_pbs:
-                matched = match_accounts(scores, pb.when)
-                if pb.cooldown_days and not matched.is_empty():
-                    cooling = recently_planned(con, pb.name, day, pb.cooldown_days)
-                    cooling |= {a for a, d in in_batch[pb.name].items() if 0 < (day - d).days <= pb.cooldown_days}
-                    matched = matched.filter(~pl.col("account_id").is_in(sorted(cooling)))
-                plan = plan_account_actions(pb, matched, day, config.destinations, dry)
-                in_batch[pb.name].update(dict.fromkeys(plan["account_id"].unique().to_list(), day))
-                planned.append(plan)
-            days_planned["account"].append(day)
-    if health_pbs:
-        health = read_signal_health(con, since=min(days) if days else None)
-        if not health.is_empty():
-            health_days = sorted(set(health.get_column("day").to_list()))
-            wanted = list(days) if days else health_days[-1:]
-            for pb in health_pbs:
-                changes = health_changes(health, pb.when.health_changed_to, pb.when.health_of)
-                for day in wanted:
-                    dry = dry_run or is_stale(day, health_days[-1], config.destinations.max_action_age_days)
-                    planned.append(plan_health_actions(pb, changes, day, config.destinations, dry))
-            days_planned["health"] = [d for d in wanted if d in health_days]
-    frames = [f for f in planned if not f.is_empty()]
-    return (pl.concat(frames) if frames else pl.DataFrame(schema=OUTBOX_PLAN_SCHEMA)), days_planned

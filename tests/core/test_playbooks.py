@@ -10,9 +10,16 @@ import polars as pl
 import pytest
 
 from beton_pipeline.core.playbooks import (
+    AccountMatchedEvent,
+    AttioRecordUpdate,
     DestinationSettings,
+    HealthChangedEvent,
     PlaybookConfigError,
     PlaybookWhen,
+    SlackAccountMessage,
+    SlackHealthMessage,
+    WebhookURLError,
+    check_url,
     health_changes,
     holdout_draw,
     idempotency_key,
@@ -235,7 +242,7 @@ def test_is_stale():
 # ------------------------------------------------------------------------------------------------
 # planning
 # ------------------------------------------------------------------------------------------------
-def test_plan_account_actions_rows_holdout_escaping_and_crm_only_attio():
+def test_plan_account_actions_rows_holdout_values_and_crm_only_attio():
     cfg = parse_playbook_config(
         [playbook(when={"top_n": 200}, holdout_fraction=0.25, then=[SLACK, {"type": "attio", "attribute": "beton_score"},
                                                                       {"type": "webhook", "name": "crm", "url": "https://hooks.example.com/b"}])],
@@ -248,35 +255,75 @@ def test_plan_account_actions_rows_holdout_escaping_and_crm_only_attio():
     matched = match_accounts(frame, pb.when)
     plan = plan_account_actions(pb, matched, DAY, cfg.destinations)
     crm = matched.filter(pl.col("is_crm_company")).height
-    assert plan.height == 2 * matched.height + crm  # slack + webhook for all, attio for CRM companies
-    assert plan["idempotency_key"].n_unique() == plan.height
-    held = plan.filter(pl.col("held_out"))
-    assert set(held["status"].unique()) == {"held_out"} and set(plan.filter(~pl.col("held_out"))["status"].unique()) == {"pending"}
-    held_accounts = set(held["account_id"].to_list())
+    assert len(plan) == 2 * matched.height + crm  # slack + webhook for all, attio for CRM companies
+    assert len({a.idempotency_key for a in plan}) == len(plan)
+    held = [a for a in plan if a.held_out]
+    assert {a.status for a in held} == {"held_out"} and {a.status for a in plan if not a.held_out} == {"pending"}
+    held_accounts = {a.account_id for a in held}
     expected_held = {a for a, h in zip(matched["account_id"], is_held_out(pb.name, matched["account_id"].to_list(), 0.25)) if h}
     assert held_accounts == expected_held and 20 < len(held_accounts) < 80
-    top = plan.filter((pl.col("destination_type") == "slack") & (pl.col("account_id") == matched["account_id"][0]))
-    payload = json.loads(top["payload"][0])
-    assert "<!channel>" not in payload["text"] and "&lt;!channel&gt; &amp; co" in payload["text"]
-    assert payload["blocks"][-1]["elements"][0]["url"].startswith("https://app.attio.com/acme/company/rec_")
-    attio = json.loads(plan.filter(pl.col("destination_type") == "attio")["payload"][0])
-    assert set(attio) == {"object", "record_id", "values"} and isinstance(attio["values"]["beton_score"], float)
-    hook = json.loads(plan.filter(pl.col("destination_type") == "webhook")["payload"][0])
-    assert hook["event"]["type"] == "playbook.matched" and hook["event"]["idempotency_key"] in plan["idempotency_key"].to_list()
+
+    top = next(a for a in plan if a.destination_type == "slack" and a.account_id == matched["account_id"][0])
+    assert isinstance(top.message, SlackAccountMessage) and top.destination == "slack:#revenue"
+    assert top.message.values["company"] == "<!channel> & co"  # raw: the Slack renderer escapes
+    assert top.message.account.company == "<!channel> & co" and top.message.account.score_rank == 1
+    assert top.message.account.crm_url.startswith("https://app.attio.com/acme/company/rec_")
+    assert top.message.headline_template.startswith("*$company* matched")
+    attio = [a.message for a in plan if a.destination_type == "attio"]
+    assert all(isinstance(m, AttioRecordUpdate) and m.attribute == "beton_score" for m in attio)
+    first = next(a for a in plan if a.destination_type == "attio")
+    assert isinstance(first.message.value, float) and first.message.record_id == first.account_id
+    hooks = [a for a in plan if a.destination_type == "webhook"]
+    assert all(isinstance(a.message, AccountMatchedEvent) and a.message.idempotency_key == a.idempotency_key for a in hooks)
 
     dry = plan_account_actions(pb, matched, DAY, cfg.destinations, dry_run=True)
-    assert set(dry["status"].unique()) == {"dry_run"} and dry["held_out"].sum() == plan["held_out"].sum()
-    assert plan_account_actions(pb, matched.head(0), DAY, cfg.destinations).is_empty()
+    assert {a.status for a in dry} == {"dry_run"} and sum(a.held_out for a in dry) == len(held)
+    assert plan_account_actions(pb, matched.head(0), DAY, cfg.destinations) == []
+
+
+def test_attio_value_that_is_not_a_number_names_the_playbook():
+    cfg = parse_playbook_config([playbook(holdout_fraction=0, then=[{"type": "attio", "attribute": "beton_tier", "value": "$company"}])])
+    matched = match_accounts(scores_frame(), cfg.playbooks[0].when).filter(pl.col("is_crm_company"))
+    with pytest.raises(PlaybookConfigError, match="hot-accounts: attio value"):
+        plan_account_actions(cfg.playbooks[0], matched, DAY, cfg.destinations)
 
 
 def test_plan_health_actions():
-    cfg = parse_playbook_config([{"name": "health", "when": {"health_changed_to": ["broken"]}, "then": [SLACK]}])
+    hook = {"type": "webhook", "name": "alerts", "url": "https://hooks.example.com/h"}
+    cfg = parse_playbook_config([{"name": "health", "when": {"health_changed_to": ["broken"]}, "then": [SLACK, hook]}])
     health = pl.DataFrame(
         {"day": [date(2026, 1, 1), DAY], "signal_id": ["sig_1", "sig_1"], "definition": ["<x>", "<x>"], "health": ["healthy", "broken"],
-         "lift": [2.0, 0.9], "lift_ci_low": [1.5, 0.6], "lift_ci_high": [2.5, 1.2], "backtest_lift": [2.4, 2.4]}
+         "lift": [2.0, 0.9], "lift_ci_low": [1.5, float("inf")], "lift_ci_high": [2.5, None], "backtest_lift": [2.4, 2.4]}
     )
     changes = health_changes(health, ("broken",))
     plan = plan_health_actions(cfg.playbooks[0], changes, DAY, DestinationSettings())
-    assert plan.height == 1 and plan["signal_id"][0] == "sig_1" and plan["account_id"][0] is None
-    assert "&lt;x&gt;" in json.loads(plan["payload"][0])["text"]
-    assert plan_health_actions(cfg.playbooks[0], changes, date(2026, 1, 1), DestinationSettings()).is_empty()
+    assert [(a.signal_id, a.account_id, a.destination_type, a.status) for a in plan] == [
+        ("sig_1", None, "slack", "pending"), ("sig_1", None, "webhook", "pending")
+    ]
+    slack, event = plan[0].message, plan[1].message
+    assert isinstance(slack, SlackHealthMessage) and isinstance(event, HealthChangedEvent)
+    assert slack.values["previous_health"] == "healthy" and slack.values["definition"] == "<x>"
+    assert (slack.values["lift"], slack.values["lift_ci_low"], slack.values["lift_ci_high"]) == ("0.90", "—", "—")
+    assert event.change.previous_health == "healthy" and event.change.lift_ci_low == float("inf")
+    assert plan_health_actions(cfg.playbooks[0], changes, date(2026, 1, 1), DestinationSettings()) == []
+
+
+def test_selected_playbooks():
+    cfg = parse_playbook_config([playbook(), playbook(name="off", enabled=False)])
+    assert [p.name for p in cfg.selected()] == ["hot-accounts"]
+    assert [p.name for p in cfg.selected(["off", "hot-accounts"])] == ["hot-accounts"]
+    with pytest.raises(PlaybookConfigError, match="unknown playbook"):
+        cfg.selected(["nope"])
+
+
+def test_url_rules():
+    assert check_url("https://hooks.example.com/x") == "https://hooks.example.com/x"
+    for url in ("ftp://example.com/x", "file:///etc/passwd", "javascript:alert(1)", "example.com/x", "https://user:pw@example.com/"):
+        with pytest.raises(WebhookURLError):
+            check_url(url)
+    allow = ("hooks.example.com", "*.internal.example")
+    check_url("https://hooks.example.com/a", allow)
+    check_url("http://a.b.internal.example/a", allow)
+    for url in ("https://evil.com/a", "https://internal.example/a", "https://hooks.example.com.evil.com/a"):
+        with pytest.raises(WebhookURLError):
+            check_url(url, allow)

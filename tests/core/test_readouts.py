@@ -11,7 +11,14 @@ from scipy import stats as sp_stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
 
-from beton_pipeline.core.readouts import assignment_counts, experiment_readout, treatment_readout
+from beton_pipeline.core.playbooks import Experiment
+from beton_pipeline.core.readouts import (
+    assignment_counts,
+    experiment_notes,
+    experiment_readout,
+    experiment_readout_from_counts,
+    treatment_readout,
+)
 from beton_pipeline.core.stats import holm_adjust
 
 TOL = 1e-9
@@ -138,3 +145,21 @@ def test_assignment_counts_windows_and_exclusions():
     # e converts on the first day (counts); f is still inside its window (awaiting); g unknown
     assert (c.n_treated, c.conversions_treated, c.n_held_out, c.conversions_held_out) == (3, 2, 1, 0)
     assert (c.n_awaiting_outcome, c.n_converted_before, c.n_unknown_account) == (1, 1, 1)
+
+
+def test_experiment_readout_from_counts_fills_missing_variants_and_notes_the_rest():
+    counts = pl.DataFrame({"variant": ["control", "rogue", "test"], "exposures": [500, 7, 480], "conversions": [50, 1, 70]})
+    exp = Experiment(name="onb", flag="f", goal_event="goal", variants=("control", "test", "b"), weights=(2, 1, 1))
+    r = experiment_readout_from_counts(exp, counts, {"saw_several_variants": 3, "awaiting_window": 0}, 0.9)
+    direct = experiment_readout(
+        "onb", "goal", ["control", "test", "b"], [500, 480, 0], [50, 70, 0], control="control", expected_shares=[2, 1, 1],
+        confidence_level=0.9, notes=["3 user(s) saw more than one variant (counted in their first)", "unexpected variant(s) left out: rogue (7)"],
+    )
+    assert r.table.equals(direct.table) and r.summary == direct.summary
+    # without configured variants: every variant seen, plus the control
+    seen = experiment_readout_from_counts(Experiment(name="onb", flag="f", goal_event="goal"), counts.filter(pl.col("variant") != "control"),
+                                          {"saw_several_variants": 0, "awaiting_window": 2})
+    assert seen.table["variant"].to_list() == ["control", "rogue", "test"] and seen.table["exposures"][0] == 0
+    assert experiment_notes(counts, {"saw_several_variants": 0, "awaiting_window": 2}, ["control", "rogue", "test"]) == [
+        "2 user(s) exposed too recently to count (inside the conversion window)"
+    ]

@@ -1,6 +1,7 @@
 """Attio: PATCH a company record's attribute with a bearer key, against a local Attio."""
 
-from beton_pipeline.destinations.attio import AttioSender, record_update, record_url
+from beton_pipeline.core.playbooks import AttioRecordUpdate
+from beton_pipeline.destinations.attio import AttioSender, record_update, record_url, update_payload
 from tests.fakes import FakeAttio
 
 KEY = "attio-key-0123456789"
@@ -8,6 +9,12 @@ KEY = "attio-key-0123456789"
 
 def test_record_url_encodes_path_parts():
     assert record_url("https://api.attio.com/", "companies", "rec/../x") == "https://api.attio.com/v2/objects/companies/records/rec%2F..%2Fx"
+
+
+def test_update_payload():
+    assert update_payload(AttioRecordUpdate("companies", "rec_1", "beton_score", 0.42)) == {
+        "object": "companies", "record_id": "rec_1", "values": {"beton_score": 0.42}
+    }
 
 
 def test_patch_shape_and_outcomes():

@@ -2,14 +2,14 @@
 
 import hashlib
 import hmac
+from datetime import date
 
-import pytest
-
+from beton_pipeline.core.playbooks import AccountMatchedEvent, HealthChange, HealthChangedEvent, MatchedAccount
 from beton_pipeline.destinations.webhook import (
     WebhookSender,
-    WebhookURLError,
+    account_matched_payload,
     canonical_body,
-    check_url,
+    health_changed_payload,
     secret_env_var,
     sign,
     verify_signature,
@@ -43,17 +43,22 @@ def test_receiver_accepts_signed_posts_and_rejects_wrong_secret():
         assert "not-the-secret" not in (bad.error or "")
 
 
-def test_url_rules():
-    assert check_url("https://hooks.example.com/x") == "https://hooks.example.com/x"
-    for url in ("ftp://example.com/x", "file:///etc/passwd", "javascript:alert(1)", "example.com/x", "https://user:pw@example.com/"):
-        with pytest.raises(WebhookURLError):
-            check_url(url)
-    allow = ("hooks.example.com", "*.internal.example")
-    check_url("https://hooks.example.com/a", allow)
-    check_url("http://a.b.internal.example/a", allow)
-    for url in ("https://evil.com/a", "https://internal.example/a", "https://hooks.example.com.evil.com/a"):
-        with pytest.raises(WebhookURLError):
-            check_url(url, allow)
+def test_event_payloads():
+    account = MatchedAccount("rec_1", "Acme", "Acme", "acme.io", True, None, 0.5, 2, ({"signal_id": "s"},), ({"signal_id": "s"},))
+    payload = account_matched_payload(AccountMatchedEvent("crm", "https://h.example/x", "k1", "hot", date(2026, 1, 5), account))
+    assert payload == {
+        "webhook": "crm", "url": "https://h.example/x",
+        "event": {
+            "type": "playbook.matched", "idempotency_key": "k1", "playbook": "hot", "day": "2026-01-05",
+            "account": {"account_id": "rec_1", "company_name": "Acme", "domain": "acme.io", "is_crm_company": True, "crm_url": None},
+            "score": 0.5, "score_rank": 2, "top_contributions": [{"signal_id": "s"}],
+        },
+    }
+    change = HealthChange("sig_1", None, "broken", "healthy", 0.9, None, None, 2.0)
+    health = health_changed_payload(HealthChangedEvent("ops", "https://h.example/y", "k2", "health", date(2026, 1, 6), change))["event"]
+    assert health["type"] == "signal.health_changed" and health["day"] == "2026-01-06"
+    assert health["signal"] == {"signal_id": "sig_1", "definition": None, "health": "broken", "previous_health": "healthy", "lift": 0.9,
+                                "lift_ci_low": None, "lift_ci_high": None, "backtest_lift": 2.0}
 
 
 def test_disallowed_host_is_refused_at_send_time():

@@ -27,7 +27,6 @@ from beton_pipeline.defs.playbooks.resources import (
     playbook_resources,
 )
 from beton_pipeline.defs.playbooks.sensors import (
-    account_matches,
     playbook_retry_sensor,
     playbook_scores_sensor,
     signal_health_sensor,
@@ -35,7 +34,8 @@ from beton_pipeline.defs.playbooks.sensors import (
 from beton_pipeline.defs.resources import SettingsResource, WarehouseResource
 from beton_pipeline.destinations.http import RetryPolicy
 from beton_pipeline.settings import Settings
-from beton_pipeline.store import outbox
+from beton_pipeline.store import outbox, playbooks
+from beton_pipeline.store.playbooks import account_matches
 from tests.fakes import FakeAttio, FakeSlack, FakeWebhookReceiver
 
 SLACK_TOKEN = "xoxb-SECRET-slack-token-4f9a"
@@ -246,7 +246,7 @@ def _small_outbox(tmp_path, slack, attio, hook, **dest):
     wh = build_warehouse(tmp_path / "warehouse.duckdb", n_accounts=40, days=[LAST_DAY])
     cfg = parse_playbook_config(yaml.safe_load(config_yaml(slack, attio, hook, **dest))["playbooks"], destinations={"max_action_age_days": None, **dest})
     con = duckdb.connect(str(wh))
-    planned, _ = outbox.plan_actions(con, cfg, cfg.playbooks)
+    planned, _ = playbooks.plan_actions(con, cfg, cfg.playbooks)
     outbox.enqueue(con, planned, datetime.now(timezone.utc))
     return con, planned
 
@@ -571,7 +571,7 @@ def test_playbooks_and_readouts_on_the_demo_run(tmp_path, pipeline_run, servers)
         # `beton run` already recorded the committed demo playbook's dry runs; this test starts a clean outbox.
         con.execute("delete from beton.playbook_actions; delete from beton.playbook_readouts")
     with duckdb.connect(str(wh), read_only=True) as con:
-        days = outbox.score_days(con)
+        days = playbooks.score_days(con)
         enabled = [r[0] for r in con.sql("select signal_id from beton.signals where enabled order by q_value limit 2").fetchall()]
     assert days and enabled
     text = yaml.safe_dump(
@@ -620,7 +620,7 @@ def test_cooldown_plans_an_account_at_most_once_per_window(tmp_path, servers):
             outbox.ensure_tables(con)
             # the first three days in one batch, the rest in a later batch: the outbox remembers
             for batch in (DAYS[:3], DAYS[3:]):
-                planned, _ = outbox.plan_actions(con, cfg, cfg.playbooks, batch)
+                planned, _ = playbooks.plan_actions(con, cfg, cfg.playbooks, batch)
                 outbox.enqueue(con, planned, datetime.now(timezone.utc))
             days = con.sql(
                 f"select account_id, list(distinct day order by day) from beton.playbook_actions where playbook = 'cool-{cooldown}' group by 1"

@@ -15,11 +15,12 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
-from beton_pipeline.core.playbooks import PlaybookConfigError, WebhookAction
+from beton_pipeline.core.playbooks import DestinationSettings, PlaybookConfigError, WebhookAction
 from beton_pipeline.destinations import attio as attio_dest
 from beton_pipeline.destinations import slack as slack_dest
 from beton_pipeline.destinations import webhook as webhook_dest
 from beton_pipeline.settings import SettingsError, load_settings
+from beton_pipeline.store.outbox import MissingCredentials, Sender
 
 SLACK_TOKEN_ENV = "BETON_SLACK_TOKEN"
 ATTIO_KEY_ENV = "BETON_ATTIO_API_KEY"
@@ -72,6 +73,18 @@ class DeliveryClockResource(dg.ConfigurableResource):
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
+
+
+def delivery_senders(
+    slack: SlackResource, attio: AttioResource, webhooks: WebhookResource, destinations: DestinationSettings
+) -> tuple[dict[str, Sender], list[str]]:
+    """The sender per destination type (a stand-in naming the variable when a credential is unset), and every secret to redact."""
+    senders = {
+        "slack": slack.sender(destinations.timeout_seconds) or MissingCredentials(SLACK_TOKEN_ENV),
+        "attio": attio.sender(destinations.timeout_seconds) or MissingCredentials(ATTIO_KEY_ENV),
+        "webhook": webhooks.sender(destinations.webhook_allowed_hosts, destinations.timeout_seconds),
+    }
+    return senders, slack.secrets() + attio.secrets() + webhooks.secrets()
 
 
 def _env_if_set(name: str):

@@ -12,23 +12,16 @@ Whatever a sensor does, the outbox's idempotency keys make a duplicate run harml
 """
 
 import json
-from collections.abc import Sequence
 from datetime import date, datetime, timezone
 
 import dagster as dg
 import duckdb
 
-from beton_pipeline.core.playbooks import (
-    PlaybookConfig,
-    PlaybookConfigError,
-    health_changes,
-    is_stale,
-    match_accounts,
-)
+from beton_pipeline.core.playbooks import PlaybookConfig, PlaybookConfigError, is_stale
 from beton_pipeline.defs.playbooks.assets import PlaybookRunConfig
 from beton_pipeline.defs.playbooks.jobs import playbook_delivery_job
 from beton_pipeline.defs.resources import SettingsResource, WarehouseResource
-from beton_pipeline.store import outbox
+from beton_pipeline.store import outbox, playbooks
 
 SCORES_KEY = dg.AssetKey("account_scores")
 MAX_EVENTS_PER_TICK = 50
@@ -41,25 +34,6 @@ def _run_request(playbook: str, day: date, **extra_tags: str) -> dg.RunRequest:
         run_config=dg.RunConfig(ops={"playbook_actions": PlaybookRunConfig(playbooks=[playbook], days=[day.isoformat()])}),
         tags=tags,
     )
-
-
-def account_matches(con: duckdb.DuckDBPyConnection, config: PlaybookConfig, days: Sequence[date]) -> list[tuple[str, date, int]]:
-    """(playbook, day, accounts matched) for every enabled account playbook with matches on ``days``.
-
-    Reads only the columns the rules need (signal ids decoded by DuckDB); this is the sensor's cost.
-    """
-    playbooks = config.account_playbooks
-    if not playbooks:
-        return []
-    needs_signals = any(p.when.any_signals or p.when.all_signals for p in playbooks)
-    out = []
-    for day in days:
-        scores = outbox.read_scores(con, day, columns=("account_id", "score", "score_rank"), with_signal_ids=needs_signals)
-        for pb in playbooks:
-            n = match_accounts(scores, pb.when).height
-            if n:
-                out.append((pb.name, day, n))
-    return out
 
 
 def _config(settings: SettingsResource) -> PlaybookConfig | str:
@@ -94,13 +68,13 @@ def playbook_scores_sensor(context: dg.SensorEvaluationContext, warehouse: Wareh
     partition_days = {r.partition_key for r in records}
 
     def read(con: duckdb.DuckDBPyConnection) -> tuple[list[date], list[tuple[str, date, int]]]:
-        latest = outbox.latest_score_day(con)
+        latest = playbooks.latest_score_day(con)
         days = {date.fromisoformat(p[:10]) for p in partition_days if p}
         if None in partition_days and latest:  # an unpartitioned materialization: its latest day
             days.add(latest)
         # Days a delivery would only record as dry_run (a backfill of history) are not worth a run.
         days = sorted(d for d in days if not is_stale(d, latest, config.destinations.max_action_age_days))
-        return days, account_matches(con, config, days)
+        return days, playbooks.account_matches(con, config, days)
 
     found = warehouse.read_or_skip(read)
     if isinstance(found, dg.SkipReason):
@@ -110,30 +84,6 @@ def playbook_scores_sensor(context: dg.SensorEvaluationContext, warehouse: Wareh
         shown = ", ".join(map(str, days)) or "no recent day"
         return dg.SensorResult(skip_reason=f"no account matched a playbook on {shown}", cursor=cursor)
     return dg.SensorResult(run_requests=[_run_request(p, d, matched=str(n)) for p, d, n in matches], cursor=cursor)
-
-
-def health_requests(
-    con: duckdb.DuckDBPyConnection, config: PlaybookConfig, through_day: date | None
-) -> tuple[list[tuple[str, date, list[str]]], dict[str, str], date | None]:
-    """(playbook, day, changed signal ids) after ``through_day``; the latest health per signal; the last day.
-
-    Without a cursor (first tick) only the latest day is considered, so deploying beton does not
-    replay months of past health changes into Slack.
-    """
-    health = outbox.read_signal_health(con, since=through_day)
-    if health.is_empty():
-        return [], {}, through_day
-    last_day = max(health.get_column("day").to_list())
-    latest = {r["signal_id"]: r["health"] for r in health.sort("day").iter_rows(named=True)}
-    requests = []
-    for pb in config.health_playbooks:
-        changes = health_changes(health, pb.when.health_changed_to, pb.when.health_of)
-        days = sorted(set(changes.get_column("day").to_list()))
-        days = [d for d in days if (d > through_day if through_day else d == last_day)]
-        for day in days:
-            ids = sorted(changes.filter(changes["day"] == day).get_column("signal_id").to_list())
-            requests.append((pb.name, day, ids))
-    return requests, latest, last_day
 
 
 @dg.sensor(
@@ -154,7 +104,7 @@ def signal_health_sensor(context: dg.SensorEvaluationContext, warehouse: Warehou
         return dg.SkipReason(config)
     if not config.health_playbooks:
         return dg.SkipReason("no health playbook enabled in beton.yaml")
-    found = warehouse.read_or_skip(lambda con: health_requests(con, config, through))
+    found = warehouse.read_or_skip(lambda con: playbooks.health_requests(con, config, through))
     if isinstance(found, dg.SkipReason):
         return found
     requests, latest, last_day = found
