@@ -47,6 +47,8 @@ BACKTESTS_SCHEMA: dict[str, pl.DataType] = {
 BACKTEST_META_SCHEMA = {"signal_id": pl.String, "source": pl.String, "definition": pl.String, "origin": pl.String}
 LAUNCHPAD = "launchpad"
 """The `origin` of ad hoc backtests from the launchpad: kept when beton.signals changes."""
+BACKTESTED = "source = 'custom' or (source = 'discovered' and enabled)"
+"""Which beton.signals rows get a backtest (one `signals` partition each): enabled discovered signals and all custom ones."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -113,8 +115,15 @@ def write_backtests(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, signal_i
     # Signals that no longer get a backtest (disabled, or their file removed) leave no stale rows behind.
     con.execute(
         f"delete from {BACKTESTS_TABLE} where coalesce(origin, '') <> '{LAUNCHPAD}' and signal_id not in "
-        "(select signal_id from beton.signals where source = 'custom' or (source = 'discovered' and enabled))"
+        f"(select signal_id from {SIGNALS_TABLE} where {BACKTESTED})"
     )
+
+
+def backtested_signal_ids(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The signals that get a backtest (`BACKTESTED`), by id; none before beton.signals exists."""
+    if not table_exists(con, "beton", "signals"):
+        return []
+    return [r[0] for r in con.sql(f"select signal_id from {SIGNALS_TABLE} where {BACKTESTED} order by signal_id").fetchall()]
 
 
 def backtest_meta(signals: list[CustomSignal], source: str = "custom") -> pl.DataFrame:

@@ -58,8 +58,6 @@ NO_FIRED_AT_NOTE = "SQL without fired_at: point in time not checked"
 EXTRA_ACCOUNT_COLUMNS = ("feature_window_end_at",) + tuple(c for c in ATTRIBUTE_TYPES if c not in ("industry", "employee_band", "plan_interval"))
 
 
-
-
 def signals_dir() -> Path:
     """`BETON_SIGNALS_DIR` if set, else `signals/` at the project root."""
     return Path(os.environ.get("BETON_SIGNALS_DIR") or PROJECT_ROOT / "signals").resolve()

@@ -52,6 +52,8 @@ def test_rewriting_replaces_exactly_the_given_signals_and_keeps_launchpad_rows(w
     settings = Settings()
     enabled = _signal_ids(warehouse)
     [planted] = _signal_ids(warehouse, PLANTED_KEY)
+    with connect(warehouse, read_only=True) as con:
+        assert store.backtested_signal_ids(con) == enabled and planted in enabled
     pad = store.record_launchpad_backtest(INVITES_YAML, "auto", settings, warehouse)
     store.run_backtests(warehouse, settings, enabled)
     before = _table(warehouse)
