@@ -246,7 +246,12 @@ def beton_core(con: duckdb.DuckDBPyConnection, settings) -> CoreResult:
     """Time `read_feature_frames` → `candidate_hits` → `build_candidate_matrix` → `cohort_counts_from_matrix`
     → `discover_from_cohort_counts` (with in-memory pairs), as the assets call them, on every eligible account."""
     from beton_pipeline.core.candidates import build_candidate_matrix, candidate_hits
-    from beton_pipeline.core.discovery import cohort_counts_from_matrix, discover_from_cohort_counts, matrix_pair_source
+    from beton_pipeline.core.discovery import (
+        cohort_counts_from_matrix,
+        cohort_labels,
+        discover_from_cohort_counts,
+        matrix_pair_source,
+    )
     from beton_pipeline.store.tables import read_feature_frames
 
     seconds: dict[str, float] = {}
@@ -266,7 +271,7 @@ def beton_core(con: duckdb.DuckDBPyConnection, settings) -> CoreResult:
     )
     matrix = timed("build_candidate_matrix", build_candidate_matrix, frames, hits)
     accounts = frames.accounts
-    months = accounts.get_column("cohort_month").dt.strftime("%Y-%m").to_numpy()
+    months = cohort_labels(frames)
     converted = accounts.get_column("converted").to_numpy()
     arr = accounts.get_column("arr").fill_null(0).to_numpy()
     counts = timed("cohort_counts_from_matrix", cohort_counts_from_matrix, matrix, months, converted, arr)

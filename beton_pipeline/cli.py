@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from beton_pipeline.core.formatting import fmt, fmt_estimate, fmt_interval
 from beton_pipeline.settings import PROJECT_ROOT, SettingsError, demo_dir, load_settings, warehouse_path
 
 app = typer.Typer(help="beton: discover, prove, backtest, score and act on the signals that predict revenue.", no_args_is_help=True)
@@ -145,10 +146,9 @@ def signals_list(
     for col in ("signal_id", "definition", "recommendation", "enabled", "lift", "95% CI", "n_with", "q_value", "holdout_lift", "projected_arr"):
         table.add_column(col, overflow="fold")
     for r in frame.iter_rows(named=True):
-        fmt = lambda x, spec: "—" if x is None else format(x, spec)  # noqa: E731
         table.add_row(
             r["signal_id"], r["definition"], r["recommendation"], "yes" if r["enabled"] else "no",
-            fmt(r["lift"], ".2f"), f"{fmt(r['lift_ci_low'], '.2f')}–{fmt(r['lift_ci_high'], '.2f')}",
+            fmt(r["lift"], ".2f"), fmt_interval(r["lift_ci_low"], r["lift_ci_high"]),
             f"{r['n_with']:,}", fmt(r["q_value"], ".2g"), fmt(r["holdout_lift"], ".2f"), fmt(r["projected_arr"], ",.0f"),
         )
     out.print(table)
@@ -191,10 +191,6 @@ def signals_disable(
     _override(signal_id, False, by, reason)
 
 
-def _fmt(x, spec: str) -> str:
-    return "—" if x is None else format(x, spec)
-
-
 @app.command()
 def backtest(
     sql: Annotated[str | None, typer.Option("--sql", help="One SELECT returning account_id (optionally fired_at), run in a read-only sandbox.")] = None,
@@ -206,7 +202,8 @@ def backtest(
     import duckdb
 
     from beton_pipeline.core.conditions import SignalDefinitionError
-    from beton_pipeline.store.custom_signals import SIGNAL_SUFFIXES, backtest_definition
+    from beton_pipeline.store.backtests import backtest_definition
+    from beton_pipeline.store.custom_signals import SIGNAL_SUFFIXES
     from beton_pipeline.store.sql_sandbox import SqlSignalError
     from beton_pipeline.warehouse import WarehouseLockedError
 
@@ -244,7 +241,7 @@ def backtest(
     summary.add_column("column")
     summary.add_column("value", overflow="fold")
     for key, value in row.items():
-        summary.add_row(key, "—" if value is None else (f"{value:.6g}" if isinstance(value, float) else str(value)))
+        summary.add_row(key, fmt(value, ".6g" if isinstance(value, float) else ""))
     out.print(summary)
     table = Table(title=f"per cohort month: {verdict[0]} ({verdict[1]})")
     for col in ("cohort", "split", "accounts", "fired", "converted", "precision", "recall", "lift", "95% CI", "projected ARR (95% CI)", "enough data"):
@@ -252,9 +249,9 @@ def backtest(
     for r in periods.iter_rows(named=True):
         table.add_row(
             r["cohort_month"], r["split"], f"{r['cohort_accounts']:,}", f"{r['fired']:,}", f"{r['converted']:,}",
-            _fmt(r["precision"], ".3f"), _fmt(r["recall"], ".3f"), _fmt(r["lift"], ".2f"),
-            f"{_fmt(r['lift_ci_low'], '.2f')}–{_fmt(r['lift_ci_high'], '.2f')}",
-            f"{_fmt(r['projected_arr'], ',.0f')} ({_fmt(r['projected_arr_ci_low'], ',.0f')}–{_fmt(r['projected_arr_ci_high'], ',.0f')})",
+            fmt(r["precision"], ".3f"), fmt(r["recall"], ".3f"), fmt(r["lift"], ".2f"),
+            fmt_interval(r["lift_ci_low"], r["lift_ci_high"]),
+            fmt_estimate(r["projected_arr"], r["projected_arr_ci_low"], r["projected_arr_ci_high"], ",.0f"),
             "yes" if r["enough_data"] else "no",
         )
     _wide().print(table)
@@ -273,7 +270,7 @@ def events(
     """List the events, properties, attributes and intent types that custom signal conditions can use."""
     import duckdb
 
-    from beton_pipeline.store.custom_signals import event_catalog
+    from beton_pipeline.store.catalog import event_catalog
     from beton_pipeline.warehouse import WarehouseLockedError, connect
 
     try:

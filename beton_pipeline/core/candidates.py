@@ -62,6 +62,10 @@ class CandidateMatrix:
     def n_candidates(self) -> int:
         return self.candidates.height
 
+    def take_rows(self, rows: np.ndarray) -> CandidateMatrix:
+        """The same candidates for the accounts at positions `rows` only (e.g. one cohort month)."""
+        return CandidateMatrix(self.account_ids[rows], self.candidates, self.matrix[rows])
+
 
 def signal_id(key: str) -> str:
     """A short stable id for a candidate key: `sig_` + the first 12 hex digits of its SHA-256."""
@@ -71,6 +75,25 @@ def signal_id(key: str) -> str:
 def signal_ids(keys: pl.Series) -> pl.Series:
     """`signal_id` for every key (hashing is per distinct key; there are few)."""
     return keys.map_elements(signal_id, return_dtype=pl.String)
+
+
+def pair_key(a: str, b: str) -> str:
+    """The key of the AND-pair of two single keys: `pair:A&B`, the smaller key first."""
+    return f"pair:{a}&{b}" if a < b else f"pair:{b}&{a}"
+
+
+def pair_parts(key: str, singles: set[str]) -> tuple[str, str] | None:
+    """The two single keys of a pair key `pair:A&B`, or None when no split gives two keys of `singles`.
+
+    Keys may contain `&` themselves (a property value such as `/a&b`): the split whose halves are both
+    known keys wins (for two distinct keys there is exactly one: `pair_parts(pair_key(a, b), {a, b})`
+    is `(min(a, b), max(a, b))`).
+    """
+    body = key.removeprefix("pair:")
+    for i, ch in enumerate(body):  # a pair key is a few dozen characters
+        if ch == "&" and body[:i] in singles and body[i + 1 :] in singles:
+            return body[:i], body[i + 1 :]
+    return None
 
 
 _CANDIDATE_SCHEMA = {

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from beton_pipeline.core.candidates import CandidateMatrix, signal_ids, sufficient_statistics
+from beton_pipeline.core.candidates import CandidateMatrix, FeatureFrames, pair_key, signal_ids, sufficient_statistics
 from beton_pipeline.core.stats import benjamini_hochberg, compare_proportions
 
 CUSTOM_KINDS = ("condition", "sql")
@@ -94,6 +94,22 @@ def choose_holdout(cohort_sizes: pl.DataFrame, holdout_fraction: float) -> Holdo
         n_discovery=int(counts[:split].sum()),
         n_holdout=int(counts[split:].sum()),
     )
+
+
+def cohort_labels(frames: FeatureFrames) -> np.ndarray:
+    """Each account's cohort month as `YYYY-MM` text (the partition keys of `signal_cohort_counts`)."""
+    month = frames.accounts.get_column("cohort_month")
+    labels = month.str.slice(0, 7) if month.dtype == pl.String else month.dt.strftime("%Y-%m")
+    return labels.to_numpy().astype(str)
+
+
+def temporal_split(cohort_months: np.ndarray, holdout_fraction: float) -> HoldoutSplit:
+    """Discovery's split of accounts, given each account's cohort month (`cohort_labels`): `choose_holdout`
+    on the number of accounts per month. Every per-account consumer (custom signals, backtests, the lead
+    score, calibration) splits with this, so they all hold out the same later months as discovery."""
+    labels, counts = np.unique(np.asarray(cohort_months).astype(str), return_counts=True)
+    sizes = pl.DataFrame({"cohort_month": labels.tolist(), "n_eligible": counts.astype(np.int64)})
+    return choose_holdout(sizes, holdout_fraction)
 
 
 CANDIDATE_COLUMNS = ["key", "signal_id", "kind", "family", "definition", "event", "property", "value", "window_days", "threshold"]
@@ -186,7 +202,7 @@ def pair_counts(matrix: CandidateMatrix, keys: list[str], converted: np.ndarray,
     keys_sub = sub.get_column("key").to_numpy()
     defs_sub = sub.get_column("definition").to_numpy()
     fam_sub = np.array(families, dtype=object)
-    pair_keys = [f"pair:{a}&{b}" if a < b else f"pair:{b}&{a}" for a, b in zip(keys_sub[iu], keys_sub[ju])]
+    pair_keys = [pair_key(a, b) for a, b in zip(keys_sub[iu], keys_sub[ju])]
     frame = pl.DataFrame(
         {
             "key": pair_keys,
@@ -424,7 +440,7 @@ def cohort_counts_from_matrix(
     blocks = []
     for month in np.unique(cohort_month):  # one block per cohort month (tens), not per candidate
         rows = np.flatnonzero(cohort_month == month)
-        sub = CandidateMatrix(matrix.account_ids[rows], matrix.candidates, matrix.matrix[rows])
+        sub = matrix.take_rows(rows)
         counts = sufficient_statistics(sub, converted[rows], arr[rows])
         kept = counts if keep_empty else counts.filter(pl.col("n_with") > 0)
         blocks.append(kept.with_columns(pl.lit(str(month)).alias("cohort_month")))
@@ -438,7 +454,7 @@ def matrix_pair_source(matrix: CandidateMatrix, cohort_month: np.ndarray, conver
         out = []
         for months in (split.discovery_months, split.holdout_months):
             rows = np.flatnonzero(np.isin(cohort_month, list(months)))
-            sub = CandidateMatrix(matrix.account_ids[rows], matrix.candidates, matrix.matrix[rows])
+            sub = matrix.take_rows(rows)
             out.append(pair_counts(sub, top, converted[rows], arr[rows]))
         return out[0], out[1]
 

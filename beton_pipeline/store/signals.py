@@ -1,23 +1,54 @@
-"""`beton.signals` and `beton.signal_overrides`: writing discovery results and honouring users' choices.
+"""Signal discovery in the warehouse: `beton.signal_cohort_counts`, `beton.signals` and `beton.signal_overrides`.
 
-`enabled` is the recommendation (`enable`) unless the latest override for that signal says otherwise.
-Overrides live in `beton.signal_overrides` (append-only: who, when, why), which discovery never
-rewrites, so a user's decision survives every re-run. Everything downstream reads `enabled`.
+* **Counts.** `count_cohort` writes one cohort month's sufficient statistics of every candidate
+  (the `signal_cohort_counts` partition); re-counting a month replaces exactly its rows.
+* **Discovery.** `discover` reads every month's counts (discovered and custom,
+  `beton.custom_signal_cohort_counts`), runs `core.discovery` (one Benjamini–Hochberg family over
+  everything tested) and replaces the discovered and custom rows of beton.signals.
+* **One custom signal on its own** (`beton backtest`): `custom_signal_rows` tests it on discovery's
+  temporal split, where q = p; `signals_table_rows` puts it in beton.signals' schema.
+* **Overrides.** `enabled` is the recommendation (`enable`) unless the latest override for that
+  signal says otherwise. Overrides live in `beton.signal_overrides` (append-only: who, when, why),
+  which discovery never rewrites, so a user's decision survives every re-run. Everything
+  downstream reads `enabled`.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import duckdb
+import numpy as np
 import polars as pl
 
-from beton_pipeline.core.candidates import signal_id
+from beton_pipeline.core.candidates import (
+    FeatureFrames,
+    build_candidate_matrix,
+    candidate_hits,
+    signal_id,
+    sufficient_statistics,
+)
+from beton_pipeline.core.discovery import (
+    HoldoutSplit,
+    attach_holdout,
+    cohort_labels,
+    discover_from_cohort_counts,
+    evaluate,
+    matrix_pair_source,
+    projected_arr,
+    recommend,
+    span_days,
+    temporal_split,
+)
+from beton_pipeline.core.stats import benjamini_hochberg
 from beton_pipeline.settings import Settings
-from beton_pipeline.store.tables import replace_rows
+from beton_pipeline.store.custom_signals import CUSTOM_COUNTS_TABLE, Evaluated, custom_matrix
+from beton_pipeline.store.tables import as_of_time, eligible_cohort_months, read_feature_frames, replace_rows
 from beton_pipeline.warehouse import table_exists
 
+COHORT_COUNTS_TABLE = "beton.signal_cohort_counts"
 SIGNALS_TABLE = "beton.signals"
 OVERRIDES_TABLE = "beton.signal_overrides"
 
@@ -70,12 +101,122 @@ def latest_overrides(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
 
 
 def _with_enabled(frame: pl.DataFrame, overrides: pl.DataFrame) -> pl.DataFrame:
+    """`enabled_override` from the latest override, and `enabled`: the override, else recommendation = enable."""
     joined = frame.join(
         overrides.select("signal_id", pl.col("enabled").alias("enabled_override")), on="signal_id", how="left"
     )
     return joined.with_columns(
         pl.coalesce(pl.col("enabled_override"), pl.col("recommendation") == "enable").alias("enabled")
     )
+
+
+def _nan_to_null(frame: pl.DataFrame) -> pl.DataFrame:
+    """NaN statistics (e.g. a lift with no account on one side) are stored as NULL."""
+    return frame.with_columns(pl.col(c).fill_nan(None) for c in frame.columns if frame.schema[c] == pl.Float64)
+
+
+# ------------------------------------------------------------------------------------------------
+# signal_cohort_counts: one cohort month's sufficient statistics
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CohortCount:
+    """What `count_cohort` counted: the month's eligible accounts, their conversions, the candidates seen."""
+
+    cohort_month: str
+    eligible_accounts: int
+    conversions: int
+    candidates_seen: int
+
+
+def count_cohort(con: duckdb.DuckDBPyConnection, settings: Settings, month: str) -> CohortCount:
+    """Count every candidate on the eligible accounts of cohort month `month` (`YYYY-MM`) with one sparse
+    product and replace exactly that month's rows of beton.signal_cohort_counts."""
+    frames = read_feature_frames(con, settings.feature_windows, cohort_month=month)
+    matrix = build_candidate_matrix(frames, candidate_hits(frames, settings.feature_spec()))
+    accounts = frames.accounts
+    counts = sufficient_statistics(
+        matrix,
+        accounts.get_column("converted").to_numpy(),
+        accounts.get_column("arr").fill_null(0).to_numpy(),
+    ).with_columns(pl.lit(month).alias("cohort_month"))
+    replace_rows(con, COHORT_COUNTS_TABLE, counts, "cohort_month = ?", [month])
+    conversions = int(accounts.get_column("converted").sum()) if accounts.height else 0
+    return CohortCount(month, accounts.height, conversions, matrix.n_candidates)
+
+
+# ------------------------------------------------------------------------------------------------
+# signals: discovery over every cohort month's counts (discovered and custom)
+# ------------------------------------------------------------------------------------------------
+class MissingCohortMonthsError(RuntimeError):
+    """Eligible cohort months without their signal_cohort_counts partition: discovery would miss accounts."""
+
+    def __init__(self, months: list[str]):
+        self.months = months
+        super().__init__(
+            f"signal_cohort_counts is missing cohort month(s) {', '.join(months)}: materialise those partitions first"
+        )
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """What `discover` did: candidates tested, the rows written (with `recommendation_order`), the split,
+    and the number of eligible cohort months counted."""
+
+    tested: int
+    written: pl.DataFrame
+    split: HoldoutSplit
+    cohort_months: int
+
+
+def read_cohort_counts(con: duckdb.DuckDBPyConnection, months: set[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Per-cohort counts of `months`, discovered candidates' and custom signals', and the custom signals'
+    notes (key, note: e.g. SQL without fired_at).
+
+    Raises MissingCohortMonthsError when one of `months` has no discovered-candidate counts yet."""
+    counts = con.sql(f"select * from {COHORT_COUNTS_TABLE}").pl() if table_exists(con, *COHORT_COUNTS_TABLE.split(".")) else pl.DataFrame()
+    present = set(counts.get_column("cohort_month").unique().to_list()) if counts.height else set()
+    missing = sorted(months - present)
+    if missing:
+        raise MissingCohortMonthsError(missing)
+    counts = counts.filter(pl.col("cohort_month").is_in(sorted(months))) if counts.height else counts
+    custom = con.sql(f"select * from {CUSTOM_COUNTS_TABLE}").pl() if table_exists(con, *CUSTOM_COUNTS_TABLE.split(".")) else pl.DataFrame()
+    if custom.height and counts.height:
+        counts = pl.concat([counts, custom.filter(pl.col("cohort_month").is_in(sorted(months))).select(counts.columns)], how="vertical_relaxed")
+    notes = custom.select("key", "note").unique("key") if custom.height else pl.DataFrame(schema={"key": pl.String, "note": pl.String})
+    return counts, notes
+
+
+def discover(con: duckdb.DuckDBPyConnection, settings: Settings) -> Discovery:
+    """Test every candidate counted in every eligible cohort month (and every custom signal) and replace the
+    discovered and custom rows of beton.signals; users' overrides are kept."""
+    months = set(eligible_cohort_months(con))
+    counts, notes = read_cohort_counts(con, months)
+    if counts.is_empty():
+        result, split = pl.DataFrame(), HoldoutSplit((), (), 0, 0)
+    else:
+        pairs = _warehouse_pair_source(con, settings)
+        run = discover_from_cohort_counts(counts, pairs, settings.discovery_config(), settings.windows.holdout_fraction)
+        result, split = run.signals.join(notes, on="key", how="left"), run.split
+    written = write_discovered_signals(con, result, settings, as_of=as_of_time(con), split=split)
+    return Discovery(tested=result.height, written=written, split=split, cohort_months=len(months))
+
+
+def _warehouse_pair_source(con: duckdb.DuckDBPyConnection, settings: Settings):
+    """Pair counts for the chosen singles, from account-level features read back from the marts."""
+
+    def source(top: list[str], split: HoldoutSplit) -> tuple[pl.DataFrame, pl.DataFrame]:
+        frames = read_feature_frames(con, settings.feature_windows)
+        hits = candidate_hits(frames, settings.feature_spec()).filter(pl.col("key").is_in(top))
+        matrix = build_candidate_matrix(frames, hits)
+        accounts = frames.accounts
+        return matrix_pair_source(
+            matrix,
+            cohort_labels(frames),
+            accounts.get_column("converted").to_numpy(),
+            accounts.get_column("arr").fill_null(0).to_numpy(),
+        )(top, split)
+
+    return source
 
 
 def write_discovered_signals(con: duckdb.DuckDBPyConnection, result: pl.DataFrame, settings: Settings, as_of, split) -> pl.DataFrame:
@@ -101,9 +242,7 @@ def write_discovered_signals(con: duckdb.DuckDBPyConnection, result: pl.DataFram
         pl.lit(as_of, pl.Datetime("us")).alias("as_of"),
         pl.when(pl.col("recommendation") == "enable").then(0).when(pl.col("recommendation") == "review").then(1).otherwise(2).alias("recommendation_order"),
     )
-    float_cols = [c for c in frame.columns if frame.schema[c] == pl.Float64]
-    frame = frame.with_columns(pl.col(c).fill_nan(None) for c in float_cols)
-    frame = _with_enabled(frame, latest_overrides(con))
+    frame = _with_enabled(_nan_to_null(frame), latest_overrides(con))
     out = frame.select(SIGNAL_COLUMNS).cast(SIGNALS_SCHEMA).sort("signal_id")
     replace_rows(con, SIGNALS_TABLE, out, "source in ('discovered', 'custom')")
     return frame
@@ -135,3 +274,55 @@ def read_signals(con: duckdb.DuckDBPyConnection, include_all: bool = False) -> p
         f"select * from {SIGNALS_TABLE} {where} order by enabled desc, "
         "case recommendation when 'enable' then 0 when 'review' then 1 else 2 end, q_value nulls last, lift desc nulls last"
     ).pl()
+
+
+# ------------------------------------------------------------------------------------------------
+# One custom signal on its own (`beton backtest`, the launchpad): q over this signal alone
+# ------------------------------------------------------------------------------------------------
+def custom_signal_rows(evaluated: Evaluated, frames: FeatureFrames, settings: Settings) -> tuple[pl.DataFrame, HoldoutSplit]:
+    """The beton.signals statistics of custom signals tested on their own, on discovery's temporal split:
+    the same tests, holdout replication, projected ARR and recommendation rule as `discover`, with one
+    Benjamini–Hochberg family over these signals only."""
+    config = settings.discovery_config()
+    months = cohort_labels(frames)
+    split = temporal_split(months, settings.windows.holdout_fraction)
+    converted = frames.accounts.get_column("converted").to_numpy().astype(bool)
+    arr = frames.accounts.get_column("arr").fill_null(0).to_numpy().astype(np.float64)
+    matrix = custom_matrix(evaluated, frames)
+
+    def counts(in_months: tuple) -> pl.DataFrame:
+        rows = np.flatnonzero(np.isin(months, list(in_months)))
+        return sufficient_statistics(matrix.take_rows(rows), converted[rows], arr[rows])
+
+    tested = evaluate(counts(split.discovery_months), config.confidence_level)
+    tested = tested.with_columns(pl.Series("q_value", benjamini_hochberg(tested.get_column("p_value").to_numpy()), dtype=pl.Float64))
+    tested = attach_holdout(tested, counts(split.holdout_months) if split.holdout_months else pl.DataFrame(), config.confidence_level)
+    tested = tested.with_columns(projected_arr(tested, span_days(split.discovery_months), config.acv))
+    out = recommend(tested, config).with_columns(pl.lit("custom").alias("source"))
+    n = len(evaluated.signals)
+    notes = pl.DataFrame({"signal_id": list(evaluated.notes), "_note": list(evaluated.notes.values())}, schema={"signal_id": pl.String, "_note": pl.String})
+    out = out.join(notes, on="signal_id", how="left").with_columns(
+        pl.format(
+            "{}; q: Benjamini-Hochberg over {} custom signal(s) of this run; holdout: {} later cohort months",
+            "method", pl.lit(n), pl.lit(len(split.holdout_months)),
+        ).alias("method")
+    ).with_columns(
+        pl.when(pl.col("_note").is_not_null()).then(pl.format("{}; {}", "method", "_note")).otherwise(pl.col("method")).alias("method"),
+        pl.when(pl.col("n_with") == 0).then(pl.lit("fired for no account in the discovery cohorts"))
+        .when(pl.col("n_without") == 0).then(pl.lit("fired for every account in the discovery cohorts"))
+        .otherwise(pl.col("recommendation_reason")).alias("recommendation_reason"),
+    ).drop("_note")
+    return out, split
+
+
+def signals_table_rows(rows: pl.DataFrame, overrides: pl.DataFrame, confidence_level: float, as_of) -> pl.DataFrame:
+    """`custom_signal_rows` in beton.signals' schema, `enabled` from the recommendation unless a user override says otherwise."""
+    frame = rows.with_columns(
+        pl.col("key").alias("candidate_key"),
+        pl.lit("[]").alias("alternatives"),
+        pl.lit(confidence_level).alias("confidence_level"),
+        pl.lit(as_of, pl.Datetime("us")).alias("as_of"),
+    )
+    frame = _with_enabled(_nan_to_null(frame), overrides)
+    frame = frame.with_columns(pl.lit(None).alias(c) for c in SIGNAL_COLUMNS if c not in frame.columns)  # e.g. pair parts
+    return frame.select(SIGNAL_COLUMNS).cast(SIGNALS_SCHEMA).sort("signal_id")

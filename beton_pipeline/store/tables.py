@@ -57,6 +57,13 @@ def eligible_cohort_months(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [r[0] for r in rows]
 
 
+def as_of_time(con: duckdb.DuckDBPyConnection):
+    """The run's as-of time: the marts' `as_of_at` (latest in `marts.account_outcomes`; None when empty).
+
+    Every beton.* table stamps its rows with this, so a run's outputs agree on "now"."""
+    return con.sql("select max(as_of_at) from marts.account_outcomes").fetchall()[0][0]
+
+
 def replace_rows(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, where: str, params: list | None = None) -> None:
     """In one transaction: create `table` from `frame`'s schema if missing, delete rows matching `where`, insert `frame`."""
     schema = table.split(".")[0]

@@ -16,10 +16,12 @@ from beton_pipeline.core.discovery import (
     DiscoveryConfig,
     choose_holdout,
     cohort_counts_from_matrix,
+    cohort_labels,
     discover_from_cohort_counts,
     matrix_pair_source,
     pair_counts,
     span_days,
+    temporal_split,
 )
 
 WINDOWS = (1, 3, 7, 14)
@@ -69,7 +71,7 @@ def synthetic_frames(n: int = 6000, seed: int = 0, planted_lift: bool = True) ->
 def run(frames: FeatureFrames, config: DiscoveryConfig = DiscoveryConfig(), converted=None):
     hits = candidate_hits(frames, FeatureSpec(WINDOWS, (1, 2, 3, 5), 14, 90))
     matrix = build_candidate_matrix(frames, hits)
-    months = frames.accounts.get_column("cohort_month").dt.strftime("%Y-%m").to_numpy()
+    months = cohort_labels(frames)
     y = frames.accounts.get_column("converted").to_numpy() if converted is None else converted
     arr = np.where(y, 6000.0, 0.0)
     counts = cohort_counts_from_matrix(matrix, months, y, arr)
@@ -115,6 +117,25 @@ def test_holdout_takes_the_latest_months():
     assert (split.n_discovery, split.n_holdout) == (700, 300)
     assert choose_holdout(sizes.head(1), 0.3).holdout_months == ()  # one month: nothing to hold out
     assert span_days(("2025-01", "2025-12")) == pytest.approx(365.0)
+
+
+def test_temporal_split_of_accounts_is_choose_holdout_on_their_months():
+    months = np.array(["2025-03"] * 50 + ["2025-01"] * 100 + ["2025-02"] * 100 + ["2025-04"] * 50)
+    split = temporal_split(months, 0.3)
+    assert split.discovery_months == ("2025-01", "2025-02") and split.holdout_months == ("2025-03", "2025-04")
+    assert (split.n_discovery, split.n_holdout) == (200, 100)
+    sizes = pl.DataFrame({"cohort_month": ["2025-01", "2025-02", "2025-03", "2025-04"], "n_eligible": [100, 100, 50, 50]})
+    assert split == choose_holdout(sizes, 0.3)
+    assert temporal_split(np.array(["2025-01"] * 10), 0.3).holdout_months == ()
+
+
+def test_cohort_labels_from_dates_and_from_text():
+    frames = synthetic_frames(50)
+    labels = cohort_labels(frames)
+    assert labels.dtype.kind == "U" and all(len(m) == 7 for m in labels)
+    as_text = frames.accounts.with_columns(pl.col("cohort_month").dt.strftime("%Y-%m-%d"))
+    same = FeatureFrames(accounts=as_text, events=frames.events, properties=frames.properties, intent=frames.intent)
+    assert (cohort_labels(same) == labels).all()
 
 
 def test_planted_signal_enabled_at_its_threshold_and_noise_rejected():

@@ -287,7 +287,7 @@ def test_cli_events_lists_what_conditions_can_name(custom_run, con):
 
 
 def test_verdicts_tell_the_planted_behaviours_from_the_drifting_one(custom_run, pipeline_run):
-    from beton_pipeline.store.custom_signals import backtest_definition
+    from beton_pipeline.store.backtests import backtest_definition
 
     settings = load_settings()
     verdict = {}

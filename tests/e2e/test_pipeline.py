@@ -118,6 +118,7 @@ def test_shuffled_demo_outcomes_enable_almost_nothing(con):
     from beton_pipeline.core.discovery import (
         DiscoveryConfig,
         cohort_counts_from_matrix,
+        cohort_labels,
         discover_from_cohort_counts,
         matrix_pair_source,
     )
@@ -127,7 +128,7 @@ def test_shuffled_demo_outcomes_enable_almost_nothing(con):
     frames = read_feature_frames(con, cfg.feature_windows)
     hits = candidate_hits(frames, cfg.feature_spec())
     matrix = build_candidate_matrix(frames, hits)
-    months = frames.accounts["cohort_month"].dt.strftime("%Y-%m").to_numpy()
+    months = cohort_labels(frames)
     y0 = frames.accounts["converted"].to_numpy()
     config = DiscoveryConfig(fdr_alpha=cfg.thresholds.fdr_alpha, min_sample=cfg.thresholds.min_sample, min_lift=cfg.thresholds.min_lift)
     runs_with_enable = 0

@@ -3,28 +3,15 @@
 import dagster as dg
 import polars as pl
 
-from beton_pipeline.core.backtest import verdicts
 from beton_pipeline.core.conditions import SignalDefinitionError
+from beton_pipeline.core.formatting import fmt, fmt_estimate, markdown_table
 from beton_pipeline.defs.backtests.partitions import signal_partitions
 from beton_pipeline.defs.resources import WAREHOUSE_POOL, SettingsResource, WarehouseResource
-from beton_pipeline.store.custom_signals import (
-    BACKTESTS_TABLE,
-    CUSTOM_COUNTS_TABLE,
-    CustomSignalsError,
-    compute_backtests,
-    compute_custom_cohort_counts,
-    signals_dir,
-    write_backtests,
-)
+from beton_pipeline.store.backtests import BACKTESTS_TABLE, run_backtests
+from beton_pipeline.store.custom_signals import CustomSignalsError, count_custom_signals, signals_dir
 from beton_pipeline.store.sql_sandbox import SqlSignalError
-from beton_pipeline.store.tables import replace_rows
-from beton_pipeline.warehouse import table_exists
 
 MARTS = ["account_features", "account_event_features", "account_property_features", "account_intent_features", "account_outcomes"]
-
-
-def _fmt(x, spec: str) -> str:
-    return "—" if x is None else format(x, spec)
 
 
 @dg.asset(
@@ -42,17 +29,11 @@ def _fmt(x, spec: str) -> str:
     ),
 )
 def custom_signals(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource) -> dg.MaterializeResult:
-    cfg = settings.load()
     directory = signals_dir()
     try:
-        signals, counts = compute_custom_cohort_counts(warehouse.resolved_path, cfg, directory)
+        signals = count_custom_signals(warehouse.resolved_path, settings.load(), directory)
     except (CustomSignalsError, SignalDefinitionError, SqlSignalError) as exc:
         raise dg.Failure(description=f"custom signals in {directory}:\n{exc}") from None
-    with warehouse.connect() as con:
-        if counts.height:
-            replace_rows(con, CUSTOM_COUNTS_TABLE, counts, "true")
-        elif table_exists(con, *CUSTOM_COUNTS_TABLE.split(".")):
-            con.execute(f"delete from {CUSTOM_COUNTS_TABLE}")
     return dg.MaterializeResult(
         metadata={
             "signals_dir": str(directory),
@@ -65,18 +46,27 @@ def custom_signals(context: dg.AssetExecutionContext, warehouse: WarehouseResour
 
 def periods_markdown(rows: pl.DataFrame) -> str:
     """A markdown table of one signal's periods."""
-    lines = [
-        "| cohort | split | fired | converted | precision | recall | lift (95% CI) | projected ARR (95% CI) | enough data |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows.sort("cohort_month").iter_rows(named=True):
-        lines.append(
-            f"| {r['cohort_month']} | {r['split']} | {r['fired']} | {r['converted']} | {_fmt(r['precision'], '.3f')} "
-            f"| {_fmt(r['recall'], '.3f')} | {_fmt(r['lift'], '.2f')} ({_fmt(r['lift_ci_low'], '.2f')}–{_fmt(r['lift_ci_high'], '.2f')}) "
-            f"| {_fmt(r['projected_arr'], ',.0f')} ({_fmt(r['projected_arr_ci_low'], ',.0f')}–{_fmt(r['projected_arr_ci_high'], ',.0f')}) "
-            f"| {'yes' if r['enough_data'] else 'no'} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(
+        ["cohort", "split", "fired", "converted", "precision", "recall", "lift (95% CI)", "projected ARR (95% CI)", "enough data"],
+        [
+            [r["cohort_month"], r["split"], r["fired"], r["converted"], fmt(r["precision"]), fmt(r["recall"]),
+             fmt_estimate(r["lift"], r["lift_ci_low"], r["lift_ci_high"]),
+             fmt_estimate(r["projected_arr"], r["projected_arr_ci_low"], r["projected_arr_ci_high"], ",.0f"),
+             "yes" if r["enough_data"] else "no"]
+            for r in rows.sort("cohort_month").iter_rows(named=True)
+        ],
+    )
+
+
+def summary_markdown(summary: pl.DataFrame) -> str:
+    """A markdown table of several signals' verdicts."""
+    return markdown_table(
+        ["signal", "verdict", "periods with data", "lift > 1", "precision", "recall"],
+        [
+            [r["signal_id"], r["verdict"], r["periods_with_data"], r["periods_lift_above_1"], fmt(r["precision_total"]), fmt(r["recall_total"])]
+            for r in summary.iter_rows(named=True)
+        ],
+    )
 
 
 @dg.asset(
@@ -95,23 +85,19 @@ def periods_markdown(rows: pl.DataFrame) -> str:
     ),
 )
 def signal_backtests(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource) -> dg.MaterializeResult:
-    cfg = settings.load()
     keys = list(context.partition_keys)
     try:
-        run = compute_backtests(warehouse.resolved_path, cfg, keys)
+        run = run_backtests(warehouse.resolved_path, settings.load(), keys)
     except (SignalDefinitionError, SqlSignalError) as exc:
         raise dg.Failure(description=f"backtest of {', '.join(keys)}: {exc}") from None
-    with warehouse.connect() as con:
-        write_backtests(con, run.rows, keys)
     if run.missing:
         context.log.warning(f"not in beton.signals any more (backtest rows removed): {', '.join(run.missing)}")
     metadata: dict = {"signals": dg.MetadataValue.int(len(keys) - len(run.missing)), "rows": dg.MetadataValue.int(run.rows.height), "table": BACKTESTS_TABLE}
-    if run.rows.height:
-        summary = verdicts(run.rows, cfg.backtest_config())
-        counts = summary.group_by("verdict").len()
+    if run.summary is not None:
+        counts = run.summary.group_by("verdict").len()
         metadata["verdicts"] = dg.MetadataValue.json(dict(zip(counts.get_column("verdict").to_list(), counts.get_column("len").to_list())))
-        if summary.height == 1:
-            only = summary.row(0, named=True)
+        if run.summary.height == 1:
+            only = run.summary.row(0, named=True)
             metadata.update(
                 {
                     "verdict": only["verdict"],
@@ -125,11 +111,5 @@ def signal_backtests(context: dg.AssetExecutionContext, warehouse: WarehouseReso
                 }
             )
         else:
-            lines = ["| signal | verdict | periods with data | lift > 1 | precision | recall |", "|---|---|---|---|---|---|"]
-            for r in summary.iter_rows(named=True):
-                lines.append(
-                    f"| {r['signal_id']} | {r['verdict']} | {r['periods_with_data']} | {r['periods_lift_above_1']} "
-                    f"| {_fmt(r['precision_total'], '.3f')} | {_fmt(r['recall_total'], '.3f')} |"
-                )
-            metadata["summary"] = dg.MetadataValue.md("\n".join(lines))
+            metadata["summary"] = dg.MetadataValue.md(summary_markdown(run.summary))
     return dg.MaterializeResult(metadata=metadata)

@@ -1,14 +1,13 @@
 """Jobs: re-run signals' backtests, and backtest an ad hoc definition from the launchpad."""
 
 import dagster as dg
-import polars as pl
 from pydantic import Field
 
 from beton_pipeline.core.conditions import SignalDefinitionError
 from beton_pipeline.defs.backtests.assets import periods_markdown
 from beton_pipeline.defs.backtests.partitions import signal_partitions
 from beton_pipeline.defs.resources import WAREHOUSE_POOL, SettingsResource, WarehouseResource
-from beton_pipeline.store.custom_signals import backtest_definition, write_backtests
+from beton_pipeline.store.backtests import record_launchpad_backtest
 from beton_pipeline.store.sql_sandbox import SqlSignalError
 
 signal_backtests_job = dg.define_asset_job(
@@ -37,12 +36,10 @@ def backtest_custom_definition(context: dg.OpExecutionContext, config: CustomBac
     if config.kind not in ("auto", "condition", "sql"):
         raise dg.Failure(description=f"kind: expected auto, condition or sql, got {config.kind!r}")
     try:
-        result = backtest_definition(config.definition, "launchpad", config.kind, settings.load(), warehouse.resolved_path, config.timeout_seconds)
+        result = record_launchpad_backtest(config.definition, config.kind, settings.load(), warehouse.resolved_path, config.timeout_seconds)
     except (SignalDefinitionError, SqlSignalError) as exc:
         raise dg.Failure(description=str(exc)) from None
-    rows = result.periods.with_columns(pl.lit("launchpad").alias("origin"))
-    with warehouse.connect() as con:
-        write_backtests(con, rows, [result.signal.signal_id])
+    rows = result.periods
     row = result.signal_row.row(0, named=True)
     verdict = rows.get_column("verdict")[0] if rows.height else None
     context.log.info(f"{result.signal.signal_id}: {result.signal.definition}: lift {row['lift']}, verdict {verdict}")

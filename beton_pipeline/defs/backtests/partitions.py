@@ -9,19 +9,9 @@ and re-materialising it removes its rows.
 import dagster as dg
 import duckdb
 
-from beton_pipeline.warehouse import table_exists
+from beton_pipeline.store.backtests import backtested_signal_ids
 
 signal_partitions = dg.DynamicPartitionsDefinition(name="signals")
-
-
-def backtested_signal_ids(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """The signals that get a backtest: enabled discovered signals and all custom signals, by id."""
-    if not table_exists(con, "beton", "signals"):
-        return []
-    rows = con.sql(
-        "select signal_id from beton.signals where source = 'custom' or (source = 'discovered' and enabled) order by signal_id"
-    ).fetchall()
-    return [r[0] for r in rows]
 
 
 def register_signal_partitions(instance: dg.DagsterInstance, con: duckdb.DuckDBPyConnection) -> list[str]:

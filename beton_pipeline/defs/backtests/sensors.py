@@ -4,8 +4,9 @@ and re-run every backtested signal's partition."""
 import dagster as dg
 
 from beton_pipeline.defs.backtests.jobs import signal_backtests_job
-from beton_pipeline.defs.backtests.partitions import backtested_signal_ids, signal_partitions
+from beton_pipeline.defs.backtests.partitions import signal_partitions
 from beton_pipeline.defs.resources import WarehouseResource
+from beton_pipeline.store.backtests import backtested_signal_ids
 
 WATCHED = ("signals", "custom_signals")
 
