@@ -9,7 +9,7 @@ Method (README, "Lead-score model"):
    a feature when it fired for at least `min_candidate_support` training accounts and did not fire
    for as many (`min_property_support` for property values): the same outcome-blind filter as
    discovery. Pairs are left out (the model adds effects itself).
-2. **Temporal split.** The same as discovery (`core.discovery.choose_holdout`): eligible cohort
+2. **Temporal split.** The same as discovery (`core.discovery.temporal_split`): eligible cohort
    months in order; the latest months holding ≥ `holdout_fraction` of eligible accounts are the
    *test* set, the earlier ones the *training* set. The model never sees a test account.
 3. **Model.** L1-penalised logistic regression (scikit-learn, liblinear), P(convert) =
@@ -67,8 +67,9 @@ from beton_pipeline.core.candidates import (
     FeatureSpec,
     build_candidate_matrix,
     candidate_hits,
+    pair_parts,
 )
-from beton_pipeline.core.discovery import HoldoutSplit, choose_holdout
+from beton_pipeline.core.discovery import HoldoutSplit, cohort_labels, temporal_split
 from beton_pipeline.core.stats import wilson_interval
 
 SCORERS = ("model", "signals", "signals_weighted", "base_rate")
@@ -358,16 +359,6 @@ def model_from_frame(frame: pl.DataFrame) -> LeadScoreModel:
 # --------------------------------------------------------------------------------------------
 # The enabled-signals score
 # --------------------------------------------------------------------------------------------
-def pair_parts(key: str, known: set[str]) -> tuple[str, str] | None:
-    """The two single keys of a pair key `pair:A&B` (A, B known keys; `&` may also occur inside a key)."""
-    body = key.removeprefix("pair:")
-    cuts = [i for i, ch in enumerate(body) if ch == "&"]  # a handful of characters per enabled pair
-    for i in cuts:
-        if body[:i] in known and body[i + 1 :] in known:
-            return body[:i], body[i + 1 :]
-    return None
-
-
 def signal_membership(matrix: CandidateMatrix, signal_keys: list[str]) -> sp.csr_matrix:
     """Accounts × signals 0/1: singles are columns of `matrix`, a pair is the product of its parts' columns.
 
@@ -559,21 +550,10 @@ def monotone_probability(train_scores: np.ndarray, train_y: np.ndarray, scores: 
 # --------------------------------------------------------------------------------------------
 # The backtest
 # --------------------------------------------------------------------------------------------
-def cohort_months_of(frames: FeatureFrames) -> np.ndarray:
-    """Each account's cohort month as `YYYY-MM` text (the discovery partitions' keys)."""
-    month = frames.accounts.get_column("cohort_month")
-    if month.dtype == pl.String:
-        return month.str.slice(0, 7).to_numpy()
-    return month.dt.strftime("%Y-%m").to_numpy()
-
-
-def temporal_split(frames: FeatureFrames, holdout_fraction: float) -> tuple[HoldoutSplit, np.ndarray]:
-    """Discovery's split (`choose_holdout` on eligible accounts per cohort month) and the training-row mask."""
-    months = cohort_months_of(frames)
-    sizes = pl.DataFrame({"cohort_month": months}, schema={"cohort_month": pl.String}).group_by("cohort_month").agg(
-        pl.len().cast(pl.Int64).alias("n_eligible")
-    )
-    split = choose_holdout(sizes, holdout_fraction)
+def training_rows(frames: FeatureFrames, holdout_fraction: float) -> tuple[HoldoutSplit, np.ndarray]:
+    """Discovery's temporal split of `frames.accounts` (`core.discovery.temporal_split`) and the training-row mask."""
+    months = cohort_labels(frames)
+    split = temporal_split(months, holdout_fraction)
     return split, np.isin(months, list(split.discovery_months))
 
 
@@ -586,7 +566,7 @@ def backtest_lead_score(frames: FeatureFrames, enabled_signals: pl.DataFrame, sp
     """
     if frames.accounts.is_empty():
         raise ModelDataError("no eligible account (outcome window closed) yet")
-    split, train = temporal_split(frames, config.holdout_fraction)
+    split, train = training_rows(frames, config.holdout_fraction)
     test = ~train
     if not split.holdout_months or not test.any():
         raise ModelDataError(
@@ -637,7 +617,7 @@ def backtest_lead_score(frames: FeatureFrames, enabled_signals: pl.DataFrame, sp
         n_train=int(train.sum()),
         n_train_converted=int(y[train].sum()),
     )
-    months = cohort_months_of(frames)
+    months = cohort_labels(frames)
     test_scores = pl.DataFrame(
         {
             "account_id": frames.accounts.get_column("account_id").to_numpy()[test],

@@ -21,10 +21,10 @@ registered as frames, in one statement over all signals at once; pairs are combi
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import duckdb
 import polars as pl
+
+from beton_pipeline.store.tables import sql_beside
 
 FIRING_SCHEMA = {"account_id": pl.String, "signal_id": pl.String, "fired_at": pl.Datetime("us")}
 
@@ -39,11 +39,6 @@ _PROPS = (
 )
 _ATTRS = ("_beton_sig_attrs", {"signal_id": pl.String, "property": pl.String, "value": pl.String})
 _INTENT = ("_beton_sig_intent", {"signal_id": pl.String, "value": pl.String, "window_days": pl.Int64, "before_start": pl.Boolean})
-
-
-def sql_beside(module_file: str, name: str) -> str:
-    """The text of the SQL file `name` in the directory of `module_file` (a module's `__file__`)."""
-    return (Path(module_file).parent / name).read_text(encoding="utf-8")
 
 
 def _signal_frames(signals: pl.DataFrame) -> dict[str, pl.DataFrame]:

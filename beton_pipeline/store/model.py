@@ -25,7 +25,7 @@ from beton_pipeline.core.model import (
     crm_comparison,
 )
 from beton_pipeline.settings import Settings
-from beton_pipeline.store.tables import read_feature_frames, replace_rows
+from beton_pipeline.store.tables import as_of_time, read_feature_frames, replace_rows
 from beton_pipeline.warehouse import connect, table_exists
 
 BACKTEST_TABLE = "beton.model_backtest"
@@ -82,7 +82,7 @@ def read_model_inputs(con: duckdb.DuckDBPyConnection, settings: Settings) -> Mod
     return ModelInputs(
         frames=read_feature_frames(con, settings.feature_windows),
         enabled=enabled,
-        as_of=con.sql("select max(as_of_at) from marts.account_outcomes").fetchall()[0][0],
+        as_of=as_of_time(con),
         deal_progress=read_deal_progress(con),
     )
 

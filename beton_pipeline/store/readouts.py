@@ -15,7 +15,6 @@ Both tables are recomputed whole on every run.
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 
 import duckdb
 import polars as pl
@@ -28,11 +27,12 @@ from beton_pipeline.core.readouts import (
     treatment_readout,
 )
 from beton_pipeline.store.outbox import ACTIONS_TABLE
+from beton_pipeline.store.tables import as_of_time, sql_beside
 from beton_pipeline.warehouse import table_exists
 
 PLAYBOOK_READOUTS_TABLE = "beton.playbook_readouts"
 EXPERIMENT_READOUTS_TABLE = "beton.experiment_readouts"
-EXPERIMENT_COUNTS_SQL = (Path(__file__).parent / "readouts.sql").read_text(encoding="utf-8")
+EXPERIMENT_COUNTS_SQL = sql_beside(__file__, "readouts.sql")
 
 
 def replace_table(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame | None) -> None:
@@ -72,7 +72,7 @@ def read_assignments(con: duckdb.DuckDBPyConnection, playbook: str) -> tuple[pl.
         """,
         params=[playbook],
     ).pl()
-    as_of = con.sql("select cast(max(as_of_at) as timestamp) from marts.account_outcomes").fetchall()[0][0]
+    as_of = as_of_time(con)
     return frame, as_of
 
 

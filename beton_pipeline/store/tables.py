@@ -6,6 +6,8 @@ so re-running a partition or a backfill never duplicates rows.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import duckdb
 import polars as pl
 
@@ -55,6 +57,14 @@ def eligible_cohort_months(con: duckdb.DuckDBPyConnection) -> list[str]:
         "select distinct strftime(cohort_month, '%Y-%m') from marts.account_outcomes where is_eligible order by 1"
     ).fetchall()
     return [r[0] for r in rows]
+
+
+def sql_beside(module_file: str, name: str) -> str:
+    """The text of the SQL file `name` in the directory of `module_file` (a store module's `__file__`).
+
+    SQL that must stay in Python (it joins runtime lists such as the enabled signals) lives in `.sql`
+    files beside its store module, so it reads, diffs and lints as SQL."""
+    return (Path(module_file).parent / name).read_text(encoding="utf-8")
 
 
 def as_of_time(con: duckdb.DuckDBPyConnection):

@@ -17,7 +17,13 @@ from sklearn.metrics import (
 )
 from statsmodels.stats.proportion import proportion_confint
 
-from beton_pipeline.core.candidates import FeatureFrames, FeatureSpec, build_candidate_matrix, candidate_hits
+from beton_pipeline.core.candidates import (
+    FeatureFrames,
+    FeatureSpec,
+    build_candidate_matrix,
+    candidate_hits,
+    pair_parts,
+)
 from beton_pipeline.core.discovery import choose_holdout
 from beton_pipeline.core.model import (
     INTERCEPT_KEY,
@@ -33,15 +39,14 @@ from beton_pipeline.core.model import (
     feature_candidates,
     model_from_frame,
     model_to_frame,
-    pair_parts,
     precision_at_k,
     recall_at_k,
     score_accounts,
     score_buckets,
     scorer_metrics,
-    temporal_split,
     top_k_threshold,
     train_logistic,
+    training_rows,
 )
 
 WINDOWS = (1, 3, 7, 14)
@@ -230,7 +235,7 @@ def test_serialised_model_scores_exactly_like_the_sklearn_estimator(frames, back
     assert model.intercept == backtest.model.intercept and model.spec == SPEC
     assert backtest.features.filter(pl.col("feature_key") == INTERCEPT_KEY).height == 1
     # refit independently on the same training rows: the same estimator, whose predict_proba is the reference
-    _, train = temporal_split(frames, 0.3)
+    _, train = training_rows(frames, 0.3)
     full = design_matrix(frames, SPEC, backtest.model.feature_keys)
     y = frames.accounts.get_column("converted").to_numpy()
     estimator = train_logistic(full.matrix[train], y[train], ModelConfig())
