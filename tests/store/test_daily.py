@@ -3,19 +3,16 @@ replaces exactly its days' rows (re-running a day is idempotent; other days are 
 
 from datetime import date, timedelta
 
-import duckdb
 import polars as pl
 import pytest
 
 from beton_pipeline.store.daily import clamp_days, data_days, partition_days, write_days
-from tests.store.outcomes import AS_OF, FIRST_START, WINDOW_DAYS, create_outcomes, outcomes_frame
+from tests.store.daily_fixtures import AS_OF, FIRST_START, WINDOW_DAYS, outcomes_warehouse
 
 
 @pytest.fixture
 def con(tmp_path):
-    path = tmp_path / "warehouse.duckdb"
-    create_outcomes(path, outcomes_frame())
-    with duckdb.connect(str(path)) as c:
+    with outcomes_warehouse(tmp_path) as c:
         yield c
 
 

@@ -4,20 +4,16 @@ in tests/e2e/test_monitoring.py, and the rules in tests/core/test_monitoring.py.
 
 from datetime import date
 
-import duckdb
 import pytest
 
 from beton_pipeline.settings import Settings
 from beton_pipeline.store.monitoring import compute_signal_health, refresh_signal_health
-from tests.store.outcomes import create_outcomes, outcomes_frame
-from tests.store.test_live_signals import create_signals
+from tests.store.daily_fixtures import create_signals, outcomes_warehouse
 
 
 @pytest.fixture
 def con(tmp_path):
-    path = tmp_path / "warehouse.duckdb"
-    create_outcomes(path, outcomes_frame())
-    with duckdb.connect(str(path)) as c:
+    with outcomes_warehouse(tmp_path) as c:
         yield c
 
 

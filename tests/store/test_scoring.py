@@ -4,22 +4,19 @@ numbers over the trailing 30 days, the calibration check on the later cohort, an
 
 from datetime import date, datetime, timedelta
 
-import duckdb
 import polars as pl
 import pytest
 
 from beton_pipeline.settings import Settings
 from beton_pipeline.store.scoring import compute_account_scores, refresh_account_scores
-from tests.store.outcomes import create_outcomes, outcomes_frame
+from tests.store.daily_fixtures import outcomes_frame, outcomes_warehouse
 
 DAYS = [date(2025, 3, 15), date(2025, 3, 16)]
 
 
 @pytest.fixture
 def con(tmp_path):
-    path = tmp_path / "warehouse.duckdb"
-    create_outcomes(path, outcomes_frame())
-    with duckdb.connect(str(path)) as c:
+    with outcomes_warehouse(tmp_path) as c:
         yield c
 
 
