@@ -49,7 +49,9 @@ def create_outcomes(path: Path, outcomes: pl.DataFrame) -> None:
         con.execute("create schema if not exists marts; create schema if not exists intermediate")
         con.register("o", outcomes.to_arrow())
         con.execute("create or replace table marts.account_outcomes as select * from o")
-        con.execute("create or replace table intermediate.int_accounts as select account_id, 'Company ' || account_id as company_name from o")
+        con.execute(
+            "create or replace table intermediate.int_accounts as select account_id, 'Company ' || account_id as company_name from o"
+        )
         con.unregister("o")
 
 
@@ -76,11 +78,10 @@ def create_signals(con: duckdb.DuckDBPyConnection, enabled: bool) -> None:
         """,
         [enabled],
     )
-    con.execute(
-        "alter table beton.signals add column property varchar; alter table beton.signals add column value varchar; "
-        "alter table beton.signals add column window_days integer default 14; "
-        "alter table beton.signals add column part_a_id varchar; alter table beton.signals add column part_b_id varchar; "
-        "alter table beton.signals add column lift double default 2.0; "
-        "alter table beton.signals add column conversions_with integer default 20; alter table beton.signals add column n_with integer default 100; "
-        "alter table beton.signals add column conversions_without integer default 50; alter table beton.signals add column n_without integer default 500"
-    )
+    added = {
+        "property": "varchar", "value": "varchar", "window_days": "integer default 14", "part_a_id": "varchar",
+        "part_b_id": "varchar", "lift": "double default 2.0", "conversions_with": "integer default 20",
+        "n_with": "integer default 100", "conversions_without": "integer default 50", "n_without": "integer default 500",
+    }
+    for column, kind in added.items():
+        con.execute(f"alter table beton.signals add column {column} {kind}")
