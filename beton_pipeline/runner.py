@@ -16,7 +16,7 @@ import dagster as dg
 
 from beton_pipeline.defs.partitions import cohort_months
 from beton_pipeline.settings import warehouse_path
-from beton_pipeline.store.scoring import data_days
+from beton_pipeline.store.daily import data_days
 from beton_pipeline.store.tables import eligible_cohort_months
 from beton_pipeline.warehouse import connect, table_exists
 

@@ -19,9 +19,11 @@ event, never the wall clock); the ingest asset checks fail on a stale or empty s
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Protocol
 
 import duckdb
 import pycountry
@@ -78,8 +80,13 @@ class IngestResult:
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
 
     @property
+    def accounted(self) -> int:
+        """Rows loaded, quarantined or dropped as exact duplicates."""
+        return self.rows_loaded + self.rows_quarantined + self.exact_duplicates_dropped
+
+    @property
     def balanced(self) -> bool:
-        return self.rows_read == self.rows_loaded + self.rows_quarantined + self.exact_duplicates_dropped
+        return self.rows_read == self.accounted
 
 
 def _suffix(path: Path) -> str | None:
@@ -480,22 +487,24 @@ def _summarise_reasons(rows: list[tuple[str, int]]) -> dict[str, int]:
 # clock is consulted only when `freshness.max_age_days` is set (production), and only for the events,
 # which set the as-of: every other source is tied to them by its lag.
 
-FRESHNESS_SETTING_DEFAULTS: dict[str, object] = {"max_lag_days": {}, "max_age_days": None}
-"""What an absent `freshness` section of beton.yaml means: every table's contract default
-(`TableSpec.max_lag_days`: 3 days for the events, 35 for every other table) and no wall-clock limit."""
+
+class FreshnessLimits(Protocol):
+    """The `freshness` section of beton.yaml (`settings.FreshnessSettings`), as far as the limits need it."""
+
+    max_lag_days: Mapping[str, float | None]
+    max_age_days: float | None
 
 
-def freshness_limits(settings: object, spec: TableSpec) -> tuple[float | None, float | None]:
-    """(max_lag_days, max_age_days) of one table from `settings.freshness`, read defensively.
+def freshness_limits(freshness: FreshnessLimits, spec: TableSpec) -> tuple[float | None, float | None]:
+    """(max_lag_days, max_age_days) of one table under the `freshness` settings.
 
-    `freshness.max_lag_days` maps table names to days (null: no lag check); a table not listed keeps
-    `spec.max_lag_days`. `freshness.max_age_days` (days, null: off) applies to the events only.
-    Settings without a `freshness` section give the defaults (`FRESHNESS_SETTING_DEFAULTS`).
+    `freshness.max_lag_days` maps table names to days (null: no lag check); a table not listed keeps its
+    contract default `spec.max_lag_days` (3 days for the events, 35 for every other table).
+    `freshness.max_age_days` (days, null: off) applies to the events only.
     """
-    freshness = getattr(settings, "freshness", None)
-    lags = getattr(freshness, "max_lag_days", None) or FRESHNESS_SETTING_DEFAULTS["max_lag_days"]
+    lags = freshness.max_lag_days
     max_lag = lags[spec.name] if spec.name in lags else spec.max_lag_days
-    max_age = getattr(freshness, "max_age_days", FRESHNESS_SETTING_DEFAULTS["max_age_days"]) if spec.name == "events" else None
+    max_age = freshness.max_age_days if spec.name == "events" else None
     return (None if max_lag is None else float(max_lag)), (None if max_age is None else float(max_age))
 
 
@@ -553,6 +562,22 @@ class SourceFreshness:
     def fresh(self) -> bool:
         return not self.problems
 
+    @property
+    def lag_unmeasurable(self) -> bool:
+        """The table has rows and a lag limit, but there is no as-of to measure the lag against (no events
+        loaded and no `windows.as_of`): the events' own check reports that."""
+        return self.newest is not None and self.as_of is None and self.max_lag_days is not None
+
+    @property
+    def summary(self) -> str:
+        """One line for people: the problems, else the newest row and how far it trails the as-of."""
+        if self.problems:
+            return "; ".join(self.problems)
+        if self.newest is None:
+            return f"optional table '{self.table}' has no rows"
+        lag = f", {self.lag_days:.1f} days behind the as-of" if self.lag_days is not None else ""
+        return f"newest {self.column} {self.newest:%Y-%m-%d %H:%M}{lag}"
+
 
 def parse_timestamp(con: duckdb.DuckDBPyConnection, text: str) -> datetime:
     """A timestamp setting (ISO-8601 or epoch seconds; no zone = UTC) as naive UTC, by the contract's rules."""
@@ -598,3 +623,12 @@ def measure_freshness(
         max_lag_days=max_lag_days,
         max_age_days=max_age_days,
     )
+
+
+def table_freshness(
+    con: duckdb.DuckDBPyConnection, spec: TableSpec, freshness: FreshnessLimits, as_of_setting: str | None
+) -> SourceFreshness:
+    """How current one loaded table is under the `freshness` settings, against the run's as-of
+    (`windows.as_of` when set, else the newest event: `as_of_time`)."""
+    max_lag, max_age = freshness_limits(freshness, spec)
+    return measure_freshness(con, spec, as_of_time(con, as_of_setting), max_lag, max_age)

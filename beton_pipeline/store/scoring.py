@@ -1,22 +1,19 @@
-"""Warehouse side of monitoring and scoring: read enabled signals and accounts, compute, write.
-
-Pure statistics live in `core.monitoring` and `core.scoring`; this module gathers their inputs with
-SQL (firings: `firings.signal_firings`) and writes `beton.signal_health`, `beton.account_scores`,
-`beton.score_calibration` and `beton.revenue_metrics`, replacing exactly the days it computed.
+"""Warehouse side of account scoring: score every account in play on each day by its enabled signals
+(`core.scoring`), check the calibration on the later cohorts, and compute the revenue numbers; writes
+`beton.account_scores` and `beton.revenue_metrics` (replacing exactly the days computed) and
+`beton.score_calibration`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date
 
 import duckdb
-import numpy as np
 import polars as pl
-import scipy.sparse as sp
 
 from beton_pipeline.core.discovery import choose_holdout
-from beton_pipeline.core.monitoring import assess_health, log_lift_and_se, window_counts
 from beton_pipeline.core.scoring import (
     calibration_observations,
     calibration_table,
@@ -25,113 +22,28 @@ from beton_pipeline.core.scoring import (
     raw_scores,
 )
 from beton_pipeline.settings import Settings
-from beton_pipeline.store.firings import signal_firings
+from beton_pipeline.store.daily import partition_days, write_days
+from beton_pipeline.store.live_signals import enabled_firings, enabled_signals
 from beton_pipeline.store.tables import replace_rows
-from beton_pipeline.warehouse import table_exists
 
-ENABLED_SIGNALS_SQL = """
-select signal_id, definition, kind, candidate_key as key, event, property, value, window_days, threshold,
-       part_a_id, part_b_id, lift, conversions_with, n_with, conversions_without, n_without
-from beton.signals where enabled and source = 'discovered'
-"""
-# Custom signals (kind condition/sql) are tested and backtested, but not yet scored or monitored daily:
-# their firing times are not computed by `firings.signal_firings`.
-
-
-def enabled_signals(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """The enabled signals with their reference counts (empty when discovery has not run)."""
-    if not table_exists(con, "beton", "signals"):
-        return pl.DataFrame()
-    return con.sql(ENABLED_SIGNALS_SQL).pl()
-
-
-def enabled_firings(con: duckdb.DuckDBPyConnection, signals: pl.DataFrame, settings: Settings) -> pl.DataFrame:
-    """Firings of the enabled signals; a pair's parts are evaluated too (enabled or not) and then dropped."""
-    part_ids = [i for i in signals.select(pl.concat_list("part_a_id", "part_b_id")).to_series().explode().drop_nulls().unique().to_list()]
-    missing = sorted(set(part_ids) - set(signals["signal_id"].to_list()))
-    scope = signals
-    if missing:
-        parts = con.sql(ENABLED_SIGNALS_SQL.replace("where enabled", "where signal_id in (select unnest(?))"), params=[missing]).pl()
-        scope = pl.concat([signals, parts], how="vertical_relaxed")
-    fired = signal_firings(con, scope, settings.property_transforms())
-    return fired.filter(pl.col("signal_id").is_in(signals["signal_id"].to_list()))
-
-
-def data_days(con: duckdb.DuckDBPyConnection) -> tuple[date, date] | None:
-    """The first day an outcome window closed and the as-of day: the days monitoring can speak for."""
-    row = con.sql(
-        "select min(outcome_window_end_at)::date, max(as_of_at)::date from marts.account_outcomes where has_events"
-    ).fetchall()[0]
-    if row[0] is None or row[1] is None or row[0] > row[1]:
-        return None
-    return row[0], row[1]
-
-
-def _membership(accounts: pl.DataFrame, firings: pl.DataFrame, signal_order: list[str]) -> sp.csr_matrix:
-    acc_index = accounts.select("account_id").with_row_index("_r")
-    sig_index = pl.DataFrame({"signal_id": signal_order}).with_row_index("_c")
-    coords = firings.select("account_id", "signal_id").unique().join(acc_index, on="account_id").join(sig_index, on="signal_id")
-    return sp.csr_matrix(
-        (np.ones(coords.height), (coords["_r"].to_numpy(), coords["_c"].to_numpy())), shape=(accounts.height, len(signal_order))
-    )
-
-
-def compute_signal_health(con: duckdb.DuckDBPyConnection, settings: Settings, days: list[date]) -> pl.DataFrame:
-    """beton.signal_health rows for `days` × enabled signals (see core.monitoring for the rules)."""
-    signals = enabled_signals(con)
-    if signals.is_empty() or not days:
-        return pl.DataFrame()
-    window = settings.monitoring.window_days
-    first = min(days) - timedelta(days=window)
-    n_days = (max(days) - first).days + 1
-    accounts = con.sql(
-        "select account_id, outcome_window_end_at::date as closed_on, converted from marts.account_outcomes "
-        "where has_events and not converted_before_start order by account_id"
-    ).pl()
-    firings = enabled_firings(con, signals, settings)
-    order = signals["signal_id"].to_list()
-    member = _membership(accounts, firings, order)
-    offset = (accounts["closed_on"].to_numpy().astype("datetime64[D]") - np.datetime64(first, "D")).astype(np.int64)
-    closure = np.where((offset >= 0) & (offset < n_days), offset, -1).astype(np.int64)
-    counts = window_counts(closure, accounts["converted"].to_numpy(), member, n_days, window)
-    wanted = np.array([(d - first).days for d in days])
-    a, n1 = counts.conversions_with[wanted], counts.n_with[wanted]
-    c, n2 = counts.conversions_without[wanted], counts.n_without[wanted]
-    ref_log, ref_se = log_lift_and_se(signals["conversions_with"], signals["n_with"], signals["conversions_without"], signals["n_without"])
-    shape = a.shape
-    result = assess_health(
-        a.ravel(), n1.ravel(), c.ravel(), n2.ravel(),
-        np.broadcast_to(np.exp(ref_log), shape).ravel(), np.broadcast_to(ref_se, shape).ravel(),
-        settings.health_config(), settings.thresholds.confidence_level,
-    )
-    k = len(order)
-    return pl.DataFrame(
-        {
-            "day": np.repeat(np.array(days, dtype="datetime64[D]"), k),
-            "signal_id": np.tile(order, len(days)),
-            "definition": np.tile(signals["definition"].to_numpy(), len(days)),
-            "window_days": window,
-            "n_with": n1.ravel().astype(np.int64),
-            "conversions_with": a.ravel().astype(np.int64),
-            "n_without": n2.ravel().astype(np.int64),
-            "conversions_without": c.ravel().astype(np.int64),
-            "precision": np.where(n1.ravel() > 0, a.ravel() / np.maximum(n1.ravel(), 1), np.nan),
-            "lift": result.lift,
-            "lift_ci_low": result.lift_ci_low,
-            "lift_ci_high": result.lift_ci_high,
-            "backtest_lift": np.tile(signals["lift"].to_numpy(), len(days)),
-            "z_vs_backtest": result.z_vs_reference,
-            "alpha_per_look": settings.health_config().alpha_per_look,
-            "health": result.health.astype(str),
-        }
-    ).with_columns(pl.col("day").cast(pl.Date)).with_columns(pl.col(pl.Float64).fill_nan(None))
+OUTCOMES_SQL = (
+    "select o.account_id, o.started_at, o.converted_at, o.converted, o.is_eligible, o.arr, o.outcome_window_end_at, "
+    "strftime(o.cohort_month, '%Y-%m') as cohort_month, o.domain, o.is_crm_company, a.company_name "
+    "from marts.account_outcomes o join intermediate.int_accounts a using (account_id) "
+    "where o.has_events and not o.converted_before_start"
+)
+"""Every account whose outcome can be judged, with what a score row shows of it."""
 
 
 @dataclass(frozen=True)
 class ScoresResult:
+    """Scores per day and account in play, the calibration check (empty without a holdout cohort), the
+    revenue numbers per day, and the days they cover."""
+
     scores: pl.DataFrame
     calibration: pl.DataFrame
     revenue: pl.DataFrame
+    days: list[date] = field(default_factory=list)
 
 
 def _weights(signals: pl.DataFrame) -> pl.DataFrame:
@@ -155,11 +67,7 @@ def compute_account_scores(con: duckdb.DuckDBPyConnection, settings: Settings, d
     """Scores for the accounts in play on each of `days`, the calibration check, and the revenue numbers."""
     cfg = settings.scoring_config()
     signals = enabled_signals(con)
-    outcomes = con.sql(
-        "select o.account_id, o.started_at, o.converted_at, o.converted, o.is_eligible, o.arr, o.outcome_window_end_at, "
-        "strftime(o.cohort_month, '%Y-%m') as cohort_month, o.domain, o.is_crm_company, a.company_name "
-        "from marts.account_outcomes o join intermediate.int_accounts a using (account_id) where o.has_events and not o.converted_before_start"
-    ).pl()
+    outcomes = con.sql(OUTCOMES_SQL).pl()
     window = settings.windows.conversion_window_days
     if signals.is_empty():
         firings = pl.DataFrame(schema={"account_id": pl.String, "signal_id": pl.String, "fired_at": pl.Datetime("us")})
@@ -225,7 +133,7 @@ def compute_account_scores(con: duckdb.DuckDBPyConnection, settings: Settings, d
         .sort("day", "score_rank")
     )
     revenue = _revenue_metrics(outcomes, firings, scores, days, cfg.lead_threshold)
-    return ScoresResult(scores=scores, calibration=calibration, revenue=revenue)
+    return ScoresResult(scores=scores, calibration=calibration, revenue=revenue, days=list(days))
 
 
 def _revenue_metrics(outcomes: pl.DataFrame, firings: pl.DataFrame, scores: pl.DataFrame, days: list[date], lead_threshold: float) -> pl.DataFrame:
@@ -265,17 +173,16 @@ def _revenue_metrics(outcomes: pl.DataFrame, firings: pl.DataFrame, scores: pl.D
     )
 
 
-def write_days(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, days: list[date]) -> None:
-    """Replace exactly `days`' rows of `table` with `frame` (one transaction)."""
-    if frame.is_empty() and not table_exists(con, *table.split(".")):
-        return
-    replace_rows(con, table, frame, "day between ? and ?", [min(days), max(days)])
-
-
-def clamp_days(keys: list[str], bounds: tuple[date, date] | None) -> list[date]:
-    """Partition keys as dates, keeping only days the data can speak for."""
-    if bounds is None:
-        return []
-    lo, hi = bounds
-    out = [datetime.strptime(k, "%Y-%m-%d").date() for k in keys]
-    return [d for d in out if lo <= d <= hi]
+def refresh_account_scores(con: duckdb.DuckDBPyConnection, settings: Settings, partition_keys: Iterable[str]) -> ScoresResult:
+    """Score the partition days the data covers and replace those days' rows of beton.account_scores and
+    beton.revenue_metrics, and beton.score_calibration when there is a holdout to check on. Without
+    days, nothing is computed or written (`days` is empty)."""
+    days = partition_days(con, partition_keys)
+    if not days:
+        return ScoresResult(scores=pl.DataFrame(), calibration=pl.DataFrame(), revenue=pl.DataFrame())
+    result = compute_account_scores(con, settings, days)
+    write_days(con, "beton.account_scores", result.scores, days)
+    write_days(con, "beton.revenue_metrics", result.revenue, days)
+    if not result.calibration.is_empty():
+        replace_rows(con, "beton.score_calibration", result.calibration, "true")
+    return result

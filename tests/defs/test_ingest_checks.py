@@ -12,7 +12,7 @@ import pytest
 
 from beton_pipeline.defs.ingest.assets import freshness_checks, ingest_assets
 from beton_pipeline.defs.resources import SettingsResource, SourceResource, WarehouseResource
-from beton_pipeline.settings import Settings
+from beton_pipeline.settings import FreshnessSettings, Settings
 from beton_pipeline.sources.contract import TABLES, TABLES_BY_NAME
 from beton_pipeline.sources.ingest import SourceFreshness, as_of_time, freshness_limits, measure_freshness
 
@@ -162,21 +162,11 @@ def test_as_of_setting_follows_the_contract_timestamp_rules():
 # --- The limits and the measurement, without Dagster ------------------------------------------------
 
 
-class _Freshness:
-    def __init__(self, max_lag_days=None, max_age_days=None):
-        self.max_lag_days, self.max_age_days = max_lag_days, max_age_days
-
-
-class _SettingsWith:
-    def __init__(self, freshness):
-        self.freshness = freshness
-
-
 def test_limits_default_to_the_contract_and_settings_override_per_table():
     events, invoices, deals = TABLES_BY_NAME["events"], TABLES_BY_NAME["billing_invoices"], TABLES_BY_NAME["crm_deals"]
-    assert freshness_limits(Settings(), events) == (3.0, None)
-    assert freshness_limits(Settings(), invoices) == (35.0, None)
-    custom = _SettingsWith(_Freshness(max_lag_days={"billing_invoices": 10, "crm_deals": None}, max_age_days=2))
+    assert freshness_limits(Settings().freshness, events) == (3.0, None)
+    assert freshness_limits(Settings().freshness, invoices) == (35.0, None)
+    custom = FreshnessSettings(max_lag_days={"billing_invoices": 10, "crm_deals": None}, max_age_days=2)
     assert freshness_limits(custom, invoices) == (10.0, None)
     assert freshness_limits(custom, deals) == (None, None)  # null turns the lag check off
     assert freshness_limits(custom, events) == (3.0, 2.0)  # the wall-clock age is checked on the events only
@@ -216,7 +206,6 @@ def test_measure_freshness_reads_the_loaded_rows():
     assert got.newest == datetime(2025, 1, 20, 12) and got.lag_days == 11.5 and got.age_days == 12.5 and got.fresh
 
 
-@pytest.mark.skipif(not hasattr(Settings(), "freshness"), reason="settings.py has no `freshness` section yet")
 def test_freshness_settings_from_beton_yaml(tmp_path):
     src = _source(tmp_path)
     (src / "billing_invoices.csv").write_text(

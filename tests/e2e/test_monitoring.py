@@ -12,7 +12,8 @@ import pytest
 from scipy import stats
 
 from beton_pipeline.settings import load_settings
-from beton_pipeline.store.scoring import compute_signal_health, data_days
+from beton_pipeline.store.daily import data_days
+from beton_pipeline.store.monitoring import compute_signal_health
 from beton_pipeline.store.signals import set_override
 
 

@@ -13,15 +13,14 @@ Checks of required tables are blocking with severity ERROR; those of optional ta
 
 import dagster as dg
 
+from beton_pipeline.core.formatting import markdown_table
 from beton_pipeline.defs.resources import WAREHOUSE_POOL, SettingsResource, SourceResource, WarehouseResource
 from beton_pipeline.sources.contract import TABLES, TableSpec
 from beton_pipeline.sources.ingest import (
     IngestResult,
     SourceFreshness,
-    as_of_time,
-    freshness_limits,
     ingest_table,
-    measure_freshness,
+    table_freshness,
 )
 
 EVENTS_KEY = dg.AssetKey("raw_events")
@@ -29,7 +28,6 @@ EVENTS_KEY = dg.AssetKey("raw_events")
 
 def ingest_metadata(result: IngestResult) -> dict[str, dg.MetadataValue]:
     """Row counts (plotted over time in the UI), files and the quarantine reasons of one table's ingest."""
-    reasons = "\n".join(f"| {reason} | {n} |" for reason, n in result.quarantine_reasons.items())
     return {
         "rows_read": dg.MetadataValue.int(result.rows_read),
         "rows_loaded": dg.MetadataValue.int(result.rows_loaded),
@@ -38,9 +36,33 @@ def ingest_metadata(result: IngestResult) -> dict[str, dg.MetadataValue]:
         "files": dg.MetadataValue.json(list(result.files)),
         "ignored_columns": dg.MetadataValue.json(list(result.ignored_columns)),
         "quarantine_reasons": dg.MetadataValue.md(
-            "| reason | rows |\n|---|---|\n" + reasons if reasons else "No row was quarantined."
+            markdown_table(["reason", "rows"], result.quarantine_reasons.items(), empty="No row was quarantined.")
         ),
     }
+
+
+def ingest_check_results(spec: TableSpec, result: IngestResult) -> list[dg.AssetCheckResult]:
+    """`rows_accounted_for` and `has_rows` of one table's ingest."""
+    return [
+        dg.AssetCheckResult(
+            check_name="rows_accounted_for",
+            passed=result.balanced,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"rows_read": result.rows_read, "accounted": result.accounted},
+            description=None if result.balanced else f"{result.rows_read} rows read, {result.accounted} accounted for",
+        ),
+        dg.AssetCheckResult(
+            check_name="has_rows",
+            passed=result.rows_loaded > 0 or not spec.required,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"rows_loaded": result.rows_loaded, "rows_read": result.rows_read, "files": len(result.files)},
+            description=(
+                f"required table '{spec.name}' loaded no row ({result.rows_read} read, {result.rows_quarantined} quarantined)"
+                if spec.required and result.rows_loaded == 0
+                else None
+            ),
+        ),
+    ]
 
 
 def _severity(spec: TableSpec) -> dg.AssetCheckSeverity:
@@ -83,31 +105,7 @@ def build_ingest_asset(spec: TableSpec) -> dg.AssetsDefinition:
             result = ingest_table(con, source_dir, spec)
         if result.rows_quarantined:
             context.log.warning(f"{spec.name}: {result.rows_quarantined} row(s) quarantined: {result.quarantine_reasons}")
-        accounted = result.rows_loaded + result.rows_quarantined + result.exact_duplicates_dropped
-        return dg.MaterializeResult(
-            metadata=ingest_metadata(result),
-            check_results=[
-                dg.AssetCheckResult(
-                    check_name="rows_accounted_for",
-                    passed=result.balanced,
-                    severity=dg.AssetCheckSeverity.ERROR,
-                    metadata={"rows_read": result.rows_read, "accounted": accounted},
-                    description=None if result.balanced else f"{result.rows_read} rows read, {accounted} accounted for",
-                ),
-                dg.AssetCheckResult(
-                    check_name="has_rows",
-                    passed=result.rows_loaded > 0 or not spec.required,
-                    severity=dg.AssetCheckSeverity.ERROR,
-                    metadata={"rows_loaded": result.rows_loaded, "rows_read": result.rows_read, "files": len(result.files)},
-                    description=(
-                        f"required table '{spec.name}' loaded no row ({result.rows_read} read, "
-                        f"{result.rows_quarantined} quarantined)"
-                        if spec.required and result.rows_loaded == 0
-                        else None
-                    ),
-                ),
-            ],
-        )
+        return dg.MaterializeResult(metadata=ingest_metadata(result), check_results=ingest_check_results(spec, result))
 
     return _ingest
 
@@ -156,22 +154,14 @@ def build_freshness_check(spec: TableSpec) -> dg.AssetChecksDefinition:
     )
     def _fresh(warehouse: WarehouseResource, settings: SettingsResource) -> dg.AssetCheckResult:
         cfg = settings.load()
-        max_lag, max_age = freshness_limits(cfg, spec)
         with warehouse.connect(read_only=True) as con:
-            as_of = as_of_time(con, cfg.windows.as_of)
-            freshness = measure_freshness(con, spec, as_of, max_lag, max_age)
-        problems = freshness.problems
-        no_as_of = freshness.newest is not None and freshness.as_of is None and freshness.max_lag_days is not None
+            freshness = table_freshness(con, spec, cfg.freshness, cfg.windows.as_of)
         return dg.AssetCheckResult(
-            passed=not problems,
+            passed=freshness.fresh,
             # Without events there is no as-of: the events' own check fails with ERROR; this one only warns.
-            severity=dg.AssetCheckSeverity.WARN if no_as_of else _severity(spec),
+            severity=dg.AssetCheckSeverity.WARN if freshness.lag_unmeasurable else _severity(spec),
             metadata=freshness_metadata(freshness),
-            description="; ".join(problems) if problems else (
-                f"optional table '{spec.name}' has no rows" if freshness.newest is None else
-                f"newest {spec.freshness_column} {freshness.newest:%Y-%m-%d %H:%M}"
-                + (f", {freshness.lag_days:.1f} days behind the as-of" if freshness.lag_days is not None else "")
-            ),
+            description=freshness.summary,
         )
 
     return _fresh

@@ -1,0 +1,116 @@
+"""Warehouse side of signal health: read the enabled signals, the accounts' outcomes and the firings,
+assess each signal's health per day (`core.monitoring`), and write `beton.signal_health`, replacing
+exactly the days computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import duckdb
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from beton_pipeline.core.monitoring import assess_health, log_lift_and_se, window_counts
+from beton_pipeline.settings import Settings
+from beton_pipeline.store.daily import partition_days, write_days
+from beton_pipeline.store.live_signals import enabled_firings, enabled_signals
+
+HEALTH_STATES = ("healthy", "degrading", "broken", "insufficient_data")
+
+CLOSED_OUTCOMES_SQL = (
+    "select account_id, outcome_window_end_at::date as closed_on, converted from marts.account_outcomes "
+    "where has_events and not converted_before_start order by account_id"
+)
+"""Every account whose outcome can be judged, with the day its outcome window closed."""
+
+
+@dataclass(frozen=True)
+class SignalHealth:
+    """What one materialisation computed and wrote: the days (within the data) and their rows."""
+
+    days: list[date]
+    rows: pl.DataFrame
+
+    @property
+    def latest(self) -> pl.DataFrame:
+        """The rows of the latest day computed (empty when none)."""
+        return self.rows.filter(pl.col("day") == self.rows["day"].max()) if not self.rows.is_empty() else self.rows
+
+    @property
+    def broken(self) -> list[str]:
+        """The definitions of the signals broken on the latest day computed."""
+        latest = self.latest
+        return latest.filter(pl.col("health") == "broken")["definition"].to_list() if not latest.is_empty() else []
+
+
+def _membership(accounts: pl.DataFrame, firings: pl.DataFrame, signal_order: list[str]) -> sp.csr_matrix:
+    """accounts × signals, 1 where the signal ever fired for the account."""
+    acc_index = accounts.select("account_id").with_row_index("_r")
+    sig_index = pl.DataFrame({"signal_id": signal_order}).with_row_index("_c")
+    coords = firings.select("account_id", "signal_id").unique().join(acc_index, on="account_id").join(sig_index, on="signal_id")
+    return sp.csr_matrix(
+        (np.ones(coords.height), (coords["_r"].to_numpy(), coords["_c"].to_numpy())), shape=(accounts.height, len(signal_order))
+    )
+
+
+def compute_signal_health(con: duckdb.DuckDBPyConnection, settings: Settings, days: list[date]) -> pl.DataFrame:
+    """beton.signal_health rows for `days` × enabled signals (see core.monitoring for the rules)."""
+    signals = enabled_signals(con)
+    if signals.is_empty() or not days:
+        return pl.DataFrame()
+    window = settings.monitoring.window_days
+    health_config = settings.health_config()
+    first = min(days) - timedelta(days=window)
+    n_days = (max(days) - first).days + 1
+    accounts = con.sql(CLOSED_OUTCOMES_SQL).pl()
+    firings = enabled_firings(con, signals, settings)
+    order = signals["signal_id"].to_list()
+    member = _membership(accounts, firings, order)
+    offset = (accounts["closed_on"].to_numpy().astype("datetime64[D]") - np.datetime64(first, "D")).astype(np.int64)
+    closure = np.where((offset >= 0) & (offset < n_days), offset, -1).astype(np.int64)
+    counts = window_counts(closure, accounts["converted"].to_numpy(), member, n_days, window)
+    wanted = np.array([(d - first).days for d in days])
+    a, n1 = counts.conversions_with[wanted], counts.n_with[wanted]
+    c, n2 = counts.conversions_without[wanted], counts.n_without[wanted]
+    ref_log, ref_se = log_lift_and_se(signals["conversions_with"], signals["n_with"], signals["conversions_without"], signals["n_without"])
+    shape = a.shape
+    result = assess_health(
+        a.ravel(), n1.ravel(), c.ravel(), n2.ravel(),
+        np.broadcast_to(np.exp(ref_log), shape).ravel(), np.broadcast_to(ref_se, shape).ravel(),
+        health_config, settings.thresholds.confidence_level,
+    )
+    k = len(order)
+    return pl.DataFrame(
+        {
+            "day": np.repeat(np.array(days, dtype="datetime64[D]"), k),
+            "signal_id": np.tile(order, len(days)),
+            "definition": np.tile(signals["definition"].to_numpy(), len(days)),
+            "window_days": window,
+            "n_with": n1.ravel().astype(np.int64),
+            "conversions_with": a.ravel().astype(np.int64),
+            "n_without": n2.ravel().astype(np.int64),
+            "conversions_without": c.ravel().astype(np.int64),
+            "precision": np.where(n1.ravel() > 0, a.ravel() / np.maximum(n1.ravel(), 1), np.nan),
+            "lift": result.lift,
+            "lift_ci_low": result.lift_ci_low,
+            "lift_ci_high": result.lift_ci_high,
+            "backtest_lift": np.tile(signals["lift"].to_numpy(), len(days)),
+            "z_vs_backtest": result.z_vs_reference,
+            "alpha_per_look": health_config.alpha_per_look,
+            "health": result.health.astype(str),
+        }
+    ).with_columns(pl.col("day").cast(pl.Date)).with_columns(pl.col(pl.Float64).fill_nan(None))
+
+
+def refresh_signal_health(con: duckdb.DuckDBPyConnection, settings: Settings, partition_keys: Iterable[str]) -> SignalHealth:
+    """Compute the health of every enabled signal on the partition days the data covers, and replace those
+    days' rows of beton.signal_health (nothing is written without days or enabled signals)."""
+    days = partition_days(con, partition_keys)
+    rows = compute_signal_health(con, settings, days) if days else pl.DataFrame()
+    if days and not rows.is_empty():
+        write_days(con, "beton.signal_health", rows, days)
+    return SignalHealth(days=days, rows=rows)
