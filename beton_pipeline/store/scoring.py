@@ -13,7 +13,7 @@ from datetime import date
 import duckdb
 import polars as pl
 
-from beton_pipeline.core.discovery import choose_holdout
+from beton_pipeline.core.discovery import temporal_split
 from beton_pipeline.core.scoring import (
     calibration_observations,
     calibration_table,
@@ -82,8 +82,7 @@ def compute_account_scores(con: duckdb.DuckDBPyConnection, settings: Settings, d
     eligible = outcomes.filter(pl.col("is_eligible")).with_columns(pl.lit(window).alias("conversion_window_days"))
     obs = calibration_observations(eligible, cfg.calibration_ages_days)
     raw = raw_scores(obs, contributions(firings, weights, obs, cfg.half_life_days))
-    sizes = eligible.group_by("cohort_month").agg(pl.len().alias("n_eligible"))
-    split = choose_holdout(sizes, settings.windows.holdout_fraction)
+    split = temporal_split(eligible["cohort_month"].to_numpy(), settings.windows.holdout_fraction)
     in_holdout = obs["cohort_month"].is_in(list(split.holdout_months)).to_numpy()
     conv = obs["converted"].to_numpy()
     age = obs["age_days"].to_numpy()
