@@ -17,23 +17,45 @@ import duckdb
 import polars as pl
 
 VOLATILE = {
-    "computed_at", "created_at", "updated_at", "run_id", "claimed_at", "attempted_at", "planned_at",
-    "quarantined_at", "loaded_at", "trained_at", "next_attempt_at", "sent_at", "finished_at", "started_at",
-    "fit_seconds", "duration_ms", "ingested_at", "created_run_id", "last_run_id",
+    "computed_at",
+    "created_at",
+    "updated_at",
+    "run_id",
+    "claimed_at",
+    "attempted_at",
+    "planned_at",
+    "quarantined_at",
+    "loaded_at",
+    "trained_at",
+    "next_attempt_at",
+    "sent_at",
+    "finished_at",
+    "started_at",
+    "fit_seconds",
+    "duration_ms",
+    "ingested_at",
+    "created_run_id",
+    "last_run_id",
 }
 """Columns that record when or how long something ran: they differ between two runs of the same code."""
 
 
 def beton_tables(path: str) -> set[str]:
     with duckdb.connect(path, read_only=True) as con:
-        return {r[0] for r in con.sql("select schema_name || '.' || table_name from duckdb_tables() where schema_name = 'beton'").fetchall()}
+        return {
+            r[0]
+            for r in con.sql(
+                "select schema_name || '.' || table_name from duckdb_tables() where schema_name = 'beton'"
+            ).fetchall()
+        }
 
 
 def read(path: str, table: str) -> pl.DataFrame | None:
     with duckdb.connect(path, read_only=True) as con:
         schema, name = table.split(".")
         exists = con.sql(
-            "select count(*) from information_schema.tables where table_schema = $1 and table_name = $2", params=[schema, name]
+            "select count(*) from information_schema.tables where table_schema = $1 and table_name = $2",
+            params=[schema, name],
         ).fetchall()[0][0]
         return con.sql(f"select * from {table}").pl() if exists else None
 
@@ -41,7 +63,9 @@ def read(path: str, table: str) -> pl.DataFrame | None:
 def compare(before: pl.DataFrame, after: pl.DataFrame) -> list[str]:
     problems = []
     if set(before.columns) != set(after.columns):
-        problems.append(f"columns differ: only before {sorted(set(before.columns) - set(after.columns))}, only after {sorted(set(after.columns) - set(before.columns))}")
+        problems.append(
+            f"columns differ: only before {sorted(set(before.columns) - set(after.columns))}, only after {sorted(set(after.columns) - set(before.columns))}"
+        )
     columns = [c for c in before.columns if c in after.columns and c not in VOLATILE]
     if before.height != after.height:
         problems.append(f"rows: {before.height} before, {after.height} after")
@@ -61,7 +85,9 @@ def compare(before: pl.DataFrame, after: pl.DataFrame) -> list[str]:
                 i = int(np.argmin(close))
                 problems.append(f"{c}: {int((~close).sum())} value(s) differ, e.g. {xv[i]!r} vs {yv[i]!r}")
         elif not x.equals(y, check_names=False):
-            diff = pl.DataFrame({"before": x.cast(pl.String), "after": y.cast(pl.String)}).filter(pl.col("before").ne_missing(pl.col("after")))
+            diff = pl.DataFrame({"before": x.cast(pl.String), "after": y.cast(pl.String)}).filter(
+                pl.col("before").ne_missing(pl.col("after"))
+            )
             problems.append(f"{c}: {diff.height} value(s) differ, e.g. {diff.row(0)}")
     return problems
 

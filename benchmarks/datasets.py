@@ -56,7 +56,9 @@ def ensure_dataset(spec: DatasetSpec, root: Path, log=print) -> tuple[Path, bool
     if out.exists():
         shutil.rmtree(out)
     log(f"generating {spec.label} dataset ({spec.n_accounts:,} accounts) in {out} …")
-    summary = demo.generate_demo(out, n_accounts=spec.n_accounts, seed=spec.seed, start_date=spec.start_date, months=spec.months)
+    summary = demo.generate_demo(
+        out, n_accounts=spec.n_accounts, seed=spec.seed, start_date=spec.start_date, months=spec.months
+    )
     stamp.write_text(json.dumps({**wanted, "n_events": summary.n_events}, indent=1) + "\n")
     return out, True
 

@@ -181,14 +181,22 @@ def analyst_pandas(
     account_index = pd.Index(accounts["account_id"], name="account_id")
     counted = df[~df["event_name"].isin(list(excluded_events))]
     event_counts = {
-        d: counted[counted["day"] < d].groupby(["account_id", "event_name"]).size().unstack(fill_value=0).reindex(account_index, fill_value=0)
+        d: counted[counted["day"] < d]
+        .groupby(["account_id", "event_name"])
+        .size()
+        .unstack(fill_value=0)
+        .reindex(account_index, fill_value=0)
         for d in windows
     }
     pages = df[df["event_name"] == property_event].copy()
     pages["path"] = pages["current_url"].str.replace(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*|[?#].*$", "", regex=True)
     pages = pages[pages["path"].notna() & (pages["path"] != "")]
     path_counts = {
-        d: pages[pages["day"] < d].groupby(["account_id", "path"]).size().unstack(fill_value=0).reindex(account_index, fill_value=0)
+        d: pages[pages["day"] < d]
+        .groupby(["account_id", "path"])
+        .size()
+        .unstack(fill_value=0)
+        .reindex(account_index, fill_value=0)
         for d in windows
     }
     seconds["features"] = time.perf_counter() - t
@@ -350,8 +358,8 @@ def beton_quality(con: duckdb.DuckDBPyConnection, truth: dict) -> Quality:
         best = best.filter(pl.col("source") != "custom")
     classes = [classify_family(f, truth) for f in best.get_column("family").to_list()]
     enabled_mask = best.get_column("enabled").to_list()
-    enabled_classes = [c for c, e in zip(classes, enabled_mask) if e]
-    enabled_families = {f for f, e in zip(best.get_column("family").to_list(), enabled_mask) if e}
+    enabled_classes = [c for c, e in zip(classes, enabled_mask, strict=True) if e]
+    enabled_families = {f for f, e in zip(best.get_column("family").to_list(), enabled_mask, strict=True) if e}
     planted = planted_families(truth)
     top = classes[:10]
     return Quality(
@@ -397,8 +405,15 @@ def analyst_quality(tests, truth: dict, alpha: float = 0.05) -> Quality:
     planted = planted_families(truth)
     if len(tests) == 0:
         return Quality(
-            planted_found=0, planted_total=len(planted), expressible=len(planted) - 1, planted_in_top10=0,
-            noise_in_top10=0, leak_in_top10=0, enabled=0, noise_enabled=0, missed=tuple(sorted(planted.values())),
+            planted_found=0,
+            planted_total=len(planted),
+            expressible=len(planted) - 1,
+            planted_in_top10=0,
+            noise_in_top10=0,
+            leak_in_top10=0,
+            enabled=0,
+            noise_enabled=0,
+            missed=tuple(sorted(planted.values())),
         )
     frame = tests.assign(family=tests["key"].map(analyst_family))
     significant = frame[(frame["q_value"] <= alpha) & (frame["lift"] > 1)]

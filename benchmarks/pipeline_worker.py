@@ -20,6 +20,7 @@ runs `beton_pipeline.runner.run_pipeline` exactly as `beton run` does and writes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -54,10 +55,8 @@ class TreeMemorySampler:
         """RSS of this process plus every live descendant, in bytes."""
         total = self._me.memory_info().rss
         for child in self._me.children(recursive=True):
-            try:
+            with contextlib.suppress(psutil.Error):  # exited between listing and reading
                 total += child.memory_info().rss
-            except psutil.Error:  # exited between listing and reading
-                pass
         return total
 
     def _run(self) -> None:
@@ -66,7 +65,7 @@ class TreeMemorySampler:
             self.peaks[self.phase] = max(self.peaks.get(self.phase, 0), rss)
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "TreeMemorySampler":
+    def __enter__(self) -> TreeMemorySampler:
         self._thread.start()
         return self
 

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script (`python benchmarks/run.py`): make the project importable
@@ -45,7 +45,13 @@ SIZES = {
 INGEST_STAGE, DBT_STEP, SIGNALS_STEP, COUNTS_STAGE = "ingest + dbt", "beton_dbt_models", "signals", "cohort counts"
 """beton's compute path = the dbt step + the cohort-counts stage + the `signals` step (BENCHMARKS.md)."""
 
-TARGETS = {"compute_vs_floor": 2.0, "pandas_vs_beton": 20.0, "run_seconds_10m": 180.0, "peak_rss_gib_10m": 4.0, "scaling_exponent": 1.1}
+TARGETS = {
+    "compute_vs_floor": 2.0,
+    "pandas_vs_beton": 20.0,
+    "run_seconds_10m": 180.0,
+    "peak_rss_gib_10m": 4.0,
+    "scaling_exponent": 1.1,
+}
 """The issue's targets on 2 cores; near-linear means time grows with events^k, k ≤ 1.1."""
 
 WORKER_TIMEOUT_SECONDS = 45 * 60
@@ -77,8 +83,14 @@ def machine_info() -> dict:
     except OSError:
         pass
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10).stdout.strip())
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+        )
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "", False
     return {
@@ -91,7 +103,7 @@ def machine_info() -> dict:
         "polars": polars.__version__,
         "platform": platform.platform(),
         "commit": commit + (" (uncommitted changes)" if dirty else ""),
-        "started_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "started_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 
@@ -206,13 +218,17 @@ class SizeResult:
 
     def ingest_seconds(self) -> float:
         """The ingest half of "ingest + dbt": the stage minus the dbt step, per repetition."""
-        return median([r["stage_seconds"][INGEST_STAGE] - r["step_seconds"].get(DBT_STEP, 0.0) for r in self.pipeline_runs])
+        return median(
+            [r["stage_seconds"][INGEST_STAGE] - r["step_seconds"].get(DBT_STEP, 0.0) for r in self.pipeline_runs]
+        )
 
     def compute_path_seconds(self) -> float:
         """dbt step + cohort-counts stage + `signals` step, per repetition, then the median."""
         return median(
             [
-                r["step_seconds"].get(DBT_STEP, 0.0) + r["stage_seconds"].get(COUNTS_STAGE, 0.0) + r["step_seconds"].get(SIGNALS_STEP, 0.0)
+                r["step_seconds"].get(DBT_STEP, 0.0)
+                + r["stage_seconds"].get(COUNTS_STAGE, 0.0)
+                + r["step_seconds"].get(SIGNALS_STEP, 0.0)
                 for r in self.pipeline_runs
             ]
         )
@@ -235,7 +251,9 @@ class SizeResult:
         return max((r["peak_rss_bytes"] / GIB for r in self.pipeline_runs), default=float("nan"))
 
     def max_stage_rss_gib(self, stage: str) -> float:
-        return max((r.get("peak_rss_by_stage", {}).get(stage, 0) / GIB for r in self.pipeline_runs), default=float("nan"))
+        return max(
+            (r.get("peak_rss_by_stage", {}).get(stage, 0) / GIB for r in self.pipeline_runs), default=float("nan")
+        )
 
     def raw_events(self) -> int:
         return int(self.pipeline_runs[-1]["rows"].get("raw.raw_events", 0)) if self.pipeline_runs else 0
@@ -250,7 +268,12 @@ class SizeResult:
 
     def dbt_overhead_seconds(self) -> float:
         """The dbt step minus dbt's own elapsed time: dbt's start-up and parsing, and dagster-dbt's event handling."""
-        return median([r["step_seconds"].get(DBT_STEP, 0.0) - r.get("dbt", {}).get("elapsed_seconds", 0.0) for r in self.pipeline_runs])
+        return median(
+            [
+                r["step_seconds"].get(DBT_STEP, 0.0) - r.get("dbt", {}).get("elapsed_seconds", 0.0)
+                for r in self.pipeline_runs
+            ]
+        )
 
 
 def measure_size(spec: DatasetSpec, repetitions: int, analyst_repetitions: int, root: Path = BENCH_ROOT) -> SizeResult:
@@ -270,7 +293,9 @@ def measure_size(spec: DatasetSpec, repetitions: int, analyst_repetitions: int, 
     for i in range(repetitions):
         log(f"{spec.label}: beton run {i + 1}/{repetitions} (load average {os.getloadavg()[0]:.1f}) …")
         run = run_pipeline_once(source_dir, work)
-        log(f"{spec.label}: beton run {i + 1}/{repetitions}: {run['wall_seconds']:.1f} s, peak RSS {run['peak_rss_bytes'] / GIB:.2f} GiB")
+        log(
+            f"{spec.label}: beton run {i + 1}/{repetitions}: {run['wall_seconds']:.1f} s, peak RSS {run['peak_rss_bytes'] / GIB:.2f} GiB"
+        )
         result.pipeline_runs.append(run)
 
     settings = load_settings(work / "beton.yaml")  # the snapshot the last repetition ran with
@@ -278,9 +303,13 @@ def measure_size(spec: DatasetSpec, repetitions: int, analyst_repetitions: int, 
     warehouse = work / "warehouse.duckdb"
     with connect(warehouse, read_only=True) as con:
         log(f"{spec.label}: floor ×{repetitions}")
-        result.floor_seconds, result.floor_result = timed_repeats(lambda: methods.floor(con, settings.windows.observation_days), repetitions)
+        result.floor_seconds, result.floor_result = timed_repeats(
+            lambda: methods.floor(con, settings.windows.observation_days), repetitions
+        )
         log(f"{spec.label}: peer's method ×{repetitions}")
-        result.peer_seconds, top = timed_repeats(lambda: methods.peer(con, settings.discovery.excluded_events), repetitions)
+        result.peer_seconds, top = timed_repeats(
+            lambda: methods.peer(con, settings.discovery.excluded_events), repetitions
+        )
         result.peer_top = top.to_dicts()
         log(f"{spec.label}: beton core in-process ×{repetitions}")
         core_parts = []
@@ -347,20 +376,33 @@ def report(machine: dict, sizes: list[SizeResult], total_seconds: float) -> str:
         "## Timings (seconds, median of the repetitions)",
         "",
     ]
-    header = "| measurement | " + " | ".join(f"{s.label} events" for s in sizes) + (" | growth (k in t ∝ nᵏ) |" if len(sizes) == 2 else " |")
+    header = (
+        "| measurement | "
+        + " | ".join(f"{s.label} events" for s in sizes)
+        + (" | growth (k in t ∝ nᵏ) |" if len(sizes) == 2 else " |")
+    )
     lines += [header, "|---" * (len(sizes) + 1 + (len(sizes) == 2)) + "|"]
 
     def row(name: str, values: list[float], fmt=_s, growth: bool = True) -> None:
         cells = [fmt(v) for v in values]
         extra = []
         if len(sizes) == 2:
-            k = scaling_exponent(values[0], values[1], sizes[0].raw_events(), sizes[1].raw_events()) if growth else float("nan")
+            k = (
+                scaling_exponent(values[0], values[1], sizes[0].raw_events(), sizes[1].raw_events())
+                if growth
+                else float("nan")
+            )
             extra = ["—" if k != k else f"{k:.2f}"]
         lines.append("| " + " | ".join([name, *cells, *extra]) + " |")
 
-    lines.append("| events loaded (`raw.raw_events`) / accounts | " + " | ".join(
-        f"{s.raw_events():,} / {s.n_accounts:,}" for s in sizes) + (" | |" if len(sizes) == 2 else " |"))
-    lines.append("| repetitions | " + " | ".join(str(s.repetitions) for s in sizes) + (" | |" if len(sizes) == 2 else " |"))
+    lines.append(
+        "| events loaded (`raw.raw_events`) / accounts | "
+        + " | ".join(f"{s.raw_events():,} / {s.n_accounts:,}" for s in sizes)
+        + (" | |" if len(sizes) == 2 else " |")
+    )
+    lines.append(
+        "| repetitions | " + " | ".join(str(s.repetitions) for s in sizes) + (" | |" if len(sizes) == 2 else " |")
+    )
     row("**`beton run`, whole**", [s.whole_seconds() for s in sizes])
     stages = list(dict.fromkeys(name for s in sizes for name in s.stage_names()))
     for name in stages:
@@ -368,8 +410,14 @@ def report(machine: dict, sizes: list[SizeResult], total_seconds: float) -> str:
             row("  ingest (9 tables + checks)", [s.ingest_seconds() for s in sizes])
             row("  dbt build (staging → marts, with dbt tests)", [s.step(DBT_STEP) for s in sizes])
             row("    models' SQL (summed execution time, 2 threads)", [s.dbt_models_seconds() for s in sizes])
-            row("    data and unit tests (summed execution time)", [s.dbt_type_seconds("test") + s.dbt_type_seconds("unit_test") for s in sizes])
-            row("    dbt start-up and parsing, dagster-dbt (step − dbt's elapsed)", [s.dbt_overhead_seconds() for s in sizes])
+            row(
+                "    data and unit tests (summed execution time)",
+                [s.dbt_type_seconds("test") + s.dbt_type_seconds("unit_test") for s in sizes],
+            )
+            row(
+                "    dbt start-up and parsing, dagster-dbt (step − dbt's elapsed)",
+                [s.dbt_overhead_seconds() for s in sizes],
+            )
         else:
             row(f"  {name}", [s.stage(name) for s in sizes])
     row("  (orchestration: wall time outside every step)", [s.orchestration_seconds() for s in sizes])
@@ -383,28 +431,56 @@ def report(machine: dict, sizes: list[SizeResult], total_seconds: float) -> str:
     row("**analyst**: pandas + `fisher_exact` loop", [median(s.pandas_seconds) for s in sizes])
     for part in sizes[0].pandas_parts:
         row(f"  {part}", [s.pandas_parts.get(part, float("nan")) for s in sizes])
-    lines += ["", "### Heaviest Dagster steps (seconds, median; summed over runs: `signal_cohort_counts` runs once per month)", ""]
+    lines += [
+        "",
+        "### Heaviest Dagster steps (seconds, median; summed over runs: `signal_cohort_counts` runs once per month)",
+        "",
+    ]
     lines += ["| step | " + " | ".join(s.label for s in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
-    steps = sorted({k for s in sizes for r in s.pipeline_runs for k in r["step_seconds"]}, key=lambda k: -sizes[-1].step(k))
+    steps = sorted(
+        {k for s in sizes for r in s.pipeline_runs for k in r["step_seconds"]}, key=lambda k: -sizes[-1].step(k)
+    )
     for key in steps[:12]:
         lines.append("| " + " | ".join([f"`{key}`", *(_s(s.step(key)) for s in sizes)]) + " |")
     lines += ["", "### Peak RSS of the process tree by stage (GiB, max over repetitions)", ""]
     lines += ["| stage | " + " | ".join(s.label for s in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
     for name in stages:
         lines.append("| " + " | ".join([name, *(_s(s.max_stage_rss_gib(name)) for s in sizes)]) + " |")
-    lines += ["", "## Ratios", "", "| ratio | " + " | ".join(s.label for s in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
+    lines += [
+        "",
+        "## Ratios",
+        "",
+        "| ratio | " + " | ".join(s.label for s in sizes) + " |",
+        "|---" * (len(sizes) + 1) + "|",
+    ]
 
     def ratio_row(name: str, values: list[float]) -> None:
         lines.append("| " + " | ".join([name, *(_ratio(v) for v in values)]) + " |")
 
     ratio_row("beton compute path / floor", [s.compute_path_seconds() / median(s.floor_seconds) for s in sizes])
-    ratio_row("dbt models' SQL + beton core / floor", [(s.dbt_models_seconds() + median(s.core_seconds)) / median(s.floor_seconds) for s in sizes])
+    ratio_row(
+        "dbt models' SQL + beton core / floor",
+        [(s.dbt_models_seconds() + median(s.core_seconds)) / median(s.floor_seconds) for s in sizes],
+    )
     ratio_row("pandas / beton compute path", [median(s.pandas_seconds) / s.compute_path_seconds() for s in sizes])
-    ratio_row("pandas / (dbt models' SQL + beton core)", [median(s.pandas_seconds) / (s.dbt_models_seconds() + median(s.core_seconds)) for s in sizes])
-    ratio_row("pandas tests loop / beton core", [s.pandas_parts.get("tests (loop)", float("nan")) / median(s.core_seconds) for s in sizes])
+    ratio_row(
+        "pandas / (dbt models' SQL + beton core)",
+        [median(s.pandas_seconds) / (s.dbt_models_seconds() + median(s.core_seconds)) for s in sizes],
+    )
+    ratio_row(
+        "pandas tests loop / beton core",
+        [s.pandas_parts.get("tests (loop)", float("nan")) / median(s.core_seconds) for s in sizes],
+    )
 
-    lines += ["", "## Discovery quality on the planted truth (`TRUTH.json`: 6 planted behaviours, 1 drifting, 1 leak)", ""]
-    lines += ["| method | size | planted found | noise shown in top 10 | leak in top 10 | enabled (noise enabled) | missed |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Discovery quality on the planted truth (`TRUTH.json`: 6 planted behaviours, 1 drifting, 1 leak)",
+        "",
+    ]
+    lines += [
+        "| method | size | planted found | noise shown in top 10 | leak in top 10 | enabled (noise enabled) | missed |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for s in sizes:
         for method, label, found_how in (
             ("beton", "beton (`beton signals`)", "enabled"),
@@ -427,18 +503,44 @@ def report(machine: dict, sizes: list[SizeResult], total_seconds: float) -> str:
         lines.append(f"| {name} | {measured} | {'—' if met is None else ('yes' if met else '**no**')} |")
 
     cp_floor = big.compute_path_seconds() / median(big.floor_seconds)
-    target(f"compute path within {TARGETS['compute_vs_floor']:g}× the floor at {big.label}", f"{cp_floor:.1f}× ({_s(big.compute_path_seconds())} s vs {_s(median(big.floor_seconds))} s)", cp_floor <= TARGETS["compute_vs_floor"])
+    target(
+        f"compute path within {TARGETS['compute_vs_floor']:g}× the floor at {big.label}",
+        f"{cp_floor:.1f}× ({_s(big.compute_path_seconds())} s vs {_s(median(big.floor_seconds))} s)",
+        cp_floor <= TARGETS["compute_vs_floor"],
+    )
     speedup = median(big.pandas_seconds) / big.compute_path_seconds()
-    target(f"≥ {TARGETS['pandas_vs_beton']:g}× faster than pandas at {big.label}", f"pandas / compute path = {speedup:.2f}×", speedup >= TARGETS["pandas_vs_beton"])
+    target(
+        f"≥ {TARGETS['pandas_vs_beton']:g}× faster than pandas at {big.label}",
+        f"pandas / compute path = {speedup:.2f}×",
+        speedup >= TARGETS["pandas_vs_beton"],
+    )
     whole = big.whole_seconds()
-    target(f"`beton run` on {big.label} under {TARGETS['run_seconds_10m']:g} s", f"{whole:.0f} s", whole < TARGETS["run_seconds_10m"])
+    target(
+        f"`beton run` on {big.label} under {TARGETS['run_seconds_10m']:g} s",
+        f"{whole:.0f} s",
+        whole < TARGETS["run_seconds_10m"],
+    )
     rss = big.max_peak_rss_gib()
-    target(f"peak RSS on {big.label} under {TARGETS['peak_rss_gib_10m']:g} GiB", f"{rss:.2f} GiB", rss < TARGETS["peak_rss_gib_10m"])
+    target(
+        f"peak RSS on {big.label} under {TARGETS['peak_rss_gib_10m']:g} GiB",
+        f"{rss:.2f} GiB",
+        rss < TARGETS["peak_rss_gib_10m"],
+    )
     if len(sizes) == 2:
-        k_whole = scaling_exponent(sizes[0].whole_seconds(), sizes[1].whole_seconds(), sizes[0].raw_events(), sizes[1].raw_events())
-        k_compute = scaling_exponent(sizes[0].compute_path_seconds(), sizes[1].compute_path_seconds(), sizes[0].raw_events(), sizes[1].raw_events())
+        k_whole = scaling_exponent(
+            sizes[0].whole_seconds(), sizes[1].whole_seconds(), sizes[0].raw_events(), sizes[1].raw_events()
+        )
+        k_compute = scaling_exponent(
+            sizes[0].compute_path_seconds(),
+            sizes[1].compute_path_seconds(),
+            sizes[0].raw_events(),
+            sizes[1].raw_events(),
+        )
         small, large = sizes
-        parts = [("ingest", small.ingest_seconds(), large.ingest_seconds()), ("dbt", small.step(DBT_STEP), large.step(DBT_STEP))]
+        parts = [
+            ("ingest", small.ingest_seconds(), large.ingest_seconds()),
+            ("dbt", small.step(DBT_STEP), large.step(DBT_STEP)),
+        ]
         parts += [(name, small.stage(name), large.stage(name)) for name in stages if name != INGEST_STAGE]
         exponents = [(scaling_exponent(a, b, small.raw_events(), large.raw_events()), name) for name, a, b in parts]
         k_worst, worst = max(((k, n) for k, n in exponents if k == k), default=(float("nan"), "—"))
@@ -454,9 +556,21 @@ def report(machine: dict, sizes: list[SizeResult], total_seconds: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1M,10M", help="comma-separated dataset labels (1M, 10M)")
-    parser.add_argument("--repetitions", type=int, default=3, help="repetitions of every timing (median reported; at least 3 for the record)")
-    parser.add_argument("--root", type=Path, default=BENCH_ROOT, help="where datasets, runs and results go (default: .bench/)")
-    parser.add_argument("--analyst-repetitions", type=int, default=None, help="repetitions of the pandas version (default: --repetitions)")
+    parser.add_argument(
+        "--repetitions",
+        type=int,
+        default=3,
+        help="repetitions of every timing (median reported; at least 3 for the record)",
+    )
+    parser.add_argument(
+        "--root", type=Path, default=BENCH_ROOT, help="where datasets, runs and results go (default: .bench/)"
+    )
+    parser.add_argument(
+        "--analyst-repetitions",
+        type=int,
+        default=None,
+        help="repetitions of the pandas version (default: --repetitions)",
+    )
     args = parser.parse_args(argv)
     labels = [s.strip() for s in args.sizes.split(",") if s.strip()]
     unknown = [s for s in labels if s not in SIZES]
@@ -467,14 +581,20 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     machine = machine_info()
     log(f"machine: {machine['nproc']} cores, {machine['memory_gib']} GiB, load average {machine['load_average_start']}")
-    results = [measure_size(SIZES[label], args.repetitions, args.analyst_repetitions or args.repetitions, args.root) for label in labels]
+    results = [
+        measure_size(SIZES[label], args.repetitions, args.analyst_repetitions or args.repetitions, args.root)
+        for label in labels
+    ]
     total = time.perf_counter() - started
     text = report(machine, results, total)
     out_dir = args.root / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     (out_dir / f"{stamp}.json").write_text(
-        json.dumps({"machine": machine, "total_seconds": total, "sizes": [asdict(r) for r in results]}, indent=1, default=str) + "\n"
+        json.dumps(
+            {"machine": machine, "total_seconds": total, "sizes": [asdict(r) for r in results]}, indent=1, default=str
+        )
+        + "\n"
     )
     (out_dir / f"{stamp}.md").write_text(text)
     print(text)

@@ -17,7 +17,9 @@ from rich.table import Table
 from beton_pipeline.core.formatting import fmt, fmt_estimate, fmt_interval
 from beton_pipeline.settings import PROJECT_ROOT, SettingsError, demo_dir, load_settings, warehouse_path
 
-app = typer.Typer(help="beton: discover, prove, backtest, score and act on the signals that predict revenue.", no_args_is_help=True)
+app = typer.Typer(
+    help="beton: discover, prove, backtest, score and act on the signals that predict revenue.", no_args_is_help=True
+)
 signals_app = typer.Typer(help="List beton.signals, or enable/disable one.", invoke_without_command=True)
 app.add_typer(signals_app, name="signals")
 console = Console(stderr=True, soft_wrap=True)
@@ -54,9 +56,18 @@ def demo(
     from beton_pipeline.sources.demo import generate_demo
 
     target = out_dir or demo_dir()
-    with Progress(SpinnerColumn(), TextColumn("demo data"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("demo data"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
         task = bar.add_task("accounts", total=accounts)
-        summary = generate_demo(target, n_accounts=accounts, seed=seed, progress=lambda done, total: bar.update(task, completed=done))
+        summary = generate_demo(
+            target, n_accounts=accounts, seed=seed, progress=lambda done, total: bar.update(task, completed=done)
+        )
     out.print(f"wrote {summary.n_events:,} events for {summary.n_accounts:,} accounts to {summary.out_dir}")
     out.print(f"planted truth (never read by the pipeline): {summary.truth_path}")
 
@@ -75,9 +86,17 @@ def run() -> None:
 
     stages = ["ingest + dbt", "cohort counts", "discovery", "backtests", "health + scores", "playbooks + readouts"]
     try:
-        with dg.DagsterInstance.get() as instance, Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-        ) as bar:
+        with (
+            dg.DagsterInstance.get() as instance,
+            Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+            ) as bar,
+        ):
             task = bar.add_task("beton run", total=len(stages))
 
             def on_stage(name: str) -> None:
@@ -104,8 +123,10 @@ def _print_summary(summary) -> None:
     )
     out.print("events by identity resolution: " + ", ".join(f"{k} {v:,}" for k, v in summary.identity.items()))
     if summary.monitoring_days:
-        out.print(f"health and scores for {summary.monitoring_days[0]} … {summary.monitoring_days[1]}; latest health: "
-                  + ", ".join(f"{k} {v}" for k, v in sorted(summary.health.items())))
+        out.print(
+            f"health and scores for {summary.monitoring_days[0]} … {summary.monitoring_days[1]}; latest health: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(summary.health.items()))
+        )
     if summary.leads:
         leads = summary.leads
         out.print(
@@ -126,7 +147,9 @@ def _print_summary(summary) -> None:
 def signals_list(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (one object per signal).")] = False,
-    include_all: Annotated[bool, typer.Option("--all", help="Every tested candidate, not only each family's best.")] = False,
+    include_all: Annotated[
+        bool, typer.Option("--all", help="Every tested candidate, not only each family's best.")
+    ] = False,
 ) -> None:
     """List beton.signals, best first."""
     if ctx.invoked_subcommand is not None:
@@ -143,13 +166,31 @@ def signals_list(
         sys.stdout.write(json.dumps(frame.to_dicts(), default=str, indent=1) + "\n")
         return
     table = Table(title=f"beton.signals ({frame.height} shown)")
-    for col in ("signal_id", "definition", "recommendation", "enabled", "lift", "95% CI", "n_with", "q_value", "holdout_lift", "projected_arr"):
+    for col in (
+        "signal_id",
+        "definition",
+        "recommendation",
+        "enabled",
+        "lift",
+        "95% CI",
+        "n_with",
+        "q_value",
+        "holdout_lift",
+        "projected_arr",
+    ):
         table.add_column(col, overflow="fold")
     for r in frame.iter_rows(named=True):
         table.add_row(
-            r["signal_id"], r["definition"], r["recommendation"], "yes" if r["enabled"] else "no",
-            fmt(r["lift"], ".2f"), fmt_interval(r["lift_ci_low"], r["lift_ci_high"]),
-            f"{r['n_with']:,}", fmt(r["q_value"], ".2g"), fmt(r["holdout_lift"], ".2f"), fmt(r["projected_arr"], ",.0f"),
+            r["signal_id"],
+            r["definition"],
+            r["recommendation"],
+            "yes" if r["enabled"] else "no",
+            fmt(r["lift"], ".2f"),
+            fmt_interval(r["lift_ci_low"], r["lift_ci_high"]),
+            f"{r['n_with']:,}",
+            fmt(r["q_value"], ".2g"),
+            fmt(r["holdout_lift"], ".2f"),
+            fmt(r["projected_arr"], ",.0f"),
         )
     out.print(table)
 
@@ -193,9 +234,16 @@ def signals_disable(
 
 @app.command()
 def backtest(
-    sql: Annotated[str | None, typer.Option("--sql", help="One SELECT returning account_id (optionally fired_at), run in a read-only sandbox.")] = None,
+    sql: Annotated[
+        str | None,
+        typer.Option(
+            "--sql", help="One SELECT returning account_id (optionally fired_at), run in a read-only sandbox."
+        ),
+    ] = None,
     file: Annotated[Path | None, typer.Option("--file", help="A signal file: YAML (name + when) or .sql.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON: the beton.signals row and the per-period results.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON: the beton.signals row and the per-period results.")
+    ] = False,
     timeout: Annotated[float, typer.Option(help="Time limit of a SQL signal, in seconds.", min=0.1, max=600)] = 30.0,
 ) -> None:
     """Backtest one custom signal without writing it: its beton.signals columns and its results per cohort month."""
@@ -219,7 +267,11 @@ def backtest(
     if file is not None:
         if not file.is_file():
             _fail(f"{file}: no such file")
-        text, origin, kind = file.read_text(encoding="utf-8"), str(file), SIGNAL_SUFFIXES.get(file.suffix.lower(), "auto")
+        text, origin, kind = (
+            file.read_text(encoding="utf-8"),
+            str(file),
+            SIGNAL_SUFFIXES.get(file.suffix.lower(), "auto"),
+        )
     else:
         text, origin, kind = sql, "--sql", "sql"
     try:
@@ -231,25 +283,48 @@ def backtest(
         _fail(f"{path}: {str(exc).splitlines()[0]} (has `beton run` finished?)")
     row = result.signal_row.row(0, named=True)
     periods = result.periods
-    verdict = (periods.get_column("verdict")[0], periods.get_column("verdict_reason")[0]) if periods.height else (None, None)
+    verdict = (
+        (periods.get_column("verdict")[0], periods.get_column("verdict_reason")[0]) if periods.height else (None, None)
+    )
     if as_json:
         payload = {"signal": row, "verdict": verdict[0], "verdict_reason": verdict[1], "periods": periods.to_dicts()}
         sys.stdout.write(json.dumps(payload, default=str, indent=1) + "\n")
         return
-    summary = Table(title=f"{row['signal_id']} (not written; discovery cohorts {', '.join(result.split.discovery_months[:1])}…, "
-                    f"holdout {len(result.split.holdout_months)} later months)", show_header=False)
+    summary = Table(
+        title=f"{row['signal_id']} (not written; discovery cohorts {', '.join(result.split.discovery_months[:1])}…, "
+        f"holdout {len(result.split.holdout_months)} later months)",
+        show_header=False,
+    )
     summary.add_column("column")
     summary.add_column("value", overflow="fold")
     for key, value in row.items():
         summary.add_row(key, fmt(value, ".6g" if isinstance(value, float) else ""))
     out.print(summary)
     table = Table(title=f"per cohort month: {verdict[0]} ({verdict[1]})")
-    for col in ("cohort", "split", "accounts", "fired", "converted", "precision", "recall", "lift", "95% CI", "projected ARR (95% CI)", "enough data"):
+    for col in (
+        "cohort",
+        "split",
+        "accounts",
+        "fired",
+        "converted",
+        "precision",
+        "recall",
+        "lift",
+        "95% CI",
+        "projected ARR (95% CI)",
+        "enough data",
+    ):
         table.add_column(col, overflow="fold", no_wrap=col == "projected ARR (95% CI)")
     for r in periods.iter_rows(named=True):
         table.add_row(
-            r["cohort_month"], r["split"], f"{r['cohort_accounts']:,}", f"{r['fired']:,}", f"{r['converted']:,}",
-            fmt(r["precision"], ".3f"), fmt(r["recall"], ".3f"), fmt(r["lift"], ".2f"),
+            r["cohort_month"],
+            r["split"],
+            f"{r['cohort_accounts']:,}",
+            f"{r['fired']:,}",
+            f"{r['converted']:,}",
+            fmt(r["precision"], ".3f"),
+            fmt(r["recall"], ".3f"),
+            fmt(r["lift"], ".2f"),
             fmt_interval(r["lift_ci_low"], r["lift_ci_high"]),
             fmt_estimate(r["projected_arr"], r["projected_arr_ci_low"], r["projected_arr_ci_high"], ",.0f"),
             "yes" if r["enough_data"] else "no",
@@ -308,9 +383,12 @@ def events(
     out.print(table)
     keys = [r for r in catalog["raw_property_keys"] if not r["usable"]]
     if keys:
-        out.print("other property keys seen (add to beton.yaml discovery.property_features to use them): "
-                  + ", ".join(f"{r['event']}.{r['property']} ({r['events']:,})" for r in keys[:40]) + (" …" if len(keys) > 40 else ""))
-    table = Table(title="attributes (attribute: + equals/not_equals/in, or value: \">= n\" for numbers)")
+        out.print(
+            "other property keys seen (add to beton.yaml discovery.property_features to use them): "
+            + ", ".join(f"{r['event']}.{r['property']} ({r['events']:,})" for r in keys[:40])
+            + (" …" if len(keys) > 40 else "")
+        )
+    table = Table(title='attributes (attribute: + equals/not_equals/in, or value: ">= n" for numbers)')
     for col in ("attribute", "type", "accounts", "values"):
         table.add_column(col, overflow="fold")
     for r in catalog["attributes"]:

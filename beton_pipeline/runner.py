@@ -21,11 +21,24 @@ from beton_pipeline.store.tables import eligible_cohort_months
 from beton_pipeline.warehouse import connect, table_exists
 
 SUMMARY_TABLES = (
-    "raw.raw_events", "raw.raw_crm_companies", "raw.raw_billing_invoices", "beton.quarantine",
-    "intermediate.int_events_resolved", "marts.account_outcomes", "marts.account_features",
-    "marts.account_event_features", "beton.signal_cohort_counts", "beton.signals",
-    "beton.signal_backtests", "beton.model_backtest", "beton.signal_health", "beton.account_scores", "beton.revenue_metrics",
-    "beton.playbook_actions", "beton.playbook_readouts", "beton.experiment_readouts",
+    "raw.raw_events",
+    "raw.raw_crm_companies",
+    "raw.raw_billing_invoices",
+    "beton.quarantine",
+    "intermediate.int_events_resolved",
+    "marts.account_outcomes",
+    "marts.account_features",
+    "marts.account_event_features",
+    "beton.signal_cohort_counts",
+    "beton.signals",
+    "beton.signal_backtests",
+    "beton.model_backtest",
+    "beton.signal_health",
+    "beton.account_scores",
+    "beton.revenue_metrics",
+    "beton.playbook_actions",
+    "beton.playbook_readouts",
+    "beton.experiment_readouts",
 )
 
 DAILY_ASSETS = ("signal_health", "account_scores")
@@ -96,8 +109,10 @@ def run_pipeline(
         keys = instance.get_dynamic_partitions(signal_partitions.name)
         if keys:  # a single-run backfill policy: one run covers every signal's partition
             _execute(
-                defs.resolve_implicit_global_asset_job_def(), instance,
-                asset_selection=[dg.AssetKey("signal_backtests")], tags=partition_range_tags(keys),
+                defs.resolve_implicit_global_asset_job_def(),
+                instance,
+                asset_selection=[dg.AssetKey("signal_backtests")],
+                tags=partition_range_tags(keys),
             )
 
     def monitoring() -> None:
@@ -110,7 +125,10 @@ def run_pipeline(
             defs.resolve_implicit_global_asset_job_def(),
             instance,
             asset_selection=[dg.AssetKey(k) for k in DAILY_ASSETS],
-            tags={"dagster/asset_partition_range_start": str(bounds[0]), "dagster/asset_partition_range_end": str(bounds[1])},
+            tags={
+                "dagster/asset_partition_range_start": str(bounds[0]),
+                "dagster/asset_partition_range_end": str(bounds[1]),
+            },
         )
 
     def playbooks() -> None:
@@ -150,18 +168,27 @@ def _fill_summary(summary: RunSummary) -> None:
             "select count(*), count(*) filter (where has_events), count(*) filter (where is_eligible), "
             "count(*) filter (where is_eligible and converted) from marts.account_outcomes"
         ).fetchall()[0]
-        summary.accounts = dict(zip(("accounts", "with_events", "eligible", "eligible_converted"), row))
+        summary.accounts = dict(zip(("accounts", "with_events", "eligible", "eligible_converted"), row, strict=True))
         if table_exists(con, "beton", "signal_health"):
             summary.health = dict(
-                con.sql("select health, count(*) from beton.signal_health where day = (select max(day) from beton.signal_health) group by 1").fetchall()
+                con.sql(
+                    "select health, count(*) from beton.signal_health where day = (select max(day) from beton.signal_health) group by 1"
+                ).fetchall()
             )
         if table_exists(con, "beton", "revenue_metrics"):
             rows = con.sql("select * from beton.revenue_metrics order by day desc limit 1").pl()
             summary.leads = {k: v for k, v in rows.row(0, named=True).items() if k != "day"} if rows.height else {}
         if table_exists(con, "beton", "playbook_actions"):
-            summary.actions = dict(con.sql("select status, count(*) from beton.playbook_actions group by 1 order by 1").fetchall())
+            summary.actions = dict(
+                con.sql("select status, count(*) from beton.playbook_actions group by 1 order by 1").fetchall()
+            )
         if table_exists(con, "beton", "experiment_readouts"):
-            summary.experiments = [r[0] for r in con.sql("select distinct summary from beton.experiment_readouts where summary is not null order by 1").fetchall()]
+            summary.experiments = [
+                r[0]
+                for r in con.sql(
+                    "select distinct summary from beton.experiment_readouts where summary is not null order by 1"
+                ).fetchall()
+            ]
         if table_exists(con, "beton", "signals"):
             summary.enabled_signals = con.sql(
                 "select signal_id, definition, lift from beton.signals where enabled order by q_value, lift desc"

@@ -53,12 +53,18 @@ class RevenueSettings(_Strict):
 
 class WindowSettings(_Strict):
     observation_days: int = Field(14, gt=0, description="Days after an account's start whose behaviour may predict.")
-    conversion_window_days: int = Field(60, gt=0, description="An account converts if it pays within this many days of its start.")
-    holdout_fraction: float = Field(0.3, ge=0, lt=1, description="Share of the latest eligible cohorts kept back for the temporal holdout.")
-    as_of: str | None = Field(None, description="ISO timestamp of the run's 'now'; null means the latest event in the data.")
+    conversion_window_days: int = Field(
+        60, gt=0, description="An account converts if it pays within this many days of its start."
+    )
+    holdout_fraction: float = Field(
+        0.3, ge=0, lt=1, description="Share of the latest eligible cohorts kept back for the temporal holdout."
+    )
+    as_of: str | None = Field(
+        None, description="ISO timestamp of the run's 'now'; null means the latest event in the data."
+    )
 
     @model_validator(mode="after")
-    def _observation_fits(self) -> "WindowSettings":
+    def _observation_fits(self) -> WindowSettings:
         if self.observation_days > self.conversion_window_days:
             raise ValueError("observation_days must not exceed conversion_window_days")
         return self
@@ -83,14 +89,16 @@ class DiscoverySettings(_Strict):
     property_features: tuple[PropertyFeature, ...] = (
         PropertyFeature(event="$pageview", property="$current_url", transform="url_path"),
     )
-    min_property_support: int = Field(20, ge=1, description="Accounts a property value needs before it becomes a candidate.")
+    min_property_support: int = Field(
+        20, ge=1, description="Accounts a property value needs before it becomes a candidate."
+    )
     min_candidate_support: int = Field(10, ge=1, description="Accounts a candidate must fire for before it is tested.")
     intent_lookback_days: int = Field(90, gt=0)
     pair_top_k: int = Field(12, ge=0, description="Pairs (AND) are formed from this many strongest single candidates.")
     excluded_events: tuple[str, ...] = ("$identify", "$feature_flag_called")
 
     @model_validator(mode="after")
-    def _sorted(self) -> "DiscoverySettings":
+    def _sorted(self) -> DiscoverySettings:
         if not self.count_thresholds or min(self.count_thresholds) < 1:
             raise ValueError("count_thresholds must be positive integers")
         if not self.first_n_days or min(self.first_n_days) < 1:
@@ -99,7 +107,9 @@ class DiscoverySettings(_Strict):
 
 
 class MonitoringSettings(_Strict):
-    start_date: str = Field("2024-01-01", pattern=r"^\d{4}-\d{2}-\d{2}$", description="First day of the daily partitions (health, scores).")
+    start_date: str = Field(
+        "2024-01-01", pattern=r"^\d{4}-\d{2}-\d{2}$", description="First day of the daily partitions (health, scores)."
+    )
     window_days: int = Field(90, gt=0, description="Rolling window of outcome closures each day's health looks at.")
     alpha: float = Field(0.05, gt=0, lt=1, description="False-alarm probability per signal per year of daily looks.")
     looks_per_year: int = Field(365, ge=1, description="Daily looks the alpha is spent over (Bonferroni).")
@@ -108,9 +118,13 @@ class MonitoringSettings(_Strict):
 
 
 class ScoringSettings(_Strict):
-    half_life_days: float = Field(14.0, gt=0, description="A signal's contribution halves every this many days after it fired.")
+    half_life_days: float = Field(
+        14.0, gt=0, description="A signal's contribution halves every this many days after it fired."
+    )
     calibration_ages_days: tuple[int, ...] = (1, 3, 7, 14, 21, 30, 45)
-    lead_threshold: float = Field(0.15, gt=0, lt=1, description="Accounts in play scoring at least this are surfaced as leads.")
+    lead_threshold: float = Field(
+        0.15, gt=0, lt=1, description="Accounts in play scoring at least this are surfaced as leads."
+    )
     top_contributions: int = Field(3, ge=1)
 
 
@@ -123,7 +137,9 @@ class FreshnessSettings(_Strict):
         ),
     )
     max_age_days: float | None = Field(
-        None, gt=0, description="Days the newest event may be older than the wall clock; null = off (production: e.g. 2)."
+        None,
+        gt=0,
+        description="Days the newest event may be older than the wall clock; null = off (production: e.g. 2).",
     )
 
     @field_validator("max_lag_days")
@@ -164,7 +180,7 @@ class Settings(_Strict):
     destinations: dict = {}
 
     @model_validator(mode="after")
-    def _playbooks_valid(self) -> "Settings":
+    def _playbooks_valid(self) -> Settings:
         """Playbooks, experiments and destinations are checked when settings load (errors name the field)."""
         self.playbook_config()
         return self
@@ -282,9 +298,7 @@ def load_settings(path: Path | str | None = None) -> Settings:
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise SettingsError(f"{path}: {problems}") from None
 
 

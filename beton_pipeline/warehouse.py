@@ -30,7 +30,9 @@ class WarehouseLockedError(RuntimeError):
 
 
 @contextmanager
-def connect(path: Path | str, read_only: bool = False, wait_seconds: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+def connect(
+    path: Path | str, read_only: bool = False, wait_seconds: float | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection to the warehouse file with `TimeZone = 'UTC'`, retried (bounded) while another process holds the lock."""
     wait_seconds = lock_wait_seconds() if wait_seconds is None else wait_seconds
     path = Path(path)

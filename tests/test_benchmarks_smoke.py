@@ -21,7 +21,13 @@ pytestmark = pytest.mark.slow
 TRUTH = {
     "planted": [
         {"name": "invited_teammate", "kind": "event_count", "event": "invited_teammate"},
-        {"name": "integrations_page", "kind": "event_property", "event": "$pageview", "property": "$current_url", "value": "/settings/integrations"},
+        {
+            "name": "integrations_page",
+            "kind": "event_property",
+            "event": "$pageview",
+            "property": "$current_url",
+            "value": "/settings/integrations",
+        },
         {"name": "fintech", "kind": "crm_attribute", "attribute": "industry", "value": "Fintech"},
         {"name": "funding_round", "kind": "intent", "signal_type": "funding_round"},
     ],
@@ -42,7 +48,10 @@ def test_family_classification():
     assert methods.classify_family("pair:event:invited_teammate&intent:funding_round", TRUTH) == "planted pair"
     assert methods.classify_family("pair:event:invited_teammate&event:tooltip_opened", TRUTH) == "noise"
     assert methods.analyst_family("event:invited_teammate:first_14d:>=3") == "event:invited_teammate"
-    assert methods.analyst_family("property:$pageview:$current_url=/a:b:first_7d:>=1") == "property:$pageview:$current_url=/a:b"
+    assert (
+        methods.analyst_family("property:$pageview:$current_url=/a:b:first_7d:>=1")
+        == "property:$pageview:$current_url=/a:b"
+    )
     assert methods.analyst_family("attribute:industry=Fintech") == "attribute:industry=Fintech"
 
 

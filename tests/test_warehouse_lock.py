@@ -29,9 +29,8 @@ def test_locked_warehouse_fails_with_a_clear_error_after_a_bounded_wait(tmp_path
     holder = hold_lock(path, 30)
     try:
         started = time.monotonic()
-        with pytest.raises(WarehouseLockedError, match="locked by another process"):
-            with connect(path, wait_seconds=1.0):
-                pass
+        with pytest.raises(WarehouseLockedError, match="locked by another process"), connect(path, wait_seconds=1.0):
+            pass
         assert time.monotonic() - started < 10
     finally:
         holder.kill()
@@ -61,7 +60,11 @@ def test_ingest_run_on_a_locked_warehouse_fails_and_names_the_lock(tmp_path, mon
         fixture = Path(__file__).parent / "fixtures" / "contract_dir"
         result = dg.materialize(
             [a for a in ingest_assets if a.key.to_user_string() == "raw_crm_people"],
-            resources={"warehouse": WarehouseResource(path=str(path)), "source": SourceResource(source_dir=str(fixture)), "settings": SettingsResource()},
+            resources={
+                "warehouse": WarehouseResource(path=str(path)),
+                "source": SourceResource(source_dir=str(fixture)),
+                "settings": SettingsResource(),
+            },
             raise_on_error=False,
         )
         assert not result.success

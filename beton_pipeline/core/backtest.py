@@ -70,13 +70,30 @@ class BacktestConfig:
 
 
 BACKTEST_SCHEMA: dict[str, pl.DataType] = {
-    "signal_id": pl.String(), "cohort_month": pl.String(), "split": pl.String(),
-    "cohort_accounts": pl.Int64(), "cohort_conversions": pl.Int64(),
-    "fired": pl.Int64(), "converted": pl.Int64(), "not_fired": pl.Int64(), "converted_not_fired": pl.Int64(),
-    "precision": pl.Float64(), "recall": pl.Float64(), "base_rate": pl.Float64(), "rate_without": pl.Float64(),
-    "lift": pl.Float64(), "lift_ci_low": pl.Float64(), "lift_ci_high": pl.Float64(), "p_value": pl.Float64(), "method": pl.String(),
-    "arr_per_conversion": pl.Float64(), "projected_arr": pl.Float64(), "projected_arr_ci_low": pl.Float64(), "projected_arr_ci_high": pl.Float64(),
-    "enough_data": pl.Boolean(), "lift_above_1": pl.Boolean(),
+    "signal_id": pl.String(),
+    "cohort_month": pl.String(),
+    "split": pl.String(),
+    "cohort_accounts": pl.Int64(),
+    "cohort_conversions": pl.Int64(),
+    "fired": pl.Int64(),
+    "converted": pl.Int64(),
+    "not_fired": pl.Int64(),
+    "converted_not_fired": pl.Int64(),
+    "precision": pl.Float64(),
+    "recall": pl.Float64(),
+    "base_rate": pl.Float64(),
+    "rate_without": pl.Float64(),
+    "lift": pl.Float64(),
+    "lift_ci_low": pl.Float64(),
+    "lift_ci_high": pl.Float64(),
+    "p_value": pl.Float64(),
+    "method": pl.String(),
+    "arr_per_conversion": pl.Float64(),
+    "projected_arr": pl.Float64(),
+    "projected_arr_ci_low": pl.Float64(),
+    "projected_arr_ci_high": pl.Float64(),
+    "enough_data": pl.Boolean(),
+    "lift_above_1": pl.Boolean(),
 }
 """The per-period columns `backtest_periods` returns (before the verdict and labels are added)."""
 
@@ -175,7 +192,9 @@ def backtest_periods(
     ).with_columns(pl.col(pl.Float64).fill_nan(None))
 
 
-def cochran_q(log_lift: np.ndarray, variance: np.ndarray, group: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cochran_q(
+    log_lift: np.ndarray, variance: np.ndarray, group: np.ndarray, n_groups: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cochran's Q per group (inverse-variance weights): Q = Σw·x² − (Σw·x)²/Σw, df = k − 1, p = P(χ²_df ≥ Q).
 
     Returns (q, df, p) arrays of length `n_groups`; p is NaN where a group has fewer than 2 rows.
@@ -206,24 +225,51 @@ def verdicts(periods: pl.DataFrame, config: BacktestConfig = BacktestConfig()) -
     enough = periods.filter(pl.col("enough_data"))
     index = summary.select("signal_id").with_row_index("_g")
     enough = enough.join(index, on="signal_id", how="inner")
-    log_lift, variance = log_lift_and_variance(*(enough.get_column(c).to_numpy() for c in ("converted", "fired", "converted_not_fired", "not_fired")))
+    log_lift, variance = log_lift_and_variance(
+        *(enough.get_column(c).to_numpy() for c in ("converted", "fired", "converted_not_fired", "not_fired"))
+    )
     _, _, q_p = cochran_q(log_lift, variance, enough.get_column("_g").to_numpy().astype(np.int64), summary.height)
     summary = summary.with_columns(pl.Series("heterogeneity_p", q_p, dtype=pl.Float64).fill_nan(None))
     share = pl.col("periods_lift_above_1") / pl.col("periods_with_data")
     agree = pl.col("heterogeneity_p").fill_null(1.0) >= config.heterogeneity_alpha
     enough_rule = f"≥ {config.min_fired} fired, ≥ {config.min_not_fired} not fired, ≥ 1 conversion"
-    above = pl.format(f"lift > 1 in {{}} of {{}} periods with enough data ({enough_rule})", "periods_lift_above_1", "periods_with_data")
+    above = pl.format(
+        f"lift > 1 in {{}} of {{}} periods with enough data ({enough_rule})",
+        "periods_lift_above_1",
+        "periods_with_data",
+    )
     return summary.with_columns(
-        pl.when(pl.col("periods_with_data") < config.min_periods).then(pl.lit("insufficient_data"))
-        .when((share >= config.consistent_share) & agree).then(pl.lit("consistent"))
-        .otherwise(pl.lit("unstable")).alias("verdict"),
         pl.when(pl.col("periods_with_data") < config.min_periods)
-        .then(pl.format(f"{{}} of {{}} periods have enough data ({enough_rule}); {config.min_periods} needed", "periods_with_data", "periods"))
+        .then(pl.lit("insufficient_data"))
+        .when((share >= config.consistent_share) & agree)
+        .then(pl.lit("consistent"))
+        .otherwise(pl.lit("unstable"))
+        .alias("verdict"),
+        pl.when(pl.col("periods_with_data") < config.min_periods)
+        .then(
+            pl.format(
+                f"{{}} of {{}} periods have enough data ({enough_rule}); {config.min_periods} needed",
+                "periods_with_data",
+                "periods",
+            )
+        )
         .when(share < config.consistent_share)
         .then(pl.format(f"{{}}; consistent needs ≥ {config.consistent_share:.0%}", above))
         .when(~agree)
-        .then(pl.format("{}, but the lift changes between periods (Cochran's Q p = {})", above, pl.col("heterogeneity_p").round_sig_figs(2)))
-        .otherwise(pl.format("{}; the periods agree (Cochran's Q p = {})", above, pl.col("heterogeneity_p").round_sig_figs(2).fill_null(float("nan"))))
+        .then(
+            pl.format(
+                "{}, but the lift changes between periods (Cochran's Q p = {})",
+                above,
+                pl.col("heterogeneity_p").round_sig_figs(2),
+            )
+        )
+        .otherwise(
+            pl.format(
+                "{}; the periods agree (Cochran's Q p = {})",
+                above,
+                pl.col("heterogeneity_p").round_sig_figs(2).fill_null(float("nan")),
+            )
+        )
         .alias("verdict_reason"),
         (pl.col("converted_total") / pl.col("fired_total")).fill_nan(None).alias("precision_total"),
         (pl.col("converted_total") / pl.col("conversions_total")).fill_nan(None).alias("recall_total"),
@@ -243,9 +289,13 @@ def backtest(
     periods = backtest_periods(fired, signal_ids, period, converted, arr, config, holdout_periods)
     if periods.is_empty():
         return periods.with_columns(
-            pl.lit(None, pl.String).alias("verdict"), pl.lit(None, pl.String).alias("verdict_reason"),
-            pl.lit(None, pl.Int64).alias("periods_with_data"), pl.lit(None, pl.Int64).alias("periods_lift_above_1"),
+            pl.lit(None, pl.String).alias("verdict"),
+            pl.lit(None, pl.String).alias("verdict_reason"),
+            pl.lit(None, pl.Int64).alias("periods_with_data"),
+            pl.lit(None, pl.Int64).alias("periods_lift_above_1"),
             pl.lit(None, pl.Float64).alias("heterogeneity_p"),
         )
-    summary = verdicts(periods, config).select("signal_id", "verdict", "verdict_reason", "periods_with_data", "periods_lift_above_1", "heterogeneity_p")
+    summary = verdicts(periods, config).select(
+        "signal_id", "verdict", "verdict_reason", "periods_with_data", "periods_lift_above_1", "heterogeneity_p"
+    )
     return periods.join(summary, on="signal_id", how="left", maintain_order="left")

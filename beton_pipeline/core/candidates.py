@@ -123,7 +123,11 @@ def _count_hits(
             hits = frame.filter(pl.col(col) >= threshold)
             if hits.is_empty():
                 continue
-            window_text = f"in the first {days} days" if days != observation_days else f"in the first {days} days (observation window)"
+            window_text = (
+                f"in the first {days} days"
+                if days != observation_days
+                else f"in the first {days} days (observation window)"
+            )
             if is_property:
                 subject = pl.format("`{}` with {} = {}", "event_name", "property_name", "property_value")
                 family = pl.format("property:{}:{}={}", "event_name", "property_name", "property_value")
@@ -195,9 +199,9 @@ def _intent_hits(intent: pl.DataFrame, lookback_days: int) -> pl.DataFrame:
         "account_id",
         pl.format("intent:{}:before_window_end", "signal_type").alias("key"),
         *common[:2],
-        pl.format("{} from {} days before start to the end of the observation window", "signal_type", pl.lit(lookback_days)).alias(
-            "definition"
-        ),
+        pl.format(
+            "{} from {} days before start to the end of the observation window", "signal_type", pl.lit(lookback_days)
+        ).alias("definition"),
         *common[2:],
     )
     return pl.concat([before_start, until_window_end])
@@ -257,9 +261,7 @@ def candidate_hits(frames: FeatureFrames, spec: FeatureSpec) -> pl.DataFrame:
 def build_candidate_matrix(frames: FeatureFrames, hits: pl.DataFrame) -> CandidateMatrix:
     """The sparse accounts × candidates matrix for `frames.accounts` (row order kept) from `candidate_hits`."""
     account_ids = frames.accounts.get_column("account_id").to_numpy()
-    candidates = (
-        hits.select(list(_CANDIDATE_SCHEMA)).unique(subset="key", keep="first").sort("key")
-    )
+    candidates = hits.select(list(_CANDIDATE_SCHEMA)).unique(subset="key", keep="first").sort("key")
     candidates = candidates.with_columns(signal_ids(candidates.get_column("key")).alias("signal_id"))
     account_index = pl.DataFrame({"account_id": account_ids, "_row": np.arange(len(account_ids), dtype=np.int64)})
     candidate_index = candidates.select("key").with_row_index("_col")

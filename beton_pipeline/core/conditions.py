@@ -194,7 +194,9 @@ class Vocabulary:
     intent_lookback_days: int
 
 
-def vocabulary_from_frames(frames: FeatureFrames, windows: tuple[int, ...], observation_days: int, intent_lookback_days: int) -> Vocabulary:
+def vocabulary_from_frames(
+    frames: FeatureFrames, windows: tuple[int, ...], observation_days: int, intent_lookback_days: int
+) -> Vocabulary:
     """The vocabulary of what `frames` hold (every attribute column of `frames.accounts` listed in ATTRIBUTE_TYPES)."""
     props = frames.properties.select("event_name", "property_name", "property_value").unique()
     properties: dict[tuple[str, str], frozenset[str]] = {}
@@ -253,7 +255,9 @@ class _Parser:
             if key in out:
                 raise self.fail(key_node, f"{path}.{key}", "duplicate key")
             if key not in allowed:
-                raise self.fail(key_node, f"{path}.{key}", f"unknown key{suggest(key, allowed)}; allowed here: {', '.join(allowed)}")
+                raise self.fail(
+                    key_node, f"{path}.{key}", f"unknown key{suggest(key, allowed)}; allowed here: {', '.join(allowed)}"
+                )
             out[key] = (key_node, value_node)
         return out
 
@@ -277,13 +281,17 @@ class _Parser:
     def comparison(self, node: yaml.Node, path: str, integer: bool) -> tuple[str, float]:
         value = self.scalar(node, path)
         if isinstance(value, bool):
-            raise self.fail(node, path, f"expected a comparison such as \">= 3\", got {value!r}")
+            raise self.fail(node, path, f'expected a comparison such as ">= 3", got {value!r}')
         if isinstance(value, (int, float)):
             op, number = ">=", value
         else:
             match = _COMPARISON.match(str(value))
             if not match:
-                raise self.fail(node, path, f"expected a comparison such as \">= 3\" ({', '.join(COMPARISONS)} and a number), got {value!r}")
+                raise self.fail(
+                    node,
+                    path,
+                    f'expected a comparison such as ">= 3" ({", ".join(COMPARISONS)} and a number), got {value!r}',
+                )
             op = {"=": "==", None: ">="}.get(match.group(1), match.group(1))
             number = float(match.group(2))
         if integer and (number != int(number) or number < 0):
@@ -299,7 +307,11 @@ class _Parser:
 
     def condition(self, node: yaml.Node, path: str) -> Condition:
         if not isinstance(node, yaml.MappingNode):
-            raise self.fail(node, path, f"expected a condition (a mapping with one of {', '.join(COMBINATORS + LEAF_KINDS)}), got {_describe(node)}")
+            raise self.fail(
+                node,
+                path,
+                f"expected a condition (a mapping with one of {', '.join(COMBINATORS + LEAF_KINDS)}), got {_describe(node)}",
+            )
         keys = [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
         kinds = [k for k in keys if k in COMBINATORS + LEAF_KINDS]
         if not kinds:
@@ -307,13 +319,17 @@ class _Parser:
             hint = suggest(keys[0], COMBINATORS + LEAF_KINDS) if keys else ""
             raise self.fail(first, path, f"a condition needs one of {', '.join(COMBINATORS + LEAF_KINDS)}{hint}")
         if len(kinds) > 1:
-            raise self.fail(node, path, f"one condition per mapping: found {', '.join(kinds)}; combine them under `all:` or `any:`")
+            raise self.fail(
+                node, path, f"one condition per mapping: found {', '.join(kinds)}; combine them under `all:` or `any:`"
+            )
         kind = kinds[0]
         if kind in ("all", "any"):
             entries = self.mapping(node, path, (kind,))
             _, seq = entries[kind]
             if not isinstance(seq, yaml.SequenceNode) or not seq.value:
-                raise self.fail(seq, f"{path}.{kind}", f"expected a list of at least one condition, got {_describe(seq)}")
+                raise self.fail(
+                    seq, f"{path}.{kind}", f"expected a list of at least one condition, got {_describe(seq)}"
+                )
             children = tuple(self.condition(child, f"{path}.{kind}[{i}]") for i, child in enumerate(seq.value))
             return (AllOf if kind == "all" else AnyOf)(children, line=_line(node))
         if kind == "not":
@@ -331,18 +347,32 @@ class _Parser:
         op, threshold = (">=", 1)
         if "count" in entries:
             op, threshold = self.comparison(entries["count"][1], f"{path}.count", integer=True)
-        window = self.whole_number(entries["within_days"][1], f"{path}.within_days", 1) if "within_days" in entries else None
+        window = (
+            self.whole_number(entries["within_days"][1], f"{path}.within_days", 1) if "within_days" in entries else None
+        )
         prop, values = None, None
         has_value = [k for k in ("equals", "in") if k in entries]
         if "property" in entries:
             prop = self.text(entries["property"][1], f"{path}.property")
             if len(has_value) != 1:
-                raise self.fail(entries["property"][0], f"{path}.property", "give the property's value with exactly one of `equals` or `in`")
+                raise self.fail(
+                    entries["property"][0],
+                    f"{path}.property",
+                    "give the property's value with exactly one of `equals` or `in`",
+                )
             key = has_value[0]
-            raw = (self.scalar(entries[key][1], f"{path}.{key}"),) if key == "equals" else self.values(entries[key][1], f"{path}.{key}")
+            raw = (
+                (self.scalar(entries[key][1], f"{path}.{key}"),)
+                if key == "equals"
+                else self.values(entries[key][1], f"{path}.{key}")
+            )
             values = tuple(sorted({str(v) for v in raw}))
         elif has_value:
-            raise self.fail(entries[has_value[0]][0], f"{path}.{has_value[0]}", "`equals`/`in` on an event need `property:` (which property has that value)")
+            raise self.fail(
+                entries[has_value[0]][0],
+                f"{path}.{has_value[0]}",
+                "`equals`/`in` on an event need `property:` (which property has that value)",
+            )
         return EventCondition(event, op, int(threshold), window, prop, values, line=_line(node))
 
     def attribute(self, node: yaml.Node, path: str) -> AttributeCondition:
@@ -370,7 +400,11 @@ class _Parser:
         if "until" in entries:
             until = self.text(entries["until"][1], f"{path}.until")
             if until not in INTENT_UNTIL:
-                raise self.fail(entries["until"][1], f"{path}.until", f"expected one of {', '.join(INTENT_UNTIL)}, got {until!r}{suggest(until, INTENT_UNTIL)}")
+                raise self.fail(
+                    entries["until"][1],
+                    f"{path}.until",
+                    f"expected one of {', '.join(INTENT_UNTIL)}, got {until!r}{suggest(until, INTENT_UNTIL)}",
+                )
         lookback = None
         if "within_days_before_start" in entries:
             lookback = self.whole_number(entries["within_days_before_start"][1], f"{path}.within_days_before_start", 1)
@@ -401,14 +435,20 @@ def parse_signal(text: str, source: str) -> SignalDefinition:
     parser = _Parser(source)
     entries = parser.mapping(root, "", TOP_LEVEL_KEYS) if isinstance(root, yaml.MappingNode) else None
     if entries is None:
-        raise SignalDefinitionError(source, _line(root), "", f"expected a mapping with {', '.join(TOP_LEVEL_KEYS)}, got {_describe(root)}")
+        raise SignalDefinitionError(
+            source, _line(root), "", f"expected a mapping with {', '.join(TOP_LEVEL_KEYS)}, got {_describe(root)}"
+        )
     for required in ("name", "when"):
         if required not in entries:
-            raise SignalDefinitionError(source, _line(root), required, "missing (every signal file needs `name:` and `when:`)")
+            raise SignalDefinitionError(
+                source, _line(root), required, "missing (every signal file needs `name:` and `when:`)"
+            )
     name = parser.text(entries["name"][1], "name")
     description = parser.scalar(entries["description"][1], "description") if "description" in entries else None
     condition = parser.condition(entries["when"][1], "when")
-    return SignalDefinition(name=name, description=None if description is None else str(description), condition=condition, source=source)
+    return SignalDefinition(
+        name=name, description=None if description is None else str(description), condition=condition, source=source
+    )
 
 
 def parse_condition_json(canonical: str, source: str = "<canonical>") -> Condition:
@@ -432,68 +472,108 @@ def _bind(cond: Condition, vocab: Vocabulary, source: str, path: str) -> Conditi
     if isinstance(cond, Not):
         return Not(_bind(cond.child, vocab, source, f"{path}.not"), line=cond.line)
     if isinstance(cond, EventCondition):
-        if cond.event not in vocab.events:
-            raise _fail(source, cond, f"{path}.event", f"unknown event `{cond.event}`: no account has it in the marts{suggest(cond.event, vocab.events)} (see `beton events`)")
-        window = cond.window_days if cond.window_days is not None else vocab.observation_days
-        if window not in vocab.windows:
-            raise _fail(
-                source, cond, f"{path}.within_days",
-                f"{window} is not one of the marts' first-N-day windows ({', '.join(map(str, vocab.windows))}); "
-                "windows come from beton.yaml discovery.first_n_days (up to windows.observation_days)",
-            )
-        if cond.property is not None:
-            configured = sorted(p for (e, p) in vocab.properties if e == cond.event)
-            if (cond.event, cond.property) not in vocab.properties:
-                listed = ", ".join(f"{e}.{p}" for e, p in sorted(vocab.properties)) or "none"
-                raise _fail(
-                    source, cond, f"{path}.property",
-                    f"property `{cond.property}` of `{cond.event}` is not a property feature in the marts{suggest(cond.property, configured)}; "
-                    f"configured: {listed} (beton.yaml discovery.property_features)",
-                )
-            seen = vocab.properties[(cond.event, cond.property)]
-            for value in cond.values or ():
-                if value not in seen:
-                    raise _fail(source, cond, f"{path}.equals" if len(cond.values) == 1 else f"{path}.in",
-                                f"`{cond.event}` never had {cond.property} = {value!r}{suggest(value, seen)}")
-        return EventCondition(cond.event, cond.op, cond.threshold, window, cond.property, cond.values, line=cond.line)
+        return _bind_event(cond, vocab, source, path)
     if isinstance(cond, AttributeCondition):
-        if cond.attribute not in vocab.attributes:
-            raise _fail(source, cond, f"{path}.attribute",
-                        f"unknown attribute `{cond.attribute}`{suggest(cond.attribute, vocab.attributes)}; known: {', '.join(sorted(vocab.attributes))}")
-        kind = ATTRIBUTE_TYPES[cond.attribute]
-        if kind == "number":
-            values = []
-            for v in cond.values:
-                if isinstance(v, bool) or not isinstance(v, (int, float)):
-                    raise _fail(source, cond, f"{path}", f"`{cond.attribute}` is a number; compare it with a number, got {v!r}")
-                values.append(float(v))
-            op = cond.op
-            if len(values) == 1 and op in ("in", "not_in"):  # equals / not_equals on a number: one comparison
-                op = "==" if op == "in" else "!="
-            return AttributeCondition(cond.attribute, op, tuple(sorted(set(values))), line=cond.line)
-        if cond.op not in ("in", "not_in"):
-            raise _fail(source, cond, f"{path}.value", f"`{cond.attribute}` is not a number; use equals, not_equals or in")
-        if kind == "boolean":
-            if not all(isinstance(v, bool) for v in cond.values):
-                raise _fail(source, cond, f"{path}", f"`{cond.attribute}` is true or false, got {list(cond.values)!r}")
-            return AttributeCondition(cond.attribute, cond.op, tuple(sorted(set(cond.values))), line=cond.line)
-        values = tuple(sorted({str(v) for v in cond.values}))
-        seen = vocab.attributes[cond.attribute]
-        for value in values:
-            if value not in seen:
-                raise _fail(source, cond, f"{path}", f"no account has {cond.attribute} = {value!r}{suggest(value, seen)}")
-        return AttributeCondition(cond.attribute, cond.op, values, line=cond.line)
+        return _bind_attribute(cond, vocab, source, path)
     if isinstance(cond, IntentCondition):
-        if cond.signal_type not in vocab.intent_types:
-            known = ", ".join(sorted(vocab.intent_types)) or "none"
-            raise _fail(source, cond, f"{path}.intent", f"unknown intent signal `{cond.signal_type}`{suggest(cond.signal_type, vocab.intent_types)}; known: {known}")
-        lookback = cond.lookback_days if cond.lookback_days is not None else vocab.intent_lookback_days
-        if lookback != vocab.intent_lookback_days:
-            raise _fail(source, cond, f"{path}.within_days_before_start",
-                        f"the marts count intent signals in the {vocab.intent_lookback_days} days before start "
-                        f"(beton.yaml discovery.intent_lookback_days), not {lookback}")
-        return IntentCondition(cond.signal_type, cond.until, lookback, line=cond.line)
+        return _bind_intent(cond, vocab, source, path)
     raise TypeError(f"not a condition: {cond!r}")
+
+
+def _bind_event(cond: EventCondition, vocab: Vocabulary, source: str, path: str) -> EventCondition:
+    if cond.event not in vocab.events:
+        raise _fail(
+            source,
+            cond,
+            f"{path}.event",
+            f"unknown event `{cond.event}`: no account has it in the marts{suggest(cond.event, vocab.events)} (see `beton events`)",
+        )
+    window = cond.window_days if cond.window_days is not None else vocab.observation_days
+    if window not in vocab.windows:
+        raise _fail(
+            source,
+            cond,
+            f"{path}.within_days",
+            f"{window} is not one of the marts' first-N-day windows ({', '.join(map(str, vocab.windows))}); "
+            "windows come from beton.yaml discovery.first_n_days (up to windows.observation_days)",
+        )
+    if cond.property is not None:
+        configured = sorted(p for (e, p) in vocab.properties if e == cond.event)
+        if (cond.event, cond.property) not in vocab.properties:
+            listed = ", ".join(f"{e}.{p}" for e, p in sorted(vocab.properties)) or "none"
+            raise _fail(
+                source,
+                cond,
+                f"{path}.property",
+                f"property `{cond.property}` of `{cond.event}` is not a property feature in the marts{suggest(cond.property, configured)}; "
+                f"configured: {listed} (beton.yaml discovery.property_features)",
+            )
+        seen = vocab.properties[(cond.event, cond.property)]
+        for value in cond.values or ():
+            if value not in seen:
+                raise _fail(
+                    source,
+                    cond,
+                    f"{path}.equals" if len(cond.values) == 1 else f"{path}.in",
+                    f"`{cond.event}` never had {cond.property} = {value!r}{suggest(value, seen)}",
+                )
+    return EventCondition(cond.event, cond.op, cond.threshold, window, cond.property, cond.values, line=cond.line)
+
+
+def _bind_attribute(cond: AttributeCondition, vocab: Vocabulary, source: str, path: str) -> AttributeCondition:
+    if cond.attribute not in vocab.attributes:
+        raise _fail(
+            source,
+            cond,
+            f"{path}.attribute",
+            f"unknown attribute `{cond.attribute}`{suggest(cond.attribute, vocab.attributes)}; known: {', '.join(sorted(vocab.attributes))}",
+        )
+    kind = ATTRIBUTE_TYPES[cond.attribute]
+    if kind == "number":
+        values = []
+        for v in cond.values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise _fail(
+                    source, cond, f"{path}", f"`{cond.attribute}` is a number; compare it with a number, got {v!r}"
+                )
+            values.append(float(v))
+        op = cond.op
+        if len(values) == 1 and op in ("in", "not_in"):  # equals / not_equals on a number: one comparison
+            op = "==" if op == "in" else "!="
+        return AttributeCondition(cond.attribute, op, tuple(sorted(set(values))), line=cond.line)
+    if cond.op not in ("in", "not_in"):
+        raise _fail(source, cond, f"{path}.value", f"`{cond.attribute}` is not a number; use equals, not_equals or in")
+    if kind == "boolean":
+        if not all(isinstance(v, bool) for v in cond.values):
+            raise _fail(source, cond, f"{path}", f"`{cond.attribute}` is true or false, got {list(cond.values)!r}")
+        return AttributeCondition(cond.attribute, cond.op, tuple(sorted(set(cond.values))), line=cond.line)
+    values = tuple(sorted({str(v) for v in cond.values}))
+    seen = vocab.attributes[cond.attribute]
+    for value in values:
+        if value not in seen:
+            raise _fail(source, cond, f"{path}", f"no account has {cond.attribute} = {value!r}{suggest(value, seen)}")
+    return AttributeCondition(cond.attribute, cond.op, values, line=cond.line)
+
+
+def _bind_intent(cond: IntentCondition, vocab: Vocabulary, source: str, path: str) -> IntentCondition:
+    if cond.signal_type not in vocab.intent_types:
+        known = ", ".join(sorted(vocab.intent_types)) or "none"
+        raise _fail(
+            source,
+            cond,
+            f"{path}.intent",
+            f"unknown intent signal `{cond.signal_type}`{suggest(cond.signal_type, vocab.intent_types)}; known: {known}",
+        )
+    lookback = cond.lookback_days if cond.lookback_days is not None else vocab.intent_lookback_days
+    if lookback != vocab.intent_lookback_days:
+        raise _fail(
+            source,
+            cond,
+            f"{path}.within_days_before_start",
+            f"the marts count intent signals in the {vocab.intent_lookback_days} days before start "
+            f"(beton.yaml discovery.intent_lookback_days), not {lookback}",
+        )
+    return IntentCondition(cond.signal_type, cond.until, lookback, line=cond.line)
 
 
 def canonical_form(cond: Condition) -> Any:
@@ -504,7 +584,11 @@ def canonical_form(cond: Condition) -> Any:
     if isinstance(cond, Not):
         return {"not": canonical_form(cond.child)}
     if isinstance(cond, EventCondition):
-        out: dict[str, Any] = {"event": cond.event, "count": f"{cond.op} {cond.threshold}", "within_days": cond.window_days}
+        out: dict[str, Any] = {
+            "event": cond.event,
+            "count": f"{cond.op} {cond.threshold}",
+            "within_days": cond.window_days,
+        }
         if cond.property is not None:
             out["property"] = cond.property
             out["in"] = list(cond.values or ())
@@ -529,7 +613,10 @@ def describe(cond: Condition, observation_days: int | None = None) -> str:
     if isinstance(cond, (AllOf, AnyOf)):
         joiner = " AND " if isinstance(cond, AllOf) else " OR "
         parts = [describe(c, observation_days) for c in cond.children]
-        parts = [f"({p})" if isinstance(c, (AllOf, AnyOf)) and len(c.children) > 1 else p for p, c in zip(parts, cond.children)]
+        parts = [
+            f"({p})" if isinstance(c, (AllOf, AnyOf)) and len(c.children) > 1 else p
+            for p, c in zip(parts, cond.children, strict=True)
+        ]
         return joiner.join(parts)
     if isinstance(cond, Not):
         inner = describe(cond.child, observation_days)
@@ -541,14 +628,22 @@ def describe(cond: Condition, observation_days: int | None = None) -> str:
         subject = f"`{cond.event}`"
         if cond.property is not None:
             values = cond.values or ()
-            subject += f" with {cond.property} = {values[0]}" if len(values) == 1 else f" with {cond.property} in ({', '.join(values)})"
+            subject += (
+                f" with {cond.property} = {values[0]}"
+                if len(values) == 1
+                else f" with {cond.property} in ({', '.join(values)})"
+            )
         return f"{subject} {cond.op} {cond.threshold} {window}"
     if isinstance(cond, AttributeCondition):
         shown = [_number_text(v) if isinstance(v, float) else str(v) for v in cond.values]
         if cond.op == "in":
             return f"{cond.attribute} = {shown[0]}" if len(shown) == 1 else f"{cond.attribute} in ({', '.join(shown)})"
         if cond.op == "not_in":
-            return f"{cond.attribute} != {shown[0]}" if len(shown) == 1 else f"{cond.attribute} not in ({', '.join(shown)})"
+            return (
+                f"{cond.attribute} != {shown[0]}"
+                if len(shown) == 1
+                else f"{cond.attribute} not in ({', '.join(shown)})"
+            )
         return f"{cond.attribute} {cond.op} {_number_text(cond.values[0])}"
     if isinstance(cond, IntentCondition):
         if cond.until == "start":
@@ -577,7 +672,12 @@ def bind(definition: SignalDefinition, vocab: Vocabulary) -> BoundSignal:
 # ------------------------------------------------------------------------------------------------
 def _compare(values: np.ndarray, op: str, threshold: float) -> np.ndarray:
     return {
-        ">=": np.greater_equal, ">": np.greater, "<=": np.less_equal, "<": np.less, "==": np.equal, "!=": np.not_equal,
+        ">=": np.greater_equal,
+        ">": np.greater,
+        "<=": np.less_equal,
+        "<": np.less,
+        "==": np.equal,
+        "!=": np.not_equal,
     }[op](values, threshold)
 
 
@@ -627,8 +727,12 @@ class _Evaluator:
                 expr = ~column.is_in(list(cond.values))
             else:
                 expr = {
-                    ">=": column >= cond.values[0], ">": column > cond.values[0], "<=": column <= cond.values[0],
-                    "<": column < cond.values[0], "==": column == cond.values[0], "!=": column != cond.values[0],
+                    ">=": column >= cond.values[0],
+                    ">": column > cond.values[0],
+                    "<=": column <= cond.values[0],
+                    "<": column < cond.values[0],
+                    "==": column == cond.values[0],
+                    "!=": column != cond.values[0],
                 }[cond.op]
             # A missing value never matches a leaf.
             expr = pl.when(column.is_null()).then(False).otherwise(expr)

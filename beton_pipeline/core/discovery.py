@@ -112,7 +112,18 @@ def temporal_split(cohort_months: np.ndarray, holdout_fraction: float) -> Holdou
     return choose_holdout(sizes, holdout_fraction)
 
 
-CANDIDATE_COLUMNS = ["key", "signal_id", "kind", "family", "definition", "event", "property", "value", "window_days", "threshold"]
+CANDIDATE_COLUMNS = [
+    "key",
+    "signal_id",
+    "kind",
+    "family",
+    "definition",
+    "event",
+    "property",
+    "value",
+    "window_days",
+    "threshold",
+]
 COUNT_COLUMNS = ["n_with", "conversions_with", "arr_with", "n_total", "conversions_total"]
 
 
@@ -129,7 +140,9 @@ def sum_counts(cohort_counts: pl.DataFrame, months: tuple) -> pl.DataFrame:
     return (
         selected.group_by(CANDIDATE_COLUMNS)
         .agg(pl.col("n_with").sum(), pl.col("conversions_with").sum(), pl.col("arr_with").sum())
-        .with_columns(pl.lit(n_total, pl.Int64).alias("n_total"), pl.lit(conv_total, pl.Int64).alias("conversions_total"))
+        .with_columns(
+            pl.lit(n_total, pl.Int64).alias("n_total"), pl.lit(conv_total, pl.Int64).alias("conversions_total")
+        )
     )
 
 
@@ -156,8 +169,10 @@ def evaluate(counts: pl.DataFrame, confidence_level: float, prefix: str = "") ->
 def supported(counts: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
     """Candidates with enough accounts on both sides to be tested (an outcome-blind filter)."""
     need = (
-        pl.when(pl.col("kind").is_in(CUSTOM_KINDS)).then(0)
-        .when(pl.col("kind") == "event_property").then(config.min_property_support)
+        pl.when(pl.col("kind").is_in(CUSTOM_KINDS))
+        .then(0)
+        .when(pl.col("kind") == "event_property")
+        .then(config.min_property_support)
         .otherwise(config.min_candidate_support)
     )
     return counts.filter((pl.col("n_with") >= need) & ((pl.col("n_total") - pl.col("n_with")) >= need))
@@ -197,18 +212,18 @@ def pair_counts(matrix: CandidateMatrix, keys: list[str], converted: np.ndarray,
     sub = cands[cols]
     families = sub.get_column("family").to_list()
     iu, ju = np.triu_indices(len(cols), k=1)
-    keep = np.array([families[i] != families[j] for i, j in zip(iu, ju)], dtype=bool)  # k ≤ ~20: k² tiny
+    keep = np.array([families[i] != families[j] for i, j in zip(iu, ju, strict=True)], dtype=bool)  # k ≤ ~20: k² tiny
     iu, ju = iu[keep], ju[keep]
     keys_sub = sub.get_column("key").to_numpy()
     defs_sub = sub.get_column("definition").to_numpy()
     fam_sub = np.array(families, dtype=object)
-    pair_keys = [pair_key(a, b) for a, b in zip(keys_sub[iu], keys_sub[ju])]
+    pair_keys = [pair_key(a, b) for a, b in zip(keys_sub[iu], keys_sub[ju], strict=True)]
     frame = pl.DataFrame(
         {
             "key": pair_keys,
             "kind": "pair",
-            "family": [f"pair:{a}&{b}" for a, b in zip(fam_sub[iu], fam_sub[ju])],
-            "definition": [f"{a} AND {b}" for a, b in zip(defs_sub[iu], defs_sub[ju])],
+            "family": [f"pair:{a}&{b}" for a, b in zip(fam_sub[iu], fam_sub[ju], strict=True)],
+            "definition": [f"{a} AND {b}" for a, b in zip(defs_sub[iu], defs_sub[ju], strict=True)],
             "event": None,
             "property": None,
             "value": None,
@@ -220,7 +235,13 @@ def pair_counts(matrix: CandidateMatrix, keys: list[str], converted: np.ndarray,
             "n_total": np.full(len(iu), len(y), dtype=np.int64),
             "conversions_total": np.full(len(iu), int(y.sum()), dtype=np.int64),
         },
-        schema_overrides={"event": pl.String, "property": pl.String, "value": pl.String, "window_days": pl.Int64, "threshold": pl.Int64},
+        schema_overrides={
+            "event": pl.String,
+            "property": pl.String,
+            "value": pl.String,
+            "window_days": pl.Int64,
+            "threshold": pl.Int64,
+        },
     )
     frame = frame.with_columns(
         signal_ids(frame.get_column("key")).alias("signal_id"),
@@ -234,7 +255,10 @@ def attach_holdout(tested: pl.DataFrame, holdout_counts: pl.DataFrame, confidenc
     """Re-measure every tested candidate on the holdout cohorts (missing there = fired for nobody)."""
     if holdout_counts.is_empty() or holdout_counts.get_column("n_total").max() in (None, 0):
         return tested.with_columns(
-            *(pl.lit(None, pl.Float64).alias(c) for c in ("holdout_lift", "holdout_lift_ci_low", "holdout_lift_ci_high", "holdout_p_value")),
+            *(
+                pl.lit(None, pl.Float64).alias(c)
+                for c in ("holdout_lift", "holdout_lift_ci_low", "holdout_lift_ci_high", "holdout_p_value")
+            ),
             pl.lit(0, pl.Int64).alias("holdout_n_with"),
             pl.lit(0, pl.Int64).alias("holdout_conversions_with"),
             pl.lit(0, pl.Int64).alias("holdout_n_total"),
@@ -297,18 +321,26 @@ def recommend(signals: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
     qualifies = pl.col("_qualifies") & pl.col("_pair_adds")
     pair_adds = pl.col("_pair_adds")
     frame = signals.with_columns(
-        pl.when(qualifies).then(pl.lit("enable"))
-        .when(significant & (pl.col("lift") > 1)).then(pl.lit("review"))
-        .otherwise(pl.lit("reject")).alias("recommendation"),
-        pl.when(qualifies).then(pl.lit("significant after FDR, strong, replicated in holdout"))
-        .when(significant & (pl.col("lift") > 1) & ~big_enough).then(pl.lit(f"significant but fewer than {config.min_sample} accounts"))
-        .when(significant & (pl.col("lift") > 1) & ~strong).then(pl.lit(f"significant but lift below {config.min_lift} or CI reaches 1"))
-        .when(significant & (pl.col("lift") > 1) & ~pair_adds).then(
-            pl.lit("pair adds nothing: its parts are both enabled, or its lift CI does not clear both parts' lifts")
-        )
-        .when(significant & (pl.col("lift") > 1)).then(pl.lit("significant but did not replicate in the holdout"))
-        .when(significant).then(pl.lit("significant, but predicts lower conversion"))
-        .otherwise(pl.lit(f"not significant after FDR (q > {config.fdr_alpha})")).alias("recommendation_reason"),
+        pl.when(qualifies)
+        .then(pl.lit("enable"))
+        .when(significant & (pl.col("lift") > 1))
+        .then(pl.lit("review"))
+        .otherwise(pl.lit("reject"))
+        .alias("recommendation"),
+        pl.when(qualifies)
+        .then(pl.lit("significant after FDR, strong, replicated in holdout"))
+        .when(significant & (pl.col("lift") > 1) & ~big_enough)
+        .then(pl.lit(f"significant but fewer than {config.min_sample} accounts"))
+        .when(significant & (pl.col("lift") > 1) & ~strong)
+        .then(pl.lit(f"significant but lift below {config.min_lift} or CI reaches 1"))
+        .when(significant & (pl.col("lift") > 1) & ~pair_adds)
+        .then(pl.lit("pair adds nothing: its parts are both enabled, or its lift CI does not clear both parts' lifts"))
+        .when(significant & (pl.col("lift") > 1))
+        .then(pl.lit("significant but did not replicate in the holdout"))
+        .when(significant)
+        .then(pl.lit("significant, but predicts lower conversion"))
+        .otherwise(pl.lit(f"not significant after FDR (q > {config.fdr_alpha})"))
+        .alias("recommendation_reason"),
         pl.col("lift_ci_low").fill_nan(None).fill_null(-1.0).alias("_score"),
     )
     order = {"enable": 0, "review": 1, "reject": 2}
@@ -316,7 +348,9 @@ def recommend(signals: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
     # The family's best: the best recommendation, then the highest lift CI low bound, then the lowest p.
     frame = frame.sort(["family", "_rank", "_score", "p_value", "key"], descending=[False, False, True, False, False])
     frame = frame.with_columns((pl.int_range(pl.len()).over("family") == 0).alias("is_family_best"))
-    best = frame.filter(pl.col("is_family_best")).select("family", pl.col("signal_id").alias("_best_id"), pl.col("definition").alias("_best_def"))
+    best = frame.filter(pl.col("is_family_best")).select(
+        "family", pl.col("signal_id").alias("_best_id"), pl.col("definition").alias("_best_def")
+    )
     alternatives = (
         frame.filter(~pl.col("is_family_best") & (pl.col("_rank") < 2))
         .group_by("family")
@@ -330,7 +364,10 @@ def recommend(signals: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
         .then(pl.format("alternative of {} ({}): the family keeps its best", "_best_id", "_best_def"))
         .otherwise(pl.col("recommendation_reason"))
         .alias("recommendation_reason"),
-        pl.when(pl.col("is_family_best")).then(pl.col("alternatives")).otherwise(pl.lit(None, pl.List(pl.String))).alias("alternatives"),
+        pl.when(pl.col("is_family_best"))
+        .then(pl.col("alternatives"))
+        .otherwise(pl.lit(None, pl.List(pl.String)))
+        .alias("alternatives"),
     )
     return frame.drop("_rank", "_score", "_best_id", "_best_def", "_qualifies", "_pair_adds")
 
@@ -354,10 +391,16 @@ def discover(
     if not pairs.is_empty():
         all_tested = pl.concat([all_tested, pairs], how="diagonal_relaxed")
     evaluated = evaluate(all_tested, config.confidence_level)
-    evaluated = evaluated.with_columns(pl.Series("q_value", benjamini_hochberg(evaluated.get_column("p_value").to_numpy())))
-    holdout_all = holdout_counts.select(CANDIDATE_COLUMNS + COUNT_COLUMNS) if not holdout_counts.is_empty() else holdout_counts
+    evaluated = evaluated.with_columns(
+        pl.Series("q_value", benjamini_hochberg(evaluated.get_column("p_value").to_numpy()))
+    )
+    holdout_all = (
+        holdout_counts.select(CANDIDATE_COLUMNS + COUNT_COLUMNS) if not holdout_counts.is_empty() else holdout_counts
+    )
     if not pair_holdout.is_empty():
-        holdout_all = pl.concat([holdout_all, pair_holdout.select(CANDIDATE_COLUMNS + COUNT_COLUMNS)], how="vertical_relaxed")
+        holdout_all = pl.concat(
+            [holdout_all, pair_holdout.select(CANDIDATE_COLUMNS + COUNT_COLUMNS)], how="vertical_relaxed"
+        )
     evaluated = attach_holdout(evaluated, holdout_all, config.confidence_level)
     evaluated = evaluated.with_columns(projected_arr(evaluated, span_days, config.acv))
     source = pl.when(pl.col("kind").is_in(CUSTOM_KINDS)).then(pl.lit("custom")).otherwise(pl.lit("discovered"))
@@ -447,7 +490,9 @@ def cohort_counts_from_matrix(
     return pl.concat(blocks)
 
 
-def matrix_pair_source(matrix: CandidateMatrix, cohort_month: np.ndarray, converted: np.ndarray, arr: np.ndarray) -> PairSource:
+def matrix_pair_source(
+    matrix: CandidateMatrix, cohort_month: np.ndarray, converted: np.ndarray, arr: np.ndarray
+) -> PairSource:
     """A `PairSource` over an in-memory candidate matrix."""
 
     def source(top: list[str], split: HoldoutSplit) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -143,7 +143,16 @@ class ScorerMetrics:
     k: int
 
     def as_rows(self) -> list[dict]:
-        names = ("roc_auc", "pr_auc", "precision_at_k", "recall_at_k", "lift_at_k", "brier", "mean_predicted", "observed_rate")
+        names = (
+            "roc_auc",
+            "pr_auc",
+            "precision_at_k",
+            "recall_at_k",
+            "lift_at_k",
+            "brier",
+            "mean_predicted",
+            "observed_rate",
+        )
         return [{"scorer": self.scorer, "metric": n, "value": float(getattr(self, n))} for n in names]
 
 
@@ -174,10 +183,18 @@ class Confusion:
 
     def as_row(self) -> dict:
         return {
-            "scorer": self.scorer, "truth": self.truth, "threshold": self.threshold, "k": self.k,
-            "n_accounts": self.n_accounts, "n_qualified": self.n_qualified,
-            "tp": self.tp, "fp": self.fp, "fn": self.fn, "tn": self.tn,
-            "precision": self.precision, "recall": self.recall,
+            "scorer": self.scorer,
+            "truth": self.truth,
+            "threshold": self.threshold,
+            "k": self.k,
+            "n_accounts": self.n_accounts,
+            "n_qualified": self.n_qualified,
+            "tp": self.tp,
+            "fp": self.fp,
+            "fn": self.fn,
+            "tn": self.tn,
+            "precision": self.precision,
+            "recall": self.recall,
         }
 
 
@@ -238,7 +255,9 @@ def design_matrix(frames: FeatureFrames, spec: FeatureSpec, feature_keys: tuple[
     return DesignMatrix(candidates.account_ids, tuple(feature_keys), select_columns(candidates, feature_keys))
 
 
-def supported_features(matrix: CandidateMatrix, rows: np.ndarray, min_candidate_support: int, min_property_support: int) -> tuple[str, ...]:
+def supported_features(
+    matrix: CandidateMatrix, rows: np.ndarray, min_candidate_support: int, min_property_support: int
+) -> tuple[str, ...]:
     """Keys of candidates that fired for ≥ `need` of `rows` and did not fire for ≥ `need` (outcome-blind).
 
     need = `min_property_support` for property values, else `min_candidate_support` (as in discovery).
@@ -292,7 +311,9 @@ def score_accounts(model: LeadScoreModel, frames: FeatureFrames) -> np.ndarray:
     return linear_probability(design.matrix, model.coefficients, model.intercept)
 
 
-def model_to_frame(model: LeadScoreModel, candidates: pl.DataFrame | None = None, support: np.ndarray | None = None) -> pl.DataFrame:
+def model_to_frame(
+    model: LeadScoreModel, candidates: pl.DataFrame | None = None, support: np.ndarray | None = None
+) -> pl.DataFrame:
     """`beton.model_features`: one row per feature with a non-zero coefficient, plus the intercept row.
 
     Columns: feature_key, kind, definition, coefficient, odds_ratio (= exp(coefficient)),
@@ -307,17 +328,31 @@ def model_to_frame(model: LeadScoreModel, candidates: pl.DataFrame | None = None
         {
             "feature_key": pl.Series(keys[nonzero].tolist(), dtype=pl.String),
             "coefficient": coef[nonzero],
-            "n_train_with": (np.asarray(support, dtype=np.int64)[nonzero] if support is not None else np.zeros(int(nonzero.sum()), np.int64)),
+            "n_train_with": (
+                np.asarray(support, dtype=np.int64)[nonzero]
+                if support is not None
+                else np.zeros(int(nonzero.sum()), np.int64)
+            ),
         }
     )
     if candidates is not None:
-        frame = frame.join(candidates.select(pl.col("key").alias("feature_key"), "kind", "definition"), on="feature_key", how="left")
+        frame = frame.join(
+            candidates.select(pl.col("key").alias("feature_key"), "kind", "definition"), on="feature_key", how="left"
+        )
     else:
         frame = frame.with_columns(pl.lit(None, pl.String).alias("kind"), pl.lit(None, pl.String).alias("definition"))
-    frame = frame.sort([pl.col("coefficient").abs(), "feature_key"], descending=[True, False]).with_row_index("rank", offset=1)
+    frame = frame.sort([pl.col("coefficient").abs(), "feature_key"], descending=[True, False]).with_row_index(
+        "rank", offset=1
+    )
     intercept_row = pl.DataFrame(
-        {"rank": [0], "feature_key": [INTERCEPT_KEY], "coefficient": [float(model.intercept)], "n_train_with": [model.n_train],
-         "kind": ["intercept"], "definition": ["intercept: log odds of conversion with no feature"]},
+        {
+            "rank": [0],
+            "feature_key": [INTERCEPT_KEY],
+            "coefficient": [float(model.intercept)],
+            "n_train_with": [model.n_train],
+            "kind": ["intercept"],
+            "definition": ["intercept: log odds of conversion with no feature"],
+        },
         schema=frame.schema,
     )
     frame = pl.concat([intercept_row, frame.cast(frame.schema)])
@@ -332,8 +367,20 @@ def model_to_frame(model: LeadScoreModel, candidates: pl.DataFrame | None = None
         pl.lit(int(model.n_train), pl.Int64).alias("n_train"),
         pl.lit(int(model.n_train_converted), pl.Int64).alias("n_train_converted"),
     ).select(
-        "rank", "feature_key", "kind", "definition", "coefficient", "odds_ratio", "n_train_with", "intercept",
-        "regularization_c", "qualify_threshold", "feature_spec", "trained_months", "n_train", "n_train_converted",
+        "rank",
+        "feature_key",
+        "kind",
+        "definition",
+        "coefficient",
+        "odds_ratio",
+        "n_train_with",
+        "intercept",
+        "regularization_c",
+        "qualify_threshold",
+        "feature_spec",
+        "trained_months",
+        "n_train",
+        "n_train_converted",
     )
 
 
@@ -376,7 +423,8 @@ def signal_membership(matrix: CandidateMatrix, signal_keys: list[str]) -> sp.csr
     both = a.multiply(b).tocsc()
     position = {k: i for i, k in enumerate(signal_keys)}
     place = sp.csr_matrix(
-        (np.ones(len(pairs)), (np.arange(len(pairs)), [position[k] for k in pairs])), shape=(len(pairs), len(signal_keys))
+        (np.ones(len(pairs)), (np.arange(len(pairs)), [position[k] for k in pairs])),
+        shape=(len(pairs), len(signal_keys)),
     )
     return (single_cols + both @ place).tocsr()
 
@@ -494,13 +542,22 @@ def score_buckets(scores: np.ndarray, n_buckets: int = 10) -> np.ndarray:
 
 
 def calibration_table(
-    scorer: str, y: np.ndarray, scores: np.ndarray, probability: np.ndarray, n_buckets: int = 10, confidence_level: float = 0.95
+    scorer: str,
+    y: np.ndarray,
+    scores: np.ndarray,
+    probability: np.ndarray,
+    n_buckets: int = 10,
+    confidence_level: float = 0.95,
 ) -> pl.DataFrame:
     """Win rate by confidence bucket: per score bucket (`score_buckets`), the mean predicted probability,
     the observed conversion rate and its Wilson interval (`core.stats.wilson_interval`)."""
     frame = pl.DataFrame(
-        {"bucket": score_buckets(scores, n_buckets), "y": np.asarray(y).astype(np.int64), "p": np.asarray(probability, np.float64),
-         "s": np.asarray(scores, np.float64)}
+        {
+            "bucket": score_buckets(scores, n_buckets),
+            "y": np.asarray(y).astype(np.int64),
+            "p": np.asarray(probability, np.float64),
+            "s": np.asarray(scores, np.float64),
+        }
     )
     table = (
         frame.group_by("bucket")
@@ -523,8 +580,16 @@ def calibration_table(
         pl.Series("observed_ci_low", low),
         pl.Series("observed_ci_high", high),
     ).select(
-        "scorer", "bucket", "n_accounts", "conversions", "predicted_mean", "observed_rate",
-        "observed_ci_low", "observed_ci_high", "score_min", "score_max",
+        "scorer",
+        "bucket",
+        "n_accounts",
+        "conversions",
+        "predicted_mean",
+        "observed_rate",
+        "observed_ci_low",
+        "observed_ci_high",
+        "score_min",
+        "score_max",
     )
 
 
@@ -534,8 +599,16 @@ def confusion_at(scorer: str, truth: str, y: np.ndarray, scores: np.ndarray, thr
     qualified = np.asarray(scores, dtype=np.float64) >= threshold
     tn, fp, fn, tp = confusion_matrix(y, qualified, labels=[False, True]).ravel()
     return Confusion(
-        scorer=scorer, truth=truth, threshold=float(threshold), k=int(k), n_accounts=int(y.size),
-        n_qualified=int(qualified.sum()), tp=int(tp), fp=int(fp), fn=int(fn), tn=int(tn),
+        scorer=scorer,
+        truth=truth,
+        threshold=float(threshold),
+        k=int(k),
+        n_accounts=int(y.size),
+        n_qualified=int(qualified.sum()),
+        tp=int(tp),
+        fp=int(fp),
+        fn=int(fn),
+        tn=int(tn),
     )
 
 
@@ -557,7 +630,9 @@ def training_rows(frames: FeatureFrames, holdout_fraction: float) -> tuple[Holdo
     return split, np.isin(months, list(split.discovery_months))
 
 
-def backtest_lead_score(frames: FeatureFrames, enabled_signals: pl.DataFrame, spec: FeatureSpec, config: ModelConfig) -> LeadScoreBacktest:
+def backtest_lead_score(
+    frames: FeatureFrames, enabled_signals: pl.DataFrame, spec: FeatureSpec, config: ModelConfig
+) -> LeadScoreBacktest:
     """Train on the earlier cohorts, score the later ones with every scorer, and measure them.
 
     `frames` holds the eligible accounts (outcome known); `enabled_signals` has `candidate_key` and
@@ -670,7 +745,9 @@ class CrmComparison:
         return self.accounts.filter(pl.col("outcome") == "false_negative").sort("score", descending=True)
 
 
-def crm_comparison(test_scores: pl.DataFrame, progress: pl.DataFrame, scorer: str, threshold: float, k: int) -> CrmComparison:
+def crm_comparison(
+    test_scores: pl.DataFrame, progress: pl.DataFrame, scorer: str, threshold: float, k: int
+) -> CrmComparison:
     """Compare `scorer` ≥ `threshold` with `progress.progressed` on the test accounts that have a deal.
 
     `progress`: one row per account with a deal (the `account_deal_progress` mart): account_id,
@@ -684,13 +761,30 @@ def crm_comparison(test_scores: pl.DataFrame, progress: pl.DataFrame, scorer: st
     y = with_deal.get_column("progressed").to_numpy().astype(bool)
     confusion = confusion_at(scorer, "deal_progressed", y, with_deal.get_column("score").to_numpy(), threshold, k)
     outcome = (
-        pl.when(pl.col("qualified") & pl.col("progressed")).then(pl.lit("true_positive"))
-        .when(pl.col("qualified")).then(pl.lit("false_positive"))
-        .when(pl.col("progressed")).then(pl.lit("false_negative"))
+        pl.when(pl.col("qualified") & pl.col("progressed"))
+        .then(pl.lit("true_positive"))
+        .when(pl.col("qualified"))
+        .then(pl.lit("false_positive"))
+        .when(pl.col("progressed"))
+        .then(pl.lit("false_negative"))
         .otherwise(pl.lit("true_negative"))
     )
-    accounts = with_deal.with_columns(outcome.alias("outcome")).select(
-        "account_id", "cohort_month", "score", "qualified", "progressed", "outcome", "converted", "n_deals",
-        "latest_stage", "latest_changed_at", "latest_reason", "reason_stage",
-    ).sort(["outcome", "score"], descending=[False, True])
+    accounts = (
+        with_deal.with_columns(outcome.alias("outcome"))
+        .select(
+            "account_id",
+            "cohort_month",
+            "score",
+            "qualified",
+            "progressed",
+            "outcome",
+            "converted",
+            "n_deals",
+            "latest_stage",
+            "latest_changed_at",
+            "latest_reason",
+            "reason_stage",
+        )
+        .sort(["outcome", "score"], descending=[False, True])
+    )
     return CrmComparison(confusion=confusion, accounts=accounts, qualified_without_deal=qualified_without_deal)

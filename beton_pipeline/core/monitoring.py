@@ -69,7 +69,14 @@ def log_lift_and_se(a, n1, c, n2) -> tuple[np.ndarray, np.ndarray]:
 
 
 def assess_health(
-    a, n1, c, n2, reference_lift, reference_log_se, config: HealthConfig = HealthConfig(), confidence_level: float = 0.95
+    a,
+    n1,
+    c,
+    n2,
+    reference_lift,
+    reference_log_se,
+    config: HealthConfig = HealthConfig(),
+    confidence_level: float = 0.95,
 ) -> HealthResult:
     """Health of each (day, signal) from its window counts and its reference lift (rules in the module docstring).
 
@@ -147,13 +154,28 @@ def simulate_false_alarms(
     without = arrivals - with_signal
     conv_with = rng.binomial(with_signal, p_with)
     conv_without = rng.binomial(without, base_rate)
-    roll = [rolling_window_counts(x, window_days)[window_days:] for x in (conv_with, with_signal, conv_without, without)]
-    cfg = config if adjust_for_looks else HealthConfig(
-        alpha=config.alpha, looks_per_year=1, min_fired=config.min_fired, min_conversions=config.min_conversions, min_lift=config.min_lift
+    roll = [
+        rolling_window_counts(x, window_days)[window_days:] for x in (conv_with, with_signal, conv_without, without)
+    ]
+    cfg = (
+        config
+        if adjust_for_looks
+        else HealthConfig(
+            alpha=config.alpha,
+            looks_per_year=1,
+            min_fired=config.min_fired,
+            min_conversions=config.min_conversions,
+            min_lift=config.min_lift,
+        )
     )
     result = assess_health(
-        roll[0].ravel(), roll[1].ravel(), roll[2].ravel(), roll[3].ravel(),
-        np.broadcast_to(np.exp(ref_log), roll[0].shape).ravel(), np.broadcast_to(ref_se, roll[0].shape).ravel(), cfg,
+        roll[0].ravel(),
+        roll[1].ravel(),
+        roll[2].ravel(),
+        roll[3].ravel(),
+        np.broadcast_to(np.exp(ref_log), roll[0].shape).ravel(),
+        np.broadcast_to(ref_se, roll[0].shape).ravel(),
+        cfg,
     )
     alarm = np.isin(result.health, ("degrading", "broken")).reshape(roll[0].shape)
     return float(alarm.any(axis=0).mean())
@@ -169,7 +191,9 @@ class WindowCounts:
     n_without: np.ndarray
 
 
-def window_counts(closure_day: np.ndarray, converted: np.ndarray, membership, n_days: int, window_days: int) -> WindowCounts:
+def window_counts(
+    closure_day: np.ndarray, converted: np.ndarray, membership, n_days: int, window_days: int
+) -> WindowCounts:
     """Counts over the accounts whose outcome closed in the trailing window of each day.
 
     closure_day: per account, the index (0 … n_days−1) of the day its outcome window closed (−1 = outside);
@@ -184,7 +208,11 @@ def window_counts(closure_day: np.ndarray, converted: np.ndarray, membership, n_
     day_onehot = sp.csr_matrix((np.ones(len(rows)), (closure_day[inside], rows)), shape=(n_days, len(closure_day)))
     y = np.asarray(converted, dtype=np.float64)
     fired = np.asarray((day_onehot @ membership).todense()) if membership.shape[1] else np.zeros((n_days, 0))
-    fired_conv = np.asarray((day_onehot @ membership.multiply(y[:, None]).tocsr()).todense()) if membership.shape[1] else np.zeros((n_days, 0))
+    fired_conv = (
+        np.asarray((day_onehot @ membership.multiply(y[:, None]).tocsr()).todense())
+        if membership.shape[1]
+        else np.zeros((n_days, 0))
+    )
     total = np.asarray(day_onehot @ np.ones(len(y))).ravel()
     total_conv = np.asarray(day_onehot @ y).ravel()
     roll = lambda x: rolling_window_counts(x, window_days)  # noqa: E731

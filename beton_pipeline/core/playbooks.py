@@ -49,18 +49,38 @@ STATUSES = ("pending", "sent", "retrying", "dead", "held_out", "dry_run")
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
 ACCOUNT_TEMPLATE_FIELDS = (
-    "account_id", "company", "company_name", "domain", "score", "score_raw", "score_rank",
-    "signals", "signal_ids", "playbook", "day", "crm_url",
+    "account_id",
+    "company",
+    "company_name",
+    "domain",
+    "score",
+    "score_raw",
+    "score_rank",
+    "signals",
+    "signal_ids",
+    "playbook",
+    "day",
+    "crm_url",
 )
 """Placeholders an account playbook's templates may use (``$company``, ``${score}``, …)."""
 
 HEALTH_TEMPLATE_FIELDS = (
-    "signal_id", "definition", "health", "previous_health", "lift", "lift_ci_low", "lift_ci_high",
-    "backtest_lift", "playbook", "day",
+    "signal_id",
+    "definition",
+    "health",
+    "previous_health",
+    "lift",
+    "lift_ci_low",
+    "lift_ci_high",
+    "backtest_lift",
+    "playbook",
+    "day",
 )
 """Placeholders a health playbook's templates may use."""
 
-DEFAULT_ACCOUNT_SLACK_TEMPLATE = "*$company* matched *$playbook*: score $score (rank $score_rank). Top signals: $signals"
+DEFAULT_ACCOUNT_SLACK_TEMPLATE = (
+    "*$company* matched *$playbook*: score $score (rank $score_rank). Top signals: $signals"
+)
 DEFAULT_HEALTH_SLACK_TEMPLATE = "Signal `$signal_id` ($definition) changed from $previous_health to *$health* on $day."
 
 
@@ -143,13 +163,17 @@ class PlaybookWhen(_Strict):
     health_of: tuple[str, ...] = ()
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "PlaybookWhen":
+    def _one_kind(self) -> PlaybookWhen:
         account = bool(self.any_signals or self.all_signals or self.min_score is not None or self.top_n is not None)
         health = bool(self.health_changed_to)
         if account and health:
-            raise ValueError("a playbook reacts to accounts (any_signals/all_signals/min_score/top_n) or to health_changed_to, not both")
+            raise ValueError(
+                "a playbook reacts to accounts (any_signals/all_signals/min_score/top_n) or to health_changed_to, not both"
+            )
         if not account and not health:
-            raise ValueError("give at least one condition: any_signals, all_signals, min_score, top_n or health_changed_to")
+            raise ValueError(
+                "give at least one condition: any_signals, all_signals, min_score, top_n or health_changed_to"
+            )
         if self.health_of and not health:
             raise ValueError("health_of needs health_changed_to")
         return self
@@ -213,21 +237,33 @@ class Playbook(_Strict):
     enabled: bool = True
     when: PlaybookWhen
     then: tuple[Action, ...] = Field(min_length=1)
-    holdout_fraction: float | None = Field(None, ge=0, lt=1, description="share of matched accounts held out; default 0.1 (account playbooks), 0 (health)")
+    holdout_fraction: float | None = Field(
+        None, ge=0, lt=1, description="share of matched accounts held out; default 0.1 (account playbooks), 0 (health)"
+    )
     dry_run: bool = False
     max_attempts: int = Field(6, ge=1, le=50)
-    cooldown_days: int = Field(7, ge=0, description="an account planned (sent or held out) in the previous N days is not planned again; 0 = every day it matches")
-    readout_window_days: int | None = Field(None, ge=1, description="conversion counted within N days of the first action; default windows.conversion_window_days")
+    cooldown_days: int = Field(
+        7,
+        ge=0,
+        description="an account planned (sent or held out) in the previous N days is not planned again; 0 = every day it matches",
+    )
+    readout_window_days: int | None = Field(
+        None,
+        ge=1,
+        description="conversion counted within N days of the first action; default windows.conversion_window_days",
+    )
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Playbook":
+    def _consistent(self) -> Playbook:
         destinations = [a.destination for a in self.then]
         if len(set(destinations)) != len(destinations):
             raise ValueError(f"two actions share a destination ({', '.join(sorted(destinations))}); each must differ")
         allowed = set(HEALTH_TEMPLATE_FIELDS if self.kind == "health" else ACCOUNT_TEMPLATE_FIELDS)
         for i, action in enumerate(self.then):
             if isinstance(action, AttioAction) and self.kind == "health":
-                raise ValueError(f"then[{i}]: an attio action needs an account playbook (health playbooks have no account)")
+                raise ValueError(
+                    f"then[{i}]: an attio action needs an account playbook (health playbooks have no account)"
+                )
             templates = {
                 SlackAction: lambda a: [a.template or ""],
                 AttioAction: lambda a: [a.value],
@@ -259,16 +295,24 @@ class DestinationSettings(_Strict):
     """``destinations:`` in beton.yaml: how actions are delivered (no secrets here)."""
 
     dry_run: bool = Field(False, description="record what would be sent (status dry_run) and send nothing")
-    webhook_allowed_hosts: tuple[str, ...] = Field((), description="when non-empty, webhooks may only go to these hosts (`*.example.com` allowed)")
-    crm_record_url: str | None = Field(None, description="link to an account's CRM record: $record_id, $domain, e.g. https://app.attio.com/acme/company/$record_id/overview")
+    webhook_allowed_hosts: tuple[str, ...] = Field(
+        (), description="when non-empty, webhooks may only go to these hosts (`*.example.com` allowed)"
+    )
+    crm_record_url: str | None = Field(
+        None,
+        description="link to an account's CRM record: $record_id, $domain, e.g. https://app.attio.com/acme/company/$record_id/overview",
+    )
     max_action_age_days: int | None = Field(
-        3, ge=0,
+        3,
+        ge=0,
         description="a day older than the latest scored (or health) day by more than this is planned as dry_run, never sent: "
         "a backfill of old days records what would have fired without paging anyone; null = send every day",
     )
     backoff_base_seconds: float = Field(10.0, ge=0)
     backoff_max_seconds: float = Field(3600.0, ge=0)
-    max_inline_wait_seconds: float = Field(30.0, ge=0, description="longer waits are left to the retry sensor instead of sleeping in the run")
+    max_inline_wait_seconds: float = Field(
+        30.0, ge=0, description="longer waits are left to the retry sensor instead of sleeping in the run"
+    )
     timeout_seconds: float = Field(10.0, gt=0)
 
     @field_validator("crm_record_url")
@@ -278,7 +322,9 @@ class DestinationSettings(_Strict):
             return None
         unknown = _template_fields(url) - {"record_id", "domain"}
         if unknown:
-            raise ValueError(f"unknown placeholder(s) {', '.join('$' + u for u in sorted(unknown))}; use $record_id and $domain")
+            raise ValueError(
+                f"unknown placeholder(s) {', '.join('$' + u for u in sorted(unknown))}; use $record_id and $domain"
+            )
         if not url.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return url
@@ -297,14 +343,18 @@ class Experiment(_Strict):
     flag: str = Field(min_length=1)
     goal_event: str = Field(min_length=1)
     control: str = "control"
-    variants: tuple[str, ...] = Field((), description="the expected variants, control included; empty = every response seen")
-    weights: tuple[float, ...] = Field((), description="expected traffic shares in the order of variants; empty = equal")
+    variants: tuple[str, ...] = Field(
+        (), description="the expected variants, control included; empty = every response seen"
+    )
+    weights: tuple[float, ...] = Field(
+        (), description="expected traffic shares in the order of variants; empty = equal"
+    )
     conversion_window_days: int | None = Field(None, ge=1)
     start: date | None = None
     end: date | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Experiment":
+    def _consistent(self) -> Experiment:
         if self.variants and self.control not in self.variants:
             raise ValueError(f"control {self.control!r} is not one of variants {list(self.variants)}")
         if self.weights and len(self.weights) != len(self.variants):
@@ -328,7 +378,9 @@ class PlaybookConfig:
         for p in self.playbooks:
             if p.name == name:
                 return p
-        raise KeyError(f"no playbook named {name!r} in beton.yaml (have: {', '.join(p.name for p in self.playbooks) or 'none'})")
+        raise KeyError(
+            f"no playbook named {name!r} in beton.yaml (have: {', '.join(p.name for p in self.playbooks) or 'none'})"
+        )
 
     def selected(self, names: Sequence[str] = ()) -> tuple[Playbook, ...]:
         """The enabled playbooks, or those of ``names`` that are enabled; a name not in beton.yaml raises PlaybookConfigError."""
@@ -347,7 +399,10 @@ class PlaybookConfig:
 
 
 def _errors(exc: ValidationError, prefix: str) -> str:
-    return "; ".join(f"{prefix}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}".replace(f"{prefix}.:", f"{prefix}:") for err in exc.errors())
+    return "; ".join(
+        f"{prefix}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}".replace(f"{prefix}.:", f"{prefix}:")
+        for err in exc.errors()
+    )
 
 
 def parse_playbook_config(
@@ -436,7 +491,10 @@ def with_signal_ids(scores: pl.DataFrame) -> pl.DataFrame:
     if "signal_ids" in scores.columns:
         return scores
     return scores.with_columns(
-        pl.col("signals_fired").str.json_decode(_SIGNAL_IDS).list.eval(pl.element().struct.field("signal_id")).alias("signal_ids")
+        pl.col("signals_fired")
+        .str.json_decode(_SIGNAL_IDS)
+        .list.eval(pl.element().struct.field("signal_id"))
+        .alias("signal_ids")
     )
 
 
@@ -466,7 +524,9 @@ def match_accounts(scores: pl.DataFrame, when: PlaybookWhen) -> pl.DataFrame:
     return matched.sort(order, nulls_last=True) if order else matched
 
 
-def health_changes(health: pl.DataFrame, states: Iterable[str] = HEALTH_STATES, signals: Iterable[str] = ()) -> pl.DataFrame:
+def health_changes(
+    health: pl.DataFrame, states: Iterable[str] = HEALTH_STATES, signals: Iterable[str] = ()
+) -> pl.DataFrame:
     """Signal-days whose health differs from the same signal's previous observed day.
 
     Input: ``beton.signal_health`` rows (``day``, ``signal_id``, ``health``, …). Output: those rows
@@ -476,8 +536,14 @@ def health_changes(health: pl.DataFrame, states: Iterable[str] = HEALTH_STATES, 
     """
     if health.is_empty():
         return health.with_columns(pl.lit(None, dtype=pl.String).alias("previous_health"))
-    ordered = health.sort(["signal_id", "day"]).with_columns(pl.col("health").shift(1).over("signal_id").alias("previous_health"))
-    cond = pl.col("previous_health").is_not_null() & (pl.col("previous_health") != pl.col("health")) & pl.col("health").is_in(list(states))
+    ordered = health.sort(["signal_id", "day"]).with_columns(
+        pl.col("health").shift(1).over("signal_id").alias("previous_health")
+    )
+    cond = (
+        pl.col("previous_health").is_not_null()
+        & (pl.col("previous_health") != pl.col("health"))
+        & pl.col("health").is_in(list(states))
+    )
     signals = list(signals)
     if signals:
         cond = cond & pl.col("signal_id").is_in(signals)
@@ -656,9 +722,13 @@ def account_values(row: Mapping, playbook: str, day: date, crm_url: str | None) 
     }
 
 
-def _account_message(action, playbook: Playbook, account: MatchedAccount, day: date, values: Mapping[str, object], key: str) -> Message | None:
+def _account_message(
+    action, playbook: Playbook, account: MatchedAccount, day: date, values: Mapping[str, object], key: str
+) -> Message | None:
     if isinstance(action, SlackAction):
-        return SlackAccountMessage(action.channel, action.template or DEFAULT_ACCOUNT_SLACK_TEMPLATE, values, account, playbook.name, day)
+        return SlackAccountMessage(
+            action.channel, action.template or DEFAULT_ACCOUNT_SLACK_TEMPLATE, values, account, playbook.name, day
+        )
     if isinstance(action, AttioAction):
         if not account.is_crm_company:
             return None  # not in the CRM: there is no record to update
@@ -667,7 +737,9 @@ def _account_message(action, playbook: Playbook, account: MatchedAccount, day: d
             try:
                 value: str | float = float(text)
             except ValueError:
-                raise PlaybookConfigError(f"playbook {playbook.name}: attio value {action.value!r} rendered {text!r}, not a number") from None
+                raise PlaybookConfigError(
+                    f"playbook {playbook.name}: attio value {action.value!r} rendered {text!r}, not a number"
+                ) from None
         else:
             value = text
         return AttioRecordUpdate(action.object, str(account.account_id), action.attribute, value)
@@ -692,7 +764,7 @@ def plan_account_actions(
     ids = matched.get_column("account_id").cast(pl.String).to_list()
     held = is_held_out(playbook.name, ids, playbook.effective_holdout_fraction)
     actions: list[PlannedAction] = []
-    for row, held_out in zip(matched.iter_rows(named=True), held.tolist()):
+    for row, held_out in zip(matched.iter_rows(named=True), held.tolist(), strict=True):
         crm = _crm_url(destinations.crm_record_url, row["account_id"], row.get("domain"), row.get("is_crm_company"))
         account = matched_account(row, crm)
         values = account_values(row, playbook.name, day, crm)
@@ -703,7 +775,19 @@ def plan_account_actions(
                 continue
             status = "dry_run" if dry else ("held_out" if held_out else "pending")
             actions.append(
-                PlannedAction(key, playbook.name, day, row["account_id"], None, action.destination, action.type, held_out, status, playbook.max_attempts, message)
+                PlannedAction(
+                    key,
+                    playbook.name,
+                    day,
+                    row["account_id"],
+                    None,
+                    action.destination,
+                    action.type,
+                    held_out,
+                    status,
+                    playbook.max_attempts,
+                    message,
+                )
             )
     return actions
 
@@ -716,8 +800,14 @@ def _num(x: object) -> str:
 def health_change(row: Mapping) -> HealthChange:
     """A :class:`HealthChange` from one row of :func:`health_changes`."""
     return HealthChange(
-        row["signal_id"], row.get("definition"), row["health"], row.get("previous_health"),
-        row.get("lift"), row.get("lift_ci_low"), row.get("lift_ci_high"), row.get("backtest_lift"),
+        row["signal_id"],
+        row.get("definition"),
+        row["health"],
+        row.get("previous_health"),
+        row.get("lift"),
+        row.get("lift_ci_low"),
+        row.get("lift_ci_high"),
+        row.get("backtest_lift"),
     )
 
 
@@ -754,10 +844,24 @@ def plan_health_actions(
         for action in playbook.then:
             key = idempotency_key(playbook.name, change.signal_id, day, action.destination)
             if isinstance(action, SlackAction):
-                message: Message = SlackHealthMessage(action.channel, action.template or DEFAULT_HEALTH_SLACK_TEMPLATE, values, change, day)
+                message: Message = SlackHealthMessage(
+                    action.channel, action.template or DEFAULT_HEALTH_SLACK_TEMPLATE, values, change, day
+                )
             else:  # webhook (attio is rejected for health playbooks at validation)
                 message = HealthChangedEvent(action.name, action.url, key, playbook.name, day, change)
             actions.append(
-                PlannedAction(key, playbook.name, day, None, change.signal_id, action.destination, action.type, False, status, playbook.max_attempts, message)
+                PlannedAction(
+                    key,
+                    playbook.name,
+                    day,
+                    None,
+                    change.signal_id,
+                    action.destination,
+                    action.type,
+                    False,
+                    status,
+                    playbook.max_attempts,
+                    message,
+                )
             )
     return actions

@@ -44,13 +44,17 @@ MIN_EVENTS = 10
 """Fewer conversions (or non-conversions) than this in an arm → small-sample warning."""
 
 
-def small_sample_reasons(label: str, units: int, conversions: int, min_units: int = MIN_UNITS, min_events: int = MIN_EVENTS) -> list[str]:
+def small_sample_reasons(
+    label: str, units: int, conversions: int, min_units: int = MIN_UNITS, min_events: int = MIN_EVENTS
+) -> list[str]:
     """Why an arm is too small to read (empty list when it is fine)."""
     reasons = []
     if units < min_units:
         reasons.append(f"{label}: {units} units (< {min_units})")
     elif min(conversions, units - conversions) < min_events:
-        reasons.append(f"{label}: {conversions} conversions out of {units} (< {min_events} conversions or non-conversions)")
+        reasons.append(
+            f"{label}: {conversions} conversions out of {units} (< {min_events} conversions or non-conversions)"
+        )
     return reasons
 
 
@@ -116,7 +120,9 @@ def treatment_readout(
     if not 0 <= expected_holdout_fraction < 1:
         raise ValueError("expected_holdout_fraction must be in [0, 1)")
     cmp = stats.compare_proportions(conversions_treated, n_treated, conversions_held_out, n_held_out, confidence_level)
-    diff_low, diff_high = stats.newcombe_diff_interval(conversions_treated, n_treated, conversions_held_out, n_held_out, confidence_level)
+    diff_low, diff_high = stats.newcombe_diff_interval(
+        conversions_treated, n_treated, conversions_held_out, n_held_out, confidence_level
+    )
     total = n_treated + n_held_out
     warnings: list[str] = []
     if expected_holdout_fraction == 0:
@@ -125,16 +131,18 @@ def treatment_readout(
     elif total == 0:
         srm = float("nan")
     else:
-        srm = stats.srm_pvalue(np.array([n_treated, n_held_out]), np.array([1 - expected_holdout_fraction, expected_holdout_fraction]))
+        srm = stats.srm_pvalue(
+            np.array([n_treated, n_held_out]), np.array([1 - expected_holdout_fraction, expected_holdout_fraction])
+        )
     srm_flag = bool(np.isfinite(srm) and srm < SRM_ALPHA)
     if srm_flag:
         warnings.append(
             f"sample-ratio mismatch: {n_held_out} of {total} held out ({n_held_out / total:.1%}) vs {expected_holdout_fraction:.1%} designed "
             f"(p = {srm:.2g}); the assignment is broken, do not trust the comparison"
         )
-    small = small_sample_reasons("treated", n_treated, conversions_treated, min_units, min_events) + small_sample_reasons(
-        "held out", n_held_out, conversions_held_out, min_units, min_events
-    )
+    small = small_sample_reasons(
+        "treated", n_treated, conversions_treated, min_units, min_events
+    ) + small_sample_reasons("held out", n_held_out, conversions_held_out, min_units, min_events)
     if small:
         warnings.append("small sample: " + "; ".join(small))
     p = _f(cmp.p_value)
@@ -239,9 +247,32 @@ class ExperimentReadout:
 
 
 EXPERIMENT_COLUMNS = (
-    "experiment", "goal_event", "variant", "is_control", "exposures", "conversions", "rate", "rate_ci_low", "rate_ci_high",
-    "expected_share", "observed_share", "rate_diff", "diff_ci_low", "diff_ci_high", "lift", "lift_ci_low", "lift_ci_high",
-    "p_value", "p_value_holm", "significant", "method", "small_sample", "srm_pvalue", "srm_flag", "warnings", "summary",
+    "experiment",
+    "goal_event",
+    "variant",
+    "is_control",
+    "exposures",
+    "conversions",
+    "rate",
+    "rate_ci_low",
+    "rate_ci_high",
+    "expected_share",
+    "observed_share",
+    "rate_diff",
+    "diff_ci_low",
+    "diff_ci_high",
+    "lift",
+    "lift_ci_low",
+    "lift_ci_high",
+    "p_value",
+    "p_value_holm",
+    "significant",
+    "method",
+    "small_sample",
+    "srm_pvalue",
+    "srm_flag",
+    "warnings",
+    "summary",
 )
 
 
@@ -312,10 +343,12 @@ def experiment_readout(
     if srm_flag:
         warnings.append(
             "sample-ratio mismatch: exposures "
-            + ", ".join(f"{v} {c:,}" for v, c in zip(names, n.tolist()))
+            + ", ".join(f"{v} {c:,}" for v, c in zip(names, n.tolist(), strict=True))
             + f" do not match the designed split (p = {srm:.2g}); the assignment or the exposure logging is broken"
         )
-    small_per_arm = [small_sample_reasons(v, int(a), int(b), min_units, min_events) for v, a, b in zip(names, n, k)]
+    small_per_arm = [
+        small_sample_reasons(v, int(a), int(b), min_units, min_events) for v, a, b in zip(names, n, k, strict=True)
+    ]
     small_any = any(small_per_arm)
     if small_any:
         warnings.append("small sample: " + "; ".join(r for rs in small_per_arm for r in rs))
@@ -350,7 +383,9 @@ def experiment_readout(
     elif losers:
         lines.append(f"  Verdict: {', '.join(losers)} convert{'s' if len(losers) == 1 else ''} worse than {names[0]}.")
     else:
-        lines.append(f"  Verdict: no variant differs from {names[0]} significantly" + (" (small sample)." if small_any else "."))
+        lines.append(
+            f"  Verdict: no variant differs from {names[0]} significantly" + (" (small sample)." if small_any else ".")
+        )
     for w in warnings:
         lines.append(f"  Warning: {w}")
     summary = "\n".join(lines)
@@ -377,7 +412,7 @@ def experiment_readout(
             "p_value": p_raw,
             "p_value_holm": p_holm,
             "significant": significant,
-            "method": [None if c else str(m) for c, m in zip(is_control, cmp.method)],
+            "method": [None if c else str(m) for c, m in zip(is_control, cmp.method, strict=True)],
             "small_sample": [bool(r) for r in small_per_arm],
             "srm_pvalue": [srm] * len(names),
             "srm_flag": [srm_flag] * len(names),
@@ -398,13 +433,18 @@ def experiment_notes(counts: pl.DataFrame, diagnostics: dict, expected: Sequence
     """
     notes = []
     if diagnostics["saw_several_variants"]:
-        notes.append(f"{diagnostics['saw_several_variants']} user(s) saw more than one variant (counted in their first)")
+        notes.append(
+            f"{diagnostics['saw_several_variants']} user(s) saw more than one variant (counted in their first)"
+        )
     if diagnostics["awaiting_window"]:
-        notes.append(f"{diagnostics['awaiting_window']} user(s) exposed too recently to count (inside the conversion window)")
+        notes.append(
+            f"{diagnostics['awaiting_window']} user(s) exposed too recently to count (inside the conversion window)"
+        )
     unexpected = counts.filter(~pl.col("variant").is_in(list(expected)))
     if unexpected.height:
         notes.append(
-            "unexpected variant(s) left out: " + ", ".join(f"{v} ({n})" for v, n in unexpected.select("variant", "exposures").iter_rows())
+            "unexpected variant(s) left out: "
+            + ", ".join(f"{v} ({n})" for v, n in unexpected.select("variant", "exposures").iter_rows())
         )
     return notes
 
@@ -422,8 +462,13 @@ def experiment_readout_from_counts(
     expected = list(experiment.variants) or sorted(set(counts.get_column("variant").to_list()) | {experiment.control})
     by_variant = {v: (e, c) for v, e, c in counts.select("variant", "exposures", "conversions").iter_rows()}
     return experiment_readout(
-        experiment.name, experiment.goal_event, expected,
-        [by_variant.get(v, (0, 0))[0] for v in expected], [by_variant.get(v, (0, 0))[1] for v in expected],
-        control=experiment.control, expected_shares=list(experiment.weights) or None,
-        confidence_level=confidence_level, notes=experiment_notes(counts, diagnostics, expected),
+        experiment.name,
+        experiment.goal_event,
+        expected,
+        [by_variant.get(v, (0, 0))[0] for v in expected],
+        [by_variant.get(v, (0, 0))[1] for v in expected],
+        control=experiment.control,
+        expected_shares=list(experiment.weights) or None,
+        confidence_level=confidence_level,
+        notes=experiment_notes(counts, diagnostics, expected),
     )

@@ -45,7 +45,11 @@ class Calibration:
     n: int
 
     def probability(self, raw: np.ndarray, age_days: np.ndarray) -> np.ndarray:
-        z = self.intercept + self.coef_raw * np.asarray(raw, float) + self.coef_age * np.log1p(np.asarray(age_days, float))
+        z = (
+            self.intercept
+            + self.coef_raw * np.asarray(raw, float)
+            + self.coef_age * np.log1p(np.asarray(age_days, float))
+        )
         return 1.0 / (1.0 + np.exp(-z))
 
 
@@ -125,10 +129,18 @@ def calibration_table(predicted: np.ndarray, observed: np.ndarray, bins: int = 1
     decile = np.empty(len(predicted), dtype=np.int64)
     decile[order] = (np.arange(len(predicted)) * bins) // max(len(predicted), 1)
     frame = pl.DataFrame({"decile": decile + 1, "predicted": predicted, "observed": observed})
-    table = frame.group_by("decile").agg(
-        pl.len().alias("n"), pl.col("predicted").mean().alias("predicted_rate"), pl.col("observed").sum().alias("conversions")
-    ).sort("decile")
+    table = (
+        frame.group_by("decile")
+        .agg(
+            pl.len().alias("n"),
+            pl.col("predicted").mean().alias("predicted_rate"),
+            pl.col("observed").sum().alias("conversions"),
+        )
+        .sort("decile")
+    )
     low, high = wilson_interval(table["conversions"].to_numpy(), table["n"].to_numpy())
     return table.with_columns(
-        (pl.col("conversions") / pl.col("n")).alias("observed_rate"), pl.Series("observed_ci_low", low), pl.Series("observed_ci_high", high)
+        (pl.col("conversions") / pl.col("n")).alias("observed_rate"),
+        pl.Series("observed_ci_low", low),
+        pl.Series("observed_ci_high", high),
     )

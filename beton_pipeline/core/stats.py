@@ -342,7 +342,13 @@ def fisher_exact_pvalue(
                 n_rows = max(1, int(np.searchsorted(cells, budget, side="right")))
                 idx = order[start : start + n_rows]
                 pvalue[idx] = _fisher_chunk(
-                    a_[idx], n1_[idx], n2_[idx], k[idx], lo[idx], length[idx], anchor[idx],
+                    a_[idx],
+                    n1_[idx],
+                    n2_[idx],
+                    k[idx],
+                    lo[idx],
+                    length[idx],
+                    anchor[idx],
                     int(sorted_len[start + n_rows - 1]),
                 )
                 start += n_rows
@@ -435,9 +441,7 @@ def lift_ci_katz(
     return low, high, used_correction
 
 
-def wilson_interval(
-    successes: object, n: object, confidence_level: float = 0.95
-) -> tuple[np.ndarray, np.ndarray]:
+def wilson_interval(successes: object, n: object, confidence_level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """Wilson score interval for a single proportion ``p = successes / n``.
 
     Formula (Wilson 1927), with ``z = Phi^-1(1 - (1 - level) / 2)``::
@@ -456,9 +460,7 @@ def wilson_interval(
         ``(low, high)`` float64 arrays with the broadcast shape of the inputs.
     """
     z = _z_critical(confidence_level)
-    s_, n_ = np.broadcast_arrays(
-        _as_count_array(successes, "successes"), _as_count_array(n, "n")
-    )
+    s_, n_ = np.broadcast_arrays(_as_count_array(successes, "successes"), _as_count_array(n, "n"))
     if np.any(s_ > n_):
         raise ValueError("successes exceed n")
     s_f = s_.astype(np.float64)
@@ -673,20 +675,14 @@ def compare_proportions(
     p_value = two_proportion_z_pvalue(a_, n1_, c_, n2_)
     fisher_rows = np.flatnonzero(use_fisher)
     if fisher_rows.size:
-        p_value[fisher_rows] = fisher_exact_pvalue(
-            a_[fisher_rows], n1_[fisher_rows], c_[fisher_rows], n2_[fisher_rows]
-        )
+        p_value[fisher_rows] = fisher_exact_pvalue(a_[fisher_rows], n1_[fisher_rows], c_[fisher_rows], n2_[fisher_rows])
     p_value = np.where(valid, p_value, np.nan)
 
     ci_low, ci_high, corrected = lift_ci_katz(a_, n1_, c_, n2_, confidence_level)
 
-    test_label = np.array(
-        [_Z_LABEL, f"Fisher exact (expected cell < {threshold:g})"], dtype=object
-    )
+    test_label = np.array([_Z_LABEL, f"Fisher exact (expected cell < {threshold:g})"], dtype=object)
     ci_label = np.array([_KATZ_LABEL, f"{_KATZ_LABEL}, {_HALDANE_LABEL}"], dtype=object)
-    labels = np.array(
-        [f"{t}; {ci}" for t in test_label for ci in ci_label] + [_INSUFFICIENT], dtype=object
-    )
+    labels = np.array([f"{t}; {ci}" for t in test_label for ci in ci_label] + [_INSUFFICIENT], dtype=object)
     code = np.where(valid, 2 * use_fisher.astype(np.int64) + corrected.astype(np.int64), 4)
     method = labels[code]
 

@@ -38,7 +38,9 @@ class WarehouseResource(dg.ConfigurableResource):
         return Path(self.path).resolve() if self.path else beton_settings.warehouse_path()
 
     @contextmanager
-    def connect(self, read_only: bool = False, wait_seconds: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    def connect(
+        self, read_only: bool = False, wait_seconds: float | None = None
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
         with connect(self.resolved_path, read_only=read_only, wait_seconds=wait_seconds) as con:
             yield con
 

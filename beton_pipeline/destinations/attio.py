@@ -60,5 +60,9 @@ class AttioSender:
         result = result_from_response(response, "attio update record", [self._api_key])
         if result.outcome == "sent":
             record = response.json().get("data", {}).get("id", {})
-            return DeliveryResult("sent", response.status, response_id=record.get("record_id") if isinstance(record, dict) else None)
-        return DeliveryResult(result.outcome, result.status_code, result.retry_after, redact(result.error, [self._api_key]))
+            return DeliveryResult(
+                "sent", response.status, response_id=record.get("record_id") if isinstance(record, dict) else None
+            )
+        return DeliveryResult(
+            result.outcome, result.status_code, result.retry_after, redact(result.error, [self._api_key])
+        )

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import email.utils
 import json
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 
 Outcome = Literal["sent", "retry", "fail"]
@@ -143,8 +142,8 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    now = now or datetime.now(timezone.utc)
+        when = when.replace(tzinfo=UTC)
+    now = now or datetime.now(UTC)
     return max(0.0, (when - now).total_seconds())
 
 
@@ -191,12 +190,14 @@ def http_request(
         except OSError:
             payload = b""
         return HttpResponse(exc.code, dict(exc.headers.items()) if exc.headers else {}, payload)
-    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as exc:
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         return HttpResponse(None, {}, b"", error=f"connection failed: {type(reason).__name__}")
 
 
-def result_from_response(response: HttpResponse, destination: str, secrets: Iterable[str | None] = ()) -> DeliveryResult:
+def result_from_response(
+    response: HttpResponse, destination: str, secrets: Iterable[str | None] = ()
+) -> DeliveryResult:
     """A :class:`DeliveryResult` from an HTTP response, with a redacted, short error text."""
     outcome = classify_status(response.status)
     if outcome == "sent":

@@ -29,7 +29,9 @@ _QUIET.addHandler(logging.NullHandler())
 _QUIET.propagate = False  # slack-sdk logs failed requests itself; the outbox records them instead
 _QUIET.setLevel(logging.CRITICAL + 1)
 
-RETRYABLE_ERRORS = frozenset({"ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"})
+RETRYABLE_ERRORS = frozenset(
+    {"ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+)
 """``ok: false`` error codes (HTTP 200) that are worth another attempt; every other code is permanent."""
 
 
@@ -93,7 +95,10 @@ def account_message(
     signal definitions are escaped here. The CRM button is added only for an http(s) URL.
     """
     blocks: list[dict] = [
-        {"type": "header", "text": {"type": "plain_text", "text": _cut(title or account_id, HEADER_MAX_CHARS), "emoji": False}},
+        {
+            "type": "header",
+            "text": {"type": "plain_text", "text": _cut(title or account_id, HEADER_MAX_CHARS), "emoji": False},
+        },
         {"type": "section", "text": {"type": "mrkdwn", "text": _cut(headline_mrkdwn, SECTION_MAX_CHARS)}},
         {
             "type": "section",
@@ -104,13 +109,23 @@ def account_message(
                 {"type": "mrkdwn", "text": f"*Playbook*\n{escape_mrkdwn(playbook)} · {day}"},
             ],
         },
-        {"type": "section", "text": {"type": "mrkdwn", "text": _cut("*Signals*\n" + signals_mrkdwn(signals), SECTION_MAX_CHARS)}},
+        {
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": _cut("*Signals*\n" + signals_mrkdwn(signals), SECTION_MAX_CHARS)},
+        },
     ]
     if _is_http_url(crm_url):
         blocks.append(
             {
                 "type": "actions",
-                "elements": [{"type": "button", "text": {"type": "plain_text", "text": "Open in CRM"}, "url": crm_url, "action_id": "open_crm"}],
+                "elements": [
+                    {
+                        "type": "button",
+                        "text": {"type": "plain_text", "text": "Open in CRM"},
+                        "url": crm_url,
+                        "action_id": "open_crm",
+                    }
+                ],
             }
         )
     return {"channel": channel, "text": _cut(headline_mrkdwn, TEXT_MAX_CHARS), "blocks": blocks}
@@ -137,18 +152,29 @@ def health_message(
 
     ci = f" ({num(lift_ci_low)}–{num(lift_ci_high)})" if lift_ci_low is not None and lift_ci_high is not None else ""
     blocks = [
-        {"type": "header", "text": {"type": "plain_text", "text": _cut(f"Signal health: {health}", HEADER_MAX_CHARS), "emoji": False}},
+        {
+            "type": "header",
+            "text": {"type": "plain_text", "text": _cut(f"Signal health: {health}", HEADER_MAX_CHARS), "emoji": False},
+        },
         {"type": "section", "text": {"type": "mrkdwn", "text": _cut(headline_mrkdwn, SECTION_MAX_CHARS)}},
         {
             "type": "section",
             "fields": [
                 {"type": "mrkdwn", "text": f"*Signal*\n`{escape_mrkdwn(signal_id)}`"},
-                {"type": "mrkdwn", "text": f"*Health*\n{escape_mrkdwn(previous_health or '—')} → *{escape_mrkdwn(health)}*"},
+                {
+                    "type": "mrkdwn",
+                    "text": f"*Health*\n{escape_mrkdwn(previous_health or '—')} → *{escape_mrkdwn(health)}*",
+                },
                 {"type": "mrkdwn", "text": f"*Live lift*\n{num(lift)}{ci}"},
                 {"type": "mrkdwn", "text": f"*Backtest lift*\n{num(backtest_lift)}"},
             ],
         },
-        {"type": "context", "elements": [{"type": "mrkdwn", "text": _cut(f"{escape_mrkdwn(definition or signal_id)} · {day}", SECTION_MAX_CHARS)}]},
+        {
+            "type": "context",
+            "elements": [
+                {"type": "mrkdwn", "text": _cut(f"{escape_mrkdwn(definition or signal_id)} · {day}", SECTION_MAX_CHARS)}
+            ],
+        },
     ]
     return {"channel": channel, "text": _cut(headline_mrkdwn, TEXT_MAX_CHARS), "blocks": blocks}
 
@@ -207,7 +233,9 @@ class SlackSender:
     def _client(self):
         from slack_sdk import WebClient
 
-        return WebClient(token=self._token, base_url=self._base_url, timeout=self._timeout, retry_handlers=[], logger=_QUIET)
+        return WebClient(
+            token=self._token, base_url=self._base_url, timeout=self._timeout, retry_handlers=[], logger=_QUIET
+        )
 
     def send(self, payload: Mapping, idempotency_key: str) -> DeliveryResult:
         """One ``chat.postMessage``; 429/5xx/transient ``ok: false`` codes → retry, other errors → fail."""
@@ -232,10 +260,18 @@ class SlackSender:
                 outcome = "fail"
             headers = exc.response.headers or {}
             retry_after = parse_retry_after(headers.get("Retry-After") or headers.get("retry-after"))
-            label = code if code and not code.startswith("Received a response in a non-JSON format") else "non-JSON response"
+            label = (
+                code
+                if code and not code.startswith("Received a response in a non-JSON format")
+                else "non-JSON response"
+            )
             error = f"slack chat.postMessage: HTTP {status}" + (f" ({label})" if label else "")
             return DeliveryResult(outcome, status, retry_after=retry_after, error=redact(error, [self._token]))
         except Exception as exc:  # network: URLError, timeouts, connection resets
             reason = getattr(exc, "reason", exc)
-            return DeliveryResult("retry", None, error=redact(f"slack chat.postMessage: connection failed: {type(reason).__name__}", [self._token]))
+            return DeliveryResult(
+                "retry",
+                None,
+                error=redact(f"slack chat.postMessage: connection failed: {type(reason).__name__}", [self._token]),
+            )
         return DeliveryResult("sent", response.status_code, response_id=str(response.get("ts") or "") or None)

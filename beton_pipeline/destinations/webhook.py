@@ -43,7 +43,12 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 
 
 def verify_signature(
-    secret: str, header: str | None, body: bytes, *, tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS, now: float | None = None
+    secret: str,
+    header: str | None,
+    body: bytes,
+    *,
+    tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS,
+    now: float | None = None,
 ) -> bool:
     """For receivers: whether ``header`` is a valid signature of ``body`` no older than the tolerance."""
     if not header:
@@ -65,7 +70,12 @@ def verify_signature(
 
 def _event_payload(event: AccountMatchedEvent | HealthChangedEvent, event_type: str, body: Mapping) -> dict:
     """The stored payload of a webhook action: its name, its URL and the event (what is POSTed)."""
-    header = {"type": event_type, "idempotency_key": event.idempotency_key, "playbook": event.playbook, "day": event.day.isoformat()}
+    header = {
+        "type": event_type,
+        "idempotency_key": event.idempotency_key,
+        "playbook": event.playbook,
+        "day": event.day.isoformat(),
+    }
     return {"webhook": event.webhook, "url": event.url, "event": {**header, **body}}
 
 

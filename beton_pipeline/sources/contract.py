@@ -65,7 +65,16 @@ class TableSpec:
         return tuple(c.name for c in self.columns)
 
 
-STRIPE_SUBSCRIPTION_STATUSES = ("trialing", "active", "past_due", "canceled", "unpaid", "incomplete", "incomplete_expired", "paused")
+STRIPE_SUBSCRIPTION_STATUSES = (
+    "trialing",
+    "active",
+    "past_due",
+    "canceled",
+    "unpaid",
+    "incomplete",
+    "incomplete_expired",
+    "paused",
+)
 STRIPE_INVOICE_STATUSES = ("draft", "open", "paid", "uncollectible", "void")
 
 TABLES: tuple[TableSpec, ...] = (

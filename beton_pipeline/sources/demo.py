@@ -88,10 +88,10 @@ import calendar
 import gzip
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import polars as pl
@@ -112,39 +112,293 @@ TRIAL_DAYS = 14
 # Vocabulary
 # --------------------------------------------------------------------------------------------------
 
-_PREFIXES = (
-    "acme nimbus quanta vertex lumen orbit atlas nova pixel cobalt zenith ember aurora vector summit "
-    "harbor cedar falcon granite helix indigo juniper kestrel lattice meridian nebula onyx prism quartz "
-    "radiant sierra tandem umbra vivid willow xenon yonder zephyr amber beacon cinder delta echo fathom "
-    "glacier horizon jade kinetic lunar magnet north oak pulse quill river solar tidal unity velvet wren "
-    "apex bright clear drift epic flint grove hollow iris keystone lark maple noble opal pine rapid sage "
-    "terra"
-).split()
-_ROOTS = (
-    "labs works forge stack hub base flow grid sync loop cloud data metrics ops logic path point scale "
-    "shift signal soft source space sphere systems tech ware wave wise yard bridge cast core craft desk "
-    "dock field frame gate glow kit lane leaf line link mind mint nest node pad peak pilot port quest "
-    "rail ridge root route sail scope seed sense spark spring stream street studio tide track trail tree "
-    "vault view vista volt ward well wing yield zone"
-).split()
+_PREFIXES = [
+    "acme",
+    "nimbus",
+    "quanta",
+    "vertex",
+    "lumen",
+    "orbit",
+    "atlas",
+    "nova",
+    "pixel",
+    "cobalt",
+    "zenith",
+    "ember",
+    "aurora",
+    "vector",
+    "summit",
+    "harbor",
+    "cedar",
+    "falcon",
+    "granite",
+    "helix",
+    "indigo",
+    "juniper",
+    "kestrel",
+    "lattice",
+    "meridian",
+    "nebula",
+    "onyx",
+    "prism",
+    "quartz",
+    "radiant",
+    "sierra",
+    "tandem",
+    "umbra",
+    "vivid",
+    "willow",
+    "xenon",
+    "yonder",
+    "zephyr",
+    "amber",
+    "beacon",
+    "cinder",
+    "delta",
+    "echo",
+    "fathom",
+    "glacier",
+    "horizon",
+    "jade",
+    "kinetic",
+    "lunar",
+    "magnet",
+    "north",
+    "oak",
+    "pulse",
+    "quill",
+    "river",
+    "solar",
+    "tidal",
+    "unity",
+    "velvet",
+    "wren",
+    "apex",
+    "bright",
+    "clear",
+    "drift",
+    "epic",
+    "flint",
+    "grove",
+    "hollow",
+    "iris",
+    "keystone",
+    "lark",
+    "maple",
+    "noble",
+    "opal",
+    "pine",
+    "rapid",
+    "sage",
+    "terra",
+]
+_ROOTS = [
+    "labs",
+    "works",
+    "forge",
+    "stack",
+    "hub",
+    "base",
+    "flow",
+    "grid",
+    "sync",
+    "loop",
+    "cloud",
+    "data",
+    "metrics",
+    "ops",
+    "logic",
+    "path",
+    "point",
+    "scale",
+    "shift",
+    "signal",
+    "soft",
+    "source",
+    "space",
+    "sphere",
+    "systems",
+    "tech",
+    "ware",
+    "wave",
+    "wise",
+    "yard",
+    "bridge",
+    "cast",
+    "core",
+    "craft",
+    "desk",
+    "dock",
+    "field",
+    "frame",
+    "gate",
+    "glow",
+    "kit",
+    "lane",
+    "leaf",
+    "line",
+    "link",
+    "mind",
+    "mint",
+    "nest",
+    "node",
+    "pad",
+    "peak",
+    "pilot",
+    "port",
+    "quest",
+    "rail",
+    "ridge",
+    "root",
+    "route",
+    "sail",
+    "scope",
+    "seed",
+    "sense",
+    "spark",
+    "spring",
+    "stream",
+    "street",
+    "studio",
+    "tide",
+    "track",
+    "trail",
+    "tree",
+    "vault",
+    "view",
+    "vista",
+    "volt",
+    "ward",
+    "well",
+    "wing",
+    "yield",
+    "zone",
+]
 _TLDS = ("io", "com", "ai", "co", "app", "dev")
 _N_NAMES = len(_PREFIXES) * len(_ROOTS) * len(_TLDS)
 _NAME_STEP = 7919  # prime, coprime with _N_NAMES: g -> (g * step) % n is a permutation
 
-_FIRST = (
-    "james mary john patricia robert jennifer michael linda william elizabeth david barbara richard susan "
-    "joseph jessica thomas sarah charles karen daniel nancy matthew lisa anthony betty mark sandra "
-    "steven ashley paul emily andrew donna joshua michelle kevin carol brian amanda george melissa "
-    "timothy deborah ryan stephanie jacob rebecca gary sharon nicholas laura eric cynthia jonathan amy "
-    "priya wei"
-).split()
-_LAST = (
-    "smith johnson williams brown jones garcia miller davis rodriguez martinez hernandez lopez gonzalez "
-    "wilson anderson thomas taylor moore jackson martin lee perez thompson white harris sanchez clark "
-    "ramirez lewis robinson walker young allen king wright scott torres nguyen hill flores green adams "
-    "nelson baker hall rivera campbell mitchell carter roberts chen patel kim schmidt muller rossi "
-    "dubois tanaka okafor"
-).split()
+_FIRST = [
+    "james",
+    "mary",
+    "john",
+    "patricia",
+    "robert",
+    "jennifer",
+    "michael",
+    "linda",
+    "william",
+    "elizabeth",
+    "david",
+    "barbara",
+    "richard",
+    "susan",
+    "joseph",
+    "jessica",
+    "thomas",
+    "sarah",
+    "charles",
+    "karen",
+    "daniel",
+    "nancy",
+    "matthew",
+    "lisa",
+    "anthony",
+    "betty",
+    "mark",
+    "sandra",
+    "steven",
+    "ashley",
+    "paul",
+    "emily",
+    "andrew",
+    "donna",
+    "joshua",
+    "michelle",
+    "kevin",
+    "carol",
+    "brian",
+    "amanda",
+    "george",
+    "melissa",
+    "timothy",
+    "deborah",
+    "ryan",
+    "stephanie",
+    "jacob",
+    "rebecca",
+    "gary",
+    "sharon",
+    "nicholas",
+    "laura",
+    "eric",
+    "cynthia",
+    "jonathan",
+    "amy",
+    "priya",
+    "wei",
+]
+_LAST = [
+    "smith",
+    "johnson",
+    "williams",
+    "brown",
+    "jones",
+    "garcia",
+    "miller",
+    "davis",
+    "rodriguez",
+    "martinez",
+    "hernandez",
+    "lopez",
+    "gonzalez",
+    "wilson",
+    "anderson",
+    "thomas",
+    "taylor",
+    "moore",
+    "jackson",
+    "martin",
+    "lee",
+    "perez",
+    "thompson",
+    "white",
+    "harris",
+    "sanchez",
+    "clark",
+    "ramirez",
+    "lewis",
+    "robinson",
+    "walker",
+    "young",
+    "allen",
+    "king",
+    "wright",
+    "scott",
+    "torres",
+    "nguyen",
+    "hill",
+    "flores",
+    "green",
+    "adams",
+    "nelson",
+    "baker",
+    "hall",
+    "rivera",
+    "campbell",
+    "mitchell",
+    "carter",
+    "roberts",
+    "chen",
+    "patel",
+    "kim",
+    "schmidt",
+    "muller",
+    "rossi",
+    "dubois",
+    "tanaka",
+    "okafor",
+]
 _NAME_COMBOS = len(_FIRST) * len(_LAST)
 _USER_STEP = 1237  # coprime with _NAME_COMBOS: distinct names within an account
 
@@ -165,16 +419,51 @@ _OS_P = (0.50, 0.42, 0.08)
 # Weekday (Mon..Sun) and local hour-of-day acceptance weights (max 1).
 _WD_W = np.array([1.0, 1.0, 1.0, 1.0, 0.95, 0.35, 0.35])
 _HOUR_W = np.array(
-    [0.03, 0.02, 0.02, 0.02, 0.03, 0.05, 0.12, 0.30, 0.65, 0.95, 1.0, 1.0,
-     0.85, 0.95, 1.0, 1.0, 0.90, 0.70, 0.45, 0.30, 0.22, 0.15, 0.09, 0.05]
+    [
+        0.03,
+        0.02,
+        0.02,
+        0.02,
+        0.03,
+        0.05,
+        0.12,
+        0.30,
+        0.65,
+        0.95,
+        1.0,
+        1.0,
+        0.85,
+        0.95,
+        1.0,
+        1.0,
+        0.90,
+        0.70,
+        0.45,
+        0.30,
+        0.22,
+        0.15,
+        0.09,
+        0.05,
+    ]
 )
 
 APP_URL = "https://app.beton-demo.io"
 SITE_URL = "https://beton-demo.io"
 INTEGRATIONS_PATH = "/settings/integrations"
 _PATHS = (
-    "/home", "/dashboards", "/reports", "/projects", "/queries", "/docs", "/settings/profile", "/pricing",
-    "/settings/billing", "/settings/team", "/notebooks", "/alerts", INTEGRATIONS_PATH,
+    "/home",
+    "/dashboards",
+    "/reports",
+    "/projects",
+    "/queries",
+    "/docs",
+    "/settings/profile",
+    "/pricing",
+    "/settings/billing",
+    "/settings/team",
+    "/notebooks",
+    "/alerts",
+    INTEGRATIONS_PATH,
 )
 _PATH_P = np.array([0.22, 0.20, 0.14, 0.10, 0.08, 0.07, 0.05, 0.04, 0.03, 0.04, 0.02, 0.01, 0.0])
 _PATH_INTEGRATIONS = len(_PATHS) - 1
@@ -186,18 +475,48 @@ _SITE_P = (0.35, 0.25, 0.12, 0.12, 0.09, 0.07)
 FLAGS = {"new-onboarding": ("control", "test"), "ai-assistant": ("control", "variant-a", "variant-b")}
 
 NEUTRAL_EVENTS = (
-    "dashboard_viewed", "query_run", "search_performed", "chart_created", "project_created",
-    "file_uploaded", "comment_added", "settings_updated",
+    "dashboard_viewed",
+    "query_run",
+    "search_performed",
+    "chart_created",
+    "project_created",
+    "file_uploaded",
+    "comment_added",
+    "settings_updated",
 )
 _NEUTRAL_P = np.array([0.25, 0.22, 0.14, 0.10, 0.06, 0.08, 0.09, 0.06])
 
 NOISE_EVENTS = (
-    "tooltip_opened", "notification_dismissed", "sidebar_collapsed", "filter_applied", "modal_closed",
-    "help_center_visited", "keyboard_shortcut_used", "table_sorted", "date_range_changed", "theme_changed",
-    "column_resized", "copy_link_clicked", "onboarding_checklist_viewed", "changelog_viewed",
-    "bookmark_added", "widget_moved", "emoji_reacted", "tour_skipped", "zoom_changed", "template_previewed",
-    "error_banner_shown", "session_refreshed", "feedback_submitted", "language_changed", "avatar_uploaded",
-    "timezone_changed", "print_clicked", "dark_mode_toggled", "password_changed", "keyboard_layout_changed",
+    "tooltip_opened",
+    "notification_dismissed",
+    "sidebar_collapsed",
+    "filter_applied",
+    "modal_closed",
+    "help_center_visited",
+    "keyboard_shortcut_used",
+    "table_sorted",
+    "date_range_changed",
+    "theme_changed",
+    "column_resized",
+    "copy_link_clicked",
+    "onboarding_checklist_viewed",
+    "changelog_viewed",
+    "bookmark_added",
+    "widget_moved",
+    "emoji_reacted",
+    "tour_skipped",
+    "zoom_changed",
+    "template_previewed",
+    "error_banner_shown",
+    "session_refreshed",
+    "feedback_submitted",
+    "language_changed",
+    "avatar_uploaded",
+    "timezone_changed",
+    "print_clicked",
+    "dark_mode_toggled",
+    "password_changed",
+    "keyboard_layout_changed",
 )
 _NOISE_P = 1.0 / np.arange(1, len(NOISE_EVENTS) + 1) ** 1.15
 
@@ -205,7 +524,9 @@ PLANTED_EVENTS = ("invited_teammate", "api_key_created", "dashboard_shared", "re
 LEAK_EVENT = "checkout_completed"
 
 # Event-name codes: one table for every event name written.
-EVENT_NAMES = ("$identify", "$pageview", "$feature_flag_called") + NEUTRAL_EVENTS + PLANTED_EVENTS + (LEAK_EVENT,) + NOISE_EVENTS
+EVENT_NAMES = (
+    ("$identify", "$pageview", "$feature_flag_called") + NEUTRAL_EVENTS + PLANTED_EVENTS + (LEAK_EVENT,) + NOISE_EVENTS
+)
 _EV = {name: i for i, name in enumerate(EVENT_NAMES)}
 _EV_NEUTRAL0 = _EV[NEUTRAL_EVENTS[0]]
 _EV_NOISE0 = _EV[NOISE_EVENTS[0]]
@@ -226,11 +547,24 @@ _AE_OWNERS = ("Maya Chen", "Luis Ortega", "Priya Raman", "Tom Becker", "Aisha Be
 DEAL_STAGES = ("qualified", "demo", "proposal", "negotiation")
 _REASONS = {
     "qualified": ("Inbound demo request", "Came in through a product sign-up", "Referred by an existing customer"),
-    "demo": ("Demo went well, champion identified", "Needs SSO before a wider rollout", "Asked for a second demo with the data team"),
+    "demo": (
+        "Demo went well, champion identified",
+        "Needs SSO before a wider rollout",
+        "Asked for a second demo with the data team",
+    ),
     "proposal": ("Sent annual proposal", "Asked for a volume discount", "Proposal shared with finance"),
-    "negotiation": ("Legal review in progress", "Procurement asked for net-60 terms", "Security questionnaire returned"),
+    "negotiation": (
+        "Legal review in progress",
+        "Procurement asked for net-60 terms",
+        "Security questionnaire returned",
+    ),
     "won": ("Signed annual contract", "Closed after the trial upgrade", "Champion pushed it through procurement"),
-    "lost": ("Went with a competitor", "No budget this quarter", "Champion left the company", "Built it in-house instead"),
+    "lost": (
+        "Went with a competitor",
+        "No budget this quarter",
+        "Champion left the company",
+        "Built it in-house instead",
+    ),
 }
 
 SIGNAL_TYPES = ("funding_round", "executive_change", "job_posting", "technology_adoption", "expansion")
@@ -240,20 +574,68 @@ SIGNAL_TYPES = ("funding_round", "executive_change", "job_posting", "technology_
 # --------------------------------------------------------------------------------------------------
 
 PLANTED = (
-    {"name": "invited_teammate", "kind": "event_count", "event": "invited_teammate", "threshold": 3, "window_days": 14, "odds_ratio": 4.0},
-    {"name": "api_key_created", "kind": "event_count", "event": "api_key_created", "threshold": 1, "window_days": 7, "odds_ratio": 2.5},
-    {"name": "dashboard_shared", "kind": "event_count", "event": "dashboard_shared", "threshold": 2, "window_days": 14, "odds_ratio": 2.2},
-    {"name": "integrations_page", "kind": "event_property", "event": "$pageview", "property": "$current_url", "value": INTEGRATIONS_PATH, "threshold": 1, "window_days": 14, "odds_ratio": 2.5},
+    {
+        "name": "invited_teammate",
+        "kind": "event_count",
+        "event": "invited_teammate",
+        "threshold": 3,
+        "window_days": 14,
+        "odds_ratio": 4.0,
+    },
+    {
+        "name": "api_key_created",
+        "kind": "event_count",
+        "event": "api_key_created",
+        "threshold": 1,
+        "window_days": 7,
+        "odds_ratio": 2.5,
+    },
+    {
+        "name": "dashboard_shared",
+        "kind": "event_count",
+        "event": "dashboard_shared",
+        "threshold": 2,
+        "window_days": 14,
+        "odds_ratio": 2.2,
+    },
+    {
+        "name": "integrations_page",
+        "kind": "event_property",
+        "event": "$pageview",
+        "property": "$current_url",
+        "value": INTEGRATIONS_PATH,
+        "threshold": 1,
+        "window_days": 14,
+        "odds_ratio": 2.5,
+    },
     {"name": "fintech", "kind": "crm_attribute", "attribute": "industry", "value": "Fintech", "odds_ratio": 2.2},
-    {"name": "funding_round", "kind": "intent", "signal_type": "funding_round", "days_before_start": 90, "odds_ratio": 2.5},
+    {
+        "name": "funding_round",
+        "kind": "intent",
+        "signal_type": "funding_round",
+        "days_before_start": 90,
+        "odds_ratio": 2.5,
+    },
 )
-DRIFTING = {"name": "report_exported", "kind": "event_count", "event": "report_exported", "threshold": 2, "window_days": 14, "odds_ratio_before": 3.5, "odds_ratio_after": 1.0}
+DRIFTING = {
+    "name": "report_exported",
+    "kind": "event_count",
+    "event": "report_exported",
+    "threshold": 2,
+    "window_days": 14,
+    "odds_ratio_before": 3.5,
+    "odds_ratio_after": 1.0,
+}
 
 # Prevalence of each independently drawn behaviour (fintech = CRM share x Fintech share).
 _CRM_SHARE = 0.70
 _PREVALENCE = {
-    "invited_teammate": 0.25, "api_key_created": 0.30, "dashboard_shared": 0.20, "integrations_page": 0.20,
-    "funding_round": 0.12, "report_exported": 0.25,
+    "invited_teammate": 0.25,
+    "api_key_created": 0.30,
+    "dashboard_shared": 0.20,
+    "integrations_page": 0.20,
+    "funding_round": 0.12,
+    "report_exported": 0.25,
 }
 _BASE_RATE = 0.08
 _EARLY_SHARE = 0.15
@@ -435,7 +817,7 @@ class _World:
         d1 = date(y, m, min(d0.day, calendar.monthrange(y, m)[1]))
         s = _epoch(d0)
         e = _epoch(d1)
-        drift = (datetime.fromtimestamp(s + (e - s) // 2, tz=timezone.utc)).date()
+        drift = (datetime.fromtimestamp(s + (e - s) // 2, tz=UTC)).date()
         return _World(seed, d0, d1, drift, s, e, _epoch(drift))
 
     def rng(self, chunk: int, stream: int) -> np.random.Generator:
@@ -443,7 +825,7 @@ class _World:
 
 
 def _epoch(d: date) -> int:
-    return int(datetime(d.year, d.month, d.day, tzinfo=timezone.utc).timestamp())
+    return int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -473,7 +855,7 @@ def _ascii(codes: np.ndarray) -> pl.Series:
 def _hex_ids(prefix: str, keys: np.ndarray, salt: int, nchars: int = 16) -> pl.Series:
     """prefix + nchars hex digits of a bijective hash of (keys ^ salt): unique for unique keys."""
     z = _mix64(keys.astype(np.uint64) ^ np.uint64(salt))
-    shifts = (np.arange(nchars - 1, -1, -1, dtype=np.uint64) * np.uint64(4))
+    shifts = np.arange(nchars - 1, -1, -1, dtype=np.uint64) * np.uint64(4)
     digits = ((z[:, None] >> shifts) & np.uint64(15)).astype(np.intp)
     return (prefix + _ascii(_HEX[digits])) if prefix else _ascii(_HEX[digits])
 
@@ -631,21 +1013,55 @@ def _accounts_chunk(w: _World, c: int, g0: int, n: int) -> dict[str, np.ndarray 
     tld = idx % len(_TLDS)
     num = pl.Series(values=np.where(suffix > 0, (suffix + 1).astype(str), ""))
     domain = pl.select(
-        pl.concat_str([pl.lit(_lookup(_PREFIXES, pre)), pl.lit(_lookup(_ROOTS, root)), pl.lit(num), pl.lit("."), pl.lit(_lookup(_TLDS, tld))])
+        pl.concat_str(
+            [
+                pl.lit(_lookup(_PREFIXES, pre)),
+                pl.lit(_lookup(_ROOTS, root)),
+                pl.lit(num),
+                pl.lit("."),
+                pl.lit(_lookup(_TLDS, tld)),
+            ]
+        )
     ).to_series()
     name = pl.select(
-        pl.concat_str([pl.lit(_lookup(_PREFIXES, pre)).str.to_titlecase(), pl.lit(" "), pl.lit(_lookup(_ROOTS, root)).str.to_titlecase()])
+        pl.concat_str(
+            [
+                pl.lit(_lookup(_PREFIXES, pre)).str.to_titlecase(),
+                pl.lit(" "),
+                pl.lit(_lookup(_ROOTS, root)).str.to_titlecase(),
+            ]
+        )
     ).to_series()
     record_id = _hex_ids("rec_", g, 0xC0C0A)
     return {
-        "g": g, "tz": tz, "start": start, "D": w.E - start, "n_users": n_users, "activity": activity,
-        "industry": industry, "employees": employees, "crm": crm, "fintech": fintech, "first_half": first_half,
+        "g": g,
+        "tz": tz,
+        "start": start,
+        "D": w.E - start,
+        "n_users": n_users,
+        "activity": activity,
+        "industry": industry,
+        "employees": employees,
+        "crm": crm,
+        "fintech": fintech,
+        "first_half": first_half,
         **{f"b_{k}": v for k, v in beh.items()},
-        "latent": latent, "early": early, "trialist": trialist,
-        "cust_created": np.where(trialist, start + cust_off, conv - direct_offset), "trial_end": trial_end,
-        "conv": conv, "converted": converted, "has_customer": has_customer, "plan": plan, "yearly": yearly,
-        "eur": eur, "crm_created": crm_created, "name_seed": name_seed,
-        "domain": domain, "name": name, "record_id": record_id,
+        "latent": latent,
+        "early": early,
+        "trialist": trialist,
+        "cust_created": np.where(trialist, start + cust_off, conv - direct_offset),
+        "trial_end": trial_end,
+        "conv": conv,
+        "converted": converted,
+        "has_customer": has_customer,
+        "plan": plan,
+        "yearly": yearly,
+        "eur": eur,
+        "crm_created": crm_created,
+        "name_seed": name_seed,
+        "domain": domain,
+        "name": name,
+        "record_id": record_id,
     }
 
 
@@ -675,23 +1091,44 @@ def _users_chunk(w: _World, c: int, acc: dict) -> dict[str, np.ndarray | pl.Seri
     dom = acc["domain"].gather(ua)
     email = pl.select(
         pl.when(pl.lit(pl.Series(values=free)))
-        .then(pl.concat_str([pl.lit(first), pl.lit("."), pl.lit(last), pl.lit(pl.Series(values=g * 10 + k0 + 10)).cast(pl.String), pl.lit("@"), pl.lit(_lookup(_FREE_MAIL, fm))]))
+        .then(
+            pl.concat_str(
+                [
+                    pl.lit(first),
+                    pl.lit("."),
+                    pl.lit(last),
+                    pl.lit(pl.Series(values=g * 10 + k0 + 10)).cast(pl.String),
+                    pl.lit("@"),
+                    pl.lit(_lookup(_FREE_MAIL, fm)),
+                ]
+            )
+        )
         .otherwise(pl.concat_str([pl.lit(first), pl.lit("."), pl.lit(last), pl.lit("@"), pl.lit(dom)]))
     ).to_series()
-    full_name = pl.select(pl.concat_str([pl.lit(first).str.to_titlecase(), pl.lit(" "), pl.lit(last).str.to_titlecase()])).to_series()
+    full_name = pl.select(
+        pl.concat_str([pl.lit(first).str.to_titlecase(), pl.lit(" "), pl.lit(last).str.to_titlecase()])
+    ).to_series()
     did = _hex_ids("u_", g * 16 + k0, 0x05E125)
     # 0: company e-mail, 1: free mail at a CRM company, 2: free mail, no CRM company
     utype = np.where(~free, 0, np.where(crm_u, 1, 2))
     in_people = crm_u & (free | (rng.random(U) < 0.5))
     people_created = (acc["start"][ua] + join - rng.uniform(0, 10 * DAY, U)).astype(np.int64)
     return {
-        "ua": ua, "off": off, "k0": k0, "join": join, "utype": utype, "free": free,
+        "ua": ua,
+        "off": off,
+        "k0": k0,
+        "join": join,
+        "utype": utype,
+        "free": free,
         "browser": rng.choice(len(_BROWSERS), size=U, p=_BROWSER_P),
         "os": rng.choice(len(_OSES), size=U, p=_OS_P),
         "flag_onboarding": rng.integers(0, 2, U),
         "flag_ai": rng.integers(0, 3, U),
-        "email": email, "full_name": full_name, "distinct_id": did,
-        "in_people": in_people, "people_created": people_created,
+        "email": email,
+        "full_name": full_name,
+        "distinct_id": did,
+        "in_people": in_people,
+        "people_created": people_created,
         "person_id": _hex_ids("rec_", g * 16 + k0, 0x9E09E),
     }
 
@@ -728,14 +1165,24 @@ class _Ev:
     def __init__(self) -> None:
         self.parts: list[dict[str, np.ndarray]] = []
 
-    def add(self, acc: np.ndarray, t_ms: np.ndarray, ev: int | np.ndarray, spec: int | np.ndarray = 0, extra: int | np.ndarray = 0) -> None:
+    def add(
+        self,
+        acc: np.ndarray,
+        t_ms: np.ndarray,
+        ev: int | np.ndarray,
+        spec: int | np.ndarray = 0,
+        extra: int | np.ndarray = 0,
+    ) -> None:
         n = acc.shape[0]
-        self.parts.append({
-            "acc": acc.astype(np.int64), "t": t_ms.astype(np.int64),
-            "ev": np.broadcast_to(np.asarray(ev, dtype=np.int64), (n,)).copy(),
-            "spec": np.broadcast_to(np.asarray(spec, dtype=np.int64), (n,)).copy(),
-            "extra": np.broadcast_to(np.asarray(extra, dtype=np.int64), (n,)).copy(),
-        })
+        self.parts.append(
+            {
+                "acc": acc.astype(np.int64),
+                "t": t_ms.astype(np.int64),
+                "ev": np.broadcast_to(np.asarray(ev, dtype=np.int64), (n,)).copy(),
+                "spec": np.broadcast_to(np.asarray(spec, dtype=np.int64), (n,)).copy(),
+                "extra": np.broadcast_to(np.asarray(extra, dtype=np.int64), (n,)).copy(),
+            }
+        )
 
     def concat(self) -> dict[str, np.ndarray]:
         return {k: np.concatenate([p[k] for p in self.parts]) for k in self.parts[0]}
@@ -751,7 +1198,9 @@ def _events_chunk(w: _World, c: int, acc: dict, users: dict) -> tuple[pl.DataFra
     latent = acc["latent"]
     ev = _Ev()
 
-    def place(a: np.ndarray, lo: np.ndarray, hi: np.ndarray, scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def place(
+        a: np.ndarray, lo: np.ndarray, hi: np.ndarray, scale: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Account-relative times (ms) for events of accounts `a` in [lo, hi) s; drops empty intervals."""
         keep = hi > lo
         a, lo, hi = a[keep], lo[keep], hi[keep]
@@ -790,8 +1239,18 @@ def _events_chunk(w: _World, c: int, acc: dict, users: dict) -> tuple[pl.DataFra
     conv_rel = np.where(latent, (acc["conv"] - start).astype(float) - 2.0, np.inf)
     ids = np.arange(n)
 
-    def behaviour(holder: np.ndarray, window_days: int, n_hold: np.ndarray, n_sub: np.ndarray, n_late: np.ndarray,
-                  late_from_days: np.ndarray, code: int, spec: int = 0, extra: int = 0, extra_p: float = 0.0) -> None:
+    def behaviour(
+        holder: np.ndarray,
+        window_days: int,
+        n_hold: np.ndarray,
+        n_sub: np.ndarray,
+        n_late: np.ndarray,
+        late_from_days: np.ndarray,
+        code: int,
+        spec: int = 0,
+        extra: int = 0,
+        extra_p: float = 0.0,
+    ) -> None:
         """Holders: n_hold events in [1.5 s, window) before conversion; others n_sub (< threshold) in the
         window; everyone n_late events after `late_from_days`."""
         w_hi = np.minimum(window_days * DAY - 1.0, D - 1)
@@ -810,18 +1269,58 @@ def _events_chunk(w: _World, c: int, acc: dict, users: dict) -> tuple[pl.DataFra
 
     full = np.full(n, float(OBSERVATION_DAYS))
     b = acc
-    behaviour(b["b_invited_teammate"], 14, 3 + rng.poisson(0.8, n), choice([0, 1, 2], [0.5, 0.3, 0.2]),
-              rng.poisson(0.6, n), full, _EV["invited_teammate"], extra=_X_ROLE, extra_p=0.15)
+    behaviour(
+        b["b_invited_teammate"],
+        14,
+        3 + rng.poisson(0.8, n),
+        choice([0, 1, 2], [0.5, 0.3, 0.2]),
+        rng.poisson(0.6, n),
+        full,
+        _EV["invited_teammate"],
+        extra=_X_ROLE,
+        extra_p=0.15,
+    )
     api_h = b["b_api_key_created"]
-    behaviour(api_h, 7, 1 + (rng.random(n) < 0.3), np.zeros(n, np.int64), rng.poisson(0.4, n),
-              np.where(api_h, 7.0, 10.0), _EV["api_key_created"])
-    behaviour(b["b_dashboard_shared"], 14, 2 + rng.poisson(0.7, n), choice([0, 1], [0.6, 0.4]),
-              rng.poisson(0.8, n), full, _EV["dashboard_shared"])
-    behaviour(b["b_report_exported"], 14, 2 + rng.poisson(1.0, n), choice([0, 1], [0.55, 0.45]),
-              rng.poisson(1.0, n), full, _EV["report_exported"], extra=_X_FORMAT, extra_p=0.4)
+    behaviour(
+        api_h,
+        7,
+        1 + (rng.random(n) < 0.3),
+        np.zeros(n, np.int64),
+        rng.poisson(0.4, n),
+        np.where(api_h, 7.0, 10.0),
+        _EV["api_key_created"],
+    )
+    behaviour(
+        b["b_dashboard_shared"],
+        14,
+        2 + rng.poisson(0.7, n),
+        choice([0, 1], [0.6, 0.4]),
+        rng.poisson(0.8, n),
+        full,
+        _EV["dashboard_shared"],
+    )
+    behaviour(
+        b["b_report_exported"],
+        14,
+        2 + rng.poisson(1.0, n),
+        choice([0, 1], [0.55, 0.45]),
+        rng.poisson(1.0, n),
+        full,
+        _EV["report_exported"],
+        extra=_X_FORMAT,
+        extra_p=0.4,
+    )
     integ_spec = _SPEC_PV0 + _PATH_INTEGRATIONS * len(_QUERIES)
-    behaviour(b["b_integrations_page"], 14, 1 + rng.poisson(0.5, n), np.zeros(n, np.int64),
-              rng.poisson(0.4, n), full, _EV["$pageview"], spec=integ_spec)
+    behaviour(
+        b["b_integrations_page"],
+        14,
+        1 + rng.poisson(0.5, n),
+        np.zeros(n, np.int64),
+        rng.poisson(0.4, n),
+        full,
+        _EV["$pageview"],
+        spec=integ_spec,
+    )
 
     # ---- leak: checkout at the conversion second ----------------------------------------------------
     conv_acc = np.flatnonzero(acc["converted"])
@@ -843,16 +1342,25 @@ def _events_chunk(w: _World, c: int, acc: dict, users: dict) -> tuple[pl.DataFra
     # feature flag responses are fixed per user
     is_flag = e["spec"] == -1
     which = rng.random(is_flag.shape[0]) < 0.6
-    flag_spec = np.where(which, _SPEC_FLAG0 + users["flag_onboarding"][e["user"]], _SPEC_FLAG0 + 2 + users["flag_ai"][e["user"]])
+    flag_spec = np.where(
+        which, _SPEC_FLAG0 + users["flag_onboarding"][e["user"]], _SPEC_FLAG0 + 2 + users["flag_ai"][e["user"]]
+    )
     e["spec"] = np.where(is_flag, flag_spec, e["spec"])
     # query_run duration
-    e["num"] = np.where(e["ev"] == _EV["query_run"], np.round(rng.lognormal(6.0, 1.0, e["ev"].shape[0])), -1).astype(np.int64)
+    e["num"] = np.where(e["ev"] == _EV["query_run"], np.round(rng.lognormal(6.0, 1.0, e["ev"].shape[0])), -1).astype(
+        np.int64
+    )
 
     # ---- $identify: every user's first event, at its join second -------------------------------------
     U = ua.shape[0]
     ident = {
-        "acc": ua.astype(np.int64), "t": ujoin * 1000, "ev": np.full(U, _EV["$identify"]), "spec": np.zeros(U, np.int64),
-        "extra": np.zeros(U, np.int64), "user": np.arange(U), "num": np.full(U, -1),
+        "acc": ua.astype(np.int64),
+        "t": ujoin * 1000,
+        "ev": np.full(U, _EV["$identify"]),
+        "spec": np.zeros(U, np.int64),
+        "extra": np.zeros(U, np.int64),
+        "user": np.arange(U),
+        "num": np.full(U, -1),
     }
     e = {k: np.concatenate([ident[k], e[k]]) for k in e}
     n_acc_events = e["acc"].shape[0]
@@ -871,12 +1379,22 @@ def _events_chunk(w: _World, c: int, acc: dict, users: dict) -> tuple[pl.DataFra
     n_anon = int(round(0.031 * n_acc_events))
     n_vis = max(1, n_anon // 3)
     vis = rng.integers(0, n_vis, n_anon)
-    t_anon = w.S * 1000 + np.floor(_sample_times(rng, np.full(n_anon, float(w.S)), np.zeros(n_anon), np.full(n_anon, float(w.E - w.S - 1)),
-                                    np.zeros(n_anon)) * 1000).astype(np.int64)
+    t_anon = w.S * 1000 + np.floor(
+        _sample_times(
+            rng, np.full(n_anon, float(w.S)), np.zeros(n_anon), np.full(n_anon, float(w.E - w.S - 1)), np.zeros(n_anon)
+        )
+        * 1000
+    ).astype(np.int64)
     anon = {
-        "acc": np.full(n_anon, -1), "t": t_anon, "ev": np.full(n_anon, _EV["$pageview"]),
-        "spec": _SPEC_SITE0 + rng.choice(len(_SITE_PATHS), size=n_anon, p=_SITE_P), "extra": np.zeros(n_anon, np.int64),
-        "user": vis, "num": np.full(n_anon, -1), "mode": np.full(n_anon, _M_NONE), "rec": np.zeros(n_anon, np.int64),
+        "acc": np.full(n_anon, -1),
+        "t": t_anon,
+        "ev": np.full(n_anon, _EV["$pageview"]),
+        "spec": _SPEC_SITE0 + rng.choice(len(_SITE_PATHS), size=n_anon, p=_SITE_P),
+        "extra": np.zeros(n_anon, np.int64),
+        "user": vis,
+        "num": np.full(n_anon, -1),
+        "mode": np.full(n_anon, _M_NONE),
+        "rec": np.zeros(n_anon, np.int64),
         "ident": np.zeros(n_anon, bool),
     }
     e = {k: np.concatenate([e[k], anon[k]]) for k in e}
@@ -884,8 +1402,10 @@ def _events_chunk(w: _World, c: int, acc: dict, users: dict) -> tuple[pl.DataFra
 
     # ---- bad rows: extra rows (reused uuid, null timestamp, truncated JSON), then exact duplicates -------
     counts = {
-        "exact_duplicates": int(round(0.002 * N)), "duplicate_uuid": int(round(0.001 * N)),
-        "null_timestamp": int(round(0.0005 * N)), "malformed_properties": int(round(0.0005 * N)),
+        "exact_duplicates": int(round(0.002 * N)),
+        "duplicate_uuid": int(round(0.001 * N)),
+        "null_timestamp": int(round(0.0005 * N)),
+        "malformed_properties": int(round(0.0005 * N)),
     }
     base_rows = np.arange(U, U + n_base)  # activity-driven account events
     noisy = base_rows[e["ev"][base_rows] >= _EV_NEUTRAL0]
@@ -928,40 +1448,72 @@ def _events_chunk(w: _World, c: int, acc: dict, users: dict) -> tuple[pl.DataFra
     acc_i = np.where(is_anon, 0, e["acc"])
     anon_ids = _uuid_strings(_uuid_bytes(rng, n_vis))
     group_keys = pl.select(pl.concat_list([pl.lit(acc["domain"]), pl.lit(acc["record_id"])]).explode()).to_series()
-    df = pl.DataFrame({
-        "ms": e["t"], "ev": e["ev"], "spec": e["spec"], "extra": e["extra"], "num": e["num"], "mode": e["mode"],
-        "ident": e["ident"], "anon": is_anon, "null_ts": null_ts, "malformed": malformed, "no_zone": no_zone,
-        "uuid": _uuid_strings(uuid_b),
-        "did": users["distinct_id"].gather(user),
-        "anon_id": anon_ids.gather(np.where(is_anon, e["user"], 0)),
-        "email": users["email"].gather(user),
-        "pname": users["full_name"].gather(user),
-        "browser": _lookup(_BROWSERS, users["browser"][user]),
-        "os": _lookup(_OSES, users["os"][user]),
-        "gkey": group_keys.gather(acc_i * 2 + e["rec"]),
-        "spec_s": _lookup(_SPEC, np.maximum(e["spec"], 0)),
-        "extra_s": _lookup(_EXTRA, e["extra"]),
-    })
+    df = pl.DataFrame(
+        {
+            "ms": e["t"],
+            "ev": e["ev"],
+            "spec": e["spec"],
+            "extra": e["extra"],
+            "num": e["num"],
+            "mode": e["mode"],
+            "ident": e["ident"],
+            "anon": is_anon,
+            "null_ts": null_ts,
+            "malformed": malformed,
+            "no_zone": no_zone,
+            "uuid": _uuid_strings(uuid_b),
+            "did": users["distinct_id"].gather(user),
+            "anon_id": anon_ids.gather(np.where(is_anon, e["user"], 0)),
+            "email": users["email"].gather(user),
+            "pname": users["full_name"].gather(user),
+            "browser": _lookup(_BROWSERS, users["browser"][user]),
+            "os": _lookup(_OSES, users["os"][user]),
+            "gkey": group_keys.gather(acc_i * 2 + e["rec"]),
+            "spec_s": _lookup(_SPEC, np.maximum(e["spec"], 0)),
+            "extra_s": _lookup(_EXTRA, e["extra"]),
+        }
+    )
     ts = pl.from_epoch(pl.col("ms"), time_unit="ms")
-    props = pl.concat_str([
-        pl.lit("{"), pl.col("spec_s"),
-        pl.lit('"$browser": "'), pl.col("browser"), pl.lit('", "$os": "'), pl.col("os"), pl.lit('"'),
-        pl.when(pl.col("mode") == _M_GROUP).then(pl.concat_str([pl.lit(', "$groups": {"company": "'), pl.col("gkey"), pl.lit('"}')])).otherwise(pl.lit("")),
-        pl.col("extra_s"),
-        pl.when(pl.col("num") >= 0).then(pl.concat_str([pl.lit(', "duration_ms": '), pl.col("num").cast(pl.String)])).otherwise(pl.lit("")),
-        pl.lit("}"),
-    ])
+    props = pl.concat_str(
+        [
+            pl.lit("{"),
+            pl.col("spec_s"),
+            pl.lit('"$browser": "'),
+            pl.col("browser"),
+            pl.lit('", "$os": "'),
+            pl.col("os"),
+            pl.lit('"'),
+            pl.when(pl.col("mode") == _M_GROUP)
+            .then(pl.concat_str([pl.lit(', "$groups": {"company": "'), pl.col("gkey"), pl.lit('"}')]))
+            .otherwise(pl.lit("")),
+            pl.col("extra_s"),
+            pl.when(pl.col("num") >= 0)
+            .then(pl.concat_str([pl.lit(', "duration_ms": '), pl.col("num").cast(pl.String)]))
+            .otherwise(pl.lit("")),
+            pl.lit("}"),
+        ]
+    )
     out = df.select(
         pl.col("uuid"),
         pl.lit(pl.Series(values=list(EVENT_NAMES), dtype=pl.String)).gather(pl.col("ev")).alias("event"),
-        pl.when(pl.col("null_ts")).then(pl.lit(None, dtype=pl.String))
-        .when(pl.col("no_zone")).then(ts.dt.strftime("%Y-%m-%d %H:%M:%S"))
-        .otherwise(ts.dt.strftime("%Y-%m-%dT%H:%M:%S%.3fZ")).alias("timestamp"),
+        pl.when(pl.col("null_ts"))
+        .then(pl.lit(None, dtype=pl.String))
+        .when(pl.col("no_zone"))
+        .then(ts.dt.strftime("%Y-%m-%d %H:%M:%S"))
+        .otherwise(ts.dt.strftime("%Y-%m-%dT%H:%M:%S%.3fZ"))
+        .alias("timestamp"),
         pl.when(pl.col("anon")).then(pl.col("anon_id")).otherwise(pl.col("did")).alias("distinct_id"),
         pl.when(pl.col("malformed")).then(props.str.slice(0, _MALFORMED_CHARS)).otherwise(props).alias("properties"),
-        pl.when(pl.col("ident")).then(pl.concat_str([pl.lit('{"email": "'), pl.col("email"), pl.lit('", "name": "'), pl.col("pname"), pl.lit('"}')]))
-        .when(pl.col("mode") == _M_EMAIL).then(pl.concat_str([pl.lit('{"email": "'), pl.col("email"), pl.lit('"}')]))
-        .otherwise(pl.lit(None, dtype=pl.String)).alias("person_properties"),
+        pl.when(pl.col("ident"))
+        .then(
+            pl.concat_str(
+                [pl.lit('{"email": "'), pl.col("email"), pl.lit('", "name": "'), pl.col("pname"), pl.lit('"}')]
+            )
+        )
+        .when(pl.col("mode") == _M_EMAIL)
+        .then(pl.concat_str([pl.lit('{"email": "'), pl.col("email"), pl.lit('"}')]))
+        .otherwise(pl.lit(None, dtype=pl.String))
+        .alias("person_properties"),
     )
     return out, counts
 
@@ -974,21 +1526,25 @@ def _events_chunk(w: _World, c: int, acc: dict, users: dict) -> tuple[pl.DataFra
 def _crm_chunk(w: _World, c: int, acc: dict, users: dict) -> dict[str, pl.DataFrame]:
     rng = w.rng(c, 3)
     crm = np.flatnonzero(acc["crm"])
-    companies = pl.DataFrame({
-        "record_id": acc["record_id"].gather(crm),
-        "name": acc["name"].gather(crm),
-        "domain": acc["domain"].gather(crm),
-        "employee_count": acc["employees"][crm],
-        "industry": _lookup(INDUSTRIES, acc["industry"][crm]),
-        "created_at": _iso_s(acc["crm_created"][crm]),
-    })
+    companies = pl.DataFrame(
+        {
+            "record_id": acc["record_id"].gather(crm),
+            "name": acc["name"].gather(crm),
+            "domain": acc["domain"].gather(crm),
+            "employee_count": acc["employees"][crm],
+            "industry": _lookup(INDUSTRIES, acc["industry"][crm]),
+            "created_at": _iso_s(acc["crm_created"][crm]),
+        }
+    )
     pi = np.flatnonzero(users["in_people"])
-    people = pl.DataFrame({
-        "record_id": users["person_id"].gather(pi),
-        "email": users["email"].gather(pi),
-        "company_record_id": acc["record_id"].gather(users["ua"][pi]),
-        "created_at": _iso_s(np.minimum(users["people_created"][pi], w.E - 1)),
-    })
+    people = pl.DataFrame(
+        {
+            "record_id": users["person_id"].gather(pi),
+            "email": users["email"].gather(pi),
+            "company_record_id": acc["record_id"].gather(users["ua"][pi]),
+            "created_at": _iso_s(np.minimum(users["people_created"][pi], w.E - 1)),
+        }
+    )
 
     # deals: won deals for ~20% of CRM converters (after the payment), open/lost for ~12% of CRM companies
     n = acc["start"].shape[0]
@@ -1029,28 +1585,52 @@ def _crm_chunk(w: _World, c: int, acc: dict, users: dict) -> dict[str, pl.DataFr
     value = np.where(d_won, acv_won, acv_other)
     plan_name = _lookup([p.title() for p in PLANS.values()], acc["plan"][d_acc])
     deal_ids = _hex_ids("rec_", acc["g"][d_acc], 0xDEA1)
-    deals = pl.DataFrame({
-        "record_id": deal_ids,
-        "company_record_id": acc["record_id"].gather(d_acc),
-        "name": acc["name"].gather(d_acc) + " - " + plan_name + pl.Series(values=np.where(acc["yearly"][d_acc] | ~d_won, " annual", " monthly")),
-        "stage": _lookup(stage_names, cur_stage),
-        "value": value,
-        "currency": _lookup(("USD", "EUR"), acc["eur"][d_acc].astype(np.int64)),
-        "owner": _lookup(_AE_OWNERS, rng.integers(0, len(_AE_OWNERS), nd)),
-        "created_at": _iso_s(created),
-        "closed_at": pl.Series(values=np.where(closed >= 0, closed, 0)),
-        "closed": closed >= 0,
-        "status": _lookup(("open", "won", "lost"), status),
-    })
+    deals = pl.DataFrame(
+        {
+            "record_id": deal_ids,
+            "company_record_id": acc["record_id"].gather(d_acc),
+            "name": acc["name"].gather(d_acc)
+            + " - "
+            + plan_name
+            + pl.Series(values=np.where(acc["yearly"][d_acc] | ~d_won, " annual", " monthly")),
+            "stage": _lookup(stage_names, cur_stage),
+            "value": value,
+            "currency": _lookup(("USD", "EUR"), acc["eur"][d_acc].astype(np.int64)),
+            "owner": _lookup(_AE_OWNERS, rng.integers(0, len(_AE_OWNERS), nd)),
+            "created_at": _iso_s(created),
+            "closed_at": pl.Series(values=np.where(closed >= 0, closed, 0)),
+            "closed": closed >= 0,
+            "status": _lookup(("open", "won", "lost"), status),
+        }
+    )
     deal_lines = deals.select(
-        pl.concat_str([
-            pl.lit('{"record_id": "'), pl.col("record_id"), pl.lit('", "company_record_id": "'), pl.col("company_record_id"),
-            pl.lit('", "name": "'), pl.col("name"), pl.lit('", "stage": "'), pl.col("stage"), pl.lit('", "value": '),
-            pl.col("value").cast(pl.String), pl.lit(', "currency": "'), pl.col("currency"), pl.lit('", "owner": "'), pl.col("owner"),
-            pl.lit('", "created_at": "'), pl.col("created_at"), pl.lit('", "closed_at": '),
-            pl.when(pl.col("closed")).then(pl.concat_str([pl.lit('"'), _fmt_iso_s(pl.col("closed_at")), pl.lit('"')])).otherwise(pl.lit("null")),
-            pl.lit(', "status": "'), pl.col("status"), pl.lit('"}'),
-        ]).alias("line")
+        pl.concat_str(
+            [
+                pl.lit('{"record_id": "'),
+                pl.col("record_id"),
+                pl.lit('", "company_record_id": "'),
+                pl.col("company_record_id"),
+                pl.lit('", "name": "'),
+                pl.col("name"),
+                pl.lit('", "stage": "'),
+                pl.col("stage"),
+                pl.lit('", "value": '),
+                pl.col("value").cast(pl.String),
+                pl.lit(', "currency": "'),
+                pl.col("currency"),
+                pl.lit('", "owner": "'),
+                pl.col("owner"),
+                pl.lit('", "created_at": "'),
+                pl.col("created_at"),
+                pl.lit('", "closed_at": '),
+                pl.when(pl.col("closed"))
+                .then(pl.concat_str([pl.lit('"'), _fmt_iso_s(pl.col("closed_at")), pl.lit('"')]))
+                .otherwise(pl.lit("null")),
+                pl.lit(', "status": "'),
+                pl.col("status"),
+                pl.lit('"}'),
+            ]
+        ).alias("line")
     )
     # stage changes, one row per kept step
     di, si = np.nonzero(valid)
@@ -1062,20 +1642,35 @@ def _crm_chunk(w: _World, c: int, acc: dict, users: dict) -> dict[str, pl.DataFr
     reason_len = np.array([len(rs) for rs in reason_lists])
     has_reason = rng.random(di.shape[0]) < np.where(sc_stage >= 4, 0.8, 0.35)
     reason_code = reason_off[sc_stage] + reason_k % reason_len[sc_stage]
-    changes = pl.DataFrame({
-        "deal_record_id": deal_ids.gather(di),
-        "stage": _lookup(stage_names, sc_stage),
-        "changed_at": _iso_s(times[di, si]),
-        "reason": _lookup(reason_flat, reason_code),
-        "has": has_reason,
-    }).select("deal_record_id", "stage", "changed_at", pl.when(pl.col("has")).then(pl.col("reason")).alias("reason"))
-    return {"crm_companies": companies, "crm_people": people, "crm_deals": deal_lines, "crm_deal_stage_changes": changes}
+    changes = pl.DataFrame(
+        {
+            "deal_record_id": deal_ids.gather(di),
+            "stage": _lookup(stage_names, sc_stage),
+            "changed_at": _iso_s(times[di, si]),
+            "reason": _lookup(reason_flat, reason_code),
+            "has": has_reason,
+        }
+    ).select("deal_record_id", "stage", "changed_at", pl.when(pl.col("has")).then(pl.col("reason")).alias("reason"))
+    return {
+        "crm_companies": companies,
+        "crm_people": people,
+        "crm_deals": deal_lines,
+        "crm_deal_stage_changes": changes,
+    }
 
 
-_INVOICE_SCHEMA = pa.schema([
-    ("id", pa.string()), ("customer", pa.string()), ("subscription", pa.string()), ("status", pa.string()),
-    ("amount_paid", pa.int64()), ("currency", pa.string()), ("created", pa.int64()), ("paid_at", pa.int64()),
-])
+_INVOICE_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("customer", pa.string()),
+        ("subscription", pa.string()),
+        ("status", pa.string()),
+        ("amount_paid", pa.int64()),
+        ("currency", pa.string()),
+        ("created", pa.int64()),
+        ("paid_at", pa.int64()),
+    ]
+)
 
 
 def _billing_chunk(w: _World, c: int, acc: dict, users: dict) -> tuple[dict[str, pl.DataFrame], pa.Table, int]:
@@ -1089,13 +1684,24 @@ def _billing_chunk(w: _World, c: int, acc: dict, users: dict) -> tuple[dict[str,
     with_meta = users["free"][first_user] | (rng.random(nc) < 0.85)
     created = acc["cust_created"][cust]
     domain = acc["domain"].gather(cust)
-    customers = pl.DataFrame({"id": ids, "email": email, "created": created, "domain": domain, "meta": with_meta}).select(
-        pl.concat_str([
-            pl.lit('{"id": "'), pl.col("id"), pl.lit('", "email": "'), pl.col("email"), pl.lit('", "created": '),
-            pl.col("created").cast(pl.String), pl.lit(', "metadata": '),
-            pl.when(pl.col("meta")).then(pl.concat_str([pl.lit('{"company_domain": "'), pl.col("domain"), pl.lit('"}')])).otherwise(pl.lit("{}")),
-            pl.lit("}"),
-        ]).alias("line")
+    customers = pl.DataFrame(
+        {"id": ids, "email": email, "created": created, "domain": domain, "meta": with_meta}
+    ).select(
+        pl.concat_str(
+            [
+                pl.lit('{"id": "'),
+                pl.col("id"),
+                pl.lit('", "email": "'),
+                pl.col("email"),
+                pl.lit('", "created": '),
+                pl.col("created").cast(pl.String),
+                pl.lit(', "metadata": '),
+                pl.when(pl.col("meta"))
+                .then(pl.concat_str([pl.lit('{"company_domain": "'), pl.col("domain"), pl.lit('"}')]))
+                .otherwise(pl.lit("{}")),
+                pl.lit("}"),
+            ]
+        ).alias("line")
     )
 
     E = w.E
@@ -1122,16 +1728,19 @@ def _billing_chunk(w: _World, c: int, acc: dict, users: dict) -> tuple[dict[str,
     )  # 0 trialing 1 active 2 past_due 3 canceled 4 unpaid 5 incomplete
     canceled_at = np.where(status == 3, np.minimum(acc["trial_end"][cust] + rng.integers(0, 2 * DAY, nc), E - 1), -1)
     trial_col = np.where(incomplete | direct, -1, trial_end)
-    subs = pl.DataFrame({
-        "id": sub_ids, "customer": ids,
-        "status": _lookup(("trialing", "active", "past_due", "canceled", "unpaid", "incomplete"), status),
-        "created": created,
-        "trial_end": pl.Series(values=trial_col).set(pl.Series(values=trial_col < 0), None),
-        "canceled_at": pl.Series(values=canceled_at).set(pl.Series(values=canceled_at < 0), None),
-        "plan_amount": amount,
-        "plan_interval": _lookup(("month", "year"), yearly.astype(np.int64)),
-        "currency": _lookup(("usd", "eur"), currency),
-    })
+    subs = pl.DataFrame(
+        {
+            "id": sub_ids,
+            "customer": ids,
+            "status": _lookup(("trialing", "active", "past_due", "canceled", "unpaid", "incomplete"), status),
+            "created": created,
+            "trial_end": pl.Series(values=trial_col).set(pl.Series(values=trial_col < 0), None),
+            "canceled_at": pl.Series(values=canceled_at).set(pl.Series(values=canceled_at < 0), None),
+            "plan_amount": amount,
+            "plan_interval": _lookup(("month", "year"), yearly.astype(np.int64)),
+            "currency": _lookup(("usd", "eur"), currency),
+        }
+    )
 
     # invoices (per customer index `ci`)
     parts = []  # (ci, status, amount_paid, created, paid_at)
@@ -1152,7 +1761,9 @@ def _billing_chunk(w: _World, c: int, acc: dict, users: dict) -> tuple[dict[str,
     void = ~unpaid & (rng.random(ri.shape[0]) < 0.01)
     st = np.where(unpaid, 1, np.where(void, 2, 0))
     ok = (r_created < E) & ((st != 0) | (r_paid < E))
-    parts.append((ri[ok], st[ok], np.where(st == 0, amount[ri], 0)[ok], r_created[ok], np.where(st == 0, r_paid, -1)[ok]))
+    parts.append(
+        (ri[ok], st[ok], np.where(st == 0, amount[ri], 0)[ok], r_created[ok], np.where(st == 0, r_paid, -1)[ok])
+    )
     # bad rows: a few negative amounts (refund-like), after a conversion
     pool = cv if cv.shape[0] else np.arange(nc)
     n_neg = min(3 + nc // 20_000, pool.shape[0])
@@ -1162,33 +1773,52 @@ def _billing_chunk(w: _World, c: int, acc: dict, users: dict) -> tuple[dict[str,
     parts.append((neg, np.zeros_like(neg), -amount[neg], neg_t, neg_t))
 
     ci = np.concatenate([p[0] for p in parts]).astype(np.int64)
-    inv = pl.DataFrame({
-        "ci": ci,
-        "status": np.concatenate([p[1] for p in parts]).astype(np.int64),
-        "amount_paid": np.concatenate([p[2] for p in parts]).astype(np.int64),
-        "created": np.concatenate([p[3] for p in parts]).astype(np.int64),
-        "paid_at": np.concatenate([p[4] for p in parts]).astype(np.int64),
-    }).sort("created", "ci", maintain_order=True)
-    inv_table = pl.DataFrame({
-        "id": _b62_ids(rng, "in_", inv.height, 24),
-        "customer": ids.gather(inv["ci"]),
-        "subscription": sub_ids.gather(inv["ci"]),
-        "status": _lookup(("paid", "open", "void"), inv["status"].to_numpy()),
-        "amount_paid": inv["amount_paid"],
-        "currency": _lookup(("usd", "eur"), currency[inv["ci"].to_numpy()]),
-        "created": inv["created"],
-        "paid_at": inv["paid_at"].set(inv["paid_at"] < 0, None),
-    }).to_arrow().cast(_INVOICE_SCHEMA)
+    inv = pl.DataFrame(
+        {
+            "ci": ci,
+            "status": np.concatenate([p[1] for p in parts]).astype(np.int64),
+            "amount_paid": np.concatenate([p[2] for p in parts]).astype(np.int64),
+            "created": np.concatenate([p[3] for p in parts]).astype(np.int64),
+            "paid_at": np.concatenate([p[4] for p in parts]).astype(np.int64),
+        }
+    ).sort("created", "ci", maintain_order=True)
+    inv_table = (
+        pl.DataFrame(
+            {
+                "id": _b62_ids(rng, "in_", inv.height, 24),
+                "customer": ids.gather(inv["ci"]),
+                "subscription": sub_ids.gather(inv["ci"]),
+                "status": _lookup(("paid", "open", "void"), inv["status"].to_numpy()),
+                "amount_paid": inv["amount_paid"],
+                "currency": _lookup(("usd", "eur"), currency[inv["ci"].to_numpy()]),
+                "created": inv["created"],
+                "paid_at": inv["paid_at"].set(inv["paid_at"] < 0, None),
+            }
+        )
+        .to_arrow()
+        .cast(_INVOICE_SCHEMA)
+    )
     return {"billing_customers": customers, "billing_subscriptions": subs}, inv_table, int(n_neg)
 
 
 _ROUNDS = ("pre_seed", "seed", "series_a", "series_b", "series_c")
 _ROUND_AMOUNTS = np.array([1_500_000, 4_000_000, 12_000_000, 30_000_000, 75_000_000])
 _EXEC_TITLES = ("VP Sales", "CTO", "Head of Data", "CFO", "VP Marketing", "Chief Revenue Officer")
-_JOB_TITLES = (("Data Engineer", "Engineering"), ("Account Executive", "Sales"), ("Product Manager", "Product"),
-               ("Analytics Engineer", "Data"), ("Customer Success Manager", "Customer Success"))
-_TECH = (("Snowflake", "data_warehouse"), ("dbt", "data_transformation"), ("Segment", "cdp"), ("HubSpot", "crm"),
-         ("Salesforce", "crm"), ("Databricks", "data_warehouse"))
+_JOB_TITLES = (
+    ("Data Engineer", "Engineering"),
+    ("Account Executive", "Sales"),
+    ("Product Manager", "Product"),
+    ("Analytics Engineer", "Data"),
+    ("Customer Success Manager", "Customer Success"),
+)
+_TECH = (
+    ("Snowflake", "data_warehouse"),
+    ("dbt", "data_transformation"),
+    ("Segment", "cdp"),
+    ("HubSpot", "crm"),
+    ("Salesforce", "crm"),
+    ("Databricks", "data_warehouse"),
+)
 _REGIONS = ("EMEA", "APAC", "LATAM", "North America")
 
 
@@ -1224,11 +1854,67 @@ def _intent_chunk(w: _World, c: int, acc: dict) -> pl.DataFrame:
     job = rng.integers(0, len(_JOB_TITLES), m)
     tech = rng.integers(0, len(_TECH), m)
     payload = pl.select(
-        pl.when(pl.lit(pl.Series(values=typ)) == 0).then(pl.concat_str([pl.lit('{"round_type": "'), pl.lit(_lookup(_ROUNDS, np.minimum(k1, 4))), pl.lit('", "amount": '), pl.lit(pl.Series(values=amount)).cast(pl.String), pl.lit("}")]))
-        .when(pl.lit(pl.Series(values=typ)) == 1).then(pl.concat_str([pl.lit('{"title": "'), pl.lit(_lookup(_EXEC_TITLES, k1)), pl.lit('", "change": "'), pl.lit(_lookup(("hired", "departed"), k1 % 2)), pl.lit('"}')]))
-        .when(pl.lit(pl.Series(values=typ)) == 2).then(pl.concat_str([pl.lit('{"title": "'), pl.lit(_lookup([j[0] for j in _JOB_TITLES], job)), pl.lit('", "department": "'), pl.lit(_lookup([j[1] for j in _JOB_TITLES], job)), pl.lit('", "count": '), pl.lit(pl.Series(values=1 + k1 % 4)).cast(pl.String), pl.lit("}")]))
-        .when(pl.lit(pl.Series(values=typ)) == 3).then(pl.concat_str([pl.lit('{"technology": "'), pl.lit(_lookup([x[0] for x in _TECH], tech)), pl.lit('", "category": "'), pl.lit(_lookup([x[1] for x in _TECH], tech)), pl.lit('"}')]))
-        .otherwise(pl.concat_str([pl.lit('{"region": "'), pl.lit(_lookup(_REGIONS, k1 % 4)), pl.lit('", "kind": "'), pl.lit(_lookup(("new_office", "new_market"), k1 % 2)), pl.lit('"}')]))
+        pl.when(pl.lit(pl.Series(values=typ)) == 0)
+        .then(
+            pl.concat_str(
+                [
+                    pl.lit('{"round_type": "'),
+                    pl.lit(_lookup(_ROUNDS, np.minimum(k1, 4))),
+                    pl.lit('", "amount": '),
+                    pl.lit(pl.Series(values=amount)).cast(pl.String),
+                    pl.lit("}"),
+                ]
+            )
+        )
+        .when(pl.lit(pl.Series(values=typ)) == 1)
+        .then(
+            pl.concat_str(
+                [
+                    pl.lit('{"title": "'),
+                    pl.lit(_lookup(_EXEC_TITLES, k1)),
+                    pl.lit('", "change": "'),
+                    pl.lit(_lookup(("hired", "departed"), k1 % 2)),
+                    pl.lit('"}'),
+                ]
+            )
+        )
+        .when(pl.lit(pl.Series(values=typ)) == 2)
+        .then(
+            pl.concat_str(
+                [
+                    pl.lit('{"title": "'),
+                    pl.lit(_lookup([j[0] for j in _JOB_TITLES], job)),
+                    pl.lit('", "department": "'),
+                    pl.lit(_lookup([j[1] for j in _JOB_TITLES], job)),
+                    pl.lit('", "count": '),
+                    pl.lit(pl.Series(values=1 + k1 % 4)).cast(pl.String),
+                    pl.lit("}"),
+                ]
+            )
+        )
+        .when(pl.lit(pl.Series(values=typ)) == 3)
+        .then(
+            pl.concat_str(
+                [
+                    pl.lit('{"technology": "'),
+                    pl.lit(_lookup([x[0] for x in _TECH], tech)),
+                    pl.lit('", "category": "'),
+                    pl.lit(_lookup([x[1] for x in _TECH], tech)),
+                    pl.lit('"}'),
+                ]
+            )
+        )
+        .otherwise(
+            pl.concat_str(
+                [
+                    pl.lit('{"region": "'),
+                    pl.lit(_lookup(_REGIONS, k1 % 4)),
+                    pl.lit('", "kind": "'),
+                    pl.lit(_lookup(("new_office", "new_market"), k1 % 2)),
+                    pl.lit('"}'),
+                ]
+            )
+        )
     ).to_series()
     src_alt = rng.random(m) < 0.25
     source = np.select(
@@ -1236,16 +1922,31 @@ def _intent_chunk(w: _World, c: int, acc: dict) -> pl.DataFrame:
         [np.where(src_alt, 1, 0), np.full(m, 2), np.where(src_alt, 3, 2), np.full(m, 4)],
         np.where(src_alt, 5, 0),
     )
-    df = pl.DataFrame({
-        "t": t, "dom": dom, "type": _lookup(SIGNAL_TYPES, typ),
-        "src": _lookup(("crunchbase", "pitchbook", "linkedin", "indeed", "builtwith", "news"), source), "payload": payload,
-    }).sort("t", maintain_order=True)
+    df = pl.DataFrame(
+        {
+            "t": t,
+            "dom": dom,
+            "type": _lookup(SIGNAL_TYPES, typ),
+            "src": _lookup(("crunchbase", "pitchbook", "linkedin", "indeed", "builtwith", "news"), source),
+            "payload": payload,
+        }
+    ).sort("t", maintain_order=True)
     return df.select(
-        pl.concat_str([
-            pl.lit('{"company_domain": "'), pl.col("dom"), pl.lit('", "signal_type": "'), pl.col("type"),
-            pl.lit('", "occurred_at": "'), _fmt_iso_s(pl.col("t"), "+00:00"), pl.lit('", "source": "'), pl.col("src"),
-            pl.lit('", "payload": '), pl.col("payload"), pl.lit("}"),
-        ]).alias("line")
+        pl.concat_str(
+            [
+                pl.lit('{"company_domain": "'),
+                pl.col("dom"),
+                pl.lit('", "signal_type": "'),
+                pl.col("type"),
+                pl.lit('", "occurred_at": "'),
+                _fmt_iso_s(pl.col("t"), "+00:00"),
+                pl.lit('", "source": "'),
+                pl.col("src"),
+                pl.lit('", "payload": '),
+                pl.col("payload"),
+                pl.lit("}"),
+            ]
+        ).alias("line")
     )
 
 
@@ -1258,7 +1959,7 @@ class _TextSink:
     """A CSV or JSON-lines file written chunk by chunk (optionally gzip, deterministic: no mtime/name)."""
 
     def __init__(self, path: Path, gz: bool = False) -> None:
-        self._raw = open(path, "wb")
+        self._raw = open(path, "wb")  # noqa: SIM115 - the sink owns the file and closes it in close()
         self._f = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, mtime=0) if gz else self._raw
         self._header = True
 
@@ -1281,7 +1982,9 @@ class _TextSink:
 # --------------------------------------------------------------------------------------------------
 
 
-def _simulate_accounts(n_accounts: int, seed: int = 7, start_date: str = "2025-01-01", months: int = 12) -> pl.DataFrame:
+def _simulate_accounts(
+    n_accounts: int, seed: int = 7, start_date: str = "2025-01-01", months: int = 12
+) -> pl.DataFrame:
     """The per-account truth `generate_demo` uses (same seed, same accounts), one row per account.
 
     Columns: account (global index), domain, record_id (null outside the CRM), crm, industry (null
@@ -1293,19 +1996,30 @@ def _simulate_accounts(n_accounts: int, seed: int = 7, start_date: str = "2025-0
     for c in range(-(-n_accounts // CHUNK_ACCOUNTS)):
         g0 = c * CHUNK_ACCOUNTS
         a = _accounts_chunk(world, c, g0, min(CHUNK_ACCOUNTS, n_accounts - g0))
-        frames.append(pl.DataFrame({
-            "account": a["g"], "domain": a["domain"],
-            "record_id": a["record_id"].set(pl.Series(values=~a["crm"]), None),
-            "crm": a["crm"],
-            "industry": _lookup(INDUSTRIES, a["industry"]).set(pl.Series(values=~a["crm"]), None),
-            "start": a["start"],
-            "conv": pl.Series(values=a["conv"]).set(pl.Series(values=~a["converted"]), None),
-            "converted": a["converted"], "latent_converter": a["latent"], "activity": a["activity"],
-            "first_half": a["first_half"],
-            "invited_teammate": a["b_invited_teammate"], "api_key_created": a["b_api_key_created"],
-            "dashboard_shared": a["b_dashboard_shared"], "integrations_page": a["b_integrations_page"],
-            "fintech": a["fintech"], "funding_round": a["b_funding_round"], "report_exported": a["b_report_exported"],
-        }))
+        frames.append(
+            pl.DataFrame(
+                {
+                    "account": a["g"],
+                    "domain": a["domain"],
+                    "record_id": a["record_id"].set(pl.Series(values=~a["crm"]), None),
+                    "crm": a["crm"],
+                    "industry": _lookup(INDUSTRIES, a["industry"]).set(pl.Series(values=~a["crm"]), None),
+                    "start": a["start"],
+                    "conv": pl.Series(values=a["conv"]).set(pl.Series(values=~a["converted"]), None),
+                    "converted": a["converted"],
+                    "latent_converter": a["latent"],
+                    "activity": a["activity"],
+                    "first_half": a["first_half"],
+                    "invited_teammate": a["b_invited_teammate"],
+                    "api_key_created": a["b_api_key_created"],
+                    "dashboard_shared": a["b_dashboard_shared"],
+                    "integrations_page": a["b_integrations_page"],
+                    "fintech": a["fintech"],
+                    "funding_round": a["b_funding_round"],
+                    "report_exported": a["b_report_exported"],
+                }
+            )
+        )
     return pl.concat(frames)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -96,7 +96,11 @@ def _suffix(path: Path) -> str | None:
 
 def find_table_files(source_dir: Path, table: str) -> list[Path]:
     """The files of one table: `<table>.<ext>` and/or `<table>/<part>.<ext>`, sorted by name."""
-    files = [p for p in source_dir.glob(f"{table}.*") if p.is_file() and p.name[: -len(_suffix(p) or "x")] == table and _suffix(p)]
+    files = [
+        p
+        for p in source_dir.glob(f"{table}.*")
+        if p.is_file() and p.name[: -len(_suffix(p) or "x")] == table and _suffix(p)
+    ]
     folder = source_dir / table
     if folder.is_dir():
         files += sorted(p for p in folder.iterdir() if p.is_file() and _suffix(p))
@@ -152,7 +156,9 @@ def _reason_exprs(col: Column) -> list[str]:
         )
     elif col.kind == "integer":
         # "4900.0" is an integer written by a float column (pandas writes integers with nulls that way).
-        out.append(f"case when {_present(v)} and not regexp_full_match(trim({v}), '{_INTEGER_PATTERN}') then '{name}: not an integer: ' || left({v}, 40) end")
+        out.append(
+            f"case when {_present(v)} and not regexp_full_match(trim({v}), '{_INTEGER_PATTERN}') then '{name}: not an integer: ' || left({v}, 40) end"
+        )
     elif col.kind == "number":
         out.append(
             f"case when {_present(v)} and (try_cast(trim({v}) as double) is null or not isfinite(try_cast(trim({v}) as double))) "
@@ -166,14 +172,18 @@ def _reason_exprs(col: Column) -> list[str]:
         )
     elif col.kind == "currency":
         allowed = ", ".join(_lit(c) for c in _ISO_CURRENCIES)
-        out.append(f"case when {_present(v)} and lower(trim({v})) not in ({allowed}) then '{name}: unknown currency ' || left({v}, 12) end")
+        out.append(
+            f"case when {_present(v)} and lower(trim({v})) not in ({allowed}) then '{name}: unknown currency ' || left({v}, 12) end"
+        )
     if col.min_value is not None and col.kind in ("integer", "number"):
         out.append(
             f"case when {_present(v)} and try_cast(trim({v}) as double) < {col.min_value} then '{name}: below {col.min_value:g}' end"
         )
     if col.allowed is not None:
         allowed = ", ".join(_lit(a) for a in col.allowed)
-        out.append(f"case when {_present(v)} and lower(trim({v})) not in ({allowed}) then '{name}: unexpected value ' || left({v}, 40) end")
+        out.append(
+            f"case when {_present(v)} and lower(trim({v})) not in ({allowed}) then '{name}: unexpected value ' || left({v}, 40) end"
+        )
     return out
 
 
@@ -205,7 +215,7 @@ def _unreadable(path: Path, what: str, exc: duckdb.Error) -> SourceError:
     """A `SourceError` for a file DuckDB cannot read, with DuckDB's most telling line (not its dump of options)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     detail = next((ln for ln in lines if "Maximum line size" in ln), lines[0] if lines else type(exc).__name__)
-    for where in (f": {path}", f" '{path}'", f" \"{path}\"", f" {path}"):
+    for where in (f": {path}", f" '{path}'", f' "{path}"', f" {path}"):
         detail = detail.replace(where, "")
     detail = detail.split(". Actual Size")[0]
     for prefix in ("IO Error: ", "Invalid Input Error: ", "Conversion Error: "):
@@ -249,7 +259,9 @@ class _TextLoader:
         self.extra_columns: set[str] = set()
         cols = ", ".join(f"{_q(c)} varchar" for c in spec.column_names)
         con.execute(f"create or replace temp table {text_table} ({cols}, _file varchar, _line bigint, _raw varchar)")
-        con.execute(f"create or replace temp table {reject_table} (_file varchar, _line bigint, _raw varchar, reason varchar)")
+        con.execute(
+            f"create or replace temp table {reject_table} (_file varchar, _line bigint, _raw varchar, reason varchar)"
+        )
 
     def _check_columns(self, path: Path, present: list[str]) -> None:
         missing = [c.name for c in self.spec.columns if c.required and c.name not in present]
@@ -260,7 +272,9 @@ class _TextLoader:
     def _insert(self, path: Path, select_cols: dict[str, str], from_clause: str, line_expr: str) -> None:
         names = self.spec.column_names
         cols = ", ".join(select_cols.get(c, "null") for c in names)
-        raw = "json_object(" + ", ".join(f"{_lit(c)}, {select_cols[c]}" for c in names if c in select_cols) + ")::varchar"
+        raw = (
+            "json_object(" + ", ".join(f"{_lit(c)}, {select_cols[c]}" for c in names if c in select_cols) + ")::varchar"
+        )
         self.con.execute(
             f"insert into {self.text_table} select {cols}, {_lit(str(path))}, {line_expr}, {raw} from {from_clause}"
         )
@@ -298,7 +312,9 @@ class _TextLoader:
         """`create temp table <table> as select *, _rn from <src>` (a `read_csv` with `store_rejects`)."""
         self.con.execute("drop table if exists _beton_rej_err; drop table if exists _beton_rej_scan")
         try:
-            self.con.execute(f"create or replace temp table {table} as select *, row_number() over () as _rn from {src}")
+            self.con.execute(
+                f"create or replace temp table {table} as select *, row_number() over () as _rn from {src}"
+            )
         except duckdb.Error as exc:
             raise _unreadable(path, what, exc) from None
         # One reject per record: DuckDB writes one per missing field. `_s` is the record's number among
@@ -306,7 +322,7 @@ class _TextLoader:
         self.con.execute(
             f"""
             create or replace temp table _beton_rej as
-            select line, line - {1 if what == 'CSV' else 0} as _s, csv_line, reason,
+            select line, line - {1 if what == "CSV" else 0} as _s, csv_line, reason,
                    row_number() over (order by line) as _k
             from (
                 select line, csv_line, {_CSV_ERROR_REASONS.format(max_line_bytes=MAX_LINE_BYTES)} as reason,
@@ -353,7 +369,9 @@ class _TextLoader:
             f"insert into {self.reject_table} select {_lit(str(path))}, line, json_object('line', csv_line)::varchar, "
             f"'unreadable JSON line: ' || reason from _beton_rej"
         )
-        self.con.execute(f"create or replace temp table _beton_lines as select * exclude (_rec), _rec as _line from {self._numbered('_beton_lines')}")
+        self.con.execute(
+            f"create or replace temp table _beton_lines as select * exclude (_rec), _rec as _line from {self._numbered('_beton_lines')}"
+        )
         self.con.execute("delete from _beton_lines where line is null or trim(line) = ''")
         self.con.execute(
             "alter table _beton_lines add column kind varchar; "
@@ -396,7 +414,7 @@ def ingest_table(
     con: duckdb.DuckDBPyConnection, source_dir: Path, spec: TableSpec, ingested_at: datetime | None = None
 ) -> IngestResult:
     """Validate and load one table from `source_dir` into `raw.raw_<table>`; see the module docstring."""
-    ingested_at = ingested_at or datetime.now(timezone.utc).replace(tzinfo=None)
+    ingested_at = ingested_at or datetime.now(UTC).replace(tzinfo=None)
     con.execute("set TimeZone = 'UTC'")
     con.execute("create schema if not exists raw")
     ensure_quarantine(con)
@@ -439,7 +457,9 @@ def ingest_table(
     con.execute("begin transaction")
     try:
         con.execute(_raw_table_ddl(spec))
-        con.execute(f"insert into {spec.raw_table} select {typed}, _file, _line from _beton_checked where {good} order by _file, _line")
+        con.execute(
+            f"insert into {spec.raw_table} select {typed}, _file, _line from _beton_checked where {good} order by _file, _line"
+        )
         con.execute(f"delete from beton.quarantine where source_table = {_lit(spec.name)}")
         con.execute(
             f"insert into beton.quarantine select {_lit(spec.name)}, _file, _line, _raw, coalesce(_reason, _key_reason), ? "
@@ -503,7 +523,7 @@ def freshness_limits(freshness: FreshnessLimits, spec: TableSpec) -> tuple[float
     `freshness.max_age_days` (days, null: off) applies to the events only.
     """
     lags = freshness.max_lag_days
-    max_lag = lags[spec.name] if spec.name in lags else spec.max_lag_days
+    max_lag = lags.get(spec.name, spec.max_lag_days)  # a listed null means "no lag check"
     max_age = freshness.max_age_days if spec.name == "events" else None
     return (None if max_lag is None else float(max_lag)), (None if max_age is None else float(max_age))
 
@@ -619,7 +639,7 @@ def measure_freshness(
         required=spec.required,
         newest=newest,
         as_of=as_of,
-        now=now or datetime.now(timezone.utc).replace(tzinfo=None),
+        now=now or datetime.now(UTC).replace(tzinfo=None),
         max_lag_days=max_lag_days,
         max_age_days=max_age_days,
     )

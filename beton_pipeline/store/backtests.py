@@ -38,10 +38,18 @@ from beton_pipeline.warehouse import connect, table_exists
 
 BACKTESTS_TABLE = "beton.signal_backtests"
 BACKTESTS_SCHEMA: dict[str, pl.DataType] = {
-    "signal_id": pl.String(), "source": pl.String(), "definition": pl.String(), "origin": pl.String(),
+    "signal_id": pl.String(),
+    "source": pl.String(),
+    "definition": pl.String(),
+    "origin": pl.String(),
     **{k: v for k, v in BACKTEST_SCHEMA.items() if k != "signal_id"},
-    "verdict": pl.String(), "verdict_reason": pl.String(), "periods_with_data": pl.Int64(), "periods_lift_above_1": pl.Int64(),
-    "heterogeneity_p": pl.Float64(), "confidence_level": pl.Float64(), "as_of": pl.Datetime("us"),
+    "verdict": pl.String(),
+    "verdict_reason": pl.String(),
+    "periods_with_data": pl.Int64(),
+    "periods_lift_above_1": pl.Int64(),
+    "heterogeneity_p": pl.Float64(),
+    "confidence_level": pl.Float64(),
+    "as_of": pl.Datetime("us"),
 }
 """beton.signal_backtests, column by column (one row per signal × cohort month; core/backtest.py explains each)."""
 BACKTEST_META_SCHEMA = {"signal_id": pl.String, "source": pl.String, "definition": pl.String, "origin": pl.String}
@@ -86,8 +94,13 @@ def discovered_fired(frames: FeatureFrames, keys: list[str], settings: Settings)
 # Rows and writes
 # ------------------------------------------------------------------------------------------------
 def backtest_rows(
-    fired: np.ndarray, signal_ids: list[str], frames: FeatureFrames, settings: Settings, split: HoldoutSplit,
-    meta: pl.DataFrame, as_of,
+    fired: np.ndarray,
+    signal_ids: list[str],
+    frames: FeatureFrames,
+    settings: Settings,
+    split: HoldoutSplit,
+    meta: pl.DataFrame,
+    as_of,
 ) -> pl.DataFrame:
     """beton.signal_backtests rows for the signals of `fired` (accounts × signals), labelled from `meta`
     (signal_id, source, definition, origin)."""
@@ -109,7 +122,11 @@ def backtest_rows(
 
 def write_backtests(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, signal_ids: list[str]) -> None:
     """Replace exactly the beton.signal_backtests rows of `signal_ids` with `rows` (one transaction)."""
-    frame = rows.select(list(BACKTESTS_SCHEMA)).cast(BACKTESTS_SCHEMA) if rows.height else pl.DataFrame(schema=BACKTESTS_SCHEMA)
+    frame = (
+        rows.select(list(BACKTESTS_SCHEMA)).cast(BACKTESTS_SCHEMA)
+        if rows.height
+        else pl.DataFrame(schema=BACKTESTS_SCHEMA)
+    )
     placeholders = ", ".join("?" for _ in signal_ids) or "null"
     replace_rows(con, BACKTESTS_TABLE, frame, f"signal_id in ({placeholders})", list(signal_ids))
     # Signals that no longer get a backtest (disabled, or their file removed) leave no stale rows behind.
@@ -123,14 +140,20 @@ def backtested_signal_ids(con: duckdb.DuckDBPyConnection) -> list[str]:
     """The signals that get a backtest (`BACKTESTED`), by id; none before beton.signals exists."""
     if not table_exists(con, "beton", "signals"):
         return []
-    return [r[0] for r in con.sql(f"select signal_id from {SIGNALS_TABLE} where {BACKTESTED} order by signal_id").fetchall()]
+    return [
+        r[0] for r in con.sql(f"select signal_id from {SIGNALS_TABLE} where {BACKTESTED} order by signal_id").fetchall()
+    ]
 
 
 def backtest_meta(signals: list[CustomSignal], source: str = "custom") -> pl.DataFrame:
     """The label columns of beton.signal_backtests for custom signals."""
     return pl.DataFrame(
-        {"signal_id": [s.signal_id for s in signals], "source": [source] * len(signals),
-         "definition": [s.definition for s in signals], "origin": [s.origin for s in signals]},
+        {
+            "signal_id": [s.signal_id for s in signals],
+            "source": [source] * len(signals),
+            "definition": [s.definition for s in signals],
+            "origin": [s.origin for s in signals],
+        },
         schema=BACKTEST_META_SCHEMA,
     )
 
@@ -148,7 +171,9 @@ class SingleBacktest:
     split: HoldoutSplit
 
 
-def backtest_definition(text: str, origin: str, kind: str, settings: Settings, warehouse: Path, timeout_seconds: float = 30.0) -> SingleBacktest:
+def backtest_definition(
+    text: str, origin: str, kind: str, settings: Settings, warehouse: Path, timeout_seconds: float = 30.0
+) -> SingleBacktest:
     """Load one definition (`kind`: `condition`, `sql` or `auto`), evaluate it on the eligible accounts, and
     compute its beton.signals row (q over this one signal) and its per-period backtest. Writes nothing.
 
@@ -164,11 +189,15 @@ def backtest_definition(text: str, origin: str, kind: str, settings: Settings, w
     evaluated = evaluate_custom_signals([signal], frames, warehouse, timeout_seconds)
     rows, split = custom_signal_rows(evaluated, frames, settings)
     signal_row = signals_table_rows(rows, overrides, settings.thresholds.confidence_level, as_of)
-    periods = backtest_rows(evaluated.fired, [signal.signal_id], frames, settings, split, backtest_meta([signal]), as_of)
+    periods = backtest_rows(
+        evaluated.fired, [signal.signal_id], frames, settings, split, backtest_meta([signal]), as_of
+    )
     return SingleBacktest(signal=signal, signal_row=signal_row, periods=periods, split=split)
 
 
-def record_launchpad_backtest(text: str, kind: str, settings: Settings, warehouse: Path, timeout_seconds: float = 30.0) -> SingleBacktest:
+def record_launchpad_backtest(
+    text: str, kind: str, settings: Settings, warehouse: Path, timeout_seconds: float = 30.0
+) -> SingleBacktest:
     """`backtest_definition` of a launchpad definition, its periods written to beton.signal_backtests
     (origin = launchpad; beton.signals is not changed). Returns the backtest with those periods."""
     result = backtest_definition(text, LAUNCHPAD, kind, settings, warehouse, timeout_seconds)
@@ -191,7 +220,9 @@ class BacktestRun:
     summary: pl.DataFrame | None = None
 
 
-def compute_backtests(warehouse: Path, settings: Settings, signal_ids: list[str], timeout_seconds: float = 30.0) -> BacktestRun:
+def compute_backtests(
+    warehouse: Path, settings: Settings, signal_ids: list[str], timeout_seconds: float = 30.0
+) -> BacktestRun:
     """Backtest the given beton.signals ids (discovered with discovery's candidate code, custom from their key)."""
     with connect(warehouse, read_only=True) as con:
         known = _known_signals(con, signal_ids)
@@ -217,8 +248,13 @@ def compute_backtests(warehouse: Path, settings: Settings, signal_ids: list[str]
     fired = np.column_stack(parts)
     split = temporal_split(cohort_labels(frames), settings.windows.holdout_fraction)
     meta = known.select(
-        "signal_id", "source", "definition",
-        pl.when(pl.col("source") == "custom").then(pl.lit("signals folder")).otherwise(pl.lit("discovery")).alias("origin"),
+        "signal_id",
+        "source",
+        "definition",
+        pl.when(pl.col("source") == "custom")
+        .then(pl.lit("signals folder"))
+        .otherwise(pl.lit("discovery"))
+        .alias("origin"),
     )
     rows = backtest_rows(fired, ids, frames, settings, split, meta, as_of)
     return BacktestRun(rows=rows, missing=missing)
@@ -240,7 +276,9 @@ def _known_signals(con: duckdb.DuckDBPyConnection, signal_ids: list[str]) -> pl.
         con.unregister("_wanted")
 
 
-def run_backtests(warehouse: Path, settings: Settings, signal_ids: list[str], timeout_seconds: float = 30.0) -> BacktestRun:
+def run_backtests(
+    warehouse: Path, settings: Settings, signal_ids: list[str], timeout_seconds: float = 30.0
+) -> BacktestRun:
     """What the `signal_backtests` asset does: backtest `signal_ids` (reading only), then replace exactly their
     rows of beton.signal_backtests (the writer opens last: SQL signals' sandbox needs the file to itself)."""
     run = compute_backtests(warehouse, settings, signal_ids, timeout_seconds)

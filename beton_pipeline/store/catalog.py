@@ -36,27 +36,48 @@ def event_catalog(con: duckdb.DuckDBPyConnection, settings: Settings, top: int =
             where rk <= {int(top)} order by event, property, accounts desc, value"""
     ).pl()
     configured = {(p.event, p.property) for p in settings.discovery.property_features}
-    raw_keys = con.sql(
-        """select event_name as event, key as property, count(*) as events from (
+    raw_keys = (
+        con.sql(
+            """select event_name as event, key as property, count(*) as events from (
               select event_name, unnest(json_keys(properties)) as key from intermediate.int_events_resolved
               where account_id is not null and properties is not null and json_type(properties) = 'OBJECT')
             group by 1, 2 order by events desc, event, property"""
-    ).pl() if table_exists(con, "intermediate", "int_events_resolved") else pl.DataFrame(schema={"event": pl.String, "property": pl.String, "events": pl.Int64})
+        ).pl()
+        if table_exists(con, "intermediate", "int_events_resolved")
+        else pl.DataFrame(schema={"event": pl.String, "property": pl.String, "events": pl.Int64})
+    )
     usable = pl.DataFrame(
-        {"event": [e for e, _ in configured], "property": [p for _, p in configured], "usable": [True] * len(configured)},
+        {
+            "event": [e for e, _ in configured],
+            "property": [p for _, p in configured],
+            "usable": [True] * len(configured),
+        },
         schema={"event": pl.String, "property": pl.String, "usable": pl.Boolean},
     )
-    raw_keys = raw_keys.join(usable, on=["event", "property"], how="left", maintain_order="left").with_columns(pl.col("usable").fill_null(False))
+    raw_keys = raw_keys.join(usable, on=["event", "property"], how="left", maintain_order="left").with_columns(
+        pl.col("usable").fill_null(False)
+    )
     attributes = []
     for name, kind in ATTRIBUTE_TYPES.items():
         if kind == "number":
-            row = con.sql(f"select count({name}), min({name}), median({name}), max({name}) from marts.account_features").fetchall()[0]
-            attributes.append({"attribute": name, "type": kind, "accounts": row[0], "min": row[1], "median": row[2], "max": row[3]})
+            row = con.sql(
+                f"select count({name}), min({name}), median({name}), max({name}) from marts.account_features"
+            ).fetchall()[0]
+            attributes.append(
+                {"attribute": name, "type": kind, "accounts": row[0], "min": row[1], "median": row[2], "max": row[3]}
+            )
         else:
             values = con.sql(
                 f"select cast({name} as varchar), count(*) from marts.account_features where {name} is not null group by 1 order by 2 desc, 1 limit {int(top)}"
             ).fetchall()
-            attributes.append({"attribute": name, "type": kind, "accounts": sum(n for _, n in values), "top_values": [{"value": v, "accounts": n} for v, n in values]})
+            attributes.append(
+                {
+                    "attribute": name,
+                    "type": kind,
+                    "accounts": sum(n for _, n in values),
+                    "top_values": [{"value": v, "accounts": n} for v, n in values],
+                }
+            )
     intent = con.sql(
         "select signal_type as intent, count(*) filter (where n_before_start > 0) as accounts_before_start, "
         "count(*) filter (where n_before_window_end > 0) as accounts_before_window_end "

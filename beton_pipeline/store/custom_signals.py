@@ -55,7 +55,9 @@ CONDITION_PREFIX = "custom:condition:"
 SQL_PREFIX = "custom:sql:"
 SIGNAL_SUFFIXES = {".yml": "condition", ".yaml": "condition", ".sql": "sql"}
 NO_FIRED_AT_NOTE = "SQL without fired_at: point in time not checked"
-EXTRA_ACCOUNT_COLUMNS = ("feature_window_end_at",) + tuple(c for c in ATTRIBUTE_TYPES if c not in ("industry", "employee_band", "plan_interval"))
+EXTRA_ACCOUNT_COLUMNS = ("feature_window_end_at",) + tuple(
+    c for c in ATTRIBUTE_TYPES if c not in ("industry", "employee_band", "plan_interval")
+)
 
 
 def signals_dir() -> Path:
@@ -110,7 +112,11 @@ def read_vocabulary(con: duckdb.DuckDBPyConnection, settings: Settings) -> Vocab
         "from marts.account_property_features group by all"
     ).fetchall()  # one row per configured property feature
     attributes = {
-        name: frozenset(column(f"select distinct {name} from marts.account_features where {name} is not null") if kind != "number" else [])
+        name: frozenset(
+            column(f"select distinct {name} from marts.account_features where {name} is not null")
+            if kind != "number"
+            else []
+        )
         for name, kind in ATTRIBUTE_TYPES.items()
     }
     return Vocabulary(
@@ -147,7 +153,9 @@ def _sql_header(text: str) -> dict[str, str]:
 def condition_signal(bound: BoundSignal, origin: str) -> CustomSignal:
     """A CustomSignal from a bound condition."""
     d = bound.definition
-    return CustomSignal(bound.signal_id, bound.key, "condition", d.name, d.description, bound.text, origin, condition=bound.condition)
+    return CustomSignal(
+        bound.signal_id, bound.key, "condition", d.name, d.description, bound.text, origin, condition=bound.condition
+    )
 
 
 def sql_signal(sql: str, origin: str, name: str | None = None, description: str | None = None) -> CustomSignal:
@@ -157,8 +165,14 @@ def sql_signal(sql: str, origin: str, name: str | None = None, description: str 
     key = SQL_PREFIX + normalised
     short = normalised if len(normalised) <= 160 else normalised[:157] + "..."
     return CustomSignal(
-        signal_id(key), key, "sql", name or header.get("name") or Path(origin).stem, description or header.get("description"),
-        f"SQL {short}", origin, sql=sql,
+        signal_id(key),
+        key,
+        "sql",
+        name or header.get("name") or Path(origin).stem,
+        description or header.get("description"),
+        f"SQL {short}",
+        origin,
+        sql=sql,
     )
 
 
@@ -194,7 +208,9 @@ def load_signal_files(directory: Path, vocab: Vocabulary) -> list[CustomSignal]:
     for path in signal_files(directory):
         origin = _display_path(path)
         try:
-            signal = load_definition(path.read_text(encoding="utf-8"), origin, SIGNAL_SUFFIXES[path.suffix.lower()], vocab)
+            signal = load_definition(
+                path.read_text(encoding="utf-8"), origin, SIGNAL_SUFFIXES[path.suffix.lower()], vocab
+            )
         except (SignalDefinitionError, SqlSignalError) as exc:
             problems.append(str(exc) if isinstance(exc, SignalDefinitionError) else f"{origin}: {exc}")
             continue
@@ -202,7 +218,9 @@ def load_signal_files(directory: Path, vocab: Vocabulary) -> list[CustomSignal]:
             problems.append(f"{origin}: not UTF-8 text")
             continue
         if signal.signal_id in seen:
-            problems.append(f"{origin}: the same definition as {seen[signal.signal_id]} ({signal.signal_id}); keep one of them")
+            problems.append(
+                f"{origin}: the same definition as {seen[signal.signal_id]} ({signal.signal_id}); keep one of them"
+            )
             continue
         seen[signal.signal_id] = origin
         loaded.append(signal)
@@ -221,11 +239,11 @@ def _display_path(path: Path) -> str:
 def signal_from_key(key: str, origin: str, name: str, vocab: Vocabulary) -> CustomSignal:
     """Rebuild a custom signal from its `beton.signals.candidate_key` (the key holds the whole definition)."""
     if key.startswith(CONDITION_PREFIX):
-        condition = parse_condition_json(key[len(CONDITION_PREFIX):], origin)
+        condition = parse_condition_json(key[len(CONDITION_PREFIX) :], origin)
         bound = bind(SignalDefinition(name=name, description=None, condition=condition, source=origin), vocab)
         return condition_signal(bound, origin)
     if key.startswith(SQL_PREFIX):
-        return sql_signal(key[len(SQL_PREFIX):], origin, name=name)
+        return sql_signal(key[len(SQL_PREFIX) :], origin, name=name)
     raise ValueError(f"{key!r} is not a custom signal key")
 
 
@@ -289,11 +307,24 @@ def custom_candidates(signals: list[CustomSignal]) -> pl.DataFrame:
             "kind": [s.kind for s in signals],
             "family": [f"custom:{s.signal_id}" for s in signals],
             "definition": [s.definition for s in signals],
-            "event": [None] * len(signals), "property": [None] * len(signals), "value": [None] * len(signals),
-            "window_days": [None] * len(signals), "threshold": [None] * len(signals),
+            "event": [None] * len(signals),
+            "property": [None] * len(signals),
+            "value": [None] * len(signals),
+            "window_days": [None] * len(signals),
+            "threshold": [None] * len(signals),
         },
-        schema={"key": pl.String, "signal_id": pl.String, "kind": pl.String, "family": pl.String, "definition": pl.String,
-                "event": pl.String, "property": pl.String, "value": pl.String, "window_days": pl.Int64, "threshold": pl.Int64},
+        schema={
+            "key": pl.String,
+            "signal_id": pl.String,
+            "kind": pl.String,
+            "family": pl.String,
+            "definition": pl.String,
+            "event": pl.String,
+            "property": pl.String,
+            "value": pl.String,
+            "window_days": pl.Int64,
+            "threshold": pl.Int64,
+        },
     ).select(CANDIDATE_COLUMNS)
 
 
@@ -316,11 +347,16 @@ def custom_cohort_counts(evaluated: Evaluated, frames: FeatureFrames) -> pl.Data
         frames.accounts.get_column("arr").fill_null(0).to_numpy().astype(np.float64),
         keep_empty=True,
     )
-    notes = pl.DataFrame({"signal_id": list(evaluated.notes), "note": list(evaluated.notes.values())}, schema={"signal_id": pl.String, "note": pl.String})
+    notes = pl.DataFrame(
+        {"signal_id": list(evaluated.notes), "note": list(evaluated.notes.values())},
+        schema={"signal_id": pl.String, "note": pl.String},
+    )
     return counts.join(notes, on="signal_id", how="left")
 
 
-def compute_custom_cohort_counts(warehouse: Path, settings: Settings, directory: Path, timeout_seconds: float = 30.0) -> tuple[list[CustomSignal], pl.DataFrame]:
+def compute_custom_cohort_counts(
+    warehouse: Path, settings: Settings, directory: Path, timeout_seconds: float = 30.0
+) -> tuple[list[CustomSignal], pl.DataFrame]:
     """Load every signal file of `directory`, evaluate it on the eligible accounts, count per cohort month."""
     with connect(warehouse, read_only=True) as con:
         vocab = read_vocabulary(con, settings)
@@ -340,7 +376,9 @@ def write_custom_cohort_counts(con: duckdb.DuckDBPyConnection, counts: pl.DataFr
         con.execute(f"delete from {CUSTOM_COUNTS_TABLE}")
 
 
-def count_custom_signals(warehouse: Path, settings: Settings, directory: Path, timeout_seconds: float = 30.0) -> list[CustomSignal]:
+def count_custom_signals(
+    warehouse: Path, settings: Settings, directory: Path, timeout_seconds: float = 30.0
+) -> list[CustomSignal]:
     """What the `custom_signals` asset does: load and evaluate `directory`'s signals (reading only, then the
     sandbox), then replace beton.custom_signal_cohort_counts with their per-cohort counts. Returns the signals.
 

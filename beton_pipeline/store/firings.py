@@ -28,21 +28,41 @@ from beton_pipeline.store.tables import sql_beside
 
 FIRING_SCHEMA = {"account_id": pl.String, "signal_id": pl.String, "fired_at": pl.Datetime("us")}
 
-FIRING_INPUTS = ("int_event_occurrences", "int_property_occurrences", "int_account_subscriptions", "int_account_intent_signals", "account_features")
+FIRING_INPUTS = (
+    "int_event_occurrences",
+    "int_property_occurrences",
+    "int_account_subscriptions",
+    "int_account_intent_signals",
+    "account_features",
+)
 """The dbt models firings.sql reads (asset keys are model names): deps of every asset that computes firings."""
 
 # The signal frames firings.sql reads, by kind: registered name → columns and types.
-_EVENTS = ("_beton_sig_events", {"signal_id": pl.String, "event": pl.String, "window_days": pl.Int64, "threshold": pl.Int64})
+_EVENTS = (
+    "_beton_sig_events",
+    {"signal_id": pl.String, "event": pl.String, "window_days": pl.Int64, "threshold": pl.Int64},
+)
 _PROPS = (
     "_beton_sig_props",
-    {"signal_id": pl.String, "event": pl.String, "property": pl.String, "value": pl.String, "window_days": pl.Int64, "threshold": pl.Int64},
+    {
+        "signal_id": pl.String,
+        "event": pl.String,
+        "property": pl.String,
+        "value": pl.String,
+        "window_days": pl.Int64,
+        "threshold": pl.Int64,
+    },
 )
 _ATTRS = ("_beton_sig_attrs", {"signal_id": pl.String, "property": pl.String, "value": pl.String})
-_INTENT = ("_beton_sig_intent", {"signal_id": pl.String, "value": pl.String, "window_days": pl.Int64, "before_start": pl.Boolean})
+_INTENT = (
+    "_beton_sig_intent",
+    {"signal_id": pl.String, "value": pl.String, "window_days": pl.Int64, "before_start": pl.Boolean},
+)
 
 
 def _signal_frames(signals: pl.DataFrame) -> dict[str, pl.DataFrame]:
     """The single (non-pair) signals of each kind, as the frames firings.sql joins."""
+
     def of_kind(kind: str, spec: tuple[str, dict], *columns: pl.Expr | str) -> tuple[str, pl.DataFrame]:
         name, schema = spec
         return name, signals.filter(pl.col("kind") == kind).select(*columns).cast(schema).select(list(schema))
@@ -52,12 +72,21 @@ def _signal_frames(signals: pl.DataFrame) -> dict[str, pl.DataFrame]:
             of_kind("event_count", _EVENTS, "signal_id", "event", "window_days", "threshold"),
             of_kind("event_property", _PROPS, "signal_id", "event", "property", "value", "window_days", "threshold"),
             of_kind("attribute", _ATTRS, "signal_id", "property", "value"),
-            of_kind("intent", _INTENT, "signal_id", "value", "window_days", pl.col("key").str.ends_with(":before_start").alias("before_start")),
+            of_kind(
+                "intent",
+                _INTENT,
+                "signal_id",
+                "value",
+                "window_days",
+                pl.col("key").str.ends_with(":before_start").alias("before_start"),
+            ),
         ]
     )
 
 
-def signal_firings(con: duckdb.DuckDBPyConnection, signals: pl.DataFrame, property_transforms: dict[tuple[str, str], str] | None = None) -> pl.DataFrame:
+def signal_firings(
+    con: duckdb.DuckDBPyConnection, signals: pl.DataFrame, property_transforms: dict[tuple[str, str], str] | None = None
+) -> pl.DataFrame:
     """(account_id, signal_id, fired_at) for every account with events and every signal in `signals`.
 
     `signals` has signal_id, kind, key, event, property, value, window_days, threshold and, for pairs,

@@ -22,7 +22,9 @@ SIGNAL_COLUMNS = (
 
 
 def _discovered_signals(con: duckdb.DuckDBPyConnection, where: str, params: list | None = None) -> pl.DataFrame:
-    return con.sql(f"select {SIGNAL_COLUMNS} from beton.signals where {where} and source = 'discovered'", params=params).pl()
+    return con.sql(
+        f"select {SIGNAL_COLUMNS} from beton.signals where {where} and source = 'discovered'", params=params
+    ).pl()
 
 
 def enabled_signals(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
@@ -35,7 +37,9 @@ def enabled_signals(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
 def enabled_firings(con: duckdb.DuckDBPyConnection, signals: pl.DataFrame, settings: Settings) -> pl.DataFrame:
     """Firings (account_id, signal_id, fired_at) of `signals`; a pair's parts are evaluated too (enabled or
     not) and then dropped."""
-    part_ids = signals.select(pl.concat_list("part_a_id", "part_b_id")).to_series().explode().drop_nulls().unique().to_list()
+    part_ids = (
+        signals.select(pl.concat_list("part_a_id", "part_b_id")).to_series().explode().drop_nulls().unique().to_list()
+    )
     missing = sorted(set(part_ids) - set(signals["signal_id"].to_list()))
     scope = signals
     if missing:

@@ -36,14 +36,24 @@ FEATURES_TABLE = "beton.model_features"
 MODEL_TABLES = (BACKTEST_TABLE, CALIBRATION_TABLE, CONFUSION_TABLE, CRM_TABLE, FEATURES_TABLE)
 
 MODEL_INPUTS = (
-    "account_features", "account_event_features", "account_property_features", "account_intent_features",
-    "account_outcomes", "account_deal_progress", "signals",
+    "account_features",
+    "account_event_features",
+    "account_property_features",
+    "account_intent_features",
+    "account_outcomes",
+    "account_deal_progress",
+    "signals",
 )
 """The assets (dbt models by name, and `signals`) this module reads: the model asset's deps."""
 
 DEAL_PROGRESS_SCHEMA = {
-    "account_id": pl.String, "n_deals": pl.Int64, "progressed": pl.Boolean,
-    "latest_stage": pl.String, "latest_changed_at": pl.Datetime("us"), "latest_reason": pl.String, "reason_stage": pl.String,
+    "account_id": pl.String,
+    "n_deals": pl.Int64,
+    "progressed": pl.Boolean,
+    "latest_stage": pl.String,
+    "latest_changed_at": pl.Datetime("us"),
+    "latest_reason": pl.String,
+    "reason_stage": pl.String,
 }
 ENABLED_SCHEMA = {"candidate_key": pl.String, "lift": pl.Float64}
 
@@ -69,7 +79,9 @@ def read_deal_progress(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
     """`marts.account_deal_progress`, or None when it is missing or empty (the CRM export has no deals)."""
     if not table_exists(con, "marts", "account_deal_progress"):
         return None
-    progress = con.sql(f"select {', '.join(DEAL_PROGRESS_SCHEMA)} from marts.account_deal_progress order by account_id").pl()
+    progress = con.sql(
+        f"select {', '.join(DEAL_PROGRESS_SCHEMA)} from marts.account_deal_progress order by account_id"
+    ).pl()
     return None if progress.is_empty() else progress.cast(DEAL_PROGRESS_SCHEMA)
 
 
@@ -99,7 +111,9 @@ def clear_model_tables(con: duckdb.DuckDBPyConnection) -> None:
             con.execute(f"delete from {table}")
 
 
-def write_model_tables(con: duckdb.DuckDBPyConnection, backtest: LeadScoreBacktest, crm: CrmComparison | None, as_of: datetime | None) -> None:
+def write_model_tables(
+    con: duckdb.DuckDBPyConnection, backtest: LeadScoreBacktest, crm: CrmComparison | None, as_of: datetime | None
+) -> None:
     """Replace the `beton.model_*` tables with this run's results, each row stamped with `as_of`."""
     stamp = [pl.lit(as_of, pl.Datetime("us")).alias("as_of")]
     run_columns = [
@@ -130,14 +144,18 @@ def run_lead_score_model(warehouse: Path | str, settings: Settings) -> LeadScore
     with connect(warehouse, read_only=True) as con:  # training holds no write lock
         inputs = read_model_inputs(con, settings)
     try:
-        backtest = backtest_lead_score(inputs.frames, inputs.enabled, settings.feature_spec(), settings.lead_score_config())
+        backtest = backtest_lead_score(
+            inputs.frames, inputs.enabled, settings.feature_spec(), settings.lead_score_config()
+        )
     except ModelDataError as exc:
         with connect(warehouse) as con:
             clear_model_tables(con)
         return LeadScoreRun(skipped=str(exc))
     crm = None
     if inputs.deal_progress is not None:
-        crm = crm_comparison(backtest.test_scores, inputs.deal_progress, "model", backtest.model.qualify_threshold, backtest.k)
+        crm = crm_comparison(
+            backtest.test_scores, inputs.deal_progress, "model", backtest.model.qualify_threshold, backtest.k
+        )
     with connect(warehouse) as con:
         write_model_tables(con, backtest, crm, inputs.as_of)
     return LeadScoreRun(backtest=backtest, crm=crm)

@@ -51,9 +51,15 @@ def _membership(accounts: pl.DataFrame, firings: pl.DataFrame, signal_order: lis
     """accounts × signals, 1 where the signal ever fired for the account."""
     acc_index = accounts.select("account_id").with_row_index("_r")
     sig_index = pl.DataFrame({"signal_id": signal_order}).with_row_index("_c")
-    coords = firings.select("account_id", "signal_id").unique().join(acc_index, on="account_id").join(sig_index, on="signal_id")
+    coords = (
+        firings.select("account_id", "signal_id")
+        .unique()
+        .join(acc_index, on="account_id")
+        .join(sig_index, on="signal_id")
+    )
     return sp.csr_matrix(
-        (np.ones(coords.height), (coords["_r"].to_numpy(), coords["_c"].to_numpy())), shape=(accounts.height, len(signal_order))
+        (np.ones(coords.height), (coords["_r"].to_numpy(), coords["_c"].to_numpy())),
+        shape=(accounts.height, len(signal_order)),
     )
 
 
@@ -76,37 +82,50 @@ def compute_signal_health(con: duckdb.DuckDBPyConnection, settings: Settings, da
     wanted = np.array([(d - first).days for d in days])
     a, n1 = counts.conversions_with[wanted], counts.n_with[wanted]
     c, n2 = counts.conversions_without[wanted], counts.n_without[wanted]
-    ref_log, ref_se = log_lift_and_se(signals["conversions_with"], signals["n_with"], signals["conversions_without"], signals["n_without"])
+    ref_log, ref_se = log_lift_and_se(
+        signals["conversions_with"], signals["n_with"], signals["conversions_without"], signals["n_without"]
+    )
     shape = a.shape
     result = assess_health(
-        a.ravel(), n1.ravel(), c.ravel(), n2.ravel(),
-        np.broadcast_to(np.exp(ref_log), shape).ravel(), np.broadcast_to(ref_se, shape).ravel(),
-        health_config, settings.thresholds.confidence_level,
+        a.ravel(),
+        n1.ravel(),
+        c.ravel(),
+        n2.ravel(),
+        np.broadcast_to(np.exp(ref_log), shape).ravel(),
+        np.broadcast_to(ref_se, shape).ravel(),
+        health_config,
+        settings.thresholds.confidence_level,
     )
     k = len(order)
-    return pl.DataFrame(
-        {
-            "day": np.repeat(np.array(days, dtype="datetime64[D]"), k),
-            "signal_id": np.tile(order, len(days)),
-            "definition": np.tile(signals["definition"].to_numpy(), len(days)),
-            "window_days": window,
-            "n_with": n1.ravel().astype(np.int64),
-            "conversions_with": a.ravel().astype(np.int64),
-            "n_without": n2.ravel().astype(np.int64),
-            "conversions_without": c.ravel().astype(np.int64),
-            "precision": np.where(n1.ravel() > 0, a.ravel() / np.maximum(n1.ravel(), 1), np.nan),
-            "lift": result.lift,
-            "lift_ci_low": result.lift_ci_low,
-            "lift_ci_high": result.lift_ci_high,
-            "backtest_lift": np.tile(signals["lift"].to_numpy(), len(days)),
-            "z_vs_backtest": result.z_vs_reference,
-            "alpha_per_look": health_config.alpha_per_look,
-            "health": result.health.astype(str),
-        }
-    ).with_columns(pl.col("day").cast(pl.Date)).with_columns(pl.col(pl.Float64).fill_nan(None))
+    return (
+        pl.DataFrame(
+            {
+                "day": np.repeat(np.array(days, dtype="datetime64[D]"), k),
+                "signal_id": np.tile(order, len(days)),
+                "definition": np.tile(signals["definition"].to_numpy(), len(days)),
+                "window_days": window,
+                "n_with": n1.ravel().astype(np.int64),
+                "conversions_with": a.ravel().astype(np.int64),
+                "n_without": n2.ravel().astype(np.int64),
+                "conversions_without": c.ravel().astype(np.int64),
+                "precision": np.where(n1.ravel() > 0, a.ravel() / np.maximum(n1.ravel(), 1), np.nan),
+                "lift": result.lift,
+                "lift_ci_low": result.lift_ci_low,
+                "lift_ci_high": result.lift_ci_high,
+                "backtest_lift": np.tile(signals["lift"].to_numpy(), len(days)),
+                "z_vs_backtest": result.z_vs_reference,
+                "alpha_per_look": health_config.alpha_per_look,
+                "health": result.health.astype(str),
+            }
+        )
+        .with_columns(pl.col("day").cast(pl.Date))
+        .with_columns(pl.col(pl.Float64).fill_nan(None))
+    )
 
 
-def refresh_signal_health(con: duckdb.DuckDBPyConnection, settings: Settings, partition_keys: Iterable[str]) -> SignalHealth:
+def refresh_signal_health(
+    con: duckdb.DuckDBPyConnection, settings: Settings, partition_keys: Iterable[str]
+) -> SignalHealth:
     """Compute the health of every enabled signal on the partition days the data covers, and replace those
     days' rows of beton.signal_health (nothing is written without days or enabled signals)."""
     days = partition_days(con, partition_keys)

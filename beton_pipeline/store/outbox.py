@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import duckdb
@@ -129,12 +129,12 @@ class MissingCredentials:
 
 def utc_now() -> datetime:
     """The current time, timezone-aware UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _naive_utc(ts: datetime) -> datetime:
     """DuckDB TIMESTAMP columns hold naive UTC."""
-    return ts.astimezone(timezone.utc).replace(tzinfo=None) if ts.tzinfo else ts
+    return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo else ts
 
 
 def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
@@ -153,7 +153,9 @@ class EnqueueResult:
     already_present: int
 
 
-def enqueue(con: duckdb.DuckDBPyConnection, planned: pl.DataFrame, now: datetime, run_id: str | None = None) -> EnqueueResult:
+def enqueue(
+    con: duckdb.DuckDBPyConnection, planned: pl.DataFrame, now: datetime, run_id: str | None = None
+) -> EnqueueResult:
     """Insert planned rows whose key is absent, in one transaction (insert-if-absent by key).
 
     A key already present is left alone — except a ``dry_run`` row meeting a real plan, which takes
@@ -162,12 +164,16 @@ def enqueue(con: duckdb.DuckDBPyConnection, planned: pl.DataFrame, now: datetime
     ensure_tables(con)
     if planned.is_empty():
         return EnqueueResult(0, 0, 0)
-    frame = planned.select(list(OUTBOX_PLAN_SCHEMA)).with_columns(
-        pl.lit(_naive_utc(now)).alias("created_at"),
-        pl.lit(_naive_utc(now)).alias("updated_at"),
-        pl.lit(run_id, dtype=pl.String).alias("created_run_id"),
-        pl.lit(run_id, dtype=pl.String).alias("last_run_id"),
-    ).unique("idempotency_key", keep="first", maintain_order=True)
+    frame = (
+        planned.select(list(OUTBOX_PLAN_SCHEMA))
+        .with_columns(
+            pl.lit(_naive_utc(now)).alias("created_at"),
+            pl.lit(_naive_utc(now)).alias("updated_at"),
+            pl.lit(run_id, dtype=pl.String).alias("created_run_id"),
+            pl.lit(run_id, dtype=pl.String).alias("last_run_id"),
+        )
+        .unique("idempotency_key", keep="first", maintain_order=True)
+    )
     con.register("_planned_actions", frame.to_arrow())
     try:
         con.execute("begin transaction")
@@ -225,7 +231,9 @@ def next_due_at(con: duckdb.DuckDBPyConnection, playbooks: Sequence[str] | None 
             return None, 0
         where += f" and playbook in ({', '.join('?' for _ in playbooks)})"
         params += list(playbooks)
-    row = con.sql(f"select min(coalesce(next_attempt_at, created_at)), count(*) from {ACTIONS_TABLE} where {where}", params=params).fetchall()[0]
+    row = con.sql(
+        f"select min(coalesce(next_attempt_at, created_at)), count(*) from {ACTIONS_TABLE} where {where}", params=params
+    ).fetchall()[0]
     return row[0], int(row[1])
 
 
@@ -275,8 +283,17 @@ def _record(
     con.execute(
         f"insert into {ATTEMPTS_TABLE} values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            key, attempt, _naive_utc(started), result.outcome, status, result.status_code, result.retry_after, wait,
-            result.error, (finished - started).total_seconds() * 1000.0, run_id,
+            key,
+            attempt,
+            _naive_utc(started),
+            result.outcome,
+            status,
+            result.status_code,
+            result.retry_after,
+            wait,
+            result.error,
+            (finished - started).total_seconds() * 1000.0,
+            run_id,
         ],
     )
 
@@ -307,8 +324,13 @@ class DeliveryStats:
 
     def as_metadata(self) -> dict:
         return {
-            "attempts": self.attempts, "sent": self.sent, "retrying": self.retrying, "dead": self.dead,
-            "deferred": self.deferred, "blocked": sum(self.blocked.values()), "slept_seconds": round(self.slept_seconds, 3),
+            "attempts": self.attempts,
+            "sent": self.sent,
+            "retrying": self.retrying,
+            "dead": self.dead,
+            "deferred": self.deferred,
+            "blocked": sum(self.blocked.values()),
+            "slept_seconds": round(self.slept_seconds, 3),
         }
 
 
@@ -348,7 +370,11 @@ def deliver(
             continue
         sender = senders.get(kind)
         payload = json.loads(row["payload"])
-        reason = f"no sender for {kind}" if sender is None else (getattr(sender, "blocked_reason", None) or (lambda _p: None))(payload)
+        reason = (
+            f"no sender for {kind}"
+            if sender is None
+            else (getattr(sender, "blocked_reason", None) or (lambda _p: None))(payload)
+        )
         if reason:
             stats.blocked[reason] = stats.blocked.get(reason, 0) + 1
             continue
@@ -364,7 +390,13 @@ def deliver(
                 result = sender.send(payload, key)
             except Exception as exc:  # a sender bug must not lose the row: record it as transient
                 result = DeliveryResult("retry", None, error=f"{kind}: {type(exc).__name__}")
-            result = DeliveryResult(result.outcome, result.status_code, result.retry_after, redact(result.error, secrets), result.response_id)
+            result = DeliveryResult(
+                result.outcome,
+                result.status_code,
+                result.retry_after,
+                redact(result.error, secrets),
+                result.response_id,
+            )
             finished = now()
             if result.outcome == "sent":
                 _record(con, key, attempts, result, "sent", None, None, started, finished, run_id)
@@ -397,7 +429,9 @@ def deliver(
 def status_counts(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """Rows per playbook, destination and status."""
     if not table_exists(con, "beton", "playbook_actions"):
-        return pl.DataFrame(schema={"playbook": pl.String, "destination": pl.String, "status": pl.String, "n": pl.Int64})
+        return pl.DataFrame(
+            schema={"playbook": pl.String, "destination": pl.String, "status": pl.String, "n": pl.Int64}
+        )
     return con.sql(
         f"select playbook, destination, status, count(*) as n from {ACTIONS_TABLE} group by all order by playbook, destination, status"
     ).pl()

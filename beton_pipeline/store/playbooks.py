@@ -40,10 +40,25 @@ from beton_pipeline.warehouse import table_exists
 
 SCORES_TABLE = "beton.account_scores"
 HEALTH_TABLE = "beton.signal_health"
-SCORE_COLUMNS = ("account_id", "score", "score_rank", "signals_fired", "top_contributions", "domain", "company_name", "is_crm_company")
+SCORE_COLUMNS = (
+    "account_id",
+    "score",
+    "score_rank",
+    "signals_fired",
+    "top_contributions",
+    "domain",
+    "company_name",
+    "is_crm_company",
+)
 HEALTH_SCHEMA = {
-    "day": pl.Date, "signal_id": pl.String, "definition": pl.String, "health": pl.String, "lift": pl.Float64,
-    "lift_ci_low": pl.Float64, "lift_ci_high": pl.Float64, "backtest_lift": pl.Float64,
+    "day": pl.Date,
+    "signal_id": pl.String,
+    "definition": pl.String,
+    "health": pl.String,
+    "lift": pl.Float64,
+    "lift_ci_low": pl.Float64,
+    "lift_ci_high": pl.Float64,
+    "backtest_lift": pl.Float64,
 }
 
 
@@ -64,7 +79,9 @@ def latest_score_day(con: duckdb.DuckDBPyConnection) -> date | None:
     return con.sql(f"select max(day) from {SCORES_TABLE}").fetchall()[0][0]
 
 
-def read_scores(con: duckdb.DuckDBPyConnection, day: date, columns: Sequence[str] = SCORE_COLUMNS, with_signal_ids: bool = False) -> pl.DataFrame:
+def read_scores(
+    con: duckdb.DuckDBPyConnection, day: date, columns: Sequence[str] = SCORE_COLUMNS, with_signal_ids: bool = False
+) -> pl.DataFrame:
     """One day of ``beton.account_scores``; ``with_signal_ids`` adds the fired signal ids, decoded by DuckDB."""
     cols = ", ".join(columns)
     if with_signal_ids:
@@ -124,13 +141,23 @@ def outbox_rows(actions: Sequence[PlannedAction]) -> pl.DataFrame:
     """Planned actions as outbox rows (``outbox.OUTBOX_PLAN_SCHEMA``), each message rendered to its payload."""
     rows = [
         {
-            "idempotency_key": a.idempotency_key, "playbook": a.playbook, "day": a.day, "account_id": a.account_id,
-            "signal_id": a.signal_id, "destination": a.destination, "destination_type": a.destination_type,
-            "held_out": a.held_out, "status": a.status, "max_attempts": a.max_attempts, "payload": payload_json(a.message),
+            "idempotency_key": a.idempotency_key,
+            "playbook": a.playbook,
+            "day": a.day,
+            "account_id": a.account_id,
+            "signal_id": a.signal_id,
+            "destination": a.destination,
+            "destination_type": a.destination_type,
+            "held_out": a.held_out,
+            "status": a.status,
+            "max_attempts": a.max_attempts,
+            "payload": payload_json(a.message),
         }
         for a in actions
     ]
-    return pl.DataFrame(rows, schema=outbox.OUTBOX_PLAN_SCHEMA) if rows else pl.DataFrame(schema=outbox.OUTBOX_PLAN_SCHEMA)
+    return (
+        pl.DataFrame(rows, schema=outbox.OUTBOX_PLAN_SCHEMA) if rows else pl.DataFrame(schema=outbox.OUTBOX_PLAN_SCHEMA)
+    )
 
 
 def plan_actions(
@@ -159,7 +186,9 @@ def plan_actions(
     if account_pbs:
         available = score_days(con)
         wanted = list(days) if days else available[-1:]
-        in_batch: dict[str, dict[str, date]] = {pb.name: {} for pb in account_pbs}  # playbook → account → last day planned
+        in_batch: dict[str, dict[str, date]] = {
+            pb.name: {} for pb in account_pbs
+        }  # playbook → account → last day planned
         for day in sorted(set(wanted)):
             if day not in available:
                 continue
@@ -244,8 +273,15 @@ def run_playbooks(
             log.info("No beton.account_scores rows for the requested day(s): no account playbook planned")
     if send and not dry:
         stats = outbox.deliver(
-            con, senders, outbox.retry_policy(config.destinations), playbooks=[p.name for p in playbooks], now=now,
-            sleep=sleep, run_id=run_id, secrets=secrets, log=log.warning if log else None,
+            con,
+            senders,
+            outbox.retry_policy(config.destinations),
+            playbooks=[p.name for p in playbooks],
+            now=now,
+            sleep=sleep,
+            run_id=run_id,
+            secrets=secrets,
+            log=log.warning if log else None,
         )
     return PlaybookRun([p.name for p in playbooks], days_planned, dry, enqueued, stats, outbox.status_counts(con))
 
@@ -253,7 +289,9 @@ def run_playbooks(
 # ------------------------------------------------------------------------------------------------
 # The sensors' reads
 # ------------------------------------------------------------------------------------------------
-def account_matches(con: duckdb.DuckDBPyConnection, config: PlaybookConfig, days: Sequence[date]) -> list[tuple[str, date, int]]:
+def account_matches(
+    con: duckdb.DuckDBPyConnection, config: PlaybookConfig, days: Sequence[date]
+) -> list[tuple[str, date, int]]:
     """(playbook, day, accounts matched) for every enabled account playbook with matches on ``days``.
 
     Reads only the columns the rules need (signal ids decoded by DuckDB); this is the sensor's cost.

@@ -76,25 +76,49 @@ def read_assignments(con: duckdb.DuckDBPyConnection, playbook: str) -> tuple[pl.
     return frame, as_of
 
 
-def playbook_readout_row(con: duckdb.DuckDBPyConnection, playbook: Playbook, conversion_window_days: int, confidence_level: float) -> dict:
+def playbook_readout_row(
+    con: duckdb.DuckDBPyConnection, playbook: Playbook, conversion_window_days: int, confidence_level: float
+) -> dict:
     """One row of ``beton.playbook_readouts``: the holdout readout of an account playbook."""
     window = playbook.readout_window_days or conversion_window_days
     assigned, as_of = read_assignments(con, playbook.name)
     counts = assignment_counts(assigned, as_of, window)
     r = treatment_readout(
-        counts.conversions_treated, counts.n_treated, counts.conversions_held_out, counts.n_held_out,
-        playbook.effective_holdout_fraction, confidence_level,
+        counts.conversions_treated,
+        counts.n_treated,
+        counts.conversions_held_out,
+        counts.n_held_out,
+        playbook.effective_holdout_fraction,
+        confidence_level,
     )
     return {
-        "playbook": playbook.name, "as_of": as_of, "holdout_fraction": playbook.effective_holdout_fraction, "readout_window_days": window,
-        "n_treated": r.n_treated, "conversions_treated": r.conversions_treated, "rate_treated": r.rate_treated,
-        "n_held_out": r.n_held_out, "conversions_held_out": r.conversions_held_out, "rate_held_out": r.rate_held_out,
-        "rate_diff": r.rate_diff, "diff_ci_low": r.diff_ci_low, "diff_ci_high": r.diff_ci_high,
-        "lift": r.lift, "lift_ci_low": r.lift_ci_low, "lift_ci_high": r.lift_ci_high,
-        "p_value": r.p_value, "method": r.method, "significant": r.significant, "confidence_level": r.confidence_level,
-        "observed_holdout_fraction": r.observed_holdout_fraction, "srm_pvalue": r.srm_pvalue, "srm_flag": r.srm_flag,
-        "small_sample": r.small_sample, "warnings": "; ".join(r.warnings),
-        "n_awaiting_outcome": counts.n_awaiting_outcome, "n_converted_before": counts.n_converted_before,
+        "playbook": playbook.name,
+        "as_of": as_of,
+        "holdout_fraction": playbook.effective_holdout_fraction,
+        "readout_window_days": window,
+        "n_treated": r.n_treated,
+        "conversions_treated": r.conversions_treated,
+        "rate_treated": r.rate_treated,
+        "n_held_out": r.n_held_out,
+        "conversions_held_out": r.conversions_held_out,
+        "rate_held_out": r.rate_held_out,
+        "rate_diff": r.rate_diff,
+        "diff_ci_low": r.diff_ci_low,
+        "diff_ci_high": r.diff_ci_high,
+        "lift": r.lift,
+        "lift_ci_low": r.lift_ci_low,
+        "lift_ci_high": r.lift_ci_high,
+        "p_value": r.p_value,
+        "method": r.method,
+        "significant": r.significant,
+        "confidence_level": r.confidence_level,
+        "observed_holdout_fraction": r.observed_holdout_fraction,
+        "srm_pvalue": r.srm_pvalue,
+        "srm_flag": r.srm_flag,
+        "small_sample": r.small_sample,
+        "warnings": "; ".join(r.warnings),
+        "n_awaiting_outcome": counts.n_awaiting_outcome,
+        "n_converted_before": counts.n_converted_before,
         "n_unknown_account": counts.n_unknown_account,
     }
 
@@ -103,7 +127,11 @@ def write_playbook_readouts(
     con: duckdb.DuckDBPyConnection, config: PlaybookConfig, conversion_window_days: int, confidence_level: float
 ) -> list[dict]:
     """Recompute ``beton.playbook_readouts`` (one row per account playbook, enabled or not); returns the rows."""
-    rows = [playbook_readout_row(con, pb, conversion_window_days, confidence_level) for pb in config.playbooks if pb.kind == "account"]
+    rows = [
+        playbook_readout_row(con, pb, conversion_window_days, confidence_level)
+        for pb in config.playbooks
+        if pb.kind == "account"
+    ]
     replace_table(con, PLAYBOOK_READOUTS_TABLE, pl.DataFrame(rows, infer_schema_length=None) if rows else None)
     return rows
 
@@ -138,11 +166,17 @@ def experiment_counts(con: duckdb.DuckDBPyConnection, experiment: Experiment) ->
     return frame.select("variant", "exposures", "conversions"), diagnostics
 
 
-def write_experiment_readouts(con: duckdb.DuckDBPyConnection, config: PlaybookConfig, confidence_level: float) -> list[ExperimentReadout]:
+def write_experiment_readouts(
+    con: duckdb.DuckDBPyConnection, config: PlaybookConfig, confidence_level: float
+) -> list[ExperimentReadout]:
     """Recompute ``beton.experiment_readouts`` (one row per experiment and variant); returns the readouts."""
     readouts = []
     for experiment in config.experiments:
         counts, diagnostics = experiment_counts(con, experiment)
         readouts.append(experiment_readout_from_counts(experiment, counts, diagnostics, confidence_level))
-    replace_table(con, EXPERIMENT_READOUTS_TABLE, pl.concat([r.table for r in readouts], how="vertical_relaxed") if readouts else None)
+    replace_table(
+        con,
+        EXPERIMENT_READOUTS_TABLE,
+        pl.concat([r.table for r in readouts], how="vertical_relaxed") if readouts else None,
+    )
     return readouts

@@ -56,11 +56,20 @@ def _json_list(frame: pl.DataFrame, by: str, k: int | None, name: str) -> pl.Dat
     """Per `by`: a JSON list of {signal_id, definition, fired_at, contribution}, largest contribution first."""
     encoded = frame.sort([by, "contribution"], descending=[False, True]).with_columns(
         pl.struct(
-            "signal_id", "definition", pl.col("fired_at").dt.strftime("%Y-%m-%dT%H:%M:%SZ").alias("fired_at"), pl.col("contribution").round(4)
-        ).struct.json_encode().alias("_j")
+            "signal_id",
+            "definition",
+            pl.col("fired_at").dt.strftime("%Y-%m-%dT%H:%M:%SZ").alias("fired_at"),
+            pl.col("contribution").round(4),
+        )
+        .struct.json_encode()
+        .alias("_j")
     )
     agg = pl.col("_j").head(k) if k else pl.col("_j")
-    return encoded.group_by(by).agg(agg.str.join(",").alias(name)).with_columns(pl.format("[{}]", pl.col(name)).alias(name))
+    return (
+        encoded.group_by(by)
+        .agg(agg.str.join(",").alias(name))
+        .with_columns(pl.format("[{}]", pl.col(name)).alias(name))
+    )
 
 
 def compute_account_scores(con: duckdb.DuckDBPyConnection, settings: Settings, days: list[date]) -> ScoresResult:
@@ -73,9 +82,15 @@ def compute_account_scores(con: duckdb.DuckDBPyConnection, settings: Settings, d
         firings = pl.DataFrame(schema={"account_id": pl.String, "signal_id": pl.String, "fired_at": pl.Datetime("us")})
     else:
         firings = enabled_firings(con, signals, settings)
-    weights = _weights(signals) if not signals.is_empty() else pl.DataFrame(schema={"signal_id": pl.String, "weight": pl.Float64})
-    definitions = signals.select("signal_id", "definition", "kind", "key") if not signals.is_empty() else pl.DataFrame(
-        schema={"signal_id": pl.String, "definition": pl.String, "kind": pl.String, "key": pl.String}
+    weights = (
+        _weights(signals)
+        if not signals.is_empty()
+        else pl.DataFrame(schema={"signal_id": pl.String, "weight": pl.Float64})
+    )
+    definitions = (
+        signals.select("signal_id", "definition", "kind", "key")
+        if not signals.is_empty()
+        else pl.DataFrame(schema={"signal_id": pl.String, "definition": pl.String, "kind": pl.String, "key": pl.String})
     )
 
     # Calibration: fit on the discovery cohorts, check on the later (holdout) cohorts, then refit on all for live use.
@@ -106,14 +121,18 @@ def compute_account_scores(con: duckdb.DuckDBPyConnection, settings: Settings, d
             & (pl.col("outcome_window_end_at") > pl.col("observed_at"))
         )
         .with_row_index("obs_id")
-        .with_columns(((pl.col("observed_at") - pl.col("started_at")).dt.total_microseconds() / 86_400_000_000).alias("age_days"))
+        .with_columns(
+            ((pl.col("observed_at") - pl.col("started_at")).dt.total_microseconds() / 86_400_000_000).alias("age_days")
+        )
     )
     contribs = contributions(firings, weights, in_play, cfg.half_life_days).join(definitions, on="signal_id")
     live_raw = raw_scores(in_play, contribs)
     scores = in_play.with_columns(
         pl.Series("raw_score", live_raw), pl.Series("score", live.probability(live_raw, in_play["age_days"].to_numpy()))
     )
-    scores = scores.with_columns(pl.col("score").rank("ordinal", descending=True).over("day").cast(pl.Int64).alias("score_rank"))
+    scores = scores.with_columns(
+        pl.col("score").rank("ordinal", descending=True).over("day").cast(pl.Int64).alias("score_rank")
+    )
     fired_json = _json_list(contribs, "obs_id", None, "signals_fired")
     top_json = _json_list(contribs, "obs_id", cfg.top_contributions, "top_contributions")
     intent_json = _json_list(contribs.filter(pl.col("kind") == "intent"), "obs_id", None, "intent_contributions")
@@ -124,10 +143,19 @@ def compute_account_scores(con: duckdb.DuckDBPyConnection, settings: Settings, d
         .join(intent_json, on="obs_id", how="left")
         .join(n_fired, on="obs_id", how="left")
         .select(
-            "day", "account_id", "score", "raw_score", "score_rank", pl.col("age_days").round(3),
+            "day",
+            "account_id",
+            "score",
+            "raw_score",
+            "score_rank",
+            pl.col("age_days").round(3),
             pl.col("n_signals_fired").fill_null(0).cast(pl.Int64),
-            pl.col("signals_fired").fill_null("[]"), pl.col("top_contributions").fill_null("[]"), pl.col("intent_contributions").fill_null("[]"),
-            "domain", "company_name", "is_crm_company",
+            pl.col("signals_fired").fill_null("[]"),
+            pl.col("top_contributions").fill_null("[]"),
+            pl.col("intent_contributions").fill_null("[]"),
+            "domain",
+            "company_name",
+            "is_crm_company",
         )
         .sort("day", "score_rank")
     )
@@ -135,7 +163,9 @@ def compute_account_scores(con: duckdb.DuckDBPyConnection, settings: Settings, d
     return ScoresResult(scores=scores, calibration=calibration, revenue=revenue, days=list(days))
 
 
-def _revenue_metrics(outcomes: pl.DataFrame, firings: pl.DataFrame, scores: pl.DataFrame, days: list[date], lead_threshold: float) -> pl.DataFrame:
+def _revenue_metrics(
+    outcomes: pl.DataFrame, firings: pl.DataFrame, scores: pl.DataFrame, days: list[date], lead_threshold: float
+) -> pl.DataFrame:
     """Per day: leads surfaced, conversion rate and signal accuracy over outcomes closed in the last 30 days,
     and pipeline influenced (ARR of accounts converted in the last 30 days whose enabled signals fired before)."""
     first_fired = firings.group_by("account_id").agg(pl.col("fired_at").min().alias("first_fired_at"))
@@ -144,7 +174,9 @@ def _revenue_metrics(outcomes: pl.DataFrame, firings: pl.DataFrame, scores: pl.D
         (pl.col("day").cast(pl.Datetime("us")) + pl.duration(days=1)).alias("end"),
         (pl.col("day").cast(pl.Datetime("us")) - pl.duration(days=29)).alias("start"),
     )
-    closed = o.join(day_frame, how="cross").filter((pl.col("outcome_window_end_at") >= pl.col("start")) & (pl.col("outcome_window_end_at") < pl.col("end")))
+    closed = o.join(day_frame, how="cross").filter(
+        (pl.col("outcome_window_end_at") >= pl.col("start")) & (pl.col("outcome_window_end_at") < pl.col("end"))
+    )
     signalled = pl.col("first_fired_at").is_not_null()
     closed_stats = closed.group_by("day").agg(
         pl.len().alias("outcomes_closed_30d"),
@@ -156,23 +188,32 @@ def _revenue_metrics(outcomes: pl.DataFrame, firings: pl.DataFrame, scores: pl.D
     )
     influenced = converted.group_by("day").agg(
         pl.len().alias("conversions_30d"),
-        pl.col("arr").filter(pl.col("first_fired_at") < pl.col("converted_at")).sum().alias("pipeline_influenced_arr_30d"),
+        pl.col("arr")
+        .filter(pl.col("first_fired_at") < pl.col("converted_at"))
+        .sum()
+        .alias("pipeline_influenced_arr_30d"),
     )
-    leads = scores.group_by("day").agg(pl.len().alias("accounts_in_play"), (pl.col("score") >= lead_threshold).sum().alias("leads_surfaced"))
+    leads = scores.group_by("day").agg(
+        pl.len().alias("accounts_in_play"), (pl.col("score") >= lead_threshold).sum().alias("leads_surfaced")
+    )
     return (
         day_frame.select("day")
         .join(leads, on="day", how="left")
         .join(closed_stats, on="day", how="left")
         .join(influenced, on="day", how="left")
         .with_columns(
-            pl.col("accounts_in_play", "leads_surfaced", "outcomes_closed_30d", "conversions_30d").fill_null(0).cast(pl.Int64),
+            pl.col("accounts_in_play", "leads_surfaced", "outcomes_closed_30d", "conversions_30d")
+            .fill_null(0)
+            .cast(pl.Int64),
             pl.col("pipeline_influenced_arr_30d").fill_null(0.0),
         )
         .sort("day")
     )
 
 
-def refresh_account_scores(con: duckdb.DuckDBPyConnection, settings: Settings, partition_keys: Iterable[str]) -> ScoresResult:
+def refresh_account_scores(
+    con: duckdb.DuckDBPyConnection, settings: Settings, partition_keys: Iterable[str]
+) -> ScoresResult:
     """Score the partition days the data covers and replace those days' rows of beton.account_scores and
     beton.revenue_metrics, and beton.score_calibration when there is a holdout to check on. Without
     days, nothing is computed or written (`days` is empty)."""

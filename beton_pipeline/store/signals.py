@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import duckdb
 import numpy as np
@@ -53,18 +53,47 @@ SIGNALS_TABLE = "beton.signals"
 OVERRIDES_TABLE = "beton.signal_overrides"
 
 SIGNALS_SCHEMA: dict[str, pl.DataType] = {
-    "signal_id": pl.String(), "definition": pl.String(), "source": pl.String(), "kind": pl.String(), "family": pl.String(),
-    "n_with": pl.Int64(), "conversions_with": pl.Int64(), "n_without": pl.Int64(), "conversions_without": pl.Int64(),
-    "rate_with": pl.Float64(), "rate_without": pl.Float64(),
-    "lift": pl.Float64(), "lift_ci_low": pl.Float64(), "lift_ci_high": pl.Float64(), "p_value": pl.Float64(), "q_value": pl.Float64(),
-    "holdout_lift": pl.Float64(), "holdout_lift_ci_low": pl.Float64(), "holdout_lift_ci_high": pl.Float64(), "holdout_p_value": pl.Float64(),
-    "holdout_n_with": pl.Int64(), "holdout_conversions_with": pl.Int64(), "holdout_n_total": pl.Int64(),
-    "projected_arr": pl.Float64(), "recommendation": pl.String(), "recommendation_reason": pl.String(),
-    "enabled": pl.Boolean(), "enabled_override": pl.Boolean(),
-    "method": pl.String(), "is_family_best": pl.Boolean(), "alternatives": pl.String(),
-    "candidate_key": pl.String(), "event": pl.String(), "property": pl.String(), "value": pl.String(),
-    "window_days": pl.Int64(), "threshold": pl.Int64(), "confidence_level": pl.Float64(), "as_of": pl.Datetime("us"),
-    "part_a_id": pl.String(), "part_b_id": pl.String(),
+    "signal_id": pl.String(),
+    "definition": pl.String(),
+    "source": pl.String(),
+    "kind": pl.String(),
+    "family": pl.String(),
+    "n_with": pl.Int64(),
+    "conversions_with": pl.Int64(),
+    "n_without": pl.Int64(),
+    "conversions_without": pl.Int64(),
+    "rate_with": pl.Float64(),
+    "rate_without": pl.Float64(),
+    "lift": pl.Float64(),
+    "lift_ci_low": pl.Float64(),
+    "lift_ci_high": pl.Float64(),
+    "p_value": pl.Float64(),
+    "q_value": pl.Float64(),
+    "holdout_lift": pl.Float64(),
+    "holdout_lift_ci_low": pl.Float64(),
+    "holdout_lift_ci_high": pl.Float64(),
+    "holdout_p_value": pl.Float64(),
+    "holdout_n_with": pl.Int64(),
+    "holdout_conversions_with": pl.Int64(),
+    "holdout_n_total": pl.Int64(),
+    "projected_arr": pl.Float64(),
+    "recommendation": pl.String(),
+    "recommendation_reason": pl.String(),
+    "enabled": pl.Boolean(),
+    "enabled_override": pl.Boolean(),
+    "method": pl.String(),
+    "is_family_best": pl.Boolean(),
+    "alternatives": pl.String(),
+    "candidate_key": pl.String(),
+    "event": pl.String(),
+    "property": pl.String(),
+    "value": pl.String(),
+    "window_days": pl.Int64(),
+    "threshold": pl.Int64(),
+    "confidence_level": pl.Float64(),
+    "as_of": pl.Datetime("us"),
+    "part_a_id": pl.String(),
+    "part_b_id": pl.String(),
 }
 """beton.signals, column by column (README, "beton.signals")."""
 SIGNAL_COLUMNS = list(SIGNALS_SCHEMA)
@@ -92,12 +121,22 @@ def latest_overrides(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """
     if not table_exists(con, "beton", "signal_overrides"):
         return pl.DataFrame(
-            schema={"signal_id": pl.String, "enabled": pl.Boolean, "changed_by": pl.String, "changed_at": pl.Datetime("us"), "reason": pl.String}
+            schema={
+                "signal_id": pl.String,
+                "enabled": pl.Boolean,
+                "changed_by": pl.String,
+                "changed_at": pl.Datetime("us"),
+                "reason": pl.String,
+            }
         )
-    return con.sql(
-        f"select * from (select *, row_number() over (partition by signal_id order by changed_at desc) as rn "
-        f"from {OVERRIDES_TABLE}) where rn = 1"
-    ).pl().drop("rn")
+    return (
+        con.sql(
+            f"select * from (select *, row_number() over (partition by signal_id order by changed_at desc) as rn "
+            f"from {OVERRIDES_TABLE}) where rn = 1"
+        )
+        .pl()
+        .drop("rn")
+    )
 
 
 def _with_enabled(frame: pl.DataFrame, overrides: pl.DataFrame) -> pl.DataFrame:
@@ -173,16 +212,31 @@ def read_cohort_counts(con: duckdb.DuckDBPyConnection, months: set[str]) -> tupl
     notes (key, note: e.g. SQL without fired_at).
 
     Raises MissingCohortMonthsError when one of `months` has no discovered-candidate counts yet."""
-    counts = con.sql(f"select * from {COHORT_COUNTS_TABLE}").pl() if table_exists(con, *COHORT_COUNTS_TABLE.split(".")) else pl.DataFrame()
+    counts = (
+        con.sql(f"select * from {COHORT_COUNTS_TABLE}").pl()
+        if table_exists(con, *COHORT_COUNTS_TABLE.split("."))
+        else pl.DataFrame()
+    )
     present = set(counts.get_column("cohort_month").unique().to_list()) if counts.height else set()
     missing = sorted(months - present)
     if missing:
         raise MissingCohortMonthsError(missing)
     counts = counts.filter(pl.col("cohort_month").is_in(sorted(months))) if counts.height else counts
-    custom = con.sql(f"select * from {CUSTOM_COUNTS_TABLE}").pl() if table_exists(con, *CUSTOM_COUNTS_TABLE.split(".")) else pl.DataFrame()
+    custom = (
+        con.sql(f"select * from {CUSTOM_COUNTS_TABLE}").pl()
+        if table_exists(con, *CUSTOM_COUNTS_TABLE.split("."))
+        else pl.DataFrame()
+    )
     if custom.height and counts.height:
-        counts = pl.concat([counts, custom.filter(pl.col("cohort_month").is_in(sorted(months))).select(counts.columns)], how="vertical_relaxed")
-    notes = custom.select("key", "note").unique("key") if custom.height else pl.DataFrame(schema={"key": pl.String, "note": pl.String})
+        counts = pl.concat(
+            [counts, custom.filter(pl.col("cohort_month").is_in(sorted(months))).select(counts.columns)],
+            how="vertical_relaxed",
+        )
+    notes = (
+        custom.select("key", "note").unique("key")
+        if custom.height
+        else pl.DataFrame(schema={"key": pl.String, "note": pl.String})
+    )
     return counts, notes
 
 
@@ -219,7 +273,9 @@ def _warehouse_pair_source(con: duckdb.DuckDBPyConnection, settings: Settings):
     return source
 
 
-def write_discovered_signals(con: duckdb.DuckDBPyConnection, result: pl.DataFrame, settings: Settings, as_of, split) -> pl.DataFrame:
+def write_discovered_signals(
+    con: duckdb.DuckDBPyConnection, result: pl.DataFrame, settings: Settings, as_of, split
+) -> pl.DataFrame:
     """Replace the discovered and custom rows of beton.signals with `result` (one family, one BH); returns what was written."""
     n_tested = result.height
     if n_tested == 0:
@@ -234,13 +290,22 @@ def write_discovered_signals(con: duckdb.DuckDBPyConnection, result: pl.DataFram
         pl.col("part_b").map_elements(signal_id, return_dtype=pl.String).alias("part_b_id"),
         pl.format(
             "{}; q: Benjamini-Hochberg over {} candidates (discovered and custom); holdout: {} later cohort months{}",
-            "method", pl.lit(n_tested), pl.lit(len(split.holdout_months)),
+            "method",
+            pl.lit(n_tested),
+            pl.lit(len(split.holdout_months)),
             (pl.lit("; ") + pl.col("note")).fill_null("") if "note" in result.columns else pl.lit(""),
         ).alias("method"),
-        pl.col("alternatives").map_elements(lambda a: json.dumps(list(a)), return_dtype=pl.String).alias("alternatives"),
+        pl.col("alternatives")
+        .map_elements(lambda a: json.dumps(list(a)), return_dtype=pl.String)
+        .alias("alternatives"),
         pl.lit(settings.thresholds.confidence_level).alias("confidence_level"),
         pl.lit(as_of, pl.Datetime("us")).alias("as_of"),
-        pl.when(pl.col("recommendation") == "enable").then(0).when(pl.col("recommendation") == "review").then(1).otherwise(2).alias("recommendation_order"),
+        pl.when(pl.col("recommendation") == "enable")
+        .then(0)
+        .when(pl.col("recommendation") == "review")
+        .then(1)
+        .otherwise(2)
+        .alias("recommendation_order"),
     )
     frame = _with_enabled(_nan_to_null(frame), latest_overrides(con))
     out = frame.select(SIGNAL_COLUMNS).cast(SIGNALS_SCHEMA).sort("signal_id")
@@ -249,7 +314,12 @@ def write_discovered_signals(con: duckdb.DuckDBPyConnection, result: pl.DataFram
 
 
 def set_override(
-    con: duckdb.DuckDBPyConnection, signal_id: str, enabled: bool, changed_by: str, reason: str | None, now: datetime | None = None
+    con: duckdb.DuckDBPyConnection,
+    signal_id: str,
+    enabled: bool,
+    changed_by: str,
+    reason: str | None,
+    now: datetime | None = None,
 ) -> None:
     """Record a user's enable/disable decision and apply it to beton.signals at once."""
     if not table_exists(con, "beton", "signals"):
@@ -258,10 +328,13 @@ def set_override(
     if not known:
         raise UnknownSignalError(f"{signal_id}: no such signal in beton.signals (see `beton signals --all`)")
     con.execute(OVERRIDES_DDL)
-    now = now or datetime.now(timezone.utc).replace(tzinfo=None)
+    now = now or datetime.now(UTC).replace(tzinfo=None)
     con.execute("begin transaction")
     con.execute(f"insert into {OVERRIDES_TABLE} values (?, ?, ?, ?, ?)", [signal_id, enabled, changed_by, now, reason])
-    con.execute(f"update {SIGNALS_TABLE} set enabled = ?, enabled_override = ? where signal_id = ?", [enabled, enabled, signal_id])
+    con.execute(
+        f"update {SIGNALS_TABLE} set enabled = ?, enabled_override = ? where signal_id = ?",
+        [enabled, enabled, signal_id],
+    )
     con.execute("commit")
 
 
@@ -279,7 +352,9 @@ def read_signals(con: duckdb.DuckDBPyConnection, include_all: bool = False) -> p
 # ------------------------------------------------------------------------------------------------
 # One custom signal on its own (`beton backtest`, the launchpad): q over this signal alone
 # ------------------------------------------------------------------------------------------------
-def custom_signal_rows(evaluated: Evaluated, frames: FeatureFrames, settings: Settings) -> tuple[pl.DataFrame, HoldoutSplit]:
+def custom_signal_rows(
+    evaluated: Evaluated, frames: FeatureFrames, settings: Settings
+) -> tuple[pl.DataFrame, HoldoutSplit]:
     """The beton.signals statistics of custom signals tested on their own, on discovery's temporal split:
     the same tests, holdout replication, projected ARR and recommendation rule as `discover`, with one
     Benjamini–Hochberg family over these signals only."""
@@ -295,23 +370,43 @@ def custom_signal_rows(evaluated: Evaluated, frames: FeatureFrames, settings: Se
         return sufficient_statistics(matrix.take_rows(rows), converted[rows], arr[rows])
 
     tested = evaluate(counts(split.discovery_months), config.confidence_level)
-    tested = tested.with_columns(pl.Series("q_value", benjamini_hochberg(tested.get_column("p_value").to_numpy()), dtype=pl.Float64))
-    tested = attach_holdout(tested, counts(split.holdout_months) if split.holdout_months else pl.DataFrame(), config.confidence_level)
+    tested = tested.with_columns(
+        pl.Series("q_value", benjamini_hochberg(tested.get_column("p_value").to_numpy()), dtype=pl.Float64)
+    )
+    tested = attach_holdout(
+        tested, counts(split.holdout_months) if split.holdout_months else pl.DataFrame(), config.confidence_level
+    )
     tested = tested.with_columns(projected_arr(tested, span_days(split.discovery_months), config.acv))
     out = recommend(tested, config).with_columns(pl.lit("custom").alias("source"))
     n = len(evaluated.signals)
-    notes = pl.DataFrame({"signal_id": list(evaluated.notes), "_note": list(evaluated.notes.values())}, schema={"signal_id": pl.String, "_note": pl.String})
-    out = out.join(notes, on="signal_id", how="left").with_columns(
-        pl.format(
-            "{}; q: Benjamini-Hochberg over {} custom signal(s) of this run; holdout: {} later cohort months",
-            "method", pl.lit(n), pl.lit(len(split.holdout_months)),
-        ).alias("method")
-    ).with_columns(
-        pl.when(pl.col("_note").is_not_null()).then(pl.format("{}; {}", "method", "_note")).otherwise(pl.col("method")).alias("method"),
-        pl.when(pl.col("n_with") == 0).then(pl.lit("fired for no account in the discovery cohorts"))
-        .when(pl.col("n_without") == 0).then(pl.lit("fired for every account in the discovery cohorts"))
-        .otherwise(pl.col("recommendation_reason")).alias("recommendation_reason"),
-    ).drop("_note")
+    notes = pl.DataFrame(
+        {"signal_id": list(evaluated.notes), "_note": list(evaluated.notes.values())},
+        schema={"signal_id": pl.String, "_note": pl.String},
+    )
+    out = (
+        out.join(notes, on="signal_id", how="left")
+        .with_columns(
+            pl.format(
+                "{}; q: Benjamini-Hochberg over {} custom signal(s) of this run; holdout: {} later cohort months",
+                "method",
+                pl.lit(n),
+                pl.lit(len(split.holdout_months)),
+            ).alias("method")
+        )
+        .with_columns(
+            pl.when(pl.col("_note").is_not_null())
+            .then(pl.format("{}; {}", "method", "_note"))
+            .otherwise(pl.col("method"))
+            .alias("method"),
+            pl.when(pl.col("n_with") == 0)
+            .then(pl.lit("fired for no account in the discovery cohorts"))
+            .when(pl.col("n_without") == 0)
+            .then(pl.lit("fired for every account in the discovery cohorts"))
+            .otherwise(pl.col("recommendation_reason"))
+            .alias("recommendation_reason"),
+        )
+        .drop("_note")
+    )
     return out, split
 
 
@@ -324,5 +419,7 @@ def signals_table_rows(rows: pl.DataFrame, overrides: pl.DataFrame, confidence_l
         pl.lit(as_of, pl.Datetime("us")).alias("as_of"),
     )
     frame = _with_enabled(_nan_to_null(frame), overrides)
-    frame = frame.with_columns(pl.lit(None).alias(c) for c in SIGNAL_COLUMNS if c not in frame.columns)  # e.g. pair parts
+    frame = frame.with_columns(
+        pl.lit(None).alias(c) for c in SIGNAL_COLUMNS if c not in frame.columns
+    )  # e.g. pair parts
     return frame.select(SIGNAL_COLUMNS).cast(SIGNALS_SCHEMA).sort("signal_id")

@@ -128,7 +128,9 @@ def _walk(node) -> Iterator[dict]:
             stack.extend(item)
 
 
-def tree_check(con: duckdb.DuckDBPyConnection, sql: str, known_tables: set[tuple[str, str]], catalog: str) -> tuple[str, ...]:
+def tree_check(
+    con: duckdb.DuckDBPyConnection, sql: str, known_tables: set[tuple[str, str]], catalog: str
+) -> tuple[str, ...]:
     """Refuse table functions, unknown tables and refused functions in a SELECT's syntax tree; return the tables read."""
     serialised = con.sql("select json_serialize_sql($q)", params={"q": sql}).fetchall()[0][0]
     tree = json.loads(serialised)
@@ -159,7 +161,9 @@ def tree_check(con: duckdb.DuckDBPyConnection, sql: str, known_tables: set[tuple
             if not schema and not table_catalog and name in cte_names:
                 continue
             if table_catalog and table_catalog != catalog.lower():
-                raise SqlSignalRefused(f"table {shown} is not in the warehouse: SQL signals read only the warehouse's tables")
+                raise SqlSignalRefused(
+                    f"table {shown} is not in the warehouse: SQL signals read only the warehouse's tables"
+                )
             if (schema, name) not in known_tables:
                 raise SqlSignalRefused(
                     f"unknown table {shown!r}: SQL signals read only the warehouse's tables and views "
@@ -182,7 +186,9 @@ def _known_tables(con: duckdb.DuckDBPyConnection) -> tuple[set[tuple[str, str]],
 
 
 @contextmanager
-def sandbox_connection(warehouse: Path | str, memory_limit: str = DEFAULT_MEMORY_LIMIT, wait_seconds: float = LOCK_RETRY_SECONDS) -> Iterator[duckdb.DuckDBPyConnection]:
+def sandbox_connection(
+    warehouse: Path | str, memory_limit: str = DEFAULT_MEMORY_LIMIT, wait_seconds: float = LOCK_RETRY_SECONDS
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-only, locked-down connection to the warehouse file (retried while another process writes it)."""
     path = Path(warehouse)
     if not path.exists():
@@ -243,7 +249,9 @@ def run_sql_signal(
         relation = con.sql(sql)
         columns = [c.lower() for c in relation.columns]
         if "account_id" not in columns:
-            raise SqlSignalError(f"the query returns {', '.join(relation.columns) or 'no columns'}; it must return an account_id column")
+            raise SqlSignalError(
+                f"the query returns {', '.join(relation.columns) or 'no columns'}; it must return an account_id column"
+            )
         has_fired_at = "fired_at" in columns
         if has_fired_at:
             kind = str(relation.types[columns.index("fired_at")]).upper()
@@ -251,7 +259,9 @@ def run_sql_signal(
                 raise SqlSignalError(f"fired_at must be a timestamp or a date, got {kind}")
         frame = relation.pl()
     except duckdb.InterruptException:
-        raise SqlSignalRefused(f"the query ran longer than the time limit of {timeout_seconds:g} s and was stopped") from None
+        raise SqlSignalRefused(
+            f"the query ran longer than the time limit of {timeout_seconds:g} s and was stopped"
+        ) from None
     except duckdb.PermissionException as exc:
         raise SqlSignalRefused(f"not allowed in the sandbox: {_first_line(exc)}") from None
     except duckdb.OutOfMemoryException as exc:
@@ -263,9 +273,9 @@ def run_sql_signal(
     elapsed = time.perf_counter() - started
     rename = {c: c.lower() for c in frame.columns}
     frame = frame.rename(rename)
-    fired_at = (
-        pl.col("fired_at").cast(pl.Datetime("us")) if has_fired_at else pl.lit(None, pl.Datetime("us"))
-    ).alias("fired_at")
+    fired_at = (pl.col("fired_at").cast(pl.Datetime("us")) if has_fired_at else pl.lit(None, pl.Datetime("us"))).alias(
+        "fired_at"
+    )
     accounts = (
         frame.select(pl.col("account_id").cast(pl.String), fired_at)
         .filter(pl.col("account_id").is_not_null())

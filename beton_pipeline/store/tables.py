@@ -20,7 +20,10 @@ ACCOUNT_COLUMNS = """
 
 
 def read_feature_frames(
-    con: duckdb.DuckDBPyConnection, windows: tuple[int, ...], cohort_month: str | None = None, eligible_only: bool = True
+    con: duckdb.DuckDBPyConnection,
+    windows: tuple[int, ...],
+    cohort_month: str | None = None,
+    eligible_only: bool = True,
 ) -> FeatureFrames:
     """The discovery inputs for eligible accounts (optionally one cohort month, `YYYY-MM`)."""
     where = ["o.has_events"]
@@ -38,7 +41,9 @@ def read_feature_frames(
     ).pl()
     counts = ", ".join(f"e.n_first_{d}d" for d in windows)
     scope = f"join marts.account_outcomes o using (account_id) where {cond}"
-    events = con.sql(f"select e.account_id, e.event_name, {counts} from marts.account_event_features e {scope}", params=params).pl()
+    events = con.sql(
+        f"select e.account_id, e.event_name, {counts} from marts.account_event_features e {scope}", params=params
+    ).pl()
     properties = con.sql(
         f"select e.account_id, e.event_name, e.property_name, e.property_value, {counts} "
         f"from marts.account_property_features e {scope}",
@@ -74,7 +79,9 @@ def as_of_time(con: duckdb.DuckDBPyConnection):
     return con.sql("select max(as_of_at) from marts.account_outcomes").fetchall()[0][0]
 
 
-def replace_rows(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, where: str, params: list | None = None) -> None:
+def replace_rows(
+    con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, where: str, params: list | None = None
+) -> None:
     """In one transaction: create `table` from `frame`'s schema if missing, delete rows matching `where`, insert `frame`."""
     schema = table.split(".")[0]
     con.execute(f"create schema if not exists {schema}")

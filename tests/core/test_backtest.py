@@ -34,14 +34,19 @@ def data():
 def periods(data):
     fired, period, converted, arr = data
     ids = [f"sig_{j}" for j in range(fired.shape[1])]
-    return backtest_periods(fired, ids, period, converted, arr, BacktestConfig(), holdout_periods=("2025-05", "2025-06"))
+    return backtest_periods(
+        fired, ids, period, converted, arr, BacktestConfig(), holdout_periods=("2025-05", "2025-06")
+    )
 
 
 def test_one_row_per_signal_and_period_with_the_split(periods, data):
     fired = data[0]
     assert periods.height == fired.shape[1] * len(MONTHS)
     assert periods.group_by("signal_id").len().get_column("len").to_list() == [len(MONTHS)] * fired.shape[1]
-    assert periods.filter(pl.col("split") == "holdout").get_column("cohort_month").unique().sort().to_list() == ["2025-05", "2025-06"]
+    assert periods.filter(pl.col("split") == "holdout").get_column("cohort_month").unique().sort().to_list() == [
+        "2025-05",
+        "2025-06",
+    ]
     assert (periods["fired"] + periods["not_fired"] == periods["cohort_accounts"]).all()
     assert (periods["converted"] + periods["converted_not_fired"] == periods["cohort_conversions"]).all()
 
@@ -54,7 +59,9 @@ def test_precision_and_recall_match_scikit_learn(periods, data):
         rows = period == row["cohort_month"]
         assert row["precision"] == pytest.approx(precision_score(converted[rows], fired[rows, j]), abs=1e-9)
         assert row["recall"] == pytest.approx(recall_score(converted[rows], fired[rows, j]), abs=1e-9)
-        assert row["fired"] == int(fired[rows, j].sum()) and row["converted"] == int((fired[rows, j] & converted[rows]).sum())
+        assert row["fired"] == int(fired[rows, j].sum()) and row["converted"] == int(
+            (fired[rows, j] & converted[rows]).sum()
+        )
         checked += 1
     assert checked == periods.height
 
@@ -65,7 +72,9 @@ def test_lift_ci_and_projected_arr_ci_match_statsmodels(periods, data):
         a, n1, c, n2 = row["converted"], row["fired"], row["converted_not_fired"], row["not_fired"]
         assert row["lift"] == pytest.approx((a / n1) / (c / n2), rel=1e-12)
         low, high = confint_proportions_2indep(a, n1, c, n2, compare="ratio", method="log")
-        assert row["lift_ci_low"] == pytest.approx(low, rel=1e-9) and row["lift_ci_high"] == pytest.approx(high, rel=1e-9)
+        assert row["lift_ci_low"] == pytest.approx(low, rel=1e-9) and row["lift_ci_high"] == pytest.approx(
+            high, rel=1e-9
+        )
         d_low, d_high = confint_proportions_2indep(a, n1, c, n2, compare="diff", method="newcomb")
         scale = n1 * 12 * row["arr_per_conversion"]
         assert row["projected_arr"] == pytest.approx((a / n1 - c / n2) * scale, rel=1e-9)
@@ -89,7 +98,9 @@ def test_sparse_and_one_dimensional_inputs_give_the_same_rows(data, periods):
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # statsmodels' random-effects part, not used here
 def test_cochran_q_matches_statsmodels_meta_analysis(periods):
     for sid, group in periods.group_by("signal_id"):
-        lr, var = log_lift_and_variance(group["converted"], group["fired"], group["converted_not_fired"], group["not_fired"])
+        lr, var = log_lift_and_variance(
+            group["converted"], group["fired"], group["converted_not_fired"], group["not_fired"]
+        )
         q, df, p = cochran_q(lr, var, np.zeros(len(lr), dtype=np.int64), 1)
         ref = combine_effects(lr, var, method_re="chi2")
         assert q[0] == pytest.approx(ref.q, rel=1e-9), sid

@@ -74,7 +74,9 @@ def synthetic_frames(n: int = 600, seed: int = 3) -> FeatureFrames:
         return {"n_first_1d": c1, "n_first_3d": c3, "n_first_7d": c7, "n_first_14d": c14}
 
     pairs = [(a, e) for a in ids for e in EVENTS if rng.random() < 0.5]
-    events = pl.DataFrame({"account_id": [a for a, _ in pairs], "event_name": [e for _, e in pairs], **counts(len(pairs))})
+    events = pl.DataFrame(
+        {"account_id": [a for a, _ in pairs], "event_name": [e for _, e in pairs], **counts(len(pairs))}
+    )
     events = events.filter(pl.col("n_first_14d") > 0)
     triples = [(a, p) for a in ids for p in PATHS if rng.random() < 0.3]
     properties = pl.DataFrame(
@@ -141,11 +143,31 @@ def test_the_brief_example_parses_into_the_expected_tree(vocab):
     "text, line, expected",
     [
         ("name: x\nwhen:\n  event: [invited_teammate\n  count: 3\n", 4, "not valid YAML"),
-        ("name: x\nwhen:\n  event: invited_teammate\n  count: >= 3\n", 4, 'not valid YAML: expected chomping or indentation indicators, but found \'=\'; put comparisons in quotes'),
-        ("name: x\nwhen:\n  all:\n    - event: invited_teammate\n      cuont: 3\n", 5, "when.all[0].cuont: unknown key (did you mean `count`?)"),
-        ("name: x\nwhen:\n  all:\n    - event: invited_teammate\n      count: lots\n", 5, "when.all[0].count: expected a comparison"),
-        ("name: x\nwhen:\n  all:\n    - event: invited_teammate\n      count: 1.5\n", 5, "a count compares with a whole number"),
-        ("name: x\nwhen:\n  evnt: invited_teammate\n", 3, "a condition needs one of all, any, not, event, attribute, intent (did you mean `event`?)"),
+        (
+            "name: x\nwhen:\n  event: invited_teammate\n  count: >= 3\n",
+            4,
+            "not valid YAML: expected chomping or indentation indicators, but found '='; put comparisons in quotes",
+        ),
+        (
+            "name: x\nwhen:\n  all:\n    - event: invited_teammate\n      cuont: 3\n",
+            5,
+            "when.all[0].cuont: unknown key (did you mean `count`?)",
+        ),
+        (
+            "name: x\nwhen:\n  all:\n    - event: invited_teammate\n      count: lots\n",
+            5,
+            "when.all[0].count: expected a comparison",
+        ),
+        (
+            "name: x\nwhen:\n  all:\n    - event: invited_teammate\n      count: 1.5\n",
+            5,
+            "a count compares with a whole number",
+        ),
+        (
+            "name: x\nwhen:\n  evnt: invited_teammate\n",
+            3,
+            "a condition needs one of all, any, not, event, attribute, intent (did you mean `event`?)",
+        ),
         ("name: x\nwhen:\n  event: invited_teammate\n  attribute: industry\n", 3, "one condition per mapping"),
         ("name: x\nname: y\nwhen: {event: invited_teammate}\n", 2, "name: duplicate key"),
         ("description: no name\nwhen: {event: invited_teammate}\n", 1, "name: missing"),
@@ -175,17 +197,53 @@ def test_an_empty_file_is_an_error():
 @pytest.mark.parametrize(
     "when, line_field, expected",
     [
-        ("{event: invited_teamate}", "2: when.event", "unknown event `invited_teamate`: no account has it in the marts (did you mean `invited_teammate`?)"),
-        ("\n  all:\n    - {event: api_key_created}\n    - {event: api_key_creatd, within_days: 7}", "5: when.all[1].event", "(did you mean `api_key_created`?)"),
-        ("{event: invited_teammate, within_days: 30}", "2: when.within_days", "30 is not one of the marts' first-N-day windows (1, 3, 7, 14)"),
-        ("{event: $pageview, property: $current_ur, equals: /home}", "2: when.property", "(did you mean `$current_url`?); configured: $pageview.$current_url"),
-        ("{event: $pageview, property: $current_url, equals: /settings/integration}", "2: when.equals", "(did you mean `/settings/integrations`?)"),
-        ("{attribute: industri, equals: Fintech}", "2: when.attribute", "unknown attribute `industri` (did you mean `industry`?)"),
-        ("{attribute: industry, equals: Fintec}", "2: when", "no account has industry = 'Fintec' (did you mean `Fintech`?)"),
-        ("{attribute: industry, value: '>= 3'}", "2: when.value", "`industry` is not a number; use equals, not_equals or in"),
+        (
+            "{event: invited_teamate}",
+            "2: when.event",
+            "unknown event `invited_teamate`: no account has it in the marts (did you mean `invited_teammate`?)",
+        ),
+        (
+            "\n  all:\n    - {event: api_key_created}\n    - {event: api_key_creatd, within_days: 7}",
+            "5: when.all[1].event",
+            "(did you mean `api_key_created`?)",
+        ),
+        (
+            "{event: invited_teammate, within_days: 30}",
+            "2: when.within_days",
+            "30 is not one of the marts' first-N-day windows (1, 3, 7, 14)",
+        ),
+        (
+            "{event: $pageview, property: $current_ur, equals: /home}",
+            "2: when.property",
+            "(did you mean `$current_url`?); configured: $pageview.$current_url",
+        ),
+        (
+            "{event: $pageview, property: $current_url, equals: /settings/integration}",
+            "2: when.equals",
+            "(did you mean `/settings/integrations`?)",
+        ),
+        (
+            "{attribute: industri, equals: Fintech}",
+            "2: when.attribute",
+            "unknown attribute `industri` (did you mean `industry`?)",
+        ),
+        (
+            "{attribute: industry, equals: Fintec}",
+            "2: when",
+            "no account has industry = 'Fintec' (did you mean `Fintech`?)",
+        ),
+        (
+            "{attribute: industry, value: '>= 3'}",
+            "2: when.value",
+            "`industry` is not a number; use equals, not_equals or in",
+        ),
         ("{attribute: employee_count, equals: many}", "2: when", "`employee_count` is a number"),
         ("{intent: funding_rounds}", "2: when.intent", "(did you mean `funding_round`?)"),
-        ("{intent: funding_round, within_days_before_start: 30}", "2: when.within_days_before_start", "the marts count intent signals in the 90 days before start"),
+        (
+            "{intent: funding_round, within_days_before_start: 30}",
+            "2: when.within_days_before_start",
+            "the marts count intent signals in the 90 days before start",
+        ),
     ],
 )
 def test_unknown_names_are_errors_that_suggest_the_nearest_known_name(vocab, when, line_field, expected):
@@ -236,8 +294,14 @@ class Reference:
         self.intent = {(r["account_id"], r["signal_type"]): r for r in frames.intent.to_dicts()}
 
     def holds(self, cond, acc: dict) -> bool:
-        ops = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b, "<": lambda a, b: a < b,
-               "==": lambda a, b: a == b, "!=": lambda a, b: a != b}
+        ops = {
+            ">=": lambda a, b: a >= b,
+            ">": lambda a, b: a > b,
+            "<=": lambda a, b: a <= b,
+            "<": lambda a, b: a < b,
+            "==": lambda a, b: a == b,
+            "!=": lambda a, b: a != b,
+        }
         aid = acc["account_id"]
         if isinstance(cond, AllOf):
             return all(self.holds(c, acc) for c in cond.children)
@@ -250,7 +314,11 @@ class Reference:
             if cond.property is None:
                 n = self.events.get((aid, cond.event), {}).get(col, 0)
             else:
-                n = sum(r[col] for r in self.props.get((aid, cond.event, cond.property), []) if r["property_value"] in cond.values)
+                n = sum(
+                    r[col]
+                    for r in self.props.get((aid, cond.event, cond.property), [])
+                    if r["property_value"] in cond.values
+                )
             return ops[cond.op](n, cond.threshold)
         if isinstance(cond, AttributeCondition):
             value = acc[cond.attribute]
@@ -300,8 +368,12 @@ def test_vectorised_evaluation_matches_a_per_account_reference(frames, vocab, te
 def test_a_missing_attribute_never_matches_a_leaf(frames, vocab):
     missing = frames.accounts.get_column("industry").is_null().to_numpy()
     is_fintech = evaluate(_bound("name: x\nwhen: {attribute: industry, equals: Fintech}\n", vocab).condition, frames)
-    not_fintech = evaluate(_bound("name: x\nwhen: {attribute: industry, not_equals: Fintech}\n", vocab).condition, frames)
-    negated = evaluate(_bound("name: x\nwhen: {not: {attribute: industry, equals: Fintech}}\n", vocab).condition, frames)
+    not_fintech = evaluate(
+        _bound("name: x\nwhen: {attribute: industry, not_equals: Fintech}\n", vocab).condition, frames
+    )
+    negated = evaluate(
+        _bound("name: x\nwhen: {not: {attribute: industry, equals: Fintech}}\n", vocab).condition, frames
+    )
     assert missing.any()
     assert not is_fintech[missing].any() and not not_fintech[missing].any()
     assert negated[missing].all()
@@ -319,8 +391,10 @@ def _candidate_yaml(row: dict) -> str:
     if row["kind"] == "event_count":
         leaf = f"{{event: '{row['event']}', count: '>= {row['threshold']}', within_days: {row['window_days']}}}"
     elif row["kind"] == "event_property":
-        leaf = (f"{{event: '{row['event']}', property: '{row['property']}', equals: '{row['value']}', "
-                f"count: '>= {row['threshold']}', within_days: {row['window_days']}}}")
+        leaf = (
+            f"{{event: '{row['event']}', property: '{row['property']}', equals: '{row['value']}', "
+            f"count: '>= {row['threshold']}', within_days: {row['window_days']}}}"
+        )
     elif row["kind"] == "attribute":
         leaf = f"{{attribute: {row['property']}, equals: '{row['value']}'}}"
     else:
@@ -331,7 +405,9 @@ def _candidate_yaml(row: dict) -> str:
 
 def test_conditions_fire_exactly_where_discoverys_candidates_fire(frames, vocab):
     hits = candidate_hits(frames, FeatureSpec(WINDOWS, (1, 2, 3, 5), 14, 90))
-    candidates = hits.select("key", "kind", "event", "property", "value", "window_days", "threshold").unique("key").sort("key")
+    candidates = (
+        hits.select("key", "kind", "event", "property", "value", "window_days", "threshold").unique("key").sort("key")
+    )
     assert set(candidates.get_column("kind").unique()) == {"event_count", "event_property", "attribute", "intent"}
     index = {a: i for i, a in enumerate(frames.accounts.get_column("account_id").to_list())}
     for row in candidates.iter_rows(named=True):  # a few hundred candidates; each is one vectorised evaluation

@@ -63,8 +63,23 @@ def synthetic_frames(n: int = 6000, seed: int = 0, planted_lift: bool = True) ->
             )
         )
     events = pl.concat(rows)
-    empty_props = pl.DataFrame(schema={"account_id": pl.String, "event_name": pl.String, "property_name": pl.String, "property_value": pl.String, **{f"n_first_{d}d": pl.Int64 for d in WINDOWS}})
-    intent = pl.DataFrame(schema={"account_id": pl.String, "signal_type": pl.String, "n_before_start": pl.Int64, "n_before_window_end": pl.Int64})
+    empty_props = pl.DataFrame(
+        schema={
+            "account_id": pl.String,
+            "event_name": pl.String,
+            "property_name": pl.String,
+            "property_value": pl.String,
+            **{f"n_first_{d}d": pl.Int64 for d in WINDOWS},
+        }
+    )
+    intent = pl.DataFrame(
+        schema={
+            "account_id": pl.String,
+            "signal_type": pl.String,
+            "n_before_start": pl.Int64,
+            "n_before_window_end": pl.Int64,
+        }
+    )
     return FeatureFrames(accounts=accounts, events=events, properties=empty_props, intent=intent)
 
 
@@ -85,7 +100,8 @@ def test_sparse_counts_equal_a_group_by():
     y = frames.accounts.get_column("converted").to_numpy()
     stats = sufficient_statistics(matrix, y, np.where(y, 1.0, 0.0))
     brute = (
-        hits.select("account_id", "key").unique()
+        hits.select("account_id", "key")
+        .unique()
         .join(frames.accounts.select("account_id", "converted"), on="account_id")
         .group_by("key")
         .agg(pl.len().alias("n"), pl.col("converted").sum().alias("c"))
@@ -124,7 +140,9 @@ def test_temporal_split_of_accounts_is_choose_holdout_on_their_months():
     split = temporal_split(months, 0.3)
     assert split.discovery_months == ("2025-01", "2025-02") and split.holdout_months == ("2025-03", "2025-04")
     assert (split.n_discovery, split.n_holdout) == (200, 100)
-    sizes = pl.DataFrame({"cohort_month": ["2025-01", "2025-02", "2025-03", "2025-04"], "n_eligible": [100, 100, 50, 50]})
+    sizes = pl.DataFrame(
+        {"cohort_month": ["2025-01", "2025-02", "2025-03", "2025-04"], "n_eligible": [100, 100, 50, 50]}
+    )
     assert split == choose_holdout(sizes, 0.3)
     assert temporal_split(np.array(["2025-01"] * 10), 0.3).holdout_months == ()
 
@@ -163,7 +181,10 @@ def test_shuffled_outcomes_rarely_enable_anything():
     frames = synthetic_frames(3000, seed=3)
     y0 = frames.accounts.get_column("converted").to_numpy()
     runs_with_enable = sum(
-        run(frames, converted=np.random.default_rng(seed).permutation(y0)).signals.filter(pl.col("recommendation") == "enable").height > 0
+        run(frames, converted=np.random.default_rng(seed).permutation(y0))
+        .signals.filter(pl.col("recommendation") == "enable")
+        .height
+        > 0
         for seed in range(20)
     )
     assert runs_with_enable <= 2  # 0.05 × 20 = 1 expected at most; holdout replication makes it rarer

@@ -51,7 +51,12 @@ from beton_pipeline.core.model import (
 
 WINDOWS = (1, 3, 7, 14)
 SPEC = FeatureSpec(windows=WINDOWS, count_thresholds=(1, 2, 3, 5), observation_days=14, intent_lookback_days=90)
-PROPERTY_COLUMNS = {"account_id": pl.String, "event_name": pl.String, "property_name": pl.String, "property_value": pl.String}
+PROPERTY_COLUMNS = {
+    "account_id": pl.String,
+    "event_name": pl.String,
+    "property_name": pl.String,
+    "property_value": pl.String,
+}
 
 
 def synthetic_frames(n: int = 4000, seed: int = 0, months: int = 10, planted: bool = True) -> FeatureFrames:
@@ -82,8 +87,14 @@ def synthetic_frames(n: int = 4000, seed: int = 0, months: int = 10, planted: bo
         c = counts[mask]
         rows.append(
             pl.DataFrame(
-                {"account_id": ids[mask], "event_name": name, "n_first_1d": np.minimum(c, 1), "n_first_3d": np.minimum(c, 2),
-                 "n_first_7d": c, "n_first_14d": c}
+                {
+                    "account_id": ids[mask],
+                    "event_name": name,
+                    "n_first_1d": np.minimum(c, 1),
+                    "n_first_3d": np.minimum(c, 2),
+                    "n_first_7d": c,
+                    "n_first_14d": c,
+                }
             )
         )
     intent = pl.DataFrame(
@@ -96,8 +107,11 @@ def synthetic_frames(n: int = 4000, seed: int = 0, months: int = 10, planted: bo
 
 ENABLED = pl.DataFrame(
     {
-        "candidate_key": ["event:good_event:first_14d:>=3", "attribute:industry=Fintech",
-                          "pair:attribute:industry=Fintech&event:good_event:first_14d:>=3"],
+        "candidate_key": [
+            "event:good_event:first_14d:>=3",
+            "attribute:industry=Fintech",
+            "pair:attribute:industry=Fintech&event:good_event:first_14d:>=3",
+        ],
         "lift": [2.5, 1.6, 3.1],
     }
 )
@@ -179,7 +193,9 @@ def test_calibration_deciles_equal_sklearn_calibration_curve_and_wilson_equals_s
     assert table.get_column("n_accounts").to_list() == [100] * 10
     np.testing.assert_allclose(table.get_column("observed_rate").to_numpy(), prob_true, rtol=0, atol=1e-9)
     np.testing.assert_allclose(table.get_column("predicted_mean").to_numpy(), prob_pred, rtol=0, atol=1e-9)
-    low, high = proportion_confint(table.get_column("conversions").to_numpy(), table.get_column("n_accounts").to_numpy(), method="wilson")
+    low, high = proportion_confint(
+        table.get_column("conversions").to_numpy(), table.get_column("n_accounts").to_numpy(), method="wilson"
+    )
     np.testing.assert_allclose(table.get_column("observed_ci_low").to_numpy(), low, atol=1e-9)
     np.testing.assert_allclose(table.get_column("observed_ci_high").to_numpy(), high, atol=1e-9)
 
@@ -217,8 +233,12 @@ def test_split_is_discoverys_temporal_holdout(frames, backtest):
 def test_model_and_signals_beat_the_base_rate_and_metrics_match_the_test_scores(backtest):
     scores = backtest.test_scores
     y = scores.get_column("converted").to_numpy()
-    assert backtest.metric("model", "roc_auc") == pytest.approx(roc_auc_score(y, scores.get_column("model").to_numpy()), abs=1e-12)
-    assert backtest.metric("signals", "roc_auc") == pytest.approx(roc_auc_score(y, scores.get_column("signals_count").to_numpy()), abs=1e-12)
+    assert backtest.metric("model", "roc_auc") == pytest.approx(
+        roc_auc_score(y, scores.get_column("model").to_numpy()), abs=1e-12
+    )
+    assert backtest.metric("signals", "roc_auc") == pytest.approx(
+        roc_auc_score(y, scores.get_column("signals_count").to_numpy()), abs=1e-12
+    )
     assert backtest.metric("model", "roc_auc") > 0.65
     assert backtest.metric("signals", "roc_auc") > 0.6
     assert backtest.metric("base_rate", "roc_auc") == pytest.approx(0.5)
@@ -249,7 +269,12 @@ def test_serialised_model_scores_exactly_like_the_sklearn_estimator(frames, back
 
 def test_scoring_new_accounts_missing_some_features(backtest):
     fresh = synthetic_frames(n=200, seed=9)
-    fresh = FeatureFrames(fresh.accounts, fresh.events.filter(pl.col("event_name") != "good_event"), fresh.properties, fresh.intent.head(0))
+    fresh = FeatureFrames(
+        fresh.accounts,
+        fresh.events.filter(pl.col("event_name") != "good_event"),
+        fresh.properties,
+        fresh.intent.head(0),
+    )
     p = score_accounts(backtest.model, fresh)
     assert p.shape == (200,) and np.all((p > 0) & (p < 1))
 
@@ -259,7 +284,9 @@ def test_not_enough_data_is_a_clear_error():
     with pytest.raises(ModelDataError, match="cohort month"):
         backtest_lead_score(one_month, ENABLED, SPEC, ModelConfig())
     frames = synthetic_frames(n=300)
-    no_conversion = FeatureFrames(frames.accounts.with_columns(pl.lit(False).alias("converted")), frames.events, frames.properties, frames.intent)
+    no_conversion = FeatureFrames(
+        frames.accounts.with_columns(pl.lit(False).alias("converted")), frames.events, frames.properties, frames.intent
+    )
     with pytest.raises(ModelDataError, match="0 conversion"):
         backtest_lead_score(no_conversion, ENABLED, SPEC, ModelConfig())
 
@@ -282,13 +309,17 @@ def test_signals_score_counts_enabled_signals_including_pairs(frames):
 def test_pair_parts_split_on_the_right_ampersand():
     known = {"property:$pageview:$current_url=/a&b", "event:x:first_7d:>=1"}
     assert pair_parts("pair:event:x:first_7d:>=1&property:$pageview:$current_url=/a&b", known) == (
-        "event:x:first_7d:>=1", "property:$pageview:$current_url=/a&b")
+        "event:x:first_7d:>=1",
+        "property:$pageview:$current_url=/a&b",
+    )
     assert pair_parts("pair:unknown&other", known) is None
 
 
 def test_unknown_enabled_signal_scores_zero(frames):
     candidates = build_candidate_matrix(frames, candidate_hits(frames, FeatureSpec(WINDOWS, (1,), 14, 90)))
-    count, _ = enabled_signal_scores(candidates, pl.DataFrame({"candidate_key": ["event:never:first_1d:>=1"], "lift": [2.0]}))
+    count, _ = enabled_signal_scores(
+        candidates, pl.DataFrame({"candidate_key": ["event:never:first_1d:>=1"], "lift": [2.0]})
+    )
     assert count.sum() == 0
 
 
@@ -302,15 +333,24 @@ def test_crm_comparison_confusion_and_lists():
     progressed = rng.random(n) < 0.2 + 0.5 * score
     test_scores = pl.DataFrame({"account_id": ids, "cohort_month": "2025-09", "converted": False, "model": score})
     progress = pl.DataFrame(
-        {"account_id": np.array(ids)[has_deal], "n_deals": 1, "progressed": progressed[has_deal], "latest_stage": "demo",
-         "latest_changed_at": None, "latest_reason": "why", "reason_stage": "demo"},
+        {
+            "account_id": np.array(ids)[has_deal],
+            "n_deals": 1,
+            "progressed": progressed[has_deal],
+            "latest_stage": "demo",
+            "latest_changed_at": None,
+            "latest_reason": "why",
+            "reason_stage": "demo",
+        },
         schema_overrides={"latest_changed_at": pl.Datetime("us"), "n_deals": pl.Int64},
     )
     t = top_k_threshold(score, 40)
     crm = crm_comparison(test_scores, progress, "model", t, 40)
     qualified = score[has_deal] >= t
     truth = progressed[has_deal]
-    assert [[crm.confusion.tn, crm.confusion.fp], [crm.confusion.fn, crm.confusion.tp]] == confusion_matrix(truth, qualified).tolist()
+    assert [[crm.confusion.tn, crm.confusion.fp], [crm.confusion.fn, crm.confusion.tp]] == confusion_matrix(
+        truth, qualified
+    ).tolist()
     assert crm.confusion.precision == pytest.approx(precision_score(truth, qualified), abs=1e-12)
     assert crm.confusion.recall == pytest.approx(recall_score(truth, qualified), abs=1e-12)
     assert crm.qualified_without_deal == int(((score >= t) & ~has_deal).sum())
@@ -324,10 +364,19 @@ def test_model_frame_round_trip_keeps_only_nonzero_coefficients(backtest):
     frame = model_to_frame(backtest.model)
     rebuilt = model_from_frame(frame)
     nonzero = backtest.model.coefficients != 0
-    kept = dict(zip(np.array(backtest.model.feature_keys, dtype=object)[nonzero], backtest.model.coefficients[nonzero]))
-    assert dict(zip(rebuilt.feature_keys, rebuilt.coefficients)) == kept
+    kept = dict(
+        zip(
+            np.array(backtest.model.feature_keys, dtype=object)[nonzero],
+            backtest.model.coefficients[nonzero],
+            strict=True,
+        )
+    )
+    assert dict(zip(rebuilt.feature_keys, rebuilt.coefficients, strict=True)) == kept
     assert list(frame.get_column("rank")) == list(range(len(kept) + 1))  # 0 = intercept, then by |coefficient|
     assert frame.get_column("coefficient").slice(1).abs().is_sorted(descending=True)
-    assert rebuilt.qualify_threshold == backtest.model.qualify_threshold and rebuilt.trained_months == backtest.model.trained_months
+    assert (
+        rebuilt.qualify_threshold == backtest.model.qualify_threshold
+        and rebuilt.trained_months == backtest.model.trained_months
+    )
     with pytest.raises(ModelDataError):
         model_from_frame(frame.head(0))

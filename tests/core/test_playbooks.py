@@ -48,7 +48,19 @@ def scores_frame(n: int = 400, seed: int = 1) -> pl.DataFrame:
     fired = []
     for _ in range(n):
         chosen = rng.choice(signals, size=rng.integers(0, 4), replace=False)
-        fired.append(json.dumps([{"signal_id": s, "definition": f"def of {s}", "fired_at": "2026-03-01T00:00:00", "contribution": 0.1} for s in chosen]))
+        fired.append(
+            json.dumps(
+                [
+                    {
+                        "signal_id": s,
+                        "definition": f"def of {s}",
+                        "fired_at": "2026-03-01T00:00:00",
+                        "contribution": 0.1,
+                    }
+                    for s in chosen
+                ]
+            )
+        )
     score = rng.random(n)
     score[rng.random(n) < 0.05] = np.nan
     frame = pl.DataFrame(
@@ -71,13 +83,22 @@ def scores_frame(n: int = 400, seed: int = 1) -> pl.DataFrame:
 def test_a_valid_config_parses_with_defaults():
     cfg = parse_playbook_config(
         [playbook(), {"name": "health", "when": {"health_changed_to": ["broken"]}, "then": [SLACK]}],
-        [{"name": "onboarding", "flag": "new-onboarding", "goal_event": "api_key_created", "variants": ["control", "test"]}],
+        [
+            {
+                "name": "onboarding",
+                "flag": "new-onboarding",
+                "goal_event": "api_key_created",
+                "variants": ["control", "test"],
+            }
+        ],
         {"webhook_allowed_hosts": ["hooks.example.com"]},
     )
     pb = cfg.playbook("hot-accounts")
     assert pb.kind == "account" and pb.effective_holdout_fraction == 0.1 and pb.max_attempts == 6
     assert cfg.playbook("health").effective_holdout_fraction == 0.0
-    assert [p.name for p in cfg.account_playbooks] == ["hot-accounts"] and [p.name for p in cfg.health_playbooks] == ["health"]
+    assert [p.name for p in cfg.account_playbooks] == ["hot-accounts"] and [p.name for p in cfg.health_playbooks] == [
+        "health"
+    ]
     assert cfg.destinations.max_action_age_days == 3
     with pytest.raises(KeyError, match="no playbook named"):
         cfg.playbook("nope")
@@ -92,12 +113,21 @@ def test_a_valid_config_parses_with_defaults():
         (playbook(then=[]), "then"),
         (playbook(then=[{"type": "webhook", "name": "x", "url": "ftp://example.com/hook"}]), "http"),
         (playbook(then=[{"type": "slack", "channel": "#a", "template": "hi $nope"}]), "unknown placeholder"),
-        (playbook(then=[{"type": "slack", "channel": "#a", "template": "${account_id.__class__}"}]), "invalid template"),
+        (
+            playbook(then=[{"type": "slack", "channel": "#a", "template": "${account_id.__class__}"}]),
+            "invalid template",
+        ),
         (playbook(then=[SLACK, SLACK]), "share a destination"),
         (playbook(then=[{"type": "pagerduty"}]), "then"),
         (playbook(name="Hot Accounts"), "name"),
-        ({"name": "h", "when": {"health_changed_to": ["broken"]}, "then": [{"type": "attio", "attribute": "x"}]}, "account playbook"),
-        ({"name": "h", "when": {"health_changed_to": ["broken"]}, "then": [SLACK], "holdout_fraction": 0.2}, "account playbooks only"),
+        (
+            {"name": "h", "when": {"health_changed_to": ["broken"]}, "then": [{"type": "attio", "attribute": "x"}]},
+            "account playbook",
+        ),
+        (
+            {"name": "h", "when": {"health_changed_to": ["broken"]}, "then": [SLACK], "holdout_fraction": 0.2},
+            "account playbooks only",
+        ),
         (playbook(holdout_fraction=1.0), "holdout_fraction"),
         (playbook(extra_key=1), "extra_key"),
     ],
@@ -117,7 +147,9 @@ def test_duplicates_allowlist_and_experiment_errors():
     with pytest.raises(PlaybookConfigError, match=r"experiments\[0\].*control"):
         parse_playbook_config(experiments=[{"name": "e", "flag": "f", "goal_event": "g", "variants": ["a", "b"]}])
     with pytest.raises(PlaybookConfigError, match="weights"):
-        parse_playbook_config(experiments=[{"name": "e", "flag": "f", "goal_event": "g", "variants": ["control", "b"], "weights": [1]}])
+        parse_playbook_config(
+            experiments=[{"name": "e", "flag": "f", "goal_event": "g", "variants": ["control", "b"], "weights": [1]}]
+        )
     with pytest.raises(PlaybookConfigError, match="crm_record_url"):
         parse_playbook_config(destinations={"crm_record_url": "https://crm/$nope"})
 
@@ -187,7 +219,9 @@ def test_health_changes():
         }
     )
     changes = health_changes(health, ("degrading", "broken"))
-    got = sorted((r["signal_id"], r["day"].day, r["previous_health"], r["health"]) for r in changes.iter_rows(named=True))
+    got = sorted(
+        (r["signal_id"], r["day"].day, r["previous_health"], r["health"]) for r in changes.iter_rows(named=True)
+    )
     # b's first day is broken but has no previous day: not a change; a's 3rd day repeats: not a change
     assert got == [("a", 2, "healthy", "degrading"), ("a", 4, "degrading", "broken"), ("b", 4, "healthy", "broken")]
     assert health_changes(health, ("broken",), signals=("a",)).height == 1
@@ -223,8 +257,15 @@ def test_holdout_formula_matches_duckdb_sha256():
 def test_idempotency_key_changes_with_every_part():
     k = idempotency_key("p", "a", date(2026, 1, 1), "slack:#x")
     assert k == idempotency_key("p", "a", "2026-01-01", "slack:#x") and len(k) == 32
-    others = {idempotency_key(*parts) for parts in [("q", "a", "2026-01-01", "slack:#x"), ("p", "b", "2026-01-01", "slack:#x"),
-                                                     ("p", "a", "2026-01-02", "slack:#x"), ("p", "a", "2026-01-01", "slack:#y")]}
+    others = {
+        idempotency_key(*parts)
+        for parts in [
+            ("q", "a", "2026-01-01", "slack:#x"),
+            ("p", "b", "2026-01-01", "slack:#x"),
+            ("p", "a", "2026-01-02", "slack:#x"),
+            ("p", "a", "2026-01-01", "slack:#y"),
+        ]
+    }
     assert k not in others and len(others) == 4
 
 
@@ -244,13 +285,25 @@ def test_is_stale():
 # ------------------------------------------------------------------------------------------------
 def test_plan_account_actions_rows_holdout_values_and_crm_only_attio():
     cfg = parse_playbook_config(
-        [playbook(when={"top_n": 200}, holdout_fraction=0.25, then=[SLACK, {"type": "attio", "attribute": "beton_score"},
-                                                                      {"type": "webhook", "name": "crm", "url": "https://hooks.example.com/b"}])],
+        [
+            playbook(
+                when={"top_n": 200},
+                holdout_fraction=0.25,
+                then=[
+                    SLACK,
+                    {"type": "attio", "attribute": "beton_score"},
+                    {"type": "webhook", "name": "crm", "url": "https://hooks.example.com/b"},
+                ],
+            )
+        ],
         destinations={"crm_record_url": "https://app.attio.com/acme/company/$record_id/overview"},
     )
     pb = cfg.playbooks[0]
     frame = scores_frame().with_columns(
-        pl.when(pl.col("score_rank") == 1).then(pl.lit("<!channel> & co")).otherwise(pl.col("company_name")).alias("company_name")
+        pl.when(pl.col("score_rank") == 1)
+        .then(pl.lit("<!channel> & co"))
+        .otherwise(pl.col("company_name"))
+        .alias("company_name")
     )
     matched = match_accounts(frame, pb.when)
     plan = plan_account_actions(pb, matched, DAY, cfg.destinations)
@@ -260,7 +313,11 @@ def test_plan_account_actions_rows_holdout_values_and_crm_only_attio():
     held = [a for a in plan if a.held_out]
     assert {a.status for a in held} == {"held_out"} and {a.status for a in plan if not a.held_out} == {"pending"}
     held_accounts = {a.account_id for a in held}
-    expected_held = {a for a, h in zip(matched["account_id"], is_held_out(pb.name, matched["account_id"].to_list(), 0.25)) if h}
+    expected_held = {
+        a
+        for a, h in zip(matched["account_id"], is_held_out(pb.name, matched["account_id"].to_list(), 0.25), strict=True)
+        if h
+    }
     assert held_accounts == expected_held and 20 < len(held_accounts) < 80
 
     top = next(a for a in plan if a.destination_type == "slack" and a.account_id == matched["account_id"][0])
@@ -274,7 +331,9 @@ def test_plan_account_actions_rows_holdout_values_and_crm_only_attio():
     first = next(a for a in plan if a.destination_type == "attio")
     assert isinstance(first.message.value, float) and first.message.record_id == first.account_id
     hooks = [a for a in plan if a.destination_type == "webhook"]
-    assert all(isinstance(a.message, AccountMatchedEvent) and a.message.idempotency_key == a.idempotency_key for a in hooks)
+    assert all(
+        isinstance(a.message, AccountMatchedEvent) and a.message.idempotency_key == a.idempotency_key for a in hooks
+    )
 
     dry = plan_account_actions(pb, matched, DAY, cfg.destinations, dry_run=True)
     assert {a.status for a in dry} == {"dry_run"} and sum(a.held_out for a in dry) == len(held)
@@ -282,7 +341,9 @@ def test_plan_account_actions_rows_holdout_values_and_crm_only_attio():
 
 
 def test_attio_value_that_is_not_a_number_names_the_playbook():
-    cfg = parse_playbook_config([playbook(holdout_fraction=0, then=[{"type": "attio", "attribute": "beton_tier", "value": "$company"}])])
+    cfg = parse_playbook_config(
+        [playbook(holdout_fraction=0, then=[{"type": "attio", "attribute": "beton_tier", "value": "$company"}])]
+    )
     matched = match_accounts(scores_frame(), cfg.playbooks[0].when).filter(pl.col("is_crm_company"))
     with pytest.raises(PlaybookConfigError, match="hot-accounts: attio value"):
         plan_account_actions(cfg.playbooks[0], matched, DAY, cfg.destinations)
@@ -292,13 +353,22 @@ def test_plan_health_actions():
     hook = {"type": "webhook", "name": "alerts", "url": "https://hooks.example.com/h"}
     cfg = parse_playbook_config([{"name": "health", "when": {"health_changed_to": ["broken"]}, "then": [SLACK, hook]}])
     health = pl.DataFrame(
-        {"day": [date(2026, 1, 1), DAY], "signal_id": ["sig_1", "sig_1"], "definition": ["<x>", "<x>"], "health": ["healthy", "broken"],
-         "lift": [2.0, 0.9], "lift_ci_low": [1.5, float("inf")], "lift_ci_high": [2.5, None], "backtest_lift": [2.4, 2.4]}
+        {
+            "day": [date(2026, 1, 1), DAY],
+            "signal_id": ["sig_1", "sig_1"],
+            "definition": ["<x>", "<x>"],
+            "health": ["healthy", "broken"],
+            "lift": [2.0, 0.9],
+            "lift_ci_low": [1.5, float("inf")],
+            "lift_ci_high": [2.5, None],
+            "backtest_lift": [2.4, 2.4],
+        }
     )
     changes = health_changes(health, ("broken",))
     plan = plan_health_actions(cfg.playbooks[0], changes, DAY, DestinationSettings())
     assert [(a.signal_id, a.account_id, a.destination_type, a.status) for a in plan] == [
-        ("sig_1", None, "slack", "pending"), ("sig_1", None, "webhook", "pending")
+        ("sig_1", None, "slack", "pending"),
+        ("sig_1", None, "webhook", "pending"),
     ]
     slack, event = plan[0].message, plan[1].message
     assert isinstance(slack, SlackHealthMessage) and isinstance(event, HealthChangedEvent)
@@ -318,7 +388,13 @@ def test_selected_playbooks():
 
 def test_url_rules():
     assert check_url("https://hooks.example.com/x") == "https://hooks.example.com/x"
-    for url in ("ftp://example.com/x", "file:///etc/passwd", "javascript:alert(1)", "example.com/x", "https://user:pw@example.com/"):
+    for url in (
+        "ftp://example.com/x",
+        "file:///etc/passwd",
+        "javascript:alert(1)",
+        "example.com/x",
+        "https://user:pw@example.com/",
+    ):
         with pytest.raises(WebhookURLError):
             check_url(url)
     allow = ("hooks.example.com", "*.internal.example")

@@ -97,7 +97,11 @@ def test_experiment_three_variants_against_statsmodels():
     variants, n, k = ["variant-a", "control", "variant-b"], [3000, 3100, 2950], [330, 300, 310]
     e = experiment_readout("ai-assistant", "api_key_created", variants, n, k, control="control")
     t = e.table
-    assert t["variant"].to_list() == ["control", "variant-a", "variant-b"] and t["is_control"].to_list() == [True, False, False]
+    assert t["variant"].to_list() == ["control", "variant-a", "variant-b"] and t["is_control"].to_list() == [
+        True,
+        False,
+        False,
+    ]
     raw = [_z_p(330, 3000, 300, 3100), _z_p(310, 2950, 300, 3100)]
     np.testing.assert_allclose(t["p_value"].to_list()[1:], raw, rtol=1e-9)
     np.testing.assert_allclose(t["p_value_holm"].to_list()[1:], multipletests(raw, method="holm")[1], rtol=1e-9)
@@ -105,10 +109,20 @@ def test_experiment_three_variants_against_statsmodels():
     low, high = confint_proportions_2indep(330, 3000, 300, 3100, compare="ratio", method="log")
     assert (t["lift_ci_low"][1], t["lift_ci_high"][1]) == (pytest.approx(low, rel=1e-9), pytest.approx(high, rel=1e-9))
     assert e.srm_pvalue == pytest.approx(sp_stats.chisquare(np.array([3100, 3000, 2950])).pvalue, rel=1e-9)
-    assert set(t.columns) >= {"exposures", "conversions", "rate", "rate_ci_low", "diff_ci_low", "significant", "summary"}
+    assert set(t.columns) >= {
+        "exposures",
+        "conversions",
+        "rate",
+        "rate_ci_low",
+        "diff_ci_low",
+        "significant",
+        "summary",
+    }
     again = experiment_readout("ai-assistant", "api_key_created", variants, n, k, control="control")
     assert again.summary == e.summary
-    assert e.summary.splitlines()[0] == "Experiment ai-assistant (goal: api_key_created): 3 variants, 9,050 exposed users."
+    assert (
+        e.summary.splitlines()[0] == "Experiment ai-assistant (goal: api_key_created): 3 variants, 9,050 exposed users."
+    )
 
 
 def test_experiment_significant_winner_and_weights():
@@ -136,7 +150,15 @@ def test_assignment_counts_windows_and_exclusions():
             "account_id": ["a", "b", "c", "d", "e", "f", "g"],
             "held_out": [False, False, True, True, False, False, True],
             "first_day": [date(2026, 1, 1)] * 5 + [date(2026, 3, 20), date(2026, 1, 1)],
-            "converted_at": [datetime(2026, 1, 10), None, datetime(2026, 2, 15), datetime(2025, 12, 31), datetime(2026, 1, 1), None, None],
+            "converted_at": [
+                datetime(2026, 1, 10),
+                None,
+                datetime(2026, 2, 15),
+                datetime(2025, 12, 31),
+                datetime(2026, 1, 1),
+                None,
+                None,
+            ],
             "known_account": [True, True, True, True, True, True, False],
         }
     )
@@ -148,18 +170,33 @@ def test_assignment_counts_windows_and_exclusions():
 
 
 def test_experiment_readout_from_counts_fills_missing_variants_and_notes_the_rest():
-    counts = pl.DataFrame({"variant": ["control", "rogue", "test"], "exposures": [500, 7, 480], "conversions": [50, 1, 70]})
+    counts = pl.DataFrame(
+        {"variant": ["control", "rogue", "test"], "exposures": [500, 7, 480], "conversions": [50, 1, 70]}
+    )
     exp = Experiment(name="onb", flag="f", goal_event="goal", variants=("control", "test", "b"), weights=(2, 1, 1))
     r = experiment_readout_from_counts(exp, counts, {"saw_several_variants": 3, "awaiting_window": 0}, 0.9)
     direct = experiment_readout(
-        "onb", "goal", ["control", "test", "b"], [500, 480, 0], [50, 70, 0], control="control", expected_shares=[2, 1, 1],
-        confidence_level=0.9, notes=["3 user(s) saw more than one variant (counted in their first)", "unexpected variant(s) left out: rogue (7)"],
+        "onb",
+        "goal",
+        ["control", "test", "b"],
+        [500, 480, 0],
+        [50, 70, 0],
+        control="control",
+        expected_shares=[2, 1, 1],
+        confidence_level=0.9,
+        notes=[
+            "3 user(s) saw more than one variant (counted in their first)",
+            "unexpected variant(s) left out: rogue (7)",
+        ],
     )
     assert r.table.equals(direct.table) and r.summary == direct.summary
     # without configured variants: every variant seen, plus the control
-    seen = experiment_readout_from_counts(Experiment(name="onb", flag="f", goal_event="goal"), counts.filter(pl.col("variant") != "control"),
-                                          {"saw_several_variants": 0, "awaiting_window": 2})
+    seen = experiment_readout_from_counts(
+        Experiment(name="onb", flag="f", goal_event="goal"),
+        counts.filter(pl.col("variant") != "control"),
+        {"saw_several_variants": 0, "awaiting_window": 2},
+    )
     assert seen.table["variant"].to_list() == ["control", "rogue", "test"] and seen.table["exposures"][0] == 0
-    assert experiment_notes(counts, {"saw_several_variants": 0, "awaiting_window": 2}, ["control", "rogue", "test"]) == [
-        "2 user(s) exposed too recently to count (inside the conversion window)"
-    ]
+    assert experiment_notes(
+        counts, {"saw_several_variants": 0, "awaiting_window": 2}, ["control", "rogue", "test"]
+    ) == ["2 user(s) exposed too recently to count (inside the conversion window)"]

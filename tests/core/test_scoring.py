@@ -17,12 +17,18 @@ from beton_pipeline.core.scoring import (
 
 def test_contribution_halves_every_half_life_and_ignores_later_firings():
     t0 = datetime(2025, 1, 1)
-    firings = pl.DataFrame({"account_id": ["a", "a", "b"], "signal_id": ["s1", "s2", "s1"], "fired_at": [t0, t0 + timedelta(days=20), t0]})
+    firings = pl.DataFrame(
+        {"account_id": ["a", "a", "b"], "signal_id": ["s1", "s2", "s1"], "fired_at": [t0, t0 + timedelta(days=20), t0]}
+    )
     weights = pl.DataFrame({"signal_id": ["s1", "s2"], "weight": [np.log(2.0), np.log(3.0)]})
-    obs = pl.DataFrame({"obs_id": [0, 1], "account_id": ["a", "b"], "observed_at": [t0 + timedelta(days=14), t0 + timedelta(days=28)]})
+    obs = pl.DataFrame(
+        {"obs_id": [0, 1], "account_id": ["a", "b"], "observed_at": [t0 + timedelta(days=14), t0 + timedelta(days=28)]}
+    )
     c = contributions(firings, weights, obs, half_life_days=14.0)
     assert c.height == 2  # s2 fired after the observation
-    np.testing.assert_allclose(sorted(c["contribution"].to_list()), sorted([np.log(2) * 0.5, np.log(2) * 0.25]), rtol=1e-12)
+    np.testing.assert_allclose(
+        sorted(c["contribution"].to_list()), sorted([np.log(2) * 0.5, np.log(2) * 0.25]), rtol=1e-12
+    )
     np.testing.assert_allclose(raw_scores(obs, c), [np.log(2) * 0.5, np.log(2) * 0.25], rtol=1e-12)
 
 
@@ -46,7 +52,13 @@ def test_calibration_with_one_class_is_the_base_rate():
 def test_observations_stop_at_conversion_and_window_end():
     t0 = datetime(2025, 1, 1)
     accounts = pl.DataFrame(
-        {"account_id": ["a", "b"], "started_at": [t0, t0], "converted_at": [t0 + timedelta(days=5), None], "converted": [True, False], "conversion_window_days": [60, 60]}
+        {
+            "account_id": ["a", "b"],
+            "started_at": [t0, t0],
+            "converted_at": [t0 + timedelta(days=5), None],
+            "converted": [True, False],
+            "conversion_window_days": [60, 60],
+        }
     )
     obs = calibration_observations(accounts, (1, 3, 7, 14, 90))
     assert obs.filter(pl.col("account_id") == "a")["age_days"].to_list() == [1, 3]
@@ -59,5 +71,7 @@ def test_calibration_table_deciles():
     obs = rng.random(1000) < pred
     table = calibration_table(pred, obs)
     assert table.height == 10 and table["n"].sum() == 1000
-    assert (table["observed_ci_low"] <= table["observed_rate"]).all() and (table["observed_rate"] <= table["observed_ci_high"]).all()
+    assert (table["observed_ci_low"] <= table["observed_rate"]).all() and (
+        table["observed_rate"] <= table["observed_ci_high"]
+    ).all()
     assert np.corrcoef(table["predicted_rate"], table["observed_rate"])[0, 1] > 0.95

@@ -137,13 +137,7 @@ def test_fisher_matches_scipy_on_random_tables() -> None:
 
 
 def test_fisher_matches_scipy_exhaustively_on_small_tables() -> None:
-    rows = [
-        (a, n1, c, n2)
-        for n1 in range(0, 9)
-        for n2 in range(0, 9)
-        for a in range(n1 + 1)
-        for c in range(n2 + 1)
-    ]
+    rows = [(a, n1, c, n2) for n1 in range(0, 9) for n2 in range(0, 9) for a in range(n1 + 1) for c in range(n2 + 1)]
     a, n1, c, n2 = np.array(rows).T
     got = bs.fisher_exact_pvalue(a, n1, c, n2)
     np.testing.assert_allclose(got, scipy_fisher(a, n1, c, n2), rtol=RTOL, atol=0)
@@ -221,9 +215,7 @@ def test_z_test_matches_statsmodels() -> None:
         warnings.simplefilter("ignore", RuntimeWarning)
         score = np.array(
             [
-                sm_prop.test_proportions_2indep(
-                    x, m, y, k, compare="diff", method="score", correction=False
-                ).pvalue
+                sm_prop.test_proportions_2indep(x, m, y, k, compare="diff", method="score", correction=False).pvalue
                 for x, m, y, k in tables
             ]
         )
@@ -399,10 +391,10 @@ def test_compare_proportions_routes_by_expected_cells() -> None:
 
 def test_compare_proportions_edge_cases() -> None:
     #            zero-with  both-zero  all-conv  n<10  n=0(with)  n=0(both)  1e7 vs 1e7  equal
-    a = np.array([0,         0,         10,       2,    0,         0,         100_000,    30])
-    n1 = np.array([500,      400,       10,       6,    0,         0,         10**7,      300])
-    c = np.array([40,        0,         20,       1,    3,         0,         101_000,    50])
-    n2 = np.array([500,      600,       20,       9,    10,        0,         10**7,      500])
+    a = np.array([0, 0, 10, 2, 0, 0, 100_000, 30])
+    n1 = np.array([500, 400, 10, 6, 0, 0, 10**7, 300])
+    c = np.array([40, 0, 20, 1, 3, 0, 101_000, 50])
+    n2 = np.array([500, 600, 20, 9, 10, 0, 10**7, 500])
     res = bs.compare_proportions(a, n1, c, n2)
 
     assert res.method.dtype == object and res.method.shape == (8,)
@@ -417,9 +409,7 @@ def test_compare_proportions_edge_cases() -> None:
     assert res.p_value[0] == pytest.approx(sm_prop.proportions_ztest([0, 40], [500, 500])[1], rel=RTOL)
     # both zero: lift undefined, p = 1 (Fisher, expected converted cells are 0), CI finite
     assert np.isnan(res.lift[1]) and res.p_value[1] == 1.0
-    assert res.method[1] == (
-        "Fisher exact (expected cell < 5); lift CI: Katz log, Haldane-Anscombe +0.5 per cell"
-    )
+    assert res.method[1] == ("Fisher exact (expected cell < 5); lift CI: Katz log, Haldane-Anscombe +0.5 per cell")
     lo, hi = katz_reference([0], [400], [0], [600], 0.95)
     assert res.lift_ci_low[1] == pytest.approx(lo[0], rel=RTOL)
     assert res.lift_ci_high[1] == pytest.approx(hi[0], rel=RTOL)

@@ -1,6 +1,5 @@
 """The Definitions object: loads, has the whole graph, a daily schedule, and one warehouse pool."""
 
-
 from beton_pipeline.defs.resources import WAREHOUSE_POOL
 
 
@@ -8,7 +7,19 @@ def test_definitions_load_with_every_asset_and_a_daily_schedule():
     from beton_pipeline.definitions import defs
 
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    for expected in ("raw_events", "raw_intent_signals", "stg_posthog__events", "int_events_resolved", "account_features", "account_outcomes", "signal_cohort_counts", "signals", "lead_score_model", "signal_health", "account_scores"):
+    for expected in (
+        "raw_events",
+        "raw_intent_signals",
+        "stg_posthog__events",
+        "int_events_resolved",
+        "account_features",
+        "account_outcomes",
+        "signal_cohort_counts",
+        "signals",
+        "lead_score_model",
+        "signal_health",
+        "account_scores",
+    ):
         assert expected in keys
     schedule = defs.resolve_schedule_def("daily_ingest_schedule")
     assert schedule.cron_schedule == "0 6 * * *"

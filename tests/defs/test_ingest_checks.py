@@ -71,10 +71,14 @@ def test_every_check_passes_on_good_data(tmp_path):
     # Newest valid invoice: in_1, created 1739609600 = 2025-02-15 08:53:20, 9.9 days after the as-of.
     assert invoices["newest"].value == "2025-02-15 08:53:20"
     assert invoices["as_of"].value == "2025-02-05 11:00:00"
-    assert invoices["lag_days"].value == pytest.approx(-(datetime(2025, 2, 15, 8, 53, 20) - LATEST_EVENT) / timedelta(days=1), abs=1e-3)
+    assert invoices["lag_days"].value == pytest.approx(
+        -(datetime(2025, 2, 15, 8, 53, 20) - LATEST_EVENT) / timedelta(days=1), abs=1e-3
+    )
     assert invoices["max_lag_days"].value == 35.0
     assert checks["raw_events:fresh"].metadata["lag_days"].value == 0.0
-    assert checks["raw_events:fresh"].metadata["max_age_days"].value == "off"  # demo-era data never fails by the wall clock
+    assert (
+        checks["raw_events:fresh"].metadata["max_age_days"].value == "off"
+    )  # demo-era data never fails by the wall clock
 
 
 def test_stale_billing_fails_with_its_lag_and_blocks_downstream(tmp_path):
@@ -134,7 +138,9 @@ def test_absent_optional_table_passes_and_stale_optional_table_only_warns(tmp_pa
     assert checks["raw_crm_deals:fresh"].description == "optional table 'crm_deals' has no rows"
     intent = checks["raw_intent_signals:fresh"]
     assert not intent.passed and intent.severity == dg.AssetCheckSeverity.WARN
-    assert intent.metadata["lag_days"].value == pytest.approx((LATEST_EVENT - datetime(2024, 6, 1)) / timedelta(days=1), abs=1e-3)
+    assert intent.metadata["lag_days"].value == pytest.approx(
+        (LATEST_EVENT - datetime(2024, 6, 1)) / timedelta(days=1), abs=1e-3
+    )
 
 
 def test_windows_as_of_is_the_reference_and_the_events_may_trail_it_three_days(tmp_path):
@@ -143,7 +149,9 @@ def test_windows_as_of_is_the_reference_and_the_events_may_trail_it_three_days(t
     events = checks["raw_events:fresh"]
     assert not events.passed and not result.success  # the events end 4.5 days before the as-of
     assert events.metadata["as_of"].value == "2025-02-10 00:00:00"
-    assert events.metadata["lag_days"].value == pytest.approx((datetime(2025, 2, 10) - LATEST_EVENT) / timedelta(days=1), abs=1e-3)
+    assert events.metadata["lag_days"].value == pytest.approx(
+        (datetime(2025, 2, 10) - LATEST_EVENT) / timedelta(days=1), abs=1e-3
+    )
     assert events.metadata["max_lag_days"].value == 3.0
     # The other freshness checks depend on the events (their as-of), so a failed events check skips them.
     assert "raw_billing_invoices:fresh" not in checks and "raw_billing_invoices:has_rows" in checks
@@ -190,7 +198,9 @@ def test_freshness_rule_at_the_boundaries():
     assert _fresh(as_of - timedelta(days=400), as_of, lag=None).fresh  # no limit, no lag check
     assert _fresh(None, as_of, required=False).fresh and not _fresh(None, as_of).fresh
     old = _fresh(as_of, as_of, now=as_of + timedelta(days=10), age=7)
-    assert old.problems == ("billing_invoices: newest created 2025-03-01 00:00 is 10.0 days old (freshness.max_age_days: 7)",)
+    assert old.problems == (
+        "billing_invoices: newest created 2025-03-01 00:00 is 10.0 days old (freshness.max_age_days: 7)",
+    )
     assert _fresh(as_of, None).problems == (
         "billing_invoices: lag cannot be measured: no events loaded and windows.as_of is not set",
     )

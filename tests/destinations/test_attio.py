@@ -8,12 +8,17 @@ KEY = "attio-key-0123456789"
 
 
 def test_record_url_encodes_path_parts():
-    assert record_url("https://api.attio.com/", "companies", "rec/../x") == "https://api.attio.com/v2/objects/companies/records/rec%2F..%2Fx"
+    assert (
+        record_url("https://api.attio.com/", "companies", "rec/../x")
+        == "https://api.attio.com/v2/objects/companies/records/rec%2F..%2Fx"
+    )
 
 
 def test_update_payload():
     assert update_payload(AttioRecordUpdate("companies", "rec_1", "beton_score", 0.42)) == {
-        "object": "companies", "record_id": "rec_1", "values": {"beton_score": 0.42}
+        "object": "companies",
+        "record_id": "rec_1",
+        "values": {"beton_score": 0.42},
     }
 
 
@@ -40,6 +45,8 @@ def test_patch_shape_and_outcomes():
 
 def test_bad_key_fails_and_is_redacted():
     with FakeAttio(KEY) as attio:
-        result = AttioSender("wrong-key-abc", attio.url, timeout_seconds=5).send(record_update("companies", "rec_1", {"a": 1}), "k")
+        result = AttioSender("wrong-key-abc", attio.url, timeout_seconds=5).send(
+            record_update("companies", "rec_1", {"a": 1}), "k"
+        )
     assert (result.outcome, result.status_code) == ("fail", 401)
     assert "wrong-key-abc" not in result.error

@@ -1,6 +1,6 @@
 """Shared delivery rules: status classification, Retry-After, backoff, redaction."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
@@ -10,15 +10,30 @@ from beton_pipeline.destinations.http import RetryPolicy, classify_status, http_
 
 @pytest.mark.parametrize(
     "status, outcome",
-    [(200, "sent"), (201, "sent"), (204, "sent"), (None, "retry"), (408, "retry"), (409, "retry"), (429, "retry"),
-     (500, "retry"), (502, "retry"), (503, "retry"), (400, "fail"), (401, "fail"), (403, "fail"), (404, "fail"), (422, "fail")],
+    [
+        (200, "sent"),
+        (201, "sent"),
+        (204, "sent"),
+        (None, "retry"),
+        (408, "retry"),
+        (409, "retry"),
+        (429, "retry"),
+        (500, "retry"),
+        (502, "retry"),
+        (503, "retry"),
+        (400, "fail"),
+        (401, "fail"),
+        (403, "fail"),
+        (404, "fail"),
+        (422, "fail"),
+    ],
 )
 def test_classify_status(status, outcome):
     assert classify_status(status) == outcome
 
 
 def test_retry_after_seconds_and_http_date():
-    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
     assert parse_retry_after("30") == 30.0
     assert parse_retry_after(" 0 ") == 0.0
     assert parse_retry_after(format_datetime(now + timedelta(seconds=90), usegmt=True), now=now) == pytest.approx(90.0)

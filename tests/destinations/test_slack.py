@@ -19,10 +19,17 @@ TOKEN = "xoxb-test-0123456789"
 
 def _message(title="Acme <!channel>", crm_url="https://app.attio.com/acme/company/rec_1/overview"):
     return account_message(
-        "#revenue", f"*{escape_mrkdwn(title)}* matched", title=title, account_id="rec_1", domain="acme.io&<x>",
-        score=0.634, score_rank=3,
+        "#revenue",
+        f"*{escape_mrkdwn(title)}* matched",
+        title=title,
+        account_id="rec_1",
+        domain="acme.io&<x>",
+        score=0.634,
+        score_rank=3,
         signals=[{"signal_id": "sig_1", "definition": "`invited_teammate` >= 3 <@U123>", "contribution": 0.4}],
-        playbook="hot-accounts", day="2026-01-05", crm_url=crm_url,
+        playbook="hot-accounts",
+        day="2026-01-05",
+        crm_url=crm_url,
     )
 
 
@@ -58,34 +65,76 @@ def test_crm_button_only_for_http_urls():
 
 
 def test_health_message_fields():
-    payload = health_message("#alerts", "changed", signal_id="sig_1", definition="<b>", previous_health="healthy", health="broken",
-                             lift=0.9, lift_ci_low=0.7, lift_ci_high=1.1, backtest_lift=2.5, day="2026-01-05")
+    payload = health_message(
+        "#alerts",
+        "changed",
+        signal_id="sig_1",
+        definition="<b>",
+        previous_health="healthy",
+        health="broken",
+        lift=0.9,
+        lift_ci_low=0.7,
+        lift_ci_high=1.1,
+        backtest_lift=2.5,
+        day="2026-01-05",
+    )
     body = json.dumps(payload, ensure_ascii=False)
     assert "healthy → *broken*" in body and "0.90 (0.70–1.10)" in body and "&lt;b&gt;" in body and "<b>" not in body
 
 
 ACCOUNT = MatchedAccount(
-    account_id="rec_1", company="Acme <!channel>", company_name="Acme <!channel>", domain="acme.io", is_crm_company=True,
-    crm_url="https://app.attio.com/acme/company/rec_1/overview", score=0.634, score_rank=3,
-    top_contributions=(), top_signals=({"signal_id": "sig_1", "definition": "invites <@U1>", "contribution": 0.4},),
+    account_id="rec_1",
+    company="Acme <!channel>",
+    company_name="Acme <!channel>",
+    domain="acme.io",
+    is_crm_company=True,
+    crm_url="https://app.attio.com/acme/company/rec_1/overview",
+    score=0.634,
+    score_rank=3,
+    top_contributions=(),
+    top_signals=({"signal_id": "sig_1", "definition": "invites <@U1>", "contribution": 0.4},),
 )
 
 
 def test_account_payload_escapes_values_not_the_template():
     message = SlackAccountMessage(
-        "#revenue", "<!here> *$company* matched: $score", {"company": "Acme <!channel>", "score": "63%"}, ACCOUNT, "hot", date(2026, 1, 5)
+        "#revenue",
+        "<!here> *$company* matched: $score",
+        {"company": "Acme <!channel>", "score": "63%"},
+        ACCOUNT,
+        "hot",
+        date(2026, 1, 5),
     )
     payload = account_payload(message)
-    assert payload["text"] == "<!here> *Acme &lt;!channel&gt;* matched: 63%"  # the admin's <!here> stays, data is escaped
+    assert (
+        payload["text"] == "<!here> *Acme &lt;!channel&gt;* matched: 63%"
+    )  # the admin's <!here> stays, data is escaped
     assert payload == account_message(
-        "#revenue", payload["text"], title="Acme <!channel>", account_id="rec_1", domain="acme.io", score=0.634, score_rank=3,
-        signals=ACCOUNT.top_signals, playbook="hot", day="2026-01-05", crm_url=ACCOUNT.crm_url,
+        "#revenue",
+        payload["text"],
+        title="Acme <!channel>",
+        account_id="rec_1",
+        domain="acme.io",
+        score=0.634,
+        score_rank=3,
+        signals=ACCOUNT.top_signals,
+        playbook="hot",
+        day="2026-01-05",
+        crm_url=ACCOUNT.crm_url,
     )
 
 
 def test_health_payload():
     change = HealthChange("sig_1", "<b>", "broken", "healthy", 0.9, 0.7, 1.1, 2.5)
-    payload = health_payload(SlackHealthMessage("#alerts", "`$signal_id` is $health ($definition)", {"signal_id": "sig_1", "health": "broken", "definition": "<b>"}, change, date(2026, 1, 5)))
+    payload = health_payload(
+        SlackHealthMessage(
+            "#alerts",
+            "`$signal_id` is $health ($definition)",
+            {"signal_id": "sig_1", "health": "broken", "definition": "<b>"},
+            change,
+            date(2026, 1, 5),
+        )
+    )
     body = json.dumps(payload, ensure_ascii=False)
     assert payload["text"] == "`sig_1` is broken (&lt;b&gt;)"
     assert "healthy → *broken*" in body and "0.90 (0.70–1.10)" in body and "2026-01-05" in body and "<b>" not in body

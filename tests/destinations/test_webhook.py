@@ -34,8 +34,12 @@ def test_signature_is_hmac_sha256_over_timestamp_dot_body():
 def test_receiver_accepts_signed_posts_and_rejects_wrong_secret():
     event = {"type": "playbook.matched", "account": {"account_id": "rec_1", "company_name": "Ünïcode GmbH"}}
     with FakeWebhookReceiver(SECRET) as receiver:
-        ok = WebhookSender({"crm-sync": SECRET}).send({"webhook": "crm-sync", "url": receiver.url + "/hooks/beton", "event": event}, "key-1")
-        bad = WebhookSender({"crm-sync": "not-the-secret"}).send({"webhook": "crm-sync", "url": receiver.url + "/hooks/beton", "event": event}, "key-2")
+        ok = WebhookSender({"crm-sync": SECRET}).send(
+            {"webhook": "crm-sync", "url": receiver.url + "/hooks/beton", "event": event}, "key-1"
+        )
+        bad = WebhookSender({"crm-sync": "not-the-secret"}).send(
+            {"webhook": "crm-sync", "url": receiver.url + "/hooks/beton", "event": event}, "key-2"
+        )
         assert ok.outcome == "sent"
         assert (bad.outcome, bad.status_code) == ("fail", 400) and receiver.rejected == 1
         assert receiver.events == [event] and receiver.idempotency_keys == ["key-1"]
@@ -44,21 +48,47 @@ def test_receiver_accepts_signed_posts_and_rejects_wrong_secret():
 
 
 def test_event_payloads():
-    account = MatchedAccount("rec_1", "Acme", "Acme", "acme.io", True, None, 0.5, 2, ({"signal_id": "s"},), ({"signal_id": "s"},))
-    payload = account_matched_payload(AccountMatchedEvent("crm", "https://h.example/x", "k1", "hot", date(2026, 1, 5), account))
+    account = MatchedAccount(
+        "rec_1", "Acme", "Acme", "acme.io", True, None, 0.5, 2, ({"signal_id": "s"},), ({"signal_id": "s"},)
+    )
+    payload = account_matched_payload(
+        AccountMatchedEvent("crm", "https://h.example/x", "k1", "hot", date(2026, 1, 5), account)
+    )
     assert payload == {
-        "webhook": "crm", "url": "https://h.example/x",
+        "webhook": "crm",
+        "url": "https://h.example/x",
         "event": {
-            "type": "playbook.matched", "idempotency_key": "k1", "playbook": "hot", "day": "2026-01-05",
-            "account": {"account_id": "rec_1", "company_name": "Acme", "domain": "acme.io", "is_crm_company": True, "crm_url": None},
-            "score": 0.5, "score_rank": 2, "top_contributions": [{"signal_id": "s"}],
+            "type": "playbook.matched",
+            "idempotency_key": "k1",
+            "playbook": "hot",
+            "day": "2026-01-05",
+            "account": {
+                "account_id": "rec_1",
+                "company_name": "Acme",
+                "domain": "acme.io",
+                "is_crm_company": True,
+                "crm_url": None,
+            },
+            "score": 0.5,
+            "score_rank": 2,
+            "top_contributions": [{"signal_id": "s"}],
         },
     }
     change = HealthChange("sig_1", None, "broken", "healthy", 0.9, None, None, 2.0)
-    health = health_changed_payload(HealthChangedEvent("ops", "https://h.example/y", "k2", "health", date(2026, 1, 6), change))["event"]
+    health = health_changed_payload(
+        HealthChangedEvent("ops", "https://h.example/y", "k2", "health", date(2026, 1, 6), change)
+    )["event"]
     assert health["type"] == "signal.health_changed" and health["day"] == "2026-01-06"
-    assert health["signal"] == {"signal_id": "sig_1", "definition": None, "health": "broken", "previous_health": "healthy", "lift": 0.9,
-                                "lift_ci_low": None, "lift_ci_high": None, "backtest_lift": 2.0}
+    assert health["signal"] == {
+        "signal_id": "sig_1",
+        "definition": None,
+        "health": "broken",
+        "previous_health": "healthy",
+        "lift": 0.9,
+        "lift_ci_low": None,
+        "lift_ci_high": None,
+        "backtest_lift": 2.0,
+    }
 
 
 def test_disallowed_host_is_refused_at_send_time():
@@ -79,4 +109,7 @@ def test_secret_env_var_names_and_missing_secret():
 def test_receiver_down_is_retryable():
     with FakeWebhookReceiver(SECRET) as receiver:
         url = receiver.url
-    assert WebhookSender({"h": SECRET}, timeout_seconds=2).send({"webhook": "h", "url": url, "event": {}}, "k").outcome == "retry"
+    assert (
+        WebhookSender({"h": SECRET}, timeout_seconds=2).send({"webhook": "h", "url": url, "event": {}}, "k").outcome
+        == "retry"
+    )

@@ -9,6 +9,7 @@ stopped by its own pid (SIGTERM, a bounded wait, SIGKILL as a last resort), also
             graphql(web.url, "{ version }")
 """
 
+import contextlib
 import glob
 import json
 import os
@@ -60,7 +61,9 @@ def wait_until(check: Callable[[], object], timeout: float, what: str, interval:
 
     Other exceptions from `check` count as "not yet"; a ServerError (e.g. the process died) or an
     AssertionError (a test's check found a definite failure) stops at once."""
-    return wait_while_progressing(check, lambda: None, what, idle_timeout=timeout, total_timeout=timeout, interval=interval)
+    return wait_while_progressing(
+        check, lambda: None, what, idle_timeout=timeout, total_timeout=timeout, interval=interval
+    )
 
 
 def wait_while_progressing(
@@ -96,7 +99,11 @@ def wait_while_progressing(
             last_error = exc
         now = time.monotonic()
         if now - last_change >= idle_timeout or now - start >= total_timeout:
-            reason = f"no progress for {now - last_change:.0f} s" if now - last_change >= idle_timeout else f"{now - start:.0f} s in all"
+            reason = (
+                f"no progress for {now - last_change:.0f} s"
+                if now - last_change >= idle_timeout
+                else f"{now - start:.0f} s in all"
+            )
             raise ServerError(
                 f"gave up waiting for {what}: {reason}"
                 + (f" (last progress: {last_seen!r})" if last_seen is not None else "")
@@ -114,7 +121,9 @@ def postgres_bin_dir() -> Path | None:
     if not found:
         on_path = shutil.which("initdb")
         return Path(on_path).parent if on_path else None
-    return Path(max(found, key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0)).parent
+    return Path(
+        max(found, key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0)
+    ).parent
 
 
 @dataclass(frozen=True)
@@ -141,7 +150,14 @@ class PostgresServer:
     @contextmanager
     def connect(self, db: str | None = None) -> Iterator[psycopg2.extensions.connection]:
         """A psycopg2 connection (autocommit) over TCP to `db` (default: the test database), closed at exit."""
-        con = psycopg2.connect(host=self.host, port=self.port, user=self.user, password=self.password, dbname=db or self.db, connect_timeout=10)
+        con = psycopg2.connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            dbname=db or self.db,
+            connect_timeout=10,
+        )
         con.autocommit = True
         try:
             yield con
@@ -172,7 +188,9 @@ def postgres_cluster(
     """
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
-        raise ServerError("PostgreSQL server binaries not found (no /usr/lib/postgresql/*/bin/initdb): apt-get install -y postgresql")
+        raise ServerError(
+            "PostgreSQL server binaries not found (no /usr/lib/postgresql/*/bin/initdb): apt-get install -y postgresql"
+        )
     # Directly under /tmp: pytest's tmp_path is inside a root-only (0700) directory the postgres user cannot enter.
     root = Path(tempfile.mkdtemp(prefix="beton-pg-"))
     data_dir, log_file = root / "data", root / "server.log"
@@ -181,27 +199,58 @@ def postgres_cluster(
             pw = pwd.getpwnam("postgres")
         except KeyError:
             shutil.rmtree(root, ignore_errors=True)
-            raise ServerError("no `postgres` OS user to run the server as (installing Debian's postgresql creates it; so does .ci/run)") from None
+            raise ServerError(
+                "no `postgres` OS user to run the server as (installing Debian's postgresql creates it; so does .ci/run)"
+            ) from None
         os.chown(root, pw.pw_uid, pw.pw_gid)
     port = free_port()
     try:
-        init = [str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres", "-E", "UTF8", "--no-locale", "--no-sync", "--no-instructions"]
+        init = [
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data_dir),
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
+            "--no-instructions",
+        ]
         init += ["--auth-local=trust", "--auth-host=scram-sha-256"] if password else ["--auth=trust"]
         _as_postgres_user(init, timeout=120)
         # A throwaway cluster: durability off, for speed.
         options = f"-c listen_addresses={LOCALHOST} -p {port} -k {root} -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         try:
             _as_postgres_user(
-                [str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-l", str(log_file), "-o", options, "-w", "-t", str(int(startup_timeout)), "start"],
+                [
+                    str(bin_dir / "pg_ctl"),
+                    "-D",
+                    str(data_dir),
+                    "-l",
+                    str(log_file),
+                    "-o",
+                    options,
+                    "-w",
+                    "-t",
+                    str(int(startup_timeout)),
+                    "start",
+                ],
                 timeout=startup_timeout + 10,
             )
         except (ServerError, subprocess.TimeoutExpired) as exc:
-            raise ServerError(f"{exc}\n--- {log_file} ---\n{log_file.read_text(errors='replace')[-4000:] if log_file.exists() else ''}") from None
-        admin = psycopg2.connect(host=str(root), port=port, user="postgres", dbname="postgres", connect_timeout=10)  # Unix socket
+            raise ServerError(
+                f"{exc}\n--- {log_file} ---\n{log_file.read_text(errors='replace')[-4000:] if log_file.exists() else ''}"
+            ) from None
+        admin = psycopg2.connect(
+            host=str(root), port=port, user="postgres", dbname="postgres", connect_timeout=10
+        )  # Unix socket
         admin.autocommit = True
         try:
             with admin.cursor() as cur:
-                cur.execute(sql.SQL("create role {} login password %s").format(sql.Identifier(user)), [password or None])
+                cur.execute(
+                    sql.SQL("create role {} login password %s").format(sql.Identifier(user)), [password or None]
+                )
                 cur.execute(sql.SQL("create database {} owner {}").format(sql.Identifier(db), sql.Identifier(user)))
         finally:
             admin.close()
@@ -217,7 +266,10 @@ def postgres_cluster(
 def _stop_postgres(bin_dir: Path, data_dir: Path, timeout: float = 30) -> None:
     """`pg_ctl -m fast -w stop`; if that fails, SIGKILL the postmaster by the pid in postmaster.pid."""
     try:
-        _as_postgres_user([str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-m", "fast", "-w", "-t", str(int(timeout)), "stop"], timeout=timeout + 10)
+        _as_postgres_user(
+            [str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-m", "fast", "-w", "-t", str(int(timeout)), "stop"],
+            timeout=timeout + 10,
+        )
     except (ServerError, subprocess.TimeoutExpired):
         pid_file = data_dir / "postmaster.pid"
         if pid_file.exists():
@@ -248,7 +300,9 @@ class ServerProcess:
             return ""
 
 
-def start_server(name: str, args: list[str], env: dict[str, str], log_dir: Path, url: str | None = None) -> ServerProcess:
+def start_server(
+    name: str, args: list[str], env: dict[str, str], log_dir: Path, url: str | None = None
+) -> ServerProcess:
     """Start `args` in its own session and process group through the signal-resetting wrapper; output to `<log_dir>/<name>.log`."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
@@ -291,10 +345,8 @@ def stop_server(server: ServerProcess, timeout: float = 30) -> list[int]:
     except psutil.NoSuchProcess:
         descendants = []
     stop_pid(server.pid, timeout)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         server.process.wait(timeout=5)  # reap it
-    except subprocess.TimeoutExpired:
-        pass
     _, alive = psutil.wait_procs(descendants, timeout=10)
     for child in alive:
         stop_pid(child.pid, timeout=10)
@@ -313,7 +365,9 @@ def graphql(url: str, query: str, variables: dict | None = None, timeout: float 
 
 
 @contextmanager
-def dagster_webserver(env: dict[str, str], log_dir: Path, workspace: Path = WORKSPACE, startup_timeout: float = 120) -> Iterator[ServerProcess]:
+def dagster_webserver(
+    env: dict[str, str], log_dir: Path, workspace: Path = WORKSPACE, startup_timeout: float = 120
+) -> Iterator[ServerProcess]:
     """`dagster-webserver` on 127.0.0.1:<free port> for `workspace`; yields once /graphql answers."""
     port = free_port()
     server = start_server(
@@ -345,7 +399,9 @@ def dagster_daemon(env: dict[str, str], log_dir: Path, workspace: Path = WORKSPA
 
     Readiness is the caller's to check (through the webserver: `instance.daemonHealth`).
     """
-    server = start_server("dagster-daemon", [str(VENV_BIN / "dagster-daemon"), "run", "-w", str(workspace)], env, log_dir)
+    server = start_server(
+        "dagster-daemon", [str(VENV_BIN / "dagster-daemon"), "run", "-w", str(workspace)], env, log_dir
+    )
     try:
         yield server
     finally:

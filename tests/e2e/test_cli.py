@@ -14,7 +14,9 @@ BETON = str(Path(sys.executable).parent / "beton")
 def beton(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     import os
 
-    return subprocess.run([BETON, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [BETON, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
 
 
 def test_help_lists_the_commands():
@@ -59,7 +61,9 @@ def test_invalid_settings_name_the_file_and_field(tmp_path):
 def test_disable_survives_rediscovery_and_enable_restores(warehouse_env):
     run = warehouse_env
     with duckdb.connect(str(run.warehouse), read_only=True) as con:
-        signal_id = con.sql("select signal_id from beton.signals where enabled order by q_value limit 1").fetchall()[0][0]
+        signal_id = con.sql("select signal_id from beton.signals where enabled order by q_value limit 1").fetchall()[0][
+            0
+        ]
     done = beton("signals", "disable", signal_id, "--reason", "sales says it is seasonal", "--by", "ana")
     assert done.returncode == 0, done.stderr
 
@@ -67,13 +71,19 @@ def test_disable_survives_rediscovery_and_enable_restores(warehouse_env):
 
     defs.resolve_job_def("discovery_job").execute_in_process(instance=run.instance)
     with duckdb.connect(str(run.warehouse), read_only=True) as con:
-        enabled, override = con.sql("select enabled, enabled_override from beton.signals where signal_id = ?", params=[signal_id]).fetchall()[0]
-        who = con.sql("select changed_by, reason from beton.signal_overrides where signal_id = ?", params=[signal_id]).fetchall()
+        enabled, override = con.sql(
+            "select enabled, enabled_override from beton.signals where signal_id = ?", params=[signal_id]
+        ).fetchall()[0]
+        who = con.sql(
+            "select changed_by, reason from beton.signal_overrides where signal_id = ?", params=[signal_id]
+        ).fetchall()
     assert (enabled, override) == (False, False)
     assert who == [("ana", "sales says it is seasonal")]
     assert beton("signals", "enable", signal_id).returncode == 0
     with duckdb.connect(str(run.warehouse), read_only=True) as con:
-        assert con.sql("select enabled from beton.signals where signal_id = ?", params=[signal_id]).fetchall() == [(True,)]
+        assert con.sql("select enabled from beton.signals where signal_id = ?", params=[signal_id]).fetchall() == [
+            (True,)
+        ]
     assert beton("signals", "enable", "sig_doesnotexist").returncode == 1
 
 
@@ -90,5 +100,7 @@ def test_rematerialising_a_cohort_partition_is_idempotent(warehouse_env):
 
     before = snapshot()
     for _ in range(3):
-        job.execute_in_process(instance=run.instance, partition_key=month, asset_selection=[dg.AssetKey("signal_cohort_counts")])
+        job.execute_in_process(
+            instance=run.instance, partition_key=month, asset_selection=[dg.AssetKey("signal_cohort_counts")]
+        )
     assert snapshot() == before

@@ -41,10 +41,24 @@ from marts.account_event_features
 where event_name = 'invited_teammate' and n_first_14d >= 3
 """
 COUNT_COLUMNS = [
-    "n_with", "conversions_with", "n_without", "conversions_without",
-    "holdout_n_with", "holdout_conversions_with", "holdout_n_total",
+    "n_with",
+    "conversions_with",
+    "n_without",
+    "conversions_without",
+    "holdout_n_with",
+    "holdout_conversions_with",
+    "holdout_n_total",
 ]
-STAT_COLUMNS = ["rate_with", "rate_without", "lift", "lift_ci_low", "lift_ci_high", "p_value", "holdout_lift", "projected_arr"]
+STAT_COLUMNS = [
+    "rate_with",
+    "rate_without",
+    "lift",
+    "lift_ci_low",
+    "lift_ci_high",
+    "p_value",
+    "holdout_lift",
+    "projected_arr",
+]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 BETON = str(Path(sys.executable).parent / "beton")
 
@@ -84,7 +98,11 @@ def custom_run(pipeline_run, tmp_path_factory) -> CustomRun:
     signals.mkdir()
     (signals / "invites.yml").write_text(INVITES_YAML)
     (signals / "invites.sql").write_text(INVITES_SQL)
-    env = {"BETON_WAREHOUSE": str(warehouse), "BETON_SIGNALS_DIR": str(signals), "BETON_SOURCE_DIR": str(pipeline_run.source_dir)}
+    env = {
+        "BETON_WAREHOUSE": str(warehouse),
+        "BETON_SIGNALS_DIR": str(signals),
+        "BETON_SOURCE_DIR": str(pipeline_run.source_dir),
+    }
     home = root / "dagster_home"
     home.mkdir()
     instance = dg.DagsterInstance.local_temp(str(home))
@@ -96,7 +114,9 @@ def custom_run(pipeline_run, tmp_path_factory) -> CustomRun:
             ids = register_signal_partitions(instance, con)
         keys = instance.get_dynamic_partitions(signal_partitions.name)
         result = _materialise(
-            job, instance, asset_selection=[dg.AssetKey("signal_backtests")],
+            job,
+            instance,
+            asset_selection=[dg.AssetKey("signal_backtests")],
             tags=partition_range_tags(keys),
         )
         assert result.success
@@ -125,7 +145,9 @@ def test_yaml_and_sql_by_hand_give_the_discovered_signals_counts(con):
         assert {c: row[c] for c in COUNT_COLUMNS} == {c: discovered[c] for c in COUNT_COLUMNS}
         for c in STAT_COLUMNS:
             assert row[c] == pytest.approx(discovered[c], rel=1e-9), c
-    assert yaml_row["definition"] == "Invites by hand: `invited_teammate` >= 3 in the first 14 days (observation window)"
+    assert (
+        yaml_row["definition"] == "Invites by hand: `invited_teammate` >= 3 in the first 14 days (observation window)"
+    )
     assert "Benjamini-Hochberg over" in yaml_row["method"] and "(discovered and custom)" in yaml_row["method"]
     assert "SQL without fired_at: point in time not checked" in sql_row["method"]
     assert yaml_row["recommendation"] == "enable" and yaml_row["enabled"]
@@ -134,25 +156,44 @@ def test_yaml_and_sql_by_hand_give_the_discovered_signals_counts(con):
 def test_backtests_agree_per_month_and_add_up_to_the_discovery_and_holdout_counts(con):
     discovered, yaml_row, sql_row = _signal_rows(con)
     ids = [discovered["signal_id"], yaml_row["signal_id"], sql_row["signal_id"]]
-    rows = con.sql("select * from beton.signal_backtests where signal_id in (?, ?, ?) order by cohort_month", params=ids).pl()
+    rows = con.sql(
+        "select * from beton.signal_backtests where signal_id in (?, ?, ?) order by cohort_month", params=ids
+    ).pl()
     per_signal = {sid: rows.filter(pl.col("signal_id") == sid) for sid in ids}
-    months = con.sql("select count(distinct cohort_month) from marts.account_outcomes where is_eligible").fetchall()[0][0]
+    months = con.sql("select count(distinct cohort_month) from marts.account_outcomes where is_eligible").fetchall()[0][
+        0
+    ]
     for sid, frame in per_signal.items():
         assert frame.height == months, sid
         assert frame.select("cohort_month", "fired", "converted", "cohort_accounts").equals(
             per_signal[ids[0]].select("cohort_month", "fired", "converted", "cohort_accounts")
         ), sid
     frame = per_signal[ids[0]]
-    disc = frame.filter(pl.col("split") == "discovery").select(pl.col("fired", "converted", "cohort_accounts").sum()).row(0)
-    hold = frame.filter(pl.col("split") == "holdout").select(pl.col("fired", "converted", "cohort_accounts").sum()).row(0)
-    assert disc == (discovered["n_with"], discovered["conversions_with"], discovered["n_with"] + discovered["n_without"])
+    disc = (
+        frame.filter(pl.col("split") == "discovery")
+        .select(pl.col("fired", "converted", "cohort_accounts").sum())
+        .row(0)
+    )
+    hold = (
+        frame.filter(pl.col("split") == "holdout").select(pl.col("fired", "converted", "cohort_accounts").sum()).row(0)
+    )
+    assert disc == (
+        discovered["n_with"],
+        discovered["conversions_with"],
+        discovered["n_with"] + discovered["n_without"],
+    )
     assert hold == (discovered["holdout_n_with"], discovered["holdout_conversions_with"], discovered["holdout_n_total"])
     assert frame["verdict"].unique().to_list() == ["consistent"]  # a planted behaviour holds up month by month
     assert set(frame["source"]) == {"discovered"} and set(per_signal[ids[1]]["source"]) == {"custom"}
 
 
 def test_every_enabled_discovered_and_custom_signal_has_a_partition_and_a_backtest(con, custom_run):
-    expected = {r[0] for r in con.sql("select signal_id from beton.signals where enabled and source = 'discovered' or source = 'custom'").fetchall()}
+    expected = {
+        r[0]
+        for r in con.sql(
+            "select signal_id from beton.signals where enabled and source = 'discovered' or source = 'custom'"
+        ).fetchall()
+    }
     assert set(custom_run.partitions) == expected
     assert set(custom_run.instance.get_dynamic_partitions(signal_partitions.name)) == expected
     backtested = {r[0] for r in con.sql("select distinct signal_id from beton.signal_backtests").fetchall()}
@@ -164,9 +205,13 @@ def test_rematerialising_a_partition_replaces_exactly_that_signals_rows(custom_r
     with duckdb.connect(str(custom_run.warehouse)) as writer:
         before = writer.sql("select * from beton.signal_backtests order by signal_id, cohort_month").pl()
         writer.execute("update beton.signal_backtests set fired = -1 where signal_id = ?", [target])
-        writer.execute("insert into beton.signal_backtests by name select ? as signal_id, '1999-01' as cohort_month", [target])
+        writer.execute(
+            "insert into beton.signal_backtests by name select ? as signal_id, '1999-01' as cohort_month", [target]
+        )
     with env_vars(**custom_run.env):
-        result = _materialise(custom_run.job, custom_run.instance, asset_selection=[dg.AssetKey("signal_backtests")], partition_key=target)
+        result = _materialise(
+            custom_run.job, custom_run.instance, asset_selection=[dg.AssetKey("signal_backtests")], partition_key=target
+        )
     assert result.success
     with duckdb.connect(str(custom_run.warehouse), read_only=True) as reader:
         after = reader.sql("select * from beton.signal_backtests order by signal_id, cohort_month").pl()
@@ -175,15 +220,22 @@ def test_rematerialising_a_partition_replaces_exactly_that_signals_rows(custom_r
 
 def test_the_sensor_registers_new_signals_and_requests_their_backtests(custom_run, tmp_path):
     fresh = dg.DagsterInstance.ephemeral()
-    context = dg.build_sensor_context(instance=fresh, resources={"warehouse": WarehouseResource(path=str(custom_run.warehouse))})
+    context = dg.build_sensor_context(
+        instance=fresh, resources={"warehouse": WarehouseResource(path=str(custom_run.warehouse))}
+    )
     assert isinstance(signal_partitions_sensor(context), dg.SkipReason)  # nothing materialised in this instance yet
     # The materializations recorded in the run's instance: the sensor reads beton.signals and asks for every partition.
-    context = dg.build_sensor_context(instance=custom_run.instance, resources={"warehouse": WarehouseResource(path=str(custom_run.warehouse))})
+    context = dg.build_sensor_context(
+        instance=custom_run.instance, resources={"warehouse": WarehouseResource(path=str(custom_run.warehouse))}
+    )
     result = signal_partitions_sensor(context)
     assert {r.partition_key for r in result.run_requests} == set(custom_run.partitions)
     assert not result.dynamic_partitions_requests  # all registered already
-    again = dg.build_sensor_context(instance=custom_run.instance, cursor=result.cursor,
-                                    resources={"warehouse": WarehouseResource(path=str(custom_run.warehouse))})
+    again = dg.build_sensor_context(
+        instance=custom_run.instance,
+        cursor=result.cursor,
+        resources={"warehouse": WarehouseResource(path=str(custom_run.warehouse))},
+    )
     assert isinstance(signal_partitions_sensor(again), dg.SkipReason)
 
 
@@ -228,7 +280,9 @@ def beton(*args: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([BETON, *args], capture_output=True, text=True, timeout=300, env={**os.environ, **env})
 
 
-def test_cli_backtest_of_a_file_and_of_sql_prints_the_signals_columns_and_periods_without_writing(custom_run, con, tmp_path):
+def test_cli_backtest_of_a_file_and_of_sql_prints_the_signals_columns_and_periods_without_writing(
+    custom_run, con, tmp_path
+):
     discovered, _, _ = _signal_rows(con)
     rows_before = con.sql("select count(*) from beton.signals").fetchall()[0][0]
     yml = tmp_path / "invites.yml"
@@ -248,9 +302,18 @@ def test_cli_backtest_of_a_file_and_of_sql_prints_the_signals_columns_and_period
 @pytest.mark.parametrize(
     "content, expected",
     [
-        ("name: x\nwhen:\n  event: invited_teamate\n", ["x.yml:3: when.event: unknown event `invited_teamate`", "did you mean `invited_teammate`?"]),
-        ("name: x\nwhen:\n  event: invited_teammate\n  count: >= 3\n", ["x.yml:4: not valid YAML", 'put comparisons in quotes: count: ">= 3"']),
-        ("name: x\nwhen: {event: invited_teammate, within_days: 30}\n", ["x.yml:2: when.within_days: 30 is not one of the marts' first-N-day windows"]),
+        (
+            "name: x\nwhen:\n  event: invited_teamate\n",
+            ["x.yml:3: when.event: unknown event `invited_teamate`", "did you mean `invited_teammate`?"],
+        ),
+        (
+            "name: x\nwhen:\n  event: invited_teammate\n  count: >= 3\n",
+            ["x.yml:4: not valid YAML", 'put comparisons in quotes: count: ">= 3"'],
+        ),
+        (
+            "name: x\nwhen: {event: invited_teammate, within_days: 30}\n",
+            ["x.yml:2: when.within_days: 30 is not one of the marts' first-N-day windows"],
+        ),
     ],
 )
 def test_cli_backtest_errors_are_one_line_naming_the_problem(custom_run, tmp_path, content, expected):
@@ -264,7 +327,12 @@ def test_cli_backtest_errors_are_one_line_naming_the_problem(custom_run, tmp_pat
 
 
 def test_cli_backtest_refuses_unsafe_sql_in_one_line(custom_run):
-    done = beton("backtest", "--sql", "select account_id from marts.account_outcomes; copy marts.account_outcomes to '/tmp/x.csv'", env=custom_run.env)
+    done = beton(
+        "backtest",
+        "--sql",
+        "select account_id from marts.account_outcomes; copy marts.account_outcomes to '/tmp/x.csv'",
+        env=custom_run.env,
+    )
     assert done.returncode == 1 and done.stderr.count("\n") == 1
     assert "2 statements (SELECT, COPY); exactly one SELECT is allowed" in done.stderr
     done = beton("backtest", "--sql", "select * from read_csv('/etc/passwd')", env=custom_run.env)
@@ -276,7 +344,9 @@ def test_cli_events_lists_what_conditions_can_name(custom_run, con):
     assert done.returncode == 0, done.stderr
     catalog = json.loads(done.stdout)
     events = {e["event"]: e for e in catalog["events"]}
-    accounts = con.sql("select count(*) from marts.account_event_features where event_name = 'invited_teammate'").fetchall()[0][0]
+    accounts = con.sql(
+        "select count(*) from marts.account_event_features where event_name = 'invited_teammate'"
+    ).fetchall()[0][0]
     assert events["invited_teammate"]["accounts"] == accounts
     assert any(p["value"] == "/settings/integrations" for p in catalog["properties"])
     assert {"industry", "employee_count", "plan_interval"} <= {a["attribute"] for a in catalog["attributes"]}

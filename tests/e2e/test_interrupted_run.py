@@ -30,7 +30,12 @@ def _env(tmp: Path, source: Path, name: str) -> dict:
     home = tmp / f"home_{name}"
     home.mkdir()
     shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
-    return {**os.environ, "BETON_SOURCE_DIR": str(source), "BETON_WAREHOUSE": str(tmp / f"{name}.duckdb"), "DAGSTER_HOME": str(home)}
+    return {
+        **os.environ,
+        "BETON_SOURCE_DIR": str(source),
+        "BETON_WAREHOUSE": str(tmp / f"{name}.duckdb"),
+        "DAGSTER_HOME": str(home),
+    }
 
 
 def _counts(warehouse: str) -> dict[str, int]:
@@ -44,7 +49,9 @@ def test_rerun_after_a_kill_gives_the_tables_of_a_clean_run(tmp_path):
     source = tmp_path / "source"
     generate_demo(source, n_accounts=1200, seed=5)
     interrupted = _env(tmp_path, source, "interrupted")
-    proc = subprocess.Popen([BETON, "run"], env=interrupted, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [BETON, "run"], env=interrupted, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     time.sleep(20)  # somewhere in ingest or dbt on this machine; any point will do
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
@@ -56,6 +63,8 @@ def test_rerun_after_a_kill_gives_the_tables_of_a_clean_run(tmp_path):
 
     with duckdb.connect(interrupted["BETON_WAREHOUSE"], read_only=True) as con:
         for table, key in UNIQUE_KEYS.items():
-            dupes = con.sql(f"select count(*) from (select {key} from {table} group by {key} having count(*) > 1)").fetchall()[0][0]
+            dupes = con.sql(
+                f"select count(*) from (select {key} from {table} group by {key} having count(*) > 1)"
+            ).fetchall()[0][0]
             assert dupes == 0, f"{table} has duplicate {key}"
     assert _counts(interrupted["BETON_WAREHOUSE"]) == _counts(clean_env["BETON_WAREHOUSE"])

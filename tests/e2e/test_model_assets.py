@@ -34,7 +34,9 @@ def con(model_run, pipeline_run):
 
 
 def metric(con, scorer: str, name: str) -> float:
-    return con.sql("select value from beton.model_backtest where scorer = ? and metric = ?", params=[scorer, name]).fetchall()[0][0]
+    return con.sql(
+        "select value from beton.model_backtest where scorer = ? and metric = ?", params=[scorer, name]
+    ).fetchall()[0][0]
 
 
 def test_backtest_has_every_metric_for_every_scorer(con):
@@ -55,8 +57,10 @@ def test_model_and_signals_beat_the_base_rate(con):
 
 
 def test_win_rate_rises_with_the_model_decile(con):
-    deciles = con.sql("select bucket, observed_rate, observed_ci_low, observed_ci_high, n_accounts from beton.model_calibration "
-                      "where scorer = 'model' order by bucket").pl()
+    deciles = con.sql(
+        "select bucket, observed_rate, observed_ci_low, observed_ci_high, n_accounts from beton.model_calibration "
+        "where scorer = 'model' order by bucket"
+    ).pl()
     assert deciles.height == 10
     assert spearmanr(deciles.get_column("bucket"), deciles.get_column("observed_rate")).statistic > 0.8
     assert (deciles.get_column("observed_ci_low") <= deciles.get_column("observed_rate")).all()
@@ -82,7 +86,11 @@ def test_stored_model_rebuilds_the_qualified_set(con, pipeline_run):
 def test_crm_comparison_lists_false_positives_and_negatives_with_reasons(con):
     accounts = con.sql("select * from beton.model_crm_comparison").pl()
     assert accounts.height > 0
-    row = con.sql("select tp, fp, fn, tn, precision, recall from beton.model_confusion where truth = 'deal_progressed'").pl().row(0, named=True)
+    row = (
+        con.sql("select tp, fp, fn, tn, precision, recall from beton.model_confusion where truth = 'deal_progressed'")
+        .pl()
+        .row(0, named=True)
+    )
     counts = dict(accounts.group_by("outcome").len().iter_rows())
     assert counts.get("true_positive", 0) == row["tp"] and counts.get("false_positive", 0) == row["fp"]
     assert counts.get("false_negative", 0) == row["fn"] and counts.get("true_negative", 0) == row["tn"]

@@ -42,7 +42,9 @@ def test_drifting_signal_turns_degrading_after_its_drift(tmp_path, pipeline_run)
     drift = pipeline_run.truth["drifting"][0]
     key = f"event:{drift['event']}:first_{drift['window_days']}d:>={drift['threshold']}"
     with duckdb.connect(str(copy)) as con:
-        signal_id = con.sql("select signal_id from beton.signals where candidate_key = ?", params=[key]).fetchall()[0][0]
+        signal_id = con.sql("select signal_id from beton.signals where candidate_key = ?", params=[key]).fetchall()[0][
+            0
+        ]
         set_override(con, signal_id, True, "test", "watch the drifting behaviour")
         lo, hi = data_days(con)
         days = [lo + timedelta(days=i) for i in range((hi - lo).days + 1)]
@@ -53,7 +55,9 @@ def test_drifting_signal_turns_degrading_after_its_drift(tmp_path, pipeline_run)
     first_alarm = alarms["day"].min()
     # outcomes of post-drift cohorts close 60 days after the drift; the 90-day window needs them to dominate
     assert drift_at + timedelta(days=60) < first_alarm <= drift_at + timedelta(days=60 + 120)
-    assert health.filter(pl.col("day") < drift_at + timedelta(days=60))["health"].is_in(["degrading", "broken"]).sum() == 0
+    assert (
+        health.filter(pl.col("day") < drift_at + timedelta(days=60))["health"].is_in(["degrading", "broken"]).sum() == 0
+    )
 
 
 def test_scores_are_calibrated_and_monotone_on_later_cohorts(con):
@@ -69,12 +73,19 @@ def test_account_scores_cover_accounts_in_play_only(con):
     assert latest.height > 100
     assert latest["score"].is_between(0, 1).all()
     assert sorted(latest["score_rank"].to_list()) == list(range(1, latest.height + 1))
-    joined = latest.join(con.sql("select account_id, started_at, converted_at, outcome_window_end_at from marts.account_outcomes").pl(), on="account_id")
-    checked = joined.with_columns((pl.col("day").cast(pl.Datetime("us")) + pl.duration(days=1)).alias("end")).select(
-        (pl.col("started_at") < pl.col("end")).all().alias("started"),
-        (pl.col("converted_at").is_null() | (pl.col("converted_at") >= pl.col("end"))).all().alias("not_converted"),
-        (pl.col("outcome_window_end_at") > pl.col("end")).all().alias("window_open"),
-    ).row(0, named=True)
+    joined = latest.join(
+        con.sql("select account_id, started_at, converted_at, outcome_window_end_at from marts.account_outcomes").pl(),
+        on="account_id",
+    )
+    checked = (
+        joined.with_columns((pl.col("day").cast(pl.Datetime("us")) + pl.duration(days=1)).alias("end"))
+        .select(
+            (pl.col("started_at") < pl.col("end")).all().alias("started"),
+            (pl.col("converted_at").is_null() | (pl.col("converted_at") >= pl.col("end"))).all().alias("not_converted"),
+            (pl.col("outcome_window_end_at") > pl.col("end")).all().alias("window_open"),
+        )
+        .row(0, named=True)
+    )
     assert all(checked.values()), checked
     for row in latest.filter(pl.col("n_signals_fired") > 0).head(50).iter_rows(named=True):
         fired = json.loads(row["signals_fired"])
@@ -108,7 +119,11 @@ def test_rematerialising_days_is_idempotent(warehouse_env):
     before = snapshot()
     tags = {"dagster/asset_partition_range_start": "2025-10-01", "dagster/asset_partition_range_end": "2025-10-07"}
     for _ in range(3):
-        job.execute_in_process(instance=run.instance, asset_selection=[dg.AssetKey("signal_health"), dg.AssetKey("account_scores")], tags=tags)
+        job.execute_in_process(
+            instance=run.instance,
+            asset_selection=[dg.AssetKey("signal_health"), dg.AssetKey("account_scores")],
+            tags=tags,
+        )
     after = snapshot()
     assert after[0] == before[0]
     assert len(after[1]) == len(before[1]) and np.allclose([r[2] for r in after[1]], [r[2] for r in before[1]])

@@ -22,11 +22,21 @@ def con(pipeline_run):
 
 
 def test_raw_staging_and_mart_tables_exist(con):
-    tables = {f"{s}.{t}" for s, t in con.sql("select table_schema, table_name from information_schema.tables").fetchall()}
+    tables = {
+        f"{s}.{t}" for s, t in con.sql("select table_schema, table_name from information_schema.tables").fetchall()
+    }
     for expected in (
-        "raw.raw_events", "raw.raw_crm_companies", "raw.raw_billing_invoices", "staging.stg_posthog__events",
-        "intermediate.int_events_resolved", "marts.account_features", "marts.account_outcomes",
-        "marts.account_event_features", "beton.quarantine", "beton.signal_cohort_counts", "beton.signals",
+        "raw.raw_events",
+        "raw.raw_crm_companies",
+        "raw.raw_billing_invoices",
+        "staging.stg_posthog__events",
+        "intermediate.int_events_resolved",
+        "marts.account_features",
+        "marts.account_outcomes",
+        "marts.account_event_features",
+        "beton.quarantine",
+        "beton.signal_cohort_counts",
+        "beton.signals",
     ):
         assert expected in tables, expected
     assert con.sql("select count(*) from marts.account_outcomes").fetchall()[0][0] > 0
@@ -34,14 +44,25 @@ def test_raw_staging_and_mart_tables_exist(con):
 
 def test_planted_bad_rows_are_quarantined_or_dropped(con, pipeline_run):
     bad = pipeline_run.truth["bad_rows"]["events"]
-    reasons = dict(con.sql("select reason, count(*) from beton.quarantine where source_table = 'events' group by 1").fetchall())
+    reasons = dict(
+        con.sql("select reason, count(*) from beton.quarantine where source_table = 'events' group by 1").fetchall()
+    )
     assert reasons.get("timestamp is empty", 0) == bad["null_timestamp"]
     assert reasons.get("properties: malformed JSON", 0) == bad["malformed_properties"]
-    assert reasons.get("duplicate uuid: an earlier row with the same key was kept (first wins)", 0) == bad["duplicate_uuid"]
-    file_rows = con.sql(f"select count(*) from read_parquet('{pipeline_run.source_dir}/events/*.parquet')").fetchall()[0][0]
+    assert (
+        reasons.get("duplicate uuid: an earlier row with the same key was kept (first wins)", 0)
+        == bad["duplicate_uuid"]
+    )
+    file_rows = con.sql(f"select count(*) from read_parquet('{pipeline_run.source_dir}/events/*.parquet')").fetchall()[
+        0
+    ][0]
     loaded = con.sql("select count(*) from raw.raw_events").fetchall()[0][0]
-    assert file_rows - loaded - sum(reasons.values()) == bad["exact_duplicates"]  # read = loaded + quarantined + duplicates
-    negative = con.sql("select count(*) from beton.quarantine where source_table = 'billing_invoices' and reason like 'amount_paid: below 0%'").fetchall()[0][0]
+    assert (
+        file_rows - loaded - sum(reasons.values()) == bad["exact_duplicates"]
+    )  # read = loaded + quarantined + duplicates
+    negative = con.sql(
+        "select count(*) from beton.quarantine where source_table = 'billing_invoices' and reason like 'amount_paid: below 0%'"
+    ).fetchall()[0][0]
     assert negative == pipeline_run.truth["bad_rows"]["billing_invoices"]["negative_amount"]
 
 
@@ -49,14 +70,26 @@ def test_leaking_event_never_reaches_features_or_signals(con, pipeline_run):
     for leak in pipeline_run.truth["leaks"]:
         event = leak["event"]
         assert con.sql("select count(*) from raw.raw_events where event = ?", params=[event]).fetchall()[0][0] > 0
-        assert con.sql("select count(*) from marts.account_event_features where event_name = ?", params=[event]).fetchall()[0][0] == 0
-        assert con.sql("select count(*) from beton.signals where definition like ?", params=[f"%`{event}`%"]).fetchall()[0][0] == 0
+        assert (
+            con.sql(
+                "select count(*) from marts.account_event_features where event_name = ?", params=[event]
+            ).fetchall()[0][0]
+            == 0
+        )
+        assert (
+            con.sql("select count(*) from beton.signals where definition like ?", params=[f"%`{event}`%"]).fetchall()[
+                0
+            ][0]
+            == 0
+        )
 
 
 def test_identity_resolution_uses_every_rule_and_counts_the_unresolved(pipeline_run):
     identity = pipeline_run.summary.identity
     assert set(identity) == {"group", "email_domain", "crm_person", "unresolved"}
-    assert identity["group"] > identity["email_domain"] > 0 and identity["crm_person"] > 0 and identity["unresolved"] > 0
+    assert (
+        identity["group"] > identity["email_domain"] > 0 and identity["crm_person"] > 0 and identity["unresolved"] > 0
+    )
 
 
 def _neighbours(thresholds: tuple[int, ...], planted: int) -> set[int]:
@@ -72,13 +105,20 @@ def test_every_planted_signal_is_enabled_at_or_next_to_its_threshold(con, pipeli
         if planted["kind"] == "event_count":
             rows = enabled.filter(pl.col("family") == f"event:{planted['event']}")
             assert rows.height == 1, planted
-            assert rows["threshold"][0] in _neighbours(thresholds, planted["threshold"]), (planted, rows["definition"][0])
+            assert rows["threshold"][0] in _neighbours(thresholds, planted["threshold"]), (
+                planted,
+                rows["definition"][0],
+            )
         elif planted["kind"] == "event_property":
-            rows = enabled.filter(pl.col("family") == f"property:{planted['event']}:{planted['property']}={planted['value']}")
+            rows = enabled.filter(
+                pl.col("family") == f"property:{planted['event']}:{planted['property']}={planted['value']}"
+            )
             assert rows.height == 1, planted
             assert rows["threshold"][0] in _neighbours((1, 2, 3), planted["threshold"])
         elif planted["kind"] == "crm_attribute":
-            assert enabled.filter(pl.col("family") == f"attribute:{planted['attribute']}={planted['value']}").height == 1, planted
+            assert (
+                enabled.filter(pl.col("family") == f"attribute:{planted['attribute']}={planted['value']}").height == 1
+            ), planted
         elif planted["kind"] == "intent":
             assert enabled.filter(pl.col("family") == f"intent:{planted['signal_type']}").height == 1, planted
 
@@ -92,21 +132,41 @@ def test_no_noise_or_leak_is_enabled(con, pipeline_run):
 
 def test_signals_table_passes_the_independent_checker(pipeline_run):
     assert CHECKER.exists(), CHECKER
-    done = subprocess.run([sys.executable, str(CHECKER), str(pipeline_run.warehouse)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(CHECKER), str(pipeline_run.warehouse)], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_contract_columns_of_beton_signals(con):
     cols = {r[0] for r in con.sql("describe beton.signals").fetchall()}
     contract = {
-        "signal_id", "definition", "source", "n_with", "conversions_with", "n_without", "conversions_without", "rate_with",
-        "rate_without", "lift", "lift_ci_low", "lift_ci_high", "p_value", "q_value", "holdout_lift", "projected_arr",
-        "recommendation", "enabled", "method",
+        "signal_id",
+        "definition",
+        "source",
+        "n_with",
+        "conversions_with",
+        "n_without",
+        "conversions_without",
+        "rate_with",
+        "rate_without",
+        "lift",
+        "lift_ci_low",
+        "lift_ci_high",
+        "p_value",
+        "q_value",
+        "holdout_lift",
+        "projected_arr",
+        "recommendation",
+        "enabled",
+        "method",
     }
     assert contract <= cols
     recs = {r[0] for r in con.sql("select distinct recommendation from beton.signals").fetchall()}
     assert recs <= {"enable", "review", "reject"}
-    assert con.sql("select count(*) from beton.signals where method is null or definition is null").fetchall()[0][0] == 0
+    assert (
+        con.sql("select count(*) from beton.signals where method is null or definition is null").fetchall()[0][0] == 0
+    )
 
 
 def test_shuffled_demo_outcomes_enable_almost_nothing(con):
@@ -130,11 +190,18 @@ def test_shuffled_demo_outcomes_enable_almost_nothing(con):
     matrix = build_candidate_matrix(frames, hits)
     months = cohort_labels(frames)
     y0 = frames.accounts["converted"].to_numpy()
-    config = DiscoveryConfig(fdr_alpha=cfg.thresholds.fdr_alpha, min_sample=cfg.thresholds.min_sample, min_lift=cfg.thresholds.min_lift)
+    config = DiscoveryConfig(
+        fdr_alpha=cfg.thresholds.fdr_alpha, min_sample=cfg.thresholds.min_sample, min_lift=cfg.thresholds.min_lift
+    )
     runs_with_enable = 0
     for seed in range(20):
         y = np.random.default_rng(seed).permutation(y0)
         arr = np.where(y, 12_000.0, 0.0)
-        run = discover_from_cohort_counts(cohort_counts_from_matrix(matrix, months, y, arr), matrix_pair_source(matrix, months, y, arr), config, cfg.windows.holdout_fraction)
+        run = discover_from_cohort_counts(
+            cohort_counts_from_matrix(matrix, months, y, arr),
+            matrix_pair_source(matrix, months, y, arr),
+            config,
+            cfg.windows.holdout_fraction,
+        )
         runs_with_enable += run.signals.filter(pl.col("recommendation") == "enable").height > 0
     assert runs_with_enable <= 2, runs_with_enable

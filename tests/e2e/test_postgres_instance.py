@@ -68,9 +68,9 @@ class Dagster:
 
     def __init__(self, url: str):
         self.url = url
-        node = self.query("{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }")[
-            "repositoriesOrError"
-        ]["nodes"][0]
+        node = self.query(
+            "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
+        )["repositoriesOrError"]["nodes"][0]
         self.repository = {"repositoryLocationName": node["location"]["name"], "repositoryName": node["name"]}
 
     def query(self, text: str, variables: dict | None = None) -> dict:
@@ -100,21 +100,25 @@ class Dagster:
     def failed_steps(self, run_id: str) -> list[str]:
         return [
             s["stepKey"]
-            for s in self.query("query($id: ID!) { runOrError(runId: $id) { ... on Run { stepStats { stepKey status } } } }", {"id": run_id})[
-                "runOrError"
-            ]["stepStats"]
+            for s in self.query(
+                "query($id: ID!) { runOrError(runId: $id) { ... on Run { stepStats { stepKey status } } } }",
+                {"id": run_id},
+            )["runOrError"]["stepStats"]
             if s["status"] == "FAILURE"
         ]
 
     def run_progress(self, run_id: str) -> tuple[str, int]:
         """(status, number of steps that have ended): what changes while a run is making progress."""
         run = self.query(
-            "query($id: ID!) { runOrError(runId: $id) { ... on Run { status stepStats { stepKey endTime } } } }", {"id": run_id}
+            "query($id: ID!) { runOrError(runId: $id) { ... on Run { status stepStats { stepKey endTime } } } }",
+            {"id": run_id},
         )["runOrError"]
         return run["status"], sum(1 for s in run["stepStats"] if s["endTime"])
 
     def run_status(self, run_id: str) -> str:
-        return self.query("query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", {"id": run_id})["runOrError"]["status"]
+        return self.query("query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", {"id": run_id})[
+            "runOrError"
+        ]["status"]
 
     def instigator_ticks(self, kind: str, name: str, limit: int = 20) -> tuple[str, list[dict]]:
         """(status, ticks newest first) of a schedule (`kind`="schedule") or sensor (`kind`="sensor")."""
@@ -164,7 +168,8 @@ class Dagster:
 
     def terminate(self, run_id: str) -> str:
         result = self.query(
-            "mutation($id: String!) { terminateRun(runId: $id) { __typename ... on PythonError { message } } }", {"id": run_id}
+            "mutation($id: String!) { terminateRun(runId: $id) { __typename ... on PythonError { message } } }",
+            {"id": run_id},
         )["terminateRun"]
         return result["__typename"]
 
@@ -177,9 +182,9 @@ class Dagster:
         return mats[0] if mats else None
 
     def daemons_healthy(self) -> bool:
-        statuses = self.query("{ instance { daemonHealth { allDaemonStatuses { daemonType required healthy } } } }")["instance"][
-            "daemonHealth"
-        ]["allDaemonStatuses"]
+        statuses = self.query("{ instance { daemonHealth { allDaemonStatuses { daemonType required healthy } } } }")[
+            "instance"
+        ]["daemonHealth"]["allDaemonStatuses"]
         return all(s["healthy"] for s in statuses if s["required"])
 
 
@@ -220,7 +225,9 @@ def wait_for_runs(dagster: Dagster, check: Callable[[], object], run_ids: list[s
 @pytest.fixture(scope="module")
 def postgres() -> PostgresServer:
     if postgres_bin_dir() is None:
-        pytest.fail("PostgreSQL server binaries are missing: `apt-get install -y postgresql` (.ci/run does it), or deselect with -m 'not postgres'")
+        pytest.fail(
+            "PostgreSQL server binaries are missing: `apt-get install -y postgresql` (.ci/run does it), or deselect with -m 'not postgres'"
+        )
     with postgres_cluster(password=PG_PASSWORD) as server:
         yield server
 
@@ -261,7 +268,9 @@ def test_daemon_runs_the_pipeline_on_a_postgres_instance(postgres, instance_env)
         try:
             _story(dagster, postgres, timeline)
         except (AssertionError, ServerError) as exc:
-            raise AssertionError(f"{exc}\n\ntimeline: {timeline}\n--- daemon log (tail) ---\n{daemon.log_tail(6000)}") from exc
+            raise AssertionError(
+                f"{exc}\n\ntimeline: {timeline}\n--- daemon log (tail) ---\n{daemon.log_tail(6000)}"
+            ) from exc
         finally:
             _quiesce(dagster)
             timeline.mark("quiet")
@@ -276,13 +285,17 @@ def _story(dagster: Dagster, postgres: PostgresServer, timeline: Timeline) -> No
     # that is off, as an operator does once at deploy time (RUNBOOK.md). Its first evaluation requests
     # nothing (eager conditions only react to updates after that), so it is safe on an empty warehouse.
     started_automation = [
-        s["name"] for s in dagster.sensors() if s["sensorType"] in AUTOMATION_SENSOR_TYPES and s["sensorState"]["status"] != "RUNNING"
+        s["name"]
+        for s in dagster.sensors()
+        if s["sensorType"] in AUTOMATION_SENSOR_TYPES and s["sensorState"]["status"] != "RUNNING"
     ]
     for name in started_automation:
         assert dagster.start_sensor(name) == "RUNNING"
 
     # 1. The daily ingest, launched as a user launches it from the UI: queued, then started by the daemon.
-    ingest_run = dagster.launch("daily_ingest_job", tags={"launched_by": "test_postgres_instance"}, run_config=IN_PROCESS)
+    ingest_run = dagster.launch(
+        "daily_ingest_job", tags={"launched_by": "test_postgres_instance"}, run_config=IN_PROCESS
+    )
 
     # 4 (meanwhile). The schedule ticks at the first minute boundary; its run would repeat the ingest,
     # so once the tick is recorded the schedule is stopped and its run cancelled. Every wait below
@@ -349,10 +362,15 @@ def _story(dagster: Dagster, postgres: PostgresServer, timeline: Timeline) -> No
     except ServerError:
         discovery_fallback = True
         fallback_run = dagster.launch("discovery_job", tags={"launched_by": "test_postgres_instance"})
-        wait_for_runs(dagster, lambda: dagster.run_status(fallback_run) in FINISHED, [fallback_run], "discovery_job to finish")
+        wait_for_runs(
+            dagster, lambda: dagster.run_status(fallback_run) in FINISHED, [fallback_run], "discovery_job to finish"
+        )
         mat = dagster.latest_materialization("signals")
     wait_for_runs(
-        dagster, lambda: dagster.run_status(mat["runId"]) in FINISHED, [mat["runId"]], f"the run {mat['runId']} that materialised signals to finish"
+        dagster,
+        lambda: dagster.run_status(mat["runId"]) in FINISHED,
+        [mat["runId"]],
+        f"the run {mat['runId']} that materialised signals to finish",
     )
     timeline.mark("signals materialised")
     signals_run = next(r for r in dagster.runs() if r["runId"] == mat["runId"])
@@ -393,14 +411,20 @@ def _story(dagster: Dagster, postgres: PostgresServer, timeline: Timeline) -> No
     )
 
     # Last, so that a broken automation still lets every other check above run.
-    failed = [(r["jobName"], r["runId"], dagster.failed_steps(r["runId"])) for r in dagster.runs() if r["status"] == "FAILURE"]
-    assert not failed, f"the daily cycle on a fresh instance must not fail any run: {failed} (see their event logs in the daemon log)"
+    failed = [
+        (r["jobName"], r["runId"], dagster.failed_steps(r["runId"])) for r in dagster.runs() if r["status"] == "FAILURE"
+    ]
+    assert not failed, (
+        f"the daily cycle on a fresh instance must not fail any run: {failed} (see their event logs in the daemon log)"
+    )
     assert not discovery_fallback, (
         f"signals was not materialised by automation within {AUTOMATION_TIMEOUT} s of the last cohort run "
         f"(automation sensors started: {started_automation}); discovery_job launched by hand did it: {signals_run['runId']}. "
         "Look at the `signals` evaluations under Automation: a dependency that nothing materialises keeps an eager asset waiting."
     )
-    assert tag(signals_run, "dagster/auto_materialize") == "true" or tag(signals_run, "dagster/sensor_name"), signals_run["tags"]
+    assert tag(signals_run, "dagster/auto_materialize") == "true" or tag(signals_run, "dagster/sensor_name"), (
+        signals_run["tags"]
+    )
 
 
 def _quiesce(dagster: Dagster, timeout: float = 90) -> None:

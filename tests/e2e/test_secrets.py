@@ -50,9 +50,11 @@ def test_no_secret_anywhere_after_a_full_run(tmp_path):
     home.mkdir()
     shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
     warehouse = tmp_path / "warehouse.duckdb"
-    with FakeSlack(SECRETS["BETON_SLACK_TOKEN"]) as slack, FakeAttio(SECRETS["BETON_ATTIO_API_KEY"]) as attio, FakeWebhookReceiver(
-        SECRETS["BETON_WEBHOOK_SECRET_CRM_SYNC"]
-    ) as hook:
+    with (
+        FakeSlack(SECRETS["BETON_SLACK_TOKEN"]) as slack,
+        FakeAttio(SECRETS["BETON_ATTIO_API_KEY"]) as attio,
+        FakeWebhookReceiver(SECRETS["BETON_WEBHOOK_SECRET_CRM_SYNC"]) as hook,
+    ):
         config = tmp_path / "beton.yaml"
         config.write_text(_config(hook.url))
         # A destination that fails by echoing the key back: its error must be stored redacted.
@@ -68,7 +70,12 @@ def test_no_secret_anywhere_after_a_full_run(tmp_path):
             "BETON_ATTIO_BASE_URL": attio.url,
         }
         done = subprocess.run(
-            [str(Path(sys.executable).parent / "beton"), "run"], env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path
+            [str(Path(sys.executable).parent / "beton"), "run"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=tmp_path,
         )
         assert done.returncode == 0, done.stderr[-3000:]
         assert slack.successes() and hook.successes(), "the playbook must really have sent something"
@@ -77,7 +84,9 @@ def test_no_secret_anywhere_after_a_full_run(tmp_path):
         if path.is_file():
             texts[f"dagster home: {path.relative_to(home)}"] = path.read_bytes().decode("utf-8", errors="replace")
     with duckdb.connect(str(warehouse), read_only=True) as con:
-        tables = [f"{s}.{t}" for s, t in con.sql("select table_schema, table_name from information_schema.tables").fetchall()]
+        tables = [
+            f"{s}.{t}" for s, t in con.sql("select table_schema, table_name from information_schema.tables").fetchall()
+        ]
         texts["warehouse"] = "\n".join(str(con.sql(f"select * from {t}").fetchall()) for t in tables)
         errors = con.sql("select last_error from beton.playbook_actions where last_error is not null").fetchall()
     assert any("[redacted]" in e for (e,) in errors), errors  # the echoed key was stored redacted

@@ -117,7 +117,15 @@ class FakeServer:
         return f"http://{LOCALHOST}:{self.port}"
 
     # -- behaviour ----------------------------------------------------------------------------
-    def fail_next(self, status: int, *, retry_after: float | str | None = None, times: int = 1, body: dict | None = None, delay: float = 0.0) -> None:
+    def fail_next(
+        self,
+        status: int,
+        *,
+        retry_after: float | str | None = None,
+        times: int = 1,
+        body: dict | None = None,
+        delay: float = 0.0,
+    ) -> None:
         """Answer the next ``times`` requests with ``status`` (and a Retry-After header if given)."""
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
         for _ in range(times):
@@ -180,16 +188,51 @@ class FakeAttio(FakeServer):
     def handle_ok(self, rec: Recorded):
         parts = rec.path.strip("/").split("/")
         if rec.method != "PATCH" or len(parts) != 5 or parts[:2] != ["v2", "objects"] or parts[3] != "records":
-            return 404, {"status_code": 404, "type": "invalid_request_error", "code": "not_found", "message": "route"}, {}, 0.0
+            return (
+                404,
+                {"status_code": 404, "type": "invalid_request_error", "code": "not_found", "message": "route"},
+                {},
+                0.0,
+            )
         if rec.headers.get("Authorization") != f"Bearer {self.api_key}":
-            return 401, {"status_code": 401, "type": "auth_error", "code": "unauthorized", "message": "bad key"}, {}, 0.0
+            return (
+                401,
+                {"status_code": 401, "type": "auth_error", "code": "unauthorized", "message": "bad key"},
+                {},
+                0.0,
+            )
         record_id = parts[4]
         if self.known_records is not None and record_id not in self.known_records:
-            return 404, {"status_code": 404, "type": "invalid_request_error", "code": "not_found", "message": f"Record {record_id} not found"}, {}, 0.0
+            return (
+                404,
+                {
+                    "status_code": 404,
+                    "type": "invalid_request_error",
+                    "code": "not_found",
+                    "message": f"Record {record_id} not found",
+                },
+                {},
+                0.0,
+            )
         values = rec.json().get("data", {}).get("values")
         if not isinstance(values, dict):
-            return 400, {"status_code": 400, "type": "invalid_request_error", "code": "validation_type", "message": "data.values"}, {}, 0.0
-        return 200, {"data": {"id": {"workspace_id": "ws", "object_id": parts[2], "record_id": record_id}, "values": values}}, {}, 0.0
+            return (
+                400,
+                {
+                    "status_code": 400,
+                    "type": "invalid_request_error",
+                    "code": "validation_type",
+                    "message": "data.values",
+                },
+                {},
+                0.0,
+            )
+        return (
+            200,
+            {"data": {"id": {"workspace_id": "ws", "object_id": parts[2], "record_id": record_id}, "values": values}},
+            {},
+            0.0,
+        )
 
     @property
     def updates(self) -> list[tuple[str, dict]]:

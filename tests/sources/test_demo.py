@@ -22,18 +22,34 @@ from beton_pipeline.sources.demo import DemoSummary, _simulate_accounts, generat
 
 N = 2000
 SEED = 7
-BEHAVIOURS = ("invited_teammate", "api_key_created", "dashboard_shared", "integrations_page", "fintech", "funding_round")
+BEHAVIOURS = (
+    "invited_teammate",
+    "api_key_created",
+    "dashboard_shared",
+    "integrations_page",
+    "fintech",
+    "funding_round",
+)
 FILES = (
-    "events/part-0001.parquet", "crm_companies.csv", "crm_people.csv", "crm_deals.jsonl.gz",
-    "crm_deal_stage_changes.csv", "billing_customers.jsonl", "billing_subscriptions.csv.gz",
-    "billing_invoices.parquet", "intent_signals.jsonl", "TRUTH.json",
+    "events/part-0001.parquet",
+    "crm_companies.csv",
+    "crm_people.csv",
+    "crm_deals.jsonl.gz",
+    "crm_deal_stage_changes.csv",
+    "billing_customers.jsonl",
+    "billing_subscriptions.csv.gz",
+    "billing_invoices.parquet",
+    "intent_signals.jsonl",
+    "TRUTH.json",
 )
 
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> DemoSummary:
     calls = []
-    summary = generate_demo(tmp_path_factory.mktemp("demo"), n_accounts=N, seed=SEED, progress=lambda d, t: calls.append((d, t)))
+    summary = generate_demo(
+        tmp_path_factory.mktemp("demo"), n_accounts=N, seed=SEED, progress=lambda d, t: calls.append((d, t))
+    )
     assert calls == [(N, N)]
     return summary
 
@@ -63,11 +79,17 @@ def _load(c: duckdb.DuckDBPyConnection, d: Path) -> None:
     c.execute(f"create table companies as select * from read_csv('{d}/crm_companies.csv', all_varchar=true)")
     c.execute(f"create table people as select * from read_csv('{d}/crm_people.csv', all_varchar=true)")
     c.execute(f"create table deals as select * from read_json('{d}/crm_deals.jsonl.gz', format='newline_delimited')")
-    c.execute(f"create table stage_changes as select * from read_csv('{d}/crm_deal_stage_changes.csv', all_varchar=true)")
-    c.execute(f"create table customers as select * from read_json('{d}/billing_customers.jsonl', format='newline_delimited', columns={{id: 'varchar', email: 'varchar', created: 'bigint', metadata: 'json'}})")
+    c.execute(
+        f"create table stage_changes as select * from read_csv('{d}/crm_deal_stage_changes.csv', all_varchar=true)"
+    )
+    c.execute(
+        f"create table customers as select * from read_json('{d}/billing_customers.jsonl', format='newline_delimited', columns={{id: 'varchar', email: 'varchar', created: 'bigint', metadata: 'json'}})"
+    )
     c.execute(f"create table subs as select * from read_csv('{d}/billing_subscriptions.csv.gz', all_varchar=true)")
     c.execute(f"create table invoices as select * from read_parquet('{d}/billing_invoices.parquet')")
-    c.execute(f"create table intent as select * from read_json('{d}/intent_signals.jsonl', format='newline_delimited', columns={{company_domain: 'varchar', signal_type: 'varchar', occurred_at: 'varchar', source: 'varchar', payload: 'json'}})")
+    c.execute(
+        f"create table intent as select * from read_json('{d}/intent_signals.jsonl', format='newline_delimited', columns={{company_domain: 'varchar', signal_type: 'varchar', occurred_at: 'varchar', source: 'varchar', payload: 'json'}})"
+    )
     # Clean events the way the pipeline must: drop null timestamps and malformed JSON, exact duplicates,
     # and later rows reusing a uuid.
     c.execute("""
@@ -163,7 +185,7 @@ def _load(c: duckdb.DuckDBPyConnection, d: Path) -> None:
 
 def _lift(df: pl.DataFrame, flag: str, outcome: str = "converted") -> float:
     rates = df.group_by(flag).agg(pl.col(outcome).mean())
-    r = dict(zip(rates[flag].to_list(), rates[outcome].to_list()))
+    r = dict(zip(rates[flag].to_list(), rates[outcome].to_list(), strict=True))
     return r[True] / r[False]
 
 
@@ -207,9 +229,16 @@ def test_summary_and_truth(generated, truth, con):
         assert (generated.out_dir / f).exists(), f
     assert generated.n_events == generated.rows["events"] == con.sql("select count(*) from raw_events").fetchall()[0][0]
     assert 60 <= generated.n_events / N <= 120
-    for table, n in (("crm_companies", "companies"), ("crm_people", "people"), ("crm_deals", "deals"),
-                     ("crm_deal_stage_changes", "stage_changes"), ("billing_customers", "customers"),
-                     ("billing_subscriptions", "subs"), ("billing_invoices", "invoices"), ("intent_signals", "intent")):
+    for table, n in (
+        ("crm_companies", "companies"),
+        ("crm_people", "people"),
+        ("crm_deals", "deals"),
+        ("crm_deal_stage_changes", "stage_changes"),
+        ("billing_customers", "customers"),
+        ("billing_subscriptions", "subs"),
+        ("billing_invoices", "invoices"),
+        ("intent_signals", "intent"),
+    ):
         assert generated.rows[table] == con.sql(f"select count(*) from {n}").fetchall()[0][0], table
     assert truth["n_accounts"] == N and truth["seed"] == SEED
     assert (truth["start_date"], truth["end_date"], truth["observation_days"]) == ("2025-01-01", "2026-01-01", 14)
@@ -225,14 +254,45 @@ def test_contract_columns_and_types(con, generated):
     def cols(table):
         return {r[0]: r[1] for r in con.sql(f"describe {table}").fetchall()}
 
-    assert cols("raw_events") == {c: "VARCHAR" for c in ("uuid", "event", "timestamp", "distinct_id", "properties", "person_properties")}
+    assert cols("raw_events") == {
+        c: "VARCHAR" for c in ("uuid", "event", "timestamp", "distinct_id", "properties", "person_properties")
+    }
     assert list(cols("companies")) == ["record_id", "name", "domain", "employee_count", "industry", "created_at"]
     assert list(cols("people")) == ["record_id", "email", "company_record_id", "created_at"]
-    assert list(cols("deals")) == ["record_id", "company_record_id", "name", "stage", "value", "currency", "owner", "created_at", "closed_at", "status"]
+    assert list(cols("deals")) == [
+        "record_id",
+        "company_record_id",
+        "name",
+        "stage",
+        "value",
+        "currency",
+        "owner",
+        "created_at",
+        "closed_at",
+        "status",
+    ]
     assert list(cols("stage_changes")) == ["deal_record_id", "stage", "changed_at", "reason"]
-    assert list(cols("subs")) == ["id", "customer", "status", "created", "trial_end", "canceled_at", "plan_amount", "plan_interval", "currency"]
-    assert cols("invoices") == {"id": "VARCHAR", "customer": "VARCHAR", "subscription": "VARCHAR", "status": "VARCHAR",
-                                "amount_paid": "BIGINT", "currency": "VARCHAR", "created": "BIGINT", "paid_at": "BIGINT"}
+    assert list(cols("subs")) == [
+        "id",
+        "customer",
+        "status",
+        "created",
+        "trial_end",
+        "canceled_at",
+        "plan_amount",
+        "plan_interval",
+        "currency",
+    ]
+    assert cols("invoices") == {
+        "id": "VARCHAR",
+        "customer": "VARCHAR",
+        "subscription": "VARCHAR",
+        "status": "VARCHAR",
+        "amount_paid": "BIGINT",
+        "currency": "VARCHAR",
+        "created": "BIGINT",
+        "paid_at": "BIGINT",
+    }
     # typed reads of the text files
     out = generated.out_dir
     typed = pl.read_csv(out / "crm_companies.csv")
@@ -251,33 +311,65 @@ def test_contract_columns_and_types(con, generated):
     assert set(subs["plan_amount"]) == {4900, 19900, 49900, 49000, 199000, 499000}
     deals = pl.read_ndjson(out / "crm_deals.jsonl.gz")
     assert set(deals["status"]) == {"open", "won", "lost"}
-    assert deals.filter(pl.col("status") == "open")["closed_at"].null_count() == deals.filter(pl.col("status") == "open").height
+    assert (
+        deals.filter(pl.col("status") == "open")["closed_at"].null_count()
+        == deals.filter(pl.col("status") == "open").height
+    )
     assert deals.filter(pl.col("status") != "open")["closed_at"].null_count() == 0
     # every ISO timestamp parses; epoch columns are integers in range
-    for table, col in (("companies", "created_at"), ("people", "created_at"), ("deals", "created_at"),
-                       ("deals", "closed_at"), ("stage_changes", "changed_at"), ("intent", "occurred_at")):
-        bad = con.sql(f"select count(*) from {table} where {col} is not null and try_cast({col} as timestamptz) is null").fetchall()[0][0]
+    for table, col in (
+        ("companies", "created_at"),
+        ("people", "created_at"),
+        ("deals", "created_at"),
+        ("deals", "closed_at"),
+        ("stage_changes", "changed_at"),
+        ("intent", "occurred_at"),
+    ):
+        bad = con.sql(
+            f"select count(*) from {table} where {col} is not null and try_cast({col} as timestamptz) is null"
+        ).fetchall()[0][0]
         assert bad == 0, (table, col)
     assert con.sql("select count(*) from ev where ts is null").fetchall()[0][0] == 0
-    styles = con.sql("select count(*) filter (where timestamp like '%Z'), count(*) filter (where timestamp not like '%Z') from raw_events where timestamp is not null").fetchall()[0]
+    styles = con.sql(
+        "select count(*) filter (where timestamp like '%Z'), count(*) filter (where timestamp not like '%Z') from raw_events where timestamp is not null"
+    ).fetchall()[0]
     assert styles[0] > 5 * styles[1] > 0
-    assert con.sql("select count(*) from raw_events where person_properties is not null and not json_valid(person_properties)").fetchall()[0][0] == 0
+    assert (
+        con.sql(
+            "select count(*) from raw_events where person_properties is not null and not json_valid(person_properties)"
+        ).fetchall()[0][0]
+        == 0
+    )
     meta = con.sql("select count(*) filter (where metadata::varchar = '{}'), count(*) from customers").fetchall()[0]
     assert 0.08 <= meta[0] / meta[1] <= 0.22
-    assert con.sql("select count(*) from customers where not regexp_full_match(id, 'cus_[0-9A-Za-z]{14}')").fetchall()[0][0] == 0
+    assert (
+        con.sql("select count(*) from customers where not regexp_full_match(id, 'cus_[0-9A-Za-z]{14}')").fetchall()[0][
+            0
+        ]
+        == 0
+    )
     assert set(r[0] for r in con.sql("select distinct signal_type from intent").fetchall()) == set(demo.SIGNAL_TYPES)
 
 
 def test_bad_rows_match_truth(con, truth):
     b = truth["bad_rows"]["events"]
-    n_raw, n_distinct = con.sql("select count(*), (select count(*) from (select distinct * from raw_events)) from raw_events").fetchall()[0]
+    n_raw, n_distinct = con.sql(
+        "select count(*), (select count(*) from (select distinct * from raw_events)) from raw_events"
+    ).fetchall()[0]
     assert n_raw - n_distinct == b["exact_duplicates"] > 0
     reused = con.sql("select count(*) - count(distinct uuid) from (select distinct * from raw_events)").fetchall()[0][0]
     assert reused == b["duplicate_uuid"] > 0
-    assert con.sql("select count(*) from raw_events where timestamp is null").fetchall()[0][0] == b["null_timestamp"] > 0
+    assert (
+        con.sql("select count(*) from raw_events where timestamp is null").fetchall()[0][0] == b["null_timestamp"] > 0
+    )
     malformed = con.sql("select count(*) from raw_events where not json_valid(properties)").fetchall()[0][0]
     assert malformed == b["malformed_properties"] > 0
-    assert con.sql("select count(*) from raw_events where properties like '{\"$current_url\": \"https://app' and not json_valid(properties)").fetchall()[0][0] == malformed
+    assert (
+        con.sql(
+            'select count(*) from raw_events where properties like \'{"$current_url": "https://app\' and not json_valid(properties)'
+        ).fetchall()[0][0]
+        == malformed
+    )
     n = truth["bad_rows"]["billing_invoices"]["negative_amount"]
     assert con.sql("select count(*) from invoices where amount_paid < 0").fetchall()[0][0] == n >= 3
     # rates roughly as documented
@@ -288,7 +380,7 @@ def test_no_event_after_end_and_start_is_first_identify(con):
     first, last = con.sql("select min(ts), max(ts) from ev").fetchall()[0]
     assert str(first) >= "2025-01-01" and str(last) < "2026-01-01"
     assert str(last) >= "2025-12-31"
-    for t in ("invoices", ):
+    for t in ("invoices",):
         assert con.sql(f"select max(greatest(created, coalesce(paid_at, 0))) from {t}").fetchall()[0][0] < 1767225600
     assert con.sql("select max(occurred_at::timestamptz) < '2026-01-01'::timestamptz from intent").fetchall()[0][0]
     # every account's first event is an $identify carrying an e-mail and $groups
@@ -302,15 +394,24 @@ def test_no_event_after_end_and_start_is_first_identify(con):
 
 
 def test_identity_mix(con):
-    shares = dict(con.sql("select coalesce(method, 'none'), count(*) / sum(count(*)) over () from resolved group by 1").fetchall())
+    shares = dict(
+        con.sql("select coalesce(method, 'none'), count(*) / sum(count(*)) over () from resolved group by 1").fetchall()
+    )
     assert 0.76 <= shares["group"] <= 0.84
     assert 0.09 <= shares["email_domain"] <= 0.15
     assert 0.03 <= shares["crm_person"] <= 0.07
     assert 0.02 <= shares["none"] <= 0.04
     # unresolved events are anonymous visitors only: never identified, marketing-site page views
-    assert con.sql("select count(*) from resolved where account is null and (event <> '$pageview' or person_properties is not null)").fetchall()[0][0] == 0
+    assert (
+        con.sql(
+            "select count(*) from resolved where account is null and (event <> '$pageview' or person_properties is not null)"
+        ).fetchall()[0][0]
+        == 0
+    )
     # $groups uses both the domain and the CRM record_id
-    g = con.sql("select count(*) filter (where gkey like 'rec_%'), count(*) from resolved where gkey is not null").fetchall()[0]
+    g = con.sql(
+        "select count(*) filter (where gkey like 'rec_%'), count(*) from resolved where gkey is not null"
+    ).fetchall()[0]
     assert 0.08 <= g[0] / g[1] <= 0.2
     # free-mail users of CRM companies are in crm_people
     missing = con.sql("""
@@ -368,7 +469,8 @@ def test_planted_lifts(con, accounts):
 
 def test_noise_lift_near_one(con, truth):
     """Noise events (which scale with activity) carry no signal; neither does employee_count."""
-    lifts = con.sql("""
+    lifts = con.sql(
+        """
         with w as (select account, start, conv,
                     least(start + 14 * 86400, coalesce(conv, start + 14 * 86400)) as wend from features),
         n as (
@@ -380,7 +482,9 @@ def test_noise_lift_near_one(con, truth):
             avg(case when n.k >= 1 then (w.conv is not null)::int end) / avg(case when n.k is null then (w.conv is not null)::int end) as lift
         from top t cross join w left join n on n.account = w.account and n.event = t.event
         group by 1
-    """, params=[truth["noise_events"]]).fetchall()
+    """,
+        params=[truth["noise_events"]],
+    ).fetchall()
     assert len(lifts) == 8
     for event, lift in lifts:
         assert 0.6 <= lift <= 1.5, (event, lift)
@@ -402,12 +506,19 @@ def test_leak_checkout_at_conversion(con):
     assert (conv["n"] == 1).all()
     assert (conv["t_min"] == conv["conv"]).all() and (conv["t_max"] == conv["conv"]).all()
     assert (rows.filter(pl.col("conv").is_null())["n"] == 0).all()
-    assert con.sql("select count(*) from raw_events where event = 'checkout_completed' and timestamp is null").fetchall()[0][0] == 0
+    assert (
+        con.sql("select count(*) from raw_events where event = 'checkout_completed' and timestamp is null").fetchall()[
+            0
+        ][0]
+        == 0
+    )
 
 
 def test_billing_shapes(con):
     # $0 trial invoices exist and are not conversions
-    zero = con.sql("select count(*) from invoices where status = 'paid' and amount_paid = 0 and paid_at = created").fetchall()[0][0]
+    zero = con.sql(
+        "select count(*) from invoices where status = 'paid' and amount_paid = 0 and paid_at = created"
+    ).fetchall()[0][0]
     assert zero > 0.6 * con.sql("select count(*) from customers").fetchall()[0][0]
     # a converter's first positive invoice equals its plan amount; conversions happen 3..40 days after start
     rows = con.sql("""
@@ -427,7 +538,11 @@ def test_billing_shapes(con):
     early = (rows["days"] < 14).mean()
     assert 0.07 <= early <= 0.25
     # yearly share among converters ~40%
-    assert 0.3 <= con.sql("select avg((plan_interval = 'year')::int) from subs where status = 'active'").fetchall()[0][0] <= 0.5
+    assert (
+        0.3
+        <= con.sql("select avg((plan_interval = 'year')::int) from subs where status = 'active'").fetchall()[0][0]
+        <= 0.5
+    )
     # won deals close a few days after the payment
     won = con.sql("""
         select (epoch(d.closed_at::timestamptz) - f.conv) / 86400.0 as days

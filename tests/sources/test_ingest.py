@@ -26,7 +26,9 @@ def test_fixture_loads_with_reasons_and_balanced_counts():
         assert result.balanced, result
     events = results["events"]
     assert (events.rows_read, events.rows_loaded, events.exact_duplicates_dropped) == (12, 7, 1)
-    reasons = dict(con.sql("select reason, count(*) from beton.quarantine where source_table = 'events' group by 1").fetchall())
+    reasons = dict(
+        con.sql("select reason, count(*) from beton.quarantine where source_table = 'events' group by 1").fetchall()
+    )
     assert reasons == {
         "timestamp is empty": 1,
         "duplicate uuid: an earlier row with the same key was kept (first wins)": 1,
@@ -60,12 +62,17 @@ def _rewrite(source: Path, target: Path, fmt: str) -> None:
         if fmt == "parquet":
             con.execute(f"copy {rel} to '{target / (spec.name + '.parquet')}' (format parquet)")
         elif fmt == "csv.gz":
-            con.execute(f"copy {rel} to '{target / (spec.name + '.csv.gz')}' (format csv, header true, compression gzip)")
+            con.execute(
+                f"copy {rel} to '{target / (spec.name + '.csv.gz')}' (format csv, header true, compression gzip)"
+            )
         elif fmt == "jsonl.gz":
             rows = con.sql(f"select * from {rel}").fetchall()
             with gzip.open(target / f"{spec.name}.jsonl.gz", "wt") as fh:
                 for row in rows:
-                    record = {c: (v.isoformat() if hasattr(v, "isoformat") else v) for c, v in zip(spec.column_names, row)}
+                    record = {
+                        c: (v.isoformat() if hasattr(v, "isoformat") else v)
+                        for c, v in zip(spec.column_names, row, strict=True)
+                    }
                     for c in spec.columns:
                         if c.kind == "json" and record[c.name] is not None:
                             record[c.name] = json.loads(record[c.name])  # a real JSON object, as JSONL exports write it

@@ -79,9 +79,16 @@ def create_signals(con: duckdb.DuckDBPyConnection, enabled: bool) -> None:
         [enabled],
     )
     added = {
-        "property": "varchar", "value": "varchar", "window_days": "integer default 14", "part_a_id": "varchar",
-        "part_b_id": "varchar", "lift": "double default 2.0", "conversions_with": "integer default 20",
-        "n_with": "integer default 100", "conversions_without": "integer default 50", "n_without": "integer default 500",
+        "property": "varchar",
+        "value": "varchar",
+        "window_days": "integer default 14",
+        "part_a_id": "varchar",
+        "part_b_id": "varchar",
+        "lift": "double default 2.0",
+        "conversions_with": "integer default 20",
+        "n_with": "integer default 100",
+        "conversions_without": "integer default 50",
+        "n_without": "integer default 500",
     }
     for column, kind in added.items():
         con.execute(f"alter table beton.signals add column {column} {kind}")

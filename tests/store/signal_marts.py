@@ -62,26 +62,44 @@ def make_marts(path: Path, seed: int = 0) -> Path:
     noise = rng.integers(0, 3, n)
     events = pl.concat(
         [
-            pl.DataFrame({"account_id": ids, "event_name": [name] * n, **{f"n_first_{d}d": counts.astype(np.int64) for d in windows},
-                          "n_in_window": counts.astype(np.int64)})
+            pl.DataFrame(
+                {
+                    "account_id": ids,
+                    "event_name": [name] * n,
+                    **{f"n_first_{d}d": counts.astype(np.int64) for d in windows},
+                    "n_in_window": counts.astype(np.int64),
+                }
+            )
             for name, counts in (("invited_teammate", invites), ("noise", noise))
         ]
     ).filter(pl.col("n_in_window") > 0)
     pages = rng.integers(0, 4, n)
     properties = pl.DataFrame(
-        {"account_id": ids, "event_name": ["$pageview"] * n, "property_name": ["$current_url"] * n,
-         "property_value": ["/pricing" if i % 2 else "/docs&faq" for i in range(n)],
-         **{f"n_first_{d}d": pages.astype(np.int64) for d in windows}, "n_in_window": pages.astype(np.int64)}
+        {
+            "account_id": ids,
+            "event_name": ["$pageview"] * n,
+            "property_name": ["$current_url"] * n,
+            "property_value": ["/pricing" if i % 2 else "/docs&faq" for i in range(n)],
+            **{f"n_first_{d}d": pages.astype(np.int64) for d in windows},
+            "n_in_window": pages.astype(np.int64),
+        }
     ).filter(pl.col("n_in_window") > 0)
     intent = pl.DataFrame(
-        {"account_id": ids[::4], "signal_type": ["g2_visit"] * len(ids[::4]),
-         "n_before_start": [1] * len(ids[::4]), "n_before_window_end": [2] * len(ids[::4])}
+        {
+            "account_id": ids[::4],
+            "signal_type": ["g2_visit"] * len(ids[::4]),
+            "n_before_start": [1] * len(ids[::4]),
+            "n_before_window_end": [2] * len(ids[::4]),
+        }
     )
     with duckdb.connect(str(path)) as con:
         con.execute("create schema marts")
         for name, frame in (
-            ("account_outcomes", outcomes), ("account_features", features), ("account_event_features", events),
-            ("account_property_features", properties), ("account_intent_features", intent),
+            ("account_outcomes", outcomes),
+            ("account_features", features),
+            ("account_event_features", events),
+            ("account_property_features", properties),
+            ("account_intent_features", intent),
         ):
             con.register("_frame", frame.to_arrow())
             con.execute(f"create table marts.{name} as select * from _frame")

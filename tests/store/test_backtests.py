@@ -11,7 +11,7 @@ from beton_pipeline.warehouse import connect, table_exists
 from tests.store.signal_marts import MONTHS, make_marts
 
 PLANTED_KEY = "event:invited_teammate:first_14d:>=3"
-INVITES_YAML = "name: Invites\nwhen:\n  event: invited_teammate\n  count: \">= 3\"\n  within_days: 14\n"
+INVITES_YAML = 'name: Invites\nwhen:\n  event: invited_teammate\n  count: ">= 3"\n  within_days: 14\n'
 
 
 @pytest.fixture
@@ -40,10 +40,14 @@ def test_a_discovered_signal_is_backtested_on_every_month_with_its_discovery_cou
     run = store.run_backtests(warehouse, Settings(), [planted, "sig_gone"])
     rows = _table(warehouse)
     assert run.missing == ["sig_gone"]
-    assert rows.get_column("cohort_month").to_list() == list(MONTHS) and rows.get_column("origin").unique().to_list() == ["discovery"]
+    assert rows.get_column("cohort_month").to_list() == list(MONTHS) and rows.get_column(
+        "origin"
+    ).unique().to_list() == ["discovery"]
     assert run.summary.height == 1 and run.summary.row(0, named=True)["signal_id"] == planted
     with connect(warehouse, read_only=True) as con:
-        n_with, holdout_n_with = con.sql("select n_with, holdout_n_with from beton.signals where signal_id = ?", params=[planted]).fetchall()[0]
+        n_with, holdout_n_with = con.sql(
+            "select n_with, holdout_n_with from beton.signals where signal_id = ?", params=[planted]
+        ).fetchall()[0]
     assert rows.filter(pl.col("split") == "discovery").get_column("fired").sum() == n_with
     assert rows.filter(pl.col("split") == "holdout").get_column("fired").sum() == holdout_n_with
 
@@ -61,7 +65,9 @@ def test_rewriting_replaces_exactly_the_given_signals_and_keeps_launchpad_rows(w
     after = _table(warehouse)
     assert after.equals(before)  # re-materialising one partition: same rows, no duplicates
     assert set(after.get_column("signal_id")) == set(enabled) | {pad.signal.signal_id}
-    assert after.filter(pl.col("signal_id") == pad.signal.signal_id).get_column("origin").unique().to_list() == ["launchpad"]
+    assert after.filter(pl.col("signal_id") == pad.signal.signal_id).get_column("origin").unique().to_list() == [
+        "launchpad"
+    ]
     with connect(warehouse) as con:  # the planted signal leaves beton.signals' backtested set
         con.execute("update beton.signals set enabled = false where signal_id = ?", [planted])
         store.write_backtests(con, pl.DataFrame(schema=store.BACKTESTS_SCHEMA), [])

@@ -41,7 +41,9 @@ def test_yaml_and_sql_of_the_same_behaviour_count_the_same(warehouse, tmp_path):
     counts = _counts(warehouse)
     assert sorted(s.kind for s in signals) == ["condition", "sql"]
     assert counts.height == 2 * len(MONTHS)  # every signal × month, zero counts kept
-    by_kind = {k: g.sort("cohort_month").select("n_with", "conversions_with", "n_total") for (k,), g in counts.group_by("kind")}
+    by_kind = {
+        k: g.sort("cohort_month").select("n_with", "conversions_with", "n_total") for (k,), g in counts.group_by("kind")
+    }
     assert by_kind["condition"].equals(by_kind["sql"])
     assert counts.filter(pl.col("kind") == "sql").get_column("note").to_list() == [store.NO_FIRED_AT_NOTE] * len(MONTHS)
 
@@ -79,6 +81,9 @@ def test_every_problem_is_named_with_its_file(warehouse, tmp_path):
 def test_signal_from_key_rebuilds_the_same_signal(warehouse):
     with connect(warehouse, read_only=True) as con:
         vocab = store.read_vocabulary(con, Settings())
-    for signal in (store.load_definition(INVITES_YAML, "x.yml", "condition", vocab), store.sql_signal(INVITES_SQL, "x.sql")):
+    for signal in (
+        store.load_definition(INVITES_YAML, "x.yml", "condition", vocab),
+        store.sql_signal(INVITES_SQL, "x.sql"),
+    ):
         again = store.signal_from_key(signal.key, "beton.signals", signal.name, vocab)
         assert (again.signal_id, again.kind, again.text) == (signal.signal_id, signal.kind, signal.text)

@@ -23,11 +23,15 @@ def _rows(day: date, value: float) -> pl.DataFrame:
 def test_data_days_run_from_the_first_closed_window_to_the_as_of(con):
     assert data_days(con) == ((FIRST_START + timedelta(days=WINDOW_DAYS)).date(), AS_OF.date())
     con.execute("update marts.account_outcomes set has_events = false where account_id = 'acc_000'")
-    assert data_days(con)[0] == (FIRST_START + timedelta(days=WINDOW_DAYS + 1)).date()  # accounts without events do not count
+    assert (
+        data_days(con)[0] == (FIRST_START + timedelta(days=WINDOW_DAYS + 1)).date()
+    )  # accounts without events do not count
 
 
 def test_no_data_days_when_no_window_has_closed_or_no_account_has_events(con):
-    con.execute(f"update marts.account_outcomes set as_of_at = timestamp '{FIRST_START + timedelta(days=WINDOW_DAYS - 1)}'")
+    con.execute(
+        f"update marts.account_outcomes set as_of_at = timestamp '{FIRST_START + timedelta(days=WINDOW_DAYS - 1)}'"
+    )
     assert data_days(con) is None
     con.execute("update marts.account_outcomes set has_events = false")
     assert data_days(con) is None
@@ -58,7 +62,9 @@ def test_write_days_replaces_exactly_its_days(con):
 def test_write_days_with_an_empty_frame_clears_the_days_or_does_nothing(con):
     day = date(2025, 3, 1)
     write_days(con, "beton.never_written", pl.DataFrame(), [day])  # no table, nothing to write: no table made
-    assert con.sql("select count(*) from information_schema.tables where table_name = 'never_written'").fetchall() == [(0,)]
+    assert con.sql("select count(*) from information_schema.tables where table_name = 'never_written'").fetchall() == [
+        (0,)
+    ]
     write_days(con, "beton.daily_test", _rows(day, 1.0), [day])
     write_days(con, "beton.daily_test", _rows(day, 1.0).clear(), [day])
     assert con.sql("select count(*) from beton.daily_test").fetchall() == [(0,)]

@@ -18,7 +18,12 @@ import pytest
 from beton_pipeline.settings import PROJECT_ROOT
 from beton_pipeline.store.firings import FIRING_SCHEMA, signal_firings
 
-MODELS = ["int_event_occurrences", "int_property_occurrences", "int_account_subscriptions", "int_account_intent_signals"]
+MODELS = [
+    "int_event_occurrences",
+    "int_property_occurrences",
+    "int_account_subscriptions",
+    "int_account_intent_signals",
+]
 PROPERTY_FEATURES = [{"event": "$pageview", "property": "$current_url", "transform": "url_path"}]
 
 # Account a: starts Jan 1, window ends Jan 10 (converted). Account b: starts Jan 1, converts Jan 3 00:00.
@@ -85,8 +90,16 @@ SIGNALS = [
     ("pair_b", "pair", "prop:settings:1 & attr:employee_band:10-49", None, None, None, None, None, "settings1", "band"),
 ]
 SIGNAL_SCHEMA = {
-    "signal_id": pl.String, "kind": pl.String, "key": pl.String, "event": pl.String, "property": pl.String,
-    "value": pl.String, "window_days": pl.Int64, "threshold": pl.Int64, "part_a_id": pl.String, "part_b_id": pl.String,
+    "signal_id": pl.String,
+    "kind": pl.String,
+    "key": pl.String,
+    "event": pl.String,
+    "property": pl.String,
+    "value": pl.String,
+    "window_days": pl.Int64,
+    "threshold": pl.Int64,
+    "part_a_id": pl.String,
+    "part_b_id": pl.String,
 }
 
 
@@ -103,9 +116,26 @@ def warehouse(tmp_path_factory) -> Path:
     dbt = Path(sys.executable).with_name("dbt")
     project = PROJECT_ROOT / "dbt_project"
     result = subprocess.run(
-        [str(dbt), "run", "--profiles-dir", str(project), "--project-dir", str(project), "--target-path", str(root / "target"),
-         "--log-path", str(root / "logs"), "--vars", json.dumps({"property_features": PROPERTY_FEATURES}), "--select", *MODELS],
-        env=os.environ | {"BETON_WAREHOUSE": str(path)}, capture_output=True, text=True, check=False,
+        [
+            str(dbt),
+            "run",
+            "--profiles-dir",
+            str(project),
+            "--project-dir",
+            str(project),
+            "--target-path",
+            str(root / "target"),
+            "--log-path",
+            str(root / "logs"),
+            "--vars",
+            json.dumps({"property_features": PROPERTY_FEATURES}),
+            "--select",
+            *MODELS,
+        ],
+        env=os.environ | {"BETON_WAREHOUSE": str(path)},
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return path
@@ -136,7 +166,9 @@ def test_nothing_at_or_after_the_window_end_counts(fired):
 
 def test_property_values_compare_after_the_url_path_transform(fired):
     assert fired[("a", "settings1")] == _ts("2025-01-01 02:00:00")
-    assert fired[("a", "settings2")] == _ts("2025-01-01 04:00:00")  # query and fragment dropped, the billing page skipped
+    assert fired[("a", "settings2")] == _ts(
+        "2025-01-01 04:00:00"
+    )  # query and fragment dropped, the billing page skipped
 
 
 def test_attributes_fire_at_the_start_and_plans_at_the_first_subscription_before_the_window_end(fired):

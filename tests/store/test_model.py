@@ -25,11 +25,22 @@ def _write_marts(path, frames, progress: pl.DataFrame | None) -> None:
     accounts = frames.accounts
     with duckdb.connect(str(path)) as con:
         outcomes = accounts.select(
-            "account_id", "cohort_month", pl.col("cohort_month").cast(pl.Datetime("us")).alias("started_at"), "converted", "arr",
-            pl.lit(True).alias("is_eligible"), pl.lit(True).alias("has_events"), pl.lit(AS_OF).alias("as_of_at"),
+            "account_id",
+            "cohort_month",
+            pl.col("cohort_month").cast(pl.Datetime("us")).alias("started_at"),
+            "converted",
+            "arr",
+            pl.lit(True).alias("is_eligible"),
+            pl.lit(True).alias("has_events"),
+            pl.lit(AS_OF).alias("as_of_at"),
         )
         replace_rows(con, "marts.account_outcomes", outcomes, "true")
-        replace_rows(con, "marts.account_features", accounts.select("account_id", "industry", "employee_band", "plan_interval"), "true")
+        replace_rows(
+            con,
+            "marts.account_features",
+            accounts.select("account_id", "industry", "employee_band", "plan_interval"),
+            "true",
+        )
         replace_rows(con, "marts.account_event_features", frames.events, "true")
         replace_rows(con, "marts.account_property_features", frames.properties, "true")
         replace_rows(con, "marts.account_intent_features", frames.intent, "true")
@@ -74,10 +85,12 @@ def test_run_writes_every_model_table_and_the_crm_comparison(tmp_path, frames):
     test_accounts = set(run.backtest.test_scores["account_id"])
     with duckdb.connect(str(path), read_only=True) as con:
         crm = con.sql(f"select * from {CRM_TABLE}").pl()
-        deal_row = con.sql("select n_accounts, tp, fn from beton.model_confusion where truth = 'deal_progressed'").fetchall()
+        deal_row = con.sql(
+            "select n_accounts, tp, fn from beton.model_confusion where truth = 'deal_progressed'"
+        ).fetchall()
     assert set(crm["account_id"]) == test_accounts & set(progress["account_id"])
     expected_progressed = progress.filter(pl.col("account_id").is_in(list(test_accounts)))["progressed"].sum()
-    (n_accounts, tp, fn), = deal_row
+    ((n_accounts, tp, fn),) = deal_row
     assert n_accounts == crm.height and tp + fn == expected_progressed == crm["progressed"].sum() > 0
     assert set(crm["outcome"]) <= {"true_positive", "false_positive", "false_negative", "true_negative"}
 
@@ -101,7 +114,9 @@ def test_data_that_cannot_train_a_model_clears_stale_results(tmp_path, frames):
     _write_marts(path, frames, _progress(frames))
     run_lead_score_model(path, load_settings())
     with duckdb.connect(str(path)) as con:
-        con.execute("delete from marts.account_outcomes where strftime(cohort_month, '%Y-%m') <> '2025-01'")  # one cohort month
+        con.execute(
+            "delete from marts.account_outcomes where strftime(cohort_month, '%Y-%m') <> '2025-01'"
+        )  # one cohort month
     run = run_lead_score_model(path, load_settings())
     assert run.backtest is None and "cohort month" in run.skipped
     assert all(_count(path, table) == 0 for table in MODEL_TABLES)

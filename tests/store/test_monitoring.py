@@ -18,7 +18,12 @@ def con(tmp_path):
 
 
 def _beton_tables(con) -> list[str]:
-    return [r[0] for r in con.sql("select table_name from information_schema.tables where table_schema = 'beton' order by 1").fetchall()]
+    return [
+        r[0]
+        for r in con.sql(
+            "select table_name from information_schema.tables where table_schema = 'beton' order by 1"
+        ).fetchall()
+    ]
 
 
 def test_no_health_before_discovery_or_without_days(con):

@@ -3,7 +3,7 @@ destinations), stale days as dry runs, the cooldown, health changes, the sensors
 
 import json
 from collections.abc import Mapping
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import duckdb
 import polars as pl
@@ -14,7 +14,7 @@ from beton_pipeline.destinations.http import DeliveryResult
 from beton_pipeline.store import outbox, playbooks
 
 DAYS = [date(2026, 3, 1) + timedelta(days=i) for i in range(6)]
-NOW = datetime(2026, 3, 7, tzinfo=timezone.utc)
+NOW = datetime(2026, 3, 7, tzinfo=UTC)
 HOOK = {"type": "webhook", "name": "crm", "url": "https://hooks.example.com/b"}
 
 
@@ -24,28 +24,60 @@ def con(tmp_path):
     scores = []
     for d in DAYS:
         for i in range(4):
-            fired = json.dumps([{"signal_id": "sig_a", "definition": "invites <@U1>", "contribution": 0.3}] if i < 2 else [])
-            scores.append((d, f"acc_{i}", 0.9 - 0.2 * i, i + 1, fired, fired, f"acc{i}.io", "<!channel> Co" if i == 0 else f"Co {i}", i != 3))
-    health = [(d, s, s.upper(), "broken" if (s == "sig_b" and d == DAYS[-1]) else "healthy", 1.5, 1.1, 2.0, 1.8)
-              for d in DAYS for s in ("sig_a", "sig_b")]
+            fired = json.dumps(
+                [{"signal_id": "sig_a", "definition": "invites <@U1>", "contribution": 0.3}] if i < 2 else []
+            )
+            scores.append(
+                (
+                    d,
+                    f"acc_{i}",
+                    0.9 - 0.2 * i,
+                    i + 1,
+                    fired,
+                    fired,
+                    f"acc{i}.io",
+                    "<!channel> Co" if i == 0 else f"Co {i}",
+                    i != 3,
+                )
+            )
+    health = [
+        (d, s, s.upper(), "broken" if (s == "sig_b" and d == DAYS[-1]) else "healthy", 1.5, 1.1, 2.0, 1.8)
+        for d in DAYS
+        for s in ("sig_a", "sig_b")
+    ]
     with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:
         con.execute("create schema beton")
-        con.execute("create table beton.account_scores (day date, account_id varchar, score double, score_rank integer, signals_fired varchar, "
-                    "top_contributions varchar, domain varchar, company_name varchar, is_crm_company boolean)")
+        con.execute(
+            "create table beton.account_scores (day date, account_id varchar, score double, score_rank integer, signals_fired varchar, "
+            "top_contributions varchar, domain varchar, company_name varchar, is_crm_company boolean)"
+        )
         con.executemany("insert into beton.account_scores values (?, ?, ?, ?, ?, ?, ?, ?, ?)", scores)
-        con.execute("create table beton.signal_health (day date, signal_id varchar, definition varchar, health varchar, lift double, "
-                    "lift_ci_low double, lift_ci_high double, backtest_lift double)")
+        con.execute(
+            "create table beton.signal_health (day date, signal_id varchar, definition varchar, health varchar, lift double, "
+            "lift_ci_low double, lift_ci_high double, backtest_lift double)"
+        )
         con.executemany("insert into beton.signal_health values (?, ?, ?, ?, ?, ?, ?, ?)", health)
         outbox.ensure_tables(con)
         yield con
 
 
 def config(**over):
-    pb = {"name": "hot", "when": {"min_score": 0.6}, "holdout_fraction": 0, "cooldown_days": 0,
-          "then": [{"type": "slack", "channel": "#rev"}, {"type": "attio", "attribute": "beton_score"}, HOOK]}
+    pb = {
+        "name": "hot",
+        "when": {"min_score": 0.6},
+        "holdout_fraction": 0,
+        "cooldown_days": 0,
+        "then": [{"type": "slack", "channel": "#rev"}, {"type": "attio", "attribute": "beton_score"}, HOOK],
+    }
     pb.update(over)
-    health = {"name": "health", "when": {"health_changed_to": ["broken"]}, "then": [{"type": "slack", "channel": "#alerts"}]}
-    return parse_playbook_config([pb, health], destinations={"crm_record_url": "https://crm.example/$record_id", "max_action_age_days": 2})
+    health = {
+        "name": "health",
+        "when": {"health_changed_to": ["broken"]},
+        "then": [{"type": "slack", "channel": "#alerts"}],
+    }
+    return parse_playbook_config(
+        [pb, health], destinations={"crm_record_url": "https://crm.example/$record_id", "max_action_age_days": 2}
+    )
 
 
 def test_reads(con):
@@ -62,17 +94,33 @@ def test_plan_renders_each_destination_and_plans_the_latest_day_by_default(con):
     plan, days = playbooks.plan_actions(con, cfg, cfg.playbooks)
     assert days == {"account": [DAYS[-1]], "health": [DAYS[-1]]}
     assert plan.schema == pl.Schema(outbox.OUTBOX_PLAN_SCHEMA)
-    by_dest = {(r["account_id"] or r["signal_id"], r["destination_type"]): json.loads(r["payload"]) for r in plan.iter_rows(named=True)}
+    by_dest = {
+        (r["account_id"] or r["signal_id"], r["destination_type"]): json.loads(r["payload"])
+        for r in plan.iter_rows(named=True)
+    }
     # acc_0, acc_1 match (0.9, 0.7); the CRM companies get an attio row; sig_b broke on the last day
-    assert sorted(by_dest) == [("acc_0", "attio"), ("acc_0", "slack"), ("acc_0", "webhook"), ("acc_1", "attio"),
-                               ("acc_1", "slack"), ("acc_1", "webhook"), ("sig_b", "slack")]
+    assert sorted(by_dest) == [
+        ("acc_0", "attio"),
+        ("acc_0", "slack"),
+        ("acc_0", "webhook"),
+        ("acc_1", "attio"),
+        ("acc_1", "slack"),
+        ("acc_1", "webhook"),
+        ("sig_b", "slack"),
+    ]
     slack = by_dest[("acc_0", "slack")]
-    assert slack["channel"] == "#rev" and slack["text"].startswith("*&lt;!channel&gt; Co* matched *hot*: score 90% (rank 1)")
+    assert slack["channel"] == "#rev" and slack["text"].startswith(
+        "*&lt;!channel&gt; Co* matched *hot*: score 90% (rank 1)"
+    )
     assert slack["blocks"][-1]["elements"][0]["url"] == "https://crm.example/acc_0"
     assert by_dest[("acc_1", "attio")] == {"object": "companies", "record_id": "acc_1", "values": {"beton_score": 0.7}}
     event = by_dest[("acc_0", "webhook")]["event"]
-    assert event["type"] == "playbook.matched" and event["account"]["company_name"] == "<!channel> Co"  # webhooks get raw data
-    assert by_dest[("sig_b", "slack")]["text"] == "Signal `sig_b` (SIG_B) changed from healthy to *broken* on 2026-03-06."
+    assert (
+        event["type"] == "playbook.matched" and event["account"]["company_name"] == "<!channel> Co"
+    )  # webhooks get raw data
+    assert (
+        by_dest[("sig_b", "slack")]["text"] == "Signal `sig_b` (SIG_B) changed from healthy to *broken* on 2026-03-06."
+    )
     assert set(plan["status"]) == {"pending"}
 
 
@@ -93,7 +141,11 @@ def test_sensor_reads(con):
     cfg = config()
     assert playbooks.account_matches(con, cfg, DAYS[:2]) == [("hot", DAYS[0], 2), ("hot", DAYS[1], 2)]
     requests, latest, last_day = playbooks.health_requests(con, cfg, None)
-    assert requests == [("health", DAYS[-1], ["sig_b"])] and latest == {"sig_a": "healthy", "sig_b": "broken"} and last_day == DAYS[-1]
+    assert (
+        requests == [("health", DAYS[-1], ["sig_b"])]
+        and latest == {"sig_a": "healthy", "sig_b": "broken"}
+        and last_day == DAYS[-1]
+    )
     assert playbooks.health_requests(con, cfg, DAYS[-1])[0] == []
 
 
@@ -109,9 +161,13 @@ class OkSender:
 def test_run_playbooks_dry_run_then_real(con):
     cfg = config(then=[{"type": "slack", "channel": "#rev"}])
     sender = OkSender()
-    dry = playbooks.run_playbooks(con, cfg, cfg.selected(), [DAYS[-1]], {"slack": sender}, dry_run=True, now=lambda: NOW)
+    dry = playbooks.run_playbooks(
+        con, cfg, cfg.selected(), [DAYS[-1]], {"slack": sender}, dry_run=True, now=lambda: NOW
+    )
     assert dry.dry_run and dry.enqueued.inserted == 3 and dry.delivery.attempts == 0 and sender.sent == []
-    real = playbooks.run_playbooks(con, cfg, cfg.selected(), [DAYS[-1]], {"slack": sender}, now=lambda: NOW, sleep=lambda s: None)
+    real = playbooks.run_playbooks(
+        con, cfg, cfg.selected(), [DAYS[-1]], {"slack": sender}, now=lambda: NOW, sleep=lambda s: None
+    )
     assert real.enqueued.promoted_from_dry_run == 3 and real.delivery.sent == 3 and len(sender.sent) == 3
     assert real.status_counts.rows() == [("health", "slack:#alerts", "sent", 1), ("hot", "slack:#rev", "sent", 2)]
     send_only = playbooks.run_playbooks(con, cfg, cfg.selected(), None, {"slack": sender}, plan=False, now=lambda: NOW)

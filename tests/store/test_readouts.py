@@ -39,18 +39,27 @@ GOALS = [
 def con(tmp_path):
     with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:
         con.execute("create schema intermediate")
-        con.execute("create table intermediate.int_experiment_exposures (event_id varchar, distinct_id varchar, feature_flag varchar, "
-                    "variant varchar, exposed_at timestamp, exposure_number bigint, saw_several_variants boolean)")
+        con.execute(
+            "create table intermediate.int_experiment_exposures (event_id varchar, distinct_id varchar, feature_flag varchar, "
+            "variant varchar, exposed_at timestamp, exposure_number bigint, saw_several_variants boolean)"
+        )
         con.executemany("insert into intermediate.int_experiment_exposures values (?, ?, ?, ?, ?, ?, ?)", EXPOSURES)
-        con.execute("create table intermediate.int_events_resolved (event_id varchar, distinct_id varchar, event_name varchar, occurred_at timestamp)")
-        con.executemany("insert into intermediate.int_events_resolved values (?, ?, ?, ?)",
-                        [(e, u, "$feature_flag_called", t) for e, u, _, _, t, _, _ in EXPOSURES]
-                        + [(e, u, "goal", t) for e, u, t in GOALS] + [("last", "u9", "$pageview", ts(30))])
+        con.execute(
+            "create table intermediate.int_events_resolved (event_id varchar, distinct_id varchar, event_name varchar, occurred_at timestamp)"
+        )
+        con.executemany(
+            "insert into intermediate.int_events_resolved values (?, ?, ?, ?)",
+            [(e, u, "$feature_flag_called", t) for e, u, _, _, t, _, _ in EXPOSURES]
+            + [(e, u, "goal", t) for e, u, t in GOALS]
+            + [("last", "u9", "$pageview", ts(30))],
+        )
         yield con
 
 
 def counts(con, **experiment):
-    frame, diagnostics = readouts.experiment_counts(con, Experiment(name="e", flag=FLAG, goal_event="goal", **experiment))
+    frame, diagnostics = readouts.experiment_counts(
+        con, Experiment(name="e", flag=FLAG, goal_event="goal", **experiment)
+    )
     return {v: (e, c) for v, e, c in frame.iter_rows()}, diagnostics
 
 
@@ -62,16 +71,21 @@ def test_first_exposure_inside_the_period_and_the_window(con):
     # u1 counts in `test` (its first exposure inside the period) and saw one variant there; u3's goal is
     # outside the window; u4 is awaiting.
     assert counts(con, start=date(2025, 1, 5), end=date(2025, 2, 1), conversion_window_days=7) == (
-        {"control": (1, 0), "test": (2, 1)}, {"saw_several_variants": 0, "awaiting_window": 1}
+        {"control": (1, 0), "test": (2, 1)},
+        {"saw_several_variants": 0, "awaiting_window": 1},
     )
     assert counts(con, end=date(2025, 1, 6)) == ({"control": (1, 0)}, {"saw_several_variants": 0, "awaiting_window": 0})
     assert counts(con, start=date(2025, 2, 1)) == ({}, {"saw_several_variants": 0, "awaiting_window": 0})
 
 
 def test_write_experiment_readouts(con):
-    cfg = parse_playbook_config(experiments=[{"name": "onboarding", "flag": FLAG, "goal_event": "goal", "variants": ["control", "test"]}])
+    cfg = parse_playbook_config(
+        experiments=[{"name": "onboarding", "flag": FLAG, "goal_event": "goal", "variants": ["control", "test"]}]
+    )
     [readout] = readouts.write_experiment_readouts(con, cfg, 0.95)
-    table = con.sql(f"select variant, exposures, conversions, is_control from {readouts.EXPERIMENT_READOUTS_TABLE} order by variant").fetchall()
+    table = con.sql(
+        f"select variant, exposures, conversions, is_control from {readouts.EXPERIMENT_READOUTS_TABLE} order by variant"
+    ).fetchall()
     assert table == [("control", 3, 1, True), ("test", 1, 1, False)]
     assert readout.experiment == "onboarding" and "1 user(s) saw more than one variant" in "; ".join(readout.warnings)
     readouts.write_experiment_readouts(con, parse_playbook_config(), 0.95)
@@ -82,22 +96,37 @@ def test_playbook_readout_from_the_outbox(tmp_path):
     with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:
         outbox.ensure_tables(con)
         con.execute("create schema marts")
-        con.execute("create table marts.account_outcomes (account_id varchar, converted_at timestamp, as_of_at timestamp)")
+        con.execute(
+            "create table marts.account_outcomes (account_id varchar, converted_at timestamp, as_of_at timestamp)"
+        )
         first = date(2025, 3, 1)
         accounts = [(f"a{i}", i % 4 == 0, datetime(2025, 3, 5) if i % 3 == 0 else None) for i in range(40)]
-        con.executemany("insert into marts.account_outcomes values (?, ?, ?)", [(a, c, datetime(2025, 6, 1)) for a, _, c in accounts])
+        con.executemany(
+            "insert into marts.account_outcomes values (?, ?, ?)",
+            [(a, c, datetime(2025, 6, 1)) for a, _, c in accounts],
+        )
         for a, held, _ in accounts + [("unknown", False, None)]:
             con.execute(
                 f"insert into {outbox.ACTIONS_TABLE} (idempotency_key, playbook, day, account_id, destination, destination_type, held_out, "
                 "status, max_attempts, payload, created_at, updated_at) values (?, 'hot', ?, ?, 'slack:#x', 'slack', ?, ?, 6, '{}', now(), now())",
                 [f"k_{a}", first, a, held, "held_out" if held else "sent"],
             )
-        con.execute(f"insert into {outbox.ACTIONS_TABLE} (idempotency_key, playbook, day, account_id, destination, destination_type, held_out, "
-                    "status, max_attempts, payload, created_at, updated_at) values ('dry', 'hot', ?, 'a99', 'slack:#x', 'slack', false, "
-                    "'dry_run', 6, '{}', now(), now())", [first - timedelta(days=1)])
-        cfg = parse_playbook_config([{"name": "hot", "when": {"min_score": 0.5}, "then": [{"type": "slack", "channel": "#x"}]}])
+        con.execute(
+            f"insert into {outbox.ACTIONS_TABLE} (idempotency_key, playbook, day, account_id, destination, destination_type, held_out, "
+            "status, max_attempts, payload, created_at, updated_at) values ('dry', 'hot', ?, 'a99', 'slack:#x', 'slack', false, "
+            "'dry_run', 6, '{}', now(), now())",
+            [first - timedelta(days=1)],
+        )
+        cfg = parse_playbook_config(
+            [{"name": "hot", "when": {"min_score": 0.5}, "then": [{"type": "slack", "channel": "#x"}]}]
+        )
         [row] = readouts.write_playbook_readouts(con, cfg, conversion_window_days=30, confidence_level=0.95)
         assert (row["n_treated"], row["n_held_out"], row["n_unknown_account"]) == (30, 10, 1)
-        assert (row["conversions_treated"], row["conversions_held_out"]) == (10, 4)  # every third account converted on day 4
-        stored = con.sql(f"select playbook, n_treated, readout_window_days from {readouts.PLAYBOOK_READOUTS_TABLE}").fetchall()
+        assert (row["conversions_treated"], row["conversions_held_out"]) == (
+            10,
+            4,
+        )  # every third account converted on day 4
+        stored = con.sql(
+            f"select playbook, n_treated, readout_window_days from {readouts.PLAYBOOK_READOUTS_TABLE}"
+        ).fetchall()
         assert stored == [("hot", 30, 30)]

@@ -29,7 +29,9 @@ def _in_play(outcomes: pl.DataFrame, day: date) -> set[str]:
     return {
         r["account_id"]
         for r in outcomes.iter_rows(named=True)
-        if r["started_at"] < end and (r["converted_at"] is None or r["converted_at"] >= end) and r["outcome_window_end_at"] > end
+        if r["started_at"] < end
+        and (r["converted_at"] is None or r["converted_at"] >= end)
+        and r["outcome_window_end_at"] > end
     }
 
 
@@ -55,7 +57,9 @@ def test_revenue_metrics_count_the_trailing_30_days(con):
         end = _end_of(row["day"])
         start = end - timedelta(days=30)
         closed = outcomes.filter((pl.col("outcome_window_end_at") >= start) & (pl.col("outcome_window_end_at") < end))
-        converted = outcomes.filter(pl.col("converted") & (pl.col("converted_at") >= start) & (pl.col("converted_at") < end))
+        converted = outcomes.filter(
+            pl.col("converted") & (pl.col("converted_at") >= start) & (pl.col("converted_at") < end)
+        )
         assert row["accounts_in_play"] == len(_in_play(outcomes, row["day"]))
         assert row["outcomes_closed_30d"] == closed.height > 0
         assert row["conversion_rate_30d"] == pytest.approx(closed["converted"].mean())

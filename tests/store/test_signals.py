@@ -24,11 +24,20 @@ def test_recounting_a_month_replaces_exactly_its_rows(warehouse):
     with connect(warehouse) as con:
         counted = [store.count_cohort(con, settings, m) for m in MONTHS]
         before = _rows_per_month(con)
-        other = con.sql(f"select * from {store.COHORT_COUNTS_TABLE} where cohort_month <> ? order by all", params=[MONTHS[1]]).fetchall()
+        other = con.sql(
+            f"select * from {store.COHORT_COUNTS_TABLE} where cohort_month <> ? order by all", params=[MONTHS[1]]
+        ).fetchall()
         again = store.count_cohort(con, settings, MONTHS[1])
         assert _rows_per_month(con) == before
-        assert con.sql(f"select * from {store.COHORT_COUNTS_TABLE} where cohort_month <> ? order by all", params=[MONTHS[1]]).fetchall() == other
-        totals = con.sql(f"select distinct n_total from {store.COHORT_COUNTS_TABLE} where cohort_month = ?", params=[MONTHS[1]]).fetchall()
+        assert (
+            con.sql(
+                f"select * from {store.COHORT_COUNTS_TABLE} where cohort_month <> ? order by all", params=[MONTHS[1]]
+            ).fetchall()
+            == other
+        )
+        totals = con.sql(
+            f"select distinct n_total from {store.COHORT_COUNTS_TABLE} where cohort_month = ?", params=[MONTHS[1]]
+        ).fetchall()
     assert set(before) == set(MONTHS) and again == counted[1]
     assert [c.eligible_accounts for c in counted] == [PER_MONTH] * len(MONTHS) and totals == [(PER_MONTH,)]
     assert all(c.candidates_seen > 0 for c in counted)
@@ -53,7 +62,9 @@ def test_discovery_rewrites_its_rows_and_keeps_overrides(warehouse):
         planted = first.written.filter(pl.col("key") == "event:invited_teammate:first_14d:>=3").row(0, named=True)
         store.set_override(con, planted["signal_id"], not planted["enabled"], "test", "checking overrides")
         second = store.discover(con, settings)
-        table = con.sql(f"select signal_id, enabled, enabled_override, as_of from {store.SIGNALS_TABLE} order by signal_id").pl()
+        table = con.sql(
+            f"select signal_id, enabled, enabled_override, as_of from {store.SIGNALS_TABLE} order by signal_id"
+        ).pl()
         listed = store.read_signals(con)
     assert first.tested == second.tested == len(ids) > 0
     assert first.cohort_months == len(MONTHS) and first.split.holdout_months  # the latest month(s) held out

@@ -56,20 +56,44 @@ ESCAPES = [
     ("read_csv_auto", "select * from read_csv_auto('{d}/secret.csv')", "table function read_csv_auto() is not allowed"),
     ("read_parquet", "select * from read_parquet('{d}/*.parquet')", "table function read_parquet() is not allowed"),
     ("read_json", "select * from read_json('{d}/x.json')", "table function read_json() is not allowed"),
-    ("read_text", "select content as account_id from read_text('/etc/passwd')", "table function read_text() is not allowed"),
+    (
+        "read_text",
+        "select content as account_id from read_text('/etc/passwd')",
+        "table function read_text() is not allowed",
+    ),
     ("glob", "select file as account_id from glob('{d}/*')", "table function glob() is not allowed"),
     ("replacement scan", "select * from '{d}/secret.csv'", "unknown table"),
     ("quoted file name", 'select * from "{d}/secret.csv"', "unknown table"),
-    ("cte hiding a file read", "with s as (select * from read_csv('{d}/secret.csv')) select account_id from s", "read_csv() is not allowed"),
-    ("subquery hiding a file read", "select account_id from marts.accounts where account_id in (select account_id from read_csv('{d}/secret.csv'))", "read_csv() is not allowed"),
+    (
+        "cte hiding a file read",
+        "with s as (select * from read_csv('{d}/secret.csv')) select account_id from s",
+        "read_csv() is not allowed",
+    ),
+    (
+        "subquery hiding a file read",
+        "select account_id from marts.accounts where account_id in (select account_id from read_csv('{d}/secret.csv'))",
+        "read_csv() is not allowed",
+    ),
     ("copy to", "copy (select 1) to '{d}/out.csv'", "COPY statements are not allowed"),
     ("copy from", "copy marts.accounts from '{d}/secret.csv'", "COPY statements are not allowed"),
     ("attach", "attach '{d}/other.duckdb' as other", "ATTACH statements are not allowed"),
     ("install", "install httpfs", "LOAD statements are not allowed"),
     ("load", "load httpfs", "LOAD statements are not allowed"),
-    ("two statements", "select account_id from marts.accounts; copy (select 1) to '{d}/out2.csv'", "2 statements (SELECT, COPY)"),
-    ("comment hiding a second statement", "select account_id from marts.accounts -- harmless\n; attach '{d}/x.duckdb'", "2 statements (SELECT, ATTACH)"),
-    ("block comment then statement", "select account_id /* ; */ from marts.accounts; pragma database_list", "2 statements (SELECT, PRAGMA)"),
+    (
+        "two statements",
+        "select account_id from marts.accounts; copy (select 1) to '{d}/out2.csv'",
+        "2 statements (SELECT, COPY)",
+    ),
+    (
+        "comment hiding a second statement",
+        "select account_id from marts.accounts -- harmless\n; attach '{d}/x.duckdb'",
+        "2 statements (SELECT, ATTACH)",
+    ),
+    (
+        "block comment then statement",
+        "select account_id /* ; */ from marts.accounts; pragma database_list",
+        "2 statements (SELECT, PRAGMA)",
+    ),
     ("pragma", "pragma database_list", "PRAGMA statements are not allowed"),
     ("set", "set enable_external_access = true", "SET statements are not allowed"),
     ("reset", "reset lock_configuration", "statements are not allowed"),
@@ -77,12 +101,20 @@ ESCAPES = [
     ("export", "export database '{d}/dump'", "EXPORT statements are not allowed"),
     ("import", "import database '{d}/dump'", "statements are not allowed"),
     ("create", "create table marts.evil as select 1", "CREATE statements are not allowed"),
-    ("insert", "insert into marts.account_event_features select * from marts.account_event_features", "INSERT statements are not allowed"),
+    (
+        "insert",
+        "insert into marts.account_event_features select * from marts.account_event_features",
+        "INSERT statements are not allowed",
+    ),
     ("update", "update marts.account_event_features set n_first_14d = 0", "UPDATE statements are not allowed"),
     ("delete", "delete from marts.account_event_features", "DELETE statements are not allowed"),
     ("getenv", "select getenv('HOME') as account_id", "function getenv() is not allowed"),
     ("settings table function", "select name as account_id from duckdb_settings()", "duckdb_settings() is not allowed"),
-    ("extensions table function", "select extension_name as account_id from duckdb_extensions()", "duckdb_extensions() is not allowed"),
+    (
+        "extensions table function",
+        "select extension_name as account_id from duckdb_extensions()",
+        "duckdb_extensions() is not allowed",
+    ),
     ("sql from a string", "select * from query('copy (select 1) to ''{d}/q.csv''')", "query() is not allowed"),
     ("another catalog", "select * from system.main.duckdb_tables()", "is not allowed"),
     ("information schema", "select table_name as account_id from information_schema.tables", "unknown table"),
@@ -100,15 +132,31 @@ def test_escape_attempts_are_refused_with_a_reason_and_leave_no_file(sandbox, sa
     assert any(part in str(info.value) for part in reason.split("|")), str(info.value)
     after = _listing(sandbox_dir) | {str(p) for p in tmp.iterdir()}
     # Other processes share the temp dir: look for what DuckDB or these statements could have written.
-    created = {p for p in after - before if p.startswith(str(sandbox_dir)) or any(k in os.path.basename(p) for k in SUSPECT)}
+    created = {
+        p for p in after - before if p.startswith(str(sandbox_dir)) or any(k in os.path.basename(p) for k in SUSPECT)
+    }
     assert not created, created
     for target in ("out.csv", "out2.csv", "q.csv", "other.duckdb", "x.duckdb", "dump"):
         assert not (sandbox_dir / target).exists()
 
 
 def test_at_least_ten_distinct_escape_kinds_are_covered():
-    kinds = {"read_csv", "read_parquet", "read_json", "read_text", "glob", "copy to", "attach", "install", "load",
-             "two statements", "pragma", "set", "cte hiding a file read", "comment hiding a second statement"}
+    kinds = {
+        "read_csv",
+        "read_parquet",
+        "read_json",
+        "read_text",
+        "glob",
+        "copy to",
+        "attach",
+        "install",
+        "load",
+        "two statements",
+        "pragma",
+        "set",
+        "cte hiding a file read",
+        "comment hiding a second statement",
+    }
     assert kinds <= {e[0] for e in ESCAPES}
 
 
@@ -134,7 +182,11 @@ def test_a_long_query_is_stopped_at_the_time_limit(sandbox, sandbox_dir):
     before = _listing(sandbox_dir)
     started = time.monotonic()
     with pytest.raises(SqlSignalRefused, match="time limit of 1 s"):
-        run_sql_signal(sandbox, "select count(*) as account_id from range(10000000000) t(i) where i % 7 = 3 and hash(i) % 11 = 2", timeout_seconds=1)
+        run_sql_signal(
+            sandbox,
+            "select count(*) as account_id from range(10000000000) t(i) where i % 7 = 3 and hash(i) % 11 = 2",
+            timeout_seconds=1,
+        )
     assert time.monotonic() - started < 10
     assert _listing(sandbox_dir) == before
     assert sandbox.sql("select 42").fetchall() == [(42,)]  # the connection is usable after the interrupt
@@ -178,6 +230,5 @@ def test_normalisation_ignores_comments_case_and_spacing():
 
 
 def test_a_missing_warehouse_is_an_error(tmp_path):
-    with pytest.raises(SqlSignalError, match="no warehouse yet"):
-        with sandbox_connection(tmp_path / "nothing.duckdb"):
-            pass
+    with pytest.raises(SqlSignalError, match="no warehouse yet"), sandbox_connection(tmp_path / "nothing.duckdb"):
+        pass

@@ -11,7 +11,13 @@ from beton_pipeline.store.backtests import BACKTESTS_TABLE, run_backtests
 from beton_pipeline.store.custom_signals import CustomSignalsError, count_custom_signals, signals_dir
 from beton_pipeline.store.sql_sandbox import SqlSignalError
 
-MARTS = ["account_features", "account_event_features", "account_property_features", "account_intent_features", "account_outcomes"]
+MARTS = [
+    "account_features",
+    "account_event_features",
+    "account_property_features",
+    "account_intent_features",
+    "account_outcomes",
+]
 
 
 @dg.asset(
@@ -28,7 +34,9 @@ MARTS = ["account_features", "account_event_features", "account_property_feature
         "normalised definition."
     ),
 )
-def custom_signals(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource) -> dg.MaterializeResult:
+def custom_signals(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource
+) -> dg.MaterializeResult:
     directory = signals_dir()
     try:
         signals = count_custom_signals(warehouse.resolved_path, settings.load(), directory)
@@ -39,7 +47,9 @@ def custom_signals(context: dg.AssetExecutionContext, warehouse: WarehouseResour
             "signals_dir": str(directory),
             "custom_signals": dg.MetadataValue.int(len(signals)),
             "files": dg.MetadataValue.json([s.origin for s in signals]),
-            "definitions": dg.MetadataValue.md("\n".join(f"- `{s.signal_id}` {s.definition}" for s in signals) or "No custom signal."),
+            "definitions": dg.MetadataValue.md(
+                "\n".join(f"- `{s.signal_id}` {s.definition}" for s in signals) or "No custom signal."
+            ),
         }
     )
 
@@ -47,12 +57,29 @@ def custom_signals(context: dg.AssetExecutionContext, warehouse: WarehouseResour
 def periods_markdown(rows: pl.DataFrame) -> str:
     """A markdown table of one signal's periods."""
     return markdown_table(
-        ["cohort", "split", "fired", "converted", "precision", "recall", "lift (95% CI)", "projected ARR (95% CI)", "enough data"],
         [
-            [r["cohort_month"], r["split"], r["fired"], r["converted"], fmt(r["precision"]), fmt(r["recall"]),
-             fmt_estimate(r["lift"], r["lift_ci_low"], r["lift_ci_high"]),
-             fmt_estimate(r["projected_arr"], r["projected_arr_ci_low"], r["projected_arr_ci_high"], ",.0f"),
-             "yes" if r["enough_data"] else "no"]
+            "cohort",
+            "split",
+            "fired",
+            "converted",
+            "precision",
+            "recall",
+            "lift (95% CI)",
+            "projected ARR (95% CI)",
+            "enough data",
+        ],
+        [
+            [
+                r["cohort_month"],
+                r["split"],
+                r["fired"],
+                r["converted"],
+                fmt(r["precision"]),
+                fmt(r["recall"]),
+                fmt_estimate(r["lift"], r["lift_ci_low"], r["lift_ci_high"]),
+                fmt_estimate(r["projected_arr"], r["projected_arr_ci_low"], r["projected_arr_ci_high"], ",.0f"),
+                "yes" if r["enough_data"] else "no",
+            ]
             for r in rows.sort("cohort_month").iter_rows(named=True)
         ],
     )
@@ -63,7 +90,14 @@ def summary_markdown(summary: pl.DataFrame) -> str:
     return markdown_table(
         ["signal", "verdict", "periods with data", "lift > 1", "precision", "recall"],
         [
-            [r["signal_id"], r["verdict"], r["periods_with_data"], r["periods_lift_above_1"], fmt(r["precision_total"]), fmt(r["recall_total"])]
+            [
+                r["signal_id"],
+                r["verdict"],
+                r["periods_with_data"],
+                r["periods_lift_above_1"],
+                fmt(r["precision_total"]),
+                fmt(r["recall_total"]),
+            ]
             for r in summary.iter_rows(named=True)
         ],
     )
@@ -84,7 +118,9 @@ def summary_markdown(summary: pl.DataFrame) -> str:
         "beton_pipeline/core/backtest.py). Re-materialising a partition replaces exactly that signal's rows."
     ),
 )
-def signal_backtests(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource) -> dg.MaterializeResult:
+def signal_backtests(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource
+) -> dg.MaterializeResult:
     keys = list(context.partition_keys)
     try:
         run = run_backtests(warehouse.resolved_path, settings.load(), keys)
@@ -92,10 +128,16 @@ def signal_backtests(context: dg.AssetExecutionContext, warehouse: WarehouseReso
         raise dg.Failure(description=f"backtest of {', '.join(keys)}: {exc}") from None
     if run.missing:
         context.log.warning(f"not in beton.signals any more (backtest rows removed): {', '.join(run.missing)}")
-    metadata: dict = {"signals": dg.MetadataValue.int(len(keys) - len(run.missing)), "rows": dg.MetadataValue.int(run.rows.height), "table": BACKTESTS_TABLE}
+    metadata: dict = {
+        "signals": dg.MetadataValue.int(len(keys) - len(run.missing)),
+        "rows": dg.MetadataValue.int(run.rows.height),
+        "table": BACKTESTS_TABLE,
+    }
     if run.summary is not None:
         counts = run.summary.group_by("verdict").len()
-        metadata["verdicts"] = dg.MetadataValue.json(dict(zip(counts.get_column("verdict").to_list(), counts.get_column("len").to_list())))
+        metadata["verdicts"] = dg.MetadataValue.json(
+            dict(zip(counts.get_column("verdict").to_list(), counts.get_column("len").to_list(), strict=True))
+        )
         if run.summary.height == 1:
             only = run.summary.row(0, named=True)
             metadata.update(

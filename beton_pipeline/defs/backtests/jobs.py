@@ -27,16 +27,29 @@ class CustomBacktestConfig(dg.Config):
             "(optionally fired_at)."
         )
     )
-    kind: str = Field("auto", description="`condition` (YAML), `sql`, or `auto` (SQL when it starts with SELECT/WITH/FROM).")
+    kind: str = Field(
+        "auto", description="`condition` (YAML), `sql`, or `auto` (SQL when it starts with SELECT/WITH/FROM)."
+    )
     timeout_seconds: float = Field(30.0, gt=0, le=600, description="Time limit of a SQL signal.")
 
 
-@dg.op(pool=WAREHOUSE_POOL, out=dg.Out(dg.Nothing), description="Backtest the configured definition and write its rows to beton.signal_backtests (origin = launchpad).")
-def backtest_custom_definition(context: dg.OpExecutionContext, config: CustomBacktestConfig, warehouse: WarehouseResource, settings: SettingsResource):
+@dg.op(
+    pool=WAREHOUSE_POOL,
+    out=dg.Out(dg.Nothing),
+    description="Backtest the configured definition and write its rows to beton.signal_backtests (origin = launchpad).",
+)
+def backtest_custom_definition(
+    context: dg.OpExecutionContext,
+    config: CustomBacktestConfig,
+    warehouse: WarehouseResource,
+    settings: SettingsResource,
+):
     if config.kind not in ("auto", "condition", "sql"):
         raise dg.Failure(description=f"kind: expected auto, condition or sql, got {config.kind!r}")
     try:
-        result = record_launchpad_backtest(config.definition, config.kind, settings.load(), warehouse.resolved_path, config.timeout_seconds)
+        result = record_launchpad_backtest(
+            config.definition, config.kind, settings.load(), warehouse.resolved_path, config.timeout_seconds
+        )
     except (SignalDefinitionError, SqlSignalError) as exc:
         raise dg.Failure(description=str(exc)) from None
     rows = result.periods

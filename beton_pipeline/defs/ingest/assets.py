@@ -85,11 +85,15 @@ def build_ingest_asset(spec: TableSpec) -> dg.AssetsDefinition:
         ),
         check_specs=[
             dg.AssetCheckSpec(
-                "rows_accounted_for", asset=key, blocking=True,
+                "rows_accounted_for",
+                asset=key,
+                blocking=True,
                 description="rows read = loaded + quarantined + exact duplicates (no row lost)",
             ),
             dg.AssetCheckSpec(
-                "has_rows", asset=key, blocking=spec.required,
+                "has_rows",
+                asset=key,
+                blocking=spec.required,
                 description="a required table loaded at least one row (an empty one stops the run)",
             ),
         ],
@@ -104,7 +108,9 @@ def build_ingest_asset(spec: TableSpec) -> dg.AssetsDefinition:
         with warehouse.connect() as con:
             result = ingest_table(con, source_dir, spec)
         if result.rows_quarantined:
-            context.log.warning(f"{spec.name}: {result.rows_quarantined} row(s) quarantined: {result.quarantine_reasons}")
+            context.log.warning(
+                f"{spec.name}: {result.rows_quarantined} row(s) quarantined: {result.quarantine_reasons}"
+            )
         return dg.MaterializeResult(metadata=ingest_metadata(result), check_results=ingest_check_results(spec, result))
 
     return _ingest
@@ -145,7 +151,11 @@ def build_freshness_check(spec: TableSpec) -> dg.AssetChecksDefinition:
         description=(
             f"The newest `{spec.freshness_column}` trails the as-of time (latest event, or windows.as_of) by at most "
             f"freshness.max_lag_days (default {max_lag_default})"
-            + ("; and is at most freshness.max_age_days old by the wall clock (off unless set)" if spec.name == "events" else "")
+            + (
+                "; and is at most freshness.max_age_days old by the wall clock (off unless set)"
+                if spec.name == "events"
+                else ""
+            )
             + ("; an empty table fails." if spec.required else "; an absent optional table passes.")
         ),
         blocking=spec.required,

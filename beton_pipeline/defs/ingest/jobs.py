@@ -5,9 +5,9 @@ import dagster as dg
 
 from beton_pipeline.settings import load_settings
 
-ingest_and_transform = dg.AssetSelection.groups("ingest", "reference", "staging", "intermediate", "marts") | dg.AssetSelection.assets(
-    "custom_signals"
-)
+ingest_and_transform = dg.AssetSelection.groups(
+    "ingest", "reference", "staging", "intermediate", "marts"
+) | dg.AssetSelection.assets("custom_signals")
 
 daily_ingest_job = dg.define_asset_job(
     "daily_ingest_job",

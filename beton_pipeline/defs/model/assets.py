@@ -12,11 +12,25 @@ from beton_pipeline.core.model import SCORERS, CrmComparison, LeadScoreBacktest
 from beton_pipeline.defs.resources import WAREHOUSE_POOL, SettingsResource, WarehouseResource
 from beton_pipeline.store.model import MODEL_INPUTS, run_lead_score_model
 
-METRICS = ("roc_auc", "pr_auc", "precision_at_k", "recall_at_k", "lift_at_k", "brier", "mean_predicted", "observed_rate")
+METRICS = (
+    "roc_auc",
+    "pr_auc",
+    "precision_at_k",
+    "recall_at_k",
+    "lift_at_k",
+    "brier",
+    "mean_predicted",
+    "observed_rate",
+)
 PLOTTED = {
-    "roc_auc": ("model", "roc_auc"), "pr_auc": ("model", "pr_auc"), "precision_at_k": ("model", "precision_at_k"),
-    "brier": ("model", "brier"), "signals_roc_auc": ("signals", "roc_auc"), "signals_pr_auc": ("signals", "pr_auc"),
-    "signals_precision_at_k": ("signals", "precision_at_k"), "base_rate": ("base_rate", "observed_rate"),
+    "roc_auc": ("model", "roc_auc"),
+    "pr_auc": ("model", "pr_auc"),
+    "precision_at_k": ("model", "precision_at_k"),
+    "brier": ("model", "brier"),
+    "signals_roc_auc": ("signals", "roc_auc"),
+    "signals_pr_auc": ("signals", "pr_auc"),
+    "signals_precision_at_k": ("signals", "precision_at_k"),
+    "base_rate": ("base_rate", "observed_rate"),
 }
 """Metadata numbers plotted over time in the UI: name → (scorer, metric)."""
 
@@ -24,15 +38,21 @@ PLOTTED = {
 def metrics_markdown(backtest: LeadScoreBacktest) -> str:
     """Metric rows × scorer columns."""
     rows = [[metric, *(fmt(backtest.metric(s, metric)) for s in SCORERS)] for metric in METRICS]
-    split = f"k = {backtest.k} of {backtest.test_scores.height} test accounts ({', '.join(backtest.split.holdout_months)})"
+    split = (
+        f"k = {backtest.k} of {backtest.test_scores.height} test accounts ({', '.join(backtest.split.holdout_months)})"
+    )
     return markdown_table(["metric", *SCORERS], rows) + "\n\n" + split
 
 
 def calibration_markdown(calibration: pl.DataFrame, scorer: str = "model") -> str:
     """Win rate by confidence bucket for one scorer."""
     rows = [
-        [r["bucket"], r["n_accounts"], fmt(r["predicted_mean"]),
-         f"{fmt(r['observed_rate'])} ({fmt_interval(r['observed_ci_low'], r['observed_ci_high'], '.3f')})"]
+        [
+            r["bucket"],
+            r["n_accounts"],
+            fmt(r["predicted_mean"]),
+            f"{fmt(r['observed_rate'])} ({fmt_interval(r['observed_ci_low'], r['observed_ci_high'], '.3f')})",
+        ]
         for r in calibration.filter(pl.col("scorer") == scorer).iter_rows(named=True)
     ]
     return markdown_table(["decile", "accounts", "predicted", "observed (95% CI)"], rows)
@@ -41,7 +61,12 @@ def calibration_markdown(calibration: pl.DataFrame, scorer: str = "model") -> st
 def features_markdown(features: pl.DataFrame, limit: int = 15) -> str:
     """The strongest features by |coefficient|."""
     rows = [
-        [r["definition"] or r["feature_key"], fmt(r["coefficient"], "+.3f"), fmt(r["odds_ratio"], ".2f"), r["n_train_with"]]
+        [
+            r["definition"] or r["feature_key"],
+            fmt(r["coefficient"], "+.3f"),
+            fmt(r["odds_ratio"], ".2f"),
+            r["n_train_with"],
+        ]
         for r in features.filter(pl.col("kind") != "intercept").head(limit).iter_rows(named=True)
     ]
     return markdown_table(["feature", "coefficient", "odds ratio", "training accounts with it"], rows)
@@ -60,13 +85,25 @@ def crm_markdown(crm: CrmComparison, limit: int = 10) -> str:
         "",
         f"precision {fmt(c.precision)}, recall {fmt(c.recall)}",
     ]
-    for name, accounts in (("false positives", crm.false_positives), ("false negatives", crm.false_negatives)):  # None prints —
+    for name, accounts in (
+        ("false positives", crm.false_positives),
+        ("false negatives", crm.false_negatives),
+    ):  # None prints —
         rows = [
-            [r["account_id"], fmt(r["score"]), r["latest_stage"],
-             f"{r['latest_reason']} ({r['reason_stage']})" if r["latest_reason"] else None]
+            [
+                r["account_id"],
+                fmt(r["score"]),
+                r["latest_stage"],
+                f"{r['latest_reason']} ({r['reason_stage']})" if r["latest_reason"] else None,
+            ]
             for r in accounts.head(limit).iter_rows(named=True)
         ]
-        lines += ["", f"**{name}**", "", markdown_table(["account", "score", "latest stage", "AE's latest reason (at stage)"], rows)]
+        lines += [
+            "",
+            f"**{name}**",
+            "",
+            markdown_table(["account", "score", "latest stage", "AE's latest reason (at stage)"], rows),
+        ]
     return "\n".join(lines)
 
 
@@ -87,7 +124,9 @@ def crm_markdown(crm: CrmComparison, limit: int = 10) -> str:
         "feature keys) is beton.model_features."
     ),
 )
-def lead_score_model(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource) -> dg.MaterializeResult:
+def lead_score_model(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource
+) -> dg.MaterializeResult:
     run = run_lead_score_model(warehouse.resolved_path, settings.load())
     if run.backtest is None:
         context.log.warning(f"lead-score model not trained: {run.skipped}")

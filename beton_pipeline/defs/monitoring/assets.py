@@ -31,16 +31,25 @@ ACCOUNT_SCORES_DESCRIPTION = (
 
 def _warn_without_days(context: dg.AssetExecutionContext, days: list) -> None:
     if not days:
-        context.log.warning(f"No data for {context.partition_key_range}: the warehouse's outcomes do not cover these days")
+        context.log.warning(
+            f"No data for {context.partition_key_range}: the warehouse's outcomes do not cover these days"
+        )
 
 
 def health_metadata(health: SignalHealth) -> dict[str, dg.MetadataValue]:
     """Days computed, signals per health state on the latest day, and its table."""
     latest = health.latest
-    counts = {state: latest.filter(pl.col("health") == state).height for state in HEALTH_STATES} if not latest.is_empty() else {}
+    counts = (
+        {state: latest.filter(pl.col("health") == state).height for state in HEALTH_STATES}
+        if not latest.is_empty()
+        else {}
+    )
     table = markdown_table(
         ["signal", "health", "window lift", "backtest lift", "n with"],
-        [[r["definition"], r["health"], fmt(r["lift"], ".2f"), fmt(r["backtest_lift"], ".2f"), r["n_with"]] for r in latest.iter_rows(named=True)],
+        [
+            [r["definition"], r["health"], fmt(r["lift"], ".2f"), fmt(r["backtest_lift"], ".2f"), r["n_with"]]
+            for r in latest.iter_rows(named=True)
+        ],
         empty="No enabled signal or no data.",
     )
     return {
@@ -57,7 +66,12 @@ def scores_metadata(result: ScoresResult) -> dict[str, dg.MetadataValue]:
     calibration = markdown_table(
         ["decile", "n", "predicted", "observed (95% CI)"],
         [
-            [r["decile"], r["n"], fmt(r["predicted_rate"]), fmt_estimate(r["observed_rate"], r["observed_ci_low"], r["observed_ci_high"], ".3f")]
+            [
+                r["decile"],
+                r["n"],
+                fmt(r["predicted_rate"]),
+                fmt_estimate(r["observed_rate"], r["observed_ci_low"], r["observed_ci_high"], ".3f"),
+            ]
             for r in result.calibration.iter_rows(named=True)
         ],
         empty="No holdout cohort to check calibration on.",
@@ -91,11 +105,15 @@ def build_monitoring_assets(days: dg.PartitionsDefinition) -> list[dg.AssetsDefi
         description=SIGNAL_HEALTH_DESCRIPTION,
         check_specs=[
             dg.AssetCheckSpec(
-                "no_enabled_signal_broken", asset="signal_health", description="on the latest day computed, no enabled signal is broken"
+                "no_enabled_signal_broken",
+                asset="signal_health",
+                description="on the latest day computed, no enabled signal is broken",
             )
         ],
     )
-    def signal_health(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource) -> dg.MaterializeResult:
+    def signal_health(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource
+    ) -> dg.MaterializeResult:
         cfg = settings.load()
         with warehouse.connect() as con:
             health = refresh_signal_health(con, cfg, context.partition_keys)
@@ -118,7 +136,9 @@ def build_monitoring_assets(days: dg.PartitionsDefinition) -> list[dg.AssetsDefi
         deps=["signals", "account_outcomes", "account_features", "int_events_resolved", "int_account_windows"],
         description=ACCOUNT_SCORES_DESCRIPTION,
     )
-    def account_scores(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource) -> dg.MaterializeResult:
+    def account_scores(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource
+    ) -> dg.MaterializeResult:
         cfg = settings.load()
         with warehouse.connect() as con:
             result = refresh_account_scores(con, cfg, context.partition_keys)

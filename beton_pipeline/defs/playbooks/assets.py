@@ -53,7 +53,11 @@ def load_playbook_config(settings: SettingsResource) -> PlaybookConfig:
         "beton.playbook_action_attempts. Re-runs and backfills never send a key twice."
     ),
     check_specs=[
-        dg.AssetCheckSpec("no_dead_actions", asset="playbook_actions", description="no action of this run ended dead (a destination rejected it or stayed down)"),
+        dg.AssetCheckSpec(
+            "no_dead_actions",
+            asset="playbook_actions",
+            description="no action of this run ended dead (a destination rejected it or stayed down)",
+        ),
     ],
 )
 def playbook_actions(
@@ -77,8 +81,19 @@ def playbook_actions(
     senders, secrets = delivery_senders(slack, attio, webhooks, pcfg.destinations)
     with warehouse.connect() as con:
         run = playbooks.run_playbooks(
-            con, pcfg, selected, days, senders, plan=config.plan, send=config.send, dry_run=config.dry_run,
-            now=delivery_clock.now, sleep=delivery_clock.sleep, run_id=context.run.run_id, secrets=secrets, log=context.log,
+            con,
+            pcfg,
+            selected,
+            days,
+            senders,
+            plan=config.plan,
+            send=config.send,
+            dry_run=config.dry_run,
+            now=delivery_clock.now,
+            sleep=delivery_clock.sleep,
+            run_id=context.run.run_id,
+            secrets=secrets,
+            log=context.log,
         )
     metadata = {
         "playbooks": dg.MetadataValue.json(run.playbooks),
@@ -89,7 +104,11 @@ def playbook_actions(
         "already_present": run.enqueued.already_present,
         **{f"delivery_{k}": v for k, v in run.delivery.as_metadata().items()},
         "outbox": dg.MetadataValue.md(
-            markdown_table(["playbook", "destination", "status", "actions"], run.status_counts.iter_rows(), empty="The outbox is empty.")
+            markdown_table(
+                ["playbook", "destination", "status", "actions"],
+                run.status_counts.iter_rows(),
+                empty="The outbox is empty.",
+            )
         ),
     }
     if run.delivery.blocked:
@@ -105,7 +124,10 @@ def playbook_actions(
                 check_name="no_dead_actions",
                 passed=run.delivery.dead == 0,
                 severity=dg.AssetCheckSeverity.WARN,
-                metadata={"dead_this_run": run.delivery.dead, "last_errors": dg.MetadataValue.json(run.delivery.errors[-5:])},
+                metadata={
+                    "dead_this_run": run.delivery.dead,
+                    "last_errors": dg.MetadataValue.json(run.delivery.errors[-5:]),
+                },
             )
         ],
     )
@@ -124,16 +146,27 @@ def playbook_actions(
         "sample-ratio-mismatch chi-square (p < 0.001 flags) and small-sample warnings."
     ),
 )
-def playbook_readouts(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource) -> dg.MaterializeResult:
+def playbook_readouts(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource
+) -> dg.MaterializeResult:
     cfg = settings.load()
     pcfg = load_playbook_config(settings)
     with warehouse.connect() as con:
-        rows = readouts.write_playbook_readouts(con, pcfg, cfg.windows.conversion_window_days, cfg.thresholds.confidence_level)
+        rows = readouts.write_playbook_readouts(
+            con, pcfg, cfg.windows.conversion_window_days, cfg.thresholds.confidence_level
+        )
     table = markdown_table(
         ["playbook", "treated", "held out", "lift (CI)", "p", "SRM p", "warnings"],
         [
-            [r["playbook"], f"{r['conversions_treated']}/{r['n_treated']}", f"{r['conversions_held_out']}/{r['n_held_out']}",
-             fmt_estimate(r["lift"], r["lift_ci_low"], r["lift_ci_high"]), fmt(r["p_value"], ".4f"), fmt(r["srm_pvalue"], ".4f"), r["warnings"] or "—"]
+            [
+                r["playbook"],
+                f"{r['conversions_treated']}/{r['n_treated']}",
+                f"{r['conversions_held_out']}/{r['n_held_out']}",
+                fmt_estimate(r["lift"], r["lift_ci_low"], r["lift_ci_high"]),
+                fmt(r["p_value"], ".4f"),
+                fmt(r["srm_pvalue"], ".4f"),
+                r["warnings"] or "—",
+            ]
             for r in rows
         ],
         empty="No account playbook configured.",
@@ -155,7 +188,9 @@ def playbook_readouts(context: dg.AssetExecutionContext, warehouse: WarehouseRes
         "plain-text summary."
     ),
 )
-def experiment_readouts(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource) -> dg.MaterializeResult:
+def experiment_readouts(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource
+) -> dg.MaterializeResult:
     cfg = settings.load()
     pcfg = load_playbook_config(settings)
     with warehouse.connect() as con:

@@ -11,7 +11,7 @@ without its secret leaves its actions `pending` and fails the run with the varia
 
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -69,7 +69,7 @@ class DeliveryClockResource(dg.ConfigurableResource):
     """Time for the delivery loop: `now()` and `sleep()`. Tests subclass it to make backoff instant."""
 
     def now(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)

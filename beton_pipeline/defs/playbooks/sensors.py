@@ -12,7 +12,7 @@ Whatever a sensor does, the outbox's idempotency keys make a duplicate run harml
 """
 
 import json
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import dagster as dg
 import duckdb
@@ -28,10 +28,16 @@ MAX_EVENTS_PER_TICK = 50
 
 
 def _run_request(playbook: str, day: date, **extra_tags: str) -> dg.RunRequest:
-    tags = {"beton/playbook": playbook, "beton/day": day.isoformat(), **{f"beton/{k}": v for k, v in extra_tags.items()}}
+    tags = {
+        "beton/playbook": playbook,
+        "beton/day": day.isoformat(),
+        **{f"beton/{k}": v for k, v in extra_tags.items()},
+    }
     return dg.RunRequest(
         run_key=f"{playbook}:{day.isoformat()}",
-        run_config=dg.RunConfig(ops={"playbook_actions": PlaybookRunConfig(playbooks=[playbook], days=[day.isoformat()])}),
+        run_config=dg.RunConfig(
+            ops={"playbook_actions": PlaybookRunConfig(playbooks=[playbook], days=[day.isoformat()])}
+        ),
         tags=tags,
     )
 
@@ -52,7 +58,9 @@ def _config(settings: SettingsResource) -> PlaybookConfig | str:
         "that day's scores and request one delivery run per playbook and day with matches (run key playbook:day)."
     ),
 )
-def playbook_scores_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource, settings: SettingsResource):
+def playbook_scores_sensor(
+    context: dg.SensorEvaluationContext, warehouse: WarehouseResource, settings: SettingsResource
+):
     after = int(context.cursor) if context.cursor else None
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=SCORES_KEY, after_storage_id=after), limit=MAX_EVENTS_PER_TICK, ascending=True
@@ -108,7 +116,10 @@ def signal_health_sensor(context: dg.SensorEvaluationContext, warehouse: Warehou
     if isinstance(found, dg.SkipReason):
         return found
     requests, latest, last_day = found
-    new_state = {"through_day": last_day.isoformat() if last_day else None, "health": {**state.get("health", {}), **latest}}
+    new_state = {
+        "through_day": last_day.isoformat() if last_day else None,
+        "health": {**state.get("health", {}), **latest},
+    }
     cursor = json.dumps(new_state, sort_keys=True)
     if not requests:
         return dg.SensorResult(skip_reason="no signal health change to alert on", cursor=cursor)
@@ -125,7 +136,9 @@ def signal_health_sensor(context: dg.SensorEvaluationContext, warehouse: Warehou
         "(run key = the earliest due time and the count, so an unchanged backlog is not requested twice)."
     ),
 )
-def playbook_retry_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource, settings: SettingsResource):
+def playbook_retry_sensor(
+    context: dg.SensorEvaluationContext, warehouse: WarehouseResource, settings: SettingsResource
+):
     config = _config(settings)
     if isinstance(config, str):
         return dg.SkipReason(config)
@@ -136,7 +149,7 @@ def playbook_retry_sensor(context: dg.SensorEvaluationContext, warehouse: Wareho
     if isinstance(found, dg.SkipReason):
         return found
     due_at, n = found
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    now = datetime.now(UTC).replace(tzinfo=None)
     if not n or due_at is None or due_at > now:
         return dg.SkipReason(f"{n} action(s) waiting; none due" if n else "nothing to retry")
     return dg.RunRequest(

@@ -14,7 +14,13 @@ from beton_pipeline.store import signals as signals_store
     group_name="signals",
     kinds={"python", "polars", "duckdb"},
     pool=WAREHOUSE_POOL,
-    deps=["account_features", "account_event_features", "account_property_features", "account_intent_features", "account_outcomes"],
+    deps=[
+        "account_features",
+        "account_event_features",
+        "account_property_features",
+        "account_intent_features",
+        "account_outcomes",
+    ],
     description=(
         "Sufficient statistics for every candidate signal in one cohort month (accounts whose first product "
         "event fell in that month and whose outcome window has closed): accounts with the candidate, their "
@@ -41,12 +47,22 @@ def signals_markdown(signals: pl.DataFrame, limit: int = 15) -> str:
     """A markdown table of the best signals (one per family), best first."""
     if signals.is_empty():
         return "No signal tested: no account has a known outcome yet."
-    top = signals.filter(pl.col("is_family_best")).sort(["recommendation_order", "q_value", "lift"], descending=[False, False, True]).head(limit)
+    top = (
+        signals.filter(pl.col("is_family_best"))
+        .sort(["recommendation_order", "q_value", "lift"], descending=[False, False, True])
+        .head(limit)
+    )
     return markdown_table(
         ["signal", "recommendation", "lift (95% CI)", "n with", "q", "holdout lift"],
         [
-            [r["definition"], r["recommendation"], fmt_estimate(r["lift"], r["lift_ci_low"], r["lift_ci_high"]), r["n_with"],
-             fmt(r["q_value"], ".2g"), fmt(r["holdout_lift"], ".2f")]
+            [
+                r["definition"],
+                r["recommendation"],
+                fmt_estimate(r["lift"], r["lift_ci_low"], r["lift_ci_high"]),
+                r["n_with"],
+                fmt(r["q_value"], ".2g"),
+                fmt(r["holdout_lift"], ".2f"),
+            ]
             for r in top.iter_rows(named=True)
         ],
     )
@@ -66,9 +82,15 @@ def signals_markdown(signals: pl.DataFrame, limit: int = 15) -> str:
     ),
     # custom_signals is rebuilt by the daily job with the marts; cohort counts by the cohort sensor.
     automation_condition=dg.AutomationCondition.eager().ignore(dg.AssetSelection.assets("custom_signals")),
-    check_specs=[dg.AssetCheckSpec("all_cohorts_counted", asset="signals", description="every eligible cohort month has its counts partition")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "all_cohorts_counted", asset="signals", description="every eligible cohort month has its counts partition"
+        )
+    ],
 )
-def signals(context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource) -> dg.MaterializeResult:
+def signals(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource
+) -> dg.MaterializeResult:
     try:
         with warehouse.connect() as con:
             run = signals_store.discover(con, settings.load())
@@ -87,5 +109,9 @@ def signals(context: dg.AssetExecutionContext, warehouse: WarehouseResource, set
             "holdout_months": dg.MetadataValue.json(list(run.split.holdout_months)),
             "top_signals": dg.MetadataValue.md(signals_markdown(written)),
         },
-        check_results=[dg.AssetCheckResult(check_name="all_cohorts_counted", passed=True, metadata={"cohort_months": run.cohort_months})],
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="all_cohorts_counted", passed=True, metadata={"cohort_months": run.cohort_months}
+            )
+        ],
     )

@@ -1,6 +1,5 @@
 """dbt models as assets: staging → intermediate → marts, grouped by their folder."""
 
-
 import json
 from collections.abc import Mapping
 from typing import Any
