@@ -96,7 +96,7 @@ def pair_parts(key: str, singles: set[str]) -> tuple[str, str] | None:
     return None
 
 
-_CANDIDATE_SCHEMA = {
+CANDIDATE_SCHEMA = {
     "key": pl.String,
     "kind": pl.String,
     "family": pl.String,
@@ -107,6 +107,7 @@ _CANDIDATE_SCHEMA = {
     "window_days": pl.Int64,
     "threshold": pl.Int64,
 }
+"""The columns that define a candidate (its `signal_id` is derived from `key`)."""
 
 
 def _count_hits(
@@ -114,7 +115,7 @@ def _count_hits(
 ) -> pl.DataFrame:
     """(account_id, candidate columns) for every window × threshold a row's count reaches."""
     if frame.is_empty():
-        return pl.DataFrame(schema={"account_id": pl.String, **_CANDIDATE_SCHEMA})
+        return pl.DataFrame(schema={"account_id": pl.String, **CANDIDATE_SCHEMA})
     is_property = kind == "event_property"
     parts = []
     for days in windows:
@@ -149,7 +150,7 @@ def _count_hits(
                 )
             )
     if not parts:
-        return pl.DataFrame(schema={"account_id": pl.String, **_CANDIDATE_SCHEMA})
+        return pl.DataFrame(schema={"account_id": pl.String, **CANDIDATE_SCHEMA})
     return pl.concat(parts)
 
 
@@ -173,12 +174,12 @@ def _attribute_hits(accounts: pl.DataFrame) -> pl.DataFrame:
                 pl.lit(None, pl.Int64).alias("threshold"),
             )
         )
-    return pl.concat(parts) if parts else pl.DataFrame(schema={"account_id": pl.String, **_CANDIDATE_SCHEMA})
+    return pl.concat(parts) if parts else pl.DataFrame(schema={"account_id": pl.String, **CANDIDATE_SCHEMA})
 
 
 def _intent_hits(intent: pl.DataFrame, lookback_days: int) -> pl.DataFrame:
     if intent.is_empty():
-        return pl.DataFrame(schema={"account_id": pl.String, **_CANDIDATE_SCHEMA})
+        return pl.DataFrame(schema={"account_id": pl.String, **CANDIDATE_SCHEMA})
     common = [
         pl.lit("intent").alias("kind"),
         pl.format("intent:{}", "signal_type").alias("family"),
@@ -261,7 +262,7 @@ def candidate_hits(frames: FeatureFrames, spec: FeatureSpec) -> pl.DataFrame:
 def build_candidate_matrix(frames: FeatureFrames, hits: pl.DataFrame) -> CandidateMatrix:
     """The sparse accounts × candidates matrix for `frames.accounts` (row order kept) from `candidate_hits`."""
     account_ids = frames.accounts.get_column("account_id").to_numpy()
-    candidates = hits.select(list(_CANDIDATE_SCHEMA)).unique(subset="key", keep="first").sort("key")
+    candidates = hits.select(list(CANDIDATE_SCHEMA)).unique(subset="key", keep="first").sort("key")
     candidates = candidates.with_columns(signal_ids(candidates.get_column("key")).alias("signal_id"))
     account_index = pl.DataFrame({"account_id": account_ids, "_row": np.arange(len(account_ids), dtype=np.int64)})
     candidate_index = candidates.select("key").with_row_index("_col")

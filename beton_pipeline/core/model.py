@@ -127,6 +127,19 @@ class DesignMatrix:
     matrix: sp.csr_matrix
 
 
+METRIC_NAMES = (
+    "roc_auc",
+    "pr_auc",
+    "precision_at_k",
+    "recall_at_k",
+    "lift_at_k",
+    "brier",
+    "mean_predicted",
+    "observed_rate",
+)
+"""The metrics every scorer is measured by, in the order `beton.model_backtest` and the asset metadata list them."""
+
+
 @dataclass(frozen=True)
 class ScorerMetrics:
     """One scorer's record on the test cohorts (see the module docstring for each metric)."""
@@ -143,17 +156,7 @@ class ScorerMetrics:
     k: int
 
     def as_rows(self) -> list[dict]:
-        names = (
-            "roc_auc",
-            "pr_auc",
-            "precision_at_k",
-            "recall_at_k",
-            "lift_at_k",
-            "brier",
-            "mean_predicted",
-            "observed_rate",
-        )
-        return [{"scorer": self.scorer, "metric": n, "value": float(getattr(self, n))} for n in names]
+        return [{"scorer": self.scorer, "metric": n, "value": float(getattr(self, n))} for n in METRIC_NAMES]
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from beton_pipeline.core.candidates import CandidateMatrix, FeatureFrames, signal_id
+from beton_pipeline.core.candidates import CANDIDATE_SCHEMA, CandidateMatrix, FeatureFrames, signal_id
 from beton_pipeline.core.conditions import (
     ATTRIBUTE_TYPES,
     BoundSignal,
@@ -313,18 +313,7 @@ def custom_candidates(signals: list[CustomSignal]) -> pl.DataFrame:
             "window_days": [None] * len(signals),
             "threshold": [None] * len(signals),
         },
-        schema={
-            "key": pl.String,
-            "signal_id": pl.String,
-            "kind": pl.String,
-            "family": pl.String,
-            "definition": pl.String,
-            "event": pl.String,
-            "property": pl.String,
-            "value": pl.String,
-            "window_days": pl.Int64,
-            "threshold": pl.Int64,
-        },
+        schema={**CANDIDATE_SCHEMA, "signal_id": pl.String},
     ).select(CANDIDATE_COLUMNS)
 
 

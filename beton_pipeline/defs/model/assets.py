@@ -8,20 +8,10 @@ import dagster as dg
 import polars as pl
 
 from beton_pipeline.core.formatting import fmt, fmt_interval, markdown_table
-from beton_pipeline.core.model import SCORERS, CrmComparison, LeadScoreBacktest
+from beton_pipeline.core.model import METRIC_NAMES, SCORERS, CrmComparison, LeadScoreBacktest
 from beton_pipeline.defs.resources import WAREHOUSE_POOL, SettingsResource, WarehouseResource
 from beton_pipeline.store.model import MODEL_INPUTS, run_lead_score_model
 
-METRICS = (
-    "roc_auc",
-    "pr_auc",
-    "precision_at_k",
-    "recall_at_k",
-    "lift_at_k",
-    "brier",
-    "mean_predicted",
-    "observed_rate",
-)
 PLOTTED = {
     "roc_auc": ("model", "roc_auc"),
     "pr_auc": ("model", "pr_auc"),
@@ -37,7 +27,7 @@ PLOTTED = {
 
 def metrics_markdown(backtest: LeadScoreBacktest) -> str:
     """Metric rows × scorer columns."""
-    rows = [[metric, *(fmt(backtest.metric(s, metric)) for s in SCORERS)] for metric in METRICS]
+    rows = [[metric, *(fmt(backtest.metric(s, metric)) for s in SCORERS)] for metric in METRIC_NAMES]
     split = (
         f"k = {backtest.k} of {backtest.test_scores.height} test accounts ({', '.join(backtest.split.holdout_months)})"
     )
