@@ -4,8 +4,6 @@ environment variables at run time (never at import), so tests point them at temp
 from __future__ import annotations
 
 import os
-import shutil
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +14,7 @@ import duckdb
 from dagster_dbt import DbtCliResource
 
 from beton_pipeline import settings as beton_settings
-from beton_pipeline.dbt_project import beton_dbt_project
+from beton_pipeline.dbt_project import beton_dbt_project, dbt_executable
 from beton_pipeline.warehouse import WarehouseLockedError, connect
 
 WAREHOUSE_POOL = "duckdb_warehouse"
@@ -97,12 +95,6 @@ def warehouse_env(warehouse: WarehouseResource) -> Iterator[None]:
             os.environ.pop("BETON_WAREHOUSE", None)
         else:
             os.environ["BETON_WAREHOUSE"] = old
-
-
-def dbt_executable() -> str:
-    """The `dbt` installed beside this Python (the project's venv), else the one on PATH."""
-    beside = Path(sys.executable).parent / "dbt"
-    return str(beside) if beside.exists() else (shutil.which("dbt") or "dbt")
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:

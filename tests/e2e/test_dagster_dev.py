@@ -1,0 +1,111 @@
+"""`make ui` without an activated venv: `dagster dev`, started by its absolute path from a shell whose PATH
+has no `dbt` (no venv bin, no VIRTUAL_ENV), loads the code location `beton`.
+
+`dagster dev` sets DAGSTER_IS_DEV_CLI, so `DbtProject.prepare_if_dev()` runs `dbt parse` while the code
+location loads; with dagster-dbt's default executable (`dbt` on PATH) the location showed *Failed*:
+"The dbt executable 'dbt' was not found on PATH".
+"""
+
+import os
+import shutil
+
+import pytest
+
+from tests.e2e.servers import (
+    LOCALHOST,
+    PROJECT_ROOT,
+    VENV_BIN,
+    WORKSPACE,
+    ServerError,
+    free_port,
+    graphql,
+    start_server,
+    stop_server,
+    wait_while_progressing,
+)
+
+pytestmark = pytest.mark.slow
+
+LOAD_IDLE_TIMEOUT = 180
+"""Seconds without any new output from `dagster dev` before the load counts as stuck (import + dbt parse)."""
+LOAD_TOTAL_TIMEOUT = 480
+
+EXPECTED_JOBS = {"daily_ingest_job", "discovery_job", "daily_monitoring_job"}
+
+WORKSPACE_QUERY = """
+{ workspaceOrError { __typename
+    ... on PythonError { message }
+    ... on Workspace { locationEntries { name loadStatus
+        locationOrLoadError { __typename
+            ... on PythonError { message }
+            ... on RepositoryLocation { repositories { name jobs { name } } } } } } } }
+"""
+
+
+def path_without_dbt() -> str:
+    """This process's PATH without the venv's bin and without any directory that holds a `dbt`."""
+    kept = [
+        d
+        for d in os.environ.get("PATH", "").split(os.pathsep)
+        if d
+        and os.path.realpath(d) != os.path.realpath(VENV_BIN)
+        and not any(os.path.exists(os.path.join(d, exe)) for exe in ("dbt", "dbtf"))
+    ]
+    return os.pathsep.join(kept or ["/usr/bin", "/bin"])
+
+
+def test_dagster_dev_loads_beton_without_venv_on_path(tmp_path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    path = path_without_dbt()
+    assert shutil.which("dbt", path=path) is None, f"test set-up: a dbt is still on PATH={path}"
+    drop = {"VIRTUAL_ENV", "PATH", "DAGSTER_PG_HOST", "BETON_SOURCE_DIR", "BETON_CONFIG"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env |= {"PATH": path, "DAGSTER_HOME": str(home), "BETON_WAREHOUSE": str(tmp_path / "warehouse.duckdb")}
+
+    port = free_port()
+    server = start_server(
+        "dagster-dev",
+        [str(VENV_BIN / "dagster"), "dev", "-h", LOCALHOST, "-p", str(port), "-w", str(WORKSPACE)],
+        env,
+        tmp_path / "logs",
+        url=f"http://{LOCALHOST}:{port}/graphql",
+    )
+    try:
+
+        def beton_entry() -> dict | None:
+            """The `beton` location once it has loaded; a load error is a definite failure."""
+            if server.process.poll() is not None:
+                raise ServerError(f"dagster dev exited {server.process.returncode}")
+            workspace = graphql(server.url, WORKSPACE_QUERY, timeout=10)["workspaceOrError"]
+            assert workspace["__typename"] == "Workspace", workspace
+            entry = next((e for e in workspace["locationEntries"] if e["name"] == "beton"), None)
+            if entry is None or entry["loadStatus"] != "LOADED":
+                return None
+            loaded = entry["locationOrLoadError"]
+            if not loaded or loaded["__typename"] == "PythonError":
+                raise AssertionError(f"code location beton failed to load: {(loaded or {}).get('message', loaded)}")
+            return entry
+
+        def progress() -> int:
+            return server.log_path.stat().st_size if server.log_path.exists() else 0
+
+        try:
+            entry = wait_while_progressing(
+                beton_entry,
+                progress,
+                f"dagster dev on {server.url} to load code location beton",
+                idle_timeout=LOAD_IDLE_TIMEOUT,
+                total_timeout=LOAD_TOTAL_TIMEOUT,
+            )
+        except (ServerError, AssertionError) as exc:
+            raise AssertionError(f"{exc}\n--- {server.log_path} ---\n{server.log_tail()}") from None
+
+        assert entry["locationOrLoadError"]["__typename"] == "RepositoryLocation", entry
+        jobs = {j["name"] for repo in entry["locationOrLoadError"]["repositories"] for j in repo["jobs"]}
+        assert jobs >= EXPECTED_JOBS, f"jobs missing from beton: {sorted(EXPECTED_JOBS - jobs)} (has {sorted(jobs)})"
+    finally:
+        leftovers = stop_server(server)
+    assert server.process.returncode is not None, "dagster dev did not exit"
+    assert leftovers == [], f"dagster dev left processes behind: {leftovers}"
