@@ -4,50 +4,37 @@ before the manifest exists."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
 
-from dagster._record import replace
-from dagster_dbt import DagsterDbtProjectPreparer, DbtCliResource, DbtProject
+from dagster_dbt import DbtProject
 
 from beton_pipeline.settings import PROJECT_ROOT
 
 
 def dbt_executable() -> str:
-    """The `dbt` installed beside this Python (the project's venv), else the one on PATH.
-
-    `dagster dev` started by absolute path from a shell without the activated venv has no `dbt` on PATH;
-    dagster-dbt's default (`dbt` looked up on PATH) would then fail the code location."""
+    """The `dbt` installed beside this Python (the project's venv), else the one on PATH."""
     beside = Path(sys.executable).parent / "dbt"
     return str(beside) if beside.exists() else (shutil.which("dbt") or "dbt")
 
 
-class VenvDbtProjectPreparer(DagsterDbtProjectPreparer):
-    """dagster-dbt's preparer (a lock against concurrent parses, `dbt deps` when the project has packages,
-    `dbt parse`), but running `dbt_executable()` instead of the `dbt` on PATH.
+def put_venv_dbt_on_path() -> None:
+    """Make the venv's `dbt` findable on PATH when it is not (`dagster dev` started by absolute path from a
+    shell without the activated venv).
 
-    dagster-dbt 0.29 has no argument for the executable of `DbtProject`'s preparer: its two steps build
-    `DbtCliResource(project_dir=project)` with the default executable. These overrides are those two steps
-    with the executable added (dagster-dbt is pinned in uv.lock; tests/e2e/test_dagster_dev.py fails if an
-    upgrade stops calling them)."""
-
-    def _cli(self, project: DbtProject) -> DbtCliResource:
-        return DbtCliResource(project_dir=project, dbt_executable=dbt_executable())
-
-    def _prepare_packages(self, project: DbtProject) -> None:
-        self._cli(project).cli(["deps", "--quiet"], target_path=project.target_path).wait()
-
-    def _prepare_manifest(self, project: DbtProject) -> None:
-        self._cli(project).cli(self._prepare_project_cli_args, target_path=project.target_path).wait()
-        self._invalidate_seeds_in_partial_parse(project)
+    dagster-dbt's project preparer (`prepare_if_dev`, `dagster-dbt project prepare-and-package`) runs `dbt`
+    from PATH and has no setting for the executable; without this the code location fails to load with
+    "The dbt executable 'dbt' was not found on PATH". The dbt resource gets `dbt_executable()` explicitly.
+    """
+    bin_dir = Path(sys.executable).parent
+    if shutil.which("dbt") is None and (bin_dir / "dbt").exists():
+        os.environ["PATH"] = os.pathsep.join(p for p in (str(bin_dir), os.environ.get("PATH", "")) if p)
 
 
-# DbtProject takes no preparer argument; `preparer` is a field of the (immutable) record, so swap it in.
-beton_dbt_project: DbtProject = replace(
-    DbtProject(project_dir=PROJECT_ROOT / "dbt_project", profiles_dir=PROJECT_ROOT / "dbt_project"),
-    preparer=VenvDbtProjectPreparer(),
-)
+put_venv_dbt_on_path()
+beton_dbt_project = DbtProject(project_dir=PROJECT_ROOT / "dbt_project", profiles_dir=PROJECT_ROOT / "dbt_project")
 beton_dbt_project.prepare_if_dev()
 
 
