@@ -1,0 +1,474 @@
+"""Every row of the session's `beton.signals` recomputed from its own counts with scipy and statsmodels, to 1e-9.
+
+This is the project's own version of the independent check of `../shared/tools/check_signals_table.py`
+(a user's clone has no `../shared`). It is written from the documented methods (README, "How discovery
+decides (the methods)"; the `core.discovery` and `core.stats` docstrings) and never calls beton's
+`core.stats`: every number comes from scipy or statsmodels, or from a formula written out here.
+
+Recomputed per row, from `n_with`, `conversions_with`, `n_without`, `conversions_without` and
+`confidence_level`:
+
+* `rate_with`, `rate_without`, `lift` (empty when rate_without is 0; never corrected);
+* the test `method` names: Fisher exact exactly when an expected cell of the 2x2 table is below 5
+  (`scipy.stats.contingency.expected_freq`), else the pooled two-proportion z-test; "insufficient
+  data" exactly when a group is empty; "Haldane-Anscombe" exactly when a conversion count is 0;
+* `p_value`, two-sided: statsmodels `proportions_ztest` (pooled variance, no continuity correction) or
+  `scipy.stats.fisher_exact`, whichever `method` names;
+* `lift_ci_low` / `lift_ci_high`: statsmodels `confint_proportions_2indep(compare="ratio", method="log")`
+  (Katz) where a, c > 0; otherwise the Haldane–Anscombe +0.5-per-cell rule, written out below;
+* `q_value`: statsmodels `multipletests(method="fdr_bh")` over the family, which is every row of the
+  run (`source` discovered or custom) with a p-value; `method` states the family size, checked too.
+
+From the warehouse beside the table (`beton.signal_cohort_counts`, the per-cohort-month totals):
+
+* the temporal split: the holdout is the shortest run of latest months holding >= `holdout_fraction`
+  of the eligible accounts, and it must hold exactly `holdout_n_total` accounts; singles are tested on
+  all the other months, pairs on the odd-numbered ones only (n_with + n_without and the conversions
+  add up to those months' totals);
+* the holdout's conversions total, which `beton.signals` does not store (it stores
+  `holdout_n_with`, `holdout_conversions_with`, `holdout_n_total`): from it, `holdout_lift`, its CI
+  and `holdout_p_value` are recomputed like the discovery statistics.
+
+Invariants: q >= p; the recommendation is recomputed from the rule of README step 8 (q <= fdr_alpha,
+lift >= min_lift, CI low > 1, n_with >= min_sample, holdout lift > 1 with p < 0.10, a pair's CI low
+above both parts' lifts and its parts not both qualifying; one family best per family, the best by
+recommendation, then CI low, then p, then key; the others demoted to reject), and `enabled` is the
+user's override, else recommendation = enable.
+
+Not recomputable from the table alone: `projected_arr` needs each signal's observed ARR of its
+converted accounts (`arr_with`, not stored); only its sign (that of rate_with − rate_without) and the
+fallback ARR per conversion (`revenue.acv` when a signal has no conversions) are checked.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+from scipy import stats
+from scipy.stats.contingency import expected_freq
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
+
+from beton_pipeline.settings import load_settings
+
+REL_TOL = 1e-9
+HOLDOUT_REPLICATION_P = 0.10  # README step 8: holdout lift > 1 with two-sided p < 0.10
+FISHER_BELOW_EXPECTED = 5.0  # README step 5
+FAMILY_SIZE = re.compile(r"q: Benjamini-Hochberg over (\d+) candidates")
+
+
+def missing(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def close(stored, expected) -> bool:
+    """Equal to REL_TOL relative (both empty counts as equal; tiny p-values below 1e-300 count as 0)."""
+    if missing(expected):
+        return missing(stored)
+    if missing(stored):
+        return False
+    return math.isclose(float(stored), float(expected), rel_tol=REL_TOL, abs_tol=1e-300)
+
+
+# ------------------------------------------------------------------------------------------------
+# The statistics of one 2x2 table, independently
+# ------------------------------------------------------------------------------------------------
+def uses_fisher(a: int, n1: int, c: int, n2: int) -> bool:
+    """Cochran's rule: any of the four expected cells below 5."""
+    table = np.array([[a, n1 - a], [c, n2 - c]], dtype=float)
+    return bool(expected_freq(table).min() < FISHER_BELOW_EXPECTED)
+
+
+def katz_interval(a: int, n1: int, c: int, n2: int, level: float) -> tuple[float, float]:
+    """Katz log CI of the risk ratio; Haldane–Anscombe (+0.5 in each cell: a, c +0.5, n1, n2 +1) on a zero count."""
+    if a > 0 and c > 0:
+        low, high = confint_proportions_2indep(a, n1, c, n2, compare="ratio", method="log", alpha=1 - level)
+        return float(low), float(high)
+    a_, n1_, c_, n2_ = a + 0.5, n1 + 1.0, c + 0.5, n2 + 1.0
+    log_rr = math.log((a_ / n1_) / (c_ / n2_))
+    se = math.sqrt(1 / a_ - 1 / n1_ + 1 / c_ - 1 / n2_)
+    z = stats.norm.ppf(1 - (1 - level) / 2)
+    return math.exp(log_rr - z * se), math.exp(log_rr + z * se)
+
+
+def two_sided_p(a: int, n1: int, c: int, n2: int, fisher: bool) -> float:
+    if fisher:
+        return float(stats.fisher_exact([[a, n1 - a], [c, n2 - c]], alternative="two-sided").pvalue)
+    _, p = proportions_ztest(np.array([a, c]), np.array([n1, n2]), value=0, alternative="two-sided", prop_var=False)
+    return float(p)
+
+
+@functools.cache  # a pure function of the counts: the perturbation tests reuse the session table's results
+def table_stats(a: int, n1: int, c: int, n2: int, level: float) -> dict:
+    """rates, lift, CI, p and which test/interval, for conversions a of n1 (with) and c of n2 (without).
+
+    The result is shared between calls (cached): read it, never change it."""
+    out = dict.fromkeys(("rate_with", "rate_without", "lift", "lift_ci_low", "lift_ci_high", "p_value"))
+    out["rate_with"] = a / n1 if n1 > 0 else None
+    out["rate_without"] = c / n2 if n2 > 0 else None
+    if n1 == 0 or n2 == 0:
+        return out | {"test": "insufficient data", "haldane": False}
+    fisher = uses_fisher(a, n1, c, n2)
+    out["lift"] = (a / n1) / (c / n2) if c > 0 else None
+    out["lift_ci_low"], out["lift_ci_high"] = katz_interval(a, n1, c, n2, level)
+    out["p_value"] = two_sided_p(a, n1, c, n2, fisher)
+    return out | {"test": "Fisher exact" if fisher else "z-test (pooled)", "haldane": a == 0 or c == 0}
+
+
+# ------------------------------------------------------------------------------------------------
+# The checker
+# ------------------------------------------------------------------------------------------------
+def check_row_statistics(row: dict) -> list[str]:
+    """Discovery statistics of one row against their recomputation; one message per wrong column."""
+    a, n1 = row["conversions_with"], row["n_with"]
+    c, n2 = row["conversions_without"], row["n_without"]
+    want = table_stats(a, n1, c, n2, row["confidence_level"])
+    sid = row["signal_id"]
+    bad = [
+        f"{sid}: {col} = {row[col]!r}, recomputed {want[col]!r}"
+        for col in ("rate_with", "rate_without", "lift", "lift_ci_low", "lift_ci_high", "p_value")
+        if not close(row[col], want[col])
+    ]
+    method = row["method"] or ""
+    if not method.startswith(want["test"]):
+        bad.append(f"{sid}: method {method!r} should name {want['test']!r} (counts {a}/{n1} vs {c}/{n2})")
+    if ("Haldane-Anscombe" in method) != want["haldane"]:
+        bad.append(f"{sid}: method {method!r} misstates the Haldane-Anscombe correction (a={a}, c={c})")
+    if not missing(row["p_value"]) and not (row["q_value"] >= row["p_value"]):
+        bad.append(f"{sid}: q_value {row['q_value']} < p_value {row['p_value']}")
+    return bad
+
+
+def check_holdout(row: dict, holdout_conversions: int) -> list[str]:
+    """holdout_lift, its CI and p from the stored holdout counts and the holdout's conversions total."""
+    a, n1, total = row["holdout_conversions_with"], row["holdout_n_with"], row["holdout_n_total"]
+    want = table_stats(a, n1, holdout_conversions - a, total - n1, row["confidence_level"])
+    pairs = [("holdout_lift", "lift"), ("holdout_lift_ci_low", "lift_ci_low")]
+    pairs += [("holdout_lift_ci_high", "lift_ci_high"), ("holdout_p_value", "p_value")]
+    return [
+        f"{row['signal_id']}: {col} = {row[col]!r}, recomputed {want[key]!r}"
+        for col, key in pairs
+        if not close(row[col], want[key])
+    ]
+
+
+def check_q_values(rows: list[dict]) -> list[str]:
+    """Benjamini–Hochberg over every row of the run with a p-value; the family size `method` states."""
+    bad = []
+    tested = [r for r in rows if not missing(r["p_value"])]
+    if tested:
+        _, q, _, _ = multipletests([r["p_value"] for r in tested], method="fdr_bh")
+        bad += [
+            f"{r['signal_id']}: q_value = {r['q_value']!r}, Benjamini-Hochberg over {len(tested)} gives {float(want)!r}"
+            for r, want in zip(tested, q, strict=True)
+            if not close(r["q_value"], want)
+        ]
+    bad += [f"{r['signal_id']}: no p-value but q_value {r['q_value']!r}" for r in rows if missing(r["p_value"])]
+    bad += [
+        f"{r['signal_id']}: method {r['method']!r} does not state the family size {len(rows)}"
+        for r in rows
+        if (m := FAMILY_SIZE.search(r["method"] or "")) is None or int(m.group(1)) != len(rows)
+    ]
+    return bad
+
+
+def qualifies(row: dict, rules: dict) -> bool:
+    """README step 8's conditions for `enable`, before the pair and family rules."""
+    if any(missing(row[c]) for c in ("q_value", "lift", "lift_ci_low")):
+        return False
+    replicated = (
+        not missing(row["holdout_lift"])
+        and row["holdout_lift"] > 1
+        and not missing(row["holdout_p_value"])
+        and row["holdout_p_value"] < HOLDOUT_REPLICATION_P
+    )
+    return (
+        row["q_value"] <= rules["fdr_alpha"]
+        and row["lift"] >= rules["min_lift"]
+        and row["lift_ci_low"] > 1
+        and row["n_with"] >= rules["min_sample"]
+        and replicated
+    )
+
+
+def check_recommendations(rows: list[dict], rules: dict) -> list[str]:
+    """The recommendation, family best and `enabled` of every row, recomputed from the rule."""
+    by_id = {r["signal_id"]: r for r in rows}
+    base = {r["signal_id"]: qualifies(r, rules) for r in rows}
+    bad = []
+    before = {}  # the recommendation before the family rule
+    for r in rows:
+        sid, ok = r["signal_id"], base[r["signal_id"]]
+        if r["kind"] == "pair":
+            # A part missing from the table (not tested in the run) cannot be cleared, as its lift is unknown.
+            parts = [by_id.get(r["part_a_id"]), by_id.get(r["part_b_id"])]
+            low = r["lift_ci_low"]
+            clears = all(
+                p is not None and not missing(p["lift"]) and not missing(low) and low > p["lift"] for p in parts
+            )
+            both_qualify = all(p is not None and base[p["signal_id"]] for p in parts)
+            ok = ok and clears and not both_qualify
+        significant = not missing(r["q_value"]) and r["q_value"] <= rules["fdr_alpha"]
+        lift_above_1 = not missing(r["lift"]) and r["lift"] > 1
+        before[sid] = "enable" if ok else "review" if significant and lift_above_1 else "reject"
+    rank = {"enable": 0, "review": 1, "reject": 2}
+    families: dict[str, list[dict]] = {}
+    for r in rows:
+        families.setdefault(r["family"], []).append(r)
+    for family, members in families.items():
+
+        def order(r):
+            low = r["lift_ci_low"]
+            p = math.inf if missing(r["p_value"]) else r["p_value"]
+            return (rank[before[r["signal_id"]]], -(-1.0 if missing(low) else low), p, r["candidate_key"])
+
+        best = min(members, key=order)
+        for r in members:
+            sid = r["signal_id"]
+            want_best = r is best
+            want = before[sid] if want_best or before[sid] == "reject" else "reject"
+            if bool(r["is_family_best"]) != want_best:
+                bad.append(
+                    f"{sid}: is_family_best {r['is_family_best']} but the best of {family} is {best['signal_id']}"
+                )
+            if r["recommendation"] != want:
+                bad.append(f"{sid}: recommendation {r['recommendation']!r}, the rule gives {want!r}")
+            override = r["enabled_override"]
+            enabled = (r["recommendation"] == "enable") if override is None else override
+            if r["enabled"] != enabled:
+                bad.append(f"{sid}: enabled {r['enabled']} (recommendation {r['recommendation']}, override {override})")
+    for r in rows:  # the README's invariants for enabled-by-recommendation rows, stated directly
+        if r["recommendation"] == "enable" and not (
+            r["n_with"] >= rules["min_sample"]
+            and not any(missing(r[c]) for c in ("lift", "lift_ci_low", "q_value"))
+            and r["lift"] >= rules["min_lift"]
+            and r["lift_ci_low"] > 1
+            and r["q_value"] <= rules["fdr_alpha"]
+        ):
+            bad.append(f"{r['signal_id']}: enabled by recommendation without meeting min_sample/min_lift/CI/q")
+    return bad
+
+
+def check_projected_arr(row: dict, acv: float, span_days: float) -> list[str]:
+    """Sign of projected ARR, and ARR per conversion = acv when the signal has no conversion."""
+    if missing(row["rate_with"]) or missing(row["rate_without"]) or missing(row["projected_arr"]):
+        return []
+    diff = row["rate_with"] - row["rate_without"]
+    per_year = row["n_with"] * 365.0 / span_days
+    if row["conversions_with"] == 0:
+        return [] if close(row["projected_arr"], diff * per_year * acv) else [f"{row['signal_id']}: projected_arr"]
+    if diff != 0 and np.sign(row["projected_arr"]) != np.sign(diff):
+        return [f"{row['signal_id']}: projected_arr {row['projected_arr']} has the wrong sign for {diff}"]
+    return []
+
+
+def temporal_split(cohort_totals: pl.DataFrame, holdout_fraction: float) -> tuple[list[str], list[str]]:
+    """(discovery, holdout) cohort months: the holdout is the shortest run of latest months holding at least
+    `holdout_fraction` of the eligible accounts (README step 1); at least one month stays in discovery."""
+    months = cohort_totals.sort("cohort_month")
+    labels, n = months.get_column("cohort_month").to_list(), months.get_column("n_total").to_list()
+    k, held = 0, 0
+    while k < len(n) - 1 and held < holdout_fraction * sum(n):
+        k += 1
+        held += n[-k]
+    return labels[: len(labels) - k], labels[len(labels) - k :]
+
+
+def months_span_days(months: list[str]) -> float:
+    """Days covered by the calendar months from the first to the last of `months` (YYYY-MM), 365/12 each."""
+    if not months:
+        return 365.0
+    (y0, m0), (y1, m1) = (map(int, min(months).split("-")), map(int, max(months).split("-")))
+    return ((y1 - y0) * 12 + m1 - m0 + 1) * 365.0 / 12.0
+
+
+def check_signals(
+    frame: pl.DataFrame, cohort_totals: pl.DataFrame, rules: dict, holdout_fraction: float, acv: float
+) -> list[str]:
+    """Every problem found in `frame` (the discovered and custom rows of beton.signals of one run).
+
+    `cohort_totals` has one row per eligible cohort month: `cohort_month` (YYYY-MM), `n_total`,
+    `conversions_total`. Returns messages (empty when every row is consistent)."""
+    rows = frame.to_dicts()
+    totals = {r["cohort_month"]: (r["n_total"], r["conversions_total"]) for r in cohort_totals.to_dicts()}
+    discovery, holdout = temporal_split(cohort_totals, holdout_fraction)
+    holdout_accounts = sum(totals[m][0] for m in holdout)
+    holdout_conversions = sum(totals[m][1] for m in holdout)
+    bad = [
+        f"{r['signal_id']}: holdout_n_total {r['holdout_n_total']}, the holdout months {holdout} hold {holdout_accounts}"
+        for r in rows
+        if r["holdout_n_total"] != holdout_accounts
+    ]
+    span_days = months_span_days(discovery)
+    for r in rows:
+        months = discovery[1::2] if r["kind"] == "pair" else discovery
+        n_months = sum(totals[m][0] for m in months)
+        conv_months = sum(totals[m][1] for m in months)
+        if (r["n_with"] + r["n_without"], r["conversions_with"] + r["conversions_without"]) != (n_months, conv_months):
+            bad.append(
+                f"{r['signal_id']}: counts add up to {r['n_with'] + r['n_without']} accounts / "
+                f"{r['conversions_with'] + r['conversions_without']} conversions, its months "
+                f"({'odd discovery' if r['kind'] == 'pair' else 'discovery'}) hold {n_months} / {conv_months}"
+            )
+        bad += check_row_statistics(r)
+        bad += check_holdout(r, holdout_conversions)
+        bad += check_projected_arr(r, acv, span_days)
+    bad += check_q_values(rows)
+    bad += check_recommendations(rows, rules)
+    return bad
+
+
+# ------------------------------------------------------------------------------------------------
+# The session's warehouse
+# ------------------------------------------------------------------------------------------------
+def read_run(warehouse) -> tuple[pl.DataFrame, pl.DataFrame]:
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        frame = con.sql("select * from beton.signals where source in ('discovered', 'custom')").pl()
+        totals = con.sql(
+            """
+            select c.cohort_month, any_value(c.n_total) as n_total, any_value(c.conversions_total) as conversions_total
+            from beton.signal_cohort_counts c
+            where c.cohort_month in (
+                select distinct strftime(cohort_month, '%Y-%m') from marts.account_outcomes where is_eligible
+            )
+            group by 1 order by 1
+            """
+        ).pl()
+    return frame, totals
+
+
+def settings_rules() -> tuple[dict, float, float]:
+    cfg = load_settings()
+    t = cfg.thresholds
+    rules = {"fdr_alpha": t.fdr_alpha, "min_sample": t.min_sample, "min_lift": t.min_lift}
+    return rules, cfg.windows.holdout_fraction, cfg.discovery_config().acv
+
+
+@pytest.fixture(scope="module")
+def run(pipeline_run):
+    return read_run(pipeline_run.warehouse)
+
+
+def test_every_signals_row_recomputes(run):
+    frame, totals = run
+    assert frame.height > 0 and totals.height > 0
+    assert frame.filter(pl.col("kind") == "pair").height > 0, "the demo should test pairs"
+    assert frame.filter(pl.col("method").str.starts_with("Fisher")).height > 0, "the demo should need Fisher"
+    rules, holdout_fraction, acv = settings_rules()
+    problems = check_signals(frame, totals, rules, holdout_fraction, acv)
+    assert not problems, f"{len(problems)} problem(s) in beton.signals ({frame.height} rows):\n" + "\n".join(
+        problems[:20]
+    )
+
+
+def perturbed(frame: pl.DataFrame, column: str, where: pl.Expr, change) -> pl.DataFrame:
+    index = frame.with_row_index().filter(where).get_column("index")[0]
+    return frame.with_columns(
+        pl.when(pl.int_range(pl.len()) == index).then(change(pl.col(column))).otherwise(pl.col(column)).alias(column)
+    )
+
+
+@pytest.mark.parametrize(
+    ("column", "where", "change"),
+    [
+        ("rate_with", pl.col("n_with") > 0, lambda c: c * (1 + 1e-8)),
+        ("lift", pl.col("lift").is_not_null(), lambda c: c * (1 + 1e-8)),
+        ("lift_ci_low", pl.col("method").str.contains("Haldane"), lambda c: c * (1 + 1e-8)),
+        ("lift_ci_high", pl.col("lift_ci_high").is_not_null(), lambda c: c * (1 - 1e-8)),
+        ("p_value", pl.col("method").str.starts_with("Fisher") & (pl.col("p_value") < 0.5), lambda c: c * (1 + 1e-8)),
+        ("p_value", pl.col("method").str.starts_with("z-test"), lambda c: c * (1 - 1e-8)),
+        ("q_value", pl.col("q_value") < 0.5, lambda c: c * (1 + 1e-8)),
+        ("holdout_lift", pl.col("holdout_lift").is_not_null(), lambda c: c * (1 + 1e-8)),
+        ("holdout_p_value", pl.col("holdout_p_value").is_not_null(), lambda c: c * (1 + 1e-8)),
+        ("conversions_without", pl.col("conversions_without") > 0, lambda c: c - 1),
+        ("n_without", pl.col("kind") == "pair", lambda c: c + 1),
+        ("holdout_conversions_with", pl.col("holdout_conversions_with") > 0, lambda c: c - 1),
+        ("is_family_best", pl.col("recommendation") == "enable", lambda c: ~c),
+        ("recommendation", pl.col("recommendation") == "review", lambda c: pl.lit("enable")),
+        ("enabled", pl.col("recommendation") == "enable", lambda c: ~c),
+        ("method", pl.col("method").str.starts_with("z-test"), lambda c: pl.lit("Fisher exact; ") + c),
+    ],
+)
+def test_the_checker_reports_one_perturbed_value(run, column, where, change):
+    """The check can fail: one value of one row of a copy of the session's table, moved by 1e-8 or so, is reported."""
+    frame, totals = run
+    rules, holdout_fraction, acv = settings_rules()
+    problems = check_signals(perturbed(frame, column, where, change), totals, rules, holdout_fraction, acv)
+    assert problems, f"perturbing {column} went unnoticed"
+
+
+def test_q_values_over_a_smaller_family_are_reported(run):
+    """Benjamini–Hochberg over the discovered rows only (leaving out the custom signals) is not the documented family."""
+    frame, totals = run
+    custom = frame.get_column("source") == "custom"
+    assert custom.any(), "the demo project has custom signals in signals/"
+    discovered = frame.filter(~custom)
+    q = multipletests(discovered.get_column("p_value").to_numpy(), method="fdr_bh")[1]
+    wrong = pl.concat([discovered.with_columns(pl.Series("q_value", q)), frame.filter(custom)])
+    rules, holdout_fraction, acv = settings_rules()
+    problems = check_signals(wrong, totals, rules, holdout_fraction, acv)
+    assert any("Benjamini-Hochberg over" in p for p in problems), problems[:3]
+
+
+def test_the_statistics_against_textbook_values():
+    """Anchors for the helpers on hand-made tables: Fisher's tea-tasting table, a z-test by hand, a Katz CI."""
+    tea = table_stats(3, 4, 1, 4, 0.95)
+    assert tea["test"] == "Fisher exact" and math.isclose(tea["p_value"], 34 / 70, rel_tol=1e-12)
+    big = table_stats(60, 200, 100, 800, 0.95)
+    p1, p2, pooled = 60 / 200, 100 / 800, 160 / 1000
+    z = (p1 - p2) / math.sqrt(pooled * (1 - pooled) * (1 / 200 + 1 / 800))
+    assert big["test"] == "z-test (pooled)" and math.isclose(big["p_value"], math.erfc(z / math.sqrt(2)), rel_tol=1e-9)
+    se = math.sqrt(1 / 60 - 1 / 200 + 1 / 100 - 1 / 800)
+    assert math.isclose(big["lift_ci_low"], 2.4 * math.exp(-1.959963984540054 * se), rel_tol=1e-9)
+    zero = table_stats(0, 50, 10, 500, 0.95)  # Haldane: 0.5/51 vs 10.5/501
+    assert zero["lift"] == 0.0 and zero["haldane"]
+    se0 = math.sqrt(1 / 0.5 - 1 / 51 + 1 / 10.5 - 1 / 501)
+    assert math.isclose(
+        zero["lift_ci_high"], (0.5 / 51) / (10.5 / 501) * math.exp(1.959963984540054 * se0), rel_tol=1e-9
+    )
+
+
+def test_the_checker_on_a_hand_made_run():
+    """A two-row run built by hand passes; a 1e-8 change of one q-value fails it."""
+    totals = pl.DataFrame(
+        {"cohort_month": ["2025-01", "2025-02"], "n_total": [1000, 500], "conversions_total": [160, 80]}
+    )
+
+    def row(sid, a, n1, ha, hn1):
+        s = table_stats(a, n1, 160 - a, 1000 - n1, 0.95)
+        h = table_stats(ha, hn1, 80 - ha, 500 - hn1, 0.95)
+        return {
+            "signal_id": sid, "candidate_key": sid, "kind": "event", "family": sid, "source": "discovered",
+            "n_with": n1, "conversions_with": a, "n_without": 1000 - n1, "conversions_without": 160 - a,
+            **{k: s[k] for k in ("rate_with", "rate_without", "lift", "lift_ci_low", "lift_ci_high", "p_value")},
+            "holdout_n_with": hn1, "holdout_conversions_with": ha, "holdout_n_total": 500,
+            "holdout_lift": h["lift"], "holdout_lift_ci_low": h["lift_ci_low"],
+            "holdout_lift_ci_high": h["lift_ci_high"], "holdout_p_value": h["p_value"],
+            "method": f"{s['test']}; lift CI: Katz log; q: Benjamini-Hochberg over 2 candidates (discovered and custom)",
+            "confidence_level": 0.95, "projected_arr": None, "part_a_id": None, "part_b_id": None,
+            "enabled_override": None,
+        }  # fmt: skip
+
+    rows = [row("sig_a", 60, 200, 30, 100), row("sig_b", 20, 150, 8, 80)]
+    q = multipletests([r["p_value"] for r in rows], method="fdr_bh")[1]
+    for r, qv in zip(rows, q, strict=True):
+        r["q_value"] = float(qv)
+        r["recommendation"] = (
+            "enable"
+            if qualifies(r, {"fdr_alpha": 0.05, "min_sample": 30, "min_lift": 1.3})
+            else ("review" if r["q_value"] <= 0.05 and r["lift"] > 1 else "reject")
+        )
+        r["enabled"], r["is_family_best"], r["alternatives"] = r["recommendation"] == "enable", True, json.dumps([])
+    assert [r["recommendation"] for r in rows] == ["enable", "reject"]
+    frame = pl.DataFrame(rows, infer_schema_length=None)
+    rules = {"fdr_alpha": 0.05, "min_sample": 30, "min_lift": 1.3}
+    assert check_signals(frame, totals, rules, 0.3, 12_000.0) == []
+    wrong = perturbed(frame, "q_value", pl.col("signal_id") == "sig_b", lambda c: c * (1 + 1e-8))
+    assert any("sig_b: q_value" in p for p in check_signals(wrong, totals, rules, 0.3, 12_000.0))
