@@ -1,5 +1,6 @@
 """The `beton` command (README, "The beton command"). Every subcommand has --help and exits
-non-zero with a one-line reason on error."""
+non-zero with a one-line reason on error; a failed `beton run` with a short paragraph (each failed
+check or step, its numbers and what to change), never a stack trace."""
 
 from __future__ import annotations
 

@@ -153,7 +153,9 @@ def build_freshness_check(spec: TableSpec) -> dg.AssetChecksDefinition:
     `raw_events` when both run, since the events set the as-of."""
     key = dg.AssetKey(f"raw_{spec.name}")
     max_lag_default = (
-        f"off for an {spec.role} table" if spec.max_lag_days is None else f"{spec.max_lag_days:g} days for an {spec.role} table"
+        f"off for an {spec.role} table"
+        if spec.max_lag_days is None
+        else f"{spec.max_lag_days:g} days for an {spec.role} table"
     )
 
     @dg.asset_check(
