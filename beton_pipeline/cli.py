@@ -1,5 +1,6 @@
 """The `beton` command (README, "The beton command"). Every subcommand has --help and exits
-non-zero with a one-line reason on error."""
+non-zero with a one-line reason on error; a failed `beton run` with a short paragraph (each failed
+check or step, its numbers and what to change), never a stack trace."""
 
 from __future__ import annotations
 
@@ -28,6 +29,13 @@ out = Console(soft_wrap=True)
 
 def _fail(message: str) -> None:
     sys.stderr.write(f"error: {' '.join(message.split())}\n")  # one line, whatever the terminal width
+    raise typer.Exit(code=1)
+
+
+def _fail_paragraph(message: str) -> None:
+    """A short paragraph whose lines are kept (one per failed check or step); each line's spacing is tidied."""
+    lines = [" ".join(line.split()) for line in message.splitlines() if line.strip()]
+    sys.stderr.write("error: " + "\n  ".join(lines) + "\n")
     raise typer.Exit(code=1)
 
 
@@ -82,7 +90,7 @@ def run() -> None:
     except SettingsError as exc:
         _fail(str(exc))
     _ensure_dagster_home()
-    from beton_pipeline.runner import run_pipeline
+    from beton_pipeline.runner import RunFailedError, run_pipeline
 
     stages = ["ingest + dbt", "cohort counts", "discovery", "backtests", "health + scores", "playbooks + readouts"]
     try:
@@ -104,6 +112,8 @@ def run() -> None:
 
             summary = run_pipeline(instance, on_stage=on_stage)
             bar.update(task, completed=len(stages), description="beton run: done")
+    except RunFailedError as exc:  # what failed, the numbers, what to change; the event log has the rest
+        _fail_paragraph(str(exc))
     except Exception as exc:  # one line for the user; the Dagster event log has the rest
         _fail(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     _print_summary(summary)

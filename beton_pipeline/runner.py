@@ -7,7 +7,10 @@ instance, so they show in the UI like scheduled ones.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -63,13 +66,82 @@ class RunSummary:
 
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-"""Console logging for in-process runs: warnings and errors only (the event log keeps everything)."""
+"""Console logging for in-process runs: warnings only (the event log keeps everything)."""
+
+
+@dg.logger(
+    config_schema={"log_level": dg.Field(str, is_required=False, default_value="WARNING")},
+    description="`beton run`'s terminal: warnings (e.g. quarantined rows), never errors or stack traces.",
+)
+def terminal_logger(init_context: dg.InitLoggerContext) -> logging.Logger:
+    """Dagster's console logger prints each failed step with its stack trace and an error line per skipped
+    step; `beton run` instead ends with one `RunFailedError` paragraph, so records of level ERROR and above
+    stay in the event log only. Warnings are printed as Dagster prints them."""
+    level = logging.getLevelName(init_context.logger_config["log_level"].upper())
+    logger = logging.Logger("dagster", level=level if isinstance(level, int) else logging.WARNING)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s - dagster - %(levelname)s - %(message)s", "%Y-%m-%d %H:%M:%S"))
+    handler.addFilter(lambda record: record.levelno < logging.ERROR)
+    logger.addHandler(handler)
+    return logger
+
+
+class RunFailedError(Exception):
+    """A run of `beton run` failed. The message is for people: a short paragraph saying what failed, with
+    its numbers and what to change (a failed check's description says that); the Dagster event log of the
+    run keeps the detail and any stack trace."""
+
+
+MAX_ERROR_LINES = 6
+"""Lines of a failed step's error message shown in a `RunFailedError` (the event log has all of it)."""
+
+
+def failure_paragraph(job_name: str, result: dg.ExecuteInProcessResult) -> str:
+    """Why a run failed, for people: each failed blocking check (the asset, the check and its description,
+    which for the ingest checks names the table, the numbers, the limit and the setting), else each failed
+    step's error, and where the detail is."""
+    failed_checks = [
+        e
+        for e in result.get_asset_check_evaluations()
+        if not e.passed and e.blocking and e.severity == dg.AssetCheckSeverity.ERROR
+    ]
+    where = f"(the Dagster event log of run {result.run_id} has the detail)"
+    if failed_checks:
+        noun = "check" if len(failed_checks) == 1 else f"{len(failed_checks)} checks"
+        lines = [f"{job_name}: a blocking {noun} failed, so nothing that depends on it ran {where}:"]
+        lines += [
+            f"- check '{e.check_name}' on {e.asset_key.to_user_string()}: {_check_text(e)}" for e in failed_checks
+        ]
+        return "\n".join(lines)
+    lines = []
+    for event in result.get_step_failure_events():
+        error = event.step_failure_data.error if event.step_failure_data else None
+        while error is not None and error.cause is not None and (error.cls_name or "").startswith("Dagster"):
+            error = error.cause  # a framework wrapper around the user code's error: show the user's
+        text = re.sub(r"^[\w.]+\.(\w+): ", r"\1: ", (error.message if error else "").strip()) or "failed (no message)"
+        head, *rest = text.splitlines()
+        body = [head, *[line for line in rest if line.strip()][: MAX_ERROR_LINES - 1]]
+        lines.append(f"- step {event.step_key}: " + "\n  ".join(body))
+    if not lines:
+        run_failure = result.get_run_failure_event()
+        lines.append(f"- {run_failure.message if run_failure else 'the run did not succeed'}")
+    return "\n".join([f"{job_name} failed {where}:", *lines])
+
+
+def _check_text(evaluation: dg.AssetCheckEvaluation) -> str:
+    """A failed check's description, else its first few metadata values (e.g. a dbt test's failed rows)."""
+    if evaluation.description:
+        return evaluation.description
+    values = [f"{k} {getattr(v, 'value', v)}" for k, v in list(evaluation.metadata.items())[:4]]
+    return "failed" + (f" ({', '.join(values)})" if values else "")
 
 
 def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, **kwargs) -> None:
-    result = job.execute_in_process(instance=instance, raise_on_error=True, run_config=QUIET, **kwargs)
-    if not result.success:  # raise_on_error covers step failures; this covers the rest
-        raise RuntimeError(f"run {result.run_id} of {job.name} failed")
+    """One in-process run; a failure raises `RunFailedError` with a paragraph for people, never a trace."""
+    job = job.with_logger_defs({"console": terminal_logger})
+    result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET, **kwargs)
+    if not result.success:
+        raise RunFailedError(failure_paragraph(job.name, result))
 
 
 def run_pipeline(

@@ -133,7 +133,9 @@ class FreshnessSettings(_Strict):
         default_factory=dict,
         description=(
             "Per source table: days its newest row may trail the as-of (latest event or windows.as_of); "
-            "null = no check. Unlisted tables: events 3, others 35."
+            "null = no check. Unlisted tables keep their contract default by role (TableSpec.role): events 3; "
+            "other activity tables (invoices, deal stage changes, intent signals) 35; entity tables (customers, "
+            "subscriptions, companies, people, deals) no check."
         ),
     )
     max_age_days: float | None = Field(

@@ -7,7 +7,7 @@ table's files as text, checks every row against its spec in SQL, loads the valid
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 ColumnKind = Literal["string", "timestamp", "integer", "number", "json", "currency"]
@@ -31,10 +31,20 @@ class Column:
     lower: bool = False
 
 
-DEFAULT_MAX_LAG_DAYS = 35.0
-"""How many days a table's newest row may trail the as-of time before the table counts as stale. A
-month and a few days: a Stripe invoice export has at least one invoice a month, and a CRM export that
-stopped longer ago than that silently drops every account that started since."""
+TableRole = Literal["activity", "entity"]
+"""What a table's newest row says about the export.
+
+* `activity`: rows of something that keeps happening while the product is used (events, invoices,
+  deal stage changes, intent signals). When the newest one trails the as-of by weeks, the export has
+  most likely stopped: the lag is a staleness signal and has a default limit.
+* `entity`: rows of created things (customers, companies, people, subscriptions, deals), dated by
+  their creation. A few quiet weeks without a new one is normal (a holiday, a sales-led quarter), not
+  a stale export: no lag limit by default (one can be set per table in `freshness.max_lag_days`).
+"""
+
+ACTIVITY_MAX_LAG_DAYS = 35.0
+"""How many days the newest row of an activity table may trail the as-of time before the table counts
+as stale. A month and a few days: a Stripe invoice export has at least one invoice a month."""
 
 EVENTS_MAX_LAG_DAYS = 3.0
 """The events may trail `windows.as_of` (when it is set) by this much: a weekend of export delay."""
@@ -44,9 +54,10 @@ EVENTS_MAX_LAG_DAYS = 3.0
 class TableSpec:
     """One source table: its name (the file stem), whether the directory must have it, its columns and key.
 
-    `freshness_column` is the timestamp whose newest value says how current the table is;
-    `max_lag_days` the default for how far that may trail the as-of time (the latest event, or
-    `windows.as_of`) before the table is stale (None: never).
+    `freshness_column` is the timestamp whose newest value says how current the table is; `role` what
+    that says (`TableRole`). `max_lag_days` is the default for how far that may trail the as-of time (the
+    latest event, or `windows.as_of`) before the table is stale: `activity_max_lag_days` for an activity
+    table, None (no lag check) for an entity table. `freshness.max_lag_days` in beton.yaml overrides it.
     """
 
     name: str
@@ -54,7 +65,13 @@ class TableSpec:
     required: bool
     key: tuple[str, ...] | None = None
     freshness_column: str | None = None
-    max_lag_days: float | None = DEFAULT_MAX_LAG_DAYS
+    role: TableRole = field(kw_only=True)  # stated for every table: no silent default
+    activity_max_lag_days: float = field(default=ACTIVITY_MAX_LAG_DAYS, kw_only=True)
+
+    @property
+    def max_lag_days(self) -> float | None:
+        """The default lag limit in days (None: no lag check), by role."""
+        return self.activity_max_lag_days if self.role == "activity" else None
 
     @property
     def raw_table(self) -> str:
@@ -91,7 +108,8 @@ TABLES: tuple[TableSpec, ...] = (
         required=True,
         key=("uuid",),
         freshness_column="timestamp",
-        max_lag_days=EVENTS_MAX_LAG_DAYS,
+        role="activity",
+        activity_max_lag_days=EVENTS_MAX_LAG_DAYS,
     ),
     TableSpec(
         "crm_companies",
@@ -106,6 +124,7 @@ TABLES: tuple[TableSpec, ...] = (
         required=True,
         key=("record_id",),
         freshness_column="created_at",
+        role="entity",
     ),
     TableSpec(
         "crm_people",
@@ -118,6 +137,7 @@ TABLES: tuple[TableSpec, ...] = (
         required=True,
         key=("record_id",),
         freshness_column="created_at",
+        role="entity",
     ),
     TableSpec(
         "crm_deals",
@@ -136,6 +156,7 @@ TABLES: tuple[TableSpec, ...] = (
         required=False,
         key=("record_id",),
         freshness_column="created_at",
+        role="entity",
     ),
     TableSpec(
         "crm_deal_stage_changes",
@@ -147,6 +168,7 @@ TABLES: tuple[TableSpec, ...] = (
         ),
         required=False,
         freshness_column="changed_at",
+        role="activity",
     ),
     TableSpec(
         "billing_customers",
@@ -159,6 +181,7 @@ TABLES: tuple[TableSpec, ...] = (
         required=True,
         key=("id",),
         freshness_column="created",
+        role="entity",
     ),
     TableSpec(
         "billing_subscriptions",
@@ -176,6 +199,7 @@ TABLES: tuple[TableSpec, ...] = (
         required=True,
         key=("id",),
         freshness_column="created",
+        role="entity",
     ),
     TableSpec(
         "billing_invoices",
@@ -192,6 +216,7 @@ TABLES: tuple[TableSpec, ...] = (
         required=True,
         key=("id",),
         freshness_column="created",
+        role="activity",
     ),
     TableSpec(
         "intent_signals",
@@ -204,6 +229,7 @@ TABLES: tuple[TableSpec, ...] = (
         ),
         required=False,
         freshness_column="occurred_at",
+        role="activity",
     ),
 )
 

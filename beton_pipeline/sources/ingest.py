@@ -519,7 +519,9 @@ def freshness_limits(freshness: FreshnessLimits, spec: TableSpec) -> tuple[float
     """(max_lag_days, max_age_days) of one table under the `freshness` settings.
 
     `freshness.max_lag_days` maps table names to days (null: no lag check); a table not listed keeps its
-    contract default `spec.max_lag_days` (3 days for the events, 35 for every other table).
+    contract default `spec.max_lag_days`, by its role: 3 days for the events, 35 for the other activity
+    tables (invoices, deal stage changes, intent signals), none for the entity tables (customers,
+    companies, people, subscriptions, deals: a quiet month without a new one is not a stale export).
     `freshness.max_age_days` (days, null: off) applies to the events only.
     """
     lags = freshness.max_lag_days
@@ -547,6 +549,13 @@ class SourceFreshness:
     max_lag_days: float | None
     max_age_days: float | None
 
+    AGE_SETTING = "freshness.max_age_days"
+
+    @property
+    def lag_setting(self) -> str:
+        """The beton.yaml key that sets this table's lag limit."""
+        return f"freshness.max_lag_days.{self.table}"
+
     @property
     def lag_days(self) -> float | None:
         if self.newest is None or self.as_of is None:
@@ -569,12 +578,14 @@ class SourceFreshness:
             elif self.lag_days > self.max_lag_days:
                 out.append(
                     f"{self.table}: newest {self.column} {self.newest:%Y-%m-%d %H:%M} is {self.lag_days:.1f} days "
-                    f"behind the as-of {self.as_of:%Y-%m-%d %H:%M} (freshness.max_lag_days: {self.max_lag_days:g})"
+                    f"behind the as-of {self.as_of:%Y-%m-%d %H:%M}, over the limit of {self.max_lag_days:g} days; "
+                    f"if the export is not stale, set {self.lag_setting} in beton.yaml to more days (null: no check)"
                 )
         if self.max_age_days is not None and self.age_days > self.max_age_days:
             out.append(
                 f"{self.table}: newest {self.column} {self.newest:%Y-%m-%d %H:%M} is {self.age_days:.1f} days "
-                f"old (freshness.max_age_days: {self.max_age_days:g})"
+                f"old by the wall clock, over the limit of {self.max_age_days:g} days; if the export is not stale, "
+                f"set {self.AGE_SETTING} in beton.yaml to more days (null: no check)"
             )
         return tuple(out)
 

@@ -1,6 +1,7 @@
-"""Ingest asset checks, materialised in-process on small source directories: they pass on good data,
-and a stale billing table or an empty required table fails (with the lag in the metadata) and stops
-what depends on it."""
+"""Ingest asset checks, materialised in-process on small source directories: they pass on good data
+(also when the entity tables trail the events by weeks), and a stale activity table, an entity table
+over a limit set in beton.yaml, or an empty required table fails (with the lag, the limit and the
+setting in the description and metadata) and stops what depends on it."""
 
 import shutil
 from datetime import datetime, timedelta
@@ -94,9 +95,12 @@ def test_stale_billing_fails_with_its_lag_and_blocks_downstream(tmp_path):
     assert check.metadata["lag_days"].value == pytest.approx(lag, abs=1e-3)
     assert check.metadata["max_lag_days"].value == 35.0
     assert check.description == (
-        "billing_invoices: newest created 2024-12-01 00:00 is 66.5 days behind the as-of 2025-02-05 11:00 "
-        "(freshness.max_lag_days: 35)"
+        "billing_invoices: newest created 2024-12-01 00:00 is 66.5 days behind the as-of 2025-02-05 11:00, "
+        "over the limit of 35 days; if the export is not stale, set freshness.max_lag_days.billing_invoices "
+        "in beton.yaml to more days (null: no check)"
     )
+    assert check.metadata["table"].value == "billing_invoices"
+    assert check.metadata["setting"].value == "freshness.max_lag_days.billing_invoices (beton.yaml)"
     # The other tables are fine; what depends on billing does not run on stale data.
     failed = {k for k, c in _checks(result).items() if not c.passed}
     assert failed == {"raw_billing_invoices:fresh"}
@@ -157,6 +161,88 @@ def test_windows_as_of_is_the_reference_and_the_events_may_trail_it_three_days(t
     assert "raw_billing_invoices:fresh" not in checks and "raw_billing_invoices:has_rows" in checks
 
 
+ENTITY_LAG = timedelta(days=50)
+"""How far the entity tables trail the newest event below: the 44–50 days of real exports whose newest
+billing customer was that much older than the newest event."""
+
+
+def _entity_tables_behind_the_events(src: Path) -> datetime:
+    """Rewrite the fixture's billing customers, subscriptions and CRM companies so that the newest of each
+    was created `ENTITY_LAG` before the newest event (a quiet month and a half of sign-ups); returns that time."""
+    created = LATEST_EVENT - ENTITY_LAG
+    epoch = int((created - datetime(1970, 1, 1)) / timedelta(seconds=1))
+    (src / "billing_customers.jsonl").write_text(
+        f'{{"id": "cus_1", "email": "ada@acme.io", "created": {epoch - 86400}, "metadata": {{"company_domain": "acme.io"}}}}\n'
+        f'{{"id": "cus_2", "email": "cat@hooli.xyz", "created": {epoch}, "metadata": {{}}}}\n'
+    )
+    (src / "billing_subscriptions.csv").write_text(
+        "id,customer,status,created,trial_end,canceled_at,plan_amount,plan_interval,currency\n"
+        f"sub_1,cus_1,active,{epoch - 86400},1739609600,,4900,month,usd\n"
+        f"sub_2,cus_2,canceled,{epoch},1739609600,1740000000,49000,year,usd\n"
+    )
+    iso = f"{created:%Y-%m-%dT%H:%M:%SZ}"
+    (src / "crm_companies.csv").write_text(
+        "record_id,name,domain,employee_count,industry,created_at\n"
+        "rec-acme,Acme,ACME.io,120,Fintech,2024-12-01T00:00:00Z\n"
+        "rec-globex,Globex,globex.com,45,Retail,2024-11-15\n"
+        f"rec-hooli,Hooli,hooli.xyz,,Software,{iso}\n"
+    )
+    return created
+
+
+def test_entity_tables_weeks_behind_the_events_pass_by_default(tmp_path):
+    """Customers, subscriptions and companies are dated by their creation: 50 days without a new one is a
+    quiet stretch, not a stale export, so by default it fails nothing and the run goes on."""
+    src = _source(tmp_path)
+    created = _entity_tables_behind_the_events(src)
+    result = _materialize(tmp_path, src)
+    checks = _checks(result)
+    assert result.success, [(k, c.description) for k, c in checks.items() if not c.passed]
+    assert all(c.passed for c in checks.values())
+    assert "downstream_of_billing_and_people" in _materialized(result)
+    for table in ("billing_customers", "billing_subscriptions", "crm_companies"):
+        fresh = checks[f"raw_{table}:fresh"]
+        assert fresh.metadata["newest"].value == created.isoformat(sep=" ")
+        assert fresh.metadata["lag_days"].value == pytest.approx(50.0, abs=1e-3)
+        assert fresh.metadata["max_lag_days"].value == "off", table
+        assert fresh.description.endswith("50.0 days behind the as-of")
+
+
+def test_a_limit_set_on_an_entity_table_blocks(tmp_path):
+    src = _source(tmp_path)
+    _entity_tables_behind_the_events(src)
+    result = _materialize(tmp_path, src, "freshness:\n  max_lag_days: {billing_customers: 30}\n")
+    assert not result.success
+    checks = _checks(result)
+    assert {k for k, c in checks.items() if not c.passed} == {"raw_billing_customers:fresh"}
+    check = checks["raw_billing_customers:fresh"]
+    assert check.severity == dg.AssetCheckSeverity.ERROR and check.blocking
+    assert check.metadata["max_lag_days"].value == 30.0
+    assert check.description == (
+        "billing_customers: newest created 2024-12-17 11:00 is 50.0 days behind the as-of 2025-02-05 11:00, "
+        "over the limit of 30 days; if the export is not stale, set freshness.max_lag_days.billing_customers "
+        "in beton.yaml to more days (null: no check)"
+    )
+
+
+def test_stale_events_fail_naming_the_table_lag_limit_and_setting(tmp_path):
+    src = _source(tmp_path)
+    _entity_tables_behind_the_events(src)  # do not hide the events' failure
+    result = _materialize(tmp_path, src, "windows:\n  as_of: '2025-02-15T11:00:00Z'\n")
+    assert not result.success
+    events = _checks(result)["raw_events:fresh"]
+    assert not events.passed and events.severity == dg.AssetCheckSeverity.ERROR
+    assert events.description == (
+        "events: newest timestamp 2025-02-05 11:00 is 10.0 days behind the as-of 2025-02-15 11:00, over the "
+        "limit of 3 days; if the export is not stale, set freshness.max_lag_days.events in beton.yaml to more "
+        "days (null: no check)"
+    )
+    assert events.metadata["table"].value == "events"
+    assert events.metadata["lag_days"].value == pytest.approx(10.0)
+    assert events.metadata["max_lag_days"].value == 3.0
+    assert events.metadata["setting"].value == "freshness.max_lag_days.events (beton.yaml)"
+
+
 def test_as_of_setting_follows_the_contract_timestamp_rules():
     con = duckdb.connect()
     con.execute("set TimeZone = 'UTC'")
@@ -170,10 +256,29 @@ def test_as_of_setting_follows_the_contract_timestamp_rules():
 # --- The limits and the measurement, without Dagster ------------------------------------------------
 
 
+ENTITY_TABLES = {"billing_customers", "billing_subscriptions", "crm_companies", "crm_people", "crm_deals"}
+
+
+def test_activity_tables_have_a_default_lag_limit_and_entity_tables_none():
+    roles = {spec.name: spec.role for spec in TABLES}
+    assert {name for name, role in roles.items() if role == "entity"} == ENTITY_TABLES
+    defaults = {spec.name: freshness_limits(Settings().freshness, spec)[0] for spec in TABLES}
+    assert defaults == {
+        "events": 3.0,
+        "billing_invoices": 35.0,
+        "crm_deal_stage_changes": 35.0,
+        "intent_signals": 35.0,
+        **dict.fromkeys(ENTITY_TABLES),
+    }
+
+
 def test_limits_default_to_the_contract_and_settings_override_per_table():
     events, invoices, deals = TABLES_BY_NAME["events"], TABLES_BY_NAME["billing_invoices"], TABLES_BY_NAME["crm_deals"]
+    customers = TABLES_BY_NAME["billing_customers"]
     assert freshness_limits(Settings().freshness, events) == (3.0, None)
     assert freshness_limits(Settings().freshness, invoices) == (35.0, None)
+    assert freshness_limits(Settings().freshness, customers) == (None, None)
+    assert freshness_limits(FreshnessSettings(max_lag_days={"billing_customers": 60}), customers) == (60.0, None)
     custom = FreshnessSettings(max_lag_days={"billing_invoices": 10, "crm_deals": None}, max_age_days=2)
     assert freshness_limits(custom, invoices) == (10.0, None)
     assert freshness_limits(custom, deals) == (None, None)  # null turns the lag check off
@@ -199,7 +304,8 @@ def test_freshness_rule_at_the_boundaries():
     assert _fresh(None, as_of, required=False).fresh and not _fresh(None, as_of).fresh
     old = _fresh(as_of, as_of, now=as_of + timedelta(days=10), age=7)
     assert old.problems == (
-        "billing_invoices: newest created 2025-03-01 00:00 is 10.0 days old (freshness.max_age_days: 7)",
+        "billing_invoices: newest created 2025-03-01 00:00 is 10.0 days old by the wall clock, over the limit of "
+        "7 days; if the export is not stale, set freshness.max_age_days in beton.yaml to more days (null: no check)",
     )
     assert _fresh(as_of, None).problems == (
         "billing_invoices: lag cannot be measured: no events loaded and windows.as_of is not set",

@@ -6,7 +6,10 @@ source produce quietly wrong signals:
 * `has_rows`: a required table loaded at least one row;
 * `fresh`: the table's newest row trails the as-of time (the latest event, or `windows.as_of`) by at
   most `freshness.max_lag_days`, and the newest event is at most `freshness.max_age_days` old by the
-  wall clock when that is set (see `beton_pipeline.sources.ingest.SourceFreshness`).
+  wall clock when that is set (see `beton_pipeline.sources.ingest.SourceFreshness`). By default only
+  activity tables (events, invoices, ...) have a lag limit; entity tables (customers, companies, ...)
+  have one only when beton.yaml sets it (`TableSpec.role`). A failure names the table, the lag, the
+  limit and the setting, in its description and metadata.
 
 Checks of required tables are blocking with severity ERROR; those of optional tables warn.
 """
@@ -129,6 +132,7 @@ def freshness_metadata(freshness: SourceFreshness) -> dict[str, dg.MetadataValue
         return dg.MetadataValue.text(value.isoformat(sep=" ") if value is not None else "n/a")
 
     return {
+        "table": dg.MetadataValue.text(freshness.table),
         "column": dg.MetadataValue.text(freshness.column),
         "newest": when(freshness.newest),
         "as_of": when(freshness.as_of),
@@ -136,6 +140,11 @@ def freshness_metadata(freshness: SourceFreshness) -> dict[str, dg.MetadataValue
         "max_lag_days": limit(freshness.max_lag_days),
         "age_days": days(freshness.age_days),
         "max_age_days": limit(freshness.max_age_days),
+        "setting": dg.MetadataValue.text(
+            f"{freshness.lag_setting}"
+            + (f", {freshness.AGE_SETTING}" if freshness.max_age_days is not None else "")
+            + " (beton.yaml)"
+        ),
     }
 
 
@@ -143,14 +152,18 @@ def build_freshness_check(spec: TableSpec) -> dg.AssetChecksDefinition:
     """The `fresh` check of one ingest asset (see the module docstring). It reads the warehouse, after
     `raw_events` when both run, since the events set the as-of."""
     key = dg.AssetKey(f"raw_{spec.name}")
-    max_lag_default = "off" if spec.max_lag_days is None else f"{spec.max_lag_days:g} days"
+    max_lag_default = (
+        f"off for an {spec.role} table"
+        if spec.max_lag_days is None
+        else f"{spec.max_lag_days:g} days for an {spec.role} table"
+    )
 
     @dg.asset_check(
         asset=key,
         name="fresh",
         description=(
             f"The newest `{spec.freshness_column}` trails the as-of time (latest event, or windows.as_of) by at most "
-            f"freshness.max_lag_days (default {max_lag_default})"
+            f"freshness.max_lag_days.{spec.name} (default {max_lag_default})"
             + (
                 "; and is at most freshness.max_age_days old by the wall clock (off unless set)"
                 if spec.name == "events"
