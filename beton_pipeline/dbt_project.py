@@ -38,7 +38,27 @@ beton_dbt_project = DbtProject(project_dir=PROJECT_ROOT / "dbt_project", profile
 beton_dbt_project.prepare_if_dev()
 
 
+DBT_SOURCES = ("dbt_project.yml", "models", "macros", "seeds", "data-tests", "tests")
+"""What the manifest is parsed from (files and folders of the dbt project)."""
+
+
+def manifest_is_stale(project_dir: Path, manifest_path: Path) -> bool:
+    """True when the manifest is missing or older than any file it is parsed from.
+
+    A manifest from before a `git pull` that added a model makes every dbt run fail on the new model's
+    unknown node (a KeyError inside dagster-dbt), so it is re-parsed instead."""
+    if not manifest_path.exists():
+        return True
+    built = manifest_path.stat().st_mtime
+    for name in DBT_SOURCES:
+        path = project_dir / name
+        files = [path] if path.is_file() else (p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+        if any(f.stat().st_mtime > built for f in files):
+            return True
+    return False
+
+
 def ensure_manifest() -> None:
-    """Parse the dbt project when its manifest is missing (fresh clone, before `make run`)."""
-    if not beton_dbt_project.manifest_path.exists():
+    """Parse the dbt project when its manifest is missing (fresh clone) or stale (models changed since)."""
+    if manifest_is_stale(Path(beton_dbt_project.project_dir), Path(beton_dbt_project.manifest_path)):
         beton_dbt_project.preparer.prepare(beton_dbt_project)
