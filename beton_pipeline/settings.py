@@ -259,10 +259,6 @@ class Settings(_Strict):
         """Playbooks, experiments and destinations, parsed and checked."""
         return parse_playbook_config(self.playbooks, self.experiments, self.destinations)
 
-    def property_transforms(self) -> dict[tuple[str, str], str]:
-        """(event, property) → transform of each configured property feature."""
-        return {(p.event, p.property): p.transform for p in self.discovery.property_features}
-
     def dbt_vars(self) -> dict:
         """The subset of settings the dbt models read (`--vars`)."""
         return {

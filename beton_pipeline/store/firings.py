@@ -84,18 +84,14 @@ def _signal_frames(signals: pl.DataFrame) -> dict[str, pl.DataFrame]:
     )
 
 
-def signal_firings(
-    con: duckdb.DuckDBPyConnection, signals: pl.DataFrame, property_transforms: dict[tuple[str, str], str] | None = None
-) -> pl.DataFrame:
+def signal_firings(con: duckdb.DuckDBPyConnection, signals: pl.DataFrame) -> pl.DataFrame:
     """(account_id, signal_id, fired_at) for every account with events and every signal in `signals`.
 
     `signals` has signal_id, kind, key, event, property, value, window_days, threshold and, for pairs,
     part_a_id / part_b_id (the parts' signal ids). Property values are compared after the transform
-    configured for discovery (dbt's `property_features` var, applied in `int_property_occurrences`),
-    so `property_transforms` is no longer read; it is accepted so callers need not change. A
+    configured for discovery (dbt's `property_features` var, applied in `int_property_occurrences`). A
     property signal whose (event, property) is not a configured property feature never fires.
     """
-    del property_transforms  # the transforms are dbt's (see the docstring)
     frames = _signal_frames(signals)
     singles = pl.DataFrame(schema=FIRING_SCHEMA)
     if any(frame.height for frame in frames.values()):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import duckdb
 import polars as pl
 
-from beton_pipeline.settings import Settings
 from beton_pipeline.store.firings import signal_firings
 from beton_pipeline.warehouse import table_exists
 
@@ -34,7 +33,7 @@ def enabled_signals(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     return _discovered_signals(con, "enabled")
 
 
-def enabled_firings(con: duckdb.DuckDBPyConnection, signals: pl.DataFrame, settings: Settings) -> pl.DataFrame:
+def enabled_firings(con: duckdb.DuckDBPyConnection, signals: pl.DataFrame) -> pl.DataFrame:
     """Firings (account_id, signal_id, fired_at) of `signals`; a pair's parts are evaluated too (enabled or
     not) and then dropped."""
     part_ids = (
@@ -45,5 +44,5 @@ def enabled_firings(con: duckdb.DuckDBPyConnection, signals: pl.DataFrame, setti
     if missing:
         parts = _discovered_signals(con, "signal_id in (select unnest(?))", [missing])
         scope = pl.concat([signals, parts], how="vertical_relaxed")
-    fired = signal_firings(con, scope, settings.property_transforms())
+    fired = signal_firings(con, scope)
     return fired.filter(pl.col("signal_id").is_in(signals["signal_id"].to_list()))

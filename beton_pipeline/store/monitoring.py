@@ -73,7 +73,7 @@ def compute_signal_health(con: duckdb.DuckDBPyConnection, settings: Settings, da
     first = min(days) - timedelta(days=window)
     n_days = (max(days) - first).days + 1
     accounts = con.sql(CLOSED_OUTCOMES_SQL).pl()
-    firings = enabled_firings(con, signals, settings)
+    firings = enabled_firings(con, signals)
     order = signals["signal_id"].to_list()
     member = _membership(accounts, firings, order)
     offset = (accounts["closed_on"].to_numpy().astype("datetime64[D]") - np.datetime64(first, "D")).astype(np.int64)

@@ -81,7 +81,7 @@ def compute_account_scores(con: duckdb.DuckDBPyConnection, settings: Settings, d
     if signals.is_empty():
         firings = pl.DataFrame(schema={"account_id": pl.String, "signal_id": pl.String, "fired_at": pl.Datetime("us")})
     else:
-        firings = enabled_firings(con, signals, settings)
+        firings = enabled_firings(con, signals)
     weights = (
         _weights(signals)
         if not signals.is_empty()

@@ -145,7 +145,7 @@ def warehouse(tmp_path_factory) -> Path:
 def fired(warehouse) -> dict[tuple[str, str], datetime]:
     signals = pl.DataFrame(SIGNALS, schema=SIGNAL_SCHEMA, orient="row")
     with duckdb.connect(str(warehouse), read_only=True) as con:
-        frame = signal_firings(con, signals, {})  # no transforms passed: dbt applies url_path (PROPERTY_FEATURES)
+        frame = signal_firings(con, signals)  # dbt applies url_path (PROPERTY_FEATURES)
     assert frame.schema == pl.Schema(FIRING_SCHEMA)
     assert frame.select("account_id", "signal_id").is_duplicated().sum() == 0
     return {(r["account_id"], r["signal_id"]): r["fired_at"] for r in frame.iter_rows(named=True)}
@@ -192,4 +192,4 @@ def test_pairs_fire_at_the_later_part_when_both_fired(fired):
 
 def test_no_signals_no_firings(warehouse):
     with duckdb.connect(str(warehouse), read_only=True) as con:
-        assert signal_firings(con, pl.DataFrame(schema=SIGNAL_SCHEMA), {}).is_empty()
+        assert signal_firings(con, pl.DataFrame(schema=SIGNAL_SCHEMA)).is_empty()

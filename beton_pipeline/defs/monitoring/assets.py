@@ -9,6 +9,7 @@ import polars as pl
 
 from beton_pipeline.core.formatting import fmt, fmt_estimate, markdown_table
 from beton_pipeline.defs.resources import WAREHOUSE_POOL, SettingsResource, WarehouseResource
+from beton_pipeline.store.firings import FIRING_INPUTS
 from beton_pipeline.store.monitoring import HEALTH_STATES, SignalHealth, refresh_signal_health
 from beton_pipeline.store.scoring import ScoresResult, refresh_account_scores
 
@@ -101,7 +102,7 @@ def build_monitoring_assets(days: dg.PartitionsDefinition) -> list[dg.AssetsDefi
 
     @dg.asset(
         **daily,
-        deps=["signals", "account_outcomes", "int_events_resolved", "int_account_windows"],
+        deps=["signals", "account_outcomes", *FIRING_INPUTS],
         description=SIGNAL_HEALTH_DESCRIPTION,
         check_specs=[
             dg.AssetCheckSpec(
@@ -133,7 +134,7 @@ def build_monitoring_assets(days: dg.PartitionsDefinition) -> list[dg.AssetsDefi
 
     @dg.asset(
         **daily,
-        deps=["signals", "account_outcomes", "account_features", "int_events_resolved", "int_account_windows"],
+        deps=["signals", "account_outcomes", *FIRING_INPUTS],  # FIRING_INPUTS includes account_features
         description=ACCOUNT_SCORES_DESCRIPTION,
     )
     def account_scores(
