@@ -14,6 +14,7 @@ import argparse
 import sys
 
 import duckdb
+import numpy as np
 import polars as pl
 
 VOLATILE = {
@@ -77,8 +78,6 @@ def compare(before: pl.DataFrame, after: pl.DataFrame) -> list[str]:
         x, y = a[c], b[c]
         if x.dtype.is_float() and y.dtype.is_float():
             xv, yv = x.to_numpy(), y.to_numpy()
-            import numpy as np
-
             both_nan = np.isnan(xv) & np.isnan(yv)
             close = np.isclose(xv, yv, rtol=1e-12, atol=0.0) | both_nan
             if not close.all():

@@ -52,8 +52,8 @@ def manifest_is_stale(project_dir: Path, manifest_path: Path) -> bool:
     built = manifest_path.stat().st_mtime
     for name in DBT_SOURCES:
         path = project_dir / name
-        files = [path] if path.is_file() else (p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
-        if any(f.stat().st_mtime > built for f in files):
+        files = path.rglob("*") if path.is_dir() else [path] if path.exists() else []
+        if any(f.is_file() and f.stat().st_mtime > built for f in files):
             return True
     return False
 
