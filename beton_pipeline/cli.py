@@ -151,6 +151,16 @@ def _print_summary(summary) -> None:
     out.print(f"enabled signals ({len(summary.enabled_signals)}):")
     for signal_id, definition, lift in summary.enabled_signals:
         out.print(f"  {signal_id}  lift {lift:.2f}  {definition}")
+    if summary.signal_problems:
+        out.print(
+            f"custom signals: {summary.custom_signals} tested; {len(summary.signal_problems)} file(s) left out "
+            "(fix or remove them; signals.strict: true makes this fail the run):",
+            highlight=False,
+        )
+    elif summary.custom_signals:
+        out.print(f"custom signals: {summary.custom_signals} tested (beton.signals, source = custom)", highlight=False)
+    for problem in summary.signal_problems:
+        out.print(f"  {problem}", highlight=False, markup=False)
 
 
 @signals_app.callback()

@@ -19,6 +19,7 @@ import dagster as dg
 
 from beton_pipeline.defs.partitions import cohort_months
 from beton_pipeline.settings import warehouse_path
+from beton_pipeline.store.custom_signals import read_problems
 from beton_pipeline.store.daily import data_days
 from beton_pipeline.store.tables import eligible_cohort_months
 from beton_pipeline.warehouse import connect, table_exists
@@ -63,6 +64,9 @@ class RunSummary:
     identity: dict[str, int] = field(default_factory=dict)
     accounts: dict[str, int] = field(default_factory=dict)
     enabled_signals: list[tuple[str, str, float]] = field(default_factory=list)
+    custom_signals: int = 0
+    signal_problems: list[str] = field(default_factory=list)
+    """Custom signal files left out (file, line, reason), from beton.custom_signal_problems."""
 
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -261,7 +265,11 @@ def _fill_summary(summary: RunSummary) -> None:
                     "select distinct summary from beton.experiment_readouts where summary is not null order by 1"
                 ).fetchall()
             ]
+        summary.signal_problems = read_problems(con)
         if table_exists(con, "beton", "signals"):
+            summary.custom_signals = con.sql("select count(*) from beton.signals where source = 'custom'").fetchall()[
+                0
+            ][0]
             summary.enabled_signals = con.sql(
                 "select signal_id, definition, lift from beton.signals where enabled order by q_value, lift desc"
             ).fetchall()

@@ -1,6 +1,8 @@
 """beton settings: `beton.yaml` (or the file named by `BETON_CONFIG`) validated into typed models.
 
 Every setting has a documented default, so an empty file (or no file) is a valid configuration.
+On demo data only, the demo's own playbook and experiments (`sources/demo_config/`) fill the sections
+beton.yaml leaves empty; `BETON_CONFIG` names a file that is read alone (`load_settings`).
 Secrets never live here: Slack, Attio, webhook and Postgres credentials come only from environment
 variables (see README, "Configuration").
 
@@ -25,6 +27,7 @@ from beton_pipeline.core.discovery import DiscoveryConfig
 from beton_pipeline.core.monitoring import HealthConfig
 from beton_pipeline.core.playbooks import PlaybookConfig, parse_playbook_config
 from beton_pipeline.core.scoring import ScoringConfig
+from beton_pipeline.sources import demo_config
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 """The repository root: `beton.yaml`, `dbt_project/` and the default `data/` folder live here."""
@@ -162,6 +165,17 @@ class DemoSettings(_Strict):
     seed: int = 7
 
 
+class SignalsSettings(_Strict):
+    strict: bool = Field(
+        False,
+        description=(
+            "false: a custom signal file that cannot be used (invalid YAML or SQL, an unknown key, or a name this "
+            "data does not have) is reported and left out, and the other signals and discovery run; "
+            "true: any such file fails the run."
+        ),
+    )
+
+
 class ScheduleSettings(_Strict):
     cron: str = "0 6 * * *"
     timezone: str = "UTC"
@@ -177,6 +191,7 @@ class Settings(_Strict):
     scoring: ScoringSettings = ScoringSettings()
     demo: DemoSettings = DemoSettings()
     schedule: ScheduleSettings = ScheduleSettings()
+    signals: SignalsSettings = SignalsSettings()
     playbooks: tuple[dict, ...] = ()
     experiments: tuple[dict, ...] = ()
     destinations: dict = {}
@@ -281,23 +296,67 @@ def config_path() -> Path:
 
 
 def load_settings(path: Path | str | None = None) -> Settings:
-    """Read and validate settings; a missing default file means all defaults."""
-    path = Path(path) if path else config_path()
-    if not path.exists():
-        if path == PROJECT_ROOT / "beton.yaml":
-            return Settings()
-        raise SettingsError(f"{path}: settings file not found (BETON_CONFIG)")
+    """Read and validate settings. Precedence, simplest first:
+
+    1. an explicit file (`path`, else `BETON_CONFIG`) is read alone; it must exist;
+    2. else `beton.yaml` at the project root (missing: all defaults) and, on demo data only
+       (`on_demo_data()`), the demo's settings fill the top-level sections it leaves empty or out
+       (`merge_demo_settings`).
+    """
+    explicit = Path(path) if path else (Path(os.environ["BETON_CONFIG"]) if os.environ.get("BETON_CONFIG") else None)
+    if explicit is not None:
+        if not explicit.exists():
+            raise SettingsError(f"{explicit}: settings file not found (BETON_CONFIG)")
+        return _validate(read_settings_file(explicit), explicit)
+    project = PROJECT_ROOT / "beton.yaml"
+    raw = read_settings_file(project) if project.exists() else {}
+    if on_demo_data():
+        raw = merge_demo_settings(raw, read_settings_file(demo_config.SETTINGS_FILE))
+    return _validate(raw, project)
+
+
+def read_settings_file(path: Path) -> dict:
+    """A settings file's top-level mapping (an empty file is `{}`)."""
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise SettingsError(f"{path}: not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{path}: cannot be read: {exc}") from None
     if not isinstance(raw, dict):
         raise SettingsError(f"{path}: expected a mapping at the top level")
+    return raw
+
+
+def merge_demo_settings(project: dict, demo: dict) -> dict:
+    """The project's sections win wherever they say something; the demo's fill sections left empty or out."""
+    return {**demo, **{key: value for key, value in project.items() if value not in (None, [], {})}}
+
+
+def _validate(raw: dict, path: Path) -> Settings:
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise SettingsError(f"{path}: {problems}") from None
+
+
+def on_demo_data() -> bool:
+    """Whether this run reads demo data: `BETON_SOURCE_DIR` unset (the embedded demo), or a folder `beton demo` wrote."""
+    directory = source_dir()
+    return directory is None or demo_config.is_demo_export(directory)
+
+
+def signal_dirs() -> list[Path]:
+    """The folders custom signals are loaded from, in order: `BETON_SIGNALS_DIR` alone if set; else the
+    project's `signals/`, then on demo data the demo's example signals."""
+    explicit = os.environ.get("BETON_SIGNALS_DIR")
+    if explicit:
+        return [Path(explicit).resolve()]
+    dirs = [(PROJECT_ROOT / "signals").resolve()]
+    if on_demo_data():
+        dirs.append(demo_config.SIGNALS_DIR)
+    return dirs
 
 
 def warehouse_path() -> Path:

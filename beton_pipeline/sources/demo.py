@@ -98,6 +98,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from beton_pipeline.sources.demo_config import GENERATOR as DEMO_GENERATOR
+from beton_pipeline.sources.demo_config import TRUTH_FILE as DEMO_TRUTH_FILE
+
 __all__ = ["DemoSummary", "generate_demo", "CHUNK_ACCOUNTS"]
 
 CHUNK_ACCOUNTS = 10_000
@@ -770,6 +773,7 @@ def generate_demo(
             sink.close()
 
     truth = {
+        "generator": DEMO_GENERATOR,  # marks a demo export: the demo's own settings apply to it (demo_config)
         "seed": seed,
         "n_accounts": n_accounts,
         "start_date": world.start_date.isoformat(),
@@ -789,7 +793,7 @@ def generate_demo(
             "intercept": round(_INTERCEPT, 6),
         },
     }
-    truth_path = out / "TRUTH.json"
+    truth_path = out / DEMO_TRUTH_FILE
     truth_path.write_text(json.dumps(truth, indent=2) + "\n")
     return DemoSummary(out_dir=out, n_accounts=n_accounts, n_events=rows["events"], rows=rows, truth_path=truth_path)
 

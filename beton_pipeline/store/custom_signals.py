@@ -1,9 +1,15 @@
 """Custom signals: `signals/*.yml` (conditions) and `signals/*.sql` (SQL), evaluated into account sets.
 
-* **Loading.** A YAML file is parsed and checked against what the marts hold
+* **Loading.** The folders come from `settings.signal_dirs()` (`BETON_SIGNALS_DIR`, else `signals/` and,
+  on demo data, the demo's examples). A YAML file is parsed and checked against what the marts hold
   (`core.conditions`); a SQL file holds one SELECT returning `account_id` (optionally `fired_at`),
   with optional leading comments `-- name: ...` and `-- description: ...`. Every problem names the
-  file (and, for YAML, the line and field). Two files with the same definition are an error.
+  file, the line where it can be told, the field and the nearest known name. Two files with the same
+  definition are an error.
+* **Failing alone.** A file that cannot be used (at load, or a SQL query that fails when run) is a
+  `SignalProblem`: it is left out, the others are counted, and the problems are written to
+  `beton.custom_signal_problems` (`refresh_custom_signals`). Whether that fails the run is the
+  asset's decision (`signals.strict`).
 * **Identity.** `signal_id` = `sig_` + 12 hex digits of SHA-256 of the key, where the key is
   `custom:condition:<canonical JSON>` or `custom:sql:<DuckDB's normalised SQL>`: stable across
   runs, independent of file names, comments and formatting.
@@ -21,8 +27,8 @@
 
 from __future__ import annotations
 
-import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +57,8 @@ from beton_pipeline.store.tables import read_feature_frames, replace_rows
 from beton_pipeline.warehouse import connect, table_exists
 
 CUSTOM_COUNTS_TABLE = "beton.custom_signal_cohort_counts"
+PROBLEMS_TABLE = "beton.custom_signal_problems"
+"""The signal files the last `custom_signals` materialisation left out, with the reason (one row per problem)."""
 CONDITION_PREFIX = "custom:condition:"
 SQL_PREFIX = "custom:sql:"
 SIGNAL_SUFFIXES = {".yml": "condition", ".yaml": "condition", ".sql": "sql"}
@@ -58,11 +66,6 @@ NO_FIRED_AT_NOTE = "SQL without fired_at: point in time not checked"
 EXTRA_ACCOUNT_COLUMNS = ("feature_window_end_at",) + tuple(
     c for c in ATTRIBUTE_TYPES if c not in ("industry", "employee_band", "plan_interval")
 )
-
-
-def signals_dir() -> Path:
-    """`BETON_SIGNALS_DIR` if set, else `signals/` at the project root."""
-    return Path(os.environ.get("BETON_SIGNALS_DIR") or PROJECT_ROOT / "signals").resolve()
 
 
 class CustomSignalsError(ValueError):
@@ -87,6 +90,52 @@ class CustomSignal:
     def definition(self) -> str:
         """The `beton.signals.definition` text: the name, then what it tests."""
         return f"{self.name}: {self.text}"
+
+
+@dataclass(frozen=True)
+class SignalProblem:
+    """Why one signal file was left out: `text` reads `FILE[:LINE]: [FIELD: ]reason (did you mean ...)`."""
+
+    file: str
+    line: int | None
+    text: str
+
+
+@dataclass(frozen=True)
+class CustomSignalsReport:
+    """What loading and evaluating the custom signals gave: the signals used and the files left out."""
+
+    signals: list[CustomSignal]
+    problems: list[SignalProblem]
+    directories: list[Path]
+    counts: pl.DataFrame
+
+    @property
+    def files(self) -> int:
+        """Signal files read (used or left out)."""
+        return len(self.signals) + len(self.problems)
+
+    def paragraph(self, strict: bool) -> str:
+        """The problems for people: the first line says what happened and what to change; one line per file."""
+        where = ", ".join(_display_path(d) for d in self.directories) or "no signal folder"
+        n = len(self.problems)
+        files = "file" if n == 1 else "files"
+        head = f"custom signals: {n} of {self.files} signal {files} in {where} could not be used" + (
+            " and signals.strict is true in beton.yaml, so the run stops; fix or remove them, or set "
+            "signals.strict: false to run without them:"
+            if strict
+            else f"; {'it was' if n == 1 else 'they were'} left out and the other signals ran "
+            "(signals.strict: true makes this fail the run):"
+        )
+        return "\n".join([head, *(f"- {p.text}" for p in self.problems)])
+
+
+def problems_frame(problems: Sequence[SignalProblem]) -> pl.DataFrame:
+    """Problems as rows of beton.custom_signal_problems."""
+    return pl.DataFrame(
+        {"file": [p.file for p in problems], "line": [p.line for p in problems], "problem": [p.text for p in problems]},
+        schema={"file": pl.String, "line": pl.Int64, "problem": pl.String},
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -200,32 +249,52 @@ def signal_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in SIGNAL_SUFFIXES)
 
 
+def read_signal_files(
+    directories: Path | Sequence[Path], vocab: Vocabulary
+) -> tuple[list[CustomSignal], list[SignalProblem]]:
+    """Every usable signal of `directories` (in order), and a problem for each file that is not: invalid YAML or
+    SQL, an unknown key, a name this data does not have (with the nearest known name), or a duplicate."""
+    loaded: list[CustomSignal] = []
+    problems: list[SignalProblem] = []
+    seen: dict[str, str] = {}
+    for directory in [directories] if isinstance(directories, Path) else directories:
+        for path in signal_files(directory):
+            origin = _display_path(path)
+            try:
+                signal = load_definition(
+                    path.read_text(encoding="utf-8"), origin, SIGNAL_SUFFIXES[path.suffix.lower()], vocab
+                )
+            except SignalDefinitionError as exc:
+                problems.append(SignalProblem(origin, exc.line, str(exc)))
+                continue
+            except SqlSignalError as exc:
+                problems.append(sql_problem(origin, exc))
+                continue
+            except UnicodeDecodeError:
+                problems.append(SignalProblem(origin, None, f"{origin}: not UTF-8 text"))
+                continue
+            if signal.signal_id in seen:
+                text = (
+                    f"{origin}: the same definition as {seen[signal.signal_id]} ({signal.signal_id}); keep one of them"
+                )
+                problems.append(SignalProblem(origin, None, text))
+                continue
+            seen[signal.signal_id] = origin
+            loaded.append(signal)
+    return loaded, problems
+
+
+def sql_problem(origin: str, exc: SqlSignalError) -> SignalProblem:
+    """A SQL signal's error as a problem naming its file and, when known, the line."""
+    where = f"{origin}:{exc.line}" if exc.line else origin
+    return SignalProblem(origin, exc.line, f"{where}: {exc}")
+
+
 def load_signal_files(directory: Path, vocab: Vocabulary) -> list[CustomSignal]:
     """Every signal in `directory`; raises CustomSignalsError listing every problem (file, line, field)."""
-    loaded: list[CustomSignal] = []
-    problems: list[str] = []
-    seen: dict[str, str] = {}
-    for path in signal_files(directory):
-        origin = _display_path(path)
-        try:
-            signal = load_definition(
-                path.read_text(encoding="utf-8"), origin, SIGNAL_SUFFIXES[path.suffix.lower()], vocab
-            )
-        except (SignalDefinitionError, SqlSignalError) as exc:
-            problems.append(str(exc) if isinstance(exc, SignalDefinitionError) else f"{origin}: {exc}")
-            continue
-        except UnicodeDecodeError:
-            problems.append(f"{origin}: not UTF-8 text")
-            continue
-        if signal.signal_id in seen:
-            problems.append(
-                f"{origin}: the same definition as {seen[signal.signal_id]} ({signal.signal_id}); keep one of them"
-            )
-            continue
-        seen[signal.signal_id] = origin
-        loaded.append(signal)
+    loaded, problems = read_signal_files(directory, vocab)
     if problems:
-        raise CustomSignalsError("\n".join(problems))
+        raise CustomSignalsError("\n".join(p.text for p in problems))
     return loaded
 
 
@@ -260,10 +329,16 @@ class Evaluated:
 
 
 def evaluate_custom_signals(
-    signals: list[CustomSignal], frames: FeatureFrames, warehouse: Path | None, timeout_seconds: float = 30.0
+    signals: list[CustomSignal],
+    frames: FeatureFrames,
+    warehouse: Path | None,
+    timeout_seconds: float = 30.0,
+    problems: list[SignalProblem] | None = None,
 ) -> Evaluated:
     """One boolean column per signal over `frames.accounts`: conditions on the frames, SQL in the sandbox.
 
+    A SQL signal whose query fails raises SqlSignalError naming its file; with a `problems` list, the
+    failure is appended there instead and the signal is left out of the result (the others still run).
     SQL signals open their own sandbox connection to `warehouse`: close any other connection of this
     process to the same file first (DuckDB refuses a second configuration of an open file).
     """
@@ -277,12 +352,17 @@ def evaluate_custom_signals(
         if warehouse is None:
             raise SqlSignalError("SQL signals need the warehouse file")
         window_end = frames.accounts.select("account_id", "feature_window_end_at")
+        failed: list[int] = []
         with sandbox_connection(warehouse) as con:
             for i, signal in sql_signals:
                 try:
                     result = run_sql_signal(con, signal.sql, timeout_seconds)
                 except SqlSignalError as exc:
-                    raise type(exc)(f"{signal.origin}: {exc}") from None
+                    if problems is None:
+                        raise type(exc)(f"{signal.origin}: {exc}", line=exc.line) from None
+                    problems.append(sql_problem(signal.origin, exc))
+                    failed.append(i)
+                    continue
                 ok = (
                     result.accounts.join(window_end, on="account_id", how="inner")
                     .filter(pl.col("fired_at").is_null() | (pl.col("fired_at") < pl.col("feature_window_end_at")))
@@ -291,6 +371,9 @@ def evaluate_custom_signals(
                 fired[:, i] = frames.accounts.get_column("account_id").is_in(ok.implode()).to_numpy()
                 if not result.has_fired_at:
                     notes[signal.signal_id] = NO_FIRED_AT_NOTE
+        if failed:
+            keep = [i for i in range(len(signals)) if i not in set(failed)]
+            return Evaluated(signals=[signals[i] for i in keep], fired=fired[:, keep], notes=notes)
     return Evaluated(signals=signals, fired=fired, notes=notes)
 
 
@@ -344,17 +427,20 @@ def custom_cohort_counts(evaluated: Evaluated, frames: FeatureFrames) -> pl.Data
 
 
 def compute_custom_cohort_counts(
-    warehouse: Path, settings: Settings, directory: Path, timeout_seconds: float = 30.0
-) -> tuple[list[CustomSignal], pl.DataFrame]:
-    """Load every signal file of `directory`, evaluate it on the eligible accounts, count per cohort month."""
+    warehouse: Path, settings: Settings, directories: Path | Sequence[Path], timeout_seconds: float = 30.0
+) -> CustomSignalsReport:
+    """Load every signal file of `directories`, evaluate the usable ones on the eligible accounts and count
+    them per cohort month. A file that cannot be used is a problem of the report, never an exception."""
+    dirs = [directories] if isinstance(directories, Path) else list(directories)
     with connect(warehouse, read_only=True) as con:
         vocab = read_vocabulary(con, settings)
         frames = read_account_frames(con, settings)
-    signals = load_signal_files(directory, vocab)
+    signals, problems = read_signal_files(dirs, vocab)
     if not signals:
-        return signals, pl.DataFrame()
-    evaluated = evaluate_custom_signals(signals, frames, warehouse, timeout_seconds)
-    return signals, custom_cohort_counts(evaluated, frames)
+        return CustomSignalsReport(signals, problems, dirs, pl.DataFrame())
+    evaluated = evaluate_custom_signals(signals, frames, warehouse, timeout_seconds, problems)
+    counts = custom_cohort_counts(evaluated, frames) if evaluated.signals else pl.DataFrame()
+    return CustomSignalsReport(evaluated.signals, problems, dirs, counts)
 
 
 def write_custom_cohort_counts(con: duckdb.DuckDBPyConnection, counts: pl.DataFrame) -> None:
@@ -365,14 +451,37 @@ def write_custom_cohort_counts(con: duckdb.DuckDBPyConnection, counts: pl.DataFr
         con.execute(f"delete from {CUSTOM_COUNTS_TABLE}")
 
 
-def count_custom_signals(
-    warehouse: Path, settings: Settings, directory: Path, timeout_seconds: float = 30.0
-) -> list[CustomSignal]:
-    """What the `custom_signals` asset does: load and evaluate `directory`'s signals (reading only, then the
-    sandbox), then replace beton.custom_signal_cohort_counts with their per-cohort counts. Returns the signals.
+def write_problems(con: duckdb.DuckDBPyConnection, problems: Sequence[SignalProblem]) -> None:
+    """Replace every row of beton.custom_signal_problems (no problem: the table is kept, empty)."""
+    replace_rows(con, PROBLEMS_TABLE, problems_frame(problems), "true")
 
-    Raises CustomSignalsError / SignalDefinitionError / SqlSignalError naming the file at fault."""
-    signals, counts = compute_custom_cohort_counts(warehouse, settings, directory, timeout_seconds)
+
+def read_problems(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The problems the last `custom_signals` materialisation recorded (none before the first)."""
+    if not table_exists(con, *PROBLEMS_TABLE.split(".")):
+        return []
+    return [r[0] for r in con.sql(f"select problem from {PROBLEMS_TABLE} order by file, line").fetchall()]
+
+
+def refresh_custom_signals(
+    warehouse: Path, settings: Settings, directories: Path | Sequence[Path], timeout_seconds: float = 30.0
+) -> CustomSignalsReport:
+    """What the `custom_signals` asset does: load and evaluate the signals of `directories` (reading only, then
+    the sandbox), then replace beton.custom_signal_cohort_counts and beton.custom_signal_problems.
+    Files that cannot be used are left out and listed in the report; whether that fails the run is the
+    caller's decision (`signals.strict`)."""
+    report = compute_custom_cohort_counts(warehouse, settings, directories, timeout_seconds)
     with connect(warehouse) as con:
-        write_custom_cohort_counts(con, counts)
-    return signals
+        write_custom_cohort_counts(con, report.counts)
+        write_problems(con, report.problems)
+    return report
+
+
+def count_custom_signals(
+    warehouse: Path, settings: Settings, directories: Path | Sequence[Path], timeout_seconds: float = 30.0
+) -> list[CustomSignal]:
+    """`refresh_custom_signals`, strictly: raises CustomSignalsError listing every file left out. Returns the signals."""
+    report = refresh_custom_signals(warehouse, settings, directories, timeout_seconds)
+    if report.problems:
+        raise CustomSignalsError(report.paragraph(strict=True))
+    return report.signals

@@ -24,7 +24,9 @@ Every refusal raises `SqlSignalRefused` with the reason; a query that is allowed
 
 from __future__ import annotations
 
+import difflib
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -48,7 +50,14 @@ LOCK_RETRY_SECONDS = 10.0
 
 
 class SqlSignalError(ValueError):
-    """A SQL signal could not be run (invalid SQL, a failing query, a result without `account_id`)."""
+    """A SQL signal could not be run (invalid SQL, a failing query, a result without `account_id`).
+
+    `line` is the line of the SQL text the problem is on, when it can be told (the first line naming
+    the unknown table or column), else None."""
+
+    def __init__(self, message: str, line: int | None = None):
+        super().__init__(message)
+        self.line = line
 
 
 class SqlSignalRefused(SqlSignalError):
@@ -116,6 +125,33 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _with_hint(exc: BaseException) -> str:
+    """DuckDB's first line plus its hint, shortened to the nearest name: `... (did you mean "x"?)`."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    first = lines[0] if lines else type(exc).__name__
+    for line in lines[1:]:
+        match = re.match(r'^(?:Candidate bindings|Did you mean)\s*:?\s*"([^"]+)"', line)
+        if match:
+            return f'{first} (did you mean "{match.group(1)}"?)'
+    return first
+
+
+def line_naming(sql: str, name: str) -> int | None:
+    """The first line of `sql` (1-based) that mentions `name` outside a comment, else None."""
+    pattern = re.compile(rf"(?<![\w.]){re.escape(name)}(?!\w)", re.IGNORECASE)
+    for number, line in enumerate(sql.splitlines(), start=1):
+        if pattern.search(line.split("--", 1)[0]):
+            return number
+    return None
+
+
+def _named_in_error(exc: BaseException) -> str | None:
+    """The table or column name an error's first line quotes (`"x"` or `name x does not`), if any."""
+    first = _first_line(exc)
+    match = re.search(r'"([^"]+)"', first) or re.search(r"with name (\S+) does not exist", first)
+    return match.group(1) if match else None
+
+
 def _walk(node) -> Iterator[dict]:
     """Every dict in a JSON tree, depth first (iterative, so deep trees cannot overflow the stack)."""
     stack = [node]
@@ -166,8 +202,10 @@ def tree_check(
                 )
             if (schema, name) not in known_tables:
                 raise SqlSignalRefused(
-                    f"unknown table {shown!r}: SQL signals read only the warehouse's tables and views "
-                    "(e.g. marts.account_event_features); files and other databases are not allowed"
+                    f"unknown table {shown!r}{_suggest_table(shown, known_tables)}: SQL signals read only the "
+                    "warehouse's tables and views (e.g. marts.account_event_features); files and other databases "
+                    "are not allowed",
+                    line=line_naming(sql, name),
                 )
             tables.add(f"{schema}.{name}")
         if node.get("class") == "FUNCTION":
@@ -175,6 +213,18 @@ def tree_check(
             if name in REFUSED_FUNCTIONS:
                 raise SqlSignalRefused(f"function {name}() is not allowed in SQL signals")
     return tuple(sorted(tables))
+
+
+def _suggest_table(shown: str, known_tables: set[tuple[str, str]]) -> str:
+    """` (did you mean `schema.table`?)` for the nearest warehouse table (difflib), else ``."""
+    names = sorted(f"{schema}.{table}" for schema, table in known_tables)
+    match = difflib.get_close_matches(shown, names, n=1, cutoff=0.6) or difflib.get_close_matches(
+        shown.rsplit(".", 1)[-1], [n.rsplit(".", 1)[-1] for n in names], n=1, cutoff=0.6
+    )
+    if not match:
+        return ""
+    full = next((n for n in names if n == match[0] or n.endswith("." + match[0])), match[0])
+    return f" (did you mean `{full}`?)"
 
 
 def _known_tables(con: duckdb.DuckDBPyConnection) -> tuple[set[tuple[str, str]], str]:
@@ -267,7 +317,10 @@ def run_sql_signal(
     except duckdb.OutOfMemoryException as exc:
         raise SqlSignalRefused(f"the query needs more memory than the sandbox allows: {_first_line(exc)}") from None
     except duckdb.Error as exc:
-        raise SqlSignalError(f"the query failed: {_first_line(exc)}") from None
+        named = _named_in_error(exc)
+        raise SqlSignalError(
+            f"the query failed: {_with_hint(exc)}", line=line_naming(sql, named) if named else None
+        ) from None
     finally:
         timer.cancel()
     elapsed = time.perf_counter() - started

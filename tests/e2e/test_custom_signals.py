@@ -5,6 +5,7 @@ SQL, must give exactly the counts of the discovered signal: in beton.signals (di
 holdout, on the same split) and in beton.signal_backtests (every cohort month, summing to those).
 """
 
+import io
 import json
 import os
 import shutil
@@ -18,12 +19,14 @@ import dagster as dg
 import duckdb
 import polars as pl
 import pytest
+from rich.console import Console
 
 from beton_pipeline.defs.backtests.partitions import partition_range_tags, register_signal_partitions, signal_partitions
 from beton_pipeline.defs.backtests.sensors import signal_partitions_sensor
 from beton_pipeline.defs.resources import WarehouseResource
 from beton_pipeline.settings import PROJECT_ROOT, load_settings
-from beton_pipeline.store.custom_signals import load_signal_files, read_vocabulary
+from beton_pipeline.sources import demo_config
+from beton_pipeline.store.custom_signals import load_signal_files, read_vocabulary, signal_files
 
 PLANTED_KEY = "event:invited_teammate:first_14d:>=3"
 INVITES_YAML = """\
@@ -239,23 +242,103 @@ def test_the_sensor_registers_new_signals_and_requests_their_backtests(custom_ru
     assert isinstance(signal_partitions_sensor(again), dg.SkipReason)
 
 
-def test_the_repositorys_example_signals_are_valid(con):
+def test_the_demos_example_signals_are_valid_on_the_demo(con):
     vocab = read_vocabulary(con, load_settings())
-    loaded = load_signal_files(PROJECT_ROOT / "signals", vocab)
+    loaded = load_signal_files(demo_config.SIGNALS_DIR, vocab)
     assert len(loaded) >= 2 and all(s.kind == "condition" for s in loaded)
+    assert not signal_files(PROJECT_ROOT / "signals")  # the folder a customer's run loads holds no demo signal
 
 
-def test_a_bad_signal_file_fails_the_asset_naming_file_line_and_suggestion(custom_run, tmp_path):
-    bad = tmp_path / "signals"
-    bad.mkdir()
-    (bad / "typo.yml").write_text("name: typo\nwhen:\n  all:\n    - {event: invited_teamate, count: 3}\n")
-    with env_vars(**{**custom_run.env, "BETON_SIGNALS_DIR": str(bad)}):
+BAD_FILES = {
+    "typo.yml": "name: typo\nwhen:\n  all:\n    - {event: invited_teamate, count: 3}\n",
+    "unknown_key.yml": "name: k\nwhen:\n  event: invited_teammate\n  cuont: 3\n",
+    "broken.yml": "name: b\nwhen:\n  event: invited_teammate\n  count: >= 3\n",
+    "column.sql": "-- name: bad column\nselect account_id\nfrom marts.account_event_features\nwhere evnt_name = 'x'\n",
+    "table.sql": "select account_id from marts.account_event_feature\n",
+    "two.sql": "select account_id from marts.account_outcomes; select 1\n",
+}
+EXPECTED_PROBLEMS = [
+    ("broken.yml", "broken.yml:4: not valid YAML"),
+    ("column.sql", 'column.sql:4: the query failed: Binder Error: Referenced column "evnt_name" not found'),
+    ("column.sql", '(did you mean "event_name"?)'),
+    (
+        "table.sql",
+        "table.sql:1: unknown table 'marts.account_event_feature' (did you mean `marts.account_event_features`?)",
+    ),
+    ("two.sql", "two.sql: 2 statements (SELECT, SELECT); exactly one SELECT is allowed"),
+    ("typo.yml", "typo.yml:4: when.all[0].event: unknown event `invited_teamate`"),
+    ("typo.yml", "(did you mean `invited_teammate`?)"),
+    ("unknown_key.yml", "unknown_key.yml:4: when.cuont: unknown key (did you mean `count`?)"),
+]
+
+
+@pytest.fixture
+def mixed_signals(tmp_path) -> Path:
+    """Two good signals and six files that cannot be used (each a different reason)."""
+    folder = tmp_path / "signals"
+    folder.mkdir()
+    (folder / "invites.yml").write_text(INVITES_YAML)
+    (folder / "invites.sql").write_text(INVITES_SQL)
+    for name, text in BAD_FILES.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def test_bad_signal_files_are_left_out_and_reported_while_the_others_run(custom_run, mixed_signals):
+    with env_vars(**{**custom_run.env, "BETON_SIGNALS_DIR": str(mixed_signals)}):
+        result = _materialise(
+            custom_run.job, custom_run.instance, asset_selection=[dg.AssetKey("custom_signals"), dg.AssetKey("signals")]
+        )
+        assert result.success
+        [materialization] = [
+            m
+            for m in result.asset_materializations_for_node("custom_signals")
+            if m.asset_key.path == ["custom_signals"]
+        ]
+        metadata = materialization.metadata
+        assert metadata["custom_signals"].value == 2 and metadata["left_out"].value == len(BAD_FILES)
+        problems = metadata["problems"].value
+        assert len(problems) == len(BAD_FILES)
+        for name, part in EXPECTED_PROBLEMS:
+            assert any(name in p and part in p for p in problems), (part, problems)
+        with duckdb.connect(str(custom_run.warehouse), read_only=True) as reader:
+            stored = [r[0] for r in reader.sql("select problem from beton.custom_signal_problems").fetchall()]
+            custom = reader.sql(
+                "select kind, n_with from beton.signals where source = 'custom' order by kind"
+            ).fetchall()
+        assert sorted(stored) == sorted(problems)
+        assert [k for k, _ in custom] == ["condition", "sql"] and all(n > 0 for _, n in custom)
+        # beton run's printed summary lists them, one line each
+        from beton_pipeline.cli import _print_summary
+        from beton_pipeline.runner import RunSummary, _fill_summary
+
+        summary = RunSummary()
+        _fill_summary(summary)
+    assert summary.custom_signals == 2 and sorted(summary.signal_problems) == sorted(problems)
+    console = Console(file=io.StringIO(), width=300, soft_wrap=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("beton_pipeline.cli.out", console)
+        _print_summary(summary)
+    printed = console.file.getvalue()
+    assert f"custom signals: 2 tested; {len(BAD_FILES)} file(s) left out" in printed
+    for problem in problems:
+        assert f"  {problem}\n" in printed
+
+
+def test_strict_signals_fail_the_asset_with_a_complete_paragraph(custom_run, mixed_signals, tmp_path):
+    config = tmp_path / "beton.yaml"
+    config.write_text("signals:\n  strict: true\n")
+    env = {**custom_run.env, "BETON_SIGNALS_DIR": str(mixed_signals), "BETON_CONFIG": str(config)}
+    with env_vars(**env):
         result = _materialise(custom_run.job, custom_run.instance, asset_selection=[dg.AssetKey("custom_signals")])
     assert not result.success
     failure = result.failure_data_for_node("custom_signals")
     text = failure.error.message if failure.error else str(failure)
-    assert "typo.yml:4: when.all[0].event: unknown event `invited_teamate`" in text
-    assert "did you mean `invited_teammate`?" in text
+    first = text.splitlines()[0]
+    assert "custom signals: 6 of 8 signal files in" in first and "signals.strict is true" in first
+    assert first.rstrip().endswith("to run without them:")
+    for _, part in EXPECTED_PROBLEMS:
+        assert part in text
 
 
 def test_the_launchpad_job_writes_an_ad_hoc_backtest(custom_run):

@@ -1,4 +1,4 @@
-"""Custom signals into beton.signals, and one backtest per signal into beton.signal_backtests."""
+"""One backtest per signal into beton.signal_backtests (custom signals are counted in defs/signals/assets.py)."""
 
 import dagster as dg
 import polars as pl
@@ -8,50 +8,7 @@ from beton_pipeline.core.formatting import fmt, fmt_estimate, markdown_table
 from beton_pipeline.defs.backtests.partitions import signal_partitions
 from beton_pipeline.defs.resources import WAREHOUSE_POOL, SettingsResource, WarehouseResource
 from beton_pipeline.store.backtests import BACKTESTS_TABLE, run_backtests
-from beton_pipeline.store.custom_signals import CustomSignalsError, count_custom_signals, signals_dir
 from beton_pipeline.store.sql_sandbox import SqlSignalError
-
-MARTS = [
-    "account_features",
-    "account_event_features",
-    "account_property_features",
-    "account_intent_features",
-    "account_outcomes",
-]
-
-
-@dg.asset(
-    group_name="signals",
-    kinds={"python", "polars", "duckdb"},
-    pool=WAREHOUSE_POOL,
-    deps=[*MARTS],
-    description=(
-        "User-defined signals from `signals/*.yml` (conditions on event counts, event properties, CRM/billing "
-        "attributes and intent, combined with all/any/not) and `signals/*.sql` (one sandboxed SELECT returning "
-        "account_id, optionally fired_at), evaluated on the eligible accounts and counted per cohort month into "
-        "`beton.custom_signal_cohort_counts`. The `signals` asset tests them with the discovered candidates in one "
-        "Benjamini–Hochberg family and lists them in beton.signals with source = custom; signal_id is a hash of the "
-        "normalised definition."
-    ),
-)
-def custom_signals(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource
-) -> dg.MaterializeResult:
-    directory = signals_dir()
-    try:
-        signals = count_custom_signals(warehouse.resolved_path, settings.load(), directory)
-    except (CustomSignalsError, SignalDefinitionError, SqlSignalError) as exc:
-        raise dg.Failure(description=f"custom signals in {directory}:\n{exc}") from None
-    return dg.MaterializeResult(
-        metadata={
-            "signals_dir": str(directory),
-            "custom_signals": dg.MetadataValue.int(len(signals)),
-            "files": dg.MetadataValue.json([s.origin for s in signals]),
-            "definitions": dg.MetadataValue.md(
-                "\n".join(f"- `{s.signal_id}` {s.definition}" for s in signals) or "No custom signal."
-            ),
-        }
-    )
 
 
 def periods_markdown(rows: pl.DataFrame) -> str:

@@ -6,7 +6,17 @@ import polars as pl
 from beton_pipeline.core.formatting import fmt, fmt_estimate, markdown_table
 from beton_pipeline.defs.partitions import cohort_months
 from beton_pipeline.defs.resources import WAREHOUSE_POOL, SettingsResource, WarehouseResource
+from beton_pipeline.settings import signal_dirs
 from beton_pipeline.store import signals as signals_store
+from beton_pipeline.store.custom_signals import refresh_custom_signals
+
+MARTS = [
+    "account_features",
+    "account_event_features",
+    "account_property_features",
+    "account_intent_features",
+    "account_outcomes",
+]
 
 
 @dg.asset(
@@ -14,13 +24,7 @@ from beton_pipeline.store import signals as signals_store
     group_name="signals",
     kinds={"python", "polars", "duckdb"},
     pool=WAREHOUSE_POOL,
-    deps=[
-        "account_features",
-        "account_event_features",
-        "account_property_features",
-        "account_intent_features",
-        "account_outcomes",
-    ],
+    deps=MARTS,
     description=(
         "Sufficient statistics for every candidate signal in one cohort month (accounts whose first product "
         "event fell in that month and whose outcome window has closed): accounts with the candidate, their "
@@ -39,6 +43,46 @@ def signal_cohort_counts(
             "eligible_accounts": counted.eligible_accounts,
             "conversions": counted.conversions,
             "candidates_seen": counted.candidates_seen,
+        }
+    )
+
+
+@dg.asset(
+    group_name="signals",
+    kinds={"python", "polars", "duckdb"},
+    pool=WAREHOUSE_POOL,
+    deps=MARTS,
+    description=(
+        "User-defined signals from `signals/*.yml` (conditions on event counts, event properties, CRM/billing "
+        "attributes and intent, combined with all/any/not) and `signals/*.sql` (one sandboxed SELECT returning "
+        "account_id, optionally fired_at), evaluated on the eligible accounts and counted per cohort month into "
+        "`beton.custom_signal_cohort_counts`. A file that cannot be used (invalid YAML or SQL, an unknown key, a "
+        "name this data does not have) is left out and listed with its file, line, reason and nearest known name "
+        "(metadata `problems`, table `beton.custom_signal_problems`); it fails the run only with signals.strict. "
+        "The `signals` asset tests them with the discovered candidates in one Benjamini–Hochberg family and lists "
+        "them in beton.signals with source = custom; signal_id is a hash of the normalised definition."
+    ),
+)
+def custom_signals(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource
+) -> dg.MaterializeResult:
+    config = settings.load()
+    report = refresh_custom_signals(warehouse.resolved_path, config, signal_dirs())
+    problems = {"problems": dg.MetadataValue.json([p.text for p in report.problems])}
+    if report.problems and config.signals.strict:
+        raise dg.Failure(description=report.paragraph(strict=True), metadata=problems)
+    if report.problems:
+        context.log.warning(report.paragraph(strict=False))
+    return dg.MaterializeResult(
+        metadata={
+            "signals_dirs": dg.MetadataValue.json([str(d) for d in report.directories]),
+            "custom_signals": dg.MetadataValue.int(len(report.signals)),
+            "files": dg.MetadataValue.json([s.origin for s in report.signals]),
+            "left_out": dg.MetadataValue.int(len(report.problems)),
+            **problems,
+            "definitions": dg.MetadataValue.md(
+                "\n".join(f"- `{s.signal_id}` {s.definition}" for s in report.signals) or "No custom signal."
+            ),
         }
     )
 
@@ -72,7 +116,7 @@ def signals_markdown(signals: pl.DataFrame, limit: int = 15) -> str:
     group_name="signals",
     kinds={"python", "polars", "duckdb"},
     pool=WAREHOUSE_POOL,
-    deps=[signal_cohort_counts, "custom_signals"],
+    deps=[signal_cohort_counts, custom_signals],
     description=(
         "beton.signals: every candidate tested in this run — discovered candidates and the custom signals of "
         "signals/ (source = custom) — with counts, rates, lift and its CI (Katz log), "
