@@ -440,6 +440,7 @@ def compute_custom_cohort_counts(
         return CustomSignalsReport(signals, problems, dirs, pl.DataFrame())
     evaluated = evaluate_custom_signals(signals, frames, warehouse, timeout_seconds, problems)
     counts = custom_cohort_counts(evaluated, frames) if evaluated.signals else pl.DataFrame()
+    problems.sort(key=lambda p: (p.file, p.line or 0))  # load-time and run-time problems, file by file
     return CustomSignalsReport(evaluated.signals, problems, dirs, counts)
 
 

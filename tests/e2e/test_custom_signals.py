@@ -24,6 +24,7 @@ from rich.console import Console
 from beton_pipeline.defs.backtests.partitions import partition_range_tags, register_signal_partitions, signal_partitions
 from beton_pipeline.defs.backtests.sensors import signal_partitions_sensor
 from beton_pipeline.defs.resources import WarehouseResource
+from beton_pipeline.runner import failure_paragraph
 from beton_pipeline.settings import PROJECT_ROOT, load_settings
 from beton_pipeline.sources import demo_config
 from beton_pipeline.store.custom_signals import load_signal_files, read_vocabulary, signal_files
@@ -339,6 +340,10 @@ def test_strict_signals_fail_the_asset_with_a_complete_paragraph(custom_run, mix
     assert first.rstrip().endswith("to run without them:")
     for _, part in EXPECTED_PROBLEMS:
         assert part in text
+    # what `beton run` prints (runner.failure_paragraph): the paragraph's head and the first files, in full
+    paragraph = failure_paragraph("daily_ingest_job", result)
+    assert "- step custom_signals: custom signals: 6 of 8 signal files in" in paragraph
+    assert "signals.strict: false to run without them:" in paragraph and "broken.yml:4: not valid YAML" in paragraph
 
 
 def test_the_launchpad_job_writes_an_ad_hoc_backtest(custom_run):
@@ -452,3 +457,39 @@ def test_verdicts_tell_the_planted_behaviours_from_the_drifting_one(custom_run, 
         verdict[planted["name"]] = result.periods["verdict"][0]
     assert [verdict.pop(d["name"]) for d in drifting] == ["unstable"] * len(drifting)
     assert len(verdict) >= 3 and set(verdict.values()) == {"consistent"}, verdict
+
+
+def test_beton_run_with_strict_signals_ends_with_a_paragraph_naming_each_bad_file(tmp_path):
+    """From the installed command on a small export: the run stops in its first job with a short paragraph
+    (what failed, how many files, the setting), one line per bad file; no stack trace."""
+    from beton_pipeline.sources.demo import generate_demo
+
+    source = tmp_path / "export"
+    generate_demo(source, n_accounts=300, seed=3)
+    folder = tmp_path / "signals"
+    folder.mkdir()
+    (folder / "invites.yml").write_text(INVITES_YAML)
+    (folder / "typo.yml").write_text(BAD_FILES["typo.yml"])
+    (folder / "table.sql").write_text(BAD_FILES["table.sql"])
+    (tmp_path / "beton.yaml").write_text("signals:\n  strict: true\n")
+    env = {
+        "PATH": f"{Path(BETON).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "BETON_SOURCE_DIR": str(source),
+        "BETON_WAREHOUSE": str(tmp_path / "warehouse.duckdb"),
+        "BETON_CONFIG": str(tmp_path / "beton.yaml"),
+        "BETON_SIGNALS_DIR": str(folder),
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+    }
+    done = subprocess.run(
+        [BETON, "run"], capture_output=True, text=True, timeout=1800, env={**os.environ, **env}, cwd=tmp_path
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "beton run:" not in done.stdout
+    paragraph = done.stderr[done.stderr.index("error: ") :].strip()
+    assert len(paragraph.splitlines()) <= 5, paragraph
+    assert "custom signals: 2 of 3 signal files in" in paragraph
+    assert "signals.strict is true in beton.yaml, so the run stops" in paragraph
+    assert "set signals.strict: false to run without them:" in paragraph
+    assert "typo.yml:4: when.all[0].event: unknown event `invited_teamate`" in paragraph
+    assert "(did you mean `invited_teammate`?)" in paragraph
+    assert "table.sql:1: unknown table 'marts.account_event_feature'" in paragraph
