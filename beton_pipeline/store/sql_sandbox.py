@@ -138,7 +138,7 @@ def _with_hint(exc: BaseException) -> str:
 
 def line_naming(sql: str, name: str) -> int | None:
     """The first line of `sql` (1-based) that mentions `name` outside a comment, else None."""
-    pattern = re.compile(rf"(?<![\w.]){re.escape(name)}(?!\w)", re.IGNORECASE)
+    pattern = re.compile(rf"(?<!\w){re.escape(name)}(?!\w)", re.IGNORECASE)
     for number, line in enumerate(sql.splitlines(), start=1):
         if pattern.search(line.split("--", 1)[0]):
             return number
