@@ -1,15 +1,20 @@
 """Read a source directory into the warehouse: validate every row, load the good ones, quarantine the rest.
 
-For each contract table (`contract.TABLES`) the files are read as text by DuckDB (Parquet, CSV, JSON
-Lines, gzip'd or not, one file or a folder of parts), every row is checked in one SQL pass, and:
+For each contract table (`contract.TABLES`) the files are read as text by DuckDB (Parquet, CSV, TSV,
+JSON Lines or JSON, gzip'd, zstd'd or not, one file or a folder of parts at any depth; every other file
+in the table's location is listed as skipped with its reason: `files.table_files`), every row is
+checked in one SQL pass, and:
 
 * valid rows are loaded, typed, into `raw.raw_<table>` (replacing the table: ingest is idempotent);
 * rows that break a rule go to `beton.quarantine` with the raw row (JSON text) and every reason;
 * rows identical in every contract column to an earlier row are dropped and counted.
 
 The invariant, checked by an asset check: rows read = rows loaded + rows quarantined + exact duplicates.
-A missing required table or column, or a file DuckDB cannot read (corrupt gzip, a record over
-`MAX_LINE_BYTES`), is not a row problem: it raises `SourceError` naming the file (and the column).
+A missing required table or column, a file DuckDB cannot read (corrupt gzip, a record over
+`MAX_LINE_BYTES`), a file whose bytes are not what its name says, a title row above a CSV header, or
+amounts written in major units are not row problems: they raise `SourceError` naming the file (and
+the column) and what to change. A reference to a row missing from the referenced table (a dangling
+reference, `Column.references`) is a row problem: quarantined with the value.
 Records the CSV reader rejects (wrong number of fields, invalid UTF-8) are quarantined like bad rows.
 
 `measure_freshness` says how far each loaded table's newest row trails the as-of time (the latest
@@ -29,7 +34,7 @@ import duckdb
 import pycountry
 
 from beton_pipeline.sources.contract import MIN_TIMESTAMP, TABLES_BY_NAME, Column, TableSpec
-from beton_pipeline.sources.files import file_format, file_suffix, table_files
+from beton_pipeline.sources.files import SUPPORTED, file_format, file_suffix, table_files
 from beton_pipeline.warehouse import table_exists
 
 MAX_JSON_CHARS = 1_000_000
@@ -578,7 +583,7 @@ def ingest_table(
         skipped = f"; skipped: {'; '.join(found.skipped_text)}" if found.skipped else ""
         raise SourceError(
             f"{source_dir}: required table '{spec.name}' not found "
-            f"(expected {spec.name}.parquet, .csv, .jsonl (optionally .gz) or a {spec.name}/ folder of parts){skipped}"
+            f"(expected {spec.name}.<ext> or a {spec.name}/ folder of parts; read are: {SUPPORTED}){skipped}"
         )
     text, rejects = f"_beton_text_{spec.name}", f"_beton_rejects_{spec.name}"
     loader = _TextLoader(con, spec, text, rejects)

@@ -53,8 +53,9 @@ def gzip_truncated(data: bytes) -> bytes:
 
 DUPLICATE_KEY = "duplicate uuid: an earlier row with the same key was kept (first wins)"
 MISSING_TABLE = (
-    "{dir}: required table 'billing_invoices' not found "
-    "(expected billing_invoices.parquet, .csv, .jsonl (optionally .gz) or a billing_invoices/ folder of parts)"
+    "{dir}: required table 'billing_invoices' not found (expected billing_invoices.<ext> or a billing_invoices/ "
+    "folder of parts; read are: .parquet, .parquet.zst, .csv, .csv.gz, .csv.zst, .tsv, .tsv.gz, .tsv.zst, "
+    ".jsonl, .jsonl.gz, .jsonl.zst, .ndjson, .ndjson.gz, .ndjson.zst, .json, .json.gz, .json.zst)"
 )
 HUGE = {"blob": "x" * 10_000_000}
 """A 10 MB properties value: ten times the limit, five times DuckDB's default maximum line size."""
