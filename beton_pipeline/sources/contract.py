@@ -150,7 +150,7 @@ TABLES: tuple[TableSpec, ...] = (
         "crm_deals",
         (
             Column("record_id", not_null=True),
-            Column("company_record_id"),
+            Column("company_record_id", references=("crm_companies", "record_id")),
             Column("name", required=False),
             Column("stage"),
             Column("value", "number", min_value=0),

@@ -251,6 +251,11 @@ def test_dangling_references_are_quarantined_with_their_reason(tmp_path):
         fh.write("\nper-gone,gone@left.io,rec-deleted,2025-01-10T00:00:00Z\nper-none,solo@free.io,,2025-01-10\n")
     with (src / "billing_subscriptions.csv").open("a") as fh:
         fh.write("sub_9,cus_9,active,1738400000,,,4900,month,usd\n")
+    with (src / "crm_deals.jsonl").open("a") as fh:
+        fh.write(
+            '{"record_id": "deal-9", "company_record_id": "rec-deleted", "stage": "won", "value": 9000, '
+            '"currency": "usd", "created_at": "2025-02-02", "closed_at": "2025-02-20", "status": "won"}\n'
+        )
     with (src / "billing_invoices.csv").open("a") as fh:
         fh.write("in_9,cus_9,sub_9,paid,4900,usd,1739609600,1739610000\n")
     con, results = ingest_all(src)
@@ -264,11 +269,12 @@ def test_dangling_references_are_quarantined_with_their_reason(tmp_path):
         "crm_people company_record_id: not in crm_companies (dangling reference): rec-deleted": 4,
         "billing_subscriptions customer: not in billing_customers (dangling reference): cus_9": 4,
         "billing_invoices customer: not in billing_customers (dangling reference): cus_9": 6,
+        "crm_deals company_record_id: not in crm_companies (dangling reference): rec-deleted": 2,
     }
     people = results["crm_people"]
     assert (people.rows_read, people.rows_loaded, people.rows_quarantined) == (4, 3, 1) and people.balanced
     assert people.quarantine_reasons["company_record_id: not in crm_companies (dangling reference)"] == 1
-    assert results["billing_subscriptions"].balanced and results["billing_invoices"].balanced
+    assert all(results[t].balanced for t in ("billing_subscriptions", "billing_invoices", "crm_deals"))
     assert all(not r.unchecked_references for r in results.values())
 
 
