@@ -160,6 +160,18 @@ class FreshnessSettings(_Strict):
         return value
 
 
+class IngestSettings(_Strict):
+    max_quarantine_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description=(
+            "Largest share of a required table's rows read that may be quarantined (0.05 = 5 %); over it the "
+            "run fails with the table, the counts and this setting (optional tables only warn). 1 = no limit."
+        ),
+    )
+
+
 class DemoSettings(_Strict):
     accounts: int = Field(8000, ge=50)
     seed: int = 7
@@ -187,6 +199,7 @@ class Settings(_Strict):
     thresholds: ThresholdSettings = ThresholdSettings()
     discovery: DiscoverySettings = DiscoverySettings()
     freshness: FreshnessSettings = FreshnessSettings()
+    ingest: IngestSettings = IngestSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     scoring: ScoringSettings = ScoringSettings()
     demo: DemoSettings = DemoSettings()

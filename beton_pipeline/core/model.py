@@ -97,6 +97,9 @@ class ModelConfig:
     default_capacity_fraction: float = 0.10
     n_buckets: int = 10
     confidence_level: float = 0.95
+    min_crm_accounts: int = 10
+    """Fewest test accounts with a CRM deal, with at least one that progressed and one that did not, for
+    the CRM comparison; with fewer (a new CRM with a few deals) it is skipped with the counts, not run."""
 
 
 @dataclass(frozen=True)
@@ -600,7 +603,10 @@ def confusion_at(scorer: str, truth: str, y: np.ndarray, scores: np.ndarray, thr
     """The 2×2 table of qualified = score ≥ threshold against `y` (scikit-learn `confusion_matrix`)."""
     y = np.asarray(y).astype(bool)
     qualified = np.asarray(scores, dtype=np.float64) >= threshold
-    tn, fp, fn, tp = confusion_matrix(y, qualified, labels=[False, True]).ravel()
+    if y.size == 0:  # scikit-learn refuses empty input; an empty table is all zeros
+        tn = fp = fn = tp = 0
+    else:
+        tn, fp, fn, tp = confusion_matrix(y, qualified, labels=[False, True]).ravel()
     return Confusion(
         scorer=scorer,
         truth=truth,
@@ -749,17 +755,31 @@ class CrmComparison:
 
 
 def crm_comparison(
-    test_scores: pl.DataFrame, progress: pl.DataFrame, scorer: str, threshold: float, k: int
+    test_scores: pl.DataFrame,
+    progress: pl.DataFrame,
+    scorer: str,
+    threshold: float,
+    k: int,
+    min_accounts: int = ModelConfig.min_crm_accounts,
 ) -> CrmComparison:
     """Compare `scorer` ≥ `threshold` with `progress.progressed` on the test accounts that have a deal.
 
     `progress`: one row per account with a deal (the `account_deal_progress` mart): account_id,
-    n_deals, progressed, latest_stage, latest_changed_at, latest_reason, reason_stage.
+    n_deals, progressed, latest_stage, latest_changed_at, latest_reason, reason_stage. Raises
+    `ModelDataError` (with the counts) when fewer than `min_accounts` test accounts have a deal, or
+    none of them progressed or all did: a CRM with a few deals has nothing to compare with yet.
     """
     scored = test_scores.select("account_id", "cohort_month", "converted", pl.col(scorer).alias("score")).with_columns(
         (pl.col("score") >= threshold).alias("qualified")
     )
     with_deal = scored.join(progress, on="account_id", how="inner")
+    n_progressed = int(with_deal.get_column("progressed").sum())
+    if with_deal.height < min_accounts or not 0 < n_progressed < with_deal.height:
+        raise ModelDataError(
+            f"not enough CRM deals to compare with: {with_deal.height} test account(s) have a deal "
+            f"({n_progressed} progressed beyond the first stage; {progress.height} account(s) with a deal in all), "
+            f"need at least {min_accounts} with both outcomes"
+        )
     qualified_without_deal = scored.filter(pl.col("qualified")).join(progress, on="account_id", how="anti").height
     y = with_deal.get_column("progressed").to_numpy().astype(bool)
     confusion = confusion_at(scorer, "deal_progressed", y, with_deal.get_column("score").to_numpy(), threshold, k)

@@ -29,6 +29,13 @@ class Column:
     allowed: tuple[str, ...] | None = None
     min_value: float | None = None
     lower: bool = False
+    minor_units: bool = False
+    """An amount in the currency's minor units (cents). A table whose values are written in major units
+    ("79.00", "79.50") is refused with the column and examples, never loaded 100x off."""
+    references: tuple[str, str] | None = None
+    """(table, column) this column refers to. A non-empty value missing from that table's loaded rows is
+    a dangling reference: the row is quarantined with the value and the table named (checked when the
+    referenced table is loaded first, as the ingest assets order it)."""
 
 
 TableRole = Literal["activity", "entity"]
@@ -131,7 +138,7 @@ TABLES: tuple[TableSpec, ...] = (
         (
             Column("record_id", not_null=True),
             Column("email", lower=True),
-            Column("company_record_id"),
+            Column("company_record_id", references=("crm_companies", "record_id")),
             Column("created_at", "timestamp"),
         ),
         required=True,
@@ -143,7 +150,7 @@ TABLES: tuple[TableSpec, ...] = (
         "crm_deals",
         (
             Column("record_id", not_null=True),
-            Column("company_record_id"),
+            Column("company_record_id", references=("crm_companies", "record_id")),
             Column("name", required=False),
             Column("stage"),
             Column("value", "number", min_value=0),
@@ -187,13 +194,15 @@ TABLES: tuple[TableSpec, ...] = (
         "billing_subscriptions",
         (
             Column("id", not_null=True),
-            Column("customer", not_null=True),
+            Column("customer", not_null=True, references=("billing_customers", "id")),
             Column("status", not_null=True, allowed=STRIPE_SUBSCRIPTION_STATUSES, lower=True),
             Column("created", "timestamp", not_null=True),
             Column("trial_end", "timestamp"),
             Column("canceled_at", "timestamp"),
-            Column("plan_amount", "integer", not_null=True, min_value=0),
+            Column("plan_amount", "integer", not_null=True, min_value=0, minor_units=True),
             Column("plan_interval", not_null=True, allowed=("day", "week", "month", "year"), lower=True),
+            # Stripe's plan.interval_count: a quarterly plan is interval month, interval_count 3; absent = 1.
+            Column("plan_interval_count", "integer", required=False, min_value=1),
             Column("currency", "currency", not_null=True),
         ),
         required=True,
@@ -205,10 +214,10 @@ TABLES: tuple[TableSpec, ...] = (
         "billing_invoices",
         (
             Column("id", not_null=True),
-            Column("customer", not_null=True),
+            Column("customer", not_null=True, references=("billing_customers", "id")),
             Column("subscription"),
             Column("status", not_null=True, allowed=STRIPE_INVOICE_STATUSES, lower=True),
-            Column("amount_paid", "integer", not_null=True, min_value=0),
+            Column("amount_paid", "integer", not_null=True, min_value=0, minor_units=True),
             Column("currency", "currency", not_null=True),
             Column("created", "timestamp", not_null=True),
             Column("paid_at", "timestamp"),
@@ -234,8 +243,6 @@ TABLES: tuple[TableSpec, ...] = (
 )
 
 TABLES_BY_NAME: dict[str, TableSpec] = {t.name: t for t in TABLES}
-
-SUPPORTED_SUFFIXES = (".parquet", ".csv", ".csv.gz", ".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
 
 MIN_TIMESTAMP = "1990-01-01"
 """Timestamps before this are quarantined: they are sentinel values (0, 1970) or typos."""

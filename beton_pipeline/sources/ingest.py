@@ -1,15 +1,20 @@
 """Read a source directory into the warehouse: validate every row, load the good ones, quarantine the rest.
 
-For each contract table (`contract.TABLES`) the files are read as text by DuckDB (Parquet, CSV, JSON
-Lines, gzip'd or not, one file or a folder of parts), every row is checked in one SQL pass, and:
+For each contract table (`contract.TABLES`) the files are read as text by DuckDB (Parquet, CSV, TSV,
+JSON Lines or JSON, gzip'd, zstd'd or not, one file or a folder of parts at any depth; every other file
+in the table's location is listed as skipped with its reason: `files.table_files`), every row is
+checked in one SQL pass, and:
 
 * valid rows are loaded, typed, into `raw.raw_<table>` (replacing the table: ingest is idempotent);
 * rows that break a rule go to `beton.quarantine` with the raw row (JSON text) and every reason;
 * rows identical in every contract column to an earlier row are dropped and counted.
 
 The invariant, checked by an asset check: rows read = rows loaded + rows quarantined + exact duplicates.
-A missing required table or column, or a file DuckDB cannot read (corrupt gzip, a record over
-`MAX_LINE_BYTES`), is not a row problem: it raises `SourceError` naming the file (and the column).
+A missing required table or column, a file DuckDB cannot read (corrupt gzip, a record over
+`MAX_LINE_BYTES`), a file whose bytes are not what its name says, a title row above a CSV header, or
+amounts written in major units are not row problems: they raise `SourceError` naming the file (and
+the column) and what to change. A reference to a row missing from the referenced table (a dangling
+reference, `Column.references`) is a row problem: quarantined with the value.
 Records the CSV reader rejects (wrong number of fields, invalid UTF-8) are quarantined like bad rows.
 
 `measure_freshness` says how far each loaded table's newest row trails the as-of time (the latest
@@ -28,7 +33,8 @@ from typing import Protocol
 import duckdb
 import pycountry
 
-from beton_pipeline.sources.contract import MIN_TIMESTAMP, SUPPORTED_SUFFIXES, Column, TableSpec
+from beton_pipeline.sources.contract import MIN_TIMESTAMP, TABLES_BY_NAME, Column, TableSpec
+from beton_pipeline.sources.files import SUPPORTED, file_format, file_suffix, table_files
 from beton_pipeline.warehouse import table_exists
 
 MAX_JSON_CHARS = 1_000_000
@@ -46,6 +52,15 @@ contract does not accept (the value is ambiguous), so the row is quarantined say
 
 _INTEGER_PATTERN = "[+-]?[0-9]{1,18}(\\.0*)?"
 """An integer, optionally with a zero fraction ("4900.0"); at most 18 digits so it fits a BIGINT."""
+
+NULL_MARKERS = ["", "NULL", "\\N"]
+"""Field values a CSV or TSV file means as null: empty, and the markers warehouse exports write."""
+
+HEADER_SEARCH_LINES = 20
+"""When a CSV's first line lacks the contract columns, this many lines are searched for the real header."""
+
+_MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"PAR1": "Parquet"}
+"""The first bytes of a compressed or Parquet file."""
 
 _ISO_CURRENCIES = tuple(sorted(c.alpha_3.lower() for c in pycountry.currencies))
 
@@ -78,6 +93,15 @@ class IngestResult:
     exact_duplicates_dropped: int
     ignored_columns: tuple[str, ...] = ()
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    skipped_files: tuple[str, ...] = ()
+    """`path: reason` for every file in the table's location that was not read (`files.table_files`)."""
+    unchecked_references: tuple[str, ...] = ()
+    """Reference columns not checked because the referenced table was not loaded (e.g. `customer → billing_customers.id`)."""
+
+    @property
+    def quarantined_share(self) -> float:
+        """Quarantined rows / rows read (0 when nothing was read)."""
+        return self.rows_quarantined / self.rows_read if self.rows_read else 0.0
 
     @property
     def accounted(self) -> int:
@@ -89,22 +113,9 @@ class IngestResult:
         return self.rows_read == self.accounted
 
 
-def _suffix(path: Path) -> str | None:
-    name = path.name.lower()
-    return next((s for s in SUPPORTED_SUFFIXES if name.endswith(s)), None)
-
-
 def find_table_files(source_dir: Path, table: str) -> list[Path]:
-    """The files of one table: `<table>.<ext>` and/or `<table>/<part>.<ext>`, sorted by name."""
-    files = [
-        p
-        for p in source_dir.glob(f"{table}.*")
-        if p.is_file() and p.name[: -len(_suffix(p) or "x")] == table and _suffix(p)
-    ]
-    folder = source_dir / table
-    if folder.is_dir():
-        files += sorted(p for p in folder.iterdir() if p.is_file() and _suffix(p))
-    return sorted(files, key=lambda p: (p.parent != source_dir, str(p)))
+    """The files read for one table (`files.table_files`, which also lists the skipped ones)."""
+    return list(table_files(source_dir, table).read)
 
 
 def _scalar(con: duckdb.DuckDBPyConnection, query: str):
@@ -263,8 +274,12 @@ class _TextLoader:
             f"create or replace temp table {reject_table} (_file varchar, _line bigint, _raw varchar, reason varchar)"
         )
 
-    def _check_columns(self, path: Path, present: list[str]) -> None:
-        missing = [c.name for c in self.spec.columns if c.required and c.name not in present]
+    def _check_columns(self, path: Path, present: list[str], absent_is_null: bool = False) -> None:
+        missing = [
+            c.name
+            for c in self.spec.columns
+            if c.required and c.name not in present and (c.not_null or not absent_is_null)
+        ]
         if missing:
             raise SourceError(f"{path}: missing required column(s) {', '.join(missing)} for table '{self.spec.name}'")
         self.extra_columns |= set(present) - set(self.spec.column_names)
@@ -282,13 +297,86 @@ class _TextLoader:
     def load(self, path: Path) -> None:
         if path.stat().st_size == 0:
             raise SourceError(f"{path}: file is empty (0 bytes); remove it or write at least a header row")
-        suffix = _suffix(path)
-        if suffix == ".parquet":
+        _check_magic(path)
+        fmt = file_format(path)
+        if fmt == "parquet":
             self._load_parquet(path)
-        elif suffix.startswith(".csv"):
-            self._load_csv(path)
+        elif fmt in ("csv", "tsv"):
+            self._load_csv(path, "\t" if fmt == "tsv" else None)
         else:
-            self._load_jsonl(path)
+            layout = self._json_layout(path)
+            if layout == "lines":
+                self._load_jsonl(path)
+            else:
+                self._load_json_records(path, layout)
+
+    def _find_misplaced_header(self, path: Path, delim: str, present: list[str]) -> None:
+        """A title row above the header (or a file that is not this table): raise naming where the header is."""
+        required = [c.name for c in self.spec.columns if c.required]
+        src = (
+            f"read_csv({_lit(str(path))}, columns={{'line': 'VARCHAR'}}, header=false, delim='\\x1f', "
+            f"quote='', escape='', auto_detect=false, strict_mode=false, ignore_errors=true, max_line_size={MAX_LINE_BYTES})"
+        )
+        try:
+            lines = [r[0] or "" for r in self.con.sql(f"select line from {src} limit {HEADER_SEARCH_LINES}").fetchall()]
+        except duckdb.Error:
+            return
+        for number, line in enumerate(lines, start=1):
+            fields = {f.strip().strip('"').strip() for f in line.lstrip("\ufeff").split(delim)}
+            if number > 1 and all(name in fields for name in required):
+                raise SourceError(
+                    f"{path}: line 1 is not the header row ({lines[0][:60]!r}); the header with the contract columns "
+                    f"is on line {number}: remove the {number - 1} line(s) above it (a title row) and export again"
+                )
+        if len(present) == 1 and lines:
+            raise SourceError(
+                f"{path}: the header {lines[0][:60]!r} does not hold the columns of table '{self.spec.name}' "
+                f"(expected a {'tab' if delim == chr(9) else 'comma'}-separated header with {', '.join(required)})"
+            )
+
+    def _json_layout(self, path: Path) -> str:
+        """How a JSON file holds its records: `lines` (JSON Lines), `array` (one JSON array of objects)
+        or `unstructured` (pretty-printed objects, one after another), from its first non-blank line."""
+        src = (
+            f"read_csv({_lit(str(path))}, columns={{'line': 'VARCHAR'}}, header=false, delim='\\x1f', "
+            f"quote='', escape='', auto_detect=false, strict_mode=false, ignore_errors=true, max_line_size={MAX_LINE_BYTES})"
+        )
+        try:
+            rows = self.con.sql(
+                f"select trim(line), json_valid(trim(line)), count(*) over () from {src} where trim(line) <> '' limit 1"
+            ).fetchall()
+        except duckdb.Error as exc:
+            raise _unreadable(path, "JSON Lines", exc) from None
+        if not rows:
+            return "lines"
+        first, valid, _ = rows[0]
+        if first in ("[", "{") or (first.startswith("[") and not valid):
+            return "array" if first.startswith("[") else "unstructured"
+        if first.startswith("[") and valid:
+            # One line holding a whole array of objects (`json.dump(records)`), not JSON Lines of arrays.
+            lines = _scalar(self.con, f"select count(*) from {src} where trim(line) <> ''")
+            if lines == 1 and _scalar(self.con, f"select json_type({_lit(first)}::json, '$[0]')") == "OBJECT":
+                return "array"
+        return "lines"
+
+    def _load_json_records(self, path: Path, layout: str) -> None:
+        """A JSON array of objects, or pretty-printed objects: one record per object (not per line);
+        `line_number` is then the record's number in the file."""
+        src = f"read_json_objects({_lit(str(path))}, format={_lit(layout)}, maximum_object_size={MAX_LINE_BYTES})"
+        try:
+            self.con.execute(
+                f"create or replace temp table _beton_objs as select json as j, row_number() over () as _line from {src}"
+            )
+        except duckdb.Error as exc:
+            raise _unreadable(path, "JSON array" if layout == "array" else "JSON", exc) from None
+        self.con.execute(
+            f"insert into {self.reject_table} select {_lit(str(path))}, _line, json_object('record', j)::varchar, "
+            f"'JSON record is not an object (' || {_JSON_KIND_NAME.replace('kind', 'json_type(j)')} || ')' "
+            f"from _beton_objs where json_type(j) <> 'OBJECT'"
+        )
+        self.con.execute("delete from _beton_objs where json_type(j) <> 'OBJECT'")
+        self._insert_objects(path)
+        self.con.execute("drop table _beton_objs")
 
     def _load_parquet(self, path: Path) -> None:
         src = f"read_parquet({_lit(str(path))})"
@@ -322,7 +410,7 @@ class _TextLoader:
         self.con.execute(
             f"""
             create or replace temp table _beton_rej as
-            select line, line - {1 if what == "CSV" else 0} as _s, csv_line, reason,
+            select line, line - {1 if what in ("CSV", "TSV") else 0} as _s, csv_line, reason,
                    row_number() over (order by line) as _k
             from (
                 select line, csv_line, {_CSV_ERROR_REASONS.format(max_line_bytes=MAX_LINE_BYTES)} as reason,
@@ -341,18 +429,23 @@ class _TextLoader:
             f"asof left join (select _s - _k as below, max(_k) as n from _beton_rej group by 1) r on t._rn > r.below)"
         )
 
-    def _load_csv(self, path: Path) -> None:
+    def _load_csv(self, path: Path, delim: str | None = None) -> None:
+        # NULL and \N (warehouse exports) and empty fields are nulls, never the text "NULL".
         src = (
             f"read_csv({_lit(str(path))}, all_varchar=true, header=true, store_rejects=true, "
+            f"nullstr=[{', '.join(_lit(m) for m in NULL_MARKERS)}], {'' if delim is None else f'delim={_lit(delim)}, '}"
             f"rejects_table='_beton_rej_err', rejects_scan='_beton_rej_scan', max_line_size={MAX_LINE_BYTES})"
         )
-        self._read_with_rejects(path, "CSV", src, "_beton_csv")
+        what = "TSV" if delim == "\t" else "CSV"
+        self._read_with_rejects(path, what, src, "_beton_csv")
         present = [r[0] for r in self.con.sql("describe _beton_csv").fetchall() if r[0] != "_rn"]
+        if any(c.required and c.name not in present for c in self.spec.columns):
+            self._find_misplaced_header(path, delim or ",", present)
         self._check_columns(path, present)
         select = {c: _q(c) for c in self.spec.column_names if c in present}
         self.con.execute(
             f"insert into {self.reject_table} select {_lit(str(path))}, line, json_object('line', csv_line)::varchar, "
-            f"'unreadable CSV line: ' || reason from _beton_rej"
+            f"'unreadable {what} line: ' || reason from _beton_rej"
         )
         self._insert(path, select, self._numbered("_beton_csv"), "_rec + 1")
         self.con.execute("drop table _beton_csv; drop table _beton_rej")
@@ -385,9 +478,16 @@ class _TextLoader:
         self.con.execute(
             "create or replace temp table _beton_objs as select line::json as j, _line from _beton_lines where kind = 'OBJECT'"
         )
+        self._insert_objects(path)
+        self.con.execute("drop table _beton_objs; drop table _beton_lines; drop table _beton_rej")
+
+    def _insert_objects(self, path: Path) -> None:
+        """`_beton_objs` (j: one JSON object per record, _line) → the text table. A key left out of every
+        record is a column of nulls when the column may be empty (exports omit null keys); a required
+        column that must not be empty and is absent from every record is a missing column."""
         keys = {r[0] for r in self.con.sql("select distinct unnest(json_keys(j)) from _beton_objs").fetchall()}
         if _scalar(self.con, "select count(*) from _beton_objs") > 0:
-            self._check_columns(path, sorted(keys))
+            self._check_columns(path, sorted(keys), absent_is_null=True)
         select = {}
         for col in self.spec.columns:
             if col.name not in keys:
@@ -402,7 +502,66 @@ class _TextLoader:
             else:
                 select[col.name] = f"json_extract_string(j, {path_})"
         self._insert(path, select, "_beton_objs", "_line")
-        self.con.execute("drop table _beton_objs; drop table _beton_lines; drop table _beton_rej")
+
+
+def _check_magic(path: Path) -> None:
+    """Refuse, naming the file and what to rename it to, a file whose bytes are not what its name says
+    (gzip, zstd or Parquet bytes in a `.csv`, a zstd stream around a `.parquet.zst`)."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    suffix = file_suffix(path) or ""
+    compressed = suffix.endswith((".gz", ".zst"))
+    kind = next((k for magic, k in _MAGIC.items() if head.startswith(magic)), None)
+    if suffix == ".parquet.zst" and kind == "zstd":
+        raise SourceError(
+            f"{path}: a zstd stream around the file, not a Parquet file with zstd pages as PostHog writes; "
+            f"decompress it (zstd -d) and name it .parquet"
+        )
+    if file_format(path) != "parquet" and not compressed and kind is not None:
+        stem = path.name[: -len(suffix)] if suffix else path.name
+        fix = {"gzip": path.name + ".gz", "zstd": path.name + ".zst", "Parquet": stem + ".parquet"}[kind]
+        raise SourceError(
+            f"{path}: the file holds {kind} bytes, but its name says plain {file_format(path).upper()} text; "
+            f"rename it to {fix}"
+        )
+
+
+def _reference_reason(con: duckdb.DuckDBPyConnection, col: Column) -> str | None:
+    """SQL: the dangling-reference reason of a column that refers to another table (None when the
+    referenced table is not loaded, so the reference cannot be checked)."""
+    table, key = col.references
+    raw = TABLES_BY_NAME[table].raw_table
+    if not table_exists(con, *raw.split(".")):
+        return None
+    v = _q(col.name)
+    return (
+        f"case when {_present(v)} and trim({v}) not in (select trim({_q(key)}) from {raw} where {_q(key)} is not null) "
+        f"then '{col.name}: not in {table} (dangling reference): ' || left(trim({v}), 40) end"
+    )
+
+
+def _check_minor_units(con: duckdb.DuckDBPyConnection, spec: TableSpec, text: str) -> None:
+    """Refuse a table whose amounts are written in major units ("79.00", "79.50"): more than half of
+    the non-empty values of a minor-units column with exactly two decimals. Loading them would read
+    "79.00" as 79 cents and quarantine "79.50"; a stray "79.50" among cents is quarantined as usual."""
+    two = "regexp_full_match(trim({v}), '[+-]?[0-9]+[.,][0-9]{{2}}')"
+    for col in spec.columns:
+        if not col.minor_units:
+            continue
+        v = _q(col.name)
+        n, n2, examples = con.sql(
+            f"select count(*) filter (where {_present(v)}), count(*) filter (where {two.format(v=v)}), "
+            f"(list(trim({v}) || ' (' || _file || ' line ' || _line || ')' order by _file, _line) "
+            f"filter (where {two.format(v=v)}))[1:3] "
+            f"from {text}"
+        ).fetchall()[0]
+        if n2 and 2 * n2 > n:
+            raise SourceError(
+                f"{spec.name}.{col.name}: {n2} of {n} values are written with two decimals, as major units "
+                f"(e.g. {'; '.join(examples)}); the contract wants integer minor units (cents: 79.00 is 7900). "
+                f"Export the amounts in cents (Stripe's API amounts are) or multiply them by 100 "
+                f"(zero-decimal currencies such as JPY stay as they are)"
+            )
 
 
 def ensure_quarantine(con: duckdb.DuckDBPyConnection) -> None:
@@ -418,18 +577,29 @@ def ingest_table(
     con.execute("set TimeZone = 'UTC'")
     con.execute("create schema if not exists raw")
     ensure_quarantine(con)
-    files = find_table_files(source_dir, spec.name)
+    found = table_files(source_dir, spec.name)
+    files = found.read
     if not files and spec.required:
+        skipped = f"; skipped: {'; '.join(found.skipped_text)}" if found.skipped else ""
         raise SourceError(
             f"{source_dir}: required table '{spec.name}' not found "
-            f"(expected {spec.name}.parquet, .csv, .jsonl (optionally .gz) or a {spec.name}/ folder of parts)"
+            f"(expected {spec.name}.<ext> or a {spec.name}/ folder of parts; read are: {SUPPORTED}){skipped}"
         )
     text, rejects = f"_beton_text_{spec.name}", f"_beton_rejects_{spec.name}"
     loader = _TextLoader(con, spec, text, rejects)
     for path in files:
         loader.load(path)
+    _check_minor_units(con, spec, text)
 
     reasons = [e for c in spec.columns for e in _reason_exprs(c)]
+    unchecked = []
+    for col in spec.columns:
+        if col.references is not None:
+            reason = _reference_reason(con, col)
+            if reason is None:
+                unchecked.append(f"{col.name} → {col.references[0]}.{col.references[1]}")
+            else:
+                reasons.append(reason)
     reason_sql = "nullif(concat_ws('; ', " + ", ".join(reasons) + "), '')" if reasons else "null"
     all_cols = ", ".join(_q(c) for c in spec.column_names)
     key_rule = ""
@@ -487,6 +657,8 @@ def ingest_table(
         exact_duplicates_dropped=dups,
         ignored_columns=tuple(sorted(loader.extra_columns)),
         quarantine_reasons=_summarise_reasons(reason_rows),
+        skipped_files=tuple(found.skipped_text),
+        unchecked_references=tuple(unchecked),
     )
 
 

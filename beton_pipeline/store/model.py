@@ -73,6 +73,8 @@ class LeadScoreRun:
     backtest: LeadScoreBacktest | None = None
     crm: CrmComparison | None = None
     skipped: str | None = None
+    crm_skipped: str | None = None
+    """Why the CRM comparison did not run (too few deals), None when it ran or there is no deal."""
 
 
 def read_deal_progress(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
@@ -151,11 +153,20 @@ def run_lead_score_model(warehouse: Path | str, settings: Settings) -> LeadScore
         with connect(warehouse) as con:
             clear_model_tables(con)
         return LeadScoreRun(skipped=str(exc))
-    crm = None
+    crm, crm_skipped = None, None
     if inputs.deal_progress is not None:
-        crm = crm_comparison(
-            backtest.test_scores, inputs.deal_progress, "model", backtest.model.qualify_threshold, backtest.k
-        )
+        config = settings.lead_score_config()
+        try:
+            crm = crm_comparison(
+                backtest.test_scores,
+                inputs.deal_progress,
+                "model",
+                backtest.model.qualify_threshold,
+                backtest.k,
+                config.min_crm_accounts,
+            )
+        except ModelDataError as exc:
+            crm_skipped = str(exc)
     with connect(warehouse) as con:
         write_model_tables(con, backtest, crm, inputs.as_of)
-    return LeadScoreRun(backtest=backtest, crm=crm)
+    return LeadScoreRun(backtest=backtest, crm=crm, crm_skipped=crm_skipped)

@@ -39,8 +39,13 @@ def _fresh_check(table: str) -> dg.AssetChecksDefinition:
     return next(c for c in freshness_checks if next(iter(c.check_keys)).asset_key == dg.AssetKey(f"raw_{table}"))
 
 
+NO_QUARANTINE_LIMIT = "ingest: {max_quarantine_share: 1}\n"
+"""The fixture quarantines a third of its events on purpose (one row per kind of bad row): the tests of
+other checks lift the quarantine limit unless they set `ingest:` themselves."""
+
+
 def _materialize(tmp_path: Path, src: Path, config: str = "", selection=None) -> dg.ExecuteInProcessResult:
-    (tmp_path / "beton.yaml").write_text(config)
+    (tmp_path / "beton.yaml").write_text(config if "ingest:" in config else NO_QUARANTINE_LIMIT + config)
     return dg.materialize(
         [*ingest_assets, *freshness_checks, downstream_of_billing_and_people],
         resources={
@@ -65,7 +70,7 @@ def test_every_check_passes_on_good_data(tmp_path):
     result = _materialize(tmp_path, _source(tmp_path))
     assert result.success
     checks = _checks(result)
-    assert len(checks) == 3 * len(TABLES)
+    assert len(checks) == 4 * len(TABLES)
     assert all(c.passed for c in checks.values()), [(k, c.description) for k, c in checks.items() if not c.passed]
     assert "downstream_of_billing_and_people" in _materialized(result)
     invoices = checks["raw_billing_invoices:fresh"].metadata
@@ -332,3 +337,54 @@ def test_freshness_settings_from_beton_yaml(tmp_path):
     assert result.success and checks["raw_billing_invoices:fresh"].passed
     assert checks["raw_billing_invoices:fresh"].metadata["max_lag_days"].value == 70.0
     assert checks["raw_events:fresh"].metadata["max_age_days"].value == 36500.0
+
+
+def test_a_required_table_over_the_quarantine_limit_fails_the_run_with_the_numbers(tmp_path):
+    src = _source(tmp_path)
+    # The fixture quarantines 4 of 12 events (33.3 %) and 2 of 4 invoices (50 %).
+    result = _materialize(tmp_path, src, "ingest: {max_quarantine_share: 0.4}\n")
+    assert not result.success
+    checks = _checks(result)
+    assert {k for k, c in checks.items() if not c.passed} == {"raw_billing_invoices:quarantined_share"}
+    check = checks["raw_billing_invoices:quarantined_share"]
+    assert check.severity == dg.AssetCheckSeverity.ERROR
+    head, reasons = check.description.split("; top reasons: ")
+    assert head == (
+        "billing_invoices: 2 of 4 rows read were quarantined (50.0%), over the limit of 40.0% "
+        "(ingest.max_quarantine_share)"
+    )
+    assert reasons.endswith(
+        ". Fix the export (the rows and reasons are in beton.quarantine), or raise ingest.max_quarantine_share "
+        "in beton.yaml if these rows may be left out"
+    )
+    assert "amount_paid: below 0 (1)" in reasons and "amount_paid: not an integer (1)" in reasons
+    meta = {k: v.value for k, v in check.metadata.items()}
+    assert meta == {
+        "rows_read": 4,
+        "rows_quarantined": 2,
+        "quarantined_share": 0.5,
+        "max_quarantine_share": 0.4,
+        "setting": "ingest.max_quarantine_share",
+    }
+    assert "downstream_of_billing_and_people" not in _materialized(result)
+    assert checks["raw_events:quarantined_share"].passed  # 33.3 % is within 40 %
+
+
+def test_the_default_limit_is_five_percent_and_an_optional_table_over_it_only_warns(tmp_path):
+    src = _source(tmp_path)
+    for name in ("events/part-0001.jsonl", "billing_invoices.csv"):
+        (src / name).unlink()
+    (src / "events/part-0001.jsonl").write_text(
+        '{"uuid": "e1", "event": "signup", "timestamp": "2025-02-05T11:00:00Z", "distinct_id": "u1"}\n'
+    )
+    (src / "billing_invoices.csv").write_text(
+        INVOICES_HEADER + "in_1,cus_1,sub_1,paid,4900,usd,1738400000,1738400000\n"
+    )
+    with (src / "crm_deals.jsonl").open("a") as fh:  # an optional table: 1 of 2 deals quarantined
+        fh.write('{"record_id": "d9", "status": "maybe"}\n')
+    result = _materialize(tmp_path, src, "ingest: {}\n")
+    checks = _checks(result)
+    deals = checks["raw_crm_deals:quarantined_share"]
+    assert not deals.passed and deals.severity == dg.AssetCheckSeverity.WARN
+    assert deals.metadata["max_quarantine_share"].value == 0.05
+    assert result.success, [(k, c.description) for k, c in checks.items() if not c.passed]

@@ -24,6 +24,7 @@ INVOICES = "id,customer,subscription,status,amount_paid,currency,created,paid_at
 COMPANIES = "record_id,name,domain,employee_count,industry,created_at"
 PEOPLE = "record_id,email,company_record_id,created_at"
 INTENT = "company_domain,signal_type,occurred_at,source,payload"
+SUBSCRIPTIONS = "id,customer,status,created,trial_end,canceled_at,plan_amount,plan_interval,currency"
 
 
 def csv(header: str, *lines: str) -> bytes:
@@ -52,8 +53,9 @@ def gzip_truncated(data: bytes) -> bytes:
 
 DUPLICATE_KEY = "duplicate uuid: an earlier row with the same key was kept (first wins)"
 MISSING_TABLE = (
-    "{dir}: required table 'billing_invoices' not found "
-    "(expected billing_invoices.parquet, .csv, .jsonl (optionally .gz) or a billing_invoices/ folder of parts)"
+    "{dir}: required table 'billing_invoices' not found (expected billing_invoices.<ext> or a billing_invoices/ "
+    "folder of parts; read are: .parquet, .parquet.zst, .csv, .csv.gz, .csv.zst, .tsv, .tsv.gz, .tsv.zst, "
+    ".jsonl, .jsonl.gz, .jsonl.zst, .ndjson, .ndjson.gz, .ndjson.zst, .json, .json.gz, .json.zst)"
 )
 HUGE = {"blob": "x" * 10_000_000}
 """A 10 MB properties value: ten times the limit, five times DuckDB's default maximum line size."""
@@ -403,6 +405,152 @@ CASES = [
         loaded=(2,),
         ignored=("plan_nickname", "utm_source"),
     ),
+    # --- Quirks of real exports ---
+    Case(
+        "NULL and \\N markers in a CSV",
+        "crm_companies",
+        {
+            "crm_companies.csv": csv(
+                COMPANIES, "c1,Acme,acme.io,NULL,NULL,2025-01-01", "c2,Globex,globex.com,\\N,\\N,2025-01-01"
+            )
+        },
+        loaded=(2, 3),
+        values={"industry": [None, None], "employee_count": [None, None]},
+    ),
+    Case(
+        "NULL canceled_at of a paying subscription",
+        "billing_subscriptions",
+        {
+            "billing_subscriptions.csv": csv(
+                SUBSCRIPTIONS,
+                "sub_1,cus_1,active,1738400000,NULL,NULL,4900,month,usd",
+                "sub_2,cus_1,active,1738400000,\\N,,4900,month,usd",
+            )
+        },
+        loaded=(2, 3),
+        values={"canceled_at": [None, None], "trial_end": [None, None]},
+    ),
+    Case(
+        "optional table as TSV with \\N",
+        "intent_signals",
+        {"intent_signals.tsv": (INTENT.replace(",", "\t") + "\nacme.io\thiring\t2025-01-02\t\\N\t{}\n").encode()},
+        loaded=(2,),
+        values={"source": [None], "payload": ["{}"]},
+    ),
+    Case(
+        "quarterly plan (interval_count)",
+        "billing_subscriptions",
+        {
+            "billing_subscriptions.csv": csv(
+                SUBSCRIPTIONS + ",plan_interval_count",
+                "sub_1,cus_1,active,1738400000,,,30000,month,usd,3",
+                "sub_2,cus_1,active,1738400000,,,4900,month,usd,",
+                "sub_3,cus_1,active,1738400000,,,4900,month,usd,0",
+            )
+        },
+        loaded=(2, 3),
+        quarantined=((4, "plan_interval_count: below 1"),),
+        values={"plan_interval_count": [3, None]},
+    ),
+    Case(
+        "amounts in major units",
+        "billing_invoices",
+        {
+            "billing_invoices.csv": csv(
+                INVOICES, invoice("in_1", "79.00"), invoice("in_2", "79.50"), invoice("in_3", "4900")
+            )
+        },
+        error=(
+            "billing_invoices.amount_paid: 2 of 3 values are written with two decimals, as major units "
+            "(e.g. 79.00 ({dir}/billing_invoices.csv line 2); 79.50 ({dir}/billing_invoices.csv line 3)); "
+            "the contract wants integer minor units (cents: 79.00 is 7900). Export the amounts in cents "
+            "(Stripe's API amounts are) or multiply them by 100 (zero-decimal currencies such as JPY stay as they are)"
+        ),
+    ),
+    Case(
+        "one two-decimal amount among cents",
+        "billing_invoices",
+        {"billing_invoices.csv": csv(INVOICES, invoice("in_1"), invoice("in_2", "79.50"), invoice("in_3"))},
+        loaded=(2, 4),
+        quarantined=((3, "amount_paid: not an integer: 79.50"),),
+    ),
+    Case(
+        "title row above the CSV header",
+        "billing_invoices",
+        {"billing_invoices.csv": b"Invoices export (Stripe)\n" + csv(INVOICES, invoice("in_1"))},
+        error=(
+            "{dir}/billing_invoices.csv: line 1 is not the header row ('Invoices export (Stripe)'); the header with "
+            "the contract columns is on line 2: remove the 1 line(s) above it (a title row) and export again"
+        ),
+    ),
+    Case(
+        "footer row below the CSV data",
+        "billing_invoices",
+        {"billing_invoices.csv": csv(INVOICES, invoice("in_1"), invoice("in_2"), "Total: 2 invoices")},
+        loaded=(2, 3),
+        quarantined=((4, "unreadable CSV line: 1 field(s), the header has 8"),),
+    ),
+    Case(
+        "gzip bytes in a .csv",
+        "billing_invoices",
+        {"billing_invoices.csv": gzip.compress(csv(INVOICES, invoice("in_1")))},
+        error="{dir}/billing_invoices.csv: the file holds gzip bytes, but its name says plain CSV text; rename it to billing_invoices.csv.gz",
+    ),
+    Case(
+        "Parquet bytes in a .csv",
+        "billing_invoices",
+        {"billing_invoices.csv": b"PAR1\x15\x04\x15\x10 a Parquet file named .csv"},
+        error="{dir}/billing_invoices.csv: the file holds Parquet bytes, but its name says plain CSV text; rename it to billing_invoices.parquet",
+    ),
+    Case(
+        "JSON Lines that omit null keys",
+        "billing_invoices",
+        {
+            "billing_invoices.jsonl": jsonl(
+                {
+                    "id": "in_1",
+                    "customer": "cus_1",
+                    "status": "paid",
+                    "amount_paid": 4900,
+                    "currency": "usd",
+                    "created": 1738400000,
+                },
+                {
+                    "id": "in_2",
+                    "customer": "cus_1",
+                    "status": "open",
+                    "amount_paid": 0,
+                    "currency": "usd",
+                    "created": 1738400000,
+                },
+            )
+        },
+        loaded=(1, 2),
+        values={"subscription": [None, None], "paid_at": [None, None]},
+    ),
+    Case(
+        "pretty-printed JSON array (.json)",
+        "events",
+        {"events.json": json.dumps([event("e1"), event("e2"), [1]], indent=2).encode()},
+        loaded=(1, 2),
+        quarantined=((3, "JSON record is not an object (array)"),),
+    ),
+    Case(
+        "one-line JSON array in .jsonl",
+        "events",
+        {"events.jsonl": (json.dumps([event("e1"), event("e2")]) + "\n").encode()},
+        loaded=(1, 2),
+    ),
+    Case(
+        "pretty-printed objects in .jsonl",
+        "events",
+        {
+            "events.jsonl": (
+                json.dumps(event("e1"), indent=2) + "\n" + json.dumps(event("e2"), indent=2) + "\n"
+            ).encode()
+        },
+        loaded=(1, 2),
+    ),
     Case(
         "UTF-8 byte-order mark and CRLF line ends",
         "billing_invoices",
@@ -471,13 +619,27 @@ def test_bad_input(tmp_path, case: Case):
 
 
 def _data_lines(path: Path) -> int:
-    """Data records in a generated file, counted independently of DuckDB: CSV lines after the header,
-    non-blank JSON Lines lines (the generated files have no multi-line records)."""
+    """Data records in a generated file, counted independently of DuckDB: CSV/TSV lines after the header,
+    non-blank JSON Lines lines, or the records of a JSON array or of pretty-printed objects."""
     raw = path.read_bytes()
     if path.name.endswith(".gz"):
         raw = gzip.decompress(raw)
     lines = [ln for ln in raw.split(b"\n") if ln.strip()]
-    return len(lines) - 1 if ".csv" in path.name else len(lines)
+    if ".csv" in path.name or ".tsv" in path.name:
+        return len(lines) - 1
+    try:
+        whole = json.loads(raw)
+    except ValueError:
+        whole = None
+    if isinstance(whole, list):
+        return len(whole)
+    if lines and lines[0].strip() == b"{":  # pretty-printed objects, one after another
+        text, n, at = raw.decode().strip(), 0, 0
+        while at < len(text):
+            _, at = json.JSONDecoder().raw_decode(text, at)
+            at, n = len(text) - len(text[at:].lstrip()), n + 1
+        return n
+    return len(lines)
 
 
 def test_at_least_fifteen_kinds():

@@ -11,6 +11,15 @@ source produce quietly wrong signals:
   have one only when beton.yaml sets it (`TableSpec.role`). A failure names the table, the lag, the
   limit and the setting, in its description and metadata.
 
+* `quarantined_share`: the share of rows read that was quarantined is at most
+  `ingest.max_quarantine_share` (default 5 %); a failure names the table, rows read, rows quarantined,
+  the share, the limit and the setting.
+
+Every file in a table's location is read or listed as skipped with its reason (`skipped_files`
+metadata, `sources.files.table_files`). A table whose rows refer to another (people → companies,
+subscriptions and invoices → billing customers) is loaded after it, so dangling references are
+quarantined with their reason (`Column.references`).
+
 Checks of required tables are blocking with severity ERROR; those of optional tables warn.
 """
 
@@ -37,6 +46,9 @@ def ingest_metadata(result: IngestResult) -> dict[str, dg.MetadataValue]:
         "rows_quarantined": dg.MetadataValue.int(result.rows_quarantined),
         "exact_duplicates_dropped": dg.MetadataValue.int(result.exact_duplicates_dropped),
         "files": dg.MetadataValue.json(list(result.files)),
+        "skipped_files": dg.MetadataValue.json(list(result.skipped_files)),
+        "quarantined_share": dg.MetadataValue.float(round(result.quarantined_share, 6)),
+        "unchecked_references": dg.MetadataValue.json(list(result.unchecked_references)),
         "ignored_columns": dg.MetadataValue.json(list(result.ignored_columns)),
         "quarantine_reasons": dg.MetadataValue.md(
             markdown_table(["reason", "rows"], result.quarantine_reasons.items(), empty="No row was quarantined.")
@@ -44,8 +56,27 @@ def ingest_metadata(result: IngestResult) -> dict[str, dg.MetadataValue]:
     }
 
 
-def ingest_check_results(spec: TableSpec, result: IngestResult) -> list[dg.AssetCheckResult]:
-    """`rows_accounted_for` and `has_rows` of one table's ingest."""
+QUARANTINE_SETTING = "ingest.max_quarantine_share"
+
+
+def quarantine_share_problem(result: IngestResult, max_share: float) -> str | None:
+    """Why the table's quarantined share is over the limit (None when within it): the numbers and the setting."""
+    if result.quarantined_share <= max_share:
+        return None
+    top = ", ".join(f"{reason} ({n})" for reason, n in list(result.quarantine_reasons.items())[:3])
+    return (
+        f"{result.table}: {result.rows_quarantined} of {result.rows_read} rows read were quarantined "
+        f"({result.quarantined_share:.1%}), over the limit of {max_share:.1%} ({QUARANTINE_SETTING}); "
+        f"top reasons: {top}. Fix the export (the rows and reasons are in beton.quarantine), or raise "
+        f"{QUARANTINE_SETTING} in beton.yaml if these rows may be left out"
+    )
+
+
+def ingest_check_results(
+    spec: TableSpec, result: IngestResult, max_quarantine_share: float
+) -> list[dg.AssetCheckResult]:
+    """`rows_accounted_for`, `has_rows` and `quarantined_share` of one table's ingest."""
+    share_problem = quarantine_share_problem(result, max_quarantine_share)
     return [
         dg.AssetCheckResult(
             check_name="rows_accounted_for",
@@ -64,6 +95,19 @@ def ingest_check_results(spec: TableSpec, result: IngestResult) -> list[dg.Asset
                 if spec.required and result.rows_loaded == 0
                 else None
             ),
+        ),
+        dg.AssetCheckResult(
+            check_name="quarantined_share",
+            passed=share_problem is None,
+            severity=_severity(spec),
+            metadata={
+                "rows_read": result.rows_read,
+                "rows_quarantined": result.rows_quarantined,
+                "quarantined_share": round(result.quarantined_share, 6),
+                "max_quarantine_share": max_quarantine_share,
+                "setting": QUARANTINE_SETTING,
+            },
+            description=share_problem,
         ),
     ]
 
@@ -99,7 +143,15 @@ def build_ingest_asset(spec: TableSpec) -> dg.AssetsDefinition:
                 blocking=spec.required,
                 description="a required table loaded at least one row (an empty one stops the run)",
             ),
+            dg.AssetCheckSpec(
+                "quarantined_share",
+                asset=key,
+                blocking=spec.required,
+                description=f"at most {QUARANTINE_SETTING} (beton.yaml) of the rows read were quarantined",
+            ),
         ],
+        # Referenced tables load first, so that dangling references are found (Column.references).
+        deps=sorted({dg.AssetKey(f"raw_{c.references[0]}") for c in spec.columns if c.references}),
     )
     def _ingest(
         context: dg.AssetExecutionContext,
@@ -107,14 +159,20 @@ def build_ingest_asset(spec: TableSpec) -> dg.AssetsDefinition:
         source: SourceResource,
         settings: SettingsResource,
     ) -> dg.MaterializeResult:
-        source_dir = source.resolve(settings.load(), log=context.log)
+        cfg = settings.load()
+        source_dir = source.resolve(cfg, log=context.log)
         with warehouse.connect() as con:
             result = ingest_table(con, source_dir, spec)
         if result.rows_quarantined:
             context.log.warning(
                 f"{spec.name}: {result.rows_quarantined} row(s) quarantined: {result.quarantine_reasons}"
             )
-        return dg.MaterializeResult(metadata=ingest_metadata(result), check_results=ingest_check_results(spec, result))
+        for skipped in result.skipped_files:
+            context.log.warning(f"{spec.name}: file not read: {skipped}")
+        return dg.MaterializeResult(
+            metadata=ingest_metadata(result),
+            check_results=ingest_check_results(spec, result, cfg.ingest.max_quarantine_share),
+        )
 
     return _ingest
 

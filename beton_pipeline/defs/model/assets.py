@@ -136,6 +136,9 @@ def lead_score_model(
         "training_seconds": dg.MetadataValue.float(round(backtest.training_seconds, 3)),
     }
     numbers = {name: backtest.metric(scorer, metric) for name, (scorer, metric) in PLOTTED.items()}
+    if run.crm_skipped is not None:
+        context.log.warning(f"CRM comparison skipped: {run.crm_skipped}")
+        metadata["crm_comparison"] = dg.MetadataValue.text(f"skipped: {run.crm_skipped}")
     if run.crm is not None:
         metadata["crm_comparison"] = dg.MetadataValue.md(crm_markdown(run.crm))
         numbers |= {"crm_precision": run.crm.confusion.precision, "crm_recall": run.crm.confusion.recall}

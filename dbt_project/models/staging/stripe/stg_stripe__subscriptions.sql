@@ -14,7 +14,9 @@ renamed as (
         -- plan: plan_amount is in minor units per interval, quantity included
         plan_amount as plan_amount_minor,
         plan_interval,
+        coalesce(plan_interval_count, 1) as plan_interval_count,
         currency,
+        -- billed every plan_interval_count intervals (Stripe: a quarterly plan is month x 3)
         cast(plan_amount as double) / 100.0 * (
             case plan_interval
                 when 'year' then 1.0
@@ -22,7 +24,7 @@ renamed as (
                 when 'week' then 52.0
                 when 'day' then 365.0
             end
-        ) as annualized_amount
+        ) / coalesce(plan_interval_count, 1) as annualized_amount
     from source
 )
 
