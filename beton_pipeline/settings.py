@@ -87,7 +87,14 @@ class PropertyFeature(_Strict):
 
 
 class DiscoverySettings(_Strict):
-    count_thresholds: tuple[int, ...] = (1, 2, 3, 5, 10)
+    count_thresholds: tuple[int, ...] | Literal["auto"] = Field(
+        "auto",
+        description="`auto`: thresholds from each event's distribution of counts (every small integer, then "
+        "quantile cut points; README, 'Count thresholds'); or an explicit list such as [1, 2, 3, 5, 10].",
+    )
+    max_thresholds_per_event: int = Field(
+        16, ge=1, description="With `auto` thresholds: the most thresholds tested per event and window."
+    )
     first_n_days: tuple[int, ...] = (1, 3, 7, 14)
     property_features: tuple[PropertyFeature, ...] = (
         PropertyFeature(event="$pageview", property="$current_url", transform="url_path"),
@@ -102,8 +109,8 @@ class DiscoverySettings(_Strict):
 
     @model_validator(mode="after")
     def _sorted(self) -> DiscoverySettings:
-        if not self.count_thresholds or min(self.count_thresholds) < 1:
-            raise ValueError("count_thresholds must be positive integers")
+        if self.count_thresholds != "auto" and (not self.count_thresholds or min(self.count_thresholds) < 1):
+            raise ValueError("count_thresholds must be `auto` or a list of positive integers")
         if not self.first_n_days or min(self.first_n_days) < 1:
             raise ValueError("first_n_days must be positive integers")
         return self
@@ -244,6 +251,9 @@ class Settings(_Strict):
             min_property_support=self.discovery.min_property_support,
             pair_top_k=self.discovery.pair_top_k,
             acv=self.revenue.acv,
+            max_thresholds_per_event=(
+                self.discovery.max_thresholds_per_event if self.discovery.count_thresholds == "auto" else None
+            ),
         )
 
     def backtest_config(self) -> BacktestConfig:

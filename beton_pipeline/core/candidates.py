@@ -5,7 +5,7 @@ A candidate is a yes/no condition on an account, evaluated on point-in-time feat
 
 | kind             | condition (all strictly before the account's feature window end)             | family            |
 |------------------|-------------------------------------------------------------------------------|-------------------|
-| `event_count`    | event E happened ≥ t times in the first d days (t ∈ count_thresholds, d ∈ windows) | `event:E`     |
+| `event_count`    | event E happened ≥ t times in the first d days (t: see below, d ∈ windows)     | `event:E`         |
 | `event_property` | event E with property P = v happened ≥ t times in the first d days            | `property:E:P=v`  |
 | `attribute`      | CRM/billing attribute = value (industry, employee band, plan interval)        | `attribute:A=v`   |
 | `intent`         | a buying signal of type T in the lookback before start (or up to window end)  | `intent:T`        |
@@ -15,6 +15,12 @@ Each candidate has a canonical `key` (stable across runs: the same definition al
 key and `signal_id`). `build_candidate_matrix` returns the accounts × candidates boolean matrix in
 sparse (CSR) form; building it loops only over the (few) configured windows and thresholds, never over
 accounts or candidates.
+
+Count thresholds t are either an explicit list (`discovery.count_thresholds: [1, 2, 3, 5, 10]`) or
+`auto`: every point of `count_grid` up to the largest count in the data (every integer up to
+`DENSE_COUNT_LIMIT`, then points `COUNT_GRID_RATIO` apart). The grid itself does not depend on the
+data, so every cohort month counts the same candidates; `core.discovery.choose_count_thresholds` then
+picks, per event and window, the ones worth testing from the distribution of counts among accounts.
 """
 
 from __future__ import annotations
@@ -32,6 +38,29 @@ ATTRIBUTE_COLUMNS = ("industry", "employee_band", "plan_interval")
 
 PROPERTY_THRESHOLDS = (1, 2, 3)
 """Count thresholds for property-value candidates (values are rarer than events)."""
+
+AUTO = "auto"
+"""`FeatureSpec.count_thresholds` when thresholds come from the data (`count_grid`, then discovery's choice)."""
+
+DENSE_COUNT_LIMIT = 10
+"""With `auto` thresholds, every integer 1..this is a candidate threshold (small counts: each step matters)."""
+
+COUNT_GRID_RATIO = 1.25
+"""Above `DENSE_COUNT_LIMIT`, `auto` grid points are about this factor apart (13, 16, 20, 24, 31, 38, 48, …)."""
+
+
+def count_grid(max_count: int) -> tuple[int, ...]:
+    """The `auto` count thresholds up to `max_count`: 1, 2, …, DENSE_COUNT_LIMIT, then round(10 · 1.25^k).
+
+    Fixed (it does not depend on which accounts are counted), so a threshold means the same candidate
+    in every cohort month; only its length follows the data's largest count.
+    """
+    dense = range(1, min(DENSE_COUNT_LIMIT, max(max_count, 0)) + 1)
+    if max_count <= DENSE_COUNT_LIMIT:
+        return tuple(dense)
+    steps = int(np.floor(np.log(max_count / DENSE_COUNT_LIMIT) / np.log(COUNT_GRID_RATIO))) + 1
+    sparse = np.floor(DENSE_COUNT_LIMIT * COUNT_GRID_RATIO ** np.arange(1, steps + 1) + 0.5).astype(np.int64)
+    return tuple(dense) + tuple(int(t) for t in np.unique(sparse) if DENSE_COUNT_LIMIT < t <= max_count)
 
 
 @dataclass(frozen=True)
@@ -210,11 +239,12 @@ def _intent_hits(intent: pl.DataFrame, lookback_days: int) -> pl.DataFrame:
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """How candidates are built: windows, count thresholds, the observation window and intent lookback, and the
-    events left out. Built from settings by `Settings.feature_spec()`; the lead-score model stores it as JSON."""
+    """How candidates are built: windows, count thresholds (a list, or `AUTO`: `count_grid`), the observation
+    window and intent lookback, and the events left out. Built from settings by `Settings.feature_spec()`;
+    the lead-score model stores it as JSON."""
 
     windows: tuple[int, ...]
-    count_thresholds: tuple[int, ...]
+    count_thresholds: tuple[int, ...] | str
     observation_days: int
     intent_lookback_days: int
     excluded_events: tuple[str, ...] = ()
@@ -223,7 +253,9 @@ class FeatureSpec:
         return json.dumps(
             {
                 "windows": list(self.windows),
-                "count_thresholds": list(self.count_thresholds),
+                "count_thresholds": self.count_thresholds
+                if self.count_thresholds == AUTO
+                else list(self.count_thresholds),
                 "observation_days": self.observation_days,
                 "intent_lookback_days": self.intent_lookback_days,
                 "excluded_events": list(self.excluded_events),
@@ -234,13 +266,26 @@ class FeatureSpec:
     @classmethod
     def from_json(cls, text: str) -> FeatureSpec:
         raw = json.loads(text)
+        thresholds = raw["count_thresholds"]
         return cls(
             windows=tuple(int(d) for d in raw["windows"]),
-            count_thresholds=tuple(int(t) for t in raw["count_thresholds"]),
+            count_thresholds=AUTO if thresholds == AUTO else tuple(int(t) for t in thresholds),
             observation_days=int(raw["observation_days"]),
             intent_lookback_days=int(raw["intent_lookback_days"]),
             excluded_events=tuple(raw.get("excluded_events", ())),
         )
+
+
+def event_thresholds(events: pl.DataFrame, spec: FeatureSpec) -> tuple[int, ...]:
+    """The count thresholds event candidates are built at: the explicit list, or `count_grid` up to the
+    largest count in any window of `events`."""
+    if spec.count_thresholds != AUTO:
+        return tuple(spec.count_thresholds)
+    columns = [f"n_first_{d}d" for d in spec.windows if f"n_first_{d}d" in events.columns]
+    if events.is_empty() or not columns:
+        return ()
+    largest = events.select(pl.max_horizontal(pl.col(c).max() for c in columns)).item()
+    return count_grid(int(largest or 0))
 
 
 def candidate_hits(frames: FeatureFrames, spec: FeatureSpec) -> pl.DataFrame:
@@ -248,7 +293,7 @@ def candidate_hits(frames: FeatureFrames, spec: FeatureSpec) -> pl.DataFrame:
     events = frames.events.filter(~pl.col("event_name").is_in(list(spec.excluded_events)))
     hits = pl.concat(
         [
-            _count_hits(events, spec.windows, spec.count_thresholds, "event_count", spec.observation_days),
+            _count_hits(events, spec.windows, event_thresholds(events, spec), "event_count", spec.observation_days),
             _count_hits(frames.properties, spec.windows, PROPERTY_THRESHOLDS, "event_property", spec.observation_days),
             _attribute_hits(frames.accounts),
             _intent_hits(frames.intent, spec.intent_lookback_days),

@@ -7,7 +7,9 @@ Method (README, "How discovery decides"):
    *discovery* set. Every statistic below is computed on the discovery set; the holdout only re-measures.
 2. **Support filter** (outcome-blind, so it does not bias the tests): a candidate is tested when it
    fired for at least `min_candidate_support` discovery accounts (`min_property_support` for property
-   values) and did not fire for at least as many.
+   values) and did not fire for at least as many. With `auto` count thresholds, `choose_count_thresholds`
+   then keeps, per event and window, at most `max_thresholds_per_event` thresholds chosen from the
+   distribution of counts among the discovery accounts (also outcome-blind).
 3. **Statistics per candidate** (`core.stats.compare_proportions`): rates with/without, lift =
    rate_with / rate_without with a Katz log CI, two-sided p from the pooled two-proportion z-test, or
    Fisher's exact test when an expected cell is below 5.
@@ -39,7 +41,14 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from beton_pipeline.core.candidates import CandidateMatrix, FeatureFrames, pair_key, signal_ids, sufficient_statistics
+from beton_pipeline.core.candidates import (
+    DENSE_COUNT_LIMIT,
+    CandidateMatrix,
+    FeatureFrames,
+    pair_key,
+    signal_ids,
+    sufficient_statistics,
+)
 from beton_pipeline.core.stats import benjamini_hochberg, compare_proportions
 
 CUSTOM_KINDS = ("condition", "sql")
@@ -61,6 +70,9 @@ class DiscoveryConfig:
     min_property_support: int = 20
     pair_top_k: int = 12
     acv: float = 12_000.0
+    max_thresholds_per_event: int | None = None
+    """With `auto` count thresholds: the most thresholds tested per event and window (`choose_count_thresholds`);
+    None (an explicit `count_thresholds` list) tests every listed threshold."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +188,70 @@ def supported(counts: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
         .otherwise(config.min_candidate_support)
     )
     return counts.filter((pl.col("n_with") >= need) & ((pl.col("n_total") - pl.col("n_with")) >= need))
+
+
+def choose_count_thresholds(counts: pl.DataFrame, cap: int, min_support: int) -> pl.DataFrame:
+    """The event-count candidates worth testing, per event and window, from the distribution of counts.
+
+    `counts` holds event-count candidates with `family`, `window_days`, `threshold`, `n_with` (accounts
+    whose count reaches the threshold: the distribution's survival function) and `n_total`. Per event and
+    window, of the thresholds that leave at least `min_support` accounts on both sides:
+
+    1. a threshold reaching exactly the accounts of a smaller one is the same candidate: dropped;
+    2. small counts (≤ DENSE_COUNT_LIMIT) keep every integer, so an effect that starts at 4 is tested at 4;
+    3. the rest (counts in the dozens or hundreds) become quantile cut points: their share of accounts is
+       cut into equal bands and the smallest threshold of each band is kept, filling the cap;
+    4. when the small integers alone exceed the cap, they are cut into `cap` bands the same way.
+
+    Only counts of accounts are read, never outcomes, so the choice cannot select thresholds for their
+    results and the tests that follow keep their p-values (no selection bias). Every threshold kept is
+    tested and counts in the Benjamini–Hochberg family; the ones dropped are not tested at all.
+    Returns the kept rows of `counts` (at most `cap` per event and window, sorted, unique, all ≥ 1).
+    """
+    group = ["family", "window_days"]
+    ranked = (
+        counts.filter(
+            (pl.col("threshold") >= 1)
+            & (pl.col("n_with") >= min_support)
+            & ((pl.col("n_total") - pl.col("n_with")) >= min_support)
+        )
+        .sort([*group, "threshold"])
+        .filter(pl.col("n_with").ne_missing(pl.col("n_with").shift(1).over(group)))
+        .with_columns((pl.col("threshold") <= DENSE_COUNT_LIMIT).alias("_dense"))
+        .with_columns(pl.col("_dense").sum().over(group).alias("_n_dense"))
+    )
+    # slots per part: the dense integers get the cap, the tail what they leave; a part that fits is kept whole
+    slots = (
+        pl.when(pl.col("_dense"))
+        .then(pl.lit(cap))
+        .otherwise(pl.max_horizontal(pl.lit(cap) - pl.col("_n_dense"), pl.lit(0)))
+    )
+    part = [*group, "_dense"]
+    first, last = pl.col("n_with").max().over(part), pl.col("n_with").min().over(part)
+    band = (
+        pl.when(pl.len().over(part) <= slots)
+        .then(pl.int_range(pl.len()).over(part))
+        .when(first == last)
+        .then(0)
+        .otherwise(((first - pl.col("n_with")) * (slots - 1) / (first - last)).floor())
+        .cast(pl.Int64)
+    )
+    kept = ranked.with_columns(slots.alias("_slots"), band.alias("_band")).filter(
+        (pl.col("_slots") > 0) & (pl.int_range(pl.len()).over([*part, "_band"]) == 0)
+    )
+    return kept.drop("_dense", "_n_dense", "_slots", "_band").sort([*group, "threshold"])
+
+
+def select_candidates(counts: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
+    """`supported` candidates, with `auto` event-count thresholds narrowed by `choose_count_thresholds`."""
+    tested = supported(counts, config)
+    if config.max_thresholds_per_event is None or tested.is_empty():
+        return tested
+    is_count = pl.col("kind") == "event_count"
+    chosen = choose_count_thresholds(
+        tested.filter(is_count), config.max_thresholds_per_event, config.min_candidate_support
+    )
+    return pl.concat([tested.filter(~is_count), chosen.select(tested.columns)], how="vertical_relaxed")
 
 
 def top_singles(tested: pl.DataFrame, k: int) -> list[str]:
@@ -385,7 +461,7 @@ def discover(
     Returns one row per tested candidate with the `beton.signals` columns (see README) plus counts,
     holdout figures and the family bookkeeping.
     """
-    tested = supported(discovery_counts, config)
+    tested = select_candidates(discovery_counts, config)
     pairs = supported(pair_discovery, config) if not pair_discovery.is_empty() else pair_discovery
     all_tested = tested.select(CANDIDATE_COLUMNS + COUNT_COLUMNS)
     if not pairs.is_empty():
@@ -464,7 +540,9 @@ def discover_from_cohort_counts(
     select_months, test_months = split.discovery_months[::2], split.discovery_months[1::2]
     pair_disc, pair_hold = pl.DataFrame(), pl.DataFrame()
     if test_months:
-        singles = evaluate(supported(sum_counts(cohort_counts, select_months), config), config.confidence_level)
+        chosen = select_candidates(disc, config).get_column("key")
+        singles = supported(sum_counts(cohort_counts, select_months), config).filter(pl.col("key").is_in(chosen))
+        singles = evaluate(singles, config.confidence_level)
         top = top_singles(singles, config.pair_top_k)
         if len(top) >= 2:
             pair_split = HoldoutSplit(test_months, split.holdout_months, 0, split.n_holdout)

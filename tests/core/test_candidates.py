@@ -6,7 +6,14 @@ import scipy.sparse as sp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from beton_pipeline.core.candidates import CandidateMatrix, pair_key, pair_parts
+from beton_pipeline.core.candidates import (
+    COUNT_GRID_RATIO,
+    DENSE_COUNT_LIMIT,
+    CandidateMatrix,
+    count_grid,
+    pair_key,
+    pair_parts,
+)
 
 KEY = st.text(alphabet="ab&:=/>1", min_size=1, max_size=12)
 
@@ -39,3 +46,16 @@ def test_take_rows_keeps_the_candidates_and_the_chosen_accounts():
     assert sub.account_ids.tolist() == ["a", "c"]
     assert sub.matrix.toarray().tolist() == [[1.0, 0.0], [1.0, 1.0]]
     assert sub.candidates.equals(matrix.candidates)
+
+
+@given(st.integers(0, 100_000))
+def test_count_grid_is_every_small_integer_then_geometric_and_never_above_the_data(max_count):
+    grid = count_grid(max_count)
+    assert list(grid) == sorted(set(grid)) and all(1 <= t <= max_count for t in grid)
+    assert grid[:DENSE_COUNT_LIMIT] == tuple(range(1, min(max_count, DENSE_COUNT_LIMIT) + 1))
+    tail = np.array(grid[DENSE_COUNT_LIMIT - 1 :], dtype=float)
+    if len(tail) > 1:  # about 25 % apart, so the largest count is never more than a step above the last point
+        assert np.all(tail[1:] / tail[:-1] <= COUNT_GRID_RATIO + 0.1)
+    if max_count > DENSE_COUNT_LIMIT:
+        assert max_count / grid[-1] < COUNT_GRID_RATIO + 0.1
+    assert count_grid(max_count + 1)[: len(grid)] == grid  # the same points whatever the data's largest count

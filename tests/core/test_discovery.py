@@ -3,17 +3,22 @@
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from beton_pipeline.core.candidates import (
+    AUTO,
     FeatureFrames,
     FeatureSpec,
     build_candidate_matrix,
     candidate_hits,
+    count_grid,
     signal_id,
     sufficient_statistics,
 )
 from beton_pipeline.core.discovery import (
     DiscoveryConfig,
+    choose_count_thresholds,
     choose_holdout,
     cohort_counts_from_matrix,
     cohort_labels,
@@ -188,3 +193,200 @@ def test_shuffled_outcomes_rarely_enable_anything():
         for seed in range(20)
     )
     assert runs_with_enable <= 2  # 0.05 × 20 = 1 expected at most; holdout replication makes it rarer
+
+
+# ------------------------------------------------------------------------------------------------
+# Count thresholds from the data (`count_thresholds: auto`)
+# ------------------------------------------------------------------------------------------------
+FIXED_GRID = (1, 2, 3, 5, 10)
+AUTO_CONFIG = DiscoveryConfig(max_thresholds_per_event=16)
+
+
+def shaped_frames(
+    counts: dict[str, np.ndarray], planted: tuple[str, int] | None, seed: int, base: float = 0.06, lifted: float = 0.2
+) -> FeatureFrames:
+    """Accounts over 12 cohort months with the given per-account counts of each event (first 7 and 14 days;
+    the 1- and 3-day windows see at most 1 and 2). With `planted = (event, t)`, accounts whose 14-day count
+    reaches t convert at `lifted`, the rest at `base`."""
+    rng = np.random.default_rng(seed)
+    n = len(next(iter(counts.values())))
+    ids = np.array([f"a{i:06d}" for i in range(n)])
+    months = np.array([f"2025-{m:02d}" for m in rng.integers(1, 13, n)])
+    p = np.full(n, base) if planted is None else np.where(counts[planted[0]] >= planted[1], lifted, base)
+    converted = rng.random(n) < p
+    base_frames = synthetic_frames(n=20, seed=seed)
+    accounts = pl.DataFrame(
+        {
+            "account_id": ids,
+            "cohort_month": pl.Series(months).str.to_date("%Y-%m"),
+            "converted": converted,
+            "arr": np.where(converted, 6000.0, np.nan),
+            "industry": rng.choice(["Fintech", "Retail", "Media"], n),
+            "employee_band": rng.choice(["1-9", "10-49"], n),
+            "plan_interval": rng.choice(["month", "year"], n),
+        }
+    )
+    events = pl.concat(
+        pl.DataFrame(
+            {
+                "account_id": ids[c > 0],
+                "event_name": name,
+                "n_first_1d": np.minimum(c[c > 0], 1),
+                "n_first_3d": np.minimum(c[c > 0], 2),
+                "n_first_7d": c[c > 0],
+                "n_first_14d": c[c > 0],
+            }
+        )
+        for name, c in counts.items()
+    )
+    return FeatureFrames(accounts=accounts, events=events, properties=base_frames.properties, intent=base_frames.intent)
+
+
+def run_with(frames: FeatureFrames, thresholds, config: DiscoveryConfig, converted=None):
+    hits = candidate_hits(frames, FeatureSpec(WINDOWS, thresholds, 14, 90))
+    matrix = build_candidate_matrix(frames, hits)
+    months = cohort_labels(frames)
+    y = frames.accounts.get_column("converted").to_numpy() if converted is None else converted
+    arr = np.where(y, 6000.0, 0.0)
+    counts = cohort_counts_from_matrix(matrix, months, y, arr)
+    return discover_from_cohort_counts(counts, matrix_pair_source(matrix, months, y, arr), config, 0.3).signals
+
+
+def support_calls(n: int, rng) -> dict[str, np.ndarray]:
+    """A support-call count that is small (Poisson 2.5) and three noise events of other shapes."""
+    heavy = rng.random(n) < 0.3
+    return {
+        "support_call": rng.poisson(2.5, n),
+        "noise_small": rng.poisson(1.2, n),
+        "noise_heavy": np.where(heavy, rng.negative_binomial(3, 0.25, n) + 5, rng.poisson(1.5, n)),
+        "noise_hundreds": np.floor(rng.lognormal(4.0, 1.0, n)).astype(np.int64),
+    }
+
+
+def heavy_usage(n: int, rng) -> dict[str, np.ndarray]:
+    """Light users (70 %, Poisson 1.5) and heavy users (30 %, 5 + negative binomial, mean 14)."""
+    counts = support_calls(n, rng)
+    heavy = rng.random(n) < 0.3
+    counts["api_call"] = np.where(heavy, rng.negative_binomial(3, 0.25, n) + 5, rng.poisson(1.5, n))
+    return counts
+
+
+def enabled_event_signals(result: pl.DataFrame) -> pl.DataFrame:
+    return result.filter((pl.col("recommendation") == "enable") & (pl.col("kind") == "event_count"))
+
+
+@pytest.mark.parametrize(
+    ("shape", "event", "threshold"),
+    [(support_calls, "support_call", 4), (heavy_usage, "api_call", 8)],
+)
+def test_auto_thresholds_find_a_planted_effect_exactly(shape, event, threshold):
+    frames = shaped_frames(shape(4000, np.random.default_rng(1)), (event, threshold), seed=1)
+    auto = enabled_event_signals(run_with(frames, AUTO, AUTO_CONFIG))
+    fixed = enabled_event_signals(run_with(frames, FIXED_GRID, DiscoveryConfig()))
+    assert auto.get_column("event").to_list() == [event]  # one family enabled, no noise event
+    assert auto.row(0, named=True)["threshold"] == threshold
+    assert fixed.get_column("threshold").to_list() != [threshold]  # the fixed grid cannot say 4 or 8
+
+
+def test_auto_thresholds_in_the_hundreds_are_quantile_cut_points():
+    """Counts log-normal around 55, into the hundreds: a planted effect at 100 is enabled at one of the two
+    tested cut points around 100, and no more than the cap is tested per window."""
+    rng = np.random.default_rng(2)
+    counts = support_calls(4000, rng)
+    frames = shaped_frames(counts, ("noise_hundreds", 100), seed=2)
+    result = run_with(frames, AUTO, AUTO_CONFIG)
+    tested = result.filter(pl.col("family") == "event:noise_hundreds")
+    per_window = tested.group_by("window_days").len().get_column("len")
+    assert per_window.max() <= AUTO_CONFIG.max_thresholds_per_event
+    grid = sorted(set(tested.filter(pl.col("window_days") == 14).get_column("threshold").to_list()))
+    below, above = max(t for t in grid if t <= 100), min(t for t in grid if t >= 100)
+    enabled = enabled_event_signals(result)
+    assert enabled.get_column("event").to_list() == ["noise_hundreds"]
+    assert enabled.row(0, named=True)["threshold"] in {below, above}
+    assert max(grid) > 100 and len([t for t in grid if t > 10]) >= 3  # cut points well into the tail
+
+
+def test_an_event_everyone_does_once_gives_no_candidate_and_no_error():
+    rng = np.random.default_rng(3)
+    counts = {"signed_in": np.ones(1500, dtype=np.int64), "noise_small": rng.poisson(1.2, 1500)}
+    result = run_with(shaped_frames(counts, None, seed=3), AUTO, AUTO_CONFIG)
+    assert result.filter(pl.col("event") == "signed_in").is_empty()  # ≥ 1 fires for all: nothing to compare
+    assert result.filter(pl.col("event") == "noise_small").height > 0
+
+
+def test_auto_thresholds_add_no_false_discoveries_under_the_null():
+    """Shuffled outcomes on the heavy-usage shape, 8 seeds: auto enables no more signals than the fixed grid."""
+    frames = shaped_frames(heavy_usage(2500, np.random.default_rng(4)), ("api_call", 8), seed=4)
+    y0 = frames.accounts.get_column("converted").to_numpy()
+    auto, fixed = 0, 0
+    for seed in range(8):
+        y = np.random.default_rng(seed).permutation(y0)
+        auto += run_with(frames, AUTO, AUTO_CONFIG, converted=y).filter(pl.col("recommendation") == "enable").height
+        fixed += (
+            run_with(frames, FIXED_GRID, DiscoveryConfig(), converted=y)
+            .filter(pl.col("recommendation") == "enable")
+            .height
+        )
+    assert auto <= max(fixed, 1)
+
+
+def test_the_threshold_choice_never_reads_outcomes():
+    """The same accounts with shuffled outcomes get exactly the same thresholds tested."""
+    frames = shaped_frames(support_calls(2000, np.random.default_rng(5)), ("support_call", 4), seed=5)
+    y0 = frames.accounts.get_column("converted").to_numpy()
+    tested = [
+        set(run_with(frames, AUTO, AUTO_CONFIG, converted=y).filter(pl.col("kind") == "event_count")["key"])
+        for y in (y0, np.random.default_rng(0).permutation(y0), np.zeros_like(y0))
+    ]
+    assert tested[0] == tested[1] == tested[2] and tested[0]
+
+
+def survival(counts: np.ndarray, grid: tuple[int, ...]) -> pl.DataFrame:
+    """Event-count rows as `sum_counts` gives them: accounts reaching each grid threshold."""
+    return pl.DataFrame(
+        {
+            "key": [f"event:x:first_14d:>={t}" for t in grid],
+            "kind": "event_count",
+            "family": "event:x",
+            "window_days": 14,
+            "threshold": list(grid),
+            "n_with": [int((counts >= t).sum()) for t in grid],
+            "n_total": len(counts),
+        },
+        schema_overrides={"window_days": pl.Int64, "threshold": pl.Int64, "n_with": pl.Int64, "n_total": pl.Int64},
+    )
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    counts=st.lists(st.integers(0, 2000), min_size=1, max_size=400),
+    cap=st.integers(1, 20),
+    min_support=st.integers(1, 30),
+)
+def test_chosen_thresholds_keep_their_invariants(counts, cap, min_support):
+    values = np.array(counts)
+    frame = survival(values, count_grid(int(values.max())))
+    chosen = choose_count_thresholds(frame, cap, min_support).get_column("threshold").to_list()
+    assert chosen == sorted(set(chosen)) and len(chosen) <= cap and all(t >= 1 for t in chosen)
+    for t in chosen:
+        assert min_support <= (values >= t).sum() <= len(values) - min_support
+    # small counts keep every integer that adds accounts, when they fit under the cap
+    dense = survival(values, tuple(range(1, 11)))
+    dense = dense.filter((pl.col("n_with") >= min_support) & (pl.col("n_total") - pl.col("n_with") >= min_support))
+    distinct = dense.unique("n_with", keep="first").get_column("threshold").to_list()
+    if len(distinct) <= cap:
+        assert set(distinct) <= set(chosen)
+
+
+def test_count_grid_and_explicit_lists():
+    assert count_grid(0) == () and count_grid(4) == (1, 2, 3, 4)
+    assert count_grid(50) == (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 16, 20, 24, 31, 38, 48)
+    frames = shaped_frames({"e": np.array([0, 1, 4, 37, 37, 200])}, None, seed=0)
+    explicit = candidate_hits(frames, FeatureSpec(WINDOWS, (4, 37), 14, 90))
+    assert sorted(explicit.filter(pl.col("window_days") == 14)["threshold"].unique()) == [4, 37]
+    auto = candidate_hits(frames, FeatureSpec(WINDOWS, AUTO, 14, 90)).filter(pl.col("window_days") == 14)
+    assert sorted(auto["threshold"].unique()) == list(count_grid(200))
+    spec = FeatureSpec(WINDOWS, AUTO, 14, 90)
+    assert FeatureSpec.from_json(spec.to_json()) == spec
+    listed = FeatureSpec(WINDOWS, (4, 37), 14, 90)
+    assert FeatureSpec.from_json(listed.to_json()) == listed
