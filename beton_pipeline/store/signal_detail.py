@@ -61,7 +61,7 @@ def unknown_signal(con: duckdb.DuckDBPyConnection, signal_id: str) -> UnknownSig
     if frame.is_empty():
         return UnknownSignalError(f"{signal_id}: beton.signals is empty or missing; run `beton run` first")
     ids = frame.get_column("signal_id").to_list()
-    close = difflib.get_close_matches(signal_id, ids, n=3, cutoff=0.6)
+    close = difflib.get_close_matches(signal_id, ids, n=3, cutoff=0.8)  # ids share "sig_": 0.6 matches any
     if not close:
         mentions = frame.filter(pl.col("definition").str.contains(signal_id, literal=True))
         close = mentions.get_column("signal_id").head(3).to_list()
