@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from beton_pipeline.core.formatting import MISSING, fmt, fmt_estimate, fmt_interval, plain_table
 from beton_pipeline.settings import PROJECT_ROOT, SettingsError, demo_dir, load_settings, warehouse_path
@@ -216,7 +217,7 @@ def _print_table(title: str, headers: list[str], rows: list[list[str]], right: t
         for col in headers:
             table.add_column(col, overflow="fold", justify="right" if col in right else "left")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*(Text(str(c)) for c in row))  # data as text: `[/x]` in a value is no markup
         out.print(table)
         return
     sys.stdout.write(f"# {title}\n{plain_table(headers, rows, right)}\n")
@@ -335,7 +336,11 @@ def _print_detail_tables(detail) -> None:
         headers = ["cohort", "split", "accounts", "fired", "converted", "lift", "95% CI", "p", "enough data"]
         _print_table(f"backtest by cohort month ({verdict})", headers, rows, right=NUMERIC_COLUMNS)
     else:
-        out.print("backtest by cohort month: none yet (enabled and custom signals are backtested by `beton run`)")
+        out.print(
+            "backtest by cohort month: no rows in beton.signal_backtests for this signal "
+            "(`beton run` backtests enabled discovered signals and every custom signal)",
+            markup=False,
+        )
     health = detail.health
     if health.height:
         latest = health.row(-1, named=True)
@@ -355,7 +360,7 @@ def _print_detail_tables(detail) -> None:
             right=NUMERIC_COLUMNS,
         )
     else:
-        out.print("health: none yet (health is tracked for enabled signals)")
+        out.print("health: no rows in beton.signal_health for this signal (it tracks enabled signals)", markup=False)
     overrides = detail.overrides
     if overrides.height:
         rows = [
