@@ -360,7 +360,10 @@ def _print_detail_tables(detail) -> None:
             right=NUMERIC_COLUMNS,
         )
     else:
-        out.print("health: no rows in beton.signal_health for this signal (it tracks enabled signals)", markup=False)
+        out.print(
+            "health: no rows in beton.signal_health for this signal (it tracks enabled discovered signals)",
+            markup=False,
+        )
     overrides = detail.overrides
     if overrides.height:
         rows = [
