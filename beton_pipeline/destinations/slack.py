@@ -116,7 +116,7 @@ def account_message(
             "type": "section",
             "text": {
                 "type": "mrkdwn",
-                "text": _cut("*What they did*\n" + signals_mrkdwn(signals, day), SECTION_MAX_CHARS),
+                "text": _cut("*Why this account*\n" + signals_mrkdwn(signals, day), SECTION_MAX_CHARS),
             },
         },
     ]
