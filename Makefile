@@ -40,8 +40,15 @@ instance:
 	@mkdir -p $(DAGSTER_HOME)
 	@cmp -s $(INSTANCE_YAML) $(DAGSTER_HOME)/dagster.yaml || { cp $(INSTANCE_YAML) $(DAGSTER_HOME)/dagster.yaml && echo "Dagster instance: $(INSTANCE_YAML) -> $(DAGSTER_HOME)/dagster.yaml"; }
 
+# `beton` lives in .venv/bin (no activation needed to call it by its path); the last lines say what to try next.
 run: setup
 	$(BIN)/beton run
+	@echo ""
+	@echo "Next: the beton command is $(BIN)/beton (or run 'source $(BIN)/activate' once, then type just 'beton'):"
+	@echo "  $(BIN)/beton signals                   the signals found, best first (add --json for tools)"
+	@echo "  $(BIN)/beton signals show SIGNAL_ID    one signal: what it means, its statistics, backtest and health"
+	@echo "  $(BIN)/beton events                    the events and attributes custom signals can use"
+	@echo "  make ui                                   the Dagster UI on http://127.0.0.1:3000"
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -14,14 +15,18 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from beton_pipeline.core.formatting import fmt, fmt_estimate, fmt_interval
+from beton_pipeline.core.formatting import MISSING, fmt, fmt_estimate, fmt_interval, plain_table
 from beton_pipeline.settings import PROJECT_ROOT, SettingsError, demo_dir, load_settings, warehouse_path
 
 app = typer.Typer(
     help="beton: discover, prove, backtest, score and act on the signals that predict revenue.", no_args_is_help=True
 )
-signals_app = typer.Typer(help="List beton.signals, or enable/disable one.", invoke_without_command=True)
+signals_app = typer.Typer(
+    help="List beton.signals; show one; enable, disable or reset (clear the override of) one.",
+    invoke_without_command=True,
+)
 app.add_typer(signals_app, name="signals")
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -171,61 +176,246 @@ def signals_list(
         bool, typer.Option("--all", help="Every tested candidate, not only each family's best.")
     ] = False,
 ) -> None:
-    """List beton.signals, best first."""
+    """List beton.signals, best first (a plain aligned table, one line per signal, when piped or redirected)."""
     if ctx.invoked_subcommand is not None:
         return
-    from beton_pipeline.store.signals import read_signals
-    from beton_pipeline.warehouse import connect
+    import polars as pl
 
-    path = warehouse_path()
-    if not path.exists():
-        _fail(f"{path}: no warehouse yet; run `beton run` (or `make run`) first")
-    with connect(path, read_only=True) as con:
+    from beton_pipeline.store.signal_detail import signal_names
+    from beton_pipeline.store.signals import read_signals
+
+    with _read_warehouse() as con:
         frame = read_signals(con, include_all=include_all)
+        names = signal_names(con, _observation_days())
+    frame = frame.with_columns(
+        pl.col("signal_id").replace_strict(names, default=pl.col("definition"), return_dtype=pl.String).alias("name")
+    )
     if as_json:
-        sys.stdout.write(json.dumps(frame.to_dicts(), default=str, indent=1) + "\n")
+        _print_json([_json_row(r) for r in frame.iter_rows(named=True)])
         return
-    table = Table(title=f"beton.signals ({frame.height} shown)")
-    for col in (
-        "signal_id",
-        "definition",
-        "recommendation",
-        "enabled",
-        "lift",
-        "95% CI",
-        "n_with",
-        "q_value",
-        "holdout_lift",
-        "projected_arr",
-    ):
-        table.add_column(col, overflow="fold")
-    for r in frame.iter_rows(named=True):
-        table.add_row(
+    headers = ["signal_id", "enabled", "recommendation", "lift", "95% CI", "n_with", "q_value", "holdout_lift"]
+    headers += ["projected_arr", "name", "definition"]
+    rows = [
+        [
             r["signal_id"],
-            r["definition"],
-            r["recommendation"],
             "yes" if r["enabled"] else "no",
+            r["recommendation"],
             fmt(r["lift"], ".2f"),
             fmt_interval(r["lift_ci_low"], r["lift_ci_high"]),
             f"{r['n_with']:,}",
             fmt(r["q_value"], ".2g"),
             fmt(r["holdout_lift"], ".2f"),
             fmt(r["projected_arr"], ",.0f"),
-        )
-    out.print(table)
+            r["name"],
+            r["definition"],
+        ]
+        for r in frame.iter_rows(named=True)
+    ]
+    _print_table(f"beton.signals ({frame.height} shown)", headers, rows, right=NUMERIC_COLUMNS)
 
 
-def _override(signal_id: str, enabled: bool, by: str | None, reason: str | None) -> None:
-    from beton_pipeline.store.signals import UnknownSignalError, set_override
-    from beton_pipeline.warehouse import connect
+NUMERIC_COLUMNS = ("lift", "n_with", "q_value", "holdout_lift", "projected_arr", "accounts", "fired", "converted")
+"""Columns right-aligned in plain tables."""
+JSON_ARRAY_COLUMNS = ("alternatives",)
+"""beton.signals columns stored as JSON text that `--json` prints as arrays."""
 
-    who = by or os.environ.get("USER") or "unknown"
+
+def _print_table(title: str, headers: list[str], rows: list[list[str]], right: tuple[str, ...] = ()) -> None:
+    """A rich table on a terminal; elsewhere (a pipe, a file) plain aligned text, one line per row, never wrapped."""
+    if out.is_terminal:
+        table = Table(title=title)
+        for col in headers:
+            table.add_column(col, overflow="fold", justify="right" if col in right else "left")
+        for row in rows:
+            table.add_row(*(Text(str(c)) for c in row))  # data as text: `[/x]` in a value is no markup
+        out.print(table)
+        return
+    sys.stdout.write(f"# {title}\n{plain_table(headers, rows, right)}\n")
+
+
+def _json_row(row: dict) -> dict:
+    """A row for `--json`: JSON-text array columns decoded, so arrays print as arrays."""
+    return {k: (json.loads(v) if k in JSON_ARRAY_COLUMNS and isinstance(v, str) else v) for k, v in row.items()}
+
+
+def _print_json(payload: object) -> None:
+    sys.stdout.write(json.dumps(payload, default=str, indent=1, ensure_ascii=False) + "\n")
+
+
+def _observation_days() -> int | None:
+    """The observation window (names intent signals' windows); None when beton.yaml cannot be read."""
     try:
-        with connect(warehouse_path()) as con:
-            set_override(con, signal_id, enabled, who, reason)
+        return load_settings().windows.observation_days
+    except SettingsError:
+        return None
+
+
+@contextmanager
+def _read_warehouse():
+    """A read-only connection to the warehouse, or a one-line error when there is none yet or it is busy."""
+    from beton_pipeline.warehouse import WarehouseLockedError, connect
+
+    path = warehouse_path()
+    if not path.exists():
+        _fail(f"{path}: no warehouse yet; run `beton run` (or `make run`) first")
+    try:
+        with connect(path, read_only=True) as con:
+            yield con
+    except WarehouseLockedError as exc:
+        _fail(str(exc))
+
+
+@signals_app.command("show")
+def signals_show(
+    signal_id: str,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON: signal, name, parts, backtest, health, overrides.")
+    ] = False,
+) -> None:
+    """One signal in full: what it means, its statistics, its backtest by cohort month, its health and who overrode it."""
+    from beton_pipeline.store.signal_detail import read_signal_detail
+    from beton_pipeline.store.signals import UnknownSignalError
+
+    try:
+        with _read_warehouse() as con:
+            detail = read_signal_detail(con, signal_id, _observation_days())
     except UnknownSignalError as exc:
         _fail(str(exc.args[0]))
-    out.print(f"{signal_id}: {'enabled' if enabled else 'disabled'} by {who}" + (f" ({reason})" if reason else ""))
+    if as_json:
+        _print_json(
+            {
+                "signal": _json_row(detail.signal),
+                "name": detail.name,
+                "parts": list(detail.parts),
+                "backtest": detail.backtest.to_dicts(),
+                "health": detail.health.to_dicts(),
+                "overrides": detail.overrides.to_dicts(),
+            }
+        )
+        return
+    s = detail.signal
+    lines = [
+        f"{s['signal_id']}: {detail.name}",
+        "",
+        "definition",
+        f"  condition       {s['definition']}",
+        f"  kind            {s['kind']} ({s['source']}; family {s['family']})",
+    ]
+    lines += [f"  part            {p['signal_id']}: {p['name']}" for p in detail.parts]
+    level = f"{100 * s['confidence_level']:.0f}%" if s.get("confidence_level") else "95%"
+    lines += [
+        "",
+        "statistics (discovery cohorts)",
+        f"  lift            {fmt(s['lift'], '.2f')} ({level} CI {fmt_interval(s['lift_ci_low'], s['lift_ci_high'])})",
+        f"  p, q            {fmt(s['p_value'], '.2g')}, {fmt(s['q_value'], '.2g')}",
+        f"  support         {s['n_with']:,} accounts with it ({s['conversions_with']:,} converted, "
+        f"{fmt(s['rate_with'], '.1%')}); {s['n_without']:,} without ({s['conversions_without']:,}, "
+        f"{fmt(s['rate_without'], '.1%')})",
+        f"  holdout         lift {fmt(s['holdout_lift'], '.2f')} (CI {fmt_interval(s['holdout_lift_ci_low'], s['holdout_lift_ci_high'])}), "
+        f"p {fmt(s['holdout_p_value'], '.2g')}, {fmt(s['holdout_n_with'], ',')} of {fmt(s['holdout_n_total'], ',')} accounts "
+        "in later cohorts",
+        f"  projected ARR   {fmt(s['projected_arr'], ',.0f')}",
+        f"  recommendation  {s['recommendation']}: {s['recommendation_reason'] or MISSING}",
+        f"  enabled         {'yes' if s['enabled'] else 'no'}"
+        + ("" if s["enabled_override"] is None else " (by override)"),
+        f"  method          {s['method']}",
+        f"  as of           {s['as_of']}",
+    ]
+    out.print("\n".join(lines), markup=False, highlight=False)
+    _print_detail_tables(detail)
+
+
+def _print_detail_tables(detail) -> None:
+    backtest = detail.backtest
+    if backtest.height:
+        verdict = f"{backtest['verdict'][0]}: {backtest['verdict_reason'][0]}" if "verdict" in backtest.columns else ""
+        rows = [
+            [
+                r["cohort_month"],
+                r["split"],
+                f"{r['cohort_accounts']:,}",
+                f"{r['fired']:,}",
+                f"{r['converted']:,}",
+                fmt(r["lift"], ".2f"),
+                fmt_interval(r["lift_ci_low"], r["lift_ci_high"]),
+                fmt(r["p_value"], ".2g"),
+                "yes" if r["enough_data"] else "no",
+            ]
+            for r in backtest.iter_rows(named=True)
+        ]
+        headers = ["cohort", "split", "accounts", "fired", "converted", "lift", "95% CI", "p", "enough data"]
+        _print_table(f"backtest by cohort month ({verdict})", headers, rows, right=NUMERIC_COLUMNS)
+    else:
+        out.print(
+            "backtest by cohort month: no rows in beton.signal_backtests for this signal "
+            "(`beton run` backtests enabled discovered signals and every custom signal)",
+            markup=False,
+        )
+    health = detail.health
+    if health.height:
+        latest = health.row(-1, named=True)
+        rows = [
+            [
+                str(r["day"]),
+                r["health"],
+                fmt(r.get("lift"), ".2f"),
+                fmt_interval(r.get("lift_ci_low"), r.get("lift_ci_high")),
+            ]
+            for r in health.iter_rows(named=True)
+        ]
+        _print_table(
+            f"health: {latest['health']} on {latest['day']} (last {health.height} days)",
+            ["day", "health", "lift", "95% CI"],
+            rows,
+            right=NUMERIC_COLUMNS,
+        )
+    else:
+        out.print(
+            "health: no rows in beton.signal_health for this signal (it tracks enabled discovered signals)",
+            markup=False,
+        )
+    overrides = detail.overrides
+    if overrides.height:
+        rows = [
+            [
+                str(r["changed_at"])[:19],
+                {True: "enabled", False: "disabled", None: "reset"}[r["enabled"]],
+                r["changed_by"],
+                r["reason"] or MISSING,
+            ]
+            for r in overrides.iter_rows(named=True)
+        ]
+        _print_table("overrides (latest last)", ["when (UTC)", "decision", "by", "why"], rows)
+    else:
+        out.print("override: none (enabled follows the recommendation)")
+
+
+def _override(signal_id: str, enabled: bool | None, by: str | None, reason: str | None) -> None:
+    """Record a decision in beton.signal_overrides: enable, disable, or (None) back to the recommendation."""
+    from beton_pipeline.store.signal_detail import clear_override, unknown_signal
+    from beton_pipeline.store.signals import UnknownSignalError, set_override
+    from beton_pipeline.warehouse import WarehouseLockedError, connect
+
+    path = warehouse_path()
+    if not path.exists():
+        _fail(f"{path}: no warehouse yet; run `beton run` (or `make run`) first")
+    who = by or os.environ.get("USER") or "unknown"
+    try:
+        with connect(path) as con:
+            try:
+                if enabled is None:
+                    now_enabled = clear_override(con, signal_id, who, reason)
+                else:
+                    set_override(con, signal_id, enabled, who, reason)
+            except UnknownSignalError:
+                raise unknown_signal(con, signal_id) from None
+    except (UnknownSignalError, WarehouseLockedError) as exc:
+        _fail(str(exc.args[0]))
+    if enabled is None:
+        state = f"override cleared: {'enabled' if now_enabled else 'disabled'} as recommended"
+    else:
+        state = "enabled" if enabled else "disabled"
+    out.print(f"{signal_id}: {state} by {who}" + (f" ({reason})" if reason else ""), markup=False, highlight=False)
 
 
 ReasonOption = Annotated[str | None, typer.Option(help="Why (kept with the decision).")]
@@ -250,6 +440,16 @@ def signals_disable(
 ) -> None:
     """Disable a signal whatever its recommendation; survives re-runs."""
     _override(signal_id, False, by, reason)
+
+
+@signals_app.command("reset")
+def signals_reset(
+    signal_id: str,
+    reason: ReasonOption = None,
+    by: ByOption = None,
+) -> None:
+    """Clear a signal's override: it follows its recommendation again (the decision is recorded with who and why)."""
+    _override(signal_id, None, by, reason)
 
 
 @app.command()

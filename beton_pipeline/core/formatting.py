@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from datetime import date, datetime
 
 MISSING = "—"
 """What a missing (None or NaN) number prints as."""
@@ -55,3 +56,55 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]], emp
         return empty
     head = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     return "\n".join(head + body)
+
+
+def fmt_ago(then: date | datetime | str | None, today: date) -> str:
+    """How long before `today` something happened, as a person says it: "today", "yesterday", "3 days ago",
+    "2 weeks ago", "4 months ago"; a date after `today` prints as the date; None or unreadable text as `MISSING`.
+
+    `then` may be ISO text (`2026-01-31T09:00:00Z`); only its calendar day counts.
+    """
+    if isinstance(then, str):
+        try:
+            then = datetime.fromisoformat(then.replace("Z", "+00:00"))
+        except ValueError:
+            return MISSING
+    if then is None:
+        return MISSING
+    day = then.date() if isinstance(then, datetime) else then
+    days = (today - day).days
+    if days < 0:
+        return day.isoformat()
+    if days <= 1:
+        return ("today", "yesterday")[days]
+    if days < 14:
+        return f"{days} days ago"
+    if days < 60:
+        return f"{days // 7} weeks ago"
+    if days < 730:
+        return f"{days // 30} months ago"
+    return f"{days // 365} years ago"
+
+
+def plain_table(headers: Sequence[str], rows: Iterable[Sequence[object]], right: Iterable[str] = ()) -> str:
+    """Aligned plain text for pipes and files: a header line, then one line per row, columns two spaces
+    apart, never wrapped (the last column is left ragged, so put long text there). Cells are `str()`-ed
+    (format numbers with `fmt` first; None prints as `MISSING`), line breaks and tabs become spaces;
+    columns named in `right` are right-aligned.
+    """
+    right = set(right)
+    cells = [[" ".join(_text(v).split()) for v in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+
+    def line(values: Sequence[str]) -> str:
+        padded = [
+            v.rjust(w) if h in right else (v if i == len(values) - 1 else v.ljust(w))
+            for i, (v, w, h) in enumerate(zip(values, widths, headers, strict=True))
+        ]
+        return "  ".join(padded).rstrip()
+
+    return "\n".join([line(list(headers)), *(line(r) for r in cells)])
+
+
+def _text(value: object) -> str:
+    return MISSING if value is None else str(value)

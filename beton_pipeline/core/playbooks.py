@@ -66,6 +66,7 @@ ACCOUNT_TEMPLATE_FIELDS = (
 
 HEALTH_TEMPLATE_FIELDS = (
     "signal_id",
+    "signal_name",
     "definition",
     "health",
     "previous_health",
@@ -78,9 +79,7 @@ HEALTH_TEMPLATE_FIELDS = (
 )
 """Placeholders a health playbook's templates may use."""
 
-DEFAULT_ACCOUNT_SLACK_TEMPLATE = (
-    "*$company* matched *$playbook*: score $score (rank $score_rank). Top signals: $signals"
-)
+DEFAULT_ACCOUNT_SLACK_TEMPLATE = "*$company* matched *$playbook*: score $score (rank $score_rank)."
 DEFAULT_HEALTH_SLACK_TEMPLATE = "Signal `$signal_id` ($definition) changed from $previous_health to *$health* on $day."
 
 
@@ -559,7 +558,8 @@ class MatchedAccount:
 
     ``company`` is the display name (company name, else domain, else id); ``top_contributions`` are
     the score's top contributions as stored; ``top_signals`` the same, or the first three fired
-    signals when the score has no contributions.
+    signals when the score has no contributions, each with its plain-language ``name`` added
+    (:func:`~beton_pipeline.core.signal_names.signal_name`, else its definition).
     """
 
     account_id: str
@@ -682,8 +682,17 @@ def _crm_url(template: str | None, account_id: str, domain: str | None, is_crm: 
     return render(template, {"record_id": quote(str(account_id), safe=""), "domain": quote(str(domain or ""), safe="")})
 
 
-def matched_account(row: Mapping, crm_url: str | None) -> MatchedAccount:
-    """A :class:`MatchedAccount` from one ``account_scores`` row (``crm_url`` already built)."""
+def _named(signals: Sequence[dict], names: Mapping[str, str]) -> tuple[dict, ...]:
+    """Each signal dict with its plain-language ``name`` (from ``names`` by signal id, else its definition)."""
+    return tuple(
+        {**s, "name": names.get(str(s.get("signal_id"))) or s.get("definition") or s.get("signal_id")} for s in signals
+    )
+
+
+def matched_account(row: Mapping, crm_url: str | None, signal_names: Mapping[str, str] | None = None) -> MatchedAccount:
+    """A :class:`MatchedAccount` from one ``account_scores`` row (``crm_url`` already built; ``signal_names``:
+    signal id → plain-language name, e.g. ``store.signal_detail.signal_names``)."""
+    names = signal_names or {}
     top_contributions = _json_list(row.get("top_contributions"))
     return MatchedAccount(
         account_id=row["account_id"],
@@ -695,13 +704,15 @@ def matched_account(row: Mapping, crm_url: str | None) -> MatchedAccount:
         score=row.get("score"),
         score_rank=row.get("score_rank"),
         top_contributions=tuple(top_contributions),
-        top_signals=tuple(top_contributions or _json_list(row.get("signals_fired"))[:3]),
+        top_signals=_named(top_contributions or _json_list(row.get("signals_fired"))[:3], names),
     )
 
 
-def account_values(row: Mapping, playbook: str, day: date, crm_url: str | None) -> dict[str, object]:
-    """The template values of one matched account (raw, unescaped)."""
-    account = matched_account(row, crm_url)
+def account_values(
+    row: Mapping, playbook: str, day: date, crm_url: str | None, signal_names: Mapping[str, str] | None = None
+) -> dict[str, object]:
+    """The template values of one matched account (raw, unescaped); ``$signals`` lists plain-language names."""
+    account = matched_account(row, crm_url, signal_names)
     score = account.score
     ids = row.get("signal_ids")
     if ids is None:
@@ -714,7 +725,7 @@ def account_values(row: Mapping, playbook: str, day: date, crm_url: str | None) 
         "score": "—" if score is None else f"{100 * score:.0f}%",
         "score_raw": "" if score is None else f"{score:.4f}",
         "score_rank": "" if account.score_rank is None else account.score_rank,
-        "signals": ", ".join(str(s.get("definition") or s.get("signal_id")) for s in account.top_signals) or "none",
+        "signals": "; ".join(str(s["name"]) for s in account.top_signals) or "none",
         "signal_ids": ", ".join(str(i) for i in ids if i),
         "playbook": playbook,
         "day": day.isoformat(),
@@ -747,9 +758,15 @@ def _account_message(
 
 
 def plan_account_actions(
-    playbook: Playbook, matched: pl.DataFrame, day: date, destinations: DestinationSettings, dry_run: bool = False
+    playbook: Playbook,
+    matched: pl.DataFrame,
+    day: date,
+    destinations: DestinationSettings,
+    dry_run: bool = False,
+    signal_names: Mapping[str, str] | None = None,
 ) -> list[PlannedAction]:
-    """The actions for the accounts ``matched`` on ``day``: one per account and action.
+    """The actions for the accounts ``matched`` on ``day``: one per account and action (messages name the
+    signals by ``signal_names``: signal id → plain-language name; a signal not in it shows its definition).
 
     Held-out accounts (:func:`is_held_out`) get actions too, with ``held_out = true`` and status
     ``held_out`` (the message they would have received is kept for audit). In a dry run every action
@@ -766,8 +783,8 @@ def plan_account_actions(
     actions: list[PlannedAction] = []
     for row, held_out in zip(matched.iter_rows(named=True), held.tolist(), strict=True):
         crm = _crm_url(destinations.crm_record_url, row["account_id"], row.get("domain"), row.get("is_crm_company"))
-        account = matched_account(row, crm)
-        values = account_values(row, playbook.name, day, crm)
+        account = matched_account(row, crm, signal_names)
+        values = account_values(row, playbook.name, day, crm, signal_names)
         for action in playbook.then:
             key = idempotency_key(playbook.name, row["account_id"], day, action.destination)
             message = _account_message(action, playbook, account, day, values, key)
@@ -811,10 +828,12 @@ def health_change(row: Mapping) -> HealthChange:
     )
 
 
-def health_values(change: HealthChange, playbook: str, day: date) -> dict[str, object]:
-    """The template values of one health change (raw, unescaped; numbers with two decimals)."""
+def health_values(change: HealthChange, playbook: str, day: date, name: str | None = None) -> dict[str, object]:
+    """The template values of one health change (raw, unescaped; numbers with two decimals); ``$signal_name`` is
+    ``name`` (the signal's plain-language name), else its definition."""
     return {
         "signal_id": change.signal_id,
+        "signal_name": name or change.definition or change.signal_id,
         "definition": change.definition or change.signal_id,
         "health": change.health,
         "previous_health": change.previous_health or "—",
@@ -828,9 +847,15 @@ def health_values(change: HealthChange, playbook: str, day: date) -> dict[str, o
 
 
 def plan_health_actions(
-    playbook: Playbook, changes: pl.DataFrame, day: date, destinations: DestinationSettings, dry_run: bool = False
+    playbook: Playbook,
+    changes: pl.DataFrame,
+    day: date,
+    destinations: DestinationSettings,
+    dry_run: bool = False,
+    signal_names: Mapping[str, str] | None = None,
 ) -> list[PlannedAction]:
-    """The actions for the health changes (:func:`health_changes`) that happened on ``day``."""
+    """The actions for the health changes (:func:`health_changes`) that happened on ``day`` (``signal_names``
+    as in :func:`plan_account_actions`)."""
     if playbook.kind != "health":
         raise ValueError("plan_health_actions needs a health playbook")
     todays = changes.filter(pl.col("day") == day) if not changes.is_empty() else changes
@@ -840,7 +865,7 @@ def plan_health_actions(
     actions: list[PlannedAction] = []
     for row in todays.sort("signal_id").iter_rows(named=True):
         change = health_change(row)
-        values = health_values(change, playbook.name, day)
+        values = health_values(change, playbook.name, day, (signal_names or {}).get(change.signal_id))
         for action in playbook.then:
             key = idempotency_key(playbook.name, change.signal_id, day, action.destination)
             if isinstance(action, SlackAction):

@@ -5,6 +5,10 @@ with :func:`escape_mrkdwn` before it enters ``mrkdwn`` text, so an account named
 shows as text instead of notifying the channel. Message *templates* come from beton.yaml (trusted
 configuration) and are not escaped: an admin may write ``<!here>`` in a template on purpose.
 
+Account messages are written for a sales rep: the company's name, each signal's plain-language name
+(``core.signal_names``) with when it fired ("2 days ago"), and a button to the CRM record when
+``destinations.crm_record_url`` is set; no internal ids and no score arithmetic.
+
 The builders are pure (:func:`account_payload` and :func:`health_payload` turn a playbook's
 message values into the stored payload); :class:`SlackSender` makes one ``chat.postMessage`` call per attempt (its
 own retries are switched off so the outbox records and paces every attempt).
@@ -14,8 +18,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from datetime import date
 from urllib.parse import urlsplit
 
+from beton_pipeline.core.formatting import MISSING, fmt_ago
 from beton_pipeline.core.playbooks import SlackAccountMessage, SlackHealthMessage, render
 from beton_pipeline.destinations.http import DeliveryResult, classify_status, parse_retry_after, redact
 
@@ -62,14 +68,13 @@ def _score_text(score: float | None, rank: int | None) -> str:
     return f"{text} (rank {rank})" if rank is not None else text
 
 
-def signals_mrkdwn(signals: Sequence[Mapping], limit: int = 5) -> str:
-    """A bulleted list of signal definitions (escaped), with their score contribution when known."""
+def signals_mrkdwn(signals: Sequence[Mapping], today: date, limit: int = 5) -> str:
+    """A bulleted list of signals by plain-language name (escaped), each with when it fired before `today`."""
     lines = []
     for sig in list(signals)[:limit]:
-        definition = escape_mrkdwn(sig.get("definition") or sig.get("signal_id") or "?")
-        contribution = sig.get("contribution")
-        suffix = f"  (+{contribution:.2f})" if isinstance(contribution, (int, float)) else ""
-        lines.append(f"• {definition}{suffix}")
+        name = escape_mrkdwn(sig.get("name") or sig.get("definition") or "a signal")
+        ago = fmt_ago(sig.get("fired_at"), today)
+        lines.append(f"• {name}" + (f" · _{ago}_" if ago != MISSING else ""))
     if len(signals) > limit:
         lines.append(f"… and {len(signals) - limit} more")
     return "\n".join(lines) if lines else "—"
@@ -80,38 +85,39 @@ def account_message(
     headline_mrkdwn: str,
     *,
     title: str,
-    account_id: str,
     domain: str | None,
     score: float | None,
     score_rank: int | None,
     signals: Sequence[Mapping],
     playbook: str,
-    day: str,
+    day: date,
     crm_url: str | None,
 ) -> dict:
     """The ``chat.postMessage`` arguments for one account: channel, fallback text and Block Kit blocks.
 
     ``headline_mrkdwn`` must already be rendered with escaped values; ``title``, ``domain`` and the
-    signal definitions are escaped here. The CRM button is added only for an http(s) URL.
+    signal names are escaped here. The CRM button is added only for an http(s) URL.
     """
     blocks: list[dict] = [
         {
             "type": "header",
-            "text": {"type": "plain_text", "text": _cut(title or account_id, HEADER_MAX_CHARS), "emoji": False},
+            "text": {"type": "plain_text", "text": _cut(title or "Account", HEADER_MAX_CHARS), "emoji": False},
         },
         {"type": "section", "text": {"type": "mrkdwn", "text": _cut(headline_mrkdwn, SECTION_MAX_CHARS)}},
         {
             "type": "section",
             "fields": [
-                {"type": "mrkdwn", "text": f"*Score*\n{_score_text(score, score_rank)}"},
-                {"type": "mrkdwn", "text": f"*Domain*\n{escape_mrkdwn(domain) if domain else '—'}"},
-                {"type": "mrkdwn", "text": f"*Account*\n`{escape_mrkdwn(account_id)}`"},
-                {"type": "mrkdwn", "text": f"*Playbook*\n{escape_mrkdwn(playbook)} · {day}"},
+                {"type": "mrkdwn", "text": f"*Likely to convert*\n{_score_text(score, score_rank)}"},
+                {"type": "mrkdwn", "text": f"*Website*\n{escape_mrkdwn(domain) if domain else '—'}"},
+                {"type": "mrkdwn", "text": f"*Playbook*\n{escape_mrkdwn(playbook)} · {day.isoformat()}"},
             ],
         },
         {
             "type": "section",
-            "text": {"type": "mrkdwn", "text": _cut("*Signals*\n" + signals_mrkdwn(signals), SECTION_MAX_CHARS)},
+            "text": {
+                "type": "mrkdwn",
+                "text": _cut("*Why this account*\n" + signals_mrkdwn(signals, day), SECTION_MAX_CHARS),
+            },
         },
     ]
     if _is_http_url(crm_url):
@@ -136,6 +142,7 @@ def health_message(
     headline_mrkdwn: str,
     *,
     signal_id: str,
+    name: str | None,
     definition: str | None,
     previous_health: str | None,
     health: str,
@@ -160,7 +167,7 @@ def health_message(
         {
             "type": "section",
             "fields": [
-                {"type": "mrkdwn", "text": f"*Signal*\n`{escape_mrkdwn(signal_id)}`"},
+                {"type": "mrkdwn", "text": f"*Signal*\n{escape_mrkdwn(name or definition or signal_id)}"},
                 {
                     "type": "mrkdwn",
                     "text": f"*Health*\n{escape_mrkdwn(previous_health or '—')} → *{escape_mrkdwn(health)}*",
@@ -172,7 +179,13 @@ def health_message(
         {
             "type": "context",
             "elements": [
-                {"type": "mrkdwn", "text": _cut(f"{escape_mrkdwn(definition or signal_id)} · {day}", SECTION_MAX_CHARS)}
+                {
+                    "type": "mrkdwn",
+                    "text": _cut(
+                        f"`{escape_mrkdwn(signal_id)}` · {escape_mrkdwn(definition or signal_id)} · {day}",
+                        SECTION_MAX_CHARS,
+                    ),
+                }
             ],
         },
     ]
@@ -191,13 +204,12 @@ def account_payload(message: SlackAccountMessage) -> dict:
         message.channel,
         _headline(message.headline_template, message.values),
         title=str(account.company),
-        account_id=str(account.account_id),
         domain=account.domain,
         score=account.score,
         score_rank=account.score_rank,
         signals=account.top_signals,
         playbook=message.playbook,
-        day=message.day.isoformat(),
+        day=message.day,
         crm_url=account.crm_url or None,
     )
 
@@ -209,6 +221,7 @@ def health_payload(message: SlackHealthMessage) -> dict:
         message.channel,
         _headline(message.headline_template, message.values),
         signal_id=change.signal_id,
+        name=str(message.values.get("signal_name") or "") or None,
         definition=change.definition,
         previous_health=change.previous_health,
         health=change.health,

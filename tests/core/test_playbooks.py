@@ -335,6 +335,14 @@ def test_plan_account_actions_rows_holdout_values_and_crm_only_attio():
         isinstance(a.message, AccountMatchedEvent) and a.message.idempotency_key == a.idempotency_key for a in hooks
     )
 
+    assert top.message.values["signals"] == "; ".join(s["definition"] for s in top.message.account.top_signals)
+    names = {f"sig_{i}": f"Did thing {i} 3+ times" for i in range(6)}
+    named = plan_account_actions(pb, matched, DAY, cfg.destinations, signal_names=names)[0].message
+    shown = named.account.top_signals
+    assert shown and all(s["name"] == names[s["signal_id"]] for s in shown)  # plain names, for Slack and $signals
+    assert named.values["signals"] == "; ".join(names[s["signal_id"]] for s in shown)
+    assert named.account.top_contributions == top.message.account.top_contributions  # stored values untouched
+
     dry = plan_account_actions(pb, matched, DAY, cfg.destinations, dry_run=True)
     assert {a.status for a in dry} == {"dry_run"} and sum(a.held_out for a in dry) == len(held)
     assert plan_account_actions(pb, matched.head(0), DAY, cfg.destinations) == []
@@ -376,6 +384,11 @@ def test_plan_health_actions():
     assert (slack.values["lift"], slack.values["lift_ci_low"], slack.values["lift_ci_high"]) == ("0.90", "—", "—")
     assert event.change.previous_health == "healthy" and event.change.lift_ci_low == float("inf")
     assert plan_health_actions(cfg.playbooks[0], changes, date(2026, 1, 1), DestinationSettings()) == []
+    assert slack.values["signal_name"] == "<x>"  # no name given: the definition
+    named = plan_health_actions(
+        cfg.playbooks[0], changes, DAY, DestinationSettings(), signal_names={"sig_1": "Invites"}
+    )
+    assert named[0].message.values["signal_name"] == "Invites"
 
 
 def test_selected_playbooks():

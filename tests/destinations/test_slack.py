@@ -22,13 +22,20 @@ def _message(title="Acme <!channel>", crm_url="https://app.attio.com/acme/compan
         "#revenue",
         f"*{escape_mrkdwn(title)}* matched",
         title=title,
-        account_id="rec_1",
         domain="acme.io&<x>",
         score=0.634,
         score_rank=3,
-        signals=[{"signal_id": "sig_1", "definition": "`invited_teammate` >= 3 <@U123>", "contribution": 0.4}],
+        signals=[
+            {
+                "signal_id": "sig_1",
+                "name": "Invited teammate 3+ times <@U123>",
+                "definition": "`invited_teammate` >= 3",
+                "fired_at": "2026-01-03T10:00:00Z",
+                "contribution": 0.4,
+            }
+        ],
         playbook="hot-accounts",
-        day="2026-01-05",
+        day=date(2026, 1, 5),
         crm_url=crm_url,
     )
 
@@ -59,6 +66,28 @@ def test_account_message_cannot_mention_from_data():
     assert "63% (rank 3)" in json.dumps(payload)
 
 
+def test_account_message_reads_for_a_sales_rep():
+    payload = _message(title="Acme")
+    button = payload["blocks"].pop()
+    assert button["elements"][0]["text"]["text"] == "Open in CRM"  # the record's link (it holds the record id)
+    body = json.dumps(payload, ensure_ascii=False)
+    assert "Invited teammate 3+ times" in body and "2 days ago" in body  # plain name, when it fired
+    assert "invited_teammate" not in body and ">= 3" not in body  # not the technical definition
+    assert "sig_1" not in body and "rec_1" not in body  # no internal ids
+    assert "0.4" not in body and "+0." not in body  # no log contributions
+
+
+def test_signals_fall_back_to_the_definition_and_skip_an_unknown_time():
+    from beton_pipeline.destinations.slack import signals_mrkdwn
+
+    text = signals_mrkdwn(
+        [{"signal_id": "s", "definition": "a <b>"}, {"name": "x", "fired_at": "2026-01-05"}], date(2026, 1, 5)
+    )
+    assert text == "• a &lt;b&gt;\n• x · _today_"
+    many = signals_mrkdwn([{"name": str(i)} for i in range(7)], date(2026, 1, 5), limit=5)
+    assert many.splitlines()[-1] == "… and 2 more"
+
+
 def test_crm_button_only_for_http_urls():
     assert _message(crm_url="javascript:alert(1)")["blocks"][-1]["type"] != "actions"
     assert _message(crm_url=None)["blocks"][-1]["type"] != "actions"
@@ -69,6 +98,7 @@ def test_health_message_fields():
         "#alerts",
         "changed",
         signal_id="sig_1",
+        name="Invited teammate <x>",
         definition="<b>",
         previous_health="healthy",
         health="broken",
@@ -80,6 +110,7 @@ def test_health_message_fields():
     )
     body = json.dumps(payload, ensure_ascii=False)
     assert "healthy → *broken*" in body and "0.90 (0.70–1.10)" in body and "&lt;b&gt;" in body and "<b>" not in body
+    assert "*Signal*\\nInvited teammate &lt;x&gt;" in body
 
 
 ACCOUNT = MatchedAccount(
@@ -92,7 +123,9 @@ ACCOUNT = MatchedAccount(
     score=0.634,
     score_rank=3,
     top_contributions=(),
-    top_signals=({"signal_id": "sig_1", "definition": "invites <@U1>", "contribution": 0.4},),
+    top_signals=(
+        {"signal_id": "sig_1", "name": "Invited a teammate <@U1>", "definition": "invites", "contribution": 0.4},
+    ),
 )
 
 
@@ -113,13 +146,12 @@ def test_account_payload_escapes_values_not_the_template():
         "#revenue",
         payload["text"],
         title="Acme <!channel>",
-        account_id="rec_1",
         domain="acme.io",
         score=0.634,
         score_rank=3,
         signals=ACCOUNT.top_signals,
         playbook="hot",
-        day="2026-01-05",
+        day=date(2026, 1, 5),
         crm_url=ACCOUNT.crm_url,
     )
 
@@ -130,7 +162,7 @@ def test_health_payload():
         SlackHealthMessage(
             "#alerts",
             "`$signal_id` is $health ($definition)",
-            {"signal_id": "sig_1", "health": "broken", "definition": "<b>"},
+            {"signal_id": "sig_1", "health": "broken", "definition": "<b>", "signal_name": "Invites"},
             change,
             date(2026, 1, 5),
         )
@@ -138,6 +170,7 @@ def test_health_payload():
     body = json.dumps(payload, ensure_ascii=False)
     assert payload["text"] == "`sig_1` is broken (&lt;b&gt;)"
     assert "healthy → *broken*" in body and "0.90 (0.70–1.10)" in body and "2026-01-05" in body and "<b>" not in body
+    assert "*Signal*\\nInvites" in body
 
 
 def test_send_ok_then_429_with_retry_after_then_500():
