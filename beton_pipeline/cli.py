@@ -626,5 +626,211 @@ def events(
     out.print(table)
 
 
+def _export_dir(source: Path | None) -> Path:
+    """SOURCE_DIR, else BETON_SOURCE_DIR, else the demo folder; an error when it is not a directory."""
+    from beton_pipeline.settings import source_dir
+
+    chosen = source or source_dir() or demo_dir()
+    if not chosen.is_dir():
+        hint = "" if source or source_dir() else " (no BETON_SOURCE_DIR; `beton demo` writes the demo folder)"
+        _fail(f"{chosen}: no such directory{hint}; pass the export's folder as SOURCE_DIR")
+    return chosen.resolve()
+
+
+def _profile(source: Path, settings):
+    """`store.export_check.profile_export` in a temporary folder (removed afterwards), with a spinner."""
+    import tempfile
+
+    from beton_pipeline.store.export_check import profile_export
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="beton-check-") as work, console.status(f"profiling {source}"):
+            return profile_export(source, settings, Path(work))
+    except Exception as exc:  # one line for the user, never a stack trace
+        _fail(f"profiling {source} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
+
+def _count(n: int | None) -> str:
+    return "n/a" if n is None else f"{n:,}"
+
+
+def _print_profile(profile) -> None:
+    """The profile for people: one block per table, then identity, outcomes and power. Plain text (no
+    table borders), so it reads the same in a terminal, a pipe or a file."""
+
+    def write(text: str = "") -> None:
+        out.print(text, markup=False, highlight=False)
+
+    write(f"beton check: {profile.source_dir}" + (f" (as-of {profile.as_of})" if profile.as_of else ""))
+    for t in profile.tables:
+        write()
+        kind = "required" if t.required else "optional"
+        if t.error:
+            write(f"{t.table} ({kind}): cannot be read: {t.error}")
+            continue
+        if not t.files:
+            write(f"{t.table} ({kind}): no file (absent: the features that use it are left out)")
+            continue
+        write(
+            f"{t.table} ({kind}): {t.rows_read:,} rows read from {len(t.files)} file(s), {t.rows_loaded:,} loaded, "
+            f"{t.rows_quarantined:,} quarantined, {t.exact_duplicates:,} exact duplicates"
+        )
+        write(f"  files: {', '.join(t.files)}")
+        if t.first:
+            write(f"  {t.time_column}: {t.first} … {t.last}" + (f"; {t.freshness}" if t.freshness else ""))
+        write(
+            f"  columns found: {', '.join(t.columns_found)}"
+            + (f"; absent or empty: {', '.join(t.columns_absent_or_empty)}" if t.columns_absent_or_empty else "")
+            + (f"; extra (ignored): {', '.join(t.columns_extra)}" if t.columns_extra else "")
+        )
+        if t.quarantine_reasons:
+            write("  bad rows: " + "; ".join(f"{reason} ({n:,})" for reason, n in t.quarantine_reasons.items()))
+    write()
+    rules = profile.events_by_identity_rule
+    total = sum(rules.values())
+    if total:
+        write(
+            f"identity: {total:,} events; " + ", ".join(f"{rule} {n:,} ({n / total:.1%})" for rule, n in rules.items())
+        )
+    if profile.accounts is not None:
+        converted = profile.eligible_converted or 0
+        rate = f" ({converted / profile.eligible_accounts:.1%})" if profile.eligible_accounts else ""
+        write(
+            f"accounts: {profile.accounts:,} ({_count(profile.accounts_with_events)} with events); "
+            f"{_count(profile.eligible_accounts)} eligible (outcome window closed), {converted:,} of them converted{rate}; "
+            f"{_count(profile.converted_accounts)} converted at any time"
+        )
+        w = profile.windows
+        write(
+            f"windows: observation_days {w['observation_days']}, conversion_window_days {w['conversion_window_days']}, "
+            f"holdout_fraction {w['holdout_fraction']:g} (beton.yaml or defaults; `beton init` suggests them from the data)"
+        )
+    if profile.discovery_accounts is not None:
+        p = profile.power
+        mdl = "none" if profile.min_detectable_lift is None else f"{profile.min_detectable_lift:.2f}"
+        write(
+            f"discovery: {profile.discovery_accounts:,} eligible accounts in the discovery cohorts, "
+            f"{profile.discovery_conversion_rate:.1%} converted; smallest detectable lift {mdl} for a signal held by "
+            f"{p['signal_share']:.0%} of them ({p['power']:.0%} power, alpha {p['alpha']:g})"
+        )
+    for warning in profile.warnings:
+        write(f"warning: {' '.join(warning.split())}")
+    if not profile.problems:
+        write("ok: `beton run` can work on this export")
+
+
+@app.command()
+def check(
+    source: Annotated[
+        Path | None, typer.Argument(help="The export's folder (default: BETON_SOURCE_DIR, else the demo folder).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (the whole profile, plus `ok`).")] = False,
+) -> None:
+    """Profile an export before any run, in a temporary warehouse: each table's files, rows, time range,
+    columns and bad rows; identity coverage; accounts, eligible accounts and conversions; the smallest
+    detectable lift. Exits non-zero, listing what to fix, when `beton run` cannot work on it."""
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        _fail(str(exc))
+    profile, _ = _profile(_export_dir(source), settings)
+    if as_json:
+        sys.stdout.write(json.dumps({"ok": not profile.problems, **profile.to_dict()}, default=str, indent=1) + "\n")
+    else:
+        _print_profile(profile)
+    if profile.problems:
+        noun = "problem" if len(profile.problems) == 1 else "problems"
+        _fail_paragraph(
+            f"beton check: {len(profile.problems)} {noun} would stop `beton run` on this export:\n"
+            + "\n".join(f"- {p}" for p in profile.problems)
+        )
+
+
+@app.command()
+def init(
+    source: Annotated[
+        Path | None, typer.Argument(help="The export's folder (default: BETON_SOURCE_DIR, else the demo folder).")
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="The file to write.")] = Path("beton.yaml"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite OUTPUT if it exists.")] = False,
+) -> None:
+    """Write a starter beton.yaml for an export: windows suggested from its data (each with the figure it
+    came from), beton's defaults for the rest, no playbooks or experiments. Never overwrites without --force."""
+    from beton_pipeline.core.starter import suggest_windows
+    from beton_pipeline.settings import Settings
+
+    if output.exists() and not force:
+        _fail(f"{output}: already exists; pass --force to overwrite it, or --output another file")
+    if not output.parent.resolve().is_dir():
+        _fail(f"{output}: its folder {output.parent} does not exist; create it or choose another --output")
+    source_dir = _export_dir(source)
+    defaults = Settings()
+    profile, timing = _profile(source_dir, defaults)
+    if timing.as_of is None:
+        _fail_paragraph(
+            "beton init: the export could not be profiled, so no window can be suggested:\n"
+            + "\n".join(f"- {p}" for p in profile.problems)
+        )
+    w = defaults.windows
+    suggested = suggest_windows(
+        timing.days_to_convert, timing.started_at, timing.as_of, w.conversion_window_days, w.observation_days
+    )
+    text = _starter_yaml(source_dir, profile, suggested)
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        _fail(f"{output}: cannot be written: {exc.strerror or exc}")
+    try:
+        load_settings(output)
+    except SettingsError as exc:  # a bug in the starter, not the user's doing: say so and keep the file
+        _fail(f"{output}: the starter file does not load ({exc}); please report this")
+    out.print(f"wrote {output}: {_window_line(suggested)}", markup=False, highlight=False)
+    out.print(
+        f"use it with: BETON_CONFIG={output} beton run   (or keep it as beton.yaml beside the project)", markup=False
+    )
+    if profile.problems:
+        out.print(
+            f"note: beton check finds {len(profile.problems)} problem(s) with this export; run `beton check {source_dir}`",
+            markup=False,
+            highlight=False,
+        )
+
+
+def _window_line(suggested) -> str:
+    parts = []
+    for name in ("conversion_window_days", "observation_days", "holdout_fraction"):
+        s = getattr(suggested, name)
+        parts.append(f"{name} {s.value:g}" if s.value is not None else f"{name} default")
+    return ", ".join(parts)
+
+
+def _starter_yaml(source_dir: Path, profile, suggested) -> str:
+    """The starter file's text: the suggested windows with their figures as comments; nothing demo-specific."""
+    from datetime import UTC, datetime
+
+    events = next((t for t in profile.tables if t.table == "events"), None)
+    lines = [
+        f"# beton.yaml: a starter written by `beton init` on {datetime.now(UTC):%Y-%m-%d} for the export",
+        f"#   {source_dir}",
+        f"# with {_count(profile.accounts)} accounts ({_count(profile.accounts_with_events)} with events), "
+        f"{_count(profile.converted_accounts)} converted"
+        + (f", events {events.first} … {events.last}." if events and events.first else "."),
+        '# Every setting not written here keeps its documented default (README, "Configuration").',
+        '# No playbooks, experiments or destinations: add your own (README, "Playbooks").',
+        "",
+        "windows:",
+    ]
+    for name in ("conversion_window_days", "observation_days", "holdout_fraction"):
+        s = getattr(suggested, name)
+        lines.append(f"  # {' '.join(s.reason.split())}")
+        if s.value is None:
+            lines.append(f"  # {name}: (beton's default)")
+        else:
+            value = f"{s.value:g}" if isinstance(s.value, float) else str(int(s.value))
+            lines.append(f"  {name}: {value}")
+    lines += ["", "playbooks: []", "experiments: []", ""]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     app()
