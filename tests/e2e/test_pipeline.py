@@ -98,17 +98,17 @@ def _neighbours(thresholds: tuple[int, ...], planted: int) -> set[int]:
     return set(ordered[max(0, i - 1) : i + 2])
 
 
-def test_every_planted_signal_is_enabled_at_or_next_to_its_threshold(con, pipeline_run):
+def test_every_planted_signal_is_enabled_at_its_threshold(con, pipeline_run):
+    """With `count_thresholds: auto` (the default) every integer up to 10 is a candidate, so a planted count
+    effect is enabled at exactly its threshold; with an explicit list, at it or a neighbouring list entry."""
     thresholds = load_settings().discovery.count_thresholds
     enabled = con.sql("select * from beton.signals where enabled and kind <> 'pair'").pl()
     for planted in pipeline_run.truth["planted"]:
         if planted["kind"] == "event_count":
             rows = enabled.filter(pl.col("family") == f"event:{planted['event']}")
             assert rows.height == 1, planted
-            assert rows["threshold"][0] in _neighbours(thresholds, planted["threshold"]), (
-                planted,
-                rows["definition"][0],
-            )
+            expected = {planted["threshold"]} if thresholds == "auto" else _neighbours(thresholds, planted["threshold"])
+            assert rows["threshold"][0] in expected, (planted, rows["definition"][0])
         elif planted["kind"] == "event_property":
             rows = enabled.filter(
                 pl.col("family") == f"property:{planted['event']}:{planted['property']}={planted['value']}"
@@ -179,7 +179,6 @@ def test_shuffled_demo_outcomes_enable_almost_nothing(con):
 
     from beton_pipeline.core.candidates import build_candidate_matrix, candidate_hits
     from beton_pipeline.core.discovery import (
-        DiscoveryConfig,
         cohort_counts_from_matrix,
         cohort_labels,
         discover_from_cohort_counts,
@@ -193,9 +192,7 @@ def test_shuffled_demo_outcomes_enable_almost_nothing(con):
     matrix = build_candidate_matrix(frames, hits)
     months = cohort_labels(frames)
     y0 = frames.accounts["converted"].to_numpy()
-    config = DiscoveryConfig(
-        fdr_alpha=cfg.thresholds.fdr_alpha, min_sample=cfg.thresholds.min_sample, min_lift=cfg.thresholds.min_lift
-    )
+    config = cfg.discovery_config()
     runs_with_enable = 0
     for seed in range(20):
         y = np.random.default_rng(seed).permutation(y0)
