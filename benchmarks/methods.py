@@ -150,10 +150,14 @@ class AnalystResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+ANALYST_COUNT_THRESHOLDS = (1, 2, 3, 5, 10)
+"""The grid an analyst writes by hand; used when beton's own thresholds are `auto` (chosen from the data)."""
+
+
 def analyst_pandas(
     con: duckdb.DuckDBPyConnection,
     windows: tuple[int, ...],
-    thresholds: tuple[int, ...],
+    thresholds: tuple[int, ...] | str,
     excluded_events: tuple[str, ...],
     property_event: str = "$pageview",
     property_thresholds: tuple[int, ...] = (1, 2, 3),
@@ -162,12 +166,15 @@ def analyst_pandas(
     """Features in pandas, then one Fisher exact test per candidate in a Python loop (see the module docstring).
 
     The 2×2 table of a candidate is built from boolean sums (the cheapest per-candidate form, so the
-    loop's cost is the test itself, not a slow `crosstab`). Candidates fired for fewer than
+    loop's cost is the test itself, not a slow `crosstab`). `thresholds="auto"` (beton's default) means the
+    analyst's hand-written grid, `ANALYST_COUNT_THRESHOLDS`. Candidates fired for fewer than
     `min_support` accounts, or missing for fewer, are skipped, as beton skips them.
     """
     import pandas as pd
     from scipy import stats
 
+    if isinstance(thresholds, str):
+        thresholds = ANALYST_COUNT_THRESHOLDS
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     events = con.sql(ANALYST_EVENTS_SQL).df()
