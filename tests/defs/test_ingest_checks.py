@@ -162,8 +162,10 @@ def test_windows_as_of_is_the_reference_and_the_events_may_trail_it_three_days(t
         (datetime(2025, 2, 10) - LATEST_EVENT) / timedelta(days=1), abs=1e-3
     )
     assert events.metadata["max_lag_days"].value == 3.0
-    # The other freshness checks depend on the events (their as-of), so a failed events check skips them.
-    assert "raw_billing_invoices:fresh" not in checks and "raw_billing_invoices:has_rows" in checks
+    # The other freshness checks depend on the events (their as-of), so a failed events check skips them;
+    # a table that refers to another (invoices → customers) waits for that table's blocking checks.
+    assert "raw_crm_companies:fresh" not in checks and "raw_crm_companies:has_rows" in checks
+    assert "raw_billing_invoices:has_rows" not in checks
 
 
 ENTITY_LAG = timedelta(days=50)
