@@ -272,9 +272,11 @@ def _outcome_findings(profile: ExportProfile, settings: Settings) -> None:
             f"identity: {profile.unresolved_share:.0%} of the {events:,} events resolved to no account; "
             "they are invisible to discovery"
         )
-    if not profile.eligible_accounts:
+    if not profile.accounts_with_events:
+        pass  # no event resolved (or none loaded): said above, and nothing more can be measured
+    elif not profile.eligible_accounts:
         problems.append(
-            f"outcomes: no eligible account (of {profile.accounts_with_events or 0:,} with events): none has a "
+            f"outcomes: no eligible account (of {profile.accounts_with_events:,} with events): none has a "
             f"closed outcome window of windows.conversion_window_days = {w.conversion_window_days} days by the "
             f"as-of {profile.as_of}. Lower windows.conversion_window_days (`beton init` suggests one from the data) "
             "or export a longer history"
