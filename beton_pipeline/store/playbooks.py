@@ -36,6 +36,7 @@ from beton_pipeline.core.playbooks import (
 )
 from beton_pipeline.destinations import attio, slack, webhook
 from beton_pipeline.store import outbox
+from beton_pipeline.store.signal_detail import signal_names
 from beton_pipeline.warehouse import table_exists
 
 SCORES_TABLE = "beton.account_scores"
@@ -183,6 +184,7 @@ def plan_actions(
     health_pbs = [p for p in playbooks if p.kind == "health"]
     days_planned: dict[str, list[date]] = {"account": [], "health": []}
     max_age = config.destinations.max_action_age_days
+    names = signal_names(con) if playbooks else {}  # plain-language names for what a sales rep reads
     if account_pbs:
         available = score_days(con)
         wanted = list(days) if days else available[-1:]
@@ -200,7 +202,7 @@ def plan_actions(
                     cooling = recently_planned(con, pb.name, day, pb.cooldown_days)
                     cooling |= {a for a, d in in_batch[pb.name].items() if 0 < (day - d).days <= pb.cooldown_days}
                     matched = matched.filter(~pl.col("account_id").is_in(sorted(cooling)))
-                actions = plan_account_actions(pb, matched, day, config.destinations, dry)
+                actions = plan_account_actions(pb, matched, day, config.destinations, dry, signal_names=names)
                 in_batch[pb.name].update(dict.fromkeys((a.account_id for a in actions), day))
                 planned += actions
             days_planned["account"].append(day)
@@ -213,7 +215,7 @@ def plan_actions(
                 changes = health_changes(health, pb.when.health_changed_to, pb.when.health_of)
                 for day in wanted:
                     dry = dry_run or is_stale(day, health_days[-1], max_age)
-                    planned += plan_health_actions(pb, changes, day, config.destinations, dry)
+                    planned += plan_health_actions(pb, changes, day, config.destinations, dry, signal_names=names)
             days_planned["health"] = [d for d in wanted if d in health_days]
     return outbox_rows(planned), days_planned
 

@@ -102,7 +102,7 @@ OVERRIDES_DDL = f"""
 create schema if not exists beton;
 create table if not exists {OVERRIDES_TABLE} (
     signal_id varchar not null,
-    enabled boolean not null,
+    enabled boolean,  -- null: a reset (the recommendation decides again)
     changed_by varchar not null,
     changed_at timestamp not null,
     reason varchar
