@@ -10,9 +10,10 @@
   (``person_properties``) and on no other event. The first user of each account (the billing
   contact) has a company e-mail; a third of the other users use free mail (gmail.com, outlook.com,
   yahoo.com, proton.me) and are known only through ``crm_people``; half of the company-mail users are
-  in ``crm_people`` too. The contract's rules resolve every event: an ``$identify`` by its e-mail's
-  domain or the CRM person, every later event by the e-mail its ``distinct_id`` carried on
-  ``$identify`` (its domain, or the CRM person for free mail).
+  in ``crm_people`` too. The contract's rules resolve an ``$identify`` by its e-mail's domain (or the
+  CRM person), and a later event only through ``crm_people`` (the e-mail its ``distinct_id`` carried
+  on ``$identify``): the later events of company-mail users in no CRM list resolve to no account.
+  ``TRUTH.json`` counts them (``unresolvable_events``); it is a large share of the events.
 * Events in gzip'd CSV with ISO-8601 timestamps in each account's local zone offset
   (``2026-03-01T09:15:00+05:30``; offsets from -08:00 to +09:00, half-hour ones included);
   billing timestamps are Unix epoch seconds (as Stripe writes them); CRM timestamps ISO with ``Z``.
@@ -236,6 +237,8 @@ def generate_minimal(
     person[:n_u] = [json.dumps({"email": e}) for e in u_email]
     # the data ends at `end`: the most active converter's last event is its as-of
     keep = all_time < end_s
+    later_event = np.arange(all_user.shape[0]) >= n_u
+    unresolvable = int((keep & later_event & ~u_in_crm[all_user]).sum())
     events = pl.DataFrame(
         {
             "uuid": _uuids(rng, int(keep.sum())),
@@ -347,7 +350,8 @@ def generate_minimal(
         "users": n_u,
         "free_mail_users": int(u_free.sum()),
         "users_in_crm_people": int(u_in_crm.sum()),
-        "unresolvable_events": 0,
+        "unresolvable_events": unresolvable,
+        "unresolvable_events_are": "events after $identify of company-mail users in no crm_people row",
         "planted": [
             {
                 "event": PLANTED_EVENT,
