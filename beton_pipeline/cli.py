@@ -665,6 +665,8 @@ def _print_profile(profile) -> None:
     for t in profile.tables:
         write()
         kind = "required" if t.required else "optional"
+        for skipped in t.skipped_files:
+            write(f"{t.table} ({kind}): skipped {skipped}")
         if t.error:
             write(f"{t.table} ({kind}): cannot be read: {t.error}")
             continue

@@ -32,6 +32,7 @@ from beton_pipeline.core.power import REFERENCE_POWER, REFERENCE_SIGNAL_SHARE, m
 from beton_pipeline.dbt_project import beton_dbt_project, dbt_executable
 from beton_pipeline.settings import Settings
 from beton_pipeline.sources.contract import TABLES, TableSpec
+from beton_pipeline.sources.files import table_files
 from beton_pipeline.sources.ingest import SourceError, ingest_table, table_freshness
 from beton_pipeline.warehouse import connect
 
@@ -62,6 +63,8 @@ class TableProfile:
     table: str
     required: bool
     files: list[str] = field(default_factory=list)
+    skipped_files: list[str] = field(default_factory=list)
+    """`path: reason` for every file in the table's location that a run would not read (`files.table_files`)."""
     rows_read: int = 0
     rows_loaded: int = 0
     rows_quarantined: int = 0
@@ -120,6 +123,9 @@ def _stamp(value: datetime | None) -> str | None:
 def _profile_table(con, source_dir: Path, spec: TableSpec) -> TableProfile:
     """Ingest one table into the temporary warehouse and describe it."""
     profile = TableProfile(spec.name, spec.required, time_column=spec.freshness_column)
+    profile.skipped_files = [
+        f"{os.path.relpath(path, source_dir)}: {reason}" for path, reason in table_files(source_dir, spec.name).skipped
+    ]
     try:
         result = ingest_table(con, source_dir, spec)
     except SourceError as exc:
@@ -149,6 +155,11 @@ def _profile_table(con, source_dir: Path, spec: TableSpec) -> TableProfile:
 
 def _table_findings(profile: TableProfile, spec: TableSpec, problems: list[str], warnings: list[str], fresh) -> None:
     """Problems and warnings about one table, as short paragraphs."""
+    if profile.skipped_files:
+        warnings.append(
+            f"{spec.name}: {len(profile.skipped_files):,} file(s) in its location will not be read "
+            f"({'; '.join(profile.skipped_files[:3])}); rename or convert them if they hold rows"
+        )
     if profile.error:
         problems.append(profile.error)
         return
