@@ -218,7 +218,9 @@ def choose_count_thresholds(counts: pl.DataFrame, cap: int, min_support: int) ->
         .sort([*group, "threshold"])
         .filter(pl.col("n_with").ne_missing(pl.col("n_with").shift(1).over(group)))
         .with_columns((pl.col("threshold") <= DENSE_COUNT_LIMIT).alias("_dense"))
-        .with_columns(pl.col("_dense").sum().over(group).alias("_n_dense"))
+        .with_columns(
+            pl.col("_dense").sum().over(group).cast(pl.Int64).alias("_n_dense")
+        )  # Int64: cap - n must not wrap
     )
     # slots per part: the dense integers get the cap, the tail what they leave; a part that fits is kept whole
     slots = (

@@ -3,7 +3,7 @@
 import numpy as np
 import polars as pl
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from beton_pipeline.core.candidates import (
@@ -363,6 +363,7 @@ def survival(counts: np.ndarray, grid: tuple[int, ...]) -> pl.DataFrame:
     cap=st.integers(1, 20),
     min_support=st.integers(1, 30),
 )
+@example(counts=[0, 1, 10, 13], cap=1, min_support=1)  # more small integers than the cap: the tail gets no slot
 def test_chosen_thresholds_keep_their_invariants(counts, cap, min_support):
     values = np.array(counts)
     frame = survival(values, count_grid(int(values.max())))
