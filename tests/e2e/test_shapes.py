@@ -45,6 +45,8 @@ class ShapeRun:
     rows_written: dict[str, int]
     done: subprocess.CompletedProcess
     seconds: float
+    check: subprocess.CompletedProcess | None = None
+    """`beton check --json` on the export before the run (not on the demo: tests/e2e/test_check.py)."""
 
     def sql(self, query: str) -> list[tuple]:
         with duckdb.connect(str(self.warehouse), read_only=True) as con:
@@ -90,11 +92,22 @@ def shape_run(request, tmp_path_factory) -> ShapeRun:
         BETON_WAREHOUSE=str(work / "warehouse.duckdb"),
         DAGSTER_HOME=str(work / "dagster_home"),
     )
+    check = None
+    if name != "demo":
+        check = subprocess.run(
+            [BETON, "check", str(source), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_SECONDS,
+            env=env,
+            cwd=REPO,
+        )
     started = time.perf_counter()
     done = subprocess.run(
         [BETON, "run"], capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS, env=env, cwd=REPO
     )
-    return ShapeRun(name, source, work / "warehouse.duckdb", truth, rows_written, done, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return ShapeRun(name, source, work / "warehouse.duckdb", truth, rows_written, done, seconds, check)
 
 
 def _require_success(run: ShapeRun) -> None:
@@ -106,6 +119,31 @@ def test_beton_run_succeeds_with_no_setting_changed(shape_run):
     _require_success(shape_run)
     assert "Traceback" not in shape_run.done.stderr
     assert "enabled signals" in shape_run.done.stdout
+
+
+def test_beton_check_describes_the_export_as_the_run_finds_it(shape_run):
+    """`beton check` before the run: exit 0, no problem, and the accounts and eligible conversions it
+    counts in its temporary warehouse are the ones the run then builds."""
+    if shape_run.check is None:
+        pytest.skip("the demo's check is tested in tests/e2e/test_check.py")
+    assert shape_run.check.returncode == 0, shape_run.check.stderr[-3000:]
+    profile = json.loads(shape_run.check.stdout)
+    assert profile["ok"] and profile["problems"] == [], profile["problems"]
+    _require_success(shape_run)
+    accounts, eligible, eligible_converted = shape_run.sql(
+        "select count(*), count(*) filter (where is_eligible), count(*) filter (where is_eligible and converted) "
+        "from marts.account_outcomes"
+    )[0]
+    assert (profile["accounts"], profile["eligible_accounts"], profile["eligible_converted"]) == (
+        accounts,
+        eligible,
+        eligible_converted,
+    )
+    assert profile["min_detectable_lift"] is not None and profile["min_detectable_lift"] > 1
+    by_table = {t["table"]: t for t in profile["tables"]}
+    for table, written in shape_run.rows_written.items():
+        if written:
+            assert by_table[table]["rows_read"] == written, table
 
 
 def test_every_written_row_is_loaded_quarantined_or_a_duplicate(shape_run):
