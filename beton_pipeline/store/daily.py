@@ -4,7 +4,7 @@ data can speak for, and replacing exactly a set of days' rows (one daily partiti
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 import duckdb
 import polars as pl
@@ -36,6 +36,15 @@ def clamp_days(keys: Iterable[str], bounds: tuple[date, date] | None) -> list[da
 def partition_days(con: duckdb.DuckDBPyConnection, keys: Iterable[str]) -> list[date]:
     """The days of partition `keys` the warehouse's data covers (`clamp_days` over `data_days`)."""
     return clamp_days(keys, data_days(con))
+
+
+def monitoring_day_keys(bounds: tuple[date, date] | None, start: date) -> list[str]:
+    """The daily partition keys (`YYYY-MM-DD`) monitoring has: every day from the later of `start`
+    (`monitoring.start_date`) and the first data day through the as-of day, in order (none without data)."""
+    if bounds is None:
+        return []
+    first, last = max(bounds[0], start), bounds[1]
+    return [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
 
 
 def write_days(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, days: list[date]) -> None:
