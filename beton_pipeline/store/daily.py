@@ -48,8 +48,9 @@ def monitoring_day_keys(bounds: tuple[date, date] | None, start: date) -> list[s
 
 
 def write_days(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, days: list[date]) -> None:
-    """Replace the rows of `table` from min(`days`) to max(`days`) with `frame`, in one transaction
-    (creates `table` from `frame` when missing; nothing to do for an empty frame and no table)."""
+    """Replace exactly the rows of `days` in `table` with `frame`, in one transaction (creates `table`
+    from `frame` when missing; nothing to do for an empty frame and no table). Days between them that
+    were not computed (a run over a few scattered partitions) keep their rows."""
     if frame.is_empty() and not table_exists(con, *table.split(".")):
         return
-    replace_rows(con, table, frame, "day between ? and ?", [min(days), max(days)])
+    replace_rows(con, table, frame, "list_contains(?::date[], day)", [sorted(days)])

@@ -41,9 +41,7 @@ def _resources(warehouse):
 
 def _sensors(defs) -> list[dg.SensorDefinition]:
     return [
-        s
-        for s in defs.resolve_repository_def().sensor_defs
-        if not isinstance(s, dg.AutomationConditionSensorDefinition)
+        s for s in defs.get_repository_def().sensor_defs if not isinstance(s, dg.AutomationConditionSensorDefinition)
     ]
 
 
@@ -52,7 +50,7 @@ def test_no_sensor_redoes_what_beton_run_materialised(run):
     sensors = _sensors(defs)
     assert {s.name for s in sensors} >= {"cohort_months_sensor", "signal_partitions_sensor", "daily_monitoring_sensor"}
     for sensor in sensors:
-        with dg.build_sensor_context(instance=instance, resources=_resources(warehouse)) as context:
+        with dg.build_sensor_context(instance=instance, resources=_resources(warehouse), definitions=defs) as context:
             data = sensor.evaluate_tick(context)
         assert data.run_requests == [], (sensor.name, [r.partition_key or r.tags for r in data.run_requests])
 
@@ -62,7 +60,7 @@ def test_automation_conditions_request_nothing_and_their_sensor_starts_stopped(r
     result = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     assert result.total_requested == 0, [r.key.to_user_string() for r in result.results if r.true_subset.size]
     automation = [
-        s for s in defs.resolve_repository_def().sensor_defs if isinstance(s, dg.AutomationConditionSensorDefinition)
+        s for s in defs.get_repository_def().sensor_defs if isinstance(s, dg.AutomationConditionSensorDefinition)
     ]
     assert automation and all(s.default_status == dg.DefaultSensorStatus.STOPPED for s in automation)
 
@@ -71,7 +69,7 @@ def test_every_schedule_targets_an_unpartitioned_job(run):
     """A schedule over a partitioned job would re-request its last partition every day; the only schedule
     is the daily ingest (new data in, nothing redone)."""
     defs, _, _, _ = run
-    schedules = defs.resolve_repository_def().schedule_defs
+    schedules = defs.get_repository_def().schedule_defs
     assert [s.name for s in schedules] == ["daily_ingest_schedule"]
     assert all(s.job.partitions_def is None for s in schedules)
 
@@ -135,12 +133,13 @@ def test_a_new_ingest_requests_only_what_it_made_out_of_date(run):
     """After account_outcomes is rebuilt, the cohort sensor recounts the months (their inputs changed), and
     the monitoring sensor requests nothing until the as-of moves (every day is scored already)."""
     defs, instance, warehouse, summary = run
-    repo = defs.resolve_repository_def()
+    repo = defs.get_repository_def()
     instance.report_runless_asset_event(dg.AssetMaterialization("account_outcomes"))  # last test: it changes state
     results = {}
     for name in ("cohort_months_sensor", "daily_monitoring_sensor"):
-        with dg.build_sensor_context(instance=instance, resources=_resources(warehouse)) as context:
-            results[name] = repo.get_sensor_def(name).evaluate_tick(context).run_requests
+        with dg.build_sensor_context(instance=instance, resources=_resources(warehouse), definitions=defs) as context:
+            result = repo.get_sensor_def(name)(context)
+            results[name] = result.run_requests if isinstance(result, dg.SensorResult) else []
     assert sorted(r.partition_key for r in results["cohort_months_sensor"]) == sorted(summary.cohort_months)
     assert results["daily_monitoring_sensor"] == []
 
@@ -168,7 +167,7 @@ def _assert_per_day_metadata(instance, warehouse, days):
 
 
 def _latest_by_partition(instance, asset: str) -> dict[str, dict]:
-    records = instance.fetch_materializations(dg.AssetKey(asset), limit=100_000).records
+    records = instance.fetch_materializations(dg.AssetKey(asset), limit=10_000).records
     out: dict[str, dict] = {}
     for record in records:  # newest first
         out.setdefault(record.partition_key, record.asset_materialization.metadata)
