@@ -47,8 +47,9 @@ def _number(value) -> dg.MetadataValue:
 
 
 def health_day_metadata(rows: pl.DataFrame) -> dict[str, dg.MetadataValue]:
-    """One day's signal health: signals per health state, and its table (`rows` = that day's rows)."""
-    counts = {state: rows.filter(pl.col("health") == state).height for state in HEALTH_STATES}
+    """One day's signal health: signals per health state, and its table (`rows` = that day's rows; none
+    without an enabled signal)."""
+    counts = {state: rows.filter(pl.col("health") == state).height if rows.height else 0 for state in HEALTH_STATES}
     table = markdown_table(
         ["signal", "health", "window lift", "backtest lift", "n with"],
         [
@@ -99,11 +100,12 @@ def calibration_metadata(result: ScoresResult) -> dict[str, dg.MetadataValue]:
     return {"days_in_run": dg.MetadataValue.int(len(result.days)), "calibration": dg.MetadataValue.md(calibration)}
 
 
-def add_day_metadata(context: dg.AssetExecutionContext, rows: pl.DataFrame, build) -> None:
-    """Attach `build(that day's rows)` to each day's partition materialization, so a run over many days
-    records each day's own numbers (what the UI plots), not the last day's on every partition."""
-    for (day,), frame in rows.group_by("day", maintain_order=True):
-        context.add_asset_metadata(build(frame), partition_key=day.isoformat())
+def add_day_metadata(context: dg.AssetExecutionContext, days: list, rows: pl.DataFrame, build) -> None:
+    """Attach `build(that day's rows)` to the partition materialization of each day computed, so a run over
+    many days records each day's own numbers (what the UI plots), not the last day's on every partition."""
+    by_day = {key[0]: frame for key, frame in rows.group_by("day")} if rows.height else {}
+    for day in days:
+        context.add_asset_metadata(build(by_day.get(day, rows.clear())), partition_key=day.isoformat())
 
 
 def build_monitoring_assets(days: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
@@ -135,8 +137,7 @@ def build_monitoring_assets(days: dg.PartitionsDefinition) -> list[dg.AssetsDefi
         with warehouse.connect() as con:
             health = refresh_signal_health(con, cfg, context.partition_keys)
         _warn_without_days(context, health.days)
-        if not health.rows.is_empty():
-            add_day_metadata(context, health.rows, health_day_metadata)
+        add_day_metadata(context, health.days, health.rows, health_day_metadata)
         broken = health.broken
         return dg.MaterializeResult(
             metadata={"days_in_run": dg.MetadataValue.int(len(health.days))},
@@ -162,8 +163,9 @@ def build_monitoring_assets(days: dg.PartitionsDefinition) -> list[dg.AssetsDefi
         with warehouse.connect() as con:
             result = refresh_account_scores(con, cfg, context.partition_keys)
         _warn_without_days(context, result.days)
-        if not result.revenue.is_empty():
-            add_day_metadata(context, result.revenue, lambda frame: scores_day_metadata(frame.row(0, named=True)))
+        add_day_metadata(
+            context, result.days, result.revenue, lambda frame: scores_day_metadata(frame.row(0, named=True))
+        )
         return dg.MaterializeResult(metadata=calibration_metadata(result))
 
     return [signal_health, account_scores]
