@@ -45,6 +45,15 @@ def _run_request(playbook: str, day: date, **extra_tags: str) -> dg.RunRequest:
     )
 
 
+def _delivered(context: dg.SensorEvaluationContext) -> bool:
+    """Whether `playbook_actions` was ever materialised (False for a context without an instance)."""
+    try:
+        instance = context.instance
+    except dg.DagsterInvariantViolationError:
+        return False
+    return latest_storage_id(instance, [ACTIONS_KEY]) is not None
+
+
 def _config(settings: SettingsResource) -> PlaybookConfig | str:
     try:
         return settings.load().playbook_config()
@@ -120,7 +129,7 @@ def signal_health_sensor(context: dg.SensorEvaluationContext, warehouse: Warehou
     if isinstance(found, dg.SkipReason):
         return found
     requests, latest, last_day = found
-    if not context.cursor and latest_storage_id(context.instance, [ACTIONS_KEY]) is not None:
+    if not context.cursor and _delivered(context):
         requests = []  # first tick after a delivery (e.g. `beton run`'s), which acted on the latest health day
     new_state = {
         "through_day": last_day.isoformat() if last_day else None,
