@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
+from beton_pipeline.defs.monitoring.jobs import DAILY_ASSETS, range_tags
+from beton_pipeline.defs.monitoring.partitions import register_monitoring_days
 from beton_pipeline.defs.partitions import cohort_months
-from beton_pipeline.settings import warehouse_path
+from beton_pipeline.settings import load_settings, warehouse_path
 from beton_pipeline.store.custom_signals import read_problems
 from beton_pipeline.store.daily import data_days
 from beton_pipeline.store.tables import eligible_cohort_months
@@ -44,9 +46,6 @@ SUMMARY_TABLES = (
     "beton.playbook_readouts",
     "beton.experiment_readouts",
 )
-
-DAILY_ASSETS = ("signal_health", "account_scores")
-"""Daily-partitioned assets `beton run` materialises, in one run over the days the data covers."""
 
 
 @dataclass
@@ -194,17 +193,16 @@ def run_pipeline(
     def monitoring() -> None:
         with connect(warehouse_path(), read_only=True) as con:
             bounds = data_days(con)
-        if bounds is None:
+        # The daily partitions end at the data's as-of day, not the wall clock.
+        keys = register_monitoring_days(instance, bounds, load_settings().monitoring.start_date)
+        if not keys:
             return
-        summary.monitoring_days = (str(bounds[0]), str(bounds[1]))
+        summary.monitoring_days = (keys[0], keys[-1])
         _execute(
             defs.resolve_implicit_global_asset_job_def(),
             instance,
             asset_selection=[dg.AssetKey(k) for k in DAILY_ASSETS],
-            tags={
-                "dagster/asset_partition_range_start": str(bounds[0]),
-                "dagster/asset_partition_range_end": str(bounds[1]),
-            },
+            tags=range_tags(keys),
         )
 
     def playbooks() -> None:

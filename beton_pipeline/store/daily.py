@@ -4,7 +4,7 @@ data can speak for, and replacing exactly a set of days' rows (one daily partiti
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 import duckdb
 import polars as pl
@@ -38,9 +38,19 @@ def partition_days(con: duckdb.DuckDBPyConnection, keys: Iterable[str]) -> list[
     return clamp_days(keys, data_days(con))
 
 
+def monitoring_day_keys(bounds: tuple[date, date] | None, start: date) -> list[str]:
+    """The daily partition keys (`YYYY-MM-DD`) monitoring has: every day from the later of `start`
+    (`monitoring.start_date`) and the first data day through the as-of day, in order (none without data)."""
+    if bounds is None:
+        return []
+    first, last = max(bounds[0], start), bounds[1]
+    return [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
+
+
 def write_days(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, days: list[date]) -> None:
-    """Replace the rows of `table` from min(`days`) to max(`days`) with `frame`, in one transaction
-    (creates `table` from `frame` when missing; nothing to do for an empty frame and no table)."""
+    """Replace exactly the rows of `days` in `table` with `frame`, in one transaction (creates `table`
+    from `frame` when missing; nothing to do for an empty frame and no table). Days between them that
+    were not computed (a run over a few scattered partitions) keep their rows."""
     if frame.is_empty() and not table_exists(con, *table.split(".")):
         return
-    replace_rows(con, table, frame, "day between ? and ?", [min(days), max(days)])
+    replace_rows(con, table, frame, "list_contains(?::date[], day)", [sorted(days)])

@@ -1,4 +1,6 @@
-"""The Definitions object: loads, has the whole graph, a daily schedule, and one warehouse pool."""
+"""The Definitions object: loads, has the whole graph, the daily schedule and sensors, and one warehouse pool."""
+
+import dagster as dg
 
 from beton_pipeline.defs.resources import WAREHOUSE_POOL
 
@@ -23,8 +25,10 @@ def test_definitions_load_with_every_asset_and_a_daily_schedule():
         assert expected in keys
     schedule = defs.resolve_schedule_def("daily_ingest_schedule")
     assert schedule.cron_schedule == "0 6 * * *"
-    monitoring = defs.resolve_schedule_def("daily_monitoring_schedule")
-    assert monitoring.cron_schedule == "0 8 * * *" and monitoring.job.partitions_def is not None
+    # the daily partitions are the data's days, kept in the instance: nothing is read when the definitions load
+    monitoring = defs.resolve_sensor_def("daily_monitoring_sensor")
+    assert isinstance(monitoring.job.partitions_def, dg.DynamicPartitionsDefinition)
+    assert monitoring.job.partitions_def.name == "monitoring_days"
     defs.resolve_job_def("daily_ingest_job")
     defs.resolve_job_def("discovery_job")
 

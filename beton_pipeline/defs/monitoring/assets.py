@@ -1,16 +1,18 @@
 """Daily assets: signal health, live account scores, revenue numbers (one partition per day).
 
-Their partitions come from the settings, so the assets are built when the definitions load
-(`build_monitoring_assets`, called by `jobs.monitoring_definitions`).
+One partition per data day (`partitions.monitoring_days`). A run over many days (`beton run`, a
+backfill) records each day's own numbers on that day's partition (`add_day_metadata`), so the UI's
+plots show the trend.
 """
 
 import dagster as dg
 import polars as pl
 
 from beton_pipeline.core.formatting import fmt, fmt_estimate, markdown_table
+from beton_pipeline.defs.monitoring.partitions import monitoring_days
 from beton_pipeline.defs.resources import WAREHOUSE_POOL, SettingsResource, WarehouseResource
 from beton_pipeline.store.firings import FIRING_INPUTS
-from beton_pipeline.store.monitoring import HEALTH_STATES, SignalHealth, refresh_signal_health
+from beton_pipeline.store.monitoring import HEALTH_STATES, refresh_signal_health
 from beton_pipeline.store.scoring import ScoresResult, refresh_account_scores
 
 SIGNAL_HEALTH_DESCRIPTION = (
@@ -37,33 +39,51 @@ def _warn_without_days(context: dg.AssetExecutionContext, days: list) -> None:
         )
 
 
-def health_metadata(health: SignalHealth) -> dict[str, dg.MetadataValue]:
-    """Days computed, signals per health state on the latest day, and its table."""
-    latest = health.latest
-    counts = (
-        {state: latest.filter(pl.col("health") == state).height for state in HEALTH_STATES}
-        if not latest.is_empty()
-        else {}
-    )
+def _number(value) -> dg.MetadataValue:
+    """A plottable number: int as int, anything else (None, NaN included) as float."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return dg.MetadataValue.int(value)
+    return dg.MetadataValue.float(float("nan") if value is None else float(value))
+
+
+def health_day_metadata(rows: pl.DataFrame) -> dict[str, dg.MetadataValue]:
+    """One day's signal health: signals per health state, and its table (`rows` = that day's rows; none
+    without an enabled signal)."""
+    counts = {state: rows.filter(pl.col("health") == state).height if rows.height else 0 for state in HEALTH_STATES}
     table = markdown_table(
         ["signal", "health", "window lift", "backtest lift", "n with"],
         [
             [r["definition"], r["health"], fmt(r["lift"], ".2f"), fmt(r["backtest_lift"], ".2f"), r["n_with"]]
-            for r in latest.iter_rows(named=True)
+            for r in rows.iter_rows(named=True)
         ],
         empty="No enabled signal or no data.",
     )
     return {
-        "days": dg.MetadataValue.int(len(health.days)),
+        "signals": dg.MetadataValue.int(rows.height),
         **{f"signals_{state}": dg.MetadataValue.int(n) for state, n in counts.items()},
-        "latest_day": dg.MetadataValue.text(str(latest["day"][0]) if not latest.is_empty() else "none"),
         "health": dg.MetadataValue.md(table),
     }
 
 
-def scores_metadata(result: ScoresResult) -> dict[str, dg.MetadataValue]:
-    """Accounts scored, the latest day's revenue numbers, and the calibration check."""
-    latest = result.revenue.filter(pl.col("day") == max(result.days)).row(0, named=True)
+REVENUE_NUMBERS = (
+    "accounts_in_play",
+    "leads_surfaced",
+    "outcomes_closed_30d",
+    "conversions_30d",
+    "conversion_rate_30d",
+    "signal_accuracy_30d",
+    "pipeline_influenced_arr_30d",
+)
+"""beton.revenue_metrics columns reported as numbers on each day's `account_scores` partition."""
+
+
+def scores_day_metadata(revenue_row: dict) -> dict[str, dg.MetadataValue]:
+    """One day's revenue numbers (a beton.revenue_metrics row), plotted by the UI over the partitions."""
+    return {name: _number(revenue_row[name]) for name in REVENUE_NUMBERS}
+
+
+def calibration_metadata(result: ScoresResult) -> dict[str, dg.MetadataValue]:
+    """The calibration check (one for the whole run: it does not depend on the day)."""
     calibration = markdown_table(
         ["decile", "n", "predicted", "observed (95% CI)"],
         [
@@ -77,17 +97,15 @@ def scores_metadata(result: ScoresResult) -> dict[str, dg.MetadataValue]:
         ],
         empty="No holdout cohort to check calibration on.",
     )
-    return {
-        "days": dg.MetadataValue.int(len(result.days)),
-        "accounts_scored": dg.MetadataValue.int(result.scores.height),
-        "latest_day": dg.MetadataValue.text(str(max(result.days))),
-        "leads_surfaced": dg.MetadataValue.int(int(latest["leads_surfaced"])),
-        "accounts_in_play": dg.MetadataValue.int(int(latest["accounts_in_play"])),
-        "conversion_rate_30d": dg.MetadataValue.float(float(latest["conversion_rate_30d"] or 0.0)),
-        "pipeline_influenced_arr_30d": dg.MetadataValue.float(float(latest["pipeline_influenced_arr_30d"])),
-        "signal_accuracy_30d": dg.MetadataValue.float(float(latest["signal_accuracy_30d"] or 0.0)),
-        "calibration": dg.MetadataValue.md(calibration),
-    }
+    return {"days_in_run": dg.MetadataValue.int(len(result.days)), "calibration": dg.MetadataValue.md(calibration)}
+
+
+def add_day_metadata(context: dg.AssetExecutionContext, days: list, rows: pl.DataFrame, build) -> None:
+    """Attach `build(that day's rows)` to the partition materialization of each day computed, so a run over
+    many days records each day's own numbers (what the UI plots), not the last day's on every partition."""
+    by_day = {key[0]: frame for key, frame in rows.group_by("day")} if rows.height else {}
+    for day in days:
+        context.add_asset_metadata(build(by_day.get(day, rows.clear())), partition_key=day.isoformat())
 
 
 def build_monitoring_assets(days: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
@@ -119,9 +137,10 @@ def build_monitoring_assets(days: dg.PartitionsDefinition) -> list[dg.AssetsDefi
         with warehouse.connect() as con:
             health = refresh_signal_health(con, cfg, context.partition_keys)
         _warn_without_days(context, health.days)
+        add_day_metadata(context, health.days, health.rows, health_day_metadata)
         broken = health.broken
         return dg.MaterializeResult(
-            metadata=health_metadata(health),
+            metadata={"days_in_run": dg.MetadataValue.int(len(health.days))},
             check_results=[
                 dg.AssetCheckResult(
                     check_name="no_enabled_signal_broken",
@@ -144,6 +163,12 @@ def build_monitoring_assets(days: dg.PartitionsDefinition) -> list[dg.AssetsDefi
         with warehouse.connect() as con:
             result = refresh_account_scores(con, cfg, context.partition_keys)
         _warn_without_days(context, result.days)
-        return dg.MaterializeResult(metadata=scores_metadata(result) if result.days else {"days": 0})
+        add_day_metadata(
+            context, result.days, result.revenue, lambda frame: scores_day_metadata(frame.row(0, named=True))
+        )
+        return dg.MaterializeResult(metadata=calibration_metadata(result))
 
     return [signal_health, account_scores]
+
+
+signal_health, account_scores = build_monitoring_assets(monitoring_days)

@@ -1,47 +1,74 @@
-"""The daily monitoring job and its schedule, and the monitoring domain's definitions.
+"""The daily monitoring job and the sensor that runs it for each new data day.
 
-The daily partitions start at `monitoring.start_date` in the schedule's timezone, so the assets, the
-job and the schedule are built from the settings when the definitions load (`monitoring_definitions`),
-never at import.
+After the daily ingest rebuilds `account_outcomes`, the data's as-of day moves on: the sensor registers
+the new days as partitions and requests one run over the days whose signal health or scores were never
+materialised: the new day(s) only. After `beton run` it requests nothing (every day the data covers was
+scored); a past day is redone only by a backfill from the UI.
 """
+
+from datetime import date
 
 import dagster as dg
 
-from beton_pipeline.defs.monitoring.assets import build_monitoring_assets
 from beton_pipeline.defs.monitoring.partitions import monitoring_days
-from beton_pipeline.settings import ScheduleSettings, load_settings
+from beton_pipeline.defs.partitions import latest_storage_id, outdated_partitions
+from beton_pipeline.defs.resources import SettingsResource, WarehouseResource
+from beton_pipeline.store.daily import data_days, monitoring_day_keys
+
+DAILY_ASSETS = ("signal_health", "account_scores")
+ACCOUNT_OUTCOMES = dg.AssetKey("account_outcomes")
+
+daily_monitoring_job = dg.define_asset_job(
+    "daily_monitoring_job",
+    selection=dg.AssetSelection.assets(*DAILY_ASSETS),
+    partitions_def=monitoring_days,
+    description="Signal health and live account scores for one day (backfill any range from the UI).",
+)
 
 
-def daily_monitoring_job(days: dg.PartitionsDefinition):  # -> an asset job (its class is not public)
-    """`daily_monitoring_job`: signal health and account scores over the partitions `days`."""
-    return dg.define_asset_job(
-        "daily_monitoring_job",
-        selection=dg.AssetSelection.assets("signal_health", "account_scores"),
-        partitions_def=days,
-        description="Signal health and live account scores for one day (backfill any range from the UI).",
+def range_tags(keys: list[str]) -> dict[str, str]:
+    """Run tags for one run over the days `keys[0]`…`keys[-1]` (the assets' single-run backfill policy)."""
+    return {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+
+
+@dg.sensor(
+    job=daily_monitoring_job,
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "After account_outcomes is rebuilt (the daily ingest): register the new data days (through the as-of) as "
+        "partitions and request one run over the days whose signal health or scores were never materialised (the new "
+        "days only). Requests nothing after `beton run`, which scored every day the data covers."
+    ),
+)
+def daily_monitoring_sensor(
+    context: dg.SensorEvaluationContext, warehouse: WarehouseResource, settings: SettingsResource
+):
+    inputs_at = latest_storage_id(context.instance, [ACCOUNT_OUTCOMES])
+    if inputs_at is None:
+        return dg.SkipReason("account_outcomes has not been materialised yet")
+    if context.cursor == str(inputs_at):
+        return dg.SkipReason("account_outcomes was not rebuilt since the last tick")
+    bounds = warehouse.read_or_skip(data_days)
+    if isinstance(bounds, dg.SkipReason):
+        return bounds  # cursor kept: looked at again on the next tick
+    keys = monitoring_day_keys(bounds, date.fromisoformat(settings.load().monitoring.start_date))
+    existing = set(context.instance.get_dynamic_partitions(monitoring_days.name))
+    new = [k for k in keys if k not in existing]
+    added = [monitoring_days.build_add_request(new)] if new else []
+    # Only days never scored: a past day keeps what was known then (backfill it from the UI to redo it).
+    todo = sorted(
+        {k for name in DAILY_ASSETS for k in outdated_partitions(context.instance, dg.AssetKey(name), keys, None)}
     )
-
-
-def daily_monitoring_schedule(job, schedule: ScheduleSettings) -> dg.ScheduleDefinition:
-    """`daily_monitoring_schedule`: two hours after the daily ingest (cohort counts and discovery follow it by
-    sensor and automation), score the day that just ended."""
-    minute, hour = (int(x) if x.isdigit() else 0 for x in schedule.cron.split()[:2])
-    return dg.build_schedule_from_partitioned_job(
-        job,
-        name="daily_monitoring_schedule",
-        hour_of_day=(hour + 2) % 24,
-        minute_of_hour=minute,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Daily: signal health and account scores for the day that just ended.",
-    )
-
-
-@dg.definitions
-def monitoring_definitions() -> dg.Definitions:
-    """The monitoring domain: daily assets, job and schedule, from the settings (read at definitions load)."""
-    settings = load_settings()
-    days = monitoring_days(settings)
-    job = daily_monitoring_job(days)
-    return dg.Definitions(
-        assets=build_monitoring_assets(days), jobs=[job], schedules=[daily_monitoring_schedule(job, settings.schedule)]
+    if not todo:
+        return dg.SensorResult(
+            skip_reason="every data day through the as-of is scored",
+            dynamic_partitions_requests=added,
+            cursor=str(inputs_at),
+        )
+    context.log.info(f"{len(todo)} day(s) to score: {todo[0]} … {todo[-1]}")
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=f"{inputs_at}:{todo[0]}:{todo[-1]}", tags=range_tags(todo))],
+        dynamic_partitions_requests=added,
+        cursor=str(inputs_at),
     )

@@ -1,10 +1,11 @@
 """Playbook sensors: decide cheaply (read-only, short lock wait), request runs; the runs send.
 
 * `playbook_scores_sensor`: after each `account_scores` materialization (cursor = its storage id, so
-  every backfilled day is seen once), evaluate the account playbooks on that day's scores and request
+  every backfilled day is seen once; the first tick starts after the newest `playbook_actions`
+  materialization, so the days `beton run` already delivered are not requested again), evaluate the account playbooks on that day's scores and request
   one `playbook_delivery_job` run per playbook and day with matches (run key = `playbook:day`).
 * `signal_health_sensor`: health changes in `beton.signal_health` after the cursor's day (cursor =
-  that day plus the last seen health per signal); one run per health playbook and day with a change
+  that day plus the last seen health per signal; the first tick after a delivery only records the state); one run per health playbook and day with a change
   to one of its states.
 * `playbook_retry_sensor`: when `retrying` (or blocked `pending`) actions are due, one send-only run.
 
@@ -18,12 +19,14 @@ import dagster as dg
 import duckdb
 
 from beton_pipeline.core.playbooks import PlaybookConfig, PlaybookConfigError, is_stale
+from beton_pipeline.defs.partitions import latest_storage_id
 from beton_pipeline.defs.playbooks.assets import PlaybookRunConfig
 from beton_pipeline.defs.playbooks.jobs import playbook_delivery_job
 from beton_pipeline.defs.resources import SettingsResource, WarehouseResource
 from beton_pipeline.store import outbox, playbooks
 
 SCORES_KEY = dg.AssetKey("account_scores")
+ACTIONS_KEY = dg.AssetKey("playbook_actions")
 MAX_EVENTS_PER_TICK = 50
 
 
@@ -40,6 +43,15 @@ def _run_request(playbook: str, day: date, **extra_tags: str) -> dg.RunRequest:
         ),
         tags=tags,
     )
+
+
+def _delivered(context: dg.SensorEvaluationContext) -> bool:
+    """Whether `playbook_actions` was ever materialised (False for a context without an instance)."""
+    try:
+        instance = context.instance
+    except dg.DagsterInvariantViolationError:
+        return False
+    return latest_storage_id(instance, [ACTIONS_KEY]) is not None
 
 
 def _config(settings: SettingsResource) -> PlaybookConfig | str:
@@ -61,7 +73,8 @@ def _config(settings: SettingsResource) -> PlaybookConfig | str:
 def playbook_scores_sensor(
     context: dg.SensorEvaluationContext, warehouse: WarehouseResource, settings: SettingsResource
 ):
-    after = int(context.cursor) if context.cursor else None
+    # First tick: start after the newest delivery (e.g. `beton run`'s), which planned the scores before it.
+    after = int(context.cursor) if context.cursor else latest_storage_id(context.instance, [ACTIONS_KEY])
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=SCORES_KEY, after_storage_id=after), limit=MAX_EVENTS_PER_TICK, ascending=True
     ).records
@@ -116,6 +129,8 @@ def signal_health_sensor(context: dg.SensorEvaluationContext, warehouse: Warehou
     if isinstance(found, dg.SkipReason):
         return found
     requests, latest, last_day = found
+    if not context.cursor and _delivered(context):
+        requests = []  # first tick after a delivery (e.g. `beton run`'s), which acted on the latest health day
     new_state = {
         "through_day": last_day.isoformat() if last_day else None,
         "health": {**state.get("health", {}), **latest},
