@@ -95,7 +95,7 @@ class RunFailedError(Exception):
     run keeps the detail and any stack trace."""
 
 
-MAX_ERROR_LINES = 6
+MAX_ERROR_LINES = 12
 """Lines of a failed step's error message shown in a `RunFailedError` (the event log has all of it)."""
 
 
@@ -122,8 +122,12 @@ def failure_paragraph(job_name: str, result: dg.ExecuteInProcessResult) -> str:
         while error is not None and error.cause is not None and (error.cls_name or "").startswith("Dagster"):
             error = error.cause  # a framework wrapper around the user code's error: show the user's
         text = re.sub(r"^[\w.]+\.(\w+): ", r"\1: ", (error.message if error else "").strip()) or "failed (no message)"
+        text = re.sub(r"^Failure: ", "", text)  # a dg.Failure is beton's own message: no class name before it
         head, *rest = text.splitlines()
-        body = [head, *[line for line in rest if line.strip()][: MAX_ERROR_LINES - 1]]
+        rest = [line for line in rest if line.strip()]
+        body = [head, *rest[: MAX_ERROR_LINES - 1]]
+        if len(rest) > MAX_ERROR_LINES - 1:
+            body.append(f"… and {len(rest) - MAX_ERROR_LINES + 1} more line(s) in the event log")
         lines.append(f"- step {event.step_key}: " + "\n  ".join(body))
     if not lines:
         run_failure = result.get_run_failure_event()
