@@ -228,18 +228,17 @@ def test_the_sensor_registers_new_signals_and_requests_their_backtests(custom_ru
         instance=fresh, resources={"warehouse": WarehouseResource(path=str(custom_run.warehouse))}
     )
     assert isinstance(signal_partitions_sensor(context), dg.SkipReason)  # nothing materialised in this instance yet
-    # The materializations recorded in the run's instance: the sensor reads beton.signals and asks for every partition.
-    context = dg.build_sensor_context(
-        instance=custom_run.instance, resources={"warehouse": WarehouseResource(path=str(custom_run.warehouse))}
-    )
+    # The run's own instance: the run backtested every signal after discovery, so nothing is out of date.
+    resources = {"warehouse": WarehouseResource(path=str(custom_run.warehouse))}
+    first = signal_partitions_sensor(dg.build_sensor_context(instance=custom_run.instance, resources=resources))
+    assert isinstance(first, dg.SkipReason) or not first.run_requests, first
+    # A newer `signals` (a re-run of discovery): every backtest partition is now older than it, once each.
+    custom_run.instance.report_runless_asset_event(dg.AssetMaterialization("signals"))
+    context = dg.build_sensor_context(instance=custom_run.instance, resources=resources)
     result = signal_partitions_sensor(context)
     assert {r.partition_key for r in result.run_requests} == set(custom_run.partitions)
     assert not result.dynamic_partitions_requests  # all registered already
-    again = dg.build_sensor_context(
-        instance=custom_run.instance,
-        cursor=result.cursor,
-        resources={"warehouse": WarehouseResource(path=str(custom_run.warehouse))},
-    )
+    again = dg.build_sensor_context(instance=custom_run.instance, cursor=result.cursor, resources=resources)
     assert isinstance(signal_partitions_sensor(again), dg.SkipReason)
 
 
