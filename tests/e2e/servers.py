@@ -79,7 +79,8 @@ def wait_while_progressing(
     `progress()` returns any comparable snapshot (a run's status and finished-step count, say); every
     change restarts the `idle_timeout` clock, so a slow but moving run on a loaded machine is waited
     for, while a stuck one fails after `idle_timeout` s without change. `total_timeout` bounds it all.
-    Exceptions from `check` or `progress` other than ServerError/AssertionError count as "not yet".
+    Exceptions from `check` or `progress` other than ServerError/AssertionError count as "not yet";
+    `progress` is sampled after every `check`, also one that raised.
     """
     start = time.monotonic()
     last_seen: object = None
@@ -90,12 +91,19 @@ def wait_while_progressing(
             result = check()
             if result:
                 return result
+        except (ServerError, AssertionError):
+            raise
+        except Exception as exc:  # a transient GraphQL/connection error: not there yet
+            last_error = exc
+        # Sampled also when `check` failed: a server that does not answer yet (still loading) may well be
+        # making progress, and that is what sets the idle clock.
+        try:
             snapshot = progress()
             if snapshot != last_seen:
                 last_seen, last_change = snapshot, time.monotonic()
         except (ServerError, AssertionError):
             raise
-        except Exception as exc:  # a transient GraphQL/connection error counts as "no progress yet"
+        except Exception as exc:  # counts as "no progress yet"
             last_error = exc
         now = time.monotonic()
         if now - last_change >= idle_timeout or now - start >= total_timeout:
@@ -351,6 +359,25 @@ def stop_server(server: ServerProcess, timeout: float = 30) -> list[int]:
     for child in alive:
         stop_pid(child.pid, timeout=10)
     return [c.pid for c in alive]
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by `pid` and its live descendants; 0 when it is gone.
+
+    A progress signal for `wait_while_progressing` when a server works without writing anything (a
+    code location importing and parsing on a loaded machine): it grows while the work goes on and
+    stands still when the process is stuck."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def graphql(url: str, query: str, variables: dict | None = None, timeout: float = 30) -> dict:
