@@ -61,7 +61,12 @@ def path_without_dbt() -> str:
 def test_dagster_dev_loads_beton_without_venv_on_path(tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    # The project's instance settings, plus a longer code-server start-up bound: Dagster's default (180 s)
+    # expires on a machine at load 25 while the location imports and parses dbt, and dagster dev exits.
+    (home / "dagster.yaml").write_text(
+        (PROJECT_ROOT / "dagster.yaml").read_text()
+        + f"\ncode_servers:\n  local_startup_timeout: {LOAD_TOTAL_TIMEOUT}\n"
+    )
     path = path_without_dbt()
     assert shutil.which("dbt", path=path) is None, f"test set-up: a dbt is still on PATH={path}"
     drop = {"VIRTUAL_ENV", "PATH", "DAGSTER_PG_HOST", "BETON_SOURCE_DIR", "BETON_CONFIG"}
