@@ -1,5 +1,9 @@
 """Shared fixtures. The whole graph is materialised once per session on a generated demo dataset
-(dbt runs cost seconds each), and the end-to-end tests read the warehouse it leaves."""
+(dbt runs cost seconds each), and the end-to-end tests read the warehouse it leaves.
+
+`make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`). Every test that uses
+the session run is put in one xdist group (below), so one worker materialises it once and runs those
+tests one after another (some re-materialise into its warehouse); the other worker takes the rest."""
 
 import json
 import os
@@ -8,6 +12,10 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+
+SESSION_RUN_GROUP = "session_pipeline_run"
+"""The xdist group of every test that reads or writes the session run's warehouse or instance."""
+SESSION_RUN_FIXTURES = {"pipeline_run", "demo_source", "warehouse_env"}
 
 DEMO_ACCOUNTS = 8000
 """Large enough that every planted signal has power in the discovery and holdout cohorts."""
@@ -39,6 +47,28 @@ class env_vars:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _uses_a_shared_project_fixture(item) -> bool:
+    """True when the test needs a module/class/package-scoped fixture of this project (built once per worker)."""
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in info.name2fixturedefs.values() if info else ():
+        fixture = defs[-1]
+        if fixture.scope != "function" and getattr(fixture.func, "__module__", "").startswith("tests."):
+            return True
+    return False
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the group marks
+def pytest_collection_modifyitems(config, items):
+    """xdist groups, so that no expensive fixture is built twice: the tests that use the session run share
+    one group; the tests of a module with a module-scoped fixture (a bench run, a small export) share one
+    per module. Everything else is spread over the workers test by test."""
+    for item in items:
+        if SESSION_RUN_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group(SESSION_RUN_GROUP))
+        elif _uses_a_shared_project_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
 
 
 @pytest.fixture(scope="session")

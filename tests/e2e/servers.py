@@ -79,7 +79,8 @@ def wait_while_progressing(
     `progress()` returns any comparable snapshot (a run's status and finished-step count, say); every
     change restarts the `idle_timeout` clock, so a slow but moving run on a loaded machine is waited
     for, while a stuck one fails after `idle_timeout` s without change. `total_timeout` bounds it all.
-    Exceptions from `check` or `progress` other than ServerError/AssertionError count as "not yet".
+    Exceptions from `check` or `progress` other than ServerError/AssertionError count as "not yet";
+    `progress` is sampled after every `check`, also one that raised.
     """
     start = time.monotonic()
     last_seen: object = None
@@ -90,12 +91,19 @@ def wait_while_progressing(
             result = check()
             if result:
                 return result
+        except (ServerError, AssertionError):
+            raise
+        except Exception as exc:  # a transient GraphQL/connection error: not there yet
+            last_error = exc
+        # Sampled also when `check` failed: a server that does not answer yet (still loading) may well be
+        # making progress, and that is what sets the idle clock.
+        try:
             snapshot = progress()
             if snapshot != last_seen:
                 last_seen, last_change = snapshot, time.monotonic()
         except (ServerError, AssertionError):
             raise
-        except Exception as exc:  # a transient GraphQL/connection error counts as "no progress yet"
+        except Exception as exc:  # counts as "no progress yet"
             last_error = exc
         now = time.monotonic()
         if now - last_change >= idle_timeout or now - start >= total_timeout:
@@ -335,10 +343,12 @@ def stop_pid(pid: int, timeout: float = 30) -> None:
             pass
 
 
-def stop_server(server: ServerProcess, timeout: float = 30) -> list[int]:
+def stop_server(server: ServerProcess, timeout: float = 30, children_grace: float = 60) -> list[int]:
     """Stop a server by its pid (SIGTERM, bounded wait, SIGKILL), then any of its descendants still alive, each by its pid.
 
-    Returns the pids of descendants that outlived their parent (a clean shutdown returns []).
+    Returns the pids of descendants still alive `children_grace` s after their parent ended (a clean
+    shutdown returns []). The grace is generous: children shut down in about a second on an idle
+    machine, but took over 10 s at load 25; the wait ends as soon as they are gone.
     """
     try:
         descendants = psutil.Process(server.pid).children(recursive=True)
@@ -347,10 +357,29 @@ def stop_server(server: ServerProcess, timeout: float = 30) -> list[int]:
     stop_pid(server.pid, timeout)
     with contextlib.suppress(subprocess.TimeoutExpired):
         server.process.wait(timeout=5)  # reap it
-    _, alive = psutil.wait_procs(descendants, timeout=10)
+    _, alive = psutil.wait_procs(descendants, timeout=children_grace)
     for child in alive:
         stop_pid(child.pid, timeout=10)
     return [c.pid for c in alive]
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by `pid` and its live descendants; 0 when it is gone.
+
+    A progress signal for `wait_while_progressing` when a server works without writing anything (a
+    code location importing and parsing on a loaded machine): it grows while the work goes on and
+    stands still when the process is stuck."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def graphql(url: str, query: str, variables: dict | None = None, timeout: float = 30) -> dict:

@@ -8,6 +8,7 @@ location loads; with dagster-dbt's default executable (`dbt` on PATH) the locati
 
 import os
 import shutil
+import time
 
 import pytest
 
@@ -19,6 +20,7 @@ from tests.e2e.servers import (
     ServerError,
     free_port,
     graphql,
+    process_tree_cpu_seconds,
     start_server,
     stop_server,
     wait_while_progressing,
@@ -27,8 +29,10 @@ from tests.e2e.servers import (
 pytestmark = pytest.mark.slow
 
 LOAD_IDLE_TIMEOUT = 180
-"""Seconds without any new output from `dagster dev` before the load counts as stuck (import + dbt parse)."""
-LOAD_TOTAL_TIMEOUT = 480
+"""Seconds without progress (no new output from `dagster dev` and no CPU second used by its processes)
+before the load counts as stuck. Loading (imports + dbt parse) writes nothing for minutes on a loaded
+machine, so the log alone is not enough to tell slow from stuck."""
+LOAD_TOTAL_TIMEOUT = 900
 
 EXPECTED_JOBS = {"daily_ingest_job", "discovery_job", "daily_monitoring_job"}
 
@@ -57,7 +61,12 @@ def path_without_dbt() -> str:
 def test_dagster_dev_loads_beton_without_venv_on_path(tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    # The project's instance settings, plus a longer code-server start-up bound: Dagster's default (180 s)
+    # expires on a machine at load 25 while the location imports and parses dbt, and dagster dev exits.
+    (home / "dagster.yaml").write_text(
+        (PROJECT_ROOT / "dagster.yaml").read_text()
+        + f"\ncode_servers:\n  local_startup_timeout: {LOAD_TOTAL_TIMEOUT}\n"
+    )
     path = path_without_dbt()
     assert shutil.which("dbt", path=path) is None, f"test set-up: a dbt is still on PATH={path}"
     drop = {"VIRTUAL_ENV", "PATH", "DAGSTER_PG_HOST", "BETON_SOURCE_DIR", "BETON_CONFIG"}
@@ -88,8 +97,9 @@ def test_dagster_dev_loads_beton_without_venv_on_path(tmp_path):
                 raise AssertionError(f"code location beton failed to load: {(loaded or {}).get('message', loaded)}")
             return entry
 
-        def progress() -> int:
-            return server.log_path.stat().st_size if server.log_path.exists() else 0
+        def progress() -> tuple[int, int]:
+            log_size = server.log_path.stat().st_size if server.log_path.exists() else 0
+            return log_size, int(process_tree_cpu_seconds(server.pid))
 
         try:
             entry = wait_while_progressing(
@@ -109,3 +119,26 @@ def test_dagster_dev_loads_beton_without_venv_on_path(tmp_path):
         leftovers = stop_server(server)
     assert server.process.returncode is not None, "dagster dev did not exit"
     assert leftovers == [], f"dagster dev left processes behind: {leftovers}"
+
+
+def test_the_wait_counts_progress_while_the_server_does_not_answer_yet():
+    """The load wait above: a server that refuses connections while it loads, but whose progress moves, is
+    waited for past the idle timeout; once progress stops, the wait gives up after the idle timeout."""
+    start = time.monotonic()
+
+    def answers_after(seconds: float):
+        def check() -> bool:
+            if time.monotonic() - start < seconds:
+                raise ConnectionRefusedError("not listening yet")
+            return True
+
+        return check
+
+    def moving_for(seconds: float):
+        return lambda: round(min(time.monotonic() - start, seconds), 2)
+
+    assert wait_while_progressing(answers_after(1.0), moving_for(2.0), "a loading server", 0.3, 10, interval=0.05)
+    start = time.monotonic()
+    with pytest.raises(ServerError, match="no progress for"):
+        wait_while_progressing(answers_after(5.0), moving_for(0.5), "a stuck server", 0.3, 10, interval=0.05)
+    assert time.monotonic() - start < 2.0

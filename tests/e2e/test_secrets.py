@@ -1,6 +1,10 @@
 """Secrets: a known value in every secret env var, the whole graph and its playbooks run for real (against
 local servers), and the value is found nowhere: not in the output, the Dagster instance's files (event log,
-run storage, compute logs), the warehouse, nor the exception texts of a failing destination."""
+run storage, compute logs), the warehouse, nor the exception texts of a failing destination.
+
+A small export (600 accounts, 6 months) is enough: every stage runs and writes (a few dozen accounts
+score above the playbook's bar on the last day, so Slack, Attio and the webhook really receive
+requests); the size of the data does not change where a secret could leak."""
 
 import os
 import shutil
@@ -14,6 +18,8 @@ import yaml
 from beton_pipeline.settings import PROJECT_ROOT
 from tests.fakes import FakeAttio, FakeSlack, FakeWebhookReceiver
 
+ACCOUNTS, MONTHS, SEED = 600, 6, 11
+
 SECRETS = {
     "BETON_SLACK_TOKEN": "xoxb-SECRET-whole-graph-1a2b",
     "BETON_ATTIO_API_KEY": "attio-SECRET-whole-graph-3c4d",
@@ -24,7 +30,7 @@ SECRETS = {
 
 def _config(hook_url: str) -> str:
     settings = yaml.safe_load((PROJECT_ROOT / "beton.yaml").read_text())
-    settings["demo"] = {"accounts": 1500, "seed": 11}
+    settings["demo"] = {"accounts": ACCOUNTS, "seed": SEED}
     settings["playbooks"] = [
         {
             "name": "hot-accounts",
@@ -45,7 +51,7 @@ def test_no_secret_anywhere_after_a_full_run(tmp_path):
     from beton_pipeline.sources.demo import generate_demo
 
     source = tmp_path / "source"
-    generate_demo(source, n_accounts=1500, seed=11)
+    generate_demo(source, n_accounts=ACCOUNTS, seed=SEED, months=MONTHS)
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
@@ -74,7 +80,7 @@ def test_no_secret_anywhere_after_a_full_run(tmp_path):
             env=env,
             capture_output=True,
             text=True,
-            timeout=900,
+            timeout=1800,
             cwd=tmp_path,
         )
         assert done.returncode == 0, done.stderr[-3000:]
