@@ -33,7 +33,7 @@ Known effects (computed in `known_effects`)
 -------------------------------------------
 For each encoded count, the threshold t ≥ 1 whose split "count ≥ t" is most associated with churn
 (largest Pearson chi-square of the 2×2 crosstab, at least `MIN_SUPPORT` customers on each side), with
-rates, lift and Fisher's exact p-value. An effect is *expected* (beton must enable a signal on that event
+rates, lift and Fisher's exact p-value, and the near-best thresholds (`NEAR_BEST_SHARE`). An effect is *expected* (beton must enable a signal on that event
 at that threshold) when its lift ≥ `EXPECTED_MIN_LIFT` and p < `EXPECTED_MAX_P`; it is *protective*
 (beton must enable nothing on that event) when its lift < 1 and p < `EXPECTED_MAX_P`. On this data that
 is the well-known step at 4 customer-service calls, the international plan and heavy daytime use
@@ -110,6 +110,12 @@ def load_customers(n_customers: int, seed: int):
     return frame
 
 
+NEAR_BEST_SHARE = 0.75
+"""Thresholds whose chi-square is at least this share of the best one are `near_best_thresholds`: the data
+cannot tell them apart from the best on a subset (beton discovers on the older cohorts only), so a signal
+at any of them finds the effect. A sharp step (4 service calls) has one; a smooth rise (day minutes), a few."""
+
+
 def known_effects(customers) -> list[dict]:
     """The data's effects, from pandas crosstabs and scipy (see the module docstring)."""
     import pandas as pd
@@ -118,7 +124,7 @@ def known_effects(customers) -> list[dict]:
     effects = []
     for event in [*COUNT_EVENTS, *PLAN_EVENTS]:
         counts = customers[event]
-        best = None
+        best, chi2_by_threshold = None, {}
         for threshold in range(1, int(counts.max()) + 1):
             has = counts >= threshold
             if min(has.sum(), (~has).sum()) < MIN_SUPPORT:
@@ -127,6 +133,7 @@ def known_effects(customers) -> list[dict]:
                 index=[True, False], columns=[True, False], fill_value=0
             )
             chi2 = stats.chi2_contingency(table.to_numpy(), correction=False)[0]
+            chi2_by_threshold[threshold] = float(chi2)
             if best is None or chi2 > best[1]:
                 best = (threshold, chi2, table)
         if best is None:
@@ -148,6 +155,9 @@ def known_effects(customers) -> list[dict]:
                 "event": event,
                 "column": COUNT_EVENTS.get(event) or PLAN_EVENTS[event],
                 "threshold": threshold,
+                "near_best_thresholds": sorted(
+                    t for t, c in chi2_by_threshold.items() if c >= NEAR_BEST_SHARE * chi2_by_threshold[threshold]
+                ),
                 "n_with": churn_with + stay_with,
                 "churned_with": churn_with,
                 "n_without": churn_without + stay_without,
