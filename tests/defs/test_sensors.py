@@ -6,9 +6,21 @@ from beton_pipeline.defs.resources import WarehouseResource
 from beton_pipeline.defs.signals.sensors import cohort_months_sensor
 
 
-def test_cohort_sensor_requests_every_eligible_month_once(pipeline_run):
+def test_cohort_sensor_requests_nothing_right_after_beton_run(pipeline_run):
+    """`beton run` counted every month after the newest account_outcomes: the first tick redoes nothing."""
     resources = {"warehouse": WarehouseResource(path=str(pipeline_run.warehouse))}
     with dg.build_sensor_context(instance=pipeline_run.instance, resources=resources) as context:
+        result = cohort_months_sensor(context)
+    assert isinstance(result, dg.SkipReason) or not result.run_requests, result
+
+
+def test_cohort_sensor_requests_every_eligible_month_once(pipeline_run):
+    """A new account_outcomes with no month counted after it (a fresh instance, so the session's is left
+    alone): one request per eligible month, then nothing for the same materialization."""
+    resources = {"warehouse": WarehouseResource(path=str(pipeline_run.warehouse))}
+    instance = dg.DagsterInstance.ephemeral()
+    instance.report_runless_asset_event(dg.AssetMaterialization("account_outcomes"))
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
         result = cohort_months_sensor(context)
     assert isinstance(result, dg.SensorResult)
     months = sorted(r.partition_key for r in result.run_requests)
@@ -16,6 +28,6 @@ def test_cohort_sensor_requests_every_eligible_month_once(pipeline_run):
     assert len({r.run_key for r in result.run_requests}) == len(months)
     assert result.cursor
     # the same materialization is never counted twice: with the cursor, the next tick skips
-    with dg.build_sensor_context(instance=pipeline_run.instance, resources=resources, cursor=result.cursor) as context:
+    with dg.build_sensor_context(instance=instance, resources=resources, cursor=result.cursor) as context:
         again = cohort_months_sensor(context)
     assert isinstance(again, dg.SkipReason)
