@@ -1,13 +1,15 @@
-"""Three export shapes, end to end from the command line, with no setting changed.
+"""Export shapes unlike the demo, end to end from the command line, with no setting changed.
 
-Each shape is written by its generator (the demo; the telecom churn data set re-encoded into the
-contract; a small startup's minimal export), then `beton run` runs as a user runs it: the installed
+The demo is the third shape: the session run (tests/e2e/test_pipeline.py, 8,000 accounts, every planted
+effect) and the command-line tests (tests/e2e/test_check.py, test_cli.py) cover it. Here each shape is
+written by its generator (the telecom churn data set re-encoded into the contract; a small startup's
+minimal export), `beton check --json` profiles it, then `beton run` runs as a user runs it: the installed
 console script in a subprocess, with only `BETON_SOURCE_DIR`, `BETON_WAREHOUSE` and `DAGSTER_HOME` set
 (every other `BETON_*` variable removed, so the committed `beton.yaml` and `signals/` apply). The
 tests then read the warehouse: every written row is loaded, quarantined or dropped as a duplicate;
-the accounts, eligible accounts and conversions match the generator's; every event resolves to an
-account where the shape says it can; and `beton.signals` enables the known effects at their
-thresholds, and nothing on the events known to have no effect or the opposite one.
+the accounts, eligible accounts and conversions match the generator's (and `beton check`'s); every
+event resolves to an account where the shape says it can; and `beton.signals` enables the known
+effects at their thresholds, and nothing on the events known to have no effect or the opposite one.
 """
 
 from __future__ import annotations
@@ -30,11 +32,6 @@ REPO = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_SECONDS = 1800
 """Generous: about a minute per shape on 2 idle cores, many times that on a loaded machine."""
 
-DEMO_ACCOUNTS = 2000
-DEMO_STRONG_ODDS_RATIO = 4.0
-"""At 2,000 demo accounts only the strongest planted behaviour is sure to have power in discovery and
-holdout; the session's 8,000-account run (tests/e2e/test_pipeline.py) checks all of them."""
-
 
 @dataclass(frozen=True)
 class ShapeRun:
@@ -45,8 +42,8 @@ class ShapeRun:
     rows_written: dict[str, int]
     done: subprocess.CompletedProcess
     seconds: float
-    check: subprocess.CompletedProcess | None = None
-    """`beton check --json` on the export before the run (not on the demo: tests/e2e/test_check.py)."""
+    check: subprocess.CompletedProcess
+    """`beton check --json` on the export, before the run."""
 
     def sql(self, query: str) -> list[tuple]:
         with duckdb.connect(str(self.warehouse), read_only=True) as con:
@@ -65,11 +62,7 @@ class ShapeRun:
 
 
 def _generate(name: str, out: Path) -> tuple[dict, dict[str, int]]:
-    if name == "demo":
-        from beton_pipeline.sources.demo import generate_demo
-
-        summary = generate_demo(out, n_accounts=DEMO_ACCOUNTS, seed=7)
-    elif name == "churn":
+    if name == "churn":
         from beton_pipeline.sources.shapes.churn import generate_churn
 
         summary = generate_churn(out)
@@ -80,7 +73,7 @@ def _generate(name: str, out: Path) -> tuple[dict, dict[str, int]]:
     return json.loads(summary.truth_path.read_text()), dict(summary.rows)
 
 
-@pytest.fixture(scope="module", params=["demo", "churn", "minimal"])
+@pytest.fixture(scope="module", params=["churn", "minimal"])
 def shape_run(request, tmp_path_factory) -> ShapeRun:
     name = request.param
     source = tmp_path_factory.mktemp(f"{name}_source")
@@ -92,16 +85,14 @@ def shape_run(request, tmp_path_factory) -> ShapeRun:
         BETON_WAREHOUSE=str(work / "warehouse.duckdb"),
         DAGSTER_HOME=str(work / "dagster_home"),
     )
-    check = None
-    if name != "demo":
-        check = subprocess.run(
-            [BETON, "check", str(source), "--json"],
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT_SECONDS,
-            env=env,
-            cwd=REPO,
-        )
+    check = subprocess.run(
+        [BETON, "check", str(source), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_SECONDS,
+        env=env,
+        cwd=REPO,
+    )
     started = time.perf_counter()
     done = subprocess.run(
         [BETON, "run"], capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS, env=env, cwd=REPO
@@ -124,8 +115,6 @@ def test_beton_run_succeeds_with_no_setting_changed(shape_run):
 def test_beton_check_describes_the_export_as_the_run_finds_it(shape_run):
     """`beton check` before the run: exit 0, no problem, and the accounts and eligible conversions it
     counts in its temporary warehouse are the ones the run then builds."""
-    if shape_run.check is None:
-        pytest.skip("the demo's check is tested in tests/e2e/test_check.py")
     assert shape_run.check.returncode == 0, shape_run.check.stderr[-3000:]
     profile = json.loads(shape_run.check.stdout)
     assert profile["ok"] and profile["problems"] == [], profile["problems"]
@@ -157,8 +146,7 @@ def test_every_written_row_is_loaded_quarantined_or_a_duplicate(shape_run):
             continue
         loaded = shape_run.sql(f"select count(*) from raw.raw_{table}")[0][0]
         assert loaded + quarantined.get(table, 0) + duplicates.get(table, 0) == written, table
-    if shape_run.name != "demo":  # the demo plants bad rows; the other shapes have none
-        assert quarantined == {}
+    assert quarantined == {}  # these shapes write no bad row
 
 
 def test_accounts_and_conversions_match_the_generator(shape_run):
@@ -169,10 +157,6 @@ def test_accounts_and_conversions_match_the_generator(shape_run):
         "count(*) filter (where converted), count(*) filter (where is_eligible and converted) "
         "from marts.account_outcomes"
     )[0]
-    if shape_run.name == "demo":
-        assert (accounts, with_events) == (truth["accounts"]["total"],) * 2
-        assert converted == truth["accounts"]["converted"]
-        return
     assert (accounts, with_events) == (truth["accounts"],) * 2
     assert (eligible, converted, eligible_converted) == (
         truth["eligible_accounts"],
@@ -183,8 +167,6 @@ def test_accounts_and_conversions_match_the_generator(shape_run):
 
 def test_events_resolve_by_the_contracts_identity_rules(shape_run):
     _require_success(shape_run)
-    if shape_run.name == "demo":
-        pytest.skip("the demo plants anonymous visitors that resolve to no account (tests/e2e/test_pipeline.py)")
     by_method = dict(
         shape_run.sql(
             "select coalesce(resolution_method, 'unresolved'), count(*) from intermediate.int_events_resolved group by 1"
@@ -203,11 +185,7 @@ def test_known_effects_are_enabled_at_their_thresholds(shape_run):
     _require_success(shape_run)
     enabled = shape_run.enabled()
     truth = shape_run.truth
-    if shape_run.name == "demo":
-        expected = [
-            p for p in truth["planted"] if p["kind"] == "event_count" and p["odds_ratio"] >= DEMO_STRONG_ODDS_RATIO
-        ]
-    elif shape_run.name == "churn":
+    if shape_run.name == "churn":
         expected = [e for e in truth["effects"] if e["role"] == "expected"]
     else:
         expected = truth["planted"]
@@ -227,11 +205,7 @@ def test_nothing_is_enabled_on_events_without_or_against_the_effect(shape_run):
     _require_success(shape_run)
     enabled = [s for s in shape_run.enabled() if s["source"] == "discovered"]
     truth = shape_run.truth
-    if shape_run.name == "demo":
-        # noise and the leak, as tests/e2e/test_pipeline.py; the demo's "neutral" events are left out: at
-        # 2,000 accounts `query_run` >= 1 on day 1 is enabled with a replicating holdout (lift 2.7, p 0.005)
-        neutral = [*truth["noise_events"], *(leak["event"] for leak in truth["leaks"])]
-    elif shape_run.name == "churn":
+    if shape_run.name == "churn":
         neutral = [e["event"] for e in truth["effects"] if e["role"] == "protective"]
         assert neutral  # the voice-mail plan lowers churn in this data
     else:
