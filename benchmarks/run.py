@@ -31,7 +31,7 @@ import yaml  # noqa: E402
 
 from benchmarks import methods  # noqa: E402
 from benchmarks.datasets import DatasetSpec, dataset_events, ensure_dataset  # noqa: E402
-from beton_pipeline.settings import merge_demo_settings, read_settings_file  # noqa: E402
+from beton_pipeline.settings import settings_mapping  # noqa: E402
 from beton_pipeline.sources import demo_config  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -116,24 +116,12 @@ def machine_info() -> dict:
 # --------------------------------------------------------------------------------------------------
 
 
-def settings_snapshot(source_dir: Path) -> dict:
-    """The settings a `beton run` on `source_dir` would load: BETON_CONFIG alone if set, else beton.yaml
-    with, on demo data, the demo's playbook and experiments filling the sections it leaves empty."""
-    explicit = os.environ.get("BETON_CONFIG")
-    if explicit:
-        return read_settings_file(Path(explicit))
-    raw = read_settings_file(PROJECT_ROOT / "beton.yaml")
-    if demo_config.is_demo_export(source_dir):
-        raw = merge_demo_settings(raw, read_settings_file(demo_config.SETTINGS_FILE))
-    return raw
-
-
 def run_pipeline_once(source_dir: Path, work: Path, timeout: float = WORKER_TIMEOUT_SECONDS) -> dict:
     """One `beton run` in a fresh process, fresh warehouse file and fresh Dagster home; its timings and memory.
 
     The warehouse path stays the same across repetitions (the file is deleted first), as a scheduled
     run's would. dbt's per-run target folders go to `work/dbt_target` (DBT_TARGET_PATH); the settings are
-    a snapshot of what the run would load (`settings_snapshot`) taken when the repetition starts.
+    a snapshot of what the run would load (`settings_mapping`) taken when the repetition starts.
     """
     warehouse = work / "warehouse.duckdb"
     home = work / "dagster_home"
@@ -148,7 +136,8 @@ def run_pipeline_once(source_dir: Path, work: Path, timeout: float = WORKER_TIME
     out.unlink(missing_ok=True)
     # A snapshot of the settings: every asset re-reads them, and a file edited mid-run must not change the run.
     config = work / "beton.yaml"
-    config.write_text(yaml.safe_dump(settings_snapshot(source_dir), sort_keys=False))
+    raw, _ = settings_mapping(demo_data=demo_config.is_demo_export(source_dir))  # what `beton run` on it loads
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
     env = {
         **os.environ,
         "BETON_SOURCE_DIR": str(source_dir.resolve()),

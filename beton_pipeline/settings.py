@@ -319,23 +319,29 @@ def config_path() -> Path:
 
 
 def load_settings(path: Path | str | None = None) -> Settings:
-    """Read and validate settings. Precedence, simplest first:
+    """Read and validate settings (the file and precedence: `settings_mapping`)."""
+    raw, source = settings_mapping(path)
+    return _validate(raw, source)
+
+
+def settings_mapping(path: Path | str | None = None, demo_data: bool | None = None) -> tuple[dict, Path]:
+    """The raw mapping `load_settings` validates, and the file errors name. Precedence, simplest first:
 
     1. an explicit file (`path`, else `BETON_CONFIG`) is read alone; it must exist;
     2. else `beton.yaml` at the project root (missing: all defaults) and, on demo data only
-       (`on_demo_data()`), the demo's settings fill the top-level sections it leaves empty or out
-       (`merge_demo_settings`).
+       (`demo_data`, by default `on_demo_data()`), the demo's settings fill the top-level sections it
+       leaves empty or out (`merge_demo_settings`).
     """
     explicit = Path(path) if path else (Path(os.environ["BETON_CONFIG"]) if os.environ.get("BETON_CONFIG") else None)
     if explicit is not None:
         if not explicit.exists():
             raise SettingsError(f"{explicit}: settings file not found (BETON_CONFIG)")
-        return _validate(read_settings_file(explicit), explicit)
+        return read_settings_file(explicit), explicit
     project = PROJECT_ROOT / "beton.yaml"
     raw = read_settings_file(project) if project.exists() else {}
-    if on_demo_data():
+    if on_demo_data() if demo_data is None else demo_data:
         raw = merge_demo_settings(raw, read_settings_file(demo_config.SETTINGS_FILE))
-    return _validate(raw, project)
+    return raw, project
 
 
 def read_settings_file(path: Path) -> dict:
