@@ -32,15 +32,12 @@ from beton_pipeline.core.discovery import (
 WINDOWS = (1, 3, 7, 14)
 
 
-def synthetic_frames(n: int = 6000, seed: int = 0, planted_lift: bool = True) -> FeatureFrames:
-    """Accounts over 12 cohort months; `good_event` >= 3 raises conversion, `noise_k` do nothing."""
-    rng = np.random.default_rng(seed)
-    ids = np.array([f"a{i:06d}" for i in range(n)])
-    months = np.array([f"2025-{m:02d}" for m in rng.integers(1, 13, n)])
-    good = rng.poisson(1.5, n) * (rng.random(n) < 0.5)
-    p = np.where((good >= 3) & planted_lift, 0.25, 0.08)
-    converted = rng.random(n) < p
-    accounts = pl.DataFrame(
+def accounts_frame(
+    rng: np.random.Generator, ids: np.ndarray, months: np.ndarray, converted: np.ndarray
+) -> pl.DataFrame:
+    """The accounts of a synthetic data set: outcome, ARR and random attributes drawn from `rng`."""
+    n = len(ids)
+    return pl.DataFrame(
         {
             "account_id": ids,
             "cohort_month": pl.Series(months).str.to_date("%Y-%m"),
@@ -51,6 +48,17 @@ def synthetic_frames(n: int = 6000, seed: int = 0, planted_lift: bool = True) ->
             "plan_interval": rng.choice(["month", "year"], n),
         }
     )
+
+
+def synthetic_frames(n: int = 6000, seed: int = 0, planted_lift: bool = True) -> FeatureFrames:
+    """Accounts over 12 cohort months; `good_event` >= 3 raises conversion, `noise_k` do nothing."""
+    rng = np.random.default_rng(seed)
+    ids = np.array([f"a{i:06d}" for i in range(n)])
+    months = np.array([f"2025-{m:02d}" for m in rng.integers(1, 13, n)])
+    good = rng.poisson(1.5, n) * (rng.random(n) < 0.5)
+    p = np.where((good >= 3) & planted_lift, 0.25, 0.08)
+    converted = rng.random(n) < p
+    accounts = accounts_frame(rng, ids, months, converted)
     rows = []
     for name, counts in [("good_event", good)] + [(f"noise_{k}", rng.poisson(1.2, n)) for k in range(15)]:
         mask = counts > 0
@@ -215,17 +223,7 @@ def shaped_frames(
     p = np.full(n, base) if planted is None else np.where(counts[planted[0]] >= planted[1], lifted, base)
     converted = rng.random(n) < p
     base_frames = synthetic_frames(n=20, seed=seed)
-    accounts = pl.DataFrame(
-        {
-            "account_id": ids,
-            "cohort_month": pl.Series(months).str.to_date("%Y-%m"),
-            "converted": converted,
-            "arr": np.where(converted, 6000.0, np.nan),
-            "industry": rng.choice(["Fintech", "Retail", "Media"], n),
-            "employee_band": rng.choice(["1-9", "10-49"], n),
-            "plan_interval": rng.choice(["month", "year"], n),
-        }
-    )
+    accounts = accounts_frame(rng, ids, months, converted)
     events = pl.concat(
         pl.DataFrame(
             {
