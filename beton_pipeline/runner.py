@@ -1,7 +1,7 @@
 """`beton run`: materialise the whole asset graph in-process, in dependency order, and summarise.
 
-Unpartitioned assets first (ingest, dbt), then one `signal_cohort_counts` partition per eligible cohort
-month (registered as dynamic partitions), then `signals`. The runs are recorded in the Dagster
+Unpartitioned assets first (ingest, dbt), then one run counting every eligible cohort month's
+`signal_cohort_counts` partition (registered as dynamic partitions), then `signals`. The runs are recorded in the Dagster
 instance, so they show in the UI like scheduled ones.
 """
 
@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from beton_pipeline.defs.monitoring.jobs import DAILY_ASSETS, range_tags
+from beton_pipeline.defs.monitoring.jobs import DAILY_ASSETS
 from beton_pipeline.defs.monitoring.partitions import register_monitoring_days
-from beton_pipeline.defs.partitions import cohort_months
+from beton_pipeline.defs.partitions import cohort_months, range_tags
 from beton_pipeline.settings import load_settings, warehouse_path
 from beton_pipeline.store.custom_signals import read_problems
 from beton_pipeline.store.daily import data_days
@@ -169,19 +169,21 @@ def run_pipeline(
         summary.cohort_months = months
         existing = set(instance.get_dynamic_partitions(cohort_months.name))
         instance.add_dynamic_partitions(cohort_months.name, [m for m in months if m not in existing])
-        job = defs.resolve_implicit_global_asset_job_def()
-        for month in months:
-            _execute(job, instance, partition_key=month, asset_selection=[dg.AssetKey("signal_cohort_counts")])
+        order = instance.get_dynamic_partitions(cohort_months.name)
+        months = sorted(months, key=order.index)
+        if months:  # a single-run backfill policy: one run counts every month (and any registered between)
+            _execute(
+                defs.resolve_implicit_global_asset_job_def(),
+                instance,
+                asset_selection=[dg.AssetKey("signal_cohort_counts")],
+                tags=range_tags(months),
+            )
 
     def discovery() -> None:
         _execute(defs.resolve_job_def("discovery_job"), instance)
 
     def backtests() -> None:
-        from beton_pipeline.defs.backtests.partitions import (
-            partition_range_tags,
-            register_signal_partitions,
-            signal_partitions,
-        )
+        from beton_pipeline.defs.backtests.partitions import register_signal_partitions, signal_partitions
 
         with connect(warehouse_path(), read_only=True) as con:
             register_signal_partitions(instance, con)
@@ -191,7 +193,7 @@ def run_pipeline(
                 defs.resolve_implicit_global_asset_job_def(),
                 instance,
                 asset_selection=[dg.AssetKey("signal_backtests")],
-                tags=partition_range_tags(keys),
+                tags=range_tags(keys),
             )
 
     def monitoring() -> None:

@@ -14,6 +14,13 @@ import dagster as dg
 cohort_months = dg.DynamicPartitionsDefinition(name="cohort_months")
 
 
+def range_tags(keys: list[str]) -> dict[str, str]:
+    """Run tags for one run over the partitions `keys[0]`…`keys[-1]` (in the partitions' order): an asset
+    with a single-run backfill policy (cohort counts, backtests, daily health and scores) then does them all
+    in one run, reading its inputs once."""
+    return {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+
+
 def latest_storage_id(instance: dg.DagsterInstance, asset_keys: Iterable[dg.AssetKey]) -> int | None:
     """The storage id of the newest materialization of any of `asset_keys` (None when none has one)."""
     ids = [

@@ -16,18 +16,25 @@ def test_cohort_sensor_requests_nothing_right_after_beton_run(pipeline_run):
 
 def test_cohort_sensor_requests_every_eligible_month_once(pipeline_run):
     """A new account_outcomes with no month counted after it (a fresh instance, so the session's is left
-    alone): one request per eligible month, then nothing for the same materialization."""
+    alone): one run over the range of eligible months, then nothing for the same materialization."""
     resources = {"warehouse": WarehouseResource(path=str(pipeline_run.warehouse))}
     instance = dg.DagsterInstance.ephemeral()
     instance.report_runless_asset_event(dg.AssetMaterialization("account_outcomes"))
     with dg.build_sensor_context(instance=instance, resources=resources) as context:
         result = cohort_months_sensor(context)
     assert isinstance(result, dg.SensorResult)
-    months = sorted(r.partition_key for r in result.run_requests)
-    assert months == sorted(pipeline_run.summary.cohort_months)
-    assert len({r.run_key for r in result.run_requests}) == len(months)
+    months = sorted(pipeline_run.summary.cohort_months)
+    assert len(months) > 1, "one eligible month would not show a range"
+    assert [request_range(r) for r in result.run_requests] == [(months[0], months[-1])]
+    (added,) = result.dynamic_partitions_requests
+    assert sorted(added.partition_keys) == months
     assert result.cursor
     # the same materialization is never counted twice: with the cursor, the next tick skips
     with dg.build_sensor_context(instance=instance, resources=resources, cursor=result.cursor) as context:
         again = cohort_months_sensor(context)
     assert isinstance(again, dg.SkipReason)
+
+
+def request_range(request: dg.RunRequest) -> tuple[str, str]:
+    """(first, last) partition of a run request over a range of partitions."""
+    return (request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"])

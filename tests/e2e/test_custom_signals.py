@@ -21,8 +21,9 @@ import polars as pl
 import pytest
 from rich.console import Console
 
-from beton_pipeline.defs.backtests.partitions import partition_range_tags, register_signal_partitions, signal_partitions
+from beton_pipeline.defs.backtests.partitions import register_signal_partitions, signal_partitions
 from beton_pipeline.defs.backtests.sensors import signal_partitions_sensor
+from beton_pipeline.defs.partitions import range_tags
 from beton_pipeline.defs.resources import WarehouseResource
 from beton_pipeline.runner import failure_paragraph
 from beton_pipeline.settings import PROJECT_ROOT, load_settings
@@ -121,7 +122,7 @@ def custom_run(pipeline_run, tmp_path_factory) -> CustomRun:
             job,
             instance,
             asset_selection=[dg.AssetKey("signal_backtests")],
-            tags=partition_range_tags(keys),
+            tags=range_tags(keys),
         )
         assert result.success
     return CustomRun(warehouse, signals, instance, job, ids, env)

@@ -22,9 +22,3 @@ def register_signal_partitions(instance: dg.DagsterInstance, con: duckdb.DuckDBP
     if new:
         instance.add_dynamic_partitions(signal_partitions.name, new)
     return ids
-
-
-def partition_range_tags(keys: list[str]) -> dict[str, str]:
-    """Run tags for one run over the partitions `keys[0]`…`keys[-1]` (in registration order): `signal_backtests`
-    has a single-run backfill policy, so one run backtests them all, reading the marts once."""
-    return {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}

@@ -11,7 +11,7 @@ from datetime import date
 import dagster as dg
 
 from beton_pipeline.defs.monitoring.partitions import monitoring_days
-from beton_pipeline.defs.partitions import latest_storage_id, outdated_partitions
+from beton_pipeline.defs.partitions import latest_storage_id, outdated_partitions, range_tags
 from beton_pipeline.defs.resources import SettingsResource, WarehouseResource
 from beton_pipeline.store.daily import data_days, monitoring_day_keys
 
@@ -24,11 +24,6 @@ daily_monitoring_job = dg.define_asset_job(
     partitions_def=monitoring_days,
     description="Signal health and live account scores for one day (backfill any range from the UI).",
 )
-
-
-def range_tags(keys: list[str]) -> dict[str, str]:
-    """Run tags for one run over the days `keys[0]`…`keys[-1]` (the assets' single-run backfill policy)."""
-    return {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
 
 
 @dg.sensor(

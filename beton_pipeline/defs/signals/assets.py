@@ -21,6 +21,7 @@ MARTS = [
 
 @dg.asset(
     partitions_def=cohort_months,
+    backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="signals",
     kinds={"python", "polars", "duckdb"},
     pool=WAREHOUSE_POOL,
@@ -29,22 +30,27 @@ MARTS = [
         "Sufficient statistics for every candidate signal in one cohort month (accounts whose first product "
         "event fell in that month and whose outcome window has closed): accounts with the candidate, their "
         "conversions and ARR, and the cohort's totals. Counted with one sparse matrix product. "
-        "Table `beton.signal_cohort_counts`; re-materialising a month replaces exactly that month's rows."
+        "Table `beton.signal_cohort_counts`; re-materialising a month replaces exactly that month's rows. "
+        "One run counts a range of months (single-run backfill), each month with its own metadata."
     ),
 )
 def signal_cohort_counts(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource
 ) -> dg.MaterializeResult:
+    config = settings.load()
     with warehouse.connect() as con:
-        counted = signals_store.count_cohort(con, settings.load(), context.partition_key)
-    return dg.MaterializeResult(
-        metadata={
-            "cohort_month": counted.cohort_month,
-            "eligible_accounts": counted.eligible_accounts,
-            "conversions": counted.conversions,
-            "candidates_seen": counted.candidates_seen,
-        }
-    )
+        counted = [signals_store.count_cohort(con, config, month) for month in context.partition_keys]
+    for month in counted:
+        context.add_asset_metadata(
+            {
+                "cohort_month": month.cohort_month,
+                "eligible_accounts": month.eligible_accounts,
+                "conversions": month.conversions,
+                "candidates_seen": month.candidates_seen,
+            },
+            partition_key=month.cohort_month,
+        )
+    return dg.MaterializeResult(metadata={"months_in_run": dg.MetadataValue.int(len(counted))})
 
 
 @dg.asset(

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from beton_pipeline.defs.partitions import cohort_months, latest_storage_id, outdated_partitions
+from beton_pipeline.defs.partitions import cohort_months, latest_storage_id, outdated_partitions, range_tags
 from beton_pipeline.defs.resources import WarehouseResource
 from beton_pipeline.store.tables import eligible_cohort_months
 
@@ -10,7 +10,7 @@ cohort_counts_job = dg.define_asset_job(
     "cohort_counts_job",
     selection=dg.AssetSelection.assets("signal_cohort_counts"),
     partitions_def=cohort_months,
-    description="Recount one cohort month's candidate statistics.",
+    description="Recount cohort months' candidate statistics (one month, or a range in one run).",
 )
 
 ACCOUNT_OUTCOMES = dg.AssetKey("account_outcomes")
@@ -23,8 +23,9 @@ COUNTS = dg.AssetKey("signal_cohort_counts")
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
         "After account_outcomes is rebuilt: add cohort months that gained eligible accounts as partitions "
-        "and request one recount per eligible month whose counts are older than the newest account_outcomes "
-        "(run key = that materialization's storage id and the month, so a materialization is never counted twice). "
+        "and request one run recounting the eligible months whose counts are older than the newest "
+        "account_outcomes (the range from the first to the last of them, in partition order; run key = that "
+        "materialization's storage id and the range, so a materialization is never counted twice). "
         "Requests nothing after `beton run`, which counted every month after the outcomes. `signals` follows by "
         "its automation condition."
     ),
@@ -41,9 +42,14 @@ def cohort_months_sensor(context: dg.SensorEvaluationContext, warehouse: Warehou
     existing = set(context.instance.get_dynamic_partitions(cohort_months.name))
     new = [m for m in months if m not in existing]
     todo = outdated_partitions(context.instance, COUNTS, months, latest)
+    # One run over the range (the asset's single-run backfill policy): the months between the first and
+    # the last outdated one, in the order the partitions were added (new ones last), are recounted too.
+    order = [*context.instance.get_dynamic_partitions(cohort_months.name), *new]
+    span = sorted(todo, key=order.index)
+    runs = [dg.RunRequest(run_key=f"{latest}:{span[0]}:{span[-1]}", tags=range_tags(span))] if span else []
     return dg.SensorResult(
         dynamic_partitions_requests=[cohort_months.build_add_request(new)] if new else [],
-        run_requests=[dg.RunRequest(run_key=f"{latest}:{m}", partition_key=m) for m in todo],
+        run_requests=runs,
         skip_reason=None if todo else "every eligible month was counted after the latest account_outcomes",
         cursor=str(latest),
     )

@@ -35,7 +35,11 @@ class BetonDbtTranslator(DagsterDbtTranslator):
 def beton_dbt_models(
     context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource, settings: SettingsResource
 ):
-    """Build (run + test) the selected dbt models with the windows and thresholds from beton.yaml."""
+    """Build (run + data tests) the selected dbt models with the windows and thresholds from beton.yaml.
+
+    dbt's unit tests check the models' SQL on fixed inputs, not the data: they run in the test suite
+    (tests/e2e/test_dbt_unit_tests.py) and in development, not in every pipeline run (dbt's own advice)."""
     dbt_vars = json.dumps(settings.load().dbt_vars())
+    args = ["build", "--exclude-resource-type", "unit_test", "--vars", dbt_vars]
     with warehouse_env(warehouse):
-        yield from dbt.cli(["build", "--vars", dbt_vars], context=context).stream()
+        yield from dbt.cli(args, context=context).stream()

@@ -1,0 +1,47 @@
+"""dbt's unit tests (the models' SQL on fixed inputs: identity resolution, windows, annualisation, exposures).
+
+`beton run` builds the models and their data tests but not the unit tests (they check the SQL, not the
+data, so they belong in the test suite, as dbt advises). They run here once, on a copy of the session
+run's warehouse: a unit test needs its models' parents to exist, to read their column types."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from beton_pipeline.dbt_project import beton_dbt_project, dbt_executable
+
+
+def test_every_dbt_unit_test_passes(pipeline_run, tmp_path):
+    warehouse = tmp_path / "warehouse.duckdb"
+    shutil.copy(pipeline_run.warehouse, warehouse)
+    project = Path(beton_dbt_project.project_dir)
+    target = tmp_path / "target"
+    done = subprocess.run(
+        [
+            dbt_executable(),
+            "test",
+            "--select",
+            "test_type:unit",
+            "--project-dir",
+            str(project),
+            "--profiles-dir",
+            str(project),
+            "--target-path",
+            str(target),
+            "--log-path",
+            str(tmp_path / "logs"),
+        ],
+        env=os.environ | {"BETON_WAREHOUSE": str(warehouse), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    manifest = json.loads((target / "manifest.json").read_text())
+    results = json.loads((target / "run_results.json").read_text())["results"]
+    passed = {r["unique_id"] for r in results if r["status"] == "pass"}
+    assert manifest["unit_tests"], "the dbt project has no unit test: this test would prove nothing"
+    assert passed == set(manifest["unit_tests"]), sorted(set(manifest["unit_tests"]) - passed)
