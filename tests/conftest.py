@@ -7,11 +7,14 @@ tests one after another (some re-materialise into its warehouse); the other work
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import pytest
+
+from beton_pipeline.settings import PROJECT_ROOT
 
 SESSION_RUN_GROUP = "session_pipeline_run"
 """The xdist group of every test that reads or writes the session run's warehouse or instance."""
@@ -71,6 +74,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
 
 
+def project_instance(home: Path) -> dg.DagsterInstance:
+    """A Dagster instance in `home` configured by the project's dagster.yaml, as `make run` builds it (call
+    with DAGSTER_HOME set to `home`: the event log's folder is relative to it)."""
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    return dg.DagsterInstance.local_temp(str(home))
+
+
 @pytest.fixture(scope="session")
 def demo_source(tmp_path_factory) -> Path:
     from beton_pipeline.sources.demo import generate_demo
@@ -86,8 +97,8 @@ def pipeline_run(tmp_path_factory, demo_source) -> PipelineRun:
 
     home = tmp_path_factory.mktemp("dagster_home")
     warehouse = tmp_path_factory.mktemp("warehouse") / "warehouse.duckdb"
-    with env_vars(BETON_SOURCE_DIR=str(demo_source), BETON_WAREHOUSE=str(warehouse)):
-        instance = dg.DagsterInstance.local_temp(str(home))
+    with env_vars(BETON_SOURCE_DIR=str(demo_source), BETON_WAREHOUSE=str(warehouse), DAGSTER_HOME=str(home)):
+        instance = project_instance(home)
         summary = run_pipeline(instance)
     return PipelineRun(demo_source, warehouse, json.loads((demo_source / "TRUTH.json").read_text()), summary, instance)
 

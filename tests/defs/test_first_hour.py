@@ -11,7 +11,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from tests.conftest import env_vars
+from tests.conftest import env_vars, project_instance
 from tests.defs.test_sensors import request_range
 
 ACCOUNTS = 600
@@ -25,11 +25,10 @@ def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("first_hour")
     source, warehouse = base / "source", base / "warehouse.duckdb"
     generate_demo(source, n_accounts=ACCOUNTS, seed=11)
-    with env_vars(BETON_SOURCE_DIR=str(source), BETON_WAREHOUSE=str(warehouse)):
+    with env_vars(BETON_SOURCE_DIR=str(source), BETON_WAREHOUSE=str(warehouse), DAGSTER_HOME=str(base / "home")):
         from beton_pipeline.definitions import defs
 
-        (base / "home").mkdir()
-        instance = dg.DagsterInstance.local_temp(str(base / "home"))
+        instance = project_instance(base / "home")
         summary = run_pipeline(instance, defs)
         yield defs, instance, warehouse, summary
 
