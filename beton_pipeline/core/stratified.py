@@ -318,8 +318,8 @@ def mantel_haenszel(
     * :data:`NO_INFORMATIVE_STRATUM`: every field NaN (p-value too: callers leave it out of BH; the
       condition depends on who holds the candidate, never on outcomes, so dropping it does not bias BH).
     * :data:`NO_OUTCOME_VARIATION` (``V == 0``): statistic 0, p-value 1 (as ``core.stats`` for a pooled
-      rate of 0 or 1); the risk ratio is 1 with a zero-width interval when everybody converted, NaN when
-      nobody did.
+      rate of 0 or 1); the risk ratio is 1 with a zero-width interval when some informative stratum had
+      conversions (there, everybody converted: both rates are 1), NaN when nobody converted.
     * :data:`NO_CONVERSIONS_WITH` (R = 0): risk ratio 0, interval NaN. :data:`NO_CONVERSIONS_WITHOUT`
       (S = 0): risk ratio inf, interval NaN. No zero-cell correction is applied (the MH estimators need
       none while some stratum has conversions on each side); the test's p-value stays valid.
