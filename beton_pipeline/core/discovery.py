@@ -548,9 +548,11 @@ def recommend(signals: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
     bar = f"lift ≥ {m:g} with CI low > 1"
     held_out = pl.when(is_pair).then(
         pl.format(
-            "; given each part {} and {}",
+            "; given each part {} (CI low {}) and {} (CI low {})",
             _shown("holdout_given_a_lift"),
+            _shown("holdout_given_a_lift_ci_low"),
             _shown("holdout_given_b_lift"),
+            _shown("holdout_given_b_lift_ci_low"),
         )
     )
     frame = frame.with_columns(
@@ -575,9 +577,11 @@ def recommend(signals: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
         .then(
             pl.format(
                 f"pair adds too little beyond its parts: given each part, holding the other too needs {bar} "
-                "(lift given one part {}, given the other {})",
+                "(lift given one part {}, CI low {}; given the other {}, CI low {})",
                 _shown("given_a_lift"),
+                _shown("given_a_lift_ci_low"),
                 _shown("given_b_lift"),
+                _shown("given_b_lift_ci_low"),
             )
         )
         .when(pl.col("_promising") & part_missing)
