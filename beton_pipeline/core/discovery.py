@@ -287,11 +287,20 @@ def top_singles(tested: pl.DataFrame, k: int) -> list[str]:
     )
 
 
+PART_COUNT_COLUMNS = ["part_a_n_with", "part_a_conversions_with", "part_b_n_with", "part_b_conversions_with"]
+"""Each part's own accounts and conversions beside a pair's counts, on the same accounts (`pair_counts`)."""
+
+CONDITIONAL_STATISTICS = ("lift", "lift_ci_low", "lift_ci_high", "p_value")
+"""What `conditional_on_parts` reports per part, as `given_a_lift`, `given_a_lift_ci_low`, …"""
+
+
 def pair_counts(matrix: CandidateMatrix, keys: list[str], converted: np.ndarray, arr: np.ndarray) -> pl.DataFrame:
     """Counts for every AND-pair of `keys` (different families) in three dense products XₖᵀWXₖ.
 
     With Xₖ the accounts × k membership of the chosen singles and W = diag(w) for w ∈ {1, y, y·arr}:
     n_with(i,j) = Σ X_i X_j, conversions_with(i,j) = Σ X_i X_j y, arr_with(i,j) = Σ X_i X_j y arr.
+    The diagonal gives each part's own counts on the same accounts (`PART_COUNT_COLUMNS`: n(A), conv(A)),
+    which `conditional_on_parts` compares the pair with.
     """
     cands = matrix.candidates
     index = {key: i for i, key in enumerate(cands.get_column("key").to_list())}
@@ -338,12 +347,19 @@ def pair_counts(matrix: CandidateMatrix, keys: list[str], converted: np.ndarray,
             "threshold": pl.Int64,
         },
     )
+    i_is_a = keys_sub[iu] < keys_sub[ju]
+    first, second = np.where(i_is_a, iu, ju), np.where(i_is_a, ju, iu)
+    n_own, conv_own = np.rint(np.diag(n_pair)).astype(np.int64), np.rint(np.diag(conv_pair)).astype(np.int64)
     frame = frame.with_columns(
         signal_ids(frame.get_column("key")).alias("signal_id"),
-        pl.Series("part_a", np.where(keys_sub[iu] < keys_sub[ju], keys_sub[iu], keys_sub[ju]), dtype=pl.String),
-        pl.Series("part_b", np.where(keys_sub[iu] < keys_sub[ju], keys_sub[ju], keys_sub[iu]), dtype=pl.String),
+        pl.Series("part_a", keys_sub[first], dtype=pl.String),
+        pl.Series("part_b", keys_sub[second], dtype=pl.String),
+        pl.Series("part_a_n_with", n_own[first], dtype=pl.Int64),
+        pl.Series("part_a_conversions_with", conv_own[first], dtype=pl.Int64),
+        pl.Series("part_b_n_with", n_own[second], dtype=pl.Int64),
+        pl.Series("part_b_conversions_with", conv_own[second], dtype=pl.Int64),
     )
-    return frame.select(CANDIDATE_COLUMNS + COUNT_COLUMNS + ["part_a", "part_b"])
+    return frame.select(CANDIDATE_COLUMNS + COUNT_COLUMNS + ["part_a", "part_b", *PART_COUNT_COLUMNS])
 
 
 def attach_holdout(tested: pl.DataFrame, holdout_counts: pl.DataFrame, confidence_level: float) -> pl.DataFrame:
@@ -412,30 +428,6 @@ def effect_clears(lift: str, lift_ci_low: str, min_lift: float) -> pl.Expr:
     the signal) never clears it: polars orders NaN above every number, so NaN becomes null first.
     """
     return ((pl.col(lift).fill_nan(None) >= min_lift) & (pl.col(lift_ci_low).fill_nan(None) > 1)).fill_null(False)
-
-
-PART_COUNT_COLUMNS = ["part_a_n_with", "part_a_conversions_with", "part_b_n_with", "part_b_conversions_with"]
-"""Each part's accounts and conversions on the months a pair is counted on (`with_part_counts`)."""
-
-CONDITIONAL_STATISTICS = ("lift", "lift_ci_low", "lift_ci_high", "p_value")
-"""What `conditional_on_parts` reports per part, as `given_a_lift`, `given_a_lift_ci_low`, …"""
-
-
-def with_part_counts(pairs: pl.DataFrame, singles: pl.DataFrame) -> pl.DataFrame:
-    """`pairs` with each part's `n_with` and `conversions_with` (`PART_COUNT_COLUMNS`) from `singles`,
-    counted on the same months; a part absent from `singles` fired for nobody there (0)."""
-    if pairs.is_empty():
-        return pairs
-    counts = singles.select("key", "n_with", "conversions_with") if not singles.is_empty() else None
-    for part in ("part_a", "part_b"):
-        n_col, conv_col = f"{part}_n_with", f"{part}_conversions_with"
-        if counts is None:
-            pairs = pairs.with_columns(pl.lit(0, pl.Int64).alias(n_col), pl.lit(0, pl.Int64).alias(conv_col))
-            continue
-        pairs = pairs.join(
-            counts.rename({"key": part, "n_with": n_col, "conversions_with": conv_col}), on=part, how="left"
-        ).with_columns(pl.col(n_col).fill_null(0), pl.col(conv_col).fill_null(0))
-    return pairs
 
 
 def conditional_on_parts(pairs: pl.DataFrame, confidence_level: float, prefix: str = "") -> pl.DataFrame:
@@ -658,8 +650,8 @@ def discover(
 ) -> pl.DataFrame:
     """Test every supported candidate (singles and pairs), control the FDR, replicate, recommend.
 
-    `pair_discovery` and `pair_holdout` are `pair_counts` rows with their parts' counts on the same
-    months (`with_part_counts`), from which `conditional_on_parts` measures what each pair adds.
+    `pair_discovery` and `pair_holdout` are `pair_counts` rows, with their parts' own counts on the same
+    accounts, from which `conditional_on_parts` measures what each pair adds.
     Returns one row per tested candidate with the `beton.signals` columns (see README) plus counts,
     holdout figures, the lifts of pairs given each part and the family bookkeeping.
     """
@@ -729,8 +721,6 @@ def discover_from_cohort_counts(
         if len(top) >= 2:
             pair_split = HoldoutSplit(test_months, split.holdout_months, 0, split.n_holdout)
             pair_disc, pair_hold = pair_source(top, pair_split)
-            pair_disc = with_part_counts(pair_disc, sum_counts(cohort_counts, test_months))
-            pair_hold = with_part_counts(pair_hold, hold)
     result = discover(disc, hold, pair_disc, pair_hold, config, span_days(split.discovery_months))
     return DiscoveryRun(signals=result, split=split)
 
