@@ -15,19 +15,39 @@ Method (README, "How discovery decides"):
    Fisher's exact test when an expected cell is below 5.
 4. **Pairs.** The `pair_top_k` strongest single candidates (lowest p with lift > 1, one per family)
    on the even-numbered discovery months are combined pairwise (AND) across families and tested on
-   the odd-numbered discovery months only, so a pair is never tested on the data that chose it. They
-   can only be enabled if they replicate in the holdout, clear both parts' lifts, and their parts are
-   not both enabled already.
+   the odd-numbered discovery months only, so a pair is never tested on the data that chose it.
+   A pair is also measured *conditionally on each of its parts* (`conditional_on_parts`): among the
+   accounts holding part A, those that also hold B against those that do not (n(A∧B), conv(A∧B) against
+   n(A) − n(A∧B), conv(A) − conv(A∧B)), with `core.stats.compare_proportions`; and the same given B.
 5. **False-discovery control.** Benjamini–Hochberg q-values over every candidate tested in the run:
    every event, window, threshold, property value, attribute value, intent type and pair.
-6. **Holdout replication.** The same counts on the holdout give `holdout_lift` (with CI and p).
-7. **Recommendation** (`recommend`): `enable` when q ≤ fdr_alpha, lift ≥ min_lift, lift CI low > 1,
-   n_with ≥ min_sample, and the holdout replicates (holdout lift > 1 with one-sided p < 0.05, i.e.
-   two-sided p < 0.10 in the same direction); `review` when significant but not all of those hold;
-   `reject` otherwise. Within a family (one event across windows and thresholds) only the best
-   candidate (highest lift CI low bound among those that qualify) keeps its recommendation; the
-   others are `reject`ed as alternatives and listed on the best row.
-8. **Projected ARR** = (rate_with − rate_without) × accounts with the signal per year × ARR per
+6. **One candidate per family, chosen on the discovery cohorts alone** (`recommend`). A family is one
+   event (or property value, attribute value, intent type) across windows and thresholds; each pair is
+   its own family. A candidate *qualifies* when q ≤ fdr_alpha, lift ≥ min_lift, lift CI low > 1 and
+   n_with ≥ min_sample (a pair also when, given each part, its conditional lift is ≥ min_lift with CI
+   low > 1: it adds beyond its stronger part, and beyond the weaker one). The family keeps, in this
+   order: qualifying candidates first, then significant ones with lift > 1, then the rest; among them
+   the highest lift CI low bound, then the lowest p, then the key. No holdout figure takes part in
+   this choice, so the holdout cannot pick among windows, thresholds or pairs.
+7. **Holdout replication of the chosen candidate only** (`replicates`). The same counts on the
+   holdout cohorts give `holdout_lift` with its Katz CI at the run's `confidence_level` (two-sided; at
+   95 % its low bound is a one-sided 97.5 % bound). The chosen candidate replicates when the holdout
+   lift CI low bound is > 1 *and* the holdout lift is ≥ min_lift: the holdout shows the effect that
+   justifies enabling, not merely some association (at tens of thousands of accounts a residual lift
+   of 1.1 is "significant"). A pair replicates when, in the holdout, its own lift and its conditional
+   lift given each part both pass that rule. Power: the point estimate must reach min_lift, so a true
+   lift equal to min_lift replicates about half the time; measured (tests/core/test_replication.py,
+   15,000 holdout accounts, 20 % holding the signal, base rate 8 %), true lifts of 1.0 / 1.15 / 1.3 /
+   1.6 / 2.0 replicate in about 0 / 2 / 50 / 100 / 100 % of draws.
+8. **Recommendation.** The chosen candidate is `enable`d when it qualifies and replicates, and (pairs)
+   neither part's family failed replication (no window or threshold of a behaviour that did not
+   replicate is trusted inside a pair) and the parts' families are not both enabled already (the score
+   adds enabled signals, so such a pair would count them twice). A chosen candidate that is
+   significant with lift > 1 but fails any of those is `review` (`recommendation_reason` says which);
+   otherwise `reject`. The family's other candidates that are significant with lift > 1 are `reject`ed
+   as alternatives of the chosen one and listed on its row; when the chosen one did not replicate,
+   their reason says so: the family then has no enabled signal.
+9. **Projected ARR** = (rate_with − rate_without) × accounts with the signal per year × ARR per
    conversion (mean observed ARR of converted accounts with the signal, else `revenue.acv`):
    the annual revenue from the signal's accounts converting above the others' rate. It is an
    association, not a causal estimate; playbook holdouts measure causation.
@@ -53,9 +73,6 @@ from beton_pipeline.core.stats import benjamini_hochberg, compare_proportions
 
 CUSTOM_KINDS = ("condition", "sql")
 """Kinds of user-defined signals (beton.signals `source = 'custom'`): tested whatever their support, never paired."""
-
-HOLDOUT_REPLICATION_P = 0.10
-"""Two-sided holdout p below this, with holdout lift > 1, counts as replication (one-sided 0.05)."""
 
 
 @dataclass(frozen=True)
@@ -270,11 +287,20 @@ def top_singles(tested: pl.DataFrame, k: int) -> list[str]:
     )
 
 
+PART_COUNT_COLUMNS = ["part_a_n_with", "part_a_conversions_with", "part_b_n_with", "part_b_conversions_with"]
+"""Each part's own accounts and conversions beside a pair's counts, on the same accounts (`pair_counts`)."""
+
+CONDITIONAL_STATISTICS = ("lift", "lift_ci_low", "lift_ci_high", "p_value")
+"""What `conditional_on_parts` reports per part, as `given_a_lift`, `given_a_lift_ci_low`, …"""
+
+
 def pair_counts(matrix: CandidateMatrix, keys: list[str], converted: np.ndarray, arr: np.ndarray) -> pl.DataFrame:
     """Counts for every AND-pair of `keys` (different families) in three dense products XₖᵀWXₖ.
 
     With Xₖ the accounts × k membership of the chosen singles and W = diag(w) for w ∈ {1, y, y·arr}:
     n_with(i,j) = Σ X_i X_j, conversions_with(i,j) = Σ X_i X_j y, arr_with(i,j) = Σ X_i X_j y arr.
+    The diagonal gives each part's own counts on the same accounts (`PART_COUNT_COLUMNS`: n(A), conv(A)),
+    which `conditional_on_parts` compares the pair with.
     """
     cands = matrix.candidates
     index = {key: i for i, key in enumerate(cands.get_column("key").to_list())}
@@ -321,12 +347,19 @@ def pair_counts(matrix: CandidateMatrix, keys: list[str], converted: np.ndarray,
             "threshold": pl.Int64,
         },
     )
+    i_is_a = keys_sub[iu] < keys_sub[ju]
+    first, second = np.where(i_is_a, iu, ju), np.where(i_is_a, ju, iu)
+    n_own, conv_own = np.rint(np.diag(n_pair)).astype(np.int64), np.rint(np.diag(conv_pair)).astype(np.int64)
     frame = frame.with_columns(
         signal_ids(frame.get_column("key")).alias("signal_id"),
-        pl.Series("part_a", np.where(keys_sub[iu] < keys_sub[ju], keys_sub[iu], keys_sub[ju]), dtype=pl.String),
-        pl.Series("part_b", np.where(keys_sub[iu] < keys_sub[ju], keys_sub[ju], keys_sub[iu]), dtype=pl.String),
+        pl.Series("part_a", keys_sub[first], dtype=pl.String),
+        pl.Series("part_b", keys_sub[second], dtype=pl.String),
+        pl.Series("part_a_n_with", n_own[first], dtype=pl.Int64),
+        pl.Series("part_a_conversions_with", conv_own[first], dtype=pl.Int64),
+        pl.Series("part_b_n_with", n_own[second], dtype=pl.Int64),
+        pl.Series("part_b_conversions_with", conv_own[second], dtype=pl.Int64),
     )
-    return frame.select(CANDIDATE_COLUMNS + COUNT_COLUMNS + ["part_a", "part_b"])
+    return frame.select(CANDIDATE_COLUMNS + COUNT_COLUMNS + ["part_a", "part_b", *PART_COUNT_COLUMNS])
 
 
 def attach_holdout(tested: pl.DataFrame, holdout_counts: pl.DataFrame, confidence_level: float) -> pl.DataFrame:
@@ -387,59 +420,215 @@ def projected_arr(signals: pl.DataFrame, span_days: float, acv: float) -> pl.Ser
     return pl.Series("projected_arr", diff * per_year * mean_arr)
 
 
+def effect_clears(lift: str, lift_ci_low: str, min_lift: float) -> pl.Expr:
+    """The bar an effect must clear to justify enabling: lift ≥ `min_lift` and its CI low bound > 1.
+
+    One rule for a candidate's discovery lift (*strong*), its holdout lift (*replicates*) and a pair's
+    lifts given each part (*adds*). A missing or NaN lift or bound (an empty group, no conversion without
+    the signal) never clears it: polars orders NaN above every number, so NaN becomes null first.
+    """
+    return ((pl.col(lift).fill_nan(None) >= min_lift) & (pl.col(lift_ci_low).fill_nan(None) > 1)).fill_null(False)
+
+
+def conditional_on_parts(pairs: pl.DataFrame, confidence_level: float, prefix: str = "") -> pl.DataFrame:
+    """What each pair adds beyond each of its parts: `key` and, for part X ∈ {a, b},
+    `{prefix}given_X_lift`, `…_lift_ci_low`, `…_lift_ci_high`, `…_p_value`.
+
+    Among the accounts holding part A, those that hold B too (n(A∧B) accounts, conv(A∧B) conversions:
+    the pair's `n_with`, `conversions_with`) are compared with those that do not (n(A) − n(A∧B),
+    conv(A) − conv(A∧B), from `part_a_n_with`, `part_a_conversions_with`) by
+    `core.stats.compare_proportions`: lift = rate(A∧B) / rate(A∧¬B), its Katz CI at `confidence_level`,
+    the pooled z-test (Fisher below an expected count of 5). Likewise given B. This is the stratum-specific
+    risk ratio of one exposure within the stratum of the other (stratified analysis: Rothman, Greenland &
+    Lash, *Modern Epidemiology*, 3rd ed., 2008, ch. 15). A pair adds to its stronger part only if the
+    lift given that part is above 1; requiring it given both parts is an intersection–union test, so the
+    two conditions need no multiplicity correction (Berger 1982, *Technometrics* 24:295–300).
+
+    Raises ValueError when a pair holds more accounts or conversions than one of its parts (the counts
+    must come from the same accounts and months).
+    """
+    names = [f"{prefix}given_{x}_{stat}" for x in ("a", "b") for stat in CONDITIONAL_STATISTICS]
+    if pairs.is_empty():
+        return pl.DataFrame(schema={"key": pl.String, **{n: pl.Float64 for n in names}})
+    n_ab = pairs.get_column("n_with").to_numpy().astype(np.int64)
+    conv_ab = pairs.get_column("conversions_with").to_numpy().astype(np.int64)
+    columns = []
+    for x in ("a", "b"):
+        n_x = pairs.get_column(f"part_{x}_n_with").to_numpy().astype(np.int64)
+        conv_x = pairs.get_column(f"part_{x}_conversions_with").to_numpy().astype(np.int64)
+        if np.any(n_x < n_ab) or np.any(conv_x < conv_ab):
+            raise ValueError(
+                f"a pair counts more accounts or conversions than its part {x}: counts of different accounts"
+            )
+        r = compare_proportions(conv_ab, n_ab, conv_x - conv_ab, n_x - n_ab, confidence_level=confidence_level)
+        for stat in CONDITIONAL_STATISTICS:
+            columns.append(pl.Series(f"{prefix}given_{x}_{stat}", getattr(r, stat), dtype=pl.Float64))
+    return pairs.select("key").with_columns(columns)
+
+
+def _shown(column: str) -> pl.Expr:
+    """A lift or bound as text for a reason: two decimals, `n/a` when missing."""
+    return pl.col(column).cast(pl.Float64).fill_nan(None).round(2).cast(pl.String).fill_null("n/a")
+
+
 def recommend(signals: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
-    """Add `recommendation`, `recommendation_reason`, `is_family_best` and `alternatives` (rules in the module docstring)."""
-    significant = pl.col("q_value") <= config.fdr_alpha
-    strong = (pl.col("lift") >= config.min_lift) & (pl.col("lift_ci_low") > 1)
+    """Add `recommendation`, `recommendation_reason`, `is_family_best` and `alternatives` (module docstring,
+    steps 6–8): one candidate per family chosen on the discovery statistics alone, then replication of
+    that candidate only.
+
+    `signals` holds the discovery statistics with `q_value`, the holdout's (`attach_holdout`) and, for
+    pairs, `part_a`, `part_b` and the lifts given each part on the pair's months (`given_a_…`) and in the
+    holdout (`holdout_given_a_…`, `conditional_on_parts`); a pair without them is never enabled.
+    """
+    conditional = [f"{p}given_{x}_{s}" for p in ("", "holdout_") for x in ("a", "b") for s in CONDITIONAL_STATISTICS]
+    added = [c for c in [*conditional, "part_a", "part_b", "holdout_n_total"] if c not in signals.columns]
+    signals = signals.with_columns(
+        pl.lit(
+            None, pl.String if c in ("part_a", "part_b") else pl.Int64 if c == "holdout_n_total" else pl.Float64
+        ).alias(c)
+        for c in added
+    )
+    m = config.min_lift
+    is_pair = pl.col("kind") == "pair"
+    significant = (pl.col("q_value").fill_nan(None) <= config.fdr_alpha).fill_null(False)
+    lift = pl.col("lift").fill_nan(None)
+    promising = significant & (lift > 1).fill_null(False)
+    strong = effect_clears("lift", "lift_ci_low", m)
     big_enough = pl.col("n_with") >= config.min_sample
-    replicated = (pl.col("holdout_lift") > 1) & (pl.col("holdout_p_value") < HOLDOUT_REPLICATION_P)
-    base = significant & strong & big_enough & replicated.fill_null(False)
-    signals = signals.with_columns(base.alias("_qualifies"))
-    signals = _pair_value(signals)
-    qualifies = pl.col("_qualifies") & pl.col("_pair_adds")
-    pair_adds = pl.col("_pair_adds")
+    # singles add by definition; a pair must add beyond each part on its months (conditional_on_parts)
+    adds = ~is_pair | (
+        effect_clears("given_a_lift", "given_a_lift_ci_low", m)
+        & effect_clears("given_b_lift", "given_b_lift_ci_low", m)
+    )
+    adds_in_holdout = effect_clears("holdout_given_a_lift", "holdout_given_a_lift_ci_low", m) & effect_clears(
+        "holdout_given_b_lift", "holdout_given_b_lift_ci_low", m
+    )
+    qualifies = significant & strong & big_enough & adds
+    replicates = effect_clears("holdout_lift", "holdout_lift_ci_low", m) & (~is_pair | adds_in_holdout)
     frame = signals.with_columns(
-        pl.when(qualifies)
+        qualifies.alias("_qualifies"),
+        replicates.alias("_replicates"),
+        promising.alias("_promising"),
+        pl.when(qualifies).then(0).when(promising).then(1).otherwise(2).alias("_rank"),
+        pl.col("lift_ci_low").fill_nan(None).fill_null(-1.0).alias("_score"),
+    )
+    # The family's candidate, from discovery figures only: qualifying first, then promising, then the
+    # highest lift CI low bound, the lowest p, the key. The holdout is read after this, for that one row.
+    frame = frame.sort(["family", "_rank", "_score", "p_value", "key"], descending=[False, False, True, False, False])
+    frame = frame.with_columns((pl.int_range(pl.len()).over("family") == 0).alias("is_family_best"))
+    chosen = frame.filter(pl.col("is_family_best"))
+    family_state = chosen.select(
+        "family",
+        pl.when(~pl.col("_qualifies"))
+        .then(pl.lit("untrusted"))
+        .when(pl.col("_replicates"))
+        .then(pl.lit("replicated"))
+        .otherwise(pl.lit("failed"))
+        .alias("_state"),
+    )
+    part_state = frame.filter(~is_pair).select("key", "family").join(family_state, on="family").drop("family")
+    for part in ("a", "b"):
+        frame = frame.join(
+            part_state.rename({"key": f"part_{part}", "_state": f"_state_{part}"}), on=f"part_{part}", how="left"
+        )
+    state_a, state_b = pl.col("_state_a"), pl.col("_state_b")
+    part_failed = is_pair & ((state_a == "failed") | (state_b == "failed")).fill_null(False)
+    part_missing = is_pair & (state_a.is_null() | state_b.is_null())
+    parts_both_replicated = is_pair & ((state_a == "replicated") & (state_b == "replicated")).fill_null(False)
+    pair_allowed = ~part_failed & ~part_missing & ~parts_both_replicated
+    enable = pl.col("_qualifies") & pl.col("_replicates") & pair_allowed
+    bar = f"lift ≥ {m:g} with CI low > 1"
+    held_out = pl.when(is_pair).then(
+        pl.format(
+            "; given each part {} (CI low {}) and {} (CI low {})",
+            _shown("holdout_given_a_lift"),
+            _shown("holdout_given_a_lift_ci_low"),
+            _shown("holdout_given_b_lift"),
+            _shown("holdout_given_b_lift_ci_low"),
+        )
+    )
+    frame = frame.with_columns(
+        pl.when(enable)
         .then(pl.lit("enable"))
-        .when(significant & (pl.col("lift") > 1))
+        .when(pl.col("_promising"))
         .then(pl.lit("review"))
         .otherwise(pl.lit("reject"))
         .alias("recommendation"),
-        pl.when(qualifies)
-        .then(pl.lit("significant after FDR, strong, replicated in holdout"))
-        .when(significant & (pl.col("lift") > 1) & ~big_enough)
+        pl.when(enable)
+        .then(
+            pl.concat_str(
+                pl.lit(f"significant after FDR, strong ({bar}) on the discovery cohorts, replicated in the holdout"),
+                pl.when(is_pair).then(pl.lit("; adds beyond each part in both")).otherwise(pl.lit("")),
+            )
+        )
+        .when(pl.col("_promising") & ~big_enough)
         .then(pl.lit(f"significant but fewer than {config.min_sample} accounts"))
-        .when(significant & (pl.col("lift") > 1) & ~strong)
-        .then(pl.lit(f"significant but lift below {config.min_lift} or CI reaches 1"))
-        .when(significant & (pl.col("lift") > 1) & ~pair_adds)
-        .then(pl.lit("pair adds nothing: its parts are both enabled, or its lift CI does not clear both parts' lifts"))
-        .when(significant & (pl.col("lift") > 1))
-        .then(pl.lit("significant but did not replicate in the holdout"))
+        .when(pl.col("_promising") & ~strong)
+        .then(pl.lit(f"significant but lift below {m:g} or CI reaches 1"))
+        .when(pl.col("_promising") & ~adds)
+        .then(
+            pl.format(
+                f"pair adds too little beyond its parts: given each part, holding the other too needs {bar} "
+                "(lift given one part {}, CI low {}; given the other {}, CI low {})",
+                _shown("given_a_lift"),
+                _shown("given_a_lift_ci_low"),
+                _shown("given_b_lift"),
+                _shown("given_b_lift_ci_low"),
+            )
+        )
+        .when(pl.col("_promising") & part_missing)
+        .then(pl.lit("pair whose part was not tested in this run"))
+        .when(pl.col("_promising") & pl.col("_qualifies") & (pl.col("holdout_n_total").fill_null(0) == 0))
+        .then(pl.lit("no holdout cohorts to replicate on"))
+        .when(pl.col("_promising") & pl.col("_qualifies") & ~pl.col("_replicates"))
+        .then(
+            pl.format(
+                f"significant and strong on the discovery cohorts but did not replicate in the holdout ({bar} needed): "
+                "lift {} (CI {}–{}){}",
+                _shown("holdout_lift"),
+                _shown("holdout_lift_ci_low"),
+                _shown("holdout_lift_ci_high"),
+                held_out.otherwise(pl.lit("")),
+            )
+        )
+        .when(pl.col("_promising") & part_failed)
+        .then(pl.lit("a part's family did not replicate in the holdout: no pair with any window or threshold of it"))
+        .when(pl.col("_promising") & parts_both_replicated)
+        .then(pl.lit("pair adds nothing to the score: its parts' families are both enabled already"))
+        .when(significant & lift.is_null())
+        .then(pl.lit("significant, but its lift is undefined (no account without it converted)"))
         .when(significant)
         .then(pl.lit("significant, but predicts lower conversion"))
         .otherwise(pl.lit(f"not significant after FDR (q > {config.fdr_alpha})"))
         .alias("recommendation_reason"),
-        pl.col("lift_ci_low").fill_nan(None).fill_null(-1.0).alias("_score"),
     )
-    order = {"enable": 0, "review": 1, "reject": 2}
-    frame = frame.with_columns(pl.col("recommendation").replace_strict(order, return_dtype=pl.Int64).alias("_rank"))
-    # The family's best: the best recommendation, then the highest lift CI low bound, then the lowest p.
-    frame = frame.sort(["family", "_rank", "_score", "p_value", "key"], descending=[False, False, True, False, False])
-    frame = frame.with_columns((pl.int_range(pl.len()).over("family") == 0).alias("is_family_best"))
     best = frame.filter(pl.col("is_family_best")).select(
-        "family", pl.col("signal_id").alias("_best_id"), pl.col("definition").alias("_best_def")
+        "family",
+        pl.col("signal_id").alias("_best_id"),
+        pl.col("definition").alias("_best_def"),
+        (pl.col("_qualifies") & ~pl.col("_replicates")).alias("_best_failed"),
     )
-    alternatives = (
-        frame.filter(~pl.col("is_family_best") & (pl.col("_rank") < 2))
-        .group_by("family")
-        .agg(pl.col("definition").sort().alias("alternatives"))
-    )
+    demoted = ~pl.col("is_family_best") & pl.col("_promising")
+    alternatives = frame.filter(demoted).group_by("family").agg(pl.col("definition").sort().alias("alternatives"))
     frame = frame.join(best, on="family", how="left").join(alternatives, on="family", how="left")
-    demoted = ~pl.col("is_family_best") & (pl.col("_rank") < 2)
     frame = frame.with_columns(
         pl.when(demoted).then(pl.lit("reject")).otherwise(pl.col("recommendation")).alias("recommendation"),
-        pl.when(demoted)
-        .then(pl.format("alternative of {} ({}): the family keeps its best", "_best_id", "_best_def"))
+        pl.when(demoted & pl.col("_best_failed"))
+        .then(
+            pl.format(
+                "alternative of {} ({}), which did not replicate in the holdout: the family has no enabled signal",
+                "_best_id",
+                "_best_def",
+            )
+        )
+        .when(demoted)
+        .then(
+            pl.format(
+                "alternative of {} ({}): the family keeps its candidate chosen on the discovery cohorts",
+                "_best_id",
+                "_best_def",
+            )
+        )
         .otherwise(pl.col("recommendation_reason"))
         .alias("recommendation_reason"),
         pl.when(pl.col("is_family_best"))
@@ -447,7 +636,8 @@ def recommend(signals: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
         .otherwise(pl.lit(None, pl.List(pl.String)))
         .alias("alternatives"),
     )
-    return frame.drop("_rank", "_score", "_best_id", "_best_def", "_qualifies", "_pair_adds")
+    helpers = ["_qualifies", "_replicates", "_promising", "_rank", "_score", "_state_a", "_state_b"]
+    return frame.drop(*helpers, "_best_id", "_best_def", "_best_failed", *added)
 
 
 def discover(
@@ -460,8 +650,10 @@ def discover(
 ) -> pl.DataFrame:
     """Test every supported candidate (singles and pairs), control the FDR, replicate, recommend.
 
+    `pair_discovery` and `pair_holdout` are `pair_counts` rows, with their parts' own counts on the same
+    accounts, from which `conditional_on_parts` measures what each pair adds.
     Returns one row per tested candidate with the `beton.signals` columns (see README) plus counts,
-    holdout figures and the family bookkeeping.
+    holdout figures, the lifts of pairs given each part and the family bookkeeping.
     """
     tested = select_candidates(discovery_counts, config)
     pairs = supported(pair_discovery, config) if not pair_discovery.is_empty() else pair_discovery
@@ -480,35 +672,15 @@ def discover(
             [holdout_all, pair_holdout.select(CANDIDATE_COLUMNS + COUNT_COLUMNS)], how="vertical_relaxed"
         )
     evaluated = attach_holdout(evaluated, holdout_all, config.confidence_level)
+    if not pairs.is_empty():
+        tested_pairs = pl.col("key").is_in(pairs.get_column("key").implode())
+        given = conditional_on_parts(pairs, config.confidence_level)
+        held_pairs = pair_holdout.filter(tested_pairs) if not pair_holdout.is_empty() else pair_holdout
+        held = conditional_on_parts(held_pairs, config.confidence_level, prefix="holdout_")
+        evaluated = evaluated.join(given, on="key", how="left").join(held, on="key", how="left")
     evaluated = evaluated.with_columns(projected_arr(evaluated, span_days, config.acv))
     source = pl.when(pl.col("kind").is_in(CUSTOM_KINDS)).then(pl.lit("custom")).otherwise(pl.lit("discovered"))
     return recommend(evaluated, config).with_columns(source.alias("source"))
-
-
-def _pair_value(frame: pl.DataFrame) -> pl.DataFrame:
-    """`_pair_adds`: true for singles; for a pair, whether it tells more than its parts.
-
-    A pair adds something when its lift CI low bound clears both parts' lifts and its parts are not
-    both enabled already (the score adds enabled signals, so such a pair would count them twice).
-    """
-    if "part_a" not in frame.columns or frame.filter(pl.col("kind") == "pair").is_empty():
-        return frame.with_columns(pl.lit(True).alias("_pair_adds"))
-    parts = frame.filter(pl.col("kind") != "pair").select("key", "lift", "_qualifies")
-    pairs = (
-        frame.filter(pl.col("kind") == "pair")
-        .select("key", "lift_ci_low", "part_a", "part_b")
-        .join(parts.rename({"key": "part_a", "lift": "lift_a", "_qualifies": "q_a"}), on="part_a", how="left")
-        .join(parts.rename({"key": "part_b", "lift": "lift_b", "_qualifies": "q_b"}), on="part_b", how="left")
-        .select(
-            "key",
-            (
-                (pl.col("lift_ci_low") > pl.col("lift_a").fill_null(np.inf))
-                & (pl.col("lift_ci_low") > pl.col("lift_b").fill_null(np.inf))
-                & ~(pl.col("q_a").fill_null(False) & pl.col("q_b").fill_null(False))
-            ).alias("_pair_adds"),
-        )
-    )
-    return frame.join(pairs, on="key", how="left").with_columns(pl.col("_pair_adds").fill_null(True))
 
 
 PairSource = Callable[[list[str], HoldoutSplit], tuple[pl.DataFrame, pl.DataFrame]]

@@ -136,6 +136,10 @@ def test_pair_counts_equal_brute_force():
     for row in pairs.iter_rows(named=True):
         both = dense[:, col[row["part_a"]]] & dense[:, col[row["part_b"]]]
         assert row["n_with"] == both.sum() and row["conversions_with"] == (both & y).sum()
+        for part in ("part_a", "part_b"):  # each part's own counts, from the diagonal of the same products
+            own = dense[:, col[row[part]]]
+            assert row[f"{part}_n_with"] == own.sum() and row[f"{part}_conversions_with"] == (own & y).sum()
+        assert row["part_a"] < row["part_b"]
     assert pairs.height == 3
 
 
