@@ -29,11 +29,15 @@ From the warehouse beside the table (`beton.signal_cohort_counts`, the per-cohor
   `holdout_n_with`, `holdout_conversions_with`, `holdout_n_total`): from it, `holdout_lift`, its CI
   and `holdout_p_value` are recomputed like the discovery statistics.
 
-Invariants: q >= p; the recommendation is recomputed from the rule of README step 8 (q <= fdr_alpha,
-lift >= min_lift, CI low > 1, n_with >= min_sample, holdout lift > 1 with p < 0.10, a pair's CI low
-above both parts' lifts and its parts not both qualifying; one family best per family, the best by
-recommendation, then CI low, then p, then key; the others demoted to reject), and `enabled` is the
-user's override, else recommendation = enable.
+Invariants: q >= p; the recommendation is recomputed from README steps 6-8: a row qualifies on the
+discovery cohorts when q <= fdr_alpha, lift >= min_lift, CI low > 1, n_with >= min_sample (a pair also
+when its lift given each part, recomputed from `beton.signal_cohort_counts` on the pair's months, is
+>= min_lift with CI low > 1); each family's candidate is chosen without the holdout (qualifying, then
+significant with lift > 1, then the rest; highest CI low, lowest p, key); it is enabled when its holdout
+lift is >= min_lift with CI low > 1 (a pair: also its holdout lift given each part, from the parts' rows'
+holdout counts), no part's family failed replication and the parts' families are not both enabled; the
+family's other significant rows with lift > 1 are rejected; `enabled` is the user's override, else
+recommendation = enable.
 
 Not recomputable from the table alone: `projected_arr` needs each signal's observed ARR of its
 converted accounts (`arr_with`, not stored); only its sign (that of rate_with − rate_without) and the
@@ -59,7 +63,6 @@ from statsmodels.stats.proportion import confint_proportions_2indep, proportions
 from beton_pipeline.settings import load_settings
 
 REL_TOL = 1e-9
-HOLDOUT_REPLICATION_P = 0.10  # README step 8: holdout lift > 1 with two-sided p < 0.10
 FISHER_BELOW_EXPECTED = 5.0  # README step 5
 FAMILY_SIZE = re.compile(r"q: Benjamini-Hochberg over (\d+) candidates")
 
@@ -179,65 +182,106 @@ def check_q_values(rows: list[dict]) -> list[str]:
     return bad
 
 
+def clears(lift, low, rules: dict) -> bool:
+    """The effect bar of README steps 6-8: lift >= min_lift and its CI low bound > 1 (missing never clears)."""
+    return not missing(lift) and not missing(low) and lift >= rules["min_lift"] and low > 1
+
+
 def qualifies(row: dict, rules: dict) -> bool:
-    """README step 8's conditions for `enable`, before the pair and family rules."""
-    if any(missing(row[c]) for c in ("q_value", "lift", "lift_ci_low")):
+    """README step 6's conditions on the discovery cohorts (before the pair's conditional test)."""
+    if missing(row["q_value"]):
         return False
-    replicated = (
-        not missing(row["holdout_lift"])
-        and row["holdout_lift"] > 1
-        and not missing(row["holdout_p_value"])
-        and row["holdout_p_value"] < HOLDOUT_REPLICATION_P
-    )
     return (
         row["q_value"] <= rules["fdr_alpha"]
-        and row["lift"] >= rules["min_lift"]
-        and row["lift_ci_low"] > 1
+        and clears(row["lift"], row["lift_ci_low"], rules)
         and row["n_with"] >= rules["min_sample"]
-        and replicated
     )
 
 
-def check_recommendations(rows: list[dict], rules: dict) -> list[str]:
-    """The recommendation, family best and `enabled` of every row, recomputed from the rule."""
+def replicates(row: dict, rules: dict) -> bool:
+    """README step 7 for a single: the holdout lift clears the same bar."""
+    return clears(row["holdout_lift"], row["holdout_lift_ci_low"], rules)
+
+
+def adds_beyond(pair_n: int, pair_conv: int, part_n: int, part_conv: int, level: float, rules: dict) -> bool:
+    """Among holders of a part, holders of both against the rest (README step 4) clear the bar."""
+    s = table_stats(pair_conv, pair_n, part_conv - pair_conv, part_n - pair_n, level)
+    return clears(s["lift"], s["lift_ci_low"], rules)
+
+
+def check_recommendations(rows: list[dict], rules: dict, pair_part_counts: dict | None = None) -> list[str]:
+    """The recommendation, family best and `enabled` of every row, recomputed from the rule.
+
+    `pair_part_counts` maps a candidate key to its (n_with, conversions_with) on the pairs' months."""
     by_id = {r["signal_id"]: r for r in rows}
-    base = {r["signal_id"]: qualifies(r, rules) for r in rows}
+    pair_part_counts = pair_part_counts or {}
     bad = []
-    before = {}  # the recommendation before the family rule
+    ok_discovery, ok_holdout = {}, {}
     for r in rows:
-        sid, ok = r["signal_id"], base[r["signal_id"]]
+        sid = r["signal_id"]
+        ok_discovery[sid], ok_holdout[sid] = qualifies(r, rules), replicates(r, rules)
         if r["kind"] == "pair":
-            # A part missing from the table (not tested in the run) cannot be cleared, as its lift is unknown.
             parts = [by_id.get(r["part_a_id"]), by_id.get(r["part_b_id"])]
-            low = r["lift_ci_low"]
-            clears = all(
-                p is not None and not missing(p["lift"]) and not missing(low) and low > p["lift"] for p in parts
+            if any(p is None or p["candidate_key"] not in pair_part_counts for p in parts):
+                ok_discovery[sid] = False
+                continue
+            level = r["confidence_level"]
+            ok_discovery[sid] = ok_discovery[sid] and all(
+                adds_beyond(r["n_with"], r["conversions_with"], *pair_part_counts[p["candidate_key"]], level, rules)
+                for p in parts
             )
-            both_qualify = all(p is not None and base[p["signal_id"]] for p in parts)
-            ok = ok and clears and not both_qualify
-        significant = not missing(r["q_value"]) and r["q_value"] <= rules["fdr_alpha"]
-        lift_above_1 = not missing(r["lift"]) and r["lift"] > 1
-        before[sid] = "enable" if ok else "review" if significant and lift_above_1 else "reject"
-    rank = {"enable": 0, "review": 1, "reject": 2}
+            ok_holdout[sid] = ok_holdout[sid] and all(
+                adds_beyond(
+                    r["holdout_n_with"], r["holdout_conversions_with"],
+                    p["holdout_n_with"], p["holdout_conversions_with"], level, rules,
+                )
+                for p in parts
+            )  # fmt: skip
+
+    def promising(r) -> bool:
+        return (
+            not missing(r["q_value"])
+            and r["q_value"] <= rules["fdr_alpha"]
+            and not missing(r["lift"])
+            and r["lift"] > 1
+        )
+
     families: dict[str, list[dict]] = {}
     for r in rows:
         families.setdefault(r["family"], []).append(r)
+
+    def order(r):
+        low = r["lift_ci_low"]
+        p = math.inf if missing(r["p_value"]) else r["p_value"]
+        rank = 0 if ok_discovery[r["signal_id"]] else 1 if promising(r) else 2
+        return (rank, -(-1.0 if missing(low) else low), p, r["candidate_key"])
+
+    best = {family: min(members, key=order) for family, members in families.items()}
+    state = {}
+    for family, b in best.items():
+        sid = b["signal_id"]
+        state[family] = "untrusted" if not ok_discovery[sid] else "replicated" if ok_holdout[sid] else "failed"
     for family, members in families.items():
-
-        def order(r):
-            low = r["lift_ci_low"]
-            p = math.inf if missing(r["p_value"]) else r["p_value"]
-            return (rank[before[r["signal_id"]]], -(-1.0 if missing(low) else low), p, r["candidate_key"])
-
-        best = min(members, key=order)
+        b = best[family]
         for r in members:
             sid = r["signal_id"]
-            want_best = r is best
-            want = before[sid] if want_best or before[sid] == "reject" else "reject"
-            if bool(r["is_family_best"]) != want_best:
-                bad.append(
-                    f"{sid}: is_family_best {r['is_family_best']} but the best of {family} is {best['signal_id']}"
+            allowed = True
+            if r["kind"] == "pair":
+                parts = [by_id.get(r["part_a_id"]), by_id.get(r["part_b_id"])]
+                states = [None if p is None else state[p["family"]] for p in parts]
+                allowed = None not in states and "failed" not in states and states != ["replicated", "replicated"]
+            if r is b:
+                want = (
+                    "enable"
+                    if ok_discovery[sid] and ok_holdout[sid] and allowed
+                    else "review"
+                    if promising(r)
+                    else "reject"
                 )
+            else:
+                want = "reject"
+            if bool(r["is_family_best"]) != (r is b):
+                bad.append(f"{sid}: is_family_best {r['is_family_best']} but the best of {family} is {b['signal_id']}")
             if r["recommendation"] != want:
                 bad.append(f"{sid}: recommendation {r['recommendation']!r}, the rule gives {want!r}")
             override = r["enabled_override"]
@@ -247,12 +291,16 @@ def check_recommendations(rows: list[dict], rules: dict) -> list[str]:
     for r in rows:  # the README's invariants for enabled-by-recommendation rows, stated directly
         if r["recommendation"] == "enable" and not (
             r["n_with"] >= rules["min_sample"]
-            and not any(missing(r[c]) for c in ("lift", "lift_ci_low", "q_value"))
+            and not any(
+                missing(r[c]) for c in ("lift", "lift_ci_low", "q_value", "holdout_lift", "holdout_lift_ci_low")
+            )
             and r["lift"] >= rules["min_lift"]
             and r["lift_ci_low"] > 1
             and r["q_value"] <= rules["fdr_alpha"]
+            and r["holdout_lift"] >= rules["min_lift"]
+            and r["holdout_lift_ci_low"] > 1
         ):
-            bad.append(f"{r['signal_id']}: enabled by recommendation without meeting min_sample/min_lift/CI/q")
+            bad.append(f"{r['signal_id']}: enabled by recommendation without meeting min_sample/min_lift/CI/q/holdout")
     return bad
 
 
@@ -290,12 +338,18 @@ def months_span_days(months: list[str]) -> float:
 
 
 def check_signals(
-    frame: pl.DataFrame, cohort_totals: pl.DataFrame, rules: dict, holdout_fraction: float, acv: float
+    frame: pl.DataFrame,
+    cohort_totals: pl.DataFrame,
+    rules: dict,
+    holdout_fraction: float,
+    acv: float,
+    candidate_counts: pl.DataFrame | None = None,
 ) -> list[str]:
     """Every problem found in `frame` (the discovered and custom rows of beton.signals of one run).
 
     `cohort_totals` has one row per eligible cohort month: `cohort_month` (YYYY-MM), `n_total`,
-    `conversions_total`. Returns messages (empty when every row is consistent)."""
+    `conversions_total`; `candidate_counts` (`key`, `cohort_month`, `n_with`, `conversions_with`) holds the
+    per-cohort counts of the pairs' parts. Returns messages (empty when every row is consistent)."""
     rows = frame.to_dicts()
     totals = {r["cohort_month"]: (r["n_total"], r["conversions_total"]) for r in cohort_totals.to_dicts()}
     discovery, holdout = temporal_split(cohort_totals, holdout_fraction)
@@ -321,14 +375,25 @@ def check_signals(
         bad += check_holdout(r, holdout_conversions)
         bad += check_projected_arr(r, acv, span_days)
     bad += check_q_values(rows)
-    bad += check_recommendations(rows, rules)
+    pair_months = discovery[1::2]
+    pair_part_counts = {}
+    if candidate_counts is not None and candidate_counts.height:
+        summed = (
+            candidate_counts.filter(pl.col("cohort_month").is_in(pair_months))
+            .group_by("key")
+            .agg(pl.col("n_with").sum(), pl.col("conversions_with").sum())
+        )
+        pair_part_counts = {k: (int(n), int(c)) for k, n, c in summed.iter_rows()}
+        keys = {r["candidate_key"] for r in rows if r["kind"] != "pair"}
+        pair_part_counts |= {k: (0, 0) for k in keys - set(pair_part_counts)}  # fired for nobody in those months
+    bad += check_recommendations(rows, rules, pair_part_counts)
     return bad
 
 
 # ------------------------------------------------------------------------------------------------
 # The session's warehouse
 # ------------------------------------------------------------------------------------------------
-def read_run(warehouse) -> tuple[pl.DataFrame, pl.DataFrame]:
+def read_run(warehouse) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     with duckdb.connect(str(warehouse), read_only=True) as con:
         frame = con.sql("select * from beton.signals where source in ('discovered', 'custom')").pl()
         totals = con.sql(
@@ -341,7 +406,17 @@ def read_run(warehouse) -> tuple[pl.DataFrame, pl.DataFrame]:
             group by 1 order by 1
             """
         ).pl()
-    return frame, totals
+        parts = con.sql(
+            """
+            select c.key, c.cohort_month, c.n_with, c.conversions_with
+            from beton.signal_cohort_counts c
+            where c.key in (
+                select s.candidate_key from beton.signals s
+                where s.signal_id in (select part_a_id from beton.signals union select part_b_id from beton.signals)
+            )
+            """
+        ).pl()
+    return frame, totals, parts
 
 
 def settings_rules() -> tuple[dict, float, float]:
@@ -357,12 +432,12 @@ def run(pipeline_run):
 
 
 def test_every_signals_row_recomputes(run):
-    frame, totals = run
+    frame, totals, parts = run
     assert frame.height > 0 and totals.height > 0
     assert frame.filter(pl.col("kind") == "pair").height > 0, "the demo should test pairs"
     assert frame.filter(pl.col("method").str.starts_with("Fisher")).height > 0, "the demo should need Fisher"
     rules, holdout_fraction, acv = settings_rules()
-    problems = check_signals(frame, totals, rules, holdout_fraction, acv)
+    problems = check_signals(frame, totals, rules, holdout_fraction, acv, parts)
     assert not problems, f"{len(problems)} problem(s) in beton.signals ({frame.height} rows):\n" + "\n".join(
         problems[:20]
     )
@@ -398,22 +473,22 @@ def perturbed(frame: pl.DataFrame, column: str, where: pl.Expr, change) -> pl.Da
 )
 def test_the_checker_reports_one_perturbed_value(run, column, where, change):
     """The check can fail: one value of one row of a copy of the session's table, moved by 1e-8 or so, is reported."""
-    frame, totals = run
+    frame, totals, parts = run
     rules, holdout_fraction, acv = settings_rules()
-    problems = check_signals(perturbed(frame, column, where, change), totals, rules, holdout_fraction, acv)
+    problems = check_signals(perturbed(frame, column, where, change), totals, rules, holdout_fraction, acv, parts)
     assert problems, f"perturbing {column} went unnoticed"
 
 
 def test_q_values_over_a_smaller_family_are_reported(run):
     """Benjamini–Hochberg over the discovered rows only (leaving out the custom signals) is not the documented family."""
-    frame, totals = run
+    frame, totals, parts = run
     custom = frame.get_column("source") == "custom"
     assert custom.any(), "the demo project has custom signals in signals/"
     discovered = frame.filter(~custom)
     q = multipletests(discovered.get_column("p_value").to_numpy(), method="fdr_bh")[1]
     wrong = pl.concat([discovered.with_columns(pl.Series("q_value", q)), frame.filter(custom)])
     rules, holdout_fraction, acv = settings_rules()
-    problems = check_signals(wrong, totals, rules, holdout_fraction, acv)
+    problems = check_signals(wrong, totals, rules, holdout_fraction, acv, parts)
     assert any("Benjamini-Hochberg over" in p for p in problems), problems[:3]
 
 
@@ -463,6 +538,7 @@ def test_the_checker_on_a_hand_made_run():
         r["recommendation"] = (
             "enable"
             if qualifies(r, {"fdr_alpha": 0.05, "min_sample": 30, "min_lift": 1.3})
+            and replicates(r, {"fdr_alpha": 0.05, "min_sample": 30, "min_lift": 1.3})
             else ("review" if r["q_value"] <= 0.05 and r["lift"] > 1 else "reject")
         )
         r["enabled"], r["is_family_best"], r["alternatives"] = r["recommendation"] == "enable", True, json.dumps([])
