@@ -12,7 +12,9 @@ transaction per file, with the same rows, in the same order, as the event-by-eve
 
 `dagster.yaml` selects it (`event_log_storage`); `base_dir` relative to `DAGSTER_HOME` (default
 `history/runs`, where Dagster's own SQLite storage keeps its files, so an existing instance keeps its
-history). Constructing it sets `DAGSTER_EVENT_BATCH_SIZE` (unless already set) in the process, which is
+history). Like Dagster's `{env: DAGSTER_HOME}` settings, this assumes the instance is opened from
+`DAGSTER_HOME` (what `dagster dev`, the daemon and `beton` do): code that opens an instance by its
+folder (`DagsterInstance.from_config(path)`) sets `DAGSTER_HOME` to that folder first. Constructing it sets `DAGSTER_EVENT_BATCH_SIZE` (unless already set) in the process, which is
 how Dagster enables batches: runs executed by this process (`beton run`, a run worker) batch their
 partition events. `DAGSTER_EVENT_BATCH_SIZE=0` turns batching off.
 """

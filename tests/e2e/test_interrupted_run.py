@@ -17,6 +17,7 @@ import dagster as dg
 import duckdb
 
 from beton_pipeline.settings import PROJECT_ROOT
+from tests.conftest import env_vars
 from tests.e2e.servers import ServerError, wait_until
 
 BETON = str(Path(sys.executable).parent / "beton")
@@ -61,7 +62,8 @@ def _kill_once_raw_events_is_written(proc: subprocess.Popen, home: Path) -> None
     """Wait (bounded) until the run's instance records a materialization of raw_events, then SIGKILL the run.
 
     The instance is opened only once the run has created its storage (so this process never creates
-    or migrates it); until then, and on any transient read error, the wait goes on."""
+    or migrates it); until then, and on any transient read error, the wait goes on. It is opened with
+    DAGSTER_HOME naming its folder, as the run has it: the event log's folder is relative to it."""
     open_instance = dg.DagsterInstance.from_config  # resolved here: a wrong name fails now, not as "not yet"
     opened: list[dg.DagsterInstance] = []
 
@@ -71,7 +73,8 @@ def _kill_once_raw_events_is_written(proc: subprocess.Popen, home: Path) -> None
         if not opened:
             if not all((home / "history" / name).exists() for name in ("runs.db", "runs/index.db")):
                 return False
-            opened.append(open_instance(str(home)))
+            with env_vars(DAGSTER_HOME=str(home)):
+                opened.append(open_instance(str(home)))
         return opened[0].get_latest_materialization_event(dg.AssetKey("raw_events")) is not None
 
     try:
