@@ -9,15 +9,16 @@ very row counts of a clean run and no duplicate key in any table."""
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 
 from beton_pipeline.settings import PROJECT_ROOT
-from tests.conftest import env_vars
 from tests.e2e.servers import ServerError, wait_until
 
 BETON = str(Path(sys.executable).parent / "beton")
@@ -59,29 +60,31 @@ def _counts(warehouse: str) -> dict[str, int]:
 
 
 def _kill_once_raw_events_is_written(proc: subprocess.Popen, home: Path) -> None:
-    """Wait (bounded) until the run's instance records a materialization of raw_events, then SIGKILL the run.
+    """Wait (bounded) until the run's event log records a materialization of raw_events, then SIGKILL the run.
 
-    The instance is opened only once the run has created its storage (so this process never creates
-    or migrates it); until then, and on any transient read error, the wait goes on. It is opened with
-    DAGSTER_HOME naming its folder, as the run has it: the event log's folder is relative to it."""
-    open_instance = dg.DagsterInstance.from_config  # resolved here: a wrong name fails now, not as "not yet"
-    opened: list[dg.DagsterInstance] = []
+    The event log's index file is read with a read-only SQLite connection, never through a Dagster
+    instance: opening an instance initialises its storage, and two processes initialising the same
+    SQLite files at once can stamp two schema versions into one of them (Dagster's alembic table), which
+    the re-run then refuses to open. Until the file and its table exist, the wait goes on."""
+    index = home / "history" / "runs" / "index.db"
 
     def raw_events_written() -> bool:
         if proc.poll() is not None:
             raise ServerError(f"beton run exited {proc.returncode} before it could be interrupted")
-        if not opened:
-            if not all((home / "history" / name).exists() for name in ("runs.db", "runs/index.db")):
-                return False
-            with env_vars(DAGSTER_HOME=str(home)):
-                opened.append(open_instance(str(home)))
-        return opened[0].get_latest_materialization_event(dg.AssetKey("raw_events")) is not None
+        if not index.exists():
+            return False
+        try:
+            with closing(sqlite3.connect(f"{index.as_uri()}?mode=ro", uri=True, timeout=1)) as con:
+                row = con.execute(
+                    "select count(*) from event_logs where dagster_event_type = 'ASSET_MATERIALIZATION' "
+                    "and asset_key = ?",
+                    [dg.AssetKey("raw_events").to_string()],
+                ).fetchone()
+        except sqlite3.OperationalError:  # the run is still creating the file or its tables
+            return False
+        return row[0] > 0
 
-    try:
-        wait_until(raw_events_written, KILL_AFTER_TIMEOUT, "beton run to write raw_events", interval=0.5)
-    finally:
-        for instance in opened:
-            instance.dispose()
+    wait_until(raw_events_written, KILL_AFTER_TIMEOUT, "beton run to write raw_events", interval=0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
 
