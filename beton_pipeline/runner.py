@@ -19,7 +19,7 @@ import dagster as dg
 
 from beton_pipeline.defs.monitoring.jobs import DAILY_ASSETS
 from beton_pipeline.defs.monitoring.partitions import register_monitoring_days
-from beton_pipeline.defs.partitions import cohort_months, range_tags
+from beton_pipeline.defs.partitions import cohort_months, new_and_ordered, range_tags
 from beton_pipeline.settings import load_settings, warehouse_path
 from beton_pipeline.store.custom_signals import read_problems
 from beton_pipeline.store.daily import data_days
@@ -167,10 +167,8 @@ def run_pipeline(
         with connect(warehouse_path(), read_only=True) as con:
             months = eligible_cohort_months(con)
         summary.cohort_months = months
-        existing = set(instance.get_dynamic_partitions(cohort_months.name))
-        instance.add_dynamic_partitions(cohort_months.name, [m for m in months if m not in existing])
-        order = instance.get_dynamic_partitions(cohort_months.name)
-        months = sorted(months, key=order.index)
+        new, months = new_and_ordered(instance.get_dynamic_partitions(cohort_months.name), months)
+        instance.add_dynamic_partitions(cohort_months.name, new)
         if months:  # a single-run backfill policy: one run counts every month (and any registered between)
             _execute(
                 defs.resolve_implicit_global_asset_job_def(),

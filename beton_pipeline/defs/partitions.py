@@ -21,6 +21,15 @@ def range_tags(keys: list[str]) -> dict[str, str]:
     return {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
 
 
+def new_and_ordered(registered: list[str], keys: list[str]) -> tuple[list[str], list[str]]:
+    """(the `keys` not yet registered, every key in partition order): a dynamic partitions definition
+    orders its keys as they were added, so the new ones come after `registered`, in the order given."""
+    known = set(registered)
+    new = [k for k in keys if k not in known]
+    position = {k: i for i, k in enumerate([*registered, *new])}
+    return new, sorted(keys, key=position.__getitem__)
+
+
 def latest_storage_id(instance: dg.DagsterInstance, asset_keys: Iterable[dg.AssetKey]) -> int | None:
     """The storage id of the newest materialization of any of `asset_keys` (None when none has one)."""
     ids = [

@@ -38,3 +38,14 @@ def test_cohort_sensor_requests_every_eligible_month_once(pipeline_run):
 def request_range(request: dg.RunRequest) -> tuple[str, str]:
     """(first, last) partition of a run request over a range of partitions."""
     return (request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"])
+
+
+def test_new_months_come_after_the_registered_ones_in_partition_order():
+    from beton_pipeline.defs.partitions import new_and_ordered
+
+    # a month added late (a backfilled export) sorts after the months registered before it
+    assert new_and_ordered(["2025-02", "2025-03"], ["2025-03", "2025-01", "2025-02"]) == (
+        ["2025-01"],
+        ["2025-02", "2025-03", "2025-01"],
+    )
+    assert new_and_ordered([], ["2025-02", "2025-01"]) == (["2025-02", "2025-01"], ["2025-02", "2025-01"])

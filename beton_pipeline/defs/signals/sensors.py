@@ -2,7 +2,13 @@
 
 import dagster as dg
 
-from beton_pipeline.defs.partitions import cohort_months, latest_storage_id, outdated_partitions, range_tags
+from beton_pipeline.defs.partitions import (
+    cohort_months,
+    latest_storage_id,
+    new_and_ordered,
+    outdated_partitions,
+    range_tags,
+)
 from beton_pipeline.defs.resources import WarehouseResource
 from beton_pipeline.store.tables import eligible_cohort_months
 
@@ -39,17 +45,15 @@ def cohort_months_sensor(context: dg.SensorEvaluationContext, warehouse: Warehou
     months = warehouse.read_or_skip(eligible_cohort_months)
     if isinstance(months, dg.SkipReason):
         return months
-    existing = set(context.instance.get_dynamic_partitions(cohort_months.name))
-    new = [m for m in months if m not in existing]
-    todo = outdated_partitions(context.instance, COUNTS, months, latest)
+    new, ordered = new_and_ordered(context.instance.get_dynamic_partitions(cohort_months.name), months)
     # One run over the range (the asset's single-run backfill policy): the months between the first and
     # the last outdated one, in the order the partitions were added (new ones last), are recounted too.
-    order = [*context.instance.get_dynamic_partitions(cohort_months.name), *new]
-    span = sorted(todo, key=order.index)
+    outdated = set(outdated_partitions(context.instance, COUNTS, months, latest))
+    span = [m for m in ordered if m in outdated]
     runs = [dg.RunRequest(run_key=f"{latest}:{span[0]}:{span[-1]}", tags=range_tags(span))] if span else []
     return dg.SensorResult(
         dynamic_partitions_requests=[cohort_months.build_add_request(new)] if new else [],
         run_requests=runs,
-        skip_reason=None if todo else "every eligible month was counted after the latest account_outcomes",
+        skip_reason=None if span else "every eligible month was counted after the latest account_outcomes",
         cursor=str(latest),
     )
