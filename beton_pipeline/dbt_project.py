@@ -14,9 +14,14 @@ from dagster_dbt import DbtProject
 from beton_pipeline.settings import PROJECT_ROOT
 
 
+def venv_dbt() -> Path:
+    """Where the project's venv installs `dbt`: beside this Python (its dbt-core is the installed package)."""
+    return Path(sys.executable).parent / "dbt"
+
+
 def dbt_executable() -> str:
     """The `dbt` installed beside this Python (the project's venv), else the one on PATH."""
-    beside = Path(sys.executable).parent / "dbt"
+    beside = venv_dbt()
     return str(beside) if beside.exists() else (shutil.which("dbt") or "dbt")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
@@ -18,7 +17,7 @@ from dagster_dbt import DbtCliResource
 from packaging import version
 
 from beton_pipeline import settings as beton_settings
-from beton_pipeline.dbt_project import beton_dbt_project, dbt_executable
+from beton_pipeline.dbt_project import beton_dbt_project, dbt_executable, venv_dbt
 from beton_pipeline.warehouse import WarehouseLockedError, connect
 
 WAREHOUSE_POOL = "duckdb_warehouse"
@@ -110,7 +109,7 @@ class BetonDbtCliResource(DbtCliResource):
 
     @cached_property
     def _cli_version(self) -> version.Version:
-        if Path(self.dbt_executable) == Path(sys.executable).parent / "dbt":
+        if Path(self.dbt_executable) == venv_dbt():
             return version.parse(importlib.metadata.version("dbt-core"))
         return super()._cli_version
 
