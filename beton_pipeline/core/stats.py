@@ -130,7 +130,7 @@ def _as_count_array(x: object, name: str) -> np.ndarray:
     return arr
 
 
-def _two_group_counts(
+def two_group_counts(
     a: object, n1: object, c: object, n2: object
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Validate and broadcast the four counts of a 2x2 table (returns int64 arrays)."""
@@ -147,7 +147,7 @@ def _two_group_counts(
     return a_, n1_, c_, n2_
 
 
-def _z_critical(confidence_level: float) -> float:
+def z_critical(confidence_level: float) -> float:
     """Two-sided standard-normal critical value ``z = Phi^-1(1 - (1 - level) / 2)``."""
     level = float(confidence_level)
     if not (0.0 < level < 1.0):
@@ -180,7 +180,7 @@ def two_proportion_z_pvalue(a: object, n1: object, c: object, n2: object) -> np.
     Returns:
         float64 array with the broadcast shape of the inputs.
     """
-    a_, n1_, c_, n2_ = _two_group_counts(a, n1, c, n2)
+    a_, n1_, c_, n2_ = two_group_counts(a, n1, c, n2)
     a_f, n1_f, c_f, n2_f = (v.astype(np.float64) for v in (a_, n1_, c_, n2_))
     with np.errstate(all="ignore"):
         p1 = a_f / n1_f
@@ -313,7 +313,7 @@ def fisher_exact_pvalue(
     Returns:
         float64 array of p-values in (0, 1] with the broadcast shape of the inputs.
     """
-    a_, n1_, c_, n2_ = _two_group_counts(a, n1, c, n2)
+    a_, n1_, c_, n2_ = two_group_counts(a, n1, c, n2)
     if int(max_grid_cells) < 1:
         raise ValueError("max_grid_cells must be >= 1")
     shape = a_.shape
@@ -425,8 +425,8 @@ def lift_ci_katz(
         ``(low, high, used_correction)``: float64, float64 and bool arrays with the broadcast
         shape of the inputs; ``used_correction`` is True on rows where the correction was used.
     """
-    z = _z_critical(confidence_level)
-    a_, n1_, c_, n2_ = _two_group_counts(a, n1, c, n2)
+    z = z_critical(confidence_level)
+    a_, n1_, c_, n2_ = two_group_counts(a, n1, c, n2)
     valid = (n1_ > 0) & (n2_ > 0)
     a_f, n1_f, c_f, n2_f, used_correction = haldane_corrected(a_, n1_, c_, n2_)
     used_correction = valid & used_correction
@@ -459,7 +459,7 @@ def wilson_interval(successes: object, n: object, confidence_level: float = 0.95
     Returns:
         ``(low, high)`` float64 arrays with the broadcast shape of the inputs.
     """
-    z = _z_critical(confidence_level)
+    z = z_critical(confidence_level)
     s_, n_ = np.broadcast_arrays(_as_count_array(successes, "successes"), _as_count_array(n, "n"))
     if np.any(s_ > n_):
         raise ValueError("successes exceed n")
@@ -501,7 +501,7 @@ def newcombe_diff_interval(
     Returns:
         ``(low, high)`` float64 arrays with the broadcast shape of the inputs.
     """
-    a_, n1_, c_, n2_ = _two_group_counts(a, n1, c, n2)
+    a_, n1_, c_, n2_ = two_group_counts(a, n1, c, n2)
     l1, u1 = wilson_interval(a_, n1_, confidence_level)
     l2, u2 = wilson_interval(c_, n2_, confidence_level)
     with np.errstate(all="ignore"):
@@ -656,7 +656,7 @@ def compare_proportions(
         raise ValueError("fisher_below_expected must be a finite, non-negative number")
     a_, n1_, c_, n2_ = (
         np.atleast_1d(v).ravel().copy()
-        for v in _two_group_counts(conversions_with, n_with, conversions_without, n_without)
+        for v in two_group_counts(conversions_with, n_with, conversions_without, n_without)
     )
     valid = (n1_ > 0) & (n2_ > 0)
 

@@ -37,7 +37,7 @@ import scipy.sparse as sp
 from scipy import special
 
 from beton_pipeline.core.candidates import CandidateMatrix
-from beton_pipeline.core.stats import _two_group_counts, _z_critical
+from beton_pipeline.core.stats import two_group_counts, z_critical
 
 __all__ = [
     "NO_CONVERSIONS_WITH",
@@ -346,8 +346,8 @@ def mantel_haenszel(
         >>> round(float(r.risk_ratio[0]), 2), round(float(r.risk_ratio_ci_low[0]), 2), r.status[0]
         (1.33, 0.87, 'ok')
     """
-    zq = _z_critical(confidence_level)
-    a_, n1_, c_, n2_ = (np.atleast_2d(v) for v in _two_group_counts(a, n1, c, n2))
+    zq = z_critical(confidence_level)
+    a_, n1_, c_, n2_ = (np.atleast_2d(v) for v in two_group_counts(a, n1, c, n2))
     if a_.ndim != 2:
         raise ValueError("inputs must be 1-D (one candidate) or 2-D (candidates × strata)")
     informative = (n1_ > 0) & (n2_ > 0)
