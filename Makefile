@@ -50,10 +50,11 @@ run: setup
 	@echo "  $(BIN)/beton events                    the events and attributes custom signals can use"
 	@echo "  make ui                                   the Dagster UI on http://127.0.0.1:3000"
 
-# Two pytest-xdist workers; the tests that share the session pipeline run stay on one of them
-# (tests/conftest.py). BETON_TEST_WORKERS=0 runs everything in this process.
+# Two pytest-xdist workers; the tests that share an expensive run stay on one of them, and the longest
+# groups are handed out first in the order tests/conftest.py gives (hence --no-loadscope-reorder).
+# BETON_TEST_WORKERS=0 runs everything in this process.
 test: setup
-	$(BIN)/python -m pytest -q -n $${BETON_TEST_WORKERS:-2} --dist loadgroup
+	$(BIN)/python -m pytest -q -n $${BETON_TEST_WORKERS:-2} --dist loadgroup --no-loadscope-reorder
 
 # ruff checks formatting and lint rules; import-linter checks the layers (pyproject.toml: entry → defs →
 # store → settings → sources/destinations → warehouse → core). A layering violation fails here and in CI.

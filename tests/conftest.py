@@ -52,26 +52,55 @@ class env_vars:
                 os.environ[k] = v
 
 
-def _uses_a_shared_project_fixture(item) -> bool:
-    """True when the test needs a module/class/package-scoped fixture of this project (built once per worker)."""
+def _shared_fixture_group(item) -> str | None:
+    """The xdist group of a test that uses an expensive fixture of this project (one not scoped to the test):
+    the fixture's name for a session-scoped one (it may serve several modules, e.g. the live run of
+    tests/e2e/conftest.py), else the test's module. None for a test that shares nothing."""
     info = getattr(item, "_fixtureinfo", None)
-    for defs in info.name2fixturedefs.values() if info else ():
+    module_scoped = False
+    for name, defs in sorted(info.name2fixturedefs.items()) if info else ():
         fixture = defs[-1]
-        if fixture.scope != "function" and getattr(fixture.func, "__module__", "").startswith("tests."):
-            return True
-    return False
+        if fixture.scope == "function" or not getattr(fixture.func, "__module__", "").startswith("tests."):
+            continue
+        if fixture.scope == "session":
+            return f"session_fixture_{name}"
+        module_scoped = True
+    return item.nodeid.split("::", 1)[0] if module_scoped else None
+
+
+def _expected_seconds(item) -> float:
+    """The `slow` mark's `seconds`: what the test's group (the test with its shared fixture, or all the tests
+    sharing it) takes on 2 idle cores, as last measured; 0 when not given."""
+    mark = item.get_closest_marker("slow")
+    return float(mark.kwargs.get("seconds", 0)) if mark else 0.0
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the group marks
 def pytest_collection_modifyitems(config, items):
     """xdist groups, so that no expensive fixture is built twice: the tests that use the session run share
-    one group; the tests of a module with a module-scoped fixture (a bench run, a small export) share one
-    per module. Everything else is spread over the workers test by test."""
+    one group; the tests that share another non-function fixture of this project share one per fixture
+    (session scope) or per module. Everything else is spread over the workers test by test.
+
+    Then the longest work first (`make test` passes `--no-loadscope-reorder`, so xdist hands out groups in
+    this order): the session run's group, then `slow` tests by their expected seconds, then the rest in
+    collection order. Two workers taking the longest jobs first end close together (longest processing
+    time first, Graham 1969); a long end-to-end test handed out last would leave one worker idle for minutes."""
     for item in items:
         if SESSION_RUN_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.xdist_group(SESSION_RUN_GROUP))
-        elif _uses_a_shared_project_fixture(item):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+        elif group := _shared_fixture_group(item):
+            item.add_marker(pytest.mark.xdist_group(group))
+    group_cost: dict[str, float] = {}
+    for item in items:
+        group = _group_of(item)
+        group_cost[group] = max(group_cost.get(group, 0.0), _expected_seconds(item))
+    items.sort(key=lambda item: (_group_of(item) != SESSION_RUN_GROUP, -group_cost[_group_of(item)]))  # stable
+
+
+def _group_of(item) -> str:
+    """The xdist group of a test (its node id when it has none: xdist then schedules it alone)."""
+    mark = item.get_closest_marker("xdist_group")
+    return (mark.args[0] if mark.args else mark.kwargs.get("name", item.nodeid)) if mark else item.nodeid
 
 
 def project_instance(home: Path) -> dg.DagsterInstance:

@@ -16,7 +16,7 @@ from benchmarks.datasets import DatasetSpec, ensure_dataset
 from beton_pipeline.settings import load_settings
 from beton_pipeline.warehouse import connect
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=80)
 
 TRUTH = {
     "planted": [

@@ -14,6 +14,8 @@ import pytest
 from tests.conftest import env_vars, project_instance
 from tests.defs.test_sensors import request_range
 
+pytestmark = pytest.mark.slow(seconds=80)
+
 ACCOUNTS = 600
 
 

@@ -26,7 +26,7 @@ from tests.e2e.servers import (
     wait_while_progressing,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=70)
 
 LOAD_IDLE_TIMEOUT = 180
 """Seconds without progress (no new output from `dagster dev` and no CPU second used by its processes)

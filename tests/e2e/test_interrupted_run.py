@@ -1,35 +1,30 @@
 """An interrupted `beton run` (killed mid-way) followed by a re-run leaves no duplicate and the same
 tables as an uninterrupted run: every write replaces exactly what it owns, in one transaction.
 
-What it still proves with a small export (600 accounts, 6 months; every compared table has rows): the
-kill lands after the ingest has written `raw_events` (watched in the Dagster instance, not guessed
-from the clock), so the re-run starts on a warehouse holding a part of a run, and must end with the
-very row counts of a clean run and no duplicate key in any table."""
+The uninterrupted run is the shared live run (`tests/e2e/conftest.py`: 600 accounts, 6 months, playbooks
+sending to local fakes; every compared table has rows); the interrupted run uses the same export and
+settings with fakes of its own. The kill lands after the ingest has written `raw_events` (watched in the
+Dagster instance, not guessed from the clock), so the re-run starts on a warehouse holding a part of a
+run, and must end with the very row counts of the clean run and no duplicate key in any table."""
 
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 from contextlib import closing
 from pathlib import Path
 
 import dagster as dg
 import duckdb
+import pytest
 
-from beton_pipeline.settings import PROJECT_ROOT
+from tests.e2e.conftest import BETON, RUN_TIMEOUT, live_destinations, live_env
 from tests.e2e.servers import ServerError, wait_until
 
-BETON = str(Path(sys.executable).parent / "beton")
+pytestmark = pytest.mark.slow(seconds=180)  # with the shared live run
 
-ACCOUNTS, MONTHS = 600, 6
-"""Five cohort months with closed outcome windows: signals, backtests and playbook actions all have rows."""
 KILL_AFTER_TIMEOUT = 900
 """Generous bound for the ingest to write `raw_events` on a loaded machine (it takes seconds when idle)."""
-
-RUN_TIMEOUT = 1800
-"""Bound for one `beton run` of this export (about a minute on 2 idle cores)."""
 
 UNIQUE_KEYS = {
     "raw.raw_events": "uuid",
@@ -40,18 +35,6 @@ UNIQUE_KEYS = {
     "beton.signal_backtests": "signal_id, cohort_month",
     "beton.playbook_actions": "idempotency_key",
 }
-
-
-def _env(tmp: Path, source: Path, name: str) -> dict:
-    home = tmp / f"home_{name}"
-    home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
-    return {
-        **os.environ,
-        "BETON_SOURCE_DIR": str(source),
-        "BETON_WAREHOUSE": str(tmp / f"{name}.duckdb"),
-        "DAGSTER_HOME": str(home),
-    }
 
 
 def _counts(warehouse: str) -> dict[str, int]:
@@ -89,25 +72,16 @@ def _kill_once_raw_events_is_written(proc: subprocess.Popen, home: Path) -> None
     proc.wait(timeout=30)
 
 
-def test_rerun_after_a_kill_gives_the_tables_of_a_clean_run(tmp_path):
-    from beton_pipeline.sources.demo import generate_demo
-
-    source = tmp_path / "source"
-    generate_demo(source, n_accounts=ACCOUNTS, seed=5, months=MONTHS)
-    # The clean run has nothing to do with the interrupted one (its own warehouse and instance), so it
-    # runs alongside: on two cores the test takes about the time of the interrupted run and its re-run.
-    clean_env = _env(tmp_path, source, "clean")
-    clean_log = tmp_path / "clean.log"
-    with open(clean_log, "wb") as log:  # a file, not a pipe: nobody reads it until the run ends
-        clean = subprocess.Popen([BETON, "run"], env=clean_env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        interrupted = _env(tmp_path, source, "interrupted")
+def test_rerun_after_a_kill_gives_the_tables_of_a_clean_run(live_run, tmp_path):
+    with live_destinations() as fakes:
+        interrupted = live_env(tmp_path, live_run.source, "interrupted", fakes)
         proc = subprocess.Popen(
             [BETON, "run"],
             env=interrupted,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            cwd=tmp_path,
         )
         try:
             _kill_once_raw_events_is_written(proc, Path(interrupted["DAGSTER_HOME"]))
@@ -115,14 +89,10 @@ def test_rerun_after_a_kill_gives_the_tables_of_a_clean_run(tmp_path):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
-        rerun = subprocess.run([BETON, "run"], env=interrupted, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+        rerun = subprocess.run(
+            [BETON, "run"], env=interrupted, capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=tmp_path
+        )
         assert rerun.returncode == 0, rerun.stderr[-2000:]
-        clean.wait(timeout=RUN_TIMEOUT)
-        assert clean.returncode == 0, clean_log.read_text(errors="replace")[-2000:]
-    finally:
-        if clean.poll() is None:
-            clean.kill()
-            clean.wait(timeout=30)
 
     with duckdb.connect(interrupted["BETON_WAREHOUSE"], read_only=True) as con:
         for table, key in UNIQUE_KEYS.items():
@@ -130,6 +100,6 @@ def test_rerun_after_a_kill_gives_the_tables_of_a_clean_run(tmp_path):
                 f"select count(*) from (select {key} from {table} group by {key} having count(*) > 1)"
             ).fetchall()[0][0]
             assert dupes == 0, f"{table} has duplicate {key}"
-    clean_counts = _counts(clean_env["BETON_WAREHOUSE"])
+    clean_counts = _counts(live_run.warehouse)
     assert all(clean_counts.values()), f"a compared table is empty, so the comparison proves nothing: {clean_counts}"
     assert _counts(interrupted["BETON_WAREHOUSE"]) == clean_counts

@@ -37,7 +37,7 @@ from tests.e2e.servers import (
     wait_while_progressing,
 )
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+pytestmark = [pytest.mark.postgres, pytest.mark.slow(seconds=330)]
 
 DEMO_ACCOUNTS = 1000
 DEMO_MONTHS = 4

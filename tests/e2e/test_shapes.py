@@ -25,7 +25,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=270)
 
 BETON = str(Path(sys.executable).parent / "beton")
 REPO = Path(__file__).resolve().parents[2]
