@@ -4,6 +4,12 @@ rule (Shiryaev–Roberts on daily likelihood ratios), both from `core.monitoring
 
     .venv/bin/python -m benchmarks.health_simulation                 # the table of the README (about a minute)
     .venv/bin/python -m benchmarks.health_simulation --signals 200   # a quick look
+    .venv/bin/python -m benchmarks.health_simulation --demo data      # and the demo's drifting behaviour
+
+`--demo DIR` reads a demo run's warehouse (`DIR/warehouse.duckdb`, after `make run`) and its truth
+(`DIR/demo/TRUTH.json`): on a copy, it enables the planted drifting behaviour (discovery does not enable
+it) and prints the day each rule first turns it `degrading`, against the day its first post-drift outcomes
+closed.
 
 Every scenario draws the same accounts for both rules (same seed). Detection delay counts the days from the
 first post-drift outcomes closing to the first day the signal is `degrading` (or `broken`); a signal not
@@ -14,13 +20,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
 
+import duckdb
 import numpy as np
+import polars as pl
 
 from beton_pipeline.core.formatting import markdown_table
-from beton_pipeline.core.monitoring import HealthConfig, simulate_monitoring
+from beton_pipeline.core.monitoring import HEALTH_METHODS, HealthConfig, simulate_monitoring
+from beton_pipeline.settings import load_settings
+from beton_pipeline.store.daily import data_days
+from beton_pipeline.store.monitoring import compute_signal_health
+from beton_pipeline.store.signals import set_override
 
 DRIFTS = (("vanishes (→ 1)", lambda lift: 1.0), ("halves (→ lift/2)", lambda lift: lift / 2))
 """The drifts simulated: a name and the lift after the drift as a function of the lift before."""
@@ -114,6 +131,58 @@ def run(
     return alarm_table, delay_table
 
 
+def demo_drift(data_dir: Path) -> str:
+    """A markdown table: for each rule, the day the demo's drifting behaviour first turns `degrading` (or
+    `broken`), in days after the drift and after its first post-drift outcomes closed, and the days other
+    enabled signals were flagged (all stable in the demo)."""
+    truth = json.loads((data_dir / "demo" / "TRUTH.json").read_text())
+    drift = truth["drifting"][0]
+    key = f"event:{drift['event']}:first_{drift['window_days']}d:>={drift['threshold']}"
+    drift_at = date.fromisoformat(drift["drift_at"])
+    settings = load_settings()
+    first_closed = drift_at + timedelta(days=settings.windows.conversion_window_days)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "warehouse.duckdb"
+        shutil.copy(data_dir / "warehouse.duckdb", copy)
+        with duckdb.connect(str(copy)) as con:
+            signal_id = con.sql("select signal_id from beton.signals where candidate_key = ?", params=[key]).fetchall()
+            signal_id = signal_id[0][0]
+            set_override(con, signal_id, True, "health simulation", "watch the drifting behaviour")
+            lo, hi = data_days(con)
+            days = [lo + timedelta(days=i) for i in range((hi - lo).days + 1)]
+            for method in HEALTH_METHODS:
+                config = dataclasses.replace(settings.health_config(), method=method)
+                health = compute_signal_health(con, settings, days, config)
+                flagged = health.filter(pl.col("health").is_in(["degrading", "broken"]))
+                mine = flagged.filter(pl.col("signal_id") == signal_id)
+                first = mine["day"].min()
+                others = flagged.filter(pl.col("signal_id") != signal_id)
+                rows.append(
+                    [
+                        method,
+                        "never" if first is None else first.isoformat(),
+                        "–" if first is None else (first - drift_at).days,
+                        "–" if first is None else (first - first_closed).days,
+                        others.height,
+                    ]
+                )
+    header = (
+        f"Demo ({data_dir}): `{key}` ({signal_id}), effect gone for accounts starting from {drift_at}; "
+        f"their outcomes start closing {first_closed}; health over {days[0]} … {days[-1]}.\n\n"
+    )
+    return header + markdown_table(
+        [
+            "rule",
+            "first degrading",
+            "days after the drift",
+            "days after first post-drift closures",
+            "other signal-days flagged",
+        ],
+        rows,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Print the tables (markdown) with the settings they were measured at."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -123,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--drift-day", type=int, default=120, help="look on which post-drift outcomes start closing")
     parser.add_argument("--days", type=int, default=365, help="daily looks simulated in the drift scenarios")
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--demo", type=Path, help="also check a demo run's drifting behaviour (e.g. data)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     alarm_table, delay_table = run(
@@ -142,6 +212,9 @@ def main(argv: list[str] | None = None) -> None:
         f"'never' = not flagged within the {args.days - args.drift_day} looks after it)\n"
     )
     print(delay_table)
+    if args.demo is not None:
+        print()
+        print(demo_drift(args.demo))
     print(f"\n({time.perf_counter() - started:.0f} s)")
 
 

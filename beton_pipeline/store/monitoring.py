@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from beton_pipeline.core.monitoring import SignalCounts, daily_counts, health_over_days
+from beton_pipeline.core.monitoring import HealthConfig, SignalCounts, daily_counts, health_over_days
 from beton_pipeline.settings import Settings
 from beton_pipeline.store.daily import data_days, partition_days, write_days
 from beton_pipeline.store.live_signals import enabled_firings, enabled_signals
@@ -74,8 +74,11 @@ def monitoring_origin(con: duckdb.DuckDBPyConnection, settings: Settings, days: 
     return min(origin, min(days))
 
 
-def compute_signal_health(con: duckdb.DuckDBPyConnection, settings: Settings, days: list[date]) -> pl.DataFrame:
-    """beton.signal_health rows for `days` × enabled signals (see core.monitoring for the rules).
+def compute_signal_health(
+    con: duckdb.DuckDBPyConnection, settings: Settings, days: list[date], config: HealthConfig | None = None
+) -> pl.DataFrame:
+    """beton.signal_health rows for `days` × enabled signals (see core.monitoring for the rules), by
+    `config` (default: the settings' `health_config()`; another to compare rules on the same data).
 
     Reads every closed outcome: the sequential rule's evidence on a day depends on every day since the
     first monitoring day (`monitoring_origin`), so computing only the newest day reads that history.
@@ -84,7 +87,7 @@ def compute_signal_health(con: duckdb.DuckDBPyConnection, settings: Settings, da
     if signals.is_empty() or not days:
         return pl.DataFrame()
     window = settings.monitoring.window_days
-    health_config = settings.health_config()
+    health_config = config or settings.health_config()
     origin = monitoring_origin(con, settings, days)
     first = origin - timedelta(days=window)
     n_days = (max(days) - first).days + 1
