@@ -282,15 +282,16 @@ def test_daily_counts_sum_to_the_window_counts():
 
 
 def test_sequential_false_alarms_stay_below_alpha():
-    """The guarantee on stable signals, where it is tightest: the reference known exactly (the null's bound
-    is the truth) and a large α so the rate is measurable; spending the budget on one look breaks it."""
+    """The guarantee on stable signals, where it is tightest: a reference from 10⁹ accounts (its bound sits
+    on the truth, so the statistic's own α/2 is what is left) and a large α so the rate is measurable
+    (about 12 % against 15 %); spending the budget on one look breaks it; the default settings."""
     cfg = HealthConfig(alpha=0.3)
     sim = simulate_monitoring(n_signals=600, days=365, reference_accounts=10**9, config=cfg, seed=21)
-    assert sim.false_alarm_rate <= 0.3 + 3 * sim.false_alarm_se
+    assert 0 < sim.false_alarm_rate <= 0.3 / 2 + 3 * sim.false_alarm_se
     naive = simulate_monitoring(
         n_signals=600, days=365, reference_accounts=10**9, config=cfg, seed=21, adjust_for_looks=False
     )
-    assert naive.false_alarm_rate > sim.false_alarm_rate
+    assert naive.false_alarm_rate > 0.5
     default = simulate_monitoring(n_signals=600, days=365, config=HealthConfig(), seed=22)
     assert default.false_alarm_rate <= 0.05 + 3 * default.false_alarm_se
 
@@ -302,3 +303,13 @@ def test_sequential_detects_a_vanished_lift_sooner_than_bonferroni():
     assert np.isfinite(sequential).mean() > 0.9
     assert np.median(sequential) < 0.9 * np.median(bonferroni)
     assert np.percentile(sequential, 25) < np.percentile(bonferroni, 25)
+
+
+def test_days_without_closures_leave_every_signal_insufficient_and_unflagged():
+    zeros = np.zeros((60, 2), dtype=np.int64)
+    reference = SignalCounts(np.array([200, 5]), np.array([1000, 50]), np.array([240, 40]), np.array([3000, 950]))
+    result = health_over_days(SignalCounts(zeros, zeros, zeros, zeros), 30, reference, HealthConfig(), start=10)
+    assert set(result.health.ravel()) == {"insufficient_data"}
+    # no evidence either way: R grows by one start a day (R_t = t − start + 1), far below the level
+    np.testing.assert_allclose(result.degrading_evidence[10:, 0], np.log(np.arange(1, 51)), rtol=1e-12)
+    assert np.all(result.degrading_evidence[:10] == -np.inf)
