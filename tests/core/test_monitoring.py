@@ -26,8 +26,10 @@ from beton_pipeline.core.monitoring import (
     simulate_monitoring,
     window_counts,
 )
+from beton_pipeline.settings import Settings
 
 BONFERRONI = HealthConfig(method="bonferroni")
+SEQUENTIAL = HealthConfig(method="sequential")
 
 
 def test_rules_on_known_cases():
@@ -200,7 +202,7 @@ def test_sequential_evidence_is_the_mixture_of_the_two_alternatives():
     reference = SignalCounts(
         np.array([200, 60, 20]), np.array([1000, 900, 500]), np.array([240, 240, 30]), np.array([3000, 3000, 600])
     )
-    cfg = HealthConfig()
+    cfg = SEQUENTIAL
     got = sequential_evidence(SignalCounts(a, n1, c, n2), reference, cfg, start=5)
     log_or, se = log_odds_ratio_and_se(*dataclasses.astuple(reference))
     null = log_or - stats.norm.isf(cfg.alpha / 2) * se
@@ -240,7 +242,7 @@ def test_sequential_states_follow_the_rules():
     a[200:, 0] = 4  # from day 200 the first signal converts at the base rate (lift 1)
     n1[:, 2], n2[:, 2] = 0, 1  # the third has no holders at all
     reference = SignalCounts(np.full(3, 300), np.full(3, 1000), np.full(3, 300), np.full(3, 3000))
-    result = health_over_days(SignalCounts(a, n1, c, n2), 90, reference, HealthConfig())
+    result = health_over_days(SignalCounts(a, n1, c, n2), 90, reference, SEQUENTIAL)
     states = result.health
     assert set(states[90:200, 0]) == {"healthy"} and set(states[90:, 1]) == {"healthy"}
     assert set(states[:, 2]) == {"insufficient_data"}
@@ -250,16 +252,16 @@ def test_sequential_states_follow_the_rules():
     first_broken = int(np.argmax(states[:, 0] == "broken"))
     assert (
         result.broken_evidence[first_broken, 0]
-        >= HealthConfig().alarm_threshold
+        >= SEQUENTIAL.alarm_threshold
         > result.broken_evidence[first_broken - 1, 0]
     )
-    truncated = health_over_days(SignalCounts(a[:250], n1[:250], c[:250], n2[:250]), 90, reference, HealthConfig())
+    truncated = health_over_days(SignalCounts(a[:250], n1[:250], c[:250], n2[:250]), 90, reference, SEQUENTIAL)
     np.testing.assert_array_equal(truncated.health, states[:250])
     np.testing.assert_allclose(truncated.degrading_evidence, result.degrading_evidence[:250])
 
 
 def test_config_validates_and_states_its_thresholds():
-    cfg = HealthConfig(alpha=0.05, looks_per_year=365)
+    cfg = HealthConfig(alpha=0.05, looks_per_year=365, method="sequential")
     assert cfg.alarm_threshold == pytest.approx(np.log(2 * 365 / 0.05), rel=1e-12)
     assert cfg.reference_z == pytest.approx(stats.norm.isf(0.025), rel=1e-12)
     assert cfg.alpha_per_look == pytest.approx(0.05 / 730) and BONFERRONI.alpha_per_look == pytest.approx(0.05 / 365)
@@ -284,21 +286,21 @@ def test_daily_counts_sum_to_the_window_counts():
 def test_sequential_false_alarms_stay_below_alpha():
     """The guarantee on stable signals, where it is tightest: a reference from 10⁹ accounts (its bound sits
     on the truth, so the statistic's own α/2 is what is left) and a large α so the rate is measurable
-    (about 12 % against 15 %); spending the budget on one look breaks it; the default settings."""
-    cfg = HealthConfig(alpha=0.3)
+    (about 12 % against 15 %); spending the budget on one look breaks it; the sequential rule at the default alpha."""
+    cfg = HealthConfig(alpha=0.3, method="sequential")
     sim = simulate_monitoring(n_signals=600, days=365, reference_accounts=10**9, config=cfg, seed=21)
     assert 0 < sim.false_alarm_rate <= 0.3 / 2 + 3 * sim.false_alarm_se
     naive = simulate_monitoring(
         n_signals=600, days=365, reference_accounts=10**9, config=cfg, seed=21, adjust_for_looks=False
     )
     assert naive.false_alarm_rate > 0.5
-    default = simulate_monitoring(n_signals=600, days=365, config=HealthConfig(), seed=22)
+    default = simulate_monitoring(n_signals=600, days=365, config=SEQUENTIAL, seed=22)
     assert default.false_alarm_rate <= 0.05 + 3 * default.false_alarm_se
 
 
 def test_sequential_detects_a_vanished_lift_sooner_than_bonferroni():
     kw = dict(n_signals=200, days=300, lift_after=1.0, drift_day=100, seed=9)
-    sequential = simulate_monitoring(config=HealthConfig(), **kw).detection_delays
+    sequential = simulate_monitoring(config=SEQUENTIAL, **kw).detection_delays
     bonferroni = simulate_monitoring(config=BONFERRONI, **kw).detection_delays
     assert np.isfinite(sequential).mean() > 0.9
     assert np.median(sequential) < 0.9 * np.median(bonferroni)
@@ -308,8 +310,16 @@ def test_sequential_detects_a_vanished_lift_sooner_than_bonferroni():
 def test_days_without_closures_leave_every_signal_insufficient_and_unflagged():
     zeros = np.zeros((60, 2), dtype=np.int64)
     reference = SignalCounts(np.array([200, 5]), np.array([1000, 50]), np.array([240, 40]), np.array([3000, 950]))
-    result = health_over_days(SignalCounts(zeros, zeros, zeros, zeros), 30, reference, HealthConfig(), start=10)
+    result = health_over_days(SignalCounts(zeros, zeros, zeros, zeros), 30, reference, SEQUENTIAL, start=10)
     assert set(result.health.ravel()) == {"insufficient_data"}
     # no evidence either way: R grows by one start a day (R_t = t − start + 1), far below the level
     np.testing.assert_allclose(result.degrading_evidence[10:, 0], np.log(np.arange(1, 51)), rtol=1e-12)
     assert np.all(result.degrading_evidence[:10] == -np.inf)
+
+
+def test_settings_choose_the_rule_and_bonferroni_is_the_default():
+    assert Settings().health_config() == HealthConfig() == BONFERRONI
+    chosen = Settings.model_validate({"monitoring": {"method": "sequential", "degraded_effect_share": 0.25}})
+    assert chosen.health_config() == HealthConfig(method="sequential", degraded_effect_share=0.25)
+    with pytest.raises(ValueError):
+        Settings.model_validate({"monitoring": {"method": "cusum"}})

@@ -18,8 +18,11 @@ from beton_pipeline.store.scoring import ScoresResult, refresh_account_scores
 SIGNAL_HEALTH_DESCRIPTION = (
     "beton.signal_health: for every enabled signal and day, precision and lift (Katz CI) over accounts whose "
     "outcome window closed in the trailing `monitoring.window_days`, compared with its backtested lift. "
-    "Health (healthy/degrading/broken/insufficient_data) uses one-sided tests at alpha / looks_per_year "
-    "(Bonferroni alpha spending over a year of daily looks), so repeated checks do not inflate false alarms."
+    "Health (healthy/degrading/broken/insufficient_data) by the rule `monitoring.method` names (`health_rule`): "
+    "`bonferroni` (default) tests the window at alpha / looks_per_year; `sequential` accumulates the evidence of "
+    "each day's newly closed outcomes (Shiryaev–Roberts; `degrading_evidence` and `broken_evidence`, log R in "
+    "nats, alarm at `alarm_threshold` = log(2 · looks_per_year / alpha)). Either way a stable signal is flagged "
+    "in at most alpha of its years of daily looks. Scores of the same day weight each signal by its health."
 )
 
 ACCOUNT_SCORES_DESCRIPTION = (
