@@ -144,6 +144,12 @@ class ScoringSettings(_Strict):
         0.15, gt=0, lt=1, description="Accounts in play scoring at least this are surfaced as leads."
     )
     top_contributions: int = Field(3, ge=1)
+    degrading_weight: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="A signal's weight on a day its health is degrading is multiplied by this (broken: 0).",
+    )
 
 
 class FreshnessSettings(_Strict):
@@ -289,6 +295,7 @@ class Settings(_Strict):
             calibration_ages_days=s.calibration_ages_days,
             lead_threshold=s.lead_threshold,
             top_contributions=s.top_contributions,
+            degrading_weight=s.degrading_weight,
         )
 
     def lead_score_config(self):  # -> core.model.ModelConfig (imported here: core.model loads scikit-learn)

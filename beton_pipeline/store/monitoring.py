@@ -15,9 +15,11 @@ import polars as pl
 import scipy.sparse as sp
 
 from beton_pipeline.core.monitoring import HealthConfig, SignalCounts, daily_counts, health_over_days
+from beton_pipeline.core.scoring import HEALTH_SCHEMA
 from beton_pipeline.settings import Settings
 from beton_pipeline.store.daily import data_days, partition_days, write_days
 from beton_pipeline.store.live_signals import enabled_firings, enabled_signals
+from beton_pipeline.warehouse import table_exists
 
 HEALTH_STATES = ("healthy", "degrading", "broken", "insufficient_data")
 
@@ -137,6 +139,21 @@ def compute_signal_health(
         )
         .with_columns(pl.col("day").cast(pl.Date))
         .with_columns(pl.col(pl.Float64).fill_nan(None))
+    )
+
+
+def health_history(con: duckdb.DuckDBPyConnection, through: date) -> pl.DataFrame:
+    """day, signal_id, health of every `beton.signal_health` row up to `through` (empty when the table does
+    not exist): what the scores of those days weight each signal by (`core.scoring.weigh_by_health`)."""
+    if not table_exists(con, "beton", "signal_health"):
+        return pl.DataFrame(schema=HEALTH_SCHEMA)
+    return (
+        con.sql(
+            "select day, signal_id, health from beton.signal_health where day <= ? order by signal_id, day",
+            params=[through],
+        )
+        .pl()
+        .cast(HEALTH_SCHEMA)
     )
 
 

@@ -28,8 +28,10 @@ SIGNAL_HEALTH_DESCRIPTION = (
 ACCOUNT_SCORES_DESCRIPTION = (
     "beton.account_scores: every account in play (started, not converted, conversion window open) at the end of "
     "each day, scored by its enabled signals (weight = log backtested lift, halved every `scoring.half_life_days` "
-    "after the signal fired), calibrated to a probability by logistic regression on historical accounts observed "
-    "at the same ages. Lists the signals that fired, when, the top contributions and the intent signals. "
+    "after the signal fired, times the signal's health factor that day: degrading × `scoring.degrading_weight`, "
+    "broken 0), calibrated to a probability by logistic regression on historical accounts observed "
+    "at the same ages. Lists the signals that fired, when, why any counts less (`weight_note`), the top "
+    "contributions and the intent signals. "
     "Also writes beton.score_calibration (predicted vs observed by decile on the later cohorts) and "
     "beton.revenue_metrics (leads surfaced, conversion rate, pipeline influenced, signal accuracy)."
 )
@@ -156,7 +158,8 @@ def build_monitoring_assets(days: dg.PartitionsDefinition) -> list[dg.AssetsDefi
 
     @dg.asset(
         **daily,
-        deps=["signals", "account_outcomes", *FIRING_INPUTS],  # FIRING_INPUTS includes account_features
+        # signal_health first: a day's scores weight each signal by its health that day (same partition).
+        deps=[signal_health, "signals", "account_outcomes", *FIRING_INPUTS],  # FIRING_INPUTS: account_features too
         description=ACCOUNT_SCORES_DESCRIPTION,
     )
     def account_scores(
