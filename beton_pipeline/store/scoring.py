@@ -48,6 +48,8 @@ class ScoresResult:
     calibration: pl.DataFrame
     revenue: pl.DataFrame
     days: list[date] = field(default_factory=list)
+    days_without_health: list[date] = field(default_factory=list)
+    """Days scored with enabled signals but no `beton.signal_health` row of theirs: scored at full weight."""
 
 
 def _weights(signals: pl.DataFrame) -> pl.DataFrame:
@@ -133,11 +135,15 @@ def compute_account_scores(con: duckdb.DuckDBPyConnection, settings: Settings, d
             ((pl.col("observed_at") - pl.col("started_at")).dt.total_microseconds() / 86_400_000_000).alias("age_days")
         )
     )
+    enabled_ids = [] if signals.is_empty() else signals.get_column("signal_id").to_list()
+    health = health_history(con, max(days)).filter(pl.col("signal_id").is_in(enabled_ids))
     contribs = weigh_by_health(
         contributions(firings, weights, in_play, cfg.half_life_days).join(in_play.select("obs_id", "day"), on="obs_id"),
-        health_history(con, max(days)),
+        health,
         cfg.degrading_weight,
     ).join(definitions, on="signal_id")
+    covered = set(health.get_column("day").to_list())
+    days_without_health = [d for d in days if d not in covered] if enabled_ids else []
     live_raw = raw_scores(in_play, contribs)
     scores = in_play.with_columns(
         pl.Series("raw_score", live_raw), pl.Series("score", live.probability(live_raw, in_play["age_days"].to_numpy()))
@@ -175,7 +181,13 @@ def compute_account_scores(con: duckdb.DuckDBPyConnection, settings: Settings, d
         .sort("day", "score_rank")
     )
     revenue = _revenue_metrics(outcomes, firings, scores, days, cfg.lead_threshold)
-    return ScoresResult(scores=scores, calibration=calibration, revenue=revenue, days=list(days))
+    return ScoresResult(
+        scores=scores,
+        calibration=calibration,
+        revenue=revenue,
+        days=list(days),
+        days_without_health=days_without_health,
+    )
 
 
 def _revenue_metrics(

@@ -169,3 +169,12 @@ def test_playbooks_do_not_fire_through_a_broken_signal(con):
     # the sensor's read and the planner agree on the counts
     for name, day, n in matches:
         assert n == per_day.filter((pl.col("playbook") == name) & (pl.col("day") == day))["len"].item()
+
+
+def test_days_scored_without_health_are_reported_and_keep_full_weight(con):
+    late = date(2025, 3, 25)  # after the last health row
+    result = compute_account_scores(con, Settings(), [DAYS[-1], late])
+    assert result.days_without_health == [late]
+    rows = result.scores.filter(pl.col("day") == late)
+    fired = [s for r in rows["signals_fired"] for s in json.loads(r)]
+    assert fired and all(s["weight_factor"] == 1.0 and s["health"] is None for s in fired)

@@ -169,6 +169,11 @@ def build_monitoring_assets(days: dg.PartitionsDefinition) -> list[dg.AssetsDefi
         with warehouse.connect() as con:
             result = refresh_account_scores(con, cfg, context.partition_keys)
         _warn_without_days(context, result.days)
+        if result.days_without_health:
+            context.log.warning(
+                f"No signal health for {len(result.days_without_health)} scored day(s) "
+                f"({result.days_without_health[0]} … {result.days_without_health[-1]}): their signals kept full weight"
+            )
         add_day_metadata(
             context, result.days, result.revenue, lambda frame: scores_day_metadata(frame.row(0, named=True))
         )
