@@ -9,7 +9,7 @@ rule (Shiryaev–Roberts on daily likelihood ratios), both from `core.monitoring
 `--demo DIR` reads a demo run's warehouse (`DIR/warehouse.duckdb`, after `make run`) and its truth
 (`DIR/demo/TRUTH.json`): on a copy, it enables the planted drifting behaviour (discovery does not enable
 it) and prints the day each rule first turns it `degrading`, against the day its first post-drift outcomes
-closed.
+closed, then what the health (by the configured rule) does to the scores of the accounts it fired for.
 
 Every scenario draws the same accounts for both rules (same seed). Detection delay counts the days from the
 first post-drift outcomes closing to the first day the signal is `degrading` (or `broken`); a signal not
@@ -36,7 +36,8 @@ from beton_pipeline.core.formatting import markdown_table
 from beton_pipeline.core.monitoring import HEALTH_METHODS, HealthConfig, simulate_monitoring
 from beton_pipeline.settings import load_settings
 from beton_pipeline.store.daily import data_days
-from beton_pipeline.store.monitoring import compute_signal_health
+from beton_pipeline.store.monitoring import compute_signal_health, refresh_signal_health
+from beton_pipeline.store.scoring import compute_account_scores
 from beton_pipeline.store.signals import set_override
 
 DRIFTS = (("vanishes (→ 1)", lambda lift: 1.0), ("halves (→ lift/2)", lambda lift: lift / 2))
@@ -151,6 +152,7 @@ def demo_drift(data_dir: Path) -> str:
             set_override(con, signal_id, True, "health simulation", "watch the drifting behaviour")
             lo, hi = data_days(con)
             days = [lo + timedelta(days=i) for i in range((hi - lo).days + 1)]
+            scores_table = demo_scores(con, settings, signal_id, days)
             for method in HEALTH_METHODS:
                 config = dataclasses.replace(settings.health_config(), method=method)
                 health = compute_signal_health(con, settings, days, config)
@@ -171,13 +173,68 @@ def demo_drift(data_dir: Path) -> str:
         f"Demo ({data_dir}): `{key}` ({signal_id}), effect gone for accounts starting from {drift_at}; "
         f"their outcomes start closing {first_closed}; health over {days[0]} … {days[-1]}.\n\n"
     )
+    return (
+        header
+        + markdown_table(
+            [
+                "rule",
+                "first degrading",
+                "days after the drift",
+                "days after first post-drift closures",
+                "other signal-days flagged",
+            ],
+            rows,
+        )
+        + ("\n\n" + scores_table)
+    )
+
+
+def demo_scores(con: duckdb.DuckDBPyConnection, settings, signal_id: str, days: list[date]) -> str:
+    """What the health (by the settings' rule) does to the scores of the accounts in play on which `signal_id`
+    had fired: its weight factor on those account-days, and their score and leads surfaced without and with
+    health weighting (the same days, signals and calibration; only the health table differs)."""
+    con.execute("drop table if exists beton.signal_health")
+    unweighted = compute_account_scores(con, settings, days).scores
+    refresh_signal_health(con, settings, [d.isoformat() for d in days])
+    weighted = compute_account_scores(con, settings, days).scores
+    entry = pl.Struct({"signal_id": pl.String, "weight_factor": pl.Float64, "weight_note": pl.String})
+    fired = (
+        weighted.select("day", "account_id", pl.col("signals_fired").str.json_decode(pl.List(entry)))
+        .explode("signals_fired")
+        .unnest("signals_fired")
+        .filter(pl.col("signal_id") == signal_id)
+        .join(
+            unweighted.select("day", "account_id", pl.col("score").alias("score_before")),
+            on=["day", "account_id"],
+        )
+        .join(weighted.select("day", "account_id", "score"), on=["day", "account_id"])
+    )
+    lead = settings.scoring.lead_threshold
+    rows = []
+    for factor, part in sorted(fired.group_by("weight_factor"), key=lambda kv: -kv[0][0]):
+        rows.append(
+            [
+                f"{factor[0]:g}",
+                part.sort("day")["weight_note"].drop_nulls().first() or "full weight",
+                f"{part['day'].min()} … {part['day'].max()}",
+                part.height,
+                f"{part['score_before'].mean():.3f} → {part['score'].mean():.3f}",
+                f"{(part['score_before'] >= lead).sum()} → {(part['score'] >= lead).sum()}",
+            ]
+        )
+    header = (
+        f"Scores by the `{settings.monitoring.method}` rule's health (`scoring.degrading_weight` "
+        f"{settings.scoring.degrading_weight}): account-days in play on which `{signal_id}` had fired, by its "
+        "weight factor that day.\n\n"
+    )
     return header + markdown_table(
         [
-            "rule",
-            "first degrading",
-            "days after the drift",
-            "days after first post-drift closures",
-            "other signal-days flagged",
+            "factor",
+            "why (its first such day)",
+            "days",
+            "account-days",
+            "mean score without → with health",
+            f"leads (score ≥ {lead}) without → with",
         ],
         rows,
     )
