@@ -18,6 +18,7 @@ help:
 	@echo "make ui     start dagster dev on http://127.0.0.1:3000"
 	@echo "make docs   build the dbt docs site (dbt_project/target/index.html)"
 	@echo "make bench  run the benchmarks (BENCHMARKS.md)"
+	@echo "make health-sim  the signal health rules side by side on simulated signals (about a minute)"
 
 # One-time (and on dependency change) environment: uv from PyPI, then the locked dependency set.
 $(STAMP): pyproject.toml uv.lock
@@ -78,6 +79,10 @@ docs: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run.py
+
+.PHONY: health-sim
+health-sim: setup
+	$(BIN)/python -m benchmarks.health_simulation
 
 clean:
 	rm -rf data .dagster_home dbt_project/target dbt_project/logs

@@ -122,9 +122,17 @@ class MonitoringSettings(_Strict):
     )
     window_days: int = Field(90, gt=0, description="Rolling window of outcome closures each day's health looks at.")
     alpha: float = Field(0.05, gt=0, lt=1, description="False-alarm probability per signal per year of daily looks.")
-    looks_per_year: int = Field(365, ge=1, description="Daily looks the alpha is spent over (Bonferroni).")
+    looks_per_year: int = Field(365, ge=1, description="Daily looks a year the false-alarm budget alpha covers.")
     min_fired: int = Field(30, ge=1)
     min_conversions: int = Field(10, ge=1)
+    method: Literal["bonferroni", "sequential"] = Field(
+        "bonferroni",
+        description="Health rule: bonferroni (rolling windows, each look at alpha / looks_per_year) or sequential "
+        "(Shiryaev–Roberts on each day's closed outcomes); both flag a stable signal in at most alpha of its years.",
+    )
+    degraded_effect_share: float = Field(
+        0.5, ge=0, lt=1, description="Sequential rule: the shrunk alternative keeps this share of the log odds ratio."
+    )
 
 
 class ScoringSettings(_Strict):
@@ -136,6 +144,12 @@ class ScoringSettings(_Strict):
         0.15, gt=0, lt=1, description="Accounts in play scoring at least this are surfaced as leads."
     )
     top_contributions: int = Field(3, ge=1)
+    degrading_weight: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="A signal's weight on a day its health is degrading is multiplied by this (broken: 0).",
+    )
 
 
 class FreshnessSettings(_Strict):
@@ -269,6 +283,8 @@ class Settings(_Strict):
             min_fired=m.min_fired,
             min_conversions=m.min_conversions,
             min_lift=self.thresholds.min_lift,
+            method=m.method,
+            degraded_effect_share=m.degraded_effect_share,
         )
 
     def scoring_config(self) -> ScoringConfig:
@@ -279,6 +295,7 @@ class Settings(_Strict):
             calibration_ages_days=s.calibration_ages_days,
             lead_threshold=s.lead_threshold,
             top_contributions=s.top_contributions,
+            degrading_weight=s.degrading_weight,
         )
 
     def lead_score_config(self):  # -> core.model.ModelConfig (imported here: core.model loads scikit-learn)

@@ -3,7 +3,11 @@
 A *playbook* (beton.yaml, ``playbooks:``) says **when** to act and **what** to do:
 
 * account playbooks fire per scored account and day (``beton.account_scores``): any/all of named
-  signals fired, a minimum score, the top N by rank — every condition given must hold;
+  signals fired, a minimum score, the top N by rank — every condition given must hold. An account
+  qualifies through a signal only if that signal is not ``broken`` on that day (its entry in
+  ``signals_fired`` says ``"health": "broken"``; :func:`with_signal_ids` leaves it out); a
+  ``degrading`` signal still qualifies it, and counts at its reduced weight in the score that
+  ``min_score`` and ``top_n`` read (``core.scoring``);
 * health playbooks fire per signal and day when its health in ``beton.signal_health`` changes to
   one of the listed states.
 
@@ -482,17 +486,26 @@ def is_stale(day: date, latest_day: date | None, max_age_days: int | None) -> bo
 # ------------------------------------------------------------------------------------------------
 # Rule evaluation
 # ------------------------------------------------------------------------------------------------
-_SIGNAL_IDS = pl.List(pl.Struct({"signal_id": pl.String}))
+_FIRED_SIGNALS = pl.List(pl.Struct({"signal_id": pl.String, "health": pl.String}))
+
+
+def is_broken(signal: Mapping) -> bool:
+    """True for a ``signals_fired`` entry whose signal was ``broken`` on the day scored (it does not count)."""
+    return signal.get("health") == "broken"
 
 
 def with_signal_ids(scores: pl.DataFrame) -> pl.DataFrame:
-    """``scores`` with a ``signal_ids`` list column decoded from ``signals_fired`` (unless already there)."""
+    """``scores`` with a ``signal_ids`` list column decoded from ``signals_fired`` (unless already there): the
+    signals an account can qualify through that day, i.e. every fired signal but the broken ones
+    (entries without ``health``, written before scores were weighted by health, count)."""
     if "signal_ids" in scores.columns:
         return scores
     return scores.with_columns(
         pl.col("signals_fired")
-        .str.json_decode(_SIGNAL_IDS)
-        .list.eval(pl.element().struct.field("signal_id"))
+        .str.json_decode(_FIRED_SIGNALS)
+        .list.eval(
+            pl.element().filter(pl.element().struct.field("health").fill_null("") != "broken").struct.field("signal_id")
+        )
         .alias("signal_ids")
     )
 
@@ -704,7 +717,9 @@ def matched_account(row: Mapping, crm_url: str | None, signal_names: Mapping[str
         score=row.get("score"),
         score_rank=row.get("score_rank"),
         top_contributions=tuple(top_contributions),
-        top_signals=_named(top_contributions or _json_list(row.get("signals_fired"))[:3], names),
+        top_signals=_named(
+            top_contributions or [s for s in _json_list(row.get("signals_fired")) if not is_broken(s)][:3], names
+        ),
     )
 
 
@@ -716,7 +731,7 @@ def account_values(
     score = account.score
     ids = row.get("signal_ids")
     if ids is None:
-        ids = [s.get("signal_id") for s in _json_list(row.get("signals_fired"))]
+        ids = [s.get("signal_id") for s in _json_list(row.get("signals_fired")) if not is_broken(s)]
     return {
         "account_id": account.account_id,
         "company": account.company,

@@ -11,6 +11,23 @@ log 2 to the raw score when fresh and half of it one half-life later. β are fit
 likelihood (unpenalised logistic regression) on historical accounts observed at several ages
 (`calibration_ages_days`) while still in play, against whether they converted within the
 conversion window: the score is the probability of converting, given what was known at that age.
+
+**Health feeds the live scores.** On a live day D each contribution is multiplied by the factor of the
+signal's health on D (`beton.signal_health`, `core.monitoring`):
+
+| health on D | factor |
+|---|---|
+| `healthy`, `insufficient_data`, no health row | 1 |
+| `degrading` | `degrading_weight` (0.5: the weight halves) |
+| `broken` | 0 (the signal adds nothing) |
+
+so the factors never increase from healthy to degrading to broken, and a signal that recovers gets its
+weight back the day its health does. The factor depends on the day scored, not on when the signal
+fired: an account that fired a signal in January and is scored in May gets May's factor. Each
+down-weighted contribution says why, e.g. "weight halved: degrading since 2026-05-02", where the day
+is the first of the signal's current run of days in that state. The calibration is fitted on the
+full weights (the signals as discovered): health is known only for monitoring days, and a down-weighted
+signal must lower the probability, not be re-learnt away.
 """
 
 from __future__ import annotations
@@ -33,6 +50,11 @@ class ScoringConfig:
     calibration_ages_days: tuple[int, ...] = (1, 3, 7, 14, 21, 30, 45)
     lead_threshold: float = 0.15
     top_contributions: int = 3
+    degrading_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.degrading_weight <= 1:
+            raise ValueError(f"degrading_weight must be in [0, 1], got {self.degrading_weight}")
 
 
 @dataclass(frozen=True)
@@ -68,6 +90,69 @@ def contributions(
         .with_columns(((pl.col("observed_at") - pl.col("fired_at")).dt.total_microseconds() / DAY_US).alias("age_days"))
         .with_columns((pl.col("weight") * (0.5 ** (pl.col("age_days") / half_life_days))).alias("contribution"))
         .select("obs_id", "account_id", "signal_id", "fired_at", "age_days", "contribution")
+    )
+
+
+HEALTH_SCHEMA = {"day": pl.Date, "signal_id": pl.String, "health": pl.String}
+"""What the weighting reads of `beton.signal_health`."""
+
+
+def health_factor(health: pl.Expr, degrading_weight: float) -> pl.Expr:
+    """The weight factor of a signal in each health state (the module docstring's table): 0 when broken,
+    `degrading_weight` when degrading, 1 otherwise (healthy, insufficient_data, or no health known)."""
+    return (
+        pl.when(health == "broken")
+        .then(pl.lit(0.0))
+        .when(health == "degrading")
+        .then(pl.lit(float(degrading_weight)))
+        .otherwise(pl.lit(1.0))
+    )
+
+
+def health_runs(health: pl.DataFrame) -> pl.DataFrame:
+    """Each (day, signal_id) health row with `health_since`: the first day of the run of consecutive rows
+    (of that signal, in day order) in the same state — the day it became what it is on `day`.
+
+    health: day, signal_id, health (`HEALTH_SCHEMA`; other columns are dropped).
+    """
+    if health.is_empty():
+        return pl.DataFrame(schema={**HEALTH_SCHEMA, "health_since": pl.Date})
+    ordered = health.select(list(HEALTH_SCHEMA)).unique(["signal_id", "day"], keep="last").sort("signal_id", "day")
+    run = (pl.col("health") != pl.col("health").shift(1)).fill_null(True).cum_sum().over("signal_id")
+    return (
+        ordered.with_columns(run.alias("_run"))
+        .with_columns(pl.col("day").min().over("signal_id", "_run").alias("health_since"))
+        .drop("_run")
+    )
+
+
+def _weight_note(factor: pl.Expr) -> pl.Expr:
+    """'weight halved: degrading since 2026-05-02' (zero, halved, or × the factor); null at full weight."""
+    how = (
+        pl.when(factor == 0)
+        .then(pl.lit("weight zero"))
+        .when(factor == 0.5)
+        .then(pl.lit("weight halved"))
+        .otherwise(pl.format("weight × {}", factor.round(3)))
+    )
+    note = pl.format("{}: {} since {}", how, pl.col("health"), pl.col("health_since").dt.strftime("%Y-%m-%d"))
+    return pl.when(factor < 1).then(note).otherwise(pl.lit(None, dtype=pl.String))
+
+
+def weigh_by_health(contribs: pl.DataFrame, health: pl.DataFrame, degrading_weight: float) -> pl.DataFrame:
+    """`contribs` (with `day`, `signal_id`, `contribution`) with each contribution multiplied by the factor
+    of the signal's health on that day (`health_factor`); adds `health`, `health_since`, `weight_factor`
+    and `weight_note` (why it was down-weighted, null at full weight).
+
+    health: `beton.signal_health` rows (day, signal_id, health) up to the days scored; a (day, signal)
+    without a row keeps its full weight.
+    """
+    runs = health_runs(health)
+    joined = contribs.join(runs, on=["day", "signal_id"], how="left")
+    factor = health_factor(pl.col("health"), degrading_weight)
+    return joined.with_columns(factor.alias("weight_factor")).with_columns(
+        (pl.col("contribution") * pl.col("weight_factor")).alias("contribution"),
+        _weight_note(pl.col("weight_factor")).alias("weight_note"),
     )
 
 

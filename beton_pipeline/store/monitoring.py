@@ -14,10 +14,12 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from beton_pipeline.core.monitoring import assess_health, log_lift_and_se, window_counts
+from beton_pipeline.core.monitoring import HealthConfig, SignalCounts, daily_counts, health_over_days
+from beton_pipeline.core.scoring import HEALTH_SCHEMA
 from beton_pipeline.settings import Settings
-from beton_pipeline.store.daily import partition_days, write_days
+from beton_pipeline.store.daily import data_days, partition_days, write_days
 from beton_pipeline.store.live_signals import enabled_firings, enabled_signals
+from beton_pipeline.warehouse import table_exists
 
 HEALTH_STATES = ("healthy", "degrading", "broken", "insufficient_data")
 
@@ -63,14 +65,33 @@ def _membership(accounts: pl.DataFrame, firings: pl.DataFrame, signal_order: lis
     )
 
 
-def compute_signal_health(con: duckdb.DuckDBPyConnection, settings: Settings, days: list[date]) -> pl.DataFrame:
-    """beton.signal_health rows for `days` × enabled signals (see core.monitoring for the rules)."""
+def monitoring_origin(con: duckdb.DuckDBPyConnection, settings: Settings, days: list[date]) -> date:
+    """The first monitoring day, from which the sequential evidence accumulates: the later of
+    `monitoring.start_date` and the first day an outcome window closed (the first partition day), so a
+    day's health is the same whichever days a run computes (never later than the days asked for)."""
+    bounds = data_days(con)
+    origin = date.fromisoformat(settings.monitoring.start_date)
+    if bounds is not None:
+        origin = max(origin, bounds[0])
+    return min(origin, min(days))
+
+
+def compute_signal_health(
+    con: duckdb.DuckDBPyConnection, settings: Settings, days: list[date], config: HealthConfig | None = None
+) -> pl.DataFrame:
+    """beton.signal_health rows for `days` × enabled signals (see core.monitoring for the rules), by
+    `config` (default: the settings' `health_config()`; another to compare rules on the same data).
+
+    Reads every closed outcome: the sequential rule's evidence on a day depends on every day since the
+    first monitoring day (`monitoring_origin`), so computing only the newest day reads that history.
+    """
     signals = enabled_signals(con)
     if signals.is_empty() or not days:
         return pl.DataFrame()
     window = settings.monitoring.window_days
-    health_config = settings.health_config()
-    first = min(days) - timedelta(days=window)
+    health_config = config or settings.health_config()
+    origin = monitoring_origin(con, settings, days)
+    first = origin - timedelta(days=window)
     n_days = (max(days) - first).days + 1
     accounts = con.sql(CLOSED_OUTCOMES_SQL).pl()
     firings = enabled_firings(con, signals)
@@ -78,24 +99,18 @@ def compute_signal_health(con: duckdb.DuckDBPyConnection, settings: Settings, da
     member = _membership(accounts, firings, order)
     offset = (accounts["closed_on"].to_numpy().astype("datetime64[D]") - np.datetime64(first, "D")).astype(np.int64)
     closure = np.where((offset >= 0) & (offset < n_days), offset, -1).astype(np.int64)
-    counts = window_counts(closure, accounts["converted"].to_numpy(), member, n_days, window)
+    daily = daily_counts(closure, accounts["converted"].to_numpy(), member, n_days)
+    reference = SignalCounts(
+        *(signals[name].to_numpy() for name in ("conversions_with", "n_with", "conversions_without", "n_without"))
+    )
+    result = health_over_days(
+        daily, window, reference, health_config, settings.thresholds.confidence_level, start=(origin - first).days
+    )
     wanted = np.array([(d - first).days for d in days])
-    a, n1 = counts.conversions_with[wanted], counts.n_with[wanted]
-    c, n2 = counts.conversions_without[wanted], counts.n_without[wanted]
-    ref_log, ref_se = log_lift_and_se(
-        signals["conversions_with"], signals["n_with"], signals["conversions_without"], signals["n_without"]
-    )
-    shape = a.shape
-    result = assess_health(
-        a.ravel(),
-        n1.ravel(),
-        c.ravel(),
-        n2.ravel(),
-        np.broadcast_to(np.exp(ref_log), shape).ravel(),
-        np.broadcast_to(ref_se, shape).ravel(),
-        health_config,
-        settings.thresholds.confidence_level,
-    )
+    a, n1 = result.window.conversions_with[wanted], result.window.n_with[wanted]
+    c, n2 = result.window.conversions_without[wanted], result.window.n_without[wanted]
+    pick = lambda x: x[wanted].ravel()  # noqa: E731
+    evidence = lambda x: np.where(np.isfinite(pick(x)), pick(x), np.nan)  # noqa: E731
     k = len(order)
     return (
         pl.DataFrame(
@@ -109,17 +124,36 @@ def compute_signal_health(con: duckdb.DuckDBPyConnection, settings: Settings, da
                 "n_without": n2.ravel().astype(np.int64),
                 "conversions_without": c.ravel().astype(np.int64),
                 "precision": np.where(n1.ravel() > 0, a.ravel() / np.maximum(n1.ravel(), 1), np.nan),
-                "lift": result.lift,
-                "lift_ci_low": result.lift_ci_low,
-                "lift_ci_high": result.lift_ci_high,
+                "lift": pick(result.lift),
+                "lift_ci_low": pick(result.lift_ci_low),
+                "lift_ci_high": pick(result.lift_ci_high),
                 "backtest_lift": np.tile(signals["lift"].to_numpy(), len(days)),
-                "z_vs_backtest": result.z_vs_reference,
+                "z_vs_backtest": pick(result.z_vs_reference),
                 "alpha_per_look": health_config.alpha_per_look,
-                "health": result.health.astype(str),
+                "health_rule": health_config.method,
+                "degrading_evidence": evidence(result.degrading_evidence),
+                "broken_evidence": evidence(result.broken_evidence),
+                "alarm_threshold": health_config.alarm_threshold if health_config.method == "sequential" else np.nan,
+                "health": pick(result.health).astype(str),
             }
         )
         .with_columns(pl.col("day").cast(pl.Date))
         .with_columns(pl.col(pl.Float64).fill_nan(None))
+    )
+
+
+def health_history(con: duckdb.DuckDBPyConnection, through: date) -> pl.DataFrame:
+    """day, signal_id, health of every `beton.signal_health` row up to `through` (empty when the table does
+    not exist): what the scores of those days weight each signal by (`core.scoring.weigh_by_health`)."""
+    if not table_exists(con, "beton", "signal_health"):
+        return pl.DataFrame(schema=HEALTH_SCHEMA)
+    return (
+        con.sql(
+            "select day, signal_id, health from beton.signal_health where day <= ? order by signal_id, day",
+            params=[through],
+        )
+        .pl()
+        .cast(HEALTH_SCHEMA)
     )
 
 

@@ -34,6 +34,7 @@ from beton_pipeline.core.playbooks import (
     plan_account_actions,
     plan_health_actions,
 )
+from beton_pipeline.core.playbooks import with_signal_ids as decode_signal_ids
 from beton_pipeline.destinations import attio, slack, webhook
 from beton_pipeline.store import outbox
 from beton_pipeline.store.signal_detail import signal_names
@@ -83,11 +84,15 @@ def latest_score_day(con: duckdb.DuckDBPyConnection) -> date | None:
 def read_scores(
     con: duckdb.DuckDBPyConnection, day: date, columns: Sequence[str] = SCORE_COLUMNS, with_signal_ids: bool = False
 ) -> pl.DataFrame:
-    """One day of ``beton.account_scores``; ``with_signal_ids`` adds the fired signal ids, decoded by DuckDB."""
-    cols = ", ".join(columns)
-    if with_signal_ids:
-        cols += ", cast(json_extract_string(signals_fired, '$[*].signal_id') as varchar[]) as signal_ids"
-    return con.sql(f"select {cols} from {SCORES_TABLE} where day = ?", params=[day]).pl()
+    """One day of ``beton.account_scores``; ``with_signal_ids`` adds the ids of the fired signals an account
+    qualifies through (not broken that day: ``core.playbooks.with_signal_ids``)."""
+    wanted = list(columns)
+    if with_signal_ids and "signals_fired" not in wanted:
+        wanted.append("signals_fired")
+    scores = con.sql(f"select {', '.join(wanted)} from {SCORES_TABLE} where day = ?", params=[day]).pl()
+    if not with_signal_ids:
+        return scores
+    return decode_signal_ids(scores).select(*columns, "signal_ids")
 
 
 def read_signal_health(con: duckdb.DuckDBPyConnection, since: date | None = None) -> pl.DataFrame:

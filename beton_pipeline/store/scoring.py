@@ -1,5 +1,7 @@
-"""Warehouse side of account scoring: score every account in play on each day by its enabled signals
-(`core.scoring`), check the calibration on the later cohorts, and compute the revenue numbers; writes
+"""Warehouse side of account scoring: score every account in play on each day by its enabled signals,
+each weighted by its health that day (`beton.signal_health`, so health is computed first: the
+`account_scores` asset depends on `signal_health`; `core.scoring`), check the calibration on the later
+cohorts, and compute the revenue numbers; writes
 `beton.account_scores` and `beton.revenue_metrics` (replacing exactly the days computed) and
 `beton.score_calibration`.
 """
@@ -20,10 +22,12 @@ from beton_pipeline.core.scoring import (
     contributions,
     fit_calibration,
     raw_scores,
+    weigh_by_health,
 )
 from beton_pipeline.settings import Settings
 from beton_pipeline.store.daily import partition_days, write_days
 from beton_pipeline.store.live_signals import enabled_firings, enabled_signals
+from beton_pipeline.store.monitoring import health_history
 from beton_pipeline.store.tables import replace_rows
 
 OUTCOMES_SQL = (
@@ -44,6 +48,8 @@ class ScoresResult:
     calibration: pl.DataFrame
     revenue: pl.DataFrame
     days: list[date] = field(default_factory=list)
+    days_without_health: list[date] = field(default_factory=list)
+    """Days scored with enabled signals but no `beton.signal_health` row of theirs: scored at full weight."""
 
 
 def _weights(signals: pl.DataFrame) -> pl.DataFrame:
@@ -53,13 +59,17 @@ def _weights(signals: pl.DataFrame) -> pl.DataFrame:
 
 
 def _json_list(frame: pl.DataFrame, by: str, k: int | None, name: str) -> pl.DataFrame:
-    """Per `by`: a JSON list of {signal_id, definition, fired_at, contribution}, largest contribution first."""
-    encoded = frame.sort([by, "contribution"], descending=[False, True]).with_columns(
+    """Per `by`: a JSON list of {signal_id, definition, fired_at, contribution, health, weight_factor,
+    weight_note}, largest contribution first (`weight_note` says why a signal counts less, else null)."""
+    encoded = frame.sort([by, "contribution", "signal_id"], descending=[False, True, False]).with_columns(
         pl.struct(
             "signal_id",
             "definition",
             pl.col("fired_at").dt.strftime("%Y-%m-%dT%H:%M:%SZ").alias("fired_at"),
             pl.col("contribution").round(4),
+            "health",
+            "weight_factor",
+            "weight_note",
         )
         .struct.json_encode()
         .alias("_j")
@@ -125,7 +135,15 @@ def compute_account_scores(con: duckdb.DuckDBPyConnection, settings: Settings, d
             ((pl.col("observed_at") - pl.col("started_at")).dt.total_microseconds() / 86_400_000_000).alias("age_days")
         )
     )
-    contribs = contributions(firings, weights, in_play, cfg.half_life_days).join(definitions, on="signal_id")
+    enabled_ids = [] if signals.is_empty() else signals.get_column("signal_id").to_list()
+    health = health_history(con, max(days)).filter(pl.col("signal_id").is_in(enabled_ids))
+    contribs = weigh_by_health(
+        contributions(firings, weights, in_play, cfg.half_life_days).join(in_play.select("obs_id", "day"), on="obs_id"),
+        health,
+        cfg.degrading_weight,
+    ).join(definitions, on="signal_id")
+    covered = set(health.get_column("day").to_list())
+    days_without_health = [d for d in days if d not in covered] if enabled_ids else []
     live_raw = raw_scores(in_play, contribs)
     scores = in_play.with_columns(
         pl.Series("raw_score", live_raw), pl.Series("score", live.probability(live_raw, in_play["age_days"].to_numpy()))
@@ -133,9 +151,12 @@ def compute_account_scores(con: duckdb.DuckDBPyConnection, settings: Settings, d
     scores = scores.with_columns(
         pl.col("score").rank("ordinal", descending=True).over("day").cast(pl.Int64).alias("score_rank")
     )
+    # Every signal that fired is listed (a broken one with contribution 0 and why); the top and intent lists
+    # hold only the signals that count that day.
+    counting = contribs.filter(pl.col("weight_factor") > 0)
     fired_json = _json_list(contribs, "obs_id", None, "signals_fired")
-    top_json = _json_list(contribs, "obs_id", cfg.top_contributions, "top_contributions")
-    intent_json = _json_list(contribs.filter(pl.col("kind") == "intent"), "obs_id", None, "intent_contributions")
+    top_json = _json_list(counting, "obs_id", cfg.top_contributions, "top_contributions")
+    intent_json = _json_list(counting.filter(pl.col("kind") == "intent"), "obs_id", None, "intent_contributions")
     n_fired = contribs.group_by("obs_id").agg(pl.len().alias("n_signals_fired"))
     scores = (
         scores.join(fired_json, on="obs_id", how="left")
@@ -160,7 +181,13 @@ def compute_account_scores(con: duckdb.DuckDBPyConnection, settings: Settings, d
         .sort("day", "score_rank")
     )
     revenue = _revenue_metrics(outcomes, firings, scores, days, cfg.lead_threshold)
-    return ScoresResult(scores=scores, calibration=calibration, revenue=revenue, days=list(days))
+    return ScoresResult(
+        scores=scores,
+        calibration=calibration,
+        revenue=revenue,
+        days=list(days),
+        days_without_health=days_without_health,
+    )
 
 
 def _revenue_metrics(

@@ -19,6 +19,7 @@ from beton_pipeline.core.playbooks import (
     SlackAccountMessage,
     SlackHealthMessage,
     WebhookURLError,
+    account_values,
     check_url,
     health_changes,
     holdout_draw,
@@ -26,6 +27,7 @@ from beton_pipeline.core.playbooks import (
     is_held_out,
     is_stale,
     match_accounts,
+    matched_account,
     parse_playbook_config,
     plan_account_actions,
     plan_health_actions,
@@ -42,25 +44,26 @@ def playbook(**over) -> dict:
     return base
 
 
-def scores_frame(n: int = 400, seed: int = 1) -> pl.DataFrame:
+HEALTH_OF_ENTRY = (None, "healthy", "insufficient_data", "degrading", "broken")
+"""An entry's health that day (None: a row written before scores were weighted by health, without the key)."""
+
+
+def scores_frame(n: int = 400, seed: int = 1, with_health: bool = False) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
     signals = [f"sig_{i}" for i in range(6)]
     fired = []
     for _ in range(n):
         chosen = rng.choice(signals, size=rng.integers(0, 4), replace=False)
-        fired.append(
-            json.dumps(
-                [
-                    {
-                        "signal_id": s,
-                        "definition": f"def of {s}",
-                        "fired_at": "2026-03-01T00:00:00",
-                        "contribution": 0.1,
-                    }
-                    for s in chosen
-                ]
-            )
-        )
+        entries = [
+            {"signal_id": s, "definition": f"def of {s}", "fired_at": "2026-03-01T00:00:00", "contribution": 0.1}
+            for s in chosen
+        ]
+        if with_health:
+            for entry in entries:
+                health = HEALTH_OF_ENTRY[rng.integers(0, len(HEALTH_OF_ENTRY))]
+                if health is not None:
+                    entry["health"] = health
+        fired.append(json.dumps(entries))
     score = rng.random(n)
     score[rng.random(n) < 0.05] = np.nan
     frame = pl.DataFrame(
@@ -168,7 +171,7 @@ def _reference(frame: pl.DataFrame, when: PlaybookWhen) -> set[str]:
     """The rule, one row at a time in plain Python (an independent implementation)."""
     out = set()
     for row in frame.iter_rows(named=True):
-        ids = {s["signal_id"] for s in json.loads(row["signals_fired"])}
+        ids = {s["signal_id"] for s in json.loads(row["signals_fired"]) if s.get("health") != "broken"}
         ok = True
         if when.min_score is not None:
             ok &= row["score"] is not None and row["score"] >= when.min_score
@@ -195,8 +198,10 @@ def _reference(frame: pl.DataFrame, when: PlaybookWhen) -> set[str]:
         {"any_signals": ["sig_missing"]},
     ],
 )
-def test_match_accounts_equals_brute_force(when):
-    frame = scores_frame()
+@pytest.mark.parametrize("with_health", [False, True])
+def test_match_accounts_equals_brute_force(when, with_health):
+    """With health in the entries, an account never qualifies through a signal broken that day."""
+    frame = scores_frame(with_health=with_health)
     rule = PlaybookWhen(**when)
     matched = match_accounts(frame, rule)
     assert set(matched["account_id"].to_list()) == _reference(frame, rule)
@@ -208,6 +213,24 @@ def test_match_accounts_on_empty_and_null_signals():
     frame = scores_frame(5).with_columns(pl.lit(None, dtype=pl.String).alias("signals_fired"))
     assert match_accounts(frame, PlaybookWhen(any_signals=("sig_1",))).is_empty()
     assert match_accounts(frame.head(0), PlaybookWhen(min_score=0.1)).is_empty()
+
+
+def test_a_broken_signal_is_not_shown_as_a_reason():
+    fired = [
+        {
+            "signal_id": "sig_b",
+            "definition": "b",
+            "contribution": 0.0,
+            "health": "broken",
+            "weight_note": "weight zero",
+        },
+        {"signal_id": "sig_d", "definition": "d", "contribution": 0.2, "health": "degrading"},
+        {"signal_id": "sig_old", "definition": "old", "contribution": 0.1},
+    ]
+    row = {"account_id": "a1", "score": 0.4, "score_rank": 1, "signals_fired": json.dumps(fired)}
+    account = matched_account({**row, "top_contributions": "[]"}, None)
+    assert [s["signal_id"] for s in account.top_signals] == ["sig_d", "sig_old"]
+    assert account_values(row, "p", DAY, None)["signal_ids"] == "sig_d, sig_old"
 
 
 def test_health_changes():

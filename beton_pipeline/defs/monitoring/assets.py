@@ -18,15 +18,20 @@ from beton_pipeline.store.scoring import ScoresResult, refresh_account_scores
 SIGNAL_HEALTH_DESCRIPTION = (
     "beton.signal_health: for every enabled signal and day, precision and lift (Katz CI) over accounts whose "
     "outcome window closed in the trailing `monitoring.window_days`, compared with its backtested lift. "
-    "Health (healthy/degrading/broken/insufficient_data) uses one-sided tests at alpha / looks_per_year "
-    "(Bonferroni alpha spending over a year of daily looks), so repeated checks do not inflate false alarms."
+    "Health (healthy/degrading/broken/insufficient_data) by the rule `monitoring.method` names (`health_rule`): "
+    "`bonferroni` (default) tests the window at alpha / looks_per_year; `sequential` accumulates the evidence of "
+    "each day's newly closed outcomes (Shiryaev–Roberts; `degrading_evidence` and `broken_evidence`, log R in "
+    "nats, alarm at `alarm_threshold` = log(2 · looks_per_year / alpha)). Either way a stable signal is flagged "
+    "in at most alpha of its years of daily looks. Scores of the same day weight each signal by its health."
 )
 
 ACCOUNT_SCORES_DESCRIPTION = (
     "beton.account_scores: every account in play (started, not converted, conversion window open) at the end of "
     "each day, scored by its enabled signals (weight = log backtested lift, halved every `scoring.half_life_days` "
-    "after the signal fired), calibrated to a probability by logistic regression on historical accounts observed "
-    "at the same ages. Lists the signals that fired, when, the top contributions and the intent signals. "
+    "after the signal fired, times the signal's health factor that day: degrading × `scoring.degrading_weight`, "
+    "broken 0), calibrated to a probability by logistic regression on historical accounts observed "
+    "at the same ages. Lists the signals that fired, when, why any counts less (`weight_note`), the top "
+    "contributions and the intent signals. "
     "Also writes beton.score_calibration (predicted vs observed by decile on the later cohorts) and "
     "beton.revenue_metrics (leads surfaced, conversion rate, pipeline influenced, signal accuracy)."
 )
@@ -153,7 +158,8 @@ def build_monitoring_assets(days: dg.PartitionsDefinition) -> list[dg.AssetsDefi
 
     @dg.asset(
         **daily,
-        deps=["signals", "account_outcomes", *FIRING_INPUTS],  # FIRING_INPUTS includes account_features
+        # signal_health first: a day's scores weight each signal by its health that day (same partition).
+        deps=[signal_health, "signals", "account_outcomes", *FIRING_INPUTS],  # FIRING_INPUTS: account_features too
         description=ACCOUNT_SCORES_DESCRIPTION,
     )
     def account_scores(
@@ -163,6 +169,11 @@ def build_monitoring_assets(days: dg.PartitionsDefinition) -> list[dg.AssetsDefi
         with warehouse.connect() as con:
             result = refresh_account_scores(con, cfg, context.partition_keys)
         _warn_without_days(context, result.days)
+        if result.days_without_health:
+            context.log.warning(
+                f"No signal health for {len(result.days_without_health)} scored day(s) "
+                f"({result.days_without_health[0]} … {result.days_without_health[-1]}): their signals kept full weight"
+            )
         add_day_metadata(
             context, result.days, result.revenue, lambda frame: scores_day_metadata(frame.row(0, named=True))
         )
