@@ -67,7 +67,9 @@ the odds ratio of holding it per SD of log activity. With AOR > 1 active account
 so b's marginal lift (what a test that ignores activity measures; TRUTH.json
 ``marginal_lift_expected``) is larger than its effect beyond activity. Holders do the qualifying
 events strictly before their conversion time (at least 2 s before) and inside the window from start;
-non-holders do the event fewer times than the threshold in the window (and/or later).
+non-holders do the event fewer times than the threshold in the window (and/or later). Every account
+has a would-be conversion time (drawn whether or not it converts) and places these events before it,
+so how early in the window they happen does not depend on conversion.
 
 1. ``invited_teammate`` >= 3 in the first 14 days (25 %, OR 4, AOR 1.8; marginal lift ~4.3)
 2. ``api_key_created`` >= 1 in the first 7 days (30 %, OR 2.5, AOR 1.8, ~3.1; non-holders only after day 10)
@@ -1422,7 +1424,11 @@ def _events_chunk(w: _World, c: int, acc: dict, users: dict) -> tuple[pl.DataFra
     n_base = m
 
     # ---- planted behaviours -----------------------------------------------------------------------
-    conv_rel = np.where(latent, (acc["conv"] - start).astype(float) - 2.0, np.inf)
+    # Every account has a would-be conversion time (`conv`, drawn independently of whether it converts).
+    # Qualifying events are placed before it for converters and non-converters alike: placing them before
+    # the conversion of converters only would squeeze early converters' events into the first days, so
+    # "more events in the first days" would predict conversion even for a behaviour without effect.
+    conv_rel = (acc["conv"] - start).astype(float) - 2.0
     ids = np.arange(n)
 
     def behaviour(
@@ -1437,12 +1443,12 @@ def _events_chunk(w: _World, c: int, acc: dict, users: dict) -> tuple[pl.DataFra
         extra: int = 0,
         extra_p: float = 0.0,
     ) -> None:
-        """Holders: n_hold events in [1.5 s, window) before conversion; others n_sub (< threshold) in the
-        window; everyone n_late events after `late_from_days`."""
+        """Holders: n_hold events in [1.5 s, window); others n_sub (< threshold); both before the would-be
+        conversion time; everyone n_late events after `late_from_days`."""
         w_hi = np.minimum(window_days * DAY - 1.0, D - 1)
-        # holders: the qualifying events, inside the window and strictly before conversion
+        # the qualifying events, inside the window and strictly before the (would-be) conversion
         k = np.where(holder, n_hold, n_sub)
-        hi_in = np.where(holder, np.minimum(w_hi, conv_rel), w_hi)
+        hi_in = np.minimum(w_hi, conv_rel)
         a = np.repeat(ids, k)
         a, t = place(a, np.full(a.shape[0], 1.5), hi_in[a])
         ev.add(a, t, code, spec, extra + (rng.random(a.shape[0]) < extra_p) if extra else 0)
@@ -2183,7 +2189,8 @@ def _simulate_accounts(
     """The per-account truth `generate_demo` uses (same seed, same accounts), one row per account.
 
     Columns: account (global index), domain, record_id (null outside the CRM), crm, industry (null
-    outside the CRM), start, conv (epoch s; null unless converted in the data), converted,
+    outside the CRM), start, conv (epoch s; null unless converted in the data), conv_planned (the would-be
+    conversion time every account draws, converter or not: conv when it converts), converted,
     latent_converter, activity, activity_z (standardised log activity: the conversion logit's activity
     term is log(ACTIVITY_CONVERSION_OR)·activity_z), first_half and one boolean per planted behaviour.
     """
@@ -2202,6 +2209,7 @@ def _simulate_accounts(
                     "industry": _lookup(INDUSTRIES, a["industry"]).set(pl.Series(values=~a["crm"]), None),
                     "start": a["start"],
                     "conv": pl.Series(values=a["conv"]).set(pl.Series(values=~a["converted"]), None),
+                    "conv_planned": a["conv"],
                     "converted": a["converted"],
                     "latent_converter": a["latent"],
                     "activity": a["activity"],

@@ -474,6 +474,33 @@ def _adjusted(df: pl.DataFrame, flag: str, outcome: str = "converted", n_strata:
     return mantel_haenszel(a, n1, total - a, n - n1)
 
 
+def test_qualifying_events_precede_the_would_be_conversion_of_every_account(con, accounts):
+    """Planted events in their window come before the account's would-be conversion time, converter or not:
+    were only converters' events squeezed before their conversion, early converters would do more of them in
+    the first days and "more, earlier" would predict conversion even where the behaviour has no effect."""
+    late = con.sql("""
+        select r.account, min(epoch(r.ts)) as first_t, max(epoch(r.ts)) as last_t
+        from resolved r join features f using (account)
+        where (r.event in ('invited_teammate', 'dashboard_shared', 'report_exported', 'sso_configured')
+               and epoch(r.ts) < f.start + 14 * 86400)
+           or (r.event = 'api_key_created' and epoch(r.ts) < f.start + 7 * 86400)
+           or (r.event = '$pageview' and epoch(r.ts) < f.start + 14 * 86400 and regexp_replace(
+               json_extract_string(r.properties, '$."$current_url"'), '^[a-z]+://[^/?#]*|[?#].*$', '', 'g')
+               = '/settings/integrations')
+        group by 1
+    """).pl()
+    joined = accounts.join(late, left_on="domain", right_on="account")
+    assert joined.height > 0.8 * N
+    assert (joined["last_t"] < joined["conv_planned"]).all()
+    assert (
+        joined.filter(pl.col("conv").is_not_null())["conv"]
+        == joined.filter(pl.col("conv").is_not_null())["conv_planned"]
+    ).all()
+    # many non-converters have a would-be conversion inside the 14 days, and their events precede it too
+    early = joined.filter(pl.col("conv").is_null() & (pl.col("conv_planned") < pl.col("start") + 14 * 86_400))
+    assert early.height > 100
+
+
 def test_planted_lifts(con, accounts, big):
     # In the generated files (2000 accounts) ...
     feats = con.sql("select *, conv is not null as converted from features").pl()
