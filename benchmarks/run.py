@@ -39,12 +39,12 @@ BENCH_ROOT = PROJECT_ROOT / ".bench"
 GIB = 1024**3
 
 SIZES = {
-    "1M": DatasetSpec("1M", n_accounts=10_750),
-    "10M": DatasetSpec("10M", n_accounts=107_500),
+    "1M": DatasetSpec("1M", n_accounts=9_300),
+    "10M": DatasetSpec("10M", n_accounts=93_000),
     "smoke": DatasetSpec("smoke", n_accounts=500),
 }
-"""About 1M and 10M events (the demo writes ~93 events per account: `datasets.EVENTS_PER_ACCOUNT`);
-`smoke` (~47k events) is for the test that keeps this script from rotting."""
+"""About 1M and 10M events (the demo writes ~107 events per account: `datasets.EVENTS_PER_ACCOUNT`);
+`smoke` (~54k events) is for the test that keeps this script from rotting."""
 
 INGEST_STAGE, DBT_STEP, SIGNALS_STEP, COUNTS_STAGE = "ingest + dbt", "beton_dbt_models", "signals", "cohort counts"
 """beton's compute path = the dbt step + the cohort-counts stage + the `signals` step (BENCHMARKS.md)."""
