@@ -16,6 +16,8 @@ import duckdb
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from beton_pipeline.core.stratified import activity_strata, mantel_haenszel
 from beton_pipeline.sources import demo
@@ -699,3 +701,44 @@ def test_billing_shapes(con):
         where s.last <> d.stage
     """).fetchall()[0][0]
     assert ends == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    prevalence=st.floats(0.01, 0.99),
+    activity_or=st.floats(0.3, 3.0),
+)
+def test_prevalence_intercept_gives_the_stated_share(prevalence, activity_or):
+    """The Gauss–Hermite expectation behind each behaviour's intercept agrees with adaptive quadrature
+    (scipy.integrate.quad over the normal density) to 1e-9: holders are the stated share of accounts."""
+    from scipy import integrate, special, stats
+
+    alpha = demo._prevalence_intercept(prevalence, activity_or)
+    slope = np.log(activity_or)
+    share, _ = integrate.quad(
+        lambda z: special.expit(alpha + slope * z) * stats.norm.pdf(z), -np.inf, np.inf, epsabs=1e-13
+    )
+    assert share == pytest.approx(prevalence, abs=1e-9)
+
+
+def test_intercept_gives_the_base_rate_by_independent_integration():
+    """The conversion intercept, integrated independently: scipy quad over activity of the exact mixture over
+    the 2^8 behaviour states (conditionally independent given activity), gives the 8 % base rate to 1e-9."""
+    from itertools import product
+
+    from scipy import integrate, special, stats
+
+    terms = demo._logit_terms()
+
+    def rate_given(z: float) -> float:
+        total = 0.0
+        p = [float(f(np.array([z]))[0]) for _, f, _ in terms]
+        for state in product((0, 1), repeat=len(terms)):
+            weight = np.prod([pi if s else 1 - pi for pi, s in zip(p, state, strict=True)])
+            eta = demo._INTERCEPT + np.log(demo.ACTIVITY_CONVERSION_OR) * z
+            eta += sum(b for (_, _, b), s in zip(terms, state, strict=True) if s)
+            total += weight * special.expit(eta)
+        return total * stats.norm.pdf(z)
+
+    rate, _ = integrate.quad(rate_given, -12, 12, epsabs=1e-12, limit=200)
+    assert rate == pytest.approx(0.08, abs=1e-9)
