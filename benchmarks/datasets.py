@@ -10,8 +10,8 @@ from pathlib import Path
 
 from beton_pipeline.sources import demo
 
-EVENTS_PER_ACCOUNT = 93
-"""Events the demo generator writes per account (1,002,983 for 10,750 accounts with seed 7)."""
+EVENTS_PER_ACCOUNT = 107
+"""Events the demo generator writes per account (999,845 for 9,300 accounts and 9,965,170 for 93,000, seed 7)."""
 
 
 @dataclass(frozen=True)

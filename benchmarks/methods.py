@@ -339,6 +339,37 @@ def classify_family(family: str, truth: dict) -> str:
     return "noise"
 
 
+def proxy_families(truth: dict) -> set[str]:
+    """The activity proxies' beton families named in TRUTH.json `proxies` (events and property values)."""
+    out = set()
+    for p in truth.get("proxies", []):
+        if p["kind"] == "event_count":
+            out.add(f"event:{p['event']}")
+        elif p["kind"] == "event_property":
+            out.add(f"property:{p['event']}:{p['property']}={p['value']}")
+    return out
+
+
+def is_activity_proxy(family: str, truth: dict) -> bool:
+    """Whether a family that is not planted, drifting or a leak rests on pure activity: a TRUTH `proxies`
+    entry, or any condition on an event TRUTH lists in `activity_events` (noise, neutral, flags, ordinary page
+    views: their counts scale with activity, which drives conversion). A pair is a proxy when it is `noise`
+    and one of its parts is. Demos without `activity_events` (before activity drove conversion) have none."""
+    if classify_family(family, truth) != "noise":
+        return False
+    activity_events = set(truth.get("activity_events", []))
+    named = proxy_families(truth)
+    parts = family.removeprefix("pair:").split("&") if family.startswith("pair:") else [family]
+    for part in parts:
+        if part in named:
+            return True
+        if part.startswith("event:") and part.removeprefix("event:") in activity_events:
+            return True
+        if part.startswith("property:") and part.removeprefix("property:").split(":", 1)[0] in activity_events:
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class Quality:
     """How a method's output compares with the planted truth."""
@@ -352,6 +383,8 @@ class Quality:
     enabled: int | None = None  # beton only: signals enabled
     noise_enabled: int | None = None
     missed: tuple[str, ...] = ()
+    proxies_in_top10: int = 0  # of noise_in_top10: activity proxies (`is_activity_proxy`)
+    proxies_enabled: int | None = None  # of noise_enabled: activity proxies
 
 
 def beton_quality(con: duckdb.DuckDBPyConnection, truth: dict) -> Quality:
@@ -369,6 +402,7 @@ def beton_quality(con: duckdb.DuckDBPyConnection, truth: dict) -> Quality:
     enabled_families = {f for f, e in zip(best.get_column("family").to_list(), enabled_mask, strict=True) if e}
     planted = planted_families(truth)
     top = classes[:10]
+    families = best.get_column("family").to_list()
     return Quality(
         planted_found=sum(1 for f in planted if f in enabled_families),
         planted_total=len(planted),
@@ -379,6 +413,8 @@ def beton_quality(con: duckdb.DuckDBPyConnection, truth: dict) -> Quality:
         enabled=len(enabled_classes),
         noise_enabled=enabled_classes.count("noise"),
         missed=tuple(sorted(name for f, name in planted.items() if f not in enabled_families)),
+        proxies_in_top10=sum(is_activity_proxy(f, truth) for f in families[:10]),
+        proxies_enabled=sum(is_activity_proxy(f, truth) for f in enabled_families),
     )
 
 
@@ -396,6 +432,7 @@ def peer_quality(top: pl.DataFrame, truth: dict) -> Quality:
         noise_in_top10=classes.count("noise"),
         leak_in_top10=classes.count("leak"),
         missed=tuple(sorted(n for f, n in planted.items() if f not in shown)),
+        proxies_in_top10=sum(is_activity_proxy(f"event:{e}", truth) for e in top.get_column("event").to_list()),
     )
 
 
@@ -421,6 +458,7 @@ def analyst_quality(tests, truth: dict, alpha: float = 0.05) -> Quality:
             enabled=0,
             noise_enabled=0,
             missed=tuple(sorted(planted.values())),
+            proxies_enabled=0,
         )
     frame = tests.assign(family=tests["key"].map(analyst_family))
     significant = frame[(frame["q_value"] <= alpha) & (frame["lift"] > 1)]
@@ -439,4 +477,6 @@ def analyst_quality(tests, truth: dict, alpha: float = 0.05) -> Quality:
         enabled=len(families),
         noise_enabled=classes.count("noise"),
         missed=tuple(sorted(n for f, n in planted.items() if f not in families)),
+        proxies_in_top10=sum(is_activity_proxy(f, truth) for f in best["family"].head(10)),
+        proxies_enabled=sum(is_activity_proxy(f, truth) for f in families),
     )

@@ -14,6 +14,7 @@ import pytest
 from benchmarks import methods, run
 from benchmarks.datasets import DatasetSpec, ensure_dataset
 from beton_pipeline.settings import load_settings
+from beton_pipeline.sources import demo
 from beton_pipeline.warehouse import connect
 
 pytestmark = pytest.mark.slow(seconds=80)
@@ -33,6 +34,11 @@ TRUTH = {
     ],
     "drifting": [{"event": "report_exported"}],
     "leaks": [{"event": "checkout_completed"}],
+    "proxies": [
+        {"name": "dark_mode_toggled", "kind": "event_count", "event": "dark_mode_toggled"},
+        {"name": "home", "kind": "event_property", "event": "$pageview", "property": "$current_url", "value": "/home"},
+    ],
+    "activity_events": ["dark_mode_toggled", "$pageview", "tooltip_opened"],
 }
 
 
@@ -47,6 +53,16 @@ def test_family_classification():
     assert methods.classify_family("attribute:industry=Retail", TRUTH) == "noise"
     assert methods.classify_family("pair:event:invited_teammate&intent:funding_round", TRUTH) == "planted pair"
     assert methods.classify_family("pair:event:invited_teammate&event:tooltip_opened", TRUTH) == "noise"
+    assert methods.is_activity_proxy("event:dark_mode_toggled", TRUTH)
+    assert methods.is_activity_proxy("event:tooltip_opened", TRUTH)
+    assert methods.is_activity_proxy("property:$pageview:$current_url=/home", TRUTH)
+    assert methods.is_activity_proxy("property:$pageview:$current_url=/docs", TRUTH)  # any ordinary page
+    assert not methods.is_activity_proxy("property:$pageview:$current_url=/settings/integrations", TRUTH)
+    assert not methods.is_activity_proxy("event:invited_teammate", TRUTH)
+    assert not methods.is_activity_proxy("attribute:industry=Retail", TRUTH)
+    assert methods.is_activity_proxy("pair:event:invited_teammate&event:dark_mode_toggled", TRUTH)
+    assert not methods.is_activity_proxy("pair:event:invited_teammate&intent:funding_round", TRUTH)
+    assert not methods.is_activity_proxy("event:dark_mode_toggled", {"planted": []})  # an older truth file
     assert methods.analyst_family("event:invited_teammate:first_14d:>=3") == "event:invited_teammate"
     assert (
         methods.analyst_family("property:$pageview:$current_url=/a:b:first_7d:>=1")
@@ -101,7 +117,8 @@ def test_bench_writes_its_report(smoke_run):
     assert size["floor_result"]["events_in_window"] > 0 and size["floor_result"]["account_events"] > 0
     assert size["core_candidates"] > 0 and size["pandas_candidates"] > 0
     assert set(size["quality"]) == {"beton", "peer", "pandas"}
-    assert size["quality"]["beton"]["planted_total"] == 6
+    assert size["quality"]["beton"]["planted_total"] == len(demo.PLANTED)
+    assert size["quality"]["peer"]["proxies_in_top10"] >= 0 and size["quality"]["beton"]["proxies_enabled"] >= 0
     markdown = results[0].with_suffix(".md").read_text()
     for heading in ("## Machine", "## Timings", "## Ratios", "## Discovery quality", "## Targets"):
         assert heading in markdown

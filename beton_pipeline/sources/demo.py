@@ -11,8 +11,9 @@ The world
   on weekdays and in business hours (local time zone of the account) mostly. The data ends at
   ``start_date + months``: no event, invoice or signal is later than that.
 * Every account has a unique domain (``nimbusforge.io``; ``nimbusforge2.io`` once the word
-  combinations run out, beyond ~38k accounts), 1-10 users (skewed), an activity level (lognormal), an
-  industry (Fintech 15 %) and an employee count (lognormal, 5-5000).
+  combinations run out, beyond ~38k accounts), 1-10 users (skewed), an activity level (lognormal, mean 1,
+  log-SD 0.8; z below is its standardised log), an industry (Fintech 15 % on average, more often among
+  active accounts) and an employee count (lognormal, 5-5000).
 * ~70 % are CRM companies (``crm_companies``, ``record_id = rec_<16 hex>``, created mostly weeks
   *before* the first product event). The rest are product sign-ups sales has not met: no CRM row, so
   no industry and no employee count anywhere.
@@ -32,9 +33,11 @@ The world
   weekends ~35 % of weekday volume. Event mix: ``$pageview`` (``$current_url`` =
   ``https://app.beton-demo.io/<path>``, ~10 % with a query string such as ``?ref=nav``),
   ``$feature_flag_called`` (``new-onboarding``: control/test, ``ai-assistant``:
-  control/variant-a/variant-b, fixed per user), 8 neutral product events and 30 noise events with
-  Zipf-like frequencies. Event counts scale with activity; conversion does not depend on activity.
-* Conversion (latent) is a logistic model of the planted behaviours only (base rate ~8 %). 85 % pay
+  control/variant-a/variant-b, fixed per user), 8 neutral product events, 30 noise events with
+  Zipf-like frequencies and the activity proxy ``dark_mode_toggled`` (~1 in the first 14 days at activity
+  1). All these counts are Poisson in activity: they are pure activity (TRUTH.json ``activity_events``).
+* Conversion (latent) is a logistic model of activity and the planted behaviours (base rate ~8 %): active
+  accounts do more of everything *and* convert more, as in real product data. 85 % pay
   at trial end (14 days after the billing customer is created + a few hours..days, so 14-40 days after
   start), 15 % upgrade during the trial (day 3-13). Conversion time = ``paid_at`` of the first invoice
   with ``amount_paid > 0``. A latent converter whose payment would fall after the data end is not a
@@ -53,25 +56,41 @@ The world
 * Intent: random signals of the five types for ~40 % of domains (plus unknown prospect domains), and
   the planted funding rounds.
 
-The planted truth (odds ratios on the conversion logit)
--------------------------------------------------------
-All behaviours are drawn independently of each other and of activity. Holders do the qualifying
+The planted truth (odds ratios on the conversion logit, conditional on activity)
+--------------------------------------------------------------------------------
+``logit P(convert) = intercept + log(2.2)·z + Σ log(OR_b)·[holds b]``: activity has an odds ratio of 2.2
+per SD of log activity, and every planted odds ratio below is the behaviour's effect *given* activity.
+The intercept is solved (by enumeration over z and the behaviours) for a latent base rate of 8 %.
+Behaviours are drawn independently of each other *given* activity: account i holds b with probability
+``expit(alpha_b + log(AOR_b)·z_i)``, alpha_b solved so that b's prevalence is the stated share, AOR_b
+the odds ratio of holding it per SD of log activity. With AOR > 1 active accounts hold b more often,
+so b's marginal lift (what a test that ignores activity measures; TRUTH.json
+``marginal_lift_expected``) is larger than its effect beyond activity. Holders do the qualifying
 events strictly before their conversion time (at least 2 s before) and inside the window from start;
-non-holders do the event fewer times than the threshold in the window (and/or later).
+non-holders do the event fewer times than the threshold in the window (and/or later). Every account
+has a would-be conversion time (drawn whether or not it converts) and places these events before it,
+so how early in the window they happen does not depend on conversion.
 
-1. ``invited_teammate`` >= 3 in the first 14 days (25 %, OR 4)
-2. ``api_key_created`` >= 1 in the first 7 days (30 %, OR 2.5; non-holders only after day 10)
-3. ``dashboard_shared`` >= 2 in the first 14 days (20 %, OR 2.2)
+1. ``invited_teammate`` >= 3 in the first 14 days (25 %, OR 4, AOR 1.8; marginal lift ~4.3)
+2. ``api_key_created`` >= 1 in the first 7 days (30 %, OR 2.5, AOR 1.8, ~3.1; non-holders only after day 10)
+3. ``dashboard_shared`` >= 2 in the first 14 days (20 %, OR 2.2, AOR 1.8, ~2.8)
 4. ``$pageview`` with ``$current_url`` path ``/settings/integrations`` >= 1 in the first 14 days
-   (20 %, OR 2.5; nobody else visits it in the first 14 days)
-5. CRM ``industry == "Fintech"`` (OR 2.2, CRM companies only)
-6. a ``funding_round`` intent signal in the 90 days before start (12 %, OR 2.5; no other account has
-   a funding round between 90 days before and 15 days after its start)
-7. drift: ``report_exported`` >= 2 in the first 14 days (25 %): OR 3.5 for accounts starting before
-   the middle of the range (``drift_at``), no effect after.
-8. leak: ``checkout_completed`` fires for every converter at exactly its conversion second, never
+   (20 %, OR 2.5, AOR 1.8, ~3.0; nobody else visits it in the first 14 days)
+5. CRM ``industry == "Fintech"`` (OR 2.2, AOR 1.3 on the industry draw, ~2.1; CRM companies only)
+6. a ``funding_round`` intent signal in the 90 days before start (12 %, OR 2.5, AOR 1.3, ~2.3; no other
+   account has a funding round between 90 days before and 15 days after its start)
+7. beyond activity: ``sso_configured`` >= 1 in the first 14 days (20 %, OR 2.5, AOR 0.6: set up by
+   admins preparing a rollout, who use the product less than average). Its marginal lift is ~1.2, below
+   ``min_lift``: only an activity-adjusted test finds it (TRUTH.json ``beyond_activity: true``).
+8. drift: ``report_exported`` >= 2 in the first 14 days (25 %, independent of activity, so its effect
+   vanishes marginally too): OR 3.5 for accounts starting before the middle of the range (``drift_at``),
+   no effect after.
+9. leak: ``checkout_completed`` fires for every converter at exactly its conversion second, never
    otherwise.
-9. everything else (noise and neutral events, other paths, flags, employee count) has no effect.
+10. activity proxies (TRUTH.json ``proxies``): ``dark_mode_toggled`` and page views of ``/home``, like
+    every other activity event (noise and neutral events, other paths, flags), have no effect beyond
+    activity but a large marginal lift (active accounts convert more): discovery must not enable them.
+    Employee count has no effect at all.
 
 Bad rows (exact counts in TRUTH.json): events ~0.2 % exact duplicates, ~0.1 % rows reusing an earlier
 uuid with different content (another noise event a little later), ~0.05 % null timestamps, ~0.05 %
@@ -517,25 +536,33 @@ NOISE_EVENTS = (
     "avatar_uploaded",
     "timezone_changed",
     "print_clicked",
-    "dark_mode_toggled",
+    "panel_pinned",
     "password_changed",
     "keyboard_layout_changed",
 )
 _NOISE_P = 1.0 / np.arange(1, len(NOISE_EVENTS) + 1) ** 1.15
 
-PLANTED_EVENTS = ("invited_teammate", "api_key_created", "dashboard_shared", "report_exported")
+PLANTED_EVENTS = ("invited_teammate", "api_key_created", "dashboard_shared", "report_exported", "sso_configured")
 LEAK_EVENT = "checkout_completed"
+PROXY_EVENT = "dark_mode_toggled"
+"""The planted activity proxy: a settings toggle done in proportion to activity and to nothing else."""
 
 # Event-name codes: one table for every event name written.
 EVENT_NAMES = (
-    ("$identify", "$pageview", "$feature_flag_called") + NEUTRAL_EVENTS + PLANTED_EVENTS + (LEAK_EVENT,) + NOISE_EVENTS
+    ("$identify", "$pageview", "$feature_flag_called")
+    + NEUTRAL_EVENTS
+    + PLANTED_EVENTS
+    + (LEAK_EVENT, PROXY_EVENT)
+    + NOISE_EVENTS
 )
 _EV = {name: i for i, name in enumerate(EVENT_NAMES)}
 _EV_NEUTRAL0 = _EV[NEUTRAL_EVENTS[0]]
 _EV_NOISE0 = _EV[NOISE_EVENTS[0]]
 
-# Base (activity-driven) event mix.
-_BASE_KIND_P = np.array([0.36, 0.05, 0.37, 0.22])  # pageview, flag, neutral, noise
+# Base (activity-driven) event mix: pageview, flag, neutral, noise, the proxy. The proxy's share makes it
+# about 1 toggle in the first 14 days at activity 1 (Poisson(activity) there): ~half the accounts do it.
+_PROXY_SHARE = 1.0 / 46.2
+_BASE_KIND_P = np.array([0.36, 0.05, 0.37, 0.22, 0.0]) * (1.0 - _PROXY_SHARE) + np.array([0, 0, 0, 0, _PROXY_SHARE])
 
 # Event volume: events/day in the first 14 days, events/day after, decay time (days) of non-converters.
 _RATE_ONBOARDING = 3.3
@@ -576,6 +603,15 @@ SIGNAL_TYPES = ("funding_round", "executive_change", "job_posting", "technology_
 # Planted truth
 # --------------------------------------------------------------------------------------------------
 
+ACTIVITY_LOG_SD = 0.8
+"""Standard deviation of an account's log activity (activity is lognormal with mean 1)."""
+ACTIVITY_CONVERSION_OR = 2.2
+"""Odds ratio of conversion per SD of log activity, with the planted behaviours held fixed."""
+
+# Every odds ratio below is *conditional on activity* (a coefficient of the conversion logit, next to
+# the activity term); `prevalence` is the share of all accounts holding the behaviour and
+# `activity_odds_ratio` the odds ratio of holding it per SD of log activity (> 1: active accounts hold it
+# more often, so its marginal lift exceeds its effect beyond activity; < 1: the reverse).
 PLANTED = (
     {
         "name": "invited_teammate",
@@ -584,6 +620,9 @@ PLANTED = (
         "threshold": 3,
         "window_days": 14,
         "odds_ratio": 4.0,
+        "prevalence": 0.25,
+        "activity_odds_ratio": 1.8,
+        "beyond_activity": False,
     },
     {
         "name": "api_key_created",
@@ -592,6 +631,9 @@ PLANTED = (
         "threshold": 1,
         "window_days": 7,
         "odds_ratio": 2.5,
+        "prevalence": 0.30,
+        "activity_odds_ratio": 1.8,
+        "beyond_activity": False,
     },
     {
         "name": "dashboard_shared",
@@ -600,6 +642,9 @@ PLANTED = (
         "threshold": 2,
         "window_days": 14,
         "odds_ratio": 2.2,
+        "prevalence": 0.20,
+        "activity_odds_ratio": 1.8,
+        "beyond_activity": False,
     },
     {
         "name": "integrations_page",
@@ -610,16 +655,44 @@ PLANTED = (
         "threshold": 1,
         "window_days": 14,
         "odds_ratio": 2.5,
+        "prevalence": 0.20,
+        "activity_odds_ratio": 1.8,
+        "beyond_activity": False,
     },
-    {"name": "fintech", "kind": "crm_attribute", "attribute": "industry", "value": "Fintech", "odds_ratio": 2.2},
+    {
+        "name": "fintech",
+        "kind": "crm_attribute",
+        "attribute": "industry",
+        "value": "Fintech",
+        "odds_ratio": 2.2,
+        "prevalence": round(0.70 * 0.15, 6),  # CRM companies x Fintech among them
+        "activity_odds_ratio": 1.3,
+        "beyond_activity": False,
+    },
     {
         "name": "funding_round",
         "kind": "intent",
         "signal_type": "funding_round",
         "days_before_start": 90,
         "odds_ratio": 2.5,
+        "prevalence": 0.12,
+        "activity_odds_ratio": 1.3,
+        "beyond_activity": False,
+    },
+    {
+        "name": "sso_configured",
+        "kind": "event_count",
+        "event": "sso_configured",
+        "threshold": 1,
+        "window_days": 14,
+        "odds_ratio": 2.5,
+        "prevalence": 0.20,
+        "activity_odds_ratio": 0.6,
+        "beyond_activity": True,
     },
 )
+"""The planted behaviours. `beyond_activity`: held more often by *less* active accounts, so its marginal
+lift is modest (below min_lift) although it matters given activity: only an activity-adjusted test finds it."""
 DRIFTING = {
     "name": "report_exported",
     "kind": "event_count",
@@ -628,44 +701,134 @@ DRIFTING = {
     "window_days": 14,
     "odds_ratio_before": 3.5,
     "odds_ratio_after": 1.0,
+    "prevalence": 0.25,
+    "activity_odds_ratio": 1.0,  # independent of activity: after drift_at its marginal lift is 1 too
 }
+ACTIVITY_EVENTS = frozenset(NOISE_EVENTS + NEUTRAL_EVENTS + ("$pageview", "$feature_flag_called", PROXY_EVENT))
+"""Events whose counts are pure activity (every $pageview path but /settings/integrations, which is planted):
+any condition on them is an activity proxy."""
+PROXIES = (
+    {
+        "name": "dark_mode_toggled",
+        "kind": "event_count",
+        "event": PROXY_EVENT,
+        "driven_by": "activity only: Poisson(activity) toggles in the first 14 days, no effect beyond activity",
+    },
+    {
+        "name": "home_page_views",
+        "kind": "event_property",
+        "event": "$pageview",
+        "property": "$current_url",
+        "value": "/home",
+        "driven_by": "activity only: the most viewed ordinary page (22 % of page views)",
+    },
+)
+"""Activity proxies: conditions whose only link to conversion is activity (large marginal lift, none given
+activity). Discovery must not enable them (nor any other condition on the pure-activity events)."""
 
-# Prevalence of each independently drawn behaviour (fintech = CRM share x Fintech share).
 _CRM_SHARE = 0.70
-_PREVALENCE = {
-    "invited_teammate": 0.25,
-    "api_key_created": 0.30,
-    "dashboard_shared": 0.20,
-    "integrations_page": 0.20,
-    "funding_round": 0.12,
-    "report_exported": 0.25,
-}
+_FINTECH = 0
 _BASE_RATE = 0.08
 _EARLY_SHARE = 0.15
 _FUNDING_DAYS = 90
+_QUADRATURE_NODES = 48
+
+
+def _expit(x: np.ndarray | float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+def _standard_normal_quadrature(n: int = _QUADRATURE_NODES) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss–Hermite nodes and weights (probabilists' form) for E[f(z)], z ~ N(0, 1): Σ w f(x)."""
+    x, w = np.polynomial.hermite_e.hermegauss(n)
+    return x, w / w.sum()
+
+
+def _bisect(f: Callable[[float], float], target: float, lo: float, hi: float) -> float:
+    """The x in [lo, hi] with f(x) = target, for an increasing f (100 halvings: exact to float precision)."""
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if f(mid) < target else (lo, mid)
+    return (lo + hi) / 2
+
+
+def _prevalence_intercept(prevalence: float, activity_or: float) -> float:
+    """alpha with E[expit(alpha + log(activity_or)·z)] = prevalence over z ~ N(0, 1) (z = standardised log activity)."""
+    x, w = _standard_normal_quadrature()
+    slope = math.log(activity_or)
+    return _bisect(lambda a: float(np.sum(w * _expit(a + slope * x))), prevalence, -30.0, 30.0)
+
+
+_HOLDING = {p["name"]: p for p in PLANTED if p["name"] != "fintech"} | {DRIFTING["name"]: DRIFTING}
+_DRAWN = ("invited_teammate", "api_key_created", "dashboard_shared", "integrations_page", "funding_round")
+_DRAWN += ("report_exported", "sso_configured")
+"""The behaviours drawn per account (fintech comes from the industry draw), in draw order."""
+_HOLD_ALPHA = {
+    name: _prevalence_intercept(_HOLDING[name]["prevalence"], _HOLDING[name]["activity_odds_ratio"]) for name in _DRAWN
+}
+_FINTECH_ALPHA = _prevalence_intercept(_INDUSTRY_P[_FINTECH], PLANTED[4]["activity_odds_ratio"])
+
+
+def _logit_terms() -> list[tuple[str, Callable[[np.ndarray], np.ndarray], float]]:
+    """(name, P(term = 1 | z), log odds ratio) of every binary term of the conversion logit."""
+    terms = []
+    for p in PLANTED:
+        if p["name"] == "fintech":
+            slope = math.log(p["activity_odds_ratio"])
+            terms.append(
+                (p["name"], lambda z, s=slope: _CRM_SHARE * _expit(_FINTECH_ALPHA + s * z), math.log(p["odds_ratio"]))
+            )
+        else:
+            a, s = _HOLD_ALPHA[p["name"]], math.log(p["activity_odds_ratio"])
+            terms.append((p["name"], lambda z, a=a, s=s: _expit(a + s * z), math.log(p["odds_ratio"])))
+    # The drifting behaviour acts for accounts starting before drift_at (half of them), independently of z.
+    d = DRIFTING
+    terms.append((d["name"], lambda z: np.full_like(z, d["prevalence"] * 0.5), math.log(d["odds_ratio_before"])))
+    return terms
+
+
+def _latent_world() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Enumeration of the conversion model: (probability of each (z node, state), the logit without its
+    intercept there, states).
+
+    States are the 2^k combinations of the logit's binary terms; z runs over the quadrature nodes. Exact up
+    to the quadrature (48 nodes integrate the smooth logistic terms to ~1e-12).
+    """
+    x, w = _standard_normal_quadrature()
+    terms = _logit_terms()
+    k = len(terms)
+    states = ((np.arange(2**k)[:, None] >> np.arange(k)[None, :]) & 1).astype(bool)  # (2^k, k)
+    p_term = np.stack([f(x) for _, f, _ in terms], axis=1)  # (nodes, k)
+    beta = np.array([b for _, _, b in terms])
+    prob = w[:, None] * np.prod(np.where(states[None], p_term[:, None, :], 1.0 - p_term[:, None, :]), axis=2)
+    eta = math.log(ACTIVITY_CONVERSION_OR) * x[:, None] + (states.astype(float) @ beta)[None, :]
+    return prob, eta, states
 
 
 def _solve_intercept(target: float = _BASE_RATE) -> float:
     """The logit intercept for which the expected (latent) conversion rate is `target`."""
-    terms = [(_PREVALENCE[p["name"]], math.log(p["odds_ratio"])) for p in PLANTED if p["name"] != "fintech"]
-    terms.append((_CRM_SHARE * _INDUSTRY_P[0], math.log(2.2)))
-    # The drifting behaviour: half of the accounts start before drift_at.
-    terms.append((_PREVALENCE["report_exported"] * 0.5, math.log(DRIFTING["odds_ratio_before"])))
-    # Distribution of the linear predictor, by enumeration (2^7 states).
-    values = np.zeros(1)
-    probs = np.ones(1)
-    for p, beta in terms:
-        values = np.concatenate([values, values + beta])
-        probs = np.concatenate([probs * (1 - p), probs * p])
-    lo, hi = -10.0, 5.0
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        rate = float(np.sum(probs / (1 + np.exp(-(mid + values)))))
-        lo, hi = (mid, hi) if rate < target else (lo, mid)
-    return (lo + hi) / 2
+    prob, eta, _ = _latent_world()
+    return _bisect(lambda c: float(np.sum(prob * _expit(c + eta))), target, -15.0, 5.0)
 
 
 _INTERCEPT = _solve_intercept()
+
+
+def expected_marginal_lifts(intercept: float = _INTERCEPT) -> dict[str, float]:
+    """Each planted behaviour's expected marginal lift (latent conversion rate with / without it), by
+    enumeration over the model: what a test that ignores activity estimates."""
+    prob, eta, states = _latent_world()
+    rate = _expit(intercept + eta)
+    out = {}
+    for i, (name, _, _) in enumerate(_logit_terms()):
+        if name == DRIFTING["name"]:
+            continue
+        has = states[None, :, i]
+        with_ = np.sum(prob * rate * has) / np.sum(prob * has)
+        without = np.sum(prob * rate * ~has) / np.sum(prob * ~has)
+        out[name] = float(with_ / without)
+    return out
+
 
 # --------------------------------------------------------------------------------------------------
 # Public API
@@ -772,6 +935,7 @@ def generate_demo(
         for sink in sinks.values():
             sink.close()
 
+    marginal = expected_marginal_lifts()
     truth = {
         "generator": DEMO_GENERATOR,  # marks a demo export: the demo's own settings apply to it (demo_config)
         "seed": seed,
@@ -779,9 +943,19 @@ def generate_demo(
         "start_date": world.start_date.isoformat(),
         "end_date": world.end_date.isoformat(),
         "observation_days": OBSERVATION_DAYS,
-        "planted": [dict(p) for p in PLANTED],
+        "activity": {
+            "distribution": f"lognormal, mean 1, log-SD {ACTIVITY_LOG_SD}",
+            "conversion_odds_ratio_per_sd": ACTIVITY_CONVERSION_OR,
+            "drives": "conversion, the count of every event in activity_events, and each planted behaviour's"
+            " prevalence (activity_odds_ratio per SD of log activity)",
+            "odds_ratios": "every planted odds_ratio is conditional on activity (a coefficient of the conversion"
+            " logit next to the activity term)",
+        },
+        "planted": [dict(p, marginal_lift_expected=round(marginal[p["name"]], 3)) for p in PLANTED],
         "drifting": [dict(DRIFTING, drift_at=world.drift_date.isoformat())],
         "leaks": [{"event": LEAK_EVENT, "at": "conversion"}],
+        "proxies": [dict(p) for p in PROXIES],
+        "activity_events": sorted(ACTIVITY_EVENTS),
         "noise_events": list(NOISE_EVENTS),
         "neutral_events": list(NEUTRAL_EVENTS) + ["$feature_flag_called"],
         "bad_rows": {"events": bad, "billing_invoices": {"negative_amount": n_negative}},
@@ -969,19 +1143,28 @@ def _accounts_chunk(w: _World, c: int, g0: int, n: int) -> dict[str, np.ndarray 
         _sample_times(rng, np.full(n, float(w.S)), np.zeros(n), np.full(n, span), tz.astype(float))
     ).astype(np.int64)
     n_users = np.minimum(rng.geometric(0.45, n), 10).astype(np.int64)
-    activity = rng.lognormal(-0.5 * 0.8**2, 0.8, n)
-    industry = rng.choice(len(INDUSTRIES), size=n, p=_INDUSTRY_P)
+    # z: standardised log activity; activity = exp(mu + sd·z) is lognormal with mean 1.
+    activity_z = rng.standard_normal(n)
+    activity = np.exp(-0.5 * ACTIVITY_LOG_SD**2 + ACTIVITY_LOG_SD * activity_z)
+    # Industry: Fintech with probability expit(alpha + log(activity OR)·z) (15 % on average), else the others
+    # in their proportions.
+    fintech_slope = math.log(PLANTED[4]["activity_odds_ratio"])
+    is_fintech = rng.random(n) < _expit(_FINTECH_ALPHA + fintech_slope * activity_z)
+    other_p = np.asarray(_INDUSTRY_P[1:]) / (1.0 - _INDUSTRY_P[_FINTECH])
+    industry = np.where(is_fintech, _FINTECH, 1 + rng.choice(len(INDUSTRIES) - 1, size=n, p=other_p))
     employees = np.clip(np.round(np.exp(rng.normal(np.log(45), 1.3, n))), 5, 5000).astype(np.int64)
     crm = rng.random(n) < _CRM_SHARE
-    beh = {name: rng.random(n) < p for name, p in _PREVALENCE.items()}
-    fintech = crm & (industry == 0)
+    beh = {
+        name: rng.random(n) < _expit(_HOLD_ALPHA[name] + math.log(_HOLDING[name]["activity_odds_ratio"]) * activity_z)
+        for name in _DRAWN
+    }
+    fintech = crm & (industry == _FINTECH)
     first_half = start < w.drift_at
 
-    ors = {p["name"]: p["odds_ratio"] for p in PLANTED}
-    logit = np.full(n, _INTERCEPT)
-    for name in ("invited_teammate", "api_key_created", "dashboard_shared", "integrations_page", "funding_round"):
-        logit += math.log(ors[name]) * beh[name]
-    logit += math.log(ors["fintech"]) * fintech
+    # The conversion logit: activity, then every planted behaviour (its odds ratio is conditional on activity).
+    logit = _INTERCEPT + math.log(ACTIVITY_CONVERSION_OR) * activity_z
+    for p in PLANTED:
+        logit += math.log(p["odds_ratio"]) * (fintech if p["name"] == "fintech" else beh[p["name"]])
     drift_or = np.where(first_half, DRIFTING["odds_ratio_before"], DRIFTING["odds_ratio_after"])
     logit += np.log(drift_or) * beh["report_exported"]
     latent = rng.random(n) < 1.0 / (1.0 + np.exp(-logit))
@@ -1044,6 +1227,7 @@ def _accounts_chunk(w: _World, c: int, g0: int, n: int) -> dict[str, np.ndarray 
         "D": w.E - start,
         "n_users": n_users,
         "activity": activity,
+        "activity_z": activity_z,
         "industry": industry,
         "employees": employees,
         "crm": crm,
@@ -1225,22 +1409,26 @@ def _events_chunk(w: _World, c: int, acc: dict, users: dict) -> tuple[pl.DataFra
     scale = np.where(in_a | latent[a], 0.0, _DECAY_DAYS * DAY)
     a, t = place(a, lo, hi, scale)
     m = a.shape[0]
-    kind = rng.choice(4, size=m, p=_BASE_KIND_P)
+    kind = rng.choice(5, size=m, p=_BASE_KIND_P)
     neutral = rng.choice(len(NEUTRAL_EVENTS), size=m, p=_NEUTRAL_P)
     noise = rng.choice(len(NOISE_EVENTS), size=m, p=_NOISE_P / _NOISE_P.sum())
     path = rng.choice(len(_PATHS), size=m, p=_PATH_P)
     query = rng.choice(len(_QUERIES), size=m, p=_QUERY_P)
     code = np.select(
-        [kind == 0, kind == 1, kind == 2],
-        [_EV["$pageview"], _EV["$feature_flag_called"], _EV_NEUTRAL0 + neutral],
-        _EV_NOISE0 + noise,
+        [kind == 0, kind == 1, kind == 2, kind == 3],
+        [_EV["$pageview"], _EV["$feature_flag_called"], _EV_NEUTRAL0 + neutral, _EV_NOISE0 + noise],
+        _EV[PROXY_EVENT],
     )
     spec = np.where(kind == 0, _SPEC_PV0 + path * len(_QUERIES) + query, np.where(kind == 1, -1, 0))
     ev.add(a, t, code, spec)
     n_base = m
 
     # ---- planted behaviours -----------------------------------------------------------------------
-    conv_rel = np.where(latent, (acc["conv"] - start).astype(float) - 2.0, np.inf)
+    # Every account has a would-be conversion time (`conv`, drawn independently of whether it converts).
+    # Qualifying events are placed before it for converters and non-converters alike: placing them before
+    # the conversion of converters only would squeeze early converters' events into the first days, so
+    # "more events in the first days" would predict conversion even for a behaviour without effect.
+    conv_rel = (acc["conv"] - start).astype(float) - 2.0
     ids = np.arange(n)
 
     def behaviour(
@@ -1255,12 +1443,12 @@ def _events_chunk(w: _World, c: int, acc: dict, users: dict) -> tuple[pl.DataFra
         extra: int = 0,
         extra_p: float = 0.0,
     ) -> None:
-        """Holders: n_hold events in [1.5 s, window) before conversion; others n_sub (< threshold) in the
-        window; everyone n_late events after `late_from_days`."""
+        """Holders: n_hold events in [1.5 s, window); others n_sub (< threshold); both before the would-be
+        conversion time; everyone n_late events after `late_from_days`."""
         w_hi = np.minimum(window_days * DAY - 1.0, D - 1)
-        # holders: the qualifying events, inside the window and strictly before conversion
+        # the qualifying events, inside the window and strictly before the (would-be) conversion
         k = np.where(holder, n_hold, n_sub)
-        hi_in = np.where(holder, np.minimum(w_hi, conv_rel), w_hi)
+        hi_in = np.minimum(w_hi, conv_rel)
         a = np.repeat(ids, k)
         a, t = place(a, np.full(a.shape[0], 1.5), hi_in[a])
         ev.add(a, t, code, spec, extra + (rng.random(a.shape[0]) < extra_p) if extra else 0)
@@ -1313,6 +1501,15 @@ def _events_chunk(w: _World, c: int, acc: dict, users: dict) -> tuple[pl.DataFra
         _EV["report_exported"],
         extra=_X_FORMAT,
         extra_p=0.4,
+    )
+    behaviour(
+        b["b_sso_configured"],
+        14,
+        1 + (rng.random(n) < 0.2),
+        np.zeros(n, np.int64),
+        rng.poisson(0.2, n),
+        full,
+        _EV["sso_configured"],
     )
     integ_spec = _SPEC_PV0 + _PATH_INTEGRATIONS * len(_QUERIES)
     behaviour(
@@ -1992,8 +2189,10 @@ def _simulate_accounts(
     """The per-account truth `generate_demo` uses (same seed, same accounts), one row per account.
 
     Columns: account (global index), domain, record_id (null outside the CRM), crm, industry (null
-    outside the CRM), start, conv (epoch s; null unless converted in the data), converted,
-    latent_converter, activity, first_half and one boolean per planted behaviour.
+    outside the CRM), start, conv (epoch s; null unless converted in the data), conv_planned (the would-be
+    conversion time every account draws, converter or not: conv when it converts), converted,
+    latent_converter, activity, activity_z (standardised log activity: the conversion logit's activity
+    term is log(ACTIVITY_CONVERSION_OR)·activity_z), first_half and one boolean per planted behaviour.
     """
     world = _World.make(seed, start_date, months)
     frames = []
@@ -2010,9 +2209,11 @@ def _simulate_accounts(
                     "industry": _lookup(INDUSTRIES, a["industry"]).set(pl.Series(values=~a["crm"]), None),
                     "start": a["start"],
                     "conv": pl.Series(values=a["conv"]).set(pl.Series(values=~a["converted"]), None),
+                    "conv_planned": a["conv"],
                     "converted": a["converted"],
                     "latent_converter": a["latent"],
                     "activity": a["activity"],
+                    "activity_z": a["activity_z"],
                     "first_half": a["first_half"],
                     "invited_teammate": a["b_invited_teammate"],
                     "api_key_created": a["b_api_key_created"],
@@ -2021,6 +2222,7 @@ def _simulate_accounts(
                     "fintech": a["fintech"],
                     "funding_round": a["b_funding_round"],
                     "report_exported": a["b_report_exported"],
+                    "sso_configured": a["b_sso_configured"],
                 }
             )
         )
