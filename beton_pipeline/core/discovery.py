@@ -19,15 +19,26 @@ Method (README, "How discovery decides"):
    A pair is also measured *conditionally on each of its parts* (`conditional_on_parts`): among the
    accounts holding part A, those that also hold B against those that do not (n(A∧B), conv(A∧B) against
    n(A) − n(A∧B), conv(A) − conv(A∧B)), with `core.stats.compare_proportions`; and the same given B.
+   The singles paired are the strongest on those months; with the activity adjustment, the strongest
+   among equally active accounts (adjusted p, adjusted lift > 1), so activity proxies do not crowd them out.
 5. **False-discovery control.** Benjamini–Hochberg q-values over every candidate tested in the run:
    every event, window, threshold, property value, attribute value, intent type and pair.
+5a. **Beyond overall activity** (`count_by_stratum`, `adjusted_statistics`, `attach_adjusted`). Accounts
+   are cut, within each cohort month, into `activity_strata` quantile bands of their activity: all their
+   events in the candidate's window (the observation window for attributes and intent). Over the strata
+   cohort month × band, the Mantel–Haenszel risk ratio (`adjusted_lift`, the lift among equally active
+   accounts) with its Greenland–Robins CI, the Cochran–Mantel–Haenszel p-value (`adjusted_p_value`) and
+   Benjamini–Hochberg over the adjusted p-values of every single and pair (`adjusted_q_value`); again on
+   the holdout months. Custom signals are not adjusted (their counts are not stratified).
 6. **One candidate per family, chosen on the discovery cohorts alone** (`recommend`). A family is one
    event (or property value, attribute value, intent type) across windows and thresholds; each pair is
    its own family. A candidate *qualifies* when q ≤ fdr_alpha, lift ≥ min_lift, lift CI low > 1 and
    n_with ≥ min_sample (a pair also when, given each part, its conditional lift is ≥ min_lift with CI
-   low > 1: it adds beyond its stronger part, and beyond the weaker one). The family keeps, in this
-   order: qualifying candidates first, then significant ones with lift > 1, then the rest; among them
-   the highest lift CI low bound, then the lowest p, then the key. No holdout figure takes part in
+   low > 1: it adds beyond its stronger part, and beyond the weaker one); and, when adjusted, when its
+   adjusted q ≤ fdr_alpha and adjusted lift CI low > 1 (otherwise it is `review`: "explained by overall
+   activity"). The family keeps, in this order: qualifying candidates first, then significant ones with
+   lift > 1, then the rest; among them the highest adjusted lift CI low bound, the highest lift CI low
+   bound, then the lowest p, then the key. No holdout figure takes part in
    this choice, so the holdout cannot pick among windows, thresholds or pairs.
 7. **Holdout replication of the chosen candidate only** (`replicates`). The same counts on the
    holdout cohorts give `holdout_lift` with its Katz CI at the run's `confidence_level` (two-sided; at
@@ -35,13 +46,18 @@ Method (README, "How discovery decides"):
    lift CI low bound is > 1 *and* the holdout lift is ≥ min_lift: the holdout shows the effect that
    justifies enabling, not merely some association (at tens of thousands of accounts a residual lift
    of 1.1 is "significant"). A pair replicates when, in the holdout, its own lift and its conditional
-   lift given each part both pass that rule. Power: the point estimate must reach min_lift, so a true
+   lift given each part both pass that rule. When adjusted, the holdout's adjusted lift CI low bound
+   must also be > 1: the holdout shows the effect among equally active accounts (not min_lift: the
+   adjustment pulls behaviours that create activity towards 1, and the marginal holdout lift already
+   carries the min_lift bar; not merely adjusted lift ≥ 1: a pure proxy passes that half the time). Power: the point estimate must reach min_lift, so a true
    lift equal to min_lift replicates about half the time; measured (tests/core/test_replication.py,
    15,000 holdout accounts, 20 % holding the signal, base rate 8 %), true lifts of 1.0 / 1.15 / 1.3 /
    1.6 / 2.0 replicate in about 0 / 2 / 50 / 100 / 100 % of draws.
 8. **Recommendation.** The chosen candidate is `enable`d when it qualifies and replicates, and (pairs)
    neither part's family failed replication (no window or threshold of a behaviour that did not
-   replicate is trusted inside a pair) and the parts' families are not both enabled already (the score
+   replicate is trusted inside a pair), neither part's family is explained by overall activity (the lift
+   given each part is a marginal comparison that activity could carry) and the parts' families are not
+   both enabled already (the score
    adds enabled signals, so such a pair would count them twice). A chosen candidate that is
    significant with lift > 1 but fails any of those is `review` (`recommendation_reason` says which);
    otherwise `reject`. The family's other candidates that are significant with lift > 1 are `reject`ed
@@ -1081,6 +1097,23 @@ def discover_from_cohort_counts(
         chosen = select_candidates(disc, config).get_column("key")
         singles = supported(sum_counts(cohort_counts, select_months), config).filter(pl.col("key").is_in(chosen))
         singles = evaluate(singles, config.confidence_level)
+        if stratum_counts is not None and not singles.is_empty():
+            # With the adjustment, the strongest singles are those strongest among equally active accounts
+            # (adjusted p and lift on the same selection months), so activity proxies do not crowd the pairs.
+            among_equals = adjusted_statistics(
+                singles.get_column("key"), stratum_counts, select_months, config.confidence_level
+            )
+            singles = (
+                singles.drop("lift", "p_value")
+                .join(
+                    among_equals.select(
+                        "key", pl.col("adjusted_lift").alias("lift"), pl.col("adjusted_p_value").alias("p_value")
+                    ),
+                    on="key",
+                    how="left",
+                )
+                .with_columns(pl.col("p_value").fill_nan(None), pl.col("lift").fill_nan(None))
+            )
         top = top_singles(singles, config.pair_top_k)
         if len(top) >= 2:
             pair_split = HoldoutSplit(test_months, split.holdout_months, 0, split.n_holdout)
