@@ -895,11 +895,11 @@ def recommend(signals: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
                 _shown("given_b_lift_ci_low"),
             )
         )
-        .when(pl.col("_promising") & ~beyond_activity & pl.col("adjusted_lift").fill_nan(None).is_null())
+        .when(pl.col("_promising") & ~beyond_activity & pl.col("adjusted_lift_ci_low").fill_nan(None).is_null())
         .then(
             pl.format(
-                "cannot be separated from overall activity: no activity band has accounts both with and without it "
-                "(lift {})",
+                "cannot be separated from overall activity: {} (lift {})",
+                pl.col("adjustment_status").fill_null("no adjusted figure"),
                 _shown("lift"),
             )
         )

@@ -81,14 +81,12 @@ def lift_in_words(signal: dict) -> str:
     if signal.get("adjustment_method") is None:
         return f"{marginal}; not adjusted for overall activity (custom signals are compared with all other accounts)"
     adjusted = signal.get("adjusted_lift")
-    if adjusted is None:
-        return (
-            f"{marginal}; cannot be separated from overall activity (no activity band has accounts with and without it)"
-        )
-    level = f"{100 * signal['confidence_level']:.0f}%" if signal.get("confidence_level") else "95%"
     low, high = signal.get("adjusted_lift_ci_low"), signal.get("adjusted_lift_ci_high")
-    interval = "" if low is None or high is None else f" ({level} CI {low:.1f}–{high:.1f})"
-    return f"{marginal}; among equally active accounts {adjusted:.1f}×{interval}"
+    if adjusted is None or low is None or high is None:
+        why = signal.get("adjustment_status") or "no activity band has accounts with and without it"
+        return f"{marginal}; cannot be separated from overall activity ({why})"
+    level = f"{100 * signal['confidence_level']:.0f}%" if signal.get("confidence_level") else "95%"
+    return f"{marginal}; among equally active accounts {adjusted:.1f}× ({level} CI {low:.1f}–{high:.1f})"
 
 
 @dataclass(frozen=True)

@@ -477,3 +477,15 @@ def test_a_pair_with_a_part_explained_by_activity_is_not_enabled():
     assert out["d:14d"]["recommendation"] == "review" and out["r:14d"]["recommendation"] == "enable"
     assert out["pair:d:14d&r:14d"]["recommendation"] == "review"
     assert "explained by overall activity" in out["pair:d:14d&r:14d"]["recommendation_reason"]
+
+
+def test_an_infinite_adjusted_lift_without_interval_cannot_be_separated_from_activity():
+    """No conversion without the candidate in its informative bands: RR infinite, no CI; not 'explained'."""
+    row = adjusted(single("e:14d", "event:e", 2.0, 1.6, holdout=(2.0, 1.5)), float("inf"), float("nan"), 0.001, 1.2)
+    row["adjustment_status"] = "no conversions without the candidate in its informative strata"
+    out = recommended([row])
+    assert out["e:14d"]["recommendation"] == "review"
+    assert out["e:14d"]["recommendation_reason"] == (
+        "cannot be separated from overall activity: no conversions without the candidate in its informative "
+        "strata (lift 2.0)"
+    )

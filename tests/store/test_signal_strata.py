@@ -107,3 +107,18 @@ def test_discovery_writes_adjusted_columns_for_discovered_singles(counted):
     assert singles["adjustment_method"].is_not_null().all()
     assert singles["adjusted_lift"].is_not_null().sum() > 0
     assert (singles["activity_strata"] >= 0).all()
+
+
+def test_both_lifts_in_plain_words():
+    from beton_pipeline.store.signal_detail import lift_in_words
+
+    row = {"lift": 3.14, "confidence_level": 0.95, "adjustment_method": "Mantel-Haenszel RR …"}
+    adjusted = {"adjusted_lift": 1.62, "adjusted_lift_ci_low": 1.31, "adjusted_lift_ci_high": 2.04}
+    assert lift_in_words(row | adjusted) == "lift 3.1×; among equally active accounts 1.6× (95% CI 1.3–2.0)"
+    no_interval = {"adjusted_lift": float("inf"), "adjusted_lift_ci_low": None, "adjusted_lift_ci_high": None}
+    status = {"adjustment_status": "no conversions without the candidate in its informative strata"}
+    assert lift_in_words(row | no_interval | status) == (
+        "lift 3.1×; cannot be separated from overall activity (no conversions without the candidate in its "
+        "informative strata)"
+    )
+    assert lift_in_words({"lift": 2.0, "adjustment_method": None}).startswith("lift 2.0×; not adjusted")
