@@ -19,7 +19,9 @@ from beton_pipeline.core.candidates import (
     sufficient_statistics,
 )
 from beton_pipeline.core.discovery import (
+    ACTIVITY_BAND_RATIO,
     DiscoveryConfig,
+    activity_bands,
     adjusted_statistics,
     choose_count_thresholds,
     choose_holdout,
@@ -403,14 +405,15 @@ def test_count_grid_and_explicit_lists():
 # ------------------------------------------------------------------------------------------------
 # Activity-adjusted discovery
 # ------------------------------------------------------------------------------------------------
-def confounded_frames(n: int, seed: int) -> FeatureFrames:
+def confounded_frames(n: int, seed: int, spread: float = 0.7) -> FeatureFrames:
     """Accounts over 12 cohort months whose every event count and conversion grow with a latent activity
     level: `dark_mode` does nothing of its own (a proxy), `invited` >= 1 multiplies conversion by 2 at
-    equal activity (a real behaviour), `page_view` is most of the activity."""
+    equal activity (a real behaviour), `page_view` is most of the activity. `spread` is the sd of log latent
+    activity (0.8: a heavier tail, where high thresholds of the proxy select the very top of activity)."""
     rng = np.random.default_rng(seed)
     ids = np.array([f"a{i:06d}" for i in range(n)])
     months = np.array([f"2025-{m:02d}" for m in rng.integers(1, 13, n)])
-    latent = rng.lognormal(0.0, 0.7, n)
+    latent = rng.lognormal(0.0, spread, n)
     counts = {
         "page_view": rng.poisson(25.0 * latent),
         "dark_mode": rng.poisson(2.0 * latent),
@@ -441,9 +444,14 @@ def confounded_frames(n: int, seed: int) -> FeatureFrames:
 ADJUSTED_CONFIG = DiscoveryConfig()
 
 
-def adjusted_run(frames: FeatureFrames, config: DiscoveryConfig = ADJUSTED_CONFIG, converted: np.ndarray | None = None):
+def adjusted_run(
+    frames: FeatureFrames,
+    config: DiscoveryConfig = ADJUSTED_CONFIG,
+    converted: np.ndarray | None = None,
+    thresholds: tuple[int, ...] = (1, 2, 3),
+):
     """Discovery with the adjustment, in memory, as the assets run it (per-month bands of all events)."""
-    spec = FeatureSpec(WINDOWS, (1, 2, 3), 14, 90)
+    spec = FeatureSpec(WINDOWS, thresholds, 14, 90)
     matrix = build_candidate_matrix(frames, candidate_hits(frames, spec))
     months = cohort_labels(frames)
     y = frames.accounts.get_column("converted").to_numpy() if converted is None else converted
@@ -458,9 +466,12 @@ def adjusted_run(frames: FeatureFrames, config: DiscoveryConfig = ADJUSTED_CONFI
     return run, strata, matrix, activity, windows, months, y
 
 
-@pytest.fixture(scope="module")
-def confounded():
-    return adjusted_run(confounded_frames(30_000, seed=3))
+@pytest.fixture(scope="module", params=[(0.7, (1, 2, 3)), (0.8, (1, 3, 10))], ids=["lognormal-0.7", "heavy-tail-0.8"])
+def confounded(request):
+    """30,000 confounded accounts; the heavy-tailed case has thresholds up to 10, whose proxy variants kept an
+    adjusted lift of 2.3 with plain deciles (the open top band) before `activity_bands` capped band width."""
+    spread, thresholds = request.param
+    return adjusted_run(confounded_frames(30_000, seed=3, spread=spread), thresholds=thresholds)
 
 
 def test_an_activity_proxy_goes_to_review_and_a_real_behaviour_is_enabled(confounded):
@@ -500,7 +511,40 @@ def test_stratum_counts_add_up_to_the_marginal_counts(confounded):
     check = totals.join(per_month, on="cohort_month", suffix="_month")
     assert check.height == totals.height and (check["n_total"] == check["n_total_month"]).all()
     assert (check["conversions_total"] == check["conversions_total_month"]).all()
-    assert strata.strata.group_by("cohort_month", "activity_window_days").len()["len"].max() <= 10
+    per_set = strata.strata.group_by("cohort_month", "activity_window_days").len()["len"]
+    assert 10 < per_set.max() < 100  # deciles, split further at the top (activity_bands)
+
+
+def independent_bands(activity: np.ndarray, n_bands: int, ratio: float) -> np.ndarray:
+    """The band rule written out: deciles (quantile band = floor(n_bands · share strictly below)), each split by
+    floor(log(1 + activity) / log(ratio)); a band is one (decile, log bin) pair."""
+    below = np.array([np.sum(activity < a) for a in activity])
+    decile = below * n_bands // len(activity)
+    log_bin = np.floor(np.log1p(activity) / np.log(ratio)).astype(int)
+    return np.unique(np.stack([decile, log_bin], axis=1), axis=0, return_inverse=True)[1].ravel()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 400), min_size=1, max_size=300),
+    st.integers(1, 12),
+    st.sampled_from([1.1, 1.25, 2.0]),
+)
+def test_activity_bands_are_contiguous_bounded_and_split_quantile_bands(values, n_bands, ratio):
+    activity = np.array(values, dtype=float)
+    bands = activity_bands(activity, n_bands, ratio)
+    if n_bands == 1:
+        assert bands.n_strata == 1
+        return
+    assert np.array_equal(bands.stratum, independent_bands(activity, n_bands, ratio))
+    assert np.all(np.diff(bands.stratum[np.argsort(activity, kind="stable")]) >= 0)  # ordered by activity
+    assert np.all((1 + bands.upper) / (1 + bands.lower) < ratio)  # bounded width
+    quantile = activity_strata(activity, n_bands).stratum
+    for k in range(bands.n_strata):  # each band inside one quantile band
+        assert np.unique(quantile[bands.stratum == k]).size == 1
+    assert bands.size.sum() == activity.size and activity_bands(activity, n_bands, None).n_strata == (
+        activity_strata(activity, n_bands).n_strata
+    )
 
 
 def test_adjusted_statistics_equal_statsmodels_on_account_level_strata(confounded):
@@ -521,7 +565,7 @@ def test_adjusted_statistics_equal_statsmodels_on_account_level_strata(confounde
         tables = []
         for month in disc:
             rows = months == month
-            bands = activity_strata(activity[w][rows], 10).stratum
+            bands = independent_bands(activity[w][rows], 10, ACTIVITY_BAND_RATIO)
             for b in np.unique(bands):
                 xs, ys = x[rows][bands == b], y[rows][bands == b]
                 t = np.array([[np.sum(xs & ys), np.sum(xs & ~ys)], [np.sum(~xs & ys), np.sum(~xs & ~ys)]], float)

@@ -4,9 +4,11 @@ event of the account in the candidate's window (excluded events left out); re-co
 exactly its band rows, and discovery refuses to adjust with a month's bands missing."""
 
 import duckdb
+import numpy as np
 import polars as pl
 import pytest
 
+from beton_pipeline.core.discovery import ACTIVITY_BAND_RATIO
 from beton_pipeline.core.stratified import activity_strata
 from beton_pipeline.settings import Settings
 from beton_pipeline.store import signals as store
@@ -51,7 +53,8 @@ def test_stratum_counts_add_up_to_the_marginal_counts_per_candidate_and_month(co
 
 
 def test_the_bands_are_deciles_of_all_events_in_the_window(counted):
-    """Each month's bands, recomputed from the event mart in SQL (every event but the excluded ones)."""
+    """Each month's bands, recomputed from the event mart in SQL (every event but the excluded ones): deciles,
+    each split so that 1 + activity varies by less than ACTIVITY_BAND_RATIO within a band."""
     settings = Settings()
     excluded = list(settings.discovery.excluded_events)
     with duckdb.connect(str(counted), read_only=True) as con:
@@ -67,12 +70,19 @@ def test_the_bands_are_deciles_of_all_events_in_the_window(counted):
                 params=[excluded],
             ).pl()
             for month in MONTHS:
-                values = activity.filter(pl.col("cohort_month") == month)["activity"].to_numpy()
-                want = activity_strata(values, settings.discovery.activity_strata)
+                values = activity.filter(pl.col("cohort_month") == month)["activity"].cast(pl.Float64).to_numpy()
+                decile = activity_strata(values, settings.discovery.activity_strata).stratum
+                log_bin = np.floor(np.log1p(values) / np.log(ACTIVITY_BAND_RATIO)).astype(int)
+                bands = pl.DataFrame({"decile": decile, "log_bin": log_bin, "a": values})
+                want = bands.group_by("decile", "log_bin").agg(
+                    pl.len().alias("n"), pl.col("a").min().alias("low"), pl.col("a").max().alias("high")
+                )
+                want = want.sort("decile", "log_bin")
                 got = strata.filter((pl.col("cohort_month") == month) & (pl.col("activity_window_days") == days))
-                assert got["n_total"].to_list() == want.size.tolist()
-                assert got["activity_low"].to_list() == want.lower.tolist()
-                assert got["activity_high"].to_list() == want.upper.tolist()
+                assert got["n_total"].to_list() == want["n"].to_list()
+                assert got["activity_low"].to_list() == want["low"].cast(pl.Float64).to_list()
+                assert got["activity_high"].to_list() == want["high"].cast(pl.Float64).to_list()
+                assert ((1 + got["activity_high"]) / (1 + got["activity_low"]) < ACTIVITY_BAND_RATIO).all()
 
 
 def test_recounting_a_month_replaces_exactly_its_band_rows(counted):
