@@ -108,8 +108,9 @@ class DiscoverySettings(_Strict):
     activity_strata: int = Field(
         10,
         ge=1,
-        description="Activity bands (quantiles of all events in a candidate's window, cut within each cohort "
-        "month) for the adjusted lift; 1 stratifies by cohort month only (README, 'Adjusted lift').",
+        description="Activity quantile bands (of all events in a candidate's window, cut within each cohort "
+        "month, each split to a narrow activity range) for the adjusted lift; 1 stratifies by cohort month only "
+        "(README, 'Adjusted lift').",
     )
     excluded_events: tuple[str, ...] = ("$identify", "$feature_flag_called")
 

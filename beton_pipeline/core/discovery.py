@@ -24,8 +24,9 @@ Method (README, "How discovery decides"):
 5. **False-discovery control.** Benjamini–Hochberg q-values over every candidate tested in the run:
    every event, window, threshold, property value, attribute value, intent type and pair.
 5a. **Beyond overall activity** (`count_by_stratum`, `adjusted_statistics`, `attach_adjusted`). Accounts
-   are cut, within each cohort month, into `activity_strata` quantile bands of their activity: all their
-   events in the candidate's window (the observation window for attributes and intent). Over the strata
+   are cut, within each cohort month, into `activity_strata` quantile bands of their activity (all their
+   events in the candidate's window; the observation window for attributes and intent), each split to a
+   narrow activity range (`activity_bands`). Over the strata
    cohort month × band, the Mantel–Haenszel risk ratio (`adjusted_lift`, the lift among equally active
    accounts) with its Greenland–Robins CI, the Cochran–Mantel–Haenszel p-value (`adjusted_p_value`) and
    Benjamini–Hochberg over the adjusted p-values of every single and pair (`adjusted_q_value`); again on
