@@ -273,7 +273,7 @@ def signals_show(
     ] = False,
 ) -> None:
     """One signal in full: what it means, its statistics, its backtest by cohort month, its health and who overrode it."""
-    from beton_pipeline.store.signal_detail import read_signal_detail
+    from beton_pipeline.store.signal_detail import lift_in_words, read_signal_detail
     from beton_pipeline.store.signals import UnknownSignalError
 
     try:
@@ -307,6 +307,13 @@ def signals_show(
         "",
         "statistics (discovery cohorts)",
         f"  lift            {fmt(s['lift'], '.2f')} ({level} CI {fmt_interval(s['lift_ci_low'], s['lift_ci_high'])})",
+        f"  in plain words  {lift_in_words(s)}",
+        f"  adjusted lift   {fmt(s.get('adjusted_lift'), '.2f')} "
+        f"({level} CI {fmt_interval(s.get('adjusted_lift_ci_low'), s.get('adjusted_lift_ci_high'))}), "
+        f"p {fmt(s.get('adjusted_p_value'), '.2g')}, q {fmt(s.get('adjusted_q_value'), '.2g')}, "
+        f"{fmt(s.get('activity_strata'), ',')} informative strata; holdout "
+        f"{fmt(s.get('holdout_adjusted_lift'), '.2f')} "
+        f"(CI {fmt_interval(s.get('holdout_adjusted_lift_ci_low'), s.get('holdout_adjusted_lift_ci_high'))})",
         f"  p, q            {fmt(s['p_value'], '.2g')}, {fmt(s['q_value'], '.2g')}",
         f"  support         {s['n_with']:,} accounts with it ({s['conversions_with']:,} converted, "
         f"{fmt(s['rate_with'], '.1%')}); {s['n_without']:,} without ({s['conversions_without']:,}, "
@@ -319,6 +326,7 @@ def signals_show(
         f"  enabled         {'yes' if s['enabled'] else 'no'}"
         + ("" if s["enabled_override"] is None else " (by override)"),
         f"  method          {s['method']}",
+        f"  adjustment      {s.get('adjustment_method') or 'none (custom signal)'}",
         f"  as of           {s['as_of']}",
     ]
     out.print("\n".join(lines), markup=False, highlight=False)

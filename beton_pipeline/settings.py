@@ -105,6 +105,13 @@ class DiscoverySettings(_Strict):
     min_candidate_support: int = Field(10, ge=1, description="Accounts a candidate must fire for before it is tested.")
     intent_lookback_days: int = Field(90, gt=0)
     pair_top_k: int = Field(12, ge=0, description="Pairs (AND) are formed from this many strongest single candidates.")
+    activity_strata: int = Field(
+        10,
+        ge=1,
+        description="Activity quantile bands (of all events in a candidate's window, cut within each cohort "
+        "month, each split to a narrow activity range) for the adjusted lift; 1 stratifies by cohort month only "
+        "(README, 'Adjusted lift').",
+    )
     excluded_events: tuple[str, ...] = ("$identify", "$feature_flag_called")
 
     @model_validator(mode="after")
@@ -265,6 +272,7 @@ class Settings(_Strict):
             min_property_support=self.discovery.min_property_support,
             pair_top_k=self.discovery.pair_top_k,
             acv=self.revenue.acv,
+            activity_strata=self.discovery.activity_strata,
             max_thresholds_per_event=(
                 self.discovery.max_thresholds_per_event if self.discovery.count_thresholds == "auto" else None
             ),

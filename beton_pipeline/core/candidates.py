@@ -339,3 +339,45 @@ def sufficient_statistics(matrix: CandidateMatrix, converted: np.ndarray, arr: n
         pl.lit(int(len(y)), pl.Int64).alias("n_total"),
         pl.lit(int(y.sum()), pl.Int64).alias("conversions_total"),
     )
+
+
+WINDOWED_KINDS = ("event_count", "event_property")
+"""Candidate kinds defined over a first-N-days window; the others (attributes, intent, custom signals) have none."""
+
+
+def activity_windows(candidates: pl.DataFrame, observation_days: int) -> np.ndarray:
+    """The window (days) of each candidate's activity measure (`account_activity`), one per row of `candidates`.
+
+    An event-count or property-value candidate is measured against activity in its own window (a
+    `first_3d` candidate is compared with accounts as active in their first 3 days). Attributes, intent
+    and anything else without a first-N-days window use the observation window: it is the longest window
+    a candidate may look at, and everything in it is known before the account's feature window ends, so
+    the measure never sees the outcome. (An intent `before_start` candidate is known earlier still; the
+    observation window is then later than the candidate, which is safe for leakage and measures the
+    account's activity as a whole.)
+    """
+    windowed = candidates.get_column("kind").is_in(list(WINDOWED_KINDS)).to_numpy()
+    days = candidates.get_column("window_days").fill_null(observation_days).to_numpy().astype(np.int64)
+    return np.where(windowed, days, int(observation_days)).astype(np.int64)
+
+
+def account_activity(frames: FeatureFrames, spec: FeatureSpec) -> dict[int, np.ndarray]:
+    """Each account's overall activity in each window of `spec`: all its events in its first d days.
+
+    activity_d(i) = Σ over event names E not in `spec.excluded_events` of n_first_<d>d(i, E), read from the
+    same `account_event_features` rows the candidates are built from (no further read of the events), one
+    float64 array per window aligned with `frames.accounts` (0 for an account without events). It counts
+    the candidate's own events too: when event counts grow with a latent activity level, the total is what
+    carries that level, and leaving the candidate's event out left activity proxies with a residual lift
+    (README, "Adjusted lift").
+    """
+    account_ids = frames.accounts.get_column("account_id")
+    columns = [f"n_first_{d}d" for d in spec.windows]
+    events = frames.events.filter(~pl.col("event_name").is_in(list(spec.excluded_events)))
+    totals = (
+        events.group_by("account_id").agg(pl.col(c).sum().cast(pl.Float64) for c in columns)
+        if events.height
+        else pl.DataFrame(schema={"account_id": account_ids.dtype, **{c: pl.Float64 for c in columns}})
+    )
+    aligned = pl.DataFrame({"account_id": account_ids}).join(totals, on="account_id", how="left", maintain_order="left")
+    return {d: aligned.get_column(c).fill_null(0.0).to_numpy() for d, c in zip(spec.windows, columns, strict=True)}

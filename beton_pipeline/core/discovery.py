@@ -19,15 +19,27 @@ Method (README, "How discovery decides"):
    A pair is also measured *conditionally on each of its parts* (`conditional_on_parts`): among the
    accounts holding part A, those that also hold B against those that do not (n(A∧B), conv(A∧B) against
    n(A) − n(A∧B), conv(A) − conv(A∧B)), with `core.stats.compare_proportions`; and the same given B.
+   The singles paired are the strongest on those months; with the activity adjustment, the strongest
+   among equally active accounts (adjusted p, adjusted lift > 1), so activity proxies do not crowd them out.
 5. **False-discovery control.** Benjamini–Hochberg q-values over every candidate tested in the run:
    every event, window, threshold, property value, attribute value, intent type and pair.
+5a. **Beyond overall activity** (`count_by_stratum`, `adjusted_statistics`, `attach_adjusted`). Accounts
+   are cut, within each cohort month, into `activity_strata` quantile bands of their activity (all their
+   events in the candidate's window; the observation window for attributes and intent), each split to a
+   narrow activity range (`activity_bands`). Over the strata
+   cohort month × band, the Mantel–Haenszel risk ratio (`adjusted_lift`, the lift among equally active
+   accounts) with its Greenland–Robins CI, the Cochran–Mantel–Haenszel p-value (`adjusted_p_value`) and
+   Benjamini–Hochberg over the adjusted p-values of every single and pair (`adjusted_q_value`); again on
+   the holdout months. Custom signals are not adjusted (their counts are not stratified).
 6. **One candidate per family, chosen on the discovery cohorts alone** (`recommend`). A family is one
    event (or property value, attribute value, intent type) across windows and thresholds; each pair is
    its own family. A candidate *qualifies* when q ≤ fdr_alpha, lift ≥ min_lift, lift CI low > 1 and
    n_with ≥ min_sample (a pair also when, given each part, its conditional lift is ≥ min_lift with CI
-   low > 1: it adds beyond its stronger part, and beyond the weaker one). The family keeps, in this
-   order: qualifying candidates first, then significant ones with lift > 1, then the rest; among them
-   the highest lift CI low bound, then the lowest p, then the key. No holdout figure takes part in
+   low > 1: it adds beyond its stronger part, and beyond the weaker one); and, when adjusted, when its
+   adjusted q ≤ fdr_alpha and adjusted lift CI low > 1 (otherwise it is `review`: "explained by overall
+   activity"). The family keeps, in this order: qualifying candidates first, then significant ones with
+   lift > 1, then the rest; among them the highest adjusted lift CI low bound, the highest lift CI low
+   bound, then the lowest p, then the key. No holdout figure takes part in
    this choice, so the holdout cannot pick among windows, thresholds or pairs.
 7. **Holdout replication of the chosen candidate only** (`replicates`). The same counts on the
    holdout cohorts give `holdout_lift` with its Katz CI at the run's `confidence_level` (two-sided; at
@@ -35,13 +47,18 @@ Method (README, "How discovery decides"):
    lift CI low bound is > 1 *and* the holdout lift is ≥ min_lift: the holdout shows the effect that
    justifies enabling, not merely some association (at tens of thousands of accounts a residual lift
    of 1.1 is "significant"). A pair replicates when, in the holdout, its own lift and its conditional
-   lift given each part both pass that rule. Power: the point estimate must reach min_lift, so a true
+   lift given each part both pass that rule. When adjusted, the holdout's adjusted lift CI low bound
+   must also be > 1: the holdout shows the effect among equally active accounts (not min_lift: the
+   adjustment pulls behaviours that create activity towards 1, and the marginal holdout lift already
+   carries the min_lift bar; not merely adjusted lift ≥ 1: a pure proxy passes that half the time). Power: the point estimate must reach min_lift, so a true
    lift equal to min_lift replicates about half the time; measured (tests/core/test_replication.py,
    15,000 holdout accounts, 20 % holding the signal, base rate 8 %), true lifts of 1.0 / 1.15 / 1.3 /
    1.6 / 2.0 replicate in about 0 / 2 / 50 / 100 / 100 % of draws.
 8. **Recommendation.** The chosen candidate is `enable`d when it qualifies and replicates, and (pairs)
    neither part's family failed replication (no window or threshold of a behaviour that did not
-   replicate is trusted inside a pair) and the parts' families are not both enabled already (the score
+   replicate is trusted inside a pair), neither part's family is explained by overall activity (the lift
+   given each part is a marginal comparison that activity could carry) and the parts' families are not
+   both enabled already (the score
    adds enabled signals, so such a pair would count them twice). A chosen candidate that is
    significant with lift > 1 but fails any of those is `review` (`recommendation_reason` says which);
    otherwise `reject`. The family's other candidates that are significant with lift > 1 are `reject`ed
@@ -60,6 +77,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
 from beton_pipeline.core.candidates import (
     DENSE_COUNT_LIMIT,
@@ -70,6 +88,7 @@ from beton_pipeline.core.candidates import (
     sufficient_statistics,
 )
 from beton_pipeline.core.stats import benjamini_hochberg, compare_proportions
+from beton_pipeline.core.stratified import ActivityStrata, activity_strata, mantel_haenszel, stratified_counts
 
 CUSTOM_KINDS = ("condition", "sql")
 """Kinds of user-defined signals (beton.signals `source = 'custom'`): tested whatever their support, never paired."""
@@ -90,6 +109,9 @@ class DiscoveryConfig:
     max_thresholds_per_event: int | None = None
     """With `auto` count thresholds: the most thresholds tested per event and window (`choose_count_thresholds`);
     None (an explicit `count_thresholds` list) tests every listed threshold."""
+    activity_strata: int = 10
+    """Activity bands per cohort month and window for the adjusted lift (`count_by_stratum`); 1 leaves only the
+    cohort months as strata."""
 
 
 @dataclass(frozen=True)
@@ -420,6 +442,305 @@ def projected_arr(signals: pl.DataFrame, span_days: float, acv: float) -> pl.Ser
     return pl.Series("projected_arr", diff * per_year * mean_arr)
 
 
+# ------------------------------------------------------------------------------------------------
+# Activity-adjusted association: counts per cohort month × activity band, Mantel–Haenszel over them
+# ------------------------------------------------------------------------------------------------
+STRATUM_COUNT_SCHEMA = {
+    "cohort_month": pl.String,
+    "activity_window_days": pl.Int64,
+    "stratum": pl.Int64,
+    "key": pl.String,
+    "n_with": pl.Int64,
+    "conversions_with": pl.Int64,
+}
+"""`StratumCounts.counts`: one row per cohort month × activity band × candidate with holders in the band."""
+
+STRATUM_TOTAL_SCHEMA = {
+    "cohort_month": pl.String,
+    "activity_window_days": pl.Int64,
+    "stratum": pl.Int64,
+    "activity_low": pl.Float64,
+    "activity_high": pl.Float64,
+    "n_total": pl.Int64,
+    "conversions_total": pl.Int64,
+}
+"""`StratumCounts.strata`: one row per cohort month × activity window × band: its activity range and totals."""
+
+ADJUSTED_STATISTICS = ("lift", "lift_ci_low", "lift_ci_high", "p_value")
+"""What `adjusted_statistics` reports, as `{prefix}lift`, `{prefix}lift_ci_low`, …"""
+
+
+ACTIVITY_BAND_RATIO = 1.25
+"""`activity_bands` splits each quantile band so that 1 + activity varies by at most this factor within a band."""
+
+
+def activity_bands(activity: np.ndarray, n_bands: int, max_ratio: float | None = ACTIVITY_BAND_RATIO) -> ActivityStrata:
+    """Quantile bands of activity (`core.stratified.activity_strata`), each split further so that within a band
+    1 + activity varies by less than a factor `max_ratio` (None, or `n_bands` = 1: quantile bands only, so
+    one band leaves the cohort months as the only strata).
+
+    Why: the top quantile band is open-ended. When activity is heavy-tailed, a high threshold of an activity
+    proxy (e.g. ">= 10 in 7 days") selects the most active accounts *of the top band*, and the comparison
+    within it is still confounded (measured: adjusted lift 2.3 for a pure proxy with deciles, 1.1 with bands
+    capped at a factor 1.25). Capping the width bounds the activity difference that can remain inside a band,
+    as coarsened exact matching bounds imbalance by its bin width (Iacus, King & Porro 2011, "Multivariate
+    matching methods that are monotonic imbalance bounding", *JASA* 106:345-361). Small counts get a band each
+    (1 + a grows by more than 1.25 per event up to a = 3, and the log bins separate every integer up to 9), so
+    there the stratification on the total is exact. The cut points depend on activity only, never on outcomes.
+
+    The log bin is ``floor(log(1 + a) / log(max_ratio))``; the band is the pair (quantile band, log bin), both
+    monotone in activity, so bands stay contiguous ranges numbered in order of activity and ties share a band.
+    """
+    quantile = activity_strata(activity, n_bands)
+    if max_ratio is None or n_bands == 1 or quantile.n_strata == 0:  # one band: no activity adjustment at all
+        return quantile
+    values = np.asarray(activity, dtype=np.float64).ravel()
+    log_bin = np.floor(np.log1p(values) / np.log(float(max_ratio))).astype(np.int64)
+    combined = quantile.stratum * (int(log_bin.max()) + 1) + log_bin
+    used, stratum = np.unique(combined, return_inverse=True)
+    stratum = stratum.astype(np.int64).ravel()
+    k = used.size
+    lower, upper = np.full(k, np.inf), np.full(k, -np.inf)
+    np.minimum.at(lower, stratum, values)
+    np.maximum.at(upper, stratum, values)
+    return ActivityStrata(stratum, int(k), lower, upper, np.bincount(stratum, minlength=k).astype(np.int64))
+
+
+@dataclass(frozen=True)
+class StratumCounts:
+    """Candidate counts per cohort month × activity band (`count_by_stratum`), and the bands' totals.
+
+    A candidate without a row in a band had no holder there; the band's accounts without it are
+    `n_total − n_with` (from `strata`), as for the marginal counts.
+    """
+
+    counts: pl.DataFrame
+    strata: pl.DataFrame
+
+    @classmethod
+    def empty(cls) -> StratumCounts:
+        return cls(pl.DataFrame(schema=STRATUM_COUNT_SCHEMA), pl.DataFrame(schema=STRATUM_TOTAL_SCHEMA))
+
+
+def count_by_stratum(
+    x: sp.spmatrix | sp.sparray,
+    keys: list[str] | np.ndarray,
+    windows: np.ndarray,
+    activity: dict[int, np.ndarray],
+    cohort_month: np.ndarray,
+    converted: np.ndarray,
+    n_bands: int,
+) -> StratumCounts:
+    """Per candidate, cohort month and activity band: accounts with the candidate and their conversions.
+
+    `x` is accounts × candidates (0/1), `keys` and `windows` give each column's key and activity window
+    (`core.candidates.activity_windows`), `activity[w]` each account's activity in window w
+    (`core.candidates.account_activity`). Within each cohort month and window, accounts are cut into
+    `n_bands` quantile bands of activity, each split to a bounded activity ratio (`activity_bands`), and the counts of the candidates of that window come from one sparse product
+    (`core.stratified.stratified_counts`). Bands are cut per month so that a month's counts never depend
+    on another month (re-counting a month replaces exactly its rows). The loops run over months and
+    windows (a few each), never over candidates or accounts. Only bands where a candidate has holders get
+    a counts row; every band gets a `strata` row.
+    """
+    x = sp.csr_matrix(x)
+    keys = np.asarray(keys, dtype=object)
+    windows = np.asarray(windows, dtype=np.int64)
+    cohort_month = np.asarray(cohort_month).astype(str)
+    y = np.asarray(converted).astype(bool)
+    count_blocks, strata_blocks = [], []
+    for month in np.unique(cohort_month):
+        rows = np.flatnonzero(cohort_month == month)
+        sub = x[rows]
+        for window in np.unique(windows):
+            cols = np.flatnonzero(windows == window)
+            bands = activity_bands(activity[int(window)][rows], n_bands)
+            counted = stratified_counts(sub[:, cols], y[rows], bands.stratum, bands.n_strata)
+            cand, band = np.nonzero(counted.n_with)
+            count_blocks.append(
+                pl.DataFrame(
+                    {
+                        "cohort_month": np.full(cand.size, month, dtype=object),
+                        "activity_window_days": np.full(cand.size, window, dtype=np.int64),
+                        "stratum": band.astype(np.int64),
+                        "key": keys[cols][cand],
+                        "n_with": counted.n_with[cand, band],
+                        "conversions_with": counted.conversions_with[cand, band],
+                    },
+                    schema=STRATUM_COUNT_SCHEMA,
+                )
+            )
+            strata_blocks.append(
+                pl.DataFrame(
+                    {
+                        "cohort_month": np.full(bands.n_strata, month, dtype=object),
+                        "activity_window_days": np.full(bands.n_strata, window, dtype=np.int64),
+                        "stratum": np.arange(bands.n_strata, dtype=np.int64),
+                        "activity_low": bands.lower,
+                        "activity_high": bands.upper,
+                        "n_total": counted.n_total,
+                        "conversions_total": counted.conversions_total,
+                    },
+                    schema=STRATUM_TOTAL_SCHEMA,
+                )
+            )
+    if not strata_blocks:
+        return StratumCounts.empty()
+    return StratumCounts(pl.concat(count_blocks), pl.concat(strata_blocks))
+
+
+def adjusted_statistics(
+    keys: pl.Series, stratum_counts: StratumCounts, months: tuple, confidence_level: float, prefix: str = "adjusted_"
+) -> pl.DataFrame:
+    """The activity-adjusted association of every candidate in `keys` over the cohort months `months`.
+
+    The strata are cohort month × activity band: within each, the candidate's holders (n_with,
+    conversions_with) are compared with the band's other accounts (n_total − n_with, conversions_total −
+    conversions_with), and `core.stratified.mantel_haenszel` pools them: the Mantel–Haenszel risk ratio
+    (`{prefix}lift`, the lift among equally active accounts) with its Greenland–Robins interval at
+    `confidence_level` (`{prefix}lift_ci_low`, `…_high`) and the two-sided Cochran–Mantel–Haenszel p-value
+    without continuity correction (`{prefix}p_value`). Also `{prefix}strata` (informative strata: with
+    accounts both with and without the candidate), `{prefix}status` (`core.stratified` status text) and
+    `activity_window_days`. A candidate with no informative stratum gets NaN figures (its p-value stays
+    out of any FDR family; that depends only on who holds it, never on outcomes). References in
+    `core.stratified.mantel_haenszel`: Mantel & Haenszel (1959); Greenland & Robins (1985).
+    The arrays are candidates × (month, band): a scatter by integer index, no loop over candidates.
+    """
+    names = [f"{prefix}{s}" for s in ADJUSTED_STATISTICS]
+    key_frame = pl.DataFrame({"key": keys.cast(pl.String)}).with_row_index("_i")
+    window_of = stratum_counts.counts.select("key", "activity_window_days").unique("key")
+    key_frame = key_frame.join(window_of, on="key", how="left", maintain_order="left")
+    month_list = [str(m) for m in months]
+    strata = stratum_counts.strata.filter(pl.col("cohort_month").is_in(month_list))
+    columns = strata.select("cohort_month", "stratum").unique().sort("cohort_month", "stratum").with_row_index("_j")
+    window_index = (
+        pl.concat([strata.select("activity_window_days"), key_frame.select("activity_window_days").drop_nulls()])
+        .unique()
+        .sort("activity_window_days")
+        .with_row_index("_w")
+    )
+    n_keys, n_cols, n_windows = key_frame.height, columns.height, window_index.height
+    totals = strata.join(columns, on=["cohort_month", "stratum"]).join(window_index, on="activity_window_days")
+    n_total = np.zeros((n_windows + 1, max(n_cols, 1)), dtype=np.int64)  # last row: no window known, all zero
+    conv_total = np.zeros_like(n_total)
+    w_idx, j_idx = totals.get_column("_w").to_numpy(), totals.get_column("_j").to_numpy()
+    n_total[w_idx, j_idx] = totals.get_column("n_total").to_numpy()
+    conv_total[w_idx, j_idx] = totals.get_column("conversions_total").to_numpy()
+    cells = (
+        stratum_counts.counts.filter(pl.col("cohort_month").is_in(month_list))
+        .join(key_frame.select("key", "_i", pl.col("activity_window_days").alias("_kw")), on="key")
+        .filter(pl.col("activity_window_days") == pl.col("_kw"))
+        .join(columns, on=["cohort_month", "stratum"])
+    )
+    n_with = np.zeros((n_keys, max(n_cols, 1)), dtype=np.int64)
+    conv_with = np.zeros_like(n_with)
+    i_idx, j_idx = cells.get_column("_i").to_numpy(), cells.get_column("_j").to_numpy()
+    n_with[i_idx, j_idx] = cells.get_column("n_with").to_numpy()
+    conv_with[i_idx, j_idx] = cells.get_column("conversions_with").to_numpy()
+    key_w = (
+        key_frame.join(window_index, on="activity_window_days", how="left", maintain_order="left")
+        .get_column("_w")
+        .fill_null(n_windows)
+        .to_numpy()
+        .astype(np.int64)
+    )
+    big_n, big_k = n_total[key_w], conv_total[key_w]
+    if n_keys == 0:
+        return key_frame.select("key", "activity_window_days").with_columns(
+            *(pl.lit(None, pl.Float64).alias(n) for n in names),
+            pl.lit(None, pl.Int64).alias(f"{prefix}strata"),
+            pl.lit(None, pl.String).alias(f"{prefix}status"),
+        )
+    result = mantel_haenszel(conv_with, n_with, big_k - conv_with, big_n - n_with, confidence_level=confidence_level)
+    values = (result.risk_ratio, result.risk_ratio_ci_low, result.risk_ratio_ci_high, result.p_value)
+    return key_frame.select("key", "activity_window_days").with_columns(
+        *(pl.Series(n, v, dtype=pl.Float64) for n, v in zip(names, values, strict=True)),
+        pl.Series(f"{prefix}strata", result.n_informative_strata, dtype=pl.Int64),
+        pl.Series(f"{prefix}status", [str(s) for s in result.status], dtype=pl.String),
+    )
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    """What `attach_adjusted` needs: the singles' and the pairs' per-stratum counts and the months of each test."""
+
+    singles: StratumCounts
+    pairs: StratumCounts
+    discovery_months: tuple
+    pair_months: tuple
+    holdout_months: tuple
+
+
+ADJUSTED_COLUMNS = [
+    "adjusted_lift",
+    "adjusted_lift_ci_low",
+    "adjusted_lift_ci_high",
+    "adjusted_p_value",
+    "adjusted_q_value",
+    "activity_strata",
+    "adjustment_method",
+    "adjustment_status",
+    "holdout_adjusted_lift",
+    "holdout_adjusted_lift_ci_low",
+    "holdout_adjusted_lift_ci_high",
+    "holdout_adjusted_p_value",
+]
+"""The adjusted figures `attach_adjusted` adds (NULL where no adjustment was computed, e.g. custom signals)."""
+
+
+def no_adjustment(frame: pl.DataFrame) -> pl.DataFrame:
+    """`ADJUSTED_COLUMNS` as NULL, for rows no adjustment was computed for (custom signals, a run without strata)."""
+    dtype = {"activity_strata": pl.Int64, "adjustment_method": pl.String, "adjustment_status": pl.String}
+    return frame.with_columns(
+        pl.lit(None, dtype.get(c, pl.Float64)).alias(c) for c in ADJUSTED_COLUMNS if c not in frame.columns
+    )
+
+
+def adjustment_method(n_bands: int) -> pl.Expr:
+    """The `adjustment_method` text of a row, naming its activity window (`activity_window_days`)."""
+    bands = "activity decile" if n_bands == 10 else f"{n_bands} activity bands"
+    return pl.format(
+        "Mantel-Haenszel RR over cohort month x {} (all events in the first {} days); CI: Greenland-Robins; "
+        "p: Cochran-Mantel-Haenszel; q: Benjamini-Hochberg over the adjusted p-values",
+        pl.lit(bands),
+        pl.col("activity_window_days"),
+    )
+
+
+def attach_adjusted(evaluated: pl.DataFrame, adjustment: Adjustment, config: DiscoveryConfig) -> pl.DataFrame:
+    """Add the activity-adjusted figures (`ADJUSTED_COLUMNS`) to every tested single and pair.
+
+    Singles on the discovery months, pairs on their test months (the odd-numbered discovery months, as
+    their marginal figures), both again on the holdout months (`holdout_adjusted_…`): `adjusted_statistics`.
+    `adjusted_q_value` is Benjamini–Hochberg over the adjusted p-values of every single and pair with one
+    (its own family: the decision reads the adjusted result, the marginal q stays as the contract defines
+    it). Custom signals get NULL: their counts are not stratified (README, "Adjusted lift").
+    """
+    kind = pl.col("kind")
+    parts = []
+    for is_pair, counts, months in (
+        (False, adjustment.singles, adjustment.discovery_months),
+        (True, adjustment.pairs, adjustment.pair_months),
+    ):
+        keys = evaluated.filter((kind == "pair") if is_pair else ~kind.is_in(["pair", *CUSTOM_KINDS])).get_column("key")
+        if keys.is_empty() or counts.strata.is_empty():
+            continue
+        found = adjusted_statistics(keys, counts, months, config.confidence_level)
+        held = adjusted_statistics(
+            keys, counts, adjustment.holdout_months, config.confidence_level, "holdout_adjusted_"
+        )
+        parts.append(found.join(held.drop("activity_window_days"), on="key"))
+    if not parts:
+        return no_adjustment(evaluated)
+    adjusted = pl.concat(parts, how="vertical_relaxed")
+    adjusted = adjusted.with_columns(
+        pl.Series("adjusted_q_value", benjamini_hochberg(adjusted.get_column("adjusted_p_value").to_numpy())),
+        pl.col("adjusted_strata").alias("activity_strata"),
+        pl.col("adjusted_status").alias("adjustment_status"),
+        adjustment_method(config.activity_strata).alias("adjustment_method"),
+    ).select("key", *ADJUSTED_COLUMNS)
+    return evaluated.join(adjusted, on="key", how="left")
+
+
 def effect_clears(lift: str, lift_ci_low: str, min_lift: float) -> pl.Expr:
     """The bar an effect must clear to justify enabling: lift ≥ `min_lift` and its CI low bound > 1.
 
@@ -482,11 +803,13 @@ def recommend(signals: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
     """
     conditional = [f"{p}given_{x}_{s}" for p in ("", "holdout_") for x in ("a", "b") for s in CONDITIONAL_STATISTICS]
     added = [c for c in [*conditional, "part_a", "part_b", "holdout_n_total"] if c not in signals.columns]
-    signals = signals.with_columns(
-        pl.lit(
-            None, pl.String if c in ("part_a", "part_b") else pl.Int64 if c == "holdout_n_total" else pl.Float64
-        ).alias(c)
-        for c in added
+    signals = no_adjustment(
+        signals.with_columns(
+            pl.lit(
+                None, pl.String if c in ("part_a", "part_b") else pl.Int64 if c == "holdout_n_total" else pl.Float64
+            ).alias(c)
+            for c in added
+        )
     )
     m = config.min_lift
     is_pair = pl.col("kind") == "pair"
@@ -503,23 +826,41 @@ def recommend(signals: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
     adds_in_holdout = effect_clears("holdout_given_a_lift", "holdout_given_a_lift_ci_low", m) & effect_clears(
         "holdout_given_b_lift", "holdout_given_b_lift_ci_low", m
     )
-    qualifies = significant & strong & big_enough & adds
-    replicates = effect_clears("holdout_lift", "holdout_lift_ci_low", m) & (~is_pair | adds_in_holdout)
+    # Beyond activity (rows with an adjustment): adjusted q ≤ fdr_alpha and adjusted lift CI low > 1 on the
+    # discovery cohorts, adjusted lift CI low > 1 again on the holdout. Rows without one (custom signals, a
+    # run without strata) keep the marginal rule alone.
+    adjusts = pl.col("adjustment_method").is_not_null()
+    beyond_activity = ~adjusts | (
+        (pl.col("adjusted_q_value").fill_nan(None) <= config.fdr_alpha)
+        & (pl.col("adjusted_lift_ci_low").fill_nan(None) > 1)
+    ).fill_null(False)
+    beyond_activity_in_holdout = ~adjusts | (pl.col("holdout_adjusted_lift_ci_low").fill_nan(None) > 1).fill_null(False)
+    qualifies = significant & strong & big_enough & adds & beyond_activity
+    replicates_marginally = effect_clears("holdout_lift", "holdout_lift_ci_low", m) & (~is_pair | adds_in_holdout)
+    replicates = replicates_marginally & beyond_activity_in_holdout
     frame = signals.with_columns(
         qualifies.alias("_qualifies"),
+        (significant & strong & big_enough & adds & ~beyond_activity).alias("_activity_explained"),
         replicates.alias("_replicates"),
         promising.alias("_promising"),
         pl.when(qualifies).then(0).when(promising).then(1).otherwise(2).alias("_rank"),
+        pl.col("adjusted_lift_ci_low").fill_nan(None).fill_null(-1.0).alias("_adjusted_score"),
         pl.col("lift_ci_low").fill_nan(None).fill_null(-1.0).alias("_score"),
     )
     # The family's candidate, from discovery figures only: qualifying first, then promising, then the
-    # highest lift CI low bound, the lowest p, the key. The holdout is read after this, for that one row.
-    frame = frame.sort(["family", "_rank", "_score", "p_value", "key"], descending=[False, False, True, False, False])
+    # highest adjusted lift CI low bound (when adjusted), the highest lift CI low bound, the lowest p, the
+    # key. The holdout is read after this, for that one row.
+    frame = frame.sort(
+        ["family", "_rank", "_adjusted_score", "_score", "p_value", "key"],
+        descending=[False, False, True, True, False, False],
+    )
     frame = frame.with_columns((pl.int_range(pl.len()).over("family") == 0).alias("is_family_best"))
     chosen = frame.filter(pl.col("is_family_best"))
     family_state = chosen.select(
         "family",
-        pl.when(~pl.col("_qualifies"))
+        pl.when(pl.col("_activity_explained"))
+        .then(pl.lit("activity"))
+        .when(~pl.col("_qualifies"))
         .then(pl.lit("untrusted"))
         .when(pl.col("_replicates"))
         .then(pl.lit("replicated"))
@@ -533,9 +874,12 @@ def recommend(signals: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
         )
     state_a, state_b = pl.col("_state_a"), pl.col("_state_b")
     part_failed = is_pair & ((state_a == "failed") | (state_b == "failed")).fill_null(False)
+    # A part whose family is explained by overall activity: the pair's lift given that part is a marginal
+    # comparison, so activity could carry it too; such a pair is never enabled.
+    part_activity = is_pair & ((state_a == "activity") | (state_b == "activity")).fill_null(False)
     part_missing = is_pair & (state_a.is_null() | state_b.is_null())
     parts_both_replicated = is_pair & ((state_a == "replicated") & (state_b == "replicated")).fill_null(False)
-    pair_allowed = ~part_failed & ~part_missing & ~parts_both_replicated
+    pair_allowed = ~part_failed & ~part_activity & ~part_missing & ~parts_both_replicated
     enable = pl.col("_qualifies") & pl.col("_replicates") & pair_allowed
     bar = f"lift ≥ {m:g} with CI low > 1"
     held_out = pl.when(is_pair).then(
@@ -559,6 +903,17 @@ def recommend(signals: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
             pl.concat_str(
                 pl.lit(f"significant after FDR, strong ({bar}) on the discovery cohorts, replicated in the holdout"),
                 pl.when(is_pair).then(pl.lit("; adds beyond each part in both")).otherwise(pl.lit("")),
+                pl.when(adjusts)
+                .then(
+                    pl.format(
+                        "; beyond overall activity in both (adjusted lift {}, CI {}–{}; holdout {})",
+                        _shown("adjusted_lift"),
+                        _shown("adjusted_lift_ci_low"),
+                        _shown("adjusted_lift_ci_high"),
+                        _shown("holdout_adjusted_lift"),
+                    )
+                )
+                .otherwise(pl.lit("")),
             )
         )
         .when(pl.col("_promising") & ~big_enough)
@@ -576,10 +931,39 @@ def recommend(signals: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
                 _shown("given_b_lift_ci_low"),
             )
         )
+        .when(pl.col("_promising") & ~beyond_activity & pl.col("adjusted_lift_ci_low").fill_nan(None).is_null())
+        .then(
+            pl.format(
+                "cannot be separated from overall activity: {} (lift {})",
+                pl.col("adjustment_status").fill_null("no adjusted figure"),
+                _shown("lift"),
+            )
+        )
+        .when(pl.col("_promising") & ~beyond_activity)
+        .then(
+            pl.format(
+                "explained by overall activity (adjusted lift {}, CI {}–{}; lift {}): among equally active accounts "
+                "the effect is not significant after FDR or its CI reaches 1",
+                _shown("adjusted_lift"),
+                _shown("adjusted_lift_ci_low"),
+                _shown("adjusted_lift_ci_high"),
+                _shown("lift"),
+            )
+        )
         .when(pl.col("_promising") & part_missing)
         .then(pl.lit("pair whose part was not tested in this run"))
         .when(pl.col("_promising") & pl.col("_qualifies") & (pl.col("holdout_n_total").fill_null(0) == 0))
         .then(pl.lit("no holdout cohorts to replicate on"))
+        .when(pl.col("_promising") & pl.col("_qualifies") & replicates_marginally & ~pl.col("_replicates"))
+        .then(
+            pl.format(
+                "replicated in the holdout, but not among equally active accounts: holdout adjusted lift {} "
+                "(CI {}–{}; CI low > 1 needed)",
+                _shown("holdout_adjusted_lift"),
+                _shown("holdout_adjusted_lift_ci_low"),
+                _shown("holdout_adjusted_lift_ci_high"),
+            )
+        )
         .when(pl.col("_promising") & pl.col("_qualifies") & ~pl.col("_replicates"))
         .then(
             pl.format(
@@ -593,6 +977,8 @@ def recommend(signals: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
         )
         .when(pl.col("_promising") & part_failed)
         .then(pl.lit("a part's family did not replicate in the holdout: no pair with any window or threshold of it"))
+        .when(pl.col("_promising") & part_activity)
+        .then(pl.lit("a part's family is explained by overall activity: no pair with any window or threshold of it"))
         .when(pl.col("_promising") & parts_both_replicated)
         .then(pl.lit("pair adds nothing to the score: its parts' families are both enabled already"))
         .when(significant & lift.is_null())
@@ -636,7 +1022,17 @@ def recommend(signals: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
         .otherwise(pl.lit(None, pl.List(pl.String)))
         .alias("alternatives"),
     )
-    helpers = ["_qualifies", "_replicates", "_promising", "_rank", "_score", "_state_a", "_state_b"]
+    helpers = [
+        "_qualifies",
+        "_activity_explained",
+        "_replicates",
+        "_promising",
+        "_rank",
+        "_adjusted_score",
+        "_score",
+        "_state_a",
+        "_state_b",
+    ]
     return frame.drop(*helpers, "_best_id", "_best_def", "_best_failed", *added)
 
 
@@ -647,11 +1043,14 @@ def discover(
     pair_holdout: pl.DataFrame,
     config: DiscoveryConfig,
     span_days: float,
+    adjustment: Adjustment | None = None,
 ) -> pl.DataFrame:
     """Test every supported candidate (singles and pairs), control the FDR, replicate, recommend.
 
     `pair_discovery` and `pair_holdout` are `pair_counts` rows, with their parts' own counts on the same
-    accounts, from which `conditional_on_parts` measures what each pair adds.
+    accounts, from which `conditional_on_parts` measures what each pair adds. With `adjustment` (the
+    per-stratum counts), every single and pair also gets its activity-adjusted figures (`attach_adjusted`),
+    which `recommend` requires; without it the adjusted columns are NULL and the marginal rule decides.
     Returns one row per tested candidate with the `beton.signals` columns (see README) plus counts,
     holdout figures, the lifts of pairs given each part and the family bookkeeping.
     """
@@ -679,12 +1078,23 @@ def discover(
         held = conditional_on_parts(held_pairs, config.confidence_level, prefix="holdout_")
         evaluated = evaluated.join(given, on="key", how="left").join(held, on="key", how="left")
     evaluated = evaluated.with_columns(projected_arr(evaluated, span_days, config.acv))
+    evaluated = no_adjustment(evaluated) if adjustment is None else attach_adjusted(evaluated, adjustment, config)
     source = pl.when(pl.col("kind").is_in(CUSTOM_KINDS)).then(pl.lit("custom")).otherwise(pl.lit("discovered"))
     return recommend(evaluated, config).with_columns(source.alias("source"))
 
 
-PairSource = Callable[[list[str], HoldoutSplit], tuple[pl.DataFrame, pl.DataFrame]]
-"""Returns the pair counts (discovery, holdout) for the chosen single candidates."""
+@dataclass(frozen=True)
+class PairCounts:
+    """A `PairSource`'s answer: `pair_counts` rows on the pairs' test months and on the holdout months, and,
+    when the source knows each account's activity, the pairs' per-stratum counts on both (`count_by_stratum`)."""
+
+    discovery: pl.DataFrame
+    holdout: pl.DataFrame
+    strata: StratumCounts | None = None
+
+
+PairSource = Callable[[list[str], HoldoutSplit], PairCounts]
+"""Returns the pair counts for the chosen single candidates on the split's months."""
 
 
 @dataclass(frozen=True)
@@ -696,13 +1106,19 @@ class DiscoveryRun:
 
 
 def discover_from_cohort_counts(
-    cohort_counts: pl.DataFrame, pair_source: PairSource, config: DiscoveryConfig, holdout_fraction: float
+    cohort_counts: pl.DataFrame,
+    pair_source: PairSource,
+    config: DiscoveryConfig,
+    holdout_fraction: float,
+    stratum_counts: StratumCounts | None = None,
 ) -> DiscoveryRun:
     """Split cohorts in time, add up their counts, form pairs, and `discover`.
 
     `cohort_counts` holds `sufficient_statistics` rows with a `cohort_month` column (one block per
     month); `pair_source(top_keys, split)` returns the pair counts for the chosen singles, from
-    whatever holds account-level membership (memory, or the warehouse).
+    whatever holds account-level membership (memory, or the warehouse). `stratum_counts` (the same
+    months, per activity band: `count_by_stratum`) turns on the activity adjustment; pairs are adjusted
+    when the pair source gives their per-stratum counts too.
     """
     sizes = cohort_counts.group_by("cohort_month").agg(pl.col("n_total").first().alias("n_eligible"))
     split = choose_holdout(sizes, holdout_fraction)
@@ -712,16 +1128,43 @@ def discover_from_cohort_counts(
     # pair never uses the data that selected it (choosing and testing on the same accounts would make
     # its p-value optimistic: measured on shuffled outcomes, it tripled the false discoveries).
     select_months, test_months = split.discovery_months[::2], split.discovery_months[1::2]
-    pair_disc, pair_hold = pl.DataFrame(), pl.DataFrame()
+    pair_disc, pair_hold, pair_strata = pl.DataFrame(), pl.DataFrame(), None
     if test_months:
         chosen = select_candidates(disc, config).get_column("key")
         singles = supported(sum_counts(cohort_counts, select_months), config).filter(pl.col("key").is_in(chosen))
         singles = evaluate(singles, config.confidence_level)
+        if stratum_counts is not None and not singles.is_empty():
+            # With the adjustment, the strongest singles are those strongest among equally active accounts
+            # (adjusted p and lift on the same selection months), so activity proxies do not crowd the pairs.
+            among_equals = adjusted_statistics(
+                singles.get_column("key"), stratum_counts, select_months, config.confidence_level
+            )
+            singles = (
+                singles.drop("lift", "p_value")
+                .join(
+                    among_equals.select(
+                        "key", pl.col("adjusted_lift").alias("lift"), pl.col("adjusted_p_value").alias("p_value")
+                    ),
+                    on="key",
+                    how="left",
+                )
+                .with_columns(pl.col("p_value").fill_nan(None), pl.col("lift").fill_nan(None))
+            )
         top = top_singles(singles, config.pair_top_k)
         if len(top) >= 2:
             pair_split = HoldoutSplit(test_months, split.holdout_months, 0, split.n_holdout)
-            pair_disc, pair_hold = pair_source(top, pair_split)
-    result = discover(disc, hold, pair_disc, pair_hold, config, span_days(split.discovery_months))
+            found = pair_source(top, pair_split)
+            pair_disc, pair_hold, pair_strata = found.discovery, found.holdout, found.strata
+    adjustment = None
+    if stratum_counts is not None:
+        adjustment = Adjustment(
+            singles=stratum_counts,
+            pairs=pair_strata if pair_strata is not None else StratumCounts.empty(),
+            discovery_months=split.discovery_months,
+            pair_months=test_months,
+            holdout_months=split.holdout_months,
+        )
+    result = discover(disc, hold, pair_disc, pair_hold, config, span_days(split.discovery_months), adjustment)
     return DiscoveryRun(signals=result, split=split)
 
 
@@ -742,18 +1185,70 @@ def cohort_counts_from_matrix(
     return pl.concat(blocks)
 
 
-def matrix_pair_source(
-    matrix: CandidateMatrix, cohort_month: np.ndarray, converted: np.ndarray, arr: np.ndarray
-) -> PairSource:
-    """A `PairSource` over an in-memory candidate matrix."""
+def pair_stratum_counts(
+    matrix: CandidateMatrix,
+    pairs: pl.DataFrame,
+    windows: np.ndarray,
+    activity: dict[int, np.ndarray],
+    cohort_month: np.ndarray,
+    converted: np.ndarray,
+    n_bands: int,
+) -> StratumCounts:
+    """Per-stratum counts of the AND-pairs in `pairs` (`pair_counts` rows with `part_a`, `part_b`).
 
-    def source(top: list[str], split: HoldoutSplit) -> tuple[pl.DataFrame, pl.DataFrame]:
+    A pair's membership is the product of its parts' columns; its activity window is the longer of its
+    parts' (`windows`, one per column of `matrix`: the pair is known only once both parts are), and it is
+    counted per cohort month × band by `count_by_stratum`, the same bands as its parts'.
+    """
+    if pairs.is_empty():
+        return StratumCounts.empty()
+    index = {key: i for i, key in enumerate(matrix.candidates.get_column("key").to_list())}
+    ia = np.array([index[k] for k in pairs.get_column("part_a").to_list()], dtype=np.int64)
+    ib = np.array([index[k] for k in pairs.get_column("part_b").to_list()], dtype=np.int64)
+    x = sp.csc_matrix(matrix.matrix)
+    both = x[:, ia].multiply(x[:, ib])
+    return count_by_stratum(
+        both,
+        pairs.get_column("key").to_numpy(),
+        np.maximum(windows[ia], windows[ib]),
+        activity,
+        cohort_month,
+        converted,
+        n_bands,
+    )
+
+
+def matrix_pair_source(
+    matrix: CandidateMatrix,
+    cohort_month: np.ndarray,
+    converted: np.ndarray,
+    arr: np.ndarray,
+    activity: dict[int, np.ndarray] | None = None,
+    windows: np.ndarray | None = None,
+    n_bands: int = 10,
+) -> PairSource:
+    """A `PairSource` over an in-memory candidate matrix; with each account's `activity` and each column's
+    activity window (`windows`), it also gives the pairs' per-stratum counts (`pair_stratum_counts`)."""
+
+    def source(top: list[str], split: HoldoutSplit) -> PairCounts:
         out = []
         for months in (split.discovery_months, split.holdout_months):
             rows = np.flatnonzero(np.isin(cohort_month, list(months)))
             sub = matrix.take_rows(rows)
             out.append(pair_counts(sub, top, converted[rows], arr[rows]))
-        return out[0], out[1]
+        if activity is None or windows is None or out[0].is_empty():
+            return PairCounts(out[0], out[1])
+        rows = np.flatnonzero(np.isin(cohort_month, [*split.discovery_months, *split.holdout_months]))
+        strata = pair_stratum_counts(
+            matrix.take_rows(rows),
+            out[0],
+            windows,
+            {w: a[rows] for w, a in activity.items()},
+            np.asarray(cohort_month)[rows],
+            converted[rows],
+            n_bands,
+        )
+        return PairCounts(out[0], out[1], strata)
 
     return source
 

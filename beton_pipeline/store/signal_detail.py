@@ -72,6 +72,23 @@ def unknown_signal(con: duckdb.DuckDBPyConnection, signal_id: str) -> UnknownSig
     )
 
 
+def lift_in_words(signal: dict) -> str:
+    """Both lifts of a beton.signals row in plain words: "lift 3.1×; among equally active accounts 1.6×
+    (95% CI 1.3–2.0)", or why there is no adjusted figure (a custom signal, or one that cannot be separated
+    from overall activity)."""
+    lift = signal.get("lift")
+    marginal = "lift n/a" if lift is None else f"lift {lift:.1f}×"
+    if signal.get("adjustment_method") is None:
+        return f"{marginal}; not adjusted for overall activity (custom signals are compared with all other accounts)"
+    adjusted = signal.get("adjusted_lift")
+    low, high = signal.get("adjusted_lift_ci_low"), signal.get("adjusted_lift_ci_high")
+    if adjusted is None or low is None or high is None:
+        why = signal.get("adjustment_status") or "no activity band has accounts with and without it"
+        return f"{marginal}; cannot be separated from overall activity ({why})"
+    level = f"{100 * signal['confidence_level']:.0f}%" if signal.get("confidence_level") else "95%"
+    return f"{marginal}; among equally active accounts {adjusted:.1f}× ({level} CI {low:.1f}–{high:.1f})"
+
+
 @dataclass(frozen=True)
 class SignalDetail:
     """One signal: its beton.signals row, plain-language name, pair parts (id, name, definition), backtest rows

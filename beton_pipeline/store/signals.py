@@ -25,6 +25,8 @@ import polars as pl
 
 from beton_pipeline.core.candidates import (
     FeatureFrames,
+    account_activity,
+    activity_windows,
     build_candidate_matrix,
     candidate_hits,
     signal_id,
@@ -32,8 +34,11 @@ from beton_pipeline.core.candidates import (
 )
 from beton_pipeline.core.discovery import (
     HoldoutSplit,
+    PairCounts,
+    StratumCounts,
     attach_holdout,
     cohort_labels,
+    count_by_stratum,
     discover_from_cohort_counts,
     evaluate,
     matrix_pair_source,
@@ -49,6 +54,8 @@ from beton_pipeline.store.tables import as_of_time, eligible_cohort_months, read
 from beton_pipeline.warehouse import table_exists
 
 COHORT_COUNTS_TABLE = "beton.signal_cohort_counts"
+STRATUM_COUNTS_TABLE = "beton.signal_cohort_stratum_counts"
+STRATA_TABLE = "beton.signal_cohort_strata"
 SIGNALS_TABLE = "beton.signals"
 OVERRIDES_TABLE = "beton.signal_overrides"
 
@@ -94,6 +101,18 @@ SIGNALS_SCHEMA: dict[str, pl.DataType] = {
     "as_of": pl.Datetime("us"),
     "part_a_id": pl.String(),
     "part_b_id": pl.String(),
+    "adjusted_lift": pl.Float64(),
+    "adjusted_lift_ci_low": pl.Float64(),
+    "adjusted_lift_ci_high": pl.Float64(),
+    "adjusted_p_value": pl.Float64(),
+    "adjusted_q_value": pl.Float64(),
+    "activity_strata": pl.Int64(),
+    "adjustment_method": pl.String(),
+    "adjustment_status": pl.String(),
+    "holdout_adjusted_lift": pl.Float64(),
+    "holdout_adjusted_lift_ci_low": pl.Float64(),
+    "holdout_adjusted_lift_ci_high": pl.Float64(),
+    "holdout_adjusted_p_value": pl.Float64(),
 }
 """beton.signals, column by column (README, "beton.signals")."""
 SIGNAL_COLUMNS = list(SIGNALS_SCHEMA)
@@ -169,16 +188,30 @@ class CohortCount:
 
 def count_cohort(con: duckdb.DuckDBPyConnection, settings: Settings, month: str) -> CohortCount:
     """Count every candidate on the eligible accounts of cohort month `month` (`YYYY-MM`) with one sparse
-    product and replace exactly that month's rows of beton.signal_cohort_counts."""
+    product and replace exactly that month's rows of beton.signal_cohort_counts; count them again per
+    activity band (`core.discovery.count_by_stratum`, `discovery.activity_strata` bands of all events in
+    each candidate's window, cut within this month) into beton.signal_cohort_stratum_counts, with the
+    bands' totals in beton.signal_cohort_strata. The activity comes from the event features already read."""
+    spec = settings.feature_spec()
     frames = read_feature_frames(con, settings.feature_windows, cohort_month=month)
-    matrix = build_candidate_matrix(frames, candidate_hits(frames, settings.feature_spec()))
+    matrix = build_candidate_matrix(frames, candidate_hits(frames, spec))
     accounts = frames.accounts
-    counts = sufficient_statistics(
-        matrix,
-        accounts.get_column("converted").to_numpy(),
-        accounts.get_column("arr").fill_null(0).to_numpy(),
-    ).with_columns(pl.lit(month).alias("cohort_month"))
+    converted = accounts.get_column("converted").to_numpy()
+    counts = sufficient_statistics(matrix, converted, accounts.get_column("arr").fill_null(0).to_numpy()).with_columns(
+        pl.lit(month).alias("cohort_month")
+    )
+    stratified = count_by_stratum(
+        matrix.matrix,
+        matrix.candidates.get_column("key").to_numpy(),
+        activity_windows(matrix.candidates, spec.observation_days),
+        account_activity(frames, spec),
+        np.full(accounts.height, month, dtype=object),
+        converted,
+        settings.discovery.activity_strata,
+    )
     replace_rows(con, COHORT_COUNTS_TABLE, counts, "cohort_month = ?", [month])
+    replace_rows(con, STRATUM_COUNTS_TABLE, stratified.counts, "cohort_month = ?", [month])
+    replace_rows(con, STRATA_TABLE, stratified.strata, "cohort_month = ?", [month])
     conversions = int(accounts.get_column("converted").sum()) if accounts.height else 0
     return CohortCount(month, accounts.height, conversions, matrix.n_candidates)
 
@@ -240,27 +273,53 @@ def read_cohort_counts(con: duckdb.DuckDBPyConnection, months: set[str]) -> tupl
     return counts, notes
 
 
+def read_stratum_counts(con: duckdb.DuckDBPyConnection, months: set[str]) -> StratumCounts:
+    """The per-activity-band counts and band totals of `months` (beton.signal_cohort_stratum_counts,
+    beton.signal_cohort_strata).
+
+    Raises MissingCohortMonthsError when one of `months` has no bands (e.g. counted by a beton that did
+    not stratify yet): the adjustment would silently leave that month's accounts out."""
+    if not (table_exists(con, *STRATA_TABLE.split(".")) and table_exists(con, *STRATUM_COUNTS_TABLE.split("."))):
+        raise MissingCohortMonthsError(sorted(months))
+    wanted = sorted(months)
+    strata = con.sql(f"select * from {STRATA_TABLE} where list_contains(?, cohort_month)", params=[wanted]).pl()
+    missing = sorted(months - set(strata.get_column("cohort_month").unique().to_list()))
+    if missing:
+        raise MissingCohortMonthsError(missing)
+    counts = con.sql(f"select * from {STRATUM_COUNTS_TABLE} where list_contains(?, cohort_month)", params=[wanted]).pl()
+    return StratumCounts(counts, strata)
+
+
 def discover(con: duckdb.DuckDBPyConnection, settings: Settings) -> Discovery:
     """Test every candidate counted in every eligible cohort month (and every custom signal) and replace the
-    discovered and custom rows of beton.signals; users' overrides are kept."""
+    discovered and custom rows of beton.signals; users' overrides are kept. Discovered candidates and
+    pairs are also tested among equally active accounts (`read_stratum_counts`, `core.discovery`)."""
     months = set(eligible_cohort_months(con))
     counts, notes = read_cohort_counts(con, months)
     if counts.is_empty():
         result, split = pl.DataFrame(), HoldoutSplit((), (), 0, 0)
     else:
         pairs = _warehouse_pair_source(con, settings)
-        run = discover_from_cohort_counts(counts, pairs, settings.discovery_config(), settings.windows.holdout_fraction)
+        run = discover_from_cohort_counts(
+            counts,
+            pairs,
+            settings.discovery_config(),
+            settings.windows.holdout_fraction,
+            read_stratum_counts(con, months),
+        )
         result, split = run.signals.join(notes, on="key", how="left"), run.split
     written = write_discovered_signals(con, result, settings, as_of=as_of_time(con), split=split)
     return Discovery(tested=result.height, written=written, split=split, cohort_months=len(months))
 
 
 def _warehouse_pair_source(con: duckdb.DuckDBPyConnection, settings: Settings):
-    """Pair counts for the chosen singles, from account-level features read back from the marts."""
+    """Pair counts for the chosen singles, from account-level features read back from the marts, with their
+    per-stratum counts (the same activity bands as `count_cohort`: cut within each cohort month)."""
 
-    def source(top: list[str], split: HoldoutSplit) -> tuple[pl.DataFrame, pl.DataFrame]:
+    def source(top: list[str], split: HoldoutSplit) -> PairCounts:
+        spec = settings.feature_spec()
         frames = read_feature_frames(con, settings.feature_windows)
-        hits = candidate_hits(frames, settings.feature_spec()).filter(pl.col("key").is_in(top))
+        hits = candidate_hits(frames, spec).filter(pl.col("key").is_in(top))
         matrix = build_candidate_matrix(frames, hits)
         accounts = frames.accounts
         return matrix_pair_source(
@@ -268,6 +327,9 @@ def _warehouse_pair_source(con: duckdb.DuckDBPyConnection, settings: Settings):
             cohort_labels(frames),
             accounts.get_column("converted").to_numpy(),
             accounts.get_column("arr").fill_null(0).to_numpy(),
+            activity=account_activity(frames, spec),
+            windows=activity_windows(matrix.candidates, spec.observation_days),
+            n_bands=settings.discovery.activity_strata,
         )(top, split)
 
     return source

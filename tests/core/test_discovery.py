@@ -10,6 +10,8 @@ from beton_pipeline.core.candidates import (
     AUTO,
     FeatureFrames,
     FeatureSpec,
+    account_activity,
+    activity_windows,
     build_candidate_matrix,
     candidate_hits,
     count_grid,
@@ -17,17 +19,22 @@ from beton_pipeline.core.candidates import (
     sufficient_statistics,
 )
 from beton_pipeline.core.discovery import (
+    ACTIVITY_BAND_RATIO,
     DiscoveryConfig,
+    activity_bands,
+    adjusted_statistics,
     choose_count_thresholds,
     choose_holdout,
     cohort_counts_from_matrix,
     cohort_labels,
+    count_by_stratum,
     discover_from_cohort_counts,
     matrix_pair_source,
     pair_counts,
     span_days,
     temporal_split,
 )
+from beton_pipeline.core.stratified import activity_strata
 
 WINDOWS = (1, 3, 7, 14)
 
@@ -393,3 +400,214 @@ def test_count_grid_and_explicit_lists():
     assert FeatureSpec.from_json(spec.to_json()) == spec
     listed = FeatureSpec(WINDOWS, (4, 37), 14, 90)
     assert FeatureSpec.from_json(listed.to_json()) == listed
+
+
+# ------------------------------------------------------------------------------------------------
+# Activity-adjusted discovery
+# ------------------------------------------------------------------------------------------------
+def confounded_frames(n: int, seed: int, spread: float = 0.7) -> FeatureFrames:
+    """Accounts over 12 cohort months whose every event count and conversion grow with a latent activity
+    level: `dark_mode` does nothing of its own (a proxy), `invited` >= 1 multiplies conversion by 2 at
+    equal activity (a real behaviour), `page_view` is most of the activity. `spread` is the sd of log latent
+    activity (0.8: a heavier tail, where high thresholds of the proxy select the very top of activity)."""
+    rng = np.random.default_rng(seed)
+    ids = np.array([f"a{i:06d}" for i in range(n)])
+    months = np.array([f"2025-{m:02d}" for m in rng.integers(1, 13, n)])
+    latent = rng.lognormal(0.0, spread, n)
+    counts = {
+        "page_view": rng.poisson(25.0 * latent),
+        "dark_mode": rng.poisson(2.0 * latent),
+        "invited": rng.poisson(0.3 * latent),
+    }
+    converted = rng.random(n) < np.clip(0.04 * latent, 0, 0.7) * np.where(counts["invited"] >= 1, 2.0, 1.0)
+    rows = []
+    for name, c14 in counts.items():
+        held = c14 > 0
+        c7 = rng.binomial(c14, 0.6)
+        rows.append(
+            pl.DataFrame(
+                {
+                    "account_id": ids[held],
+                    "event_name": name,
+                    "n_first_1d": rng.binomial(c7, 0.3)[held],
+                    "n_first_3d": rng.binomial(c7, 0.6)[held],
+                    "n_first_7d": c7[held],
+                    "n_first_14d": c14[held],
+                }
+            )
+        )
+    base = synthetic_frames(n=20, seed=seed)
+    accounts = accounts_frame(rng, ids, months, converted)
+    return FeatureFrames(accounts=accounts, events=pl.concat(rows), properties=base.properties, intent=base.intent)
+
+
+ADJUSTED_CONFIG = DiscoveryConfig()
+
+
+def adjusted_run(
+    frames: FeatureFrames,
+    config: DiscoveryConfig = ADJUSTED_CONFIG,
+    converted: np.ndarray | None = None,
+    thresholds: tuple[int, ...] = (1, 2, 3),
+):
+    """Discovery with the adjustment, in memory, as the assets run it (per-month bands of all events)."""
+    spec = FeatureSpec(WINDOWS, thresholds, 14, 90)
+    matrix = build_candidate_matrix(frames, candidate_hits(frames, spec))
+    months = cohort_labels(frames)
+    y = frames.accounts.get_column("converted").to_numpy() if converted is None else converted
+    arr = np.where(y, 6000.0, 0.0)
+    activity = account_activity(frames, spec)
+    windows = activity_windows(matrix.candidates, spec.observation_days)
+    strata = count_by_stratum(
+        matrix.matrix, matrix.candidates.get_column("key").to_numpy(), windows, activity, months, y, 10
+    )
+    pairs = matrix_pair_source(matrix, months, y, arr, activity=activity, windows=windows, n_bands=10)
+    run = discover_from_cohort_counts(cohort_counts_from_matrix(matrix, months, y, arr), pairs, config, 0.3, strata)
+    return run, strata, matrix, activity, windows, months, y
+
+
+@pytest.fixture(scope="module", params=[(0.7, (1, 2, 3)), (0.8, (1, 3, 10))], ids=["lognormal-0.7", "heavy-tail-0.8"])
+def confounded(request):
+    """30,000 confounded accounts; the heavy-tailed case has thresholds up to 10, whose proxy variants kept an
+    adjusted lift of 2.3 with plain deciles (the open top band) before `activity_bands` capped band width."""
+    spread, thresholds = request.param
+    return adjusted_run(confounded_frames(30_000, seed=3, spread=spread), thresholds=thresholds)
+
+
+def test_an_activity_proxy_goes_to_review_and_a_real_behaviour_is_enabled(confounded):
+    signals = confounded[0].signals
+    proxy = signals.filter((pl.col("family") == "event:dark_mode") & pl.col("is_family_best")).row(0, named=True)
+    real = signals.filter((pl.col("family") == "event:invited") & pl.col("is_family_best")).row(0, named=True)
+    # the proxy clears the marginal bar (that is the problem) but not the adjusted one
+    assert proxy["lift"] > 1.5 and proxy["lift_ci_low"] > 1 and proxy["q_value"] < 0.05
+    assert proxy["recommendation"] == "review"
+    assert proxy["recommendation_reason"].startswith("explained by overall activity (adjusted lift ")
+    assert real["recommendation"] == "enable" and real["adjusted_lift_ci_low"] > 1
+    assert real["adjusted_lift"] < real["lift"]  # the adjustment removes the activity part
+    enabled = signals.filter(pl.col("recommendation") == "enable")
+    assert not enabled.filter(pl.col("family").str.contains("dark_mode")).height
+    assert enabled.filter(pl.col("kind") != "pair").get_column("adjusted_q_value").max() <= ADJUSTED_CONFIG.fdr_alpha
+    assert (
+        enabled.get_column("adjustment_method").str.starts_with(
+            "Mantel-Haenszel RR over cohort month x activity decile"
+        )
+    ).all()
+
+
+def test_stratum_counts_add_up_to_the_marginal_counts(confounded):
+    """Per candidate and month, the bands' n_with and conversions add up to the marginal counts, and the
+    bands' totals to the month's accounts and conversions, in every window."""
+    _, strata, matrix, _, _, months, y = confounded
+    marginal = cohort_counts_from_matrix(matrix, months, y, np.zeros(len(y)))
+    summed = strata.counts.group_by("cohort_month", "key").agg(pl.col("n_with").sum(), pl.col("conversions_with").sum())
+    joined = marginal.join(summed, on=["cohort_month", "key"], how="full", suffix="_strata")
+    assert joined.height == marginal.height == summed.height
+    assert (joined["n_with"] == joined["n_with_strata"]).all()
+    assert (joined["conversions_with"] == joined["conversions_with_strata"]).all()
+    totals = strata.strata.group_by("cohort_month", "activity_window_days").agg(
+        pl.col("n_total").sum(), pl.col("conversions_total").sum()
+    )
+    per_month = marginal.group_by("cohort_month").agg(pl.col("n_total").first(), pl.col("conversions_total").first())
+    check = totals.join(per_month, on="cohort_month", suffix="_month")
+    assert check.height == totals.height and (check["n_total"] == check["n_total_month"]).all()
+    assert (check["conversions_total"] == check["conversions_total_month"]).all()
+    per_set = strata.strata.group_by("cohort_month", "activity_window_days").len()["len"]
+    assert 10 < per_set.max() < 100  # deciles, split further at the top (activity_bands)
+
+
+def independent_bands(activity: np.ndarray, n_bands: int, ratio: float) -> np.ndarray:
+    """The band rule written out: deciles (quantile band = floor(n_bands · share strictly below)), each split by
+    floor(log(1 + activity) / log(ratio)); a band is one (decile, log bin) pair."""
+    below = np.array([np.sum(activity < a) for a in activity])
+    decile = below * n_bands // len(activity)
+    log_bin = np.floor(np.log1p(activity) / np.log(ratio)).astype(int)
+    return np.unique(np.stack([decile, log_bin], axis=1), axis=0, return_inverse=True)[1].ravel()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 400), min_size=1, max_size=300),
+    st.integers(1, 12),
+    st.sampled_from([1.1, 1.25, 2.0]),
+)
+def test_activity_bands_are_contiguous_bounded_and_split_quantile_bands(values, n_bands, ratio):
+    activity = np.array(values, dtype=float)
+    bands = activity_bands(activity, n_bands, ratio)
+    if n_bands == 1:
+        assert bands.n_strata == 1
+        return
+    assert np.array_equal(bands.stratum, independent_bands(activity, n_bands, ratio))
+    assert np.all(np.diff(bands.stratum[np.argsort(activity, kind="stable")]) >= 0)  # ordered by activity
+    assert np.all((1 + bands.upper) / (1 + bands.lower) < ratio)  # bounded width
+    quantile = activity_strata(activity, n_bands).stratum
+    for k in range(bands.n_strata):  # each band inside one quantile band
+        assert np.unique(quantile[bands.stratum == k]).size == 1
+    assert bands.size.sum() == activity.size and activity_bands(activity, n_bands, None).n_strata == (
+        activity_strata(activity, n_bands).n_strata
+    )
+
+
+def test_adjusted_statistics_equal_statsmodels_on_account_level_strata(confounded):
+    """The scatter into cohort month x band strata, recomputed from each account's month and band with
+    statsmodels StratifiedTable (pooled RR, CMH test) and the Greenland-Robins interval written out."""
+    from scipy import stats as sp_stats
+    from statsmodels.stats.contingency_tables import StratifiedTable
+
+    run, strata, matrix, activity, windows, months, y = confounded
+    disc = list(run.split.discovery_months)
+    keys = ["event:dark_mode:first_3d:>=3", "event:invited:first_14d:>=1", "attribute:industry=Fintech"]
+    got = adjusted_statistics(pl.Series(keys), strata, run.split.discovery_months, 0.95)
+    cols = matrix.candidates.get_column("key").to_list()
+    for key in keys:
+        j = cols.index(key)
+        x = matrix.matrix[:, j].toarray().ravel() > 0
+        w = windows[j]
+        tables = []
+        for month in disc:
+            rows = months == month
+            bands = independent_bands(activity[w][rows], 10, ACTIVITY_BAND_RATIO)
+            for b in np.unique(bands):
+                xs, ys = x[rows][bands == b], y[rows][bands == b]
+                t = np.array([[np.sum(xs & ys), np.sum(xs & ~ys)], [np.sum(~xs & ys), np.sum(~xs & ~ys)]], float)
+                if t[0].sum() > 0 and t[1].sum() > 0:
+                    tables.append(t)
+        st_ = StratifiedTable(tables)
+        a, n1 = np.array([t[0, 0] for t in tables]), np.array([t[0].sum() for t in tables])
+        c, n2 = np.array([t[1, 0] for t in tables]), np.array([t[1].sum() for t in tables])
+        n = n1 + n2
+        r, s = np.sum(a * n2 / n), np.sum(c * n1 / n)
+        var = np.sum(((a + c) * n1 * n2 - a * c * n) / n**2) / (r * s)
+        z = sp_stats.norm.ppf(0.975)
+        row = got.filter(pl.col("key") == key).row(0, named=True)
+        assert row["adjusted_strata"] == len(tables)
+        assert row["adjusted_lift"] == pytest.approx(st_.riskratio_pooled, rel=1e-9)
+        assert row["adjusted_p_value"] == pytest.approx(st_.test_null_odds(correction=False).pvalue, rel=1e-9)
+        assert row["adjusted_lift_ci_low"] == pytest.approx(r / s * np.exp(-z * np.sqrt(var)), rel=1e-9)
+        assert row["adjusted_lift_ci_high"] == pytest.approx(r / s * np.exp(z * np.sqrt(var)), rel=1e-9)
+
+
+def test_a_candidate_without_counts_in_the_months_gets_no_adjusted_figures(confounded):
+    strata = confounded[1]
+    got = adjusted_statistics(pl.Series(["event:nobody:first_1d:>=1"]), strata, ("2025-01",), 0.95)
+    row = got.row(0, named=True)
+    assert row["adjusted_lift"] is None or np.isnan(row["adjusted_lift"])
+    assert row["adjusted_strata"] == 0 and row["adjusted_status"].startswith("no informative stratum")
+    empty = adjusted_statistics(pl.Series([], dtype=pl.String), strata, ("2025-01",), 0.95)
+    assert empty.height == 0 and "adjusted_lift" in empty.columns
+
+
+def test_shuffled_outcomes_with_the_adjustment_rarely_enable_anything(confounded):
+    """Null data with the confounding removed (outcomes permuted): at most 1 of 10 seeds enables anything."""
+    _, strata, matrix, activity, windows, months, y0 = confounded
+    with_enable = 0
+    for seed in range(10):
+        y = np.random.default_rng(seed).permutation(y0)
+        arr = np.where(y, 6000.0, 0.0)
+        keys = matrix.candidates.get_column("key").to_numpy()
+        shuffled = count_by_stratum(matrix.matrix, keys, windows, activity, months, y, 10)
+        pairs = matrix_pair_source(matrix, months, y, arr, activity=activity, windows=windows)
+        run = discover_from_cohort_counts(
+            cohort_counts_from_matrix(matrix, months, y, arr), pairs, ADJUSTED_CONFIG, 0.3, shuffled
+        )
+        with_enable += run.signals.filter(pl.col("recommendation") == "enable").height > 0
+    assert with_enable <= 1

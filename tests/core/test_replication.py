@@ -411,3 +411,81 @@ def test_replication_power_at_a_50k_export_holdout(true_lift, low, high):
     assert low <= rate <= high
     approx = normal_approximation(true_lift, 15_000, 0.2, 0.08)
     assert abs(rate - approx) <= 4 * np.sqrt(max(approx * (1 - approx), 1e-4) / 4000) + 0.01
+
+
+# ------------------------------------------------------------------------------------------------
+# Beyond overall activity: the adjusted result decides too
+# ------------------------------------------------------------------------------------------------
+def adjusted(row: dict, lift: float, low: float, q: float, held_low: float | None) -> dict:
+    """`row` with its activity-adjusted figures (discovery and holdout)."""
+    return row | {
+        "adjusted_lift": lift,
+        "adjusted_lift_ci_low": low,
+        "adjusted_lift_ci_high": None if lift is None else lift * 1.4,
+        "adjusted_p_value": q / 10,
+        "adjusted_q_value": q,
+        "activity_strata": 40,
+        "adjustment_method": "Mantel-Haenszel RR over cohort month x activity decile (all events in the first 14 days)",
+        "adjustment_status": "ok",
+        "holdout_adjusted_lift": None if held_low is None else held_low * 1.3,
+        "holdout_adjusted_lift_ci_low": held_low,
+        "holdout_adjusted_lift_ci_high": None if held_low is None else held_low * 1.7,
+    }
+
+
+@pytest.mark.parametrize(
+    ("figures", "recommendation", "reason"),
+    [
+        ((1.6, 1.2, 0.001, 1.1), "enable", "beyond overall activity in both (adjusted lift 1.6, CI 1.2–2.24"),
+        ((1.05, 0.9, 0.5, 1.1), "review", "explained by overall activity (adjusted lift 1.05, CI 0.9–1.47; lift 2.0)"),
+        ((1.3, 1.05, 0.2, 1.1), "review", "explained by overall activity (adjusted lift 1.3"),  # CI > 1, q too big
+        ((None, None, float("nan"), None), "review", "cannot be separated from overall activity"),
+        ((1.6, 1.2, 0.001, 0.95), "review", "replicated in the holdout, but not among equally active accounts"),
+        ((1.6, 1.2, 0.001, None), "review", "holdout adjusted lift n/a"),
+    ],
+)
+def test_enable_needs_the_adjusted_result_and_its_holdout_replication(figures, recommendation, reason):
+    out = recommended([adjusted(single("e:14d", "event:e", 2.0, 1.6, holdout=(2.0, 1.5)), *figures)])
+    assert out["e:14d"]["recommendation"] == recommendation
+    assert reason in out["e:14d"]["recommendation_reason"]
+
+
+def test_without_an_adjustment_the_marginal_rule_decides():
+    """Custom signals (and runs without strata) have no adjusted figures: the marginal rule alone."""
+    out = recommended([single("custom", "custom:c", 2.0, 1.6, holdout=(2.0, 1.5))])
+    assert out["custom"]["recommendation"] == "enable" and out["custom"]["adjustment_method"] is None
+
+
+def test_the_family_keeps_the_variant_beyond_activity():
+    """The variant with the higher marginal CI low bound is activity; the one adjusted lift clears is kept."""
+    out = recommended(
+        [
+            adjusted(single("e:14d>=10", "event:e", 3.0, 2.5, holdout=(3.0, 2.0)), 1.05, 0.95, 0.4, 0.9),
+            adjusted(single("e:3d>=1", "event:e", 2.0, 1.6, holdout=(2.0, 1.5)), 1.7, 1.3, 0.001, 1.2),
+        ]
+    )
+    assert out["e:3d>=1"]["is_family_best"] and out["e:3d>=1"]["recommendation"] == "enable"
+    assert out["e:14d>=10"]["recommendation"] == "reject"
+
+
+def test_a_pair_with_a_part_explained_by_activity_is_not_enabled():
+    """Its lift given each part is a marginal comparison, which activity can carry: such a pair stays in review."""
+    proxy = adjusted(single("d:14d", "event:d", 2.5, 2.0, holdout=(2.5, 2.0)), 1.0, 0.9, 0.8, 0.9)
+    real = adjusted(single("r:14d", "event:r", 2.0, 1.7, holdout=(2.0, 1.6)), 1.8, 1.5, 0.001, 1.3)
+    both = adjusted(pair("pair:d:14d&r:14d", "d:14d", "r:14d", (2.0, 1.5), (2.0, 1.5)), 1.7, 1.4, 0.001, 1.2)
+    out = recommended([proxy, real, both])
+    assert out["d:14d"]["recommendation"] == "review" and out["r:14d"]["recommendation"] == "enable"
+    assert out["pair:d:14d&r:14d"]["recommendation"] == "review"
+    assert "explained by overall activity" in out["pair:d:14d&r:14d"]["recommendation_reason"]
+
+
+def test_an_infinite_adjusted_lift_without_interval_cannot_be_separated_from_activity():
+    """No conversion without the candidate in its informative bands: RR infinite, no CI; not 'explained'."""
+    row = adjusted(single("e:14d", "event:e", 2.0, 1.6, holdout=(2.0, 1.5)), float("inf"), float("nan"), 0.001, 1.2)
+    row["adjustment_status"] = "no conversions without the candidate in its informative strata"
+    out = recommended([row])
+    assert out["e:14d"]["recommendation"] == "review"
+    assert out["e:14d"]["recommendation_reason"] == (
+        "cannot be separated from overall activity: no conversions without the candidate in its informative "
+        "strata (lift 2.0)"
+    )

@@ -39,6 +39,16 @@ holdout counts), no part's family failed replication and the parts' families are
 family's other significant rows with lift > 1 are rejected; `enabled` is the user's override, else
 recommendation = enable.
 
+Adjusted figures (README, "Adjusted lift"), for every discovered single from
+`beton.signal_cohort_stratum_counts` and `beton.signal_cohort_strata` (strata: cohort month x activity band of
+the row's activity window; the band's accounts without the candidate are its total minus the holders):
+`adjusted_lift` is statsmodels `StratifiedTable.riskratio_pooled`, `adjusted_p_value` its
+`test_null_odds(correction=False)`, the interval the Greenland–Robins variance written out here; the same on
+the holdout months (`holdout_adjusted_…`); `adjusted_q_value` is `multipletests(fdr_bh)` over every row with
+an adjusted p-value; `activity_strata` counts the informative strata. Pairs' stratum counts are not stored:
+their adjusted figures enter the rule as written. The rule adds: a row with an adjustment qualifies only when
+its adjusted q <= fdr_alpha and adjusted CI low > 1, and replicates only when its holdout adjusted CI low > 1.
+
 Not recomputable from the table alone: `projected_arr` needs each signal's observed ARR of its
 converted accounts (`arr_with`, not stored); only its sign (that of rate_with − rate_without) and the
 fallback ARR per conversion (`revenue.acv` when a signal has no conversions) are checked.
@@ -187,8 +197,16 @@ def clears(lift, low, rules: dict) -> bool:
     return not missing(lift) and not missing(low) and lift >= rules["min_lift"] and low > 1
 
 
-def qualifies(row: dict, rules: dict) -> bool:
-    """README step 6's conditions on the discovery cohorts (before the pair's conditional test)."""
+def beyond_activity(row: dict, rules: dict) -> bool:
+    """With an adjustment: adjusted q <= fdr_alpha and adjusted lift CI low > 1 (none: the marginal rule alone)."""
+    if row.get("adjustment_method") is None:
+        return True
+    q, low = row.get("adjusted_q_value"), row.get("adjusted_lift_ci_low")
+    return not missing(q) and not missing(low) and q <= rules["fdr_alpha"] and low > 1
+
+
+def marginally_qualifies(row: dict, rules: dict) -> bool:
+    """README step 6's marginal conditions on the discovery cohorts (before the pair's conditional test)."""
     if missing(row["q_value"]):
         return False
     return (
@@ -198,9 +216,17 @@ def qualifies(row: dict, rules: dict) -> bool:
     )
 
 
+def qualifies(row: dict, rules: dict) -> bool:
+    """README step 6 on the discovery cohorts, the adjusted result included."""
+    return marginally_qualifies(row, rules) and beyond_activity(row, rules)
+
+
 def replicates(row: dict, rules: dict) -> bool:
-    """README step 7 for a single: the holdout lift clears the same bar."""
-    return clears(row["holdout_lift"], row["holdout_lift_ci_low"], rules)
+    """README step 7 for a single: the holdout lift clears the same bar; adjusted, its CI low bound is > 1."""
+    held_adjusted = row.get("adjustment_method") is None or (
+        not missing(row.get("holdout_adjusted_lift_ci_low")) and row["holdout_adjusted_lift_ci_low"] > 1
+    )
+    return clears(row["holdout_lift"], row["holdout_lift_ci_low"], rules) and held_adjusted
 
 
 def adds_beyond(pair_n: int, pair_conv: int, part_n: int, part_conv: int, level: float, rules: dict) -> bool:
@@ -251,16 +277,26 @@ def check_recommendations(rows: list[dict], rules: dict, pair_part_counts: dict 
         families.setdefault(r["family"], []).append(r)
 
     def order(r):
-        low = r["lift_ci_low"]
+        low, adjusted_low = r["lift_ci_low"], r.get("adjusted_lift_ci_low")
         p = math.inf if missing(r["p_value"]) else r["p_value"]
         rank = 0 if ok_discovery[r["signal_id"]] else 1 if promising(r) else 2
-        return (rank, -(-1.0 if missing(low) else low), p, r["candidate_key"])
+        adjusted = -1.0 if missing(adjusted_low) else adjusted_low
+        return (rank, -adjusted, -(-1.0 if missing(low) else low), p, r["candidate_key"])
 
     best = {family: min(members, key=order) for family, members in families.items()}
     state = {}
     for family, b in best.items():
         sid = b["signal_id"]
-        state[family] = "untrusted" if not ok_discovery[sid] else "replicated" if ok_holdout[sid] else "failed"
+        explained = marginally_qualifies(b, rules) and not beyond_activity(b, rules)
+        state[family] = (
+            "activity"
+            if explained and b["kind"] != "pair"
+            else "untrusted"
+            if not ok_discovery[sid]
+            else "replicated"
+            if ok_holdout[sid]
+            else "failed"
+        )
     for family, members in families.items():
         b = best[family]
         for r in members:
@@ -269,7 +305,12 @@ def check_recommendations(rows: list[dict], rules: dict, pair_part_counts: dict 
             if r["kind"] == "pair":
                 parts = [by_id.get(r["part_a_id"]), by_id.get(r["part_b_id"])]
                 states = [None if p is None else state[p["family"]] for p in parts]
-                allowed = None not in states and "failed" not in states and states != ["replicated", "replicated"]
+                allowed = (
+                    None not in states
+                    and "failed" not in states
+                    and "activity" not in states
+                    and states != ["replicated", "replicated"]
+                )
             if r is b:
                 want = (
                     "enable"
@@ -301,6 +342,87 @@ def check_recommendations(rows: list[dict], rules: dict, pair_part_counts: dict 
             and r["holdout_lift_ci_low"] > 1
         ):
             bad.append(f"{r['signal_id']}: enabled by recommendation without meeting min_sample/min_lift/CI/q/holdout")
+    return bad
+
+
+def stratified_tables(key: str, window: int, months: list[str], counts: pl.DataFrame, strata: pl.DataFrame) -> list:
+    """The candidate's 2x2 tables [[a, n1 - a], [c, n2 - c]] of its informative strata (cohort month x band)."""
+    held = {
+        (r["cohort_month"], r["stratum"]): (r["n_with"], r["conversions_with"])
+        for r in counts.filter((pl.col("key") == key) & pl.col("cohort_month").is_in(months)).to_dicts()
+    }
+    tables = []
+    for band in strata.filter(
+        (pl.col("activity_window_days") == window) & pl.col("cohort_month").is_in(months)
+    ).to_dicts():
+        n1, a = held.get((band["cohort_month"], band["stratum"]), (0, 0))
+        n2, c = band["n_total"] - n1, band["conversions_total"] - a
+        if n1 > 0 and n2 > 0:
+            tables.append(np.array([[a, n1 - a], [c, n2 - c]], dtype=float))
+    return tables
+
+
+def mantel_haenszel_independently(tables: list, level: float) -> dict:
+    """Pooled RR and the CMH p-value from statsmodels StratifiedTable; the Greenland–Robins interval written out
+    (Greenland & Robins 1985): Var = Σ(K n1 n2 − a c N)/N² ÷ (Σ a n2/N · Σ c n1/N)."""
+    from statsmodels.stats.contingency_tables import StratifiedTable
+
+    if not tables:
+        return {"lift": None, "low": None, "high": None, "p": None, "strata": 0}
+    t = np.array(tables)
+    a, n1 = t[:, 0, 0], t[:, 0].sum(axis=1)
+    c, n2 = t[:, 1, 0], t[:, 1].sum(axis=1)
+    n = n1 + n2
+    r, s = np.sum(a * n2 / n), np.sum(c * n1 / n)
+    table = StratifiedTable(tables)
+    # statsmodels' CMH statistic; its p-value as chi2.sf (statsmodels' own `pvalue` is 1 − cdf, which loses the
+    # digits below 1e-16 that the 1e-9 relative comparison needs)
+    has_variance = np.sum(n1 * n2 * (a + c) * (n - a - c)) > 0
+    p = float(stats.chi2.sf(table.test_null_odds(correction=False).statistic, 1)) if has_variance else 1.0
+    if r == 0 or s == 0:
+        lift = None if r == s == 0 else math.inf if s == 0 else 0.0  # RR_MH = r / s: 0/0 is undefined
+        return {"lift": lift, "low": None, "high": None, "p": p, "strata": len(tables)}
+    half = stats.norm.ppf(1 - (1 - level) / 2) * math.sqrt(np.sum(((a + c) * n1 * n2 - a * c * n) / n**2) / (r * s))
+    rr = float(table.riskratio_pooled)
+    return {"lift": rr, "low": rr * math.exp(-half), "high": rr * math.exp(half), "p": p, "strata": len(tables)}
+
+
+def check_adjusted(
+    rows: list[dict], counts: pl.DataFrame, strata: pl.DataFrame, discovery: list[str], holdout: list[str], rules: dict
+) -> list[str]:
+    """Every adjusted column of every discovered single, recomputed from the stored stratum counts; the adjusted
+    q-values over every row with an adjusted p-value; singles are adjusted, custom signals are not."""
+    bad = []
+    windows = dict(counts.select("key", "activity_window_days").unique("key").iter_rows())
+    for r in rows:
+        sid = r["signal_id"]
+        if r["source"] == "custom" or r["kind"] == "pair":
+            if r["source"] == "custom" and r["adjustment_method"] is not None:
+                bad.append(f"{sid}: a custom signal with an adjustment ({r['adjustment_method']!r})")
+            continue
+        if r["adjustment_method"] is None or r["candidate_key"] not in windows:
+            bad.append(f"{sid}: a discovered single without an adjustment or without stratum counts")
+            continue
+        window = windows[r["candidate_key"]]
+        if f"(all events in the first {window} days)" not in r["adjustment_method"]:
+            bad.append(f"{sid}: adjustment_method {r['adjustment_method']!r} does not name its window {window}")
+        for prefix, months in (("adjusted_", discovery), ("holdout_adjusted_", holdout)):
+            want = mantel_haenszel_independently(
+                stratified_tables(r["candidate_key"], window, months, counts, strata), r["confidence_level"]
+            )
+            for col, key in (("lift", "lift"), ("lift_ci_low", "low"), ("lift_ci_high", "high"), ("p_value", "p")):
+                if not close(r[f"{prefix}{col}"], want[key]):
+                    bad.append(f"{sid}: {prefix}{col} = {r[f'{prefix}{col}']!r}, recomputed {want[key]!r}")
+            if prefix == "adjusted_" and r["activity_strata"] != want["strata"]:
+                bad.append(f"{sid}: activity_strata = {r['activity_strata']}, informative strata {want['strata']}")
+    tested = [r for r in rows if not missing(r["adjusted_p_value"])]
+    if tested:
+        _, q, _, _ = multipletests([r["adjusted_p_value"] for r in tested], method="fdr_bh")
+        bad += [
+            f"{r['signal_id']}: adjusted_q_value = {r['adjusted_q_value']!r}, Benjamini-Hochberg gives {float(want)!r}"
+            for r, want in zip(tested, q, strict=True)
+            if not close(r["adjusted_q_value"], want)
+        ]
     return bad
 
 
@@ -344,6 +466,7 @@ def check_signals(
     holdout_fraction: float,
     acv: float,
     candidate_counts: pl.DataFrame | None = None,
+    stratified: tuple[pl.DataFrame, pl.DataFrame] | None = None,
 ) -> list[str]:
     """Every problem found in `frame` (the discovered and custom rows of beton.signals of one run).
 
@@ -387,6 +510,8 @@ def check_signals(
         keys = {r["candidate_key"] for r in rows if r["kind"] != "pair"}
         pair_part_counts |= {k: (0, 0) for k in keys - set(pair_part_counts)}  # fired for nobody in those months
     bad += check_recommendations(rows, rules, pair_part_counts)
+    if stratified is not None:
+        bad += check_adjusted(rows, *stratified, discovery, holdout, rules)
     return bad
 
 
@@ -416,7 +541,11 @@ def read_run(warehouse) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
             )
             """
         ).pl()
-    return frame, totals, parts
+        stratified = (
+            con.sql("select * from beton.signal_cohort_stratum_counts").pl(),
+            con.sql("select * from beton.signal_cohort_strata").pl(),
+        )
+    return frame, totals, parts, stratified
 
 
 def settings_rules() -> tuple[dict, float, float]:
@@ -432,12 +561,12 @@ def run(pipeline_run):
 
 
 def test_every_signals_row_recomputes(run):
-    frame, totals, parts = run
+    frame, totals, parts, stratified = run
     assert frame.height > 0 and totals.height > 0
     assert frame.filter(pl.col("kind") == "pair").height > 0, "the demo should test pairs"
     assert frame.filter(pl.col("method").str.starts_with("Fisher")).height > 0, "the demo should need Fisher"
     rules, holdout_fraction, acv = settings_rules()
-    problems = check_signals(frame, totals, rules, holdout_fraction, acv, parts)
+    problems = check_signals(frame, totals, rules, holdout_fraction, acv, parts, stratified)
     assert not problems, f"{len(problems)} problem(s) in beton.signals ({frame.height} rows):\n" + "\n".join(
         problems[:20]
     )
@@ -469,26 +598,43 @@ def perturbed(frame: pl.DataFrame, column: str, where: pl.Expr, change) -> pl.Da
         ("recommendation", pl.col("recommendation") == "review", lambda c: pl.lit("enable")),
         ("enabled", pl.col("recommendation") == "enable", lambda c: ~c),
         ("method", pl.col("method").str.starts_with("z-test"), lambda c: pl.lit("Fisher exact; ") + c),
+        ("adjusted_lift", pl.col("adjusted_lift").is_not_null() & (pl.col("kind") != "pair"), lambda c: c * (1 + 1e-8)),
+        (
+            "adjusted_lift_ci_low",
+            pl.col("adjusted_lift_ci_low").is_not_null() & (pl.col("kind") != "pair"),
+            lambda c: c * (1 - 1e-8),
+        ),
+        ("adjusted_p_value", pl.col("adjusted_p_value") < 0.5, lambda c: c * (1 + 1e-8)),
+        ("adjusted_q_value", pl.col("adjusted_q_value") < 0.5, lambda c: c * (1 + 1e-8)),
+        (
+            "holdout_adjusted_lift_ci_low",
+            pl.col("holdout_adjusted_lift_ci_low").is_not_null() & (pl.col("kind") != "pair"),
+            lambda c: c * (1 + 1e-8),
+        ),
+        ("activity_strata", pl.col("activity_strata") > 1, lambda c: c - 1),
+        ("adjustment_method", pl.col("source") == "custom", lambda c: pl.lit("Mantel-Haenszel RR")),
     ],
 )
 def test_the_checker_reports_one_perturbed_value(run, column, where, change):
     """The check can fail: one value of one row of a copy of the session's table, moved by 1e-8 or so, is reported."""
-    frame, totals, parts = run
+    frame, totals, parts, stratified = run
     rules, holdout_fraction, acv = settings_rules()
-    problems = check_signals(perturbed(frame, column, where, change), totals, rules, holdout_fraction, acv, parts)
+    problems = check_signals(
+        perturbed(frame, column, where, change), totals, rules, holdout_fraction, acv, parts, stratified
+    )
     assert problems, f"perturbing {column} went unnoticed"
 
 
 def test_q_values_over_a_smaller_family_are_reported(run):
     """Benjamini–Hochberg over the discovered rows only (leaving out the custom signals) is not the documented family."""
-    frame, totals, parts = run
+    frame, totals, parts, stratified = run
     custom = frame.get_column("source") == "custom"
     assert custom.any(), "the demo project has custom signals in signals/"
     discovered = frame.filter(~custom)
     q = multipletests(discovered.get_column("p_value").to_numpy(), method="fdr_bh")[1]
     wrong = pl.concat([discovered.with_columns(pl.Series("q_value", q)), frame.filter(custom)])
     rules, holdout_fraction, acv = settings_rules()
-    problems = check_signals(wrong, totals, rules, holdout_fraction, acv, parts)
+    problems = check_signals(wrong, totals, rules, holdout_fraction, acv, parts, stratified)
     assert any("Benjamini-Hochberg over" in p for p in problems), problems[:3]
 
 
