@@ -588,8 +588,18 @@ def count_by_stratum(
     return StratumCounts(pl.concat(count_blocks), pl.concat(strata_blocks))
 
 
+ADJUSTED_CHUNK_CELLS = 2_000_000
+"""`adjusted_statistics` pools candidates in blocks of at most this many candidate × stratum cells, so memory
+stays bounded (tens of MB) however many candidates and strata a warehouse holds."""
+
+
 def adjusted_statistics(
-    keys: pl.Series, stratum_counts: StratumCounts, months: tuple, confidence_level: float, prefix: str = "adjusted_"
+    keys: pl.Series,
+    stratum_counts: StratumCounts,
+    months: tuple,
+    confidence_level: float,
+    prefix: str = "adjusted_",
+    chunk_cells: int = ADJUSTED_CHUNK_CELLS,
 ) -> pl.DataFrame:
     """The activity-adjusted association of every candidate in `keys` over the cohort months `months`.
 
@@ -603,7 +613,8 @@ def adjusted_statistics(
     `activity_window_days`. A candidate with no informative stratum gets NaN figures (its p-value stays
     out of any FDR family; that depends only on who holds it, never on outcomes). References in
     `core.stratified.mantel_haenszel`: Mantel & Haenszel (1959); Greenland & Robins (1985).
-    The arrays are candidates × (month, band): a scatter by integer index, no loop over candidates.
+    The arrays are candidates × (month, band): a scatter by integer index, in blocks of candidates of at most
+    `chunk_cells` cells (a loop over blocks, never over single candidates).
     """
     names = [f"{prefix}{s}" for s in ADJUSTED_STATISTICS]
     key_frame = pl.DataFrame({"key": keys.cast(pl.String)}).with_row_index("_i")
@@ -631,11 +642,8 @@ def adjusted_statistics(
         .filter(pl.col("activity_window_days") == pl.col("_kw"))
         .join(columns, on=["cohort_month", "stratum"])
     )
-    n_with = np.zeros((n_keys, max(n_cols, 1)), dtype=np.int64)
-    conv_with = np.zeros_like(n_with)
     i_idx, j_idx = cells.get_column("_i").to_numpy(), cells.get_column("_j").to_numpy()
-    n_with[i_idx, j_idx] = cells.get_column("n_with").to_numpy()
-    conv_with[i_idx, j_idx] = cells.get_column("conversions_with").to_numpy()
+    cell_n, cell_conv = cells.get_column("n_with").to_numpy(), cells.get_column("conversions_with").to_numpy()
     key_w = (
         key_frame.join(window_index, on="activity_window_days", how="left", maintain_order="left")
         .get_column("_w")
@@ -643,19 +651,35 @@ def adjusted_statistics(
         .to_numpy()
         .astype(np.int64)
     )
-    big_n, big_k = n_total[key_w], conv_total[key_w]
     if n_keys == 0:
         return key_frame.select("key", "activity_window_days").with_columns(
             *(pl.lit(None, pl.Float64).alias(n) for n in names),
             pl.lit(None, pl.Int64).alias(f"{prefix}strata"),
             pl.lit(None, pl.String).alias(f"{prefix}status"),
         )
-    result = mantel_haenszel(conv_with, n_with, big_k - conv_with, big_n - n_with, confidence_level=confidence_level)
-    values = (result.risk_ratio, result.risk_ratio_ci_low, result.risk_ratio_ci_high, result.p_value)
+    width = max(n_cols, 1)
+    block = max(1, int(chunk_cells) // width)
+    values = {n: np.empty(n_keys) for n in names}
+    informative, status = np.empty(n_keys, dtype=np.int64), np.empty(n_keys, dtype=object)
+    for start in range(0, n_keys, block):
+        stop = min(start + block, n_keys)
+        in_block = (i_idx >= start) & (i_idx < stop)
+        n_with = np.zeros((stop - start, width), dtype=np.int64)
+        conv_with = np.zeros_like(n_with)
+        n_with[i_idx[in_block] - start, j_idx[in_block]] = cell_n[in_block]
+        conv_with[i_idx[in_block] - start, j_idx[in_block]] = cell_conv[in_block]
+        big_n, big_k = n_total[key_w[start:stop]], conv_total[key_w[start:stop]]
+        result = mantel_haenszel(
+            conv_with, n_with, big_k - conv_with, big_n - n_with, confidence_level=confidence_level
+        )
+        found = (result.risk_ratio, result.risk_ratio_ci_low, result.risk_ratio_ci_high, result.p_value)
+        for name, v in zip(names, found, strict=True):
+            values[name][start:stop] = v
+        informative[start:stop], status[start:stop] = result.n_informative_strata, result.status
     return key_frame.select("key", "activity_window_days").with_columns(
-        *(pl.Series(n, v, dtype=pl.Float64) for n, v in zip(names, values, strict=True)),
-        pl.Series(f"{prefix}strata", result.n_informative_strata, dtype=pl.Int64),
-        pl.Series(f"{prefix}status", [str(s) for s in result.status], dtype=pl.String),
+        *(pl.Series(n, values[n], dtype=pl.Float64) for n in names),
+        pl.Series(f"{prefix}strata", informative, dtype=pl.Int64),
+        pl.Series(f"{prefix}status", [str(s) for s in status], dtype=pl.String),
     )
 
 

@@ -611,3 +611,13 @@ def test_shuffled_outcomes_with_the_adjustment_rarely_enable_anything(confounded
         )
         with_enable += run.signals.filter(pl.col("recommendation") == "enable").height > 0
     assert with_enable <= 1
+
+
+def test_adjusted_statistics_in_blocks_equal_one_block(confounded):
+    """Pooling candidates in blocks of a few cells (memory bound) gives exactly the one-block result."""
+    run, strata = confounded[0], confounded[1]
+    keys = strata.counts.get_column("key").unique().sort()
+    whole = adjusted_statistics(keys, strata, run.split.discovery_months, 0.95, chunk_cells=10**9)
+    blocks = adjusted_statistics(keys, strata, run.split.discovery_months, 0.95, chunk_cells=500)
+    assert whole.height == keys.len() > 30
+    assert whole.equals(blocks)
