@@ -859,14 +859,29 @@ def recommend(signals: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
         & (pl.col("adjusted_lift_ci_low").fill_nan(None) > 1)
     ).fill_null(False)
     beyond_activity_in_holdout = ~adjusts | (pl.col("holdout_adjusted_lift_ci_low").fill_nan(None) > 1).fill_null(False)
-    qualifies = significant & strong & big_enough & adds & beyond_activity
+    # A single whose effect shows only among equally active accounts (its overall lift is masked because the
+    # accounts doing it are less active than the rest): the adjusted result carries the whole bar instead —
+    # adjusted q ≤ fdr_alpha, adjusted lift ≥ min_lift with CI low > 1 on the discovery cohorts, and the same
+    # adjusted bar in the holdout.
+    adjusted_significant = (pl.col("adjusted_q_value").fill_nan(None) <= config.fdr_alpha).fill_null(False)
+    masked = (
+        adjusts
+        & ~is_pair
+        & ~(significant & strong)
+        & adjusted_significant
+        & effect_clears("adjusted_lift", "adjusted_lift_ci_low", m)
+        & big_enough
+    )
+    qualifies = (significant & strong & big_enough & adds & beyond_activity) | masked
     replicates_marginally = effect_clears("holdout_lift", "holdout_lift_ci_low", m) & (~is_pair | adds_in_holdout)
-    replicates = replicates_marginally & beyond_activity_in_holdout
+    replicates_adjusted = effect_clears("holdout_adjusted_lift", "holdout_adjusted_lift_ci_low", m)
+    replicates = pl.when(masked).then(replicates_adjusted).otherwise(replicates_marginally & beyond_activity_in_holdout)
     frame = signals.with_columns(
         qualifies.alias("_qualifies"),
         (significant & strong & big_enough & adds & ~beyond_activity).alias("_activity_explained"),
         replicates.alias("_replicates"),
         promising.alias("_promising"),
+        masked.alias("_masked"),
         pl.when(qualifies).then(0).when(promising).then(1).otherwise(2).alias("_rank"),
         pl.col("adjusted_lift_ci_low").fill_nan(None).fill_null(-1.0).alias("_adjusted_score"),
         pl.col("lift_ci_low").fill_nan(None).fill_null(-1.0).alias("_score"),
@@ -922,7 +937,22 @@ def recommend(signals: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
         .then(pl.lit("review"))
         .otherwise(pl.lit("reject"))
         .alias("recommendation"),
-        pl.when(enable)
+        pl.when(enable & pl.col("_masked"))
+        .then(
+            pl.format(
+                f"beyond overall activity: among equally active accounts significant after FDR and strong ({bar}) "
+                "on the discovery cohorts (adjusted lift {}, CI {}–{}) and in the holdout (adjusted lift {}, CI {}–{}); "
+                "its overall lift {} is smaller because the accounts doing it are less active than the rest",
+                _shown("adjusted_lift"),
+                _shown("adjusted_lift_ci_low"),
+                _shown("adjusted_lift_ci_high"),
+                _shown("holdout_adjusted_lift"),
+                _shown("holdout_adjusted_lift_ci_low"),
+                _shown("holdout_adjusted_lift_ci_high"),
+                _shown("lift"),
+            )
+        )
+        .when(enable)
         .then(
             pl.concat_str(
                 pl.lit(f"significant after FDR, strong ({bar}) on the discovery cohorts, replicated in the holdout"),
@@ -938,6 +968,19 @@ def recommend(signals: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
                     )
                 )
                 .otherwise(pl.lit("")),
+            )
+        )
+        .when(pl.col("_masked"))
+        .then(
+            pl.format(
+                f"beyond overall activity on the discovery cohorts (adjusted lift {{}}, CI {{}}–{{}}), but not in the "
+                f"holdout ({bar} among equally active accounts needed): adjusted lift {{}} (CI {{}}–{{}})",
+                _shown("adjusted_lift"),
+                _shown("adjusted_lift_ci_low"),
+                _shown("adjusted_lift_ci_high"),
+                _shown("holdout_adjusted_lift"),
+                _shown("holdout_adjusted_lift_ci_low"),
+                _shown("holdout_adjusted_lift_ci_high"),
             )
         )
         .when(pl.col("_promising") & ~big_enough)
@@ -1018,7 +1061,7 @@ def recommend(signals: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
         pl.col("definition").alias("_best_def"),
         (pl.col("_qualifies") & ~pl.col("_replicates")).alias("_best_failed"),
     )
-    demoted = ~pl.col("is_family_best") & pl.col("_promising")
+    demoted = ~pl.col("is_family_best") & (pl.col("_promising") | pl.col("_qualifies"))
     alternatives = frame.filter(demoted).group_by("family").agg(pl.col("definition").sort().alias("alternatives"))
     frame = frame.join(best, on="family", how="left").join(alternatives, on="family", how="left")
     frame = frame.with_columns(
@@ -1047,6 +1090,7 @@ def recommend(signals: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
         .alias("alternatives"),
     )
     helpers = [
+        "_masked",
         "_qualifies",
         "_activity_explained",
         "_replicates",

@@ -494,6 +494,76 @@ def test_an_activity_proxy_goes_to_review_and_a_real_behaviour_is_enabled(confou
     ).all()
 
 
+def masked_frames(n: int, seed: int) -> FeatureFrames:
+    """Confounded accounts (as `confounded_frames`) with `sso`: done mostly by the *less* active accounts and
+    doubling conversion at equal activity, so its overall lift is near 1 — a behaviour that matters only
+    beyond activity. `dark_mode` is the proxy again."""
+    rng = np.random.default_rng(seed)
+    ids = np.array([f"a{i:06d}" for i in range(n)])
+    months = np.array([f"2025-{m:02d}" for m in rng.integers(1, 13, n)])
+    latent = rng.lognormal(0.0, 0.7, n)
+    sso = rng.random(n) < np.clip(0.45 / latent, 0.02, 0.9)
+    counts = {
+        "page_view": rng.poisson(25.0 * latent),
+        "dark_mode": rng.poisson(2.0 * latent),
+        "sso": sso.astype(np.int64),
+    }
+    converted = rng.random(n) < np.clip(0.04 * latent, 0, 0.45) * np.where(sso, 2.0, 1.0)
+    rows = []
+    for name, c14 in counts.items():
+        held = c14 > 0
+        rows.append(
+            pl.DataFrame(
+                {
+                    "account_id": ids[held],
+                    "event_name": name,
+                    "n_first_1d": c14[held],
+                    "n_first_3d": c14[held],
+                    "n_first_7d": c14[held],
+                    "n_first_14d": c14[held],
+                }
+            )
+        )
+    base = synthetic_frames(n=20, seed=seed)
+    accounts = accounts_frame(rng, ids, months, converted)
+    return FeatureFrames(accounts=accounts, events=pl.concat(rows), properties=base.properties, intent=base.intent)
+
+
+def test_a_behaviour_masked_by_activity_is_enabled_on_the_adjusted_result_alone():
+    """Its overall lift is small (the accounts doing it are less active), so the marginal bar fails; among
+    equally active accounts it doubles conversion, clears the adjusted bar on the discovery cohorts and again
+    in the holdout, and is enabled with a reason that says so. The proxy stays out."""
+    run = adjusted_run(masked_frames(30_000, seed=5))[0]
+    signals = run.signals
+    sso = signals.filter((pl.col("family") == "event:sso") & pl.col("is_family_best")).row(0, named=True)
+    assert sso["lift"] < 1.3  # the marginal bar fails (that is the problem)
+    assert sso["adjusted_lift"] >= 1.3 and sso["adjusted_lift_ci_low"] > 1 and sso["adjusted_q_value"] <= 0.05
+    assert sso["recommendation"] == "enable", sso["recommendation_reason"]
+    assert sso["recommendation_reason"].startswith("beyond overall activity: among equally active accounts")
+    enabled = signals.filter(pl.col("recommendation") == "enable")
+    assert enabled.filter(pl.col("family") == "event:sso").height == 1  # one per family
+    assert not enabled.filter(pl.col("family").str.contains("dark_mode|page_view")).height
+
+
+def test_a_masked_candidate_must_replicate_among_equally_active_accounts():
+    """Shuffling the holdout months' outcomes within each month and activity band keeps activity's effect
+    there but removes the behaviour's: the masked behaviour then fails replication and is not enabled."""
+    frames = masked_frames(30_000, seed=5)
+    run, strata, matrix, activity, windows, months, y = adjusted_run(frames)
+    holdout = np.isin(months, run.split.holdout_months)
+    rng = np.random.default_rng(0)
+    shuffled = y.copy()
+    level = np.log1p(activity[14])  # all events in the first 14 days
+    band = np.digitize(level, np.quantile(level, np.linspace(0, 1, 21)[1:-1]))
+    for key in set(zip(months[holdout], band[holdout], strict=True)):
+        idx = np.flatnonzero(holdout & (months == key[0]) & (band == key[1]))
+        shuffled[idx] = rng.permutation(y[idx])
+    signals = adjusted_run(frames, converted=shuffled)[0].signals
+    sso = signals.filter((pl.col("family") == "event:sso") & pl.col("is_family_best")).row(0, named=True)
+    assert sso["adjusted_lift_ci_low"] > 1  # the discovery cohorts still show it
+    assert sso["recommendation"] != "enable", sso["recommendation_reason"]
+
+
 def test_stratum_counts_add_up_to_the_marginal_counts(confounded):
     """Per candidate and month, the bands' n_with and conversions add up to the marginal counts, and the
     bands' totals to the month's accounts and conversions, in every window."""

@@ -47,7 +47,9 @@ the row's activity window; the band's accounts without the candidate are its tot
 the holdout months (`holdout_adjusted_…`); `adjusted_q_value` is `multipletests(fdr_bh)` over every row with
 an adjusted p-value; `activity_strata` counts the informative strata. Pairs' stratum counts are not stored:
 their adjusted figures enter the rule as written. The rule adds: a row with an adjustment qualifies only when
-its adjusted q <= fdr_alpha and adjusted CI low > 1, and replicates only when its holdout adjusted CI low > 1.
+its adjusted q <= fdr_alpha and adjusted CI low > 1, and replicates only when its holdout adjusted CI low > 1;
+a single that misses the marginal bar but whose adjusted q <= fdr_alpha and adjusted lift >= min_lift with CI
+low > 1 (masked by activity) qualifies on that, and replicates when its holdout adjusted lift clears the bar.
 
 Not recomputable from the table alone: `projected_arr` needs each signal's observed ARR of its
 converted accounts (`arr_with`, not stored); only its sign (that of rate_with − rate_without) and the
@@ -216,13 +218,34 @@ def marginally_qualifies(row: dict, rules: dict) -> bool:
     )
 
 
+def masked(row: dict, rules: dict) -> bool:
+    """A single whose effect shows only among equally active accounts: it does not clear the marginal bar (q,
+    lift, CI low), but its adjusted q <= fdr_alpha and adjusted lift >= min_lift with CI low > 1, on at least
+    min_sample accounts; the adjusted result then carries the whole rule."""
+    if row.get("adjustment_method") is None or row["kind"] == "pair":
+        return False
+    marginal = not missing(row["q_value"]) and row["q_value"] <= rules["fdr_alpha"]
+    marginal = marginal and clears(row["lift"], row["lift_ci_low"], rules)
+    q = row.get("adjusted_q_value")
+    return (
+        not marginal
+        and not missing(q)
+        and q <= rules["fdr_alpha"]
+        and clears(row.get("adjusted_lift"), row.get("adjusted_lift_ci_low"), rules)
+        and row["n_with"] >= rules["min_sample"]
+    )
+
+
 def qualifies(row: dict, rules: dict) -> bool:
     """README step 6 on the discovery cohorts, the adjusted result included."""
-    return marginally_qualifies(row, rules) and beyond_activity(row, rules)
+    return (marginally_qualifies(row, rules) and beyond_activity(row, rules)) or masked(row, rules)
 
 
 def replicates(row: dict, rules: dict) -> bool:
-    """README step 7 for a single: the holdout lift clears the same bar; adjusted, its CI low bound is > 1."""
+    """README step 7 for a single: the holdout lift clears the same bar; adjusted, its CI low bound is > 1; a
+    masked single: its holdout adjusted lift clears the bar."""
+    if masked(row, rules):
+        return clears(row.get("holdout_adjusted_lift"), row.get("holdout_adjusted_lift_ci_low"), rules)
     held_adjusted = row.get("adjustment_method") is None or (
         not missing(row.get("holdout_adjusted_lift_ci_low")) and row["holdout_adjusted_lift_ci_low"] > 1
     )
@@ -329,8 +352,20 @@ def check_recommendations(rows: list[dict], rules: dict, pair_part_counts: dict 
             enabled = (r["recommendation"] == "enable") if override is None else override
             if r["enabled"] != enabled:
                 bad.append(f"{sid}: enabled {r['enabled']} (recommendation {r['recommendation']}, override {override})")
-    for r in rows:  # the README's invariants for enabled-by-recommendation rows, stated directly
-        if r["recommendation"] == "enable" and not (
+    return bad + check_enabled_invariants(rows, rules)
+
+
+def check_enabled_invariants(rows: list[dict], rules: dict) -> list[str]:
+    """The README's invariants for enabled-by-recommendation rows, stated directly."""
+    bad = []
+    for r in rows:
+        if r["recommendation"] == "enable" and masked(r, rules):
+            if not (
+                clears(r.get("holdout_adjusted_lift"), r.get("holdout_adjusted_lift_ci_low"), rules)
+                and r["adjusted_q_value"] <= rules["fdr_alpha"]
+            ):
+                bad.append(f"{r['signal_id']}: enabled beyond activity without its adjusted holdout clearing the bar")
+        elif r["recommendation"] == "enable" and not (
             r["n_with"] >= rules["min_sample"]
             and not any(
                 missing(r[c]) for c in ("lift", "lift_ci_low", "q_value", "holdout_lift", "holdout_lift_ci_low")
