@@ -98,36 +98,67 @@ def _neighbours(thresholds: tuple[int, ...], planted: int) -> set[int]:
     return set(ordered[max(0, i - 1) : i + 2])
 
 
+SHORT_OF_HOLDOUT_POWER = "replicated in the holdout, but not among equally active accounts"
+
+
+def _planted_family(planted: dict) -> str:
+    kind = planted["kind"]
+    if kind == "event_count":
+        return f"event:{planted['event']}"
+    if kind == "event_property":
+        return f"property:{planted['event']}:{planted['property']}={planted['value']}"
+    if kind == "crm_attribute":
+        return f"attribute:{planted['attribute']}={planted['value']}"
+    return f"intent:{planted['signal_type']}"
+
+
 def test_every_planted_signal_is_enabled_at_its_threshold(con, pipeline_run):
     """With `count_thresholds: auto` (the default) every integer up to 10 is a candidate, so a planted count
-    effect is enabled at exactly its threshold; with an explicit list, at it or a neighbouring list entry."""
+    effect is enabled at exactly its threshold; with an explicit list, at it or a neighbouring list entry.
+
+    The behaviour that matters only beyond activity (`sso_configured`, overall lift ~1.1) is enabled on its
+    adjusted result. One planted behaviour may fall short of the holdout's power among equally active
+    accounts (holdout ~2,700 accounts; e.g. Fintech, adjusted lift 1.7 on the discovery cohorts, has ~80 %
+    power for the holdout's adjusted CI low > 1): it must then be its family's `review` with that reason,
+    never rejected or enabled in another form."""
     thresholds = load_settings().discovery.count_thresholds
-    enabled = con.sql("select * from beton.signals where enabled and kind <> 'pair'").pl()
+    signals = con.sql("select * from beton.signals where kind <> 'pair'").pl()
+    enabled = signals.filter(pl.col("enabled"))
+    short = []
     for planted in pipeline_run.truth["planted"]:
+        family = _planted_family(planted)
+        rows = enabled.filter(pl.col("family") == family)
+        if rows.height == 0:
+            best = signals.filter((pl.col("family") == family) & pl.col("is_family_best"))
+            assert best.height == 1 and best["recommendation"][0] == "review", planted
+            assert best["recommendation_reason"][0].startswith(SHORT_OF_HOLDOUT_POWER), best["recommendation_reason"][0]
+            short.append(planted["name"])
+            continue
+        assert rows.height == 1, planted
         if planted["kind"] == "event_count":
-            rows = enabled.filter(pl.col("family") == f"event:{planted['event']}")
-            assert rows.height == 1, planted
             expected = {planted["threshold"]} if thresholds == "auto" else _neighbours(thresholds, planted["threshold"])
             assert rows["threshold"][0] in expected, (planted, rows["definition"][0])
         elif planted["kind"] == "event_property":
-            rows = enabled.filter(
-                pl.col("family") == f"property:{planted['event']}:{planted['property']}={planted['value']}"
-            )
-            assert rows.height == 1, planted
             assert rows["threshold"][0] in _neighbours((1, 2, 3), planted["threshold"])
-        elif planted["kind"] == "crm_attribute":
-            assert (
-                enabled.filter(pl.col("family") == f"attribute:{planted['attribute']}={planted['value']}").height == 1
-            ), planted
-        elif planted["kind"] == "intent":
-            assert enabled.filter(pl.col("family") == f"intent:{planted['signal_type']}").height == 1, planted
+    assert len(short) <= 1, short
+    beyond = [p["name"] for p in pipeline_run.truth["planted"] if p.get("beyond_activity")]
+    assert beyond and not set(beyond) & set(short), (beyond, short)
 
 
-def test_no_noise_or_leak_is_enabled(con, pipeline_run):
-    enabled = con.sql("select definition from beton.signals where enabled").fetchall()
-    decoys = pipeline_run.truth["noise_events"] + [leak["event"] for leak in pipeline_run.truth["leaks"]]
-    for (definition,) in enabled:
-        assert not any(f"`{name}`" in definition for name in decoys), definition
+def test_no_activity_proxy_noise_or_leak_is_enabled(con, pipeline_run):
+    """No enabled signal (single or a part of a pair) is an activity proxy of TRUTH.json, an event whose counts
+    are pure activity or noise (`event:E`), a page view of any page but the planted one, or the leak."""
+    truth = pipeline_run.truth
+    planted = {_planted_family(p) for p in truth["planted"]}
+    decoys = set(truth["activity_events"]) | set(truth["noise_events"]) | {leak["event"] for leak in truth["leaks"]}
+    enabled = con.sql("select family, definition from beton.signals where enabled").fetchall()
+    for family, definition in enabled:
+        parts = family.removeprefix("pair:").split("&") if family.startswith("pair:") else [family]
+        for part in parts:
+            kind, _, rest = part.partition(":")
+            if part in planted or kind not in ("event", "property"):
+                continue
+            assert rest.split(":")[0] not in decoys, definition
 
 
 def test_signals_table_passes_the_independent_checker(pipeline_run):
