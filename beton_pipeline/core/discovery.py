@@ -54,7 +54,9 @@ Method (README, "How discovery decides"):
    lift equal to min_lift replicates about half the time; measured (tests/core/test_replication.py,
    15,000 holdout accounts, 20 % holding the signal, base rate 8 %), true lifts of 1.0 / 1.15 / 1.3 /
    1.6 / 2.0 replicate in about 0 / 2 / 50 / 100 / 100 % of draws.
-8. **Recommendation.** The chosen candidate is `enable`d when it qualifies and replicates, and (pairs)
+8. **Recommendation.** (A single masked by activity — overall bar missed, adjusted q ≤ fdr_alpha and adjusted
+   lift ≥ min_lift with CI low > 1 — qualifies on the adjusted result and replicates when its holdout adjusted
+   lift clears the same bar.) The chosen candidate is `enable`d when it qualifies and replicates, and (pairs)
    neither part's family failed replication (no window or threshold of a behaviour that did not
    replicate is trusted inside a pair), neither part's family is explained by overall activity (the lift
    given each part is a marginal comparison that activity could carry) and the parts' families are not
