@@ -38,8 +38,8 @@ Method (README, "How discovery decides"):
    low > 1: it adds beyond its stronger part, and beyond the weaker one); and, when adjusted, when its
    adjusted q ≤ fdr_alpha and adjusted lift CI low > 1 (otherwise it is `review`: "explained by overall
    activity"). The family keeps, in this order: qualifying candidates first, then significant ones with
-   lift > 1, then the rest; among them the highest adjusted lift CI low bound, the highest lift CI low
-   bound, then the lowest p, then the key. No holdout figure takes part in
+   lift > 1 (those on min_sample accounts first), then the rest; among them the highest lift CI low bound,
+   the highest adjusted lift CI low bound, then the lowest p, then the key. No holdout figure takes part in
    this choice, so the holdout cannot pick among windows, thresholds or pairs.
 7. **Holdout replication of the chosen candidate only** (`replicates`). The same counts on the
    holdout cohorts give `holdout_lift` with its Katz CI at the run's `confidence_level` (two-sided; at
@@ -884,15 +884,24 @@ def recommend(signals: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
         replicates.alias("_replicates"),
         promising.alias("_promising"),
         masked.alias("_masked"),
-        pl.when(qualifies).then(0).when(promising).then(1).otherwise(2).alias("_rank"),
+        pl.when(qualifies)
+        .then(0)
+        .when(promising & big_enough)
+        .then(1)
+        .when(promising)
+        .then(2)
+        .otherwise(3)
+        .alias("_rank"),
         pl.col("adjusted_lift_ci_low").fill_nan(None).fill_null(-1.0).alias("_adjusted_score"),
         pl.col("lift_ci_low").fill_nan(None).fill_null(-1.0).alias("_score"),
     )
-    # The family's candidate, from discovery figures only: qualifying first, then promising, then the
-    # highest adjusted lift CI low bound (when adjusted), the highest lift CI low bound, the lowest p, the
-    # key. The holdout is read after this, for that one row.
+    # The family's candidate, from discovery figures only: qualifying first (the adjusted bar is part of
+    # qualifying), then promising on min_sample accounts, then promising, then the highest lift CI low bound,
+    # the highest adjusted lift CI low bound,
+    # the lowest p, the key. The holdout is read after this, for that one row. The adjustment gates; the
+    # window and threshold are chosen on the overall lift, which is what the signal's firing means to a seller.
     frame = frame.sort(
-        ["family", "_rank", "_adjusted_score", "_score", "p_value", "key"],
+        ["family", "_rank", "_score", "_adjusted_score", "p_value", "key"],
         descending=[False, False, True, True, False, False],
     )
     frame = frame.with_columns((pl.int_range(pl.len()).over("family") == 0).alias("is_family_best"))

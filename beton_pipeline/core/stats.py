@@ -448,7 +448,7 @@ def wilson_interval(successes: object, n: object, confidence_level: float = 0.95
 
         centre = (p + z^2 / (2n)) / (1 + z^2 / n)
         half   = z * sqrt(p (1 - p) / n + z^2 / (4 n^2)) / (1 + z^2 / n)
-        [centre - half, centre + half], clipped to [0, 1]
+        [centre - half, centre + half], clipped to [0, 1]; exactly 0 (1) when successes = 0 (= n)
 
     Matches ``statsmodels.stats.proportion.proportion_confint(method="wilson")``.
     NaN where ``n == 0``.
@@ -471,8 +471,9 @@ def wilson_interval(successes: object, n: object, confidence_level: float = 0.95
         denom = 1.0 + z2 / n_f
         centre = (p + z2 / (2.0 * n_f)) / denom
         half = z * np.sqrt(p * (1.0 - p) / n_f + z2 / (4.0 * n_f**2)) / denom
-        low = np.clip(centre - half, 0.0, 1.0)
-        high = np.clip(centre + half, 0.0, 1.0)
+        # exact at the edges (centre = half when p is 0 or 1; rounding would leave ~1e-18 outside the estimate)
+        low = np.where(s_ == 0, 0.0, np.clip(centre - half, 0.0, 1.0))
+        high = np.where(s_ == n_, 1.0, np.clip(centre + half, 0.0, 1.0))
     empty = n_ == 0
     return np.where(empty, np.nan, low), np.where(empty, np.nan, high)
 

@@ -47,10 +47,12 @@ def monitoring_day_keys(bounds: tuple[date, date] | None, start: date) -> list[s
     return [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
 
 
-def write_days(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, days: list[date]) -> None:
+def write_days(
+    con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, days: list[date], create_empty: bool = False
+) -> None:
     """Replace exactly the rows of `days` in `table` with `frame`, in one transaction (creates `table`
-    from `frame` when missing; nothing to do for an empty frame and no table). Days between them that
-    were not computed (a run over a few scattered partitions) keep their rows."""
-    if frame.is_empty() and not table_exists(con, *table.split(".")):
+    from `frame` when missing; for an empty frame and no table, nothing unless `create_empty`). Days between
+    them that were not computed (a run over a few scattered partitions) keep their rows."""
+    if frame.is_empty() and not create_empty and not table_exists(con, *table.split(".")):
         return
     replace_rows(con, table, frame, "list_contains(?::date[], day)", [sorted(days)])

@@ -87,7 +87,7 @@ def compute_signal_health(
     """
     signals = enabled_signals(con)
     if signals.is_empty() or not days:
-        return pl.DataFrame()
+        return pl.DataFrame(schema=HEALTH_ROW_SCHEMA)
     window = settings.monitoring.window_days
     health_config = config or settings.health_config()
     origin = monitoring_origin(con, settings, days)
@@ -142,6 +142,31 @@ def compute_signal_health(
     )
 
 
+HEALTH_ROW_SCHEMA = {
+    "day": pl.Date,
+    "signal_id": pl.String,
+    "definition": pl.String,
+    "window_days": pl.Int64,
+    "n_with": pl.Int64,
+    "conversions_with": pl.Int64,
+    "n_without": pl.Int64,
+    "conversions_without": pl.Int64,
+    "precision": pl.Float64,
+    "lift": pl.Float64,
+    "lift_ci_low": pl.Float64,
+    "lift_ci_high": pl.Float64,
+    "backtest_lift": pl.Float64,
+    "z_vs_backtest": pl.Float64,
+    "alpha_per_look": pl.Float64,
+    "health_rule": pl.String,
+    "degrading_evidence": pl.Float64,
+    "broken_evidence": pl.Float64,
+    "alarm_threshold": pl.Float64,
+    "health": pl.String,
+}
+"""The columns of beton.signal_health (the table exists, empty, when no signal is enabled)."""
+
+
 def health_history(con: duckdb.DuckDBPyConnection, through: date) -> pl.DataFrame:
     """day, signal_id, health of every `beton.signal_health` row up to `through` (empty when the table does
     not exist): what the scores of those days weight each signal by (`core.scoring.weigh_by_health`)."""
@@ -161,9 +186,10 @@ def refresh_signal_health(
     con: duckdb.DuckDBPyConnection, settings: Settings, partition_keys: Iterable[str]
 ) -> SignalHealth:
     """Compute the health of every enabled signal on the partition days the data covers, and replace those
-    days' rows of beton.signal_health (nothing is written without days or enabled signals)."""
+    days' rows of beton.signal_health. With no enabled signal those days' rows are removed (a signal
+    disabled since keeps no stale health) and the table exists, empty, for its readers."""
     days = partition_days(con, partition_keys)
-    rows = compute_signal_health(con, settings, days) if days else pl.DataFrame()
-    if days and not rows.is_empty():
-        write_days(con, "beton.signal_health", rows, days)
+    rows = compute_signal_health(con, settings, days) if days else pl.DataFrame(schema=HEALTH_ROW_SCHEMA)
+    if days:
+        write_days(con, "beton.signal_health", rows, days, create_empty=True)
     return SignalHealth(days=days, rows=rows)

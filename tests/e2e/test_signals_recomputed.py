@@ -33,7 +33,8 @@ Invariants: q >= p; the recommendation is recomputed from README steps 6-8: a ro
 discovery cohorts when q <= fdr_alpha, lift >= min_lift, CI low > 1, n_with >= min_sample (a pair also
 when its lift given each part, recomputed from `beton.signal_cohort_counts` on the pair's months, is
 >= min_lift with CI low > 1); each family's candidate is chosen without the holdout (qualifying, then
-significant with lift > 1, then the rest; highest CI low, lowest p, key); it is enabled when its holdout
+significant with lift > 1 on min_sample accounts, then significant with lift > 1, then the rest; highest CI
+low, highest adjusted CI low, lowest p, key); it is enabled when its holdout
 lift is >= min_lift with CI low > 1 (a pair: also its holdout lift given each part, from the parts' rows'
 holdout counts), no part's family failed replication and the parts' families are not both enabled; the
 family's other significant rows with lift > 1 are rejected; `enabled` is the user's override, else
@@ -302,9 +303,10 @@ def check_recommendations(rows: list[dict], rules: dict, pair_part_counts: dict 
     def order(r):
         low, adjusted_low = r["lift_ci_low"], r.get("adjusted_lift_ci_low")
         p = math.inf if missing(r["p_value"]) else r["p_value"]
-        rank = 0 if ok_discovery[r["signal_id"]] else 1 if promising(r) else 2
+        big = r["n_with"] >= rules["min_sample"]
+        rank = 0 if ok_discovery[r["signal_id"]] else 1 if promising(r) and big else 2 if promising(r) else 3
         adjusted = -1.0 if missing(adjusted_low) else adjusted_low
-        return (rank, -adjusted, -(-1.0 if missing(low) else low), p, r["candidate_key"])
+        return (rank, -(-1.0 if missing(low) else low), -adjusted, p, r["candidate_key"])
 
     best = {family: min(members, key=order) for family, members in families.items()}
     state = {}
@@ -422,6 +424,24 @@ def mantel_haenszel_independently(tables: list, level: float) -> dict:
     return {"lift": rr, "low": rr * math.exp(-half), "high": rr * math.exp(half), "p": p, "strata": len(tables)}
 
 
+_ADJUSTMENTS: dict[tuple, dict] = {}
+"""Recomputed adjustments by (stored tables, key, window, months, level): the perturbation tests check the same
+stored counts again and again, and only the signals table they compare with changes."""
+
+
+def recomputed_adjustment(
+    key: str, window: int, months: list[str], counts: pl.DataFrame, strata: pl.DataFrame, level: float
+) -> dict:
+    """`mantel_haenszel_independently` of the candidate's stratified tables, computed once per stored tables
+    (the module's `run` fixture keeps them alive, so their ids are not reused while it runs)."""
+    cache_key = (id(counts), id(strata), key, window, tuple(months), level)
+    if cache_key not in _ADJUSTMENTS:
+        _ADJUSTMENTS[cache_key] = mantel_haenszel_independently(
+            stratified_tables(key, window, months, counts, strata), level
+        )
+    return _ADJUSTMENTS[cache_key]
+
+
 def check_adjusted(
     rows: list[dict], counts: pl.DataFrame, strata: pl.DataFrame, discovery: list[str], holdout: list[str], rules: dict
 ) -> list[str]:
@@ -442,9 +462,7 @@ def check_adjusted(
         if f"(all events in the first {window} days)" not in r["adjustment_method"]:
             bad.append(f"{sid}: adjustment_method {r['adjustment_method']!r} does not name its window {window}")
         for prefix, months in (("adjusted_", discovery), ("holdout_adjusted_", holdout)):
-            want = mantel_haenszel_independently(
-                stratified_tables(r["candidate_key"], window, months, counts, strata), r["confidence_level"]
-            )
+            want = recomputed_adjustment(r["candidate_key"], window, months, counts, strata, r["confidence_level"])
             for col, key in (("lift", "lift"), ("lift_ci_low", "low"), ("lift_ci_high", "high"), ("p_value", "p")):
                 if not close(r[f"{prefix}{col}"], want[key]):
                     bad.append(f"{sid}: {prefix}{col} = {r[f'{prefix}{col}']!r}, recomputed {want[key]!r}")

@@ -11,6 +11,9 @@ from beton_pipeline.warehouse import connect, table_exists
 from tests.store.signal_marts import MONTHS, make_marts
 
 PLANTED_KEY = "event:invited_teammate:first_14d:>=3"
+DISCOVERY = Settings(discovery={"activity_strata": 1})
+"""The hand-made marts' planted event is most of the accounts' activity: with activity bands nothing would be
+left to compare within a band (tests/store/test_signal_thresholds.py does the same); cohort months stay strata."""
 INVITES_YAML = 'name: Invites\nwhen:\n  event: invited_teammate\n  count: ">= 3"\n  within_days: 14\n'
 
 
@@ -19,8 +22,8 @@ def warehouse(tmp_path):
     path = make_marts(tmp_path / "warehouse.duckdb")
     with connect(path) as con:
         for month in MONTHS:
-            count_cohort(con, Settings(), month)
-        discover(con, Settings())
+            count_cohort(con, DISCOVERY, month)
+        discover(con, DISCOVERY)
     return path
 
 

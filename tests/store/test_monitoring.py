@@ -34,11 +34,23 @@ def test_no_health_before_discovery_or_without_days(con):
     assert compute_signal_health(con, Settings(), []).is_empty()
 
 
-def test_refresh_computes_the_covered_days_and_writes_nothing_without_enabled_signals(con):
+def test_refresh_without_enabled_signals_leaves_an_empty_table_for_its_readers(con):
     health = refresh_signal_health(con, Settings(), ["2025-01-05", "2025-03-15", "2025-03-16", "2025-07-01"])
     assert health.days == [date(2025, 3, 15), date(2025, 3, 16)]  # windows close from 2 March; the as-of is 30 June
     assert health.rows.is_empty() and health.latest.is_empty() and health.broken == []
-    assert _beton_tables(con) == []
+    assert _beton_tables(con) == ["signal_health"]
+    assert con.sql("select count(*) from beton.signal_health").fetchall() == [(0,)]
+
+
+def test_days_without_enabled_signals_drop_their_old_health_rows(con):
+    """A signal disabled since: recomputing a day removes that day's rows instead of keeping stale health."""
+    refresh_signal_health(con, Settings(), ["2025-03-15"])
+    con.execute(
+        "insert into beton.signal_health (day, signal_id, health) values ('2025-03-15', 'sig_old', 'healthy'), "
+        "('2025-03-16', 'sig_old', 'healthy')"
+    )
+    refresh_signal_health(con, Settings(), ["2025-03-15"])
+    assert con.sql("select day::varchar from beton.signal_health").fetchall() == [("2025-03-16",)]
 
 
 def test_refresh_without_covered_days_computes_nothing(con):
