@@ -1,7 +1,7 @@
 """An interrupted `beton run` (killed mid-way) followed by a re-run leaves no duplicate and the same
 tables as an uninterrupted run: every write replaces exactly what it owns, in one transaction.
 
-The uninterrupted run is the shared live run (`tests/e2e/conftest.py`: 1,500 accounts, 6 months, playbooks
+The uninterrupted run is the shared live run (`tests/e2e/conftest.py`: 600 accounts, 6 months, playbooks
 sending to local fakes; every compared table has rows); the interrupted run uses the same export and
 settings with fakes of its own. The kill lands after the ingest has written `raw_events` (watched in the
 Dagster instance, not guessed from the clock), so the re-run starts on a warehouse holding a part of a

@@ -2,7 +2,7 @@
 local servers), and the value is found nowhere: not in the output, the Dagster instance's files (event log,
 run storage, compute logs), the warehouse, nor the exception texts of a failing destination.
 
-The run is the shared live run (`tests/e2e/conftest.py`: 1,500 accounts, 6 months, Slack, Attio and a webhook
+The run is the shared live run (`tests/e2e/conftest.py`: 600 accounts, 6 months, Slack, Attio and a webhook
 really receive requests, Attio's first answer echoes the key back); the size of the data does not change
 where a secret could leak."""
 
