@@ -175,17 +175,23 @@ def check_holdout(row: dict, holdout_conversions: int) -> list[str]:
     ]
 
 
+def bh_mismatches(rows: list[dict], p_column: str, q_column: str) -> list[str]:
+    """Rows whose `q_column` is not statsmodels' Benjamini-Hochberg over every row's `p_column` (rows without a
+    p-value are left out of the family)."""
+    tested = [r for r in rows if not missing(r[p_column])]
+    if not tested:
+        return []
+    _, q, _, _ = multipletests([r[p_column] for r in tested], method="fdr_bh")
+    return [
+        f"{r['signal_id']}: {q_column} = {r[q_column]!r}, Benjamini-Hochberg over {len(tested)} gives {float(want)!r}"
+        for r, want in zip(tested, q, strict=True)
+        if not close(r[q_column], want)
+    ]
+
+
 def check_q_values(rows: list[dict]) -> list[str]:
     """Benjamini–Hochberg over every row of the run with a p-value; the family size `method` states."""
-    bad = []
-    tested = [r for r in rows if not missing(r["p_value"])]
-    if tested:
-        _, q, _, _ = multipletests([r["p_value"] for r in tested], method="fdr_bh")
-        bad += [
-            f"{r['signal_id']}: q_value = {r['q_value']!r}, Benjamini-Hochberg over {len(tested)} gives {float(want)!r}"
-            for r, want in zip(tested, q, strict=True)
-            if not close(r["q_value"], want)
-        ]
+    bad = bh_mismatches(rows, "p_value", "q_value")
     bad += [f"{r['signal_id']}: no p-value but q_value {r['q_value']!r}" for r in rows if missing(r["p_value"])]
     bad += [
         f"{r['signal_id']}: method {r['method']!r} does not state the family size {len(rows)}"
@@ -468,15 +474,7 @@ def check_adjusted(
                     bad.append(f"{sid}: {prefix}{col} = {r[f'{prefix}{col}']!r}, recomputed {want[key]!r}")
             if prefix == "adjusted_" and r["activity_strata"] != want["strata"]:
                 bad.append(f"{sid}: activity_strata = {r['activity_strata']}, informative strata {want['strata']}")
-    tested = [r for r in rows if not missing(r["adjusted_p_value"])]
-    if tested:
-        _, q, _, _ = multipletests([r["adjusted_p_value"] for r in tested], method="fdr_bh")
-        bad += [
-            f"{r['signal_id']}: adjusted_q_value = {r['adjusted_q_value']!r}, Benjamini-Hochberg gives {float(want)!r}"
-            for r, want in zip(tested, q, strict=True)
-            if not close(r["adjusted_q_value"], want)
-        ]
-    return bad
+    return bad + bh_mismatches(rows, "adjusted_p_value", "adjusted_q_value")
 
 
 def check_projected_arr(row: dict, acv: float, span_days: float) -> list[str]:
