@@ -118,9 +118,9 @@ def test_every_planted_signal_is_enabled_at_its_threshold(con, pipeline_run):
 
     The behaviour that matters only beyond activity (`sso_configured`, overall lift ~1.1) is enabled on its
     adjusted result. One planted behaviour may fall short of the holdout's power among equally active
-    accounts (holdout ~2,700 accounts; e.g. Fintech, adjusted lift 1.7 on the discovery cohorts, has ~80 %
-    power for the holdout's adjusted CI low > 1): it must then be its family's `review` with that reason,
-    never rejected or enabled in another form."""
+    accounts (seed 7: 2,029 holdout accounts; Fintech, adjusted lift 1.69 on the discovery cohorts, holdout
+    adjusted CI 1.00-2.11, has about 79 % power for the holdout's adjusted CI low > 1 — README "Demo data"):
+    it must then be its family's `review` with that reason, never rejected or enabled in another form."""
     thresholds = load_settings().discovery.count_thresholds
     signals = con.sql("select * from beton.signals where kind <> 'pair'").pl()
     enabled = signals.filter(pl.col("enabled"))
