@@ -3,9 +3,13 @@
 Every day D, for every enabled signal, beton looks at the accounts whose outcome window closed on D
 (the day's new evidence) and at those that closed in the `window_days` before D (a rolling window, for
 display and the minimum-data rule), and compares them with the signal's reference: the counts it was
-discovered on (`beton.signals`). Two rules are available (`HealthConfig.method`); both bound the
+discovered on (`beton.signals`). Three rules are available (`HealthConfig.method`); each bounds the
 probability that a stable signal is ever flagged `degrading` or `broken` in a year of daily looks by
-`alpha` (per `looks_per_year` looks; `simulate_false_alarms` measures it).
+`alpha` (per `looks_per_year` looks; `simulate_false_alarms` and `core.risk_sets.simulate_rules` measure
+it). The third, **`risk_set`**, feeds the same Shiryaev–Roberts statistics (`shiryaev_roberts_evidence`)
+the day's conversions among the accounts still at risk, stratified by account age, instead of the day's
+closed outcomes: a conversion counts the day it happens, not when its window closes (`core.risk_sets`,
+Cox 1972); its guarantee is measured by simulation, not proved (hazards are not proportional).
 
 **`sequential`: a Shiryaev–Roberts procedure on daily likelihood ratios** (Shiryaev 1963,
 Roberts 1966). Each day adds the likelihood ratio LR_D of that day's newly closed accounts only
@@ -84,7 +88,9 @@ from scipy import special, stats
 from beton_pipeline.core.stats import log_lift_and_variance
 
 HEALTH_STATES = ("healthy", "degrading", "broken", "insufficient_data")
-HEALTH_METHODS = ("sequential", "bonferroni")
+HEALTH_METHODS = ("sequential", "bonferroni", "risk_set")
+SEQUENTIAL_METHODS = ("sequential", "risk_set")
+"""The rules that alarm on a Shiryaev–Roberts statistic (their evidence columns and alarm level apply)."""
 ALPHA_PARTS = 2
 """The sequential rule splits α in two: the reference's lower bound and the alarm statistic."""
 _GRID_CELLS = 1_000_000
@@ -116,8 +122,8 @@ class HealthConfig:
     @property
     def alpha_per_look(self) -> float:
         """What one look may spend: α / looks_per_year (bonferroni), or 1/A = α / (2 · looks_per_year), the
-        alarm statistic's mean growth per look over its alarm level (sequential)."""
-        parts = ALPHA_PARTS if self.method == "sequential" else 1
+        alarm statistic's mean growth per look over its alarm level (sequential, risk_set)."""
+        parts = ALPHA_PARTS if self.method in SEQUENTIAL_METHODS else 1
         return self.alpha / (parts * self.looks_per_year)
 
     @property
@@ -184,9 +190,9 @@ def log_odds_ratio_and_se(a, n1, c, n2) -> tuple[np.ndarray, np.ndarray]:
     return log_or, se
 
 
-def _log_normalisers(n1, n2, m, lo, width, log_odds: tuple[np.ndarray, ...]) -> list[np.ndarray]:
-    """log Σ_x C(n1, x)·C(n2, m − x)·ψ^(x − lo) over the support x = lo … lo + width − 1, for each ψ in
-    `log_odds`, on one padded (rows × max width) grid (terms scaled by their row maximum)."""
+def _log_binomial_grid(n1, n2, m, lo, width) -> tuple[np.ndarray, np.ndarray]:
+    """log C(n1, x)·C(n2, m − x) on the support x = lo … lo + width − 1 of each row, on one padded
+    (rows × max width) grid, scaled by the row maximum (−inf outside the support), and k = x − lo."""
     k = np.arange(int(width.max()))[None, :]
     x = lo[:, None] + k
     valid = k < width[:, None]
@@ -202,8 +208,74 @@ def _log_normalisers(n1, n2, m, lo, width, log_odds: tuple[np.ndarray, ...]) -> 
     )
     log_binoms = np.where(valid, log_binoms, -np.inf)
     log_binoms -= log_binoms.max(axis=1, keepdims=True)
-    kf = k.astype(np.float64)
+    return log_binoms, k.astype(np.float64)
+
+
+def _log_normalisers(n1, n2, m, lo, width, log_odds: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+    """log Σ_x C(n1, x)·C(n2, m − x)·ψ^(x − lo) over the support x = lo … lo + width − 1, for each ψ in
+    `log_odds`, on one padded (rows × max width) grid (terms scaled by their row maximum)."""
+    log_binoms, kf = _log_binomial_grid(n1, n2, m, lo, width)
     return [special.logsumexp(log_binoms + kf * lp[:, None], axis=1) for lp in log_odds]
+
+
+def _support(n1, n2, m) -> tuple[np.ndarray, np.ndarray]:
+    """The lowest value and the width of the support of a given the margins: max(0, m − n2) … min(n1, m)."""
+    lo = np.maximum(0, m - n2)
+    return lo, np.minimum(n1, m) - lo + 1
+
+
+def _by_width_chunks(rows: np.ndarray, width: np.ndarray):
+    """`rows` sorted by support width, in chunks whose padded grids hold at most `_GRID_CELLS` cells."""
+    rows = rows[np.argsort(width[rows], kind="stable")]
+    per_chunk = max(1, _GRID_CELLS // int(width[rows[-1]])) if rows.size else 1
+    for start in range(0, rows.size, per_chunk):
+        yield rows[start : start + per_chunk]
+
+
+def noncentral_grid(n1, n2, m) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The support of each row's noncentral hypergeometric distribution as one padded grid: log C(n1, x)·
+    C(n2, m − x) at x = lo + k (row-scaled, −inf past the support), k, and lo; for `noncentral_grid_moments`
+    at many odds ratios (computed once: it does not depend on ψ)."""
+    n1, n2, m = (np.asarray(v, dtype=np.int64).ravel() for v in (n1, n2, m))
+    lo, width = _support(n1, n2, m)
+    if not n1.size:
+        return np.zeros((0, 1)), np.zeros((1, 1)), lo
+    log_binoms, kf = _log_binomial_grid(n1, n2, m, lo, width)
+    return log_binoms, kf, lo
+
+
+def noncentral_grid_moments(log_binoms, k, log_odds) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of x − lo and variance per row of a `noncentral_grid`, at the rows' log odds ratios."""
+    log_w = log_binoms + k * np.asarray(log_odds, dtype=np.float64)[:, None]
+    w = np.exp(log_w - log_w.max(axis=1, keepdims=True))
+    w /= w.sum(axis=1, keepdims=True)
+    first = (w * k).sum(axis=1)
+    return first, np.maximum((w * (k - first[:, None]) ** 2).sum(axis=1), 0.0)
+
+
+def fisher_noncentral_moments(n1, n2, m, log_odds) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of Fisher's noncentral hypergeometric distribution per row (the conversions among
+    n1 accounts with the signal, given m conversions among n1 + n2, odds ratio ψ = exp(`log_odds`)).
+
+    E = Σ_x x·C(n1, x)·C(n2, m − x)·ψ^x / Σ_x C(n1, x)·C(n2, m − x)·ψ^x, Var likewise, summed exactly over
+    the support (no approximation); rows with a one-point support have variance 0. These are the score's
+    expectation and the information of the conditional likelihood (`core.risk_sets.conditional_log_odds_ratio`).
+
+    References: Fisher (1935), *J. R. Statist. Soc.* 98:39–82; Harkness (1965), *Ann. Math. Statist.* 36:938–945.
+    """
+    n1, n2, m, lp = np.broadcast_arrays(
+        *(np.asarray(v, dtype=np.int64) for v in (n1, n2, m)), np.asarray(log_odds, dtype=np.float64)
+    )
+    shape = n1.shape
+    n1, n2, m, lp = (v.ravel() for v in (n1, n2, m, lp))
+    lo, width = _support(n1, n2, m)
+    mean = lo.astype(np.float64)
+    var = np.zeros(n1.shape, dtype=np.float64)
+    for chunk in _by_width_chunks(np.flatnonzero(width > 1), width):
+        log_binoms, kf = _log_binomial_grid(n1[chunk], n2[chunk], m[chunk], lo[chunk], width[chunk])
+        first, var[chunk] = noncentral_grid_moments(log_binoms, kf, lp[chunk])
+        mean[chunk] += first
+    return mean.reshape(shape), var.reshape(shape)
 
 
 def fisher_noncentral_log_lr(a, n1, n2, m, log_odds_null, log_odds_alt) -> np.ndarray:
@@ -226,17 +298,13 @@ def fisher_noncentral_log_lr(a, n1, n2, m, log_odds_null, log_odds_alt) -> np.nd
     )
     shape = a.shape
     a, n1, n2, m, l0, l1 = (v.ravel() for v in (a, n1, n2, m, l0, l1))
-    lo = np.maximum(0, m - n2)
-    width = np.minimum(n1, m) - lo + 1
+    lo, width = _support(n1, n2, m)
     if np.any((a < lo) | (a > lo + width - 1)):
         raise ValueError("conversions with the signal outside the support given the day's margins")
     out = np.zeros(a.shape, dtype=np.float64)
     rows = np.flatnonzero((width > 1) & np.isfinite(l0) & np.isfinite(l1) & (l0 != l1))
-    rows = rows[np.argsort(width[rows], kind="stable")]
     # sorted by support width, so each chunk's padded grid is about as wide as its own rows need
-    per_chunk = max(1, _GRID_CELLS // int(width[rows[-1]])) if rows.size else 1
-    for start in range(0, rows.size, per_chunk):
-        chunk = rows[start : start + per_chunk]
+    for chunk in _by_width_chunks(rows, width):
         z0, z1 = _log_normalisers(n1[chunk], n2[chunk], m[chunk], lo[chunk], width[chunk], (l0[chunk], l1[chunk]))
         out[chunk] = (a[chunk] - lo[chunk]) * (l1[chunk] - l0[chunk]) - (z1 - z0)
     return out.reshape(shape)
@@ -342,24 +410,44 @@ def sequential_evidence(
     a, n1, c, n2 = (np.asarray(x, dtype=np.int64) for x in dataclasses.astuple(daily))
     m = a + c
     ref_log, ref_se = log_odds_ratio_and_se(*dataclasses.astuple(reference))
-    null = ref_log - config.reference_z * ref_se
-    testable = np.isfinite(null) & (null > 0)
+    return shiryaev_roberts_evidence(
+        lambda null, alt: fisher_noncentral_log_lr(a, n1, n2, m, null, alt), ref_log, ref_se, config, start
+    )
+
+
+def shiryaev_roberts_evidence(
+    daily_log_lr, reference_log_odds, reference_se, config: HealthConfig = HealthConfig(), start: int = 0
+) -> SequentialEvidence:
+    """The `degrading` and `broken` statistics (log R, days × signals) from a signal's reference log odds ratio
+    and its standard error (per signal) and `daily_log_lr(log ψ₀, log ψ₁)`: the days × signals log likelihood
+    ratios of each day's data for ψ₁ against ψ₀ (per-signal arrays, broadcast).
+
+    The null is the reference's lower bound log ψ₀ = log ψ̂ − z·se (off, log R = −inf, when ψ₀ ≤ 1); the
+    degrading statistic is the equal mixture of the Shiryaev–Roberts statistics of ψ₁ = 1 and
+    log ψ₁ = share · log ψ₀; the broken one tests ψ₁ = 1 against ψ₀ = `min_lift` (off when `min_lift` ≤ 1).
+    Shared by the sequential rule (daily closures) and the risk_set rule (daily risk sets).
+    """
+    ref_log = np.asarray(reference_log_odds, dtype=np.float64)
+    ref_se = np.asarray(reference_se, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        null = ref_log - config.reference_z * ref_se
+        testable = np.isfinite(null) & (null > 0)
     null = np.where(testable, null, np.nan)
     shrunk = config.degraded_effect_share * null
     alternatives = (0.0,) if config.degraded_effect_share == 0 else (0.0, config.degraded_effect_share)
     statistics = [
-        shiryaev_roberts_log(
-            fisher_noncentral_log_lr(a, n1, n2, m, np.nan_to_num(null), share * np.nan_to_num(null)), start
-        )
+        shiryaev_roberts_log(daily_log_lr(np.nan_to_num(null), share * np.nan_to_num(null)), start)
         for share in alternatives
     ]
     # the equal-weight mixture of the alternatives' statistics: log(Σ_k R_k / K)
     degrading = special.logsumexp(np.stack(statistics), axis=0) - np.log(len(alternatives))
     degrading = np.where(testable, degrading, -np.inf)
     if config.min_lift > 1:
-        broken = shiryaev_roberts_log(fisher_noncentral_log_lr(a, n1, n2, m, np.log(config.min_lift), 0.0), start)
+        broken = shiryaev_roberts_log(
+            daily_log_lr(np.full(null.shape, np.log(config.min_lift)), np.zeros(null.shape)), start
+        )
     else:
-        broken = np.full(a.shape, -np.inf)
+        broken = np.full(degrading.shape, -np.inf)
     return SequentialEvidence(degrading=degrading, broken=broken, null_log_odds=null, shrunk_log_odds=shrunk)
 
 
@@ -390,12 +478,16 @@ def health_over_days(
     config: HealthConfig = HealthConfig(),
     confidence_level: float = 0.95,
     start: int = 0,
+    evidence: SequentialEvidence | None = None,
 ) -> HealthOverDays:
     """Every signal's health on every day of `daily` (days × signals counts of the outcomes closed that day;
     `reference`: per signal, its discovery counts), by `config.method` (rules in the module docstring).
 
     The sequential evidence accumulates from day index `start` (the first monitoring day; earlier rows
-    only fill the first rolling windows). Both rules report the rolling window's lift for display.
+    only fill the first rolling windows). Every rule reports the rolling window's lift for display.
+    `evidence`: the statistics the sequential rules alarm on, when computed elsewhere; the risk_set rule
+    requires it (`core.risk_sets.risk_set_evidence`, from the daily risk sets), the sequential rule computes
+    it from `daily` when it is None.
     """
     window = daily.rolling(window_days)
     shape = np.shape(window.n_with)
@@ -412,7 +504,10 @@ def health_over_days(
         health = bonferroni.health.reshape(shape)
         degrading_evidence = broken_evidence = np.full(shape, np.nan)
     else:
-        evidence = sequential_evidence(daily, reference, config, start)
+        if evidence is None:
+            if config.method == "risk_set":
+                raise ValueError("the risk_set rule needs its evidence (core.risk_sets.risk_set_evidence)")
+            evidence = sequential_evidence(daily, reference, config, start)
         h = config.alarm_threshold
         degrading = evidence.degrading >= h
         broken = (evidence.broken >= h) & (degrading | ~evidence.has_degrading_test)
