@@ -132,10 +132,12 @@ class MonitoringSettings(_Strict):
     looks_per_year: int = Field(365, ge=1, description="Daily looks a year the false-alarm budget alpha covers.")
     min_fired: int = Field(30, ge=1)
     min_conversions: int = Field(10, ge=1)
-    method: Literal["bonferroni", "sequential"] = Field(
+    method: Literal["bonferroni", "sequential", "risk_set"] = Field(
         "bonferroni",
-        description="Health rule: bonferroni (rolling windows, each look at alpha / looks_per_year) or sequential "
-        "(Shiryaev–Roberts on each day's closed outcomes); both flag a stable signal in at most alpha of its years.",
+        description="Health rule: bonferroni (rolling windows, each look at alpha / looks_per_year), sequential "
+        "(Shiryaev–Roberts on each day's closed outcomes) or risk_set (Shiryaev–Roberts on each day's conversions "
+        "among the accounts at risk, by age band); each flags a stable signal in at most alpha of its years "
+        "(risk_set: as measured by benchmarks/health_simulation.py).",
     )
     degraded_effect_share: float = Field(
         0.5, ge=0, lt=1, description="Sequential rule: the shrunk alternative keeps this share of the log odds ratio."

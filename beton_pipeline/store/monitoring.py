@@ -1,6 +1,6 @@
 """Warehouse side of signal health: read the enabled signals, the accounts' outcomes and the firings,
-assess each signal's health per day (`core.monitoring`), and write `beton.signal_health`, replacing
-exactly the days computed.
+assess each signal's health per day (`core.monitoring`; the risk_set rule's daily risk sets:
+`core.risk_sets`), and write `beton.signal_health`, replacing exactly the days computed.
 """
 
 from __future__ import annotations
@@ -14,7 +14,15 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from beton_pipeline.core.monitoring import HealthConfig, SignalCounts, daily_counts, health_over_days
+from beton_pipeline.core.discovery import temporal_split
+from beton_pipeline.core.monitoring import (
+    SEQUENTIAL_METHODS,
+    HealthConfig,
+    SignalCounts,
+    daily_counts,
+    health_over_days,
+)
+from beton_pipeline.core.risk_sets import AGE_BANDS_DAYS, conditional_log_odds_ratio, risk_set_evidence
 from beton_pipeline.core.scoring import HEALTH_SCHEMA
 from beton_pipeline.settings import Settings
 from beton_pipeline.store.daily import data_days, partition_days, write_days
@@ -28,6 +36,56 @@ CLOSED_OUTCOMES_SQL = (
     "where has_events and not converted_before_start order by account_id"
 )
 """Every account whose outcome can be judged, with the day its outcome window closed."""
+
+RISK_SET_DELTAS_SQL = """
+with accounts as (
+    select account_id, started_at::date as s,
+        (case when converted then converted_at else outcome_window_end_at end)::date as l, converted,
+        coalesce(is_eligible and strftime(cohort_month, '%Y-%m') in (select unnest($discovery_months)), false)
+            as discovery
+    from marts.account_outcomes
+    where has_events and not converted_before_start
+),
+bands as (
+    select unnest($band_lo) as lo_age, unnest($band_hi) as hi_age, unnest($band) as band
+),
+fired as (
+    select account_id, signal_id, min(fired_at)::date as f from risk_set_firings group by account_id, signal_id
+),
+segments as (
+    select a.discovery, '' as signal_id, b.band, a.s + b.lo_age as lo, least(a.s + b.hi_age, a.l + 1) as hi
+    from accounts a cross join bands b
+    union all
+    select a.discovery, f.signal_id, b.band, greatest(a.s + b.lo_age, f.f + 1) as lo,
+        least(a.s + b.hi_age, a.l + 1) as hi
+    from accounts a join fired f on f.account_id = a.account_id cross join bands b
+),
+conversions as (
+    select a.discovery, '' as signal_id, a.l as day, b.band
+    from accounts a join bands b on a.l - a.s >= b.lo_age and a.l - a.s < b.hi_age
+    where a.converted
+    union all
+    select a.discovery, f.signal_id, a.l as day, b.band
+    from accounts a join fired f on f.account_id = a.account_id
+        join bands b on a.l - a.s >= b.lo_age and a.l - a.s < b.hi_age
+    where a.converted and f.f < a.l
+),
+deltas as (
+    select discovery, signal_id, lo as day, band, 1 as at_risk, 0 as events from segments where lo < hi
+    union all
+    select discovery, signal_id, hi as day, band, -1 as at_risk, 0 as events from segments where lo < hi
+    union all
+    select discovery, signal_id, day, band, 0 as at_risk, 1 as events from conversions
+)
+select discovery, signal_id, day, band, sum(at_risk)::bigint as at_risk, sum(events)::bigint as events
+from deltas
+group by discovery, signal_id, day, band
+order by day
+"""
+"""Per (discovery cohort or not, signal or '' for every account, day, age band): the change in the number at
+risk that day (+1 entering, −1 leaving) and the conversions. An account is at risk from its start to its
+conversion or its outcome window's end (`core.risk_sets.risk_set_counts`, which this computes in SQL); its
+signal counts from the day after it fired. The age bands are `core.risk_sets.AGE_BANDS_DAYS`."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +134,84 @@ def monitoring_origin(con: duckdb.DuckDBPyConnection, settings: Settings, days: 
     return min(origin, min(days))
 
 
+@dataclass(frozen=True)
+class RiskSets:
+    """The risk_set rule's inputs: daily risk sets (days × bands × signals) from the first day asked, and the
+    discovery cohorts' risk sets over all their days (the reference)."""
+
+    daily: SignalCounts
+    reference: SignalCounts
+
+
+def _risk_set_arrays(deltas: pl.DataFrame, order: list[str], base: date, n_days: int) -> SignalCounts:
+    """Scatter the deltas of `RISK_SET_DELTAS_SQL` into days × bands × signals counts from `base` (at risk: the
+    running sum of the deltas, over every earlier day too)."""
+    k, s = len(AGE_BANDS_DAYS), len(order)
+    column = {sid: i for i, sid in enumerate(order)}
+    column[""] = s
+    days = (deltas["day"].to_numpy().astype("datetime64[D]") - np.datetime64(base, "D")).astype(np.int64)
+    cols = deltas["signal_id"].replace_strict(column, return_dtype=pl.Int64).to_numpy()
+    bands = deltas["band"].to_numpy().astype(np.int64)
+    at_risk = np.zeros((n_days, k, s + 1), dtype=np.int64)
+    events = np.zeros((n_days, k, s + 1), dtype=np.int64)
+    before = days < 0
+    np.add.at(at_risk[0], (bands[before], cols[before]), deltas["at_risk"].to_numpy()[before])
+    inside = (days >= 0) & (days < n_days)
+    np.add.at(at_risk, (days[inside], bands[inside], cols[inside]), deltas["at_risk"].to_numpy()[inside])
+    np.add.at(events, (days[inside], bands[inside], cols[inside]), deltas["events"].to_numpy()[inside])
+    at_risk = np.cumsum(at_risk, axis=0)
+    fired, everyone = at_risk[..., :s], at_risk[..., s:]
+    fired_events, all_events = events[..., :s], events[..., s:]
+    return SignalCounts(fired_events, fired, all_events - fired_events, everyone - fired)
+
+
+def risk_set_counts_of(
+    con: duckdb.DuckDBPyConnection,
+    firings: pl.DataFrame,
+    order: list[str],
+    first: date,
+    n_days: int,
+    discovery_months: list[str],
+) -> RiskSets:
+    """The daily risk sets of every signal in `order`, from `firings` (account_id, signal_id, fired_at) and
+    `marts.account_outcomes`, in one SQL pass (`RISK_SET_DELTAS_SQL`): every account's for the `n_days` days
+    from `first`, and the discovery cohorts' (`discovery_months`, eligible accounts) over all their days."""
+    upper = list(AGE_BANDS_DAYS[1:]) + [10**6]
+    scoped = firings.filter(pl.col("signal_id").is_in(order)).select("account_id", "signal_id", "fired_at")
+    con.register("risk_set_firings", scoped.to_arrow())
+    try:
+        deltas = con.sql(
+            RISK_SET_DELTAS_SQL,
+            params={
+                "discovery_months": list(discovery_months),
+                "band_lo": list(AGE_BANDS_DAYS),
+                "band_hi": upper,
+                "band": list(range(len(AGE_BANDS_DAYS))),
+            },
+        ).pl()
+    finally:
+        con.unregister("risk_set_firings")
+    daily = _risk_set_arrays(deltas, order, first, n_days)
+    discovery = deltas.filter(pl.col("discovery"))
+    if discovery.is_empty():
+        empty = np.zeros((0, len(AGE_BANDS_DAYS), len(order)), dtype=np.int64)
+        return RiskSets(daily, SignalCounts(empty, empty, empty, empty))
+    lo, hi = discovery["day"].min(), discovery["day"].max()
+    reference = _risk_set_arrays(discovery, order, lo, (hi - lo).days + 1)
+    return RiskSets(daily, reference)
+
+
+def discovery_months(con: duckdb.DuckDBPyConnection, settings: Settings) -> list[str]:
+    """The cohort months discovery learnt from (`core.discovery.temporal_split` of the eligible accounts)."""
+    months = con.sql(
+        "select strftime(cohort_month, '%Y-%m') as m from marts.account_outcomes "
+        "where is_eligible and has_events and not converted_before_start"
+    ).pl()["m"]
+    if months.is_empty():
+        return []
+    return list(temporal_split(months.to_numpy(), settings.windows.holdout_fraction).discovery_months)
+
+
 def compute_signal_health(
     con: duckdb.DuckDBPyConnection, settings: Settings, days: list[date], config: HealthConfig | None = None
 ) -> pl.DataFrame:
@@ -103,8 +239,13 @@ def compute_signal_health(
     reference = SignalCounts(
         *(signals[name].to_numpy() for name in ("conversions_with", "n_with", "conversions_without", "n_without"))
     )
+    start = (origin - first).days
+    evidence = None
+    if health_config.method == "risk_set":
+        risk = risk_set_counts_of(con, firings, order, first, n_days, discovery_months(con, settings))
+        evidence = risk_set_evidence(risk.daily, conditional_log_odds_ratio(risk.reference), health_config, start)
     result = health_over_days(
-        daily, window, reference, health_config, settings.thresholds.confidence_level, start=(origin - first).days
+        daily, window, reference, health_config, settings.thresholds.confidence_level, start=start, evidence=evidence
     )
     wanted = np.array([(d - first).days for d in days])
     a, n1 = result.window.conversions_with[wanted], result.window.n_with[wanted]
@@ -133,7 +274,9 @@ def compute_signal_health(
                 "health_rule": health_config.method,
                 "degrading_evidence": evidence(result.degrading_evidence),
                 "broken_evidence": evidence(result.broken_evidence),
-                "alarm_threshold": health_config.alarm_threshold if health_config.method == "sequential" else np.nan,
+                "alarm_threshold": (
+                    health_config.alarm_threshold if health_config.method in SEQUENTIAL_METHODS else np.nan
+                ),
                 "health": pick(result.health).astype(str),
             }
         )
