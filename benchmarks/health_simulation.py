@@ -65,6 +65,8 @@ class Scenario:
     reference_accounts: int = 4000
     window_days: int = 90
     conversion_window_days: int = 60
+    growth: float = 1.0
+    """The daily volume is multiplied by this over the simulated days (the risk sets' age mix shifts)."""
 
 
 def _kwargs(scenario: Scenario) -> dict:
@@ -103,17 +105,33 @@ def _rate(rate: float, se: float) -> str:
 
 
 def run(
-    volumes: tuple[float, ...], n_signals: int, n_drifting: int, drift_day: int, days: int, seed: int
+    volumes: tuple[float, ...],
+    n_signals: int,
+    n_drifting: int,
+    drift_day: int,
+    days: int,
+    seed: int,
+    growth: float = 1.0,
+    reference_accounts: int = 4000,
 ) -> tuple[str, str]:
-    """The two markdown tables: false alarms per year of daily looks, and detection delays, per rule."""
+    """The two markdown tables: false alarms per year of daily looks (also with the volume growing by
+    `growth` when it is not 1), and detection delays, per rule."""
     alarm_rows, delay_rows = [], []
     for i, volume in enumerate(volumes):
-        scenario = Scenario(accounts_per_day=volume)
+        scenario = Scenario(accounts_per_day=volume, reference_accounts=reference_accounts)
         conversions = volume * (scenario.prevalence * scenario.base_rate * scenario.lift)
         conversions += volume * (1 - scenario.prevalence) * scenario.base_rate
         label = f"{volume:g} ({conversions:.1f})"
         fa = false_alarms(scenario, n_signals, seed + i)
         alarm_rows.append([label, *(_rate(fa.false_alarm_rate(name), fa.false_alarm_se(name)) for name in RULES)])
+        if growth != 1:
+            grown = false_alarms(dataclasses.replace(scenario, growth=growth), n_signals, seed + 50 + i)
+            alarm_rows.append(
+                [
+                    f"{label}, volume ×{growth:g} over the year",
+                    *(_rate(grown.false_alarm_rate(name), grown.false_alarm_se(name)) for name in RULES),
+                ]
+            )
         for j, (drift, after) in enumerate(DRIFTS):
             found = delays(scenario, after(scenario.lift), n_drifting, seed + 100 + 10 * i + j, drift_day, days)
             delay_rows.append([label, drift, *(f"{_days(found[n], 50)} / {_days(found[n], 90)}" for n in RULES)])
@@ -244,13 +262,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--drift-day", type=int, default=120, help="look on which post-drift outcomes start closing")
     parser.add_argument("--days", type=int, default=365, help="daily looks simulated in the drift scenarios")
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument(
+        "--reference-accounts", type=int, default=4000, help="accounts the simulated reference is estimated from"
+    )
+    parser.add_argument(
+        "--growth", type=float, default=2.0, help="also false alarms with the volume growing by this factor"
+    )
     parser.add_argument("--demo", type=Path, help="also check a demo run's drifting behaviour (e.g. data)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     alarm_table, delay_table = run(
-        tuple(args.volumes), args.signals, args.drifting, args.drift_day, args.days, args.seed
+        tuple(args.volumes),
+        args.signals,
+        args.drifting,
+        args.drift_day,
+        args.days,
+        args.seed,
+        args.growth,
+        args.reference_accounts,
     )
-    cfg, scenario = HealthConfig(), Scenario(accounts_per_day=0)
+    cfg, scenario = HealthConfig(), Scenario(accounts_per_day=0, reference_accounts=args.reference_accounts)
     print(
         f"Simulated accounts: signal prevalence {scenario.prevalence}, fired on a day uniform in the first 14; "
         f"base rate {scenario.base_rate} (conversion day geometric, mean ≈ 9, within 30), lift {scenario.lift} "

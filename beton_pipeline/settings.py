@@ -133,7 +133,7 @@ class MonitoringSettings(_Strict):
     min_fired: int = Field(30, ge=1)
     min_conversions: int = Field(10, ge=1)
     method: Literal["bonferroni", "sequential", "risk_set"] = Field(
-        "bonferroni",
+        "risk_set",
         description="Health rule: bonferroni (rolling windows, each look at alpha / looks_per_year), sequential "
         "(Shiryaev–Roberts on each day's closed outcomes) or risk_set (Shiryaev–Roberts on each day's conversions "
         "among the accounts at risk, by age band); each flags a stable signal in at most alpha of its years "

@@ -52,12 +52,14 @@ The evidence accumulates from the first monitoring day; a signal that recovers s
 A. Days with no closures, no conversions, or no accounts with (or without) the signal carry no
 information: their likelihood ratio is exactly 1.
 
-**`bonferroni` (default): alpha spending over the rolling windows.** Each day tests the rolling
+**`bonferroni`: alpha spending over the rolling windows.** Each day tests the rolling
 window's lift at α_look = α / looks_per_year (one-sided, z = Φ⁻¹(1 − α_look)); the union bound over a
 year's looks gives the same guarantee whatever the overlap between windows, but a window of 90 days
-must fill with post-change accounts before it fires. It stays the default because the sequential rule
-is no faster where the evidence per day is thin (about 10–20 accounts closing a day, the demo among
-them); it halves the delay from about 50 a day (`benchmarks/health_simulation.py`).
+must fill with post-change accounts before it fires. On closed outcomes the sequential rule is no
+faster where the evidence per day is thin (about 10–20 accounts closing a day); it halves the delay
+from about 50 a day. The settings' default is `risk_set`, which sees conversions weeks before their
+windows close (`benchmarks/health_simulation.py`); `HealthConfig`'s own default stays `bonferroni`,
+the rule that needs no risk sets.
 
 * `insufficient_data` — fewer than `min_fired` accounts with (or without) the signal in the window,
   or fewer than `min_conversions` conversions in it.

@@ -55,6 +55,8 @@ AGE_BANDS_DAYS = (0, 7, 14, 30)
 is open-ended."""
 NEVER = np.iinfo(np.int64).max // 4
 """The day index of a signal that never fired (later than any day)."""
+_CHUNK_ACCOUNTS = 1_000_000
+"""Reference accounts simulated at once (`simulate_rules` takes fewer signals per chunk when they are many)."""
 
 
 def age_band(age, band_edges=AGE_BANDS_DAYS) -> np.ndarray:
@@ -260,6 +262,7 @@ def simulate_rules(
     seed: int = 0,
     lift_after: float | None = None,
     drift_day: int | None = None,
+    growth: float = 1.0,
     chunk: int = 200,
 ) -> SimulatedRules:
     """`days` daily looks at simulated signals by each rule of `configs`, all on the same simulated accounts.
@@ -277,9 +280,13 @@ def simulate_rules(
     conversion_window_days` days of accounts before the first look fill the first rolling window; the
     sequential statistics start at the first look. With `lift_after` and `drift_day`, accounts whose
     outcome closes from look `drift_day` on (who start `conversion_window_days` earlier) have `lift_after`.
+    With `growth` ≠ 1 the daily volume grows geometrically by that factor over the simulated days (starting
+    at `accounts_per_day`), so the age mix of each day's risk set shifts over time (more young accounts).
     Vectorised over accounts, in chunks of `chunk` signals; the same seed gives the same accounts.
     """
     rng = np.random.default_rng(seed)
+    # about `_CHUNK_ACCOUNTS` simulated accounts at a time, whatever the reference size
+    chunk = max(1, min(chunk, _CHUNK_ACCOUNTS // max(reference_accounts, 1)))
     cw = conversion_window_days
     first_look = window_days + cw
     n_days = first_look + days
@@ -304,7 +311,8 @@ def simulate_rules(
             risk_set_counts(ref_start, last, converted, fired, ref_group, g, ref_days + cw)
         )
         # the monitored stream
-        arrivals = rng.poisson(accounts_per_day, (n_days, g))
+        rate = accounts_per_day * growth ** (np.arange(n_days) / n_days)
+        arrivals = rng.poisson(rate[:, None], (n_days, g))
         start = np.repeat(np.tile(np.arange(n_days), g), arrivals.T.ravel())
         group = np.repeat(np.arange(g), arrivals.sum(axis=0))
         lifts = np.full(start.size, lift)
