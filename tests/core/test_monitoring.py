@@ -317,8 +317,10 @@ def test_days_without_closures_leave_every_signal_insufficient_and_unflagged():
     assert np.all(result.degrading_evidence[:10] == -np.inf)
 
 
-def test_settings_choose_the_rule_and_bonferroni_is_the_default():
-    assert Settings().health_config() == HealthConfig() == BONFERRONI
+def test_settings_choose_the_rule_and_risk_set_is_the_default():
+    # the settings default to the risk-set rule; the core config (no risk sets needed) to bonferroni
+    assert Settings().health_config() == HealthConfig(method="risk_set")
+    assert HealthConfig() == BONFERRONI
     chosen = Settings.model_validate({"monitoring": {"method": "sequential", "degraded_effect_share": 0.25}})
     assert chosen.health_config() == HealthConfig(method="sequential", degraded_effect_share=0.25)
     with pytest.raises(ValueError):
