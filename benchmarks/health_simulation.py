@@ -5,7 +5,7 @@ day's conversions among the accounts at risk, by age band), all on the same simu
 (`core.risk_sets.simulate_rules`: account-level conversion times, a signal that fires early and predicts
 early conversions, so hazards are not proportional).
 
-    .venv/bin/python -m benchmarks.health_simulation                 # the table of the README (about a minute)
+    .venv/bin/python -m benchmarks.health_simulation                 # the table of the README (8 minutes on 2 busy cores)
     .venv/bin/python -m benchmarks.health_simulation --signals 200   # a quick look
     .venv/bin/python -m benchmarks.health_simulation --demo data      # and the demo's drifting behaviour
 
