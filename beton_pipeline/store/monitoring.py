@@ -197,12 +197,18 @@ def compute_signal_health(
         *(signals[name].to_numpy() for name in ("conversions_with", "n_with", "conversions_without", "n_without"))
     )
     start = (origin - first).days
-    evidence = None
+    risk_evidence = None
     if health_config.method == "risk_set":
         risk = risk_set_counts_of(con, firings, order, first, n_days, discovery_months(con, settings))
-        evidence = risk_set_evidence(risk.daily, conditional_log_odds_ratio(risk.reference), health_config, start)
+        risk_evidence = risk_set_evidence(risk.daily, conditional_log_odds_ratio(risk.reference), health_config, start)
     result = health_over_days(
-        daily, window, reference, health_config, settings.thresholds.confidence_level, start=start, evidence=evidence
+        daily,
+        window,
+        reference,
+        health_config,
+        settings.thresholds.confidence_level,
+        start=start,
+        evidence=risk_evidence,
     )
     wanted = np.array([(d - first).days for d in days])
     a, n1 = result.window.conversions_with[wanted], result.window.n_with[wanted]
