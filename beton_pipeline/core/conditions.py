@@ -756,3 +756,206 @@ def evaluate_many(conditions: list[Condition], frames: FeatureFrames) -> np.ndar
     if not conditions:
         return np.zeros((frames.accounts.height, 0), dtype=bool)
     return np.column_stack([np.asarray(evaluator(c), dtype=bool).reshape(evaluator.n) for c in conditions])
+
+
+# ------------------------------------------------------------------------------------------------
+# Firing times: when a condition became true for each account (for daily health and scores)
+# ------------------------------------------------------------------------------------------------
+CRM_ATTRIBUTES = frozenset({"industry", "employee_band", "employee_count", "is_crm_company"})
+"""Attributes read from the CRM: known at the account's start and fixed over its window."""
+
+PLAN_ATTRIBUTES = frozenset({"plan_interval", "plan_annualized_amount"})
+"""Attributes of the account's first subscription created before its window end (null until it exists)."""
+
+WINDOW_ATTRIBUTES = frozenset({"n_events", "n_distinct_events", "n_users", "n_active_days"})
+"""Attributes counted over the whole point-in-time window: known only at its end."""
+
+FIRST_SUBSCRIPTION_LEAF = "plan:first_subscription"
+"""The leaf time every plan attribute leaf reads: the creation of the account's first subscription."""
+
+LEAF_SCHEMA = {
+    "leaf": pl.String,
+    "kind": pl.String,
+    "event": pl.String,
+    "property": pl.String,
+    "values": pl.List(pl.String),
+    "window_days": pl.Int64,
+    "nth": pl.Int64,
+    "signal_type": pl.String,
+    "until": pl.String,
+    "lookback_days": pl.Int64,
+}
+"""What the warehouse must look up for each timed leaf (`timed_leaves`)."""
+
+LEAF_TIME_SCHEMA = {"leaf": pl.String, "account_id": pl.String, "at": pl.Datetime("us")}
+"""Leaf times as the warehouse returns them: one row per leaf and account it has a time for."""
+
+_NO_TIME = np.iinfo(np.int64).max
+
+
+def leaf_id(cond: Condition) -> str:
+    """The identifier of a leaf's time lookup: its canonical JSON (plan leaves share `FIRST_SUBSCRIPTION_LEAF`)."""
+    if isinstance(cond, AttributeCondition) and cond.attribute in PLAN_ATTRIBUTES:
+        return FIRST_SUBSCRIPTION_LEAF
+    return json.dumps(canonical_form(cond), sort_keys=True, separators=(",", ":"))
+
+
+def _monotone_count(cond: EventCondition) -> bool:
+    """`count >= t` / `> t`: once true, true for the rest of the window."""
+    return cond.op in (">=", ">")
+
+
+def _nth(cond: EventCondition) -> int:
+    """The occurrence that makes `count >= t` (the t-th) or `count > t` (the (t+1)-th) true."""
+    return cond.threshold if cond.op == ">=" else cond.threshold + 1
+
+
+def _leaves(cond: Condition) -> Iterable[Condition]:
+    if isinstance(cond, (AllOf, AnyOf)):
+        for child in cond.children:
+            yield from _leaves(child)
+    elif isinstance(cond, Not):
+        yield from _leaves(cond.child)
+    else:
+        yield cond
+
+
+def timed_leaves(conditions: Iterable[Condition]) -> pl.DataFrame:
+    """The leaves of bound `conditions` whose time the warehouse supplies, once each (`LEAF_SCHEMA`).
+
+    kind `event`: the `nth` occurrence of `event` (with `property` in `values`, when set) in the first
+    `window_days` days; `intent`: the latest `signal_type` signal from `lookback_days` before the start
+    until the start or the window end (`until`); `plan`: the account's first subscription. Other leaves
+    need no lookup (their time is the start or the window end).
+    """
+    rows: dict[str, dict] = {}
+    for cond in (leaf for c in conditions for leaf in _leaves(c)):
+        if isinstance(cond, EventCondition) and _monotone_count(cond) and _nth(cond) > 0:
+            row = {
+                "kind": "event",
+                "event": cond.event,
+                "property": cond.property,
+                "values": list(cond.values) if cond.property is not None else None,
+                "window_days": cond.window_days,
+                "nth": _nth(cond),
+            }
+        elif isinstance(cond, IntentCondition):
+            row = {
+                "kind": "intent",
+                "signal_type": cond.signal_type,
+                "until": cond.until,
+                "lookback_days": cond.lookback_days,
+            }
+        elif isinstance(cond, AttributeCondition) and cond.attribute in PLAN_ATTRIBUTES:
+            row = {"kind": "plan"}
+        else:
+            continue
+        rows.setdefault(leaf_id(cond), row)
+    return pl.DataFrame([{"leaf": k, **v} for k, v in rows.items()], schema=LEAF_SCHEMA)
+
+
+@dataclass(frozen=True)
+class ConditionFirings:
+    """When each condition fired for each account of `frames.accounts` (same row order).
+
+    `fired_at` is accounts × conditions (datetime64[us], NaT where the condition is false);
+    `missing_leaf_times` counts (account, leaf) pairs where a leaf was true by the marts' counts but the
+    warehouse gave no time for it: they took the window end (0 when the counts and the times agree).
+    """
+
+    fired_at: np.ndarray
+    missing_leaf_times: int
+
+    @property
+    def fired(self) -> np.ndarray:
+        """accounts × conditions: whether it fired (equal to `evaluate_many`)."""
+        return ~np.isnat(self.fired_at)
+
+
+class _Timer:
+    """Firing times of bound conditions on one `FeatureFrames` (accounts need started_at and
+    feature_window_end_at), from the leaf times the warehouse gave. Each node gives (true, time, fixed):
+    `fixed` means its truth is decided at the start and cannot change over the window."""
+
+    def __init__(self, frames: FeatureFrames, leaf_times: pl.DataFrame):
+        self.evaluator = _Evaluator(frames)
+        accounts = frames.accounts
+        self.end = accounts.get_column("feature_window_end_at").cast(pl.Datetime("us")).to_numpy().astype(np.int64)
+        start = accounts.get_column("started_at").cast(pl.Datetime("us")).to_numpy().astype(np.int64)
+        self.start = np.minimum(start, self.end)
+        self.times: dict[str, np.ndarray] = {}
+        joined = leaf_times.cast(LEAF_TIME_SCHEMA).join(self.evaluator.index, on="account_id", how="inner")
+        for (leaf,), group in joined.group_by("leaf"):  # one group per distinct leaf (few)
+            out = np.full(self.evaluator.n, _NO_TIME, dtype=np.int64)
+            out[group.get_column("_row").to_numpy()] = group.get_column("at").to_numpy().astype(np.int64)
+            self.times[leaf] = out
+        self.missing = 0
+
+    def _looked_up(self, cond: Condition, true: np.ndarray) -> np.ndarray:
+        at = self.times.get(leaf_id(cond), np.full(self.evaluator.n, _NO_TIME, dtype=np.int64))
+        absent = true & (at == _NO_TIME)
+        self.missing += int(absent.sum())
+        return np.where(absent, self.end, np.minimum(at, self.end))
+
+    def __call__(self, cond: Condition) -> tuple[np.ndarray, np.ndarray, bool]:
+        if isinstance(cond, (AllOf, AnyOf)):
+            parts = [self(c) for c in cond.children]
+            fixed = all(p[2] for p in parts)
+            if isinstance(cond, AllOf):
+                true = np.logical_and.reduce([p[0] for p in parts])
+                return true, np.maximum.reduce([p[1] for p in parts]), fixed  # the latest child
+            true = np.logical_or.reduce([p[0] for p in parts])
+            at = np.minimum.reduce([np.where(p[0], p[1], _NO_TIME) for p in parts])  # the earliest true child
+            return true, at, fixed
+        if isinstance(cond, Not):
+            child_true, _, fixed = self(cond.child)
+            return ~child_true, self.start if fixed else self.end, fixed
+        true = np.asarray(self.evaluator(cond), dtype=bool).reshape(self.evaluator.n)
+        if isinstance(cond, EventCondition):
+            if not _monotone_count(cond):
+                return true, self.end, False
+            if _nth(cond) == 0:  # `count >= 0`: true from the start
+                return true, self.start, True
+            return true, self._looked_up(cond, true), False
+        if isinstance(cond, AttributeCondition):
+            if cond.attribute in CRM_ATTRIBUTES:
+                return true, self.start, True
+            if cond.attribute in PLAN_ATTRIBUTES:
+                return true, np.maximum(self._looked_up(cond, true), self.start), False
+            return true, self.end, False
+        if isinstance(cond, IntentCondition):
+            return true, self._looked_up(cond, true), cond.until == "start"
+        raise TypeError(f"not a condition: {cond!r}")
+
+
+def firing_times_many(conditions: list[Condition], frames: FeatureFrames, leaf_times: pl.DataFrame) -> ConditionFirings:
+    """When each bound condition became true for each account of `frames.accounts`: the point-in-time
+    firing time that daily health and scores use (a score on day D counts firings before D).
+
+    An account fires exactly where `evaluate_many` is true. The time follows the condition's tree:
+
+    | node | fired_at |
+    |---|---|
+    | event `count >= t` / `> t` | the t-th / (t+1)-th occurrence in the first `within_days` days (`leaf_times`) |
+    | event `<`, `<=`, `==`, `!=` (not monotone) | the feature window end: only then is the count final |
+    | CRM attribute (industry, employee band/count, CRM company) | the account's start |
+    | plan attribute (plan interval, annualized amount: the first subscription's) | that subscription's creation (not before the start) |
+    | activity attribute (n_events, n_users, ...: counted over the window) | the feature window end |
+    | intent | the latest qualifying signal (`leaf_times`), as for discovered intent signals |
+    | `all` | the latest child |
+    | `any` | the earliest true child |
+    | `not` | the start when the child is decided at the start (CRM attributes, intent before the start), else the window end |
+
+    Every time is at most the account's `feature_window_end_at` (a firing is knowable when the signal
+    is evaluated); a start after the window end (converted before the first event) is taken as the
+    window end. `leaf_times` has `LEAF_TIME_SCHEMA`, keyed by `leaf_id` (see `timed_leaves`). The rules
+    take the earliest moment at which the condition is known to hold, except `not` and the non-monotone
+    leaves, which can only be known at the window end, and intent, which follows discovery's rule.
+    """
+    timer = _Timer(frames, leaf_times)
+    n = frames.accounts.height
+    fired_at = np.full((n, len(conditions)), np.datetime64("NaT"), dtype="datetime64[us]")
+    for j, cond in enumerate(conditions):
+        true, at, _ = timer(cond)
+        fired_at[true, j] = at[true].astype("datetime64[us]")
+    return ConditionFirings(fired_at=fired_at, missing_leaf_times=timer.missing)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -693,6 +694,28 @@ def _crm_url(template: str | None, account_id: str, domain: str | None, is_crm: 
     if not template or not is_crm:
         return None
     return render(template, {"record_id": quote(str(account_id), safe=""), "domain": quote(str(domain or ""), safe="")})
+
+
+_SINCE = re.compile(r"since (\d{4}-\d{2}-\d{2})")
+
+
+def weight_note_for_rep(signal: Mapping) -> str | None:
+    """Why a signal of an account's score counts less, in a sales rep's words (None at full weight).
+
+    Reads a ``beton.account_scores`` entry's ``weight_factor`` and the day in its ``weight_note``
+    ("weight halved: degrading since 2026-05-02"): "signal weakening: half weight since 2026-05-02";
+    another factor reads "40% weight"; a broken signal (factor 0) "signal not working lately: not
+    counted since …". Entries written before health fed the scores have no factor and get no note.
+    """
+    factor = signal.get("weight_factor")
+    if factor is None or factor >= 1:
+        return None
+    found = _SINCE.search(str(signal.get("weight_note") or ""))
+    since = f" since {found.group(1)}" if found else ""
+    if factor <= 0:
+        return f"signal not working lately: not counted{since}"
+    weight = "half weight" if factor == 0.5 else f"{factor:.0%} weight"
+    return f"signal weakening: {weight}{since}"
 
 
 def _named(signals: Sequence[dict], names: Mapping[str, str]) -> tuple[dict, ...]:

@@ -6,7 +6,8 @@ shows as text instead of notifying the channel. Message *templates* come from be
 configuration) and are not escaped: an admin may write ``<!here>`` in a template on purpose.
 
 Account messages are written for a sales rep: the company's name, each signal's plain-language name
-(``core.signal_names``) with when it fired ("2 days ago"), and a button to the CRM record when
+(``core.signal_names``) with when it fired ("2 days ago") and, when its health lowered its weight, since
+when ("signal weakening: half weight since 2026-05-02"), and a button to the CRM record when
 ``destinations.crm_record_url`` is set; no internal ids and no score arithmetic.
 
 The builders are pure (:func:`account_payload` and :func:`health_payload` turn a playbook's
@@ -22,7 +23,7 @@ from datetime import date
 from urllib.parse import urlsplit
 
 from beton_pipeline.core.formatting import MISSING, fmt_ago
-from beton_pipeline.core.playbooks import SlackAccountMessage, SlackHealthMessage, render
+from beton_pipeline.core.playbooks import SlackAccountMessage, SlackHealthMessage, render, weight_note_for_rep
 from beton_pipeline.destinations.http import DeliveryResult, classify_status, parse_retry_after, redact
 
 DEFAULT_BASE_URL = "https://slack.com/api/"
@@ -69,12 +70,16 @@ def _score_text(score: float | None, rank: int | None) -> str:
 
 
 def signals_mrkdwn(signals: Sequence[Mapping], today: date, limit: int = 5) -> str:
-    """A bulleted list of signals by plain-language name (escaped), each with when it fired before `today`."""
+    """A bulleted list of signals by plain-language name (escaped), each with when it fired before `today`
+    and, when the signal's health lowered its weight, why ("(signal weakening: half weight since …)")."""
     lines = []
     for sig in list(signals)[:limit]:
         name = escape_mrkdwn(sig.get("name") or sig.get("definition") or "a signal")
         ago = fmt_ago(sig.get("fired_at"), today)
-        lines.append(f"• {name}" + (f" · _{ago}_" if ago != MISSING else ""))
+        note = weight_note_for_rep(sig)
+        lines.append(
+            f"• {name}" + (f" · _{ago}_" if ago != MISSING else "") + (f" · _({escape_mrkdwn(note)})_" if note else "")
+        )
     if len(signals) > limit:
         lines.append(f"… and {len(signals) - limit} more")
     return "\n".join(lines) if lines else "—"

@@ -13,13 +13,22 @@
 * **Identity.** `signal_id` = `sig_` + 12 hex digits of SHA-256 of the key, where the key is
   `custom:condition:<canonical JSON>` or `custom:sql:<DuckDB's normalised SQL>`: stable across
   runs, independent of file names, comments and formatting.
-* **Evaluation.** Every signal becomes one boolean per eligible account (accounts with a known
-  outcome), like discovery's candidates. Conditions read the point-in-time marts. SQL runs in the
-  sandbox (`sql_sandbox`); when it returns `fired_at`, only firings strictly before the account's
-  feature window end count (the point-in-time rule of discovery); without `fired_at` the SQL's
-  author is responsible for it, and the row's `method` says so.
-* **Counts.** The `custom_signals` asset counts each signal per cohort month into
-  `beton.custom_signal_cohort_counts` (`count_custom_signals`: the same sufficient statistics as
+* **Evaluation.** Every signal becomes one boolean per account with events, like discovery's
+  candidates. Conditions read the point-in-time marts. SQL runs in the sandbox (`sql_sandbox`); when
+  it returns `fired_at`, only firings strictly before the account's feature window end count (the
+  point-in-time rule of discovery); without `fired_at` the SQL's author is responsible for it, and
+  the row's `method` says so.
+* **Firing times.** The `custom_signals` asset also writes `beton.custom_signal_firings` (account_id,
+  signal_id, fired_at): one row per account (with events, in play or not) whose signal is true, for
+  every custom signal loaded, enabled or not. Conditions fire by `core.conditions.firing_times_many`
+  (the t-th occurrence of a counted event, the start for CRM attributes, the first subscription for
+  plan attributes, the latest intent signal; `all` at its latest child, `any` at its earliest true
+  child; `not` and non-monotone comparisons at the feature window end), from leaf times looked up in
+  the dbt occurrence models (`store.firings.condition_leaf_times`). SQL signals fire at the query's
+  `fired_at`, else at the feature window end. No firing is after the window end. `store.live_signals`
+  reads the enabled ones' rows, so daily health and scores include custom signals.
+* **Counts.** The `custom_signals` asset counts each signal per cohort month (eligible accounts: outcome
+  known) into `beton.custom_signal_cohort_counts` (`count_custom_signals`: the same sufficient statistics as
   discovery's candidates). The `signals` asset tests them together with the discovered candidates
   (`store.signals`); `store.signals.custom_signal_rows` tests one signal on its own (`beton backtest`);
   `store.backtests` backtests them per cohort month.
@@ -29,7 +38,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -47,16 +56,22 @@ from beton_pipeline.core.conditions import (
     Vocabulary,
     bind,
     evaluate_many,
+    firing_times_many,
     parse_condition_json,
     parse_signal,
+    timed_leaves,
 )
 from beton_pipeline.core.discovery import CANDIDATE_COLUMNS, cohort_counts_from_matrix, cohort_labels
 from beton_pipeline.settings import PROJECT_ROOT, Settings
+from beton_pipeline.store.firings import FIRING_SCHEMA, condition_leaf_times
 from beton_pipeline.store.sql_sandbox import SqlSignalError, normalise_sql, run_sql_signal, sandbox_connection
 from beton_pipeline.store.tables import read_feature_frames, replace_rows
 from beton_pipeline.warehouse import connect, table_exists
 
 CUSTOM_COUNTS_TABLE = "beton.custom_signal_cohort_counts"
+FIRINGS_TABLE = "beton.custom_signal_firings"
+"""When each custom signal fired for each account (account_id, signal_id, fired_at): every custom signal the
+last `custom_signals` materialisation loaded, enabled or not; `store.live_signals` reads the enabled ones."""
 PROBLEMS_TABLE = "beton.custom_signal_problems"
 """The signal files the last `custom_signals` materialisation left out, with the reason (one row per problem)."""
 CONDITION_PREFIX = "custom:condition:"
@@ -109,6 +124,9 @@ class CustomSignalsReport:
     problems: list[SignalProblem]
     directories: list[Path]
     counts: pl.DataFrame
+    firings: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=FIRING_SCHEMA))
+    missing_leaf_times: int = 0
+    """Condition leaves true by the marts' counts without a time in the occurrence models (0 when they agree)."""
 
     @property
     def files(self) -> int:
@@ -141,10 +159,13 @@ def problems_frame(problems: Sequence[SignalProblem]) -> pl.DataFrame:
 # ------------------------------------------------------------------------------------------------
 # Reading the marts
 # ------------------------------------------------------------------------------------------------
-def read_account_frames(con: duckdb.DuckDBPyConnection, settings: Settings) -> FeatureFrames:
-    """Discovery's feature frames for every eligible account, with the extra point-in-time attributes
-    conditions may use and `feature_window_end_at` (for SQL signals' `fired_at`)."""
-    frames = read_feature_frames(con, settings.feature_windows)
+def read_account_frames(
+    con: duckdb.DuckDBPyConnection, settings: Settings, eligible_only: bool = True
+) -> FeatureFrames:
+    """Discovery's feature frames for every eligible account (every account with events, with
+    `eligible_only=False`), with the extra point-in-time attributes conditions may use and
+    `feature_window_end_at` (for SQL signals' `fired_at` and firing times)."""
+    frames = read_feature_frames(con, settings.feature_windows, eligible_only=eligible_only)
     extra = con.sql(f"select account_id, {', '.join(EXTRA_ACCOUNT_COLUMNS)} from marts.account_features").pl()
     accounts = frames.accounts.join(extra, on="account_id", how="left", maintain_order="left")
     return FeatureFrames(accounts=accounts, events=frames.events, properties=frames.properties, intent=frames.intent)
@@ -321,11 +342,25 @@ def signal_from_key(key: str, origin: str, name: str, vocab: Vocabulary) -> Cust
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Evaluated:
-    """Signals evaluated on `frames.accounts`: `fired` is accounts × signals (bool); `notes` per signal id."""
+    """Signals evaluated on `frames.accounts`: `fired` is accounts × signals (bool); `notes` per signal id.
+    With leaf times given to `evaluate_custom_signals`, `fired_at` is accounts × signals (datetime64[us],
+    NaT where not fired) and `missing_leaf_times` is `ConditionFirings.missing_leaf_times`."""
 
     signals: list[CustomSignal]
     fired: np.ndarray
     notes: dict[str, str]
+    fired_at: np.ndarray | None = None
+    missing_leaf_times: int = 0
+
+    def rows(self, mask: np.ndarray) -> Evaluated:
+        """The same signals on the accounts where `mask` is true."""
+        return Evaluated(
+            self.signals,
+            self.fired[mask],
+            self.notes,
+            None if self.fired_at is None else self.fired_at[mask],
+            self.missing_leaf_times,
+        )
 
 
 def evaluate_custom_signals(
@@ -334,6 +369,7 @@ def evaluate_custom_signals(
     warehouse: Path | None,
     timeout_seconds: float = 30.0,
     problems: list[SignalProblem] | None = None,
+    leaf_times: pl.DataFrame | None = None,
 ) -> Evaluated:
     """One boolean column per signal over `frames.accounts`: conditions on the frames, SQL in the sandbox.
 
@@ -341,17 +377,30 @@ def evaluate_custom_signals(
     failure is appended there instead and the signal is left out of the result (the others still run).
     SQL signals open their own sandbox connection to `warehouse`: close any other connection of this
     process to the same file first (DuckDB refuses a second configuration of an open file).
+    With `leaf_times` (`store.firings.condition_leaf_times` of the conditions' `timed_leaves`), the
+    result also holds when each signal fired (`Evaluated.fired_at`): conditions by
+    `core.conditions.firing_times_many`, SQL at its `fired_at`, else the feature window end.
     """
     fired = np.zeros((frames.accounts.height, len(signals)), dtype=bool)
+    timed = leaf_times is not None
+    fired_at = np.full(fired.shape, np.datetime64("NaT"), dtype="datetime64[us]") if timed else None
+    missing = 0
     notes: dict[str, str] = {}
     conditions = [(i, s.condition) for i, s in enumerate(signals) if s.kind == "condition"]
     if conditions:
-        fired[:, [i for i, _ in conditions]] = evaluate_many([c for _, c in conditions], frames)
+        columns = [i for i, _ in conditions]
+        if timed:
+            firings = firing_times_many([c for _, c in conditions], frames, leaf_times)
+            fired[:, columns] = firings.fired
+            fired_at[:, columns] = firings.fired_at
+            missing = firings.missing_leaf_times
+        else:
+            fired[:, columns] = evaluate_many([c for _, c in conditions], frames)
     sql_signals = [(i, s) for i, s in enumerate(signals) if s.kind == "sql"]
     if sql_signals:
         if warehouse is None:
             raise SqlSignalError("SQL signals need the warehouse file")
-        window_end = frames.accounts.select("account_id", "feature_window_end_at")
+        window_end = frames.accounts.select("account_id", pl.col("feature_window_end_at").cast(pl.Datetime("us")))
         failed: list[int] = []
         with sandbox_connection(warehouse) as con:
             for i, signal in sql_signals:
@@ -363,18 +412,45 @@ def evaluate_custom_signals(
                     problems.append(sql_problem(signal.origin, exc))
                     failed.append(i)
                     continue
-                ok = (
-                    result.accounts.join(window_end, on="account_id", how="inner")
-                    .filter(pl.col("fired_at").is_null() | (pl.col("fired_at") < pl.col("feature_window_end_at")))
-                    .get_column("account_id")
+                at = window_end.join(result.accounts, on="account_id", how="left", maintain_order="left").select(
+                    pl.when(pl.col("fired_at").is_null() | (pl.col("fired_at") < pl.col("feature_window_end_at")))
+                    .then(pl.coalesce("fired_at", "feature_window_end_at"))
+                    .alias("at"),
+                    pl.col("account_id").is_in(result.accounts.get_column("account_id").implode()).alias("returned"),
                 )
-                fired[:, i] = frames.accounts.get_column("account_id").is_in(ok.implode()).to_numpy()
+                fired[:, i] = (at.get_column("returned") & at.get_column("at").is_not_null()).to_numpy()
+                if timed:
+                    fired_at[:, i] = np.where(
+                        fired[:, i], at.get_column("at").to_numpy().astype("datetime64[us]"), np.datetime64("NaT")
+                    )
                 if not result.has_fired_at:
                     notes[signal.signal_id] = NO_FIRED_AT_NOTE
         if failed:
             keep = [i for i in range(len(signals)) if i not in set(failed)]
-            return Evaluated(signals=[signals[i] for i in keep], fired=fired[:, keep], notes=notes)
-    return Evaluated(signals=signals, fired=fired, notes=notes)
+            return Evaluated(
+                [signals[i] for i in keep],
+                fired[:, keep],
+                notes,
+                None if fired_at is None else fired_at[:, keep],
+                missing,
+            )
+    return Evaluated(signals, fired, notes, fired_at, missing)
+
+
+def firings_frame(evaluated: Evaluated, frames: FeatureFrames) -> pl.DataFrame:
+    """`evaluated.fired_at` as rows of beton.custom_signal_firings (account_id, signal_id, fired_at)."""
+    if evaluated.fired_at is None:
+        raise ValueError("evaluate_custom_signals was run without leaf times: no firing times")
+    rows, columns = np.nonzero(~np.isnat(evaluated.fired_at))
+    ids = np.array([s.signal_id for s in evaluated.signals], dtype=object)
+    return pl.DataFrame(
+        {
+            "account_id": frames.accounts.get_column("account_id").to_numpy()[rows],
+            "signal_id": ids[columns] if len(columns) else np.array([], dtype=object),
+            "fired_at": evaluated.fired_at[rows, columns],
+        },
+        schema=FIRING_SCHEMA,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -434,14 +510,25 @@ def compute_custom_cohort_counts(
     dirs = [directories] if isinstance(directories, Path) else list(directories)
     with connect(warehouse, read_only=True) as con:
         vocab = read_vocabulary(con, settings)
-        frames = read_account_frames(con, settings)
-    signals, problems = read_signal_files(dirs, vocab)
-    if not signals:
-        return CustomSignalsReport(signals, problems, dirs, pl.DataFrame())
-    evaluated = evaluate_custom_signals(signals, frames, warehouse, timeout_seconds, problems)
-    counts = custom_cohort_counts(evaluated, frames) if evaluated.signals else pl.DataFrame()
+        signals, problems = read_signal_files(dirs, vocab)
+        if not signals:
+            return CustomSignalsReport(signals, problems, dirs, pl.DataFrame())
+        frames = read_account_frames(con, settings, eligible_only=False)
+        leaves = timed_leaves([s.condition for s in signals if s.kind == "condition"])
+        leaf_times = condition_leaf_times(con, leaves)
+    evaluated = evaluate_custom_signals(signals, frames, warehouse, timeout_seconds, problems, leaf_times)
+    eligible = frames.accounts.get_column("is_eligible").fill_null(False).to_numpy().astype(bool)
+    eligible_frames = FeatureFrames(
+        accounts=frames.accounts.filter(pl.Series(eligible)),
+        events=frames.events,
+        properties=frames.properties,
+        intent=frames.intent,
+    )
+    counts = custom_cohort_counts(evaluated.rows(eligible), eligible_frames) if evaluated.signals else pl.DataFrame()
     problems.sort(key=lambda p: (p.file, p.line or 0))  # load-time and run-time problems, file by file
-    return CustomSignalsReport(evaluated.signals, problems, dirs, counts)
+    return CustomSignalsReport(
+        evaluated.signals, problems, dirs, counts, firings_frame(evaluated, frames), evaluated.missing_leaf_times
+    )
 
 
 def write_custom_cohort_counts(con: duckdb.DuckDBPyConnection, counts: pl.DataFrame) -> None:
@@ -450,6 +537,11 @@ def write_custom_cohort_counts(con: duckdb.DuckDBPyConnection, counts: pl.DataFr
         replace_rows(con, CUSTOM_COUNTS_TABLE, counts, "true")
     elif table_exists(con, *CUSTOM_COUNTS_TABLE.split(".")):
         con.execute(f"delete from {CUSTOM_COUNTS_TABLE}")
+
+
+def write_custom_firings(con: duckdb.DuckDBPyConnection, firings: pl.DataFrame) -> None:
+    """Replace every row of beton.custom_signal_firings with `firings` (none: the table is kept, empty)."""
+    replace_rows(con, FIRINGS_TABLE, firings.cast(FIRING_SCHEMA).select(list(FIRING_SCHEMA)), "true")
 
 
 def write_problems(con: duckdb.DuckDBPyConnection, problems: Sequence[SignalProblem]) -> None:
@@ -468,12 +560,14 @@ def refresh_custom_signals(
     warehouse: Path, settings: Settings, directories: Path | Sequence[Path], timeout_seconds: float = 30.0
 ) -> CustomSignalsReport:
     """What the `custom_signals` asset does: load and evaluate the signals of `directories` (reading only, then
-    the sandbox), then replace beton.custom_signal_cohort_counts and beton.custom_signal_problems.
+    the sandbox), then replace beton.custom_signal_cohort_counts, beton.custom_signal_firings and
+    beton.custom_signal_problems.
     Files that cannot be used are left out and listed in the report; whether that fails the run is the
     caller's decision (`signals.strict`)."""
     report = compute_custom_cohort_counts(warehouse, settings, directories, timeout_seconds)
     with connect(warehouse) as con:
         write_custom_cohort_counts(con, report.counts)
+        write_custom_firings(con, report.firings)
         write_problems(con, report.problems)
     return report
 

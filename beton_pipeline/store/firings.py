@@ -12,6 +12,11 @@
 "Window end" is the account's point-in-time feature window end (`int_account_windows`), so a firing
 never uses an event at or after conversion. A live score on day D counts firings strictly before D.
 
+Custom signals fire by the rules of `core.conditions.firing_times_many` (conditions) or at the SQL's
+`fired_at` (else the window end); the `custom_signals` asset stores them in `beton.custom_signal_firings`.
+`condition_leaf_times` (`condition_leaf_times.sql`) looks up the times their condition leaves need from
+the same dbt models.
+
 The runtime-independent part is dbt: `int_event_occurrences` and `int_property_occurrences` number
 each account's occurrences of an event (of an event with a configured property value, after its
 transform) before the window end; `int_account_subscriptions` and `int_account_intent_signals` hold
@@ -24,6 +29,7 @@ from __future__ import annotations
 import duckdb
 import polars as pl
 
+from beton_pipeline.core.conditions import LEAF_TIME_SCHEMA
 from beton_pipeline.store.tables import sql_beside
 
 FIRING_SCHEMA = {"account_id": pl.String, "signal_id": pl.String, "fired_at": pl.Datetime("us")}
@@ -114,3 +120,16 @@ def signal_firings(con: duckdb.DuckDBPyConnection, signals: pl.DataFrame) -> pl.
         .select("account_id", "signal_id", pl.max_horizontal("fa", "fb").alias("fired_at"))
     )
     return pl.concat([singles, fired_pairs.cast(FIRING_SCHEMA)])
+
+
+def condition_leaf_times(con: duckdb.DuckDBPyConnection, leaves: pl.DataFrame) -> pl.DataFrame:
+    """(leaf, account_id, at) for the timed leaves of custom conditions (`core.conditions.timed_leaves`):
+    the n-th occurrence of an event leaf in its first-d-days window, the latest qualifying intent signal,
+    the first subscription for plan attributes; every time strictly before the account's window end."""
+    if leaves.is_empty():
+        return pl.DataFrame(schema=LEAF_TIME_SCHEMA)
+    con.register("_beton_condition_leaves", leaves.to_arrow())
+    try:
+        return con.sql(sql_beside(__file__, "condition_leaf_times.sql")).pl().cast(LEAF_TIME_SCHEMA)
+    finally:
+        con.unregister("_beton_condition_leaves")

@@ -202,3 +202,45 @@ def test_slack_down_is_retryable():
         base = slack.base_url
     result = SlackSender(TOKEN, base, timeout_seconds=2).send(_message(), "k")
     assert result.outcome == "retry" and result.status_code is None and TOKEN not in result.error
+
+
+def test_a_down_weighted_signal_says_so_in_a_sales_reps_words():
+    from beton_pipeline.core.playbooks import weight_note_for_rep
+
+    degrading = {
+        "signal_id": "sig_1",
+        "name": "Invited teammate 3+ times",
+        "fired_at": "2026-05-04T10:00:00Z",
+        "health": "degrading",
+        "weight_factor": 0.5,
+        "weight_note": "weight halved: degrading since 2026-05-02",
+    }
+    full = {"signal_id": "sig_2", "name": "Raised money", "fired_at": "2026-05-06T10:00:00Z", "weight_factor": 1.0}
+    assert weight_note_for_rep(degrading) == "signal weakening: half weight since 2026-05-02"
+    assert weight_note_for_rep({**degrading, "weight_factor": 0.4}) == "signal weakening: 40% weight since 2026-05-02"
+    assert (
+        weight_note_for_rep({**degrading, "weight_factor": 0.0})
+        == "signal not working lately: not counted since 2026-05-02"
+    )
+    assert weight_note_for_rep(full) is None and weight_note_for_rep({"name": "before health fed the scores"}) is None
+    message = account_message(
+        "#revenue",
+        "*Acme* matched",
+        title="Acme",
+        domain="acme.io",
+        score=0.31,
+        score_rank=1,
+        signals=[degrading, full],
+        playbook="hot-accounts",
+        day=date(2026, 5, 6),
+        crm_url=None,
+    )
+    with FakeSlack(TOKEN) as slack:
+        assert SlackSender(TOKEN, slack.base_url, timeout_seconds=5).send(message, "k").outcome == "sent"
+        [sent] = slack.messages
+    why = next(b["text"]["text"] for b in sent["blocks"] if b.get("text", {}).get("text", "").startswith("*Why"))
+    assert why.splitlines()[1:] == [
+        "• Invited teammate 3+ times · _2 days ago_ · _(signal weakening: half weight since 2026-05-02)_",
+        "• Raised money · _today_",
+    ]
+    assert "degrading" not in json.dumps(sent) and "0.5" not in json.dumps(sent)  # no internal wording or factors

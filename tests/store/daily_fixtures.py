@@ -65,7 +65,7 @@ def outcomes_warehouse(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
 
 
 def create_signals(con: duckdb.DuckDBPyConnection, enabled: bool) -> None:
-    """beton.signals with a discovered signal (`enabled` or not), a disabled one and an enabled custom one."""
+    """beton.signals with a discovered signal and a custom one (both `enabled` or not), and a disabled one."""
     con.execute("create schema if not exists beton")
     con.execute(
         """
@@ -73,10 +73,10 @@ def create_signals(con: duckdb.DuckDBPyConnection, enabled: bool) -> None:
         select * from (values
             ('s1', 'discovered', ?, 'event_count', 'event:invited:first_14d:>=2', 'invited ≥ 2 in 14 days', 'invited', 2),
             ('s2', 'discovered', false, 'event_count', 'event:exported:first_14d:>=1', 'exported ≥ 1 in 14 days', 'exported', 1),
-            ('c1', 'custom', true, 'condition', 'custom:c1', 'custom c1', null, null)
+            ('c1', 'custom', ?, 'condition', 'custom:c1', 'custom c1', null, null)
         ) t(signal_id, source, enabled, kind, candidate_key, definition, event, threshold)
         """,
-        [enabled],
+        [enabled, enabled],
     )
     added = {
         "property": "varchar",

@@ -2,12 +2,16 @@
 
 160 accounts over four cohort months (2025-01 … 2025-04), all eligible. Accounts that invited three
 or more teammates in their first 14 days convert far more often (the planted signal); `noise` fires
-at random. One `$pageview` property, one attribute per account, one intent type.
+at random. One `$pageview` property, one attribute per account, one intent type. The intermediate occurrence
+models firing times read (`int_event_occurrences`, `int_property_occurrences`, `int_account_intent_signals`,
+`int_account_subscriptions`) hold the same events: an account's k-th event of a kind at k × 10 minutes
+after its start, its intent signals 10 days before the start and 12 hours after it, one monthly plan
+from 2 hours after the start.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -92,16 +96,74 @@ def make_marts(path: Path, seed: int = 0) -> Path:
             "n_before_window_end": [2] * len(ids[::4]),
         }
     )
+    start_of = dict(zip(ids, started, strict=True))
+    end_of = {a: datetime(s.year, s.month, s.day, 23) for a, s in start_of.items()}
+    occurrences = pl.DataFrame(
+        [
+            {
+                "account_id": r["account_id"],
+                "event_name": r["event_name"],
+                "event_id": f"{r['account_id']}:{r['event_name']}:{k}",
+                "occurred_at": start_of[r["account_id"]] + timedelta(minutes=10 * k),
+                "started_at": start_of[r["account_id"]],
+                "occurrence_number": k,
+            }
+            for r in events.iter_rows(named=True)
+            for k in range(1, r["n_in_window"] + 1)
+        ]
+    )
+    property_occurrences = pl.DataFrame(
+        [
+            {
+                "account_id": r["account_id"],
+                "event_name": r["event_name"],
+                "property_name": r["property_name"],
+                "property_value": r["property_value"],
+                "event_id": f"{r['account_id']}:page:{k}",
+                "occurred_at": start_of[r["account_id"]] + timedelta(minutes=10 * k),
+                "started_at": start_of[r["account_id"]],
+                "occurrence_number": k,
+            }
+            for r in properties.iter_rows(named=True)
+            for k in range(1, r["n_in_window"] + 1)
+        ]
+    )
+    intent_signals = pl.DataFrame(
+        [
+            {
+                "account_id": a,
+                "signal_type": "g2_visit",
+                "occurred_at": start_of[a] + shift,
+                "started_at": start_of[a],
+                "feature_window_end_at": end_of[a],
+            }
+            for a in ids[::4]
+            for shift in (timedelta(days=-10), timedelta(hours=12))
+        ]
+    )
+    subscriptions = pl.DataFrame(
+        {
+            "account_id": ids,
+            "subscription_id": [f"sub_{a}" for a in ids],
+            "plan_interval": ["month"] * n,
+            "annualized_amount": [1200.0] * n,
+            "created_at": [start_of[a] + timedelta(hours=2) for a in ids],
+        }
+    )
     with duckdb.connect(str(path)) as con:
-        con.execute("create schema marts")
+        con.execute("create schema marts; create schema intermediate")
         for name, frame in (
-            ("account_outcomes", outcomes),
-            ("account_features", features),
-            ("account_event_features", events),
-            ("account_property_features", properties),
-            ("account_intent_features", intent),
+            ("marts.account_outcomes", outcomes),
+            ("marts.account_features", features),
+            ("marts.account_event_features", events),
+            ("marts.account_property_features", properties),
+            ("marts.account_intent_features", intent),
+            ("intermediate.int_event_occurrences", occurrences),
+            ("intermediate.int_property_occurrences", property_occurrences),
+            ("intermediate.int_account_intent_signals", intent_signals),
+            ("intermediate.int_account_subscriptions", subscriptions),
         ):
             con.register("_frame", frame.to_arrow())
-            con.execute(f"create table marts.{name} as select * from _frame")
+            con.execute(f"create table {name} as select * from _frame")
             con.unregister("_frame")
     return path

@@ -125,7 +125,8 @@ def build_monitoring_assets(days: dg.PartitionsDefinition) -> list[dg.AssetsDefi
 
     @dg.asset(
         **daily,
-        deps=["signals", "account_outcomes", *FIRING_INPUTS],
+        # custom_signals writes the custom signals' firings (beton.custom_signal_firings) that health reads.
+        deps=["signals", "custom_signals", "account_outcomes", *FIRING_INPUTS],
         description=SIGNAL_HEALTH_DESCRIPTION,
         check_specs=[
             dg.AssetCheckSpec(
@@ -158,8 +159,9 @@ def build_monitoring_assets(days: dg.PartitionsDefinition) -> list[dg.AssetsDefi
 
     @dg.asset(
         **daily,
-        # signal_health first: a day's scores weight each signal by its health that day (same partition).
-        deps=[signal_health, "signals", "account_outcomes", *FIRING_INPUTS],  # FIRING_INPUTS: account_features too
+        # signal_health first: a day's scores weight each signal by its health that day (same partition);
+        # custom_signals writes the custom signals' firings; FIRING_INPUTS: account_features too.
+        deps=[signal_health, "signals", "custom_signals", "account_outcomes", *FIRING_INPUTS],
         description=ACCOUNT_SCORES_DESCRIPTION,
     )
     def account_scores(

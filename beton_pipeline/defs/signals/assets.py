@@ -9,6 +9,7 @@ from beton_pipeline.defs.resources import WAREHOUSE_POOL, SettingsResource, Ware
 from beton_pipeline.settings import signal_dirs
 from beton_pipeline.store import signals as signals_store
 from beton_pipeline.store.custom_signals import refresh_custom_signals
+from beton_pipeline.store.firings import FIRING_INPUTS
 
 MARTS = [
     "account_features",
@@ -57,7 +58,7 @@ def signal_cohort_counts(
     group_name="signals",
     kinds={"python", "polars", "duckdb"},
     pool=WAREHOUSE_POOL,
-    deps=MARTS,
+    deps=sorted({*MARTS, *FIRING_INPUTS}),  # the occurrence models give the firing times
     description=(
         "User-defined signals from `signals/*.yml` (conditions on event counts, event properties, CRM/billing "
         "attributes and intent, combined with all/any/not) and `signals/*.sql` (one sandboxed SELECT returning "
@@ -66,7 +67,13 @@ def signal_cohort_counts(
         "name this data does not have) is left out and listed with its file, line, reason and nearest known name "
         "(metadata `problems`, table `beton.custom_signal_problems`); it fails the run only with signals.strict. "
         "The `signals` asset tests them with the discovered candidates in one Benjamini–Hochberg family and lists "
-        "them in beton.signals with source = custom; signal_id is a hash of the normalised definition."
+        "them in beton.signals with source = custom; signal_id is a hash of the normalised definition. "
+        "Also writes `beton.custom_signal_firings` (account_id, signal_id, fired_at): every account with events "
+        "whose signal is true, with the moment it fired (conditions: the t-th occurrence of a counted event, the "
+        "start for CRM attributes, the first subscription for plan attributes, the latest intent signal; all = "
+        "latest child, any = earliest true child; not and <, <=, ==, != at the feature window end; SQL: its "
+        "fired_at, else the feature window end; never after the window end). Daily health and scores read the "
+        "enabled ones' firings."
     ),
 )
 def custom_signals(
@@ -79,12 +86,19 @@ def custom_signals(
         raise dg.Failure(description=report.paragraph(strict=True), metadata=problems)
     if report.problems:
         context.log.warning(report.paragraph(strict=False))
+    if report.missing_leaf_times:
+        context.log.warning(
+            f"{report.missing_leaf_times} condition leaf/account pair(s) are true by the marts' counts but have no "
+            "time in the occurrence models: they fire at the feature window end (rebuild the dbt models together)"
+        )
     return dg.MaterializeResult(
         metadata={
             "signals_dirs": dg.MetadataValue.json([str(d) for d in report.directories]),
             "custom_signals": dg.MetadataValue.int(len(report.signals)),
             "files": dg.MetadataValue.json([s.origin for s in report.signals]),
             "left_out": dg.MetadataValue.int(len(report.problems)),
+            "firings": dg.MetadataValue.int(report.firings.height),
+            "leaf_times_missing": dg.MetadataValue.int(report.missing_leaf_times),
             **problems,
             "definitions": dg.MetadataValue.md(
                 "\n".join(f"- `{s.signal_id}` {s.definition}" for s in report.signals) or "No custom signal."
