@@ -36,3 +36,37 @@ def test_a_changed_project_file_makes_it_stale(tmp_path):
     _touch(manifest, now - 100)
     _touch(tmp_path / "dbt_project.yml", now - 10)
     assert manifest_is_stale(tmp_path, manifest)
+
+
+def test_each_warehouse_has_one_dbt_target_folder_reused_run_after_run(tmp_path, monkeypatch):
+    """dbt builds into one warehouse reuse one target folder (partial parsing, nothing left per run); two
+    warehouses never share one; the folder sits under DBT_TARGET_PATH when it is set (the benchmark's)."""
+    from beton_pipeline.dbt_project import run_target_path
+
+    monkeypatch.delenv("DBT_TARGET_PATH", raising=False)
+    a, b = tmp_path / "a" / "warehouse.duckdb", tmp_path / "b" / "warehouse.duckdb"
+    first = run_target_path(a)
+    assert first == run_target_path(tmp_path / "a" / ".." / "a" / "warehouse.duckdb")  # same file, same folder
+    assert (
+        first != run_target_path(b)
+        and first.name.startswith("warehouse-")
+        and len(first.name) == len("warehouse-") + 10
+    )
+    assert first.parent.name == "target" and first.parent.parent.name == "dbt_project"
+    monkeypatch.setenv("DBT_TARGET_PATH", str(tmp_path / "bench_target"))
+    assert run_target_path(a).parent == (tmp_path / "bench_target").resolve()
+
+
+def test_the_venv_dbt_is_put_on_a_path_that_has_none(monkeypatch):
+    """`dagster dev` started by its absolute path from a shell without the venv: the venv's `dbt` becomes
+    findable (dagster-dbt's preparer runs `dbt` from PATH), and a PATH that finds one is left alone."""
+    import shutil
+
+    from beton_pipeline.dbt_project import put_venv_dbt_on_path, venv_dbt
+
+    monkeypatch.setenv("PATH", "/nonexistent-bin")
+    put_venv_dbt_on_path()
+    assert shutil.which("dbt") == str(venv_dbt())
+    before = os.environ["PATH"]
+    put_venv_dbt_on_path()
+    assert os.environ["PATH"] == before

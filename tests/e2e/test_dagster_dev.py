@@ -1,9 +1,10 @@
 """`make ui` without an activated venv: `dagster dev`, started by its absolute path from a shell whose PATH
 has no `dbt` (no venv bin, no VIRTUAL_ENV), loads the code location `beton`.
 
-`dagster dev` sets DAGSTER_IS_DEV_CLI, so `DbtProject.prepare_if_dev()` runs `dbt parse` while the code
-location loads; with dagster-dbt's default executable (`dbt` on PATH) the location showed *Failed*:
-"The dbt executable 'dbt' was not found on PATH".
+The location showed *Failed* ("The dbt executable 'dbt' was not found on PATH") when dagster-dbt's
+`prepare_if_dev()` ran `dbt parse` from PATH on every load under `dagster dev`. The location now parses only
+when its manifest is stale (`ensure_manifest`, through the venv's dbt that `put_venv_dbt_on_path` makes
+findable: tests/defs/test_dbt_manifest.py), so here, on a fresh manifest, it loads without running dbt.
 """
 
 import os
