@@ -1,6 +1,7 @@
 """The daily monitoring job and the sensor that runs it for each new data day.
 
-After the daily ingest rebuilds `account_outcomes`, the data's as-of day moves on: the sensor registers
+After the daily ingest rebuilds `account_outcomes` (and then evaluates the custom signals, whose firings the
+day's health and scores read), the data's as-of day moves on: the sensor registers
 the new days as partitions and requests one run over the days whose signal health or scores were never
 materialised: the new day(s) only. After `beton run` it requests nothing (every day the data covers was
 scored); a past day is redone only by a backfill from the UI.
@@ -17,6 +18,8 @@ from beton_pipeline.store.daily import data_days, monitoring_day_keys
 
 DAILY_ASSETS = ("signal_health", "account_scores")
 ACCOUNT_OUTCOMES = dg.AssetKey("account_outcomes")
+CUSTOM_SIGNALS = dg.AssetKey("custom_signals")
+"""Evaluated after the dbt models in the same ingest; its firings feed the day's health and scores."""
 
 daily_monitoring_job = dg.define_asset_job(
     "daily_monitoring_job",
@@ -31,7 +34,7 @@ daily_monitoring_job = dg.define_asset_job(
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
-        "After account_outcomes is rebuilt (the daily ingest): register the new data days (through the as-of) as "
+        "After account_outcomes is rebuilt and the custom signals evaluated on it (the daily ingest): register the new data days (through the as-of) as "
         "partitions and request one run over the days whose signal health or scores were never materialised (the new "
         "days only). Requests nothing after `beton run`, which scored every day the data covers."
     ),
@@ -44,6 +47,10 @@ def daily_monitoring_sensor(
         return dg.SkipReason("account_outcomes has not been materialised yet")
     if context.cursor == str(inputs_at):
         return dg.SkipReason("account_outcomes was not rebuilt since the last tick")
+    custom_at = latest_storage_id(context.instance, [CUSTOM_SIGNALS])
+    if custom_at is None or custom_at < inputs_at:
+        # cursor kept: the same ingest evaluates the custom signals next, and their firings feed these days
+        return dg.SkipReason("custom_signals has not been evaluated on the new account_outcomes yet")
     bounds = warehouse.read_or_skip(data_days)
     if isinstance(bounds, dg.SkipReason):
         return bounds  # cursor kept: looked at again on the next tick
