@@ -18,7 +18,7 @@ help:
 	@echo "make ui     start dagster dev on http://127.0.0.1:3000"
 	@echo "make docs   build the dbt docs site (dbt_project/target/index.html)"
 	@echo "make bench  run the benchmarks (BENCHMARKS.md)"
-	@echo "make health-sim  the signal health rules side by side on simulated signals (about a minute)"
+	@echo "make health-sim  the three signal health rules side by side on simulated signals (about 8 minutes)"
 
 # One-time (and on dependency change) environment: uv from PyPI, then the locked dependency set.
 $(STAMP): pyproject.toml uv.lock
