@@ -17,12 +17,24 @@ history). Like Dagster's `{env: DAGSTER_HOME}` settings, this assumes the instan
 folder (`DagsterInstance.from_config(path)`) sets `DAGSTER_HOME` to that folder first. Constructing it sets `DAGSTER_EVENT_BATCH_SIZE` (unless already set) in the process, which is
 how Dagster enables batches: runs executed by this process (`beton run`, a run worker) batch their
 partition events. `DAGSTER_EVENT_BATCH_SIZE=0` turns batching off.
+
+**One engine per database file, commits without a flush to disk.** Every other event (a step's start, an
+output, a dbt test's check result: ~5,500 writes in a small `beton run`) still commits on its own, and
+Dagster's SQLite log built a new SQLAlchemy engine for each and disposed of it after: about 1.2 ms of CPU per
+write on 2 loaded cores, measured against a kept engine (same NullPool: no connection stays open between
+writes). This class keeps an engine per database file (the `ENGINE_CACHE` most recently used). Its
+connections set `PRAGMA synchronous = NORMAL`: Dagster creates these files in WAL mode, where NORMAL skips
+the flush to disk at each commit and flushes at checkpoints; a process that crashes loses nothing, and a
+power cut can lose the last events but not damage a file (SQLite, "Write-Ahead Logging"). The production
+instance is PostgreSQL (RUNBOOK).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from dagster._config import Field, IntSource, StringSource
@@ -30,11 +42,23 @@ from dagster._core.events import ASSET_EVENTS
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._core.storage.sqlalchemy_compat import db_result
+from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 from dagster._serdes import ConfigurableClassData
+from sqlalchemy import create_engine
+from sqlalchemy import event as sqlalchemy_event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import NullPool
 
 DEFAULT_BASE_DIR = os.path.join("history", "runs")
 DEFAULT_BATCH_SIZE = 1000
 """Events per batch: a run's planned events and its partition materializations (a batch ends with them)."""
+ENGINE_CACHE = 16
+"""Database files whose engine is kept (the index and the runs being written or read; least recent dropped)."""
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """Every new connection: no flush to disk at each commit (the files are in WAL mode; module docstring)."""
+    dbapi_connection.execute("PRAGMA synchronous = NORMAL")
 
 
 class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
@@ -45,6 +69,7 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         self, base_dir: str, inst_data: ConfigurableClassData | None = None, batch_size: int = DEFAULT_BATCH_SIZE
     ):
         os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", str(batch_size))
+        self._engines: OrderedDict[str, Engine] = OrderedDict()
         super().__init__(base_dir, inst_data=inst_data)
 
     @classmethod
@@ -68,6 +93,37 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
                 )
             base_dir = os.path.join(home, base_dir)
         return cls(base_dir, inst_data=inst_data, batch_size=config_value.get("batch_size", DEFAULT_BATCH_SIZE))
+
+    @contextmanager
+    def _connect(self, shard: str) -> Iterator[Connection]:
+        """Dagster's `_connect` (one transaction on the shard's file, under the storage's lock), on the
+        shard's kept engine instead of a new one per call."""
+        with self._db_lock, self._shard_engine(shard).connect() as conn, conn.begin():
+            yield conn
+
+    def _shard_engine(self, shard: str) -> Engine:
+        """The kept engine of `shard` (created, and its file initialised, on first use; least recent dropped)."""
+        engine = self._engines.pop(shard, None)
+        if engine is None:
+            engine = create_engine(
+                self.conn_string_for_shard(shard),
+                poolclass=NullPool,
+                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+            )
+            sqlalchemy_event.listen(engine, "connect", _sqlite_pragmas)
+        if shard not in self._initialized_dbs:  # also after `wipe`, which deletes the files
+            self._initdb(engine)
+            self._initialized_dbs.add(shard)
+        self._engines[shard] = engine
+        while len(self._engines) > ENGINE_CACHE:
+            self._engines.popitem(last=False)[1].dispose()
+        return engine
+
+    def dispose(self) -> None:
+        for engine in self._engines.values():
+            engine.dispose()
+        self._engines.clear()
+        super().dispose()
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         """Store `events` in order: each stretch of one run's asset events in one transaction on the run's

@@ -134,3 +134,30 @@ def test_a_relative_base_dir_needs_dagster_home(monkeypatch):
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     with pytest.raises(ValueError, match="DAGSTER_HOME"):
         BatchedSqliteEventLogStorage.from_config_value(None, {"base_dir": "history/runs"})
+
+
+def test_each_database_file_keeps_one_engine_and_commits_without_a_disk_flush(tmp_path):
+    """One engine per file, reused (Dagster's log built and disposed one per write), at most ENGINE_CACHE
+    kept; connections in WAL mode with synchronous = NORMAL (1); wiped files are initialised again."""
+    from beton_pipeline import instance_storage
+
+    storage = BatchedSqliteEventLogStorage(str(tmp_path / "runs"))
+    try:
+        with storage.index_connection() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        index_engine = storage._engines["index"]
+        with storage.index_connection():
+            pass
+        assert storage._engines["index"] is index_engine
+        for i in range(instance_storage.ENGINE_CACHE + 3):
+            with storage.run_connection(f"run-{i}") as conn:
+                assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1
+        assert len(storage._engines) == instance_storage.ENGINE_CACHE
+        assert "run-0" not in storage._engines and f"run-{instance_storage.ENGINE_CACHE + 2}" in storage._engines
+        storage.wipe()
+        with storage.run_connection("run-1") as conn:  # its file was deleted: created and initialised again
+            assert conn.exec_driver_sql("select count(*) from event_logs").scalar() == 0
+    finally:
+        storage.dispose()
+    assert storage._engines == {}
