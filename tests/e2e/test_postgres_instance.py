@@ -13,12 +13,13 @@ One test, one story:
 3. the automation sensor materialises `signals` (its eager condition) once every month is counted;
    the sensors this story does not follow (daily monitoring, playbooks) are stopped first, as their runs
    would queue on the warehouse pool ahead of `signals`;
-4. `daily_ingest_schedule` ticks (a test settings file makes its cron every minute);
+4. `daily_ingest_schedule` ticks (a test settings file makes its cron every minute); its run is held in the
+   queue (a tag concurrency limit of 0 in this instance) and cancelled there, so it never competes with the
+   story's runs for the warehouse pool;
 5. the runs, ticks and partitions are rows in PostgreSQL.
 """
 
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -245,15 +246,23 @@ def postgres() -> PostgresServer:
 
 @pytest.fixture(scope="module")
 def instance_env(postgres, tmp_path_factory) -> dict[str, str]:
-    """DAGSTER_HOME holding dagster.postgres.yaml, a small demo source, a fresh warehouse, and settings
-    whose only change is the schedule's cron (every minute, so the daemon ticks during the test)."""
+    """DAGSTER_HOME holding dagster.postgres.yaml (its schedule runs held in the queue), a small demo source, a
+    fresh warehouse, and settings whose only change is the schedule's cron (every minute, so the daemon ticks
+    during the test)."""
     from beton_pipeline.settings import config_path
     from beton_pipeline.sources.demo import generate_demo
 
     base = tmp_path_factory.mktemp("postgres_instance")
     home = base / "dagster_home"
     home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.postgres.yaml", home / "dagster.yaml")
+    # The committed instance file, plus one queue rule: the schedule's runs stay queued (tag limit 0). The test
+    # checks that the tick made its run and cancels it; started, a second ingest would hold the warehouse pool
+    # for minutes ahead of the story's runs (a tick landing as the first ingest ended did, at load 8).
+    instance_yaml = yaml.safe_load((PROJECT_ROOT / "dagster.postgres.yaml").read_text())
+    instance_yaml.setdefault("concurrency", {})["runs"] = {
+        "tag_concurrency_limits": [{"key": "dagster/schedule_name", "value": "daily_ingest_schedule", "limit": 0}]
+    }
+    (home / "dagster.yaml").write_text(yaml.safe_dump(instance_yaml))
     generate_demo(base / "source", n_accounts=DEMO_ACCOUNTS, seed=23, months=DEMO_MONTHS)
     settings = yaml.safe_load(config_path().read_text()) if config_path().exists() else {}
     settings = settings or {}
