@@ -418,6 +418,60 @@ def beton_quality(con: duckdb.DuckDBPyConnection, truth: dict) -> Quality:
     )
 
 
+def beton_marginal_quality(signals: pl.DataFrame, truth: dict, config) -> tuple[Quality, pl.DataFrame]:
+    """beton under the *marginal* rule alone: what `beton signals` would recommend had discovery not asked
+    "beyond overall activity", computed from the stored `beton.signals` rows (every candidate,
+    `read_signals(con, include_all=True)`), no re-run.
+
+    The rows go through discovery's own `recommend` (core/discovery.py, steps 6–8) with their adjusted
+    columns set to NULL, which is that rule's marginal half exactly: a candidate qualifies on q ≤ fdr_alpha,
+    lift ≥ min_lift with CI low > 1 and n_with ≥ min_sample; the family keeps its candidate chosen on the
+    discovery figures alone; that candidate is enabled when its holdout lift is ≥ min_lift with CI low > 1.
+    No masked-by-activity route (it needs the adjusted figures). Singles only: a pair's conditional figures
+    (lift given each part, `conditional_on_parts`) are not stored in `beton.signals`, and `recommend` never
+    enables a pair without them, so pairs are left out rather than counted as rejected. Custom signals are
+    left out as in `beton_quality`. `config` is a `DiscoveryConfig` (the run's `settings.discovery_config()`).
+
+    Returns the quality and the families' chosen rows (`family`, `key`, `recommendation`, the marginal and
+    holdout figures), ordered as `read_signals` prints them: enabled first, then by recommendation, q, lift.
+    """
+    from beton_pipeline.core.discovery import ADJUSTED_COLUMNS, recommend
+
+    singles = signals.filter((pl.col("source") != "custom") & (pl.col("kind") != "pair"))
+    stored = ["recommendation", "recommendation_reason", "is_family_best", "alternatives", *ADJUSTED_COLUMNS]
+    frame = singles.drop([c for c in stored if c in singles.columns]).rename({"candidate_key": "key"})
+    chosen = (
+        recommend(frame, config)
+        .filter(pl.col("is_family_best"))
+        .with_columns(
+            (pl.col("recommendation") == "enable").alias("enabled"),
+            pl.col("recommendation").replace_strict({"enable": 0, "review": 1}, default=2).alias("_order"),
+        )
+        .sort(["enabled", "_order", "q_value", "lift"], descending=[True, False, False, True], nulls_last=True)
+        .drop("_order")
+    )
+    families = chosen.get_column("family").to_list()
+    enabled_families = set(chosen.filter(pl.col("enabled")).get_column("family").to_list())
+    enabled_classes = [classify_family(f, truth) for f in enabled_families]
+    top = [classify_family(f, truth) for f in families[:10]]
+    planted = planted_families(truth)
+    quality = Quality(
+        planted_found=sum(1 for f in planted if f in enabled_families),
+        planted_total=len(planted),
+        expressible=len(planted),
+        planted_in_top10=top.count("planted"),
+        noise_in_top10=top.count("noise"),
+        leak_in_top10=top.count("leak"),
+        enabled=len(enabled_families),
+        noise_enabled=enabled_classes.count("noise"),
+        missed=tuple(sorted(name for f, name in planted.items() if f not in enabled_families)),
+        proxies_in_top10=sum(is_activity_proxy(f, truth) for f in families[:10]),
+        proxies_enabled=sum(is_activity_proxy(f, truth) for f in enabled_families),
+    )
+    columns = ["family", "key", "recommendation", "enabled", "n_with", "lift", "lift_ci_low", "q_value"]
+    return quality, chosen.select(*columns, "holdout_lift", "holdout_lift_ci_low")
+
+
 def peer_quality(top: pl.DataFrame, truth: dict) -> Quality:
     """The peer: its top 10 is what it shows; it can express only the planted *event* behaviours."""
     classes = [classify_family(f"event:{e}", truth) for e in top.get_column("event").to_list()]

@@ -77,6 +77,140 @@ def test_scaling_exponent():
     assert np.isnan(run.scaling_exponent(0.0, 1.0, 1, 10))
 
 
+INTEGRATIONS_KEY = "property:$pageview:$current_url=/settings/integrations:first_14d:>=1"
+
+
+def marginal_signals_frame() -> pl.DataFrame:
+    """A hand-made `beton.signals` (every candidate): each row tests one part of the marginal rule."""
+    figures = {
+        # key: n_with, lift, lift_ci_low, q, holdout lift, its CI low, adjusted lift, its CI low, adjusted q
+        # planted; the 14-day candidate has the higher CI low bound, so it is chosen and it replicates
+        "event:invited_teammate:first_14d:>=3": (200, 3.0, 2.0, 1e-4, 2.5, 1.6, 2.2, 1.5, 1e-3),
+        "event:invited_teammate:first_7d:>=1": (400, 2.0, 1.5, 1e-4, 3.0, 2.5, 1.6, 1.2, 1e-3),
+        # drifting: the chosen 14-day candidate fails the holdout; its 7-day sibling would replicate but is not
+        # chosen (the holdout never picks), so the family has no enabled signal
+        "event:report_exported:first_14d:>=1": (300, 2.0, 1.6, 1e-4, 0.98, 0.8, 1.5, 1.2, 1e-3),
+        "event:report_exported:first_7d:>=1": (300, 1.8, 1.4, 1e-4, 1.5, 1.2, 1.4, 1.1, 1e-3),
+        # an activity proxy: clears the marginal bar everywhere, nothing among equally active accounts
+        "event:dark_mode_toggled:first_14d:>=1": (500, 2.0, 1.5, 1e-6, 1.9, 1.4, 1.0, 0.8, 0.9),
+        # the leak: enabled on the marginal rule
+        "event:checkout_completed:first_14d:>=1": (100, 5.0, 3.0, 1e-9, 5.0, 3.0, 4.0, 2.5, 1e-6),
+        # planted but fewer than min_sample (30) accounts
+        "attribute:industry=Fintech": (25, 2.0, 1.4, 1e-2, 2.0, 1.5, 1.8, 1.2, 1e-2),
+        # planted but lift below min_lift (1.3)
+        "intent:funding_round:before_start": (300, 1.25, 1.1, 1e-3, 2.0, 1.5, 1.2, 1.1, 1e-2),
+        # planted but q above fdr_alpha (0.05)
+        INTEGRATIONS_KEY: (100, 2.5, 1.5, 0.06, 2.5, 1.5, 2.0, 1.2, 0.06),
+        # holdout lift below min_lift although its CI excludes 1
+        "event:tooltip_opened:first_14d:>=5": (300, 2.0, 1.4, 1e-3, 1.2, 1.05, 1.1, 0.9, 0.5),
+        # masked by activity: only the adjusted rule enables it (adjusted lift >= min_lift, holdout too)
+        "event:feature_x:first_14d:>=1": (300, 1.1, 0.9, 0.3, 1.1, 0.9, 2.0, 1.5, 1e-4),
+    }
+    frame = pl.DataFrame(
+        [(key, *values) for key, values in figures.items()],
+        schema=[
+            "candidate_key",
+            "n_with",
+            "lift",
+            "lift_ci_low",
+            "q_value",
+            "holdout_lift",
+            "holdout_lift_ci_low",
+            "adjusted_lift",
+            "adjusted_lift_ci_low",
+            "adjusted_q_value",
+        ],
+        orient="row",
+    ).with_columns(
+        pl.col("candidate_key").str.replace(r":(first_\d+d:>=\d+|before_start)$", "").alias("family"),
+        pl.lit("discovered").alias("source"),
+        pl.when(pl.col("candidate_key").str.starts_with("attribute:"))
+        .then(pl.lit("attribute"))
+        .when(pl.col("candidate_key").str.starts_with("intent:"))
+        .then(pl.lit("intent"))
+        .when(pl.col("candidate_key").str.starts_with("property:"))
+        .then(pl.lit("event_property"))
+        .otherwise(pl.lit("event_count"))
+        .alias("kind"),
+    )
+    extra = pl.DataFrame(
+        {
+            # a pair and a custom signal that clear every bar: the marginal row leaves both out
+            "family": ["pair:event:invited_teammate&event:dark_mode_toggled", "custom:sig_1"],
+            "candidate_key": ["pair:event:dark_mode_toggled:first_14d:>=1&event:invited_teammate:first_14d:>=3", "c1"],
+            "n_with": [200, 200],
+            "lift": [4.0, 4.0],
+            "lift_ci_low": [3.0, 3.0],
+            "q_value": [1e-9, 1e-9],
+            "holdout_lift": [4.0, 4.0],
+            "holdout_lift_ci_low": [3.0, 3.0],
+            "adjusted_lift": [3.0, None],
+            "adjusted_lift_ci_low": [2.0, None],
+            "adjusted_q_value": [1e-6, None],
+            "source": ["discovered", "custom"],
+            "kind": ["pair", "condition"],
+        }
+    )
+    return pl.concat([frame, extra.select(frame.columns)], how="vertical_relaxed").with_columns(
+        pl.col("candidate_key").alias("signal_id"),
+        pl.col("candidate_key").alias("definition"),
+        (pl.col("q_value") / 2).alias("p_value"),
+        (pl.col("holdout_lift") * 2).alias("holdout_lift_ci_high"),
+        (pl.col("adjusted_lift") * 2).alias("adjusted_lift_ci_high"),
+        (pl.col("adjusted_q_value") / 2).alias("adjusted_p_value"),
+        pl.col("adjusted_lift").alias("holdout_adjusted_lift"),
+        pl.col("adjusted_lift_ci_low").alias("holdout_adjusted_lift_ci_low"),
+        (pl.col("adjusted_lift") * 2).alias("holdout_adjusted_lift_ci_high"),
+        pl.lit(1_000, pl.Int64).alias("holdout_n_total"),
+        pl.when(pl.col("source") == "custom")
+        .then(pl.lit(None, pl.String))
+        .otherwise(pl.lit("Mantel-Haenszel RR"))
+        .alias("adjustment_method"),
+        pl.lit("stored", pl.String).alias("recommendation"),  # stored columns the function must not trust
+        pl.lit(True).alias("is_family_best"),
+    )
+
+
+def test_beton_marginal_quality_mirrors_the_marginal_rule():
+    """The marginal row: the stored rows under discovery's rule without the activity adjustment (no beton run)."""
+    from beton_pipeline.core.discovery import DiscoveryConfig
+
+    config = DiscoveryConfig(fdr_alpha=0.05, min_lift=1.3, min_sample=30)
+    quality, chosen = methods.beton_marginal_quality(marginal_signals_frame(), TRUTH, config)
+    enabled = set(chosen.filter(pl.col("enabled")).get_column("family").to_list())
+    assert enabled == {"event:invited_teammate", "event:dark_mode_toggled", "event:checkout_completed"}
+    assert quality.enabled == 3
+    assert quality.planted_found == 1 and quality.planted_total == 4
+    assert quality.noise_enabled == 1 and quality.proxies_enabled == 1  # the proxy; the leak is not noise
+    assert quality.missed == ("fintech", "funding_round", "integrations_page")
+    # one row per single family, pairs and custom signals left out; the family keeps its discovery choice
+    assert chosen.height == 9 and chosen.get_column("family").n_unique() == 9
+    keys = dict(zip(chosen.get_column("family"), chosen.get_column("key"), strict=True))
+    assert keys["event:invited_teammate"] == "event:invited_teammate:first_14d:>=3"
+    assert keys["event:report_exported"] == "event:report_exported:first_14d:>=1"
+    # printed as `beton signals` does: enabled first, by q
+    assert chosen.get_column("family").to_list()[:3] == [
+        "event:checkout_completed",
+        "event:dark_mode_toggled",
+        "event:invited_teammate",
+    ]
+    assert quality.leak_in_top10 == 1 and quality.planted_in_top10 == 4 and quality.noise_in_top10 == 3
+    assert quality.proxies_in_top10 == 2  # dark_mode_toggled, tooltip_opened (`activity_events`)
+    # the same rows under the full (adjusted) rule differ exactly where the adjustment decides
+    from beton_pipeline.core.discovery import recommend
+
+    full = recommend(
+        marginal_signals_frame()
+        .filter(pl.col("kind") != "pair")
+        .drop("recommendation", "is_family_best")
+        .rename({"candidate_key": "key"}),
+        config,
+    )
+    adjusted = set(full.filter(pl.col("recommendation") == "enable").get_column("family").to_list())
+    assert adjusted - enabled == {"event:feature_x", "custom:sig_1"}  # masked by activity; custom kept there
+    assert enabled - adjusted == {"event:dark_mode_toggled"}
+
+
 def test_dataset_is_reused_while_parameters_match(tmp_path):
     spec = DatasetSpec("tiny", n_accounts=60)
     first, generated = ensure_dataset(spec, tmp_path, log=lambda _: None)
