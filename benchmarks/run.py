@@ -284,6 +284,7 @@ class SizeResult:
 def measure_size(spec: DatasetSpec, repetitions: int, analyst_repetitions: int, root: Path = BENCH_ROOT) -> SizeResult:
     """Generate (or reuse) the dataset, run `beton run` `repetitions` times, then time the comparators."""
     from beton_pipeline.settings import load_settings
+    from beton_pipeline.store.signals import read_signals
     from beton_pipeline.warehouse import connect
 
     started = time.perf_counter()
@@ -339,6 +340,11 @@ def measure_size(spec: DatasetSpec, repetitions: int, analyst_repetitions: int, 
         result.pandas_parts, result.pandas_candidates = median_parts(pandas_parts), len(analyst.tests)
         result.quality = {
             "beton": asdict(methods.beton_quality(con, truth)),
+            "beton_marginal": asdict(
+                methods.beton_marginal_quality(read_signals(con, include_all=True), truth, settings.discovery_config())[
+                    0
+                ]
+            ),
             "peer": asdict(methods.peer_quality(top, truth)),
             "pandas": asdict(methods.analyst_quality(analyst.tests, truth)),
         }
@@ -492,7 +498,8 @@ def report(machine: dict, sizes: list[SizeResult], total_seconds: float) -> str:
     ]
     for s in sizes:
         for method, label, found_how in (
-            ("beton", "beton (`beton signals`)", "enabled"),
+            ("beton", "beton (`beton signals`: activity-adjusted rule)", "enabled"),
+            ("beton_marginal", "beton, marginal rule alone (same rows, adjusted figures left out)", "enabled"),
             ("peer", "peer (top 10 by odds ratio)", "in its top 10"),
             ("pandas", "analyst (BH q ≤ 0.05, lift > 1)", "significant"),
         ):

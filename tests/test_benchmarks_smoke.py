@@ -250,7 +250,7 @@ def test_bench_writes_its_report(smoke_run):
     assert pipeline["peak_rss_bytes"] > 0 and pipeline["dbt"]["model_seconds"]["int_events_resolved"] >= 0
     assert size["floor_result"]["events_in_window"] > 0 and size["floor_result"]["account_events"] > 0
     assert size["core_candidates"] > 0 and size["pandas_candidates"] > 0
-    assert set(size["quality"]) == {"beton", "peer", "pandas"}
+    assert set(size["quality"]) == {"beton", "beton_marginal", "peer", "pandas"}
     assert size["quality"]["beton"]["planted_total"] == len(demo.PLANTED)
     assert size["quality"]["peer"]["proxies_in_top10"] >= 0 and size["quality"]["beton"]["proxies_enabled"] >= 0
     markdown = results[0].with_suffix(".md").read_text()
