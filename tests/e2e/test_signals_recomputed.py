@@ -706,6 +706,8 @@ def perturbed(frame: pl.DataFrame, column: str, where: pl.Expr, change) -> pl.Da
             lambda c: c * (1 - 1e-8),
         ),
         ("adjusted_p_value", pl.col("adjusted_p_value") < 0.5, lambda c: c * (1 + 1e-8)),
+        ("adjusted_lift", pl.col("source") == "custom", lambda c: c * (1 + 1e-8)),
+        ("holdout_adjusted_p_value", pl.col("source") == "custom", lambda c: c * (1 + 1e-8)),
         ("adjusted_q_value", pl.col("adjusted_q_value") < 0.5, lambda c: c * (1 + 1e-8)),
         (
             "holdout_adjusted_lift_ci_low",
