@@ -30,7 +30,9 @@ Method (README, "How discovery decides"):
    cohort month × band, the Mantel–Haenszel risk ratio (`adjusted_lift`, the lift among equally active
    accounts) with its Greenland–Robins CI, the Cochran–Mantel–Haenszel p-value (`adjusted_p_value`) and
    Benjamini–Hochberg over the adjusted p-values of every single and pair (`adjusted_q_value`); again on
-   the holdout months. Custom signals are not adjusted (their counts are not stratified).
+   the holdout months. Custom signals are adjusted too, with the same bands: a custom condition may mix
+   windows, so its activity is the observation window's (`Adjustment.custom`, counted by the
+   `custom_signals` asset); they are single rows, adjusted and recommended as discovered singles.
 6. **One candidate per family, chosen on the discovery cohorts alone** (`recommend`). A family is one
    event (or property value, attribute value, intent type) across windows and thresholds; each pair is
    its own family. A candidate *qualifies* when q ≤ fdr_alpha, lift ≥ min_lift, lift CI low > 1 and
@@ -687,13 +689,18 @@ def adjusted_statistics(
 
 @dataclass(frozen=True)
 class Adjustment:
-    """What `attach_adjusted` needs: the singles' and the pairs' per-stratum counts and the months of each test."""
+    """What `attach_adjusted` needs: the singles' and the pairs' per-stratum counts and the months of each test,
+    and the custom signals' (None: custom rows are not adjusted)."""
 
     singles: StratumCounts
     pairs: StratumCounts
     discovery_months: tuple
     pair_months: tuple
     holdout_months: tuple
+    custom: StratumCounts | None = None
+    """Custom signals' per-stratum counts with their own band totals (`count_by_stratum` on the observation
+    window: the same bands as the discovered candidates of that month and window). Kept apart from `singles`
+    so that a window's totals come from one count only."""
 
 
 ADJUSTED_COLUMNS = [
@@ -710,11 +717,12 @@ ADJUSTED_COLUMNS = [
     "holdout_adjusted_lift_ci_high",
     "holdout_adjusted_p_value",
 ]
-"""The adjusted figures `attach_adjusted` adds (NULL where no adjustment was computed, e.g. custom signals)."""
+"""The adjusted figures `attach_adjusted` adds (NULL where no adjustment was computed, e.g. a run without strata)."""
 
 
 def no_adjustment(frame: pl.DataFrame) -> pl.DataFrame:
-    """`ADJUSTED_COLUMNS` as NULL, for rows no adjustment was computed for (custom signals, a run without strata)."""
+    """`ADJUSTED_COLUMNS` as NULL, for rows no adjustment was computed for (a run without strata, custom signals
+    counted without them)."""
     dtype = {"activity_strata": pl.Int64, "adjustment_method": pl.String, "adjustment_status": pl.String}
     return frame.with_columns(
         pl.lit(None, dtype.get(c, pl.Float64)).alias(c) for c in ADJUSTED_COLUMNS if c not in frame.columns
@@ -739,15 +747,17 @@ def attach_adjusted(evaluated: pl.DataFrame, adjustment: Adjustment, config: Dis
     their marginal figures), both again on the holdout months (`holdout_adjusted_…`): `adjusted_statistics`.
     `adjusted_q_value` is Benjamini–Hochberg over the adjusted p-values of every single and pair with one
     (its own family: the decision reads the adjusted result, the marginal q stays as the contract defines
-    it). Custom signals get NULL: their counts are not stratified (README, "Adjusted lift").
+    it). Custom signals are singles here: on the discovery months and the holdout, from `adjustment.custom`
+    (NULL when it is None), in the same Benjamini–Hochberg family.
     """
     kind = pl.col("kind")
     parts = []
-    for is_pair, counts, months in (
-        (False, adjustment.singles, adjustment.discovery_months),
-        (True, adjustment.pairs, adjustment.pair_months),
+    for rows, counts, months in (
+        (~kind.is_in(["pair", *CUSTOM_KINDS]), adjustment.singles, adjustment.discovery_months),
+        (kind == "pair", adjustment.pairs, adjustment.pair_months),
+        (kind.is_in(CUSTOM_KINDS), adjustment.custom or StratumCounts.empty(), adjustment.discovery_months),
     ):
-        keys = evaluated.filter((kind == "pair") if is_pair else ~kind.is_in(["pair", *CUSTOM_KINDS])).get_column("key")
+        keys = evaluated.filter(rows).get_column("key")
         if keys.is_empty() or counts.strata.is_empty():
             continue
         found = adjusted_statistics(keys, counts, months, config.confidence_level)
@@ -853,8 +863,8 @@ def recommend(signals: pl.DataFrame, config: DiscoveryConfig) -> pl.DataFrame:
         "holdout_given_b_lift", "holdout_given_b_lift_ci_low", m
     )
     # Beyond activity (rows with an adjustment): adjusted q ≤ fdr_alpha and adjusted lift CI low > 1 on the
-    # discovery cohorts, adjusted lift CI low > 1 again on the holdout. Rows without one (custom signals, a
-    # run without strata) keep the marginal rule alone.
+    # discovery cohorts, adjusted lift CI low > 1 again on the holdout. Rows without one (a run without
+    # strata, a custom signal counted without them) keep the marginal rule alone.
     adjusts = pl.col("adjustment_method").is_not_null()
     beyond_activity = ~adjusts | (
         (pl.col("adjusted_q_value").fill_nan(None) <= config.fdr_alpha)
@@ -1190,6 +1200,7 @@ def discover_from_cohort_counts(
     config: DiscoveryConfig,
     holdout_fraction: float,
     stratum_counts: StratumCounts | None = None,
+    custom_stratum_counts: StratumCounts | None = None,
 ) -> DiscoveryRun:
     """Split cohorts in time, add up their counts, form pairs, and `discover`.
 
@@ -1197,7 +1208,8 @@ def discover_from_cohort_counts(
     month); `pair_source(top_keys, split)` returns the pair counts for the chosen singles, from
     whatever holds account-level membership (memory, or the warehouse). `stratum_counts` (the same
     months, per activity band: `count_by_stratum`) turns on the activity adjustment; pairs are adjusted
-    when the pair source gives their per-stratum counts too.
+    when the pair source gives their per-stratum counts too; custom signals (kinds `CUSTOM_KINDS`) when
+    `custom_stratum_counts` gives theirs (`Adjustment.custom`).
     """
     sizes = cohort_counts.group_by("cohort_month").agg(pl.col("n_total").first().alias("n_eligible"))
     split = choose_holdout(sizes, holdout_fraction)
@@ -1242,6 +1254,7 @@ def discover_from_cohort_counts(
             discovery_months=split.discovery_months,
             pair_months=test_months,
             holdout_months=split.holdout_months,
+            custom=custom_stratum_counts,
         )
     result = discover(disc, hold, pair_disc, pair_hold, config, span_days(split.discovery_months), adjustment)
     return DiscoveryRun(signals=result, split=split)

@@ -29,7 +29,11 @@
   reads the enabled ones' rows, so daily health and scores include custom signals.
 * **Counts.** The `custom_signals` asset counts each signal per cohort month (eligible accounts: outcome
   known) into `beton.custom_signal_cohort_counts` (`count_custom_signals`: the same sufficient statistics as
-  discovery's candidates). The `signals` asset tests them together with the discovered candidates
+  discovery's candidates), and again per activity band into `beton.custom_signal_stratum_counts` with the
+  bands' totals in `beton.custom_signal_strata` (`custom_stratum_counts`: `core.discovery.count_by_stratum`
+  on the activity of the observation window, so the same bands as discovered candidates of that month and
+  window; a condition may mix windows and attributes, and the observation window is the longest window any
+  of them can look at). The `signals` asset tests them together with the discovered candidates
   (`store.signals`); `store.signals.custom_signal_rows` tests one signal on its own (`beton backtest`);
   `store.backtests` backtests them per cohort month.
 """
@@ -46,7 +50,14 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from beton_pipeline.core.candidates import CANDIDATE_SCHEMA, CandidateMatrix, FeatureFrames, signal_id
+from beton_pipeline.core.candidates import (
+    CANDIDATE_SCHEMA,
+    CandidateMatrix,
+    FeatureFrames,
+    FeatureSpec,
+    account_activity,
+    signal_id,
+)
 from beton_pipeline.core.conditions import (
     ATTRIBUTE_TYPES,
     BoundSignal,
@@ -61,7 +72,13 @@ from beton_pipeline.core.conditions import (
     parse_signal,
     timed_leaves,
 )
-from beton_pipeline.core.discovery import CANDIDATE_COLUMNS, cohort_counts_from_matrix, cohort_labels
+from beton_pipeline.core.discovery import (
+    CANDIDATE_COLUMNS,
+    StratumCounts,
+    cohort_counts_from_matrix,
+    cohort_labels,
+    count_by_stratum,
+)
 from beton_pipeline.settings import PROJECT_ROOT, Settings
 from beton_pipeline.store.firings import FIRING_SCHEMA, condition_leaf_times
 from beton_pipeline.store.sql_sandbox import SqlSignalError, normalise_sql, run_sql_signal, sandbox_connection
@@ -69,6 +86,13 @@ from beton_pipeline.store.tables import read_feature_frames, replace_rows
 from beton_pipeline.warehouse import connect, table_exists
 
 CUSTOM_COUNTS_TABLE = "beton.custom_signal_cohort_counts"
+CUSTOM_STRATUM_COUNTS_TABLE = "beton.custom_signal_stratum_counts"
+"""Custom signals per cohort month × activity band (the schema of beton.signal_cohort_stratum_counts). A table of
+their own, not rows of the discovered one: that one is replaced month by month by the partitioned
+`signal_cohort_counts`, this one as a whole by `custom_signals`, as beton.custom_signal_cohort_counts."""
+CUSTOM_STRATA_TABLE = "beton.custom_signal_strata"
+"""The bands' totals of `CUSTOM_STRATUM_COUNTS_TABLE` (the schema of beton.signal_cohort_strata; the observation
+window only). Written with the counts, so they exist whatever windows the month's discovered candidates have."""
 FIRINGS_TABLE = "beton.custom_signal_firings"
 """When each custom signal fired for each account (account_id, signal_id, fired_at): every custom signal the
 last `custom_signals` materialisation loaded, enabled or not; `store.live_signals` reads the enabled ones."""
@@ -127,6 +151,8 @@ class CustomSignalsReport:
     firings: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=FIRING_SCHEMA))
     missing_leaf_times: int = 0
     """Condition leaves true by the marts' counts without a time in the occurrence models (0 when they agree)."""
+    strata: StratumCounts = field(default_factory=StratumCounts.empty)
+    """Per cohort month × activity band (`custom_stratum_counts`)."""
 
     @property
     def files(self) -> int:
@@ -502,11 +528,36 @@ def custom_cohort_counts(evaluated: Evaluated, frames: FeatureFrames) -> pl.Data
     return counts.join(notes, on="signal_id", how="left")
 
 
+def custom_stratum_counts(
+    evaluated: Evaluated, frames: FeatureFrames, spec: FeatureSpec, n_bands: int
+) -> StratumCounts:
+    """Per cohort month × activity band and custom signal: holders and their conversions, with the bands' totals.
+
+    `core.discovery.count_by_stratum` with every signal on the observation window's activity
+    (`core.candidates.account_activity`: all events of the account's first `spec.observation_days` days), cut
+    per cohort month into `n_bands` bands (`activity_bands`). On the same accounts (a month's eligible ones)
+    these are exactly the bands of discovered candidates of that month on that window (attributes, intent,
+    first-N-days candidates with N = observation_days), so a custom condition equal to a discovered candidate
+    gets the same adjusted figures. Why the observation window: a condition may combine events of
+    different windows with attributes; everything it reads is known within the observation window."""
+    matrix = custom_matrix(evaluated, frames)
+    return count_by_stratum(
+        matrix.matrix,
+        matrix.candidates.get_column("key").to_numpy(),
+        np.full(matrix.n_candidates, spec.observation_days, dtype=np.int64),
+        account_activity(frames, spec),
+        cohort_labels(frames),
+        frames.accounts.get_column("converted").to_numpy().astype(bool),
+        n_bands,
+    )
+
+
 def compute_custom_cohort_counts(
     warehouse: Path, settings: Settings, directories: Path | Sequence[Path], timeout_seconds: float = 30.0
 ) -> CustomSignalsReport:
     """Load every signal file of `directories`, evaluate the usable ones on the eligible accounts and count
-    them per cohort month. A file that cannot be used is a problem of the report, never an exception."""
+    them per cohort month (and per activity band: `custom_stratum_counts`). A file that cannot be used is a
+    problem of the report, never an exception."""
     dirs = [directories] if isinstance(directories, Path) else list(directories)
     with connect(warehouse, read_only=True) as con:
         vocab = read_vocabulary(con, settings)
@@ -524,10 +575,21 @@ def compute_custom_cohort_counts(
         properties=frames.properties,
         intent=frames.intent,
     )
-    counts = custom_cohort_counts(evaluated.rows(eligible), eligible_frames) if evaluated.signals else pl.DataFrame()
+    counts, strata = pl.DataFrame(), StratumCounts.empty()
+    if evaluated.signals:
+        counts = custom_cohort_counts(evaluated.rows(eligible), eligible_frames)
+        strata = custom_stratum_counts(
+            evaluated.rows(eligible), eligible_frames, settings.feature_spec(), settings.discovery.activity_strata
+        )
     problems.sort(key=lambda p: (p.file, p.line or 0))  # load-time and run-time problems, file by file
     return CustomSignalsReport(
-        evaluated.signals, problems, dirs, counts, firings_frame(evaluated, frames), evaluated.missing_leaf_times
+        evaluated.signals,
+        problems,
+        dirs,
+        counts,
+        firings_frame(evaluated, frames),
+        evaluated.missing_leaf_times,
+        strata,
     )
 
 
@@ -537,6 +599,29 @@ def write_custom_cohort_counts(con: duckdb.DuckDBPyConnection, counts: pl.DataFr
         replace_rows(con, CUSTOM_COUNTS_TABLE, counts, "true")
     elif table_exists(con, *CUSTOM_COUNTS_TABLE.split(".")):
         con.execute(f"delete from {CUSTOM_COUNTS_TABLE}")
+
+
+def write_custom_stratum_counts(con: duckdb.DuckDBPyConnection, strata: StratumCounts) -> None:
+    """Replace every row of beton.custom_signal_stratum_counts and beton.custom_signal_strata (none: kept, empty)."""
+    replace_rows(con, CUSTOM_STRATUM_COUNTS_TABLE, strata.counts, "true")
+    replace_rows(con, CUSTOM_STRATA_TABLE, strata.strata, "true")
+
+
+def read_custom_stratum_counts(con: duckdb.DuckDBPyConnection, months: set[str]) -> StratumCounts | None:
+    """The custom signals' per-band counts and band totals of `months`; None when the `custom_signals` asset
+    has not written them (a warehouse counted before custom signals were stratified: their rows are then
+    not adjusted until it runs again)."""
+    if not (
+        table_exists(con, *CUSTOM_STRATA_TABLE.split("."))
+        and table_exists(con, *CUSTOM_STRATUM_COUNTS_TABLE.split("."))
+    ):
+        return None
+    wanted = sorted(months)
+    where = "where list_contains(?, cohort_month)"
+    return StratumCounts(
+        con.sql(f"select * from {CUSTOM_STRATUM_COUNTS_TABLE} {where}", params=[wanted]).pl(),
+        con.sql(f"select * from {CUSTOM_STRATA_TABLE} {where}", params=[wanted]).pl(),
+    )
 
 
 def write_custom_firings(con: duckdb.DuckDBPyConnection, firings: pl.DataFrame) -> None:
@@ -560,13 +645,14 @@ def refresh_custom_signals(
     warehouse: Path, settings: Settings, directories: Path | Sequence[Path], timeout_seconds: float = 30.0
 ) -> CustomSignalsReport:
     """What the `custom_signals` asset does: load and evaluate the signals of `directories` (reading only, then
-    the sandbox), then replace beton.custom_signal_cohort_counts, beton.custom_signal_firings and
-    beton.custom_signal_problems.
+    the sandbox), then replace beton.custom_signal_cohort_counts, beton.custom_signal_stratum_counts,
+    beton.custom_signal_strata, beton.custom_signal_firings and beton.custom_signal_problems.
     Files that cannot be used are left out and listed in the report; whether that fails the run is the
     caller's decision (`signals.strict`)."""
     report = compute_custom_cohort_counts(warehouse, settings, directories, timeout_seconds)
     with connect(warehouse) as con:
         write_custom_cohort_counts(con, report.counts)
+        write_custom_stratum_counts(con, report.strata)
         write_custom_firings(con, report.firings)
         write_problems(con, report.problems)
     return report

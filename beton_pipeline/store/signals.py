@@ -3,8 +3,10 @@
 * **Counts.** `count_cohort` writes one cohort month's sufficient statistics of every candidate
   (the `signal_cohort_counts` partition); re-counting a month replaces exactly its rows.
 * **Discovery.** `discover` reads every month's counts (discovered and custom,
-  `beton.custom_signal_cohort_counts`), runs `core.discovery` (one Benjamini–Hochberg family over
-  everything tested) and replaces the discovered and custom rows of beton.signals.
+  `beton.custom_signal_cohort_counts`) and their per-activity-band counts (discovered:
+  `beton.signal_cohort_stratum_counts`; custom: `beton.custom_signal_stratum_counts`, both with their bands'
+  totals), runs `core.discovery` (one Benjamini–Hochberg family over everything tested, one over every
+  adjusted p-value) and replaces the discovered and custom rows of beton.signals.
 * **One custom signal on its own** (`beton backtest`): `custom_signal_rows` tests it on discovery's
   temporal split, where q = p; `signals_table_rows` puts it in beton.signals' schema.
 * **Overrides.** `enabled` is the recommendation (`enable`) unless the latest override for that
@@ -49,7 +51,12 @@ from beton_pipeline.core.discovery import (
 )
 from beton_pipeline.core.stats import benjamini_hochberg
 from beton_pipeline.settings import Settings
-from beton_pipeline.store.custom_signals import CUSTOM_COUNTS_TABLE, Evaluated, custom_matrix
+from beton_pipeline.store.custom_signals import (
+    CUSTOM_COUNTS_TABLE,
+    Evaluated,
+    custom_matrix,
+    read_custom_stratum_counts,
+)
 from beton_pipeline.store.tables import as_of_time, eligible_cohort_months, read_feature_frames, replace_rows
 from beton_pipeline.warehouse import table_exists
 
@@ -292,8 +299,9 @@ def read_stratum_counts(con: duckdb.DuckDBPyConnection, months: set[str]) -> Str
 
 def discover(con: duckdb.DuckDBPyConnection, settings: Settings) -> Discovery:
     """Test every candidate counted in every eligible cohort month (and every custom signal) and replace the
-    discovered and custom rows of beton.signals; users' overrides are kept. Discovered candidates and
-    pairs are also tested among equally active accounts (`read_stratum_counts`, `core.discovery`)."""
+    discovered and custom rows of beton.signals; users' overrides are kept. Discovered candidates, pairs and
+    custom signals are also tested among equally active accounts (`read_stratum_counts`,
+    `store.custom_signals.read_custom_stratum_counts`, `core.discovery`)."""
     months = set(eligible_cohort_months(con))
     counts, notes = read_cohort_counts(con, months)
     if counts.is_empty():
@@ -306,6 +314,7 @@ def discover(con: duckdb.DuckDBPyConnection, settings: Settings) -> Discovery:
             settings.discovery_config(),
             settings.windows.holdout_fraction,
             read_stratum_counts(con, months),
+            read_custom_stratum_counts(con, months),
         )
         result, split = run.signals.join(notes, on="key", how="left"), run.split
     written = write_discovered_signals(con, result, settings, as_of=as_of_time(con), split=split)

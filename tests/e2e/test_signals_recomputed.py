@@ -46,7 +46,9 @@ the row's activity window; the band's accounts without the candidate are its tot
 `adjusted_lift` is statsmodels `StratifiedTable.riskratio_pooled`, `adjusted_p_value` its
 `test_null_odds(correction=False)`, the interval the Greenland–Robins variance written out here; the same on
 the holdout months (`holdout_adjusted_…`); `adjusted_q_value` is `multipletests(fdr_bh)` over every row with
-an adjusted p-value; `activity_strata` counts the informative strata. Pairs' stratum counts are not stored:
+an adjusted p-value; `activity_strata` counts the informative strata. Custom signals the same way, from
+`beton.custom_signal_stratum_counts` and `beton.custom_signal_strata` on the observation window, whose bands must
+be those of `beton.signal_cohort_strata` for that month and window. Pairs' stratum counts are not stored:
 their adjusted figures enter the rule as written. The rule adds: a row with an adjustment qualifies only when
 its adjusted q <= fdr_alpha and adjusted CI low > 1, and replicates only when its holdout adjusted CI low > 1;
 a single that misses the marginal bar but whose adjusted q <= fdr_alpha and adjusted lift >= min_lift with CI
@@ -448,27 +450,71 @@ def recomputed_adjustment(
     return _ADJUSTMENTS[cache_key]
 
 
+def same_bands(strata: pl.DataFrame, custom_strata: pl.DataFrame) -> list[str]:
+    """The custom signals' bands are the discovered candidates' bands of the same month and window (where the
+    month's discovered candidates have that window)."""
+    band = ["cohort_month", "activity_window_days", "stratum"]
+    columns = [*band, "activity_low", "activity_high", "n_total", "conversions_total"]
+    shared = custom_strata.select(columns).join(strata.select(columns), on=band, how="inner", suffix="_discovered")
+    bad = []
+    groups = custom_strata.select("cohort_month", "activity_window_days").unique()
+    covered = (
+        strata.select("cohort_month", "activity_window_days")
+        .unique()
+        .join(groups, on=["cohort_month", "activity_window_days"])
+    )
+    wanted = strata.join(covered, on=["cohort_month", "activity_window_days"]).height
+    if (
+        shared.height != wanted
+        or custom_strata.join(covered, on=["cohort_month", "activity_window_days"]).height != wanted
+    ):
+        bad.append(f"custom signals' bands: {shared.height} shared with the discovered candidates', {wanted} expected")
+    for c in columns[len(band) :]:
+        differ = shared.filter(pl.col(c) != pl.col(f"{c}_discovered"))
+        if differ.height:
+            bad.append(f"custom signals' bands: {c} differs from the discovered candidates' in {differ.height} band(s)")
+    return bad
+
+
 def check_adjusted(
-    rows: list[dict], counts: pl.DataFrame, strata: pl.DataFrame, discovery: list[str], holdout: list[str], rules: dict
+    rows: list[dict],
+    counts: pl.DataFrame,
+    strata: pl.DataFrame,
+    discovery: list[str],
+    holdout: list[str],
+    rules: dict,
+    custom: tuple[pl.DataFrame, pl.DataFrame] | None = None,
 ) -> list[str]:
-    """Every adjusted column of every discovered single, recomputed from the stored stratum counts; the adjusted
-    q-values over every row with an adjusted p-value; singles are adjusted, custom signals are not."""
+    """Every adjusted column of every discovered single and custom signal, recomputed from the stored stratum
+    counts (`custom`: the custom signals' counts and bands; None: custom rows must not be adjusted); the
+    adjusted q-values over every row with an adjusted p-value."""
     bad = []
     windows = dict(counts.select("key", "activity_window_days").unique("key").iter_rows())
+    custom_windows = (
+        {} if custom is None else dict(custom[0].select("key", "activity_window_days").unique("key").iter_rows())
+    )
+    if custom is not None:
+        bad += same_bands(strata, custom[1])
     for r in rows:
         sid = r["signal_id"]
-        if r["source"] == "custom" or r["kind"] == "pair":
-            if r["source"] == "custom" and r["adjustment_method"] is not None:
-                bad.append(f"{sid}: a custom signal with an adjustment ({r['adjustment_method']!r})")
+        if r["kind"] == "pair":
             continue
-        if r["adjustment_method"] is None or r["candidate_key"] not in windows:
-            bad.append(f"{sid}: a discovered single without an adjustment or without stratum counts")
+        is_custom = r["source"] == "custom"
+        if is_custom and r["candidate_key"] not in custom_windows:
+            if r["adjustment_method"] is not None:  # not counted per band, or held by nobody
+                bad.append(f"{sid}: a custom signal without stratum counts but with an adjustment")
             continue
-        window = windows[r["candidate_key"]]
+        if r["adjustment_method"] is None or r["candidate_key"] not in windows | custom_windows:
+            bad.append(f"{sid}: a single without an adjustment or without stratum counts")
+            continue
+        window = (custom_windows if is_custom else windows)[r["candidate_key"]]
+        row_counts, row_strata = custom if is_custom else (counts, strata)
         if f"(all events in the first {window} days)" not in r["adjustment_method"]:
             bad.append(f"{sid}: adjustment_method {r['adjustment_method']!r} does not name its window {window}")
         for prefix, months in (("adjusted_", discovery), ("holdout_adjusted_", holdout)):
-            want = recomputed_adjustment(r["candidate_key"], window, months, counts, strata, r["confidence_level"])
+            want = recomputed_adjustment(
+                r["candidate_key"], window, months, row_counts, row_strata, r["confidence_level"]
+            )
             for col, key in (("lift", "lift"), ("lift_ci_low", "low"), ("lift_ci_high", "high"), ("p_value", "p")):
                 if not close(r[f"{prefix}{col}"], want[key]):
                     bad.append(f"{sid}: {prefix}{col} = {r[f'{prefix}{col}']!r}, recomputed {want[key]!r}")
@@ -517,13 +563,14 @@ def check_signals(
     holdout_fraction: float,
     acv: float,
     candidate_counts: pl.DataFrame | None = None,
-    stratified: tuple[pl.DataFrame, pl.DataFrame] | None = None,
+    stratified: tuple[pl.DataFrame, ...] | None = None,
 ) -> list[str]:
     """Every problem found in `frame` (the discovered and custom rows of beton.signals of one run).
 
     `cohort_totals` has one row per eligible cohort month: `cohort_month` (YYYY-MM), `n_total`,
     `conversions_total`; `candidate_counts` (`key`, `cohort_month`, `n_with`, `conversions_with`) holds the
-    per-cohort counts of the pairs' parts. Returns messages (empty when every row is consistent)."""
+    per-cohort counts of the pairs' parts; `stratified` the discovered candidates' stratum counts and bands, then
+    (optionally) the custom signals'. Returns messages (empty when every row is consistent)."""
     rows = frame.to_dicts()
     totals = {r["cohort_month"]: (r["n_total"], r["conversions_total"]) for r in cohort_totals.to_dicts()}
     discovery, holdout = temporal_split(cohort_totals, holdout_fraction)
@@ -562,7 +609,8 @@ def check_signals(
         pair_part_counts |= {k: (0, 0) for k in keys - set(pair_part_counts)}  # fired for nobody in those months
     bad += check_recommendations(rows, rules, pair_part_counts)
     if stratified is not None:
-        bad += check_adjusted(rows, *stratified, discovery, holdout, rules)
+        custom = (stratified[2], stratified[3]) if len(stratified) == 4 else None
+        bad += check_adjusted(rows, stratified[0], stratified[1], discovery, holdout, rules, custom)
     return bad
 
 
@@ -595,6 +643,8 @@ def read_run(warehouse) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
         stratified = (
             con.sql("select * from beton.signal_cohort_stratum_counts").pl(),
             con.sql("select * from beton.signal_cohort_strata").pl(),
+            con.sql("select * from beton.custom_signal_stratum_counts").pl(),
+            con.sql("select * from beton.custom_signal_strata").pl(),
         )
     return frame, totals, parts, stratified
 
@@ -656,6 +706,8 @@ def perturbed(frame: pl.DataFrame, column: str, where: pl.Expr, change) -> pl.Da
             lambda c: c * (1 - 1e-8),
         ),
         ("adjusted_p_value", pl.col("adjusted_p_value") < 0.5, lambda c: c * (1 + 1e-8)),
+        ("adjusted_lift", pl.col("source") == "custom", lambda c: c * (1 + 1e-8)),
+        ("holdout_adjusted_p_value", pl.col("source") == "custom", lambda c: c * (1 + 1e-8)),
         ("adjusted_q_value", pl.col("adjusted_q_value") < 0.5, lambda c: c * (1 + 1e-8)),
         (
             "holdout_adjusted_lift_ci_low",
