@@ -451,7 +451,8 @@ def test_enable_needs_the_adjusted_result_and_its_holdout_replication(figures, r
 
 
 def test_without_an_adjustment_the_marginal_rule_decides():
-    """Custom signals (and runs without strata) have no adjusted figures: the marginal rule alone."""
+    """Rows without adjusted figures (a run without activity strata; a custom signal that fires for nobody, or one
+    counted before custom signals had bands): the marginal rule alone decides."""
     out = recommended([single("custom", "custom:c", 2.0, 1.6, holdout=(2.0, 1.5))])
     assert out["custom"]["recommendation"] == "enable" and out["custom"]["adjustment_method"] is None
 
