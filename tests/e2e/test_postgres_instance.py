@@ -384,13 +384,14 @@ def _story(dagster: Dagster, postgres: PostgresServer, timeline: Timeline) -> No
         tag(cohort_run, "dagster/asset_partition_range_end"),
     ) == (months[0], months[-1])
 
-    last_cohort_end = max(r["endTime"] for r in cohort_runs)
+    # Automation reacts to the cohort run's materializations, which land before the run records its end.
+    last_cohort_start = max(r["startTime"] for r in cohort_runs)
 
     def signals_requested() -> str | None:
-        """The run the automation sensor requested for `signals` after the cohort run (it may wait in the
-        queue behind another warehouse writer: that wait is a run's, below, not the automation's)."""
+        """The run the automation sensor requested for `signals` once the cohort run had started (it may wait
+        in the queue behind another warehouse writer: that wait is a run's, below, not the automation's)."""
         schedule_ticked()
-        requested = [r for r in dagster.runs_selecting("signals") if r["creationTime"] >= last_cohort_end]
+        requested = [r for r in dagster.runs_selecting("signals") if r["creationTime"] >= last_cohort_start]
         return min(requested, key=lambda r: r["creationTime"])["runId"] if requested else None
 
     discovery_fallback = False
