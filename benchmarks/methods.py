@@ -396,13 +396,17 @@ def beton_quality(con: duckdb.DuckDBPyConnection, truth: dict) -> Quality:
     best = read_signals(con)
     if "source" in best.columns:
         best = best.filter(pl.col("source") != "custom")
-    classes = [classify_family(f, truth) for f in best.get_column("family").to_list()]
-    enabled_mask = best.get_column("enabled").to_list()
-    enabled_classes = [c for c, e in zip(classes, enabled_mask, strict=True) if e]
-    enabled_families = {f for f, e in zip(best.get_column("family").to_list(), enabled_mask, strict=True) if e}
+    enabled = best.filter(pl.col("enabled")).get_column("family").to_list()
+    return family_quality(best.get_column("family").to_list(), enabled, truth)
+
+
+def family_quality(families: list[str], enabled: list[str], truth: dict) -> Quality:
+    """The quality of a list of families in the order `beton signals` prints them (its first 10 are the top
+    10) and of the `enabled` ones among them (one row per family)."""
+    top = [classify_family(f, truth) for f in families[:10]]
+    enabled_classes = [classify_family(f, truth) for f in enabled]
+    enabled_families = set(enabled)
     planted = planted_families(truth)
-    top = classes[:10]
-    families = best.get_column("family").to_list()
     return Quality(
         planted_found=sum(1 for f in planted if f in enabled_families),
         planted_total=len(planted),
@@ -450,24 +454,8 @@ def beton_marginal_quality(signals: pl.DataFrame, truth: dict, config) -> tuple[
         .sort(["enabled", "_order", "q_value", "lift"], descending=[True, False, False, True], nulls_last=True)
         .drop("_order")
     )
-    families = chosen.get_column("family").to_list()
-    enabled_families = set(chosen.filter(pl.col("enabled")).get_column("family").to_list())
-    enabled_classes = [classify_family(f, truth) for f in enabled_families]
-    top = [classify_family(f, truth) for f in families[:10]]
-    planted = planted_families(truth)
-    quality = Quality(
-        planted_found=sum(1 for f in planted if f in enabled_families),
-        planted_total=len(planted),
-        expressible=len(planted),
-        planted_in_top10=top.count("planted"),
-        noise_in_top10=top.count("noise"),
-        leak_in_top10=top.count("leak"),
-        enabled=len(enabled_families),
-        noise_enabled=enabled_classes.count("noise"),
-        missed=tuple(sorted(name for f, name in planted.items() if f not in enabled_families)),
-        proxies_in_top10=sum(is_activity_proxy(f, truth) for f in families[:10]),
-        proxies_enabled=sum(is_activity_proxy(f, truth) for f in enabled_families),
-    )
+    enabled = chosen.filter(pl.col("enabled")).get_column("family").to_list()
+    quality = family_quality(chosen.get_column("family").to_list(), enabled, truth)
     columns = ["family", "key", "recommendation", "enabled", "n_with", "lift", "lift_ci_low", "q_value"]
     return quality, chosen.select(*columns, "holdout_lift", "holdout_lift_ci_low")
 
