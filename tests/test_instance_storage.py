@@ -161,3 +161,30 @@ def test_each_database_file_keeps_one_engine_and_commits_without_a_disk_flush(tm
     finally:
         storage.dispose()
     assert storage._engines == {}
+
+
+def test_a_table_found_is_remembered_and_dynamic_partitions_survive_a_wipe(tmp_path):
+    """Dynamic-partitions reads check their table first: a table found is not looked up again (no SQL), a
+    missing one is looked up every time, and after `wipe` the partitions start empty, not broken."""
+    from sqlalchemy import event
+
+    storage = BatchedSqliteEventLogStorage(str(tmp_path / "runs"))
+    statements: list[str] = []
+    try:
+        engine = storage._shard_engine("index")
+        event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+        assert storage.has_table("dynamic_partitions")
+        looked_up = len(statements)
+        assert looked_up > 0
+        assert storage.has_table("dynamic_partitions") and len(statements) == looked_up
+        assert not storage.has_table("no_such_table") and not storage.has_table("no_such_table")
+        assert len(statements) > looked_up
+        storage.add_dynamic_partitions("days", ["2025-01-01", "2025-01-02"])
+        assert storage.get_dynamic_partitions("days") == ["2025-01-01", "2025-01-02"]
+        assert storage.has_dynamic_partition("days", "2025-01-02")
+        storage.wipe()
+        assert storage.get_dynamic_partitions("days") == []
+        storage.add_dynamic_partitions("days", ["2025-02-01"])
+        assert storage.has_dynamic_partition("days", "2025-02-01")
+    finally:
+        storage.dispose()

@@ -1,8 +1,12 @@
-"""dbt's unit tests (the models' SQL on fixed inputs: identity resolution, windows, annualisation, exposures).
+"""dbt's unit tests (the models' SQL on fixed inputs: identity resolution, windows, annualisation, exposures)
+and its `contract` data tests (the staging models' keys unique and present, required columns non-null,
+allowed values: what ingest guarantees).
 
-`beton run` builds the models and their data tests but not the unit tests (they check the SQL, not the
-data, so they belong in the test suite, as dbt advises). They run here once, on a copy of the session
-run's warehouse: a unit test needs its models' parents to exist, to read their column types."""
+`beton run` builds the models and their other data tests, but neither of these: unit tests check the SQL, not
+the data, so they belong in the test suite, as dbt advises; the contract tests restate ingest's guarantees,
+which the ingest tests check row by row, and `unique(event_id)` alone scans every event of every run. They run
+here once, on a copy of the session run's warehouse: a unit test needs its models' parents to exist, to read
+their column types."""
 
 import json
 import os
@@ -13,7 +17,7 @@ from pathlib import Path
 from beton_pipeline.dbt_project import beton_dbt_project, dbt_executable
 
 
-def test_every_dbt_unit_test_passes(pipeline_run, tmp_path):
+def test_every_dbt_unit_test_and_contract_test_passes(pipeline_run, tmp_path):
     warehouse = tmp_path / "warehouse.duckdb"
     shutil.copy(pipeline_run.warehouse, warehouse)
     project = Path(beton_dbt_project.project_dir)
@@ -23,7 +27,7 @@ def test_every_dbt_unit_test_passes(pipeline_run, tmp_path):
             dbt_executable(),
             "test",
             "--select",
-            "test_type:unit",
+            "test_type:unit tag:contract",
             "--project-dir",
             str(project),
             "--profiles-dir",
@@ -44,4 +48,12 @@ def test_every_dbt_unit_test_passes(pipeline_run, tmp_path):
     results = json.loads((target / "run_results.json").read_text())["results"]
     passed = {r["unique_id"] for r in results if r["status"] == "pass"}
     assert manifest["unit_tests"], "the dbt project has no unit test: this test would prove nothing"
-    assert passed == set(manifest["unit_tests"]), sorted(set(manifest["unit_tests"]) - passed)
+    assert set(manifest["unit_tests"]) <= passed, sorted(set(manifest["unit_tests"]) - passed)
+    contract = {uid for uid, node in manifest["nodes"].items() if "contract" in node.get("tags", [])}
+    staging = {
+        uid
+        for uid, node in manifest["nodes"].items()
+        if node["resource_type"] == "test" and node["original_file_path"].startswith("models/staging/")
+    }
+    assert contract and contract == staging, sorted(contract ^ staging)
+    assert contract <= passed, sorted(contract - passed)

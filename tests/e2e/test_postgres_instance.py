@@ -298,9 +298,8 @@ def test_daemon_runs_the_pipeline_on_a_postgres_instance(postgres, instance_env)
 
 
 def _story(dagster: Dagster, postgres: PostgresServer, timeline: Timeline) -> None:
-    poll(dagster.daemons_healthy, DAEMON_TIMEOUT, "every required daemon to report healthy (heartbeats in Postgres)")
-    timeline.mark("daemons healthy")
-
+    # Sensors are set and the ingest is queued while the daemon starts (GraphQL writes to Postgres; the daemon
+    # picks the queued run up once it runs); the daemon's health is checked before anything waits on it.
     # Dagster 1.13 creates `default_automation_condition_sensor` STOPPED: turn on every automation sensor
     # that is off, as an operator does once at deploy time (RUNBOOK.md). Its first evaluation requests
     # nothing (eager conditions only react to updates after that), so it is safe on an empty warehouse.
@@ -327,6 +326,8 @@ def _story(dagster: Dagster, postgres: PostgresServer, timeline: Timeline) -> No
     ingest_run = dagster.launch(
         "daily_ingest_job", tags={"launched_by": "test_postgres_instance"}, run_config=IN_PROCESS
     )
+    poll(dagster.daemons_healthy, DAEMON_TIMEOUT, "every required daemon to report healthy (heartbeats in Postgres)")
+    timeline.mark("daemons healthy")
 
     # 4 (meanwhile). The schedule ticks at the first minute boundary; its run would repeat the ingest,
     # so once the tick is recorded the schedule is stopped and its run cancelled. Every wait below

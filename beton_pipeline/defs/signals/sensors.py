@@ -25,7 +25,8 @@ COUNTS = dg.AssetKey("signal_cohort_counts")
 
 @dg.sensor(
     job=cohort_counts_job,
-    minimum_interval_seconds=60,
+    # A tick with nothing new is one indexed read; 30 s lets discovery follow a daily ingest within a minute.
+    minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
         "After account_outcomes is rebuilt: add cohort months that gained eligible accounts as partitions "
