@@ -646,14 +646,13 @@ def _export_dir(source: Path | None) -> Path:
 
 
 def _profile(source: Path, settings):
-    """`store.export_check.profile_export` in a temporary folder (removed afterwards), with a spinner."""
-    import tempfile
-
+    """`store.export_check.profile_export` in the check's work folder (`dbt_project.check_work_dir`), with a spinner."""
+    from beton_pipeline.dbt_project import check_work_dir
     from beton_pipeline.store.export_check import profile_export
 
     try:
-        with tempfile.TemporaryDirectory(prefix="beton-check-") as work, console.status(f"profiling {source}"):
-            return profile_export(source, settings, Path(work))
+        with check_work_dir() as work, console.status(f"profiling {source}"):
+            return profile_export(source, settings, work)
     except Exception as exc:  # one line for the user, never a stack trace
         _fail(f"profiling {source} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
 

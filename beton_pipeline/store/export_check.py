@@ -29,7 +29,7 @@ import numpy as np
 
 from beton_pipeline.core.discovery import temporal_split
 from beton_pipeline.core.power import REFERENCE_POWER, REFERENCE_SIGNAL_SHARE, min_detectable_lift
-from beton_pipeline.dbt_project import beton_dbt_project, dbt_executable
+from beton_pipeline.dbt_project import CHECK_WAREHOUSE, beton_dbt_project, dbt_executable
 from beton_pipeline.settings import Settings
 from beton_pipeline.sources.contract import TABLES, TableSpec
 from beton_pipeline.sources.files import table_files
@@ -321,12 +321,13 @@ def _outcome_findings(profile: ExportProfile, settings: Settings) -> None:
 
 
 def profile_export(source_dir: Path, settings: Settings, work_dir: Path) -> tuple[ExportProfile, ConversionTiming]:
-    """Profile `source_dir` into a DuckDB file under `work_dir` (a temporary folder the caller owns).
+    """Profile `source_dir` into a DuckDB file under `work_dir` (a folder the caller owns and clears:
+    `dbt_project.check_work_dir`, or any empty folder).
 
     Every table is read; the dbt models are built only when every table could be read (otherwise the
     problems say which file to fix first)."""
     source_dir = source_dir.resolve()
-    warehouse = work_dir / "check.duckdb"
+    warehouse = work_dir / CHECK_WAREHOUSE
     profile = ExportProfile(source_dir=str(source_dir), tables=[])
     profile.windows = {
         "observation_days": settings.windows.observation_days,

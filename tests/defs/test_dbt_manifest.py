@@ -70,3 +70,26 @@ def test_the_venv_dbt_is_put_on_a_path_that_has_none(monkeypatch):
     before = os.environ["PATH"]
     put_venv_dbt_on_path()
     assert os.environ["PATH"] == before
+
+
+def test_checks_reuse_one_work_folder_and_a_concurrent_check_gets_its_own(tmp_path, monkeypatch):
+    """`beton check` works in `<target root>/check` (dbt's partial parse survives between checks), never
+    reads the previous check's scratch warehouse, and a check started while another runs uses a temporary
+    folder instead of sharing the scratch warehouse."""
+    from beton_pipeline.dbt_project import CHECK_WAREHOUSE, check_work_dir
+
+    monkeypatch.setenv("DBT_TARGET_PATH", str(tmp_path / "target_root"))
+    folder = tmp_path / "target_root" / "check"
+    with check_work_dir() as work:
+        assert work == folder.resolve()
+        (work / CHECK_WAREHOUSE).write_text("a scratch warehouse")
+        (work / "target").mkdir()
+        (work / "target" / "partial_parse.msgpack").write_text("parse")
+        with check_work_dir() as concurrent:
+            assert concurrent != work and concurrent.is_dir() and not list(concurrent.iterdir())
+        assert not concurrent.exists()
+    assert not (folder / CHECK_WAREHOUSE).exists() and (folder / "target" / "partial_parse.msgpack").exists()
+    (folder / CHECK_WAREHOUSE).write_text("left by a killed check")
+    (folder / f"{CHECK_WAREHOUSE}.wal").write_text("its log")
+    with check_work_dir() as again:
+        assert again == folder.resolve() and not list(again.glob(f"{CHECK_WAREHOUSE}*"))

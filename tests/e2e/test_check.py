@@ -1,6 +1,6 @@
 """`beton check` and `beton init` as a user runs them: the installed console script in a subprocess, on
 small exports (a generated demo of a few hundred accounts, and broken copies of it or of the contract
-fixture). Each profile builds the dbt models on a temporary warehouse, so the tests are few."""
+fixture). Each profile builds the dbt models on a scratch warehouse, so the tests are few."""
 
 import json
 import os
@@ -32,9 +32,18 @@ def small_export(tmp_path_factory) -> Path:
     return out
 
 
-def beton(tmp_path: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="module")
+def dbt_target_root(tmp_path_factory) -> Path:
+    """dbt's target root for this module's checks (DBT_TARGET_PATH): its `check` folder is theirs alone."""
+    return tmp_path_factory.mktemp("dbt_target")
+
+
+def beton(
+    tmp_path: Path, *args: str, timeout: int = 900, target_root: Path | None = None
+) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
+        **({"DBT_TARGET_PATH": str(target_root)} if target_root else {}),
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "BETON_WAREHOUSE": str(tmp_path / "user_warehouse.duckdb"),
         "BETON_CONFIG": str(tmp_path / "no_config.yaml"),
@@ -46,10 +55,13 @@ def beton(tmp_path: Path, *args: str, timeout: int = 900) -> subprocess.Complete
     )
 
 
-def test_check_json_describes_a_healthy_export_and_leaves_the_warehouse_alone(tmp_path, small_export):
-    done = beton(tmp_path, "check", str(small_export), "--json")
+def test_check_json_describes_a_healthy_export_and_leaves_the_warehouse_alone(tmp_path, small_export, dbt_target_root):
+    done = beton(tmp_path, "check", str(small_export), "--json", target_root=dbt_target_root)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert not (tmp_path / "user_warehouse.duckdb").exists()  # profiled in a temporary warehouse
+    assert not (tmp_path / "user_warehouse.duckdb").exists()  # profiled in a scratch warehouse
+    # ... in the check's folder, deleted afterwards; dbt's parse stays there for the next check
+    work = dbt_target_root / "check"
+    assert not list(work.glob("check.duckdb*")) and (work / "target" / "partial_parse.msgpack").is_file()
     profile = json.loads(done.stdout)
     assert profile["ok"] is True and profile["problems"] == []
     tables = {t["table"]: t for t in profile["tables"]}
