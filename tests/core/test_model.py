@@ -258,7 +258,7 @@ def test_serialised_model_scores_exactly_like_the_sklearn_estimator(frames, back
     _, train = training_rows(frames, 0.3)
     full = design_matrix(frames, SPEC, backtest.model.feature_keys)
     y = frames.accounts.get_column("converted").to_numpy()
-    estimator = train_logistic(full.matrix[train], y[train], ModelConfig())
+    estimator = train_logistic(full.matrix[train], y[train], ModelConfig()).estimator
     expected = estimator.predict_proba(full.matrix)[:, 1]
     np.testing.assert_allclose(score_accounts(model, frames), expected, rtol=0, atol=1e-9)
     np.testing.assert_allclose(score_accounts(backtest.model, frames), expected, rtol=0, atol=1e-9)
