@@ -106,3 +106,8 @@ def test_materialization_metadata_has_plottable_numbers(model_run):
     for key in ("roc_auc", "pr_auc", "signals_roc_auc", "base_rate", "training_seconds"):
         assert isinstance(metadata[key], dg.FloatMetadataValue), key
     assert "| roc_auc |" in metadata["metrics"].value
+    # The C search: one row per grid point, the chosen C among those tried.
+    search = metadata["c_search"].value
+    chosen = [line for line in search.splitlines() if line.rstrip().endswith("| chosen |")]
+    assert len(chosen) == 1 and "not tried" not in chosen[0], search
+    assert float(chosen[0].split("|")[1]) == pytest.approx(metadata["regularization_c"].value, rel=1e-3)

@@ -8,7 +8,7 @@ import dagster as dg
 import polars as pl
 
 from beton_pipeline.core.formatting import fmt, fmt_interval, markdown_table
-from beton_pipeline.core.model import METRIC_NAMES, SCORERS, CrmComparison, LeadScoreBacktest
+from beton_pipeline.core.model import METRIC_NAMES, SCORERS, CrmComparison, LeadScoreBacktest, PenaltySearch
 from beton_pipeline.defs.resources import WAREHOUSE_POOL, SettingsResource, WarehouseResource
 from beton_pipeline.store.model import MODEL_INPUTS, run_lead_score_model
 
@@ -23,6 +23,15 @@ PLOTTED = {
     "base_rate": ("base_rate", "observed_rate"),
 }
 """Metadata numbers plotted over time in the UI: name → (scorer, metric)."""
+
+
+def penalty_search_markdown(search: PenaltySearch) -> str:
+    """The C search: each grid point's CV log loss ("not tried" past the point where the walk stopped)."""
+    rows = [
+        [fmt(c, ".4g"), "not tried" if math.isnan(loss) else fmt(loss, ".5f"), "chosen" if c == search.c else ""]
+        for c, loss in zip(search.cs, search.cv_log_loss, strict=True)
+    ]
+    return markdown_table([f"C ({search.n_folds}-fold CV)", "CV log loss", ""], rows)
 
 
 def metrics_markdown(backtest: LeadScoreBacktest) -> str:
@@ -135,6 +144,8 @@ def lead_score_model(
         "regularization_c": dg.MetadataValue.float(backtest.model.regularization_c),
         "training_seconds": dg.MetadataValue.float(round(backtest.training_seconds, 3)),
     }
+    if backtest.penalty_search is not None:
+        metadata["c_search"] = dg.MetadataValue.md(penalty_search_markdown(backtest.penalty_search))
     numbers = {name: backtest.metric(scorer, metric) for name, (scorer, metric) in PLOTTED.items()}
     if run.crm_skipped is not None:
         context.log.warning(f"CRM comparison skipped: {run.crm_skipped}")
