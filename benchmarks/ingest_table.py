@@ -1,0 +1,126 @@
+"""Time one table's ingest (`sources.ingest.ingest_table`) alone, and compare two ingest versions' output.
+
+    # seconds and peak RSS of ingesting the events of a source directory into a fresh warehouse file
+    /usr/bin/time -v .venv/bin/python benchmarks/ingest_table.py time SOURCE_DIR --warehouse /tmp/w.duckdb
+
+    # the same with an older copy of sources/ingest.py (e.g. `git show main:beton_pipeline/sources/ingest.py`)
+    /usr/bin/time -v .venv/bin/python benchmarks/ingest_table.py time SOURCE_DIR --warehouse /tmp/old.duckdb \
+        --ingest-module /tmp/ingest_main.py
+
+    # the raw tables and the quarantine of two warehouses written by `time`: equal as multisets?
+    .venv/bin/python benchmarks/ingest_table.py compare /tmp/old.duckdb /tmp/w.duckdb
+
+`time` ingests the tables named by `--tables` (default: events) in contract order, each into a fresh
+warehouse file, and prints one JSON line per table: seconds, rows read / loaded / quarantined / exact
+duplicates. `compare` prints, per raw table and for the quarantine (without `ingested_at`), the rows
+only in the first warehouse and only in the second, and exits 1 when any differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import duckdb  # noqa: E402
+
+from beton_pipeline.sources.contract import TABLES, TABLES_BY_NAME  # noqa: E402
+
+
+def _ingest_module(path: str | None):
+    if path is None:
+        from beton_pipeline.sources import ingest
+
+        return ingest
+    spec = importlib.util.spec_from_file_location("_beton_ingest_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_time(args: argparse.Namespace) -> int:
+    ingest = _ingest_module(args.ingest_module)
+    warehouse = Path(args.warehouse)
+    for p in (warehouse, warehouse.with_name(warehouse.name + ".wal")):
+        p.unlink(missing_ok=True)
+    wanted = args.tables.split(",")
+    con = duckdb.connect(str(warehouse))
+    con.execute("set TimeZone = 'UTC'")
+    for spec in TABLES:
+        if spec.name not in wanted:
+            continue
+        start = time.perf_counter()
+        r = ingest.ingest_table(con, Path(args.source_dir), TABLES_BY_NAME[spec.name])
+        seconds = time.perf_counter() - start
+        print(
+            json.dumps(
+                {
+                    "table": spec.name,
+                    "seconds": round(seconds, 2),
+                    "rows_read": r.rows_read,
+                    "rows_loaded": r.rows_loaded,
+                    "rows_quarantined": r.rows_quarantined,
+                    "exact_duplicates_dropped": r.exact_duplicates_dropped,
+                    "balanced": r.balanced,
+                    "quarantine_reasons": r.quarantine_reasons,
+                }
+            ),
+            flush=True,
+        )
+    con.close()
+    return 0
+
+
+def _diff(con: duckdb.DuckDBPyConnection, a: str, b: str) -> tuple[int, int]:
+    only_a = con.sql(f"select count(*) from (select * from {a} except all select * from {b})").fetchall()[0][0]
+    only_b = con.sql(f"select count(*) from (select * from {b} except all select * from {a})").fetchall()[0][0]
+    return only_a, only_b
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    con = duckdb.connect()
+    con.execute(f"attach '{args.first}' as a (read_only); attach '{args.second}' as b (read_only)")
+    differ = False
+    names = [
+        r[0]
+        for r in con.sql(
+            "select table_name from duckdb_tables() where database_name = 'a' and schema_name = 'raw' order by 1"
+        ).fetchall()
+    ]
+    for name in names:
+        n = con.sql(f"select count(*) from a.raw.{name}").fetchall()[0][0]
+        only_a, only_b = _diff(con, f"a.raw.{name}", f"b.raw.{name}")
+        differ |= bool(only_a or only_b)
+        print(f"raw.{name}: {n} rows; only in first {only_a}, only in second {only_b}")
+    q = "select source_table, source_file, line_number, raw_row, reason from {}.beton.quarantine"
+    n = con.sql("select count(*) from a.beton.quarantine").fetchall()[0][0]
+    only_a, only_b = _diff(con, f"({q.format('a')})", f"({q.format('b')})")
+    differ |= bool(only_a or only_b)
+    print(f"beton.quarantine: {n} rows; only in first {only_a}, only in second {only_b}")
+    return 1 if differ else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("time", help="ingest tables of a source directory into a fresh warehouse file")
+    t.add_argument("source_dir")
+    t.add_argument("--warehouse", required=True)
+    t.add_argument("--tables", default="events", help="comma-separated table names (default: events)")
+    t.add_argument("--ingest-module", help="path of another copy of sources/ingest.py to run instead")
+    c = sub.add_parser("compare", help="compare the raw tables and quarantine of two warehouses")
+    c.add_argument("first")
+    c.add_argument("second")
+    args = parser.parse_args(argv)
+    return run_time(args) if args.command == "time" else run_compare(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
