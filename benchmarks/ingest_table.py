@@ -53,6 +53,10 @@ def run_time(args: argparse.Namespace) -> int:
     wanted = args.tables.split(",")
     con = duckdb.connect(str(warehouse))
     con.execute("set TimeZone = 'UTC'")
+    if args.memory_limit:
+        con.execute(f"set memory_limit = '{args.memory_limit}'")
+    if args.preserve_insertion_order is not None:
+        con.execute(f"set preserve_insertion_order = {args.preserve_insertion_order}")
     for spec in TABLES:
         if spec.name not in wanted:
             continue
@@ -115,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--warehouse", required=True)
     t.add_argument("--tables", default="events", help="comma-separated table names (default: events)")
     t.add_argument("--ingest-module", help="path of another copy of sources/ingest.py to run instead")
+    t.add_argument("--memory-limit", help="DuckDB memory_limit of the connection (e.g. 1GB); spills to <warehouse>.tmp")
+    t.add_argument("--preserve-insertion-order", choices=["true", "false"], help="DuckDB setting of the connection")
     c = sub.add_parser("compare", help="compare the raw tables and quarantine of two warehouses")
     c.add_argument("first")
     c.add_argument("second")

@@ -720,14 +720,13 @@ def ingest_table(
     unchecked = _check_rows(con, spec, text, loader.raw_row_sql(), dups)
     con.execute(f"drop table {text}")
     key_reason = f"duplicate {'/'.join(spec.key or ())}: an earlier row with the same key was kept (first wins)"
-    not_key_dup = "not (_kc and exists (select 1 from _beton_keydups k where k._file = c._file and k._line = c._line))"
     typed = ", ".join(f"_v{i}" for i in range(len(spec.columns)))
     con.execute("begin transaction")
     try:
         con.execute(_raw_table_ddl(spec))
         con.execute(
-            f"insert into {spec.raw_table} select {typed}, _file, _line from _beton_checked c "
-            f"where _reason is null and {not_key_dup}"
+            f"insert into {spec.raw_table} select {typed}, c._file, c._line from _beton_checked c "
+            f"anti join _beton_keydups k on k._file = c._file and k._line = c._line where _reason is null"
         )
         con.execute(f"delete from beton.quarantine where source_table = {_lit(spec.name)}")
         con.execute(
