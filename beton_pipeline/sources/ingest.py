@@ -25,9 +25,9 @@ over every column of every row. The raw table is not sorted: `_source_file` and 
 where each row came from, and nothing downstream reads rows in physical order.
 
 Memory: the ingest runs within the caller's connection, so its `memory_limit` bounds it and its
-`temp_directory` takes what spills (DuckDB's defaults: 80% of RAM, `<warehouse>.tmp`); at 1M demo
-events it runs in about 1.1 GB unbounded, and in 0.35 GB at `memory_limit = '256MB'`, with the same
-outcome (BENCHMARKS, `benchmarks/ingest_table.py`).
+`temp_directory` takes what spills (DuckDB's defaults: 80% of RAM, `<warehouse>.tmp`). Peak RSS of
+the events' ingest (`benchmarks/ingest_table.py`): 0.8 GiB for 1M demo events with the default limit,
+0.34 GiB at `memory_limit = '256MB'`, 3.07 GiB for 10.5M events at `'3GB'`, with the same outcome.
 
 `measure_freshness` says how far each loaded table's newest row trails the as-of time (the latest
 event, never the wall clock); the ingest asset checks fail on a stale or empty source.
