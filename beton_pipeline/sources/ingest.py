@@ -17,6 +17,18 @@ the column) and what to change. A reference to a row missing from the referenced
 reference, `Column.references`) is a row problem: quarantined with the value.
 Records the CSV reader rejects (wrong number of fields, invalid UTF-8) are quarantined like bad rows.
 
+How the rows are checked (`ingest_table`): the text values are typed once (the timestamp parsed once, a
+JSON value validated and minified), every reason is computed on those, and the raw row (JSON text) is
+built for the rejected rows only. Exact duplicates and repeated keys are looked for by a 64-bit hash of
+the values first, then compared value by value among the rows whose hash repeats, so no window runs
+over every column of every row. The raw table is not sorted: `_source_file` and `_line_number` say
+where each row came from, and nothing downstream reads rows in physical order.
+
+Memory: the ingest runs within the caller's connection, so its `memory_limit` bounds it and its
+`temp_directory` takes what spills (DuckDB's defaults: 80% of RAM, `<warehouse>.tmp`). Peak RSS of
+the events' ingest (`benchmarks/ingest_table.py`): 0.8 GiB for 1M demo events with the default limit,
+0.34 GiB at `memory_limit = '256MB'`, 3.07 GiB for 10.5M events at `'3GB'`, with the same outcome.
+
 `measure_freshness` says how far each loaded table's newest row trails the as-of time (the latest
 event, never the wall clock); the ingest asset checks fail on a stale or empty source.
 """
@@ -136,84 +148,104 @@ def _is_epoch(v: str) -> str:
     return f"regexp_full_match(trim({v}), '[+-]?[0-9]+(\\.[0-9]+)?')"
 
 
-def _timestamp_expr(v: str) -> str:
-    """Text → TIMESTAMP (UTC). Epoch seconds (integer or decimal) or ISO-8601 with or without zone (none = UTC)."""
+def _timestamp_from(v: str, is_epoch: str, number: str) -> str:
+    """Text → TIMESTAMP (UTC), given SQL for whether the text is epoch seconds and for the text as a number.
+    Epoch seconds (integer or decimal) or ISO-8601 with or without zone (none = UTC)."""
     return (
-        f"(case when {_is_epoch(v)} "
-        f"then (case when abs(try_cast(trim({v}) as double)) < {MAX_EPOCH_SECONDS:g} then to_timestamp(try_cast(trim({v}) as double))::timestamp end) "
+        f"(case when {is_epoch} "
+        f"then (case when abs({number}) < {MAX_EPOCH_SECONDS:g} then to_timestamp({number})::timestamp end) "
         f"else try_cast(trim({v}) as timestamptz)::timestamp end)"
     )
+
+
+def _timestamp_expr(v: str) -> str:
+    """Text → TIMESTAMP (UTC) in one expression (`_timestamp_from`)."""
+    return _timestamp_from(v, _is_epoch(v), f"try_cast(trim({v}) as double)")
 
 
 def _present(v: str) -> str:
     return f"(nullif(trim({v}), '') is not null)"
 
 
-def _reason_exprs(col: Column) -> list[str]:
-    """SQL expressions, each NULL or a reason text, for one column of the text table."""
-    v = _q(col.name)
-    name = col.name
-    out = []
+@dataclass(frozen=True)
+class _ColumnSql:
+    """One contract column's part of the one-pass check over the text table.
+
+    Values derived from the text are computed once, in two stages (`first` on the text value, `second`
+    on the first stage's values; each an (alias, SQL) pair), and both the reasons (SQL, each NULL or a
+    reason text) and the typed value (the column's warehouse type, used for the rows that pass) are
+    written on them: the timestamp is parsed once, a JSON value parsed twice (validated, minified).
+    """
+
+    first: tuple[tuple[str, str], ...]
+    second: tuple[tuple[str, str], ...]
+    reasons: tuple[str, ...]
+    typed: str
+
+
+def _column_sql(i: int, col: Column) -> _ColumnSql:
+    """The `_ColumnSql` of contract column number `i` (its aliases are `_p<i>`, `_t<i>`, …)."""
+    v, name = _q(col.name), col.name
+    p, d, t, ok, j, low = (f"_{x}{i}" for x in ("p", "d", "t", "ok", "j", "l"))
+    first: list[tuple[str, str]] = [(p, _present(v))]
+    second: list[tuple[str, str]] = []
+    reasons: list[str] = []
+    typed = f"nullif({v}, '')"
+    if col.kind in ("timestamp", "number") or (col.min_value is not None and col.kind == "integer"):
+        first.append((d, f"try_cast(trim({v}) as double)"))
+    if col.kind == "currency" or col.allowed is not None or col.lower:
+        first.append((low, f"lower(trim({v}))"))
+        typed = f"nullif({low}, '')"
     if col.not_null:
-        out.append(f"case when not {_present(v)} then '{name} is empty' end")
+        reasons.append(f"case when not {p} then '{name} is empty' end")
     if col.kind == "timestamp":
-        ts = _timestamp_expr(v)
-        out.append(
-            f"case when {_present(v)} and {_is_epoch(v)} and {ts} is null "
+        first.append((f"_e{i}", _is_epoch(v)))
+        second.append((t, _timestamp_from(v, f"_e{i}", d)))
+        reasons.append(
+            f"case when {p} and _e{i} and {t} is null "
             f"then '{name}: epoch value too large for seconds (milliseconds?): ' || left(trim({v}), 40) "
-            f"when {_present(v)} and {ts} is null then '{name}: not a timestamp: ' || left({v}, 40) "
-            f"when {ts} < timestamp '{MIN_TIMESTAMP}' then '{name}: before {MIN_TIMESTAMP}' "
-            f"when {ts} > current_timestamp::timestamp + interval 1 day then '{name}: in the future' end"
+            f"when {p} and {t} is null then '{name}: not a timestamp: ' || left({v}, 40) "
+            f"when {t} < timestamp '{MIN_TIMESTAMP}' then '{name}: before {MIN_TIMESTAMP}' "
+            f"when {t} > current_timestamp::timestamp + interval 1 day then '{name}: in the future' end"
         )
+        typed = t
     elif col.kind == "integer":
         # "4900.0" is an integer written by a float column (pandas writes integers with nulls that way).
-        out.append(
-            f"case when {_present(v)} and not regexp_full_match(trim({v}), '{_INTEGER_PATTERN}') then '{name}: not an integer: ' || left({v}, 40) end"
-        )
+        first.append((ok, f"regexp_full_match(trim({v}), '{_INTEGER_PATTERN}')"))
+        reasons.append(f"case when {p} and not {ok} then '{name}: not an integer: ' || left({v}, 40) end")
+        typed = f"(case when {ok} then cast(regexp_replace(trim({v}), '\\.0*$', '') as bigint) end)"
     elif col.kind == "number":
-        out.append(
-            f"case when {_present(v)} and (try_cast(trim({v}) as double) is null or not isfinite(try_cast(trim({v}) as double))) "
-            f"then '{name}: not a number: ' || left({v}, 40) end"
+        reasons.append(
+            f"case when {p} and ({d} is null or not isfinite({d})) then '{name}: not a number: ' || left({v}, 40) end"
         )
+        typed = d
     elif col.kind == "json":
-        out.append(
-            f"case when {_present(v)} and length({v}) > {MAX_JSON_CHARS} then '{name}: JSON larger than {MAX_JSON_CHARS} characters' "
-            f"when {_present(v)} and not json_valid({v}) then '{name}: malformed JSON' "
-            f"when {_present(v)} and json_type({v}::json) not in ('OBJECT', 'NULL') then '{name}: not a JSON object' end"
+        # Minified, canonical text; NULL when empty, too long or not JSON. An object starts with "{".
+        second.append(
+            (
+                j,
+                f"(case when {p} and length({v}) <= {MAX_JSON_CHARS} and json_valid({v}) then json(trim({v}))::varchar end)",
+            )
         )
+        reasons.append(
+            f"case when {p} and length({v}) > {MAX_JSON_CHARS} then '{name}: JSON larger than {MAX_JSON_CHARS} characters' "
+            f"when {p} and {j} is null then '{name}: malformed JSON' "
+            f"when {p} and not (starts_with({j}, '{{') or {j} = 'null') then '{name}: not a JSON object' end"
+        )
+        typed = j
     elif col.kind == "currency":
         allowed = ", ".join(_lit(c) for c in _ISO_CURRENCIES)
-        out.append(
-            f"case when {_present(v)} and lower(trim({v})) not in ({allowed}) then '{name}: unknown currency ' || left({v}, 12) end"
+        reasons.append(
+            f"case when {p} and {low} not in ({allowed}) then '{name}: unknown currency ' || left({v}, 12) end"
         )
     if col.min_value is not None and col.kind in ("integer", "number"):
-        out.append(
-            f"case when {_present(v)} and try_cast(trim({v}) as double) < {col.min_value} then '{name}: below {col.min_value:g}' end"
-        )
+        reasons.append(f"case when {p} and {d} < {col.min_value} then '{name}: below {col.min_value:g}' end")
     if col.allowed is not None:
         allowed = ", ".join(_lit(a) for a in col.allowed)
-        out.append(
-            f"case when {_present(v)} and lower(trim({v})) not in ({allowed}) then '{name}: unexpected value ' || left({v}, 40) end"
+        reasons.append(
+            f"case when {p} and {low} not in ({allowed}) then '{name}: unexpected value ' || left({v}, 40) end"
         )
-    return out
-
-
-def _typed_expr(col: Column) -> str:
-    """Text → the column's warehouse type (run only on rows that passed validation)."""
-    v = _q(col.name)
-    if col.kind == "timestamp":
-        return f"{_timestamp_expr(v)} as {v}"
-    if col.kind == "integer":
-        return f"cast(regexp_replace(nullif(trim({v}), ''), '\\.0*$', '') as bigint) as {v}"
-    if col.kind == "number":
-        return f"cast(nullif(trim({v}), '') as double) as {v}"
-    if col.kind == "currency":
-        return f"lower(nullif(trim({v}), '')) as {v}"
-    if col.kind == "json":
-        return f"json(nullif(trim({v}), ''))::varchar as {v}"  # minified, canonical text
-    if col.lower:
-        return f"lower(nullif(trim({v}), '')) as {v}"
-    return f"nullif({v}, '') as {v}"
+    return _ColumnSql(tuple(first), tuple(second), tuple(reasons), typed)
 
 
 def _raw_table_ddl(spec: TableSpec) -> str:
@@ -259,17 +291,20 @@ _JSON_KIND_NAME = (
 
 
 class _TextLoader:
-    """Reads one table's files into a temp table of text columns plus `_file`, `_line`, `_raw`.
+    """Reads one table's files into a temp table of text columns plus `_file`, `_line`.
 
     Records DuckDB's reader rejects (wrong number of fields, bad encoding) go to the reject table, one
     row per record, with `_line` the record's number in the file (the header is line 1 of a CSV).
+    `file_columns` holds, per file read, the contract columns it has: a rejected row's raw JSON holds
+    those (`raw_row_sql`), and is built for the rejected rows only.
     """
 
     def __init__(self, con: duckdb.DuckDBPyConnection, spec: TableSpec, text_table: str, reject_table: str):
         self.con, self.spec, self.text_table, self.reject_table = con, spec, text_table, reject_table
         self.extra_columns: set[str] = set()
+        self.file_columns: dict[str, tuple[str, ...]] = {}
         cols = ", ".join(f"{_q(c)} varchar" for c in spec.column_names)
-        con.execute(f"create or replace temp table {text_table} ({cols}, _file varchar, _line bigint, _raw varchar)")
+        con.execute(f"create or replace temp table {text_table} ({cols}, _file varchar, _line bigint)")
         con.execute(
             f"create or replace temp table {reject_table} (_file varchar, _line bigint, _raw varchar, reason varchar)"
         )
@@ -287,12 +322,29 @@ class _TextLoader:
     def _insert(self, path: Path, select_cols: dict[str, str], from_clause: str, line_expr: str) -> None:
         names = self.spec.column_names
         cols = ", ".join(select_cols.get(c, "null") for c in names)
-        raw = (
-            "json_object(" + ", ".join(f"{_lit(c)}, {select_cols[c]}" for c in names if c in select_cols) + ")::varchar"
-        )
+        self.file_columns[str(path)] = tuple(c for c in names if c in select_cols)
         self.con.execute(
-            f"insert into {self.text_table} select {cols}, {_lit(str(path))}, {line_expr}, {raw} from {from_clause}"
+            f"insert into {self.text_table} select {cols}, {_lit(str(path))}, {line_expr} from {from_clause}"
         )
+
+    def raw_row_sql(self) -> str:
+        """SQL over the text table: a row as read, as JSON text of the columns its file has (in contract
+        order, null values included), e.g. `{"uuid":"u1","event":"signup","timestamp":null}`."""
+        files_by_columns: dict[tuple[str, ...], list[str]] = {}
+        for file, columns in self.file_columns.items():
+            if columns:  # a file without columns has no rows
+                files_by_columns.setdefault(columns, []).append(file)
+        objects = {
+            columns: "json_object(" + ", ".join(f"{_lit(c)}, {_q(c)}" for c in columns) + ")::varchar"
+            for columns in files_by_columns
+        }
+        if len(objects) <= 1:
+            return next(iter(objects.values()), "null")
+        whens = " ".join(
+            f"when _file in ({', '.join(_lit(f) for f in files)}) then {objects[columns]}"
+            for columns, files in files_by_columns.items()
+        )
+        return f"(case {whens} end)"
 
     def load(self, path: Path) -> None:
         if path.stat().st_size == 0:
@@ -564,6 +616,91 @@ def _check_minor_units(con: duckdb.DuckDBPyConnection, spec: TableSpec, text: st
             )
 
 
+def _find_exact_duplicates(con: duckdb.DuckDBPyConnection, spec: TableSpec, text: str) -> int:
+    """`_beton_dups` (_file, _line): the rows identical in every contract column (as read, text) to an
+    earlier row (by file, then line); returns their number. Rows are compared by a 64-bit hash of their
+    values first, and only the rows whose hash occurs more than once are compared value by value, so
+    the result is exact and the comparison of whole rows is done on the few candidates only."""
+    all_cols = ", ".join(_q(c) for c in spec.column_names)
+    con.execute(
+        f"""
+        create or replace temp table _beton_dups as
+        select _file, _line from (
+            select _file, _line, row_number() over (partition by {all_cols} order by _file, _line) as _n
+            from {text}
+            where hash({all_cols}) in (select hash({all_cols}) from {text} group by 1 having count(*) > 1)
+        ) where _n > 1
+        """
+    )
+    return _scalar(con, "select count(*) from _beton_dups")
+
+
+def _check_rows(con: duckdb.DuckDBPyConnection, spec: TableSpec, text: str, raw_row: str, dups: int) -> list[str]:
+    """One pass over the text table (the exact duplicates, `_beton_dups`, left out) into `_beton_checked`:
+    per row `_file`, `_line`, the typed values `_v<i>` (contract order), `_reason` (NULL when the row
+    passes every rule) and `_raw` (the row as read, JSON text, for a rejected row or a key candidate
+    only). Then `_beton_keydups` (_file, _line): the rows that pass but repeat the key of an earlier
+    row that passes (first wins). Returns the reference columns that could not be checked."""
+    cols = [_column_sql(i, c) for i, c in enumerate(spec.columns)]
+    reasons = [r for c in cols for r in c.reasons]
+    unchecked = []
+    for col in spec.columns:
+        if col.references is not None:
+            reason = _reference_reason(con, col)
+            if reason is None:
+                unchecked.append(f"{col.name} → {col.references[0]}.{col.references[1]}")
+            else:
+                reasons.append(reason)
+    reason_sql = "nullif(concat_ws('; ', " + ", ".join(reasons) + "), '')" if reasons else "null"
+
+    def stage(pairs: list[tuple[str, str]]) -> str:
+        return "".join(f", {expr} as {alias}" for alias, expr in pairs)
+
+    first = stage([pair for c in cols for pair in c.first])
+    second = stage([pair for c in cols for pair in c.second])
+    typed = ", ".join(f"{c.typed} as _v{i}" for i, c in enumerate(cols))
+    not_dup = (
+        f"where not exists (select 1 from _beton_dups d where d._file = {text}._file and d._line = {text}._line)"
+        if dups
+        else ""
+    )
+    # Key candidates: rows whose key (as read) occurs more than once; only they can repeat a kept key.
+    key_cols = [_q(k) for k in spec.key or ()]
+    kc, key_text = "false", ""
+    if key_cols:
+        key_hash = f"hash({', '.join(key_cols)})"
+        con.execute(
+            f"create or replace temp table _beton_keymulti as "
+            f"select {key_hash} as h from {text} group by 1 having count(*) > 1"
+        )
+        if _scalar(con, "select count(*) from _beton_keymulti"):
+            kc = f"{key_hash} in (select h from _beton_keymulti)"
+        key_text = "".join(f", case when _kc then {k} end as _k{n}" for n, k in enumerate(key_cols))
+    con.execute(
+        f"""
+        create or replace temp table _beton_checked as
+        with first_stage as (select *{first} from {text} {not_dup}),
+        second_stage as (select *{second} from first_stage),
+        checked as (select *, {reason_sql} as _reason, {kc} as _kc from second_stage)
+        select _file, _line, {typed}, _reason, _kc{key_text},
+               case when _reason is not null or _kc then {raw_row} end as _raw
+        from checked
+        """
+    )
+    partition = ", ".join(f"_k{n}" for n in range(len(key_cols))) or "null"
+    con.execute(
+        f"""
+        create or replace temp table _beton_keydups as
+        select _file, _line from (
+            select _file, _line, row_number() over (partition by {partition} order by _file, _line) as _n
+            from _beton_checked where _kc and _reason is null
+        ) where _n > 1
+        """
+    )
+    con.execute("drop table _beton_dups; drop table if exists _beton_keymulti")
+    return unchecked
+
+
 def ensure_quarantine(con: duckdb.DuckDBPyConnection) -> None:
     """Create `beton.quarantine` if it does not exist."""
     con.execute(QUARANTINE_DDL)
@@ -590,64 +727,38 @@ def ingest_table(
     for path in files:
         loader.load(path)
     _check_minor_units(con, spec, text)
-
-    reasons = [e for c in spec.columns for e in _reason_exprs(c)]
-    unchecked = []
-    for col in spec.columns:
-        if col.references is not None:
-            reason = _reference_reason(con, col)
-            if reason is None:
-                unchecked.append(f"{col.name} → {col.references[0]}.{col.references[1]}")
-            else:
-                reasons.append(reason)
-    reason_sql = "nullif(concat_ws('; ', " + ", ".join(reasons) + "), '')" if reasons else "null"
-    all_cols = ", ".join(_q(c) for c in spec.column_names)
-    key_rule = ""
-    if spec.key:
-        key_cols = ", ".join(_q(k) for k in spec.key)
-        key_rule = (
-            f", case when _reason is null and _dup = 1 and row_number() over "
-            f"(partition by {key_cols}, (_reason is null and _dup = 1) order by _file, _line) > 1 "
-            f"then 'duplicate {'/'.join(spec.key)}: an earlier row with the same key was kept (first wins)' end as _key_reason"
-        )
-    con.execute(
-        f"""
-        create or replace temp table _beton_checked as
-        with checked as (
-            select *, {reason_sql} as _reason,
-                   row_number() over (partition by {all_cols} order by _file, _line) as _dup
-            from {text}
-        )
-        select * {key_rule if key_rule else ", null as _key_reason"} from checked
-        """
-    )
     rows_read = _scalar(con, f"select count(*) from {text}") + _scalar(con, f"select count(*) from {rejects}")
-    typed = ", ".join(_typed_expr(c) for c in spec.columns)
-    good = "_dup = 1 and _reason is null and _key_reason is null"
+    dups = _find_exact_duplicates(con, spec, text)
+    unchecked = _check_rows(con, spec, text, loader.raw_row_sql(), dups)
+    con.execute(f"drop table {text}")
+    key_reason = f"duplicate {'/'.join(spec.key or ())}: an earlier row with the same key was kept (first wins)"
+    typed = ", ".join(f"_v{i}" for i in range(len(spec.columns)))
     con.execute("begin transaction")
     try:
         con.execute(_raw_table_ddl(spec))
         con.execute(
-            f"insert into {spec.raw_table} select {typed}, _file, _line from _beton_checked where {good} order by _file, _line"
+            f"insert into {spec.raw_table} select {typed}, c._file, c._line from _beton_checked c "
+            f"anti join _beton_keydups k on k._file = c._file and k._line = c._line where _reason is null"
         )
         con.execute(f"delete from beton.quarantine where source_table = {_lit(spec.name)}")
         con.execute(
-            f"insert into beton.quarantine select {_lit(spec.name)}, _file, _line, _raw, coalesce(_reason, _key_reason), ? "
-            f"from _beton_checked where _dup = 1 and not ({good}) "
+            f"insert into beton.quarantine select {_lit(spec.name)}, _file, _line, _raw, _reason, ? "
+            f"from _beton_checked where _reason is not null "
+            f"union all select {_lit(spec.name)}, c._file, c._line, c._raw, {_lit(key_reason)}, ? "
+            f"from _beton_checked c join _beton_keydups k on k._file = c._file and k._line = c._line "
             f"union all select {_lit(spec.name)}, _file, _line, _raw, reason, ? from {rejects}",
-            [ingested_at, ingested_at],
+            [ingested_at, ingested_at, ingested_at],
         )
         con.execute("commit")
     except Exception:
         con.execute("rollback")
         raise
     loaded = _scalar(con, f"select count(*) from {spec.raw_table}")
-    dups = _scalar(con, "select count(*) from _beton_checked where _dup > 1")
     reason_rows = con.sql(
         f"select reason, count(*) from beton.quarantine where source_table = {_lit(spec.name)} group by 1 order by 2 desc"
     ).fetchall()
     quarantined = sum(n for _, n in reason_rows)
-    con.execute(f"drop table _beton_checked; drop table {text}; drop table {rejects}")
+    con.execute(f"drop table _beton_checked; drop table _beton_keydups; drop table {rejects}")
     return IngestResult(
         table=spec.name,
         files=tuple(str(p) for p in files),
