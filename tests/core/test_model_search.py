@@ -9,15 +9,15 @@ import pytest
 import scipy.sparse as sp
 from hypothesis import given
 from hypothesis import strategies as st
-from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
+from benchmarks.model_search import grid_reference as whole_grid
 from benchmarks.model_search import synthetic_design
 from beton_pipeline.core.model import (
     ModelConfig,
     ModelDataError,
     cv_log_loss,
-    n_cv_folds,
     search_penalty,
     train_logistic,
     walk_up,
@@ -33,21 +33,6 @@ DESIGNS = {
     # the same shape, 20 % converting, with fewer accounts
     "strong_20pct": dict(n=1500, n_features=60, n_effects=4, effect=1.2, base_rate=0.20, seed=13),
 }
-
-
-def whole_grid(x, y, config: ModelConfig, tol: float = 1e-4) -> LogisticRegressionCV:
-    """The reference: every C of the grid, as the model searched before (scikit-learn's own CV)."""
-    return LogisticRegressionCV(
-        Cs=list(config.cs),
-        l1_ratios=(1.0,),
-        solver="liblinear",
-        cv=StratifiedKFold(n_cv_folds(y, config.cv_folds), shuffle=True, random_state=config.random_state),
-        scoring="neg_log_loss",
-        tol=tol,
-        max_iter=5000,
-        random_state=config.random_state,
-        use_legacy_attributes=False,
-    ).fit(x, y)
 
 
 @pytest.fixture(scope="module", params=list(DESIGNS))
