@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from beton_pipeline.dbt_project import beton_dbt_project, dbt_executable
+from beton_pipeline.dbt_project import beton_dbt_project, dbt_executable, run_target_path
 
 
 def test_every_dbt_unit_test_and_contract_test_passes(pipeline_run, tmp_path):
@@ -57,3 +57,15 @@ def test_every_dbt_unit_test_and_contract_test_passes(pipeline_run, tmp_path):
     }
     assert contract and contract == staging, sorted(contract ^ staging)
     assert contract <= passed, sorted(contract - passed)
+
+
+def test_the_pipeline_build_runs_the_other_data_tests_but_not_the_contract_ones(pipeline_run):
+    """The session run's dbt build (its run_results.json in the warehouse's target folder) ran the models'
+    data tests and none tagged `contract`."""
+    target = run_target_path(pipeline_run.warehouse)
+    manifest = json.loads((target / "manifest.json").read_text())
+    ran = {r["unique_id"] for r in json.loads((target / "run_results.json").read_text())["results"]}
+    tests = {uid for uid, node in manifest["nodes"].items() if node["resource_type"] == "test"}
+    contract = {uid for uid in tests if "contract" in manifest["nodes"][uid].get("tags", [])}
+    assert contract and not (ran & contract), sorted(ran & contract)
+    assert tests - contract <= ran, sorted(tests - contract - ran)
