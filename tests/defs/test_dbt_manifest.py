@@ -93,3 +93,19 @@ def test_checks_reuse_one_work_folder_and_a_concurrent_check_gets_its_own(tmp_pa
     (folder / f"{CHECK_WAREHOUSE}.wal").write_text("its log")
     with check_work_dir() as again:
         assert again == folder.resolve() and not list(again.glob(f"{CHECK_WAREHOUSE}*"))
+
+
+def test_the_dbt_resource_opens_no_adapter_in_the_step_and_dagster_dbt_still_calls_the_hook():
+    """beton's dbt resource skips dagster-dbt's in-process adapter (only its row-count and column-metadata
+    fetches use it, and beton calls neither). The hook it overrides must still be the one `cli()` calls:
+    after a dagster-dbt upgrade that renames it, this fails instead of silently paying the cost again."""
+    import inspect
+
+    from dagster_dbt import DbtCliResource
+
+    from beton_pipeline.dbt_project import beton_dbt_project, dbt_executable
+    from beton_pipeline.defs.resources import BetonDbtCliResource
+
+    assert "self._initialize_dbt_core_adapter(" in inspect.getsource(DbtCliResource.cli)
+    resource = BetonDbtCliResource(project_dir=beton_dbt_project, dbt_executable=dbt_executable())
+    assert resource._initialize_dbt_core_adapter(["build"]) is None
