@@ -2,14 +2,13 @@
 `dagster-daemon` as separate processes, the committed `dagster.postgres.yaml`.
 
 One test, one story:
-1. the daily ingest is launched through GraphQL and runs through the daemon's run queue. It runs with
-   the in-process executor (run config, as a user may choose in the launchpad): the default
-   multiprocess executor starts one process per step (~20), which made this test take 6-7 minutes
-   and time out on a quiet machine;
+1. the daily ingest is launched through GraphQL, with no run config, and runs through the daemon's run
+   queue with beton's default executor (in-process: `beton_pipeline/defs/execution.py`; Dagster's
+   multiprocess default started one process per step, ~20, which made this test take 6-7 minutes);
 2. `cohort_months_sensor` ticks on the new `account_outcomes`, adds the cohort-month partitions and
-   requests one `cohort_counts_job` run over their range (the asset's single-run backfill policy), which
-   succeeds with the default multiprocess executor; every warehouse writer shares the pool of size 1,
-   so no DuckDB lock error appears anywhere in the event log;
+   requests one `cohort_counts_job` run over their range (the asset's single-run backfill policy); every
+   warehouse writer of every run shares the pool of size 1, so no DuckDB lock error appears anywhere in
+   the event log;
 3. the automation sensor materialises `signals` (its eager condition) once every month is counted;
    the sensors this story does not follow (daily monitoring, playbooks) are stopped first, as their runs
    would queue on the warehouse pool ahead of `signals`;
@@ -58,8 +57,6 @@ RUN_TOTAL_TIMEOUT = 1500
 SENSOR_TIMEOUT = 300
 AUTOMATION_TIMEOUT = 300
 DAEMON_TIMEOUT = 180
-
-IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 LOCK_ERRORS = ("Could not set lock on file", "the warehouse is locked", "Conflicting lock")
@@ -323,9 +320,7 @@ def _story(dagster: Dagster, postgres: PostgresServer, timeline: Timeline) -> No
     timeline.mark("sensors set")
 
     # 1. The daily ingest, launched as a user launches it from the UI: queued, then started by the daemon.
-    ingest_run = dagster.launch(
-        "daily_ingest_job", tags={"launched_by": "test_postgres_instance"}, run_config=IN_PROCESS
-    )
+    ingest_run = dagster.launch("daily_ingest_job", tags={"launched_by": "test_postgres_instance"})
     poll(dagster.daemons_healthy, DAEMON_TIMEOUT, "every required daemon to report healthy (heartbeats in Postgres)")
     timeline.mark("daemons healthy")
 
@@ -433,6 +428,9 @@ def _story(dagster: Dagster, postgres: PostgresServer, timeline: Timeline) -> No
             [f"%{text}%" for text in LOCK_ERRORS],
         )
         lock_events = cur.fetchone()[0]
+        # The multiprocess executor announces each step process it starts; beton's in-process one starts none.
+        cur.execute("select count(*) from event_logs where dagster_event_type like 'STEP_WORKER_START%%'")
+        step_processes = cur.fetchone()[0]
         cur.execute("select type, status, count(*) from job_ticks group by 1, 2 order by 1, 2")
         tick_counts = cur.fetchall()
         stored_ticks = sum(n for _, _, n in tick_counts)
@@ -441,6 +439,7 @@ def _story(dagster: Dagster, postgres: PostgresServer, timeline: Timeline) -> No
     assert stored[signals_run["runId"]][1] == "SUCCESS"
     assert stored_ticks >= 2
     assert lock_events == 0, f"{lock_events} event(s) mention a DuckDB lock"
+    assert step_processes == 0, f"{step_processes} step process(es) started: the runs did not use beton's executor"
     timeline.mark("checked")
     print(
         f"\nruns: {sorted(stored.values())}\nschedule tick: {tick_data['status']} run {scheduled_run} "

@@ -1,0 +1,19 @@
+"""How a launched run executes its steps: one after another in the run's own process.
+
+Dagster's default (the multiprocess executor) starts a process per step, and each of beton's step
+processes imports the whole code location (Dagster, dagster-dbt, polars, scipy, scikit-learn: 5-7 s of
+CPU on 2 cores) before doing its own work, which is often under a second: the 20 steps of
+`daily_ingest_job` launched from the UI spent over two minutes starting processes. Nothing is lost by
+running them in-process: every step that writes the warehouse is in the `duckdb_warehouse` pool of size
+1 (DuckDB allows one writer), so they never ran side by side anyway, and the pool still orders steps
+of concurrent runs (the in-process executor claims pool slots like the multiprocess one). `beton run`
+executes its jobs in-process already (`runner.py`); this makes runs launched by the UI, schedules,
+sensors and automation do the same. A deployment that wants other executors (Docker, Kubernetes)
+sets its own here (RUNBOOK.md, "Past one machine")."""
+
+import dagster as dg
+
+
+@dg.definitions
+def execution() -> dg.Definitions:
+    return dg.Definitions(executor=dg.in_process_executor)
