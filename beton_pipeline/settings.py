@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from beton_pipeline.core.backtest import BacktestConfig
-from beton_pipeline.core.candidates import FeatureSpec
-from beton_pipeline.core.discovery import DiscoveryConfig
-from beton_pipeline.core.monitoring import HealthConfig
-from beton_pipeline.core.playbooks import PlaybookConfig, parse_playbook_config
-from beton_pipeline.core.scoring import ScoringConfig
 from beton_pipeline.sources import demo_config
+
+if TYPE_CHECKING:  # the core configs are imported where they are built: core's modules load scipy and polars,
+    # which every command that only reads settings (`beton --help`, `beton signals`, errors) would pay for.
+    from beton_pipeline.core.backtest import BacktestConfig
+    from beton_pipeline.core.candidates import FeatureSpec
+    from beton_pipeline.core.discovery import DiscoveryConfig
+    from beton_pipeline.core.monitoring import HealthConfig
+    from beton_pipeline.core.playbooks import PlaybookConfig
+    from beton_pipeline.core.scoring import ScoringConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 """The repository root: `beton.yaml`, `dbt_project/` and the default `data/` folder live here."""
@@ -255,6 +258,8 @@ class Settings(_Strict):
     # --- core configs, built here and nowhere else ------------------------------------------------
     def feature_spec(self) -> FeatureSpec:
         """How candidates are built (discovery, custom-signal backtests and the lead-score model share it)."""
+        from beton_pipeline.core.candidates import FeatureSpec
+
         return FeatureSpec(
             windows=self.feature_windows,
             count_thresholds=self.discovery.count_thresholds,
@@ -265,6 +270,8 @@ class Settings(_Strict):
 
     def discovery_config(self) -> DiscoveryConfig:
         """The rule candidates are tested and recommended by (custom signals use the same)."""
+        from beton_pipeline.core.discovery import DiscoveryConfig
+
         return DiscoveryConfig(
             confidence_level=self.thresholds.confidence_level,
             fdr_alpha=self.thresholds.fdr_alpha,
@@ -282,10 +289,14 @@ class Settings(_Strict):
 
     def backtest_config(self) -> BacktestConfig:
         """Backtest settings: the CI level and ACV from beton.yaml, the verdict rule's defaults."""
+        from beton_pipeline.core.backtest import BacktestConfig
+
         return BacktestConfig(confidence_level=self.thresholds.confidence_level, acv=self.revenue.acv)
 
     def health_config(self) -> HealthConfig:
         """Daily signal health: alpha spending, minimum counts, and the lift a healthy signal keeps."""
+        from beton_pipeline.core.monitoring import HealthConfig
+
         m = self.monitoring
         return HealthConfig(
             alpha=m.alpha,
@@ -299,6 +310,8 @@ class Settings(_Strict):
 
     def scoring_config(self) -> ScoringConfig:
         """Live account scores: decay, calibration ages, the lead threshold and contributions shown."""
+        from beton_pipeline.core.scoring import ScoringConfig
+
         s = self.scoring
         return ScoringConfig(
             half_life_days=s.half_life_days,
@@ -322,6 +335,8 @@ class Settings(_Strict):
 
     def playbook_config(self) -> PlaybookConfig:
         """Playbooks, experiments and destinations, parsed and checked."""
+        from beton_pipeline.core.playbooks import parse_playbook_config
+
         return parse_playbook_config(self.playbooks, self.experiments, self.destinations)
 
     def dbt_vars(self) -> dict:

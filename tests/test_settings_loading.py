@@ -132,3 +132,21 @@ def test_signals_strict_is_a_checked_setting(tmp_path):
     path.write_text("signals: {strickt: true}\n")
     with pytest.raises(SettingsError, match=r"signals\.strickt: Extra inputs are not permitted"):
         load_settings(path)
+
+
+def test_the_command_line_and_settings_load_without_the_statistics_stack():
+    """`beton --help`, `beton signals` and every error paragraph start from `beton_pipeline.cli`, which
+    reads settings: neither may import scipy.stats or scikit-learn (1-3 s of start-up on 2 cores). The core
+    configs are imported where settings build them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, beton_pipeline.cli\n"
+        "from beton_pipeline.settings import load_settings\n"
+        "load_settings()\n"
+        "print(','.join(m for m in ('scipy.stats', 'sklearn') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "", f"imported at start-up: {done.stdout.strip()}"
