@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,43 @@ def lock_wait_seconds() -> float:
     return float(os.environ.get("BETON_LOCK_WAIT_SECONDS") or LOCK_RETRY_SECONDS)
 
 
+MEMORY_LIMIT = "2GB"
+"""DuckDB's memory limit for every connection to the warehouse and for dbt's (`BETON_DUCKDB_MEMORY_LIMIT`
+overrides it). Past it DuckDB spills joins, aggregates and sorts to its temp directory instead of growing:
+the warehouse's memory is bounded by this setting, not by the machine (DuckDB's own default is 80 % of the
+machine's memory). Measured: README, "Performance"."""
+
+_MEMORY_SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$", re.IGNORECASE)
+
+
+class WarehouseSettingError(ValueError):
+    """A `BETON_DUCKDB_*` variable DuckDB cannot use; the message names it and its accepted form."""
+
+
+def duckdb_settings() -> dict[str, str]:
+    """The DuckDB configuration of every warehouse connection: `memory_limit` (`BETON_DUCKDB_MEMORY_LIMIT`,
+    else `MEMORY_LIMIT`), and when set `threads` (`BETON_DUCKDB_THREADS`) and `temp_directory`
+    (`BETON_DUCKDB_TEMP_DIR`; DuckDB's default is `<warehouse>.tmp` beside the file). dbt's profile reads the
+    same variables (`dbt_project/profiles.yml`)."""
+    memory = os.environ.get("BETON_DUCKDB_MEMORY_LIMIT") or MEMORY_LIMIT
+    if not _MEMORY_SIZE.match(memory):
+        raise WarehouseSettingError(
+            f"BETON_DUCKDB_MEMORY_LIMIT={memory!r} is not a memory size: use a number and a unit, e.g. 2GB or 512MB"
+        )
+    out = {"memory_limit": memory.strip()}
+    threads = os.environ.get("BETON_DUCKDB_THREADS")
+    if threads:
+        if not threads.strip().isdigit() or int(threads) < 1:
+            raise WarehouseSettingError(
+                f"BETON_DUCKDB_THREADS={threads!r} must be a whole number of threads, 1 or more"
+            )
+        out["threads"] = str(int(threads))
+    temp = os.environ.get("BETON_DUCKDB_TEMP_DIR")
+    if temp:
+        out["temp_directory"] = temp
+    return out
+
+
 RESERVED_STEMS = frozenset({"beton", "raw", "staging", "intermediate", "marts", "reference", "main"})
 """DuckDB names a file's catalog after its stem; a stem equal to one of beton's schemas makes
 `beton.signals` ambiguous, so such file names are refused with a clear error."""
@@ -33,8 +71,10 @@ class WarehouseLockedError(RuntimeError):
 def connect(
     path: Path | str, read_only: bool = False, wait_seconds: float | None = None
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A connection to the warehouse file with `TimeZone = 'UTC'`, retried (bounded) while another process holds the lock."""
+    """A connection to the warehouse file with `TimeZone = 'UTC'` and the bounded DuckDB configuration
+    (`duckdb_settings`), retried (bounded) while another process holds the lock."""
     wait_seconds = lock_wait_seconds() if wait_seconds is None else wait_seconds
+    config = duckdb_settings()
     path = Path(path)
     if path.stem.lower() in RESERVED_STEMS:
         raise ValueError(
@@ -61,6 +101,18 @@ def connect(
             delay = min(delay * 2, 2.0)
     try:
         con.execute("set TimeZone = 'UTC'")
+        # SET, not duckdb.connect(config=...): DuckDB refuses a second in-process connection to a file opened
+        # with a different config, and readers elsewhere (the sandbox, notebooks, tests) open it without one.
+        # DuckDB refuses to switch the temp directory once it has spilled there, even to the same folder (a second
+        # connection in this process to an instance that spilled): set what differs only.
+        current = dict(
+            con.sql("select name, value from duckdb_settings() where name in ('threads', 'temp_directory')").fetchall()
+        )
+        for name, value in config.items():
+            if name != "memory_limit" and current.get(name) == value:
+                continue
+            quoted = value.replace("'", "''")
+            con.execute(f"set {name} = '{quoted}'")
         yield con
     finally:
         con.close()

@@ -58,6 +58,11 @@ value is quarantined with its own reason instead of stopping the run. A longer J
 quarantined as unreadable; a longer CSV record stops the run with an error naming the file when it
 falls in the part DuckDB samples to detect the dialect, and is quarantined otherwise."""
 
+CSV_BUFFER_BYTES = MAX_LINE_BYTES
+"""The CSV reader's buffer. DuckDB's default is 16 × `max_line_size`: a 1 GiB allocation for every compressed
+CSV file read, which a bounded `memory_limit` (`warehouse.MEMORY_LIMIT`) either refuses or spends on one
+buffer. One maximum line is all a buffer must hold."""
+
 MAX_EPOCH_SECONDS = 1e11
 """Epoch values at or above this (the year 5138) are not seconds: usually milliseconds, which the
 contract does not accept (the value is ambiguous), so the row is quarantined saying so."""
@@ -367,7 +372,7 @@ class _TextLoader:
         required = [c.name for c in self.spec.columns if c.required]
         src = (
             f"read_csv({_lit(str(path))}, columns={{'line': 'VARCHAR'}}, header=false, delim='\\x1f', "
-            f"quote='', escape='', auto_detect=false, strict_mode=false, ignore_errors=true, max_line_size={MAX_LINE_BYTES})"
+            f"quote='', escape='', auto_detect=false, strict_mode=false, ignore_errors=true, max_line_size={MAX_LINE_BYTES}, buffer_size={CSV_BUFFER_BYTES})"
         )
         try:
             lines = [r[0] or "" for r in self.con.sql(f"select line from {src} limit {HEADER_SEARCH_LINES}").fetchall()]
@@ -391,7 +396,7 @@ class _TextLoader:
         or `unstructured` (pretty-printed objects, one after another), from its first non-blank line."""
         src = (
             f"read_csv({_lit(str(path))}, columns={{'line': 'VARCHAR'}}, header=false, delim='\\x1f', "
-            f"quote='', escape='', auto_detect=false, strict_mode=false, ignore_errors=true, max_line_size={MAX_LINE_BYTES})"
+            f"quote='', escape='', auto_detect=false, strict_mode=false, ignore_errors=true, max_line_size={MAX_LINE_BYTES}, buffer_size={CSV_BUFFER_BYTES})"
         )
         try:
             rows = self.con.sql(
@@ -486,7 +491,7 @@ class _TextLoader:
         src = (
             f"read_csv({_lit(str(path))}, all_varchar=true, header=true, store_rejects=true, "
             f"nullstr=[{', '.join(_lit(m) for m in NULL_MARKERS)}], {'' if delim is None else f'delim={_lit(delim)}, '}"
-            f"rejects_table='_beton_rej_err', rejects_scan='_beton_rej_scan', max_line_size={MAX_LINE_BYTES})"
+            f"rejects_table='_beton_rej_err', rejects_scan='_beton_rej_scan', max_line_size={MAX_LINE_BYTES}, buffer_size={CSV_BUFFER_BYTES})"
         )
         what = "TSV" if delim == "\t" else "CSV"
         self._read_with_rejects(path, what, src, "_beton_csv")
@@ -507,7 +512,7 @@ class _TextLoader:
         src = (
             f"read_csv({_lit(str(path))}, columns={{'line': 'VARCHAR'}}, header=false, delim='\\x1f', "
             f"quote='', escape='', auto_detect=false, strict_mode=false, store_rejects=true, "
-            f"rejects_table='_beton_rej_err', rejects_scan='_beton_rej_scan', max_line_size={MAX_LINE_BYTES})"
+            f"rejects_table='_beton_rej_err', rejects_scan='_beton_rej_scan', max_line_size={MAX_LINE_BYTES}, buffer_size={CSV_BUFFER_BYTES})"
         )
         self._read_with_rejects(path, "JSON Lines", src, "_beton_lines")
         self.con.execute(
