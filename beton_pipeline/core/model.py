@@ -25,8 +25,13 @@ Method (README, "Lead-score model"):
    Friedman, *The Elements of Statistical Learning*, 2nd ed., §7.10). Starting at the strongest penalty
    and weakening it is how glmnet walks its regularisation path (Friedman, Hastie & Tibshirani 2010,
    *J. Stat. Softw.* 33(1)); unlike glmnet no warm start is used, because liblinear always starts from
-   zero (scikit-learn: `warm_start` is "useless for liblinear"). Why L1 and no class weights:
-   hundreds of nested, correlated 0/1 features against a few hundred conversions; L1 keeps a few
+   zero (scikit-learn: `warm_start` is "useless for liblinear"). On large training sets the search
+   cross-validates a stratified random subsample (`search_sample`: proportional to the outcome, seeded) of
+   `search_max_accounts` (20,000) accounts, enlarged to hold `search_min_per_class` (1,000) of the rarer
+   outcome, and the refit at its C uses every training account (`search_penalty`; Klein et al. 2017): on
+   the 10M-event benchmark (54,093 training accounts) it picks the same C as the search on all of them and
+   training takes 71 s instead of 128 s (the refit on all of them, unchanged, is now about half of it).
+   Why L1 and no class weights: hundreds of nested, correlated 0/1 features against a few hundred conversions; L1 keeps a few
    dozen (each coefficient is a log odds ratio a reader can check against `beton.signals`), and on
    the demo it ranks the test cohorts better than L2 (ROC AUC 0.74 vs 0.72). Class weights
    ("balanced") would move the intercept and break calibration without changing the ranking
