@@ -116,6 +116,20 @@ class DiscoverySettings(_Strict):
         "(README, 'Adjusted lift').",
     )
     excluded_events: tuple[str, ...] = ("$identify", "$feature_flag_called")
+    model_search_max_accounts: int | None = Field(
+        20_000,
+        ge=1_000,
+        description="The lead-score model chooses its penalty C by cross-validation on a stratified random "
+        "subsample of this many training accounts (more when model_search_min_per_outcome needs them), then fits on "
+        "all of them (README, 'Lead-score model'); "
+        "null: cross-validate on all of them.",
+    )
+    model_search_min_per_outcome: int = Field(
+        1_000,
+        ge=1,
+        description="The subsample for the model's penalty search is enlarged to hold at least this many accounts of "
+        "the rarer outcome (conversions, usually).",
+    )
 
     @model_validator(mode="after")
     def _sorted(self) -> DiscoverySettings:
@@ -331,6 +345,8 @@ class Settings(_Strict):
             holdout_fraction=self.windows.holdout_fraction,
             sales_capacity=self.revenue.sales_capacity,
             confidence_level=self.thresholds.confidence_level,
+            search_max_accounts=self.discovery.model_search_max_accounts,
+            search_min_per_class=self.discovery.model_search_min_per_outcome,
         )
 
     def playbook_config(self) -> PlaybookConfig:

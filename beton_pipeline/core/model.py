@@ -25,8 +25,13 @@ Method (README, "Lead-score model"):
    Friedman, *The Elements of Statistical Learning*, 2nd ed., §7.10). Starting at the strongest penalty
    and weakening it is how glmnet walks its regularisation path (Friedman, Hastie & Tibshirani 2010,
    *J. Stat. Softw.* 33(1)); unlike glmnet no warm start is used, because liblinear always starts from
-   zero (scikit-learn: `warm_start` is "useless for liblinear"). Why L1 and no class weights:
-   hundreds of nested, correlated 0/1 features against a few hundred conversions; L1 keeps a few
+   zero (scikit-learn: `warm_start` is "useless for liblinear"). On large training sets the search
+   cross-validates a stratified random subsample (`search_sample`: proportional to the outcome, seeded) of
+   `search_max_accounts` (20,000) accounts, enlarged to hold `search_min_per_class` (1,000) of the rarer
+   outcome, and the refit at its C uses every training account (`search_penalty`; Klein et al. 2017): on
+   the 10M-event benchmark (54,093 training accounts) it picks the same C as the search on all of them and
+   training takes 71 s instead of 128 s (the refit on all of them, unchanged, is now about half of it).
+   Why L1 and no class weights: hundreds of nested, correlated 0/1 features against a few hundred conversions; L1 keeps a few
    dozen (each coefficient is a log odds ratio a reader can check against `beton.signals`), and on
    the demo it ranks the test cohorts better than L2 (ROC AUC 0.74 vs 0.72). Class weights
    ("balanced") would move the intercept and break calibration without changing the ranking
@@ -109,6 +114,13 @@ class ModelConfig:
     """liblinear's stopping tolerance in the CV fits of the C search (the refit uses `REFIT_TOL`)."""
     search_patience: int = 1
     """The C search stops after the CV log loss rose above the best at this many consecutive grid points."""
+    search_max_accounts: int | None = 20_000
+    """The C search cross-validates on a stratified random subsample of this many training accounts
+    (`search_sample`; more when `search_min_per_class` needs them, see `search_size`); the refit at the
+    chosen C uses all of them. None: always search on all of them."""
+    search_min_per_class: int = 1_000
+    """The subsample is made large enough to hold this many accounts of the rarer outcome (all of them when
+    there are fewer): with a few hundred conversions the CV choice of C is noisy."""
     random_state: int = 0
     min_candidate_support: int = 10
     min_property_support: int = 20
@@ -303,12 +315,20 @@ def supported_features(
 @dataclass(frozen=True)
 class PenaltySearch:
     """The choice of C: the grid in increasing order, the CV log loss of each C tried (NaN where the walk
-    stopped before it), the chosen C and the number of folds."""
+    stopped before it), the chosen C, the number of folds, and the accounts it cross-validated on out of the
+    training accounts (fewer when `search_sample` subsampled them)."""
 
     cs: tuple[float, ...]
     cv_log_loss: tuple[float, ...]
     c: float
     n_folds: int
+    n_searched: int = 0
+    n_training: int = 0
+
+    @property
+    def subsampled(self) -> bool:
+        """Whether the search cross-validated on a subsample of the training accounts."""
+        return self.n_searched < self.n_training
 
     @property
     def n_tried(self) -> int:
@@ -377,8 +397,65 @@ def walk_up(loss_at: Callable[[int], float], n_points: int, patience: int) -> np
     return losses
 
 
+def search_sample(y: np.ndarray, max_rows: int | None, random_state: int, min_per_class: int = 0) -> np.ndarray:
+    """Row indices (increasing) of a stratified random subsample of `max_rows` of `y`'s rows; all rows when
+    there are no more than `max_rows` (or `max_rows` is None).
+
+    Stratified by outcome with proportional allocation (Cochran, *Sampling Techniques*, 3rd ed., 1977,
+    §5.3): class c with N_c of the N rows gets n_c = ⌊max_rows · N_c / N⌋ rows, and the rows left over
+    go one each to the classes with the largest remainders (Hamilton's largest-remainder rounding; ties
+    to the smaller label), so each class keeps its share to within one row and Σ n_c = max_rows. A class
+    then gets at least min(N_c, `min_per_class`) rows (e.g. a fold's worth for stratified k-fold), taken
+    from the largest class. Within each class the rows are drawn without replacement by
+    `numpy.random.default_rng(random_state)`: the same inputs give the same rows.
+    """
+    y = np.asarray(y)
+    n = len(y)
+    if max_rows is None or n <= max_rows:
+        return np.arange(n)
+    labels, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    if max_rows < len(labels) * min_per_class or max_rows < 1:
+        raise ValueError(f"max_rows = {max_rows} cannot hold {min_per_class} row(s) of each of {len(labels)} classes")
+    quota = max_rows * counts / n
+    take = np.floor(quota).astype(np.int64)
+    by_remainder = np.argsort(-(quota - take), kind="stable")
+    take[by_remainder[: max_rows - int(take.sum())]] += 1
+    floor = np.minimum(counts, min_per_class)
+    lifted = np.maximum(take, floor)
+    largest = int(np.argmax(counts))
+    lifted[largest] -= int(lifted.sum()) - max_rows
+    rng = np.random.default_rng(random_state)
+    rows = [rng.choice(np.flatnonzero(inverse == c), size=int(lifted[c]), replace=False) for c in range(len(labels))]
+    return np.sort(np.concatenate(rows))
+
+
+def search_size(y: np.ndarray, config: ModelConfig) -> int | None:
+    """The accounts the C search cross-validates on: `config.search_max_accounts`, raised to
+    ⌈search_min_per_class · n / n_rarer⌉ so that a proportional subsample holds `search_min_per_class`
+    accounts of the rarer outcome; None (all accounts) when the bound is None or reaches n."""
+    n = len(y)
+    if config.search_max_accounts is None:
+        return None
+    n_pos = int(np.sum(y))
+    rarer = min(n_pos, n - n_pos)
+    need = int(np.ceil(config.search_min_per_class * n / rarer)) if rarer else n
+    size = max(config.search_max_accounts, need)
+    return None if size >= n else size
+
+
 def search_penalty(x: sp.csr_matrix, y: np.ndarray, config: ModelConfig) -> PenaltySearch:
-    """C on `config.cs` by stratified k-fold CV log loss, walking up from the strongest penalty.
+    """C on `config.cs` by stratified k-fold CV log loss, walking up from the strongest penalty, on at most
+    `search_size` of the rows (`config.search_max_accounts`, raised to keep `config.search_min_per_class`
+    accounts of the rarer outcome).
+
+    Above that size the search runs on a stratified subsample (`search_sample`, seeded by
+    `config.random_state`) and the caller refits at its C on all rows: tuning a hyperparameter on a subset
+    of a large training set and training the final model on all of it (Klein, Falkner, Bartels, Hennig &
+    Hutter 2017, "Fast Bayesian optimization of machine learning hyperparameters on large datasets",
+    *AISTATS*, who show the best settings on subsets lie close to the full set's). C is used as chosen, as
+    cross-validation already does between its fits on (k − 1)/k of the rows and the refit on all of them.
+    The CV cost grows faster than the rows (each liblinear fit is superlinear in them), so the bound caps
+    the search's time; at or below it the search is the one on all rows.
 
     The grid is sorted increasingly and walked by `walk_up` (CV log loss by `cv_log_loss`, the same folds
     for every C): it stops once the loss has risen above the lowest so far at `config.search_patience`
@@ -389,12 +466,18 @@ def search_penalty(x: sp.csr_matrix, y: np.ndarray, config: ModelConfig) -> Pena
     k = min(cv_folds, conversions, non-conversions) ≥ 2 (`n_cv_folds`).
     """
     y = np.asarray(y).astype(np.int64)
+    n_training = len(y)
+    rows = search_sample(y, search_size(y, config), config.random_state, min_per_class=config.cv_folds)
+    if len(rows) < n_training:
+        x, y = x[rows], y[rows]
     k = n_cv_folds(y, config.cv_folds)
     folds = list(StratifiedKFold(k, shuffle=True, random_state=config.random_state).split(np.zeros(len(y)), y))
     cs = tuple(sorted(float(c) for c in config.cs))
     losses = walk_up(lambda i: cv_log_loss(x, y, cs[i], folds, config), len(cs), config.search_patience)
     best = int(np.nanargmin(losses))
-    return PenaltySearch(cs=cs, cv_log_loss=tuple(losses.tolist()), c=cs[best], n_folds=k)
+    return PenaltySearch(
+        cs=cs, cv_log_loss=tuple(losses.tolist()), c=cs[best], n_folds=k, n_searched=len(y), n_training=n_training
+    )
 
 
 def train_logistic(x: sp.csr_matrix, y: np.ndarray, config: ModelConfig) -> LogisticFit:

@@ -1,5 +1,5 @@
-"""The lead-score model's C search (`core.model.search_penalty`, `walk_up`, `cv_log_loss`) and refit
-(`train_logistic`) against scikit-learn's `LogisticRegressionCV` over the whole grid and a plain
+"""The lead-score model's C search (`core.model.search_penalty`, `walk_up`, `cv_log_loss`, `search_sample`)
+and refit (`train_logistic`) against scikit-learn's `LogisticRegressionCV` over the whole grid and a plain
 `LogisticRegression` refit."""
 
 from dataclasses import replace
@@ -10,6 +10,7 @@ import scipy.sparse as sp
 from hypothesis import given
 from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
 from benchmarks.model_search import grid_reference as whole_grid
@@ -19,6 +20,8 @@ from beton_pipeline.core.model import (
     ModelDataError,
     cv_log_loss,
     search_penalty,
+    search_sample,
+    search_size,
     train_logistic,
     walk_up,
 )
@@ -173,3 +176,126 @@ def test_search_is_deterministic():
     first, second = search_penalty(x, y, CONFIG), search_penalty(x, y, CONFIG)
     assert first.c == second.c and first.n_folds == second.n_folds
     assert np.array_equal(np.asarray(first.cv_log_loss), np.asarray(second.cv_log_loss), equal_nan=True)
+
+
+# --- the search on a stratified subsample (`search_max_accounts`) ----------------------------------
+@given(
+    n_pos=st.integers(0, 400),
+    n_neg=st.integers(0, 2000),
+    max_rows=st.integers(20, 1500),
+    min_per_class=st.integers(0, 5),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_search_sample_is_proportional_distinct_and_seeded(n_pos, n_neg, max_rows, min_per_class, seed):
+    y = np.random.default_rng(seed).permutation(np.r_[np.ones(n_pos, np.int64), np.zeros(n_neg, np.int64)])
+    rows = search_sample(y, max_rows, seed, min_per_class)
+    np.testing.assert_array_equal(rows, search_sample(y, max_rows, seed, min_per_class))  # deterministic
+    n = len(y)
+    if n <= max_rows:
+        np.testing.assert_array_equal(rows, np.arange(n))
+        return
+    assert len(rows) == max_rows and np.all(np.diff(rows) > 0) and rows[0] >= 0 and rows[-1] < n
+    taken = np.array([np.sum(y[rows] == 0), np.sum(y[rows] == 1)])
+    counts = np.array([n_neg, n_pos])
+    proportional = max_rows * counts / n
+    floor = np.minimum(counts, min_per_class)
+    if np.all(np.floor(proportional) >= floor):  # the floor does not bind: proportional to within one row
+        assert np.all(np.abs(taken - proportional) < 1), (taken, proportional)
+    else:
+        assert np.all(taken >= floor) and np.all(taken <= counts)
+
+
+def test_search_sample_draws_other_rows_with_another_seed_and_keeps_the_share():
+    y = (np.random.default_rng(3).random(5000) < 0.07).astype(np.int64)
+    first, second = search_sample(y, 1000, 0), search_sample(y, 1000, 1)
+    assert not np.array_equal(first, second)
+    for rows in (first, second):  # the rate of the subsample is the rate of all rows, to one row in 1,000
+        assert abs(y[rows].sum() - 1000 * y.mean()) < 1
+
+
+def test_search_sample_keeps_enough_of_a_rare_class_for_the_folds():
+    y = np.r_[np.ones(6, np.int64), np.zeros(9994, np.int64)]  # 6 in 10,000: proportional would keep 1 of 2,000
+    rows = search_sample(y, 2000, 0, min_per_class=5)
+    assert len(rows) == 2000 and y[rows].sum() == 5
+
+
+def test_search_sample_refuses_a_bound_below_the_floors():
+    with pytest.raises(ValueError, match="cannot hold"):
+        search_sample(np.r_[np.ones(50), np.zeros(50)], 9, 0, min_per_class=5)
+
+
+@pytest.mark.parametrize("bound", [None, 1500, 10**9])
+def test_at_or_below_the_bound_the_search_is_the_one_on_all_rows(bound):
+    x, y = synthetic_design(**DESIGNS["strong_20pct"])  # 1,500 accounts
+    everything = search_penalty(x, y, replace(CONFIG, search_max_accounts=None))
+    bounded = search_penalty(x, y, replace(CONFIG, search_max_accounts=bound))
+    assert bounded.c == everything.c and not bounded.subsampled
+    assert bounded.n_searched == bounded.n_training == len(y)
+    np.testing.assert_array_equal(np.asarray(bounded.cv_log_loss), np.asarray(everything.cv_log_loss))
+
+
+# A problem large enough that the bound matters: 28,000 training accounts (about 9 % converting), searched on
+# the bound of 8,000 raised to keep 1,000 conversions (about 11,000). The subsample's C must be one the whole
+# grid on all rows would accept: within one grid step of the whole grid's C, and not worse on the whole grid's
+# own folds by more than two standard errors of the per-fold differences (the fold-to-fold noise that already
+# separates neighbouring grid points), and its refit's test log loss within 0.5 % of the whole grid's refit.
+LARGE = dict(n=40000, n_features=100, n_effects=10, effect=0.6, base_rate=0.08, seed=51)
+SEARCH_BOUND = 8000
+
+
+@pytest.fixture(scope="module")
+def large_problem():
+    x, y = synthetic_design(**LARGE)
+    cut = int(0.7 * len(y))
+    return x[:cut], y[:cut], x[cut:], y[cut:]
+
+
+def test_search_size_keeps_enough_of_the_rarer_outcome():
+    y = np.r_[np.ones(300, np.int64), np.zeros(9700, np.int64)]  # 3 % converting
+    config = replace(CONFIG, search_max_accounts=2000, search_min_per_class=100)
+    assert search_size(y, config) == 3334  # ⌈100 · 10,000 / 300⌉: 2,000 would hold only 60 conversions
+    assert search_size(y, replace(config, search_min_per_class=10)) == 2000
+    assert search_size(y, replace(config, search_min_per_class=300)) is None  # every conversion is needed
+    assert search_size(y, replace(config, search_max_accounts=None)) is None
+    assert search_size(1 - y, config) == 3334  # the rarer outcome, whichever it is
+
+
+def test_above_the_bound_the_search_runs_on_the_stratified_subsample(large_problem):
+    x, y, _, _ = large_problem
+    config = replace(CONFIG, search_max_accounts=SEARCH_BOUND)
+    search = search_penalty(x, y, config)
+    size = search_size(y, config)
+    assert SEARCH_BOUND < size < len(y)
+    assert search.subsampled and search.n_searched == size and search.n_training == len(y)
+    rows = search_sample(y, size, config.random_state, config.cv_folds)
+    assert y[rows].sum() >= config.search_min_per_class
+    on_rows = search_penalty(x[rows], y[rows], replace(config, search_max_accounts=None))
+    assert (search.c, search.n_folds) == (on_rows.c, on_rows.n_folds)
+    np.testing.assert_array_equal(np.asarray(search.cv_log_loss), np.asarray(on_rows.cv_log_loss))
+
+
+def test_above_the_bound_the_chosen_c_is_one_the_whole_grid_accepts(large_problem):
+    x, y, x_test, y_test = large_problem
+    fit = train_logistic(x, y, replace(CONFIG, search_max_accounts=SEARCH_BOUND))
+    assert fit.search.subsampled
+    grid = whole_grid(x, y, CONFIG)
+    cs = [float(c) for c in grid.Cs_]
+    fold_loss = -grid.scores_[:, 0, :]
+    best, chosen = int(np.argmin(fold_loss.mean(axis=0))), cs.index(fit.search.c)
+    assert abs(chosen - best) <= 1, (fit.search.c, cs[best])
+    worse = fold_loss[:, chosen] - fold_loss[:, best]
+    assert worse.mean() <= 2 * worse.std(ddof=1) / np.sqrt(len(worse)) + 1e-12, worse
+    ours = log_loss(y_test, fit.estimator.predict_proba(x_test)[:, 1])
+    theirs = log_loss(y_test, grid.predict_proba(x_test)[:, 1])
+    assert ours <= theirs * 1.005, (ours, theirs)
+    # the refit is on every training row
+    reference = LogisticRegression(C=fit.search.c, l1_ratio=1.0, solver="liblinear", max_iter=5000, random_state=0)
+    np.testing.assert_allclose(fit.estimator.coef_, reference.fit(x, y).coef_, rtol=0, atol=1e-9)
+
+
+def test_the_subsampled_search_is_deterministic(large_problem):
+    x, y, _, _ = large_problem
+    config = replace(CONFIG, search_max_accounts=SEARCH_BOUND)
+    first, second = search_penalty(x, y, config), search_penalty(x, y, config)
+    assert first.c == second.c
+    np.testing.assert_array_equal(np.asarray(first.cv_log_loss), np.asarray(second.cv_log_loss))

@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 from scipy.stats import spearmanr
 
-from beton_pipeline.core.model import SCORERS, model_from_frame, score_accounts
-from beton_pipeline.defs.model.assets import lead_score_model
+from beton_pipeline.core.model import SCORERS, PenaltySearch, model_from_frame, score_accounts
+from beton_pipeline.defs.model.assets import lead_score_model, penalty_search_markdown
 from beton_pipeline.defs.resources import SettingsResource, WarehouseResource
 from beton_pipeline.settings import load_settings
 from beton_pipeline.store.tables import read_feature_frames
@@ -111,3 +111,19 @@ def test_materialization_metadata_has_plottable_numbers(model_run):
     chosen = [line for line in search.splitlines() if line.rstrip().endswith("| chosen |")]
     assert len(chosen) == 1 and "not tried" not in chosen[0], search
     assert float(chosen[0].split("|")[1]) == pytest.approx(metadata["regularization_c"].value, rel=1e-3)
+    # The demo's training cohorts are far below discovery.model_search_max_accounts: the search ran on all of them.
+    assert metadata["c_search_subsampled"].value is False
+    assert metadata["c_search_accounts"].value == metadata["train_accounts"].value
+    assert f"on all {metadata['train_accounts'].value:,} training accounts" in search
+
+
+def test_c_search_markdown_says_when_the_search_was_subsampled():
+    cs = (0.01, 0.1, 1.0)
+    sampled = PenaltySearch(
+        cs=cs, cv_log_loss=(0.3, 0.2, float("nan")), c=0.1, n_folds=5, n_searched=20000, n_training=54093
+    )
+    text = penalty_search_markdown(sampled)
+    assert "stratified random subsample of 20,000 of the 54,093 training accounts" in text
+    assert "| 1 | not tried |" in text and "| 0.1 | 0.20000 | chosen |" in text
+    whole = PenaltySearch(cs=cs, cv_log_loss=(0.3, 0.2, 0.25), c=0.1, n_folds=5, n_searched=900, n_training=900)
+    assert "on all 900 training accounts" in penalty_search_markdown(whole) and not whole.subsampled

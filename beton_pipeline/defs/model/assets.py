@@ -26,12 +26,23 @@ PLOTTED = {
 
 
 def penalty_search_markdown(search: PenaltySearch) -> str:
-    """The C search: each grid point's CV log loss ("not tried" past the point where the walk stopped)."""
+    """The C search: each grid point's CV log loss ("not tried" past the point where the walk stopped), and
+    the accounts it cross-validated on (a stratified subsample, or all training accounts)."""
     rows = [
         [fmt(c, ".4g"), "not tried" if math.isnan(loss) else fmt(loss, ".5f"), "chosen" if c == search.c else ""]
         for c, loss in zip(search.cs, search.cv_log_loss, strict=True)
     ]
-    return markdown_table([f"C ({search.n_folds}-fold CV)", "CV log loss", ""], rows)
+    table = markdown_table([f"C ({search.n_folds}-fold CV)", "CV log loss", ""], rows)
+    if search.subsampled:
+        scope = (
+            f"Cross-validated on a stratified random subsample of {search.n_searched:,} of the {search.n_training:,} "
+            "training accounts (discovery.model_search_max_accounts); the model is refitted at the chosen C on all of them."
+        )
+    else:
+        scope = (
+            f"Cross-validated on all {search.n_training:,} training accounts; refitted at the chosen C on all of them."
+        )
+    return table + "\n\n" + scope
 
 
 def metrics_markdown(backtest: LeadScoreBacktest) -> str:
@@ -145,7 +156,10 @@ def lead_score_model(
         "training_seconds": dg.MetadataValue.float(round(backtest.training_seconds, 3)),
     }
     if backtest.penalty_search is not None:
-        metadata["c_search"] = dg.MetadataValue.md(penalty_search_markdown(backtest.penalty_search))
+        search = backtest.penalty_search
+        metadata["c_search"] = dg.MetadataValue.md(penalty_search_markdown(search))
+        metadata["c_search_accounts"] = dg.MetadataValue.int(search.n_searched)
+        metadata["c_search_subsampled"] = dg.MetadataValue.bool(search.subsampled)
     numbers = {name: backtest.metric(scorer, metric) for name, (scorer, metric) in PLOTTED.items()}
     if run.crm_skipped is not None:
         context.log.warning(f"CRM comparison skipped: {run.crm_skipped}")
