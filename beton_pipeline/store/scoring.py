@@ -432,7 +432,7 @@ def refresh_account_scores(
     computed. So every day is always whole, its old rows or its new ones; a run that fails part-way leaves
     the days of its written batches new and the others old, and running it again replaces them all. (One
     transaction over the whole run would keep every uncommitted row in memory until the commit: at 10M
-    events it took the peak from 3.3 to 5.5 GiB, growing with the run, which is what the batches avoid.)
+    events it took the peak from 3.4 to 5.5 GiB, growing with the run, which is what the batches avoid.)
     The scores are not kept (`scores` is empty, `n_scores` counts the rows written); `revenue` holds every
     day's numbers."""
     days = partition_days(con, partition_keys)
