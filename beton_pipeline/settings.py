@@ -165,7 +165,8 @@ class ScoringSettings(_Strict):
         description=(
             "account_scores scores the days of a run in batches of consecutive days holding at most this many "
             "(account, day) rows in play (a single day holding more is a batch of its own), writing each batch "
-            "before the next: the step's peak memory follows this, not the number of days or accounts. "
+            "before the next: the step's peak memory follows this (and DuckDB's memory_limit), not the number of "
+            "days or accounts. "
             "Lower it on a small machine; the output does not depend on it."
         ),
     )
