@@ -176,6 +176,17 @@ class ScoringSettings(_Strict):
         le=1,
         description="A signal's weight on a day its health is degrading is multiplied by this (broken: 0).",
     )
+    max_rows_per_batch: int = Field(
+        1_000_000,
+        ge=1,
+        description=(
+            "account_scores scores the days of a run in batches of consecutive days holding at most this many "
+            "(account, day) rows in play (a single day holding more is a batch of its own), writing each batch "
+            "before the next: the step's peak memory follows this (and DuckDB's memory_limit), not the number of "
+            "days or accounts. "
+            "Lower it on a small machine; the output does not depend on it."
+        ),
+    )
 
 
 class FreshnessSettings(_Strict):
@@ -333,6 +344,7 @@ class Settings(_Strict):
             lead_threshold=s.lead_threshold,
             top_contributions=s.top_contributions,
             degrading_weight=s.degrading_weight,
+            max_rows_per_batch=s.max_rows_per_batch,
         )
 
     def lead_score_config(self):  # -> core.model.ModelConfig (imported here: core.model loads scikit-learn)

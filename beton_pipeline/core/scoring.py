@@ -51,10 +51,14 @@ class ScoringConfig:
     lead_threshold: float = 0.15
     top_contributions: int = 3
     degrading_weight: float = 0.5
+    max_rows_per_batch: int = 1_000_000
+    """Live scores are computed over runs of days holding at most this many (account, day) rows in play."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.degrading_weight <= 1:
             raise ValueError(f"degrading_weight must be in [0, 1], got {self.degrading_weight}")
+        if self.max_rows_per_batch < 1:
+            raise ValueError(f"max_rows_per_batch must be at least 1, got {self.max_rows_per_batch}")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,15 @@ each weighted by its health that day (`beton.signal_health`, so health is comput
 cohorts, and compute the revenue numbers; writes
 `beton.account_scores` and `beton.revenue_metrics` (replacing exactly the days computed) and
 `beton.score_calibration`.
+
+**Memory is bounded by a setting, not by the data.** An account is in play on the days of one interval
+(from the day it started to the day before it converted or its outcome window closes), so its rows are
+generated from that interval intersected with the days asked for (`expand_intervals`), never from an
+accounts × days cross join; an outcome counts in the revenue numbers on the 30 days from the day it
+closed (or converted), at most 30 rows each. The days are scored in batches of consecutive requested days
+whose in-play rows stay under `scoring.max_rows_per_batch` (`day_batches`; a single day above it is a batch
+of its own); the calibration is fitted once, and each batch replaces its days' rows (one transaction per
+batch) before the next is computed, so every day is always whole (see `refresh_account_scores`).
 """
 
 from __future__ import annotations
@@ -13,10 +22,13 @@ from dataclasses import dataclass, field
 from datetime import date
 
 import duckdb
+import numpy as np
 import polars as pl
 
 from beton_pipeline.core.discovery import temporal_split
 from beton_pipeline.core.scoring import (
+    Calibration,
+    ScoringConfig,
     calibration_observations,
     calibration_table,
     contributions,
@@ -38,11 +50,21 @@ OUTCOMES_SQL = (
 )
 """Every account whose outcome can be judged, with what a score row shows of it."""
 
+REVENUE_WINDOW_DAYS = 30
+"""The revenue numbers of day D count the outcomes closed (conversions) on D and the 29 days before it."""
+
+_EPOCH = date(1970, 1, 1)
+_EMPTY = (np.iinfo(np.int32).max, np.iinfo(np.int32).min)
+"""(first, last) of an interval that holds no day."""
+
 
 @dataclass(frozen=True)
 class ScoresResult:
     """Scores per day and account in play, the calibration check (empty without a holdout cohort), the
-    revenue numbers per day, and the days they cover."""
+    revenue numbers per day, and the days they cover.
+
+    `refresh_account_scores` writes the scores batch by batch and keeps none of them: its `scores` is empty
+    and `n_scores` counts the rows written."""
 
     scores: pl.DataFrame
     calibration: pl.DataFrame
@@ -50,6 +72,174 @@ class ScoresResult:
     days: list[date] = field(default_factory=list)
     days_without_health: list[date] = field(default_factory=list)
     """Days scored with enabled signals but no `beton.signal_health` row of theirs: scored at full weight."""
+    n_scores: int = 0
+    """Score rows computed (written, by `refresh_account_scores`)."""
+    n_batches: int = 0
+    """Batches of days the scores were computed in (`scoring.max_rows_per_batch`)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Intervals of days, without a cross join
+
+
+def _day_numbers(days: Iterable[date]) -> np.ndarray:
+    return np.fromiter(((d - _EPOCH).days for d in days), dtype=np.int64)
+
+
+def _bounds(first: pl.Expr, last: pl.Expr, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(first, last) day numbers (days since 1970-01-01) of `frame`'s intervals; a null bound gives an empty one."""
+    first, last = first.cast(pl.Int64), last.cast(pl.Int64)
+    empty = first.is_null() | last.is_null()
+    b = frame.select(
+        pl.when(empty).then(pl.lit(_EMPTY[0], pl.Int64)).otherwise(first).alias("first"),
+        pl.when(empty).then(pl.lit(_EMPTY[1], pl.Int64)).otherwise(last).alias("last"),
+    )
+    return b["first"].to_numpy(), b["last"].to_numpy()
+
+
+def expand_intervals(first: np.ndarray, last: np.ndarray, days: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (row, day) with `first[row] <= days[j] <= last[row]`, as (row indices, indices into `days`),
+    row-major (each row's days in order), without materialising rows × days.
+
+    `days` must be sorted and distinct; each row's days are the slice `searchsorted(days, first, "left")`
+    to `searchsorted(days, last, "right")` of `days`, so the work is the size of the answer."""
+    start = np.searchsorted(days, first, side="left")
+    n = np.maximum(np.searchsorted(days, last, side="right") - start, 0)
+    rows = np.repeat(np.arange(first.size), n)
+    offsets = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+    return rows, np.repeat(start, n) + offsets
+
+
+def interval_counts(first: np.ndarray, last: np.ndarray, days: np.ndarray) -> np.ndarray:
+    """How many intervals [first, last] hold each of `days` (sorted): #(first <= d) − #(last < d), over
+    the non-empty intervals (first <= last)."""
+    keep = first <= last
+    lo, hi = np.sort(first[keep]), np.sort(last[keep])
+    return np.searchsorted(lo, days, side="right") - np.searchsorted(hi, days, side="left")
+
+
+def day_batches(counts: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
+    """Consecutive runs [start, stop) of days whose `counts` sum to at most `max_rows` (greedy, in order);
+    a day counting more than `max_rows` on its own is a batch of one. Together they cover every day once."""
+    batches, start, total = [], 0, 0
+    for i, c in enumerate(np.asarray(counts, dtype=np.int64).tolist()):
+        if i > start and total + c > max_rows:
+            batches.append((start, i))
+            start, total = i, 0
+        total += c
+    if len(counts):
+        batches.append((start, len(counts)))
+    return batches
+
+
+def _observed_at(day: pl.Expr) -> pl.Expr:
+    """The end of `day` (its observations see everything before midnight)."""
+    return day.cast(pl.Datetime("us")) + pl.duration(days=1)
+
+
+IN_PLAY = (
+    (pl.col("started_at") < pl.col("observed_at"))
+    & (pl.col("converted_at").is_null() | (pl.col("converted_at") >= pl.col("observed_at")))
+    & (pl.col("outcome_window_end_at") > pl.col("observed_at"))
+)
+"""An account is in play at `observed_at`: started before it, not converted yet, outcome window still open."""
+
+
+def in_play_bounds(outcomes: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The first and last day each outcome is in play (`IN_PLAY` at the end of the day), as day numbers:
+    from the day it started to the day before it converted, and to the last day whose end is before the
+    window closes (the day before the close, or two days before when it closes at midnight)."""
+    last_open = (pl.col("outcome_window_end_at") - pl.duration(microseconds=1)).dt.date() - pl.duration(days=1)
+    last_unconverted = pl.col("converted_at").dt.date() - pl.duration(days=1)
+    last = (
+        pl.when(pl.col("outcome_window_end_at").is_null())
+        .then(None)
+        .otherwise(pl.min_horizontal(last_open, last_unconverted))
+    )
+    return _bounds(pl.col("started_at").dt.date(), last, outcomes)
+
+
+def in_play(outcomes: pl.DataFrame, days: list[date]) -> pl.DataFrame:
+    """`outcomes` × `days` where the account is in play at the end of the day (`IN_PLAY`), with `day`,
+    `observed_at` and `age_days`, in outcome order (each outcome's days in order), numbered `obs_id`.
+    Generated from each outcome's interval (`in_play_bounds`, `expand_intervals`), not a cross join;
+    `IN_PLAY` is applied to what is generated, so the rule is written once."""
+    ordered = sorted(set(days))
+    first, last = in_play_bounds(outcomes)
+    rows, at = expand_intervals(first, last, _day_numbers(ordered))
+    day = pl.Series("day", np.asarray(ordered, dtype="datetime64[D]")[at] if len(ordered) else [], dtype=pl.Date)
+    return (
+        outcomes[rows]
+        .with_columns(day)
+        .with_columns(_observed_at(pl.col("day")).alias("observed_at"))
+        .filter(IN_PLAY)
+        .with_row_index("obs_id")
+        .with_columns(
+            ((pl.col("observed_at") - pl.col("started_at")).dt.total_microseconds() / 86_400_000_000).alias("age_days")
+        )
+    )
+
+
+def _trailing(frame: pl.DataFrame, at: str, days: list[date]) -> pl.DataFrame:
+    """(row of `frame`, day) for each of `days` (sorted) whose trailing 30 days [day − 29, day + 1) hold
+    `frame[at]`: the 30 days from the day of `at`. `frame`'s columns with `day`, in `frame`'s order."""
+    first, last = _bounds(pl.col(at).dt.date(), pl.col(at).dt.date() + pl.duration(days=REVENUE_WINDOW_DAYS - 1), frame)
+    rows, idx = expand_intervals(first, last, _day_numbers(days))
+    day = pl.Series("day", np.asarray(days, dtype="datetime64[D]")[idx] if days else [], dtype=pl.Date)
+    start = pl.col("day").cast(pl.Datetime("us")) - pl.duration(days=REVENUE_WINDOW_DAYS - 1)
+    return frame[rows].with_columns(day).filter((pl.col(at) >= start) & (pl.col(at) < _observed_at(pl.col("day"))))
+
+
+def revenue_metrics(
+    outcomes: pl.DataFrame, first_fired: pl.DataFrame, scores: pl.DataFrame, days: list[date], lead_threshold: float
+) -> pl.DataFrame:
+    """Per day: leads surfaced, conversion rate and signal accuracy over outcomes closed in the last 30 days,
+    and pipeline influenced (ARR of accounts converted in the last 30 days whose enabled signals fired before).
+
+    first_fired: account_id, first_fired_at (each account's first enabled firing); scores: day, score."""
+    ordered = sorted(set(days))
+    o = outcomes.join(first_fired, on="account_id", how="left")
+    signalled = pl.col("first_fired_at").is_not_null()
+    closed_stats = (
+        _trailing(o, "outcome_window_end_at", ordered)
+        .group_by("day")
+        .agg(
+            pl.len().alias("outcomes_closed_30d"),
+            pl.col("converted").mean().alias("conversion_rate_30d"),
+            pl.col("converted").filter(signalled).mean().alias("signal_accuracy_30d"),
+        )
+    )
+    influenced = (
+        _trailing(o.filter(pl.col("converted")), "converted_at", ordered)
+        .group_by("day")
+        .agg(
+            pl.len().alias("conversions_30d"),
+            pl.col("arr")
+            .filter(pl.col("first_fired_at") < pl.col("converted_at"))
+            .sum()
+            .alias("pipeline_influenced_arr_30d"),
+        )
+    )
+    leads = scores.group_by("day").agg(
+        pl.len().alias("accounts_in_play"), (pl.col("score") >= lead_threshold).sum().alias("leads_surfaced")
+    )
+    return (
+        pl.DataFrame({"day": ordered}, schema={"day": pl.Date})
+        .join(leads, on="day", how="left")
+        .join(closed_stats, on="day", how="left")
+        .join(influenced, on="day", how="left")
+        .with_columns(
+            pl.col("accounts_in_play", "leads_surfaced", "outcomes_closed_30d", "conversions_30d")
+            .fill_null(0)
+            .cast(pl.Int64),
+            pl.col("pipeline_influenced_arr_30d").fill_null(0.0),
+        )
+        .sort("day")
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring
 
 
 def _weights(signals: pl.DataFrame) -> pl.DataFrame:
@@ -82,8 +272,23 @@ def _json_list(frame: pl.DataFrame, by: str, k: int | None, name: str) -> pl.Dat
     )
 
 
-def compute_account_scores(con: duckdb.DuckDBPyConnection, settings: Settings, days: list[date]) -> ScoresResult:
-    """Scores for the accounts in play on each of `days`, the calibration check, and the revenue numbers."""
+@dataclass(frozen=True)
+class _Scoring:
+    """What every batch of days shares: read once, the calibration fitted once."""
+
+    cfg: ScoringConfig
+    outcomes: pl.DataFrame
+    firings: pl.DataFrame
+    first_fired: pl.DataFrame
+    weights: pl.DataFrame
+    definitions: pl.DataFrame
+    health: pl.DataFrame
+    live: Calibration
+    calibration: pl.DataFrame
+    days_without_health: list[date]
+
+
+def _prepare(con: duckdb.DuckDBPyConnection, settings: Settings, days: list[date]) -> _Scoring:
     cfg = settings.scoring_config()
     signals = enabled_signals(con)
     outcomes = con.sql(OUTCOMES_SQL).pl()
@@ -117,36 +322,40 @@ def compute_account_scores(con: duckdb.DuckDBPyConnection, settings: Settings, d
         if in_holdout.any()
         else pl.DataFrame()
     )
-    live = fit_calibration(raw, age, conv)
 
-    # Live scores: every account in play at the end of each day.
-    day_frame = pl.DataFrame({"day": days}, schema={"day": pl.Date}).with_columns(
-        (pl.col("day").cast(pl.Datetime("us")) + pl.duration(days=1)).alias("observed_at")
-    )
-    in_play = (
-        outcomes.join(day_frame, how="cross")
-        .filter(
-            (pl.col("started_at") < pl.col("observed_at"))
-            & (pl.col("converted_at").is_null() | (pl.col("converted_at") >= pl.col("observed_at")))
-            & (pl.col("outcome_window_end_at") > pl.col("observed_at"))
-        )
-        .with_row_index("obs_id")
-        .with_columns(
-            ((pl.col("observed_at") - pl.col("started_at")).dt.total_microseconds() / 86_400_000_000).alias("age_days")
-        )
-    )
     enabled_ids = [] if signals.is_empty() else signals.get_column("signal_id").to_list()
     health = health_history(con, max(days)).filter(pl.col("signal_id").is_in(enabled_ids))
-    contribs = weigh_by_health(
-        contributions(firings, weights, in_play, cfg.half_life_days).join(in_play.select("obs_id", "day"), on="obs_id"),
-        health,
-        cfg.degrading_weight,
-    ).join(definitions, on="signal_id")
     covered = set(health.get_column("day").to_list())
-    days_without_health = [d for d in days if d not in covered] if enabled_ids else []
-    live_raw = raw_scores(in_play, contribs)
-    scores = in_play.with_columns(
-        pl.Series("raw_score", live_raw), pl.Series("score", live.probability(live_raw, in_play["age_days"].to_numpy()))
+    return _Scoring(
+        cfg=cfg,
+        outcomes=outcomes,
+        firings=firings,
+        first_fired=firings.group_by("account_id").agg(pl.col("fired_at").min().alias("first_fired_at")),
+        weights=weights,
+        definitions=definitions,
+        health=health,
+        live=fit_calibration(raw, age, conv),
+        calibration=calibration,
+        days_without_health=[d for d in days if d not in covered] if enabled_ids else [],
+    )
+
+
+def _score_days(s: _Scoring, days: list[date]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Scores of the accounts in play at the end of each of `days` (ranked within each day), and the
+    revenue numbers of those days."""
+    cfg = s.cfg
+    observed = in_play(s.outcomes, days)
+    contribs = weigh_by_health(
+        contributions(s.firings, s.weights, observed, cfg.half_life_days).join(
+            observed.select("obs_id", "day"), on="obs_id"
+        ),
+        s.health,
+        cfg.degrading_weight,
+    ).join(s.definitions, on="signal_id")
+    live_raw = raw_scores(observed, contribs)
+    scores = observed.with_columns(
+        pl.Series("raw_score", live_raw),
+        pl.Series("score", s.live.probability(live_raw, observed["age_days"].to_numpy())),
     )
     scores = scores.with_columns(
         pl.col("score").rank("ordinal", descending=True).over("day").cast(pl.Int64).alias("score_rank")
@@ -180,62 +389,35 @@ def compute_account_scores(con: duckdb.DuckDBPyConnection, settings: Settings, d
         )
         .sort("day", "score_rank")
     )
-    revenue = _revenue_metrics(outcomes, firings, scores, days, cfg.lead_threshold)
+    revenue = revenue_metrics(s.outcomes, s.first_fired, scores, days, cfg.lead_threshold)
+    return scores, revenue
+
+
+def _batches(s: _Scoring, days: list[date]) -> list[list[date]]:
+    """`days` (sorted, distinct) in runs whose in-play rows stay under `max_rows_per_batch` (`day_batches`)."""
+    ordered = sorted(set(days))
+    counts = interval_counts(*in_play_bounds(s.outcomes), _day_numbers(ordered))
+    return [ordered[a:b] for a, b in day_batches(counts, s.cfg.max_rows_per_batch)]
+
+
+def compute_account_scores(con: duckdb.DuckDBPyConnection, settings: Settings, days: list[date]) -> ScoresResult:
+    """Scores for the accounts in play on each of `days`, the calibration check, and the revenue numbers,
+    all in memory (batch by batch, then concatenated; `refresh_account_scores` writes them instead)."""
+    s = _prepare(con, settings, days)
+    parts = [_score_days(s, batch) for batch in _batches(s, days)]
     return ScoresResult(
-        scores=scores,
-        calibration=calibration,
-        revenue=revenue,
+        scores=pl.concat([p[0] for p in parts]),
+        calibration=s.calibration,
+        revenue=pl.concat([p[1] for p in parts]),
         days=list(days),
-        days_without_health=days_without_health,
+        days_without_health=s.days_without_health,
+        n_scores=sum(p[0].height for p in parts),
+        n_batches=len(parts),
     )
 
 
-def _revenue_metrics(
-    outcomes: pl.DataFrame, firings: pl.DataFrame, scores: pl.DataFrame, days: list[date], lead_threshold: float
-) -> pl.DataFrame:
-    """Per day: leads surfaced, conversion rate and signal accuracy over outcomes closed in the last 30 days,
-    and pipeline influenced (ARR of accounts converted in the last 30 days whose enabled signals fired before)."""
-    first_fired = firings.group_by("account_id").agg(pl.col("fired_at").min().alias("first_fired_at"))
-    o = outcomes.join(first_fired, on="account_id", how="left")
-    day_frame = pl.DataFrame({"day": days}, schema={"day": pl.Date}).with_columns(
-        (pl.col("day").cast(pl.Datetime("us")) + pl.duration(days=1)).alias("end"),
-        (pl.col("day").cast(pl.Datetime("us")) - pl.duration(days=29)).alias("start"),
-    )
-    closed = o.join(day_frame, how="cross").filter(
-        (pl.col("outcome_window_end_at") >= pl.col("start")) & (pl.col("outcome_window_end_at") < pl.col("end"))
-    )
-    signalled = pl.col("first_fired_at").is_not_null()
-    closed_stats = closed.group_by("day").agg(
-        pl.len().alias("outcomes_closed_30d"),
-        pl.col("converted").mean().alias("conversion_rate_30d"),
-        pl.col("converted").filter(signalled).mean().alias("signal_accuracy_30d"),
-    )
-    converted = o.join(day_frame, how="cross").filter(
-        pl.col("converted") & (pl.col("converted_at") >= pl.col("start")) & (pl.col("converted_at") < pl.col("end"))
-    )
-    influenced = converted.group_by("day").agg(
-        pl.len().alias("conversions_30d"),
-        pl.col("arr")
-        .filter(pl.col("first_fired_at") < pl.col("converted_at"))
-        .sum()
-        .alias("pipeline_influenced_arr_30d"),
-    )
-    leads = scores.group_by("day").agg(
-        pl.len().alias("accounts_in_play"), (pl.col("score") >= lead_threshold).sum().alias("leads_surfaced")
-    )
-    return (
-        day_frame.select("day")
-        .join(leads, on="day", how="left")
-        .join(closed_stats, on="day", how="left")
-        .join(influenced, on="day", how="left")
-        .with_columns(
-            pl.col("accounts_in_play", "leads_surfaced", "outcomes_closed_30d", "conversions_30d")
-            .fill_null(0)
-            .cast(pl.Int64),
-            pl.col("pipeline_influenced_arr_30d").fill_null(0.0),
-        )
-        .sort("day")
-    )
+SCORES_TABLE = "beton.account_scores"
+REVENUE_TABLE = "beton.revenue_metrics"
 
 
 def refresh_account_scores(
@@ -243,13 +425,37 @@ def refresh_account_scores(
 ) -> ScoresResult:
     """Score the partition days the data covers and replace those days' rows of beton.account_scores and
     beton.revenue_metrics, and beton.score_calibration when there is a holdout to check on. Without
-    days, nothing is computed or written (`days` is empty)."""
+    days, nothing is computed or written (`days` is empty).
+
+    The days are scored in batches (`scoring.max_rows_per_batch` in-play rows at most, bar a single larger
+    day) and each batch replaces its days' rows (`write_days`: one transaction per batch) before the next is
+    computed. So every day is always whole, its old rows or its new ones; a run that fails part-way leaves
+    the days of its written batches new and the others old, and running it again replaces them all. (One
+    transaction over the whole run would keep every uncommitted row in memory until the commit: at 10M
+    events it took the peak from 3.4 to 5.5 GiB, growing with the run, which is what the batches avoid.)
+    The scores are not kept (`scores` is empty, `n_scores` counts the rows written); `revenue` holds every
+    day's numbers."""
     days = partition_days(con, partition_keys)
     if not days:
         return ScoresResult(scores=pl.DataFrame(), calibration=pl.DataFrame(), revenue=pl.DataFrame())
-    result = compute_account_scores(con, settings, days)
-    write_days(con, "beton.account_scores", result.scores, days)
-    write_days(con, "beton.revenue_metrics", result.revenue, days)
-    if not result.calibration.is_empty():
-        replace_rows(con, "beton.score_calibration", result.calibration, "true")
-    return result
+    s = _prepare(con, settings, days)
+    batches = _batches(s, days)
+    revenue, n_scores = [], 0
+    for batch in batches:
+        scores, rev = _score_days(s, batch)
+        write_days(con, SCORES_TABLE, scores, batch)
+        write_days(con, REVENUE_TABLE, rev, batch)
+        revenue.append(rev)
+        n_scores += scores.height
+        del scores  # before the next batch is computed: one batch in memory at a time
+    if not s.calibration.is_empty():
+        replace_rows(con, "beton.score_calibration", s.calibration, "true")
+    return ScoresResult(
+        scores=pl.DataFrame(),
+        calibration=s.calibration,
+        revenue=pl.concat(revenue),
+        days=list(days),
+        days_without_health=s.days_without_health,
+        n_scores=n_scores,
+        n_batches=len(batches),
+    )
