@@ -78,15 +78,15 @@ def test_a_value_duckdb_cannot_use_is_refused_by_name(tmp_path, clean_env, name,
 
 
 def test_past_the_limit_duckdb_spills_to_the_temp_directory_instead_of_failing(tmp_path, clean_env):
-    """A group-by over 5M distinct keys needs several times a 64MB limit: with spilling turned off it runs out of
+    """A group-by over 2M distinct keys needs several times a 24MB limit: with spilling turned off it runs out of
     memory (so the limit binds); with beton's configuration it completes (out-of-core hash aggregation) with the
     same answer as under a generous limit."""
     path = tmp_path / "warehouse.duckdb"
     clean_env.setenv("BETON_DUCKDB_THREADS", "1")
     query = "select count(*), sum(s) from (select k, sum(v) as s from t group by k)"
     with connect(path) as con:
-        con.execute("create table t as select (i * 7919) % 5000000 as k, i::double as v from range(10000000) r(i)")
-    clean_env.setenv("BETON_DUCKDB_MEMORY_LIMIT", "64MB")
+        con.execute("create table t as select (i * 7919) % 2000000 as k, i::double as v from range(4000000) r(i)")
+    clean_env.setenv("BETON_DUCKDB_MEMORY_LIMIT", "24MB")
     with connect(path, read_only=True) as con:
         con.execute("set temp_directory = ''")  # no spilling: the limit alone
         with pytest.raises(duckdb.OutOfMemoryException):
@@ -97,7 +97,7 @@ def test_past_the_limit_duckdb_spills_to_the_temp_directory_instead_of_failing(t
     clean_env.setenv("BETON_DUCKDB_MEMORY_LIMIT", "8GB")
     with connect(path, read_only=True) as con:
         assert con.sql(query).fetchall() == limited
-    assert limited[0][0] == 5_000_000
+    assert limited[0][0] == 2_000_000
 
 
 def test_a_second_connection_after_a_spill_keeps_the_temp_directory(tmp_path, clean_env):
@@ -107,12 +107,12 @@ def test_a_second_connection_after_a_spill_keeps_the_temp_directory(tmp_path, cl
     clean_env.setenv("BETON_DUCKDB_THREADS", "1")
     clean_env.setenv("BETON_DUCKDB_TEMP_DIR", str(tmp_path / "spill"))
     with connect(path) as con:
-        con.execute("create table t as select (i * 7919) % 5000000 as k, i::double as v from range(10000000) r(i)")
-    clean_env.setenv("BETON_DUCKDB_MEMORY_LIMIT", "64MB")
+        con.execute("create table t as select (i * 7919) % 2000000 as k, i::double as v from range(4000000) r(i)")
+    clean_env.setenv("BETON_DUCKDB_MEMORY_LIMIT", "24MB")
     with connect(path) as first:
         first.sql("select count(*) from (select k, sum(v) from t group by k)").fetchall()  # spills
         with connect(path) as second:
-            assert second.sql("select count(*) from t").fetchall() == [(10_000_000,)]
+            assert second.sql("select count(*) from t").fetchall() == [(4_000_000,)]
 
 
 def test_dbts_profile_reads_the_same_variables_with_the_same_default():
