@@ -9,7 +9,7 @@ running them in-process: every step that writes the warehouse is in the `duckdb_
 of concurrent runs (the in-process executor claims pool slots like the multiprocess one). `beton run`
 executes its jobs in-process already (`runner.py`); this makes runs launched by the UI, schedules,
 sensors and automation do the same. A deployment that wants other executors (Docker, Kubernetes)
-sets its own here (RUNBOOK.md, "Past one machine")."""
+sets its own here (RUNBOOK.md, "Scaling out")."""
 
 import dagster as dg
 
