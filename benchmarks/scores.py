@@ -8,14 +8,16 @@
 It WRITES beton.account_scores, beton.revenue_metrics and beton.score_calibration: run it on a copy of a
 warehouse, never on one you care about. Run it under `/usr/bin/time -v` for the process's peak RSS; the
 script prints its own (`ru_maxrss`) too, with the seconds spent in `refresh_account_scores` alone.
-`--memory-limit` caps DuckDB's buffer pool (it keeps the pages it wrote cached, up to 80 % of RAM by default):
-with it, the peak is the batch's (`--max-rows-per-batch`) plus that limit.
+`--memory-limit` sets `BETON_DUCKDB_MEMORY_LIMIT` for the run (DuckDB keeps the pages it wrote cached up to that
+limit, 2GB by default: `beton_pipeline.warehouse.MEMORY_LIMIT`): the peak is the batch's (`--max-rows-per-batch`)
+plus that limit.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import time
 from datetime import date
@@ -31,16 +33,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warehouse", required=True, help="a COPY of a warehouse (it is written)")
     parser.add_argument("--config", required=True, help="the beton.yaml the warehouse was built with")
     parser.add_argument("--max-rows-per-batch", type=int, default=None, help="override scoring.max_rows_per_batch")
-    parser.add_argument("--memory-limit", default=None, help="DuckDB memory_limit of the connection, e.g. 512MB")
+    parser.add_argument("--memory-limit", default=None, help="BETON_DUCKDB_MEMORY_LIMIT for the run, e.g. 512MB")
     args = parser.parse_args(argv)
 
     settings = load_settings(args.config)
     if args.max_rows_per_batch is not None:
         scoring = settings.scoring.model_copy(update={"max_rows_per_batch": args.max_rows_per_batch})
         settings = settings.model_copy(update={"scoring": scoring})
+    if args.memory_limit:  # through the warehouse's own setting (validated there), as a user sets it
+        os.environ["BETON_DUCKDB_MEMORY_LIMIT"] = args.memory_limit
     with connect(args.warehouse) as con:
-        if args.memory_limit:
-            con.execute(f"set memory_limit = '{args.memory_limit}'")
+        limit = con.sql("select current_setting('memory_limit')").fetchall()[0][0]
         keys = monitoring_day_keys(data_days(con), date.fromisoformat(settings.monitoring.start_date))
         started = time.perf_counter()
         result = refresh_account_scores(con, settings, keys)
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         "days": len(result.days),
         "account_scores_rows": rows,
         "max_rows_per_batch": getattr(settings.scoring, "max_rows_per_batch", None),
-        "memory_limit": args.memory_limit,
+        "memory_limit": limit,
         "seconds": round(seconds, 1),
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
     }

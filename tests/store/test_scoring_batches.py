@@ -406,3 +406,31 @@ def test_refresh_writes_the_rows_batch_by_batch_each_day_whole(con, monkeypatch)
     _same(after.filter(pl.col("day").is_in(new_days)), want.scores.filter(pl.col("day").is_in(new_days)))
     old = after.filter(~pl.col("day").is_in(new_days))
     assert old.height == want.scores.filter(~pl.col("day").is_in(new_days)).height and (old["score"] == -1).all()
+
+
+def test_the_scores_benchmark_runs_every_monitoring_day_in_batches_under_the_warehouse_limit(
+    con, tmp_path, monkeypatch, capsys
+):
+    """`benchmarks/scores.py` (the figures in README's performance section): it scores every monitoring day
+    of the warehouse with the batch size asked for, and its memory limit is the warehouse's own setting
+    (`BETON_DUCKDB_MEMORY_LIMIT`), as the connection reports it."""
+    import json
+
+    import duckdb
+
+    from benchmarks import scores as bench
+    from beton_pipeline.store.daily import data_days, monitoring_day_keys
+
+    monkeypatch.setenv("BETON_DUCKDB_MEMORY_LIMIT", "2GB")  # restored after the test: main() sets it
+    config = tmp_path / "beton.yaml"
+    config.write_text('monitoring:\n  start_date: "2024-01-01"\n')
+    path = con.sql("select path from duckdb_databases() where database_name = current_database()").fetchall()[0][0]
+    bench.main(["--warehouse", path, "--config", str(config), "--max-rows-per-batch", "3", "--memory-limit", "300MB"])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    days = monitoring_day_keys(data_days(con), date(2024, 1, 1))
+    want = compute_account_scores(con, Settings(), [date.fromisoformat(d) for d in days])
+    assert report["days"] == len(days) > 3 and report["max_rows_per_batch"] == 3
+    assert report["account_scores_rows"] == want.scores.height > 0
+    with duckdb.connect() as scratch:
+        scratch.execute("set memory_limit = '300MB'")
+        assert report["memory_limit"] == scratch.sql("select current_setting('memory_limit')").fetchall()[0][0]
