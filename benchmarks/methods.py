@@ -19,7 +19,7 @@ methods see the same data on the same machine:
   window × threshold, URL path × window × threshold, attribute value) in a Python loop, and
   Benjamini–Hochberg over them. Also given identity resolution and outcomes for free.
 * `beton_core` — beton's discovery core timed function by function on the loaded marts
-  (`read_feature_frames`, `candidate_hits`, `build_candidate_matrix`, `cohort_counts_from_matrix`,
+  (`read_feature_frames`, `candidate_matrix`, `cohort_counts_from_matrix`,
   `discover_from_cohort_counts`): the Python half of the compute path without Dagster.
 """
 
@@ -258,9 +258,9 @@ class CoreResult:
 
 
 def beton_core(con: duckdb.DuckDBPyConnection, settings) -> CoreResult:
-    """Time `read_feature_frames` → `candidate_hits` → `build_candidate_matrix` → `cohort_counts_from_matrix`
+    """Time `read_feature_frames` → `candidate_matrix` → `cohort_counts_from_matrix`
     → `discover_from_cohort_counts` (with in-memory pairs), as the assets call them, on every eligible account."""
-    from beton_pipeline.core.candidates import build_candidate_matrix, candidate_hits
+    from beton_pipeline.core.candidates import candidate_matrix
     from beton_pipeline.core.discovery import (
         cohort_counts_from_matrix,
         cohort_labels,
@@ -278,13 +278,7 @@ def beton_core(con: duckdb.DuckDBPyConnection, settings) -> CoreResult:
         return out
 
     frames = timed("read_feature_frames", read_feature_frames, con, settings.feature_windows)
-    hits = timed(
-        "candidate_hits",
-        candidate_hits,
-        frames,
-        settings.feature_spec(),
-    )
-    matrix = timed("build_candidate_matrix", build_candidate_matrix, frames, hits)
+    matrix = timed("candidate_matrix", candidate_matrix, frames, settings.feature_spec())
     accounts = frames.accounts
     months = cohort_labels(frames)
     converted = accounts.get_column("converted").to_numpy()

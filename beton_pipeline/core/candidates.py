@@ -12,7 +12,7 @@ A candidate is a yes/no condition on an account, evaluated on point-in-time feat
 | `pair`           | both of two single candidates from different families (AND)                   | `pair:F1&F2`      |
 
 Each candidate has a canonical `key` (stable across runs: the same definition always gives the same
-key and `signal_id`). `build_candidate_matrix` returns the accounts × candidates boolean matrix in
+key and `signal_id`). `candidate_matrix` returns the accounts × candidates boolean matrix in
 sparse (CSR) form; building it loops only over the (few) configured windows and thresholds, never over
 accounts or candidates.
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,102 +140,222 @@ CANDIDATE_SCHEMA = {
 """The columns that define a candidate (its `signal_id` is derived from `key`)."""
 
 
-def _count_hits(
-    frame: pl.DataFrame, windows: tuple[int, ...], thresholds: tuple[int, ...], kind: str, observation_days: int
-) -> pl.DataFrame:
-    """(account_id, candidate columns) for every window × threshold a row's count reaches."""
-    if frame.is_empty():
-        return pl.DataFrame(schema={"account_id": pl.String, **CANDIDATE_SCHEMA})
+@dataclass(frozen=True)
+class _Block:
+    """One kind's candidates (`CANDIDATE_SCHEMA` rows that fire for at least one account) and where they fire:
+    `rows[i]` is an account's position in `frames.accounts`, `cols[i]` a row of `candidates`."""
+
+    candidates: pl.DataFrame
+    rows: np.ndarray
+    cols: np.ndarray
+
+
+_NO_HIT = np.iinfo(np.int64).min
+"""A missing count: below every threshold (thresholds are ≥ 1)."""
+
+
+def _empty_block() -> _Block:
+    return _Block(pl.DataFrame(schema=CANDIDATE_SCHEMA), np.empty(0, np.int64), np.empty(0, np.int64))
+
+
+def _account_rows(frames: FeatureFrames) -> pl.DataFrame:
+    """account_id → its position in `frames.accounts` (`_row`)."""
+    return frames.accounts.select("account_id").with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64))
+
+
+def _wanted(candidates: pl.DataFrame, keys: frozenset[str] | None) -> np.ndarray:
+    """Per candidate row: kept (`keys` is None, or its key is in `keys`)."""
+    if keys is None:
+        return np.ones(candidates.height, dtype=bool)
+    return candidates.get_column("key").is_in(list(keys)).to_numpy()
+
+
+def _count_block(
+    frame: pl.DataFrame,
+    rows_of: pl.DataFrame,
+    windows: tuple[int, ...],
+    thresholds: tuple[int, ...],
+    kind: str,
+    observation_days: int,
+    keys: frozenset[str] | None,
+) -> _Block:
+    """Event-count (`kind` "event_count") or property-value ("event_property") candidates: one per family,
+    window d and threshold t that some account reaches (n_first_<d>d ≥ t).
+
+    The family (event, or event + property + value) becomes an integer code; a (code, window, threshold)
+    lookup gives each candidate's row; the coordinates come from one comparison per window and threshold
+    over the count columns. Descriptions (keys, definitions) are built once per candidate, never per hit."""
     is_property = kind == "event_property"
-    parts = []
-    for days in windows:
-        col = f"n_first_{days}d"
-        for threshold in thresholds:
-            hits = frame.filter(pl.col(col) >= threshold)
-            if hits.is_empty():
+    family_columns = ["event_name", "property_name", "property_value"] if is_property else ["event_name"]
+    columns = [f"n_first_{d}d" for d in windows]
+    if frame.is_empty() or not thresholds or not windows:
+        return _empty_block()
+    located = frame.join(rows_of, on="account_id", how="inner")
+    families = located.select(family_columns).unique().sort(family_columns).with_row_index("_family")
+    located = located.join(families, on=family_columns, how="inner").select(
+        "_row", pl.col("_family").cast(pl.Int64), *(pl.col(c).fill_null(_NO_HIT).cast(pl.Int64) for c in columns)
+    )
+    if located.is_empty():
+        return _empty_block()
+    largest = located.group_by("_family").agg(pl.col(c).max() for c in columns).sort("_family")
+    most = np.full((families.height, len(windows)), _NO_HIT, dtype=np.int64)
+    most[largest.get_column("_family").to_numpy()] = largest.select(columns).to_numpy()
+    # Every (family, window, threshold) some account reaches: the candidates, in that order.
+    fam, win, thr = np.nonzero(most[:, :, None] >= np.asarray(thresholds, dtype=np.int64)[None, None, :])
+    if fam.size == 0:
+        return _empty_block()
+    days = np.asarray(windows, dtype=np.int64)[win]
+    threshold = np.asarray(thresholds, dtype=np.int64)[thr]
+    found = families[fam.astype(np.int64)].with_columns(
+        pl.Series("window_days", days), pl.Series("threshold", threshold)
+    )
+    if is_property:
+        subject = pl.format("`{}` with {} = {}", "event_name", "property_name", "property_value")
+        family = pl.format("property:{}:{}={}", "event_name", "property_name", "property_value")
+    else:
+        subject = pl.format("`{}`", "event_name")
+        family = pl.format("event:{}", "event_name")
+    window_text = (
+        pl.when(pl.col("window_days") == observation_days)
+        .then(pl.format("in the first {} days (observation window)", "window_days"))
+        .otherwise(pl.format("in the first {} days", "window_days"))
+    )
+    candidates = found.select(
+        pl.concat_str([family, pl.format(":first_{}d:>={}", "window_days", "threshold")]).alias("key"),
+        pl.lit(kind).alias("kind"),
+        family.alias("family"),
+        pl.format("{} >= {} {}", subject, "threshold", window_text).alias("definition"),
+        pl.col("event_name").alias("event"),
+        (pl.col("property_name") if is_property else pl.lit(None, pl.String)).alias("property"),
+        (pl.col("property_value") if is_property else pl.lit(None, pl.String)).alias("value"),
+        "window_days",
+        "threshold",
+    )
+    lookup = np.full((families.height, len(windows), len(thresholds)), -1, dtype=np.int64)
+    kept = _wanted(candidates, keys)
+    lookup[fam[kept], win[kept], thr[kept]] = np.arange(candidates.height, dtype=np.int64)[kept]
+    account_rows = located.get_column("_row").to_numpy()
+    family_codes = located.get_column("_family").to_numpy()
+    rows, cols = [], []
+    for w, column in enumerate(columns):
+        counts = located.get_column(column).to_numpy()
+        for t, value in enumerate(thresholds):
+            if not (lookup[:, w, t] >= 0).any():
                 continue
-            window_text = (
-                f"in the first {days} days"
-                if days != observation_days
-                else f"in the first {days} days (observation window)"
-            )
-            if is_property:
-                subject = pl.format("`{}` with {} = {}", "event_name", "property_name", "property_value")
-                family = pl.format("property:{}:{}={}", "event_name", "property_name", "property_value")
-            else:
-                subject = pl.format("`{}`", "event_name")
-                family = pl.format("event:{}", "event_name")
-            parts.append(
-                hits.select(
-                    "account_id",
-                    pl.concat_str([family, pl.lit(f":first_{days}d:>={threshold}")]).alias("key"),
-                    pl.lit(kind).alias("kind"),
-                    family.alias("family"),
-                    pl.concat_str([subject, pl.lit(f" >= {threshold} {window_text}")]).alias("definition"),
-                    pl.col("event_name").alias("event"),
-                    (pl.col("property_name") if is_property else pl.lit(None, pl.String)).alias("property"),
-                    (pl.col("property_value") if is_property else pl.lit(None, pl.String)).alias("value"),
-                    pl.lit(days, pl.Int64).alias("window_days"),
-                    pl.lit(threshold, pl.Int64).alias("threshold"),
-                )
-            )
-    if not parts:
-        return pl.DataFrame(schema={"account_id": pl.String, **CANDIDATE_SCHEMA})
-    return pl.concat(parts)
+            reached = counts >= value
+            col = lookup[family_codes[reached], w, t]
+            keep = col >= 0
+            rows.append(account_rows[reached][keep])
+            cols.append(col[keep])
+    return _keep(candidates, _concat(rows), _concat(cols), keys)
 
 
-def _attribute_hits(accounts: pl.DataFrame) -> pl.DataFrame:
-    parts = []
+def _attribute_block(accounts: pl.DataFrame, keys: frozenset[str] | None) -> _Block:
+    """One candidate per observed value of each `ATTRIBUTE_COLUMNS` column."""
+    blocks = []
     for column in ATTRIBUTE_COLUMNS:
         if column not in accounts.columns:
             continue
-        value = pl.col(column).cast(pl.String)
-        parts.append(
-            accounts.filter(pl.col(column).is_not_null()).select(
-                "account_id",
-                pl.format("attribute:{}={}", pl.lit(column), value).alias("key"),
-                pl.lit("attribute").alias("kind"),
-                pl.format("attribute:{}={}", pl.lit(column), value).alias("family"),
-                pl.format("{} = {}", pl.lit(column), value).alias("definition"),
-                pl.lit(None, pl.String).alias("event"),
-                pl.lit(column).alias("property"),
-                value.alias("value"),
-                pl.lit(None, pl.Int64).alias("window_days"),
-                pl.lit(None, pl.Int64).alias("threshold"),
+        values = accounts.select(pl.col(column).cast(pl.String).alias("value")).with_row_index("_row")
+        values = values.filter(pl.col("value").is_not_null())
+        distinct = values.select("value").unique().sort("value").with_row_index("_code")
+        candidates = distinct.select(
+            pl.format("attribute:{}={}", pl.lit(column), "value").alias("key"),
+            pl.lit("attribute").alias("kind"),
+            pl.format("attribute:{}={}", pl.lit(column), "value").alias("family"),
+            pl.format("{} = {}", pl.lit(column), "value").alias("definition"),
+            pl.lit(None, pl.String).alias("event"),
+            pl.lit(column).alias("property"),
+            "value",
+            pl.lit(None, pl.Int64).alias("window_days"),
+            pl.lit(None, pl.Int64).alias("threshold"),
+        )
+        located = values.join(distinct, on="value", how="inner")
+        blocks.append(
+            _keep(
+                candidates,
+                located.get_column("_row").cast(pl.Int64).to_numpy(),
+                located.get_column("_code").cast(pl.Int64).to_numpy(),
+                keys,
             )
         )
-    return pl.concat(parts) if parts else pl.DataFrame(schema={"account_id": pl.String, **CANDIDATE_SCHEMA})
+    return _stack(blocks)
 
 
-def _intent_hits(intent: pl.DataFrame, lookback_days: int) -> pl.DataFrame:
+def _intent_block(
+    intent: pl.DataFrame, rows_of: pl.DataFrame, lookback_days: int, keys: frozenset[str] | None
+) -> _Block:
+    """Per buying-signal type: one candidate for the lookback before start, one up to the window end."""
     if intent.is_empty():
-        return pl.DataFrame(schema={"account_id": pl.String, **CANDIDATE_SCHEMA})
-    common = [
-        pl.lit("intent").alias("kind"),
-        pl.format("intent:{}", "signal_type").alias("family"),
-        pl.lit(None, pl.String).alias("event"),
-        pl.lit("signal_type").alias("property"),
-        pl.col("signal_type").alias("value"),
-        pl.lit(lookback_days, pl.Int64).alias("window_days"),
-        pl.lit(1, pl.Int64).alias("threshold"),
-    ]
-    before_start = intent.filter(pl.col("n_before_start") >= 1).select(
-        "account_id",
-        pl.format("intent:{}:before_start", "signal_type").alias("key"),
-        *common[:2],
-        pl.format("{} in the {} days before start", "signal_type", pl.lit(lookback_days)).alias("definition"),
-        *common[2:],
+        return _empty_block()
+    located = intent.join(rows_of, on="account_id", how="inner")
+    blocks = []
+    for column, suffix, definition in (
+        (
+            "n_before_start",
+            "before_start",
+            pl.format("{} in the {} days before start", "signal_type", pl.lit(lookback_days)),
+        ),
+        (
+            "n_before_window_end",
+            "before_window_end",
+            pl.format(
+                "{} from {} days before start to the end of the observation window",
+                "signal_type",
+                pl.lit(lookback_days),
+            ),
+        ),
+    ):
+        fired = located.filter(pl.col(column) >= 1)
+        distinct = fired.select("signal_type").unique().sort("signal_type").with_row_index("_code")
+        candidates = distinct.select(
+            pl.format("intent:{}:{}", "signal_type", pl.lit(suffix)).alias("key"),
+            pl.lit("intent").alias("kind"),
+            pl.format("intent:{}", "signal_type").alias("family"),
+            definition.alias("definition"),
+            pl.lit(None, pl.String).alias("event"),
+            pl.lit("signal_type").alias("property"),
+            pl.col("signal_type").alias("value"),
+            pl.lit(lookback_days, pl.Int64).alias("window_days"),
+            pl.lit(1, pl.Int64).alias("threshold"),
+        )
+        located_codes = fired.join(distinct, on="signal_type", how="inner")
+        blocks.append(
+            _keep(
+                candidates,
+                located_codes.get_column("_row").to_numpy(),
+                located_codes.get_column("_code").cast(pl.Int64).to_numpy(),
+                keys,
+            )
+        )
+    return _stack(blocks)
+
+
+def _keep(candidates: pl.DataFrame, rows: np.ndarray, cols: np.ndarray, keys: frozenset[str] | None) -> _Block:
+    """A block of `candidates` with hits (`rows`, `cols`), restricted to `keys` (when given)."""
+    kept = _wanted(candidates, keys)
+    if kept.all():
+        return _Block(candidates, rows, cols)
+    renumber = np.full(candidates.height, -1, dtype=np.int64)
+    renumber[kept] = np.arange(int(kept.sum()), dtype=np.int64)
+    cols = renumber[cols]
+    return _Block(candidates.filter(pl.Series(kept)), rows[cols >= 0], cols[cols >= 0])
+
+
+def _stack(blocks: list[_Block]) -> _Block:
+    """Blocks one after another: each block's candidate rows are offset by the candidates before it."""
+    if not blocks:
+        return _empty_block()
+    offsets = np.cumsum([0] + [b.candidates.height for b in blocks])
+    return _Block(
+        pl.concat([b.candidates for b in blocks], how="vertical_relaxed"),
+        _concat([b.rows for b in blocks]),
+        _concat([b.cols + offset for b, offset in zip(blocks, offsets, strict=False)]),
     )
-    until_window_end = intent.filter(pl.col("n_before_window_end") >= 1).select(
-        "account_id",
-        pl.format("intent:{}:before_window_end", "signal_type").alias("key"),
-        *common[:2],
-        pl.format(
-            "{} from {} days before start to the end of the observation window", "signal_type", pl.lit(lookback_days)
-        ).alias("definition"),
-        *common[2:],
-    )
-    return pl.concat([before_start, until_window_end])
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts).astype(np.int64, copy=False) if parts else np.empty(0, np.int64)
 
 
 @dataclass(frozen=True)
@@ -288,37 +409,73 @@ def event_thresholds(events: pl.DataFrame, spec: FeatureSpec) -> tuple[int, ...]
     return count_grid(int(largest or 0))
 
 
-def candidate_hits(frames: FeatureFrames, spec: FeatureSpec) -> pl.DataFrame:
-    """Long form: one row per (account, candidate that fired for it), with the candidate's columns."""
+def candidate_matrix(frames: FeatureFrames, spec: FeatureSpec, keys: Iterable[str] | None = None) -> CandidateMatrix:
+    """The sparse accounts × candidates matrix for `frames.accounts` (row order kept): every single candidate
+    (no pairs) that fires for at least one account, or only those whose key is in `keys`; one column per
+    key, sorted by key.
+
+    Built from integer codes, never from per-hit strings: each kind's candidates are described once
+    (`_count_block`, `_attribute_block`, `_intent_block`) and their hits are (account position, candidate
+    row) integer pairs. At 10M events (77,793 eligible accounts, 8.1M hits) the long form of one string row
+    per hit took 5.0 GB of memory; these pairs take 16 bytes a hit."""
+    wanted = None if keys is None else frozenset(keys)
+    rows_of = _account_rows(frames)
     events = frames.events.filter(~pl.col("event_name").is_in(list(spec.excluded_events)))
-    hits = pl.concat(
+    block = _stack(
         [
-            _count_hits(events, spec.windows, event_thresholds(events, spec), "event_count", spec.observation_days),
-            _count_hits(frames.properties, spec.windows, PROPERTY_THRESHOLDS, "event_property", spec.observation_days),
-            _attribute_hits(frames.accounts),
-            _intent_hits(frames.intent, spec.intent_lookback_days),
-        ],
-        how="vertical_relaxed",
+            _count_block(
+                events,
+                rows_of,
+                spec.windows,
+                event_thresholds(events, spec),
+                "event_count",
+                spec.observation_days,
+                wanted,
+            ),
+            _count_block(
+                frames.properties,
+                rows_of,
+                spec.windows,
+                PROPERTY_THRESHOLDS,
+                "event_property",
+                spec.observation_days,
+                wanted,
+            ),
+            _attribute_block(frames.accounts, wanted),
+            _intent_block(frames.intent, rows_of, spec.intent_lookback_days, wanted),
+        ]
     )
-    known = frames.accounts.select("account_id")
-    return hits.join(known, on="account_id", how="semi")
-
-
-def build_candidate_matrix(frames: FeatureFrames, hits: pl.DataFrame) -> CandidateMatrix:
-    """The sparse accounts × candidates matrix for `frames.accounts` (row order kept) from `candidate_hits`."""
-    account_ids = frames.accounts.get_column("account_id").to_numpy()
-    candidates = hits.select(list(CANDIDATE_SCHEMA)).unique(subset="key", keep="first").sort("key")
+    local = block.candidates.with_row_index("_local")
+    candidates = local.unique(subset="key", keep="first", maintain_order=True).sort("key").drop("_local")
+    column_of = (
+        local.select("_local", "key")
+        .join(candidates.select("key").with_row_index("_col"), on="key", how="inner")
+        .sort("_local")
+        .get_column("_col")
+        .cast(pl.Int64)
+        .to_numpy()
+    )
     candidates = candidates.with_columns(signal_ids(candidates.get_column("key")).alias("signal_id"))
-    account_index = pl.DataFrame({"account_id": account_ids, "_row": np.arange(len(account_ids), dtype=np.int64)})
-    candidate_index = candidates.select("key").with_row_index("_col")
-    coords = hits.select("account_id", "key").join(account_index, on="account_id").join(candidate_index, on="key")
-    rows = coords.get_column("_row").to_numpy()
-    cols = coords.get_column("_col").to_numpy().astype(np.int64)
     matrix = sp.csr_matrix(
-        (np.ones(len(rows), dtype=np.float64), (rows, cols)), shape=(len(account_ids), candidates.height)
+        (np.ones(block.rows.size, dtype=np.float64), (block.rows, column_of[block.cols])),
+        shape=(frames.accounts.height, candidates.height),
     )
-    matrix.data[:] = 1.0  # a candidate fires once per account, however many hit rows named it
-    return CandidateMatrix(account_ids=account_ids, candidates=candidates, matrix=matrix)
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0  # a candidate fires once per account
+    return CandidateMatrix(
+        account_ids=frames.accounts.get_column("account_id").to_numpy(), candidates=candidates, matrix=matrix
+    )
+
+
+def candidate_hits(frames: FeatureFrames, spec: FeatureSpec) -> pl.DataFrame:
+    """`candidate_matrix` in long form: one row per (account, candidate that fired for it), with the
+    candidate's columns. For reading and tests on small data; the pipeline works on the matrix."""
+    built = candidate_matrix(frames, spec)
+    coo = built.matrix.tocoo()
+    order = np.lexsort((coo.col, coo.row))
+    return pl.DataFrame({"account_id": built.account_ids[coo.row[order]]}).hstack(
+        built.candidates.select(list(CANDIDATE_SCHEMA))[coo.col[order].astype(np.int64)]
+    )
 
 
 def sufficient_statistics(matrix: CandidateMatrix, converted: np.ndarray, arr: np.ndarray) -> pl.DataFrame:

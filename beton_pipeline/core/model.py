@@ -82,8 +82,7 @@ from beton_pipeline.core.candidates import (
     CandidateMatrix,
     FeatureFrames,
     FeatureSpec,
-    build_candidate_matrix,
-    candidate_hits,
+    candidate_matrix,
     pair_parts,
 )
 from beton_pipeline.core.discovery import HoldoutSplit, cohort_labels, temporal_split
@@ -270,7 +269,7 @@ class LeadScoreBacktest:
 # --------------------------------------------------------------------------------------------
 def feature_candidates(frames: FeatureFrames, spec: FeatureSpec) -> CandidateMatrix:
     """Every single candidate (no pairs) for `frames.accounts`, in row order."""
-    return build_candidate_matrix(frames, candidate_hits(frames, spec))
+    return candidate_matrix(frames, spec)
 
 
 def select_columns(matrix: CandidateMatrix, keys: tuple[str, ...] | list[str]) -> sp.csr_matrix:

@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 
 from beton_pipeline.core.backtest import BACKTEST_SCHEMA, backtest, verdicts
-from beton_pipeline.core.candidates import FeatureFrames, build_candidate_matrix, candidate_hits, pair_parts
+from beton_pipeline.core.candidates import FeatureFrames, candidate_matrix, pair_parts
 from beton_pipeline.core.discovery import HoldoutSplit, cohort_labels, temporal_split
 from beton_pipeline.settings import Settings
 from beton_pipeline.store.custom_signals import (
@@ -64,15 +64,14 @@ BACKTESTED = "source = 'custom' or (source = 'discovered' and enabled)"
 # ------------------------------------------------------------------------------------------------
 def discovered_fired(frames: FeatureFrames, keys: list[str], settings: Settings) -> np.ndarray:
     """accounts × keys booleans for discovered candidates (singles and pairs), with discovery's own candidate code."""
-    hits = candidate_hits(frames, settings.feature_spec())
-    singles = set(hits.get_column("key").unique().to_list())
     needed = {k for k in keys if not k.startswith("pair:")}
-    parts = {k: pair_parts(k, singles) for k in keys if k.startswith("pair:")}
-    for pair in parts.values():
-        if pair:
-            needed.update(pair)
-    matrix = build_candidate_matrix(frames, hits.filter(pl.col("key").is_in(sorted(needed))))
+    for key in keys:  # a pair's halves are two single keys split at one of its `&`s: build every split's halves
+        if key.startswith("pair:"):
+            body = key.removeprefix("pair:")
+            needed.update(h for i, ch in enumerate(body) if ch == "&" for h in (body[:i], body[i + 1 :]))
+    matrix = candidate_matrix(frames, settings.feature_spec(), keys=needed)
     column = {k: i for i, k in enumerate(matrix.candidates.get_column("key").to_list())}
+    parts = {k: pair_parts(k, set(column)) for k in keys if k.startswith("pair:")}
     dense = matrix.matrix.tocsc()
     out = np.zeros((frames.accounts.height, len(keys)), dtype=bool)
 

@@ -29,8 +29,7 @@ from beton_pipeline.core.candidates import (
     FeatureFrames,
     account_activity,
     activity_windows,
-    build_candidate_matrix,
-    candidate_hits,
+    candidate_matrix,
     signal_id,
     sufficient_statistics,
 )
@@ -201,7 +200,7 @@ def count_cohort(con: duckdb.DuckDBPyConnection, settings: Settings, month: str)
     bands' totals in beton.signal_cohort_strata. The activity comes from the event features already read."""
     spec = settings.feature_spec()
     frames = read_feature_frames(con, settings.feature_windows, cohort_month=month)
-    matrix = build_candidate_matrix(frames, candidate_hits(frames, spec))
+    matrix = candidate_matrix(frames, spec)
     accounts = frames.accounts
     converted = accounts.get_column("converted").to_numpy()
     counts = sufficient_statistics(matrix, converted, accounts.get_column("arr").fill_null(0).to_numpy()).with_columns(
@@ -328,8 +327,7 @@ def _warehouse_pair_source(con: duckdb.DuckDBPyConnection, settings: Settings):
     def source(top: list[str], split: HoldoutSplit) -> PairCounts:
         spec = settings.feature_spec()
         frames = read_feature_frames(con, settings.feature_windows)
-        hits = candidate_hits(frames, spec).filter(pl.col("key").is_in(top))
-        matrix = build_candidate_matrix(frames, hits)
+        matrix = candidate_matrix(frames, spec, keys=top)
         accounts = frames.accounts
         return matrix_pair_source(
             matrix,

@@ -12,8 +12,8 @@ from beton_pipeline.core.candidates import (
     FeatureSpec,
     account_activity,
     activity_windows,
-    build_candidate_matrix,
     candidate_hits,
+    candidate_matrix,
     count_grid,
     signal_id,
     sufficient_statistics,
@@ -35,6 +35,7 @@ from beton_pipeline.core.discovery import (
     temporal_split,
 )
 from beton_pipeline.core.stratified import activity_strata
+from tests.core.reference_candidates import reference_hits
 
 WINDOWS = (1, 3, 7, 14)
 
@@ -104,8 +105,7 @@ def synthetic_frames(n: int = 6000, seed: int = 0, planted_lift: bool = True) ->
 
 
 def run(frames: FeatureFrames, config: DiscoveryConfig = DiscoveryConfig(), converted=None):
-    hits = candidate_hits(frames, FeatureSpec(WINDOWS, (1, 2, 3, 5), 14, 90))
-    matrix = build_candidate_matrix(frames, hits)
+    matrix = candidate_matrix(frames, FeatureSpec(WINDOWS, (1, 2, 3, 5), 14, 90))
     months = cohort_labels(frames)
     y = frames.accounts.get_column("converted").to_numpy() if converted is None else converted
     arr = np.where(y, 6000.0, 0.0)
@@ -115,13 +115,12 @@ def run(frames: FeatureFrames, config: DiscoveryConfig = DiscoveryConfig(), conv
 
 def test_sparse_counts_equal_a_group_by():
     frames = synthetic_frames(2000)
-    hits = candidate_hits(frames, FeatureSpec(WINDOWS, (1, 2, 3), 14, 90))
-    matrix = build_candidate_matrix(frames, hits)
+    matrix = candidate_matrix(frames, FeatureSpec(WINDOWS, (1, 2, 3), 14, 90))
     y = frames.accounts.get_column("converted").to_numpy()
     stats = sufficient_statistics(matrix, y, np.where(y, 1.0, 0.0))
+    hits, _ = reference_hits(frames, FeatureSpec(WINDOWS, (1, 2, 3), 14, 90))
     brute = (
-        hits.select("account_id", "key")
-        .unique()
+        pl.DataFrame(sorted(hits), schema=["account_id", "key"], orient="row")
         .join(frames.accounts.select("account_id", "converted"), on="account_id")
         .group_by("key")
         .agg(pl.len().alias("n"), pl.col("converted").sum().alias("c"))
@@ -133,8 +132,7 @@ def test_sparse_counts_equal_a_group_by():
 
 def test_pair_counts_equal_brute_force():
     frames = synthetic_frames(1500)
-    hits = candidate_hits(frames, FeatureSpec(WINDOWS, (1, 2), 14, 90))
-    matrix = build_candidate_matrix(frames, hits)
+    matrix = candidate_matrix(frames, FeatureSpec(WINDOWS, (1, 2), 14, 90))
     y = frames.accounts.get_column("converted").to_numpy()
     keys = ["event:good_event:first_7d:>=1", "event:noise_1:first_7d:>=2", "attribute:industry=Fintech"]
     pairs = pair_counts(matrix, keys, y, np.zeros(len(y)))
@@ -252,8 +250,7 @@ def shaped_frames(
 
 
 def run_with(frames: FeatureFrames, thresholds, config: DiscoveryConfig, converted=None):
-    hits = candidate_hits(frames, FeatureSpec(WINDOWS, thresholds, 14, 90))
-    matrix = build_candidate_matrix(frames, hits)
+    matrix = candidate_matrix(frames, FeatureSpec(WINDOWS, thresholds, 14, 90))
     months = cohort_labels(frames)
     y = frames.accounts.get_column("converted").to_numpy() if converted is None else converted
     arr = np.where(y, 6000.0, 0.0)
@@ -452,7 +449,7 @@ def adjusted_run(
 ):
     """Discovery with the adjustment, in memory, as the assets run it (per-month bands of all events)."""
     spec = FeatureSpec(WINDOWS, thresholds, 14, 90)
-    matrix = build_candidate_matrix(frames, candidate_hits(frames, spec))
+    matrix = candidate_matrix(frames, spec)
     months = cohort_labels(frames)
     y = frames.accounts.get_column("converted").to_numpy() if converted is None else converted
     arr = np.where(y, 6000.0, 0.0)

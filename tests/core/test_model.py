@@ -20,8 +20,8 @@ from statsmodels.stats.proportion import proportion_confint
 from beton_pipeline.core.candidates import (
     FeatureFrames,
     FeatureSpec,
-    build_candidate_matrix,
     candidate_hits,
+    candidate_matrix,
     pair_parts,
 )
 from beton_pipeline.core.discovery import choose_holdout
@@ -316,7 +316,7 @@ def test_pair_parts_split_on_the_right_ampersand():
 
 
 def test_unknown_enabled_signal_scores_zero(frames):
-    candidates = build_candidate_matrix(frames, candidate_hits(frames, FeatureSpec(WINDOWS, (1,), 14, 90)))
+    candidates = candidate_matrix(frames, FeatureSpec(WINDOWS, (1,), 14, 90))
     count, _ = enabled_signal_scores(
         candidates, pl.DataFrame({"candidate_key": ["event:never:first_1d:>=1"], "lift": [2.0]})
     )

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from scipy import stats as sp_stats
 from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
 
-from beton_pipeline.core.candidates import FeatureFrames, FeatureSpec, build_candidate_matrix, candidate_hits
+from beton_pipeline.core.candidates import FeatureFrames, FeatureSpec, candidate_matrix
 from beton_pipeline.core.discovery import (
     DiscoveryConfig,
     cohort_counts_from_matrix,
@@ -78,8 +78,7 @@ class Prepared:
     """A data set's candidate matrix and cohort months, built once, to run discovery on several outcomes."""
 
     def __init__(self, frames: FeatureFrames):
-        hits = candidate_hits(frames, FeatureSpec(WINDOWS, THRESHOLDS, 14, 90))
-        self.matrix = build_candidate_matrix(frames, hits)
+        self.matrix = candidate_matrix(frames, FeatureSpec(WINDOWS, THRESHOLDS, 14, 90))
         self.months = cohort_labels(frames)
         self.converted = frames.accounts.get_column("converted").to_numpy()
 

@@ -208,7 +208,7 @@ def test_shuffled_demo_outcomes_enable_almost_nothing(con):
     must stay near fdr_alpha or below (the holdout replication makes them rarer still)."""
     import numpy as np
 
-    from beton_pipeline.core.candidates import build_candidate_matrix, candidate_hits
+    from beton_pipeline.core.candidates import candidate_matrix
     from beton_pipeline.core.discovery import (
         cohort_counts_from_matrix,
         cohort_labels,
@@ -219,8 +219,7 @@ def test_shuffled_demo_outcomes_enable_almost_nothing(con):
 
     cfg = load_settings()
     frames = read_feature_frames(con, cfg.feature_windows)
-    hits = candidate_hits(frames, cfg.feature_spec())
-    matrix = build_candidate_matrix(frames, hits)
+    matrix = candidate_matrix(frames, cfg.feature_spec())
     months = cohort_labels(frames)
     y0 = frames.accounts["converted"].to_numpy()
     config = cfg.discovery_config()
