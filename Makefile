@@ -18,6 +18,7 @@ help:
 	@echo "make ui     start dagster dev on http://127.0.0.1:3000"
 	@echo "make docs   build the dbt docs site (dbt_project/target/index.html)"
 	@echo "make bench  run the benchmarks (BENCHMARKS.md)"
+	@echo "make bench-100m  run beton once on 100M events (BENCHMARKS.md; ~1-2 hours)"
 	@echo "make health-sim  the three signal health rules side by side on simulated signals (about 8 minutes)"
 
 # One-time (and on dependency change) environment: uv from PyPI, then the locked dependency set.
@@ -79,6 +80,10 @@ docs: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run.py
+
+.PHONY: bench-100m
+bench-100m: setup
+	$(BIN)/python benchmarks/run.py --sizes 100M --repetitions 1 --analyst-repetitions 0
 
 .PHONY: health-sim
 health-sim: setup
