@@ -39,11 +39,12 @@ def event_catalog(con: duckdb.DuckDBPyConnection, settings: Settings, top: int =
     raw_keys = (
         con.sql(
             """select event_name as event, key as property, count(*) as events from (
-              select event_name, unnest(json_keys(properties)) as key from intermediate.int_events_resolved
-              where account_id is not null and properties is not null and json_type(properties) = 'OBJECT')
+              select e.event_name, unnest(json_keys(r.properties)) as key
+              from intermediate.int_events_resolved as e join raw.raw_events as r on r.uuid = e.event_id
+              where e.account_id is not null and r.properties is not null and json_type(r.properties) = 'OBJECT')
             group by 1, 2 order by events desc, event, property"""
         ).pl()
-        if table_exists(con, "intermediate", "int_events_resolved")
+        if table_exists(con, "intermediate", "int_events_resolved") and table_exists(con, "raw", "raw_events")
         else pl.DataFrame(schema={"event": pl.String, "property": pl.String, "events": pl.Int64})
     )
     usable = pl.DataFrame(

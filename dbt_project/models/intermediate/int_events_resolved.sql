@@ -4,8 +4,26 @@
 --   3. crm_people, by the e-mail this distinct_id carried on this or an earlier event
 -- Events that resolve to no account keep account_id null (counted in the ingest summary, never dropped).
 -- Grain: one row per event.
+-- The configured property features (beton.yaml discovery.property_features) are read out of the JSON here,
+-- once, as property_1 … property_N (the value on the feature's own event, else null); the JSON text itself
+-- goes no further (it is most of an event's bytes, and every model downstream would carry it).
 with events as (
-    select * from {{ ref('stg_posthog__events') }}
+    select
+        event_id,
+        distinct_id,
+        event_name,
+        occurred_at,
+        group_company_key,
+        person_email,
+        current_url,
+        feature_flag,
+        feature_flag_response
+        {%- for feature in var('property_features') %},
+        case
+            when event_name = '{{ feature.event }}' then {{ json_string('properties', [feature.property]) }}
+        end as property_{{ loop.index }}
+        {%- endfor %}
+    from {{ ref('stg_posthog__events') }}
 ),
 
 keys as (
@@ -82,7 +100,9 @@ select
     current_url,
     feature_flag,
     feature_flag_response,
-    properties,
+    {% for feature in var('property_features') -%}
+    property_{{ loop.index }},
+    {% endfor -%}
     coalesce(group_account_id, email_domain_account_id, crm_person_account_id) as account_id,
     case
         when group_account_id is not null then 'group'

@@ -1,7 +1,8 @@
 -- Every event of an account before its feature window end that carries a configured property
 -- (beton.yaml discovery.property_features, with its transform, e.g. the URL path of $pageview),
 -- numbered in time per account, event, property and value (ties by event id). Signal firings
--- (store/firings.sql) and account_property_features read it.
+-- (store/firings.sql) and account_property_features read it. The values come from int_events_resolved's
+-- property_<n> columns (the n-th configured feature, read out of the JSON there once).
 -- Grain: one row per event × configured property with a non-empty value.
 with windows as (
     select * from {{ ref('int_account_windows') }}
@@ -17,14 +18,27 @@ property_values as (
         '{{ feature.event }}' as event_name,
         '{{ feature.property }}' as property_name,
         {% if feature.transform == 'url_path' -%}
-        {{ url_path(json_string('e.properties', [feature.property])) }}
+        {{ url_path('e.property_' ~ loop.index) }}
         {%- else -%}
-        {{ json_string('e.properties', [feature.property]) }}
+        e.property_{{ loop.index }}
         {%- endif %} as property_value
     from {{ ref('int_events_resolved') }} as e
     inner join windows as w on w.account_id = e.account_id
     where e.event_name = '{{ feature.event }}' and e.occurred_at < w.feature_window_end_at
     {% if not loop.last %}union all{% endif %}
+    {% else -%}
+    -- no property features configured: no rows, the same columns
+    select
+        e.account_id,
+        e.event_id,
+        e.occurred_at,
+        w.started_at,
+        e.event_name,
+        e.event_name as property_name,
+        e.event_name as property_value
+    from {{ ref('int_events_resolved') }} as e
+    inner join windows as w on w.account_id = e.account_id
+    where false
     {% endfor %}
 )
 
