@@ -210,11 +210,11 @@ def demo_scores(con: duckdb.DuckDBPyConnection, settings, signal_id: str, days: 
     unweighted = compute_account_scores(con, settings, days).scores
     refresh_signal_health(con, settings, [d.isoformat() for d in days])
     weighted = compute_account_scores(con, settings, days).scores
-    entry = pl.Struct({"signal_id": pl.String, "weight_factor": pl.Float64, "weight_note": pl.String})
     fired = (
-        weighted.select("day", "account_id", pl.col("signals_fired").str.json_decode(pl.List(entry)))
+        weighted.select("day", "account_id", "signals_fired")
         .explode("signals_fired")
         .unnest("signals_fired")
+        .select("day", "account_id", "signal_id", "weight_factor", "weight_note")
         .filter(pl.col("signal_id") == signal_id)
         .join(
             unweighted.select("day", "account_id", pl.col("score").alias("score_before")),

@@ -37,7 +37,7 @@ import re
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Annotated, Literal
 from urllib.parse import quote, urlsplit
 
@@ -496,18 +496,21 @@ def is_broken(signal: Mapping) -> bool:
 
 
 def with_signal_ids(scores: pl.DataFrame) -> pl.DataFrame:
-    """``scores`` with a ``signal_ids`` list column decoded from ``signals_fired`` (unless already there): the
+    """``scores`` with a ``signal_ids`` list column taken from ``signals_fired`` (unless already there): the
     signals an account can qualify through that day, i.e. every fired signal but the broken ones
-    (entries without ``health``, written before scores were weighted by health, count)."""
+    (entries without ``health``, written before scores were weighted by health, count).
+
+    ``signals_fired`` is a list of entries (structs with ``signal_id`` and ``health``), or the JSON text
+    of one in a table an older beton wrote (decoded)."""
     if "signal_ids" in scores.columns:
         return scores
+    fired = pl.col("signals_fired")
+    if scores.schema["signals_fired"] == pl.String:
+        fired = fired.str.json_decode(_FIRED_SIGNALS)
     return scores.with_columns(
-        pl.col("signals_fired")
-        .str.json_decode(_FIRED_SIGNALS)
-        .list.eval(
+        fired.list.eval(
             pl.element().filter(pl.element().struct.field("health").fill_null("") != "broken").struct.field("signal_id")
-        )
-        .alias("signal_ids")
+        ).alias("signal_ids")
     )
 
 
@@ -680,14 +683,31 @@ class PlannedAction:
     message: Message
 
 
-def _json_list(text: str | None) -> list[dict]:
-    if not text:
+def score_entries(value: str | Iterable[Mapping] | None) -> list[dict]:
+    """The entries of one ``account_scores`` explanation cell (``signals_fired``, ``top_contributions``) as
+    JSON values, in their order: ``fired_at`` as ``YYYY-MM-DDTHH:MM:SSZ`` (UTC), the other fields as stored.
+
+    ``value`` is a list of entries (mappings, as a typed list of structs reads), or the JSON text of one
+    in a table an older beton wrote; anything else (null, malformed text) has no entries."""
+    if value is None:
         return []
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return []
-    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return []
+        if not isinstance(value, list):
+            return []
+    return [{k: _json_value(v) for k, v in entry.items()} for entry in value if isinstance(entry, Mapping)]
+
+
+def _json_value(value: object) -> object:
+    """A datetime as the ``YYYY-MM-DDTHH:MM:SSZ`` text the entries' JSON always had (naive means UTC)."""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return value
 
 
 def _crm_url(template: str | None, account_id: str, domain: str | None, is_crm: bool | None) -> str | None:
@@ -729,7 +749,7 @@ def matched_account(row: Mapping, crm_url: str | None, signal_names: Mapping[str
     """A :class:`MatchedAccount` from one ``account_scores`` row (``crm_url`` already built; ``signal_names``:
     signal id → plain-language name, e.g. ``store.signal_detail.signal_names``)."""
     names = signal_names or {}
-    top_contributions = _json_list(row.get("top_contributions"))
+    top_contributions = score_entries(row.get("top_contributions"))
     return MatchedAccount(
         account_id=row["account_id"],
         company=row.get("company_name") or row.get("domain") or row["account_id"],
@@ -741,7 +761,7 @@ def matched_account(row: Mapping, crm_url: str | None, signal_names: Mapping[str
         score_rank=row.get("score_rank"),
         top_contributions=tuple(top_contributions),
         top_signals=_named(
-            top_contributions or [s for s in _json_list(row.get("signals_fired")) if not is_broken(s)][:3], names
+            top_contributions or [s for s in score_entries(row.get("signals_fired")) if not is_broken(s)][:3], names
         ),
     )
 
@@ -754,7 +774,7 @@ def account_values(
     score = account.score
     ids = row.get("signal_ids")
     if ids is None:
-        ids = [s.get("signal_id") for s in _json_list(row.get("signals_fired")) if not is_broken(s)]
+        ids = [s.get("signal_id") for s in score_entries(row.get("signals_fired")) if not is_broken(s)]
     return {
         "account_id": account.account_id,
         "company": account.company,

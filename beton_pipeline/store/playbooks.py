@@ -84,8 +84,9 @@ def latest_score_day(con: duckdb.DuckDBPyConnection) -> date | None:
 def read_scores(
     con: duckdb.DuckDBPyConnection, day: date, columns: Sequence[str] = SCORE_COLUMNS, with_signal_ids: bool = False
 ) -> pl.DataFrame:
-    """One day of ``beton.account_scores``; ``with_signal_ids`` adds the ids of the fired signals an account
-    qualifies through (not broken that day: ``core.playbooks.with_signal_ids``)."""
+    """One day of ``beton.account_scores`` (``signals_fired`` and ``top_contributions`` as lists of structs);
+    ``with_signal_ids`` adds the ids of the fired signals an account qualifies through (not broken that day:
+    ``core.playbooks.with_signal_ids``)."""
     wanted = list(columns)
     if with_signal_ids and "signals_fired" not in wanted:
         wanted.append("signals_fired")

@@ -13,10 +13,16 @@ closed (or converted), at most 30 rows each. The days are scored in batches of c
 whose in-play rows stay under `scoring.max_rows_per_batch` (`day_batches`; a single day above it is a batch
 of its own); the calibration is fitted once, and each batch replaces its days' rows (one transaction per
 batch) before the next is computed, so every day is always whole (see `refresh_account_scores`).
+
+**Explanations are typed lists.** `signals_fired`, `top_contributions` and `intent_contributions` are lists of
+`SCORE_ENTRY` structs (DuckDB `STRUCT(...)[]`), aggregated in polars: no JSON is encoded when scoring, and
+DuckDB's dictionary compression stores the repeated definitions nearly for free. A table an older beton
+wrote (JSON text) is converted in place before the first write (`upgrade_explanation_columns`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
@@ -248,28 +254,36 @@ def _weights(signals: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _json_list(frame: pl.DataFrame, by: str, k: int | None, name: str) -> pl.DataFrame:
-    """Per `by`: a JSON list of {signal_id, definition, fired_at, contribution, health, weight_factor,
-    weight_note}, largest contribution first (`weight_note` says why a signal counts less, else null)."""
-    encoded = frame.sort([by, "contribution", "signal_id"], descending=[False, True, False]).with_columns(
-        pl.struct(
-            "signal_id",
-            "definition",
-            pl.col("fired_at").dt.strftime("%Y-%m-%dT%H:%M:%SZ").alias("fired_at"),
-            pl.col("contribution").round(4),
-            "health",
-            "weight_factor",
-            "weight_note",
-        )
-        .struct.json_encode()
-        .alias("_j")
-    )
-    agg = pl.col("_j").head(k) if k else pl.col("_j")
-    return (
-        encoded.group_by(by)
-        .agg(agg.str.join(",").alias(name))
-        .with_columns(pl.format("[{}]", pl.col(name)).alias(name))
-    )
+SCORE_ENTRY = pl.Struct(
+    {
+        "signal_id": pl.String,
+        "definition": pl.String,
+        "fired_at": pl.Datetime("us"),
+        "contribution": pl.Float64,
+        "health": pl.String,
+        "weight_factor": pl.Float64,
+        "weight_note": pl.String,
+    }
+)
+"""One entry of `signals_fired`, `top_contributions` and `intent_contributions` (DuckDB: a `STRUCT(...)[]`
+column): a signal that fired, when (UTC), what it adds to the raw score (rounded to 4 decimals), its health
+that day, the factor its health put on its weight and why (`weight_note`, null at full weight)."""
+
+EXPLANATION_COLUMNS = ("signals_fired", "top_contributions", "intent_contributions")
+"""The `beton.account_scores` columns that are lists of `SCORE_ENTRY`."""
+
+_NO_ENTRIES = pl.lit([], dtype=pl.List(SCORE_ENTRY))
+
+
+def _entry_lists(frame: pl.DataFrame, by: str, k: int | None, name: str) -> pl.DataFrame:
+    """Per `by`: the list of its `SCORE_ENTRY`s, largest contribution first (ties by signal id), the first
+    `k` only when `k` is given."""
+    entry = pl.struct(
+        "signal_id", "definition", "fired_at", pl.col("contribution").round(4), "health", "weight_factor", "weight_note"
+    ).cast(SCORE_ENTRY)
+    ordered = frame.sort([by, "contribution", "signal_id"], descending=[False, True, False])
+    # group_by keeps each group's rows in frame order, so the lists keep the sort.
+    return ordered.group_by(by).agg((entry.head(k) if k else entry).alias(name))
 
 
 @dataclass(frozen=True)
@@ -363,14 +377,14 @@ def _score_days(s: _Scoring, days: list[date]) -> tuple[pl.DataFrame, pl.DataFra
     # Every signal that fired is listed (a broken one with contribution 0 and why); the top and intent lists
     # hold only the signals that count that day.
     counting = contribs.filter(pl.col("weight_factor") > 0)
-    fired_json = _json_list(contribs, "obs_id", None, "signals_fired")
-    top_json = _json_list(counting, "obs_id", cfg.top_contributions, "top_contributions")
-    intent_json = _json_list(counting.filter(pl.col("kind") == "intent"), "obs_id", None, "intent_contributions")
+    fired = _entry_lists(contribs, "obs_id", None, "signals_fired")
+    top = _entry_lists(counting, "obs_id", cfg.top_contributions, "top_contributions")
+    intent = _entry_lists(counting.filter(pl.col("kind") == "intent"), "obs_id", None, "intent_contributions")
     n_fired = contribs.group_by("obs_id").agg(pl.len().alias("n_signals_fired"))
     scores = (
-        scores.join(fired_json, on="obs_id", how="left")
-        .join(top_json, on="obs_id", how="left")
-        .join(intent_json, on="obs_id", how="left")
+        scores.join(fired, on="obs_id", how="left")
+        .join(top, on="obs_id", how="left")
+        .join(intent, on="obs_id", how="left")
         .join(n_fired, on="obs_id", how="left")
         .select(
             "day",
@@ -380,9 +394,7 @@ def _score_days(s: _Scoring, days: list[date]) -> tuple[pl.DataFrame, pl.DataFra
             "score_rank",
             pl.col("age_days").round(3),
             pl.col("n_signals_fired").fill_null(0).cast(pl.Int64),
-            pl.col("signals_fired").fill_null("[]"),
-            pl.col("top_contributions").fill_null("[]"),
-            pl.col("intent_contributions").fill_null("[]"),
+            pl.col(*EXPLANATION_COLUMNS).fill_null(_NO_ENTRIES),
             "domain",
             "company_name",
             "is_crm_company",
@@ -420,6 +432,58 @@ SCORES_TABLE = "beton.account_scores"
 REVENUE_TABLE = "beton.revenue_metrics"
 
 
+class ExplanationUpgradeError(RuntimeError):
+    """An older `beton.account_scores` whose JSON-text explanation columns could not be converted."""
+
+
+def _duckdb_types(con: duckdb.DuckDBPyConnection, schema: dict[str, pl.DataType]) -> dict[str, str]:
+    """The DuckDB type of each column of a polars `schema`, as DuckDB maps it when beton writes a frame."""
+    con.register("_beton_types", pl.DataFrame(schema=schema).to_arrow())
+    try:
+        return {name: typ for name, typ, *_ in con.sql("describe _beton_types").fetchall()}
+    finally:
+        con.unregister("_beton_types")
+
+
+def upgrade_explanation_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Convert the JSON-text explanation columns of a `beton.account_scores` written by an older beton
+    (VARCHAR) to `SCORE_ENTRY` lists in place, in one transaction; returns the columns converted.
+
+    Without this a typed insert into the old table would store each list's text form (DuckDB casts
+    LIST to VARCHAR implicitly). The JSON is read with `from_json` into the entry's fields: `fired_at`
+    ("2026-05-02T10:00:00Z") becomes a TIMESTAMP, a field an older entry lacks (`health`, `weight_factor`,
+    `weight_note` before health weighted the scores) is null."""
+    schema, table = SCORES_TABLE.split(".")
+    old = [
+        name
+        for (name,) in con.execute(
+            "select column_name from information_schema.columns where table_schema = ? and table_name = ? "
+            "and data_type = 'VARCHAR' and list_contains(?, column_name)",
+            [schema, table, list(EXPLANATION_COLUMNS)],
+        ).fetchall()
+    ]
+    if not old:
+        return []
+    entry = _duckdb_types(con, SCORE_ENTRY.to_schema())
+    typed = _duckdb_types(con, {"entries": pl.List(SCORE_ENTRY)})["entries"]
+    shape = json.dumps([entry]).replace("'", "''")
+    con.execute("begin transaction")
+    try:
+        for name in old:
+            con.execute(
+                f'alter table {SCORES_TABLE} alter column "{name}" type {typed} using from_json("{name}", \'{shape}\')'
+            )
+        con.execute("commit")
+    except duckdb.Error as exc:
+        con.execute("rollback")
+        raise ExplanationUpgradeError(
+            f"{SCORES_TABLE} was written by an older beton (JSON text in {', '.join(old)}) and could not be "
+            f"converted to lists of entries ({exc}); it is unchanged. Drop the table (`drop table {SCORES_TABLE}`) "
+            "and score again to rebuild it."
+        ) from exc
+    return old
+
+
 def refresh_account_scores(
     con: duckdb.DuckDBPyConnection, settings: Settings, partition_keys: Iterable[str]
 ) -> ScoresResult:
@@ -438,6 +502,7 @@ def refresh_account_scores(
     days = partition_days(con, partition_keys)
     if not days:
         return ScoresResult(scores=pl.DataFrame(), calibration=pl.DataFrame(), revenue=pl.DataFrame())
+    upgrade_explanation_columns(con)
     s = _prepare(con, settings, days)
     batches = _batches(s, days)
     revenue, n_scores = [], 0

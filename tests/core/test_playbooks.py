@@ -2,12 +2,14 @@
 assignment (deterministic, uniform, reproducible in SQL), idempotency keys, templates, planning."""
 
 import json
-from datetime import date
+from datetime import date, datetime, timedelta, timezone
 
 import duckdb
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from beton_pipeline.core.playbooks import (
     AccountMatchedEvent,
@@ -32,7 +34,11 @@ from beton_pipeline.core.playbooks import (
     plan_account_actions,
     plan_health_actions,
     render,
+    score_entries,
+    with_signal_ids,
 )
+from beton_pipeline.store.scoring import SCORE_ENTRY
+from tests.store.score_entries import as_old_frame
 
 SLACK = {"type": "slack", "channel": "#revenue"}
 DAY = date(2026, 3, 2)
@@ -48,24 +54,33 @@ HEALTH_OF_ENTRY = (None, "healthy", "insufficient_data", "degrading", "broken")
 """An entry's health that day (None: a row written before scores were weighted by health, without the key)."""
 
 
-def scores_frame(n: int = 400, seed: int = 1, with_health: bool = False) -> pl.DataFrame:
+def scores_frame(n: int = 400, seed: int = 1, with_health: bool = False, as_json: bool = False) -> pl.DataFrame:
+    """`n` scored accounts, each with up to three signals fired, as `beton.account_scores` holds them: the
+    entries as lists of structs, or (`as_json`) the JSON text an older beton wrote."""
     rng = np.random.default_rng(seed)
     signals = [f"sig_{i}" for i in range(6)]
     fired = []
     for _ in range(n):
         chosen = rng.choice(signals, size=rng.integers(0, 4), replace=False)
         entries = [
-            {"signal_id": s, "definition": f"def of {s}", "fired_at": "2026-03-01T00:00:00", "contribution": 0.1}
+            {
+                "signal_id": str(s),
+                "definition": f"def of {s}",
+                "fired_at": datetime(2026, 3, 1, 8, 15, 30, 500),
+                "contribution": 0.1,
+                "health": None,
+                "weight_factor": None,
+                "weight_note": None,
+            }
             for s in chosen
         ]
         if with_health:
             for entry in entries:
-                health = HEALTH_OF_ENTRY[rng.integers(0, len(HEALTH_OF_ENTRY))]
-                if health is not None:
-                    entry["health"] = health
-        fired.append(json.dumps(entries))
+                entry["health"] = HEALTH_OF_ENTRY[rng.integers(0, len(HEALTH_OF_ENTRY))]
+        fired.append(entries)
     score = rng.random(n)
     score[rng.random(n) < 0.05] = np.nan
+    entries = pl.List(SCORE_ENTRY)
     frame = pl.DataFrame(
         {
             "account_id": [f"rec_{i:05d}" for i in range(n)],
@@ -75,9 +90,11 @@ def scores_frame(n: int = 400, seed: int = 1, with_health: bool = False) -> pl.D
             "domain": [f"acct{i}.io" for i in range(n)],
             "company_name": [f"Company {i}" for i in range(n)],
             "is_crm_company": (np.arange(n) % 3 != 0).tolist(),
-        }
+        },
+        schema_overrides={"signals_fired": entries, "top_contributions": entries},
     ).with_columns(pl.col("score").fill_nan(None))
-    return frame.with_columns(pl.col("score").rank("ordinal", descending=True).cast(pl.Int64).alias("score_rank"))
+    frame = frame.with_columns(pl.col("score").rank("ordinal", descending=True).cast(pl.Int64).alias("score_rank"))
+    return as_old_frame(frame) if as_json else frame
 
 
 # ------------------------------------------------------------------------------------------------
@@ -171,7 +188,9 @@ def _reference(frame: pl.DataFrame, when: PlaybookWhen) -> set[str]:
     """The rule, one row at a time in plain Python (an independent implementation)."""
     out = set()
     for row in frame.iter_rows(named=True):
-        ids = {s["signal_id"] for s in json.loads(row["signals_fired"]) if s.get("health") != "broken"}
+        fired = row["signals_fired"]
+        entries = json.loads(fired) if isinstance(fired, str) else fired
+        ids = {s["signal_id"] for s in entries if s.get("health") != "broken"}
         ok = True
         if when.min_score is not None:
             ok &= row["score"] is not None and row["score"] >= when.min_score
@@ -199,9 +218,11 @@ def _reference(frame: pl.DataFrame, when: PlaybookWhen) -> set[str]:
     ],
 )
 @pytest.mark.parametrize("with_health", [False, True])
-def test_match_accounts_equals_brute_force(when, with_health):
-    """With health in the entries, an account never qualifies through a signal broken that day."""
-    frame = scores_frame(with_health=with_health)
+@pytest.mark.parametrize("as_json", [False, True])
+def test_match_accounts_equals_brute_force(when, with_health, as_json):
+    """With health in the entries, an account never qualifies through a signal broken that day; the entries
+    read the same as lists and as an older beton's JSON text."""
+    frame = scores_frame(with_health=with_health, as_json=as_json)
     rule = PlaybookWhen(**when)
     matched = match_accounts(frame, rule)
     assert set(matched["account_id"].to_list()) == _reference(frame, rule)
@@ -209,13 +230,18 @@ def test_match_accounts_equals_brute_force(when, with_health):
     assert ranks == sorted(ranks) and matched["score_rank"].null_count() == 0 or matched["score_rank"][-1] is None
 
 
-def test_match_accounts_on_empty_and_null_signals():
-    frame = scores_frame(5).with_columns(pl.lit(None, dtype=pl.String).alias("signals_fired"))
+@pytest.mark.parametrize("dtype", [pl.String, pl.List(SCORE_ENTRY)])
+def test_match_accounts_on_empty_and_null_signals(dtype):
+    frame = scores_frame(5).with_columns(pl.lit(None, dtype=dtype).alias("signals_fired"))
     assert match_accounts(frame, PlaybookWhen(any_signals=("sig_1",))).is_empty()
     assert match_accounts(frame.head(0), PlaybookWhen(min_score=0.1)).is_empty()
+    empty = scores_frame(5).with_columns(pl.lit([], dtype=pl.List(SCORE_ENTRY)).alias("signals_fired"))
+    assert with_signal_ids(empty)["signal_ids"].to_list() == [[]] * 5
+    assert match_accounts(empty, PlaybookWhen(any_signals=("sig_1",))).is_empty()
 
 
-def test_a_broken_signal_is_not_shown_as_a_reason():
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_broken_signal_is_not_shown_as_a_reason(as_json):
     fired = [
         {
             "signal_id": "sig_b",
@@ -227,10 +253,49 @@ def test_a_broken_signal_is_not_shown_as_a_reason():
         {"signal_id": "sig_d", "definition": "d", "contribution": 0.2, "health": "degrading"},
         {"signal_id": "sig_old", "definition": "old", "contribution": 0.1},
     ]
-    row = {"account_id": "a1", "score": 0.4, "score_rank": 1, "signals_fired": json.dumps(fired)}
-    account = matched_account({**row, "top_contributions": "[]"}, None)
+    row = {"account_id": "a1", "score": 0.4, "score_rank": 1, "signals_fired": json.dumps(fired) if as_json else fired}
+    account = matched_account({**row, "top_contributions": "[]" if as_json else []}, None)
     assert [s["signal_id"] for s in account.top_signals] == ["sig_d", "sig_old"]
     assert account_values(row, "p", DAY, None)["signal_ids"] == "sig_d, sig_old"
+
+
+_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+_FLOAT = st.floats(allow_nan=False, allow_infinity=False, width=64)
+_ENTRY = st.fixed_dictionaries(
+    {
+        "signal_id": _TEXT,
+        "definition": st.none() | _TEXT,
+        "fired_at": st.none() | st.datetimes(datetime(1971, 1, 1), datetime(2200, 12, 31)),
+        "contribution": _FLOAT.map(lambda x: round(x, 4)),
+        "health": st.none() | st.sampled_from(HEALTH_OF_ENTRY[1:]),
+        "weight_factor": st.none() | _FLOAT,
+        "weight_note": st.none() | _TEXT,
+    }
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.none() | st.lists(_ENTRY, max_size=4), min_size=1, max_size=5))
+def test_score_entries_of_typed_lists_are_the_json_an_older_beton_wrote(cells):
+    """Invariant: an explanation cell read as a typed list gives the very JSON (same keys, values, order;
+    same bytes once dumped) as the text an older beton stored for it, and null reads as no entries."""
+    typed = pl.DataFrame({"signals_fired": cells}, schema={"signals_fired": pl.List(SCORE_ENTRY)})
+    text = as_old_frame(typed)
+    for (lst,), (txt,) in zip(typed.iter_rows(), text.iter_rows(), strict=True):
+        got = score_entries(lst)
+        assert got == score_entries(txt) == (json.loads(txt) if txt is not None else [])
+        assert json.dumps(got, sort_keys=True, ensure_ascii=False) == json.dumps(
+            score_entries(txt), sort_keys=True, ensure_ascii=False
+        )
+
+
+def test_score_entries_edge_cases():
+    utc_noon = datetime(2026, 3, 1, 12, 0, 0, 999_999, tzinfo=timezone(timedelta(hours=2)))
+    assert score_entries([{"signal_id": "a", "fired_at": utc_noon}]) == [
+        {"signal_id": "a", "fired_at": "2026-03-01T10:00:00Z"}
+    ]
+    for nothing in (None, "", "not json", '{"signal_id": "a"}', "[1, null]", []):
+        assert score_entries(nothing) == []
 
 
 def test_health_changes():

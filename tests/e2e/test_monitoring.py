@@ -1,8 +1,7 @@
 """Daily health, scores and revenue numbers on the session's demo warehouse."""
 
-import json
 import shutil
-from datetime import timedelta
+from datetime import datetime, time, timedelta
 
 import dagster as dg
 import duckdb
@@ -88,9 +87,9 @@ def test_account_scores_cover_accounts_in_play_only(con):
     )
     assert all(checked.values()), checked
     for row in latest.filter(pl.col("n_signals_fired") > 0).head(50).iter_rows(named=True):
-        fired = json.loads(row["signals_fired"])
+        fired = row["signals_fired"]
         assert len(fired) == row["n_signals_fired"]
-        assert all(f["fired_at"] < f"{row['day'] + timedelta(days=1)}T00:00:00Z" for f in fired)
+        assert all(f["fired_at"] < datetime.combine(row["day"] + timedelta(days=1), time()) for f in fired)
         assert sum(f["contribution"] for f in fired) == pytest.approx(row["raw_score"], abs=1e-3)
 
 

@@ -36,7 +36,9 @@ from beton_pipeline.destinations.http import RetryPolicy
 from beton_pipeline.settings import Settings
 from beton_pipeline.store import outbox, playbooks
 from beton_pipeline.store.playbooks import account_matches
+from beton_pipeline.store.scoring import SCORE_ENTRY
 from tests.fakes import FakeAttio, FakeSlack, FakeWebhookReceiver
+from tests.store.score_entries import score_entry
 
 SLACK_TOKEN = "xoxb-SECRET-slack-token-4f9a"
 ATTIO_KEY = "attio-SECRET-api-key-77c1"
@@ -101,12 +103,7 @@ def build_warehouse(path: Path, n_accounts: int = 300, days=DAYS, seed: int = 5)
         rank = (-score).argsort().argsort() + 1
         for i in range(n_accounts):
             fired = [
-                {
-                    "signal_id": s,
-                    "definition": f"`{s}` >= 1 in the first 7 days <@U1>",
-                    "fired_at": f"{d}T00:00:00",
-                    "contribution": 0.3,
-                }
+                score_entry(s, f"`{s}` >= 1 in the first 7 days <@U1>", datetime(d.year, d.month, d.day), 0.3)
                 for s in ("sig_invite", "sig_api")
                 if rng.random() < 0.3
             ]
@@ -116,28 +113,29 @@ def build_warehouse(path: Path, n_accounts: int = 300, days=DAYS, seed: int = 5)
                     ids[i],
                     float(score[i]),
                     int(rank[i]),
-                    json.dumps(fired),
-                    json.dumps(fired[:3]),
-                    "[]",
+                    fired,
+                    fired[:3],
+                    [],
                     f"acct{i}.io",
                     names[i],
                     i % 4 != 0,
                 )
             )
+    entries = pl.List(SCORE_ENTRY)
     scores = pl.DataFrame(
         rows,
-        schema=[
-            "day",
-            "account_id",
-            "score",
-            "score_rank",
-            "signals_fired",
-            "top_contributions",
-            "intent_contributions",
-            "domain",
-            "company_name",
-            "is_crm_company",
-        ],
+        schema={
+            "day": pl.Date,
+            "account_id": pl.String,
+            "score": pl.Float64,
+            "score_rank": pl.Int64,
+            "signals_fired": entries,
+            "top_contributions": entries,
+            "intent_contributions": entries,
+            "domain": pl.String,
+            "company_name": pl.String,
+            "is_crm_company": pl.Boolean,
+        },
         orient="row",
     )
     health = pl.DataFrame(
@@ -670,17 +668,10 @@ def test_sensor_evaluation_time_for_100k_scored_accounts(tmp_path, servers):
     sig = np.array([f"sig_{i:02d}" for i in range(20)])
     k = rng.integers(0, 5, n)
     fired = [
-        json.dumps(
-            [
-                {
-                    "signal_id": s,
-                    "definition": "`invited_teammate` >= 3 in the first 14 days",
-                    "fired_at": "2026-03-10T00:00:00",
-                    "contribution": 0.2,
-                }
-                for s in rng.choice(sig, size=m, replace=False)
-            ]
-        )
+        [
+            score_entry(str(s), "`invited_teammate` >= 3 in the first 14 days", datetime(2026, 3, 10), 0.2)
+            for s in rng.choice(sig, size=m, replace=False)
+        ]
         for m in k
     ]
     score = rng.random(n)
@@ -692,11 +683,14 @@ def test_sensor_evaluation_time_for_100k_scored_accounts(tmp_path, servers):
             "score_rank": (-score).argsort().argsort() + 1,
             "signals_fired": fired,
             "top_contributions": fired,
-            "intent_contributions": ["[]"] * n,
+            "intent_contributions": [[]] * n,
             "domain": [f"a{i}.io" for i in range(n)],
             "company_name": ["x"] * n,
             "is_crm_company": [True] * n,
-        }
+        },
+        schema_overrides={
+            c: pl.List(SCORE_ENTRY) for c in ("signals_fired", "top_contributions", "intent_contributions")
+        },
     )
     wh = tmp_path / "warehouse.duckdb"
     with duckdb.connect(str(wh)) as con:

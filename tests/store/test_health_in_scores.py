@@ -3,18 +3,26 @@
 scores are recomputed here by hand (log lift · decay · the health factor of the day scored), and the
 account playbooks read the written scores: an account never qualifies through a broken signal."""
 
-import json
 import math
 from datetime import date, datetime, timedelta
 
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from beton_pipeline.core.playbooks import parse_playbook_config
 from beton_pipeline.settings import Settings
 from beton_pipeline.store import playbooks
-from beton_pipeline.store.scoring import compute_account_scores, refresh_account_scores
+from beton_pipeline.store.scoring import (
+    EXPLANATION_COLUMNS,
+    SCORE_ENTRY,
+    ExplanationUpgradeError,
+    compute_account_scores,
+    refresh_account_scores,
+    upgrade_explanation_columns,
+)
 from tests.store.daily_fixtures import outcomes_frame, outcomes_warehouse
+from tests.store.score_entries import write_old_table
 
 BROKEN_FROM = date(2025, 3, 15)
 DEGRADING_FROM = date(2025, 3, 13)
@@ -119,8 +127,8 @@ def test_scores_weight_each_signal_by_its_health_on_the_day_scored(con):
         got = dict(zip(rows["account_id"], rows["raw_score"], strict=True))
         assert got == pytest.approx(want, rel=1e-12, abs=1e-15)
         for row in rows.iter_rows(named=True):
-            fired = {s["signal_id"]: s for s in json.loads(row["signals_fired"])}
-            top = {s["signal_id"] for s in json.loads(row["top_contributions"])}
+            fired = {s["signal_id"]: s for s in row["signals_fired"]}
+            top = {s["signal_id"] for s in row["top_contributions"]}
             if "s_fin" in fired:
                 entry = fired["s_fin"]
                 if day >= BROKEN_FROM:
@@ -176,5 +184,61 @@ def test_days_scored_without_health_are_reported_and_keep_full_weight(con):
     result = compute_account_scores(con, Settings(), [DAYS[-1], late])
     assert result.days_without_health == [late]
     rows = result.scores.filter(pl.col("day") == late)
-    fired = [s for r in rows["signals_fired"] for s in json.loads(r)]
+    fired = rows["signals_fired"].explode().drop_nulls().to_list()
     assert fired and all(s["weight_factor"] == 1.0 and s["health"] is None for s in fired)
+
+
+@pytest.mark.parametrize("top", [1, 3])
+def test_explanations_are_lists_largest_contribution_first(con, top):
+    """Each explanation column is a list of entries: every signal fired (broken ones too), largest
+    contribution first; `top_contributions` the first `scoring.top_contributions` of those that count."""
+    settings = Settings(scoring={"top_contributions": top})
+    scores = compute_account_scores(con, settings, DAYS).scores
+    assert {scores[c].dtype for c in EXPLANATION_COLUMNS} == {pl.List(SCORE_ENTRY)}
+    assert (scores["signals_fired"].list.len() == scores["n_signals_fired"]).all()
+    for row in scores.iter_rows(named=True):
+        fired = row["signals_fired"]
+        assert fired == sorted(fired, key=lambda s: (-s["contribution"], s["signal_id"]))
+        assert row["top_contributions"] == [s for s in fired if s["weight_factor"] > 0][:top]
+        assert row["intent_contributions"] == []  # attribute signals only
+        assert all(s["contribution"] == round(s["contribution"], 4) for s in fired)
+
+
+def test_scoring_over_an_older_table_converts_its_json_text_in_place(con):
+    """A beton.account_scores with JSON text (an older beton's) is converted, not appended to as text: the
+    days not scored again read back as the entries they held (`fired_at` to the second, as the text had it)."""
+    refresh_account_scores(con, Settings(), [d.isoformat() for d in DAYS])
+    order = "order by day, account_id"
+    want = con.sql(f"select * from beton.account_scores {order}").pl()
+    assert want["n_signals_fired"].sum() > 0
+    write_old_table(con, want)
+    assert upgrade_explanation_columns(con) == list(EXPLANATION_COLUMNS)
+    assert upgrade_explanation_columns(con) == []  # once
+    write_old_table(con, want)
+    refresh_account_scores(con, Settings(), [d.isoformat() for d in DAYS[-2:]])
+    types = dict(con.sql("select column_name, column_type from (describe beton.account_scores)").fetchall())
+    assert {types[c] for c in EXPLANATION_COLUMNS} == {
+        "STRUCT(signal_id VARCHAR, definition VARCHAR, fired_at TIMESTAMP, contribution DOUBLE, health VARCHAR, "
+        "weight_factor DOUBLE, weight_note VARCHAR)[]"
+    }
+    got = con.sql(f"select * from beton.account_scores {order}").pl()
+    to_second = {
+        c: pl.col(c).list.eval(pl.element().struct.with_fields(pl.field("fired_at").dt.truncate("1s")))
+        for c in EXPLANATION_COLUMNS
+    }
+    assert_frame_equal(got.with_columns(**to_second), want.with_columns(**to_second))
+    rescored = pl.col("day").is_in(DAYS[-2:])
+    assert_frame_equal(got.filter(rescored), want.filter(rescored))  # scored again: to the microsecond
+
+
+def test_an_older_table_that_cannot_be_converted_is_refused_unchanged(con):
+    refresh_account_scores(con, Settings(), [DAYS[0].isoformat()])
+    old = con.sql("select * from beton.account_scores").pl()
+    write_old_table(con, old)
+    con.execute(
+        "update beton.account_scores set top_contributions = 'not json' where account_id = ?", [old["account_id"][0]]
+    )
+    before = con.sql("select * from beton.account_scores order by account_id").pl()
+    with pytest.raises(ExplanationUpgradeError, match="written by an older beton .* it is unchanged"):
+        refresh_account_scores(con, Settings(), [d.isoformat() for d in DAYS])
+    assert_frame_equal(con.sql("select * from beton.account_scores order by account_id").pl(), before)

@@ -12,53 +12,106 @@ import pytest
 from beton_pipeline.core.playbooks import parse_playbook_config
 from beton_pipeline.destinations.http import DeliveryResult
 from beton_pipeline.store import outbox, playbooks
+from beton_pipeline.store.daily import write_days
+from beton_pipeline.store.scoring import SCORE_ENTRY, SCORES_TABLE
+from tests.store.score_entries import write_old_table
 
 DAYS = [date(2026, 3, 1) + timedelta(days=i) for i in range(6)]
 NOW = datetime(2026, 3, 7, tzinfo=UTC)
 HOOK = {"type": "webhook", "name": "crm", "url": "https://hooks.example.com/b"}
 
 
-@pytest.fixture
-def con(tmp_path):
-    """Four accounts scored on six days (acc_0 always first), two signals' health (sig_b breaks on the last day)."""
-    scores = []
+SIG_A = {
+    "signal_id": "sig_a",
+    "definition": "invites <@U1>",
+    "fired_at": datetime(2026, 2, 27, 9, 30, 15, 250_000),
+    "contribution": 0.3,
+    "health": "healthy",
+    "weight_factor": 1.0,
+    "weight_note": None,
+}
+SIG_B = {
+    **SIG_A,
+    "signal_id": "sig_b",
+    "definition": "Pricing ünï page",
+    "contribution": 0.1234,
+    "health": "degrading",
+    "weight_factor": 0.5,
+    "weight_note": "weight halved: degrading since 2026-02-28",
+}
+
+
+def scores_frame() -> pl.DataFrame:
+    """Four accounts scored on six days (acc_0 always first; acc_0 and acc_1 with signals fired)."""
+    rows = []
     for d in DAYS:
         for i in range(4):
-            fired = json.dumps(
-                [{"signal_id": "sig_a", "definition": "invites <@U1>", "contribution": 0.3}] if i < 2 else []
+            fired = [SIG_A, SIG_B] if i == 0 else [SIG_A] if i == 1 else []
+            rows.append(
+                {
+                    "day": d,
+                    "account_id": f"acc_{i}",
+                    "score": 0.9 - 0.2 * i,
+                    "score_rank": i + 1,
+                    "signals_fired": fired,
+                    "top_contributions": fired[:1],
+                    "domain": f"acc{i}.io",
+                    "company_name": "<!channel> Co" if i == 0 else f"Co {i}",
+                    "is_crm_company": i != 3,
+                }
             )
-            scores.append(
-                (
-                    d,
-                    f"acc_{i}",
-                    0.9 - 0.2 * i,
-                    i + 1,
-                    fired,
-                    fired,
-                    f"acc{i}.io",
-                    "<!channel> Co" if i == 0 else f"Co {i}",
-                    i != 3,
-                )
-            )
+    entries = pl.List(SCORE_ENTRY)
+    return pl.DataFrame(rows, schema_overrides={"signals_fired": entries, "top_contributions": entries})
+
+
+def warehouse(path, shape: str) -> duckdb.DuckDBPyConnection:
+    """A warehouse with `scores_frame` as beton writes it (`typed`) or as an older beton did (`json` text), and
+    two signals' health (sig_b breaks on the last day)."""
     health = [
         (d, s, s.upper(), "broken" if (s == "sig_b" and d == DAYS[-1]) else "healthy", 1.5, 1.1, 2.0, 1.8)
         for d in DAYS
         for s in ("sig_a", "sig_b")
     ]
-    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:
-        con.execute("create schema beton")
-        con.execute(
-            "create table beton.account_scores (day date, account_id varchar, score double, score_rank integer, signals_fired varchar, "
-            "top_contributions varchar, domain varchar, company_name varchar, is_crm_company boolean)"
-        )
-        con.executemany("insert into beton.account_scores values (?, ?, ?, ?, ?, ?, ?, ?, ?)", scores)
-        con.execute(
-            "create table beton.signal_health (day date, signal_id varchar, definition varchar, health varchar, lift double, "
-            "lift_ci_low double, lift_ci_high double, backtest_lift double)"
-        )
-        con.executemany("insert into beton.signal_health values (?, ?, ?, ?, ?, ?, ?, ?)", health)
-        outbox.ensure_tables(con)
+    con = duckdb.connect(str(path))
+    if shape == "typed":
+        write_days(con, SCORES_TABLE, scores_frame(), DAYS)
+    else:
+        write_old_table(con, scores_frame())
+    con.execute(
+        "create table beton.signal_health (day date, signal_id varchar, definition varchar, health varchar, lift double, "
+        "lift_ci_low double, lift_ci_high double, backtest_lift double)"
+    )
+    con.executemany("insert into beton.signal_health values (?, ?, ?, ?, ?, ?, ?, ?)", health)
+    outbox.ensure_tables(con)
+    return con
+
+
+@pytest.fixture(params=["typed", "json"])
+def con(tmp_path, request):
+    """The warehouse of `warehouse`, in both shapes of beton.account_scores: every reader reads both."""
+    with warehouse(tmp_path / "warehouse.duckdb", request.param) as con:
         yield con
+
+
+def test_payloads_from_typed_entries_are_byte_for_byte_those_from_json_text(tmp_path):
+    """Slack, Attio and webhook payloads planned from the typed lists are the bytes an older beton's JSON text
+    gave (`fired_at` as `YYYY-MM-DDTHH:MM:SSZ`, every field in its entries), day by day."""
+    cfg = config(
+        when={"any_signals": ["sig_a"]},
+        then=[
+            {"type": "slack", "channel": "#rev"},
+            {"type": "attio", "attribute": "beton_signals", "value": "$signals", "value_type": "text"},
+            HOOK,
+        ],
+    )
+    plans = {}
+    for shape in ("typed", "json"):
+        with warehouse(tmp_path / f"{shape}.duckdb", shape) as con:
+            plans[shape], _ = playbooks.plan_actions(con, cfg, cfg.account_playbooks, DAYS)
+    assert plans["typed"].height == len(DAYS) * 6  # acc_0 and acc_1 (both in the CRM): slack, attio, webhook
+    assert plans["typed"]["payload"].to_list() == plans["json"]["payload"].to_list()
+    hook = json.loads(plans["typed"].filter(pl.col("destination_type") == "webhook")["payload"][0])["event"]
+    assert hook["top_contributions"] == [{**SIG_A, "fired_at": "2026-02-27T09:30:15Z"}]
 
 
 def config(**over):
@@ -83,7 +136,7 @@ def config(**over):
 def test_reads(con):
     assert playbooks.score_days(con) == DAYS and playbooks.latest_score_day(con) == DAYS[-1]
     scores = playbooks.read_scores(con, DAYS[0], columns=("account_id",), with_signal_ids=True).sort("account_id")
-    assert scores["signal_ids"].to_list() == [["sig_a"], ["sig_a"], [], []]
+    assert scores["signal_ids"].to_list() == [["sig_a", "sig_b"], ["sig_a"], [], []]
     since = playbooks.read_signal_health(con, since=DAYS[3])
     assert sorted(set(since["day"])) == DAYS[2:]  # the day before is the baseline of the first day read
     assert playbooks.read_signal_health(con).height == 12

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from beton_pipeline.settings import Settings
-from beton_pipeline.store.scoring import compute_account_scores, refresh_account_scores
+from beton_pipeline.store.scoring import SCORE_ENTRY, compute_account_scores, refresh_account_scores
 from tests.store.daily_fixtures import outcomes_frame, outcomes_warehouse
 
 DAYS = [date(2025, 3, 15), date(2025, 3, 16)]
@@ -46,7 +46,8 @@ def test_scores_cover_the_accounts_in_play_each_day(con):
         assert scored["score"].is_between(0, 1).all()
     # no enabled signal: nothing fired, every raw score is 0
     assert (result.scores["n_signals_fired"] == 0).all() and (result.scores["raw_score"] == 0).all()
-    assert set(result.scores["signals_fired"]) == {"[]"} and set(result.scores["top_contributions"]) == {"[]"}
+    for name in ("signals_fired", "top_contributions", "intent_contributions"):  # empty lists, never null
+        assert result.scores[name].dtype == pl.List(SCORE_ENTRY) and (result.scores[name].list.len() == 0).all()
 
 
 def test_revenue_metrics_count_the_trailing_30_days(con):
