@@ -733,7 +733,7 @@ def test_sensor_evaluation_time_for_100k_scored_accounts(tmp_path, servers):
 
         matches = dict(((p, n) for p, _, n in account_matches(con, cfg.playbook_config(), [LAST_DAY])))
     expected_any = int(
-        ((score >= 0.8) & np.array([any(s in f for s in ('"sig_01"', '"sig_07"')) for f in fired])).sum()
+        ((score >= 0.8) & np.array([any(e["signal_id"] in ("sig_01", "sig_07") for e in f) for f in fired])).sum()
     )
     assert matches["any-signal"] == expected_any and matches["top-50"] == 50
     print(f"\nscores sensor, 100k accounts, 3 playbooks: {min(timings):.3f}s best / {max(timings):.3f}s worst of 3")
