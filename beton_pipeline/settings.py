@@ -228,6 +228,16 @@ class IngestSettings(_Strict):
             "run fails with the table, the counts and this setting (optional tables only warn). 1 = no limit."
         ),
     )
+    max_chunk_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1,
+        description=(
+            "A table's files are read in chunks of consecutive files of at most this many bytes on disk (a larger "
+            "file is a chunk of its own; default 256 MiB): DuckDB holds one chunk's rows at a time, so what it "
+            "spills to its temp directory stays bounded by the chunk, not the export. The rows loaded and "
+            "quarantined do not depend on it (`sources.ingest.ingest_table`)."
+        ),
+    )
 
 
 class DemoSettings(_Strict):

@@ -5,7 +5,8 @@ JSON Lines or JSON, gzip'd, zstd'd or not, one file or a folder of parts at any 
 in the table's location is listed as skipped with its reason: `files.table_files`), every row is
 checked in one SQL pass, and:
 
-* valid rows are loaded, typed, into `raw.raw_<table>` (replacing the table: ingest is idempotent);
+* valid rows are loaded, typed, into `raw.raw_<table>` (replacing the table at the end, in one
+  transaction, with its quarantine rows: ingest is idempotent, and a run that fails changes nothing);
 * rows that break a rule go to `beton.quarantine` with the raw row (JSON text) and every reason;
 * rows identical in every contract column to an earlier row are dropped and counted.
 
@@ -17,17 +18,22 @@ the column) and what to change. A reference to a row missing from the referenced
 reference, `Column.references`) is a row problem: quarantined with the value.
 Records the CSV reader rejects (wrong number of fields, invalid UTF-8) are quarantined like bad rows.
 
-How the rows are checked (`ingest_table`): the text values are typed once (the timestamp parsed once, a
-JSON value validated and minified), every reason is computed on those, and the raw row (JSON text) is
-built for the rejected rows only. Exact duplicates and repeated keys are looked for by a 64-bit hash of
-the values first, then compared value by value among the rows whose hash repeats, so no window runs
-over every column of every row. The raw table is not sorted: `_source_file` and `_line_number` say
-where each row came from, and nothing downstream reads rows in physical order.
+How the rows are checked (`ingest_table`): the files are read in (path) order, in chunks of consecutive
+files of at most `ingest.max_chunk_bytes` on disk (`file_chunks`). Each chunk is read as text, its text
+values typed once (the timestamp parsed once, a JSON value validated and minified), every reason computed
+on those, and the raw row (JSON text) built for the rejected rows only; then its rows are appended to
+the raw table and its rejects to the quarantine, and its temp tables dropped. The rules read across the
+whole table in (file, line) order, whatever the chunking: an exact duplicate or a repeated key of a row
+in an earlier chunk is found through that chunk's 128-bit row and key hashes (`_SeenRows`: integers
+only), so the result is the same for any chunk size, up to a 128-bit hash collision. The raw table is
+not sorted: `_source_file` and `_line_number` say where each row came from, and nothing downstream
+reads rows in physical order.
 
 Memory: the ingest runs within the caller's connection, so its `memory_limit` bounds it and its
-`temp_directory` takes what spills (DuckDB's defaults: 80% of RAM, `<warehouse>.tmp`). Peak RSS of
-the events' ingest (`benchmarks/ingest_table.py`): 0.8 GiB for 1M demo events with the default limit,
-0.34 GiB at `memory_limit = '256MB'`, 3.07 GiB for 10.5M events at `'3GB'`, with the same outcome.
+`temp_directory` takes what spills (DuckDB's defaults: 80% of RAM, `<warehouse>.tmp`). What DuckDB holds
+at a time is one chunk's text and typed rows, plus the hashes of the earlier chunks: 16 bytes per row
+kept (every row but the exact duplicates) and 16 per row loaded. Measured: README, "Performance"
+(`benchmarks/ingest_table.py`).
 
 `measure_freshness` says how far each loaded table's newest row trails the as-of time (the latest
 event, never the wall clock); the ingest asset checks fail on a stale or empty source.
@@ -36,7 +42,7 @@ event, never the wall clock); the ingest asset checks fail on a stale or empty s
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,6 +68,11 @@ CSV_BUFFER_BYTES = MAX_LINE_BYTES
 """The CSV reader's buffer. DuckDB's default is 16 × `max_line_size`: a 1 GiB allocation for every compressed
 CSV file read, which a bounded `memory_limit` (`warehouse.MEMORY_LIMIT`) either refuses or spends on one
 buffer. One maximum line is all a buffer must hold."""
+
+MAX_CHUNK_BYTES = 256 * 1024 * 1024
+"""The default of `ingest.max_chunk_bytes`: a table's files are read in chunks of consecutive files of at
+most this many bytes on disk (a larger file is a chunk of its own), so that DuckDB holds one chunk's rows
+as text and typed at a time, not the whole table's (`ingest_table`)."""
 
 MAX_EPOCH_SECONDS = 1e11
 """Epoch values at or above this (the year 5138) are not seconds: usually milliseconds, which the
@@ -253,10 +264,11 @@ def _column_sql(i: int, col: Column) -> _ColumnSql:
     return _ColumnSql(tuple(first), tuple(second), tuple(reasons), typed)
 
 
-def _raw_table_ddl(spec: TableSpec) -> str:
+def _raw_table_ddl(spec: TableSpec, name: str) -> str:
+    """`create or replace table <name>` with the columns of `spec.raw_table`."""
     types = {"timestamp": "timestamp", "integer": "bigint", "number": "double"}
     cols = ", ".join(f"{_q(c.name)} {types.get(c.kind, 'varchar')}" for c in spec.columns)
-    return f"create or replace table {spec.raw_table} ({cols}, _source_file varchar, _line_number bigint)"
+    return f"create or replace table {name} ({cols}, _source_file varchar, _line_number bigint)"
 
 
 def _unreadable(path: Path, what: str, exc: duckdb.Error) -> SourceError:
@@ -597,55 +609,116 @@ def _reference_reason(con: duckdb.DuckDBPyConnection, col: Column) -> str | None
     )
 
 
-def _check_minor_units(con: duckdb.DuckDBPyConnection, spec: TableSpec, text: str) -> None:
-    """Refuse a table whose amounts are written in major units ("79.00", "79.50"): more than half of
-    the non-empty values of a minor-units column with exactly two decimals. Loading them would read
-    "79.00" as 79 cents and quarantine "79.50"; a stray "79.50" among cents is quarantined as usual."""
-    two = "regexp_full_match(trim({v}), '[+-]?[0-9]+[.,][0-9]{{2}}')"
-    for col in spec.columns:
-        if not col.minor_units:
-            continue
-        v = _q(col.name)
-        n, n2, examples = con.sql(
-            f"select count(*) filter (where {_present(v)}), count(*) filter (where {two.format(v=v)}), "
-            f"(list(trim({v}) || ' (' || _file || ' line ' || _line || ')' order by _file, _line) "
-            f"filter (where {two.format(v=v)}))[1:3] "
-            f"from {text}"
-        ).fetchall()[0]
-        if n2 and 2 * n2 > n:
-            raise SourceError(
-                f"{spec.name}.{col.name}: {n2} of {n} values are written with two decimals, as major units "
-                f"(e.g. {'; '.join(examples)}); the contract wants integer minor units (cents: 79.00 is 7900). "
-                f"Export the amounts in cents (Stripe's API amounts are) or multiply them by 100 "
-                f"(zero-decimal currencies such as JPY stay as they are)"
+@dataclass
+class _MinorUnits:
+    """The table-level check that amounts are not written in major units ("79.00", "79.50"), counted
+    chunk by chunk and judged on the whole table (`check`): refused when more than half of the non-empty
+    values of a minor-units column have exactly two decimals. Loading them would read "79.00" as 79
+    cents and quarantine "79.50"; a stray "79.50" among cents is quarantined as usual. The counts add
+    up over the chunks and the examples are the first three in (file, line) order, so the verdict and
+    the message do not depend on the chunking."""
+
+    spec: TableSpec
+    counts: dict[str, tuple[int, int, list[str]]] = field(default_factory=dict)
+
+    def add(self, con: duckdb.DuckDBPyConnection, text: str) -> None:
+        """Count one chunk's text table."""
+        two = "regexp_full_match(trim({v}), '[+-]?[0-9]+[.,][0-9]{{2}}')"
+        for col in self.spec.columns:
+            if not col.minor_units:
+                continue
+            v = _q(col.name)
+            n, n2, examples = con.sql(
+                f"select count(*) filter (where {_present(v)}), count(*) filter (where {two.format(v=v)}), "
+                f"(list(trim({v}) || ' (' || _file || ' line ' || _line || ')' order by _file, _line) "
+                f"filter (where {two.format(v=v)}))[1:3] "
+                f"from {text}"
+            ).fetchall()[0]
+            n0, n20, examples0 = self.counts.get(col.name, (0, 0, []))
+            self.counts[col.name] = (n0 + n, n20 + n2, (examples0 + list(examples or []))[:3])
+
+    def check(self) -> None:
+        """Raise `SourceError` naming the first column written in major units, with examples."""
+        for col in self.spec.columns:
+            n, n2, examples = self.counts.get(col.name, (0, 0, []))
+            if n2 and 2 * n2 > n:
+                raise SourceError(
+                    f"{self.spec.name}.{col.name}: {n2} of {n} values are written with two decimals, as major units "
+                    f"(e.g. {'; '.join(examples)}); the contract wants integer minor units (cents: 79.00 is 7900). "
+                    f"Export the amounts in cents (Stripe's API amounts are) or multiply them by 100 "
+                    f"(zero-decimal currencies such as JPY stay as they are)"
+                )
+
+
+def _hash128(columns: list[str]) -> str:
+    """SQL: a 128-bit hash (UHUGEINT) of text columns: `md5_number` of an injective encoding of the values,
+    each written as its length in bytes, a colon and the text, or `-` when NULL (so `("a", "b")`,
+    `("ab", NULL)` and `("a:b", "")` encode differently). Two tuples get the same hash only when they are
+    equal, up to a 128-bit hash collision (about n² / 2¹²⁹ for n rows: 10⁻²³ for 100M rows). The
+    encoding is built by string concatenation, not a JSON list, which costs less memory per row."""
+    parts = ", ".join(f"coalesce(strlen({c}) || ':' || {c}, '-')" for c in columns)
+    return f"md5_number(concat({parts}))"
+
+
+class _SeenRows:
+    """What the ingest of a table remembers of its earlier chunks, so that the row rules read across
+    chunks as across the whole table: `_beton_seen_rows` holds the 128-bit hash of every row kept so far
+    (loaded or quarantined: every row that is not an exact duplicate), `_beton_seen_keys` the 128-bit
+    hash of the key of every loaded row (`_hash128`). Integers only, one row per row read at most; each
+    is joined against one chunk, which DuckDB builds its hash table on (the smaller side).
+
+    A row of a later chunk is an exact duplicate when its row hash is seen (equal in every contract
+    column, as read, to an earlier row: up to a 128-bit hash collision; equal rows have equal keys), and
+    repeats a key when its key hash is seen (an earlier row that passes every rule has the same key)."""
+
+    ROWS, KEYS = "_beton_seen_rows", "_beton_seen_keys"
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, spec: TableSpec):
+        self.con, self.spec = con, spec
+        con.execute(f"create or replace temp table {self.ROWS} (r uhugeint)")
+        con.execute(f"create or replace temp table {self.KEYS} (k uhugeint)")
+
+    @property
+    def row_hash(self) -> str:
+        """SQL over a text table: the row's hash (every contract column, as read)."""
+        return _hash128([_q(c) for c in self.spec.column_names])
+
+    @property
+    def key_hash(self) -> str | None:
+        """SQL over a text table: the key's hash (None when the table has no key)."""
+        return _hash128([_q(k) for k in self.spec.key]) if self.spec.key else None
+
+    def remember(self) -> None:
+        """Add the current chunk (`_beton_checked` without its exact duplicates; `_beton_keydups`)."""
+        self.con.execute(f"insert into {self.ROWS} select _r from _beton_checked")
+        if self.spec.key:
+            self.con.execute(
+                f"insert into {self.KEYS} select c._k from _beton_checked c "
+                f"anti join _beton_keydups d on d._file = c._file and d._line = c._line where c._reason is null"
             )
 
-
-def _find_exact_duplicates(con: duckdb.DuckDBPyConnection, spec: TableSpec, text: str) -> int:
-    """`_beton_dups` (_file, _line): the rows identical in every contract column (as read, text) to an
-    earlier row (by file, then line); returns their number. Rows are compared by a 64-bit hash of their
-    values first, and only the rows whose hash occurs more than once are compared value by value, so
-    the result is exact and the comparison of whole rows is done on the few candidates only."""
-    all_cols = ", ".join(_q(c) for c in spec.column_names)
-    con.execute(
-        f"""
-        create or replace temp table _beton_dups as
-        select _file, _line from (
-            select _file, _line, row_number() over (partition by {all_cols} order by _file, _line) as _n
-            from {text}
-            where hash({all_cols}) in (select hash({all_cols}) from {text} group by 1 having count(*) > 1)
-        ) where _n > 1
-        """
-    )
-    return _scalar(con, "select count(*) from _beton_dups")
+    def drop(self) -> None:
+        self.con.execute(f"drop table if exists {self.ROWS}; drop table if exists {self.KEYS}")
 
 
-def _check_rows(con: duckdb.DuckDBPyConnection, spec: TableSpec, text: str, raw_row: str, dups: int) -> list[str]:
-    """One pass over the text table (the exact duplicates, `_beton_dups`, left out) into `_beton_checked`:
-    per row `_file`, `_line`, the typed values `_v<i>` (contract order), `_reason` (NULL when the row
-    passes every rule) and `_raw` (the row as read, JSON text, for a rejected row or a key candidate
-    only). Then `_beton_keydups` (_file, _line): the rows that pass but repeat the key of an earlier
-    row that passes (first wins). Returns the reference columns that could not be checked."""
+def _check_rows(
+    con: duckdb.DuckDBPyConnection, spec: TableSpec, text: str, raw_row: str, seen: _SeenRows
+) -> tuple[int, list[str]]:
+    """Apply the row rules to one chunk's text table, given the earlier chunks (`seen`), in (file, line)
+    order across the whole table:
+
+    1. a row equal in every contract column (as read) to an earlier row is an exact duplicate: dropped
+       and counted;
+    2. every other row is checked: `_reason` is NULL when it passes every rule, else every reason;
+    3. a row that passes but repeats the key (`spec.key`) of an earlier row that passes is a key
+       duplicate (first wins).
+
+    Leaves `_beton_checked` (the chunk without its exact duplicates: per row `_file`, `_line`, the typed
+    values `_v<i>` in contract order, `_reason`, the key and row hashes `_k`, `_r`, and `_raw`, the row
+    as read, JSON text, for a rejected row or a key candidate only) and `_beton_keydups` (_file, _line).
+    Rows are compared by their 128-bit hashes (`_SeenRows`); the raw row is built only for the rows that
+    may be rejected, and windows run only over the rows whose hash repeats within the chunk.
+    Returns the number of exact duplicates and the reference columns that could not be checked."""
     cols = [_column_sql(i, c) for i, c in enumerate(spec.columns)]
     reasons = [r for c in cols for r in c.reasons]
     unchecked = []
@@ -664,46 +737,59 @@ def _check_rows(con: duckdb.DuckDBPyConnection, spec: TableSpec, text: str, raw_
     first = stage([pair for c in cols for pair in c.first])
     second = stage([pair for c in cols for pair in c.second])
     typed = ", ".join(f"{c.typed} as _v{i}" for i, c in enumerate(cols))
-    not_dup = (
-        f"where not exists (select 1 from _beton_dups d where d._file = {text}._file and d._line = {text}._line)"
-        if dups
-        else ""
-    )
-    # Key candidates: rows whose key (as read) occurs more than once; only they can repeat a kept key.
-    key_cols = [_q(k) for k in spec.key or ()]
-    kc, key_text = "false", ""
-    if key_cols:
-        key_hash = f"hash({', '.join(key_cols)})"
+    # Key candidates: rows whose key occurs more than once in the chunk or is the key of an earlier
+    # loaded row; only they can repeat a kept key, and only they get the raw row before they are judged.
+    key_hash, kc, key_col = seen.key_hash, "false", "null::uhugeint"
+    if key_hash:
         con.execute(
-            f"create or replace temp table _beton_keymulti as "
-            f"select {key_hash} as h from {text} group by 1 having count(*) > 1"
+            f"""
+            create or replace temp table _beton_keymulti as
+            select {key_hash} as h from {text} group by 1 having count(*) > 1
+            union
+            select s.k from {seen.KEYS} s join (select distinct {key_hash} as h from {text}) c on s.k = c.h
+            """
         )
         if _scalar(con, "select count(*) from _beton_keymulti"):
             kc = f"{key_hash} in (select h from _beton_keymulti)"
-        key_text = "".join(f", case when _kc then {k} end as _k{n}" for n, k in enumerate(key_cols))
+        key_col = key_hash
     con.execute(
         f"""
         create or replace temp table _beton_checked as
-        with first_stage as (select *{first} from {text} {not_dup}),
+        with first_stage as (select *{first} from {text}),
         second_stage as (select *{second} from first_stage),
         checked as (select *, {reason_sql} as _reason, {kc} as _kc from second_stage)
-        select _file, _line, {typed}, _reason, _kc{key_text},
+        select _file, _line, {typed}, _reason, _kc, {key_col} as _k, {seen.row_hash} as _r,
                case when _reason is not null or _kc then {raw_row} end as _raw
         from checked
         """
     )
-    partition = ", ".join(f"_k{n}" for n in range(len(key_cols))) or "null"
+    con.execute(
+        f"""
+        create or replace temp table _beton_dups as
+        select _file, _line from (
+            select _file, _line, row_number() over (partition by _r order by _file, _line) as _n
+            from _beton_checked where _r in (select _r from _beton_checked group by 1 having count(*) > 1)
+        ) where _n > 1
+        union
+        select c._file, c._line from {seen.ROWS} s join _beton_checked c on c._r = s.r
+        """
+    )
+    dups = _scalar(con, "select count(*) from _beton_dups")
+    if dups:
+        con.execute("delete from _beton_checked c using _beton_dups d where c._file = d._file and c._line = d._line")
     con.execute(
         f"""
         create or replace temp table _beton_keydups as
+        with candidates as (select _file, _line, _k from _beton_checked where _kc and _reason is null)
         select _file, _line from (
-            select _file, _line, row_number() over (partition by {partition} order by _file, _line) as _n
-            from _beton_checked where _kc and _reason is null
+            select _file, _line, row_number() over (partition by _k order by _file, _line) as _n from candidates
         ) where _n > 1
+        union
+        select c._file, c._line from {seen.KEYS} s join candidates c on c._k = s.k
         """
     )
     con.execute("drop table _beton_dups; drop table if exists _beton_keymulti")
-    return unchecked
+    return dups, unchecked
 
 
 def ensure_quarantine(con: duckdb.DuckDBPyConnection) -> None:
@@ -711,10 +797,38 @@ def ensure_quarantine(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(QUARANTINE_DDL)
 
 
+def file_chunks(files: Sequence[Path], max_bytes: int) -> list[tuple[Path, ...]]:
+    """The files in (path) order, the order the row rules read them in, cut into runs of consecutive
+    files whose sizes add up to at most `max_bytes`; a file larger than that is a run of its own."""
+    chunks: list[list[Path]] = []
+    size = 0
+    for path in sorted(files, key=str):
+        n = path.stat().st_size
+        if not chunks or size + n > max_bytes:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(path)
+        size += n
+    return [tuple(c) for c in chunks]
+
+
 def ingest_table(
-    con: duckdb.DuckDBPyConnection, source_dir: Path, spec: TableSpec, ingested_at: datetime | None = None
+    con: duckdb.DuckDBPyConnection,
+    source_dir: Path,
+    spec: TableSpec,
+    ingested_at: datetime | None = None,
+    max_chunk_bytes: int = MAX_CHUNK_BYTES,
 ) -> IngestResult:
-    """Validate and load one table from `source_dir` into `raw.raw_<table>`; see the module docstring."""
+    """Validate and load one table from `source_dir` into `raw.raw_<table>`; see the module docstring.
+
+    The files are read in chunks of consecutive files of at most `max_chunk_bytes` (`file_chunks`):
+    each chunk is read as text, checked against the earlier chunks (`_SeenRows`, `_check_rows`), and its
+    rows appended to a loading copy of the raw table and of the table's quarantine, so that DuckDB holds
+    one chunk's text and typed rows at a time. The result does not depend on the chunking. The copies
+    replace `raw.raw_<table>` and the table's quarantine rows in one transaction at the end, after the
+    table-level check (`_MinorUnits`): a run that fails leaves the previous load as it was."""
+    if max_chunk_bytes < 1:
+        raise ValueError(f"max_chunk_bytes must be at least 1 byte, not {max_chunk_bytes}")
     ingested_at = ingested_at or datetime.now(UTC).replace(tzinfo=None)
     con.execute("set TimeZone = 'UTC'")
     con.execute("create schema if not exists raw")
@@ -728,42 +842,64 @@ def ingest_table(
             f"(expected {spec.name}.<ext> or a {spec.name}/ folder of parts; read are: {SUPPORTED}){skipped}"
         )
     text, rejects = f"_beton_text_{spec.name}", f"_beton_rejects_{spec.name}"
-    loader = _TextLoader(con, spec, text, rejects)
-    for path in files:
-        loader.load(path)
-    _check_minor_units(con, spec, text)
-    rows_read = _scalar(con, f"select count(*) from {text}") + _scalar(con, f"select count(*) from {rejects}")
-    dups = _find_exact_duplicates(con, spec, text)
-    unchecked = _check_rows(con, spec, text, loader.raw_row_sql(), dups)
-    con.execute(f"drop table {text}")
+    raw_schema, raw_name = spec.raw_table.split(".")
+    loading_raw = f"{raw_schema}.{_q(raw_name + '__loading')}"
+    loading_quarantine = f"beton.{_q('quarantine__loading_' + spec.name)}"
     key_reason = f"duplicate {'/'.join(spec.key or ())}: an earlier row with the same key was kept (first wins)"
     typed = ", ".join(f"_v{i}" for i in range(len(spec.columns)))
-    con.execute("begin transaction")
+    chunk_tables = (text, rejects, "_beton_checked", "_beton_keydups")
+    minor_units = _MinorUnits(spec)
+    seen = _SeenRows(con, spec)
+    rows_read = dups = 0
+    extra_columns: set[str] = set()
+    unchecked: list[str] = []
     try:
-        con.execute(_raw_table_ddl(spec))
-        con.execute(
-            f"insert into {spec.raw_table} select {typed}, c._file, c._line from _beton_checked c "
-            f"anti join _beton_keydups k on k._file = c._file and k._line = c._line where _reason is null"
-        )
-        con.execute(f"delete from beton.quarantine where source_table = {_lit(spec.name)}")
-        con.execute(
-            f"insert into beton.quarantine select {_lit(spec.name)}, _file, _line, _raw, _reason, ? "
-            f"from _beton_checked where _reason is not null "
-            f"union all select {_lit(spec.name)}, c._file, c._line, c._raw, {_lit(key_reason)}, ? "
-            f"from _beton_checked c join _beton_keydups k on k._file = c._file and k._line = c._line "
-            f"union all select {_lit(spec.name)}, _file, _line, _raw, reason, ? from {rejects}",
-            [ingested_at, ingested_at, ingested_at],
-        )
-        con.execute("commit")
-    except Exception:
-        con.execute("rollback")
-        raise
+        con.execute(_raw_table_ddl(spec, loading_raw))
+        con.execute(f"create or replace table {loading_quarantine} as from beton.quarantine limit 0")
+        for chunk in file_chunks(files, max_chunk_bytes):
+            loader = _TextLoader(con, spec, text, rejects)
+            for path in chunk:
+                loader.load(path)
+            extra_columns |= loader.extra_columns
+            minor_units.add(con, text)
+            rows_read += _scalar(con, f"select count(*) from {text}") + _scalar(con, f"select count(*) from {rejects}")
+            chunk_dups, unchecked = _check_rows(con, spec, text, loader.raw_row_sql(), seen)
+            dups += chunk_dups
+            con.execute(f"drop table {text}")
+            con.execute(
+                f"insert into {loading_raw} select {typed}, c._file, c._line from _beton_checked c "
+                f"anti join _beton_keydups k on k._file = c._file and k._line = c._line where _reason is null"
+            )
+            con.execute(
+                f"insert into {loading_quarantine} select {_lit(spec.name)}, _file, _line, _raw, _reason, ? "
+                f"from _beton_checked where _reason is not null "
+                f"union all select {_lit(spec.name)}, c._file, c._line, c._raw, {_lit(key_reason)}, ? "
+                f"from _beton_checked c join _beton_keydups k on k._file = c._file and k._line = c._line "
+                f"union all select {_lit(spec.name)}, _file, _line, _raw, reason, ? from {rejects}",
+                [ingested_at, ingested_at, ingested_at],
+            )
+            seen.remember()
+            con.execute("; ".join(f"drop table if exists {t}" for t in chunk_tables))
+        minor_units.check()
+        con.execute("begin transaction")
+        try:
+            con.execute(f"drop table if exists {spec.raw_table}")
+            con.execute(f"alter table {loading_raw} rename to {_q(raw_name)}")
+            con.execute(f"delete from beton.quarantine where source_table = {_lit(spec.name)}")
+            con.execute(f"insert into beton.quarantine select * from {loading_quarantine}")
+            con.execute("commit")
+        except Exception:
+            con.execute("rollback")
+            raise
+    finally:
+        for t in (*chunk_tables, "_beton_rej_err", "_beton_rej_scan", loading_raw, loading_quarantine):
+            con.execute(f"drop table if exists {t}")
+        seen.drop()
     loaded = _scalar(con, f"select count(*) from {spec.raw_table}")
     reason_rows = con.sql(
         f"select reason, count(*) from beton.quarantine where source_table = {_lit(spec.name)} group by 1 order by 2 desc"
     ).fetchall()
     quarantined = sum(n for _, n in reason_rows)
-    con.execute(f"drop table _beton_checked; drop table _beton_keydups; drop table {rejects}")
     return IngestResult(
         table=spec.name,
         files=tuple(str(p) for p in files),
@@ -771,7 +907,7 @@ def ingest_table(
         rows_loaded=loaded,
         rows_quarantined=quarantined,
         exact_duplicates_dropped=dups,
-        ignored_columns=tuple(sorted(loader.extra_columns)),
+        ignored_columns=tuple(sorted(extra_columns)),
         quarantine_reasons=_summarise_reasons(reason_rows),
         skipped_files=tuple(found.skipped_text),
         unchecked_references=tuple(unchecked),

@@ -162,7 +162,7 @@ def build_ingest_asset(spec: TableSpec) -> dg.AssetsDefinition:
         cfg = settings.load()
         source_dir = source.resolve(cfg, log=context.log)
         with warehouse.connect() as con:
-            result = ingest_table(con, source_dir, spec)
+            result = ingest_table(con, source_dir, spec, max_chunk_bytes=cfg.ingest.max_chunk_bytes)
         if result.rows_quarantined:
             context.log.warning(
                 f"{spec.name}: {result.rows_quarantined} row(s) quarantined: {result.quarantine_reasons}"
