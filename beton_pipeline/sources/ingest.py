@@ -739,15 +739,17 @@ def _check_rows(
     typed = ", ".join(f"{c.typed} as _v{i}" for i, c in enumerate(cols))
     # Key candidates: rows whose key occurs more than once in the chunk or is the key of an earlier
     # loaded row; only they can repeat a kept key, and only they get the raw row before they are judged.
+    # `_beton_keyseen`: the chunk's keys that an earlier chunk loaded (the one scan of `seen.KEYS` per chunk).
     key_hash, kc, key_col = seen.key_hash, "false", "null::uhugeint"
+    con.execute("create or replace temp table _beton_keyseen (k uhugeint)")
     if key_hash:
         con.execute(
-            f"""
-            create or replace temp table _beton_keymulti as
-            select {key_hash} as h from {text} group by 1 having count(*) > 1
-            union
-            select s.k from {seen.KEYS} s join (select distinct {key_hash} as h from {text}) c on s.k = c.h
-            """
+            f"insert into _beton_keyseen select s.k from {seen.KEYS} s "
+            f"join (select distinct {key_hash} as h from {text}) c on s.k = c.h"
+        )
+        con.execute(
+            f"create or replace temp table _beton_keymulti as "
+            f"select {key_hash} as h from {text} group by 1 having count(*) > 1 union select k from _beton_keyseen"
         )
         if _scalar(con, "select count(*) from _beton_keymulti"):
             kc = f"{key_hash} in (select h from _beton_keymulti)"
@@ -778,17 +780,17 @@ def _check_rows(
     if dups:
         con.execute("delete from _beton_checked c using _beton_dups d where c._file = d._file and c._line = d._line")
     con.execute(
-        f"""
+        """
         create or replace temp table _beton_keydups as
         with candidates as (select _file, _line, _k from _beton_checked where _kc and _reason is null)
         select _file, _line from (
             select _file, _line, row_number() over (partition by _k order by _file, _line) as _n from candidates
         ) where _n > 1
         union
-        select c._file, c._line from {seen.KEYS} s join candidates c on c._k = s.k
+        select c._file, c._line from _beton_keyseen s join candidates c on c._k = s.k
         """
     )
-    con.execute("drop table _beton_dups; drop table if exists _beton_keymulti")
+    con.execute("drop table _beton_dups; drop table _beton_keyseen; drop table if exists _beton_keymulti")
     return dups, unchecked
 
 
@@ -892,7 +894,17 @@ def ingest_table(
             con.execute("rollback")
             raise
     finally:
-        for t in (*chunk_tables, "_beton_rej_err", "_beton_rej_scan", loading_raw, loading_quarantine):
+        # A run stopped part-way (an unreadable file) leaves no working table behind either.
+        working = ("_beton_dups", "_beton_keyseen", "_beton_keymulti", "_beton_csv", "_beton_lines", "_beton_objs")
+        for t in (
+            *chunk_tables,
+            *working,
+            "_beton_rej",
+            "_beton_rej_err",
+            "_beton_rej_scan",
+            loading_raw,
+            loading_quarantine,
+        ):
             con.execute(f"drop table if exists {t}")
         seen.drop()
     loaded = _scalar(con, f"select count(*) from {spec.raw_table}")

@@ -153,8 +153,8 @@ def test_the_text_table_holds_one_chunk_at_a_time(tmp_path, monkeypatch):
 
 
 def test_a_run_that_fails_in_a_later_chunk_leaves_the_previous_load(tmp_path):
-    """An unreadable file in the last chunk: SourceError, and the raw table and quarantine of the
-    previous run are as they were (the chunks loaded before it are not committed)."""
+    """An unreadable file in the last chunk: SourceError, the raw table and quarantine of the previous
+    run are as they were (the chunks loaded before it are not committed), and no working table is left."""
     good = {"uuid": "u1", "event": "signup", "timestamp": "2025-02-01T09:00:00Z", "distinct_id": "d"}
     _write_part(_part_path(tmp_path, 0, "jsonl"), "jsonl", [good, {**good, "uuid": ""}], garbage=False)
     con = duckdb.connect()
@@ -164,8 +164,8 @@ def test_a_run_that_fails_in_a_later_chunk_leaves_the_previous_load(tmp_path):
         con.sql("select * from beton.quarantine").fetchall(),
     )
     _write_part(_part_path(tmp_path, 2, "jsonl"), "jsonl", [{**good, "uuid": "u2"}], garbage=False)
-    _part_path(tmp_path, 4, "csv").write_bytes(b"")  # an empty file: the run stops
-    with pytest.raises(SourceError, match="file is empty"):
+    _part_path(tmp_path, 4, "csv.gz").write_bytes(b"\x1f\x8b\x08\x00broken")  # a corrupt gzip: the run stops
+    with pytest.raises(SourceError, match="not a readable CSV file"):
         ingest_table(con, tmp_path, EVENTS, max_chunk_bytes=ONE_FILE_PER_CHUNK)
     assert con.sql("select * from raw.raw_events").fetchall() == before[0]
     assert con.sql("select * from beton.quarantine").fetchall() == before[1]
