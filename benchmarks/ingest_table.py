@@ -64,7 +64,8 @@ def run_time(args: argparse.Namespace) -> int:
         if spec.name not in wanted:
             continue
         start = time.perf_counter()
-        r = ingest.ingest_table(con, Path(args.source_dir), TABLES_BY_NAME[spec.name])
+        chunking = {} if args.max_chunk_bytes is None else {"max_chunk_bytes": args.max_chunk_bytes}
+        r = ingest.ingest_table(con, Path(args.source_dir), TABLES_BY_NAME[spec.name], **chunking)
         seconds = time.perf_counter() - start
         print(
             json.dumps(
@@ -182,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--tables", default="events", help="comma-separated table names, or all (default: events)")
     t.add_argument("--ingest-module", help="path of another copy of sources/ingest.py to run instead")
     t.add_argument("--memory-limit", help="DuckDB memory_limit of the connection (e.g. 1GB); spills to <warehouse>.tmp")
+    t.add_argument(
+        "--max-chunk-bytes", type=int, help="ingest.max_chunk_bytes (default: the module's; not for an older copy)"
+    )
     t.add_argument("--preserve-insertion-order", choices=["true", "false"], help="DuckDB setting of the connection")
     c = sub.add_parser("compare", help="compare the raw tables and quarantine of two warehouses")
     c.add_argument("first")
