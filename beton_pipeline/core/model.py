@@ -267,11 +267,6 @@ class LeadScoreBacktest:
 # --------------------------------------------------------------------------------------------
 # Features
 # --------------------------------------------------------------------------------------------
-def feature_candidates(frames: FeatureFrames, spec: FeatureSpec) -> CandidateMatrix:
-    """Every single candidate (no pairs) for `frames.accounts`, in row order."""
-    return candidate_matrix(frames, spec)
-
-
 def select_columns(matrix: CandidateMatrix, keys: tuple[str, ...] | list[str]) -> sp.csr_matrix:
     """`matrix` restricted to `keys`, in that order; a key that never fired gives a zero column.
 
@@ -289,7 +284,7 @@ def select_columns(matrix: CandidateMatrix, keys: tuple[str, ...] | list[str]) -
 
 def design_matrix(frames: FeatureFrames, spec: FeatureSpec, feature_keys: tuple[str, ...]) -> DesignMatrix:
     """The model's inputs for `frames.accounts` (row order kept), columns in `feature_keys` order."""
-    candidates = feature_candidates(frames, spec)
+    candidates = candidate_matrix(frames, spec)
     return DesignMatrix(candidates.account_ids, tuple(feature_keys), select_columns(candidates, feature_keys))
 
 
@@ -831,7 +826,7 @@ def model_inputs(
 ) -> tuple[np.ndarray, CandidateMatrix, tuple[str, ...], sp.csr_matrix]:
     """(y, every candidate, the feature keys supported on the `train` rows, accounts × features) for `frames`."""
     y = frames.accounts.get_column("converted").fill_null(False).to_numpy().astype(np.int64)
-    candidates = feature_candidates(frames, spec)
+    candidates = candidate_matrix(frames, spec)
     keys = supported_features(candidates, train, config.min_candidate_support, config.min_property_support)
     return y, candidates, keys, select_columns(candidates, keys)
 

@@ -72,6 +72,19 @@ def test_count_grid_is_every_small_integer_then_geometric_and_never_above_the_da
 # --- the sparse candidate matrix against a row-by-row reference ---------------------------------
 WINDOWS = (3, 14)
 COUNTS = st.one_of(st.none(), st.integers(0, 30))
+PROPERTY_KEYS = {
+    "account_id": pl.String,
+    "event_name": pl.String,
+    "property_name": pl.String,
+    "property_value": pl.String,
+}
+"""The columns of `FeatureFrames.properties` before its count columns."""
+INTENT_SCHEMA = {
+    "account_id": pl.String,
+    "signal_type": pl.String,
+    "n_before_start": pl.Int64,
+    "n_before_window_end": pl.Int64,
+}
 
 
 @st.composite
@@ -112,14 +125,7 @@ def feature_frames(draw) -> FeatureFrames:
     )
     properties = pl.DataFrame(
         [(a, "$pageview", "$pathname", v, c3, c14) for a, v, c3, c14 in property_rows],
-        schema={
-            "account_id": pl.String,
-            "event_name": pl.String,
-            "property_name": pl.String,
-            "property_value": pl.String,
-            "n_first_3d": pl.Int64,
-            "n_first_14d": pl.Int64,
-        },
+        schema={**PROPERTY_KEYS, "n_first_3d": pl.Int64, "n_first_14d": pl.Int64},
         orient="row",
     )
     intent_rows = draw(
@@ -129,16 +135,7 @@ def feature_frames(draw) -> FeatureFrames:
             unique_by=lambda r: (r[0], r[1]),
         )
     )
-    intent = pl.DataFrame(
-        intent_rows,
-        schema={
-            "account_id": pl.String,
-            "signal_type": pl.String,
-            "n_before_start": pl.Int64,
-            "n_before_window_end": pl.Int64,
-        },
-        orient="row",
-    )
+    intent = pl.DataFrame(intent_rows, schema=INTENT_SCHEMA, orient="row")
     return FeatureFrames(accounts=accounts, events=events, properties=properties, intent=intent)
 
 
@@ -182,23 +179,8 @@ def test_no_rows_give_no_candidates_and_keep_the_accounts():
     empty = FeatureFrames(
         accounts=pl.DataFrame({"account_id": ["a", "b"]}),
         events=pl.DataFrame(schema={"account_id": pl.String, "event_name": pl.String, "n_first_3d": pl.Int64}),
-        properties=pl.DataFrame(
-            schema={
-                "account_id": pl.String,
-                "event_name": pl.String,
-                "property_name": pl.String,
-                "property_value": pl.String,
-                "n_first_3d": pl.Int64,
-            }
-        ),
-        intent=pl.DataFrame(
-            schema={
-                "account_id": pl.String,
-                "signal_type": pl.String,
-                "n_before_start": pl.Int64,
-                "n_before_window_end": pl.Int64,
-            }
-        ),
+        properties=pl.DataFrame(schema={**PROPERTY_KEYS, "n_first_3d": pl.Int64}),
+        intent=pl.DataFrame(schema=INTENT_SCHEMA),
     )
     built = candidate_matrix(empty, FeatureSpec((3,), AUTO, 3, 90))
     assert built.matrix.shape == (2, 0) and built.candidates.height == 0

@@ -36,7 +36,6 @@ from beton_pipeline.core.model import (
     crm_comparison,
     design_matrix,
     enabled_signal_scores,
-    feature_candidates,
     model_from_frame,
     model_to_frame,
     precision_at_k,
@@ -293,7 +292,7 @@ def test_not_enough_data_is_a_clear_error():
 
 # --- the enabled-signals score -----------------------------------------------------------------
 def test_signals_score_counts_enabled_signals_including_pairs(frames):
-    candidates = feature_candidates(frames, SPEC)
+    candidates = candidate_matrix(frames, SPEC)
     count, weighted = enabled_signal_scores(candidates, ENABLED)
     hits = candidate_hits(frames, FeatureSpec(WINDOWS, (1, 2, 3, 5), 14, 90))
     good = set(hits.filter(pl.col("key") == "event:good_event:first_14d:>=3").get_column("account_id"))
