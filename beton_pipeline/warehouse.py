@@ -125,3 +125,15 @@ def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> boo
         params=[schema, table],
     ).fetchall()
     return rows[0][0] > 0
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """`begin transaction` … `commit`, or `rollback` when the block raises: what it writes lands whole or not at all."""
+    con.execute("begin transaction")
+    try:
+        yield con
+    except BaseException:
+        con.execute("rollback")
+        raise
+    con.execute("commit")

@@ -42,7 +42,7 @@ import polars as pl
 
 from beton_pipeline.core.playbooks import DestinationSettings
 from beton_pipeline.destinations.http import DeliveryResult, RetryPolicy, redact
-from beton_pipeline.warehouse import table_exists
+from beton_pipeline.warehouse import table_exists, transaction
 
 ACTIONS_TABLE = "beton.playbook_actions"
 ATTEMPTS_TABLE = "beton.playbook_action_attempts"
@@ -176,8 +176,7 @@ def enqueue(
     )
     con.register("_planned_actions", frame.to_arrow())
     try:
-        con.execute("begin transaction")
-        try:
+        with transaction(con):
             before = con.sql(
                 f"select count(*) filter (where a.idempotency_key is null), "
                 f"count(*) filter (where a.status = 'dry_run' and p.status <> 'dry_run') "
@@ -192,10 +191,6 @@ def enqueue(
                 where {ACTIONS_TABLE}.status = 'dry_run' and excluded.status <> 'dry_run'
                 """
             )
-            con.execute("commit")
-        except Exception:
-            con.execute("rollback")
-            raise
     finally:
         con.unregister("_planned_actions")
     inserted, promoted = int(before[0]), int(before[1])

@@ -47,6 +47,7 @@ from beton_pipeline.store.daily import partition_days, write_days
 from beton_pipeline.store.live_signals import enabled_firings, enabled_signals
 from beton_pipeline.store.monitoring import health_history
 from beton_pipeline.store.tables import replace_rows
+from beton_pipeline.warehouse import transaction
 
 OUTCOMES_SQL = (
     "select o.account_id, o.started_at, o.converted_at, o.converted, o.is_eligible, o.arr, o.outcome_window_end_at, "
@@ -467,15 +468,13 @@ def upgrade_explanation_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
     entry = _duckdb_types(con, SCORE_ENTRY.to_schema())
     typed = _duckdb_types(con, {"entries": pl.List(SCORE_ENTRY)})["entries"]
     shape = json.dumps([entry]).replace("'", "''")
-    con.execute("begin transaction")
     try:
-        for name in old:
-            con.execute(
-                f'alter table {SCORES_TABLE} alter column "{name}" type {typed} using from_json("{name}", \'{shape}\')'
-            )
-        con.execute("commit")
+        with transaction(con):
+            for name in old:
+                con.execute(
+                    f'alter table {SCORES_TABLE} alter column "{name}" type {typed} using from_json("{name}", \'{shape}\')'
+                )
     except duckdb.Error as exc:
-        con.execute("rollback")
         raise ExplanationUpgradeError(
             f"{SCORES_TABLE} was written by an older beton (JSON text in {', '.join(old)}) and could not be "
             f"converted to lists of entries ({exc}); it is unchanged. Drop the table (`drop table {SCORES_TABLE}`) "

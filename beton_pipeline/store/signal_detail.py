@@ -31,7 +31,7 @@ from beton_pipeline.store.signals import (
     SIGNALS_TABLE,
     UnknownSignalError,
 )
-from beton_pipeline.warehouse import table_exists
+from beton_pipeline.warehouse import table_exists, transaction
 
 HEALTH_HISTORY_DAYS = 14
 """How many of a signal's latest health days `read_signal_detail` returns."""
@@ -150,13 +150,12 @@ def clear_override(
     con.execute(OVERRIDES_DDL)
     con.execute(f"alter table {OVERRIDES_TABLE} alter column enabled drop not null")  # NULL = no decision
     now = now or datetime.now(UTC).replace(tzinfo=None)
-    con.execute("begin transaction")
-    con.execute(f"insert into {OVERRIDES_TABLE} values (?, NULL, ?, ?, ?)", [signal_id, changed_by, now, reason])
-    con.execute(
-        f"update {SIGNALS_TABLE} set enabled = (recommendation = 'enable'), enabled_override = NULL where signal_id = ?",
-        [signal_id],
-    )
-    con.execute("commit")
+    with transaction(con):
+        con.execute(f"insert into {OVERRIDES_TABLE} values (?, NULL, ?, ?, ?)", [signal_id, changed_by, now, reason])
+        con.execute(
+            f"update {SIGNALS_TABLE} set enabled = (recommendation = 'enable'), enabled_override = NULL where signal_id = ?",
+            [signal_id],
+        )
     return bool(
         con.sql(f"select enabled from {SIGNALS_TABLE} where signal_id = ?", params=[signal_id]).fetchall()[0][0]
     )

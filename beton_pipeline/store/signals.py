@@ -57,7 +57,7 @@ from beton_pipeline.store.custom_signals import (
     read_custom_stratum_counts,
 )
 from beton_pipeline.store.tables import as_of_time, eligible_cohort_months, read_feature_frames, replace_rows
-from beton_pipeline.warehouse import table_exists
+from beton_pipeline.warehouse import table_exists, transaction
 
 COHORT_COUNTS_TABLE = "beton.signal_cohort_counts"
 STRATUM_COUNTS_TABLE = "beton.signal_cohort_stratum_counts"
@@ -398,13 +398,14 @@ def set_override(
         raise UnknownSignalError(f"{signal_id}: no such signal in beton.signals (see `beton signals --all`)")
     con.execute(OVERRIDES_DDL)
     now = now or datetime.now(UTC).replace(tzinfo=None)
-    con.execute("begin transaction")
-    con.execute(f"insert into {OVERRIDES_TABLE} values (?, ?, ?, ?, ?)", [signal_id, enabled, changed_by, now, reason])
-    con.execute(
-        f"update {SIGNALS_TABLE} set enabled = ?, enabled_override = ? where signal_id = ?",
-        [enabled, enabled, signal_id],
-    )
-    con.execute("commit")
+    with transaction(con):
+        con.execute(
+            f"insert into {OVERRIDES_TABLE} values (?, ?, ?, ?, ?)", [signal_id, enabled, changed_by, now, reason]
+        )
+        con.execute(
+            f"update {SIGNALS_TABLE} set enabled = ?, enabled_override = ? where signal_id = ?",
+            [enabled, enabled, signal_id],
+        )
 
 
 def read_signals(con: duckdb.DuckDBPyConnection, include_all: bool = False) -> pl.DataFrame:

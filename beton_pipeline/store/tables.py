@@ -12,6 +12,7 @@ import duckdb
 import polars as pl
 
 from beton_pipeline.core.candidates import FeatureFrames
+from beton_pipeline.warehouse import transaction
 
 ACCOUNT_COLUMNS = """
     o.account_id, o.cohort_month, o.started_at, o.converted, o.arr, o.is_eligible,
@@ -89,14 +90,9 @@ def replace_rows(
     try:
         con.execute(f"create table if not exists {table} as select * from _beton_frame limit 0")
         _add_missing_columns(con, table)
-        con.execute("begin transaction")
-        try:
+        with transaction(con):
             con.execute(f"delete from {table} where {where}", params or [])
             con.execute(f"insert into {table} by name select * from _beton_frame")
-            con.execute("commit")
-        except Exception:
-            con.execute("rollback")
-            raise
     finally:
         con.unregister("_beton_frame")
 
