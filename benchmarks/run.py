@@ -126,21 +126,25 @@ def machine_info() -> dict:
 # --------------------------------------------------------------------------------------------------
 
 
-def run_pipeline_once(source_dir: Path, work: Path, timeout: float = WORKER_TIMEOUT_SECONDS) -> dict:
+def run_pipeline_once(
+    source_dir: Path, work: Path, timeout: float = WORKER_TIMEOUT_SECONDS, fresh: bool = True
+) -> dict:
     """One `beton run` in a fresh process, fresh warehouse file and fresh Dagster home; its timings and memory.
 
     The warehouse path stays the same across repetitions (the file is deleted first), as a scheduled
     run's would. dbt's per-run target folders go to `work/dbt_target` (DBT_TARGET_PATH); the settings are
     a snapshot of what the run would load (`settings_mapping`) taken when the repetition starts.
+    `fresh=False` keeps the warehouse and the Dagster home of the previous run in `work` (a next day's run).
     """
     warehouse = work / "warehouse.duckdb"
     home = work / "dagster_home"
     dbt_target = work / "dbt_target"
-    for path in (warehouse, Path(f"{warehouse}.wal")):
-        path.unlink(missing_ok=True)
-    for folder in (home, dbt_target):
-        shutil.rmtree(folder, ignore_errors=True)
-    home.mkdir(parents=True)
+    if fresh:
+        for path in (warehouse, Path(f"{warehouse}.wal")):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(home, ignore_errors=True)
+    shutil.rmtree(dbt_target, ignore_errors=True)
+    home.mkdir(parents=True, exist_ok=True)
     shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
     out = work / "worker.json"
     out.unlink(missing_ok=True)

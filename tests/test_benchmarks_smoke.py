@@ -7,11 +7,12 @@ counts equal beton's per-cohort counts; the peer's odds ratios follow PostHog's 
 
 import json
 
+import duckdb
 import numpy as np
 import polars as pl
 import pytest
 
-from benchmarks import methods, run
+from benchmarks import daily, methods, run
 from benchmarks.datasets import DatasetSpec, ensure_dataset
 from beton_pipeline.settings import load_settings
 from beton_pipeline.sources import demo
@@ -294,3 +295,27 @@ def test_analyst_counts_equal_betons(smoke_run):
     assert joined.filter(pl.col("key").str.starts_with("property:")).height > 0
     assert (joined.get_column("n_with") == joined.get_column("n_with_beton")).all()
     assert (joined.get_column("conversions_with") == joined.get_column("conversions_with_beton")).all()
+
+
+def test_the_daily_split_sets_the_last_day_apart_and_keeps_every_event(smoke_run, tmp_path):
+    """`benchmarks/daily.py`'s split of the smoke dataset: the parts without the last day plus the day's part
+    hold every event once; the day's part holds that day only and sorts after every part; other tables are
+    the dataset's own; a second call reuses the split."""
+    source = next((smoke_run / "data").glob("demo-*"))
+    day_part, day, day_events = daily.split_last_day(source, tmp_path / "split")
+    parts = sorted((tmp_path / "split" / "events").glob("*.parquet"))
+    assert parts and all(p.name < day_part.name for p in parts)
+    con = duckdb.connect()
+    con.execute("set TimeZone = 'UTC'")
+    count = "select count(*), count(*) filter (where try_cast(timestamp as timestamptz)::date = ?) from read_parquet(?)"
+    whole = con.execute(count, [day, [str(p) for p in (source / "events").glob("*.parquet")]]).fetchall()[0]
+    before = con.execute(count, [day, [str(p) for p in parts]]).fetchall()[0]
+    on_day = con.execute(count, [day, [str(day_part)]]).fetchall()[0]
+    assert before[0] + on_day[0] == whole[0]
+    assert on_day == (day_events, day_events) and day_events == whole[1] > 0 and before[1] == 0
+    latest = con.execute(
+        "select max(try_cast(timestamp as timestamptz))::date::varchar from read_parquet(?)", [str(day_part)]
+    ).fetchall()[0][0]
+    assert latest == day
+    assert (tmp_path / "split" / "crm_companies.csv").resolve() == (source / "crm_companies.csv").resolve()
+    assert daily.split_last_day(source, tmp_path / "split") == (day_part, day, day_events)

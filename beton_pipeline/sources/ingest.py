@@ -29,6 +29,11 @@ only), so the result is the same for any chunk size, up to a 128-bit hash collis
 not sorted: `_source_file` and `_line_number` say where each row came from, and nothing downstream
 reads rows in physical order.
 
+Incremental (`ingest_table(..., incremental=True)`, the setting `ingest.incremental`): the ingest also keeps,
+in schema `STATE_SCHEMA`, the files it read (each with its `file_stamp`), its running totals and the row and key
+hashes, and the next ingest reads only the files added since, as the next chunks of the same load, when
+`plan_ingest` finds that this gives the same table as reading every file again; otherwise every file.
+
 Memory: the ingest runs within the caller's connection, so its `memory_limit` bounds it and its
 `temp_directory` takes what spills (DuckDB's defaults: 80% of RAM, `<warehouse>.tmp`). What DuckDB holds
 at a time is one chunk's text and typed rows, plus the hashes of the earlier chunks: 16 bytes per row
@@ -41,6 +46,10 @@ event, never the wall clock); the ingest asset checks fail on a stale or empty s
 
 from __future__ import annotations
 
+import hashlib
+import json
+import sys
+import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,9 +60,11 @@ from typing import Protocol
 import duckdb
 import pycountry
 
+from beton_pipeline.sources import contract as _contract_module
+from beton_pipeline.sources import files as _files_module
 from beton_pipeline.sources.contract import MIN_TIMESTAMP, TABLES_BY_NAME, Column, TableSpec
 from beton_pipeline.sources.files import SUPPORTED, file_format, file_suffix, table_files
-from beton_pipeline.warehouse import table_exists
+from beton_pipeline.warehouse import table_exists, transaction
 
 MAX_JSON_CHARS = 1_000_000
 """A JSON value longer than this (1 MB of text) is quarantined: no real event property needs it."""
@@ -125,6 +136,11 @@ class IngestResult:
     """`path: reason` for every file in the table's location that was not read (`files.table_files`)."""
     unchecked_references: tuple[str, ...] = ()
     """Reference columns not checked because the referenced table was not loaded (e.g. `customer → billing_customers.id`)."""
+    mode: str = "full"
+    """How the table was ingested (`INGEST_MODES`); `mode_reason` says why."""
+    mode_reason: str = ""
+    files_read: tuple[str, ...] = ()
+    """The files read by this ingest: all of `files` (full), the new ones (incremental) or none (unchanged)."""
 
     @property
     def quarantined_share(self) -> float:
@@ -662,21 +678,45 @@ def _hash128(columns: list[str]) -> str:
 
 class _SeenRows:
     """What the ingest of a table remembers of its earlier chunks, so that the row rules read across
-    chunks as across the whole table: `_beton_seen_rows` holds the 128-bit hash of every row kept so far
-    (loaded or quarantined: every row that is not an exact duplicate), `_beton_seen_keys` the 128-bit
-    hash of the key of every loaded row (`_hash128`). Integers only, one row per row read at most; each
-    is joined against one chunk, which DuckDB builds its hash table on (the smaller side).
+    chunks as across the whole table: the 128-bit hash of every row kept so far (loaded or quarantined:
+    every row that is not an exact duplicate) and of the key of every loaded row (`_hash128`). Integers
+    only, one row per row read at most; each is joined against one chunk, which DuckDB builds its hash
+    table on (the smaller side).
 
     A row of a later chunk is an exact duplicate when its row hash is seen (equal in every contract
     column, as read, to an earlier row: up to a 128-bit hash collision; equal rows have equal keys), and
-    repeats a key when its key hash is seen (an earlier row that passes every rule has the same key)."""
+    repeats a key when its key hash is seen (an earlier row that passes every rule has the same key).
 
-    ROWS, KEYS = "_beton_seen_rows", "_beton_seen_keys"
+    `keep`: the hashes are kept in the warehouse (`STATE_SCHEMA`, `rows__<table>` and `keys__<table>`)
+    for the next ingest to continue from (`plan_ingest`); otherwise they live in temp tables for this
+    run only. `continue_kept`: the hashes kept by the earlier loads count as seen, and this run's are
+    appended to them on `commit` (an incremental ingest); otherwise `commit` replaces them."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, spec: TableSpec):
-        self.con, self.spec = con, spec
-        con.execute(f"create or replace temp table {self.ROWS} (r uhugeint)")
-        con.execute(f"create or replace temp table {self.KEYS} (k uhugeint)")
+    def __init__(self, con: duckdb.DuckDBPyConnection, spec: TableSpec, keep: bool, continue_kept: bool = False):
+        self.con, self.spec, self.keep, self.continue_kept = con, spec, keep, continue_kept
+        self.kept_rows, self.kept_keys = (_state_table(f"{kind}__{spec.name}") for kind in ("rows", "keys"))
+        if keep:
+            self.new_rows, self.new_keys = (_state_table(f"{kind}__{spec.name}__loading") for kind in ("rows", "keys"))
+            con.execute(f"create schema if not exists {STATE_SCHEMA}")
+            table = "table"
+        else:
+            self.new_rows, self.new_keys, table = "_beton_seen_rows", "_beton_seen_keys", "temp table"
+        con.execute(f"create or replace {table} {self.new_rows} (r uhugeint)")
+        con.execute(f"create or replace {table} {self.new_keys} (k uhugeint)")
+
+    @property
+    def rows(self) -> str:
+        """SQL: the relation of the row hashes seen (column `r`)."""
+        if self.continue_kept:
+            return f"(select r from {self.kept_rows} union all select r from {self.new_rows})"
+        return self.new_rows
+
+    @property
+    def keys(self) -> str:
+        """SQL: the relation of the loaded rows' key hashes seen (column `k`)."""
+        if self.continue_kept:
+            return f"(select k from {self.kept_keys} union all select k from {self.new_keys})"
+        return self.new_keys
 
     @property
     def row_hash(self) -> str:
@@ -690,15 +730,29 @@ class _SeenRows:
 
     def remember(self) -> None:
         """Add the current chunk (`_beton_checked` without its exact duplicates; `_beton_keydups`)."""
-        self.con.execute(f"insert into {self.ROWS} select _r from _beton_checked")
+        self.con.execute(f"insert into {self.new_rows} select _r from _beton_checked")
         if self.spec.key:
             self.con.execute(
-                f"insert into {self.KEYS} select c._k from _beton_checked c "
+                f"insert into {self.new_keys} select c._k from _beton_checked c "
                 f"anti join _beton_keydups d on d._file = c._file and d._line = c._line where c._reason is null"
             )
 
+    def commit(self) -> None:
+        """Within the caller's transaction: keep this run's hashes for the next ingest (appended to the
+        kept ones, or replacing them), or, when they are not kept, drop any kept before: they would no
+        longer describe the table."""
+        if self.keep and self.continue_kept:
+            self.con.execute(f"insert into {self.kept_rows} select r from {self.new_rows}")
+            self.con.execute(f"insert into {self.kept_keys} select k from {self.new_keys}")
+            return
+        self.con.execute(f"drop table if exists {self.kept_rows}; drop table if exists {self.kept_keys}")
+        if self.keep:
+            for new, kept in ((self.new_rows, self.kept_rows), (self.new_keys, self.kept_keys)):
+                self.con.execute(f"alter table {new} rename to {kept.split('.', 1)[1]}")
+
     def drop(self) -> None:
-        self.con.execute(f"drop table if exists {self.ROWS}; drop table if exists {self.KEYS}")
+        """Drop this run's working tables (after `commit`, only the appended copies remain to drop)."""
+        self.con.execute(f"drop table if exists {self.new_rows}; drop table if exists {self.new_keys}")
 
 
 def _check_rows(
@@ -739,12 +793,12 @@ def _check_rows(
     typed = ", ".join(f"{c.typed} as _v{i}" for i, c in enumerate(cols))
     # Key candidates: rows whose key occurs more than once in the chunk or is the key of an earlier
     # loaded row; only they can repeat a kept key, and only they get the raw row before they are judged.
-    # `_beton_keyseen`: the chunk's keys that an earlier chunk loaded (the one scan of `seen.KEYS` per chunk).
+    # `_beton_keyseen`: the chunk's keys that an earlier chunk loaded (the one scan of `seen.keys` per chunk).
     key_hash, kc, key_col = seen.key_hash, "false", "null::uhugeint"
     con.execute("create or replace temp table _beton_keyseen (k uhugeint)")
     if key_hash:
         con.execute(
-            f"insert into _beton_keyseen select s.k from {seen.KEYS} s "
+            f"insert into _beton_keyseen select s.k from {seen.keys} s "
             f"join (select distinct {key_hash} as h from {text}) c on s.k = c.h"
         )
         con.execute(
@@ -773,7 +827,7 @@ def _check_rows(
             from _beton_checked where _r in (select _r from _beton_checked group by 1 having count(*) > 1)
         ) where _n > 1
         union
-        select c._file, c._line from {seen.ROWS} s join _beton_checked c on c._r = s.r
+        select c._file, c._line from {seen.rows} s join _beton_checked c on c._r = s.r
         """
     )
     dups = _scalar(con, "select count(*) from _beton_dups")
@@ -814,12 +868,157 @@ def file_chunks(files: Sequence[Path], max_bytes: int) -> list[tuple[Path, ...]]
     return [tuple(c) for c in chunks]
 
 
+STATE_SCHEMA = "_beton_ingest"
+"""What an ingest keeps for the next one when `ingest.incremental` is on: `tables` (one row per contract
+table: the files read, each with its stamp, and the running totals, as JSON) and, per table, the row and
+key hashes of every row kept and loaded (`rows__<table>`, `keys__<table>`: 16 bytes each per row)."""
+
+STAMP_SAMPLE_BYTES = 64 * 1024
+"""A file's stamp hashes its first and last this-many bytes (with its size and modification time), so a
+file rewritten in place is noticed without reading it whole."""
+
+INGEST_MODES = ("full", "incremental", "unchanged")
+"""How a table was ingested: every file read again (`full`), only the files after the ones read before
+(`incremental`), or nothing to read (`unchanged`: no new file, the earlier ones as they were)."""
+
+
+def _state_table(name: str) -> str:
+    return f"{STATE_SCHEMA}.{_q(name)}"
+
+
+def file_stamp(path: Path) -> list:
+    """`[path, size, mtime_ns, sha256 of the first and last STAMP_SAMPLE_BYTES]`: what says a file read
+    before is still the same file."""
+    stat = path.stat()
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        digest.update(f.read(STAMP_SAMPLE_BYTES))
+        if stat.st_size > STAMP_SAMPLE_BYTES:
+            f.seek(max(STAMP_SAMPLE_BYTES, stat.st_size - STAMP_SAMPLE_BYTES))
+            digest.update(f.read(STAMP_SAMPLE_BYTES))
+    return [str(path), stat.st_size, stat.st_mtime_ns, digest.hexdigest()]
+
+
+def ingest_rules(spec: TableSpec) -> str:
+    """A fingerprint of everything that decides a row's fate: the table's contract, the code of the
+    ingest, the contract and the file reader, and DuckDB's version. Kept state made under other rules
+    is not continued (the next ingest is full)."""
+    digest = hashlib.sha256(f"{spec!r}|duckdb {duckdb.__version__}".encode())
+    for module in (_contract_module, _files_module, sys.modules[__name__]):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def read_ingest_state(con: duckdb.DuckDBPyConnection, table: str) -> dict | None:
+    """The state the last incremental-capable ingest of `table` kept, or None."""
+    if not table_exists(con, STATE_SCHEMA, "tables"):
+        return None
+    rows = con.execute(f"select state from {STATE_SCHEMA}.tables where source_table = ?", [table]).fetchall()
+    return json.loads(rows[0][0]) if rows else None
+
+
+def _write_ingest_state(con: duckdb.DuckDBPyConnection, table: str, state: dict | None, at: datetime) -> None:
+    """Replace `table`'s kept state (None: forget it). Within the caller's transaction."""
+    if state is None and not table_exists(con, STATE_SCHEMA, "tables"):
+        return
+    con.execute(f"create schema if not exists {STATE_SCHEMA}")
+    con.execute(
+        f"create table if not exists {STATE_SCHEMA}.tables "
+        "(source_table varchar not null, state varchar not null, ingested_at timestamp not null)"
+    )
+    con.execute(f"delete from {STATE_SCHEMA}.tables where source_table = ?", [table])
+    if state is not None:
+        con.execute(f"insert into {STATE_SCHEMA}.tables values (?, ?, ?)", [table, json.dumps(state), at])
+
+
+def _reference_tokens(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> dict[str, str | None]:
+    """Per table `spec` refers to: the generation of its kept state, `absent` when it is not loaded, or
+    None when it is loaded without kept state (its rows cannot be known unchanged)."""
+    tokens: dict[str, str | None] = {}
+    for col in spec.columns:
+        if col.references is None:
+            continue
+        table = col.references[0]
+        state = read_ingest_state(con, table)
+        if state is not None:
+            tokens[table] = state["generation"]
+        else:
+            tokens[table] = None if table_exists(con, *TABLES_BY_NAME[table].raw_table.split(".")) else "absent"
+    return tokens
+
+
+@dataclass(frozen=True)
+class IngestPlan:
+    """What an ingest of one table will read, and why (`plan_ingest`)."""
+
+    mode: str
+    """One of `INGEST_MODES`."""
+    reason: str
+    files: tuple[Path, ...]
+    """The files to read: every file (full), or those after the ones read before (incremental)."""
+    stamps: tuple[tuple, ...]
+    """Every file's stamp (`file_stamp`), in read order: what the state keeps after this ingest."""
+    state: dict | None = None
+    """The kept state continued from (incremental, unchanged)."""
+
+
+def plan_ingest(
+    con: duckdb.DuckDBPyConnection, source_dir: Path, spec: TableSpec, files: Sequence[Path], incremental: bool
+) -> IngestPlan:
+    """Decide between a full, an incremental and no ingest of `spec`'s `files`.
+
+    An ingest continues the kept state only when it gives the same table as reading every file again:
+    the rules (`ingest_rules`) and the source directory are those of the kept state, every table the rows
+    refer to is the one they were checked against (`_reference_tokens`), every file read before is still
+    there and unchanged (`file_stamp`), and every new file sorts after them: the row rules read files in
+    path order, and which of two rows with the same key is kept depends on it. Otherwise the ingest is
+    full, with the reason."""
+    files = tuple(sorted(files, key=str))
+    stamps = tuple(tuple(file_stamp(p)) for p in files)
+    if not incremental:
+        return IngestPlan("full", "ingest.incremental is off", files, stamps)
+
+    def full(reason: str) -> IngestPlan:
+        return IngestPlan("full", reason, files, stamps)
+
+    state = read_ingest_state(con, spec.name)
+    if state is None:
+        return full("no earlier load kept its state")
+    if state["rules"] != ingest_rules(spec):
+        return full("the ingest rules changed since the last load (a beton or DuckDB upgrade)")
+    if state["source_dir"] != str(source_dir):
+        return full(f"the source directory changed since the last load (it was {state['source_dir']})")
+    tokens = _reference_tokens(con, spec)
+    moved = sorted(t for t, token in tokens.items() if token is None or token != state["references"].get(t))
+    if moved:
+        return full(f"{', '.join(moved)} (which its rows refer to) was loaded again since: references are checked anew")
+    needed = [spec.raw_table, *(f"{STATE_SCHEMA}.{kind}__{spec.name}" for kind in ("rows", "keys"))]
+    if not all(table_exists(con, *name.split(".")) for name in needed):
+        return full("the raw table or its kept hashes are missing")
+    before = [tuple(s) for s in state["files"]]
+    for i, stamp in enumerate(before):
+        if i >= len(stamps) or stamps[i][0] != stamp[0]:
+            if stamp[0] not in {s[0] for s in stamps}:
+                return full(f"{stamp[0]}, read before, is gone")
+            return full(
+                f"the new file {stamps[i][0]} sorts before {stamp[0]}, read before: new files must sort after "
+                "the ones read (files are read in path order, and the first of two rows with the same key is kept)"
+            )
+        if stamps[i] != stamp:
+            return full(f"{stamp[0]} changed since it was read (size, modification time or content)")
+    new = files[len(before) :]
+    if not new:
+        return IngestPlan("unchanged", f"no new file; the {len(before)} read before are unchanged", (), stamps, state)
+    return IngestPlan("incremental", f"{len(new)} new file(s) after the {len(before)} read before", new, stamps, state)
+
+
 def ingest_table(
     con: duckdb.DuckDBPyConnection,
     source_dir: Path,
     spec: TableSpec,
     ingested_at: datetime | None = None,
     max_chunk_bytes: int = MAX_CHUNK_BYTES,
+    incremental: bool = False,
 ) -> IngestResult:
     """Validate and load one table from `source_dir` into `raw.raw_<table>`; see the module docstring.
 
@@ -828,7 +1027,12 @@ def ingest_table(
     rows appended to a loading copy of the raw table and of the table's quarantine, so that DuckDB holds
     one chunk's text and typed rows at a time. The result does not depend on the chunking. The copies
     replace `raw.raw_<table>` and the table's quarantine rows in one transaction at the end, after the
-    table-level check (`_MinorUnits`): a run that fails leaves the previous load as it was."""
+    table-level check (`_MinorUnits`): a run that fails leaves the previous load as it was.
+
+    `incremental`: keep the files read, the running totals and the row and key hashes (`STATE_SCHEMA`),
+    and, when `plan_ingest` finds that reading only the new files gives the same table as reading them
+    all, read only those, as the next chunks of the earlier load: their rows are appended (or nothing is
+    done when there is no new file). Off: every file is read and any kept state is dropped."""
     if max_chunk_bytes < 1:
         raise ValueError(f"max_chunk_bytes must be at least 1 byte, not {max_chunk_bytes}")
     ingested_at = ingested_at or datetime.now(UTC).replace(tzinfo=None)
@@ -836,13 +1040,17 @@ def ingest_table(
     con.execute("create schema if not exists raw")
     ensure_quarantine(con)
     found = table_files(source_dir, spec.name)
-    files = found.read
-    if not files and spec.required:
+    if not found.read and spec.required:
         skipped = f"; skipped: {'; '.join(found.skipped_text)}" if found.skipped else ""
         raise SourceError(
             f"{source_dir}: required table '{spec.name}' not found "
             f"(expected {spec.name}.<ext> or a {spec.name}/ folder of parts; read are: {SUPPORTED}){skipped}"
         )
+    plan = plan_ingest(con, source_dir, spec, found.read, incremental)
+    if plan.mode == "unchanged":
+        return _ingest_result(con, spec, plan, plan.state, found.skipped_text)
+    continuing = plan.mode == "incremental"
+    before = plan.state if continuing else {}
     text, rejects = f"_beton_text_{spec.name}", f"_beton_rejects_{spec.name}"
     raw_schema, raw_name = spec.raw_table.split(".")
     loading_raw = f"{raw_schema}.{_q(raw_name + '__loading')}"
@@ -850,15 +1058,15 @@ def ingest_table(
     key_reason = f"duplicate {'/'.join(spec.key or ())}: an earlier row with the same key was kept (first wins)"
     typed = ", ".join(f"_v{i}" for i in range(len(spec.columns)))
     chunk_tables = (text, rejects, "_beton_checked", "_beton_keydups")
-    minor_units = _MinorUnits(spec)
-    seen = _SeenRows(con, spec)
-    rows_read = dups = 0
-    extra_columns: set[str] = set()
-    unchecked: list[str] = []
+    minor_units = _MinorUnits(spec, {c: tuple(v) for c, v in before.get("minor_units", {}).items()})
+    seen = _SeenRows(con, spec, keep=incremental, continue_kept=continuing)
+    rows_read, dups = before.get("rows_read", 0), before.get("duplicates", 0)
+    extra_columns: set[str] = set(before.get("ignored_columns", ()))
+    unchecked: list[str] = list(before.get("unchecked_references", ()))
     try:
         con.execute(_raw_table_ddl(spec, loading_raw))
         con.execute(f"create or replace table {loading_quarantine} as from beton.quarantine limit 0")
-        for chunk in file_chunks(files, max_chunk_bytes):
+        for chunk in file_chunks(plan.files, max_chunk_bytes):
             loader = _TextLoader(con, spec, text, rejects)
             for path in chunk:
                 loader.load(path)
@@ -883,16 +1091,30 @@ def ingest_table(
             seen.remember()
             con.execute("; ".join(f"drop table if exists {t}" for t in chunk_tables))
         minor_units.check()
-        con.execute("begin transaction")
-        try:
-            con.execute(f"drop table if exists {spec.raw_table}")
-            con.execute(f"alter table {loading_raw} rename to {_q(raw_name)}")
-            con.execute(f"delete from beton.quarantine where source_table = {_lit(spec.name)}")
+        state = None
+        if incremental:
+            state = {
+                "source_dir": str(source_dir),
+                "rules": ingest_rules(spec),
+                "generation": uuid.uuid4().hex,
+                "references": _reference_tokens(con, spec),
+                "files": [list(s) for s in plan.stamps],
+                "rows_read": rows_read,
+                "duplicates": dups,
+                "ignored_columns": sorted(extra_columns),
+                "unchecked_references": list(unchecked),
+                "minor_units": {c: list(v) for c, v in minor_units.counts.items()},
+            }
+        with transaction(con):
+            if continuing:
+                con.execute(f"insert into {spec.raw_table} select * from {loading_raw}")
+            else:
+                con.execute(f"drop table if exists {spec.raw_table}")
+                con.execute(f"alter table {loading_raw} rename to {_q(raw_name)}")
+                con.execute(f"delete from beton.quarantine where source_table = {_lit(spec.name)}")
             con.execute(f"insert into beton.quarantine select * from {loading_quarantine}")
-            con.execute("commit")
-        except Exception:
-            con.execute("rollback")
-            raise
+            seen.commit()
+            _write_ingest_state(con, spec.name, state, ingested_at)
     finally:
         # A run stopped part-way (an unreadable file) leaves no working table behind either.
         working = ("_beton_dups", "_beton_keyseen", "_beton_keymulti", "_beton_csv", "_beton_lines", "_beton_objs")
@@ -907,22 +1129,38 @@ def ingest_table(
         ):
             con.execute(f"drop table if exists {t}")
         seen.drop()
+    totals = {
+        "rows_read": rows_read,
+        "duplicates": dups,
+        "ignored_columns": sorted(extra_columns),
+        "unchecked_references": list(unchecked),
+    }
+    return _ingest_result(con, spec, plan, totals, found.skipped_text)
+
+
+def _ingest_result(
+    con: duckdb.DuckDBPyConnection, spec: TableSpec, plan: IngestPlan, totals: dict, skipped: Sequence[str]
+) -> IngestResult:
+    """The table's `IngestResult`: the loaded and quarantined rows as they are in the warehouse now, the
+    rows read and exact duplicates over every file read into it (`totals`)."""
     loaded = _scalar(con, f"select count(*) from {spec.raw_table}")
     reason_rows = con.sql(
         f"select reason, count(*) from beton.quarantine where source_table = {_lit(spec.name)} group by 1 order by 2 desc"
     ).fetchall()
-    quarantined = sum(n for _, n in reason_rows)
     return IngestResult(
         table=spec.name,
-        files=tuple(str(p) for p in files),
-        rows_read=rows_read,
+        files=tuple(s[0] for s in plan.stamps),
+        rows_read=totals["rows_read"],
         rows_loaded=loaded,
-        rows_quarantined=quarantined,
-        exact_duplicates_dropped=dups,
-        ignored_columns=tuple(sorted(extra_columns)),
+        rows_quarantined=sum(n for _, n in reason_rows),
+        exact_duplicates_dropped=totals["duplicates"],
+        ignored_columns=tuple(totals["ignored_columns"]),
         quarantine_reasons=_summarise_reasons(reason_rows),
-        skipped_files=tuple(found.skipped_text),
-        unchecked_references=tuple(unchecked),
+        skipped_files=tuple(skipped),
+        unchecked_references=tuple(totals["unchecked_references"]),
+        mode=plan.mode,
+        mode_reason=plan.reason,
+        files_read=tuple(str(p) for p in plan.files),
     )
 
 

@@ -46,6 +46,8 @@ def ingest_metadata(result: IngestResult) -> dict[str, dg.MetadataValue]:
         "rows_quarantined": dg.MetadataValue.int(result.rows_quarantined),
         "exact_duplicates_dropped": dg.MetadataValue.int(result.exact_duplicates_dropped),
         "files": dg.MetadataValue.json(list(result.files)),
+        "ingest_mode": dg.MetadataValue.text(f"{result.mode}: {result.mode_reason}"),
+        "files_read": dg.MetadataValue.int(len(result.files_read)),
         "skipped_files": dg.MetadataValue.json(list(result.skipped_files)),
         "quarantined_share": dg.MetadataValue.float(round(result.quarantined_share, 6)),
         "unchecked_references": dg.MetadataValue.json(list(result.unchecked_references)),
@@ -162,7 +164,9 @@ def build_ingest_asset(spec: TableSpec) -> dg.AssetsDefinition:
         cfg = settings.load()
         source_dir = source.resolve(cfg, log=context.log)
         with warehouse.connect() as con:
-            result = ingest_table(con, source_dir, spec, max_chunk_bytes=cfg.ingest.max_chunk_bytes)
+            result = ingest_table(
+                con, source_dir, spec, max_chunk_bytes=cfg.ingest.max_chunk_bytes, incremental=cfg.ingest.incremental
+            )
         if result.rows_quarantined:
             context.log.warning(
                 f"{spec.name}: {result.rows_quarantined} row(s) quarantined: {result.quarantine_reasons}"
