@@ -372,8 +372,10 @@ def _score_days(s: _Scoring, days: list[date]) -> tuple[pl.DataFrame, pl.DataFra
         pl.Series("raw_score", live_raw),
         pl.Series("score", s.live.probability(live_raw, observed["age_days"].to_numpy())),
     )
-    scores = scores.with_columns(
-        pl.col("score").rank("ordinal", descending=True).over("day").cast(pl.Int64).alias("score_rank")
+    # Rank 1 = the highest score of the day; equal scores in account_id order, so that a rerun ranks them alike
+    # (an ordinal rank by score alone breaks ties by row order, which the joins above do not fix).
+    scores = scores.sort(["day", "score", "account_id"], descending=[False, True, False]).with_columns(
+        (pl.int_range(1, pl.len() + 1).over("day")).cast(pl.Int64).alias("score_rank")
     )
     # Every signal that fired is listed (a broken one with contribution 0 and why); the top and intent lists
     # hold only the signals that count that day.

@@ -4,12 +4,13 @@ numbers over the trailing 30 days, the calibration check on the later cohort, an
 
 from datetime import date, datetime, timedelta
 
+import duckdb
 import polars as pl
 import pytest
 
 from beton_pipeline.settings import Settings
 from beton_pipeline.store.scoring import SCORE_ENTRY, compute_account_scores, refresh_account_scores
-from tests.store.daily_fixtures import outcomes_frame, outcomes_warehouse
+from tests.store.daily_fixtures import create_outcomes, outcomes_frame, outcomes_warehouse
 
 DAYS = [date(2025, 3, 15), date(2025, 3, 16)]
 
@@ -48,6 +49,24 @@ def test_scores_cover_the_accounts_in_play_each_day(con):
     assert (result.scores["n_signals_fired"] == 0).all() and (result.scores["raw_score"] == 0).all()
     for name in ("signals_fired", "top_contributions", "intent_contributions"):  # empty lists, never null
         assert result.scores[name].dtype == pl.List(SCORE_ENTRY) and (result.scores[name].list.len() == 0).all()
+
+
+def test_equal_scores_are_ranked_by_account_id(tmp_path):
+    """The rank orders a day's accounts by score, highest first, and equal scores by account_id, so that two
+    runs on the same data rank them alike. Without enabled signals, accounts of the same age tie: every
+    account gets a twin that started with it, listed after it but with an id that sorts before it."""
+    outcomes = outcomes_frame()
+    twins = outcomes.with_columns(pl.col("account_id").str.replace("acc_", "aaa_"))
+    create_outcomes(tmp_path / "twins.duckdb", pl.concat([outcomes, twins]))
+    with duckdb.connect(str(tmp_path / "twins.duckdb")) as con:
+        result = compute_account_scores(con, Settings(), DAYS)
+    ties = 0
+    for day in DAYS:
+        ranked = result.scores.filter(pl.col("day") == day).sort("score_rank").select("score", "account_id").rows()
+        for (score, account), (next_score, next_account) in zip(ranked, ranked[1:], strict=False):
+            assert score > next_score or (score == next_score and account < next_account)
+            ties += score == next_score
+    assert ties > 0
 
 
 def test_revenue_metrics_count_the_trailing_30_days(con):
