@@ -6,7 +6,7 @@ runs `beton_pipeline.runner.run_pipeline` exactly as `beton run` does and writes
 
 * `stage_seconds`: the runner's own stage times;
 * `step_seconds`: every Dagster step's duration (start → end in the event log), summed by step key
-  over the runs, so the "ingest + dbt" stage splits into the ingest assets and the one dbt step;
+  over this process's runs (not those of an earlier `beton run` on the same instance), so the "ingest + dbt" stage splits into the ingest assets and the one dbt step;
 * `dbt`: dbt's own timings (per model, per resource type, elapsed) from its `run_results.json` under
   `DBT_TARGET_PATH` (when the parent sets it);
 * `wall_seconds`: `run_pipeline` from call to return (stages + the summary queries);
@@ -78,10 +78,13 @@ class TreeMemorySampler:
         return max(self.peaks.values(), default=0)
 
 
-def step_seconds(instance) -> dict[str, float]:
-    """Seconds per step key, summed over every run recorded in `instance` (from the event log's step stats)."""
+def step_seconds(instance, earlier: frozenset[str] = frozenset()) -> dict[str, float]:
+    """Seconds per step key, summed over every run recorded in `instance` but the `earlier` run ids (those of a
+    previous `beton run` on the same instance), from the event log's step stats."""
     totals: dict[str, float] = defaultdict(float)
     for record in instance.get_run_records():
+        if record.dagster_run.run_id in earlier:
+            continue
         for stat in instance.get_run_step_stats(record.dagster_run.run_id):
             if stat.start_time is not None and stat.end_time is not None:
                 totals[stat.step_key] += stat.end_time - stat.start_time
@@ -122,11 +125,12 @@ def main(out: Path) -> None:
 
     imported = time.perf_counter()
     with dg.DagsterInstance.get() as instance, TreeMemorySampler() as memory:
+        earlier = frozenset(r.dagster_run.run_id for r in instance.get_run_records())
         t0 = time.perf_counter()
         summary = run_pipeline(instance, on_stage=lambda name: setattr(memory, "phase", name))
         memory.phase = "summary"
         wall = time.perf_counter() - t0
-        steps = step_seconds(instance)
+        steps = step_seconds(instance, earlier)
     out.write_text(
         json.dumps(
             {
