@@ -244,7 +244,7 @@ class IngestSettings(_Strict):
             "Read only the files that are new since the last ingest when that gives the same table as reading "
             "them all (the files read before unchanged, the new ones sorting after them in path order: "
             "PostHog's batch-export parts do), else every file. Keeps the files read and a 16-byte hash per row "
-            "kept and per row loaded in the warehouse (schema `_beton_ingest`; ~0.3 GB at 10M events). "
+            "kept and per row loaded in the warehouse (schema `_beton_state`; ~0.3 GB at 10M events). "
             "false: every ingest reads every file and nothing is kept (`sources.ingest.plan_ingest`)."
         ),
     )

@@ -118,6 +118,12 @@ def connect(
         con.close()
 
 
+STATE_SCHEMA = "_beton_state"
+"""What beton keeps between runs to skip work already done: the incremental ingest's files and row hashes
+(`sources.ingest`), the lead-score model's last fit (`store.model`). Not an output: dropping it costs the next
+run the work it skipped, never a different result."""
+
+
 def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
     """Whether `schema.table` exists in the connected warehouse."""
     rows = con.sql(

@@ -30,7 +30,8 @@ not sorted: `_source_file` and `_line_number` say where each row came from, and 
 reads rows in physical order.
 
 Incremental (`ingest_table(..., incremental=True)`, the setting `ingest.incremental`): the ingest also keeps,
-in schema `STATE_SCHEMA`, the files it read (each with its `file_stamp`), its running totals and the row and key
+in schema `STATE_SCHEMA` (`ingest_files`: one row per contract table, the files read with their stamps and the
+running totals, as JSON; `ingest_rows__<table>`, `ingest_keys__<table>`: 16 bytes each per row), the files it read (each with its `file_stamp`), its running totals and the row and key
 hashes, and the next ingest reads only the files added since, as the next chunks of the same load, when
 `plan_ingest` finds that this gives the same table as reading every file again; otherwise every file.
 
@@ -64,7 +65,7 @@ from beton_pipeline.sources import contract as _contract_module
 from beton_pipeline.sources import files as _files_module
 from beton_pipeline.sources.contract import MIN_TIMESTAMP, TABLES_BY_NAME, Column, TableSpec
 from beton_pipeline.sources.files import SUPPORTED, file_format, file_suffix, table_files
-from beton_pipeline.warehouse import table_exists, transaction
+from beton_pipeline.warehouse import STATE_SCHEMA, table_exists, transaction
 
 MAX_JSON_CHARS = 1_000_000
 """A JSON value longer than this (1 MB of text) is quarantined: no real event property needs it."""
@@ -687,16 +688,18 @@ class _SeenRows:
     column, as read, to an earlier row: up to a 128-bit hash collision; equal rows have equal keys), and
     repeats a key when its key hash is seen (an earlier row that passes every rule has the same key).
 
-    `keep`: the hashes are kept in the warehouse (`STATE_SCHEMA`, `rows__<table>` and `keys__<table>`)
+    `keep`: the hashes are kept in the warehouse (`STATE_SCHEMA`, `ingest_rows__<table>` and `ingest_keys__<table>`)
     for the next ingest to continue from (`plan_ingest`); otherwise they live in temp tables for this
     run only. `continue_kept`: the hashes kept by the earlier loads count as seen, and this run's are
     appended to them on `commit` (an incremental ingest); otherwise `commit` replaces them."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, spec: TableSpec, keep: bool, continue_kept: bool = False):
         self.con, self.spec, self.keep, self.continue_kept = con, spec, keep, continue_kept
-        self.kept_rows, self.kept_keys = (_state_table(f"{kind}__{spec.name}") for kind in ("rows", "keys"))
+        self.kept_rows, self.kept_keys = (_state_table(f"ingest_{kind}__{spec.name}") for kind in ("rows", "keys"))
         if keep:
-            self.new_rows, self.new_keys = (_state_table(f"{kind}__{spec.name}__loading") for kind in ("rows", "keys"))
+            self.new_rows, self.new_keys = (
+                _state_table(f"ingest_{kind}__{spec.name}__loading") for kind in ("rows", "keys")
+            )
             con.execute(f"create schema if not exists {STATE_SCHEMA}")
             table = "table"
         else:
@@ -868,11 +871,6 @@ def file_chunks(files: Sequence[Path], max_bytes: int) -> list[tuple[Path, ...]]
     return [tuple(c) for c in chunks]
 
 
-STATE_SCHEMA = "_beton_ingest"
-"""What an ingest keeps for the next one when `ingest.incremental` is on: `tables` (one row per contract
-table: the files read, each with its stamp, and the running totals, as JSON) and, per table, the row and
-key hashes of every row kept and loaded (`rows__<table>`, `keys__<table>`: 16 bytes each per row)."""
-
 STAMP_SAMPLE_BYTES = 64 * 1024
 """A file's stamp hashes its first and last this-many bytes (with its size and modification time), so a
 file rewritten in place is noticed without reading it whole."""
@@ -911,24 +909,24 @@ def ingest_rules(spec: TableSpec) -> str:
 
 def read_ingest_state(con: duckdb.DuckDBPyConnection, table: str) -> dict | None:
     """The state the last incremental-capable ingest of `table` kept, or None."""
-    if not table_exists(con, STATE_SCHEMA, "tables"):
+    if not table_exists(con, STATE_SCHEMA, "ingest_files"):
         return None
-    rows = con.execute(f"select state from {STATE_SCHEMA}.tables where source_table = ?", [table]).fetchall()
+    rows = con.execute(f"select state from {STATE_SCHEMA}.ingest_files where source_table = ?", [table]).fetchall()
     return json.loads(rows[0][0]) if rows else None
 
 
 def _write_ingest_state(con: duckdb.DuckDBPyConnection, table: str, state: dict | None, at: datetime) -> None:
     """Replace `table`'s kept state (None: forget it). Within the caller's transaction."""
-    if state is None and not table_exists(con, STATE_SCHEMA, "tables"):
+    if state is None and not table_exists(con, STATE_SCHEMA, "ingest_files"):
         return
     con.execute(f"create schema if not exists {STATE_SCHEMA}")
     con.execute(
-        f"create table if not exists {STATE_SCHEMA}.tables "
+        f"create table if not exists {STATE_SCHEMA}.ingest_files "
         "(source_table varchar not null, state varchar not null, ingested_at timestamp not null)"
     )
-    con.execute(f"delete from {STATE_SCHEMA}.tables where source_table = ?", [table])
+    con.execute(f"delete from {STATE_SCHEMA}.ingest_files where source_table = ?", [table])
     if state is not None:
-        con.execute(f"insert into {STATE_SCHEMA}.tables values (?, ?, ?)", [table, json.dumps(state), at])
+        con.execute(f"insert into {STATE_SCHEMA}.ingest_files values (?, ?, ?)", [table, json.dumps(state), at])
 
 
 def _reference_tokens(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> dict[str, str | None]:
@@ -992,7 +990,7 @@ def plan_ingest(
     moved = sorted(t for t, token in tokens.items() if token is None or token != state["references"].get(t))
     if moved:
         return full(f"{', '.join(moved)} (which its rows refer to) was loaded again since: references are checked anew")
-    needed = [spec.raw_table, *(f"{STATE_SCHEMA}.{kind}__{spec.name}" for kind in ("rows", "keys"))]
+    needed = [spec.raw_table, *(f"{STATE_SCHEMA}.ingest_{kind}__{spec.name}" for kind in ("rows", "keys"))]
     if not all(table_exists(con, *name.split(".")) for name in needed):
         return full("the raw table or its kept hashes are missing")
     before = [tuple(s) for s in state["files"]]

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from beton_pipeline.settings import IngestSettings
 from beton_pipeline.sources import ingest
 from beton_pipeline.sources.contract import TABLES_BY_NAME
-from beton_pipeline.sources.ingest import STATE_SCHEMA, SourceError, ingest_table, read_ingest_state
+from beton_pipeline.sources.ingest import SourceError, ingest_table, read_ingest_state
+from beton_pipeline.warehouse import STATE_SCHEMA
 from tests.sources.test_ingest_chunks import EVENTS, INVOICES, ONE_FILE_PER_CHUNK, _part_path, _write_part
 from tests.sources.test_ingest_rows import RECORDS
 
@@ -123,9 +124,9 @@ def test_whatever_an_incremental_ingest_could_not_reproduce_makes_it_full(tmp_pa
     elif change == "rules":
         monkeypatch.setattr(ingest, "ingest_rules", lambda spec: "another version")
     elif change == "state":
-        con.execute(f"delete from {STATE_SCHEMA}.tables")
+        con.execute(f"delete from {STATE_SCHEMA}.ingest_files")
     elif change == "hashes":
-        con.execute(f'drop table {STATE_SCHEMA}."rows__events"')
+        con.execute(f'drop table {STATE_SCHEMA}."ingest_rows__events"')
     _write_part(_part_path(tmp_path, 4, "jsonl"), "jsonl", [{**GOOD, "uuid": "u4"}, GOOD], garbage=False)
     result = ingest_table(con, tmp_path, EVENTS, incremental=True)
     assert result.mode == "full"
@@ -147,7 +148,7 @@ def test_turning_it_off_reads_every_file_and_drops_what_was_kept(tmp_path):
     assert (result.mode, len(result.files_read)) == ("full", 2)
     assert read_ingest_state(con, "events") is None
     kept = con.sql(f"select table_name from duckdb_tables() where schema_name = '{STATE_SCHEMA}'").fetchall()
-    assert kept == [("tables",)]
+    assert kept == [("ingest_files",)]
     assert ingest_table(con, tmp_path, EVENTS, incremental=True).mode == "full"  # nothing to continue from
 
 
@@ -185,7 +186,7 @@ def test_a_failed_incremental_ingest_changes_nothing(tmp_path):
     before = (
         _tables(con),
         read_ingest_state(con, "events"),
-        con.sql(f'select count(*) from {STATE_SCHEMA}."rows__events"').fetchall(),
+        con.sql(f'select count(*) from {STATE_SCHEMA}."ingest_rows__events"').fetchall(),
     )
     _write_part(_part_path(tmp_path, 4, "jsonl"), "jsonl", [{**GOOD, "uuid": "u4"}], garbage=False)
     bad = _part_path(tmp_path, 6, "csv.gz")
@@ -195,16 +196,16 @@ def test_a_failed_incremental_ingest_changes_nothing(tmp_path):
     after = (
         _tables(con),
         read_ingest_state(con, "events"),
-        con.sql(f'select count(*) from {STATE_SCHEMA}."rows__events"').fetchall(),
+        con.sql(f'select count(*) from {STATE_SCHEMA}."ingest_rows__events"').fetchall(),
     )
     assert after == before
     tables = {(s, t) for s, t in con.sql("select schema_name, table_name from duckdb_tables()").fetchall()}
     assert tables == {
         ("raw", "raw_events"),
         ("beton", "quarantine"),
-        (STATE_SCHEMA, "tables"),
-        (STATE_SCHEMA, "rows__events"),
-        (STATE_SCHEMA, "keys__events"),
+        (STATE_SCHEMA, "ingest_files"),
+        (STATE_SCHEMA, "ingest_rows__events"),
+        (STATE_SCHEMA, "ingest_keys__events"),
     }
     bad.unlink()
     result = ingest_table(con, tmp_path, EVENTS, incremental=True)
@@ -231,7 +232,7 @@ def test_amounts_in_major_units_are_judged_on_every_file_read_so_far(tmp_path):
 
 def test_the_kept_state_is_readable_json_with_every_file_stamped(tmp_path):
     con = _two_parts(tmp_path)
-    (state,) = con.sql(f"select state from {STATE_SCHEMA}.tables").fetchall()[0]
+    (state,) = con.sql(f"select state from {STATE_SCHEMA}.ingest_files").fetchall()[0]
     files = json.loads(state)["files"]
     assert [Path(f[0]).name for f in files] == ["00.jsonl", "02.jsonl"]
     assert all(f[1] == Path(f[0]).stat().st_size for f in files)
