@@ -64,6 +64,7 @@ Method (README, "Lead-score model"):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -258,6 +259,10 @@ class LeadScoreBacktest:
     n_candidate_features: int
     scorer_metrics: dict[str, ScorerMetrics] = field(default_factory=dict)
     penalty_search: PenaltySearch | None = None
+    fit: FittedLogistic | None = None
+    """The fit, to keep for the next run (`backtest_lead_score`'s `last_fit`)."""
+    fit_reused: bool = False
+    """Whether the fit was the last run's (same `training_key`) instead of a new one."""
 
     def metric(self, scorer: str, name: str) -> float:
         """One metric's value, e.g. `metric("model", "roc_auc")`."""
@@ -483,6 +488,41 @@ def train_logistic(x: sp.csr_matrix, y: np.ndarray, config: ModelConfig) -> Logi
         raise ModelDataError("no candidate feature has enough support in the training cohorts (min_candidate_support)")
     search = search_penalty(x, y, config)
     return LogisticFit(estimator=_l1_logistic(search.c, config, REFIT_TOL).fit(x, y), search=search)
+
+
+@dataclass(frozen=True)
+class FittedLogistic:
+    """What a fit leaves that the next run can reuse: the coefficients, the intercept and the C search, under
+    the `training_key` of the data and settings it was fitted on."""
+
+    key: str
+    coefficients: np.ndarray
+    intercept: float
+    search: PenaltySearch
+
+    @staticmethod
+    def of(key: str, fit: LogisticFit) -> FittedLogistic:
+        estimator = fit.estimator
+        coefficients = np.asarray(estimator.coef_, dtype=np.float64).ravel()
+        return FittedLogistic(key, coefficients, float(np.ravel(estimator.intercept_)[0]), fit.search)
+
+
+def training_key(x: sp.csr_matrix, y: np.ndarray, feature_keys: tuple[str, ...], config: ModelConfig) -> str:
+    """SHA-256 of everything `train_logistic` depends on: the training rows' features (the sparse matrix in
+    canonical form: sorted indices, duplicates summed), the outcomes, what each column means, the model
+    settings, the refit tolerance and scikit-learn's version. Equal keys, equal fits: liblinear is
+    deterministic for a fixed `random_state`, so a fit kept under this key is the fit `train_logistic`
+    would make again."""
+    import sklearn
+
+    x = sp.csr_matrix(x, dtype=np.float64, copy=True)
+    x.sum_duplicates()
+    x.sort_indices()
+    digest = hashlib.sha256()
+    digest.update(json.dumps([x.shape, list(feature_keys), repr(config), REFIT_TOL, sklearn.__version__]).encode())
+    for part in (x.indptr.astype(np.int64), x.indices.astype(np.int64), x.data, np.asarray(y, dtype=np.int64)):
+        digest.update(np.ascontiguousarray(part).tobytes())
+    return digest.hexdigest()
 
 
 def linear_probability(x: sp.spmatrix, coefficients: np.ndarray, intercept: float) -> np.ndarray:
@@ -832,13 +872,21 @@ def model_inputs(
 
 
 def backtest_lead_score(
-    frames: FeatureFrames, enabled_signals: pl.DataFrame, spec: FeatureSpec, config: ModelConfig
+    frames: FeatureFrames,
+    enabled_signals: pl.DataFrame,
+    spec: FeatureSpec,
+    config: ModelConfig,
+    last_fit: FittedLogistic | None = None,
 ) -> LeadScoreBacktest:
     """Train on the earlier cohorts, score the later ones with every scorer, and measure them.
 
     `frames` holds the eligible accounts (outcome known); `enabled_signals` has `candidate_key` and
     `lift` of the enabled signals. Raises `ModelDataError` when a side of the split is empty or the
     training cohorts hold fewer than two accounts of a class.
+
+    `last_fit`: the fit of an earlier run. When its key is this training data's `training_key` (the same
+    training accounts, features, outcomes and settings: a daily run whose new day changed no training
+    account), it is used as is instead of fitting again; the result is the same.
     """
     if frames.accounts.is_empty():
         raise ModelDataError("no eligible account (outcome window closed) yet")
@@ -852,11 +900,11 @@ def backtest_lead_score(
     y, candidates, keys, x = model_inputs(frames, train, spec, config)
 
     started = time.perf_counter()
-    fit = train_logistic(x[train], y[train], config)
+    key = training_key(x[train], y[train], keys, config)
+    reused = last_fit is not None and last_fit.key == key
+    fit = last_fit if reused else FittedLogistic.of(key, train_logistic(x[train], y[train], config))
     training_seconds = time.perf_counter() - started
-    estimator = fit.estimator
-    coef = np.asarray(estimator.coef_, dtype=np.float64).ravel()
-    intercept = float(np.ravel(estimator.intercept_)[0])
+    coef, intercept = fit.coefficients, fit.intercept
     model_prob = linear_probability(x, coef, intercept)
 
     count, log_lift = enabled_signal_scores(candidates, enabled_signals)
@@ -915,6 +963,8 @@ def backtest_lead_score(
         n_candidate_features=len(keys),
         scorer_metrics=metrics,
         penalty_search=fit.search,
+        fit=fit,
+        fit_reused=reused,
     )
 
 

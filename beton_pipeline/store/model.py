@@ -9,24 +9,28 @@ connection, so it holds no write lock; the results are written afterwards in one
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import polars as pl
 
 from beton_pipeline.core.candidates import FeatureFrames
 from beton_pipeline.core.model import (
     CrmComparison,
+    FittedLogistic,
     LeadScoreBacktest,
     ModelDataError,
+    PenaltySearch,
     backtest_lead_score,
     crm_comparison,
 )
 from beton_pipeline.settings import Settings
 from beton_pipeline.store.tables import as_of_time, read_feature_frames, replace_rows
-from beton_pipeline.warehouse import connect, table_exists
+from beton_pipeline.warehouse import STATE_SCHEMA, connect, table_exists
 
 BACKTEST_TABLE = "beton.model_backtest"
 CALIBRATION_TABLE = "beton.model_calibration"
@@ -34,6 +38,9 @@ CONFUSION_TABLE = "beton.model_confusion"
 CRM_TABLE = "beton.model_crm_comparison"
 FEATURES_TABLE = "beton.model_features"
 MODEL_TABLES = (BACKTEST_TABLE, CALIBRATION_TABLE, CONFUSION_TABLE, CRM_TABLE, FEATURES_TABLE)
+FIT_TABLE = f"{STATE_SCHEMA}.model_fit"
+"""The last fit (`core.model.FittedLogistic`), one row: the next run reuses it when its training data and
+settings are the same (`core.model.training_key`)."""
 
 MODEL_INPUTS = (
     "account_features",
@@ -64,6 +71,7 @@ class ModelInputs:
     enabled: pl.DataFrame
     as_of: datetime | None
     deal_progress: pl.DataFrame | None
+    last_fit: FittedLogistic | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,32 @@ def read_model_inputs(con: duckdb.DuckDBPyConnection, settings: Settings) -> Mod
         enabled=enabled,
         as_of=as_of_time(con),
         deal_progress=read_deal_progress(con),
+        last_fit=read_last_fit(con),
+    )
+
+
+def read_last_fit(con: duckdb.DuckDBPyConnection) -> FittedLogistic | None:
+    """The fit the last run kept (`FIT_TABLE`), or None."""
+    if not table_exists(con, *FIT_TABLE.split(".")):
+        return None
+    rows = con.sql(f"select key, coefficients, intercept, search from {FIT_TABLE}").fetchall()
+    if len(rows) != 1:
+        return None
+    key, coefficients, intercept, search = rows[0]
+    fields = json.loads(search)
+    search = PenaltySearch(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    return FittedLogistic(key, np.asarray(coefficients, dtype=np.float64), float(intercept), search)
+
+
+def save_fit(con: duckdb.DuckDBPyConnection, fit: FittedLogistic) -> None:
+    """Keep `fit` as the last fit (replacing the one kept before)."""
+    con.execute(f"create schema if not exists {STATE_SCHEMA}")
+    con.execute(
+        f"create or replace table {FIT_TABLE} (key varchar, coefficients double[], intercept double, search varchar)"
+    )
+    con.execute(
+        f"insert into {FIT_TABLE} values (?, ?, ?, ?)",
+        [fit.key, fit.coefficients.tolist(), fit.intercept, json.dumps(asdict(fit.search))],
     )
 
 
@@ -132,6 +166,8 @@ def write_model_tables(
     replace_rows(con, CALIBRATION_TABLE, _nan_to_null(backtest.calibration.with_columns(*stamp)), "true")
     replace_rows(con, CONFUSION_TABLE, _nan_to_null(confusion.with_columns(*stamp)), "true")
     replace_rows(con, FEATURES_TABLE, backtest.features.with_columns(*stamp), "true")
+    if backtest.fit is not None and not backtest.fit_reused:
+        save_fit(con, backtest.fit)
     if crm is not None and crm.accounts.height:
         replace_rows(con, CRM_TABLE, _nan_to_null(crm.accounts.with_columns(*stamp)), "true")
     elif table_exists(con, *CRM_TABLE.split(".")):
@@ -147,7 +183,7 @@ def run_lead_score_model(warehouse: Path | str, settings: Settings) -> LeadScore
         inputs = read_model_inputs(con, settings)
     try:
         backtest = backtest_lead_score(
-            inputs.frames, inputs.enabled, settings.feature_spec(), settings.lead_score_config()
+            inputs.frames, inputs.enabled, settings.feature_spec(), settings.lead_score_config(), inputs.last_fit
         )
     except ModelDataError as exc:
         with connect(warehouse) as con:

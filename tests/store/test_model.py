@@ -7,10 +7,12 @@ from datetime import datetime
 import duckdb
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from beton_pipeline.settings import load_settings
 from beton_pipeline.store.model import (
     CRM_TABLE,
+    FIT_TABLE,
     MODEL_TABLES,
     read_deal_progress,
     run_lead_score_model,
@@ -125,3 +127,30 @@ def test_data_that_cannot_train_a_model_clears_stale_results(tmp_path, frames):
 def test_deal_progress_is_none_before_dbt_built_it(tmp_path):
     with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:
         assert read_deal_progress(con) is None
+
+
+def _model_tables(path) -> dict[str, pl.DataFrame]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        return {t: con.sql(f"select * from {t} order by all").pl() for t in MODEL_TABLES}
+
+
+def test_a_second_run_on_the_same_marts_reuses_the_fit_and_writes_the_same_tables(tmp_path, frames):
+    """The fit is kept (`FIT_TABLE`) and reused by a run whose training data is the same: every model table
+    is written again as it was. A training account's outcome changed: fitted anew."""
+    path = tmp_path / "warehouse.duckdb"
+    _write_marts(path, frames, _progress(frames))
+    first = run_lead_score_model(path, load_settings())
+    tables = _model_tables(path)
+    second = run_lead_score_model(path, load_settings())
+    assert not first.backtest.fit_reused and second.backtest.fit_reused
+    after = _model_tables(path)
+    for table in MODEL_TABLES:
+        assert_frame_equal(after[table], tables[table])
+    assert _count(path, FIT_TABLE) == 1
+
+    trained = frames.accounts.filter(~pl.col("account_id").is_in(first.backtest.test_scores["account_id"].implode()))
+    flip = trained["account_id"][0]
+    with duckdb.connect(str(path)) as con:
+        con.execute("update marts.account_outcomes set converted = not converted where account_id = ?", [flip])
+    third = run_lead_score_model(path, load_settings())
+    assert not third.backtest.fit_reused and third.backtest.fit.key != first.backtest.fit.key

@@ -154,6 +154,11 @@ def lead_score_model(
         "features_used": dg.MetadataValue.int(backtest.features.height - 1),
         "regularization_c": dg.MetadataValue.float(backtest.model.regularization_c),
         "training_seconds": dg.MetadataValue.float(round(backtest.training_seconds, 3)),
+        "fit": dg.MetadataValue.text(
+            "reused: the training accounts, their features and outcomes, and the settings are those of the last fit"
+            if backtest.fit_reused
+            else "fitted on this run's training accounts"
+        ),
     }
     if backtest.penalty_search is not None:
         search = backtest.penalty_search
