@@ -19,6 +19,7 @@ help:
 	@echo "make docs   build the dbt docs site (dbt_project/target/index.html)"
 	@echo "make bench  run the benchmarks (BENCHMARKS.md)"
 	@echo "make bench-100m  run beton once on 100M events (BENCHMARKS.md; ~1-2 hours)"
+	@echo "make bench-daily  the next day's beton run on 10M events against a full run, and their tables (~13 min)"
 	@echo "make health-sim  the three signal health rules side by side on simulated signals (about 8 minutes)"
 
 # One-time (and on dependency change) environment: uv from PyPI, then the locked dependency set.
@@ -84,6 +85,10 @@ bench: setup
 .PHONY: bench-100m
 bench-100m: setup
 	$(BIN)/python benchmarks/run.py --sizes 100M --repetitions 1 --analyst-repetitions 0
+
+.PHONY: bench-daily
+bench-daily: setup
+	$(BIN)/python benchmarks/daily.py --size 10M
 
 .PHONY: health-sim
 health-sim: setup
