@@ -1,5 +1,5 @@
 """The next day's run: `beton run` again on a warehouse after one more day of events arrives, against a full
-run on the same data, and whether both leave the same tables (BENCHMARKS.md, "the incremental day").
+run on the same data, and whether both leave the same tables (`make bench-daily`; BENCHMARKS.md, "How to run").
 
     .venv/bin/python benchmarks/daily.py --size 10M         # three `beton run`s of the size
     .venv/bin/python benchmarks/daily.py --size smoke       # a quick look (~54k events)

@@ -69,6 +69,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -510,16 +511,19 @@ class FittedLogistic:
 def training_key(x: sp.csr_matrix, y: np.ndarray, feature_keys: tuple[str, ...], config: ModelConfig) -> str:
     """SHA-256 of everything `train_logistic` depends on: the training rows' features (the sparse matrix in
     canonical form: sorted indices, duplicates summed), the outcomes, what each column means, the model
-    settings, the refit tolerance and scikit-learn's version. Equal keys, equal fits: liblinear is
-    deterministic for a fixed `random_state`, so a fit kept under this key is the fit `train_logistic`
-    would make again."""
+    settings, the training code (this module's source: the search, the subsample, the refit) and the
+    versions of scikit-learn, NumPy (the subsample's random stream) and SciPy. Equal keys, equal fits:
+    liblinear is deterministic for a fixed `random_state`, so a fit kept under this key is the fit
+    `train_logistic` would make again."""
+    import scipy
     import sklearn
 
     x = sp.csr_matrix(x, dtype=np.float64, copy=True)
     x.sum_duplicates()
     x.sort_indices()
-    digest = hashlib.sha256()
-    digest.update(json.dumps([x.shape, list(feature_keys), repr(config), REFIT_TOL, sklearn.__version__]).encode())
+    versions = [sklearn.__version__, np.__version__, scipy.__version__]
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    digest.update(json.dumps([x.shape, list(feature_keys), repr(config), REFIT_TOL, versions]).encode())
     for part in (x.indptr.astype(np.int64), x.indices.astype(np.int64), x.data, np.asarray(y, dtype=np.int64)):
         digest.update(np.ascontiguousarray(part).tobytes())
     return digest.hexdigest()

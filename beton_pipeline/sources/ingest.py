@@ -54,7 +54,7 @@ import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -871,10 +871,6 @@ def file_chunks(files: Sequence[Path], max_bytes: int) -> list[tuple[Path, ...]]
     return [tuple(c) for c in chunks]
 
 
-STAMP_SAMPLE_BYTES = 64 * 1024
-"""A file's stamp hashes its first and last this-many bytes (with its size and modification time), so a
-file rewritten in place is noticed without reading it whole."""
-
 INGEST_MODES = ("full", "incremental", "unchanged")
 """How a table was ingested: every file read again (`full`), only the files after the ones read before
 (`incremental`), or nothing to read (`unchanged`: no new file, the earlier ones as they were)."""
@@ -885,23 +881,19 @@ def _state_table(name: str) -> str:
 
 
 def file_stamp(path: Path) -> list:
-    """`[path, size, mtime_ns, sha256 of the first and last STAMP_SAMPLE_BYTES]`: what says a file read
-    before is still the same file."""
-    stat = path.stat()
-    digest = hashlib.sha256()
+    """`[path, size, sha256 of the content]`: what says a file read before is still the same file. The whole
+    file is hashed (about 1 s per GB), so an edit that keeps the size and the modification time is noticed."""
     with open(path, "rb") as f:
-        digest.update(f.read(STAMP_SAMPLE_BYTES))
-        if stat.st_size > STAMP_SAMPLE_BYTES:
-            f.seek(max(STAMP_SAMPLE_BYTES, stat.st_size - STAMP_SAMPLE_BYTES))
-            digest.update(f.read(STAMP_SAMPLE_BYTES))
-    return [str(path), stat.st_size, stat.st_mtime_ns, digest.hexdigest()]
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return [str(path), path.stat().st_size, digest]
 
 
 def ingest_rules(spec: TableSpec) -> str:
-    """A fingerprint of everything that decides a row's fate: the table's contract, the code of the
-    ingest, the contract and the file reader, and DuckDB's version. Kept state made under other rules
-    is not continued (the next ingest is full)."""
-    digest = hashlib.sha256(f"{spec!r}|duckdb {duckdb.__version__}".encode())
+    """A fingerprint of everything that decides a row's fate but the clock: the table's contract, the code of
+    the ingest, the contract and the file reader, DuckDB's version and the currency codes (pycountry's).
+    Kept state made under other rules is not continued (the next ingest is full). The one rule that reads the
+    clock ("in the future") is followed by the kept state's `future_due` instead (`plan_ingest`)."""
+    digest = hashlib.sha256(f"{spec!r}|duckdb {duckdb.__version__}|{_ISO_CURRENCIES!r}".encode())
     for module in (_contract_module, _files_module, sys.modules[__name__]):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:16]
@@ -937,12 +929,31 @@ def _reference_tokens(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> dict[s
         if col.references is None:
             continue
         table = col.references[0]
+        if not table_exists(con, *TABLES_BY_NAME[table].raw_table.split(".")):
+            tokens[table] = "absent"
+            continue
         state = read_ingest_state(con, table)
-        if state is not None:
-            tokens[table] = state["generation"]
-        else:
-            tokens[table] = None if table_exists(con, *TABLES_BY_NAME[table].raw_table.split(".")) else "absent"
+        tokens[table] = None if state is None else state["generation"]
     return tokens
+
+
+FUTURE_DUE_MARGIN = timedelta(hours=1)
+"""How long before a row quarantined as in the future stops being so that the next ingest is already full."""
+
+
+def _future_due(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> datetime | None:
+    """When the earliest row of the current chunk (`_beton_checked`) quarantined as "in the future" (more
+    than a day ahead of the clock) would no longer be (`FUTURE_DUE_MARGIN` early), or None. A full ingest
+    from then on would load it, so an incremental one must not continue past it (`plan_ingest`)."""
+    parts = [
+        f"min(_v{i}) filter (where contains(_reason, {_lit(col.name + ': in the future')}))"
+        for i, col in enumerate(spec.columns)
+        if col.kind == "timestamp"
+    ]
+    if not parts:
+        return None
+    earliest = _scalar(con, f"select list_min([{', '.join(parts)}]) from _beton_checked")
+    return None if earliest is None else earliest - timedelta(days=1) - FUTURE_DUE_MARGIN
 
 
 @dataclass(frozen=True)
@@ -986,10 +997,17 @@ def plan_ingest(
         return full("the ingest rules changed since the last load (a beton or DuckDB upgrade)")
     if state["source_dir"] != str(source_dir):
         return full(f"the source directory changed since the last load (it was {state['source_dir']})")
+    due = state.get("future_due")
+    if due is not None and datetime.now(UTC).replace(tzinfo=None) >= datetime.fromisoformat(due):
+        return full(
+            "a row quarantined as in the future is due (its time is now within a day): the rows are judged anew"
+        )
     tokens = _reference_tokens(con, spec)
     moved = sorted(t for t, token in tokens.items() if token is None or token != state["references"].get(t))
     if moved:
-        return full(f"{', '.join(moved)} (which its rows refer to) was loaded again since: references are checked anew")
+        return full(
+            f"{', '.join(moved)} (which its rows refer to) was loaded again or dropped since: references are checked anew"
+        )
     needed = [spec.raw_table, *(f"{STATE_SCHEMA}.ingest_{kind}__{spec.name}" for kind in ("rows", "keys"))]
     if not all(table_exists(con, *name.split(".")) for name in needed):
         return full("the raw table or its kept hashes are missing")
@@ -1003,7 +1021,7 @@ def plan_ingest(
                 "the ones read (files are read in path order, and the first of two rows with the same key is kept)"
             )
         if stamps[i] != stamp:
-            return full(f"{stamp[0]} changed since it was read (size, modification time or content)")
+            return full(f"{stamp[0]} changed since it was read (its size or content)")
     new = files[len(before) :]
     if not new:
         return IngestPlan("unchanged", f"no new file; the {len(before)} read before are unchanged", (), stamps, state)
@@ -1059,6 +1077,7 @@ def ingest_table(
     minor_units = _MinorUnits(spec, {c: tuple(v) for c, v in before.get("minor_units", {}).items()})
     seen = _SeenRows(con, spec, keep=incremental, continue_kept=continuing)
     rows_read, dups = before.get("rows_read", 0), before.get("duplicates", 0)
+    dues = [datetime.fromisoformat(before["future_due"])] if before.get("future_due") else []
     extra_columns: set[str] = set(before.get("ignored_columns", ()))
     unchecked: list[str] = list(before.get("unchecked_references", ()))
     try:
@@ -1073,6 +1092,7 @@ def ingest_table(
             rows_read += _scalar(con, f"select count(*) from {text}") + _scalar(con, f"select count(*) from {rejects}")
             chunk_dups, unchecked = _check_rows(con, spec, text, loader.raw_row_sql(), seen)
             dups += chunk_dups
+            dues += [due] if (due := _future_due(con, spec)) is not None else []
             con.execute(f"drop table {text}")
             con.execute(
                 f"insert into {loading_raw} select {typed}, c._file, c._line from _beton_checked c "
@@ -1102,6 +1122,7 @@ def ingest_table(
                 "ignored_columns": sorted(extra_columns),
                 "unchecked_references": list(unchecked),
                 "minor_units": {c: list(v) for c, v in minor_units.counts.items()},
+                "future_due": min(dues).isoformat() if dues else None,
             }
         with transaction(con):
             if continuing:

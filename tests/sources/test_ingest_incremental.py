@@ -4,6 +4,8 @@ not (a file read before changed or is gone, a new file sorting before the ones r
 source directory, a referenced table loaded again), the ingest is full and says why."""
 
 import json
+import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -115,8 +117,11 @@ def test_whatever_an_incremental_ingest_could_not_reproduce_makes_it_full(tmp_pa
     every file again, says why, and gives the full ingest's table."""
     con = _two_parts(tmp_path)
     first = _part_path(tmp_path, 0, "jsonl")
-    if change == "rewrite":  # same size and name, other content (a uuid changed)
+    if change == "rewrite":  # same name, size and modification time, other content (a uuid changed)
+        before = first.stat()
         first.write_text(first.read_text().replace('"u1"', '"u7"', 1))
+        os.utime(first, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert first.stat().st_size == before.st_size
     elif change == "remove":
         first.unlink()
     elif change == "earlier":  # a new part named to sort between the two read before
@@ -174,9 +179,46 @@ def test_a_referenced_table_loaded_again_makes_the_referring_table_full(tmp_path
     assert ingest_table(con, tmp_path, COMPANIES, incremental=True).mode == "incremental"
     result = ingest_table(con, tmp_path, PEOPLE, incremental=True)
     assert result.mode == "full"
-    assert "crm_companies (which its rows refer to) was loaded again" in result.mode_reason
+    assert "crm_companies (which its rows refer to) was loaded again or dropped" in result.mode_reason
     assert (result.rows_loaded, result.rows_quarantined) == (2, 0)
     assert (_counts(result), _tables(con, PEOPLE)) == _full(tmp_path, PEOPLE, before=[COMPANIES])
+
+
+def test_a_referenced_table_dropped_makes_the_referring_table_full(tmp_path):
+    """The companies' raw table dropped (its kept state left): the people's new rows could not be checked
+    as the old ones were, so the people are ingested in full, their references unchecked."""
+    company = "record_id,name,domain,created_at\nc1,Acme,acme.example,2025-01-01T00:00:00Z\n"
+    person = "record_id,email,company_record_id,created_at\n{},{}@acme.example,c1,2025-01-02T00:00:00Z\n"
+    for table in ("crm_companies", "crm_people"):
+        (tmp_path / table).mkdir()
+    (tmp_path / "crm_companies" / "a.csv").write_text(company)
+    (tmp_path / "crm_people" / "a.csv").write_text(person.format("p1", "ann"))
+    con = duckdb.connect()
+    ingest_table(con, tmp_path, COMPANIES, incremental=True)
+    ingest_table(con, tmp_path, PEOPLE, incremental=True)
+    con.execute(f"drop table {COMPANIES.raw_table}")
+    (tmp_path / "crm_people" / "b.csv").write_text(person.format("p2", "bob"))
+    result = ingest_table(con, tmp_path, PEOPLE, incremental=True)
+    assert result.mode == "full" and "loaded again or dropped" in result.mode_reason
+    assert result.unchecked_references == ("company_record_id → crm_companies.record_id",)
+
+
+@pytest.mark.parametrize("ahead, mode", [(timedelta(days=1, seconds=30), "full"), (timedelta(days=30), "incremental")])
+def test_a_row_quarantined_as_in_the_future_is_judged_anew_once_it_is_due(tmp_path, ahead, mode):
+    """The one rule that reads the clock: a row more than a day ahead is quarantined, and a full ingest loads
+    it once the clock has caught up. While such a row is within an hour of being due, the next ingest is
+    full (and gives the full ingest's table); a row a month ahead lets it stay incremental."""
+    when = (datetime.now(UTC) + ahead).strftime("%Y-%m-%dT%H:%M:%SZ")
+    _write_part(_part_path(tmp_path, 0, "jsonl"), "jsonl", [GOOD, {**GOOD, "uuid": "u9", "timestamp": when}], False)
+    con = duckdb.connect()
+    first = ingest_table(con, tmp_path, EVENTS, incremental=True)
+    assert first.quarantine_reasons == {"timestamp: in the future": 1}
+    _write_part(_part_path(tmp_path, 2, "jsonl"), "jsonl", [{**GOOD, "uuid": "u2"}], garbage=False)
+    result = ingest_table(con, tmp_path, EVENTS, incremental=True)
+    assert result.mode == mode, result.mode_reason
+    if mode == "full":
+        assert "in the future is due" in result.mode_reason
+    assert (_counts(result), _tables(con)) == _full(tmp_path)
 
 
 def test_a_failed_incremental_ingest_changes_nothing(tmp_path):
