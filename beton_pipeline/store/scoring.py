@@ -53,9 +53,11 @@ OUTCOMES_SQL = (
     "select o.account_id, o.started_at, o.converted_at, o.converted, o.is_eligible, o.arr, o.outcome_window_end_at, "
     "strftime(o.cohort_month, '%Y-%m') as cohort_month, o.domain, o.is_crm_company, a.company_name "
     "from marts.account_outcomes o join intermediate.int_accounts a using (account_id) "
-    "where o.has_events and not o.converted_before_start"
+    "where o.has_events and not o.converted_before_start order by o.account_id"
 )
-"""Every account whose outcome can be judged, with what a score row shows of it."""
+"""Every account whose outcome can be judged, with what a score row shows of it; in account_id order, so that
+whatever depends on the order of the rows (the calibration's deciles among equal predictions, sums of floats)
+is the same on every run over the same data."""
 
 REVENUE_WINDOW_DAYS = 30
 """The revenue numbers of day D count the outcomes closed (conversions) on D and the 29 days before it."""

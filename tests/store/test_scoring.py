@@ -69,6 +69,20 @@ def test_equal_scores_are_ranked_by_account_id(tmp_path):
     assert ties > 0
 
 
+def test_the_calibration_check_does_not_depend_on_the_order_of_the_rows(tmp_path):
+    """The same accounts stored in two orders give the same calibration table and scores: equal predictions
+    (accounts of the same age, no signal) fall into deciles by account_id, not by where a row happens to be."""
+    outcomes = outcomes_frame(n_accounts=300, converts_every=3)
+    results = []
+    for name, frame in (("a", outcomes), ("b", outcomes.reverse())):
+        create_outcomes(tmp_path / f"{name}.duckdb", frame)
+        with duckdb.connect(str(tmp_path / f"{name}.duckdb")) as con:
+            results.append(compute_account_scores(con, Settings(), DAYS))
+    assert results[0].calibration.height > 0
+    assert results[0].calibration.equals(results[1].calibration)
+    assert results[0].scores.equals(results[1].scores)
+
+
 def test_revenue_metrics_count_the_trailing_30_days(con):
     outcomes = outcomes_frame()
     result = compute_account_scores(con, Settings(), DAYS)
