@@ -904,20 +904,21 @@ def backtest_lead_score(
     y, candidates, keys, x = model_inputs(frames, train, spec, config)
 
     started = time.perf_counter()
-    key = training_key(x[train], y[train], keys, config)
+    x_train, y_train = x[train], y[train]
+    key = training_key(x_train, y_train, keys, config)
     reused = last_fit is not None and last_fit.key == key
-    fit = last_fit if reused else FittedLogistic.of(key, train_logistic(x[train], y[train], config))
+    fit = last_fit if reused else FittedLogistic.of(key, train_logistic(x_train, y_train, config))
     training_seconds = time.perf_counter() - started
     coef, intercept = fit.coefficients, fit.intercept
     model_prob = linear_probability(x, coef, intercept)
 
     count, log_lift = enabled_signal_scores(candidates, enabled_signals)
-    base = float(y[train].mean())
+    base = float(y_train.mean())
     raw = {"model": model_prob, "signals": count, "signals_weighted": log_lift, "base_rate": np.full(len(y), base)}
     probability = {
         "model": model_prob,
-        "signals": monotone_probability(count[train], y[train], count),
-        "signals_weighted": monotone_probability(log_lift[train], y[train], log_lift),
+        "signals": monotone_probability(count[train], y_train, count),
+        "signals_weighted": monotone_probability(log_lift[train], y_train, log_lift),
         "base_rate": raw["base_rate"],
     }
 
@@ -931,7 +932,7 @@ def backtest_lead_score(
         calibration.append(calibration_table(scorer, yt, s, p, config.n_buckets, config.confidence_level))
         confusion.append(confusion_at(scorer, "converted", yt, s, top_k_threshold(s, k), k).as_row())
 
-    support = np.asarray(x[train].sum(axis=0)).ravel().astype(np.int64)
+    support = np.asarray(x_train.sum(axis=0)).ravel().astype(np.int64)
     model = LeadScoreModel(
         feature_keys=keys,
         coefficients=coef,
@@ -941,7 +942,7 @@ def backtest_lead_score(
         qualify_threshold=top_k_threshold(model_prob[test], k),
         trained_months=tuple(split.discovery_months),
         n_train=int(train.sum()),
-        n_train_converted=int(y[train].sum()),
+        n_train_converted=int(y_train.sum()),
     )
     months = cohort_labels(frames)
     test_scores = pl.DataFrame(

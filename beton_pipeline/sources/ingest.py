@@ -64,7 +64,7 @@ import pycountry
 from beton_pipeline.sources import contract as _contract_module
 from beton_pipeline.sources import files as _files_module
 from beton_pipeline.sources.contract import MIN_TIMESTAMP, TABLES_BY_NAME, Column, TableSpec
-from beton_pipeline.sources.files import SUPPORTED, file_format, file_suffix, table_files
+from beton_pipeline.sources.files import SUPPORTED, TableFiles, file_format, file_suffix, table_files
 from beton_pipeline.warehouse import STATE_SCHEMA, table_exists, transaction
 
 MAX_JSON_CHARS = 1_000_000
@@ -196,6 +196,11 @@ def _timestamp_expr(v: str) -> str:
     return _timestamp_from(v, _is_epoch(v), f"try_cast(trim({v}) as double)")
 
 
+def _future_reason(column: str) -> str:
+    """The quarantine reason of a timestamp more than a day ahead of the clock (`_column_sql`, `_future_due`)."""
+    return f"{column}: in the future"
+
+
 def _present(v: str) -> str:
     return f"(nullif(trim({v}), '') is not null)"
 
@@ -239,7 +244,7 @@ def _column_sql(i: int, col: Column) -> _ColumnSql:
             f"then '{name}: epoch value too large for seconds (milliseconds?): ' || left(trim({v}), 40) "
             f"when {p} and {t} is null then '{name}: not a timestamp: ' || left({v}, 40) "
             f"when {t} < timestamp '{MIN_TIMESTAMP}' then '{name}: before {MIN_TIMESTAMP}' "
-            f"when {t} > current_timestamp::timestamp + interval 1 day then '{name}: in the future' end"
+            f"when {t} > current_timestamp::timestamp + interval 1 day then {_lit(_future_reason(name))} end"
         )
         typed = t
     elif col.kind == "integer":
@@ -946,7 +951,7 @@ def _future_due(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> datetime | N
     than a day ahead of the clock) would no longer be (`FUTURE_DUE_MARGIN` early), or None. A full ingest
     from then on would load it, so an incremental one must not continue past it (`plan_ingest`)."""
     parts = [
-        f"min(_v{i}) filter (where contains(_reason, {_lit(col.name + ': in the future')}))"
+        f"min(_v{i}) filter (where contains(_reason, {_lit(_future_reason(col.name))}))"
         for i, col in enumerate(spec.columns)
         if col.kind == "timestamp"
     ]
@@ -966,7 +971,8 @@ class IngestPlan:
     files: tuple[Path, ...]
     """The files to read: every file (full), or those after the ones read before (incremental)."""
     stamps: tuple[tuple, ...]
-    """Every file's stamp (`file_stamp`), in read order: what the state keeps after this ingest."""
+    """Every file's stamp (`file_stamp`), in read order: what the state keeps after this ingest (none when
+    `ingest.incremental` is off)."""
     state: dict | None = None
     """The kept state continued from (incremental, unchanged)."""
 
@@ -983,9 +989,9 @@ def plan_ingest(
     path order, and which of two rows with the same key is kept depends on it. Otherwise the ingest is
     full, with the reason."""
     files = tuple(sorted(files, key=str))
+    if not incremental:  # nothing is kept, so no file is hashed
+        return IngestPlan("full", "ingest.incremental is off", files, ())
     stamps = tuple(tuple(file_stamp(p)) for p in files)
-    if not incremental:
-        return IngestPlan("full", "ingest.incremental is off", files, stamps)
 
     def full(reason: str) -> IngestPlan:
         return IngestPlan("full", reason, files, stamps)
@@ -1064,7 +1070,7 @@ def ingest_table(
         )
     plan = plan_ingest(con, source_dir, spec, found.read, incremental)
     if plan.mode == "unchanged":
-        return _ingest_result(con, spec, plan, plan.state, found.skipped_text)
+        return _ingest_result(con, spec, plan, plan.state, found)
     continuing = plan.mode == "incremental"
     before = plan.state if continuing else {}
     text, rejects = f"_beton_text_{spec.name}", f"_beton_rejects_{spec.name}"
@@ -1154,11 +1160,11 @@ def ingest_table(
         "ignored_columns": sorted(extra_columns),
         "unchecked_references": list(unchecked),
     }
-    return _ingest_result(con, spec, plan, totals, found.skipped_text)
+    return _ingest_result(con, spec, plan, totals, found)
 
 
 def _ingest_result(
-    con: duckdb.DuckDBPyConnection, spec: TableSpec, plan: IngestPlan, totals: dict, skipped: Sequence[str]
+    con: duckdb.DuckDBPyConnection, spec: TableSpec, plan: IngestPlan, totals: dict, found: TableFiles
 ) -> IngestResult:
     """The table's `IngestResult`: the loaded and quarantined rows as they are in the warehouse now, the
     rows read and exact duplicates over every file read into it (`totals`)."""
@@ -1168,14 +1174,14 @@ def _ingest_result(
     ).fetchall()
     return IngestResult(
         table=spec.name,
-        files=tuple(s[0] for s in plan.stamps),
+        files=tuple(str(p) for p in sorted(found.read, key=str)),
         rows_read=totals["rows_read"],
         rows_loaded=loaded,
         rows_quarantined=sum(n for _, n in reason_rows),
         exact_duplicates_dropped=totals["duplicates"],
         ignored_columns=tuple(totals["ignored_columns"]),
         quarantine_reasons=_summarise_reasons(reason_rows),
-        skipped_files=tuple(skipped),
+        skipped_files=tuple(found.skipped_text),
         unchecked_references=tuple(totals["unchecked_references"]),
         mode=plan.mode,
         mode_reason=plan.reason,
