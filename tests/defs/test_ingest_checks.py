@@ -390,3 +390,28 @@ def test_the_default_limit_is_five_percent_and_an_optional_table_over_it_only_wa
     assert not deals.passed and deals.severity == dg.AssetCheckSeverity.WARN
     assert deals.metadata["max_quarantine_share"].value == 0.05
     assert result.success, [(k, c.description) for k, c in checks.items() if not c.passed]
+
+
+def test_the_ingest_assets_say_how_each_table_was_ingested(tmp_path):
+    """`ingest.incremental` (on by default) reaches the assets: the first materialisation reads every file,
+    the second, with no new file, reads none and says so in `ingest_mode` and `files_read`, with the same
+    counts; with the setting off every file is read again."""
+    src = _source(tmp_path)
+
+    def events_metadata(config: str = "") -> dict:
+        result = _materialize(tmp_path, src, config)
+        assert result.success
+        (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey("raw_events")]
+        return event.materialization.metadata
+
+    first = events_metadata()
+    assert first["ingest_mode"].value.startswith("full: no earlier load kept its state")
+    assert first["files_read"].value == len(first["files"].value) > 0
+    again = events_metadata()
+    assert again["ingest_mode"].value.startswith("unchanged: no new file")
+    assert again["files_read"].value == 0
+    assert [again[k].value for k in ("rows_read", "rows_loaded", "rows_quarantined")] == [
+        first[k].value for k in ("rows_read", "rows_loaded", "rows_quarantined")
+    ]
+    off = events_metadata("ingest: {incremental: false, max_quarantine_share: 1}\n")
+    assert off["ingest_mode"].value == "full: ingest.incremental is off"
