@@ -4,6 +4,9 @@ analyst's pandas, on demo datasets of about 1M and 10M events (BENCHMARKS.md say
     .venv/bin/python benchmarks/run.py                  # the full benchmark (1M and 10M, 3 repetitions)
     .venv/bin/python benchmarks/run.py --sizes 1M --repetitions 1   # a quick look
 
+With 10M among the sizes it also measures the next day's run at 10M (`benchmarks/daily.py`: three more
+`beton run`s, ~8 minutes) and reports its goal with the others; `--daily none` leaves it out.
+
 Everything it writes lives in `.bench/` (gitignored): the datasets (`data/`, reused while their
 parameters match), one work directory per size (`runs/<size>/`: the warehouse of the last repetition,
 the Dagster home, dbt's target folders) and the results (`results/<UTC time>.json` and `.md`).
@@ -60,10 +63,12 @@ TARGETS = {
     "peak_rss_gib_100m": 8.0,
     "scaling_exponent": 1.1,
     "orchestration_share": 0.10,
+    "daily_share": 0.10,
 }
 """The issue's targets on 2 cores; near-linear means time grows with events^k, k ≤ 1.1; the orchestration share is
 the run's wall time outside every step (Dagster's run set-up, event log and partitions) over its whole. The daily
-run's target (≤ 10 % of a full run) is measured by `benchmarks/daily.py`."""
+run's target (≤ 10 % of a full run, with the same tables) is measured by `benchmarks/daily.py`: `make bench` runs it
+at 10M and reports it in the same table."""
 
 WORKER_TIMEOUT_SECONDS = 45 * 60
 """A `beton run` repetition on up to 10M events that takes longer than this is stopped (bounded, never hangs
@@ -392,8 +397,9 @@ def scaling_exponent(t_small: float, t_large: float, n_small: int, n_large: int)
     return math.log(t_large / t_small) / math.log(n_large / n_small)
 
 
-def report(machine: dict, sizes: list[SizeResult], total_seconds: float) -> str:
-    """The markdown the run prints and BENCHMARKS.md holds: machine, timings, ratios, quality, targets."""
+def report(machine: dict, sizes: list[SizeResult], total_seconds: float, daily_result: dict | None = None) -> str:
+    """The markdown the run prints and BENCHMARKS.md holds: machine, timings, ratios, quality, targets, and the
+    next day's run (`benchmarks/daily.py`'s result) where it was measured."""
     lines = [
         "## Machine",
         "",
@@ -610,7 +616,26 @@ def report(machine: dict, sizes: list[SizeResult], total_seconds: float) -> str:
             f"whole k = {k_whole:.2f}, compute path k = {k_compute:.2f}; steepest stage: {worst} k = {k_worst:.2f}",
             ok,
         )
+    lines += daily_lines(daily_result)
     return "\n".join(lines) + "\n"
+
+
+def daily_lines(result: dict | None) -> list[str]:
+    """The next day's run in the report: its row of the targets table, then its own section (none unmeasured)."""
+    from benchmarks import daily  # here: daily.py imports this module
+
+    if result is None:
+        return []
+    same = sum(1 for d in result["differences"].values() if not d)
+    tables = len(result["differences"])
+    met = result["ratio"] <= TARGETS["daily_share"] and same == tables
+    return [
+        f"| the next day's run at {result['size']} ≤ {TARGETS['daily_share']:.0%} of a full run, same tables | "
+        f"{result['ratio']:.0%} ({result['daily']['wall_seconds']:.1f} s vs {result['full']['wall_seconds']:.1f} s); "
+        f"tables identical: {same} of {tables} | {'yes' if met else '**no**'} |",
+        "",
+        "#" + daily.report(result).rstrip("\n"),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -631,8 +656,17 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="repetitions of the pandas version (default: --repetitions; 0 leaves it out)",
     )
+    parser.add_argument(
+        "--daily",
+        default=None,
+        help="size of the next day's run to measure (benchmarks/daily.py; default: 10M when it is among --sizes; "
+        "'none' leaves it out)",
+    )
     args = parser.parse_args(argv)
     labels = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    daily_label = ("10M" if "10M" in labels else "none") if args.daily is None else args.daily
+    if daily_label != "none" and daily_label not in SIZES:
+        parser.error(f"unknown --daily size {daily_label}; choose from {', '.join(SIZES)} or none")
     unknown = [s for s in labels if s not in SIZES]
     if unknown:
         parser.error(f"unknown size(s) {', '.join(unknown)}; choose from {', '.join(SIZES)}")
@@ -652,14 +686,21 @@ def main(argv: list[str] | None = None) -> int:
         )
         for label in labels
     ]
+    daily_result = None
+    if daily_label != "none":
+        from benchmarks import daily  # here: daily.py imports this module
+
+        daily_result = daily.measure(daily_label, args.root)
     total = time.perf_counter() - started
-    text = report(machine, results, total)
+    text = report(machine, results, total, daily_result)
     out_dir = args.root / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     (out_dir / f"{stamp}.json").write_text(
         json.dumps(
-            {"machine": machine, "total_seconds": total, "sizes": [asdict(r) for r in results]}, indent=1, default=str
+            {"machine": machine, "total_seconds": total, "sizes": [asdict(r) for r in results], "daily": daily_result},
+            indent=1,
+            default=str,
         )
         + "\n"
     )

@@ -259,6 +259,32 @@ def test_bench_writes_its_report(smoke_run):
         assert heading in markdown
 
 
+def test_the_report_holds_the_next_days_goal_when_it_was_measured(smoke_run):
+    """`make bench` at 10M also measures the next day's run (`daily.measure`, three more runs: too long here) and
+    reports its goal in the same targets table; rebuilt from the smoke run's results with a daily result beside."""
+    data = json.loads(sorted((smoke_run / "results").glob("*.json"))[0].read_text())
+    assert data["daily"] is None  # the smoke size alone measures no next day
+    (size,) = [run.SizeResult(**s) for s in data["sizes"]]
+    runs = {"stage_seconds": {"ingest + dbt": 3.0}, "step_seconds": {"raw_events": 1.0}, "peak_rss_bytes": 2**30}
+    result = {
+        "size": "smoke",
+        "day": "2025-06-30",
+        "day_events": 1234,
+        "daily": {**runs, "wall_seconds": 10.0},
+        "full": {**runs, "wall_seconds": 40.0},
+        "ratio": 0.25,
+        "differences": {"raw.events": [], "beton.signals": ["lift differs"]},
+    }
+    text = run.report(data["machine"], [size], 1.0, result)
+    row = next(line for line in text.splitlines() if line.startswith("| the next day's run"))
+    assert "25% (10.0 s vs 40.0 s); tables identical: 1 of 2 | **no** |" in row
+    assert "## The next day's run, smoke (day 2025-06-30: 1,234 events)" in text
+    assert "- `beton.signals`: lift differs" in text
+    result = {**result, "ratio": 0.05, "differences": {"raw.events": []}}
+    row = next(line for line in run.report(data["machine"], [size], 1.0, result).splitlines() if "next day" in line)
+    assert row.endswith("| yes |")
+
+
 def test_peer_odds_ratio_follows_posthog(smoke_run):
     settings = load_settings(smoke_run / "runs" / "smoke" / "beton.yaml")
     with connect(smoke_run / "runs" / "smoke" / "warehouse.duckdb", read_only=True) as con:
