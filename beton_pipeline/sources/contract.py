@@ -32,6 +32,9 @@ class Column:
     minor_units: bool = False
     """An amount in the currency's minor units (cents). A table whose values are written in major units
     ("79.00", "79.50") is refused with the column and examples, never loaded 100x off."""
+    may_be_future: bool = False
+    """A timestamp that may lie ahead of the clock (a scheduled time, such as the end of a running trial): not
+    quarantined as "in the future" like a time something happened."""
     references: tuple[str, str] | None = None
     """(table, column) this column refers to. A non-empty value missing from that table's loaded rows is
     a dangling reference: the row is quarantined with the value and the table named (checked when the
@@ -197,7 +200,7 @@ TABLES: tuple[TableSpec, ...] = (
             Column("customer", not_null=True, references=("billing_customers", "id")),
             Column("status", not_null=True, allowed=STRIPE_SUBSCRIPTION_STATUSES, lower=True),
             Column("created", "timestamp", not_null=True),
-            Column("trial_end", "timestamp"),
+            Column("trial_end", "timestamp", may_be_future=True),  # a running trial ends after today
             Column("canceled_at", "timestamp"),
             Column("plan_amount", "integer", not_null=True, min_value=0, minor_units=True),
             Column("plan_interval", not_null=True, allowed=("day", "week", "month", "year"), lower=True),

@@ -244,7 +244,12 @@ def _column_sql(i: int, col: Column) -> _ColumnSql:
             f"then '{name}: epoch value too large for seconds (milliseconds?): ' || left(trim({v}), 40) "
             f"when {p} and {t} is null then '{name}: not a timestamp: ' || left({v}, 40) "
             f"when {t} < timestamp '{MIN_TIMESTAMP}' then '{name}: before {MIN_TIMESTAMP}' "
-            f"when {t} > current_timestamp::timestamp + interval 1 day then {_lit(_future_reason(name))} end"
+            + (
+                ""
+                if col.may_be_future
+                else f"when {t} > current_timestamp::timestamp + interval 1 day then {_lit(_future_reason(name))} "
+            )
+            + "end"
         )
         typed = t
     elif col.kind == "integer":
@@ -953,7 +958,7 @@ def _future_due(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> datetime | N
     parts = [
         f"min(_v{i}) filter (where contains(_reason, {_lit(_future_reason(col.name))}))"
         for i, col in enumerate(spec.columns)
-        if col.kind == "timestamp"
+        if col.kind == "timestamp" and not col.may_be_future
     ]
     if not parts:
         return None

@@ -431,6 +431,20 @@ CASES = [
         values={"canceled_at": [None, None], "trial_end": [None, None]},
     ),
     Case(
+        "a running trial ends after today; a subscription cannot be created then",
+        "billing_subscriptions",
+        {
+            "billing_subscriptions.csv": csv(
+                SUBSCRIPTIONS,
+                "sub_1,cus_1,trialing,1738400000,2099-01-01T00:00:00Z,,4900,month,usd",
+                "sub_2,cus_1,trialing,2099-01-01T00:00:00Z,,,4900,month,usd",
+            )
+        },
+        loaded=(2,),
+        quarantined=((3, "created: in the future"),),
+        values={"trial_end": [datetime(2099, 1, 1)]},
+    ),
+    Case(
         "optional table as TSV with \\N",
         "intent_signals",
         {"intent_signals.tsv": (INTENT.replace(",", "\t") + "\nacme.io\thiring\t2025-01-02\t\\N\t{}\n").encode()},
