@@ -728,20 +728,49 @@ def _print_profile(profile) -> None:
         write("ok: `beton run` can work on this export")
 
 
+def _check_sources(settings, as_json: bool) -> None:
+    """`beton check --sources`: each enabled connector's answer, one line each; non-zero when one cannot pull."""
+    from beton_pipeline.sources.connectors.checks import check_connection
+
+    if not settings.sources.enabled:
+        _fail("no connector is enabled: set sources.<posthog|attio|stripe>.enabled: true in beton.yaml")
+    results = [check_connection(name, settings.connector_config(name)) for name in settings.sources.enabled]
+    if as_json:
+        payload = {"ok": all(r.ok for r in results), "sources": [vars(r) for r in results]}
+        sys.stdout.write(json.dumps(payload, indent=1) + "\n")
+    else:
+        for r in results:
+            out.print(f"{r.source}: {'ok' if r.ok else 'FAILED'}: {r.detail}", markup=False, highlight=False)
+    failed = [r for r in results if not r.ok]
+    if failed:
+        _fail_paragraph(
+            f"beton check --sources: {len(failed)} of {len(results)} connector(s) cannot pull:\n"
+            + "\n".join(f"- {r.source}: {r.detail}" for r in failed)
+        )
+
+
 @app.command()
 def check(
     source: Annotated[
         Path | None, typer.Argument(help="The export's folder (default: BETON_SOURCE_DIR, else the demo folder).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (the whole profile, plus `ok`).")] = False,
+    sources: Annotated[
+        bool,
+        typer.Option("--sources", help="Instead: test each enabled connector's key with one call to its API."),
+    ] = False,
 ) -> None:
     """Profile an export before any run, in a temporary warehouse: each table's files, rows, time range,
     columns and bad rows; identity coverage; accounts, eligible accounts and conversions; the smallest
-    detectable lift. Exits non-zero, listing what to fix, when `beton run` cannot work on it."""
+    detectable lift. Exits non-zero, listing what to fix, when `beton run` cannot work on it.
+    With --sources: one call per enabled connector (sources in beton.yaml) says whether its key works."""
     try:
         settings = load_settings()
     except SettingsError as exc:
         _fail(str(exc))
+    if sources:
+        _check_sources(settings, as_json)
+        return
     profile, _ = _profile(_export_dir(source), settings)
     if as_json:
         sys.stdout.write(json.dumps({"ok": not profile.problems, **profile.to_dict()}, default=str, indent=1) + "\n")

@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from beton_pipeline.sources import demo_config
+from beton_pipeline.sources.connectors import TABLES_BY_SOURCE
 
 if TYPE_CHECKING:  # the core configs are imported where they are built: core's modules load scipy and polars,
     # which every command that only reads settings (`beton --help`, `beton signals`, errors) would pay for.
@@ -250,6 +251,88 @@ class IngestSettings(_Strict):
     )
 
 
+def _http_url(value: str) -> str:
+    """A connector's base URL: http(s), without a trailing slash."""
+    if not value.startswith(("https://", "http://")):
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    return value.rstrip("/")
+
+
+class _ConnectorSettings(_Strict):
+    enabled: bool = Field(False, description="Pull this source on every run (its key from its environment variable).")
+    timeout_seconds: float = Field(30.0, gt=0, description="Seconds one API request may take before it is retried.")
+    max_attempts: int = Field(5, ge=1, description="Attempts per request (429, 5xx, timeouts) before the pull fails.")
+    max_wait_seconds: float = Field(60.0, ge=0, description="Longest wait between attempts (a Retry-After is capped).")
+
+
+class PostHogSourceSettings(_ConnectorSettings):
+    host: str = Field("https://us.posthog.com", description="PostHog's API host (EU: https://eu.posthog.com).")
+    project_id: str = Field("", description="The project's id (PostHog: Settings → Project → Project ID).")
+    page_size: int = Field(10_000, ge=1, description="Events per query page (keyset pagination on timestamp, uuid).")
+    overlap_minutes: float = Field(
+        60.0, ge=0, description="Each pull reads again this much before the newest event landed, for late events."
+    )
+    start: str | None = Field(None, description="ISO time of the first pull's earliest event (default: 400 days ago).")
+    timeout_seconds: float = Field(60.0, gt=0, description="Seconds one query may take before it is retried.")
+
+    _url = field_validator("host")(_http_url)
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _iso_start(cls, value):
+        """`start: 2025-01-01` unquoted is a YAML date: take it as the ISO text it was written as."""
+        return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+class AttioSourceSettings(_ConnectorSettings):
+    api_base: str = "https://api.attio.com"
+    page_size: int = Field(500, ge=1, description="Records per query page (limit/offset).")
+    deal_history: bool = Field(True, description="Pull each deal's stage history (one call per new or moved deal).")
+    max_history_calls: int = Field(2000, ge=0, description="Stage-history calls per pull; the rest wait a pull.")
+    won_stages: tuple[str, ...] = Field(("Won", "Won 🎉", "Closed won"), description="Stages meaning won (any case).")
+    lost_stages: tuple[str, ...] = Field(("Lost", "Closed lost"), description="Stages meaning lost (any case).")
+
+    _url = field_validator("api_base")(_http_url)
+
+
+class StripeSourceSettings(_ConnectorSettings):
+    api_base: str = "https://api.stripe.com"
+    page_size: int = Field(100, ge=1, le=100, description="Objects per list page (Stripe's maximum is 100).")
+
+    _url = field_validator("api_base")(_http_url)
+
+
+class SourcesSettings(_Strict):
+    """Connectors: which vendors' APIs are pulled into the landing folder, and how (README, "Connectors")."""
+
+    landing_dir: str | None = Field(
+        None, description="Where pulled data lands, one source directory per connector (default: data/pulled)."
+    )
+    posthog: PostHogSourceSettings = PostHogSourceSettings()
+    attio: AttioSourceSettings = AttioSourceSettings()
+    stripe: StripeSourceSettings = StripeSourceSettings()
+
+    @model_validator(mode="after")
+    def _posthog_project(self) -> SourcesSettings:
+        if self.posthog.enabled and not self.posthog.project_id.strip():
+            raise ValueError("posthog.project_id is required when the PostHog connector is enabled")
+        return self
+
+    @property
+    def enabled(self) -> tuple[str, ...]:
+        """The enabled connectors, in `TABLES_BY_SOURCE` order."""
+        return tuple(name for name in TABLES_BY_SOURCE if getattr(self, name).enabled)
+
+    def pulled_tables(self) -> dict[str, str]:
+        """Contract table → the enabled connector that fills it."""
+        return {table: name for name in self.enabled for table in TABLES_BY_SOURCE[name]}
+
+    def landing(self) -> Path:
+        """The landing folder (relative settings resolve against the project root)."""
+        path = Path(self.landing_dir) if self.landing_dir else PROJECT_ROOT / "data" / "pulled"
+        return (path if path.is_absolute() else PROJECT_ROOT / path).resolve()
+
+
 class DemoSettings(_Strict):
     accounts: int = Field(8000, ge=50)
     seed: int = 7
@@ -283,6 +366,7 @@ class Settings(_Strict):
     demo: DemoSettings = DemoSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     signals: SignalsSettings = SignalsSettings()
+    sources: SourcesSettings = SourcesSettings()
     playbooks: tuple[dict, ...] = ()
     experiments: tuple[dict, ...] = ()
     destinations: dict = {}
@@ -387,6 +471,47 @@ class Settings(_Strict):
 
         return parse_playbook_config(self.playbooks, self.experiments, self.destinations)
 
+    def connector_config(self, name: str):
+        """The config of connector `name` (`sources.<name>` in beton.yaml), for its dlt source."""
+        common = getattr(self.sources, name)
+        timing = {
+            "timeout_seconds": common.timeout_seconds,
+            "max_attempts": common.max_attempts,
+            "max_wait_seconds": common.max_wait_seconds,
+        }
+        if name == "posthog":
+            from beton_pipeline.sources.connectors.posthog import PostHogConfig
+
+            ph = self.sources.posthog
+            return PostHogConfig(
+                host=ph.host,
+                project_id=ph.project_id,
+                page_size=ph.page_size,
+                overlap_minutes=ph.overlap_minutes,
+                start=ph.start,
+                **timing,
+            )
+        if name == "attio":
+            from beton_pipeline.sources.connectors.attio import AttioConfig
+
+            at = self.sources.attio
+            return AttioConfig(
+                api_base=at.api_base,
+                page_size=at.page_size,
+                deal_history=at.deal_history,
+                max_history_calls=at.max_history_calls,
+                won_stages=at.won_stages,
+                lost_stages=at.lost_stages,
+                **timing,
+            )
+        if name == "stripe":
+            from beton_pipeline.sources.connectors.stripe_billing import StripeConfig
+
+            return StripeConfig(
+                api_base=self.sources.stripe.api_base, page_size=self.sources.stripe.page_size, **timing
+            )
+        raise ValueError(f"unknown connector {name!r}")
+
     def dbt_vars(self) -> dict:
         """The subset of settings the dbt models read (`--vars`)."""
         return {
@@ -429,7 +554,7 @@ def settings_mapping(path: Path | str | None = None, demo_data: bool | None = No
         return read_settings_file(explicit), explicit
     project = PROJECT_ROOT / "beton.yaml"
     raw = read_settings_file(project) if project.exists() else {}
-    if on_demo_data() if demo_data is None else demo_data:
+    if on_demo_data(raw) if demo_data is None else demo_data:
         raw = merge_demo_settings(raw, read_settings_file(demo_config.SETTINGS_FILE))
     return raw, project
 
@@ -460,10 +585,17 @@ def _validate(raw: dict, path: Path) -> Settings:
         raise SettingsError(f"{path}: {problems}") from None
 
 
-def on_demo_data() -> bool:
-    """Whether this run reads demo data: `BETON_SOURCE_DIR` unset (the embedded demo), or a folder `beton demo` wrote."""
+def on_demo_data(raw: dict | None = None) -> bool:
+    """Whether this run reads demo data: a folder `beton demo` wrote, or `BETON_SOURCE_DIR` unset (the embedded
+    demo) and no connector enabled in the settings (`raw`: the settings mapping, else the settings file's)."""
     directory = source_dir()
-    return directory is None or demo_config.is_demo_export(directory)
+    if directory is not None:
+        return demo_config.is_demo_export(directory)
+    if raw is None:
+        path = config_path()
+        raw = read_settings_file(path) if path.exists() else {}
+    sources = raw.get("sources")
+    return not (isinstance(sources, dict) and any(isinstance(c, dict) and c.get("enabled") for c in sources.values()))
 
 
 def signal_dirs() -> list[Path]:

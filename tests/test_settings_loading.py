@@ -150,3 +150,40 @@ def test_the_command_line_and_settings_load_without_the_statistics_stack():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "", f"imported at start-up: {done.stdout.strip()}"
+
+
+def test_connectors_are_settings_and_a_run_pulling_them_is_not_on_demo_data(clean_env, tmp_path):
+    """`sources:` validates each connector; an enabled connector without BETON_SOURCE_DIR is a customer's run
+    (no demo playbooks, no demo signals), and its tables are read from its landing folder."""
+    root = tmp_path / "project"
+    root.mkdir()
+    clean_env.setattr(settings_module, "PROJECT_ROOT", root)
+    assert on_demo_data() and Settings().sources.enabled == () and Settings().sources.pulled_tables() == {}
+    (root / "beton.yaml").write_text(
+        yaml.safe_dump({"sources": {"stripe": {"enabled": True}, "attio": {"enabled": True, "page_size": 50}}})
+    )
+    assert not on_demo_data()
+    settings = load_settings()
+    assert settings.playbooks == () and signal_dirs() == [(root / "signals").resolve()]
+    assert settings.sources.enabled == ("attio", "stripe")
+    assert settings.sources.pulled_tables() == {
+        "crm_companies": "attio",
+        "crm_people": "attio",
+        "crm_deals": "attio",
+        "crm_deal_stage_changes": "attio",
+        "billing_customers": "stripe",
+        "billing_subscriptions": "stripe",
+        "billing_invoices": "stripe",
+    }
+    assert settings.sources.landing() == (root / "data" / "pulled").resolve()
+    (root / "beton.yaml").write_text("sources: {landing_dir: elsewhere/pulled, posthog: {enabled: false}}\n")
+    assert on_demo_data() and load_settings().sources.landing() == (root / "elsewhere" / "pulled").resolve()
+    for text, message in (
+        ("sources: {posthog: {enabled: true}}", "posthog.project_id is required"),
+        ("sources: {stripe: {api_base: 'ftp://x'}}", r"sources\.stripe\.api_base: .*not an http\(s\) URL"),
+        ("sources: {stripe: {page_size: 500}}", r"sources\.stripe\.page_size: Input should be less than or equal"),
+        ("sources: {hubspot: {enabled: true}}", r"sources\.hubspot: Extra inputs are not permitted"),
+    ):
+        (root / "beton.yaml").write_text(text + "\n")
+        with pytest.raises(SettingsError, match=message):
+            load_settings()

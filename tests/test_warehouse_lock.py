@@ -50,7 +50,7 @@ def test_writer_waits_for_the_lock_to_be_released(tmp_path):
 def test_ingest_run_on_a_locked_warehouse_fails_and_names_the_lock(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from beton_pipeline.defs.ingest.assets import ingest_assets
+    from beton_pipeline.defs.ingest.assets import build_ingest_assets
     from beton_pipeline.defs.resources import SettingsResource, SourceResource, WarehouseResource
 
     path = tmp_path / "warehouse.duckdb"
@@ -59,7 +59,7 @@ def test_ingest_run_on_a_locked_warehouse_fails_and_names_the_lock(tmp_path, mon
     try:
         fixture = Path(__file__).parent / "fixtures" / "contract_dir"
         result = dg.materialize(
-            [a for a in ingest_assets if a.key.to_user_string() == "raw_crm_people"],
+            [a for a in build_ingest_assets({}) if a.key.to_user_string() == "raw_crm_people"],
             resources={
                 "warehouse": WarehouseResource(path=str(path)),
                 "source": SourceResource(source_dir=str(fixture)),

@@ -66,16 +66,25 @@ class SettingsResource(dg.ConfigurableResource):
 
 
 class SourceResource(dg.ConfigurableResource):
-    """The source directory: `source_dir`, else `BETON_SOURCE_DIR`, else the demo data (generated on first use)."""
+    """The source directory: `source_dir`, else `BETON_SOURCE_DIR`, else the demo data (generated on first use).
+
+    A table an enabled connector pulls is read from that connector's landing folder instead (`table` given);
+    with connectors enabled and no source directory, the other tables have no files (optional ones are absent)."""
 
     source_dir: str | None = None
 
-    def resolve(self, settings: beton_settings.Settings, log=None) -> Path:
+    def resolve(self, settings: beton_settings.Settings, table: str | None = None, log=None) -> Path:
+        pulled = settings.sources.pulled_tables()
+        if table in pulled:
+            return settings.sources.landing() / pulled[table]
         explicit = Path(self.source_dir).resolve() if self.source_dir else beton_settings.source_dir()
         if explicit is not None:
             if not explicit.is_dir():
                 raise FileNotFoundError(f"source directory {explicit} does not exist (BETON_SOURCE_DIR)")
             return explicit
+        if pulled:
+            settings.sources.landing().mkdir(parents=True, exist_ok=True)
+            return settings.sources.landing()
         demo = beton_settings.demo_dir()
         if not (demo / "TRUTH.json").exists():
             from beton_pipeline.sources.demo import generate_demo

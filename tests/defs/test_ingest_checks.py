@@ -11,11 +11,13 @@ import dagster as dg
 import duckdb
 import pytest
 
-from beton_pipeline.defs.ingest.assets import freshness_checks, ingest_assets
+from beton_pipeline.defs.ingest.assets import build_ingest_assets, freshness_checks
 from beton_pipeline.defs.resources import SettingsResource, SourceResource, WarehouseResource
 from beton_pipeline.settings import FreshnessSettings, Settings
 from beton_pipeline.sources.contract import TABLES, TABLES_BY_NAME
 from beton_pipeline.sources.ingest import SourceFreshness, as_of_time, freshness_limits, measure_freshness
+
+ingest_assets = build_ingest_assets({})
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "contract_dir"
 LATEST_EVENT = datetime(2025, 2, 5, 11, 0)

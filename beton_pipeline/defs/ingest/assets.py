@@ -23,10 +23,13 @@ quarantined with their reason (`Column.references`).
 Checks of required tables are blocking with severity ERROR; those of optional tables warn.
 """
 
+from collections.abc import Mapping
+
 import dagster as dg
 
 from beton_pipeline.core.formatting import markdown_table
 from beton_pipeline.defs.resources import WAREHOUSE_POOL, SettingsResource, SourceResource, WarehouseResource
+from beton_pipeline.settings import load_settings
 from beton_pipeline.sources.contract import TABLES, TableSpec
 from beton_pipeline.sources.ingest import (
     IngestResult,
@@ -118,9 +121,13 @@ def _severity(spec: TableSpec) -> dg.AssetCheckSeverity:
     return dg.AssetCheckSeverity.ERROR if spec.required else dg.AssetCheckSeverity.WARN
 
 
-def build_ingest_asset(spec: TableSpec) -> dg.AssetsDefinition:
-    """The asset that loads one contract table, with checks that every row read is accounted for."""
+def build_ingest_asset(spec: TableSpec, pulled_by: str | None = None) -> dg.AssetsDefinition:
+    """The asset that loads one contract table, with checks that every row read is accounted for.
+
+    `pulled_by`: the enabled connector that lands this table (its pull asset comes first, and the ingest
+    reads what it landed), or None for a table read from the source directory."""
     key = dg.AssetKey(f"raw_{spec.name}")
+    pulled = [dg.AssetKey(f"pull_{pulled_by}_{spec.name}")] if pulled_by else []
 
     @dg.asset(
         key=key,
@@ -129,7 +136,9 @@ def build_ingest_asset(spec: TableSpec) -> dg.AssetsDefinition:
         pool=WAREHOUSE_POOL,
         description=(
             f"Validated rows of the source table `{spec.name}` "
-            f"({'required' if spec.required else 'optional'}), loaded into `{spec.raw_table}`. "
+            f"({'required' if spec.required else 'optional'}"
+            + (f", pulled by the {pulled_by} connector" if pulled_by else "")
+            + f"), loaded into `{spec.raw_table}`. "
             "Rejected rows go to `beton.quarantine` with their reason; exact duplicates are dropped and counted."
         ),
         check_specs=[
@@ -153,7 +162,7 @@ def build_ingest_asset(spec: TableSpec) -> dg.AssetsDefinition:
             ),
         ],
         # Referenced tables load first, so that dangling references are found (Column.references).
-        deps=sorted({dg.AssetKey(f"raw_{c.references[0]}") for c in spec.columns if c.references}),
+        deps=sorted({dg.AssetKey(f"raw_{c.references[0]}") for c in spec.columns if c.references}) + pulled,
     )
     def _ingest(
         context: dg.AssetExecutionContext,
@@ -162,7 +171,7 @@ def build_ingest_asset(spec: TableSpec) -> dg.AssetsDefinition:
         settings: SettingsResource,
     ) -> dg.MaterializeResult:
         cfg = settings.load()
-        source_dir = source.resolve(cfg, log=context.log)
+        source_dir = source.resolve(cfg, table=spec.name, log=context.log)
         with warehouse.connect() as con:
             result = ingest_table(
                 con, source_dir, spec, max_chunk_bytes=cfg.ingest.max_chunk_bytes, incremental=cfg.ingest.incremental
@@ -252,5 +261,15 @@ def build_freshness_check(spec: TableSpec) -> dg.AssetChecksDefinition:
     return _fresh
 
 
-ingest_assets = [build_ingest_asset(spec) for spec in TABLES]
+def build_ingest_assets(pulled: Mapping[str, str]) -> list[dg.AssetsDefinition]:
+    """One ingest asset per contract table; `pulled` maps a table to the enabled connector landing it."""
+    return [build_ingest_asset(spec, pulled.get(spec.name)) for spec in TABLES]
+
+
 freshness_checks = [build_freshness_check(spec) for spec in TABLES]
+
+
+@dg.definitions
+def ingest_definitions() -> dg.Definitions:
+    """The ingest assets, each after its connector's pull where `sources.<name>.enabled` says one lands it."""
+    return dg.Definitions(assets=build_ingest_assets(load_settings().sources.pulled_tables()))

@@ -1,4 +1,4 @@
-"""The daily ingest job and its schedule: ingest every source table, rebuild the dbt models, count the
+"""The daily ingest job and its schedule: pull the enabled connectors, ingest every source table, rebuild the dbt models, count the
 custom signals. The schedule's cron and timezone are settings, read when the definitions load."""
 
 import dagster as dg
@@ -6,13 +6,16 @@ import dagster as dg
 from beton_pipeline.settings import load_settings
 
 ingest_and_transform = dg.AssetSelection.groups(
-    "ingest", "reference", "staging", "intermediate", "marts"
+    "connectors", "ingest", "reference", "staging", "intermediate", "marts"
 ) | dg.AssetSelection.assets("custom_signals")
 
 daily_ingest_job = dg.define_asset_job(
     "daily_ingest_job",
     selection=ingest_and_transform,
-    description="Ingest every source table, rebuild the dbt feature tables and count the custom signals.",
+    description=(
+        "Pull the enabled connectors, ingest every source table, rebuild the dbt feature tables and count the "
+        "custom signals."
+    ),
 )
 
 

@@ -1,0 +1,85 @@
+"""`beton check --sources`: one authenticated call per enabled connector, to say whether a pull can start.
+
+Each check makes one request (no retries: it answers now, or says why not) with the connector's key from its
+environment variable, and reports what the vendor said: the project or workspace the key opens, or why it was
+refused. The key never appears in what is reported.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import requests
+
+ATTIO_READ_SCOPES = ("record_permission:read", "object_configuration:read")
+"""The scopes the Attio connector reads with (records, and the objects' attributes)."""
+
+
+@dataclass(frozen=True)
+class ConnectionCheck:
+    """One connector's answer: `ok`, and a sentence for people."""
+
+    source: str
+    ok: bool
+    detail: str
+
+
+def _get(url: str, key: str, timeout: float, params: dict | None = None) -> tuple[int | None, dict, str]:
+    """(status, JSON body or {}, error) of one GET with a bearer key; never raises for HTTP or network failures."""
+    try:
+        response = requests.get(url, headers={"Authorization": f"Bearer {key}"}, params=params, timeout=timeout)
+    except requests.RequestException as exc:
+        return None, {}, f"no answer ({type(exc).__name__})"
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    return response.status_code, body if isinstance(body, dict) else {}, ""
+
+
+def _refused(source: str, env_var: str, status: int | None, error: str, url: str) -> ConnectionCheck:
+    if status is None:
+        return ConnectionCheck(source, False, f"{url}: {error}; check the host setting and the network")
+    if status in (401, 403):
+        what = "refused" if status == 401 else "lacks a permission"
+        return ConnectionCheck(source, False, f"the key in {env_var} is {what} (HTTP {status} from {url})")
+    return ConnectionCheck(source, False, f"HTTP {status} from {url}")
+
+
+def check_connection(name: str, config) -> ConnectionCheck:
+    """Whether connector `name` can pull with `config` (`Settings.connector_config(name)`) and its key."""
+    key = os.environ.get(config.api_key_env, "").strip()
+    if not key:
+        return ConnectionCheck(name, False, f"{config.api_key_env} is not set (export it with the {name} key)")
+    timeout = min(config.timeout_seconds, 30.0)
+    if name == "posthog":
+        url = f"{config.host}/api/projects/{config.project_id}/"
+        status, body, error = _get(url, key, timeout)
+        if status == 200:
+            return ConnectionCheck(
+                name, True, f"project {config.project_id} ({body.get('name', '?')}) at {config.host}"
+            )
+        if status == 404:
+            return ConnectionCheck(name, False, f"project {config.project_id} not found at {config.host}")
+        return _refused(name, config.api_key_env, status, error, url)
+    if name == "attio":
+        url = f"{config.api_base}/v2/self"
+        status, body, error = _get(url, key, timeout)
+        if status == 200 and body.get("active"):
+            missing = [s for s in ATTIO_READ_SCOPES if s not in str(body.get("scope", "")).split()]
+            workspace = body.get("workspace_name") or body.get("workspace_id") or "?"
+            if missing:
+                return ConnectionCheck(name, False, f"workspace {workspace}: the key lacks {', '.join(missing)}")
+            return ConnectionCheck(name, True, f"workspace {workspace} at {config.api_base}")
+        if status == 200:
+            return ConnectionCheck(name, False, f"the key in {config.api_key_env} is not active")
+        return _refused(name, config.api_key_env, status, error, url)
+    if name == "stripe":
+        url = f"{config.api_base}/v1/events"
+        status, body, error = _get(url, key, timeout, params={"limit": 1})
+        if status == 200:
+            mode = "live" if key.startswith(("sk_live", "rk_live")) else "test"
+            return ConnectionCheck(name, True, f"{mode}-mode key accepted at {config.api_base}")
+        return _refused(name, config.api_key_env, status, error, url)
+    raise ValueError(f"unknown connector {name!r}")
