@@ -20,6 +20,7 @@ help:
 	@echo "make bench  run the benchmarks (BENCHMARKS.md)"
 	@echo "make bench-100m  run beton once on 100M events (BENCHMARKS.md; ~1-2 hours)"
 	@echo "make bench-daily  the next day's beton run on 10M events against a full run, and their tables (~13 min)"
+	@echo "make bench-connectors  the connectors' pulls against the local fakes of PostHog, Attio and Stripe (~1 min)"
 	@echo "make health-sim  the three signal health rules side by side on simulated signals (about 8 minutes)"
 
 # One-time (and on dependency change) environment: uv from PyPI, then the locked dependency set.
@@ -85,6 +86,10 @@ bench: setup
 .PHONY: bench-100m
 bench-100m: setup
 	$(BIN)/python benchmarks/run.py --sizes 100M --repetitions 1 --analyst-repetitions 0
+
+.PHONY: bench-connectors
+bench-connectors: setup
+	$(BIN)/python benchmarks/connectors.py --accounts 1000
 
 .PHONY: bench-daily
 bench-daily: setup

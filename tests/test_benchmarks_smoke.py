@@ -345,3 +345,17 @@ def test_the_daily_split_sets_the_last_day_apart_and_keeps_every_event(smoke_run
     assert latest == day
     assert (tmp_path / "split" / "crm_companies.csv").resolve() == (source / "crm_companies.csv").resolve()
     assert daily.split_last_day(source, tmp_path / "split") == (day_part, day, day_events)
+
+
+def test_the_connector_benchmark_runs(capsys):
+    """`make bench-connectors` on a tiny export: every source pulled twice, the second pull with fewer calls."""
+    from benchmarks import connectors
+
+    assert connectors.main(["--accounts", "40", "--months", "2", "--page-size", "500"]) == 0
+    rows = [
+        line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith(("| first", "| next"))
+    ]
+    calls = {(r[0].strip("| "), r[1]): int(r[3].replace(",", "")) for r in rows}
+    assert len(rows) == 6
+    for source in ("posthog", "attio", "stripe"):
+        assert 0 < calls[("next", source)] < calls[("first", source)], source

@@ -78,9 +78,12 @@ def serve_posthog(fake: FakePostHog, rows: list[dict]) -> int:
 
 
 def serve_stripe(fake: FakeStripe, tables: dict[str, list[dict]]) -> None:
-    """Customers, subscriptions and invoices into the Stripe fake, each with its `created` event."""
+    """Customers, subscriptions and invoices into the Stripe fake, each with its `created` event, one second apart
+    after the fake's clock (changes spread in time, not all in one second)."""
     for r in tables["billing_customers"]:
-        fake.add("customer", customer(r["id"], r["email"], _epoch(r["created"]), _json(r["metadata"])))
+        fake.add(
+            "customer", customer(r["id"], r["email"], _epoch(r["created"]), _json(r["metadata"])), at=fake.clock + 1
+        )
     for r in tables["billing_subscriptions"]:
         plan = price(
             f"price_{r['id']}",
@@ -98,7 +101,7 @@ def serve_stripe(fake: FakeStripe, tables: dict[str, list[dict]]) -> None:
             trial_end=_epoch(r["trial_end"]),
             canceled_at=_epoch(r["canceled_at"]),
         )
-        fake.add("subscription", obj)
+        fake.add("subscription", obj, at=fake.clock + 1)
     for n, r in enumerate(tables["billing_invoices"]):
         obj = invoice(
             r["id"],
@@ -111,7 +114,7 @@ def serve_stripe(fake: FakeStripe, tables: dict[str, list[dict]]) -> None:
             currency=r["currency"],
             shape="old" if n % 2 else "basil",
         )
-        fake.add("invoice", obj)
+        fake.add("invoice", obj, at=fake.clock + 1)
 
 
 def serve_attio(fake: FakeAttioRecords, tables: dict[str, list[dict]]) -> None:

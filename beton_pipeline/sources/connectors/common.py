@@ -81,6 +81,15 @@ def contract_row(table: str, values: Mapping[str, Any]) -> dict[str, str | None]
     return {c.name: as_text(values.get(c.name)) for c in TABLES_BY_NAME[table].columns}
 
 
+def contract_table(table: str, rows: list[dict[str, str | None]]):
+    """Contract rows (`contract_row`) as one Arrow table of text columns: dlt writes it to Parquet as it is, without
+    normalising row by row (8 s per 100k events as dicts; an Arrow page costs next to nothing)."""
+    import pyarrow as pa
+
+    names = [c.name for c in TABLES_BY_NAME[table].columns]
+    return pa.table({name: pa.array([row.get(name) for row in rows], pa.string()) for name in names})
+
+
 def secret(env_var: str, source: str) -> str:
     """The value of the environment variable holding a connector's secret; a clear error when it is unset."""
     value = os.environ.get(env_var, "")

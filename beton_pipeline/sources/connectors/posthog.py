@@ -52,9 +52,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dlt
+import pyarrow as pa
 from dlt.sources.helpers.requests import Client, RequestException, Response
 
-from beton_pipeline.sources.connectors.common import ConnectorError, contract_row, secret, text_columns
+from beton_pipeline.sources.connectors.common import (
+    ConnectorError,
+    contract_row,
+    contract_table,
+    secret,
+    text_columns,
+)
 from beton_pipeline.sources.contract import TABLES_BY_NAME
 
 SOURCE = "posthog"
@@ -122,14 +129,14 @@ def posthog_source(config: PostHogConfig):
     """The PostHog source: one resource, `events`, appended on every pull (see the module docstring)."""
 
     @dlt.resource(name=TABLE, write_disposition="append", columns=text_columns(TABLE))
-    def events() -> Iterator[list[dict[str, str | None]]]:
+    def events() -> Iterator[pa.Table]:
         yield from pull_events(config, dlt.current.resource_state())
 
     return events
 
 
-def pull_events(config: PostHogConfig, state: dict[str, Any]) -> Iterator[list[dict[str, str | None]]]:
-    """The events after the window start (cursor − overlap, or `start`), one list of contract rows per page.
+def pull_events(config: PostHogConfig, state: dict[str, Any]) -> Iterator[pa.Table]:
+    """The events after the window start (cursor − overlap, or `start`), one Arrow table of contract rows per page.
 
     `state` is the resource state: its `cursor` is the (timestamp, uuid) of the last readable row landed, the
     newest one (unless PostHog deleted newer events since, e.g. a person's data erased: the cursor then moves
@@ -149,7 +156,7 @@ def pull_events(config: PostHogConfig, state: dict[str, Any]) -> Iterator[list[d
     while True:
         rows = read_answer(_post_query(client, config, key, query_body(config, window_start, after)))
         if rows:
-            yield [contract_row(TABLE, row) for row in rows]
+            yield contract_table(TABLE, [contract_row(TABLE, row) for row in rows])
         bound = last_bound(rows)
         if bound is not None:
             state["cursor"] = {"timestamp": bound[0], "uuid": bound[1]}
