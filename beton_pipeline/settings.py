@@ -274,6 +274,7 @@ class PostHogSourceSettings(_ConnectorSettings):
     )
     start: str | None = Field(None, description="ISO time of the first pull's earliest event (default: 400 days ago).")
     timeout_seconds: float = Field(60.0, gt=0, description="Seconds one query may take before it is retried.")
+    max_pages: int = Field(500, ge=1, description="Pages one pull reads at most; a longer history takes several pulls.")
 
     _url = field_validator("host")(_http_url)
 
@@ -286,7 +287,7 @@ class PostHogSourceSettings(_ConnectorSettings):
 
 class AttioSourceSettings(_ConnectorSettings):
     api_base: str = "https://api.attio.com"
-    page_size: int = Field(500, ge=1, description="Records per query page (limit/offset).")
+    page_size: int = Field(500, ge=1, le=500, description="Records per query page (limit/offset; Attio's default 500).")
     deal_history: bool = Field(True, description="Pull each deal's stage history (one call per new or moved deal).")
     max_history_calls: int = Field(2000, ge=0, description="Stage-history calls per pull; the rest wait a pull.")
     won_stages: tuple[str, ...] = Field(("Won", "Won 🎉", "Closed won"), description="Stages meaning won (any case).")
@@ -324,8 +325,14 @@ class SourcesSettings(_Strict):
         return tuple(name for name in TABLES_BY_SOURCE if getattr(self, name).enabled)
 
     def pulled_tables(self) -> dict[str, str]:
-        """Contract table → the enabled connector that fills it."""
-        return {table: name for name in self.enabled for table in TABLES_BY_SOURCE[name]}
+        """Contract table → the enabled connector that fills it (Attio's stage history only with `deal_history`:
+        without it the table is read from the source directory, not from what an earlier pull left)."""
+        return {
+            table: name
+            for name in self.enabled
+            for table in TABLES_BY_SOURCE[name]
+            if not (table == "crm_deal_stage_changes" and not self.attio.deal_history)
+        }
 
     def landing(self) -> Path:
         """The landing folder (relative settings resolve against the project root)."""
@@ -489,6 +496,7 @@ class Settings(_Strict):
                 page_size=ph.page_size,
                 overlap_minutes=ph.overlap_minutes,
                 start=ph.start,
+                max_pages=ph.max_pages,
                 **timing,
             )
         if name == "attio":

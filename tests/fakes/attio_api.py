@@ -149,6 +149,9 @@ class FakeAttioRecords(FakeServer):
         }
         """What `GET /v2/self` answers (Attio's token identity); tests change `scope` or `active`."""
         self._targeted: list[_Targeted] = []
+        self.offset_shift: int | None = 0
+        """Answer a query at offset k > 0 from k + `offset_shift` (-1: a deletion during the pull shifted the
+        records back); None: ignore the offset (every page is the first)."""
 
     # -- the workspace --------------------------------------------------------------------------------------
     def _record(self, object_slug: str, record_id: str, created_at: str, values: dict) -> dict:
@@ -311,8 +314,18 @@ class FakeAttioRecords(FakeServer):
         limit, offset = body.get("limit", 500), body.get("offset", 0)
         if not isinstance(limit, int) or not isinstance(offset, int) or limit < 1 or offset < 0:
             return _error(400, "invalid_request_error", "validation_type", "Body payload validation error.")
+        sorts = body.get("sorts") or []
+        if any(not isinstance(x, dict) or x.get("attribute") != "created_at" for x in sorts):
+            return _error(400, "invalid_request_error", "validation_type", "This fake sorts by created_at only.")
         with self.lock:
-            page = self.records[object_slug][offset : offset + limit]
+            records = self.records[object_slug]
+            if sorts:  # created_at, ties in the order records were stored (Attio documents no tie-break)
+                records = sorted(records, key=lambda r: r["created_at"], reverse=sorts[0].get("direction") == "desc")
+            if self.offset_shift is None:
+                offset = 0
+            elif offset:
+                offset = max(0, offset + self.offset_shift)
+            page = records[offset : offset + limit]
             data = [{**r, "values": {k: _active(v) for k, v in r["values"].items()}} for r in page]
         return 200, {"data": data}, {}, 0.0
 

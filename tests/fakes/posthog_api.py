@@ -1,7 +1,8 @@
 """A real HTTP server on 127.0.0.1 standing in for PostHog's query API (`POST /api/projects/{id}/query/`).
 
 It holds a project's events and answers HogQL queries over them by evaluating, on its own list, the parts of
-the query the beton connector sends: the window start (`timestamp >= toDateTime({p})`), the keyset bound
+the query the beton connector sends: the window (`timestamp >= toDateTime({p})`, `timestamp <= toDateTime({p})`),
+the keyset bound
 (`timestamp > toDateTime({p}) OR (timestamp = toDateTime({p}) AND uuid > toUUID({p}))`), excluded event names
 (`event NOT IN ({p}, …)`), `ORDER BY timestamp, uuid` and `LIMIT n`, with the placeholders' values taken from
 the body's `values` as PostHog does. Without the ORDER BY the rows come in the order they were added (as a
@@ -46,6 +47,7 @@ DEFAULT_LIMIT = 100
 _SELECT = re.compile(r"^\s*SELECT\s+(?P<select>.+?)\s+FROM\s+events\b(?P<rest>.*)$", re.I | re.S)
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _WINDOW = re.compile(r"\btimestamp\s*>=\s*toDateTime\(\{(\w+)\}\)", re.I)
+_WINDOW_END = re.compile(r"\btimestamp\s*<=\s*toDateTime\(\{(\w+)\}\)", re.I)
 _AFTER = re.compile(
     r"\(\s*timestamp\s*>\s*toDateTime\(\{(\w+)\}\)\s+OR\s+\(\s*timestamp\s*=\s*toDateTime\(\{(\w+)\}\)"
     r"\s+AND\s+uuid\s*>\s*toUUID\(\{(\w+)\}\)\s*\)\s*\)",
@@ -116,18 +118,13 @@ class FakePostHog(FakeServer):
     # -- the endpoint -----------------------------------------------------------------------------
     def handle_ok(self, rec: Recorded):
         path = rec.path.split("?", 1)[0]
-        project = re.fullmatch(r"/api/projects/([^/]+)/?", path)
         match = re.fullmatch(r"/api/projects/([^/]+)/query/?", path)
-        if (match is None or rec.method != "POST") and (project is None or rec.method != "GET"):
+        if match is None or rec.method != "POST":
             return 404, _error("invalid_request", "not_found", "Not found."), {}, 0.0
         presented = rec.headers.get("Authorization", "")
         if presented != f"Bearer {self.api_key}":
             detail = f"Personal API key found in request Authorization header is invalid: {presented}"
             return 401, _error("authentication_error", "authentication_failed", detail), {}, 0.0
-        if project is not None:  # `GET /api/projects/{id}/`: the project (`beton check --sources`)
-            if project.group(1) != self.project_id:
-                return 404, _error("invalid_request", "not_found", "Not found."), {}, 0.0
-            return 200, {"id": int(self.project_id), "name": "Default project", "timezone": self.timezone}, {}, 0.0
         if match.group(1) != self.project_id:
             return 404, _error("invalid_request", "not_found", "Project not found."), {}, 0.0
         with self.lock:
@@ -222,7 +219,7 @@ def _column(item: str) -> tuple[str, str]:
 def _check_understood(rest: str) -> None:
     """Refuse (400) a query with a condition or clause the fake cannot evaluate, rather than ignore it."""
     leftover = rest
-    for pattern in (_AFTER, _WINDOW, _NOT_IN, _ORDER, _LIMIT):
+    for pattern in (_AFTER, _WINDOW, _WINDOW_END, _NOT_IN, _ORDER, _LIMIT):
         leftover = pattern.sub(" ", leftover)
     if not re.fullmatch(r"\s*(WHERE(\s+AND)*)?\s*", leftover, re.I):
         raise QueryError(f"this fake cannot evaluate: {' '.join(leftover.split())}")
@@ -233,6 +230,9 @@ def _matches(event: dict, rest: str, values: dict[str, Any]) -> bool:
     at, key = _order_key(event)
     for name in _WINDOW.findall(rest):
         if at < _placeholder_time(values, name):
+            return False
+    for name in _WINDOW_END.findall(rest):
+        if at > _placeholder_time(values, name):
             return False
     for ts_name, ts_again, uuid_name in _AFTER.findall(rest):
         after_at = _placeholder_time(values, ts_name)

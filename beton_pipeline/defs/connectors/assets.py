@@ -60,6 +60,14 @@ def build_connector_assets(source: str, settings: Settings) -> dg.AssetsDefiniti
         dagster_dlt_translator=Translator(),
     )
     def _pull(context: dg.AssetExecutionContext, config: PullConfig, settings: SettingsResource):
+        if config.full_refresh and context.is_subset:
+            raise dg.Failure(
+                description=(
+                    f"full_refresh drops every table and cursor of the {source} connector, so it must pull all of "
+                    f"them: select every pull_{source}_* asset (or the whole group), not {len(context.selected_asset_keys)} "
+                    f"of them."
+                )
+            )
         cfg = settings.load()
         here = cfg.sources.landing()
         pipeline = landing_pipeline(source, here)

@@ -118,6 +118,13 @@ def attio_source(config: AttioConfig, landing: Path):
 # -- the API ---------------------------------------------------------------------------------------------------
 
 
+def _record_id(record: Any) -> str | None:
+    """A record's `id.record_id`, or None when the record has none (it still lands, to be quarantined)."""
+    ident = record.get("id") if isinstance(record, dict) else None
+    value = ident.get("record_id") if isinstance(ident, dict) else None
+    return value if isinstance(value, str) else None
+
+
 class AttioApi:
     """Attio's REST API read with the connector's key and retry policy (dlt's retrying `Client`)."""
 
@@ -136,13 +143,30 @@ class AttioApi:
         )
 
     def records(self, object_slug: str) -> Iterator[list[dict]]:
-        """Every record of an object, one page (a list of records) at a time; the last page may be empty."""
+        """Every record of an object, one page (a list of records) at a time; the last page may be empty.
+
+        Pages are sorted by `created_at` (oldest first), so a record created during the pull lands at the end
+        instead of shifting every offset; a record seen on an earlier page (a deletion shifted the offsets back)
+        is left out, and a full page of records all seen before (an API ignoring the offset) stops the pull
+        instead of looping."""
         path = f"/v2/objects/{quote(object_slug, safe='')}/records/query"
-        offset = 0
+        offset, seen, repeated = 0, set(), 0
+        sorts = [{"attribute": "created_at", "direction": "asc"}]
         while True:
-            page = self._data("POST", path, json={"limit": self._config.page_size, "offset": offset})
-            yield page
+            page = self._data("POST", path, json={"limit": self._config.page_size, "offset": offset, "sorts": sorts})
+            ids = [_record_id(r) for r in page]
+            new = [r for r, i in zip(page, ids, strict=True) if i is None or i not in seen]
+            if page and not new and len(page) == self._config.page_size:
+                raise ConnectorError(
+                    f"attio: POST {path} at offset {offset} answered {len(page)} records all read on earlier pages: "
+                    "the offset is not being honoured, so the pull stops rather than loop. Try again later."
+                )
+            repeated += len(page) - len(new)
+            seen.update(i for i in ids if i is not None)
+            yield new
             if len(page) < self._config.page_size:
+                if repeated:
+                    logger.info(f"attio: {object_slug}: {repeated} record(s) seen twice while paging were read once")
                 return
             offset += len(page)
 
@@ -174,7 +198,7 @@ class AttioApi:
                 f"attio: {method} {path} got no answer in {self._config.max_attempts} attempts "
                 f"({type(exc).__name__}; timeout {self._config.timeout_seconds:g} s). Check that "
                 f"{self._config.api_base} is reachable, or raise sources.attio.timeout_seconds or max_attempts."
-            ) from exc
+            ) from None  # the request error can hold the headers (the key): never chained
         if response.status_code >= 400:
             raise ConnectorError(self._refusal(method, path, response.status_code, _attio_error(response)))
         try:

@@ -8,12 +8,17 @@ refused. The key never appears in what is reported.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 import requests
 
 ATTIO_READ_SCOPES = ("record_permission:read", "object_configuration:read")
 """The scopes the Attio connector reads with (records, and the objects' attributes)."""
+
+
+STRIPE_LISTS = ("events", "customers", "subscriptions", "invoices")
+"""The Stripe lists the pull reads, each asked once by the check."""
 
 
 @dataclass(frozen=True)
@@ -25,10 +30,16 @@ class ConnectionCheck:
     detail: str
 
 
-def _get(url: str, key: str, timeout: float, params: dict | None = None) -> tuple[int | None, dict, str]:
-    """(status, JSON body or {}, error) of one GET with a bearer key; never raises for HTTP or network failures."""
+def _get(
+    url: str, key: str, timeout: float, params: dict | None = None, json_body: dict | None = None
+) -> tuple[int | None, dict, str]:
+    """(status, JSON body or {}, error) of one GET (or POST of `json_body`) with a bearer key; never raises for HTTP
+    or network failures, and never chains the request's error (it can hold the headers)."""
+    method = "POST" if json_body is not None else "GET"
     try:
-        response = requests.get(url, headers={"Authorization": f"Bearer {key}"}, params=params, timeout=timeout)
+        response = requests.request(
+            method, url, headers={"Authorization": f"Bearer {key}"}, params=params, json=json_body, timeout=timeout
+        )
     except requests.RequestException as exc:
         return None, {}, f"no answer ({type(exc).__name__})"
     try:
@@ -53,13 +64,16 @@ def check_connection(name: str, config) -> ConnectionCheck:
     if not key:
         return ConnectionCheck(name, False, f"{config.api_key_env} is not set (export it with the {name} key)")
     timeout = min(config.timeout_seconds, 30.0)
-    if name == "posthog":
-        url = f"{config.host}/api/projects/{config.project_id}/"
-        status, body, error = _get(url, key, timeout)
-        if status == 200:
-            return ConnectionCheck(
-                name, True, f"project {config.project_id} ({body.get('name', '?')}) at {config.host}"
-            )
+    if name == "posthog":  # the pull's own query (scope query:read), over an empty window: one row at most
+        from beton_pipeline.sources.connectors.posthog import query_body
+
+        url = f"{config.host}{config.query_path}"
+        now = datetime.now(UTC)
+        status, answer, error = _get(
+            url, key, timeout, json_body=query_body(replace(config, page_size=1), now, now, None)
+        )
+        if status == 200 and isinstance(answer.get("results"), list):
+            return ConnectionCheck(name, True, f"project {config.project_id} answers event queries at {config.host}")
         if status == 404:
             return ConnectionCheck(name, False, f"project {config.project_id} not found at {config.host}")
         return _refused(name, config.api_key_env, status, error, url)
@@ -75,11 +89,12 @@ def check_connection(name: str, config) -> ConnectionCheck:
         if status == 200:
             return ConnectionCheck(name, False, f"the key in {config.api_key_env} is not active")
         return _refused(name, config.api_key_env, status, error, url)
-    if name == "stripe":
-        url = f"{config.api_base}/v1/events"
-        status, body, error = _get(url, key, timeout, params={"limit": 1})
-        if status == 200:
-            mode = "live" if key.startswith(("sk_live", "rk_live")) else "test"
-            return ConnectionCheck(name, True, f"{mode}-mode key accepted at {config.api_base}")
-        return _refused(name, config.api_key_env, status, error, url)
+    if name == "stripe":  # every list the pull reads (a restricted key may read some and not others)
+        for resource in STRIPE_LISTS:
+            url = f"{config.api_base}/v1/{resource}"
+            status, _, error = _get(url, key, timeout, params={"limit": 1})
+            if status != 200:
+                return _refused(name, config.api_key_env, status, error, url)
+        mode = "live" if key.startswith(("sk_live", "rk_live")) else "test"
+        return ConnectionCheck(name, True, f"{mode}-mode key reads {', '.join(STRIPE_LISTS)} at {config.api_base}")
     raise ValueError(f"unknown connector {name!r}")

@@ -92,13 +92,18 @@ def contract_table(table: str, rows: list[dict[str, str | None]]):
 
 def secret(env_var: str, source: str) -> str:
     """The value of the environment variable holding a connector's secret; a clear error when it is unset."""
-    value = os.environ.get(env_var, "")
-    if not value.strip():
+    value = os.environ.get(env_var, "").strip()
+    if not value:
         raise ConnectorError(
             f"the {source} connector is enabled (sources.{source} in beton.yaml) but {env_var} is not set: "
             f"export {env_var}=… with the key, or set sources.{source}.enabled: false."
         )
-    return value.strip()
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        # An HTTP library would refuse the header and put its value (the key) in the error it raises.
+        raise ConnectorError(
+            f"{env_var} holds a space, a line break or a control character inside the key: set it to the key alone."
+        )
+    return value
 
 
 def landing_pipeline(source: str, landing: Path):

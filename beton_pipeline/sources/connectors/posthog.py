@@ -6,11 +6,15 @@ Each page is one `POST {host}/api/projects/{project_id}/query/` with a personal 
 
     SELECT uuid, event, timestamp, distinct_id, properties, person.properties AS person_properties
     FROM events
-    WHERE timestamp >= toDateTime({window_start})
+    WHERE timestamp >= toDateTime({window_start}) AND timestamp <= toDateTime({window_end})
       AND (timestamp > toDateTime({after_timestamp})
            OR (timestamp = toDateTime({after_timestamp}) AND uuid > toUUID({after_uuid})))
     ORDER BY timestamp, uuid
     LIMIT <page size>
+
+The window ends at the time the pull started (`window_end`): PostHog keeps events whose client clock ran ahead
+(up to 23 hours), and one such event must not carry the cursor past events that have yet to arrive; it is pulled
+once its time has passed.
 
 Keyset pagination, never OFFSET (PostHog's own advice: an OFFSET query re-reads every row it skips, so it gets
 slower with every page and can miss or repeat rows while events arrive): each page asks for the rows after the
@@ -45,6 +49,7 @@ everything again). The first pull starts at `start` (default: `DEFAULT_LOOKBACK_
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -64,6 +69,8 @@ from beton_pipeline.sources.connectors.common import (
 )
 from beton_pipeline.sources.contract import TABLES_BY_NAME
 
+logger = logging.getLogger(__name__)
+
 SOURCE = "posthog"
 TABLE = "events"
 COLUMNS: tuple[str, ...] = TABLES_BY_NAME[TABLE].column_names
@@ -80,7 +87,7 @@ QUERY_NAME = "beton_events_pull"
 
 SELECT = (
     "SELECT uuid, event, timestamp, distinct_id, properties, person.properties AS person_properties "
-    "FROM events WHERE timestamp >= toDateTime({window_start})"
+    "FROM events WHERE timestamp >= toDateTime({window_start}) AND timestamp <= toDateTime({window_end})"
 )
 AFTER_BOUND = (
     " AND (timestamp > toDateTime({after_timestamp})"
@@ -99,7 +106,9 @@ class PostHogConfig:
     pull, for late events. `start` (ISO time) is where the first pull begins (None: `DEFAULT_LOOKBACK_DAYS`
     before now). The retry policy (`timeout_seconds` per request, `max_attempts` per query, exponential waits
     of `backoff_factor` × 2^n seconds, each at most `max_wait_seconds`, also when `Retry-After` asks for more)
-    applies to 429, 5xx, timeouts and dropped connections. `excluded_events` are event names not pulled."""
+    applies to 429, 5xx, timeouts and dropped connections. `excluded_events` are event names not pulled.
+    `max_pages` bounds one pull (500 pages of 10,000: 5M events, about 13 minutes of PostHog's hourly query
+    budget): a longer history is pulled over several pulls, each committing what it landed."""
 
     host: str = "https://us.posthog.com"
     project_id: str = ""
@@ -112,6 +121,7 @@ class PostHogConfig:
     backoff_factor: float = 1.0
     max_wait_seconds: float = 60.0
     excluded_events: tuple[str, ...] = ()
+    max_pages: int = 500
 
     @property
     def query_limit(self) -> int:
@@ -150,11 +160,12 @@ def pull_events(config: PostHogConfig, state: dict[str, Any]) -> Iterator[pa.Tab
         raise ConnectorError(f"sources.posthog.page_size is {config.page_size}: set at least 1 row per query.")
     key = secret(config.api_key_env, SOURCE)
     client = _client(config)
-    window_start = _window_start(config, state.get("cursor"), datetime.now(UTC))
+    now = datetime.now(UTC)
+    window_start = _window_start(config, state.get("cursor"), now)
     limit = config.query_limit
     after: tuple[str, str] | None = None
-    while True:
-        rows = read_answer(_post_query(client, config, key, query_body(config, window_start, after)))
+    for page in range(1, config.max_pages + 1):
+        rows = read_answer(_post_query(client, config, key, query_body(config, window_start, now, after)))
         if rows:
             yield contract_table(TABLE, [contract_row(TABLE, row) for row in rows])
         bound = last_bound(rows)
@@ -169,11 +180,18 @@ def pull_events(config: PostHogConfig, state: dict[str, Any]) -> Iterator[pa.Tab
                 "this connector reads; report it with the PostHog version."
             )
         after = bound
+        if page == config.max_pages:
+            logger.warning(
+                f"posthog: {page} pages ({page * limit:,} events) pulled, sources.posthog.max_pages; the rest of "
+                f"the window, after {bound[0]}, is pulled by the next pull (this one is committed)."
+            )
 
 
-def query_body(config: PostHogConfig, window_start: datetime, after: tuple[str, str] | None) -> dict[str, Any]:
+def query_body(
+    config: PostHogConfig, window_start: datetime, window_end: datetime, after: tuple[str, str] | None
+) -> dict[str, Any]:
     """The query API's request body for one page: the HogQL text and its placeholder values."""
-    values: dict[str, str] = {"window_start": window_start.isoformat()}
+    values: dict[str, str] = {"window_start": window_start.isoformat(), "window_end": window_end.isoformat()}
     hogql = SELECT
     if after is not None:
         hogql += AFTER_BOUND
@@ -272,7 +290,7 @@ def _post_query(client: Client, config: PostHogConfig, key: str, body: dict[str,
             f"posthog: no answer from POST {endpoint} after {config.max_attempts} attempts "
             f"({type(exc).__name__}, {config.timeout_seconds:g} s timeout each): check sources.posthog.host and the "
             "network, or raise sources.posthog.timeout_seconds or max_attempts."
-        ) from exc
+        ) from None  # the request error can hold the headers (the key): never chained
     if response.status_code != 200:
         raise ConnectorError(_refusal(response, config, endpoint, key))
     try:

@@ -189,13 +189,16 @@ def test_first_current_value_wins_over_a_historic_one():
     assert current_values(record, "domains") == [] and current_values(record, "categories") == []
 
 
+BY_CREATION = [{"attribute": "created_at", "direction": "asc"}]
+
+
 def test_pages_of_every_object_become_the_four_tables(tmp_path):
     with FakeAttioRecords(KEY) as attio:
         workspace(attio)
         pull_attio(attio, tmp_path / "landing")
         queries = [(r.path, r.json()) for r in attio.successes() if r.method == "POST"]
         assert sorted(queries, key=lambda q: (q[0], q[1]["offset"])) == [
-            (f"/v2/objects/{obj}/records/query", {"limit": 2, "offset": k})
+            (f"/v2/objects/{obj}/records/query", {"limit": 2, "offset": k, "sorts": BY_CREATION})
             for obj in ("companies", "deals", "people")
             for k in (0, 2, 4)
         ]
@@ -391,3 +394,20 @@ def test_without_deal_history_no_history_is_asked_or_landed(tmp_path):
         assert attio.history_asked() == []
     landed = sorted(p.name for p in source_dir("attio", tmp_path / "landing").iterdir() if p.name.startswith("crm_"))
     assert landed == ["crm_companies", "crm_deals", "crm_people"]
+
+
+def test_offsets_shifted_by_a_deletion_or_ignored_neither_duplicate_nor_loop(tmp_path):
+    """Pages sorted by creation; a record seen again on a later page (a deletion during the pull shifted the
+    offsets back) lands once; an API answering every offset with the first page stops the pull with a reason."""
+    with FakeAttioRecords(KEY) as attio:
+        workspace(attio)
+        attio.offset_shift = -1  # every page after the first starts one record early
+        pull_attio(attio, tmp_path / "landing")
+        with connect(tmp_path / "w.duckdb") as con:
+            result = ingest_table(con, source_dir("attio", tmp_path / "landing"), TABLES_BY_NAME["crm_companies"])
+            ids = [r for (r,) in con.sql("select record_id from raw.raw_crm_companies").fetchall()]
+        assert sorted(ids) == sorted(r["id"]["record_id"] for r in attio.records["companies"])
+        assert result.rows_quarantined == 0 and result.exact_duplicates_dropped == 0
+        attio.offset_shift = None  # offsets ignored: every page is the first
+        with pytest.raises(ConnectorError, match="all read on earlier pages: the offset is not being honoured"):
+            pull_attio(attio, tmp_path / "other")

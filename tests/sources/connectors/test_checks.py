@@ -57,10 +57,10 @@ def test_each_connector_says_what_its_key_opens(fakes, monkeypatch):
         monkeypatch.setenv(name, value)
     settings = _settings(*fakes)
     posthog, attio, stripe = (_check(settings, n) for n in ("posthog", "attio", "stripe"))
-    assert posthog.ok and "project 4242 (Default project)" in posthog.detail
+    assert posthog.ok and posthog.detail == f"project 4242 answers event queries at {fakes[0].url}"
     assert attio.ok and "workspace Beton Test" in attio.detail
-    assert stripe.ok and stripe.detail.startswith("test-mode key accepted")
-    assert [len(f.requests) for f in fakes] == [1, 1, 1]
+    assert stripe.ok and stripe.detail.startswith("test-mode key reads events, customers, subscriptions, invoices")
+    assert [len(f.requests) for f in fakes] == [1, 1, 4]
 
 
 def test_each_failure_is_named_without_the_key(fakes, monkeypatch):
@@ -97,7 +97,7 @@ def test_the_command_prints_one_line_per_connector_and_fails_when_one_cannot_pul
     done = subprocess.run([beton, "check", "--sources"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     lines = done.stdout.splitlines()
-    assert lines[0] == f"posthog: ok: project 4242 (Default project) at {posthog.url}"
+    assert lines[0] == f"posthog: ok: project 4242 answers event queries at {posthog.url}"
     assert lines[1] == f"attio: ok: workspace Beton Test at {attio.url}"
     assert lines[2].startswith("stripe: FAILED: the key in BETON_STRIPE_API_KEY is refused (HTTP 401")
     assert done.stderr.startswith("error: beton check --sources: 1 of 3 connector(s) cannot pull:")
@@ -108,3 +108,15 @@ def test_the_command_prints_one_line_per_connector_and_fails_when_one_cannot_pul
     config.write_text("sources: {}\n")
     done = subprocess.run([beton, "check", "--sources"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "no connector is enabled" in done.stderr
+
+
+def test_a_key_with_a_line_break_is_refused_before_any_request(monkeypatch):
+    """An HTTP library refuses such a header and writes its value (the key) into its error: refuse it first."""
+    from beton_pipeline.sources.connectors.common import ConnectorError, secret
+
+    monkeypatch.setenv("BETON_STRIPE_API_KEY", "sk_test_SECRET\nsecond-line")
+    with pytest.raises(ConnectorError, match="a line break or a control character") as raised:
+        secret("BETON_STRIPE_API_KEY", "stripe")
+    assert "SECRET" not in str(raised.value)
+    monkeypatch.setenv("BETON_STRIPE_API_KEY", "  sk_test_ok  ")
+    assert secret("BETON_STRIPE_API_KEY", "stripe") == "sk_test_ok"

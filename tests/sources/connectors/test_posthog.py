@@ -9,6 +9,7 @@ timeouts are retried; a refused key or a missing one is a `ConnectorError` that 
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -167,7 +168,8 @@ def test_second_pull_reads_from_cursor_minus_overlap_and_loads_only_new_events(t
         pull(posthog_source(config), tmp_path)
         second = fake.queries[first_pull_queries:]
 
-    assert second[0].values == {"window_start": (last_at - timedelta(minutes=60)).astimezone(UTC).isoformat()}
+    assert second[0].values["window_start"] == (last_at - timedelta(minutes=60)).astimezone(UTC).isoformat()
+    assert set(second[0].values) == {"window_start", "window_end"}
     assert sum(q.rows for q in second) == len(overlap) + 4 == 11
     result, rows = _ingest(tmp_path)
     assert rows == _expected(events + new)
@@ -272,7 +274,8 @@ def test_full_refresh_pulls_from_start_again(tmp_path):
         pull(posthog_source(config), tmp_path, full_refresh=True)
         refreshed = fake.queries[answered:]
 
-    assert refreshed[0].values == {"window_start": "2025-01-01T00:00:00+00:00"}
+    assert refreshed[0].values["window_start"] == "2025-01-01T00:00:00+00:00"
+    assert set(refreshed[0].values) == {"window_start", "window_end"}
     assert [q.rows for q in refreshed] == [5, 3]
     result, rows = _ingest(tmp_path)
     assert rows == _expected(events)
@@ -291,3 +294,37 @@ def test_excluded_events_are_not_pulled_and_the_page_size_is_clamped_to_posthogs
     assert query.values["excluded_0"] == "$autocapture" and "$autocapture" not in query.hogql
     _, rows = _ingest(tmp_path)
     assert rows == _expected(kept)
+
+
+def test_an_event_from_a_clock_ahead_does_not_carry_the_cursor_past_events_still_to_come(tmp_path, caplog):
+    """An event timestamped 5 hours ahead (a client's clock) waits outside the window until its time has passed;
+    events that arrive meanwhile with the right time are still pulled by the next pull."""
+    now = datetime.now(UTC)
+    ahead, before = _event(900, now + timedelta(hours=5)), _event(901, now - timedelta(hours=1))
+    with FakePostHog(KEY, PROJECT, [ahead, before]) as fake:
+        pull(posthog_source(_config(fake, start=(now - timedelta(days=1)).isoformat())), tmp_path)
+        _, rows = _ingest(tmp_path)
+        assert [r[0] for r in rows] == [before["uuid"]]
+        arrived = [_event(902, now + timedelta(seconds=1)), _event(903, now + timedelta(seconds=2))]
+        fake.add(arrived)
+        time.sleep(2.5)  # their times have passed when the next pull starts
+        pull(posthog_source(_config(fake)), tmp_path)
+        _, rows = _ingest(tmp_path)
+    assert [r[0] for r in rows] == [before["uuid"], arrived[0]["uuid"], arrived[1]["uuid"]]
+
+
+def test_a_pull_stops_after_max_pages_commits_and_the_next_continues(tmp_path, caplog):
+    """A long history is pulled over several pulls: each stops after `max_pages`, commits what it landed and says
+    so; the next continues after it; together they load every event once."""
+    events = _history(23)
+    with FakePostHog(KEY, PROJECT, events) as fake:
+        with caplog.at_level(logging.WARNING, logger="beton_pipeline.sources.connectors.posthog"):
+            pull(posthog_source(_config(fake, max_pages=2)), tmp_path)
+        assert [q.rows for q in fake.queries] == [5, 5]
+        assert "2 pages (10 events) pulled, sources.posthog.max_pages" in caplog.text
+        _, rows = _ingest(tmp_path)
+        assert len(rows) == 10
+        pull(posthog_source(_config(fake, max_pages=2, overlap_minutes=0)), tmp_path)
+        pull(posthog_source(_config(fake, max_pages=2, overlap_minutes=0)), tmp_path)
+        _, rows = _ingest(tmp_path)
+    assert rows == _expected(events)
