@@ -1,11 +1,14 @@
 """A fake Stripe API on 127.0.0.1: customers, subscriptions, invoices and the events that changed them.
 
-It answers the four list endpoints the Stripe connector reads, as Stripe documents them:
+It answers the endpoints the Stripe connector reads, as Stripe documents them. Four lists:
 `GET /v1/customers`, `GET /v1/subscriptions` (`status`: default every status but canceled, `all`, `ended` or
 one status), `GET /v1/invoices` and `GET /v1/events` (the last 30 days' only; `created[gt|gte|lt|lte]`, `type`
 with a `*` wildcard or `types[]` of up to 20 names, not both). Lists are Stripe's list objects (`object: "list"`,
 `data`, `has_more`, `url`), newest first, `limit` 1-100 (default 10), paged with `starting_after=<id of the last
 object>`; query parameters in Stripe's bracket syntax (`created[gte]=…`, `types[0]=…`, as the SDK sends them).
+Three retrieves: `GET /v1/customers/{id}`, `/v1/subscriptions/{id}`, `/v1/invoices/{id}` answer the object; a
+deleted customer answers Stripe's stub (`{"id", "object": "customer", "deleted": true}`), an id the account does
+not have (a deleted draft invoice) Stripe's 404 `resource_missing` error JSON.
 Requests need `Authorization: Bearer <api_key>`; any other key gets Stripe's 401 error JSON, which here echoes the
 key in full (Stripe masks all but its last four characters: echoing it whole makes a leak in our errors visible).
 
@@ -15,6 +18,11 @@ The objects are Stripe's shapes with the fields we do not read as well: subscrip
 (basil and later), as invoices rendered in different API versions do. Every change made through `add`,
 `update` or `delete_customer` is also recorded as an event whose `data.object` is the object after the change,
 so that the events and the current objects always agree, as in Stripe.
+
+Two switches make it misbehave as the connector must survive: `same_second_oldest_first` lists the events of one
+second oldest first (Stripe documents only the order by `created`, in whole seconds, so any order inside a second
+is Stripe's right), and `ignore_starting_after` answers every page of a list as if it were the first (an API or
+proxy that drops the parameter).
 
     with FakeStripe(api_key="sk_test_abc") as fake:
         fake.seed_sample(now=int(time.time()))
@@ -28,7 +36,7 @@ import copy
 import fnmatch
 import itertools
 import time
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from tests.fakes import FakeServer, Recorded
 
@@ -42,6 +50,7 @@ EVENT_PREFIX = {"customer": "customer", "subscription": "customer.subscription",
 """The prefix of the events about each kind of object (`customer.subscription.updated` is a subscription's)."""
 
 LIST_PATHS = {"/v1/customers": "customer", "/v1/subscriptions": "subscription", "/v1/invoices": "invoice"}
+"""The list endpoints of the objects; `<path>/<id>` retrieves one."""
 
 RATE_LIMIT_BODY = {
     "error": {
@@ -61,6 +70,7 @@ def _error(status: int, message: str, *, param: str | None = None, code: str | N
         body["param"] = param
     if code:
         body["code"] = code
+        body["doc_url"] = f"https://stripe.com/docs/error-codes/{code.replace('_', '-')}"
     return status, {"error": body}, {"Request-Id": "req_fake"}, 0.0
 
 
@@ -242,6 +252,11 @@ class FakeStripe(FakeServer):
         self.clock = 0
         """The `created` of the next event (seconds); `add`/`update` take `at=` to set it."""
         self.event_api_version = API_VERSION_BASIL
+        self.same_second_oldest_first = False
+        """List the events of one second oldest first (module docstring)."""
+        self.ignore_starting_after = False
+        """Answer every page of a list as the first (module docstring)."""
+        self.deleted_customers: set[str] = set()
         self._sequence = itertools.count()
         self._order: dict[str, int] = {}
         self._failures: list[list] = []
@@ -285,7 +300,17 @@ class FakeStripe(FakeServer):
                 )
         with self.lock:
             gone = self.objects["customer"].pop(cid)
+            self.deleted_customers.add(cid)
         self._emit("customer.deleted", gone, at)
+
+    def delete_invoice(self, iid: str, *, at: int | None = None) -> None:
+        """Delete a draft invoice as Stripe does (only drafts can be): `invoice.deleted`, then a 404 for its id."""
+        with self.lock:
+            gone = self.objects["invoice"][iid]
+            if gone["status"] != "draft":
+                raise ValueError(f"{iid} is {gone['status']}: Stripe deletes draft invoices only")
+            del self.objects["invoice"][iid]
+        self._emit("invoice.deleted", gone, at)
 
     def _emit(self, event_type: str, obj: dict, at: int | None) -> None:
         with self.lock:
@@ -398,27 +423,47 @@ class FakeStripe(FakeServer):
     # -- the API ------------------------------------------------------------------------------
     def handle_ok(self, rec: Recorded):
         url = urlsplit(rec.path)
-        if rec.method != "GET" or (url.path not in LIST_PATHS and url.path != "/v1/events"):
+        parent, _, oid = url.path.rpartition("/")
+        retrieve = parent in LIST_PATHS and oid != ""
+        if rec.method != "GET" or not (retrieve or url.path in LIST_PATHS or url.path == "/v1/events"):
             return _error(404, f"Unrecognized request URL ({rec.method}: {url.path}).")
         auth = rec.headers.get("Authorization", "")
         if not auth.startswith("Bearer "):
             return _error(401, "You did not provide an API key.")
         if auth[len("Bearer ") :] != self.api_key:
             return _error(401, f"Invalid API Key provided: {auth[len('Bearer ') :]}")
+        if retrieve:
+            return self._retrieve(LIST_PATHS[parent], unquote(oid))
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         if url.path == "/v1/events":
-            selected = self._events(query)
-            if isinstance(selected, tuple):
-                return selected
-        else:
-            kind = LIST_PATHS[url.path]
-            with self.lock:
-                selected = list(self.objects[kind].values())
-            if kind == "subscription":
-                selected = self._by_status(selected, query.get("status"))
-            if "customer" in query:
-                selected = [o for o in selected if o.get("customer") == query["customer"]]
+            events = self._events(query)
+            return events if isinstance(events, tuple) else self._page(url.path, self._events_listed(events), query)
+        kind = LIST_PATHS[url.path]
+        with self.lock:
+            selected = list(self.objects[kind].values())
+        if kind == "subscription":
+            selected = self._by_status(selected, query.get("status"))
+        if "customer" in query:
+            selected = [o for o in selected if o.get("customer") == query["customer"]]
         return self._page(url.path, self._newest_first(selected), query)
+
+    def _retrieve(self, kind: str, oid: str):
+        """One object; a deleted customer's stub; Stripe's 404 for an id the account does not have."""
+        with self.lock:
+            obj = copy.deepcopy(self.objects[kind].get(oid))
+            deleted = kind == "customer" and oid in self.deleted_customers
+        if obj is None and deleted:
+            obj = {"id": oid, "object": "customer", "deleted": True}
+        if obj is None:
+            return _error(404, f"No such {kind}: '{oid}'", param="id", code="resource_missing")
+        return 200, obj, {"Request-Id": "req_fake"}, 0.0
+
+    def _events_listed(self, events: list[dict]) -> list[dict]:
+        """Events newest first by `created`; inside one second newest first too, or oldest first when
+        `same_second_oldest_first` is set."""
+        if not self.same_second_oldest_first:
+            return self._newest_first(events)
+        return sorted(events, key=lambda e: (-e["created"], self._order[e["id"]]))
 
     def _newest_first(self, objects: list[dict]) -> list[dict]:
         return sorted(
@@ -468,7 +513,7 @@ class FakeStripe(FakeServer):
         if not 1 <= limit <= 100:
             return _error(400, "This value must be less than or equal to 100.", param="limit")
         start = 0
-        if "starting_after" in query:
+        if "starting_after" in query and not self.ignore_starting_after:
             ids = [o["id"] for o in ordered]
             if query["starting_after"] not in ids:
                 return _error(

@@ -7,39 +7,59 @@ Stripe's events, whose `data.object` is the object as it was right after the cha
 * The first pull (no cursor) notes the `created` second of the newest event of the table's event types, then
   lists every object (`GET /v1/customers`, `/v1/subscriptions?status=all`, `/v1/invoices`) page by page. A
   change made while the listing runs has an event at or after that second, so the next pull sees it.
-* A later pull reads only `GET /v1/events?created[gte]=<cursor>&types[]=…`, keeps the newest event per object
-  id, and applies it to the previous snapshot read back from the table's landed Parquet: the event's object
-  replaces the row, or removes it (`customer.deleted`, `invoice.deleted`: such objects no longer list). The
-  whole merged snapshot is landed again and the cursor moves to the newest event read.
+* A later pull reads only `GET /v1/events?created[gte]=<cursor>&types[]=…` and applies each changed object's
+  newest version to the previous snapshot read back from the table's landed Parquet. The whole merged snapshot
+  is landed again and the cursor moves to the newest event read.
 
-`created[gte]`, not `[gt]`: event times are whole seconds, and an event in the cursor's second that Stripe wrote
-after the cursor was read would be missed by `gt`. Reading the cursor's second again is harmless: an older
-version it brings back is replaced by the newer event of the same object, which is read too (newest wins).
+Which version is newest: Stripe orders events by `created` only, in whole seconds, and says nothing of the order
+inside one second, where `customer.subscription.created` and `.updated`, or `invoice.finalized` and
+`invoice.paid`, often fall together. So an object's newest event is applied only when it is the object's only
+event in that second: its `data.object` replaces the row, or a removing event (`customer.deleted`,
+`invoice.deleted`: such objects no longer list) takes the row out. An object with two or more events in its
+newest second is read again (`GET /v1/customers/{id}`, `/v1/subscriptions/{id}`, `/v1/invoices/{id}`) and the
+answer replaces the row, or removes it when Stripe says the object is gone (a deleted customer answers
+`"deleted": true`, a deleted draft invoice 404 `resource_missing`). That is at most one request per such object,
+never more than a full listing of the table would take (more of them: the table is listed in full instead); the
+log gives the number.
+
+`created[gte]`, not `[gt]`: an event in the cursor's second that Stripe wrote after the cursor was read would be
+missed by `gt`. Reading the cursor's second again is harmless: an older version it brings back is outdated by a
+newer event of the same object, read too, or shares its second and has the object read again.
+
+The merge base is checked: the source state keeps, next to the cursors, the load id and row count of each table's
+last landed snapshot (`landed_loads`). When the table's newest landed load is another one, or its files are
+missing, unreadable or hold another number of rows (a half-copied landing folder, files deleted or edited), the
+log says why and the table is listed in full rather than events merged onto a wrong base.
 
 Stripe keeps events 30 days. A cursor older than `CURSOR_MAX_AGE` (30 days less a margin for clock skew and a
-long pull), or a table with no landed snapshot, means a full listing again, said in the log. The cursors live in
-the dlt source state (`events_cursors`), committed with the load: a pull that fails lands nothing and moves no
-cursor. (Not resource state: dlt clears a `replace` resource's state at every run.)
+long pull) means a full listing again too, said in the log. The cursors live in the dlt source state
+(`events_cursors`), committed with the load: a pull that fails lands nothing and moves no cursor. (Not resource
+state: dlt clears a `replace` resource's state at every run.)
 
-Requests go through the official SDK (`stripe.StripeClient`, its own retries off) and each page through our
-bounded retry loop (`StripeApi.call`): the SDK does not retry 429 and ignores `Retry-After`. Objects are read from
-the JSON of each response, not from the SDK's typed objects. Events come rendered in the API version of their
-time, listings in the SDK's pinned version, so every mapping reads the old and the new place of a field.
+Requests go through the official SDK (`stripe.StripeClient`, its own retries off) and each page or object through
+our bounded retry loop (`StripeApi.call`): the SDK does not retry 429 and ignores `Retry-After`. Lists are paged
+with `starting_after`; a page ending with an object already returned stops the pull with a ConnectorError rather
+than read the same page forever. Objects are read from the JSON of each response, not from the SDK's typed
+objects. Events come rendered in the API version of their time, listed and re-read objects in the SDK's pinned
+version, so every mapping reads the old and the new place of a field.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+import re
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import dlt
+import pyarrow as pa
 import pyarrow.parquet as pq
 import stripe
 
@@ -52,6 +72,12 @@ CURSOR_MAX_AGE = timedelta(days=28)
 
 STATE_KEY = "events_cursors"
 """The source-state key of the per-table events cursors (`created` seconds of the newest event read)."""
+
+LANDED_KEY = "landed_loads"
+"""The source-state key of what each table's last pull landed (`{"load_id": …, "rows": …}`): the merge base's check."""
+
+LANDED_FILE = re.compile(r"^(?P<load_id>\d+(?:\.\d+)?)\.[^.]+\.parquet$")
+"""A landed file's name: `<load id>.<file id>.parquet`, dlt's load id being `<seconds>.<fraction>`."""
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -343,7 +369,7 @@ def _what_failed(error: stripe.StripeError) -> str:
 
 
 class StripeApi:
-    """Stripe's list endpoints through the SDK, one page per call, each call retried by `call`."""
+    """Stripe's list and retrieve endpoints through the SDK, one page or object per call, each retried by `call`."""
 
     def __init__(self, config: StripeConfig, api_key: str) -> None:
         self.config = config
@@ -410,18 +436,61 @@ class StripeApi:
         return body
 
     def list_all(self, path: str, params: Mapping[str, Any]) -> Iterator[list[dict]]:
-        """Every object of a list endpoint, one page (list) at a time, paging with `starting_after`."""
+        """Every object of a list endpoint, one page (list) at a time, paging with `starting_after`.
+
+        A page ending with an object an earlier page returned (an API that ignores `starting_after`), or one with
+        more to come whose last object has no id to page from, stops the listing with a ConnectorError: each
+        page must move past the last, so the loop ends."""
         after: str | None = None
-        while True:
+        seen: set[str] = set()
+        for page in itertools.count(1):
             page_params = {**params, "limit": self.config.page_size}
             if after is not None:
                 page_params["starting_after"] = after
             body = self._list_page(path, page_params)
             objects = body["data"]
+            last = objects[-1].get("id") if objects else None
+            if last in seen or (last is None and objects and body.get("has_more")):
+                raise ConnectorError(self._not_paging(path, page, after, last, len(seen)))
+            seen.update(o.get("id") for o in objects if o.get("id") is not None)
             yield objects
             if not body.get("has_more") or not objects:
                 return
-            after = objects[-1].get("id")
+            after = last
+
+    def _not_paging(self, path: str, page: int, after: str | None, last: str | None, objects: int) -> str:
+        """The message of a listing stopped because a page did not move past the previous one (`list_all`)."""
+        what = f"ends with {last}, already returned" if last else "has more to come but its last object has no id"
+        return (
+            f"{SOURCE}: GET {path} does not page: page {page} (starting_after={after}) {what}; stopped after "
+            f"{page} pages and {objects} distinct objects rather than read the same pages again and again. Stripe "
+            f"pages with `starting_after`: check that sources.{SOURCE}.api_base ({self.config.api_base}) is "
+            "Stripe's, or a proxy that passes the query on."
+        )
+
+    def retrieve(self, path: str, oid: str) -> dict | None:
+        """The object `oid` of a list endpoint as Stripe's JSON now (`GET <path>/<id>`, in the SDK's pinned API
+        version); None when it is gone: a deleted customer (Stripe answers `"deleted": true`) or an object Stripe
+        no longer has (404 `resource_missing`: a deleted draft invoice)."""
+
+        def request() -> Any:
+            try:
+                return self._services[path].retrieve(oid)
+            except stripe.InvalidRequestError as error:
+                if error.http_status == 404 and error.code == "resource_missing":
+                    return None
+                raise
+
+        found = self.call(f"{path}/{oid}", request)
+        if found is None:
+            return None
+        body = found.last_response.data if found.last_response is not None else None
+        if not isinstance(body, Mapping) or body.get("id") != oid:
+            raise ConnectorError(
+                f"{SOURCE}: GET {path}/{oid} answered something that is not that object (no `id` {oid}); "
+                f"check sources.{SOURCE}.api_base ({self.config.api_base})."
+            )
+        return None if body.get("deleted") is True else dict(body)
 
     def newest_event_time(self, types: tuple[str, ...]) -> int | None:
         """`created` of the newest event of these types, None when Stripe kept none."""
@@ -437,53 +506,99 @@ class StripeApi:
 # --- Snapshots --------------------------------------------------------------------------------------------------
 
 
-def _load_id(landed: Path) -> float:
-    """The load id of a landed file (`<load id>.<file id>.parquet`, the load id being dlt's `<seconds>.<fraction>`)."""
-    return float(landed.name.rsplit(".", 2)[0])
+def _load_id(landed: Path) -> str | None:
+    """The load id in a landed file's name (`LANDED_FILE`); None for a file that no pull landed."""
+    match = LANDED_FILE.match(landed.name)
+    return match["load_id"] if match else None
 
 
-def landed_snapshot(landing: Path, table: str) -> Rows | None:
-    """The rows of `table` as the newest load landed them (its files only), or None when none landed."""
-    files = sorted(source_dir(SOURCE, landing).joinpath(table).glob("*.parquet"))
-    if not files:
-        return None
-    newest_load = max(_load_id(f) for f in files)
+def landed_snapshot(landing: Path, table: str, recorded: Mapping | None) -> tuple[Rows | None, str | None]:
+    """(The rows of `table` as the last pull landed them, None), or (None, why the landed files are no merge base).
+
+    `recorded` is what the last pull noted in the source state (`LANDED_KEY`): its load id and row count. Every
+    file of the table's folder must be a landed file, the newest load must be the recorded one, and its files
+    must read and hold the recorded number of rows."""
+    if not recorded:
+        return None, "no record of the last landed load (the last pull was made by an older version of the connector)"
+    folder = source_dir(SOURCE, landing) / table
+    loads = {f: _load_id(f) for f in sorted(folder.glob("*.parquet"))}
+    foreign = [f.name for f, load in loads.items() if load is None]
+    if foreign:
+        return None, f"{folder} holds files that no pull landed ({', '.join(foreign)})"
+    if not loads:
+        return None, f"the files of load {recorded['load_id']} are missing from {folder}"
+    newest = max(loads.values(), key=float)
+    if newest != recorded["load_id"]:
+        return None, f"the newest load in {folder} is {newest}, but the last pull landed load {recorded['load_id']}"
     columns = list(text_columns(table))
     rows: Rows = []
-    for f in files:
-        if _load_id(f) == newest_load:
-            rows += pq.read_table(f, columns=columns).to_pylist()
-    return rows
+    for f, load in loads.items():
+        if load == newest:
+            try:
+                rows += pq.read_table(f, columns=columns).to_pylist()
+            except (OSError, pa.ArrowException) as error:
+                return None, f"{f} cannot be read ({type(error).__name__})"
+    if len(rows) != recorded["rows"]:
+        return None, f"load {newest} in {folder} holds {len(rows)} rows, but the last pull landed {recorded['rows']}"
+    return rows, None
 
 
-def merge_events(snapshot: Rows, events: Iterator[dict], table: StripeTable) -> tuple[Rows, int | None, int]:
-    """(`snapshot` with the newest event per object applied, the newest event's `created`, events read).
+@dataclass
+class Changes:
+    """What the events since a cursor say about a table's objects (`read_changes`)."""
 
-    Events come newest first, so the first one seen per object id is its newest version: its `data.object`
-    replaces the row, or a removing event (`table.removing_events`) takes the row out. Rows without an id (a
-    malformed object) are kept as they are; an event whose object has no id cannot be matched and is logged."""
-    newest: dict[str, tuple[str, Mapping]] = {}
-    newest_created, read, unmatched = None, 0, 0
+    newest: dict[str, tuple[Any, Any, Mapping]] = field(default_factory=dict)
+    """Per object id, its newest event's (`created`, `type`, `data.object`)."""
+    same_second: set[str] = field(default_factory=set)
+    """The ids with two or more events in their newest second: which of them is the object's last is unknown."""
+    newest_created: int | None = None
+    """The newest event's `created`: the next cursor."""
+    read: int = 0
+    unmatched: int = 0
+    """Events whose object has no id: they cannot be applied."""
+
+
+def _later(a: Any, b: Any) -> bool:
+    """Whether event time `a` is a later second than `b` (False when either is not a whole second)."""
+    return _is_int(a) and _is_int(b) and a > b
+
+
+def read_changes(events: Iterable[dict]) -> Changes:
+    """Each object's newest event among `events`, and the objects whose newest second holds several of theirs.
+
+    Newest is the greatest `created`, in whatever order the events come: another event of the object in the
+    same second as its newest so far (or one whose `created` is not a second) makes its newest version unknown."""
+    changes = Changes()
     for event in events:
-        read += 1
+        changes.read += 1
         created = event.get("created")
-        if _is_int(created) and (newest_created is None or created > newest_created):
-            newest_created = created
+        if _is_int(created) and (changes.newest_created is None or created > changes.newest_created):
+            changes.newest_created = created
         obj = _dig(event, "data", "object")
         oid = _dig(obj, "id")
+        known = changes.newest.get(oid)
         if oid is None:
-            unmatched += 1
-        elif oid not in newest:
-            newest[oid] = (event.get("type"), obj)
-    if unmatched:
-        log.warning("stripe: %s: %d events without an object id were not applied", table.name, unmatched)
+            changes.unmatched += 1
+        elif known is None or _later(created, known[0]):
+            changes.newest[oid] = (created, event.get("type"), obj)
+            changes.same_second.discard(oid)
+        elif not _later(known[0], created):
+            changes.same_second.add(oid)
+    return changes
+
+
+def apply_changes(snapshot: Rows, changes: Changes, reread: Mapping[str, Mapping | None], table: StripeTable) -> Rows:
+    """`snapshot` with each changed object's newest version: the object as read again when it was (`reread`;
+    None: gone), else its newest event's object, or no row after a removing event (`table.removing_events`).
+    Rows without an id (a malformed object) are kept as they are."""
     by_id = {row["id"]: row for row in snapshot if row["id"] is not None}
-    for oid, (event_type, obj) in newest.items():
-        if event_type in table.removing_events:
+    for oid, (_, event_type, obj) in changes.newest.items():
+        current = reread.get(oid, None if event_type in table.removing_events else obj)
+        if current is None:
             by_id.pop(oid, None)
         else:
-            by_id[oid] = table.to_row(obj)
-    return [row for row in snapshot if row["id"] is None] + list(by_id.values()), newest_created, read
+            by_id[oid] = table.to_row(current)
+    return [row for row in snapshot if row["id"] is None] + list(by_id.values())
 
 
 def cursor_expired(cursor: int, now: datetime) -> bool:
@@ -491,50 +606,90 @@ def cursor_expired(cursor: int, now: datetime) -> bool:
     return now - datetime.fromtimestamp(cursor, UTC) > CURSOR_MAX_AGE
 
 
-def _full_listing_reason(cursor: int | None, snapshot: Rows | None, now: datetime) -> str | None:
-    """Why this pull must list every object (None: the events since the cursor are enough)."""
+def _full_listing_reason(cursor: int | None, now: datetime) -> str | None:
+    """Why this pull must list every object whatever landed (None: the events since the cursor may do)."""
     if cursor is None:
         return "first pull (no events cursor)"
-    if snapshot is None:
-        return "no landed snapshot to apply the events to"
     if cursor_expired(cursor, now):
         at = datetime.fromtimestamp(cursor, UTC).isoformat()
         return f"the events cursor ({at}) is older than {CURSOR_MAX_AGE.days} days and Stripe keeps events 30 days"
     return None
 
 
-def _listed_rows(api: StripeApi, table: StripeTable) -> Iterator[Rows]:
-    """Every object of the table, a page of rows at a time; returns the events cursor to keep (the newest
-    event's time, read before the listing so that changes made during it are read next time)."""
-    cursor = api.newest_event_time(table.event_types)
+def _rereads_cost_more(changes: Changes, snapshot: Rows, page_size: int) -> str | None:
+    """Why listing the table takes fewer requests than reading the `same_second` objects again (None: it does not).
+    A listing takes a page per `page_size` objects (about as many as landed) and one request for its cursor."""
+    listing = max(1, math.ceil(len(snapshot) / page_size)) + 1
+    if len(changes.same_second) <= listing:
+        return None
+    return f"{len(changes.same_second)} changed objects to read again, more requests than listing the table ({listing})"
+
+
+def _merge_input(
+    api: StripeApi, table: StripeTable, cursor: int, landing: Path, recorded: Mapping | None
+) -> tuple[Rows, Changes] | str:
+    """The landed snapshot and the changes since `cursor` to apply to it, or why the table must be listed in full
+    (the landed files are no merge base, said as a warning, or re-reading would cost more than a listing)."""
+    snapshot, problem = landed_snapshot(landing, table.name, recorded)
+    if snapshot is None:
+        log.warning("stripe: %s: the landed snapshot is not what the last pull landed: %s", table.name, problem)
+        return "the landed snapshot is not what the last pull landed"
+    changes = read_changes(api.events_since(cursor, table.event_types))
+    return _rereads_cost_more(changes, snapshot, api.config.page_size) or (snapshot, changes)
+
+
+def _listed_rows(api: StripeApi, table: StripeTable) -> Generator[Rows, None, tuple[int | None, int]]:
+    """Every object of the table, a page of rows at a time; returns the events cursor to keep (the newest event's
+    time, read before the listing so that changes made during it are read next time) and the rows yielded."""
+    cursor, listed = api.newest_event_time(table.event_types), 0
     for page in api.list_all(table.path, table.list_params):
+        listed += len(page)
         yield [table.to_row(obj) for obj in page]
     if cursor is None:
         log.info("stripe: %s: Stripe kept no event of this table; the next pull lists everything again", table.name)
-    return cursor
+    return cursor, listed
 
 
-def _merged_rows(api: StripeApi, table: StripeTable, cursor: int, snapshot: Rows) -> Iterator[Rows]:
-    """The landed snapshot with the events since `cursor` applied (`merge_events`); returns the new cursor."""
-    rows, newest, read = merge_events(snapshot, api.events_since(cursor, table.event_types), table)
-    log.info("stripe: %s: %d events since %d applied to %d landed rows", table.name, read, cursor, len(snapshot))
+def _merged_rows(
+    api: StripeApi, table: StripeTable, cursor: int, snapshot: Rows, changes: Changes
+) -> Generator[Rows, None, tuple[int, int]]:
+    """The landed snapshot with the changes since `cursor` applied (`apply_changes`), the objects with several
+    events in their newest second read again first; returns the new cursor and the rows yielded."""
+    reread = {oid: api.retrieve(table.path, oid) for oid in sorted(changes.same_second)}
+    if changes.unmatched:
+        log.warning("stripe: %s: %d events without an object id were not applied", table.name, changes.unmatched)
+    rows = apply_changes(snapshot, changes, reread, table)
+    log.info(
+        "stripe: %s: %d events since %d applied to %d landed rows; %d changed objects re-read (several events in "
+        "their newest second)",
+        table.name,
+        changes.read,
+        cursor,
+        len(snapshot),
+        len(reread),
+    )
     yield rows
-    return cursor if newest is None else newest
+    return (cursor if changes.newest_created is None else changes.newest_created), len(rows)
 
 
 def table_rows(table: StripeTable, config: StripeConfig, landing: Path) -> Iterator[Rows]:
-    """The whole current snapshot of `table`, by a full listing or by the events since the cursor (module
-    docstring); moves the table's cursor in the source state once every row is yielded."""
+    """The whole current snapshot of `table`, by the events since its cursor applied to the landed snapshot or by
+    a full listing (module docstring). Once every row is yielded, notes in the source state the table's new
+    cursor and what this pull lands (its load id and row count: the next pull's check of its merge base)."""
     api = StripeApi(config, secret(config.api_key_env, SOURCE))
-    cursors = dlt.current.source_state().setdefault(STATE_KEY, {})
+    state = dlt.current.source_state()
+    cursors, landed = state.setdefault(STATE_KEY, {}), state.setdefault(LANDED_KEY, {})
     cursor = cursors.get(table.name)
-    snapshot = landed_snapshot(landing, table.name) if cursor is not None else None
-    reason = _full_listing_reason(cursor, snapshot, datetime.now(UTC))
-    if reason is None:
-        cursors[table.name] = yield from _merged_rows(api, table, cursor, snapshot)
+    merge = _full_listing_reason(cursor, datetime.now(UTC)) or _merge_input(
+        api, table, cursor, landing, landed.get(table.name)
+    )
+    if isinstance(merge, str):
+        log.info("stripe: %s: listing every object (%s)", table.name, merge)
+        pages = _listed_rows(api, table)
     else:
-        log.info("stripe: %s: listing every object (%s)", table.name, reason)
-        cursors[table.name] = yield from _listed_rows(api, table)
+        pages = _merged_rows(api, table, cursor, *merge)
+    cursors[table.name], rows = yield from pages
+    landed[table.name] = {"load_id": dlt.current.load_package_state()["load_id"], "rows": rows}
 
 
 @dlt.source(name=SOURCE)

@@ -7,12 +7,15 @@ through events, the rows a fresh full listing of the fake's objects gives."""
 from __future__ import annotations
 
 import logging
+import re
 import time
 import traceback
 from datetime import UTC, datetime
 from email.utils import formatdate
 from pathlib import Path
 
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from beton_pipeline.sources.connectors.common import ConnectorError, pull, source_dir
@@ -32,6 +35,7 @@ from tests.fakes.stripe_api import DAY, FakeStripe, customer, invoice, price, su
 TABLES = ("billing_customers", "billing_subscriptions", "billing_invoices")
 KEY_ENV = "BETON_STRIPE_API_KEY"
 LISTS = ("/v1/customers", "/v1/subscriptions", "/v1/invoices")
+LIST_OF = dict(zip(TABLES, LISTS, strict=True))
 
 
 def ts(seconds: int) -> datetime:
@@ -348,6 +352,185 @@ def test_a_refused_key_fails_at_once_without_the_key(fake, tmp_path, monkeypatch
         StripeApi(config(fake), wrong).newest_event_time(("customer.created",))
     assert direct.value.__cause__ is None and direct.value.__suppress_context__
     assert wrong not in full_text(direct.value)
+
+
+def test_objects_with_several_events_in_one_second_are_read_again(fake, now, tmp_path, caplog):
+    """Stripe orders events by `created` only (whole seconds): listed oldest first inside a second, the first
+    event seen per object is its oldest, so each object with two events in its newest second is read again."""
+    caplog.set_level(logging.INFO, logger="beton_pipeline.sources.connectors.stripe_billing")
+    fake.same_second_oldest_first = True
+    landing, warehouse = tmp_path / "landing", tmp_path / "w.duckdb"
+    pull(stripe_source(config(fake), landing), landing)
+    t = now - 600
+    # An invoice created and paid in one second; a subscription reactivated and canceled in one second.
+    fake.add("invoice", invoice("in_9", "cus_b", None, "open", 5000, t), at=t)
+    paid = {"status": "paid", "amount_paid": 5000, "status_transitions": {"paid_at": t}}
+    fake.update("invoice", "in_9", event_type="invoice.paid", at=t, **paid)
+    fake.update("subscription", "sub_e", at=t + 1, status="active")
+    canceled = {"status": "canceled", "canceled_at": t + 1, "ended_at": t + 1}
+    fake.update("subscription", "sub_e", event_type="customer.subscription.deleted", at=t + 1, **canceled)
+    # Created and deleted in one second: a customer (Stripe answers its deleted stub), a draft invoice (404).
+    fake.add("customer", customer("cus_h", "temp@wayne.com", t + 2), at=t + 2)
+    fake.delete_customer("cus_h", at=t + 2)
+    fake.add("invoice", invoice("in_10", "cus_a", None, "draft", 700, t + 3), at=t + 3)
+    fake.delete_invoice("in_10", at=t + 3)
+    # Two changes in two seconds: the newest event is known, applied as it is.
+    fake.update("customer", "cus_a", at=t + 4, email="ap@acme.io")
+    fake.update("customer", "cus_a", at=t + 5, email="finance@acme.io")
+    fake.fail_requests("/v1/invoices/in_9", 503, times=1)  # a re-read is retried like a page
+    seen = len(fake.requests)
+
+    pull(stripe_source(config(fake), landing), landing)
+    ingest(landing, warehouse)
+
+    paths = fake.paths()[seen:]
+    tables = warehouse_tables(warehouse)
+    invoices = {row[0]: row for row in tables["billing_invoices"]}
+    assert invoices["in_9"] == ("in_9", "cus_b", None, "paid", 5000, "usd", ts(t), ts(t))
+    assert "in_10" not in invoices
+    assert {row[0]: row[2] for row in tables["billing_subscriptions"]}["sub_e"] == "canceled"
+    customers = {row[0]: row[1] for row in tables["billing_customers"]}
+    assert "cus_h" not in customers and customers["cus_a"] == "finance@acme.io"
+    assert tables == fresh_listing(fake, tmp_path, "fresh")
+    assert sorted(p for p in paths if p != "/v1/events") == [
+        "/v1/customers/cus_h",
+        "/v1/invoices/in_10",
+        "/v1/invoices/in_9",
+        "/v1/invoices/in_9",
+        "/v1/subscriptions/sub_e",
+    ]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("GET /v1/invoices/in_9: HTTP 503; attempt 2" in m for m in messages)
+    for table, reread in (("billing_customers", 1), ("billing_subscriptions", 1), ("billing_invoices", 2)):
+        assert any(m.startswith(f"stripe: {table}: ") and f"; {reread} changed objects re-read" in m for m in messages)
+
+
+def test_more_objects_to_read_again_than_a_listing_costs_lists_the_table(fake, now, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="beton_pipeline.sources.connectors.stripe_billing")
+    fake.same_second_oldest_first = True
+    landing = tmp_path / "landing"
+    pull(stripe_source(config(fake), landing), landing)
+    for cid in ("cus_a", "cus_b", "cus_c", "cus_d", "cus_e"):
+        fake.update("customer", cid, at=now - 600, email=f"old@{cid}.io")
+        fake.update("customer", cid, at=now - 600, email=f"new@{cid}.io")
+    seen = len(fake.requests)
+
+    pull(stripe_source(config(fake), landing), landing)
+    ingest(landing, tmp_path / "w.duckdb")
+
+    paths = fake.paths()[seen:]
+    tables = warehouse_tables(tmp_path / "w.duckdb")
+    assert [row[1] for row in tables["billing_customers"]][:5] == [f"new@cus_{c}.io" for c in "abcde"]
+    assert tables == fresh_listing(fake, tmp_path, "fresh")
+    # 7 landed customers in pages of 3: a listing takes 3 pages and 1 request for its cursor, fewer than 5 re-reads.
+    assert [paths.count(p) for p in LISTS] == [3, 0, 0]
+    assert not [p for p in paths if p.count("/") == 3]
+    assert (
+        "stripe: billing_customers: listing every object (5 changed objects to read again, more requests than "
+        "listing the table (4))" in caplog.text
+    )
+
+
+def _deleted(files: list[Path], earlier: dict[str, bytes]) -> None:
+    for f in files:
+        f.unlink()
+
+
+def _truncated(files: list[Path], earlier: dict[str, bytes]) -> None:
+    files[0].write_bytes(files[0].read_bytes()[: files[0].stat().st_size // 2])
+
+
+def _row_removed(files: list[Path], earlier: dict[str, bytes]) -> None:
+    """sub_d (no event since) taken out of the file, which keeps its name."""
+    table = pq.read_table(files[0])
+    pq.write_table(table.filter(pc.field("id") != "sub_d"), files[0])
+
+
+def _earlier_load_restored(files: list[Path], earlier: dict[str, bytes]) -> None:
+    """The folder as the first pull left it (a landing folder restored from an older copy)."""
+    _deleted(files, earlier)
+    for name, data in earlier.items():
+        files[0].with_name(name).write_bytes(data)
+
+
+DAMAGED = {
+    "deleted, truncated, a row taken out": {
+        "billing_customers": (_deleted, "are missing from"),
+        "billing_invoices": (_truncated, "cannot be read (ArrowInvalid)"),
+        "billing_subscriptions": (_row_removed, "holds 5 rows, but the last pull landed 6"),
+    },
+    "an earlier load restored": {"billing_customers": (_earlier_load_restored, "the newest load in")},
+}
+
+
+@pytest.mark.parametrize("damaged", DAMAGED.values(), ids=DAMAGED.keys())
+def test_a_landed_snapshot_not_as_landed_means_a_full_listing_of_its_table(fake, now, tmp_path, caplog, damaged):
+    caplog.set_level(logging.INFO, logger="beton_pipeline.sources.connectors.stripe_billing")
+    landing = tmp_path / "landing"
+    folders = {table: source_dir("stripe", landing) / table for table in TABLES}
+    pull(stripe_source(config(fake), landing), landing)
+    earlier = {table: {f.name: f.read_bytes() for f in folder.glob("*.parquet")} for table, folder in folders.items()}
+    # Changes applied from the events by the second pull; cus_b's before the customers' next cursor (cus_c's).
+    fake.update("customer", "cus_b", at=now - DAY, email="ap@globex.com")
+    fake.update("customer", "cus_c", at=now - DAY + 60, email="ap@initech.com")
+    fake.update("subscription", "sub_f", at=now - DAY, status="past_due")
+    paid = {"status": "paid", "amount_paid": 9000, "status_transitions": {"paid_at": now - DAY}}
+    fake.update("invoice", "in_4", event_type="invoice.paid", at=now - DAY, **paid)
+    pull(stripe_source(config(fake), landing), landing)
+    for table, (damage, _) in damaged.items():
+        damage(sorted(folders[table].glob("*.parquet")), earlier[table])
+    fake.add("customer", customer("cus_h", "new@wayne.com", now - 600), at=now - 600)
+    fake.update("subscription", "sub_a", event_type="customer.subscription.deleted", at=now - 600, status="canceled")
+    fake.add("invoice", invoice("in_9", "cus_h", None, "open", 5000, now - 600), at=now - 600)
+    seen = len(fake.requests)
+
+    pull(stripe_source(config(fake), landing), landing)
+    ingest(landing, tmp_path / "w.duckdb")
+
+    paths = fake.paths()[seen:]
+    tables = warehouse_tables(tmp_path / "w.duckdb")
+    assert ("cus_b", "ap@globex.com") in [row[:2] for row in tables["billing_customers"]]
+    assert len(tables["billing_subscriptions"]) == 6
+    assert tables == fresh_listing(fake, tmp_path, "fresh")
+    assert {p for p in LISTS if p in paths} == {LIST_OF[table] for table in damaged}
+    warned = sorted(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert len(warned) == len(damaged)
+    for message, (table, (_, reason)) in zip(warned, sorted(damaged.items()), strict=True):
+        assert message.startswith(f"stripe: {table}: the landed snapshot is not what the last pull landed: ")
+        assert reason in message
+
+
+def test_a_list_that_ignores_starting_after_stops_with_an_error(fake, now, tmp_path):
+    landing = tmp_path / "landing"
+    pull(stripe_source(config(fake), landing), landing)
+    change_account(fake, now)  # 4 customer events since the cursor: 2 pages of 3
+    fake.ignore_starting_after = True
+    seen = len(fake.requests)
+
+    with pytest.raises(ConnectorError) as failed:
+        pull(stripe_source(config(fake), landing), landing)
+
+    assert re.search(
+        r"stripe: GET /v1/events does not page: page 2 \(starting_after=evt_\d+\) ends with evt_\d+, already "
+        r"returned; stopped after 2 pages and 3 distinct objects",
+        str(failed.value),
+    )
+    assert len(fake.requests) - seen <= 4  # 1 page of subscription events, 1 of invoice events, 2 of customer events
+    assert fake.api_key not in full_text(failed.value)
+
+    # A first pull's listing: the first list asked for a second page stops there.
+    fresh = tmp_path / "fresh"
+    seen = len(fake.requests)
+    with pytest.raises(ConnectorError) as failed:
+        pull(stripe_source(config(fake), fresh), fresh)
+    found = re.search(
+        r"stripe: GET (/v1/\w+) does not page: page 2 \(starting_after=\w+\) ends with \w+, already returned; "
+        r"stopped after 2 pages and 3 distinct objects",
+        str(failed.value),
+    )
+    assert found and found[1] in LISTS
+    assert fake.paths()[seen:].count(found[1]) == 2
+    assert len(fake.requests) - seen <= 9  # at most a cursor and 2 pages per table
 
 
 def test_retry_wait_reads_seconds_and_http_dates_and_caps_them():
