@@ -417,3 +417,16 @@ def test_the_ingest_assets_say_how_each_table_was_ingested(tmp_path):
     ]
     off = events_metadata("ingest: {incremental: false, max_quarantine_share: 1}\n")
     assert off["ingest_mode"].value == "full: ingest.incremental is off"
+
+
+def test_the_definitions_hold_every_ingest_asset_and_its_checks():
+    """The code location's definitions (not only this module's lists): each contract table's ingest asset with its
+    three checks and its `fresh` check. A module with a `dg.definitions` function contributes only what that
+    function returns, which once dropped the `fresh` checks silently."""
+    from beton_pipeline.definitions import defs
+
+    checks = defs.resolve_asset_graph().asset_check_keys
+    for spec in TABLES:
+        key = dg.AssetKey(f"raw_{spec.name}")
+        names = {c.name for c in checks if c.asset_key == key}
+        assert names == {"rows_accounted_for", "has_rows", "quarantined_share", "fresh"}, (spec.name, names)

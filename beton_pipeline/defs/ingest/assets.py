@@ -271,5 +271,8 @@ freshness_checks = [build_freshness_check(spec) for spec in TABLES]
 
 @dg.definitions
 def ingest_definitions() -> dg.Definitions:
-    """The ingest assets, each after its connector's pull where `sources.<name>.enabled` says one lands it."""
-    return dg.Definitions(assets=build_ingest_assets(load_settings().sources.pulled_tables()))
+    """The ingest assets, each after its connector's pull where `sources.<name>.enabled` says one lands it, and
+    the `fresh` checks (a module with a `dg.definitions` function contributes only what that function returns)."""
+    return dg.Definitions(
+        assets=build_ingest_assets(load_settings().sources.pulled_tables()), asset_checks=freshness_checks
+    )
