@@ -126,7 +126,8 @@ def source_dir(source: str, landing: Path) -> Path:
 
 
 def pull(dlt_source, landing: Path, *, full_refresh: bool = False):
-    """Run `dlt_source` into the landing directory (the path used outside Dagster: tests, `beton pull`).
+    """Run `dlt_source` into the landing directory outside Dagster (the tests and `make bench-connectors`; the pull
+    assets run through dagster-dlt, which drops dlt's local state first and restores it from the landing).
 
     `full_refresh` drops the source's state and tables first, so every resource is pulled from the start."""
     pipeline = landing_pipeline(dlt_source.name, landing)
