@@ -479,46 +479,11 @@ class Settings(_Strict):
         return parse_playbook_config(self.playbooks, self.experiments, self.destinations)
 
     def connector_config(self, name: str):
-        """The config of connector `name` (`sources.<name>` in beton.yaml), for its dlt source."""
-        common = getattr(self.sources, name)
-        timing = {
-            "timeout_seconds": common.timeout_seconds,
-            "max_attempts": common.max_attempts,
-            "max_wait_seconds": common.max_wait_seconds,
-        }
-        if name == "posthog":
-            from beton_pipeline.sources.connectors.posthog import PostHogConfig
+        """The config of connector `name` (`sources.<name>` in beton.yaml, every setting but `enabled`, whose names
+        the config's fields share), for its dlt source."""
+        from beton_pipeline.sources.connectors.registry import config_class
 
-            ph = self.sources.posthog
-            return PostHogConfig(
-                host=ph.host,
-                project_id=ph.project_id,
-                page_size=ph.page_size,
-                overlap_minutes=ph.overlap_minutes,
-                start=ph.start,
-                max_pages=ph.max_pages,
-                **timing,
-            )
-        if name == "attio":
-            from beton_pipeline.sources.connectors.attio import AttioConfig
-
-            at = self.sources.attio
-            return AttioConfig(
-                api_base=at.api_base,
-                page_size=at.page_size,
-                deal_history=at.deal_history,
-                max_history_calls=at.max_history_calls,
-                won_stages=at.won_stages,
-                lost_stages=at.lost_stages,
-                **timing,
-            )
-        if name == "stripe":
-            from beton_pipeline.sources.connectors.stripe_billing import StripeConfig
-
-            return StripeConfig(
-                api_base=self.sources.stripe.api_base, page_size=self.sources.stripe.page_size, **timing
-            )
-        raise ValueError(f"unknown connector {name!r}")
+        return config_class(name)(**getattr(self.sources, name).model_dump(exclude={"enabled"}))
 
     def dbt_vars(self) -> dict:
         """The subset of settings the dbt models read (`--vars`)."""

@@ -176,6 +176,9 @@ def test_connectors_are_settings_and_a_run_pulling_them_is_not_on_demo_data(clea
         "billing_invoices": "stripe",
     }
     assert settings.sources.landing() == (root / "data" / "pulled").resolve()
+    attio = settings.connector_config("attio")  # every setting reaches the connector's config, by the same name
+    assert (type(attio).__name__, attio.page_size, attio.api_base) == ("AttioConfig", 50, "https://api.attio.com")
+    assert settings.connector_config("stripe").page_size == 100
     (root / "beton.yaml").write_text("sources: {landing_dir: elsewhere/pulled, posthog: {enabled: false}}\n")
     assert on_demo_data() and load_settings().sources.landing() == (root / "elsewhere" / "pulled").resolve()
     for text, message in (

@@ -18,6 +18,7 @@ from packaging import version
 
 from beton_pipeline import settings as beton_settings
 from beton_pipeline.dbt_project import beton_dbt_project, dbt_executable, venv_dbt
+from beton_pipeline.sources.connectors.common import source_dir as connector_dir
 from beton_pipeline.warehouse import WarehouseLockedError, connect
 
 WAREHOUSE_POOL = "duckdb_warehouse"
@@ -76,7 +77,7 @@ class SourceResource(dg.ConfigurableResource):
     def resolve(self, settings: beton_settings.Settings, table: str | None = None, log=None) -> Path:
         pulled = settings.sources.pulled_tables()
         if table in pulled:
-            return settings.sources.landing() / pulled[table]
+            return connector_dir(pulled[table], settings.sources.landing())
         explicit = Path(self.source_dir).resolve() if self.source_dir else beton_settings.source_dir()
         if explicit is not None:
             if not explicit.is_dir():

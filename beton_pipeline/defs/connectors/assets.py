@@ -3,8 +3,8 @@ dagster-dlt from the connector's dlt source. Each lands its table under the land
 asset (`raw_<table>`) depends on it and reads the landed files with the same validation and quarantine as an
 exported file (README, "Connectors").
 
-Only enabled connectors (`sources.<name>.enabled` in beton.yaml) are defined, so a project without connectors
-never imports dlt. The dlt source and pipeline are built again from the settings when the step runs, so a
+Only enabled connectors (`sources.<name>.enabled` in beton.yaml) are defined; a project without connectors builds
+no dlt source or pipeline. The dlt source and pipeline are built again from the settings when the step runs, so a
 changed setting applies without reloading the code location. Run config `full_refresh: true` drops the
 source's cursors and pulls everything again.
 """

@@ -30,7 +30,7 @@ class ConnectionCheck:
     detail: str
 
 
-def _get(
+def _request(
     url: str, key: str, timeout: float, params: dict | None = None, json_body: dict | None = None
 ) -> tuple[int | None, dict, str]:
     """(status, JSON body or {}, error) of one GET (or POST of `json_body`) with a bearer key; never raises for HTTP
@@ -69,7 +69,7 @@ def check_connection(name: str, config) -> ConnectionCheck:
 
         url = f"{config.host}{config.query_path}"
         now = datetime.now(UTC)
-        status, answer, error = _get(
+        status, answer, error = _request(
             url, key, timeout, json_body=query_body(replace(config, page_size=1), now, now, None)
         )
         if status == 200 and isinstance(answer.get("results"), list):
@@ -79,7 +79,7 @@ def check_connection(name: str, config) -> ConnectionCheck:
         return _refused(name, config.api_key_env, status, error, url)
     if name == "attio":
         url = f"{config.api_base}/v2/self"
-        status, body, error = _get(url, key, timeout)
+        status, body, error = _request(url, key, timeout)
         if status == 200 and body.get("active"):
             missing = [s for s in ATTIO_READ_SCOPES if s not in str(body.get("scope", "")).split()]
             workspace = body.get("workspace_name") or body.get("workspace_id") or "?"
@@ -92,7 +92,7 @@ def check_connection(name: str, config) -> ConnectionCheck:
     if name == "stripe":  # every list the pull reads (a restricted key may read some and not others)
         for resource in STRIPE_LISTS:
             url = f"{config.api_base}/v1/{resource}"
-            status, _, error = _get(url, key, timeout, params={"limit": 1})
+            status, _, error = _request(url, key, timeout, params={"limit": 1})
             if status != 200:
                 return _refused(name, config.api_key_env, status, error, url)
         mode = "live" if key.startswith(("sk_live", "rk_live")) else "test"

@@ -21,7 +21,6 @@ import json
 import os
 from collections.abc import Mapping
 from datetime import date, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +70,7 @@ def as_text(value: Any) -> str | None:
         return value.isoformat()
     if isinstance(value, (Mapping, list, tuple)):
         return json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
-    if isinstance(value, (int, float, Decimal)):
-        return str(value)
-    return str(value)
+    return str(value)  # numbers (int, float, Decimal) and anything else as Python writes them
 
 
 def contract_row(table: str, values: Mapping[str, Any]) -> dict[str, str | None]:

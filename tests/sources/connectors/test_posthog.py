@@ -328,3 +328,19 @@ def test_a_pull_stops_after_max_pages_commits_and_the_next_continues(tmp_path, c
         pull(posthog_source(_config(fake, max_pages=2, overlap_minutes=0)), tmp_path)
         _, rows = _ingest(tmp_path)
     assert rows == _expected(events)
+
+
+def test_dlts_working_folder_can_be_deleted_the_cursor_comes_back_from_the_landing(tmp_path):
+    """RUNBOOK: `.dlt/` under the landing folder is safe to delete; the next pull restores its cursor from what
+    was landed and asks only from the cursor minus the overlap, not from `start`."""
+    import shutil
+
+    events = _history(23)
+    with FakePostHog(KEY, PROJECT, events) as fake:
+        pull(posthog_source(_config(fake)), tmp_path)
+        shutil.rmtree(tmp_path / ".dlt")
+        asked = len(fake.queries)
+        pull(posthog_source(_config(fake)), tmp_path)
+        assert fake.queries[asked].values["window_start"] != "2025-01-01T00:00:00+00:00"
+        _, rows = _ingest(tmp_path)
+    assert rows == _expected(events)
