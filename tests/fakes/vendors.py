@@ -14,6 +14,7 @@ run loads (bad rows are the connector tests' business), typed. Then:
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -59,12 +60,21 @@ def read_export(source: Path, scratch: Path) -> dict[str, list[dict]]:
         return {spec.name: _rows(con, spec.name) for spec in TABLES}
 
 
+def posthog_uuid(event_id: str) -> str:
+    """The id an event has in PostHog, whose `uuid` column holds UUIDs only: the export's id when it is one, else a
+    UUID made from it (an export re-encoded from elsewhere may number its events `evt-00000001`)."""
+    try:
+        return str(uuid.UUID(event_id))
+    except ValueError:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, event_id))
+
+
 def serve_posthog(fake: FakePostHog, rows: list[dict]) -> int:
-    """Events into the PostHog fake; the number added."""
+    """Events into the PostHog fake (ids as `posthog_uuid`); the number added."""
     fake.add(
         [
             {
-                "uuid": r["uuid"],
+                "uuid": posthog_uuid(r["uuid"]),
                 "event": r["event"],
                 "timestamp": r["timestamp"].replace(tzinfo=UTC).isoformat().replace("+00:00", "Z"),
                 "distinct_id": r["distinct_id"],
