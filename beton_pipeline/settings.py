@@ -276,6 +276,37 @@ class PostHogSourceSettings(_ConnectorSettings):
     timeout_seconds: float = Field(60.0, gt=0, description="Seconds one query may take before it is retried.")
     max_pages: int = Field(500, ge=1, description="Pages one pull reads at most; a longer history takes several pulls.")
 
+    class BatchExport(_Strict):
+        """A PostHog batch export (S3 destination, events model) read instead of the query API."""
+
+        bucket: str = Field(
+            ..., pattern=r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$", description="The export's bucket (3 to 63 characters)."
+        )
+        prefix: str = Field("", description="The export's key prefix up to its first {variable}, e.g. posthog/events/.")
+        endpoint_url: str | None = Field(
+            None, description="An S3-compatible store's endpoint (R2, MinIO, GCS); None: AWS."
+        )
+        region: str = Field("us-east-1", description="The bucket's region (R2: auto).")
+        max_objects: int = Field(200, ge=1, description="Objects one pull reads at most, oldest first.")
+        format: Literal["auto", "parquet", "jsonl"] = Field("auto", description="Which objects are read (auto: both).")
+        top_up: bool = Field(False, description="Then query PostHog for the events after the newest exported one.")
+
+        _url = field_validator("endpoint_url")(lambda value: value if value is None else _http_url(value))
+
+        @field_validator("prefix")
+        @classmethod
+        def _plain_prefix(cls, value: str) -> str:
+            """The listed prefix is fixed text: no leading slash (S3 keys have none), no {variable} of PostHog's."""
+            if value.startswith("/"):
+                raise ValueError(f"prefix {value!r} starts with '/': S3 keys do not, write it without")
+            if "{" in value:
+                raise ValueError(
+                    f"prefix {value!r} holds a {{variable}}: give the part of the export's key prefix before the first one"
+                )
+            return value
+
+    batch_export: BatchExport | None = Field(None, description="Read the events from a batch export on S3 (None: no).")
+
     _url = field_validator("host")(_http_url)
 
     @field_validator("start", mode="before")
@@ -315,8 +346,13 @@ class SourcesSettings(_Strict):
 
     @model_validator(mode="after")
     def _posthog_project(self) -> SourcesSettings:
-        if self.posthog.enabled and not self.posthog.project_id.strip():
-            raise ValueError("posthog.project_id is required when the PostHog connector is enabled")
+        export = self.posthog.batch_export
+        queries = export is None or export.top_up  # a batch export alone never asks PostHog's query API
+        if self.posthog.enabled and queries and not self.posthog.project_id.strip():
+            raise ValueError(
+                "posthog.project_id is required when the PostHog connector queries PostHog "
+                "(no batch_export, or batch_export.top_up: true)"
+            )
         return self
 
     @property
@@ -483,7 +519,12 @@ class Settings(_Strict):
         the config's fields share), for its dlt source."""
         from beton_pipeline.sources.connectors.registry import config_class
 
-        return config_class(name)(**getattr(self.sources, name).model_dump(exclude={"enabled"}))
+        values = getattr(self.sources, name).model_dump(exclude={"enabled"})
+        if name == "posthog" and values["batch_export"] is not None:  # the one nested section: its own dataclass
+            from beton_pipeline.sources.connectors.posthog import BatchExportConfig
+
+            values["batch_export"] = BatchExportConfig(**values["batch_export"])
+        return config_class(name)(**values)
 
     def dbt_vars(self) -> dict:
         """The subset of settings the dbt models read (`--vars`)."""
@@ -597,3 +638,4 @@ def source_dir() -> Path | None:
 def demo_dir() -> Path:
     """Where the embedded demo source directory is generated."""
     return (PROJECT_ROOT / "data" / "demo").resolve()
+

@@ -179,10 +179,16 @@ def test_connectors_are_settings_and_a_run_pulling_them_is_not_on_demo_data(clea
     attio = settings.connector_config("attio")  # every setting reaches the connector's config, by the same name
     assert (type(attio).__name__, attio.page_size, attio.api_base) == ("AttioConfig", 50, "https://api.attio.com")
     assert settings.connector_config("stripe").page_size == 100
+    (root / "beton.yaml").write_text("sources: {posthog: {enabled: true, batch_export: {bucket: acme-export}}}\n")
+    export = load_settings().connector_config("posthog")  # a batch export alone queries nothing: no project id
+    assert (type(export.batch_export).__name__, export.batch_export.bucket) == ("BatchExportConfig", "acme-export")
     (root / "beton.yaml").write_text("sources: {landing_dir: elsewhere/pulled, posthog: {enabled: false}}\n")
     assert on_demo_data() and load_settings().sources.landing() == (root / "elsewhere" / "pulled").resolve()
     for text, message in (
         ("sources: {posthog: {enabled: true}}", "posthog.project_id is required"),
+        ("sources: {posthog: {enabled: true, batch_export: {bucket: b-1, top_up: true}}}", "project_id is required"),
+        ("sources: {posthog: {batch_export: {bucket: B}}}", r"batch_export\.bucket: String should match"),
+        ("sources: {posthog: {batch_export: {bucket: abc, prefix: 'x/{year}/'}}}", r"holds a \{variable\}"),
         ("sources: {stripe: {api_base: 'ftp://x'}}", r"sources\.stripe\.api_base: .*not an http\(s\) URL"),
         ("sources: {stripe: {page_size: 500}}", r"sources\.stripe\.page_size: Input should be less than or equal"),
         ("sources: {hubspot: {enabled: true}}", r"sources\.hubspot: Extra inputs are not permitted"),

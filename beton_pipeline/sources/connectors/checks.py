@@ -2,7 +2,9 @@
 
 Each check makes one request (no retries: it answers now, or says why not) with the connector's key from its
 environment variable, and reports what the vendor said: the project or workspace the key opens, or why it was
-refused. The key never appears in what is reported.
+refused. The key never appears in what is reported. A PostHog batch export is checked on its bucket (one page of
+the prefix listed, the newest export object's HEAD: `posthog_batch.describe_bucket`), and through the query API
+as well only when it is topped up from it.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ def _refused(source: str, env_var: str, status: int | None, error: str, url: str
 
 def check_connection(name: str, config) -> ConnectionCheck:
     """Whether connector `name` can pull with `config` (`Settings.connector_config(name)`) and its key."""
+    if name == "posthog" and config.batch_export is not None:
+        return _check_posthog_export(config)
     key = os.environ.get(config.api_key_env, "").strip()
     if not key:
         return ConnectionCheck(name, False, f"{config.api_key_env} is not set (export it with the {name} key)")
@@ -98,3 +102,14 @@ def check_connection(name: str, config) -> ConnectionCheck:
         mode = "live" if key.startswith(("sk_live", "rk_live")) else "test"
         return ConnectionCheck(name, True, f"{mode}-mode key reads {', '.join(STRIPE_LISTS)} at {config.api_base}")
     raise ValueError(f"unknown connector {name!r}")
+
+
+def _check_posthog_export(config) -> ConnectionCheck:
+    """The batch export's bucket; with `top_up`, the query API too (both must answer)."""
+    from beton_pipeline.sources.connectors.posthog_batch import describe_bucket
+
+    ok, detail = describe_bucket(config, timeout=min(config.timeout_seconds, 30.0))
+    if not config.batch_export.top_up:
+        return ConnectionCheck("posthog", ok, detail)
+    query = check_connection("posthog", replace(config, batch_export=None))
+    return ConnectionCheck("posthog", ok and query.ok, f"{detail}; {query.detail}")

@@ -45,13 +45,19 @@ the cursor, to catch events that reach PostHog late (ingestion lag, clients send
 re-read rows land again and the ingest drops them as exact duplicates (a changed one as a repeated `uuid`,
 first wins). An event later than that overlap is missed by the incremental pull (a `full_refresh` pull reads
 everything again). The first pull starts at `start` (default: `DEFAULT_LOOKBACK_DAYS` before now).
+
+Every event becomes a contract row through one function, `event_row`, whichever way it was read (this query, or a
+batch export's object: `posthog_batch`, used instead of the query when `batch_export` is set): its timestamp as
+ISO in UTC when it parses (PostHog answers in the project's time zone, an export in UTC), so that one event read
+both ways lands as the same text, an exact duplicate the ingest drops.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -62,6 +68,7 @@ from dlt.sources.helpers.requests import Client, RequestException, Response
 
 from beton_pipeline.sources.connectors.common import (
     ConnectorError,
+    as_text,
     contract_row,
     contract_table,
     secret,
@@ -94,6 +101,27 @@ AFTER_BOUND = (
     " OR (timestamp = toDateTime({after_timestamp}) AND uuid > toUUID({after_uuid})))"
 )
 ORDER = " ORDER BY timestamp, uuid"
+JSON_COLUMNS = ("properties", "person_properties")
+
+
+@dataclass(frozen=True)
+class BatchExportConfig:
+    """Where a PostHog batch export (S3 destination, events model) writes (`sources.posthog.batch_export`).
+
+    `bucket` and `prefix` (the fixed part of the export's key prefix, before its first `{…}` variable) say what is
+    listed; `endpoint_url` None is AWS S3 in `region`, else an S3-compatible store (R2, MinIO, GCS, …). One pull
+    reads at most `max_objects` objects, oldest first. `format` is `auto` (Parquet and JSON lines, told apart by
+    the key's extension), `parquet` or `jsonl` (objects of the other format under the prefix are left alone).
+    `top_up`: after the export, query PostHog (HogQL, as without a batch export) for the events after the newest
+    exported one, the hours the export has not written yet. See `posthog_batch`."""
+
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    max_objects: int = 200
+    format: str = "auto"
+    top_up: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,7 +136,8 @@ class PostHogConfig:
     of `backoff_factor` × 2^n seconds, each at most `max_wait_seconds`, also when `Retry-After` asks for more)
     applies to 429, 5xx, timeouts and dropped connections. `excluded_events` are event names not pulled.
     `max_pages` bounds one pull (500 pages of 10,000: 5M events, about 13 minutes of PostHog's hourly query
-    budget): a longer history is pulled over several pulls, each committing what it landed."""
+    budget): a longer history is pulled over several pulls, each committing what it landed. `batch_export`: read
+    the events from a PostHog batch export on S3 instead (`BatchExportConfig`; None: the query alone)."""
 
     host: str = "https://us.posthog.com"
     project_id: str = ""
@@ -122,6 +151,7 @@ class PostHogConfig:
     max_wait_seconds: float = 60.0
     excluded_events: tuple[str, ...] = ()
     max_pages: int = 500
+    batch_export: BatchExportConfig | None = None
 
     @property
     def query_limit(self) -> int:
@@ -136,21 +166,29 @@ class PostHogConfig:
 
 @dlt.source(name=SOURCE)
 def posthog_source(config: PostHogConfig):
-    """The PostHog source: one resource, `events`, appended on every pull (see the module docstring)."""
+    """The PostHog source: one resource, `events`, appended on every pull (see the module docstring), read from the
+    batch export when one is configured (`posthog_batch`), else through the query API."""
 
     @dlt.resource(name=TABLE, write_disposition="append", columns=text_columns(TABLE))
     def events() -> Iterator[pa.Table]:
-        yield from pull_events(config, dlt.current.resource_state())
+        state = dlt.current.resource_state()
+        if config.batch_export is None:
+            yield from pull_events(config, state)
+        else:
+            from beton_pipeline.sources.connectors.posthog_batch import pull_batch_export  # boto3 only when used
+
+            yield from pull_batch_export(config, state)
 
     return events
 
 
-def pull_events(config: PostHogConfig, state: dict[str, Any]) -> Iterator[pa.Table]:
-    """The events after the window start (cursor − overlap, or `start`), one Arrow table of contract rows per page.
+def pull_events(config: PostHogConfig, state: dict[str, Any], not_before: datetime | None = None) -> Iterator[pa.Table]:
+    """The events after the window start (cursor − overlap, or `start`; never before `not_before` when given), one
+    Arrow table of contract rows per page.
 
     `state` is the resource state: its `cursor` is the (timestamp, uuid) of the last readable row landed, the
     newest one (unless PostHog deleted newer events since, e.g. a person's data erased: the cursor then moves
-    back, which only re-reads more). Every row lands as PostHog answered it, readable or not."""
+    back, which only re-reads more). Every row lands as PostHog answered it (`event_row`), readable or not."""
     if not config.project_id.strip():
         raise ConnectorError(
             "the posthog connector is enabled but sources.posthog.project_id is empty: set it in beton.yaml to the "
@@ -162,12 +200,14 @@ def pull_events(config: PostHogConfig, state: dict[str, Any]) -> Iterator[pa.Tab
     client = _client(config)
     now = datetime.now(UTC)
     window_start = _window_start(config, state.get("cursor"), now)
+    if not_before is not None:
+        window_start = max(window_start, not_before)
     limit = config.query_limit
     after: tuple[str, str] | None = None
     for page in range(1, config.max_pages + 1):
         rows = read_answer(_post_query(client, config, key, query_body(config, window_start, now, after)))
         if rows:
-            yield contract_table(TABLE, [contract_row(TABLE, row) for row in rows])
+            yield events_table(rows)
         bound = last_bound(rows)
         if bound is not None:
             state["cursor"] = {"timestamp": bound[0], "uuid": bound[1]}
@@ -220,6 +260,34 @@ def read_answer(answer: Mapping[str, Any]) -> list[dict[str, Any]]:
     if missing:
         raise ConnectorError(f"posthog: the query API's answer has no column {missing} (its columns: {columns}).")
     return [dict(zip(columns, row, strict=False)) for row in results]
+
+
+def event_row(values: Mapping[str, Any]) -> dict[str, str | None]:
+    """One PostHog event (a query answer's row or a batch export's record, by column name) as a contract `events`
+    row of text: the timestamp as ISO in UTC when it is a time (a datetime, or ISO text with any offset; other
+    text lands as it came, for the ingest to quarantine); `properties` and `person_properties` given as objects
+    (a JSON lines export) as compact JSON in their own key order, the text PostHog stores; the rest `as_text`."""
+    row = contract_row(TABLE, values)
+    moment = _utc(values.get("timestamp"))
+    if moment is not None:
+        row["timestamp"] = moment.isoformat()
+    for name in JSON_COLUMNS:
+        value = values.get(name)
+        if isinstance(value, (Mapping, list)):
+            row[name] = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=as_text)
+    return row
+
+
+def events_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """PostHog events (`event_row`) as one Arrow table of the contract's events columns, all text."""
+    return contract_table(TABLE, [event_row(row) for row in rows])
+
+
+def _utc(value: Any) -> datetime | None:
+    """A datetime (no zone = UTC) or ISO text as an aware UTC datetime; None for anything else."""
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+    return parse_time(value)
 
 
 def last_bound(rows: list[dict[str, Any]]) -> tuple[str, str] | None:

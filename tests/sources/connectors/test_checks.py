@@ -120,3 +120,52 @@ def test_a_key_with_a_line_break_is_refused_before_any_request(monkeypatch):
     assert "SECRET" not in str(raised.value)
     monkeypatch.setenv("BETON_STRIPE_API_KEY", "  sk_test_ok  ")
     assert secret("BETON_STRIPE_API_KEY", "stripe") == "sk_test_ok"
+
+
+def test_a_posthog_batch_export_is_checked_on_its_bucket(monkeypatch):
+    """One page of the prefix listed and the newest object's HEAD: how many export objects, the newest's time; a
+    missing bucket or a refused key pair said without the keys; the query API asked only when topped up."""
+    from datetime import UTC, datetime, timedelta
+
+    from beton_pipeline.sources.connectors.posthog_batch import ACCESS_KEY_ENV, SECRET_KEY_ENV
+    from tests.fakes.s3 import FakeS3, export_event
+
+    start = datetime(2025, 3, 1, 10, tzinfo=UTC)
+    with FakeS3() as s3, FakePostHog(KEYS["BETON_POSTHOG_API_KEY"], "4242") as posthog:
+        keys = [s3.put_export([export_event(h, start)], start, start + timedelta(hours=h + 1)) for h in range(3)]
+        newest = s3.client().head_object(Bucket=s3.bucket, Key=keys[-1])["LastModified"]
+        monkeypatch.setenv(ACCESS_KEY_ENV, s3.access_key)
+        monkeypatch.setenv(SECRET_KEY_ENV, s3.secret_key)
+        monkeypatch.delenv("BETON_POSTHOG_API_KEY", raising=False)
+
+        def check(**export):
+            export = {"bucket": s3.bucket, "prefix": "posthog/events/", "endpoint_url": s3.url, **export}
+            settings = Settings.model_validate(
+                {
+                    "sources": {
+                        "posthog": {"enabled": True, "host": posthog.url, "project_id": "4242", "batch_export": export}
+                    }
+                }
+            )
+            return _check(settings, "posthog")
+
+        ok = check()
+        assert ok.ok and ok.detail.startswith(
+            f"s3://{s3.bucket}/posthog/events/ at {s3.url}: 3 export objects, newest written "
+            f"{newest.astimezone(UTC).isoformat()} ("
+        )
+        assert ok.detail.endswith(f"({keys[-1].rsplit('/', 1)[-1]}), readable")
+        assert posthog.requests == []  # no top-up: no API key needed, PostHog not asked
+        missing = check(bucket="no-such-bucket")
+        assert not missing.ok and missing.detail.startswith("posthog batch export: there is no bucket 'no-such-bucket'")
+        topped = check(top_up=True)
+        assert not topped.ok and topped.detail.endswith(
+            "; BETON_POSTHOG_API_KEY is not set (export it with the posthog key)"
+        )
+
+        key_id, _ = s3.require_credentials()
+        monkeypatch.setenv(ACCESS_KEY_ENV, key_id)
+        monkeypatch.setenv(SECRET_KEY_ENV, "SECRET_wrong_s3_key")
+        refused = check()
+        assert not refused.ok and "(SignatureDoesNotMatch, HTTP 403) listing the prefix (one page)" in refused.detail
+        assert "SECRET_wrong" not in refused.detail and key_id not in refused.detail
