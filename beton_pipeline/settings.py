@@ -639,3 +639,99 @@ def demo_dir() -> Path:
     """Where the embedded demo source directory is generated."""
     return (PROJECT_ROOT / "data" / "demo").resolve()
 
+
+# ------------------------------------------------------------------------------------------------
+# Writing settings back (a command that records what it set up, e.g. `beton destinations attio fields --apply`)
+# ------------------------------------------------------------------------------------------------
+ROUND_TRIP_INDENTS = ((2, 4, 2), (2, 2, 0), (4, 4, 2), (4, 6, 4))
+"""(mapping, sequence, offset) indents tried, in order, to rewrite a settings file as its author wrote it."""
+
+
+def _round_trip_yaml(text: str):
+    """A ruamel round-trip YAML for `text` and its data: the first indent style in ROUND_TRIP_INDENTS that
+    reproduces `text` unchanged (else the first), nulls written as `null`, lines never folded."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.representer import RoundTripRepresenter
+
+    class Representer(RoundTripRepresenter):  # a subclass: ruamel's add_representer would change every YAML()
+        pass
+
+    Representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+
+    def make(indent):
+        yaml = YAML()
+        yaml.Representer = Representer
+        yaml.preserve_quotes = True
+        yaml.width = 4096
+        yaml.indent(mapping=indent[0], sequence=indent[1], offset=indent[2])
+        return yaml
+
+    for indent in ROUND_TRIP_INDENTS:
+        yaml = make(indent)
+        data = yaml.load(text)
+        if _dump(yaml, data) == text:
+            return yaml, data
+    yaml = make(ROUND_TRIP_INDENTS[0])
+    return yaml, yaml.load(text)
+
+
+def _dump(yaml, data) -> str:
+    import io
+
+    buffer = io.StringIO()
+    yaml.dump(data, buffer)
+    return buffer.getvalue()
+
+
+def with_attio_mapping(text: str, object_slug: str, fields: dict[str, str], keep_fields: bool) -> str:
+    """`text` (a settings file) with `destinations.attio` set to `object_slug` and `fields` (field → slug),
+    everything else, comments and order included, as it was. `keep_fields`: fields already mapped and not in
+    `fields` stay (else the section's fields are replaced)."""
+    from ruamel.yaml.comments import CommentedMap
+
+    yaml, data = _round_trip_yaml(text)
+    if data is None:
+        data = CommentedMap()
+    section = data.get("destinations")
+    if not isinstance(section, dict):
+        data["destinations"] = section = CommentedMap()
+    attio = section.get("attio")
+    if not isinstance(attio, dict):
+        section["attio"] = attio = CommentedMap()
+    attio["object"] = object_slug
+    mapped = attio.get("fields")
+    if not (keep_fields and isinstance(mapped, dict)):
+        attio["fields"] = mapped = CommentedMap()
+    for field, slug in fields.items():
+        mapped[field] = slug
+    return _dump(yaml, data)
+
+
+def write_settings_file(path: Path, text: str) -> None:
+    """Replace `path` with `text` atomically, only if `load_settings` accepts it (keeping the file's mode);
+    SettingsError (the file unchanged) otherwise."""
+    import shutil
+
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        if path.exists():
+            shutil.copymode(path, temporary)
+        try:
+            load_settings(temporary)
+        except SettingsError as exc:
+            raise SettingsError(
+                f"{path} was not changed: with the change it would not load:\n"
+                f"{str(exc).replace(str(temporary), str(path))}\nFix that and run the command again."
+            ) from None
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot be written: {exc.strerror or exc}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def record_attio_mapping(path: Path, object_slug: str, fields: dict[str, str], keep_fields: bool) -> None:
+    """Record `destinations.attio` (`with_attio_mapping`) in the settings file `path` (`write_settings_file`)."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    write_settings_file(path, with_attio_mapping(text, object_slug, fields, keep_fields))

@@ -45,6 +45,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from beton_pipeline.core.crm_fields import CRM_FIELDS, FIELDS_BY_NAME
 from beton_pipeline.core.formatting import fmt
 
 HEALTH_STATES = ("healthy", "degrading", "broken", "insufficient_data")
@@ -63,6 +64,7 @@ ACCOUNT_TEMPLATE_FIELDS = (
     "score_rank",
     "signals",
     "signal_ids",
+    "why",
     "playbook",
     "day",
     "crm_url",
@@ -199,18 +201,37 @@ class SlackAction(_Strict):
         return f"slack:{self.channel}"
 
 
+CrmFieldName = Literal["score", "rank", "top_signals", "why"]
+
+
 class AttioAction(_Strict):
-    """Set an attribute on the account's Attio record (CRM companies only: the account id is the record id)."""
+    """Set an attribute on the account's Attio record (CRM companies only: the account id is the record id).
+
+    Either ``attribute`` (a slug or id) with ``value`` and ``value_type``, or ``field`` (one of
+    ``core.crm_fields.CRM_FIELDS``): the attribute ``destinations.attio.fields`` maps it to, written with the
+    field's own value and type (``beton destinations attio fields --apply`` records the mapping).
+    """
 
     type: Literal["attio"]
     object: str = "companies"
-    attribute: str = Field(min_length=1, description="attribute slug or id, e.g. beton_score")
+    attribute: str | None = Field(None, min_length=1, description="attribute slug or id, e.g. beton_score")
+    field: CrmFieldName | None = Field(None, description="a mapped field: score, rank, top_signals or why")
     value: str = "$score_raw"
     value_type: Literal["text", "number"] = "number"
 
+    @model_validator(mode="after")
+    def _one_target(self) -> AttioAction:
+        if (self.attribute is None) == (self.field is None):
+            raise ValueError("give exactly one of attribute: SLUG or field: score|rank|top_signals|why")
+        if self.field is not None and {"value", "value_type"} & self.model_fields_set:
+            raise ValueError(f"field: {self.field} brings its own value and type; remove value/value_type")
+        return self
+
     @property
     def destination(self) -> str:
-        return f"attio:{self.object}.{self.attribute}"
+        """``attio:{object}.{attribute}``; for a field action ``attio:{object}.field:{field}`` (planned actions carry
+        the mapped attribute instead: :func:`attio_target`)."""
+        return f"attio:{self.object}.{self.attribute or 'field:' + str(self.field)}"
 
 
 class WebhookAction(_Strict):
@@ -270,7 +291,7 @@ class Playbook(_Strict):
                 )
             templates = {
                 SlackAction: lambda a: [a.template or ""],
-                AttioAction: lambda a: [a.value],
+                AttioAction: lambda a: [a.value] if a.field is None else [],  # a field's template is ours
                 WebhookAction: lambda a: [],
             }[type(action)](action)
             for template in templates:
@@ -295,8 +316,32 @@ class Playbook(_Strict):
         return 0.1 if self.holdout_fraction is None else self.holdout_fraction
 
 
+class AttioFieldMapping(_Strict):
+    """``destinations.attio.fields``: the attribute slug (or id) each field is written to; a field left out is unmapped."""
+
+    score: str | None = Field(None, pattern=SLUG)
+    rank: str | None = Field(None, pattern=SLUG)
+    top_signals: str | None = Field(None, pattern=SLUG)
+    why: str | None = Field(None, pattern=SLUG)
+
+    def mapped(self) -> dict[str, str]:
+        """Field → attribute slug, for the mapped fields only, in ``CRM_FIELDS`` order."""
+        return {f.name: getattr(self, f.name) for f in CRM_FIELDS if getattr(self, f.name)}
+
+
+class AttioDestination(_Strict):
+    """``destinations.attio``: the Attio object playbooks write to and the field → attribute mapping."""
+
+    object: str = Field("companies", pattern=SLUG)
+    fields: AttioFieldMapping = AttioFieldMapping()
+
+
 class DestinationSettings(_Strict):
     """``destinations:`` in beton.yaml: how actions are delivered (no secrets here)."""
+
+    attio: AttioDestination = Field(
+        AttioDestination(), description="where `field:` Attio actions write (`beton destinations attio fields`)"
+    )
 
     dry_run: bool = Field(False, description="record what would be sent (status dry_run) and send nothing")
     webhook_allowed_hosts: tuple[str, ...] = Field(
@@ -446,6 +491,11 @@ def parse_playbook_config(
                     check_url(action.url, dest.webhook_allowed_hosts)
                 except WebhookURLError as exc:
                     problems.append(f"playbooks[{p.name}].then[{i}].url: {exc}")
+            if isinstance(action, AttioAction):
+                try:
+                    attio_target(action, dest)
+                except PlaybookConfigError as exc:
+                    problems.append(f"playbooks[{p.name}].then[{i}]: {exc}")
     if problems:
         raise PlaybookConfigError("; ".join(problems))
     return PlaybookConfig(tuple(parsed), tuple(exps), dest)
@@ -629,6 +679,42 @@ class SlackHealthMessage:
 
 
 @dataclass(frozen=True)
+class AttioTarget:
+    """What an Attio action writes: the attribute of ``object``, the value template and its type."""
+
+    object: str
+    attribute: str
+    value: str
+    value_type: Literal["text", "number"]
+
+    @property
+    def destination(self) -> str:
+        return f"attio:{self.object}.{self.attribute}"
+
+
+def attio_target(action: AttioAction, destinations: DestinationSettings) -> AttioTarget:
+    """The attribute, template and type an Attio action writes: its own, or for ``field:`` the mapped attribute
+    (``destinations.attio``) with the field's template and type. PlaybookConfigError when the field is unmapped
+    or the action names another object than the mapping's."""
+    if action.field is None:
+        return AttioTarget(action.object, str(action.attribute), action.value, action.value_type)
+    mapping = destinations.attio
+    slug = mapping.fields.mapped().get(action.field)
+    if slug is None:
+        raise PlaybookConfigError(
+            f"field: {action.field} has no Attio attribute in destinations.attio.fields; run "
+            f"`beton destinations attio fields --apply` to match or create it, or write attribute: SLUG instead"
+        )
+    if "object" in action.model_fields_set and action.object != mapping.object:
+        raise PlaybookConfigError(
+            f"field: {action.field} is mapped on {mapping.object}, not {action.object}; remove object: or use "
+            f"attribute: SLUG"
+        )
+    spec = FIELDS_BY_NAME[action.field]
+    return AttioTarget(mapping.object, slug, spec.template, spec.value_type)
+
+
+@dataclass(frozen=True)
 class AttioRecordUpdate:
     """Set ``attribute`` to ``value`` on the Attio record ``record_id`` of ``object``."""
 
@@ -766,10 +852,28 @@ def matched_account(row: Mapping, crm_url: str | None, signal_names: Mapping[str
     )
 
 
+def why_line(account: MatchedAccount) -> str:
+    """One line on why an account scores as it does (``$why``): its score and rank, then its top signals by
+    plain-language name, each with the day it fired and, when its health lowered its weight, why — e.g.
+    "Likely to convert: 72% (rank 3). Top signals: Invited a teammate (fired 2026-03-01); Created an API key
+    (fired 2026-02-27; signal weakening: half weight since 2026-02-28)." Dates, not "2 days ago": a CRM field
+    keeps the text for days."""
+    score = "—" if account.score is None else f"{100 * account.score:.0f}%"
+    rank = "" if account.score_rank is None else f" (rank {account.score_rank})"
+    signals = []
+    for signal in account.top_signals:
+        notes = [f"fired {str(signal['fired_at'])[:10]}"] if signal.get("fired_at") else []
+        note = weight_note_for_rep(signal)
+        notes += [note] if note else []
+        signals.append(f"{signal['name']}" + (f" ({'; '.join(notes)})" if notes else ""))
+    return f"Likely to convert: {score}{rank}. Top signals: {'; '.join(signals) or 'none'}."
+
+
 def account_values(
     row: Mapping, playbook: str, day: date, crm_url: str | None, signal_names: Mapping[str, str] | None = None
 ) -> dict[str, object]:
-    """The template values of one matched account (raw, unescaped); ``$signals`` lists plain-language names."""
+    """The template values of one matched account (raw, unescaped); ``$signals`` lists plain-language names,
+    ``$why`` is :func:`why_line`."""
     account = matched_account(row, crm_url, signal_names)
     score = account.score
     ids = row.get("signal_ids")
@@ -785,6 +889,7 @@ def account_values(
         "score_rank": "" if account.score_rank is None else account.score_rank,
         "signals": "; ".join(str(s["name"]) for s in account.top_signals) or "none",
         "signal_ids": ", ".join(str(i) for i in ids if i),
+        "why": why_line(account),
         "playbook": playbook,
         "day": day.isoformat(),
         "crm_url": crm_url or "",
@@ -792,7 +897,13 @@ def account_values(
 
 
 def _account_message(
-    action, playbook: Playbook, account: MatchedAccount, day: date, values: Mapping[str, object], key: str
+    action,
+    playbook: Playbook,
+    account: MatchedAccount,
+    day: date,
+    values: Mapping[str, object],
+    key: str,
+    destinations: DestinationSettings,
 ) -> Message | None:
     if isinstance(action, SlackAction):
         return SlackAccountMessage(
@@ -801,18 +912,24 @@ def _account_message(
     if isinstance(action, AttioAction):
         if not account.is_crm_company:
             return None  # not in the CRM: there is no record to update
-        text = render(action.value, values)
-        if action.value_type == "number":
+        target = attio_target(action, destinations)
+        text = render(target.value, values)
+        if target.value_type == "number":
             try:
                 value: str | float = float(text)
             except ValueError:
                 raise PlaybookConfigError(
-                    f"playbook {playbook.name}: attio value {action.value!r} rendered {text!r}, not a number"
+                    f"playbook {playbook.name}: attio value {target.value!r} rendered {text!r}, not a number"
                 ) from None
         else:
             value = text
-        return AttioRecordUpdate(action.object, str(account.account_id), action.attribute, value)
+        return AttioRecordUpdate(target.object, str(account.account_id), target.attribute, value)
     return AccountMatchedEvent(action.name, action.url, key, playbook.name, day, account)
+
+
+def _planned_destination(action, destinations: DestinationSettings) -> str:
+    """An action's destination; an Attio action's names the attribute it writes (a field's mapped one)."""
+    return attio_target(action, destinations).destination if isinstance(action, AttioAction) else action.destination
 
 
 def plan_account_actions(
@@ -844,8 +961,9 @@ def plan_account_actions(
         account = matched_account(row, crm, signal_names)
         values = account_values(row, playbook.name, day, crm, signal_names)
         for action in playbook.then:
-            key = idempotency_key(playbook.name, row["account_id"], day, action.destination)
-            message = _account_message(action, playbook, account, day, values, key)
+            destination = _planned_destination(action, destinations)
+            key = idempotency_key(playbook.name, row["account_id"], day, destination)
+            message = _account_message(action, playbook, account, day, values, key, destinations)
             if message is None:
                 continue
             status = "dry_run" if dry else ("held_out" if held_out else "pending")
@@ -856,7 +974,7 @@ def plan_account_actions(
                     day,
                     row["account_id"],
                     None,
-                    action.destination,
+                    destination,
                     action.type,
                     held_out,
                     status,

@@ -16,6 +16,10 @@ from beton_pipeline.core.playbooks import AttioRecordUpdate
 from beton_pipeline.destinations.http import DeliveryResult, http_request, redact, result_from_response
 
 DEFAULT_BASE_URL = "https://api.attio.com"
+API_KEY_ENV = "BETON_ATTIO_API_KEY"
+"""The environment variable holding the Attio access token (never read at import)."""
+BASE_URL_ENV = "BETON_ATTIO_BASE_URL"
+"""Points the Attio clients elsewhere (a local test server); unset means DEFAULT_BASE_URL."""
 
 
 def record_update(object_slug: str, record_id: str, values: Mapping[str, object]) -> dict:

@@ -1,4 +1,5 @@
-"""Attio's REST API (v2) as the Attio connector reads it: company, person and deal records, and a deal's stage history.
+"""Attio's REST API (v2) as the Attio connector reads it: company, person and deal records, and a deal's stage
+history; and the object attributes `beton destinations attio fields` lists and creates.
 
 A real HTTP server on 127.0.0.1 (`FakeServer`) that holds records as Attio stores them: every attribute a list of
 value objects (`active_from`, `active_until`, `created_by_actor`, `attribute_type` and the type's own fields), a
@@ -8,11 +9,21 @@ changed attribute keeping its old value with `active_until` set. It answers
   record with its current values only (the record endpoints show current values; history is asked per attribute);
 * `GET /v2/objects/{object}/records/{record_id}/attributes/{attribute}/values` with `show_historic=true` (every
   value, oldest first) or without (current values only), and `limit` / `offset`;
+* `GET /v2/objects/{object}/attributes` with `limit` / `offset` (no limit: all) and `show_archived` (archived
+  attributes only when `true`), each attribute in Attio's shape (`id.attribute_id`, `title`, `description`,
+  `api_slug`, `type`, `is_system_attribute`, `is_writable`, `is_required`, `is_unique`, `is_multiselect`,
+  `is_default_value_enabled`, `is_archived`, `default_value`, `relationship`, `created_at`, `config`), the object's
+  standard attributes first; scope `object_configuration:read` (`identity["scope"]`), else 403;
+* `POST /v2/objects/{object}/attributes` with `{"data": {title, description, api_slug, type, is_required,
+  is_unique, is_multiselect, config}}` (every key required, as Attio's schema has them): 200 with the new
+  attribute; 400 `validation_type` for a missing key or an unknown type; 409 `slug_conflict` when an attribute
+  (archived ones included) has the slug; scope `object_configuration:read-write`, else 403;
 
 with a bearer key, and Attio's error JSON (`status_code`, `type`, `code`, `message`) on a refusal. Besides the
 queue of `fail_next`, `fail_when` fails only the requests a predicate picks (one object's second page, say).
 
     with FakeAttioRecords("attio-key") as attio:
+        attio.add_attribute("companies", "lead_score", "Lead score", "text")
         attio.add_company("c1", "Acme", ["acme.io"], created_at="2025-01-05T10:00:00.000000000Z")
         attio.add_deal("d1", "Acme pilot", "c1", [("Lead", "2025-02-01T09:00:00.000000000Z")], ...)
         attio.move_deal("d1", "Won 🎉", "2025-03-01T09:00:00.000000000Z")
@@ -36,6 +47,65 @@ OBJECT_IDS = {
 SINGULAR = {"companies": "company", "people": "person", "deals": "deal"}
 STAGE_ATTRIBUTE_ID = "a4977b52-d367-4e28-a671-b5c4fa401fc5"
 SYSTEM = {"type": "system", "id": None}
+ATTRIBUTE_TYPES = (
+    "text",
+    "number",
+    "checkbox",
+    "currency",
+    "date",
+    "timestamp",
+    "rating",
+    "status",
+    "select",
+    "record-reference",
+    "actor-reference",
+    "location",
+    "domain",
+    "email-address",
+    "phone-number",
+)
+"""The types `POST …/attributes` accepts (Attio's create schema)."""
+CREATE_ATTRIBUTE_KEYS = (
+    "title",
+    "description",
+    "api_slug",
+    "type",
+    "is_required",
+    "is_unique",
+    "is_multiselect",
+    "config",
+)
+STANDARD_ATTRIBUTES = {
+    "companies": (  # slug, title, type, writable, multiselect
+        ("record_id", "Record ID", "text", False, False),
+        ("name", "Name", "text", True, False),
+        ("domains", "Domains", "domain", True, True),
+        ("description", "Description", "text", True, False),
+        ("team", "Team", "record-reference", True, True),
+        ("categories", "Categories", "select", True, True),
+        ("primary_location", "Primary location", "location", True, False),
+        ("employee_range", "Employee range", "select", True, False),
+        ("created_at", "Created at", "timestamp", False, False),
+        ("created_by", "Created by", "actor-reference", False, False),
+    ),
+    "people": (
+        ("record_id", "Record ID", "text", False, False),
+        ("name", "Name", "personal-name", True, False),
+        ("email_addresses", "Email addresses", "email-address", True, True),
+        ("company", "Company", "record-reference", True, False),
+        ("job_title", "Job title", "text", True, False),
+        ("created_at", "Created at", "timestamp", False, False),
+    ),
+    "deals": (
+        ("record_id", "Record ID", "text", False, False),
+        ("name", "Deal name", "text", True, False),
+        ("stage", "Deal stage", "status", True, False),
+        ("value", "Deal value", "currency", True, False),
+        ("associated_company", "Associated company", "record-reference", True, False),
+        ("created_at", "Created at", "timestamp", False, False),
+    ),
+}
+"""The standard (system) attributes each object starts with, in the UI's order."""
 
 
 def _id(*parts: str) -> str:
@@ -148,6 +218,14 @@ class FakeAttioRecords(FakeServer):
             "workspace_logo_url": None,
         }
         """What `GET /v2/self` answers (Attio's token identity); tests change `scope` or `active`."""
+        self.attributes: dict[str, list[dict]] = {
+            slug: [
+                self._attribute(slug, a, t, y, writable=w, multiselect=m, system=True)
+                for a, t, y, w, m in STANDARD_ATTRIBUTES[slug]
+            ]
+            for slug in OBJECT_IDS
+        }
+        """Each object's attributes in Attio's shape, in the order listed; tests add their own (`add_attribute`)."""
         self._targeted: list[_Targeted] = []
         self.offset_shift: int | None = 0
         """Answer a query at offset k > 0 from k + `offset_shift` (-1: a deletion during the pull shifted the
@@ -265,6 +343,60 @@ class FakeAttioRecords(FakeServer):
                     old["active_until"] = at
             record["values"]["stage"].append(_status(stage, at))
 
+    def _attribute(
+        self,
+        object_slug: str,
+        api_slug: str,
+        title: str,
+        type_: str,
+        *,
+        description: str | None = None,
+        writable: bool = True,
+        multiselect: bool = False,
+        system: bool = False,
+        archived: bool = False,
+        unique: bool = False,
+        required: bool = False,
+    ) -> dict:
+        ident = {
+            "workspace_id": WORKSPACE_ID,
+            "object_id": OBJECT_IDS[object_slug],
+            "attribute_id": _id("attribute", object_slug, api_slug),
+        }
+        return {
+            "id": ident,
+            "title": title,
+            "description": description,
+            "api_slug": api_slug,
+            "type": type_,
+            "is_system_attribute": system,
+            "is_writable": writable,
+            "is_required": required,
+            "is_unique": unique or api_slug == "record_id",
+            "is_multiselect": multiselect,
+            "is_default_value_enabled": False,
+            "is_archived": archived,
+            "default_value": None,
+            "relationship": None,
+            "created_at": "2025-01-01T00:00:00.000000000Z",
+            "config": {
+                "currency": {"default_currency_code": None, "display_type": None},
+                "record_reference": {"allowed_object_ids": None},
+            },
+        }
+
+    def add_attribute(self, object_slug: str, api_slug: str, title: str, type_: str, **flags) -> dict:
+        """A workspace attribute (flags: `writable`, `multiselect`, `system`, `archived`, `description`)."""
+        attribute = self._attribute(object_slug, api_slug, title, type_, **flags)
+        with self.lock:
+            self.attributes[object_slug].append(attribute)
+        return attribute
+
+    def attribute(self, object_slug: str, api_slug: str) -> dict | None:
+        """The attribute of that slug, if the object has one."""
+        with self.lock:
+            return next((a for a in self.attributes[object_slug] if a["api_slug"] == api_slug), None)
+
     # -- failures ------------------------------------------------------------------------------------------
     def fail_when(
         self,
@@ -298,6 +430,8 @@ class FakeAttioRecords(FakeServer):
         parts = url.path.strip("/").split("/")
         if rec.method == "GET" and parts == ["v2", "self"]:  # the key's identity (`beton check --sources`)
             return 200, self.identity, {}, 0.0
+        if len(parts) == 4 and parts[:2] == ["v2", "objects"] and parts[3] == "attributes":
+            return self._attributes(rec, parts[2], parse_qs(url.query))
         if len(parts) < 4 or parts[:2] != ["v2", "objects"] or parts[3] != "records":
             return _error(404, "invalid_request_error", "not_found", f"No route for {rec.method} {url.path}.")
         object_slug = parts[2]
@@ -308,6 +442,44 @@ class FakeAttioRecords(FakeServer):
         if rec.method == "GET" and len(parts) == 8 and parts[5] == "attributes" and parts[7] == "values":
             return self._values(object_slug, parts[4], parts[6], parse_qs(url.query))
         return _error(404, "invalid_request_error", "not_found", f"No route for {rec.method} {url.path}.")
+
+    def _attributes(self, rec: Recorded, object_slug: str, query: dict[str, list[str]]):
+        if object_slug not in self.attributes:
+            return _error(404, "invalid_request_error", "not_found", f'Object with slug/ID "{object_slug}" not found.')
+        scopes = str(self.identity.get("scope", "")).split()
+        needed = "object_configuration:read" if rec.method == "GET" else "object_configuration:read-write"
+        if needed not in scopes:
+            return _error(403, "auth_error", "forbidden", f"The access token lacks the scope {needed}.")
+        if rec.method == "GET":
+            with self.lock:
+                listed = list(self.attributes[object_slug])
+            if query.get("show_archived", ["false"])[0] != "true":
+                listed = [a for a in listed if not a["is_archived"]]
+            offset = int(query.get("offset", ["0"])[0])
+            limit = int(query.get("limit", [str(len(listed) or 1)])[0])
+            return 200, {"data": listed[offset : offset + limit]}, {}, 0.0
+        if rec.method != "POST":
+            return _error(404, "invalid_request_error", "not_found", f"No route for {rec.method} {rec.path}.")
+        data = rec.json().get("data")
+        if not isinstance(data, dict) or any(k not in data for k in CREATE_ATTRIBUTE_KEYS):
+            return _error(400, "invalid_request_error", "validation_type", "Body payload validation error.")
+        if data["type"] not in ATTRIBUTE_TYPES:
+            return _error(400, "invalid_request_error", "validation_type", f'Unknown attribute type "{data["type"]}".')
+        if self.attribute(object_slug, data["api_slug"]) is not None:
+            return _error(
+                409, "invalid_request_error", "slug_conflict", f'An attribute with slug "{data["api_slug"]}" exists.'
+            )
+        created = self.add_attribute(
+            object_slug,
+            data["api_slug"],
+            data["title"],
+            data["type"],
+            description=data["description"],
+            multiselect=data["is_multiselect"],
+            unique=data["is_unique"],
+            required=data["is_required"],
+        )
+        return 200, {"data": created}, {}, 0.0
 
     def _query(self, object_slug: str, rec: Recorded):
         body = rec.json()

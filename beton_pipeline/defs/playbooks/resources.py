@@ -23,7 +23,7 @@ from beton_pipeline.settings import SettingsError, load_settings
 from beton_pipeline.store.outbox import MissingCredentials, Sender
 
 SLACK_TOKEN_ENV = "BETON_SLACK_TOKEN"
-ATTIO_KEY_ENV = "BETON_ATTIO_API_KEY"
+ATTIO_KEY_ENV = attio_dest.API_KEY_ENV
 
 
 class SlackResource(dg.ConfigurableResource):
@@ -108,8 +108,8 @@ def playbook_resources(webhook_names: list[str] | None = None) -> dict[str, dg.C
     if "BETON_SLACK_BASE_URL" in os.environ:
         slack_kwargs["base_url"] = dg.EnvVar("BETON_SLACK_BASE_URL")
     attio_kwargs = {"api_key": _env_if_set(ATTIO_KEY_ENV)}
-    if "BETON_ATTIO_BASE_URL" in os.environ:
-        attio_kwargs["base_url"] = dg.EnvVar("BETON_ATTIO_BASE_URL")
+    if attio_dest.BASE_URL_ENV in os.environ:
+        attio_kwargs["base_url"] = dg.EnvVar(attio_dest.BASE_URL_ENV)
     return {
         "slack": SlackResource(**slack_kwargs),
         "attio": AttioResource(**attio_kwargs),
