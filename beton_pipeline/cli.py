@@ -925,7 +925,13 @@ def attio_fields(
     from beton_pipeline.core.playbooks import AttioDestination
     from beton_pipeline.destinations.attio import API_KEY_ENV, BASE_URL_ENV, DEFAULT_BASE_URL
     from beton_pipeline.destinations.attio_fields import AttioAttributes, AttioFieldsError
-    from beton_pipeline.settings import config_path, read_settings_file, record_attio_mapping
+    from beton_pipeline.settings import (
+        attio_mapping_text,
+        check_settings_text,
+        config_path,
+        read_settings_file,
+        write_settings_file,
+    )
 
     path = config_path()
     try:  # the file itself, not load_settings: a playbook's unmapped `field:` must not stop the command that maps it
@@ -972,15 +978,23 @@ def attio_fields(
         for p in conflicts:
             say(f"conflict: {_conflict_advice(p)}")
         return
+    text = None
+    if mapping:
+        try:  # the new settings must load before anything is created in Attio
+            text = attio_mapping_text(path, target, mapping, keep_fields=same_object)
+            check_settings_text(path, text)
+        except SettingsError as exc:
+            advice = "".join(f"\n{_conflict_advice(p)}" for p in conflicts)
+            _fail_paragraph(f"{exc}{advice}\nNothing was created in Attio.")
     try:
         for p in creates:
             client.create(target, p, FIELDS_BY_NAME[p.field].description)
             say(f"created {p.api_slug} ({p.value_type}) on {target}")
     except AttioFieldsError as exc:
         _fail_paragraph(f"{exc}\n{path} was not changed; run the command again when that is fixed.")
-    if mapping:
+    if text is not None:
         try:
-            record_attio_mapping(path, target, mapping, keep_fields=same_object)
+            write_settings_file(path, text)
         except SettingsError as exc:
             _fail_paragraph(str(exc))
         say(

@@ -707,9 +707,9 @@ def with_attio_mapping(text: str, object_slug: str, fields: dict[str, str], keep
     return _dump(yaml, data)
 
 
-def write_settings_file(path: Path, text: str) -> None:
-    """Replace `path` with `text` atomically, only if `load_settings` accepts it (keeping the file's mode);
-    SettingsError (the file unchanged) otherwise."""
+def _checked_temporary(path: Path, text: str) -> Path:
+    """`text` written beside `path` (same mode) and loaded with `load_settings`; the temporary file's path, or
+    SettingsError (the file removed) naming `path` when the settings would not load."""
     import shutil
 
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -717,13 +717,28 @@ def write_settings_file(path: Path, text: str) -> None:
         temporary.write_text(text, encoding="utf-8")
         if path.exists():
             shutil.copymode(path, temporary)
-        try:
-            load_settings(temporary)
-        except SettingsError as exc:
-            raise SettingsError(
-                f"{path} was not changed: with the change it would not load:\n"
-                f"{str(exc).replace(str(temporary), str(path))}\nFix that and run the command again."
-            ) from None
+        load_settings(temporary)
+    except SettingsError as exc:
+        temporary.unlink(missing_ok=True)
+        raise SettingsError(
+            f"{path} was not changed: with the change it would not load:\n{str(exc).replace(str(temporary), str(path))}"
+        ) from None
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise SettingsError(f"{path}: cannot be written: {exc.strerror or exc}") from None
+    return temporary
+
+
+def check_settings_text(path: Path, text: str) -> None:
+    """SettingsError unless `text` would load as the settings file `path` and can be written beside it."""
+    _checked_temporary(path, text).unlink(missing_ok=True)
+
+
+def write_settings_file(path: Path, text: str) -> None:
+    """Replace `path` with `text` atomically, only if `load_settings` accepts it (keeping the file's mode);
+    SettingsError (the file unchanged) otherwise."""
+    temporary = _checked_temporary(path, text)
+    try:
         os.replace(temporary, path)
     except OSError as exc:
         raise SettingsError(f"{path}: cannot be written: {exc.strerror or exc}") from None
@@ -731,7 +746,13 @@ def write_settings_file(path: Path, text: str) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def record_attio_mapping(path: Path, object_slug: str, fields: dict[str, str], keep_fields: bool) -> None:
-    """Record `destinations.attio` (`with_attio_mapping`) in the settings file `path` (`write_settings_file`)."""
+def attio_mapping_text(path: Path, object_slug: str, fields: dict[str, str], keep_fields: bool) -> str:
+    """The settings file `path` (none: empty) with `destinations.attio` recorded (`with_attio_mapping`);
+    SettingsError when the file cannot be read back as YAML with its comments (e.g. a key given twice)."""
+    from ruamel.yaml.error import YAMLError
+
     text = path.read_text(encoding="utf-8") if path.exists() else ""
-    write_settings_file(path, with_attio_mapping(text, object_slug, fields, keep_fields))
+    try:
+        return with_attio_mapping(text, object_slug, fields, keep_fields)
+    except YAMLError as exc:
+        raise SettingsError(f"{path}: cannot be rewritten keeping its comments: {' '.join(str(exc).split())}") from None

@@ -485,6 +485,7 @@ def parse_playbook_config(
         if dupes:
             problems.append(f"duplicate {label} name(s): {', '.join(dupes)}")
     for p in parsed:
+        planned: dict[str, int] = {}
         for i, action in enumerate(p.then):
             if isinstance(action, WebhookAction):
                 try:
@@ -493,9 +494,16 @@ def parse_playbook_config(
                     problems.append(f"playbooks[{p.name}].then[{i}].url: {exc}")
             if isinstance(action, AttioAction):
                 try:
-                    attio_target(action, dest)
+                    target = attio_target(action, dest).destination
                 except PlaybookConfigError as exc:
                     problems.append(f"playbooks[{p.name}].then[{i}]: {exc}")
+                    continue
+                if target in planned:  # a field mapped to an attribute another action writes: one key, one write
+                    problems.append(
+                        f"playbooks[{p.name}].then[{i}] writes {target}, as then[{planned[target]}] does; "
+                        "each action must write a different attribute"
+                    )
+                planned[target] = i
     if problems:
         raise PlaybookConfigError("; ".join(problems))
     return PlaybookConfig(tuple(parsed), tuple(exps), dest)

@@ -53,6 +53,13 @@ def test_attribute_actions_keep_working_beside_field_actions():
     assert all(isinstance(a.message.value, str) and a.message.value.startswith("Company ") for a in actions)
 
 
+def test_a_field_and_an_attribute_writing_one_attribute_are_refused():
+    """Both would plan the same idempotency key, and the outbox would keep one of the two writes."""
+    then = [{"type": "attio", "attribute": "lead_score_num", "value": "$score_rank"}, {"type": "attio", "field": "score"}]
+    with pytest.raises(PlaybookConfigError, match=r"then\[1\] writes attio:companies.lead_score_num, as then\[0\]"):
+        parse_playbook_config([playbook(then=then)], destinations=MAPPED)
+
+
 def test_an_unmapped_field_fails_at_validation_with_the_command_to_run():
     with pytest.raises(PlaybookConfigError) as raised:
         parse_playbook_config([playbook(then=[{"type": "attio", "field": "rank"}])], destinations=MAPPED)

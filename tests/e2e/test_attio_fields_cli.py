@@ -146,6 +146,28 @@ def test_a_conflict_blocks_its_field_and_says_what_to_pass(tmp_path):
         assert load_settings(config).playbook_config().destinations.attio.fields.score == "account_score"
 
 
+def test_nothing_is_created_when_the_recorded_settings_would_not_load(tmp_path):
+    """A playbook writes a field that is in conflict, or the file cannot be rewritten: --apply stops before any
+    attribute is created in Attio, says why and what to pass, and leaves the file as it was."""
+    config = tmp_path / "beton.yaml"
+    config.write_text(SETTINGS)  # its playbook writes `field: score`
+    with FakeAttioRecords(KEY) as attio:
+        attio.identity["scope"] = READ_WRITE
+        attio.add_attribute("companies", "lead_score", "Lead score", "text")
+        done = fields(tmp_path, attio.url, "--apply")
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        assert "field: score has no Attio attribute" in done.stderr
+        assert "--use score=SLUG" in done.stderr and "Nothing was created in Attio." in done.stderr
+        assert posts(attio) == [] and config.read_text() == SETTINGS
+
+        twice = "destinations:\n  dry_run: true\ndestinations:\n  dry_run: false\n"  # PyYAML: the last one wins
+        config.write_text(twice)
+        done = fields(tmp_path, attio.url, "--apply")
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        assert "cannot be rewritten keeping its comments" in done.stderr and "Nothing was created" in done.stderr
+        assert posts(attio) == [] and config.read_text() == twice
+
+
 def test_errors_are_short_paragraphs_without_the_key(tmp_path):
     config = tmp_path / "beton.yaml"
     config.write_text(SETTINGS)

@@ -133,7 +133,7 @@ def pull_batch_export(config: PostHogConfig, state: dict[str, Any]) -> Iterator[
     export = config.batch_export
     kept: dict[str, Any] = state.setdefault("batch_export", {})
     now = datetime.now(UTC)
-    client = s3_client(config)
+    client = _client_or_failure(config)
     pending, waiting = _pending(client, config, kept)
     for number, obj in enumerate(pending, start=1):
         doing = f"reading {obj.key} (object {number} of {len(pending)} this pull)"
@@ -173,6 +173,17 @@ def s3_client(config: PostHogConfig, max_attempts: int | None = None, timeout: f
     return boto3.session.Session().client("s3", endpoint_url=export.endpoint_url, config=settings, **_credentials())
 
 
+def _client_or_failure(config: PostHogConfig):
+    """`s3_client`, or a ConnectorError paragraph when boto3 cannot make one (an unknown AWS_PROFILE, a region
+    it refuses)."""
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        return s3_client(config)
+    except BotoCoreError as exc:
+        raise ConnectorError(s3_failure(exc, config, "setting up the S3 client", attempts=1)) from None
+
+
 def describe_bucket(config: PostHogConfig, timeout: float) -> tuple[bool, str]:
     """(ok, sentence) for `beton check --sources`: one page of the prefix listed (no retries), how many export
     objects and the newest one's time, and one HEAD of it (read access); or why not."""
@@ -208,7 +219,9 @@ def s3_failure(exc: BaseException, config: PostHogConfig, doing: str, attempts: 
         ConnectionClosedError,
         ConnectTimeoutError,
         EndpointConnectionError,
+        InvalidRegionError,
         NoCredentialsError,
+        ProfileNotFound,
         ReadTimeoutError,
     )
 
@@ -231,6 +244,17 @@ def s3_failure(exc: BaseException, config: PostHogConfig, doing: str, attempts: 
         return (
             f"posthog batch export: S3 answered {code} (HTTP {status}) {doing} under {where}, after {tries} "
             "attempts: try again later, or check sources.posthog.batch_export.endpoint_url."
+        )
+    if isinstance(exc, ProfileNotFound):
+        return (
+            f"posthog batch export: the AWS profile {exc.kwargs.get('profile')!r} (AWS_PROFILE) does not exist "
+            f"({doing}, {where}): set AWS_PROFILE to a profile in ~/.aws/config, unset it, or export "
+            f"{ACCESS_KEY_ENV} and {SECRET_KEY_ENV}."
+        )
+    if isinstance(exc, InvalidRegionError):
+        return (
+            f"posthog batch export: region {export.region!r} is not a region name ({doing}): set "
+            "sources.posthog.batch_export.region to the bucket's region (e.g. us-east-1; R2: auto)."
         )
     if isinstance(exc, NoCredentialsError):
         return (

@@ -286,3 +286,66 @@ def _as_posthog(event: dict) -> dict:
         "properties": json.dumps(event["properties"], separators=(",", ":")),
         "person_properties": json.dumps(event["person_properties"], separators=(",", ":")),
     }
+
+
+class _Listing:
+    """A stub S3 client whose `list_objects_v2` paginator lists the given (key, LastModified, ETag) entries: the
+    window rules tested at exact times, which objects written by a live server cannot reach."""
+
+    def __init__(self, entries: list[tuple[str, datetime, str]]):
+        self.entries = entries
+
+    def get_paginator(self, name: str):
+        assert name == "list_objects_v2"
+        contents = [{"Key": k, "LastModified": t, "ETag": e, "Size": 1} for k, t, e in self.entries]
+        return type("Paginator", (), {"paginate": lambda _self, **_: iter([{"Contents": contents}])})()
+
+
+def _name(hour: int) -> str:
+    start = H0 + timedelta(hours=hour)
+    return f"posthog/events/{start.isoformat()}-{(start + timedelta(hours=1)).isoformat()}.parquet"
+
+
+def test_the_overlap_window_decides_which_objects_are_read_to_the_second():
+    from beton_pipeline.sources.connectors import posthog_batch as batch
+
+    config = PostHogConfig(overlap_minutes=60, batch_export=BatchExportConfig(bucket="abc", prefix="posthog/events/"))
+    high = H0 + timedelta(hours=10)
+    kept = {
+        "high_water": [high.isoformat(), _name(9)],
+        "imported": {_name(9): batch._identity('"e9"', high)},
+    }
+    entries = [
+        (_name(9), high, '"e9"'),  # read before, unchanged: skipped
+        (_name(8), high - timedelta(minutes=60), '"e8"'),  # late, exactly at the window's start: read
+        (_name(7), high - timedelta(minutes=60, seconds=1), '"e7"'),  # late beyond the overlap: skipped
+        (_name(6), high - timedelta(minutes=30), '"e6"'),  # late within the overlap: read
+        (_name(10), high + timedelta(minutes=5), '"e10"'),  # new: read
+        ("posthog/events/x_manifest.json", high + timedelta(minutes=6), '"m"'),  # not data
+    ]
+    pending, waiting = batch._pending(_Listing(entries), config, kept)
+    assert [o.key for o in pending] == [_name(8), _name(6), _name(10)] and waiting == 0
+
+    rewritten = [(_name(9), high + timedelta(minutes=1), '"e9-new"')]  # PostHog wrote it again
+    assert [o.key for o in batch._pending(_Listing(rewritten), config, kept)[0]] == [_name(9)]
+
+    kept["high_water"] = [(high + timedelta(minutes=61)).isoformat(), _name(10)]
+    batch._forget_outside_overlap(kept, config)
+    assert kept["imported"] == {}, "an object older than the window is forgotten"
+    gone = [(_name(9), high + timedelta(minutes=1), '"e9"')]  # a forgotten object rewritten inside the window
+    assert [o.key for o in batch._pending(_Listing(gone), config, kept)[0]] == [_name(9)]
+
+    kept["imported"] = {_name(9): batch._identity('"e9"', high + timedelta(minutes=1, microseconds=500))}
+    batch._forget_outside_overlap(kept, config)
+    assert list(kept["imported"]) == [_name(9)], "kept while inside the window, compared to the second"
+
+
+def test_an_unknown_aws_profile_is_a_paragraph(monkeypatch):
+    from beton_pipeline.sources.connectors.posthog_batch import pull_batch_export
+
+    for name in (ACCESS_KEY_ENV, SECRET_KEY_ENV, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    config = PostHogConfig(batch_export=BatchExportConfig(bucket="abc", endpoint_url="http://127.0.0.1:9"))
+    with pytest.raises(ConnectorError, match=r"the AWS profile 'no-such-profile' \(AWS_PROFILE\) does not exist"):
+        list(pull_batch_export(config, {}))
