@@ -55,7 +55,10 @@ def test_attribute_actions_keep_working_beside_field_actions():
 
 def test_a_field_and_an_attribute_writing_one_attribute_are_refused():
     """Both would plan the same idempotency key, and the outbox would keep one of the two writes."""
-    then = [{"type": "attio", "attribute": "lead_score_num", "value": "$score_rank"}, {"type": "attio", "field": "score"}]
+    then = [
+        {"type": "attio", "attribute": "lead_score_num", "value": "$score_rank"},
+        {"type": "attio", "field": "score"},
+    ]
     with pytest.raises(PlaybookConfigError, match=r"then\[1\] writes attio:companies.lead_score_num, as then\[0\]"):
         parse_playbook_config([playbook(then=then)], destinations=MAPPED)
 
