@@ -8,7 +8,7 @@ export UV_COMPILE_BYTECODE := 1
 export UV_LINK_MODE := copy
 STAMP := $(VENV)/.beton-installed
 
-.PHONY: setup run test lint format ui docs bench clean help
+.PHONY: setup run test lint format ui app docs bench clean help
 
 help:
 	@echo "make run    set up .venv, generate demo data if BETON_SOURCE_DIR is unset, run the whole graph"
@@ -16,6 +16,7 @@ help:
 	@echo "make lint   ruff (format check + lint) and the import-linter layer contracts"
 	@echo "make format ruff format + safe fixes"
 	@echo "make ui     start dagster dev on http://127.0.0.1:3000"
+	@echo "make app    the signal browser on http://127.0.0.1:8765 (pages with charts, JSON API)"
 	@echo "make docs   build the dbt docs site (dbt_project/target/index.html)"
 	@echo "make bench  run the benchmarks (BENCHMARKS.md)"
 	@echo "make bench-100m  run beton once on 100M events (BENCHMARKS.md; ~1-2 hours)"
@@ -73,6 +74,15 @@ format: $(STAMP)
 
 ui: setup
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+# The signal browser for revenue teams (pages with charts, JSON API) on the warehouse `make run` built.
+app: setup
+	$(BIN)/beton serve
+
+# The README's screenshots of the pages (needs Chromium: apt-get install -y chromium), from `make run`'s warehouse.
+.PHONY: screenshots
+screenshots: setup
+	$(BIN)/python -m tests.app.screenshots
 
 docs: setup
 	@# Column types come from the warehouse when `make run` has built it; otherwise the docs have descriptions only.

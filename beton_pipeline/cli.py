@@ -183,19 +183,12 @@ def signals_list(
     """List beton.signals, best first (a plain aligned table, one line per signal, when piped or redirected)."""
     if ctx.invoked_subcommand is not None:
         return
-    import polars as pl
-
-    from beton_pipeline.store.signal_detail import signal_names
-    from beton_pipeline.store.signals import read_signals
+    from beton_pipeline.store.signal_detail import json_row, named_signals
 
     with _read_warehouse() as con:
-        frame = read_signals(con, include_all=include_all)
-        names = signal_names(con, _observation_days())
-    frame = frame.with_columns(
-        pl.col("signal_id").replace_strict(names, default=pl.col("definition"), return_dtype=pl.String).alias("name")
-    )
+        frame = named_signals(con, include_all, _observation_days())
     if as_json:
-        _print_json([_json_row(r) for r in frame.iter_rows(named=True)])
+        _print_json([json_row(r) for r in frame.iter_rows(named=True)])
         return
     headers = ["signal_id", "enabled", "recommendation", "lift", "95% CI", "n_with", "q_value", "holdout_lift"]
     headers += ["projected_arr", "name", "definition"]
@@ -220,8 +213,6 @@ def signals_list(
 
 NUMERIC_COLUMNS = ("lift", "n_with", "q_value", "holdout_lift", "projected_arr", "accounts", "fired", "converted")
 """Columns right-aligned in plain tables."""
-JSON_ARRAY_COLUMNS = ("alternatives",)
-"""beton.signals columns stored as JSON text that `--json` prints as arrays."""
 
 
 def _print_table(title: str, headers: list[str], rows: list[list[str]], right: tuple[str, ...] = ()) -> None:
@@ -235,11 +226,6 @@ def _print_table(title: str, headers: list[str], rows: list[list[str]], right: t
         out.print(table)
         return
     sys.stdout.write(f"# {title}\n{plain_table(headers, rows, right)}\n")
-
-
-def _json_row(row: dict) -> dict:
-    """A row for `--json`: JSON-text array columns decoded, so arrays print as arrays."""
-    return {k: (json.loads(v) if k in JSON_ARRAY_COLUMNS and isinstance(v, str) else v) for k, v in row.items()}
 
 
 def _print_json(payload: object) -> None:
@@ -277,7 +263,7 @@ def signals_show(
     ] = False,
 ) -> None:
     """One signal in full: what it means, its statistics, its backtest by cohort month, its health and who overrode it."""
-    from beton_pipeline.store.signal_detail import lift_in_words, read_signal_detail
+    from beton_pipeline.store.signal_detail import json_row, lift_in_words, read_signal_detail
     from beton_pipeline.store.signals import UnknownSignalError
 
     try:
@@ -288,7 +274,7 @@ def signals_show(
     if as_json:
         _print_json(
             {
-                "signal": _json_row(detail.signal),
+                "signal": json_row(detail.signal),
                 "name": detail.name,
                 "parts": list(detail.parts),
                 "backtest": detail.backtest.to_dicts(),
@@ -567,6 +553,25 @@ def backtest(
 def _wide() -> Console:
     """stdout, at least 160 columns wide when it is not a terminal (pipes, files), so wide tables do not wrap."""
     return out if out.is_terminal else Console(soft_wrap=True, width=max(out.width, 160))
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; the default serves this machine only.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8765,
+) -> None:
+    """The signal browser: pages with charts and a JSON API over the warehouse (read-only), at http://HOST:PORT."""
+    import uvicorn
+
+    from beton_pipeline.app.server import create_app
+
+    path = warehouse_path()
+    if not path.exists():
+        _fail(f"{path}: no warehouse yet; run `beton run` (or `make run`) first")
+    console.print(f"beton: serving {path} at http://{host}:{port}/signals (Ctrl-C stops)")
+    uvicorn.run(create_app(path, _observation_days()), host=host, port=port, log_level="warning")
 
 
 @app.command()

@@ -17,6 +17,7 @@ definition mentions the text given).
 from __future__ import annotations
 
 import difflib
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -30,6 +31,7 @@ from beton_pipeline.store.signals import (
     SIGNALS_SCHEMA,
     SIGNALS_TABLE,
     UnknownSignalError,
+    read_signals,
 )
 from beton_pipeline.warehouse import table_exists, transaction
 
@@ -48,6 +50,27 @@ def signal_names(con: duckdb.DuckDBPyConnection, observation_days: int | None = 
     frame = _signals_frame(con)
     rows = {r["signal_id"]: r for r in frame.iter_rows(named=True)}  # one per signal: a few hundred
     return {sid: signal_name(row, _parts(row, rows), observation_days) for sid, row in rows.items()}
+
+
+def named_signals(
+    con: duckdb.DuckDBPyConnection, include_all: bool = False, observation_days: int | None = None
+) -> pl.DataFrame:
+    """beton.signals best first (`read_signals`) with each signal's plain-language `name` (its definition when
+    no name can be made): what `beton signals` lists and the signal pages show."""
+    frame = read_signals(con, include_all=include_all)
+    names = signal_names(con, observation_days)
+    return frame.with_columns(
+        pl.col("signal_id").replace_strict(names, default=pl.col("definition"), return_dtype=pl.String).alias("name")
+    )
+
+
+JSON_ARRAY_COLUMNS = ("alternatives",)
+"""beton.signals columns stored as JSON text that JSON answers (`--json`, the HTTP API) give as arrays."""
+
+
+def json_row(row: dict) -> dict:
+    """A beton.signals row for a JSON answer: the JSON-text array columns decoded, so arrays come out as arrays."""
+    return {k: (json.loads(v) if k in JSON_ARRAY_COLUMNS and isinstance(v, str) else v) for k, v in row.items()}
 
 
 def _parts(row: dict, rows: dict[str, dict]) -> tuple[dict, ...]:

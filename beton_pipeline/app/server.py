@@ -1,0 +1,422 @@
+"""`beton serve`: the signal browser — pages with charts for revenue teams, and the same data as a JSON API.
+
+One FastAPI application on 127.0.0.1 reading the warehouse read-only:
+
+* `GET /` — the dashboard: leads surfaced, conversion rate, signal accuracy and pipeline influenced (the latest
+  day of beton.revenue_metrics), their trends, the score distribution and the latest day's best-ranked accounts.
+* `GET /signals` — every signal best first, with a forest plot of lift and its confidence interval; filters
+  (recommendation, enabled, source, text) and sorting by any numeric column, in the URL so a view can be shared.
+* `GET /signals/{id}` — one signal: what it means, its statistics, its backtest by cohort month (chart), its
+  health by day (chart) and who overrode it.
+* `GET /api/signals/dashboard/metrics`, `GET /api/signals/list`, `GET /api/signals/{id}` — the same rows as JSON (the columns of beton.signals,
+  beton.signal_backtests, beton.signal_health and beton.signal_overrides), described at `/api/openapi.json`.
+
+Every request opens the DuckDB file read-only and closes it before answering. A DuckDB file has one writer and
+no readers while it writes, so the app never holds it across requests: a run waiting for the file waits for
+one request at most, and a page asked for while a run writes answers 503 with `Retry-After` (the run is not
+slowed down). Numbers are the warehouse's: the JSON is the rows as stored (NaN and infinities as null), and the
+pages format those same values.
+
+The pages use no CDN: plotly.js comes from the `plotly` package installed with beton, served at
+`/static/plotly.min.js`, so they work offline. Interactive API docs (which load from a CDN) are left out; the
+OpenAPI document is served.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated, Literal
+
+import duckdb
+import polars as pl
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from beton_pipeline.app import charts
+from beton_pipeline.core.formatting import fmt, fmt_interval
+from beton_pipeline.store import dashboard
+from beton_pipeline.store.signal_detail import (
+    json_row,
+    lift_in_words,
+    named_signals,
+    read_signal_detail,
+    signal_names,
+)
+from beton_pipeline.store.signals import UnknownSignalError
+from beton_pipeline.warehouse import WarehouseLockedError, connect
+
+HERE = Path(__file__).resolve().parent
+LOCK_WAIT_SECONDS = 2.0
+"""How long a request waits for a run to release the warehouse before it answers 503."""
+RETRY_AFTER_SECONDS = 5
+"""What a 503 asks the browser or client to wait."""
+RECENT_LEADS = 20
+"""Accounts the dashboard lists: the latest scored day's best-ranked."""
+FOREST_ROWS = 40
+"""Signals drawn in the list page's forest plot (the first of the filtered, sorted list; the table has them all)."""
+
+SORTABLE = (
+    "lift",
+    "adjusted_lift",
+    "q_value",
+    "p_value",
+    "n_with",
+    "holdout_lift",
+    "projected_arr",
+    "rate_with",
+    "signal_id",
+)
+"""Columns the list can be sorted by (`sort=`); the default order is beton's own (`read_signals`: enabled,
+recommendation, q-value, lift)."""
+
+
+# Query parameters of the list (page and API). An empty value is "any": the page's form sends every field.
+Recommendation = Annotated[
+    Literal["enable", "review", "reject", ""] | None, Query(description="keep one recommendation")
+]
+Enabled = Annotated[Literal["true", "false", ""] | None, Query(description="keep enabled or disabled signals")]
+Source = Annotated[str | None, Query(max_length=50, description="keep one source, e.g. discovered or custom")]
+Text = Annotated[str | None, Query(max_length=200, description="text in the name, definition or id")]
+Sort = Annotated[Literal[SORTABLE + ("",)] | None, Query(description="sort by this column (default: beton's order)")]
+Order = Annotated[Literal["asc", "desc"], Query(description="sort direction")]
+All = Annotated[bool, Query(alias="all", description="every tested candidate, not only each family's best")]
+
+
+class WarehouseUnavailable(Exception):
+    """The warehouse cannot be read now: `message` says why, `status` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 503):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True)
+class SignalFilter:
+    """What the list shows: `recommendation` (enable/review/reject), `enabled`, `source` (discovered/custom…),
+    `q` (text in the name, definition or id), `sort` (a `SORTABLE` column; None = beton's order), `order`."""
+
+    recommendation: str | None = None
+    enabled: bool | None = None
+    source: str | None = None
+    q: str | None = None
+    sort: str | None = None
+    order: Literal["asc", "desc"] = "desc"
+
+    @classmethod
+    def of(cls, recommendation=None, enabled=None, source=None, q=None, sort=None, order="desc") -> SignalFilter:
+        """The filter of a request's query parameters (an empty value is "any")."""
+        return cls(
+            recommendation or None,
+            None if not enabled else enabled == "true",
+            source or None,
+            (q or "").strip() or None,
+            sort or None,
+            order,
+        )
+
+    def apply(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """The rows of `frame` this filter keeps, in its order."""
+        keep = pl.lit(True)
+        if self.recommendation:
+            keep &= pl.col("recommendation") == self.recommendation
+        if self.enabled is not None:
+            keep &= pl.col("enabled") == self.enabled
+        if self.source:
+            keep &= pl.col("source") == self.source
+        if self.q:
+            text = self.q.lower()
+            keep &= pl.any_horizontal(
+                pl.col(c).str.to_lowercase().str.contains(text, literal=True)
+                for c in ("name", "definition", "signal_id")
+            )
+        out = frame.filter(keep.fill_null(False))
+        if self.sort:
+            out = out.sort(self.sort, descending=self.order == "desc", nulls_last=True, maintain_order=True)
+        return out
+
+
+def _plain(value: object) -> object:
+    """A value JSON can carry: non-finite floats as null, dates and times as ISO text, containers walked."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+class WarehouseJSON(JSONResponse):
+    """JSON of warehouse rows: NaN and infinities (a lift with no conversions without the signal) become null."""
+
+    def render(self, content: object) -> bytes:
+        return json.dumps(_plain(content), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def _figure_json(figure: dict) -> str:
+    """A figure as JSON safe inside a `<script type="application/json">` element."""
+    return json.dumps(_plain(figure), allow_nan=False).replace("</", "<\\/")
+
+
+def _plotly_js() -> Path:
+    """plotly.min.js as installed with the `plotly` package."""
+    import plotly
+
+    return Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+
+
+class WarehouseReader:
+    """The app's only way to the warehouse: each call opens the file read-only, reads, and closes it.
+
+    `observation_days` names intent signals' windows in plain language (beton.yaml's `windows.observation_days`);
+    `lock_wait_seconds` is how long a call waits for a run to release the file before `WarehouseUnavailable`."""
+
+    def __init__(self, path: Path, observation_days: int | None, lock_wait_seconds: float = LOCK_WAIT_SECONDS):
+        self.path, self.observation_days, self.lock_wait_seconds = path, observation_days, lock_wait_seconds
+
+    @contextmanager
+    def open(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        if not self.path.exists():
+            raise WarehouseUnavailable(f"No warehouse at {self.path} yet: run `beton run` (or `make run`) first.")
+        try:
+            with connect(self.path, read_only=True, wait_seconds=self.lock_wait_seconds) as con:
+                yield con
+        except WarehouseLockedError:
+            raise WarehouseUnavailable(
+                f"A beton run is writing the warehouse; this page comes back when it is done "
+                f"(retry in {RETRY_AFTER_SECONDS} s)."
+            ) from None
+
+    def signals(self, flt: SignalFilter, include_all: bool) -> pl.DataFrame:
+        """beton.signals with names, filtered and sorted by `flt`."""
+        with self.open() as con:
+            frame = named_signals(con, include_all, self.observation_days)
+        return flt.apply(frame)
+
+    def signal(self, signal_id: str):
+        """One signal in full (`store.signal_detail.SignalDetail`); UnknownSignalError for an unknown id."""
+        with self.open() as con:
+            return read_signal_detail(con, signal_id, self.observation_days)
+
+    def dashboard(self) -> dict:
+        """The dashboard's data: `day` (the latest scored), `latest` and `trend` (beton.revenue_metrics rows),
+        `recent_leads` (with each top contribution's plain-language `name`) and `score_distribution`."""
+        with self.open() as con:
+            trend = dashboard.read_revenue_metrics(con)
+            day = dashboard.latest_score_day(con)
+            leads = dashboard.read_leads(con, day, RECENT_LEADS) if day else pl.DataFrame()
+            spread = dashboard.score_distribution(con, day) if day else pl.DataFrame()
+            names = signal_names(con, self.observation_days)
+        rows = trend.to_dicts()
+        recent = [
+            {
+                **lead,
+                "top_contributions": [
+                    {**c, "name": names.get(c["signal_id"]) or c.get("definition")}
+                    for c in lead.get("top_contributions") or []
+                ],
+            }
+            for lead in leads.to_dicts()
+        ]
+        return {
+            "day": day,
+            "latest": rows[-1] if rows else None,
+            "trend": rows,
+            "recent_leads": recent,
+            "score_distribution": spread.to_dicts(),
+        }
+
+
+templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.globals.update(fmt=fmt, fmt_interval=fmt_interval)
+api = APIRouter(prefix="/api", default_response_class=WarehouseJSON)
+pages = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
+
+
+def _reader(request: Request) -> WarehouseReader:
+    return request.app.state.reader
+
+
+Reader = Annotated[WarehouseReader, Depends(_reader)]
+
+
+@api.get("/signals/dashboard/metrics", tags=["dashboard"])
+def api_dashboard(reader: Reader) -> WarehouseJSON:
+    """The dashboard's numbers: the latest day of beton.revenue_metrics (`latest`: leads surfaced, conversion rate
+    and signal accuracy over outcomes closed in the last 30 days, pipeline influenced), the last 180 days of it
+    (`trend`), the latest scored day's best-ranked accounts with their top contributions (`recent_leads`) and how
+    that day's scores spread over 20 bins of 0–1 (`score_distribution`)."""
+    return WarehouseJSON(reader.dashboard())
+
+
+@api.get("/signals/list", tags=["signals"])
+def api_signals(
+    reader: Reader,
+    recommendation: Recommendation = None,
+    enabled: Enabled = None,
+    source: Source = None,
+    q: Text = None,
+    sort: Sort = None,
+    order: Order = "desc",
+    include_all: All = False,
+) -> WarehouseJSON:
+    """beton.signals (one row per family unless `all`), filtered and sorted; each row with its plain-language
+    `name`."""
+    frame = reader.signals(SignalFilter.of(recommendation, enabled, source, q, sort, order), include_all)
+    return WarehouseJSON([json_row(r) for r in frame.iter_rows(named=True)])
+
+
+@api.get("/signals/{signal_id}", tags=["signals"])
+def api_signal(reader: Reader, signal_id: str) -> WarehouseJSON:
+    """One signal: its beton.signals row, name, pair parts, backtest by cohort month, latest health days and
+    override history (the answer of `beton signals show ID --json`)."""
+    d = reader.signal(signal_id)
+    return WarehouseJSON(
+        {
+            "signal": json_row(d.signal),
+            "name": d.name,
+            "parts": list(d.parts),
+            "backtest": d.backtest.to_dicts(),
+            "health": d.health.to_dicts(),
+            "overrides": d.overrides.to_dicts(),
+        }
+    )
+
+
+@pages.get("/")
+def dashboard_page(request: Request, reader: Reader) -> Response:
+    data = reader.dashboard()
+    charts_of = {
+        "accuracy_chart": charts.accuracy_trend(data["trend"]),
+        "leads_chart": charts.leads_by_day(data["trend"]),
+        "scores_chart": charts.score_histogram(data["score_distribution"], data["day"]),
+    }
+    return templates.TemplateResponse(
+        request,
+        "dashboard.html",
+        {"title": "Dashboard", **data, **{k: _figure_json(v) for k, v in charts_of.items()}},
+    )
+
+
+@pages.get("/signals")
+def signals_page(
+    request: Request,
+    reader: Reader,
+    recommendation: Recommendation = None,
+    enabled: Enabled = None,
+    source: Source = None,
+    q: Text = None,
+    sort: Sort = None,
+    order: Order = "desc",
+    include_all: All = False,
+) -> Response:
+    flt = SignalFilter.of(recommendation, enabled, source, q, sort, order)
+    rows = reader.signals(flt, include_all).to_dicts()
+    shown = rows[:FOREST_ROWS]
+    figure = charts.forest_plot(shown, [f"{r['name']} ({r['signal_id']})" for r in shown])
+    return templates.TemplateResponse(
+        request,
+        "signals.html",
+        {
+            "title": "Signals",
+            "rows": rows,
+            "filter": flt,
+            "include_all": include_all,
+            "sortable": SORTABLE,
+            "forest": _figure_json(figure),
+            "forest_rows": len(shown),
+        },
+    )
+
+
+@pages.get("/signals/{signal_id}")
+def signal_page(request: Request, reader: Reader, signal_id: str) -> Response:
+    d = reader.signal(signal_id)
+    backtest, health = d.backtest.to_dicts(), d.health.to_dicts()
+    return templates.TemplateResponse(
+        request,
+        "signal.html",
+        {
+            "title": d.name,
+            "d": d,
+            "s": d.signal,
+            "in_words": lift_in_words(d.signal),
+            "backtest": backtest,
+            "overrides": d.overrides.to_dicts(),
+            "backtest_chart": _figure_json(charts.backtest_by_month(backtest)),
+            "health_chart": _figure_json(charts.health_over_time(health)),
+        },
+    )
+
+
+@pages.get("/static/plotly.min.js")
+def plotly_js() -> FileResponse:
+    return FileResponse(_plotly_js(), media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
+
+
+def _wants_json(request: Request) -> bool:
+    return request.url.path.startswith("/api/")
+
+
+async def _unavailable(request: Request, exc: WarehouseUnavailable) -> Response:
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    if _wants_json(request):
+        return WarehouseJSON({"error": exc.message}, status_code=exc.status, headers=headers)
+    context = {"title": "Not available", "message": exc.message}
+    return templates.TemplateResponse(request, "error.html", context, exc.status, headers)
+
+
+async def _unknown(request: Request, exc: UnknownSignalError) -> Response:
+    message = str(exc.args[0])
+    if _wants_json(request):
+        return WarehouseJSON({"error": message}, status_code=404)
+    return templates.TemplateResponse(request, "error.html", {"title": "No such signal", "message": message}, 404)
+
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Content-Security-Policy": (
+        "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'"
+    ),
+}
+"""Every answer's headers: scripts and styles only from the app itself (plotly's inline styles allowed), no
+framing by other sites."""
+
+
+async def _headers(request: Request, call_next):
+    response = await call_next(request)
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+def create_app(warehouse: Path, observation_days: int | None = None, lock_wait_seconds: float = LOCK_WAIT_SECONDS):
+    """The application reading `warehouse` (a DuckDB file written by `beton run`): see the module docstring."""
+    app = FastAPI(
+        title="beton",
+        summary="Signals that predict conversion, with their evidence: the pages' data as JSON.",
+        version="1",
+        openapi_url="/api/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.reader = WarehouseReader(warehouse, observation_days, lock_wait_seconds)
+    app.include_router(api)
+    app.include_router(pages)
+    app.add_exception_handler(WarehouseUnavailable, _unavailable)
+    app.add_exception_handler(UnknownSignalError, _unknown)
+    app.middleware("http")(_headers)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")  # after /static/plotly.min.js
+    return app

@@ -1,0 +1,64 @@
+"""The app served for real: uvicorn on 127.0.0.1 (a free port) in a thread, over a warehouse file."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from beton_pipeline.app.server import create_app
+
+OBSERVATION_DAYS = 14
+"""The demo's observation window (beton.yaml's default), which names intent signals."""
+
+
+@contextmanager
+def serving(warehouse: Path, **options) -> Iterator[str]:
+    """The app over `warehouse`, served until the block ends; yields its base URL."""
+    app = create_app(warehouse, OBSERVATION_DAYS, **options)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the app did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def get(url: str) -> tuple[int, dict, bytes]:
+    """(status, headers, body) of a GET, error statuses included."""
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def get_json(url: str):
+    status, _, body = get(url)
+    assert status == 200, body[:500]
+    return json.loads(body)
+
+
+@pytest.fixture(scope="module")
+def app_url(pipeline_run) -> Iterator[str]:
+    """The app over the session's demo run."""
+    with serving(pipeline_run.warehouse) as url:
+        yield url

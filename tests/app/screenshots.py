@@ -1,0 +1,53 @@
+"""The README's screenshots of the pages: `make screenshots` (after `make run`) serves the warehouse and saves one
+PNG per page in docs/screenshots/, taken by headless Chromium (Debian's package) through Playwright."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+from beton_pipeline.settings import PROJECT_ROOT, warehouse_path
+from tests.app.conftest import get_json, serving
+
+OUT = PROJECT_ROOT / "docs" / "screenshots"
+
+
+def pages(url: str) -> dict[str, tuple[str, list[str]]]:
+    """File name → (page URL, the charts to wait for): the dashboard, the enabled signals, the best of them."""
+    enabled = get_json(f"{url}/api/signals/list?recommendation=enable") or get_json(f"{url}/api/signals/list")
+    return {
+        "dashboard.png": (f"{url}/", ["accuracy", "leads", "scores"]),
+        "signals.png": (f"{url}/signals?recommendation=enable", ["forest"]),
+        "signal.png": (f"{url}/signals/{enabled[0]['signal_id']}", ["backtest", "health"]),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--warehouse", type=Path, default=warehouse_path())
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    browser_path = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    if browser_path is None:
+        sys.stderr.write("error: no Chromium on this machine: apt-get install -y chromium\n")
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    with serving(args.warehouse) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        for name, (address, chart_ids) in pages(url).items():
+            page.goto(address)
+            for chart in chart_ids:
+                page.wait_for_selector(f"#{chart}[data-drawn='true'] .main-svg", timeout=60_000)
+            page.screenshot(path=args.out / name, full_page=True)
+            print(f"{args.out / name}")
+        browser.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
