@@ -390,8 +390,8 @@ def _print_detail_tables(detail) -> None:
 
 def _override(signal_id: str, enabled: bool | None, by: str | None, reason: str | None) -> None:
     """Record a decision in beton.signal_overrides: enable, disable, or (None) back to the recommendation."""
-    from beton_pipeline.store.signal_detail import clear_override, unknown_signal
-    from beton_pipeline.store.signals import UnknownSignalError, set_override
+    from beton_pipeline.store.signal_detail import record_decision
+    from beton_pipeline.store.signals import UnknownSignalError
     from beton_pipeline.warehouse import WarehouseLockedError, connect
 
     path = warehouse_path()
@@ -400,13 +400,7 @@ def _override(signal_id: str, enabled: bool | None, by: str | None, reason: str 
     who = by or os.environ.get("USER") or "unknown"
     try:
         with connect(path) as con:
-            try:
-                if enabled is None:
-                    now_enabled = clear_override(con, signal_id, who, reason)
-                else:
-                    set_override(con, signal_id, enabled, who, reason)
-            except UnknownSignalError:
-                raise unknown_signal(con, signal_id) from None
+            now_enabled = record_decision(con, signal_id, enabled, who, reason)
     except (UnknownSignalError, WarehouseLockedError) as exc:
         _fail(str(exc.args[0]))
     if enabled is None:
@@ -565,13 +559,16 @@ def serve(
     """The signal browser: pages with charts and a JSON API over the warehouse (read-only), at http://HOST:PORT."""
     import uvicorn
 
+    from beton_pipeline.app.auth import TOKEN_ENV, app_token
     from beton_pipeline.app.server import create_app
 
     path = warehouse_path()
     if not path.exists():
         _fail(f"{path}: no warehouse yet; run `beton run` (or `make run`) first")
-    console.print(f"beton: serving {path} at http://{host}:{port}/signals (Ctrl-C stops)")
-    uvicorn.run(create_app(path, _observation_days()), host=host, port=port, log_level="warning")
+    token = app_token()
+    writes = "changes need the app token" if token else f"read-only ({TOKEN_ENV} is not set)"
+    console.print(f"beton: serving {path} at http://{host}:{port}/ ({writes}; Ctrl-C stops)")
+    uvicorn.run(create_app(path, _observation_days(), token=token), host=host, port=port, log_level="warning")
 
 
 @app.command()

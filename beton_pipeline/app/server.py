@@ -11,6 +11,10 @@ One FastAPI application on 127.0.0.1 reading the warehouse read-only:
 * `GET /api/signals/dashboard/metrics`, `GET /api/signals/list`, `GET /api/signals/{id}` — the same rows as JSON (the columns of beton.signals,
   beton.signal_backtests, beton.signal_health and beton.signal_overrides), described at `/api/openapi.json`.
 
+Changes (enable, disable or reset a signal, from its page or `POST /api/signals/{id}/decision`) need the app
+token (`auth`: `BETON_APP_TOKEN`; unset, the app is read-only); each is recorded in beton.signal_overrides with
+who and why, the same path as `beton signals enable|disable|reset`.
+
 Every request opens the DuckDB file read-only and closes it before answering. A DuckDB file has one writer and
 no readers while it writes, so the app never holds it across requests: a run waiting for the file waits for
 one request at most, and a page asked for while a run writes answers 503 with `Retry-After` (the run is not
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,11 +41,11 @@ from typing import Annotated, Literal
 import duckdb
 import polars as pl
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from beton_pipeline.app import charts
+from beton_pipeline.app import auth, charts
 from beton_pipeline.core.formatting import fmt, fmt_interval
 from beton_pipeline.store import dashboard
 from beton_pipeline.store.signal_detail import (
@@ -48,6 +53,7 @@ from beton_pipeline.store.signal_detail import (
     lift_in_words,
     named_signals,
     read_signal_detail,
+    record_decision,
     signal_names,
 )
 from beton_pipeline.store.signals import UnknownSignalError
@@ -88,6 +94,20 @@ Text = Annotated[str | None, Query(max_length=200, description="text in the name
 Sort = Annotated[Literal[SORTABLE + ("",)] | None, Query(description="sort by this column (default: beton's order)")]
 Order = Annotated[Literal["asc", "desc"], Query(description="sort direction")]
 All = Annotated[bool, Query(alias="all", description="every tested candidate, not only each family's best")]
+
+
+DECISIONS: dict[str, bool | None] = {"enable": True, "disable": False, "reset": None}
+"""A decision's name → the `enabled` it records (reset: back to the recommendation)."""
+MAX_WHO, MAX_WHY = 100, 500
+"""Longest accepted `by` and `reason` of a decision (characters)."""
+
+
+class Refused(Exception):
+    """A write the app refuses: `status` (401, 403, 400) and a `message` saying what to do."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.message, self.status = message, status
 
 
 class WarehouseUnavailable(Exception):
@@ -176,8 +196,9 @@ def _plotly_js() -> Path:
     return Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
 
 
-class WarehouseReader:
-    """The app's only way to the warehouse: each call opens the file read-only, reads, and closes it.
+class Warehouse:
+    """The app's only way to the warehouse: each call opens the file (read-only, but for a user's decision),
+    reads or writes, and closes it.
 
     `observation_days` names intent signals' windows in plain language (beton.yaml's `windows.observation_days`);
     `lock_wait_seconds` is how long a call waits for a run to release the file before `WarehouseUnavailable`."""
@@ -196,6 +217,19 @@ class WarehouseReader:
             raise WarehouseUnavailable(
                 f"A beton run is writing the warehouse; this page comes back when it is done "
                 f"(retry in {RETRY_AFTER_SECONDS} s)."
+            ) from None
+
+    def decide(self, signal_id: str, enabled: bool | None, changed_by: str, reason: str | None) -> bool:
+        """Record a decision on a signal (`store.signal_detail.record_decision`): the `enabled` it has now."""
+        if not self.path.exists():
+            raise WarehouseUnavailable(f"No warehouse at {self.path} yet: run `beton run` (or `make run`) first.")
+        try:
+            with connect(self.path, wait_seconds=self.lock_wait_seconds) as con:
+                return record_decision(con, signal_id, enabled, changed_by, reason)
+        except WarehouseLockedError:
+            raise WarehouseUnavailable(
+                f"A beton run is writing the warehouse; the decision was not recorded: try again in "
+                f"{RETRY_AFTER_SECONDS} s."
             ) from None
 
     def signals(self, flt: SignalFilter, include_all: bool) -> pl.DataFrame:
@@ -244,11 +278,11 @@ api = APIRouter(prefix="/api", default_response_class=WarehouseJSON)
 pages = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
 
 
-def _reader(request: Request) -> WarehouseReader:
+def _reader(request: Request) -> Warehouse:
     return request.app.state.reader
 
 
-Reader = Annotated[WarehouseReader, Depends(_reader)]
+Reader = Annotated[Warehouse, Depends(_reader)]
 
 
 @api.get("/signals/dashboard/metrics", tags=["dashboard"])
@@ -344,6 +378,7 @@ def signals_page(
 def signal_page(request: Request, reader: Reader, signal_id: str) -> Response:
     d = reader.signal(signal_id)
     backtest, health = d.backtest.to_dicts(), d.health.to_dicts()
+    nonce = _session(request)
     return templates.TemplateResponse(
         request,
         "signal.html",
@@ -356,8 +391,126 @@ def signal_page(request: Request, reader: Reader, signal_id: str) -> Response:
             "overrides": d.overrides.to_dicts(),
             "backtest_chart": _figure_json(charts.backtest_by_month(backtest)),
             "health_chart": _figure_json(charts.health_over_time(health)),
+            "writes": request.app.state.token is not None,
+            "csrf": auth.csrf_token(request.app.state.token, nonce) if nonce else None,
         },
     )
+
+
+def _decision(decision: str | None, by: str | None, reason: str | None) -> tuple[bool | None, str, str | None]:
+    """A decision's fields checked: (enabled, who, why), or Refused (400) saying which is wrong."""
+    if decision not in DECISIONS:
+        raise Refused(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}", 400)
+    who, why = (by or "").strip(), (reason or "").strip() or None
+    if not who or len(who) > MAX_WHO:
+        raise Refused(f"say who decides (by: 1 to {MAX_WHO} characters): the decision is kept with its author", 400)
+    if why is not None and len(why) > MAX_WHY:
+        raise Refused(f"the reason is {len(why)} characters long; keep it under {MAX_WHY}", 400)
+    return DECISIONS[decision], who, why
+
+
+def _writes_allowed(request: Request) -> str:
+    """The app token, or Refused (403) when writes are off."""
+    token = request.app.state.token
+    if token is None:
+        raise Refused(
+            f"This beton serve is read-only: start it with {auth.TOKEN_ENV} set to a secret to allow changes.", 403
+        )
+    return token
+
+
+def _session(request: Request) -> str | None:
+    """The nonce of the request's valid session (None: not signed in, or writes off)."""
+    return auth.session_nonce(request.cookies.get(auth.SESSION_COOKIE), request.app.state.token)
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """An urlencoded form's fields (the last value of each), at most 64 KiB."""
+    body = await request.body()
+    if len(body) > 65_536:
+        raise Refused("the form is too large", 400)
+    return {k: v[-1] for k, v in urllib.parse.parse_qs(body.decode("utf-8", "replace")).items()}
+
+
+def _same_origin(request: Request) -> None:
+    """Refused (403) for a POST whose Origin is another site (browsers send it with every form POST)."""
+    origin = request.headers.get("origin")
+    if origin is not None and urllib.parse.urlsplit(origin).netloc != request.headers.get("host"):
+        raise Refused("a form from another site cannot change beton", 403)
+
+
+def _local_path(target: str | None) -> str:
+    """Where to go after signing in: a path on this site, else the dashboard."""
+    return target if target and target.startswith("/") and not target.startswith("//") else "/"
+
+
+@api.post("/signals/{signal_id}/decision", tags=["signals"])
+async def api_decide(request: Request, reader: Reader, signal_id: str) -> WarehouseJSON:
+    """Enable, disable or reset (back to its recommendation) a signal, as `beton signals enable|disable|reset`
+    does: the JSON body `{"decision": "disable", "by": "ana", "reason": "…"}`, with `Authorization: Bearer
+    <BETON_APP_TOKEN>`. Answers the signal's `enabled` now. Recorded in beton.signal_overrides with who and why."""
+    token = _writes_allowed(request)
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not auth.token_matches(given.strip(), token):
+        raise Refused("send the app token as Authorization: Bearer <token>", 401)
+    try:
+        body = await request.json()
+    except ValueError:
+        raise Refused("the body must be a JSON object: {decision, by, reason}", 400) from None
+    if not isinstance(body, dict):
+        raise Refused("the body must be a JSON object: {decision, by, reason}", 400)
+    enabled, who, why = _decision(body.get("decision"), body.get("by"), body.get("reason"))
+    now = reader.decide(signal_id, enabled, who, why)
+    return WarehouseJSON({"signal_id": signal_id, "decision": body["decision"], "enabled": now, "by": who})
+
+
+@pages.get("/login")
+def login_page(request: Request, next: str = "/") -> Response:
+    context = {"title": "Sign in", "next": _local_path(next), "writes": request.app.state.token is not None}
+    return templates.TemplateResponse(request, "login.html", context)
+
+
+@pages.post("/login")
+async def login(request: Request) -> Response:
+    token = _writes_allowed(request)
+    _same_origin(request)
+    form = await _form(request)
+    if not auth.token_matches(form.get("token"), token):
+        context = {"title": "Sign in", "next": _local_path(form.get("next")), "writes": True, "wrong": True}
+        return templates.TemplateResponse(request, "login.html", context, 401)
+    response = RedirectResponse(_local_path(form.get("next")), status_code=303)
+    response.set_cookie(
+        auth.SESSION_COOKIE,
+        auth.new_session(token),
+        max_age=auth.SESSION_HOURS * 3600,
+        httponly=True,
+        samesite="strict",
+        path="/",
+    )
+    return response
+
+
+@pages.post("/logout")
+async def logout(request: Request) -> Response:
+    _same_origin(request)
+    response = RedirectResponse("/", status_code=303)
+    response.delete_cookie(auth.SESSION_COOKIE, path="/")
+    return response
+
+
+@pages.post("/signals/{signal_id}/decision")
+async def decide(request: Request, reader: Reader, signal_id: str) -> Response:
+    token = _writes_allowed(request)
+    _same_origin(request)
+    form = await _form(request)
+    nonce = _session(request)
+    if nonce is None:
+        raise Refused("sign in with the app token first (/login)", 401)
+    if not auth.csrf_matches(form.get("csrf"), token, nonce):
+        raise Refused("this form has expired or was not made by this page: reload the page and try again", 403)
+    enabled, who, why = _decision(form.get("decision"), form.get("by"), form.get("reason"))
+    reader.decide(signal_id, enabled, who, why)
+    return RedirectResponse(f"/signals/{urllib.parse.quote(signal_id, safe='')}#decisions", status_code=303)
 
 
 @pages.get("/static/plotly.min.js")
@@ -375,6 +528,13 @@ async def _unavailable(request: Request, exc: WarehouseUnavailable) -> Response:
         return WarehouseJSON({"error": exc.message}, status_code=exc.status, headers=headers)
     context = {"title": "Not available", "message": exc.message}
     return templates.TemplateResponse(request, "error.html", context, exc.status, headers)
+
+
+async def _refused(request: Request, exc: Refused) -> Response:
+    if _wants_json(request):
+        return WarehouseJSON({"error": exc.message}, status_code=exc.status)
+    context = {"title": "Not allowed" if exc.status in (401, 403) else "Not accepted", "message": exc.message}
+    return templates.TemplateResponse(request, "error.html", context, exc.status)
 
 
 async def _unknown(request: Request, exc: UnknownSignalError) -> Response:
@@ -402,8 +562,14 @@ async def _headers(request: Request, call_next):
     return response
 
 
-def create_app(warehouse: Path, observation_days: int | None = None, lock_wait_seconds: float = LOCK_WAIT_SECONDS):
-    """The application reading `warehouse` (a DuckDB file written by `beton run`): see the module docstring."""
+def create_app(
+    warehouse: Path,
+    observation_days: int | None = None,
+    lock_wait_seconds: float = LOCK_WAIT_SECONDS,
+    token: str | None = None,
+):
+    """The application over `warehouse` (a DuckDB file written by `beton run`): see the module docstring. `token`
+    allows writes (`auth.app_token()`: `BETON_APP_TOKEN`); None keeps the app read-only."""
     app = FastAPI(
         title="beton",
         summary="Signals that predict conversion, with their evidence: the pages' data as JSON.",
@@ -412,11 +578,13 @@ def create_app(warehouse: Path, observation_days: int | None = None, lock_wait_s
         docs_url=None,
         redoc_url=None,
     )
-    app.state.reader = WarehouseReader(warehouse, observation_days, lock_wait_seconds)
+    app.state.reader = Warehouse(warehouse, observation_days, lock_wait_seconds)
+    app.state.token = token
     app.include_router(api)
     app.include_router(pages)
     app.add_exception_handler(WarehouseUnavailable, _unavailable)
     app.add_exception_handler(UnknownSignalError, _unknown)
+    app.add_exception_handler(Refused, _refused)
     app.middleware("http")(_headers)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")  # after /static/plotly.min.js
     return app

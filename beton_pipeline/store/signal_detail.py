@@ -32,6 +32,7 @@ from beton_pipeline.store.signals import (
     SIGNALS_TABLE,
     UnknownSignalError,
     read_signals,
+    set_override,
 )
 from beton_pipeline.warehouse import table_exists, transaction
 
@@ -182,3 +183,18 @@ def clear_override(
     return bool(
         con.sql(f"select enabled from {SIGNALS_TABLE} where signal_id = ?", params=[signal_id]).fetchall()[0][0]
     )
+
+
+def record_decision(
+    con: duckdb.DuckDBPyConnection, signal_id: str, enabled: bool | None, changed_by: str, reason: str | None
+) -> bool:
+    """A user's decision on `signal_id` (`beton signals enable|disable|reset`, the signal page's buttons): enable,
+    disable, or (`enabled` None) back to the recommendation, recorded with who and why and applied at once. The
+    `enabled` the signal has now; UnknownSignalError naming the nearest ids for an unknown one."""
+    try:
+        if enabled is None:
+            return clear_override(con, signal_id, changed_by, reason)
+        set_override(con, signal_id, enabled, changed_by, reason)
+        return enabled
+    except UnknownSignalError:
+        raise unknown_signal(con, signal_id) from None

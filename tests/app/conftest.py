@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import threading
 import time
@@ -62,3 +63,39 @@ def app_url(pipeline_run) -> Iterator[str]:
     """The app over the session's demo run."""
     with serving(pipeline_run.warehouse) as url:
         yield url
+
+
+BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome")
+
+
+def browser_path() -> str:
+    """The system's Chromium (Playwright's own browser download needs a network these machines lack)."""
+    for name in BROWSER_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.fail("no Chromium on this machine: apt-get install -y chromium (CI's .ci/run installs it)")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=browser_path(), args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page whose browser console must stay free of errors (checked when the test ends)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.errors = errors
+    yield page
+    context.close()
+    assert not errors, f"the browser console has errors: {errors}"

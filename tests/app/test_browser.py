@@ -4,55 +4,17 @@ error in the browser console (a Content-Security-Policy violation would show the
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
-
-import pytest
-
 from beton_pipeline.core.formatting import fmt
 from tests.app.conftest import get_json
 
-playwright = pytest.importorskip("playwright.sync_api")
 
-BROWSER_PATHS = ("chromium", "chromium-browser", "google-chrome")
-
-
-def _browser_path() -> str:
-    for name in BROWSER_PATHS:
-        found = shutil.which(name)
-        if found:
-            return found
-    pytest.fail("no Chromium on this machine: apt-get install -y chromium (CI's .ci/run installs it)")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    with playwright.sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=_browser_path(), args=["--no-sandbox"])
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.errors = errors
-    yield page
-    context.close()
-    assert not errors, f"the browser console has errors: {errors}"
-
-
-def _drawn(page, chart_id: str) -> None:
+def drawn(page, chart_id: str) -> None:
     page.wait_for_selector(f"#{chart_id}[data-drawn='true'] .main-svg", timeout=30_000)
 
 
 def test_the_signal_list_renders_its_table_and_forest_plot(page, app_url):
     page.goto(f"{app_url}/signals")
-    _drawn(page, "forest")
+    drawn(page, "forest")
     rows = get_json(f"{app_url}/api/signals/list")
     assert page.locator("#signals tbody tr").count() == len(rows)
     first = page.locator("#signals tbody tr").first
@@ -69,7 +31,7 @@ def test_filtering_and_sorting_from_the_form(page, app_url):
     page.select_option("select[name='order']", "asc")
     page.click("#filters button[type='submit']")
     page.wait_for_url("**/signals?*recommendation=enable*")
-    _drawn(page, "forest")
+    drawn(page, "forest")
     expected = get_json(f"{app_url}/api/signals/list?recommendation=enable&sort=lift&order=asc")
     ids = page.locator("#signals tbody tr").evaluate_all("rows => rows.map(r => r.dataset.signalId)")
     assert ids == [r["signal_id"] for r in expected] and ids
@@ -82,8 +44,8 @@ def test_a_signal_page_shows_its_statistics_backtest_and_health(page, app_url):
     page.goto(f"{app_url}/signals")
     page.click(f"#signals tr[data-signal-id='{signal['signal_id']}'] a")
     page.wait_for_url(f"**/signals/{signal['signal_id']}")
-    _drawn(page, "backtest")
-    _drawn(page, "health")
+    drawn(page, "backtest")
+    drawn(page, "health")
     detail = get_json(f"{app_url}/api/signals/{signal['signal_id']}")
     assert page.locator("h1").inner_text() == detail["name"]
     assert page.locator("#stats dd[data-col='lift']").inner_text().startswith(fmt(signal["lift"], ".2f"))
@@ -104,7 +66,7 @@ def test_an_empty_filter_and_an_unknown_signal_say_so(page, app_url):
 def test_the_dashboard_shows_the_latest_numbers_its_charts_and_leads(page, app_url):
     page.goto(f"{app_url}/")
     for chart in ("accuracy", "leads", "scores"):
-        _drawn(page, chart)
+        drawn(page, chart)
     answer = get_json(f"{app_url}/api/signals/dashboard/metrics")
     latest = answer["latest"]
     assert page.locator("[data-metric='leads_surfaced']").inner_text() == f"{latest['leads_surfaced']:,}"
@@ -113,4 +75,4 @@ def test_the_dashboard_shows_the_latest_numbers_its_charts_and_leads(page, app_u
     assert ids == [a["account_id"] for a in answer["recent_leads"]]
     page.locator("#recent-leads tbody a").first.click()
     page.wait_for_url("**/signals/sig_*")
-    _drawn(page, "backtest")
+    drawn(page, "backtest")
