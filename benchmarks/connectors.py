@@ -18,6 +18,7 @@ import os
 import sys
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the project importable
@@ -29,8 +30,9 @@ from beton_pipeline.sources.connectors.registry import connector_source  # noqa:
 from beton_pipeline.sources.demo import generate_demo  # noqa: E402
 from tests.fakes.attio_api import FakeAttioRecords  # noqa: E402
 from tests.fakes.posthog_api import FakePostHog  # noqa: E402
+from tests.fakes.s3 import FakeS3  # noqa: E402
 from tests.fakes.stripe_api import FakeStripe  # noqa: E402
-from tests.fakes.vendors import read_export, serve_attio, serve_posthog, serve_stripe  # noqa: E402
+from tests.fakes.vendors import read_export, serve_attio, serve_posthog, serve_s3_export, serve_stripe  # noqa: E402
 
 KEYS = {"BETON_POSTHOG_API_KEY": "phx_bench", "BETON_ATTIO_API_KEY": "attio-bench", "BETON_STRIPE_API_KEY": "sk_test_b"}
 
@@ -107,8 +109,57 @@ def main(argv: list[str] | None = None) -> int:
                 lines.append(
                     f"| {label} | {name} | {landed} | {len(fake.requests) - before:,} | {seconds:.1f} | {cpu:.1f} |"
                 )
+    lines += ["", *_batch_export(export["events"], work)]
     print("\n".join(lines))
     return 0
+
+
+def _batch_export(events: list[dict], work: Path) -> list[str]:
+    """The same events from a daily PostHog batch export in the S3 fake (moto's server, in this process): the
+    first pull reads every object, the next one the one object of a new day."""
+    lines = [
+        "PostHog from a batch export on S3 (one Parquet object per day of events, moto's S3 server):",
+        "",
+        "| pull | objects written | events landed | seconds | beton's CPU seconds |",
+        "|---|---|---|---|---|",
+    ]
+    landing = work / "pulled-export"
+    with FakeS3() as s3:
+        os.environ["BETON_POSTHOG_S3_ACCESS_KEY_ID"], os.environ["BETON_POSTHOG_S3_SECRET_ACCESS_KEY"] = (
+            s3.access_key,
+            s3.secret_key,
+        )
+        settings = Settings.model_validate(
+            {
+                "sources": {
+                    "posthog": {
+                        "enabled": True,
+                        "batch_export": {
+                            "bucket": s3.bucket,
+                            "prefix": "posthog/",
+                            "endpoint_url": s3.url,
+                            "max_objects": 10_000,
+                        },
+                    }
+                }
+            }
+        )
+        for label in ("first", "next"):
+            if label == "first":
+                written = serve_s3_export(s3, events)
+            else:  # the next day's object
+                latest = max(r["timestamp"] for r in events)
+                day = [
+                    {**r, "uuid": f"{r['uuid'][:-4]}eeee", "timestamp": latest + timedelta(days=1)}
+                    for r in events[-500:]
+                ]
+                written = serve_s3_export(s3, day)
+            started, cpu = time.perf_counter(), time.thread_time()
+            pull(connector_source("posthog", settings.connector_config("posthog"), landing), landing)
+            seconds, cpu = time.perf_counter() - started, time.thread_time() - cpu
+            landed = _landed(landing, "posthog").get("events", 0)
+            lines.append(f"| {label} | {written:,} | {landed:,} (all pulls) | {seconds:.1f} | {cpu:.1f} |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -352,10 +352,13 @@ def test_the_connector_benchmark_runs(capsys):
     from benchmarks import connectors
 
     assert connectors.main(["--accounts", "40", "--months", "2", "--page-size", "500"]) == 0
-    rows = [
-        line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith(("| first", "| next"))
-    ]
+    apis, export = capsys.readouterr().out.split("PostHog from a batch export on S3")
+    rows = [line.split(" | ") for line in apis.splitlines() if line.startswith(("| first", "| next"))]
     calls = {(r[0].strip("| "), r[1]): int(r[3].replace(",", "")) for r in rows}
     assert len(rows) == 6
     for source in ("posthog", "attio", "stripe"):
         assert 0 < calls[("next", source)] < calls[("first", source)], source
+    first, following = (line.split(" | ") for line in export.splitlines() if line.startswith(("| first", "| next")))
+    events = int(first[2].split()[0].replace(",", ""))
+    assert int(first[1].replace(",", "")) > 1 and events == int(rows[0][2].split()[1].replace(",", ""))
+    assert following[1] == "1" and int(following[2].split()[0].replace(",", "")) > events  # one new day

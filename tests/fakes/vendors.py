@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from beton_pipeline.sources.contract import TABLES
@@ -23,6 +23,7 @@ from beton_pipeline.sources.ingest import ingest_table
 from beton_pipeline.warehouse import connect
 from tests.fakes.attio_api import FakeAttioRecords, member
 from tests.fakes.posthog_api import FakePostHog
+from tests.fakes.s3 import FakeS3
 from tests.fakes.stripe_api import FakeStripe, customer, invoice, price, subscription
 
 
@@ -85,6 +86,33 @@ def serve_posthog(fake: FakePostHog, rows: list[dict]) -> int:
         ]
     )
     return len(rows)
+
+
+def serve_s3_export(fake: FakeS3, rows: list[dict]) -> int:
+    """Events as a daily PostHog batch export in the S3 fake: one Parquet (zstd) object per day of events, named
+    for its interval as PostHog names it (ids as `posthog_uuid`, properties as stored JSON text); objects written."""
+    days: dict = {}
+    for r in rows:
+        days.setdefault(r["timestamp"].date(), []).append(r)
+    for day, events in sorted(days.items()):
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        exported = [
+            {
+                "uuid": posthog_uuid(r["uuid"]),
+                "timestamp": r["timestamp"].replace(tzinfo=UTC),
+                "_inserted_at": r["timestamp"].replace(tzinfo=UTC),
+                "created_at": r["timestamp"].replace(tzinfo=UTC),
+                "event": r["event"],
+                "properties": r["properties"],
+                "distinct_id": r["distinct_id"],
+                "elements_chain": "",
+                "person_properties": r["person_properties"],
+                "person_id": None,
+            }
+            for r in events
+        ]
+        fake.put_export(exported, start, start + timedelta(days=1), compression="zstd")
+    return len(days)
 
 
 def serve_stripe(fake: FakeStripe, tables: dict[str, list[dict]]) -> None:
