@@ -22,6 +22,7 @@ help:
 	@echo "make bench-100m  run beton once on 100M events (BENCHMARKS.md; ~1-2 hours)"
 	@echo "make bench-daily  the next day's beton run on 10M events against a full run, and their tables (~13 min)"
 	@echo "make bench-connectors  the connectors' pulls against the local fakes of PostHog, Attio and Stripe (~1 min)"
+	@echo "make bench-pages  the pages' times (WAREHOUSES='1M=path 10M=path'; default make run's warehouse)"
 	@echo "make health-sim  the three signal health rules side by side on simulated signals (about 8 minutes)"
 
 # One-time (and on dependency change) environment: uv from PyPI, then the locked dependency set.
@@ -100,6 +101,10 @@ bench-100m: setup
 .PHONY: bench-connectors
 bench-connectors: setup
 	$(BIN)/python benchmarks/connectors.py --accounts 1000
+
+.PHONY: bench-pages
+bench-pages: setup
+	$(BIN)/python benchmarks/pages.py $(foreach w,$(WAREHOUSES),--warehouse $(w))
 
 .PHONY: bench-daily
 bench-daily: setup

@@ -568,7 +568,11 @@ def serve(
     token = app_token()
     writes = "changes need the app token" if token else f"read-only ({TOKEN_ENV} is not set)"
     console.print(f"beton: serving {path} at http://{host}:{port}/ ({writes}; Ctrl-C stops)")
-    uvicorn.run(create_app(path, _observation_days(), token=token), host=host, port=port, log_level="warning")
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        _fail(str(exc))
+    uvicorn.run(create_app(path, settings, token=token), host=host, port=port, log_level="warning")
 
 
 @app.command()

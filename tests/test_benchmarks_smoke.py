@@ -362,3 +362,25 @@ def test_the_connector_benchmark_runs(capsys):
     events = int(first[2].split()[0].replace(",", ""))
     assert int(first[1].replace(",", "")) > 1 and events == int(rows[0][2].split()[1].replace(",", ""))
     assert following[1] == "1" and int(following[2].split()[0].replace(",", "")) > events  # one new day
+
+
+def test_the_pages_benchmark_times_every_page(capsys, pipeline_run):
+    """`make bench-pages` on the demo run: one row per page and endpoint, each answered."""
+    from benchmarks import pages
+
+    assert pages.main(["--warehouse", f"demo={pipeline_run.warehouse}", "--repetitions", "1"]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| demo")]
+    assert [r[1] for r in rows] == [
+        "`/`",
+        "`/signals`",
+        "`/signals?sort=lift&order=asc&all=true`",
+        "`/signals/{id}`",
+        "`/sources`",
+        "`/playbooks`",
+        "`/api/signals/dashboard/metrics`",
+        "`/api/signals/list`",
+        "`/api/signals/{id}`",
+        "`/api/sources/status`",
+        "`/api/playbooks/list`",
+    ]
+    assert all(0 < float(r[2]) <= float(r[3]) for r in rows)

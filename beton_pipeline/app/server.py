@@ -6,9 +6,13 @@ One FastAPI application on 127.0.0.1 reading the warehouse read-only:
   day of beton.revenue_metrics), their trends, the score distribution and the latest day's best-ranked accounts.
 * `GET /signals` — every signal best first, with a forest plot of lift and its confidence interval; filters
   (recommendation, enabled, source, text) and sorting by any numeric column, in the URL so a view can be shared.
+* `GET /sources` — each contract table: files or a connector, the last ingest (read, loaded, duplicates,
+  quarantined with its reasons) and how current it is.
+* `GET /playbooks` — each playbook's rule, its actions by status and its readout (treated vs held out).
 * `GET /signals/{id}` — one signal: what it means, its statistics, its backtest by cohort month (chart), its
   health by day (chart) and who overrode it.
-* `GET /api/signals/dashboard/metrics`, `GET /api/signals/list`, `GET /api/signals/{id}` — the same rows as JSON (the columns of beton.signals,
+* `GET /api/signals/dashboard/metrics`, `/api/signals/list`, `/api/signals/{id}`, `/api/sources/status`,
+  `/api/playbooks/list` — the same rows as JSON (the columns of beton.signals,
   beton.signal_backtests, beton.signal_health and beton.signal_overrides), described at `/api/openapi.json`.
 
 Changes (enable, disable or reset a signal, from its page or `POST /api/signals/{id}/decision`) need the app
@@ -46,8 +50,12 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from beton_pipeline.app import auth, charts
-from beton_pipeline.core.formatting import fmt, fmt_interval
+from beton_pipeline.core.formatting import MISSING, fmt, fmt_interval
+from beton_pipeline.settings import Settings
 from beton_pipeline.store import dashboard
+from beton_pipeline.store.outbox import action_counts
+from beton_pipeline.store.playbooks import latest_score_day
+from beton_pipeline.store.readouts import read_playbook_readouts
 from beton_pipeline.store.signal_detail import (
     json_row,
     lift_in_words,
@@ -57,6 +65,7 @@ from beton_pipeline.store.signal_detail import (
     signal_names,
 )
 from beton_pipeline.store.signals import UnknownSignalError
+from beton_pipeline.store.sources_status import source_status
 from beton_pipeline.warehouse import WarehouseLockedError, connect
 
 HERE = Path(__file__).resolve().parent
@@ -200,11 +209,12 @@ class Warehouse:
     """The app's only way to the warehouse: each call opens the file (read-only, but for a user's decision),
     reads or writes, and closes it.
 
-    `observation_days` names intent signals' windows in plain language (beton.yaml's `windows.observation_days`);
+    `settings` (beton.yaml's) name intent signals' windows, set the freshness limits and list the playbooks;
     `lock_wait_seconds` is how long a call waits for a run to release the file before `WarehouseUnavailable`."""
 
-    def __init__(self, path: Path, observation_days: int | None, lock_wait_seconds: float = LOCK_WAIT_SECONDS):
-        self.path, self.observation_days, self.lock_wait_seconds = path, observation_days, lock_wait_seconds
+    def __init__(self, path: Path, settings: Settings, lock_wait_seconds: float = LOCK_WAIT_SECONDS):
+        self.path, self.settings, self.lock_wait_seconds = path, settings, lock_wait_seconds
+        self.observation_days = settings.windows.observation_days
 
     @contextmanager
     def open(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -232,6 +242,47 @@ class Warehouse:
                 f"{RETRY_AFTER_SECONDS} s."
             ) from None
 
+    def sources(self) -> list[dict]:
+        """Each contract table's origin, last ingest, quarantine and freshness (`store.sources_status`)."""
+        with self.open() as con:
+            return source_status(con, self.settings)
+
+    def playbooks(self) -> list[dict]:
+        """Each playbook of the settings (and any the outbox still holds): its rule, its actions by status and
+        its readout (treated vs held out)."""
+        with self.open() as con:
+            counts, readouts = action_counts(con), read_playbook_readouts(con)
+        by_playbook: dict[str, dict] = {}
+        for row in counts.iter_rows(named=True):
+            entry = by_playbook.setdefault(row["playbook"], {"actions": {}, "first_day": None, "last_day": None})
+            entry["actions"][row["status"]] = row["actions"]
+            entry["first_day"] = min(d for d in (entry["first_day"], row["first_day"]) if d is not None)
+            entry["last_day"] = max(d for d in (entry["last_day"], row["last_day"]) if d is not None)
+        readout = {r["playbook"]: r for r in readouts.to_dicts()}
+        configured = self.settings.playbook_config().playbooks
+        names = [p.name for p in configured] + sorted(set(by_playbook) - {p.name for p in configured})
+        rules = {p.name: p for p in configured}
+        out = []
+        for name in names:
+            playbook = rules.get(name)
+            activity = by_playbook.get(name, {"actions": {}, "first_day": None, "last_day": None})
+            out.append(
+                {
+                    "name": name,
+                    "configured": playbook is not None,
+                    "kind": playbook.kind if playbook else None,
+                    "when": {k: v for k, v in playbook.when.model_dump().items() if v not in (None, (), [])}
+                    if playbook
+                    else None,
+                    "then": [a.destination for a in playbook.then] if playbook else [],
+                    "holdout_fraction": playbook.effective_holdout_fraction if playbook else None,
+                    "cooldown_days": playbook.cooldown_days if playbook else None,
+                    **activity,
+                    "readout": readout.get(name),
+                }
+            )
+        return out
+
     def signals(self, flt: SignalFilter, include_all: bool) -> pl.DataFrame:
         """beton.signals with names, filtered and sorted by `flt`."""
         with self.open() as con:
@@ -248,7 +299,7 @@ class Warehouse:
         `recent_leads` (with each top contribution's plain-language `name`) and `score_distribution`."""
         with self.open() as con:
             trend = dashboard.read_revenue_metrics(con)
-            day = dashboard.latest_score_day(con)
+            day = latest_score_day(con)
             leads = dashboard.read_leads(con, day, RECENT_LEADS) if day else pl.DataFrame()
             spread = dashboard.score_distribution(con, day) if day else pl.DataFrame()
             names = signal_names(con, self.observation_days)
@@ -273,7 +324,14 @@ class Warehouse:
 
 
 templates = Jinja2Templates(directory=HERE / "templates")
-templates.env.globals.update(fmt=fmt, fmt_interval=fmt_interval)
+
+
+def _minute(value: datetime | None) -> str:
+    """A time on a page: to the minute (UTC, as stored), or a dash."""
+    return value.strftime("%Y-%m-%d %H:%M") if value else MISSING
+
+
+templates.env.globals.update(fmt=fmt, fmt_interval=fmt_interval, minute=_minute)
 api = APIRouter(prefix="/api", default_response_class=WarehouseJSON)
 pages = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
 
@@ -292,6 +350,22 @@ def api_dashboard(reader: Reader) -> WarehouseJSON:
     (`trend`), the latest scored day's best-ranked accounts with their top contributions (`recent_leads`) and how
     that day's scores spread over 20 bins of 0–1 (`score_distribution`)."""
     return WarehouseJSON(reader.dashboard())
+
+
+@api.get("/sources/status", tags=["sources"])
+def api_sources(reader: Reader) -> WarehouseJSON:
+    """One entry per contract table: `origin` (files, or the connector that pulls it), the last ingest's `rows_read`,
+    `loaded`, `duplicates`, `files` and `ingested_at`, `quarantined` with the most frequent `quarantine_reasons`,
+    and freshness (`newest`, `lag_days`, `age_days`, `fresh`, `freshness`)."""
+    return WarehouseJSON(reader.sources())
+
+
+@api.get("/playbooks/list", tags=["playbooks"])
+def api_playbooks(reader: Reader) -> WarehouseJSON:
+    """Each playbook: its rule (`kind`, `when`, `then` destinations, `holdout_fraction`, `cooldown_days`; `configured`
+    false for one the outbox holds but beton.yaml no longer names), its `actions` by status with `first_day` and
+    `last_day`, and its `readout` (a beton.playbook_readouts row: treated vs held out, lift, p, warnings)."""
+    return WarehouseJSON(reader.playbooks())
 
 
 @api.get("/signals/list", tags=["signals"])
@@ -341,6 +415,17 @@ def dashboard_page(request: Request, reader: Reader) -> Response:
         "dashboard.html",
         {"title": "Dashboard", **data, **{k: _figure_json(v) for k, v in charts_of.items()}},
     )
+
+
+@pages.get("/sources")
+def sources_page(request: Request, reader: Reader) -> Response:
+    return templates.TemplateResponse(request, "sources.html", {"title": "Sources", "tables": reader.sources()})
+
+
+@pages.get("/playbooks")
+def playbooks_page(request: Request, reader: Reader) -> Response:
+    context = {"title": "Playbooks", "playbooks": reader.playbooks()}
+    return templates.TemplateResponse(request, "playbooks.html", context)
 
 
 @pages.get("/signals")
@@ -564,12 +649,13 @@ async def _headers(request: Request, call_next):
 
 def create_app(
     warehouse: Path,
-    observation_days: int | None = None,
+    settings: Settings | None = None,
     lock_wait_seconds: float = LOCK_WAIT_SECONDS,
     token: str | None = None,
 ):
-    """The application over `warehouse` (a DuckDB file written by `beton run`): see the module docstring. `token`
-    allows writes (`auth.app_token()`: `BETON_APP_TOKEN`); None keeps the app read-only."""
+    """The application over `warehouse` (a DuckDB file written by `beton run`) under `settings` (None: every
+    default): see the module docstring. `token` allows writes (`auth.app_token()`: `BETON_APP_TOKEN`); None keeps
+    the app read-only."""
     app = FastAPI(
         title="beton",
         summary="Signals that predict conversion, with their evidence: the pages' data as JSON.",
@@ -578,7 +664,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    app.state.reader = Warehouse(warehouse, observation_days, lock_wait_seconds)
+    app.state.reader = Warehouse(warehouse, settings or Settings(), lock_wait_seconds)
     app.state.token = token
     app.include_router(api)
     app.include_router(pages)

@@ -27,13 +27,6 @@ def read_revenue_metrics(con: duckdb.DuckDBPyConnection, days: int = TREND_DAYS)
     ).pl()
 
 
-def latest_score_day(con: duckdb.DuckDBPyConnection) -> date | None:
-    """The newest day beton.account_scores holds (None before the first run)."""
-    if not table_exists(con, "beton", "account_scores"):
-        return None
-    return con.sql("select max(day) from beton.account_scores").fetchall()[0][0]
-
-
 def read_leads(con: duckdb.DuckDBPyConnection, day: date, limit: int) -> pl.DataFrame:
     """The `limit` best-ranked accounts scored on `day`: account, company, domain, score, rank, signals fired and
     the top contributions (each with its signal id, definition, when it fired and its contribution)."""

@@ -430,3 +430,22 @@ def status_counts(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     return con.sql(
         f"select playbook, destination, status, count(*) as n from {ACTIONS_TABLE} group by all order by playbook, destination, status"
     ).pl()
+
+
+def action_counts(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """How many actions each playbook has per status (playbook, status, actions, first_day, last_day), for the
+    pages; empty before the first delivery."""
+    if not table_exists(con, "beton", "playbook_actions"):
+        return pl.DataFrame(
+            schema={
+                "playbook": pl.String,
+                "status": pl.String,
+                "actions": pl.Int64,
+                "first_day": pl.Date,
+                "last_day": pl.Date,
+            }
+        )
+    return con.sql(
+        f"select playbook, status, count(*)::bigint as actions, min(day) as first_day, max(day) as last_day "
+        f"from {ACTIONS_TABLE} group by 1, 2 order by 1, 2"
+    ).pl()

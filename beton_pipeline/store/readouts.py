@@ -180,3 +180,10 @@ def write_experiment_readouts(
         pl.concat([r.table for r in readouts], how="vertical_relaxed") if readouts else None,
     )
     return readouts
+
+
+def read_playbook_readouts(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """beton.playbook_readouts (one row per playbook: treated vs held out); empty before the first readout."""
+    if not table_exists(con, "beton", "playbook_readouts"):
+        return pl.DataFrame()
+    return con.sql("select * from beton.playbook_readouts order by playbook").pl()

@@ -18,14 +18,12 @@ import uvicorn
 
 from beton_pipeline.app.server import create_app
 
-OBSERVATION_DAYS = 14
-"""The demo's observation window (beton.yaml's default), which names intent signals."""
-
 
 @contextmanager
 def serving(warehouse: Path, **options) -> Iterator[str]:
-    """The app over `warehouse`, served until the block ends; yields its base URL."""
-    app = create_app(warehouse, OBSERVATION_DAYS, **options)
+    """The app over `warehouse` (default settings, as the demo run's but its playbooks: `settings=` to change),
+    served until the block ends; yields its base URL."""
+    app = create_app(warehouse, **options)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -58,10 +56,19 @@ def get_json(url: str):
     return json.loads(body)
 
 
+def run_settings(pipeline_run):
+    """The settings the demo run used (beton.yaml with the demo's playbook and experiments)."""
+    from beton_pipeline.settings import load_settings
+    from tests.conftest import env_vars
+
+    with env_vars(BETON_SOURCE_DIR=str(pipeline_run.source_dir)):
+        return load_settings()
+
+
 @pytest.fixture(scope="module")
 def app_url(pipeline_run) -> Iterator[str]:
-    """The app over the session's demo run."""
-    with serving(pipeline_run.warehouse) as url:
+    """The app over the session's demo run, with its settings."""
+    with serving(pipeline_run.warehouse, settings=run_settings(pipeline_run)) as url:
         yield url
 
 

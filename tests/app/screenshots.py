@@ -10,19 +10,22 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-from beton_pipeline.settings import PROJECT_ROOT, warehouse_path
+from beton_pipeline.settings import PROJECT_ROOT, load_settings, warehouse_path
 from tests.app.conftest import get_json, serving
 
 OUT = PROJECT_ROOT / "docs" / "screenshots"
 
 
 def pages(url: str) -> dict[str, tuple[str, list[str]]]:
-    """File name → (page URL, the charts to wait for): the dashboard, the enabled signals, the best of them."""
+    """File name → (page URL, the charts to wait for): the dashboard, the enabled signals, the best of them, the
+    sources and the playbooks."""
     enabled = get_json(f"{url}/api/signals/list?recommendation=enable") or get_json(f"{url}/api/signals/list")
     return {
         "dashboard.png": (f"{url}/", ["accuracy", "leads", "scores"]),
         "signals.png": (f"{url}/signals?recommendation=enable", ["forest"]),
         "signal.png": (f"{url}/signals/{enabled[0]['signal_id']}", ["backtest", "health"]),
+        "sources.png": (f"{url}/sources", []),
+        "playbooks.png": (f"{url}/playbooks", []),
     }
 
 
@@ -36,7 +39,7 @@ def main() -> int:
         sys.stderr.write("error: no Chromium on this machine: apt-get install -y chromium\n")
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
-    with serving(args.warehouse) as url, sync_playwright() as p:
+    with serving(args.warehouse, settings=load_settings()) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1440, "height": 900})
         for name, (address, chart_ids) in pages(url).items():

@@ -17,6 +17,7 @@ import duckdb
 import pytest
 
 from beton_pipeline.app.charts import forest_plot
+from beton_pipeline.sources.contract import TABLES
 from tests.app.conftest import get, get_json, serving
 from tests.test_warehouse_lock import hold_lock
 
@@ -226,3 +227,37 @@ def test_beton_serve_without_a_warehouse_says_what_to_run(tmp_path):
     done = subprocess.run([beton, "serve", "--port", "1"], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "no warehouse yet; run `beton run`" in done.stderr
+
+
+def test_sources_status_reconciles_every_table_with_the_warehouse(app_url, pipeline_run):
+    status = {t["table"]: t for t in get_json(f"{app_url}/api/sources/status")}
+    assert set(status) == {spec.name for spec in TABLES}
+    quarantined = dict(
+        (r["source_table"], r["n"])
+        for r in _rows(pipeline_run.warehouse, "select source_table, count(*) as n from beton.quarantine group by 1")
+    )
+    for spec in TABLES:
+        t = status[spec.name]
+        if t["loaded"] is None:
+            continue
+        loaded = _rows(pipeline_run.warehouse, f"select count(*) as n from {spec.raw_table}")[0]["n"]
+        assert (t["loaded"], t["quarantined"], t["origin"]) == (loaded, quarantined.get(spec.name, 0), "files")
+        assert t["rows_read"] == t["loaded"] + t["duplicates"] + t["quarantined"], spec.name
+        assert sum(n for _, n in t["quarantine_reasons"]) <= t["quarantined"]
+    assert status["events"]["loaded"] > 0 and status["events"]["fresh"] is True
+
+
+def test_playbooks_list_their_rule_actions_and_readout(app_url, pipeline_run):
+    playbooks = {p["name"]: p for p in get_json(f"{app_url}/api/playbooks/list")}
+    actions = _rows(
+        pipeline_run.warehouse, "select playbook, status, count(*) as n from beton.playbook_actions group by 1, 2"
+    )
+    assert actions, "the demo run plans the demo playbook's actions"
+    for row in actions:
+        assert playbooks[row["playbook"]]["actions"][row["status"]] == row["n"]
+    demo = playbooks["hot-accounts"]
+    assert demo["configured"] and demo["kind"] == "account" and demo["then"]
+    (readout,) = _rows(pipeline_run.warehouse, "select * from beton.playbook_readouts where playbook = 'hot-accounts'")
+    assert (
+        demo["readout"]["n_treated"] == readout["n_treated"] and demo["readout"]["n_held_out"] == readout["n_held_out"]
+    )

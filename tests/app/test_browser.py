@@ -76,3 +76,21 @@ def test_the_dashboard_shows_the_latest_numbers_its_charts_and_leads(page, app_u
     page.locator("#recent-leads tbody a").first.click()
     page.wait_for_url("**/signals/sig_*")
     drawn(page, "backtest")
+
+
+def test_the_sources_and_playbooks_pages_show_what_the_api_says(page, app_url):
+    page.goto(f"{app_url}/sources")
+    status = get_json(f"{app_url}/api/sources/status")
+    assert page.locator("#sources tbody tr").count() == len(status)
+    events = next(t for t in status if t["table"] == "events")
+    assert (
+        page.locator("#sources tr[data-table='events'] td[data-col='loaded']").inner_text() == f"{events['loaded']:,}"
+    )
+    page.click("nav a[href='/playbooks']")
+    page.wait_for_url("**/playbooks")
+    playbooks = get_json(f"{app_url}/api/playbooks/list")
+    assert page.locator("section.playbook").count() == len(playbooks) > 0
+    first = playbooks[0]
+    for status_name, n in first["actions"].items():
+        badge = page.locator(f"section[data-playbook='{first['name']}'] [data-status='{status_name}']")
+        assert badge.inner_text() == f"{status_name} {n:,}"
