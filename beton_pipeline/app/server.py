@@ -6,6 +6,9 @@ One FastAPI application on 127.0.0.1 reading the warehouse read-only:
   day of beton.revenue_metrics), their trends, the score distribution and the latest day's best-ranked accounts.
 * `GET /signals` — every signal best first, with a forest plot of lift and its confidence interval; filters
   (recommendation, enabled, source, text) and sorting by any numeric column, in the URL so a view can be shared.
+* `GET /backtest` — a custom signal from the visual builder (events and attributes, and / or) or the SQL editor,
+  backtested as `beton backtest` does (nothing written): its recommendation, lift with CI, projected ARR and
+  results by cohort month, or the definition's or the sandbox's reason why it cannot run.
 * `GET /sources` — each contract table: files or a connector, the last ingest (read, loaded, duplicates,
   quarantined with its reasons) and how current it is.
 * `GET /playbooks` — each playbook's rule, its actions by status and its readout (treated vs held out).
@@ -39,6 +42,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -49,10 +53,13 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from beton_pipeline.app import auth, charts
+from beton_pipeline.app import auth, builder, charts
+from beton_pipeline.core.conditions import SignalDefinitionError
 from beton_pipeline.core.formatting import MISSING, fmt, fmt_interval
 from beton_pipeline.settings import Settings
 from beton_pipeline.store import dashboard
+from beton_pipeline.store.backtests import backtest_definition
+from beton_pipeline.store.catalog import event_catalog
 from beton_pipeline.store.outbox import action_counts
 from beton_pipeline.store.playbooks import latest_score_day
 from beton_pipeline.store.readouts import read_playbook_readouts
@@ -66,6 +73,7 @@ from beton_pipeline.store.signal_detail import (
 )
 from beton_pipeline.store.signals import UnknownSignalError
 from beton_pipeline.store.sources_status import source_status
+from beton_pipeline.store.sql_sandbox import SqlSignalError
 from beton_pipeline.warehouse import WarehouseLockedError, connect
 
 HERE = Path(__file__).resolve().parent
@@ -104,6 +112,17 @@ Sort = Annotated[Literal[SORTABLE + ("",)] | None, Query(description="sort by th
 Order = Annotated[Literal["asc", "desc"], Query(description="sort direction")]
 All = Annotated[bool, Query(alias="all", description="every tested candidate, not only each family's best")]
 
+
+BACKTEST_SECONDS = 30.0
+"""Time limit of a SQL signal backtested from the pages (as `beton backtest`'s default)."""
+CATALOG_TOP = 20
+"""Top values per property and attribute the catalog lists."""
+EXAMPLE_SQL = (
+    "select account_id, first_occurred_at as fired_at\n"
+    "from marts.account_event_features\n"
+    "where event_name = 'invited_teammate' and n_first_14d >= 3"
+)
+"""The SQL editor's first text: a SELECT of account_id and fired_at over a feature mart (README, "SQL signals")."""
 
 DECISIONS: dict[str, bool | None] = {"enable": True, "disable": False, "reset": None}
 """A decision's name → the `enabled` it records (reset: back to the recommendation)."""
@@ -174,9 +193,12 @@ class SignalFilter:
 
 
 def _plain(value: object) -> object:
-    """A value JSON can carry: non-finite floats as null, dates and times as ISO text, containers walked."""
+    """A value JSON can carry: non-finite floats as null, decimals as numbers, dates and times as ISO text,
+    containers walked."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
+    if isinstance(value, Decimal):  # DuckDB's sums of integers
+        return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, dict):
@@ -283,6 +305,34 @@ class Warehouse:
             )
         return out
 
+    def catalog(self) -> dict:
+        """What conditions can name: events, property values, attributes, intent types (`beton events`)."""
+        with self.open() as con:
+            return event_catalog(con, self.settings, top=CATALOG_TOP)
+
+    def backtest(self, text: str, kind: str, timeout_seconds: float = BACKTEST_SECONDS) -> dict:
+        """One custom signal (`kind`: condition or sql) tested and backtested as `beton backtest` does, nothing
+        written: its beton.signals `signal` row, the backtest's `verdict` and `verdict_reason`, and its `periods`.
+        Refused (400) with the definition's or the sandbox's reason when it cannot run."""
+        if not self.path.exists():
+            raise WarehouseUnavailable(f"No warehouse at {self.path} yet: run `beton run` (or `make run`) first.")
+        try:
+            result = backtest_definition(text, "beton serve", kind, self.settings, self.path, timeout_seconds)
+        except (SignalDefinitionError, SqlSignalError) as exc:
+            raise Refused(str(exc), 400) from None
+        except WarehouseLockedError:
+            raise WarehouseUnavailable(
+                f"A beton run is writing the warehouse; backtest again in {RETRY_AFTER_SECONDS} s."
+            ) from None
+        periods = result.periods
+        verdict = periods.row(0, named=True) if periods.height else {}
+        return {
+            "signal": json_row(result.signal_row.row(0, named=True)),
+            "verdict": verdict.get("verdict"),
+            "verdict_reason": verdict.get("verdict_reason"),
+            "periods": periods.to_dicts(),
+        }
+
     def signals(self, flt: SignalFilter, include_all: bool) -> pl.DataFrame:
         """beton.signals with names, filtered and sorted by `flt`."""
         with self.open() as con:
@@ -368,6 +418,40 @@ def api_playbooks(reader: Reader) -> WarehouseJSON:
     return WarehouseJSON(reader.playbooks())
 
 
+@api.post("/signals/backtest", tags=["signals"])
+async def api_backtest(request: Request, reader: Reader) -> WarehouseJSON:
+    """Backtest one custom signal without writing it, as `beton backtest` does: the JSON body `{"sql": "SELECT
+    account_id[, fired_at] …"}` (run in the read-only sandbox, 30 s at most) or `{"yaml": "name: …\nwhen: …"}`
+    (a condition file's text). Answers its beton.signals `signal` row (lift with CI, p, q, holdout, projected ARR,
+    `recommendation`: enable / review / reject with its reason), the backtest's `verdict` and its `periods` by
+    cohort month; 400 with the definition's or the sandbox's reason."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise Refused('the body must be JSON: {"sql": "…"} or {"yaml": "…"}', 400) from None
+    if not isinstance(body, dict) or len({"sql", "yaml"} & set(body)) != 1:
+        raise Refused('give exactly one of "sql" and "yaml"', 400)
+    kind, text = ("sql", body["sql"]) if "sql" in body else ("condition", body["yaml"])
+    if not isinstance(text, str) or not text.strip():
+        raise Refused(f"the {'SQL' if kind == 'sql' else 'YAML'} is empty", 400)
+    return WarehouseJSON(reader.backtest(text, kind))
+
+
+@api.get("/posthog/events", tags=["catalog"])
+def api_events(reader: Reader) -> WarehouseJSON:
+    """The events custom signals can name, with the accounts that did each before their window end and how often
+    (`beton events`)."""
+    return WarehouseJSON(reader.catalog()["events"])
+
+
+@api.get("/posthog/properties", tags=["catalog"])
+def api_properties(reader: Reader) -> WarehouseJSON:
+    """Property values conditions can name (`properties`: the configured property features' top values) and the
+    raw property keys seen on events (`raw_property_keys`: usable once added to `discovery.property_features`)."""
+    catalog = reader.catalog()
+    return WarehouseJSON({"properties": catalog["properties"], "raw_property_keys": catalog["raw_property_keys"]})
+
+
 @api.get("/signals/list", tags=["signals"])
 def api_signals(
     reader: Reader,
@@ -426,6 +510,47 @@ def sources_page(request: Request, reader: Reader) -> Response:
 def playbooks_page(request: Request, reader: Reader) -> Response:
     context = {"title": "Playbooks", "playbooks": reader.playbooks()}
     return templates.TemplateResponse(request, "playbooks.html", context)
+
+
+def _backtest_context(reader: Warehouse, **extra) -> dict:
+    catalog = reader.catalog()
+    return {
+        "title": "Backtest a signal",
+        "catalog": catalog,
+        "rows": range(1, builder.MAX_ROWS + 1),
+        "sql": EXAMPLE_SQL,
+        "form": {},
+        **extra,
+    }
+
+
+@pages.get("/backtest")
+def backtest_page(request: Request, reader: Reader) -> Response:
+    return templates.TemplateResponse(request, "backtest.html", _backtest_context(reader))
+
+
+@pages.post("/backtest")
+async def backtest_run(request: Request, reader: Reader) -> Response:
+    _same_origin(request)
+    form = await _form(request)
+    if form.get("mode") == "sql":
+        text, kind, sql = form.get("sql") or "", "sql", form.get("sql") or ""
+    else:
+        leaves = builder.builder_rows(form)
+        if not leaves:
+            raise Refused("add at least one event or attribute to the builder", 400)
+        text, kind, sql = (
+            builder.condition_yaml(form.get("name", ""), form.get("combine", "all"), leaves),
+            "condition",
+            EXAMPLE_SQL,
+        )
+    context = _backtest_context(reader, sql=sql, form=form, definition=text, mode=kind)
+    try:
+        result = reader.backtest(text, kind)
+    except Refused as exc:
+        return templates.TemplateResponse(request, "backtest.html", {**context, "error": exc.message}, 400)
+    chart = _figure_json(charts.backtest_by_month(result["periods"]))
+    return templates.TemplateResponse(request, "backtest.html", {**context, "result": result, "chart": chart})
 
 
 @pages.get("/signals")

@@ -29,6 +29,19 @@ def pages(url: str) -> dict[str, tuple[str, list[str]]]:
     }
 
 
+def backtest_result(page, url: str, path: Path) -> None:
+    """The backtest page after the builder's signal "invited a teammate 3+ times in the first 14 days" ran."""
+    page.goto(f"{url}/backtest")
+    page.fill("#builder input[name='name']", "Team invites early")
+    page.select_option("#builder select[name='event_1']", "invited_teammate")
+    page.fill("#builder input[name='count_1']", "3")
+    page.select_option("#builder select[name='days_1']", "14")
+    page.click("#builder button[type='submit']")
+    page.wait_for_selector("#backtest[data-drawn='true'] .main-svg", timeout=120_000)
+    page.screenshot(path=path, full_page=True)
+    print(path)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--warehouse", type=Path, default=warehouse_path())
@@ -48,6 +61,7 @@ def main() -> int:
                 page.wait_for_selector(f"#{chart}[data-drawn='true'] .main-svg", timeout=60_000)
             page.screenshot(path=args.out / name, full_page=True)
             print(f"{args.out / name}")
+        backtest_result(page, url, args.out / "backtest.png")
         browser.close()
     return 0
 
