@@ -572,7 +572,8 @@ def serve(
         settings = load_settings()
     except SettingsError as exc:
         _fail(str(exc))
-    uvicorn.run(create_app(path, settings, token=token), host=host, port=port, log_level="warning")
+    hosts = ("*",) if host in ("0.0.0.0", "::") else (host, "127.0.0.1", "localhost")
+    uvicorn.run(create_app(path, settings, token=token, hosts=hosts), host=host, port=port, log_level="warning")
 
 
 @app.command()

@@ -48,7 +48,9 @@ def session_nonce(cookie: str | None, token: str | None, now: float | None = Non
         return None
     issued, rest, mac = cookie.split(".")
     nonce = f"{issued}.{rest}"
-    if not issued.isdigit() or not hmac.compare_digest(mac, _mac(token, "session", nonce)):
+    if not (issued.isascii() and issued.isdigit()) or not hmac.compare_digest(
+        mac.encode(), _mac(token, "session", nonce).encode()
+    ):
         return None
     age = (now if now is not None else time.time()) - int(issued)
     return nonce if 0 <= age <= SESSION_HOURS * 3600 else None
@@ -61,4 +63,4 @@ def csrf_token(token: str, nonce: str) -> str:
 
 def csrf_matches(given: str | None, token: str | None, nonce: str | None) -> bool:
     """Whether a form's CSRF token belongs to this session."""
-    return bool(token and nonce and given) and hmac.compare_digest(given, csrf_token(token, nonce))
+    return bool(token and nonce and given) and hmac.compare_digest(given.encode(), csrf_token(token, nonce).encode())

@@ -22,10 +22,10 @@ def builder_rows(form: Mapping[str, str]) -> list[dict]:
     for n in range(1, MAX_ROWS + 1):
         event = (form.get(f"event_{n}") or "").strip()
         if event:
-            leaf: dict = {"event": event, "count": f">= {(form.get(f'count_{n}') or '1').strip()}"}
+            leaf: dict = {"event": event, "count": f">= {(form.get(f'count_{n}') or '1').strip()}"}  # bound later
             days = (form.get(f"days_{n}") or "").strip()
             if days:
-                leaf["within_days"] = int(days) if days.isdigit() else days
+                leaf["within_days"] = int(days) if days.isdecimal() and days.isascii() else days
             leaves.append(leaf)
     for n in range(1, MAX_ROWS + 1):
         attribute = (form.get(f"attribute_{n}") or "").strip()

@@ -7,6 +7,7 @@ so a test can compare a chart with the warehouse. A figure with nothing to draw 
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Mapping, Sequence
 
@@ -37,7 +38,7 @@ def forest_plot(signals: Sequence[Mapping], names: Sequence[str]) -> dict:
     """Lift with its confidence interval per signal (a forest plot), one row per signal in the order given:
     the discovery lift (all accounts) and, where discovery computed it, the lift among equally active accounts
     (the activity-adjusted estimate). Signals without a drawable lift are left out of that trace."""
-    labels = list(names)
+    labels = [html.escape(name) for name in names]  # plotly draws tags in text: names come from the data
     traces = []
     for key, label in (("lift", "lift"), ("adjusted_lift", "among equally active accounts")):
         x = [_finite(s.get(key)) for s in signals]

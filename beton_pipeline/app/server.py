@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,9 +50,13 @@ from typing import Annotated, Literal
 import duckdb
 import polars as pl
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from beton_pipeline.app import auth, builder, charts
 from beton_pipeline.core.conditions import SignalDefinitionError
@@ -74,7 +79,7 @@ from beton_pipeline.store.signal_detail import (
 from beton_pipeline.store.signals import UnknownSignalError
 from beton_pipeline.store.sources_status import source_status
 from beton_pipeline.store.sql_sandbox import SqlSignalError
-from beton_pipeline.warehouse import WarehouseLockedError, connect
+from beton_pipeline.warehouse import WarehouseLockedError, connect, table_exists
 
 HERE = Path(__file__).resolve().parent
 LOCK_WAIT_SECONDS = 2.0
@@ -126,6 +131,8 @@ EXAMPLE_SQL = (
 
 DECISIONS: dict[str, bool | None] = {"enable": True, "disable": False, "reset": None}
 """A decision's name → the `enabled` it records (reset: back to the recommendation)."""
+MAX_BODY_BYTES = 65_536
+"""The largest request body accepted (a form, a decision, a signal definition)."""
 MAX_WHO, MAX_WHY = 100, 500
 """Longest accepted `by` and `reason` of a decision (characters)."""
 
@@ -217,7 +224,8 @@ class WarehouseJSON(JSONResponse):
 
 def _figure_json(figure: dict) -> str:
     """A figure as JSON safe inside a `<script type="application/json">` element."""
-    return json.dumps(_plain(figure), allow_nan=False).replace("</", "<\\/")
+    text = json.dumps(_plain(figure), allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def _plotly_js() -> Path:
@@ -225,6 +233,41 @@ def _plotly_js() -> Path:
     import plotly
 
     return Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+
+
+class _Access:
+    """Readers together, a writer alone, within this process. DuckDB refuses a second connection to one file with
+    another configuration in the same process (a read-only page beside a decision's read-write connection, or the
+    SQL sandbox's), so a decision and a backtest wait for the pages in flight, and pages wait for them."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writing)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writing and self._readers == 0)
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
 
 
 class Warehouse:
@@ -237,13 +280,14 @@ class Warehouse:
     def __init__(self, path: Path, settings: Settings, lock_wait_seconds: float = LOCK_WAIT_SECONDS):
         self.path, self.settings, self.lock_wait_seconds = path, settings, lock_wait_seconds
         self.observation_days = settings.windows.observation_days
+        self._access = _Access()
 
     @contextmanager
     def open(self) -> Iterator[duckdb.DuckDBPyConnection]:
         if not self.path.exists():
             raise WarehouseUnavailable(f"No warehouse at {self.path} yet: run `beton run` (or `make run`) first.")
         try:
-            with connect(self.path, read_only=True, wait_seconds=self.lock_wait_seconds) as con:
+            with self._access.shared(), connect(self.path, read_only=True, wait_seconds=self.lock_wait_seconds) as con:
                 yield con
         except WarehouseLockedError:
             raise WarehouseUnavailable(
@@ -256,7 +300,7 @@ class Warehouse:
         if not self.path.exists():
             raise WarehouseUnavailable(f"No warehouse at {self.path} yet: run `beton run` (or `make run`) first.")
         try:
-            with connect(self.path, wait_seconds=self.lock_wait_seconds) as con:
+            with self._access.exclusive(), connect(self.path, wait_seconds=self.lock_wait_seconds) as con:
                 return record_decision(con, signal_id, enabled, changed_by, reason)
         except WarehouseLockedError:
             raise WarehouseUnavailable(
@@ -308,6 +352,8 @@ class Warehouse:
     def catalog(self) -> dict:
         """What conditions can name: events, property values, attributes, intent types (`beton events`)."""
         with self.open() as con:
+            if not table_exists(con, "marts", "account_event_features"):
+                raise WarehouseUnavailable("The feature marts are not built yet: run `beton run` first.")
             return event_catalog(con, self.settings, top=CATALOG_TOP)
 
     def backtest(self, text: str, kind: str, timeout_seconds: float = BACKTEST_SECONDS) -> dict:
@@ -317,7 +363,10 @@ class Warehouse:
         if not self.path.exists():
             raise WarehouseUnavailable(f"No warehouse at {self.path} yet: run `beton run` (or `make run`) first.")
         try:
-            result = backtest_definition(text, "beton serve", kind, self.settings, self.path, timeout_seconds)
+            with self._access.exclusive():  # the sandbox opens the file with its own configuration
+                result = backtest_definition(
+                    text, "beton serve", kind, self.settings, self.path, timeout_seconds, self.lock_wait_seconds
+                )
         except (SignalDefinitionError, SqlSignalError) as exc:
             raise Refused(str(exc), 400) from None
         except WarehouseLockedError:
@@ -425,16 +474,17 @@ async def api_backtest(request: Request, reader: Reader) -> WarehouseJSON:
     (a condition file's text). Answers its beton.signals `signal` row (lift with CI, p, q, holdout, projected ARR,
     `recommendation`: enable / review / reject with its reason), the backtest's `verdict` and its `periods` by
     cohort month; 400 with the definition's or the sandbox's reason."""
-    try:
-        body = await request.json()
-    except ValueError:
-        raise Refused('the body must be JSON: {"sql": "…"} or {"yaml": "…"}', 400) from None
-    if not isinstance(body, dict) or len({"sql", "yaml"} & set(body)) != 1:
+    _same_origin(request)
+    body = await _json_object(request, '{"sql": "…"} or {"yaml": "…"}')
+    if len({"sql", "yaml"} & set(body)) != 1:
         raise Refused('give exactly one of "sql" and "yaml"', 400)
     kind, text = ("sql", body["sql"]) if "sql" in body else ("condition", body["yaml"])
-    if not isinstance(text, str) or not text.strip():
-        raise Refused(f"the {'SQL' if kind == 'sql' else 'YAML'} is empty", 400)
-    return WarehouseJSON(reader.backtest(text, kind))
+    name = "SQL" if kind == "sql" else "YAML"
+    if not isinstance(text, str):
+        raise Refused(f"the {name} must be a string", 400)
+    if not text.strip():
+        raise Refused(f"the {name} is empty", 400)
+    return WarehouseJSON(await run_in_threadpool(reader.backtest, text, kind))
 
 
 @api.get("/posthog/events", tags=["catalog"])
@@ -544,9 +594,9 @@ async def backtest_run(request: Request, reader: Reader) -> Response:
             "condition",
             EXAMPLE_SQL,
         )
-    context = _backtest_context(reader, sql=sql, form=form, definition=text, mode=kind)
+    context = await run_in_threadpool(_backtest_context, reader, sql=sql, form=form, definition=text, mode=kind)
     try:
-        result = reader.backtest(text, kind)
+        result = await run_in_threadpool(reader.backtest, text, kind)
     except Refused as exc:
         return templates.TemplateResponse(request, "backtest.html", {**context, "error": exc.message}, 400)
     chart = _figure_json(charts.backtest_by_month(result["periods"]))
@@ -634,12 +684,37 @@ def _session(request: Request) -> str | None:
     return auth.session_nonce(request.cookies.get(auth.SESSION_COOKIE), request.app.state.token)
 
 
+async def _body(request: Request) -> bytes:
+    """The request's body, refused (413) past `MAX_BODY_BYTES` before more is read."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdecimal() and int(declared) > MAX_BODY_BYTES:
+        raise Refused(f"the request is larger than {MAX_BODY_BYTES:,} bytes", 413)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise Refused(f"the request is larger than {MAX_BODY_BYTES:,} bytes", 413)
+    return bytes(body)
+
+
 async def _form(request: Request) -> dict[str, str]:
-    """An urlencoded form's fields (the last value of each), at most 64 KiB."""
-    body = await request.body()
-    if len(body) > 65_536:
-        raise Refused("the form is too large", 400)
+    """An urlencoded form's fields (the last value of each)."""
+    body = await _body(request)
     return {k: v[-1] for k, v in urllib.parse.parse_qs(body.decode("utf-8", "replace")).items()}
+
+
+async def _json_object(request: Request, shape: str) -> dict:
+    """A JSON object body sent as `application/json` (a cross-site page cannot send that type without the
+    browser asking first, which this app never allows); Refused (400 or 415) otherwise, naming `shape`."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise Refused(f"send the body as Content-Type: application/json: {shape}", 415)
+    try:
+        body = json.loads(await _body(request))
+    except ValueError:
+        raise Refused(f"the body must be a JSON object: {shape}", 400) from None
+    if not isinstance(body, dict):
+        raise Refused(f"the body must be a JSON object: {shape}", 400)
+    return body
 
 
 def _same_origin(request: Request) -> None:
@@ -663,14 +738,9 @@ async def api_decide(request: Request, reader: Reader, signal_id: str) -> Wareho
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not auth.token_matches(given.strip(), token):
         raise Refused("send the app token as Authorization: Bearer <token>", 401)
-    try:
-        body = await request.json()
-    except ValueError:
-        raise Refused("the body must be a JSON object: {decision, by, reason}", 400) from None
-    if not isinstance(body, dict):
-        raise Refused("the body must be a JSON object: {decision, by, reason}", 400)
+    body = await _json_object(request, "{decision, by, reason}")
     enabled, who, why = _decision(body.get("decision"), body.get("by"), body.get("reason"))
-    now = reader.decide(signal_id, enabled, who, why)
+    now = await run_in_threadpool(reader.decide, signal_id, enabled, who, why)
     return WarehouseJSON({"signal_id": signal_id, "decision": body["decision"], "enabled": now, "by": who})
 
 
@@ -719,7 +789,7 @@ async def decide(request: Request, reader: Reader, signal_id: str) -> Response:
     if not auth.csrf_matches(form.get("csrf"), token, nonce):
         raise Refused("this form has expired or was not made by this page: reload the page and try again", 403)
     enabled, who, why = _decision(form.get("decision"), form.get("by"), form.get("reason"))
-    reader.decide(signal_id, enabled, who, why)
+    await run_in_threadpool(reader.decide, signal_id, enabled, who, why)
     return RedirectResponse(f"/signals/{urllib.parse.quote(signal_id, safe='')}#decisions", status_code=303)
 
 
@@ -745,6 +815,15 @@ async def _refused(request: Request, exc: Refused) -> Response:
         return WarehouseJSON({"error": exc.message}, status_code=exc.status)
     context = {"title": "Not allowed" if exc.status in (401, 403) else "Not accepted", "message": exc.message}
     return templates.TemplateResponse(request, "error.html", context, exc.status)
+
+
+async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+    """A bad query parameter: FastAPI's 422 JSON for the API, a page saying which parameter for the pages."""
+    if _wants_json(request):
+        return await request_validation_exception_handler(request, exc)
+    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
+    context = {"title": "Not accepted", "message": f"This address has a value the page cannot use ({problems})."}
+    return templates.TemplateResponse(request, "error.html", context, 422)
 
 
 async def _unknown(request: Request, exc: UnknownSignalError) -> Response:
@@ -777,10 +856,12 @@ def create_app(
     settings: Settings | None = None,
     lock_wait_seconds: float = LOCK_WAIT_SECONDS,
     token: str | None = None,
+    hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
 ):
     """The application over `warehouse` (a DuckDB file written by `beton run`) under `settings` (None: every
     default): see the module docstring. `token` allows writes (`auth.app_token()`: `BETON_APP_TOKEN`); None keeps
-    the app read-only."""
+    the app read-only. `hosts`: the names a request's Host may carry (a page of another site whose name was made to
+    point at 127.0.0.1 carries its own, and is refused: no DNS rebinding)."""
     app = FastAPI(
         title="beton",
         summary="Signals that predict conversion, with their evidence: the pages' data as JSON.",
@@ -796,6 +877,8 @@ def create_app(
     app.add_exception_handler(WarehouseUnavailable, _unavailable)
     app.add_exception_handler(UnknownSignalError, _unknown)
     app.add_exception_handler(Refused, _refused)
+    app.add_exception_handler(RequestValidationError, _invalid)
     app.middleware("http")(_headers)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")  # after /static/plotly.min.js
     return app

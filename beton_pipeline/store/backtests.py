@@ -171,15 +171,22 @@ class SingleBacktest:
 
 
 def backtest_definition(
-    text: str, origin: str, kind: str, settings: Settings, warehouse: Path, timeout_seconds: float = 30.0
+    text: str,
+    origin: str,
+    kind: str,
+    settings: Settings,
+    warehouse: Path,
+    timeout_seconds: float = 30.0,
+    lock_wait_seconds: float | None = None,
 ) -> SingleBacktest:
     """Load one definition (`kind`: `condition`, `sql` or `auto`), evaluate it on the eligible accounts, and
     compute its beton.signals row (q over this one signal) and its per-period backtest. Writes nothing.
+    `lock_wait_seconds` bounds the wait for a run's write lock (None: the warehouse's default).
 
     Raises SignalDefinitionError / SqlSignalError (SqlSignalRefused) with a one-line reason.
     """
     kind = guess_kind(text) if kind == "auto" else kind
-    with connect(warehouse, read_only=True) as con:
+    with connect(warehouse, read_only=True, wait_seconds=lock_wait_seconds) as con:
         vocab = read_vocabulary(con, settings) if kind == "condition" else None
         frames = read_account_frames(con, settings)
         overrides = latest_overrides(con)

@@ -168,6 +168,28 @@ def test_no_warehouse_yet_says_what_to_run(tmp_path):
     with serving(tmp_path / "warehouse.duckdb") as url:
         status, _, body = get(f"{url}/api/signals/list")
     assert status == 503 and "beton run" in json.loads(body)["error"]
+    duckdb.connect(str(tmp_path / "warehouse.duckdb")).close()  # a file with no table yet
+    with serving(tmp_path / "warehouse.duckdb") as url:
+        for path in ("/", "/signals", "/sources", "/playbooks", "/backtest", "/api/posthog/events"):
+            status, _, body = get(url + path)
+            assert status in (200, 503) and b"Traceback" not in body, path
+        status, _, body = get(f"{url}/backtest")
+        assert status == 503 and b"run `beton run` first" in body
+
+
+def test_a_bad_parameter_on_a_page_is_a_page(app_url):
+    status, headers, page = get(f"{app_url}/signals?sort=bogus")
+    assert status == 422 and headers["content-type"].startswith("text/html") and b"sort" in page
+    status, headers, body = get(f"{app_url}/api/signals/list?sort=bogus")
+    assert status == 422 and headers["content-type"].startswith("application/json")
+
+
+def test_text_from_the_data_cannot_break_out_of_a_chart():
+    from beton_pipeline.app.server import _figure_json
+
+    text = _figure_json(forest_plot([{"lift": 2.0}], ["<!--<script></script>&"]))
+    assert "<" not in text and ">" not in text and "&" not in text
+    assert json.loads(text)["data"][0]["y"] == ["&lt;!--&lt;script&gt;&lt;/script&gt;&amp;"]
 
 
 def test_the_api_is_described_and_plotly_is_served_locally(app_url):

@@ -26,5 +26,8 @@ def test_csrf_tokens_belong_to_one_session():
     assert auth.csrf_matches(auth.csrf_token(TOKEN, a), TOKEN, a)
     assert not auth.csrf_matches(auth.csrf_token(TOKEN, a), TOKEN, b)
     assert not auth.csrf_matches(None, TOKEN, a) and not auth.csrf_matches(auth.csrf_token(TOKEN, a), None, a)
+    assert not auth.csrf_matches("é", TOKEN, a)  # typed by anyone: never an error
+    issued, rest, _ = auth.new_session(TOKEN).split(".")
+    assert auth.session_nonce(f"{issued}.{rest}.é", TOKEN) is None and auth.session_nonce(f"²1.{rest}.x", TOKEN) is None
     assert auth.token_matches(TOKEN, TOKEN) and not auth.token_matches(TOKEN[:-1], TOKEN)
     assert not auth.token_matches("", "") and not auth.token_matches(None, TOKEN)

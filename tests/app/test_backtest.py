@@ -93,6 +93,31 @@ def test_a_signal_that_cannot_run_is_a_400_with_its_reason(app_url):
     assert backtest(app_url, {"sql": "  "})[0] == 400
 
 
+def test_only_json_from_this_site_runs_a_backtest(app_url):
+    """A page of another site can send a plain-text POST without asking; it must not run SQL here."""
+    for headers, status in (
+        ({"Content-Type": "text/plain"}, 415),
+        ({"Content-Type": "application/json", "Origin": "http://evil.example"}, 403),
+        ({"Content-Type": "application/json", "Host": "evil.example"}, 400),  # DNS rebinding
+    ):
+        request = urllib.request.Request(
+            f"{app_url}/api/signals/backtest", data=json.dumps({"sql": SQL}).encode(), headers=headers, method="POST"
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60)
+        assert refused.value.code == status, headers
+    big = urllib.request.Request(
+        f"{app_url}/api/signals/backtest",
+        data=json.dumps({"sql": "select 1 " + " " * 70_000}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(big, timeout=60)
+    assert refused.value.code == 413
+    assert backtest(app_url, {"sql": 5}) == (400, {"error": "the SQL must be a string"})
+
+
 def test_the_builder_writes_the_condition_language():
     form = {
         "event_1": "invited_teammate",
@@ -112,6 +137,7 @@ def test_the_builder_writes_the_condition_language():
     assert definition.name == "Invites at fintechs"
     assert "all:" in text and condition_yaml("x", "any", leaves).count("any:") == 1
     assert "all" not in condition_yaml("x", "all", leaves[:1])  # one leaf alone
+    assert builder_rows({"event_1": "e", "days_1": "²"}) == [{"event": "e", "count": ">= 1", "within_days": "²"}]
 
 
 def test_the_page_backtests_from_the_builder_and_shows_the_sandbox_reason(page, app_url, pipeline_run):

@@ -101,6 +101,34 @@ def test_the_api_records_a_decision_only_with_the_token(copy):
         assert status == 404 and "no such signal" in answer["error"]
 
 
+def test_decisions_while_pages_are_read_all_succeed(copy):
+    """DuckDB refuses a read-write connection beside a read-only one in one process: the app takes turns."""
+    import threading
+
+    with serving(copy, token=TOKEN) as url:
+        sid = get_json(f"{url}/api/signals/list?recommendation=enable")[0]["signal_id"]
+        stop, statuses = threading.Event(), []
+
+        def read() -> None:
+            while not stop.is_set():
+                statuses.append(get(f"{url}/api/signals/list")[0])
+
+        readers = [threading.Thread(target=read) for _ in range(2)]
+        for reader in readers:
+            reader.start()
+        try:
+            answers = [
+                post(f"{url}/api/signals/{sid}/decision", {"decision": d, "by": "ana"}, TOKEN)[0]
+                for d in ("disable", "enable", "reset", "disable", "reset")
+            ]
+        finally:
+            stop.set()
+            for reader in readers:
+                reader.join(timeout=60)
+        assert answers == [200] * 5 and statuses and set(statuses) == {200}
+        assert [o[0] for o in overrides(copy, sid)] == [False, True, None, False, None]
+
+
 def test_without_a_token_the_app_is_read_only(copy):
     with serving(copy) as url:
         sid = get_json(f"{url}/api/signals/list")[0]["signal_id"]
