@@ -28,11 +28,8 @@ from beton_pipeline.settings import Settings  # noqa: E402
 from beton_pipeline.sources.connectors.common import pull  # noqa: E402
 from beton_pipeline.sources.connectors.registry import connector_source  # noqa: E402
 from beton_pipeline.sources.demo import generate_demo  # noqa: E402
-from tests.fakes.attio_api import FakeAttioRecords  # noqa: E402
-from tests.fakes.posthog_api import FakePostHog  # noqa: E402
 from tests.fakes.s3 import FakeS3  # noqa: E402
-from tests.fakes.stripe_api import FakeStripe  # noqa: E402
-from tests.fakes.vendors import read_export, serve_attio, serve_posthog, serve_s3_export, serve_stripe  # noqa: E402
+from tests.fakes.vendors import read_export, serve_posthog, serve_s3_export, serving_vendors  # noqa: E402
 
 KEYS = {"BETON_POSTHOG_API_KEY": "phx_bench", "BETON_ATTIO_API_KEY": "attio-bench", "BETON_STRIPE_API_KEY": "sk_test_b"}
 
@@ -63,31 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         "| pull | source | rows landed | calls | seconds | beton's CPU seconds |",
         "|---|---|---|---|---|---|",
     ]
-    with (
-        FakePostHog(KEYS["BETON_POSTHOG_API_KEY"], "1") as posthog,
-        FakeAttioRecords(KEYS["BETON_ATTIO_API_KEY"]) as attio,
-        FakeStripe(KEYS["BETON_STRIPE_API_KEY"]) as stripe,
-    ):
-        serve_posthog(posthog, export["events"])
-        serve_attio(attio, export)
-        stripe.clock = int(time.time()) - 3600
-        serve_stripe(stripe, export)
-        settings = Settings.model_validate(
-            {
-                "sources": {
-                    "posthog": {
-                        "enabled": True,
-                        "host": posthog.url,
-                        "project_id": "1",
-                        "page_size": args.page_size,
-                        "start": "2024-01-01T00:00:00Z",
-                    },
-                    "attio": {"enabled": True, "api_base": attio.url},
-                    "stripe": {"enabled": True, "api_base": stripe.url},
-                }
-            }
-        )
-        fakes = {"posthog": posthog, "attio": attio, "stripe": stripe}
+    posthog_options = {"page_size": args.page_size, "start": "2024-01-01T00:00:00Z"}
+    with serving_vendors(export, KEYS, 3600, **posthog_options) as (fakes, sources):
+        posthog, attio, stripe = fakes["posthog"], fakes["attio"], fakes["stripe"]
+        settings = Settings.model_validate({"sources": sources})
         for label in ("first", "next"):
             if label == "next":  # a day later: new events, a canceled subscription, a deal won
                 latest = max(r["timestamp"] for r in export["events"])

@@ -442,6 +442,22 @@ def _reader(request: Request) -> Warehouse:
 Reader = Annotated[Warehouse, Depends(_reader)]
 
 
+def _list_query(
+    recommendation: Recommendation = None,
+    enabled: Enabled = None,
+    source: Source = None,
+    q: Text = None,
+    sort: Sort = None,
+    order: Order = "desc",
+    include_all: All = False,
+) -> tuple[SignalFilter, bool]:
+    """The signal list's query parameters (the page's and the API's): its filter, and whether every candidate."""
+    return SignalFilter.of(recommendation, enabled, source, q, sort, order), include_all
+
+
+ListQuery = Annotated[tuple[SignalFilter, bool], Depends(_list_query)]
+
+
 @api.get("/signals/dashboard/metrics", tags=["dashboard"])
 def api_dashboard(reader: Reader) -> WarehouseJSON:
     """The dashboard's numbers: the latest day of beton.revenue_metrics (`latest`: leads surfaced, conversion rate
@@ -503,19 +519,11 @@ def api_properties(reader: Reader) -> WarehouseJSON:
 
 
 @api.get("/signals/list", tags=["signals"])
-def api_signals(
-    reader: Reader,
-    recommendation: Recommendation = None,
-    enabled: Enabled = None,
-    source: Source = None,
-    q: Text = None,
-    sort: Sort = None,
-    order: Order = "desc",
-    include_all: All = False,
-) -> WarehouseJSON:
+def api_signals(reader: Reader, query: ListQuery) -> WarehouseJSON:
     """beton.signals (one row per family unless `all`), filtered and sorted; each row with its plain-language
     `name`."""
-    frame = reader.signals(SignalFilter.of(recommendation, enabled, source, q, sort, order), include_all)
+    flt, include_all = query
+    frame = reader.signals(flt, include_all)
     return WarehouseJSON([json_row(r) for r in frame.iter_rows(named=True)])
 
 
@@ -604,18 +612,8 @@ async def backtest_run(request: Request, reader: Reader) -> Response:
 
 
 @pages.get("/signals")
-def signals_page(
-    request: Request,
-    reader: Reader,
-    recommendation: Recommendation = None,
-    enabled: Enabled = None,
-    source: Source = None,
-    q: Text = None,
-    sort: Sort = None,
-    order: Order = "desc",
-    include_all: All = False,
-) -> Response:
-    flt = SignalFilter.of(recommendation, enabled, source, q, sort, order)
+def signals_page(request: Request, reader: Reader, query: ListQuery) -> Response:
+    flt, include_all = query
     rows = reader.signals(flt, include_all).to_dicts()
     shown = rows[:FOREST_ROWS]
     figure = charts.forest_plot(shown, [f"{r['name']} ({r['signal_id']})" for r in shown])

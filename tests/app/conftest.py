@@ -106,3 +106,13 @@ def page(browser):
     yield page
     context.close()
     assert not errors, f"the browser console has errors: {errors}"
+
+
+def backtest_from_builder(page, url: str, name: str, event: str, count: int, days: int) -> None:
+    """On the backtest page, build "`event` at least `count` times in the first `days` days" and run it."""
+    page.goto(f"{url}/backtest")
+    page.fill("#builder input[name='name']", name)
+    page.select_option("#builder select[name='event_1']", event)
+    page.fill("#builder input[name='count_1']", str(count))
+    page.select_option("#builder select[name='days_1']", str(days))
+    page.click("#builder button[type='submit']")

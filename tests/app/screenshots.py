@@ -11,7 +11,7 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 from beton_pipeline.settings import PROJECT_ROOT, load_settings, warehouse_path
-from tests.app.conftest import get_json, serving
+from tests.app.conftest import BROWSER_NAMES, backtest_from_builder, get_json, serving
 
 OUT = PROJECT_ROOT / "docs" / "screenshots"
 
@@ -31,12 +31,7 @@ def pages(url: str) -> dict[str, tuple[str, list[str]]]:
 
 def backtest_result(page, url: str, path: Path) -> None:
     """The backtest page after the builder's signal "invited a teammate 3+ times in the first 14 days" ran."""
-    page.goto(f"{url}/backtest")
-    page.fill("#builder input[name='name']", "Team invites early")
-    page.select_option("#builder select[name='event_1']", "invited_teammate")
-    page.fill("#builder input[name='count_1']", "3")
-    page.select_option("#builder select[name='days_1']", "14")
-    page.click("#builder button[type='submit']")
+    backtest_from_builder(page, url, "Team invites early", "invited_teammate", 3, 14)
     page.wait_for_selector("#backtest[data-drawn='true'] .main-svg", timeout=120_000)
     page.screenshot(path=path, full_page=True)
     print(path)
@@ -47,13 +42,13 @@ def main() -> int:
     parser.add_argument("--warehouse", type=Path, default=warehouse_path())
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
-    browser_path = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    if browser_path is None:
+    chromium = next((p for p in map(shutil.which, BROWSER_NAMES) if p), None)
+    if chromium is None:
         sys.stderr.write("error: no Chromium on this machine: apt-get install -y chromium\n")
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
     with serving(args.warehouse, settings=load_settings()) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1440, "height": 900})
         for name, (address, chart_ids) in pages(url).items():
             page.goto(address)

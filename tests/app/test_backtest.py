@@ -15,6 +15,7 @@ import pytest
 
 from beton_pipeline.app.builder import builder_rows, condition_yaml
 from beton_pipeline.core.conditions import parse_signal
+from tests.app.conftest import backtest_from_builder
 from tests.app.test_browser import drawn
 
 SQL = (
@@ -141,12 +142,7 @@ def test_the_builder_writes_the_condition_language():
 
 
 def test_the_page_backtests_from_the_builder_and_shows_the_sandbox_reason(page, app_url, pipeline_run):
-    page.goto(f"{app_url}/backtest")
-    page.fill("#builder input[name='name']", "Invites early")
-    page.select_option("#builder select[name='event_1']", "invited_teammate")
-    page.fill("#builder input[name='count_1']", "3")
-    page.select_option("#builder select[name='days_1']", "14")
-    page.click("#builder button[type='submit']")
+    backtest_from_builder(page, app_url, "Invites early", "invited_teammate", 3, 14)
     page.wait_for_selector("#result")
     drawn(page, "backtest")
     definition = page.locator("#definition").inner_text()

@@ -18,11 +18,9 @@ import pytest
 from beton_pipeline.sources.connectors.common import ConnectorError, pull, source_dir
 from beton_pipeline.sources.connectors.posthog import BatchExportConfig, PostHogConfig, posthog_source
 from beton_pipeline.sources.connectors.posthog_batch import ACCESS_KEY_ENV, SECRET_KEY_ENV
-from beton_pipeline.sources.contract import TABLES_BY_NAME
-from beton_pipeline.sources.ingest import IngestResult, ingest_table
-from beton_pipeline.warehouse import connect
 from tests.fakes.posthog_api import FakePostHog
 from tests.fakes.s3 import FakeS3, export_event
+from tests.sources.connectors.test_posthog import _counts, _failed_pull, _ingest
 
 API_KEY = "phx_beton_batch_test_secret"
 PROJECT = "4242"
@@ -79,35 +77,6 @@ def _expected(events: list[dict]) -> list[tuple]:
         for e in events
     ]
     return sorted(rows, key=lambda r: (r[2], r[0]))
-
-
-def _ingest(landing: Path) -> tuple[IngestResult, list[tuple]]:
-    with connect(landing / "w.duckdb") as con:
-        result = ingest_table(con, source_dir("posthog", landing), TABLES_BY_NAME["events"], incremental=True)
-        rows = con.sql(
-            "select uuid, event, timestamp, distinct_id, properties, person_properties "
-            "from raw.raw_events order by timestamp, uuid"
-        ).fetchall()
-    assert result.rows_read == result.rows_loaded + result.rows_quarantined + result.exact_duplicates_dropped
-    return result, rows
-
-
-def _counts(result: IngestResult) -> tuple[int, int, int, int]:
-    """(rows read, loaded, quarantined, dropped as exact duplicates)."""
-    return result.rows_read, result.rows_loaded, result.rows_quarantined, result.exact_duplicates_dropped
-
-
-def _failed_pull(config: PostHogConfig, landing: Path) -> tuple[ConnectorError, str]:
-    """Run a pull that must fail: its `ConnectorError` and all the text raised (the whole chain)."""
-    with pytest.raises(Exception) as raised:
-        pull(posthog_source(config), landing)
-    chain, error = [], raised.value
-    while error is not None and error not in chain and len(chain) < 20:
-        chain.append(error)
-        error = error.__cause__ or error.__context__
-    found = [e for e in chain if isinstance(e, ConnectorError)]
-    assert found, f"no ConnectorError in {chain!r}"
-    return found[0], "\n".join(str(e) for e in chain)
 
 
 def _landed_files(landing: Path) -> list[Path]:
