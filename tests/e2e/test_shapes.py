@@ -212,3 +212,30 @@ def test_nothing_is_enabled_on_events_without_or_against_the_effect(shape_run):
         neutral = truth["no_effect_events"]
     for event in neutral:
         assert not _on_event(enabled, event), f"{event}: {[s['definition'] for s in _on_event(enabled, event)]}"
+
+
+def test_the_pages_show_the_shapes_run(shape_run):
+    """`beton serve` over a run of an export unlike the demo (e-mail identity and no deals; a minimal export):
+    every page and read endpoint answers, and the list holds what beton.signals holds."""
+    from tests.app.conftest import get, get_json, serving
+
+    _require_success(shape_run)
+    with serving(shape_run.warehouse) as url:
+        listed = get_json(f"{url}/api/signals/list?all=true")
+        assert len(listed) == shape_run.sql("select count(*) from beton.signals")[0][0] > 0
+        for path in (
+            "/",
+            "/signals",
+            f"/signals/{listed[0]['signal_id']}",
+            "/backtest",
+            "/sources",
+            "/playbooks",
+            "/api/signals/dashboard/metrics",
+            "/api/sources/status",
+            "/api/playbooks/list",
+            "/api/posthog/events",
+        ):
+            status, _, body = get(url + path)
+            assert status == 200 and b"Traceback" not in body, (shape_run.name, path, body[:300])
+        loaded = {t["table"]: t["loaded"] for t in get_json(f"{url}/api/sources/status")}
+        assert loaded["events"] == shape_run.sql("select count(*) from raw.raw_events")[0][0]

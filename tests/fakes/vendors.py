@@ -14,7 +14,10 @@ run loads (bad rows are the connector tests' business), typed. Then:
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -88,14 +91,17 @@ def serve_posthog(fake: FakePostHog, rows: list[dict]) -> int:
     return len(rows)
 
 
-def serve_s3_export(fake: FakeS3, rows: list[dict]) -> int:
-    """Events as a daily PostHog batch export in the S3 fake: one Parquet (zstd) object per day of events, named
-    for its interval as PostHog names it (ids as `posthog_uuid`, properties as stored JSON text); objects written."""
+def serve_s3_export(fake: FakeS3, rows: list[dict], monthly: bool = False) -> int:
+    """Events as a daily (or `monthly`) PostHog batch export in the S3 fake: one Parquet (zstd) object per day (or
+    month) of events, named for its interval as PostHog names it (ids as `posthog_uuid`, properties as stored JSON
+    text); objects written."""
     days: dict = {}
     for r in rows:
-        days.setdefault(r["timestamp"].date(), []).append(r)
+        day = r["timestamp"].date()
+        days.setdefault(day.replace(day=1) if monthly else day, []).append(r)
     for day, events in sorted(days.items()):
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        end = datetime(day.year + day.month // 12, day.month % 12 + 1, 1, tzinfo=UTC) if monthly else None
         exported = [
             {
                 "uuid": posthog_uuid(r["uuid"]),
@@ -111,7 +117,7 @@ def serve_s3_export(fake: FakeS3, rows: list[dict]) -> int:
             }
             for r in events
         ]
-        fake.put_export(exported, start, start + timedelta(days=1), compression="zstd")
+        fake.put_export(exported, start, end or start + timedelta(days=1), compression="zstd")
     return len(days)
 
 
@@ -188,3 +194,27 @@ def serve_attio(fake: FakeAttioRecords, tables: dict[str, list[dict]]) -> None:
             currency=(r["currency"] or "usd").upper(),
             owner=member(r["owner"] or "nobody"),
         )
+
+
+@contextmanager
+def serving_vendors(
+    export: dict[str, list[dict]], keys: dict[str, str], clock_behind_seconds: int, **posthog: object
+) -> Iterator[tuple[dict, dict]]:
+    """The three fakes serving `export` (`read_export`'s tables) with `keys` (env var → key), Stripe's clock
+    `clock_behind_seconds` behind now; yields (name → fake, the `sources:` settings that pull them, PostHog's
+    section with `posthog` added)."""
+    with (
+        FakePostHog(keys["BETON_POSTHOG_API_KEY"], "1") as posthog_fake,
+        FakeAttioRecords(keys["BETON_ATTIO_API_KEY"]) as attio,
+        FakeStripe(keys["BETON_STRIPE_API_KEY"]) as stripe,
+    ):
+        serve_posthog(posthog_fake, export["events"])
+        serve_attio(attio, export)
+        stripe.clock = int(time.time()) - clock_behind_seconds
+        serve_stripe(stripe, export)
+        sources = {
+            "posthog": {"enabled": True, "host": posthog_fake.url, "project_id": "1", **posthog},
+            "attio": {"enabled": True, "api_base": attio.url},
+            "stripe": {"enabled": True, "api_base": stripe.url},
+        }
+        yield {"posthog": posthog_fake, "attio": attio, "stripe": stripe}, sources
