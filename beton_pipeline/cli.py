@@ -18,7 +18,14 @@ from rich.table import Table
 from rich.text import Text
 
 from beton_pipeline.core.formatting import MISSING, fmt, fmt_estimate, fmt_interval, plain_table
-from beton_pipeline.settings import PROJECT_ROOT, SettingsError, demo_dir, load_settings, warehouse_path
+from beton_pipeline.settings import (
+    PROJECT_ROOT,
+    SettingsError,
+    config_path,
+    demo_dir,
+    load_settings,
+    warehouse_path,
+)
 
 app = typer.Typer(
     help="beton: discover, prove, backtest, score and act on the signals that predict revenue.", no_args_is_help=True
@@ -573,7 +580,8 @@ def serve(
     except SettingsError as exc:
         _fail(str(exc))
     hosts = ("*",) if host in ("0.0.0.0", "::") else (host, "127.0.0.1", "localhost")
-    uvicorn.run(create_app(path, settings, token=token, hosts=hosts), host=host, port=port, log_level="warning")
+    app_ = create_app(path, settings, token=token, hosts=hosts, config_path=config_path())
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
 @app.command()
@@ -935,7 +943,6 @@ def attio_fields(
     from beton_pipeline.settings import (
         attio_mapping_text,
         check_settings_text,
-        config_path,
         read_settings_file,
         write_settings_file,
     )

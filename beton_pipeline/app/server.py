@@ -35,59 +35,40 @@ OpenAPI document is served.
 
 from __future__ import annotations
 
-import json
-import math
-import threading
 import urllib.parse
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import date, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
-import duckdb
-import polars as pl
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from beton_pipeline.app import auth, builder, charts
-from beton_pipeline.core.conditions import SignalDefinitionError
-from beton_pipeline.core.formatting import MISSING, fmt, fmt_interval
-from beton_pipeline.settings import Settings
-from beton_pipeline.store import dashboard
-from beton_pipeline.store.backtests import backtest_definition
-from beton_pipeline.store.catalog import event_catalog
-from beton_pipeline.store.outbox import action_counts
-from beton_pipeline.store.playbooks import latest_score_day
-from beton_pipeline.store.readouts import read_playbook_readouts
-from beton_pipeline.store.signal_detail import (
-    json_row,
-    lift_in_words,
-    named_signals,
-    read_signal_detail,
-    record_decision,
-    signal_names,
+from beton_pipeline.app import accounts, auth, builder, charts, experiments, settings_pages
+from beton_pipeline.app.access import LOCK_WAIT_SECONDS, Reader, SignalFilter, Warehouse
+from beton_pipeline.app.web import (
+    HERE,
+    RETRY_AFTER_SECONDS,
+    Refused,
+    WarehouseJSON,
+    WarehouseUnavailable,
+    bearer_ok,
+    figure_json,
+    json_object,
+    local_path,
+    read_form,
+    same_origin,
+    signed_in,
+    templates,
+    writes_allowed,
 )
+from beton_pipeline.settings import Settings
+from beton_pipeline.store.signal_detail import json_row, lift_in_words
 from beton_pipeline.store.signals import UnknownSignalError
-from beton_pipeline.store.sources_status import source_status
-from beton_pipeline.store.sql_sandbox import SqlSignalError
-from beton_pipeline.warehouse import WarehouseLockedError, connect, table_exists
 
-HERE = Path(__file__).resolve().parent
-LOCK_WAIT_SECONDS = 2.0
-"""How long a request waits for a run to release the warehouse before it answers 503."""
-RETRY_AFTER_SECONDS = 5
-"""What a 503 asks the browser or client to wait."""
-RECENT_LEADS = 20
-"""Accounts the dashboard lists: the latest scored day's best-ranked."""
 FOREST_ROWS = 40
 """Signals drawn in the list page's forest plot (the first of the filtered, sorted list; the table has them all)."""
 
@@ -118,10 +99,6 @@ Order = Annotated[Literal["asc", "desc"], Query(description="sort direction")]
 All = Annotated[bool, Query(alias="all", description="every tested candidate, not only each family's best")]
 
 
-BACKTEST_SECONDS = 30.0
-"""Time limit of a SQL signal backtested from the pages (as `beton backtest`'s default)."""
-CATALOG_TOP = 20
-"""Top values per property and attribute the catalog lists."""
 EXAMPLE_SQL = (
     "select account_id, first_occurred_at as fired_at\n"
     "from marts.account_event_features\n"
@@ -131,101 +108,8 @@ EXAMPLE_SQL = (
 
 DECISIONS: dict[str, bool | None] = {"enable": True, "disable": False, "reset": None}
 """A decision's name → the `enabled` it records (reset: back to the recommendation)."""
-MAX_BODY_BYTES = 65_536
-"""The largest request body accepted (a form, a decision, a signal definition)."""
 MAX_WHO, MAX_WHY = 100, 500
 """Longest accepted `by` and `reason` of a decision (characters)."""
-
-
-class Refused(Exception):
-    """A write the app refuses: `status` (401, 403, 400) and a `message` saying what to do."""
-
-    def __init__(self, message: str, status: int):
-        super().__init__(message)
-        self.message, self.status = message, status
-
-
-class WarehouseUnavailable(Exception):
-    """The warehouse cannot be read now: `message` says why, `status` is the HTTP status to answer."""
-
-    def __init__(self, message: str, status: int = 503):
-        super().__init__(message)
-        self.message = message
-        self.status = status
-
-
-@dataclass(frozen=True)
-class SignalFilter:
-    """What the list shows: `recommendation` (enable/review/reject), `enabled`, `source` (discovered/custom…),
-    `q` (text in the name, definition or id), `sort` (a `SORTABLE` column; None = beton's order), `order`."""
-
-    recommendation: str | None = None
-    enabled: bool | None = None
-    source: str | None = None
-    q: str | None = None
-    sort: str | None = None
-    order: Literal["asc", "desc"] = "desc"
-
-    @classmethod
-    def of(cls, recommendation=None, enabled=None, source=None, q=None, sort=None, order="desc") -> SignalFilter:
-        """The filter of a request's query parameters (an empty value is "any")."""
-        return cls(
-            recommendation or None,
-            None if not enabled else enabled == "true",
-            source or None,
-            (q or "").strip() or None,
-            sort or None,
-            order,
-        )
-
-    def apply(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """The rows of `frame` this filter keeps, in its order."""
-        keep = pl.lit(True)
-        if self.recommendation:
-            keep &= pl.col("recommendation") == self.recommendation
-        if self.enabled is not None:
-            keep &= pl.col("enabled") == self.enabled
-        if self.source:
-            keep &= pl.col("source") == self.source
-        if self.q:
-            text = self.q.lower()
-            keep &= pl.any_horizontal(
-                pl.col(c).str.to_lowercase().str.contains(text, literal=True)
-                for c in ("name", "definition", "signal_id")
-            )
-        out = frame.filter(keep.fill_null(False))
-        if self.sort:
-            out = out.sort(self.sort, descending=self.order == "desc", nulls_last=True, maintain_order=True)
-        return out
-
-
-def _plain(value: object) -> object:
-    """A value JSON can carry: non-finite floats as null, decimals as numbers, dates and times as ISO text,
-    containers walked."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Decimal):  # DuckDB's sums of integers
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-class WarehouseJSON(JSONResponse):
-    """JSON of warehouse rows: NaN and infinities (a lift with no conversions without the signal) become null."""
-
-    def render(self, content: object) -> bytes:
-        return json.dumps(_plain(content), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-
-
-def _figure_json(figure: dict) -> str:
-    """A figure as JSON safe inside a `<script type="application/json">` element."""
-    text = json.dumps(_plain(figure), allow_nan=False)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def _plotly_js() -> Path:
@@ -235,211 +119,8 @@ def _plotly_js() -> Path:
     return Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
 
 
-class _Access:
-    """Readers together, a writer alone, within this process. DuckDB refuses a second connection to one file with
-    another configuration in the same process (a read-only page beside a decision's read-write connection, or the
-    SQL sandbox's), so a decision and a backtest wait for the pages in flight, and pages wait for them."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writing = False
-
-    @contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._writing)
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
-
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._writing and self._readers == 0)
-            self._writing = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writing = False
-                self._cond.notify_all()
-
-
-class Warehouse:
-    """The app's only way to the warehouse: each call opens the file (read-only, but for a user's decision),
-    reads or writes, and closes it.
-
-    `settings` (beton.yaml's) name intent signals' windows, set the freshness limits and list the playbooks;
-    `lock_wait_seconds` is how long a call waits for a run to release the file before `WarehouseUnavailable`."""
-
-    def __init__(self, path: Path, settings: Settings, lock_wait_seconds: float = LOCK_WAIT_SECONDS):
-        self.path, self.settings, self.lock_wait_seconds = path, settings, lock_wait_seconds
-        self.observation_days = settings.windows.observation_days
-        self._access = _Access()
-
-    @contextmanager
-    def open(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        if not self.path.exists():
-            raise WarehouseUnavailable(f"No warehouse at {self.path} yet: run `beton run` (or `make run`) first.")
-        try:
-            with self._access.shared(), connect(self.path, read_only=True, wait_seconds=self.lock_wait_seconds) as con:
-                yield con
-        except WarehouseLockedError:
-            raise WarehouseUnavailable(
-                f"A beton run is writing the warehouse; this page comes back when it is done "
-                f"(retry in {RETRY_AFTER_SECONDS} s)."
-            ) from None
-
-    def decide(self, signal_id: str, enabled: bool | None, changed_by: str, reason: str | None) -> bool:
-        """Record a decision on a signal (`store.signal_detail.record_decision`): the `enabled` it has now."""
-        if not self.path.exists():
-            raise WarehouseUnavailable(f"No warehouse at {self.path} yet: run `beton run` (or `make run`) first.")
-        try:
-            with self._access.exclusive(), connect(self.path, wait_seconds=self.lock_wait_seconds) as con:
-                return record_decision(con, signal_id, enabled, changed_by, reason)
-        except WarehouseLockedError:
-            raise WarehouseUnavailable(
-                f"A beton run is writing the warehouse; the decision was not recorded: try again in "
-                f"{RETRY_AFTER_SECONDS} s."
-            ) from None
-
-    def sources(self) -> list[dict]:
-        """Each contract table's origin, last ingest, quarantine and freshness (`store.sources_status`)."""
-        with self.open() as con:
-            return source_status(con, self.settings)
-
-    def playbooks(self) -> list[dict]:
-        """Each playbook of the settings (and any the outbox still holds): its rule, its actions by status and
-        its readout (treated vs held out)."""
-        with self.open() as con:
-            counts, readouts = action_counts(con), read_playbook_readouts(con)
-        by_playbook: dict[str, dict] = {}
-        for row in counts.iter_rows(named=True):
-            entry = by_playbook.setdefault(row["playbook"], {"actions": {}, "first_day": None, "last_day": None})
-            entry["actions"][row["status"]] = row["actions"]
-            entry["first_day"] = min(d for d in (entry["first_day"], row["first_day"]) if d is not None)
-            entry["last_day"] = max(d for d in (entry["last_day"], row["last_day"]) if d is not None)
-        readout = {r["playbook"]: r for r in readouts.to_dicts()}
-        configured = self.settings.playbook_config().playbooks
-        names = [p.name for p in configured] + sorted(set(by_playbook) - {p.name for p in configured})
-        rules = {p.name: p for p in configured}
-        out = []
-        for name in names:
-            playbook = rules.get(name)
-            activity = by_playbook.get(name, {"actions": {}, "first_day": None, "last_day": None})
-            out.append(
-                {
-                    "name": name,
-                    "configured": playbook is not None,
-                    "kind": playbook.kind if playbook else None,
-                    "when": {k: v for k, v in playbook.when.model_dump().items() if v not in (None, (), [])}
-                    if playbook
-                    else None,
-                    "then": [a.destination for a in playbook.then] if playbook else [],
-                    "holdout_fraction": playbook.effective_holdout_fraction if playbook else None,
-                    "cooldown_days": playbook.cooldown_days if playbook else None,
-                    **activity,
-                    "readout": readout.get(name),
-                }
-            )
-        return out
-
-    def catalog(self) -> dict:
-        """What conditions can name: events, property values, attributes, intent types (`beton events`)."""
-        with self.open() as con:
-            if not table_exists(con, "marts", "account_event_features"):
-                raise WarehouseUnavailable("The feature marts are not built yet: run `beton run` first.")
-            return event_catalog(con, self.settings, top=CATALOG_TOP)
-
-    def backtest(self, text: str, kind: str, timeout_seconds: float = BACKTEST_SECONDS) -> dict:
-        """One custom signal (`kind`: condition or sql) tested and backtested as `beton backtest` does, nothing
-        written: its beton.signals `signal` row, the backtest's `verdict` and `verdict_reason`, and its `periods`.
-        Refused (400) with the definition's or the sandbox's reason when it cannot run."""
-        if not self.path.exists():
-            raise WarehouseUnavailable(f"No warehouse at {self.path} yet: run `beton run` (or `make run`) first.")
-        try:
-            with self._access.exclusive():  # the sandbox opens the file with its own configuration
-                result = backtest_definition(
-                    text, "beton serve", kind, self.settings, self.path, timeout_seconds, self.lock_wait_seconds
-                )
-        except (SignalDefinitionError, SqlSignalError) as exc:
-            raise Refused(str(exc), 400) from None
-        except WarehouseLockedError:
-            raise WarehouseUnavailable(
-                f"A beton run is writing the warehouse; backtest again in {RETRY_AFTER_SECONDS} s."
-            ) from None
-        periods = result.periods
-        verdict = periods.row(0, named=True) if periods.height else {}
-        return {
-            "signal": json_row(result.signal_row.row(0, named=True)),
-            "verdict": verdict.get("verdict"),
-            "verdict_reason": verdict.get("verdict_reason"),
-            "periods": periods.to_dicts(),
-        }
-
-    def signals(self, flt: SignalFilter, include_all: bool) -> pl.DataFrame:
-        """beton.signals with names, filtered and sorted by `flt`."""
-        with self.open() as con:
-            frame = named_signals(con, include_all, self.observation_days)
-        return flt.apply(frame)
-
-    def signal(self, signal_id: str):
-        """One signal in full (`store.signal_detail.SignalDetail`); UnknownSignalError for an unknown id."""
-        with self.open() as con:
-            return read_signal_detail(con, signal_id, self.observation_days)
-
-    def dashboard(self) -> dict:
-        """The dashboard's data: `day` (the latest scored), `latest` and `trend` (beton.revenue_metrics rows),
-        `recent_leads` (with each top contribution's plain-language `name`) and `score_distribution`."""
-        with self.open() as con:
-            trend = dashboard.read_revenue_metrics(con)
-            day = latest_score_day(con)
-            leads = dashboard.read_leads(con, day, RECENT_LEADS) if day else pl.DataFrame()
-            spread = dashboard.score_distribution(con, day) if day else pl.DataFrame()
-            names = signal_names(con, self.observation_days)
-        rows = trend.to_dicts()
-        recent = [
-            {
-                **lead,
-                "top_contributions": [
-                    {**c, "name": names.get(c["signal_id"]) or c.get("definition")}
-                    for c in lead.get("top_contributions") or []
-                ],
-            }
-            for lead in leads.to_dicts()
-        ]
-        return {
-            "day": day,
-            "latest": rows[-1] if rows else None,
-            "trend": rows,
-            "recent_leads": recent,
-            "score_distribution": spread.to_dicts(),
-        }
-
-
-templates = Jinja2Templates(directory=HERE / "templates")
-
-
-def _minute(value: datetime | None) -> str:
-    """A time on a page: to the minute (UTC, as stored), or a dash."""
-    return value.strftime("%Y-%m-%d %H:%M") if value else MISSING
-
-
-templates.env.globals.update(fmt=fmt, fmt_interval=fmt_interval, minute=_minute)
 api = APIRouter(prefix="/api", default_response_class=WarehouseJSON)
 pages = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
-
-
-def _reader(request: Request) -> Warehouse:
-    return request.app.state.reader
-
-
-Reader = Annotated[Warehouse, Depends(_reader)]
 
 
 def _list_query(
@@ -490,8 +171,8 @@ async def api_backtest(request: Request, reader: Reader) -> WarehouseJSON:
     (a condition file's text). Answers its beton.signals `signal` row (lift with CI, p, q, holdout, projected ARR,
     `recommendation`: enable / review / reject with its reason), the backtest's `verdict` and its `periods` by
     cohort month; 400 with the definition's or the sandbox's reason."""
-    _same_origin(request)
-    body = await _json_object(request, '{"sql": "…"} or {"yaml": "…"}')
+    same_origin(request)
+    body = await json_object(request, '{"sql": "…"} or {"yaml": "…"}')
     if len({"sql", "yaml"} & set(body)) != 1:
         raise Refused('give exactly one of "sql" and "yaml"', 400)
     kind, text = ("sql", body["sql"]) if "sql" in body else ("condition", body["yaml"])
@@ -555,7 +236,7 @@ def dashboard_page(request: Request, reader: Reader) -> Response:
     return templates.TemplateResponse(
         request,
         "dashboard.html",
-        {"title": "Dashboard", **data, **{k: _figure_json(v) for k, v in charts_of.items()}},
+        {"title": "Dashboard", **data, **{k: figure_json(v) for k, v in charts_of.items()}},
     )
 
 
@@ -589,8 +270,8 @@ def backtest_page(request: Request, reader: Reader) -> Response:
 
 @pages.post("/backtest")
 async def backtest_run(request: Request, reader: Reader) -> Response:
-    _same_origin(request)
-    form = await _form(request)
+    same_origin(request)
+    form = await read_form(request)
     if form.get("mode") == "sql":
         text, kind, sql = form.get("sql") or "", "sql", form.get("sql") or ""
     else:
@@ -607,7 +288,7 @@ async def backtest_run(request: Request, reader: Reader) -> Response:
         result = await run_in_threadpool(reader.backtest, text, kind)
     except Refused as exc:
         return templates.TemplateResponse(request, "backtest.html", {**context, "error": exc.message}, 400)
-    chart = _figure_json(charts.backtest_by_month(result["periods"]))
+    chart = figure_json(charts.backtest_by_month(result["periods"]))
     return templates.TemplateResponse(request, "backtest.html", {**context, "result": result, "chart": chart})
 
 
@@ -626,7 +307,7 @@ def signals_page(request: Request, reader: Reader, query: ListQuery) -> Response
             "filter": flt,
             "include_all": include_all,
             "sortable": SORTABLE,
-            "forest": _figure_json(figure),
+            "forest": figure_json(figure),
             "forest_rows": len(shown),
         },
     )
@@ -636,7 +317,7 @@ def signals_page(request: Request, reader: Reader, query: ListQuery) -> Response
 def signal_page(request: Request, reader: Reader, signal_id: str) -> Response:
     d = reader.signal(signal_id)
     backtest, health = d.backtest.to_dicts(), d.health.to_dicts()
-    nonce = _session(request)
+    nonce = signed_in(request)
     return templates.TemplateResponse(
         request,
         "signal.html",
@@ -647,8 +328,8 @@ def signal_page(request: Request, reader: Reader, signal_id: str) -> Response:
             "in_words": lift_in_words(d.signal),
             "backtest": backtest,
             "overrides": d.overrides.to_dicts(),
-            "backtest_chart": _figure_json(charts.backtest_by_month(backtest)),
-            "health_chart": _figure_json(charts.health_over_time(health)),
+            "backtest_chart": figure_json(charts.backtest_by_month(backtest)),
+            "health_chart": figure_json(charts.health_over_time(health)),
             "writes": request.app.state.token is not None,
             "csrf": auth.csrf_token(request.app.state.token, nonce) if nonce else None,
         },
@@ -667,76 +348,13 @@ def _decision(decision: str | None, by: str | None, reason: str | None) -> tuple
     return DECISIONS[decision], who, why
 
 
-def _writes_allowed(request: Request) -> str:
-    """The app token, or Refused (403) when writes are off."""
-    token = request.app.state.token
-    if token is None:
-        raise Refused(
-            f"This beton serve is read-only: start it with {auth.TOKEN_ENV} set to a secret to allow changes.", 403
-        )
-    return token
-
-
-def _session(request: Request) -> str | None:
-    """The nonce of the request's valid session (None: not signed in, or writes off)."""
-    return auth.session_nonce(request.cookies.get(auth.SESSION_COOKIE), request.app.state.token)
-
-
-async def _body(request: Request) -> bytes:
-    """The request's body, refused (413) past `MAX_BODY_BYTES` before more is read."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdecimal() and int(declared) > MAX_BODY_BYTES:
-        raise Refused(f"the request is larger than {MAX_BODY_BYTES:,} bytes", 413)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise Refused(f"the request is larger than {MAX_BODY_BYTES:,} bytes", 413)
-    return bytes(body)
-
-
-async def _form(request: Request) -> dict[str, str]:
-    """An urlencoded form's fields (the last value of each)."""
-    body = await _body(request)
-    return {k: v[-1] for k, v in urllib.parse.parse_qs(body.decode("utf-8", "replace")).items()}
-
-
-async def _json_object(request: Request, shape: str) -> dict:
-    """A JSON object body sent as `application/json` (a cross-site page cannot send that type without the
-    browser asking first, which this app never allows); Refused (400 or 415) otherwise, naming `shape`."""
-    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-        raise Refused(f"send the body as Content-Type: application/json: {shape}", 415)
-    try:
-        body = json.loads(await _body(request))
-    except ValueError:
-        raise Refused(f"the body must be a JSON object: {shape}", 400) from None
-    if not isinstance(body, dict):
-        raise Refused(f"the body must be a JSON object: {shape}", 400)
-    return body
-
-
-def _same_origin(request: Request) -> None:
-    """Refused (403) for a POST whose Origin is another site (browsers send it with every form POST)."""
-    origin = request.headers.get("origin")
-    if origin is not None and urllib.parse.urlsplit(origin).netloc != request.headers.get("host"):
-        raise Refused("a form from another site cannot change beton", 403)
-
-
-def _local_path(target: str | None) -> str:
-    """Where to go after signing in: a path on this site, else the dashboard."""
-    return target if target and target.startswith("/") and not target.startswith("//") else "/"
-
-
 @api.post("/signals/{signal_id}/decision", tags=["signals"])
 async def api_decide(request: Request, reader: Reader, signal_id: str) -> WarehouseJSON:
     """Enable, disable or reset (back to its recommendation) a signal, as `beton signals enable|disable|reset`
     does: the JSON body `{"decision": "disable", "by": "ana", "reason": "…"}`, with `Authorization: Bearer
     <BETON_APP_TOKEN>`. Answers the signal's `enabled` now. Recorded in beton.signal_overrides with who and why."""
-    token = _writes_allowed(request)
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not auth.token_matches(given.strip(), token):
-        raise Refused("send the app token as Authorization: Bearer <token>", 401)
-    body = await _json_object(request, "{decision, by, reason}")
+    bearer_ok(request)
+    body = await json_object(request, "{decision, by, reason}")
     enabled, who, why = _decision(body.get("decision"), body.get("by"), body.get("reason"))
     now = await run_in_threadpool(reader.decide, signal_id, enabled, who, why)
     return WarehouseJSON({"signal_id": signal_id, "decision": body["decision"], "enabled": now, "by": who})
@@ -744,19 +362,19 @@ async def api_decide(request: Request, reader: Reader, signal_id: str) -> Wareho
 
 @pages.get("/login")
 def login_page(request: Request, next: str = "/") -> Response:
-    context = {"title": "Sign in", "next": _local_path(next), "writes": request.app.state.token is not None}
+    context = {"title": "Sign in", "next": local_path(next), "writes": request.app.state.token is not None}
     return templates.TemplateResponse(request, "login.html", context)
 
 
 @pages.post("/login")
 async def login(request: Request) -> Response:
-    token = _writes_allowed(request)
-    _same_origin(request)
-    form = await _form(request)
+    token = writes_allowed(request)
+    same_origin(request)
+    form = await read_form(request)
     if not auth.token_matches(form.get("token"), token):
-        context = {"title": "Sign in", "next": _local_path(form.get("next")), "writes": True, "wrong": True}
+        context = {"title": "Sign in", "next": local_path(form.get("next")), "writes": True, "wrong": True}
         return templates.TemplateResponse(request, "login.html", context, 401)
-    response = RedirectResponse(_local_path(form.get("next")), status_code=303)
+    response = RedirectResponse(local_path(form.get("next")), status_code=303)
     response.set_cookie(
         auth.SESSION_COOKIE,
         auth.new_session(token),
@@ -770,7 +388,7 @@ async def login(request: Request) -> Response:
 
 @pages.post("/logout")
 async def logout(request: Request) -> Response:
-    _same_origin(request)
+    same_origin(request)
     response = RedirectResponse("/", status_code=303)
     response.delete_cookie(auth.SESSION_COOKIE, path="/")
     return response
@@ -778,10 +396,10 @@ async def logout(request: Request) -> Response:
 
 @pages.post("/signals/{signal_id}/decision")
 async def decide(request: Request, reader: Reader, signal_id: str) -> Response:
-    token = _writes_allowed(request)
-    _same_origin(request)
-    form = await _form(request)
-    nonce = _session(request)
+    token = writes_allowed(request)
+    same_origin(request)
+    form = await read_form(request)
+    nonce = signed_in(request)
     if nonce is None:
         raise Refused("sign in with the app token first (/login)", 401)
     if not auth.csrf_matches(form.get("csrf"), token, nonce):
@@ -855,11 +473,13 @@ def create_app(
     lock_wait_seconds: float = LOCK_WAIT_SECONDS,
     token: str | None = None,
     hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
+    config_path: Path | None = None,
 ):
     """The application over `warehouse` (a DuckDB file written by `beton run`) under `settings` (None: every
-    default): see the module docstring. `token` allows writes (`auth.app_token()`: `BETON_APP_TOKEN`); None keeps
-    the app read-only. `hosts`: the names a request's Host may carry (a page of another site whose name was made to
-    point at 127.0.0.1 carries its own, and is refused: no DNS rebinding)."""
+        default): see the module docstring. `token` allows writes (`auth.app_token()`: `BETON_APP_TOKEN`); None keeps
+        the app read-only. `hosts`: the names a request's Host may carry (a page of another site whose name was made to
+        point at 127.0.0.1 carries its own, and is refused: no DNS rebinding). `config_path`: the beton.yaml the settings
+    came from, which the settings page changes (None: the settings cannot be changed from the app)."""
     app = FastAPI(
         title="beton",
         summary="Signals that predict conversion, with their evidence: the pages' data as JSON.",
@@ -870,8 +490,9 @@ def create_app(
     )
     app.state.reader = Warehouse(warehouse, settings or Settings(), lock_wait_seconds)
     app.state.token = token
-    app.include_router(api)
-    app.include_router(pages)
+    app.state.config_path = config_path
+    for router in (api, pages, *(r for m in (settings_pages, experiments, accounts) for r in (m.api, m.pages))):
+        app.include_router(router)
     app.add_exception_handler(WarehouseUnavailable, _unavailable)
     app.add_exception_handler(UnknownSignalError, _unknown)
     app.add_exception_handler(Refused, _refused)

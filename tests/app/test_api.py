@@ -185,7 +185,7 @@ def test_a_bad_parameter_on_a_page_is_a_page(app_url):
 
 
 def test_text_from_the_data_cannot_break_out_of_a_chart():
-    from beton_pipeline.app.server import _figure_json
+    from beton_pipeline.app.web import figure_json as _figure_json
 
     text = _figure_json(forest_plot([{"lift": 2.0}], ["<!--<script></script>&"]))
     assert "<" not in text and ">" not in text and "&" not in text
