@@ -17,6 +17,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import duckdb
+
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -38,6 +40,10 @@ def measure(warehouse: Path, repetitions: int) -> list[tuple[str, float, float]]
     """(path, median seconds, slowest seconds) for every page and endpoint over `warehouse`."""
     with serving(warehouse) as url:
         signal = (get_json(f"{url}/api/signals/list?recommendation=enable") or get_json(f"{url}/api/signals/list"))[0]
+        with duckdb.connect(str(warehouse), read_only=True) as con:  # the longest score history: the slowest
+            account = con.sql(
+                "select account_id from beton.account_scores group by 1 order by count(*) desc limit 1"
+            ).fetchall()[0][0]
         paths = [
             "/",
             "/signals",
@@ -50,12 +56,16 @@ def measure(warehouse: Path, repetitions: int) -> list[tuple[str, float, float]]
             f"/api/signals/{signal['signal_id']}",
             "/api/sources/status",
             "/api/playbooks/list",
+            f"/accounts/{account}",
+            f"/api/accounts/{account}",
+            "/accounts?q=co",
         ]
         rows = []
         for path in paths:
             _seconds(url + path)  # the first answer warms DuckDB's and the OS's caches
             times = [_seconds(url + path) for _ in range(repetitions)]
-            rows.append((path.replace(signal["signal_id"], "{id}"), statistics.median(times), max(times)))
+            shown = path.replace(signal["signal_id"], "{id}").replace(account, "{account}")
+            rows.append((shown, statistics.median(times), max(times)))
     return rows
 
 

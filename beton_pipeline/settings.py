@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -397,6 +398,31 @@ class ScheduleSettings(_Strict):
     timezone: str = "UTC"
 
 
+class AppSettings(_Strict):
+    """`beton serve`: where its pages are reached from elsewhere (README, "The pages")."""
+
+    base_url: str | None = Field(
+        None,
+        description=(
+            "the address people open the pages at, e.g. https://beton.example.com (behind your proxy) or "
+            "http://127.0.0.1:8765; when set, Slack messages and webhook events link each account's and signal's "
+            "page, and Dagster's asset metadata links the signals"
+        ),
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be http(s)://host[:port][/path], got {url!r}")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ValueError("must be a plain address: no user:password@, ?query or #fragment")
+        return url.rstrip("/")
+
+
 class Settings(_Strict):
     revenue: RevenueSettings = RevenueSettings()
     windows: WindowSettings = WindowSettings()
@@ -410,6 +436,7 @@ class Settings(_Strict):
     schedule: ScheduleSettings = ScheduleSettings()
     signals: SignalsSettings = SignalsSettings()
     sources: SourcesSettings = SourcesSettings()
+    app: AppSettings = AppSettings()
     playbooks: tuple[dict, ...] = ()
     experiments: tuple[dict, ...] = ()
     destinations: dict = {}
@@ -512,7 +539,7 @@ class Settings(_Strict):
         """Playbooks, experiments and destinations, parsed and checked."""
         from beton_pipeline.core.playbooks import parse_playbook_config
 
-        return parse_playbook_config(self.playbooks, self.experiments, self.destinations)
+        return parse_playbook_config(self.playbooks, self.experiments, self.destinations, self.app.base_url)
 
     def connector_config(self, name: str):
         """The config of connector `name` (`sources.<name>` in beton.yaml, every setting but `enabled`, whose names

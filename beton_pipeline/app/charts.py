@@ -11,6 +11,8 @@ import html
 import math
 from collections.abc import Mapping, Sequence
 
+from beton_pipeline.core.playbooks import weight_note_for_rep
+
 LIFT_AXIS = {"type": "log", "title": {"text": "lift (log scale; 1 = no difference)"}, "zeroline": False}
 NO_EFFECT_LINE = {"type": "line", "xref": "x", "yref": "paper", "x0": 1, "x1": 1, "y0": 0, "y1": 1}
 
@@ -228,5 +230,72 @@ def score_histogram(bins: Sequence[Mapping], day: object) -> dict:
             xaxis={"range": [0, 1], "tickformat": ".0%", "title": {"text": "score"}},
             yaxis={"title": {"text": "accounts"}},
             bargap=0.05,
+        ),
+    }
+
+
+def score_history(rows: Sequence[Mapping]) -> dict:
+    """An account's score by day (0–1, left axis) with its rank among the day's accounts (right axis, 1 at the
+    top): when it became a lead and how it moved since."""
+    days = [str(r["day"]) for r in rows]
+    traces = [
+        {
+            "type": "scatter",
+            "mode": "lines+markers",
+            "name": "score",
+            "x": days,
+            "y": [r.get("score") for r in rows],
+            "text": [r.get("n_signals_fired") for r in rows],
+            "hovertemplate": "%{x}: score %{y:.1%} (%{text} signals fired)<extra></extra>",
+        },
+        {
+            "type": "scatter",
+            "mode": "lines",
+            "name": "rank",
+            "x": days,
+            "y": [r.get("score_rank") for r in rows],
+            "yaxis": "y2",
+            "line": {"dash": "dot"},
+            "hovertemplate": "%{x}: rank %{y}<extra></extra>",
+        },
+    ]
+    return {
+        "data": traces if rows else [],
+        "layout": _layout(
+            "Score by day" if rows else "No scored days",
+            xaxis={"type": "date"},
+            yaxis={"title": {"text": "score"}, "range": [0, 1], "tickformat": ".0%"},
+            yaxis2={"title": {"text": "rank"}, "overlaying": "y", "side": "right", "autorange": "reversed"},
+            legend={"orientation": "h"},
+        ),
+    }
+
+
+def contributions(entries: Sequence[Mapping], names: Sequence[str]) -> dict:
+    """What makes up an account's latest score: each signal's contribution to it (bars, largest at the top), named
+    in plain language; the hover says when the signal fired and its weight when health lowered it."""
+    labels = [html.escape(name) for name in names]
+    return {
+        "data": [
+            {
+                "type": "bar",
+                "orientation": "h",
+                "name": "contribution",
+                "x": [e.get("contribution") for e in entries],
+                "y": labels,
+                "text": [
+                    "; ".join([f"fired {str(e.get('fired_at'))[:10]}", *filter(None, [weight_note_for_rep(e)])])
+                    for e in entries
+                ],
+                "hovertemplate": "%{y}: %{x:.3f} (%{text})<extra></extra>",
+            }
+        ]
+        if entries
+        else [],
+        "layout": _layout(
+            "Top contributions to the latest score" if entries else "No signal contributes to the latest score",
+            yaxis={"autorange": "reversed", "automargin": True},
+            xaxis={"title": {"text": "contribution: log of the backtested lift, halved per half-life since it fired"}},
+            margin={"l": 20, "r": 20, "t": 50, "b": 50},
         ),
     }

@@ -66,6 +66,7 @@ from beton_pipeline.app.web import (
     writes_allowed,
 )
 from beton_pipeline.settings import Settings
+from beton_pipeline.store.accounts import UnknownAccountError
 from beton_pipeline.store.signal_detail import json_row, lift_in_words
 from beton_pipeline.store.signals import UnknownSignalError
 
@@ -442,11 +443,12 @@ async def _invalid(request: Request, exc: RequestValidationError) -> Response:
     return templates.TemplateResponse(request, "error.html", context, 422)
 
 
-async def _unknown(request: Request, exc: UnknownSignalError) -> Response:
+async def _unknown(request: Request, exc: UnknownSignalError | UnknownAccountError) -> Response:
     message = str(exc.args[0])
     if _wants_json(request):
         return WarehouseJSON({"error": message}, status_code=404)
-    return templates.TemplateResponse(request, "error.html", {"title": "No such signal", "message": message}, 404)
+    title = "No such signal" if isinstance(exc, UnknownSignalError) else "No such account"
+    return templates.TemplateResponse(request, "error.html", {"title": title, "message": message}, 404)
 
 
 SECURITY_HEADERS = {
@@ -495,6 +497,7 @@ def create_app(
         app.include_router(router)
     app.add_exception_handler(WarehouseUnavailable, _unavailable)
     app.add_exception_handler(UnknownSignalError, _unknown)
+    app.add_exception_handler(UnknownAccountError, _unknown)
     app.add_exception_handler(Refused, _refused)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.middleware("http")(_headers)

@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from beton_pipeline.core.crm_fields import CRM_FIELDS, FIELDS_BY_NAME
 from beton_pipeline.core.formatting import fmt
+from beton_pipeline.core.links import page_url
 
 HEALTH_STATES = ("healthy", "degrading", "broken", "insufficient_data")
 STATUSES = ("pending", "sent", "retrying", "dead", "held_out", "dry_run")
@@ -68,6 +69,7 @@ ACCOUNT_TEMPLATE_FIELDS = (
     "playbook",
     "day",
     "crm_url",
+    "app_url",
 )
 """Placeholders an account playbook's templates may use (``$company``, ``${score}``, …)."""
 
@@ -83,6 +85,7 @@ HEALTH_TEMPLATE_FIELDS = (
     "backtest_lift",
     "playbook",
     "day",
+    "app_url",
 )
 """Placeholders a health playbook's templates may use."""
 
@@ -422,6 +425,8 @@ class PlaybookConfig:
     playbooks: tuple[Playbook, ...]
     experiments: tuple[Experiment, ...]
     destinations: DestinationSettings
+    app_base_url: str | None = None
+    """`beton serve`'s public address (`app.base_url`): messages link its pages when set."""
 
     def playbook(self, name: str) -> Playbook:
         for p in self.playbooks:
@@ -455,9 +460,13 @@ def _errors(exc: ValidationError, prefix: str) -> str:
 
 
 def parse_playbook_config(
-    playbooks: Sequence[Mapping] = (), experiments: Sequence[Mapping] = (), destinations: Mapping | None = None
+    playbooks: Sequence[Mapping] = (),
+    experiments: Sequence[Mapping] = (),
+    destinations: Mapping | None = None,
+    app_base_url: str | None = None,
 ) -> PlaybookConfig:
-    """Validate the raw ``playbooks``, ``experiments`` and ``destinations`` sections.
+    """Validate the raw ``playbooks``, ``experiments`` and ``destinations`` sections (``app_base_url``: where
+    `beton serve` is reached, for the messages' links).
 
     Raises PlaybookConfigError naming each bad field (``playbooks[0].then.1.webhook.url: …``),
     duplicate names, and webhook hosts outside ``destinations.webhook_allowed_hosts``.
@@ -506,7 +515,7 @@ def parse_playbook_config(
                 planned[target] = i
     if problems:
         raise PlaybookConfigError("; ".join(problems))
-    return PlaybookConfig(tuple(parsed), tuple(exps), dest)
+    return PlaybookConfig(tuple(parsed), tuple(exps), dest, app_base_url)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -647,6 +656,8 @@ class MatchedAccount:
     score_rank: int | None
     top_contributions: tuple[dict, ...]
     top_signals: tuple[dict, ...]
+    app_url: str | None = None
+    """The account's page in `beton serve` (`app.base_url`), else None."""
 
 
 @dataclass(frozen=True)
@@ -661,6 +672,8 @@ class HealthChange:
     lift_ci_low: float | None
     lift_ci_high: float | None
     backtest_lift: float | None
+    app_url: str | None = None
+    """The signal's page in `beton serve` (`app.base_url`), else None."""
 
 
 @dataclass(frozen=True)
@@ -839,9 +852,12 @@ def _named(signals: Sequence[dict], names: Mapping[str, str]) -> tuple[dict, ...
     )
 
 
-def matched_account(row: Mapping, crm_url: str | None, signal_names: Mapping[str, str] | None = None) -> MatchedAccount:
-    """A :class:`MatchedAccount` from one ``account_scores`` row (``crm_url`` already built; ``signal_names``:
-    signal id → plain-language name, e.g. ``store.signal_detail.signal_names``)."""
+def matched_account(
+    row: Mapping, crm_url: str | None, signal_names: Mapping[str, str] | None = None, app_url: str | None = None
+) -> MatchedAccount:
+    """A :class:`MatchedAccount` from one ``account_scores`` row (``crm_url`` and ``app_url``, the account's page in
+    `beton serve`, already built; ``signal_names``: signal id → plain-language name, e.g.
+    ``store.signal_detail.signal_names``)."""
     names = signal_names or {}
     top_contributions = score_entries(row.get("top_contributions"))
     return MatchedAccount(
@@ -857,6 +873,7 @@ def matched_account(row: Mapping, crm_url: str | None, signal_names: Mapping[str
         top_signals=_named(
             top_contributions or [s for s in score_entries(row.get("signals_fired")) if not is_broken(s)][:3], names
         ),
+        app_url=app_url,
     )
 
 
@@ -878,11 +895,17 @@ def why_line(account: MatchedAccount) -> str:
 
 
 def account_values(
-    row: Mapping, playbook: str, day: date, crm_url: str | None, signal_names: Mapping[str, str] | None = None
+    row: Mapping,
+    playbook: str,
+    day: date,
+    crm_url: str | None,
+    signal_names: Mapping[str, str] | None = None,
+    app_url: str | None = None,
 ) -> dict[str, object]:
     """The template values of one matched account (raw, unescaped); ``$signals`` lists plain-language names,
-    ``$why`` is :func:`why_line`."""
-    account = matched_account(row, crm_url, signal_names)
+    ``$why`` is :func:`why_line`, ``$app_url`` the account's page in `beton serve` (empty without
+    ``app.base_url``)."""
+    account = matched_account(row, crm_url, signal_names, app_url)
     score = account.score
     ids = row.get("signal_ids")
     if ids is None:
@@ -901,6 +924,7 @@ def account_values(
         "playbook": playbook,
         "day": day.isoformat(),
         "crm_url": crm_url or "",
+        "app_url": app_url or "",
     }
 
 
@@ -947,9 +971,11 @@ def plan_account_actions(
     destinations: DestinationSettings,
     dry_run: bool = False,
     signal_names: Mapping[str, str] | None = None,
+    app_base_url: str | None = None,
 ) -> list[PlannedAction]:
     """The actions for the accounts ``matched`` on ``day``: one per account and action (messages name the
-    signals by ``signal_names``: signal id → plain-language name; a signal not in it shows its definition).
+    signals by ``signal_names``: signal id → plain-language name; a signal not in it shows its definition; with
+    ``app_base_url`` they link the account's page in `beton serve`).
 
     Held-out accounts (:func:`is_held_out`) get actions too, with ``held_out = true`` and status
     ``held_out`` (the message they would have received is kept for audit). In a dry run every action
@@ -966,8 +992,9 @@ def plan_account_actions(
     actions: list[PlannedAction] = []
     for row, held_out in zip(matched.iter_rows(named=True), held.tolist(), strict=True):
         crm = _crm_url(destinations.crm_record_url, row["account_id"], row.get("domain"), row.get("is_crm_company"))
-        account = matched_account(row, crm, signal_names)
-        values = account_values(row, playbook.name, day, crm, signal_names)
+        app_url = page_url(app_base_url, "account", row["account_id"])
+        account = matched_account(row, crm, signal_names, app_url)
+        values = account_values(row, playbook.name, day, crm, signal_names, app_url)
         for action in playbook.then:
             destination = _planned_destination(action, destinations)
             key = idempotency_key(playbook.name, row["account_id"], day, destination)
@@ -998,8 +1025,8 @@ def _num(x: object) -> str:
     return fmt(None if x is None or not np.isfinite(x) else float(x), ".2f")
 
 
-def health_change(row: Mapping) -> HealthChange:
-    """A :class:`HealthChange` from one row of :func:`health_changes`."""
+def health_change(row: Mapping, app_url: str | None = None) -> HealthChange:
+    """A :class:`HealthChange` from one row of :func:`health_changes` (``app_url``: the signal's page)."""
     return HealthChange(
         row["signal_id"],
         row.get("definition"),
@@ -1009,6 +1036,7 @@ def health_change(row: Mapping) -> HealthChange:
         row.get("lift_ci_low"),
         row.get("lift_ci_high"),
         row.get("backtest_lift"),
+        app_url,
     )
 
 
@@ -1027,6 +1055,7 @@ def health_values(change: HealthChange, playbook: str, day: date, name: str | No
         "backtest_lift": _num(change.backtest_lift),
         "playbook": playbook,
         "day": day.isoformat(),
+        "app_url": change.app_url or "",
     }
 
 
@@ -1037,9 +1066,10 @@ def plan_health_actions(
     destinations: DestinationSettings,
     dry_run: bool = False,
     signal_names: Mapping[str, str] | None = None,
+    app_base_url: str | None = None,
 ) -> list[PlannedAction]:
     """The actions for the health changes (:func:`health_changes`) that happened on ``day`` (``signal_names``
-    as in :func:`plan_account_actions`)."""
+    and ``app_base_url`` as in :func:`plan_account_actions`: messages link the signal's page)."""
     if playbook.kind != "health":
         raise ValueError("plan_health_actions needs a health playbook")
     todays = changes.filter(pl.col("day") == day) if not changes.is_empty() else changes
@@ -1048,7 +1078,7 @@ def plan_health_actions(
     status = "dry_run" if dry_run or playbook.dry_run or destinations.dry_run else "pending"
     actions: list[PlannedAction] = []
     for row in todays.sort("signal_id").iter_rows(named=True):
-        change = health_change(row)
+        change = health_change(row, page_url(app_base_url, "signal", row["signal_id"]))
         values = health_values(change, playbook.name, day, (signal_names or {}).get(change.signal_id))
         for action in playbook.then:
             key = idempotency_key(playbook.name, change.signal_id, day, action.destination)

@@ -97,11 +97,13 @@ def account_message(
     playbook: str,
     day: date,
     crm_url: str | None,
+    app_url: str | None = None,
 ) -> dict:
     """The ``chat.postMessage`` arguments for one account: channel, fallback text and Block Kit blocks.
 
     ``headline_mrkdwn`` must already be rendered with escaped values; ``title``, ``domain`` and the
-    signal names are escaped here. The CRM button is added only for an http(s) URL.
+    signal names are escaped here. The CRM button and the beton page's button (``app_url``) are added only for
+    an http(s) URL.
     """
     blocks: list[dict] = [
         {
@@ -125,21 +127,18 @@ def account_message(
             },
         },
     ]
-    if _is_http_url(crm_url):
-        blocks.append(
-            {
-                "type": "actions",
-                "elements": [
-                    {
-                        "type": "button",
-                        "text": {"type": "plain_text", "text": "Open in CRM"},
-                        "url": crm_url,
-                        "action_id": "open_crm",
-                    }
-                ],
-            }
-        )
-    return {"channel": channel, "text": _cut(headline_mrkdwn, TEXT_MAX_CHARS), "blocks": blocks}
+    buttons = _buttons((("Open in CRM", crm_url, "open_crm"), ("Open in beton", app_url, "open_beton")))
+    return {"channel": channel, "text": _cut(headline_mrkdwn, TEXT_MAX_CHARS), "blocks": blocks + buttons}
+
+
+def _buttons(links: Sequence[tuple[str, str | None, str]]) -> list[dict]:
+    """An actions block of link buttons (label, URL, action id) for the http(s) URLs among `links`; none: no block."""
+    elements = [
+        {"type": "button", "text": {"type": "plain_text", "text": label}, "url": url, "action_id": action}
+        for label, url, action in links
+        if _is_http_url(url)
+    ]
+    return [{"type": "actions", "elements": elements}] if elements else []
 
 
 def health_message(
@@ -156,8 +155,10 @@ def health_message(
     lift_ci_high: float | None,
     backtest_lift: float | None,
     day: str,
+    app_url: str | None = None,
 ) -> dict:
-    """The ``chat.postMessage`` arguments for a signal whose health changed."""
+    """The ``chat.postMessage`` arguments for a signal whose health changed (with a button to the signal's page in
+    beton when ``app_url`` is an http(s) URL)."""
 
     def num(x: float | None) -> str:
         return "—" if x is None else f"{x:.2f}"
@@ -193,6 +194,7 @@ def health_message(
                 }
             ],
         },
+        *_buttons((("Open in beton", app_url, "open_beton"),)),
     ]
     return {"channel": channel, "text": _cut(headline_mrkdwn, TEXT_MAX_CHARS), "blocks": blocks}
 
@@ -216,6 +218,7 @@ def account_payload(message: SlackAccountMessage) -> dict:
         playbook=message.playbook,
         day=message.day,
         crm_url=account.crm_url or None,
+        app_url=account.app_url,
     )
 
 
@@ -235,6 +238,7 @@ def health_payload(message: SlackHealthMessage) -> dict:
         lift_ci_high=change.lift_ci_high,
         backtest_lift=change.backtest_lift,
         day=message.day.isoformat(),
+        app_url=change.app_url,
     )
 
 

@@ -92,6 +92,7 @@ def account_matched_payload(event: AccountMatchedEvent) -> dict:
                 "domain": account.domain,
                 "is_crm_company": account.is_crm_company,
                 "crm_url": account.crm_url or None,
+                "app_url": account.app_url,
             },
             "score": account.score,
             "score_rank": account.score_rank,

@@ -208,7 +208,9 @@ def plan_actions(
                     cooling = recently_planned(con, pb.name, day, pb.cooldown_days)
                     cooling |= {a for a, d in in_batch[pb.name].items() if 0 < (day - d).days <= pb.cooldown_days}
                     matched = matched.filter(~pl.col("account_id").is_in(sorted(cooling)))
-                actions = plan_account_actions(pb, matched, day, config.destinations, dry, signal_names=names)
+                actions = plan_account_actions(
+                    pb, matched, day, config.destinations, dry, signal_names=names, app_base_url=config.app_base_url
+                )
                 in_batch[pb.name].update(dict.fromkeys((a.account_id for a in actions), day))
                 planned += actions
             days_planned["account"].append(day)
@@ -221,7 +223,9 @@ def plan_actions(
                 changes = health_changes(health, pb.when.health_changed_to, pb.when.health_of)
                 for day in wanted:
                     dry = dry_run or is_stale(day, health_days[-1], max_age)
-                    planned += plan_health_actions(pb, changes, day, config.destinations, dry, signal_names=names)
+                    planned += plan_health_actions(
+                        pb, changes, day, config.destinations, dry, signal_names=names, app_base_url=config.app_base_url
+                    )
             days_planned["health"] = [d for d in wanted if d in health_days]
     return outbox_rows(planned), days_planned
 

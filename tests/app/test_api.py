@@ -283,3 +283,50 @@ def test_playbooks_list_their_rule_actions_and_readout(app_url, pipeline_run):
     assert (
         demo["readout"]["n_treated"] == readout["n_treated"] and demo["readout"]["n_held_out"] == readout["n_held_out"]
     )
+
+
+def test_an_account_is_its_score_rows_by_day_and_its_outcome(app_url, pipeline_run):
+    longest = _rows(
+        pipeline_run.warehouse,
+        "select account_id from beton.account_scores group by 1 order by count(*) desc, account_id limit 1",
+    )[0]["account_id"]
+    answer = get_json(f"{app_url}/api/accounts/{urllib.parse.quote(longest)}")
+    stored = _rows(
+        pipeline_run.warehouse, "select * from beton.account_scores where account_id = ? order by day", [longest]
+    )
+    assert len(answer["history"]) == len(stored) > 1
+    for day, row in zip(answer["history"], stored, strict=True):
+        assert (day["day"], day["score"], day["score_rank"], day["n_signals_fired"]) == (
+            row["day"].isoformat(),
+            row["score"],
+            row["score_rank"],
+            row["n_signals_fired"],
+        )
+    latest = answer["account"]
+    assert latest["day"] == stored[-1]["day"].isoformat() and latest["score"] == stored[-1]["score"]
+    assert [e["signal_id"] for e in latest["top_contributions"]] == [
+        e["signal_id"] for e in stored[-1]["top_contributions"]
+    ]
+    assert [e["contribution"] for e in latest["top_contributions"]] == [
+        e["contribution"] for e in stored[-1]["top_contributions"]
+    ]
+    assert all(e["name"] for e in latest["signals_fired"])
+    outcome = _rows(pipeline_run.warehouse, "select * from marts.account_outcomes where account_id = ?", [longest])[0]
+    assert answer["outcome"]["converted"] == outcome["converted"]
+    assert answer["outcome"]["arr"] == outcome["arr"]
+    status, _, body = get(f"{app_url}/api/accounts/no-such-account")
+    assert status == 404 and b"No scored day" in body
+
+
+def test_the_account_search_is_the_latest_days_matching_accounts_by_rank(app_url, pipeline_run):
+    answer = get_json(f"{app_url}/api/accounts?q=CO&limit=5")
+    day = _rows(pipeline_run.warehouse, "select max(day) as day from beton.account_scores")[0]["day"]
+    stored = _rows(
+        pipeline_run.warehouse,
+        "select account_id from beton.account_scores where day = ? and (lower(company_name) like '%co%' or "
+        "lower(domain) like '%co%' or lower(account_id) like '%co%') order by score_rank, account_id limit 5",
+        [day],
+    )
+    assert answer["day"] == day.isoformat()
+    assert [a["account_id"] for a in answer["accounts"]] == [r["account_id"] for r in stored]
+    assert len(stored) == 5

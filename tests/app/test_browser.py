@@ -73,9 +73,28 @@ def test_the_dashboard_shows_the_latest_numbers_its_charts_and_leads(page, app_u
     assert page.locator("[data-metric='signal_accuracy_30d']").inner_text() == fmt(latest["signal_accuracy_30d"], ".1%")
     ids = page.locator("#recent-leads tbody tr").evaluate_all("rows => rows.map(r => r.dataset.accountId)")
     assert ids == [a["account_id"] for a in answer["recent_leads"]]
-    page.locator("#recent-leads tbody a").first.click()
+    page.locator("#recent-leads tbody td a[href^='/accounts/']").first.click()
+    page.wait_for_url(f"**/accounts/{ids[0]}")
+    for chart in ("history", "contributions"):
+        drawn(page, chart)
+    account = get_json(f"{app_url}/api/accounts/{ids[0]}")["account"]
+    assert page.locator("[data-col='score']").inner_text() == fmt(account["score"], ".0%")
+    fired = page.locator("#signals-fired tbody tr").evaluate_all("rows => rows.map(r => r.dataset.signalId)")
+    assert fired == [s["signal_id"] for s in account["signals_fired"]]
+    page.locator("#signals-fired tbody a").first.click()
     page.wait_for_url("**/signals/sig_*")
     drawn(page, "backtest")
+
+
+def test_the_account_search_lists_the_matching_accounts(page, app_url):
+    found = get_json(f"{app_url}/api/accounts?limit=1000")["accounts"]
+    domain = found[len(found) // 2]["domain"]
+    page.goto(f"{app_url}/accounts")
+    page.fill("#search input[name='q']", domain.upper())
+    page.click("#search button")
+    page.wait_for_url("**/accounts?q=*")
+    ids = page.locator("#accounts tbody tr").evaluate_all("rows => rows.map(r => r.dataset.accountId)")
+    assert ids == [a["account_id"] for a in found if domain in (a["domain"] or "") or domain in a["account_id"]]
 
 
 def test_the_sources_and_playbooks_pages_show_what_the_api_says(page, app_url):

@@ -2,7 +2,9 @@
 assignment (deterministic, uniform, reproducible in SQL), idempotency keys, templates, planning."""
 
 import json
+import re
 from datetime import date, datetime, timedelta, timezone
+from urllib.parse import quote
 
 import duckdb
 import numpy as np
@@ -504,3 +506,57 @@ def test_url_rules():
     for url in ("https://evil.com/a", "https://internal.example/a", "https://hooks.example.com.evil.com/a"):
         with pytest.raises(WebhookURLError):
             check_url(url, allow)
+
+
+def test_with_the_apps_address_messages_link_each_accounts_and_signals_page():
+    base = "https://beton.example.com/app"
+    template = {**SLACK, "template": "$company: $app_url"}
+    cfg = parse_playbook_config([playbook(when={"top_n": 3}, then=[template])], app_base_url=base)
+    frame = scores_frame().with_columns(
+        pl.when(pl.col("score_rank") == 1).then(pl.lit("rec/1 x")).otherwise(pl.col("account_id")).alias("account_id")
+    )
+    matched = match_accounts(frame, cfg.playbooks[0].when)
+    plan = plan_account_actions(cfg.playbooks[0], matched, DAY, cfg.destinations, app_base_url=cfg.app_base_url)
+    urls = [a.message.account.app_url for a in plan]
+    assert urls[0] == f"{base}/accounts/rec%2F1%20x"  # the id stays one path segment
+    assert urls == [f"{base}/accounts/{quote(a, safe='')}" for a in matched["account_id"]]
+    assert [a.message.values["app_url"] for a in plan] == urls
+    unlinked = plan_account_actions(cfg.playbooks[0], matched, DAY, cfg.destinations)
+    assert {a.message.account.app_url for a in unlinked} == {None} and unlinked[0].message.values["app_url"] == ""
+
+    health = parse_playbook_config([{"name": "health", "when": {"health_changed_to": ["broken"]}, "then": [SLACK]}])
+    changes = health_changes(
+        pl.DataFrame(
+            {
+                "day": [date(2026, 1, 1), DAY],
+                "signal_id": ["sig_1", "sig_1"],
+                "definition": ["x", "x"],
+                "health": ["healthy", "broken"],
+                "lift": [2.0, 0.9],
+                "lift_ci_low": [1.5, 0.5],
+                "lift_ci_high": [2.5, 1.2],
+                "backtest_lift": [2.4, 2.4],
+            }
+        ),
+        ("broken",),
+    )
+    (action,) = plan_health_actions(health.playbooks[0], changes, DAY, DestinationSettings(), app_base_url=base)
+    assert action.message.change.app_url == action.message.values["app_url"] == f"{base}/signals/sig_1"
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("beton.example.com", "http(s)://host"),
+        ("https://u:p@beton.example.com", "plain address"),
+        ("https://b/?x=1", "plain"),
+    ],
+)
+def test_the_apps_address_is_a_plain_http_url(url, says):
+    from beton_pipeline.settings import Settings
+
+    assert Settings(app={"base_url": "https://beton.example.com/"}).playbook_config().app_base_url == (
+        "https://beton.example.com"
+    )
+    with pytest.raises(ValueError, match=re.escape(says)):
+        Settings(app={"base_url": url})

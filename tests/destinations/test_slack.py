@@ -17,7 +17,7 @@ from tests.fakes import FakeSlack
 TOKEN = "xoxb-test-0123456789"
 
 
-def _message(title="Acme <!channel>", crm_url="https://app.attio.com/acme/company/rec_1/overview"):
+def _message(title="Acme <!channel>", crm_url="https://app.attio.com/acme/company/rec_1/overview", app_url=None):
     return account_message(
         "#revenue",
         f"*{escape_mrkdwn(title)}* matched",
@@ -37,6 +37,7 @@ def _message(title="Acme <!channel>", crm_url="https://app.attio.com/acme/compan
         playbook="hot-accounts",
         day=date(2026, 1, 5),
         crm_url=crm_url,
+        app_url=app_url,
     )
 
 
@@ -91,6 +92,18 @@ def test_signals_fall_back_to_the_definition_and_skip_an_unknown_time():
 def test_crm_button_only_for_http_urls():
     assert _message(crm_url="javascript:alert(1)")["blocks"][-1]["type"] != "actions"
     assert _message(crm_url=None)["blocks"][-1]["type"] != "actions"
+
+
+def test_the_beton_page_button_beside_the_crm_button_only_for_http_urls():
+    page = "https://beton.example.com/accounts/rec_1"
+    buttons = _message(app_url=page)["blocks"][-1]["elements"]
+    assert [(b["text"]["text"], b["url"]) for b in buttons] == [
+        ("Open in CRM", "https://app.attio.com/acme/company/rec_1/overview"),
+        ("Open in beton", page),
+    ]
+    only = _message(crm_url=None, app_url=page)["blocks"][-1]["elements"]
+    assert [b["action_id"] for b in only] == ["open_beton"]
+    assert [b["action_id"] for b in _message(app_url="javascript:x")["blocks"][-1]["elements"]] == ["open_crm"]
 
 
 def test_health_message_fields():

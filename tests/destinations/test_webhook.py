@@ -68,6 +68,7 @@ def test_event_payloads():
                 "domain": "acme.io",
                 "is_crm_company": True,
                 "crm_url": None,
+                "app_url": None,
             },
             "score": 0.5,
             "score_rank": 2,
@@ -88,6 +89,7 @@ def test_event_payloads():
         "lift_ci_low": None,
         "lift_ci_high": None,
         "backtest_lift": 2.0,
+        "app_url": None,
     }
 
 

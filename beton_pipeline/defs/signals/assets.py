@@ -4,6 +4,7 @@ import dagster as dg
 import polars as pl
 
 from beton_pipeline.core.formatting import fmt, fmt_estimate, markdown_table
+from beton_pipeline.core.links import page_url
 from beton_pipeline.defs.partitions import cohort_months
 from beton_pipeline.defs.resources import WAREHOUSE_POOL, SettingsResource, WarehouseResource
 from beton_pipeline.settings import signal_dirs
@@ -109,8 +110,9 @@ def custom_signals(
     )
 
 
-def signals_markdown(signals: pl.DataFrame, limit: int = 15) -> str:
-    """A markdown table of the best signals (one per family), best first."""
+def signals_markdown(signals: pl.DataFrame, limit: int = 15, app_base_url: str | None = None) -> str:
+    """A markdown table of the best signals (one per family), best first; with `app_base_url` (`app.base_url`) a
+    last column links each signal's page in `beton serve`."""
     if signals.is_empty():
         return "No signal tested: no account has a known outcome yet."
     top = (
@@ -118,8 +120,9 @@ def signals_markdown(signals: pl.DataFrame, limit: int = 15) -> str:
         .sort(["recommendation_order", "q_value", "lift"], descending=[False, False, True])
         .head(limit)
     )
+    link = ["page"] if app_base_url else []
     return markdown_table(
-        ["signal", "recommendation", "lift (95% CI)", "n with", "q", "holdout lift"],
+        ["signal", "recommendation", "lift (95% CI)", "n with", "q", "holdout lift", *link],
         [
             [
                 r["definition"],
@@ -128,6 +131,7 @@ def signals_markdown(signals: pl.DataFrame, limit: int = 15) -> str:
                 r["n_with"],
                 fmt(r["q_value"], ".2g"),
                 fmt(r["holdout_lift"], ".2f"),
+                *([f"[{r['signal_id']}]({page_url(app_base_url, 'signal', r['signal_id'])})"] if link else []),
             ]
             for r in top.iter_rows(named=True)
         ],
@@ -157,9 +161,10 @@ def signals_markdown(signals: pl.DataFrame, limit: int = 15) -> str:
 def signals(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: SettingsResource
 ) -> dg.MaterializeResult:
+    cfg = settings.load()
     try:
         with warehouse.connect() as con:
-            run = signals_store.discover(con, settings.load())
+            run = signals_store.discover(con, cfg)
     except signals_store.MissingCohortMonthsError as exc:
         raise dg.Failure(description=str(exc), metadata={"missing_months": exc.months}) from None
     if not run.split.discovery_months:
@@ -173,7 +178,8 @@ def signals(
             "discovery_accounts": dg.MetadataValue.int(run.split.n_discovery),
             "holdout_accounts": dg.MetadataValue.int(run.split.n_holdout),
             "holdout_months": dg.MetadataValue.json(list(run.split.holdout_months)),
-            "top_signals": dg.MetadataValue.md(signals_markdown(written)),
+            "top_signals": dg.MetadataValue.md(signals_markdown(written, app_base_url=cfg.app.base_url)),
+            **({"pages": dg.MetadataValue.url(f"{cfg.app.base_url}/signals")} if cfg.app.base_url else {}),
         },
         check_results=[
             dg.AssetCheckResult(
