@@ -31,7 +31,7 @@ from beton_pipeline.store.signal_detail import (
     signal_names,
 )
 from beton_pipeline.store.sources_status import source_status
-from beton_pipeline.store.sql_sandbox import SqlSignalError
+from beton_pipeline.store.sql_sandbox import SandboxLockedError, SqlSignalError
 from beton_pipeline.warehouse import WarehouseLockedError, connect, table_exists
 
 LOCK_WAIT_SECONDS = 2.0
@@ -228,6 +228,10 @@ class Warehouse:
                     text, "beton serve", kind, self.settings, self.path, timeout_seconds, self.lock_wait_seconds
                 )
         except (SignalDefinitionError, SqlSignalError) as exc:
+            if isinstance(exc, SandboxLockedError):
+                raise WarehouseUnavailable(
+                    f"A beton run is writing the warehouse; backtest again in {RETRY_AFTER_SECONDS} s."
+                ) from None
             raise Refused(str(exc), 400) from None
         except WarehouseLockedError:
             raise WarehouseUnavailable(

@@ -250,14 +250,21 @@ def sandbox_connection(
             con = duckdb.connect(str(path), read_only=True, config=sandbox_config(memory_limit))
             break
         except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
-                raise SqlSignalError(f"{path}: cannot open the warehouse read-only: {_first_line(exc)}") from None
+            locked = "lock" in str(exc).lower()
+            if not locked or time.monotonic() >= deadline:
+                error = SandboxLockedError if locked else SqlSignalError
+                raise error(f"{path}: cannot open the warehouse read-only: {_first_line(exc)}") from None
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 1.0)
     try:
         yield con
     finally:
         con.close()
+
+
+class SandboxLockedError(SqlSignalError):
+    """The sandbox could not open the warehouse: a run held its write lock for the whole wait (try again later;
+    nothing is wrong with the SQL)."""
 
 
 def check_sql(con: duckdb.DuckDBPyConnection, sql: str) -> CheckedSql:

@@ -11,6 +11,7 @@ import duckdb
 import pytest
 
 from beton_pipeline.store.sql_sandbox import (
+    SandboxLockedError,
     SqlSignalError,
     SqlSignalRefused,
     normalise_sql,
@@ -232,3 +233,21 @@ def test_normalisation_ignores_comments_case_and_spacing():
 def test_a_missing_warehouse_is_an_error(tmp_path):
     with pytest.raises(SqlSignalError, match="no warehouse yet"), sandbox_connection(tmp_path / "nothing.duckdb"):
         pass
+
+
+def test_a_run_holding_the_warehouse_is_told_apart_from_a_bad_query(tmp_path):
+    from tests.test_warehouse_lock import hold_lock
+
+    path = tmp_path / "warehouse.duckdb"
+    holder = hold_lock(path, 30)
+    try:
+        with (
+            pytest.raises(SandboxLockedError, match="cannot open the warehouse read-only"),
+            sandbox_connection(path, wait_seconds=0.3),
+        ):
+            pass
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    with sandbox_connection(path, wait_seconds=0.3) as con:  # released: it opens
+        assert con.sql("select 1").fetchall() == [(1,)]
