@@ -889,34 +889,6 @@ def _starter_yaml(source_dir: Path, profile, suggested) -> str:
     return "\n".join(lines)
 
 
-def _parse_use(pairs: list[str]) -> dict[str, str]:
-    """``--use FIELD=SLUG`` options as field → slug (a paragraph for a malformed one or an unknown field)."""
-    import re
-
-    from beton_pipeline.core.crm_fields import FIELDS_BY_NAME
-    from beton_pipeline.core.playbooks import SLUG
-
-    chosen: dict[str, str] = {}
-    for pair in pairs:
-        field, _, slug = pair.partition("=")
-        if field not in FIELDS_BY_NAME or not re.match(SLUG, slug):
-            _fail(
-                f"--use {pair}: write FIELD=SLUG with FIELD one of {', '.join(FIELDS_BY_NAME)} and SLUG an attribute "
-                "slug (lower case letters, digits, _ and -)"
-            )
-        chosen[field] = slug
-    return chosen
-
-
-def _conflict_advice(proposal) -> str:
-    return (
-        f"{proposal.field}: {proposal.reason}. Change that attribute in Attio (rename it, or unarchive it when "
-        f"archived), or pass "
-        f"--use {proposal.field}=SLUG (an existing single-valued {proposal.value_type} attribute, or a new slug "
-        "beton creates)."
-    )
-
-
 @attio_app.command("fields")
 def attio_fields(
     object_slug: Annotated[
@@ -936,50 +908,24 @@ def attio_fields(
     """Match beton's fields (score, rank, top signals, why) to the Attio object's attributes: use an existing
     attribute of the right name and type, create a missing one, or report a conflict. A dry run unless --apply,
     which creates the attributes and records destinations.attio in the settings file (beton.yaml or BETON_CONFIG)."""
-    from beton_pipeline.core.crm_fields import FIELDS_BY_NAME, CrmAttribute, propose_fields
-    from beton_pipeline.core.playbooks import AttioDestination
-    from beton_pipeline.destinations.attio import API_KEY_ENV, BASE_URL_ENV, DEFAULT_BASE_URL
-    from beton_pipeline.destinations.attio_fields import AttioAttributes, AttioFieldsError
-    from beton_pipeline.settings import (
-        attio_mapping_text,
-        check_settings_text,
-        read_settings_file,
-        write_settings_file,
-    )
+    from beton_pipeline.app import attio_setup
+
+    def say(text: str) -> None:
+        out.print(text, markup=False, highlight=False)
 
     path = config_path()
-    try:  # the file itself, not load_settings: a playbook's unmapped `field:` must not stop the command that maps it
-        raw = read_settings_file(path) if path.exists() else {}
-        section = raw.get("destinations")
-        recorded = AttioDestination.model_validate((section if isinstance(section, dict) else {}).get("attio") or {})
-    except SettingsError as exc:
-        _fail(str(exc))
-    except ValueError as exc:  # pydantic's ValidationError
-        _fail(f"{path}: destinations.attio is invalid: {' '.join(str(exc).split())}")
-    target = object_slug or recorded.object
-    same_object = target == recorded.object
-    chosen = {**(recorded.fields.mapped() if same_object else {}), **_parse_use(use or [])}
     try:
-        client = AttioAttributes(
-            os.environ.get(API_KEY_ENV, "").strip(), os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
-        )
-        attributes = client.list(target)
-    except AttioFieldsError as exc:
-        _fail_paragraph(str(exc))
-    proposals = propose_fields([CrmAttribute.from_attio(a) for a in attributes], chosen)
+        recorded = attio_setup.recorded_mapping(path)
+        setup = attio_setup.plan(path, recorded, object_slug, attio_setup.parse_use(use or []))
+    except attio_setup.AttioSetupError as exc:
+        _fail_paragraph(exc.message)
+    target, proposals, creates, mapping = setup.object, setup.proposals, setup.creates, setup.mapping
     mode = "applying" if apply else "dry run: nothing changed"
     _print_table(
         f"Attio {target}: beton's fields ({mode})",
         ["field", "action", "attribute", "title", "type", "reason"],
         [[p.field, p.action, p.api_slug, p.title or MISSING, p.value_type, p.reason] for p in proposals],
     )
-    creates = [p for p in proposals if p.action == "create"]
-    conflicts = [p for p in proposals if p.action == "conflict"]
-    mapping = {p.field: p.api_slug for p in proposals if p.action != "conflict"}
-
-    def say(text: str) -> None:
-        out.print(text, markup=False, highlight=False)
-
     if not apply:
         made = ", ".join(f'{p.api_slug} ({p.value_type}, "{p.title}")' for p in creates)
         say(
@@ -989,37 +935,23 @@ def attio_fields(
             + (", ".join(f"{f}: {s}" for f, s in mapping.items()) or "no field")
             + "."
         )
-        for p in conflicts:
-            say(f"conflict: {_conflict_advice(p)}")
+        for p in setup.conflicts:
+            say(f"conflict: {attio_setup.conflict_advice(p)}")
         return
-    text = None
-    if mapping:
-        try:  # the new settings must load before anything is created in Attio
-            text = attio_mapping_text(path, target, mapping, keep_fields=same_object)
-            check_settings_text(path, text)
-        except SettingsError as exc:
-            advice = "".join(f"\n{_conflict_advice(p)}" for p in conflicts)
-            _fail_paragraph(f"{exc}{advice}\nNothing was created in Attio.")
     try:
-        for p in creates:
-            client.create(target, p, FIELDS_BY_NAME[p.field].description)
-            say(f"created {p.api_slug} ({p.value_type}) on {target}")
-    except AttioFieldsError as exc:
-        _fail_paragraph(f"{exc}\n{path} was not changed; run the command again when that is fixed.")
-    if text is not None:
-        try:
-            write_settings_file(path, text)
-        except SettingsError as exc:
-            _fail_paragraph(str(exc))
+        done = attio_setup.apply(setup, lambda p: say(f"created {p.api_slug} ({p.value_type}) on {target}"))
+    except attio_setup.AttioSetupError as exc:
+        _fail_paragraph(exc.message)
+    if done.recorded:
         say(
             f"recorded destinations.attio in {path}: object {target}, "
-            + ", ".join(f"{f}: {s}" for f, s in mapping.items())
+            + ", ".join(f"{f}: {s}" for f, s in done.recorded.items())
         )
-        say(f"playbooks write them with an action like {{type: attio, field: {next(iter(mapping))}}}")
-    if conflicts:
+        say(f"playbooks write them with an action like {{type: attio, field: {next(iter(done.recorded))}}}")
+    if done.conflicts:
         _fail_paragraph(
-            f"{len(conflicts)} field(s) not mapped (a conflict blocks --apply for that field):\n"
-            + "\n".join(_conflict_advice(p) for p in conflicts)
+            f"{len(done.conflicts)} field(s) not mapped (a conflict blocks --apply for that field):\n"
+            + "\n".join(attio_setup.conflict_advice(p) for p in done.conflicts)
         )
 
 

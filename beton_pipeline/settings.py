@@ -783,3 +783,74 @@ def attio_mapping_text(path: Path, object_slug: str, fields: dict[str, str], kee
         return with_attio_mapping(text, object_slug, fields, keep_fields)
     except YAMLError as exc:
         raise SettingsError(f"{path}: cannot be rewritten keeping its comments: {' '.join(str(exc).split())}") from None
+
+
+def settings_change_text(path: Path, changes: dict[str, object]) -> str:
+    """The settings file `path` (none: empty) with each setting of `changes` (a dotted path such as
+    `thresholds.min_lift` → a scalar or a list of scalars) set, every other line, comment and quote as it was;
+    a list is written in flow style (`[1, 3, 7]`), a string quoted when YAML would read it as something else.
+    Sections on the way are created when missing or null. SettingsError when the file cannot be read back with
+    its comments, or a section on the way is not a mapping. Nothing is validated here: `write_settings_file` does."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+    from ruamel.yaml.error import YAMLError
+    from ruamel.yaml.scalarstring import DoubleQuotedScalarString, ScalarString
+
+    def scalar(value: object, old: object) -> object:
+        if not isinstance(value, str):
+            return value
+        if isinstance(old, ScalarString):  # written quoted before: keep its quotes
+            return type(old)(value)
+        return value if yaml.safe_load(value) == value else DoubleQuotedScalarString(value)
+
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    try:
+        round_trip, data = _round_trip_yaml(text)
+    except YAMLError as exc:
+        raise SettingsError(f"{path}: cannot be rewritten keeping its comments: {' '.join(str(exc).split())}") from None
+    if data is None:
+        data = CommentedMap()
+    for dotted, value in changes.items():
+        *sections, key = dotted.split(".")
+        node, tail = data, None
+        for i, name in enumerate(sections):
+            child = node.get(name)
+            if child is None:
+                tail = tail or (_trailing_comment(node) if name not in node else None)
+                node[name] = child = CommentedMap()
+            elif not isinstance(child, dict):
+                raise SettingsError(f"{path}: {'.'.join(sections[: i + 1])} is not a mapping; {dotted} cannot be set")
+            node = child
+        old = node.get(key)
+        if isinstance(value, list | tuple):
+            new = CommentedSeq(scalar(v, None) for v in value)
+            new.fa.set_flow_style()
+        else:
+            new = scalar(value, old)
+        if key not in node:
+            tail = tail or _trailing_comment(node)
+        node[key] = new
+        if tail is not None:
+            node.ca.items[key] = [None, None, tail, None]
+    return _dump(round_trip, data)
+
+
+def _trailing_comment(node):
+    """The blank lines and comments after the last line of the round-trip mapping `node` (ruamel keeps them on its
+    last entry, or on a nested mapping's last entry), taken off it as a comment token for the line appended to it:
+    the new line stays with its section instead of after the blank line that closes it. None when there are none."""
+    from ruamel.yaml.tokens import CommentToken
+
+    owner = node
+    while len(owner):
+        last = list(owner)[-1]
+        if last in owner.ca.items or not (isinstance(owner[last], dict) and len(owner[last])):
+            break
+        owner = owner[last]
+    token = owner.ca.items.get(last, [None] * 4)[2] if len(owner) else None
+    if token is None:
+        return None
+    line, _, rest = token.value.partition("\n")
+    if not rest:
+        return None
+    token.value = line + "\n"
+    return CommentToken("\n" + rest, token.start_mark, None)

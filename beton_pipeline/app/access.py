@@ -136,6 +136,11 @@ class Warehouse:
         self.observation_days = settings.windows.observation_days
         self._access = _Access()
 
+    def use_settings(self, settings: Settings) -> None:
+        """Read with `settings` from now on (the settings page changed beton.yaml). Signals keep the names of the
+        observation window the warehouse was built with until a run rebuilds it."""
+        self.settings = settings
+
     @contextmanager
     def open(self) -> Iterator[duckdb.DuckDBPyConnection]:
         if not self.path.exists():

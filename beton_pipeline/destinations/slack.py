@@ -27,6 +27,8 @@ from beton_pipeline.core.playbooks import SlackAccountMessage, SlackHealthMessag
 from beton_pipeline.destinations.http import DeliveryResult, classify_status, parse_retry_after, redact
 
 DEFAULT_BASE_URL = "https://slack.com/api/"
+TOKEN_ENV = "BETON_SLACK_TOKEN"
+"""The environment variable holding the bot token (`chat:write`)."""
 HEADER_MAX_CHARS = 150
 SECTION_MAX_CHARS = 3000
 TEXT_MAX_CHARS = 3000

@@ -2,8 +2,9 @@
 beton.account_scores with the latest day's contributions, and its outcome from marts.account_outcomes; and the
 account search of `/accounts`. Reads only; tables a run has not written yet read as empty.
 
-beton.account_scores has no index by account: a history is a scan of the table filtered by account (0.09 s on the
-10M-event benchmark warehouse, 4.4M score rows; about 1.2 s at 100M events, 44M rows)."""
+beton.account_scores has no index by account: a history is a scan of the table filtered by account, every day read
+(bounding the days by the account's outcome today could hide days scored under an earlier outcome). `make
+bench-pages` times it: 0.34 s on the 10M-event benchmark warehouse (4.4M score rows), over 1 s at 100M (44M)."""
 
 from __future__ import annotations
 

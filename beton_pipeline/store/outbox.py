@@ -449,3 +449,22 @@ def action_counts(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
         f"select playbook, status, count(*)::bigint as actions, min(day) as first_day, max(day) as last_day "
         f"from {ACTIONS_TABLE} group by 1, 2 order by 1, 2"
     ).pl()
+
+
+def destination_counts(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """How many actions each destination has per status (destination_type, destination, status, actions, last_day),
+    for the destinations page; empty before the first delivery."""
+    if not table_exists(con, "beton", "playbook_actions"):
+        return pl.DataFrame(
+            schema={
+                "destination_type": pl.String,
+                "destination": pl.String,
+                "status": pl.String,
+                "actions": pl.Int64,
+                "last_day": pl.Date,
+            }
+        )
+    return con.sql(
+        f"select destination_type, destination, status, count(*)::bigint as actions, max(day) as last_day "
+        f"from {ACTIONS_TABLE} group by 1, 2, 3 order by 1, 2, 3"
+    ).pl()

@@ -18,14 +18,16 @@ OUT = PROJECT_ROOT / "docs" / "screenshots"
 
 def pages(url: str) -> dict[str, tuple[str, list[str]]]:
     """File name → (page URL, the charts to wait for): the dashboard, the enabled signals, the best of them, the
-    sources and the playbooks."""
+    sources, the playbooks and the best-ranked account."""
     enabled = get_json(f"{url}/api/signals/list?recommendation=enable") or get_json(f"{url}/api/signals/list")
+    lead = get_json(f"{url}/api/signals/dashboard/metrics")["recent_leads"][0]
     return {
         "dashboard.png": (f"{url}/", ["accuracy", "leads", "scores"]),
         "signals.png": (f"{url}/signals?recommendation=enable", ["forest"]),
         "signal.png": (f"{url}/signals/{enabled[0]['signal_id']}", ["backtest", "health"]),
         "sources.png": (f"{url}/sources", []),
         "playbooks.png": (f"{url}/playbooks", []),
+        "account.png": (f"{url}/accounts/{lead['account_id']}", ["history", "contributions"]),
     }
 
 

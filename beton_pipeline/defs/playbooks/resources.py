@@ -22,7 +22,7 @@ from beton_pipeline.destinations import webhook as webhook_dest
 from beton_pipeline.settings import SettingsError, load_settings
 from beton_pipeline.store.outbox import MissingCredentials, Sender
 
-SLACK_TOKEN_ENV = "BETON_SLACK_TOKEN"
+SLACK_TOKEN_ENV = slack_dest.TOKEN_ENV
 ATTIO_KEY_ENV = attio_dest.API_KEY_ENV
 
 
