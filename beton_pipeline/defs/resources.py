@@ -19,6 +19,8 @@ from packaging import version
 from beton_pipeline import settings as beton_settings
 from beton_pipeline.dbt_project import beton_dbt_project, dbt_executable, venv_dbt
 from beton_pipeline.sources.connectors.common import source_dir as connector_dir
+from beton_pipeline.sources.contract import TRACKED_EVENTS
+from beton_pipeline.sources.tracking import tracking_paths
 from beton_pipeline.warehouse import WarehouseLockedError, connect
 
 WAREHOUSE_POOL = "duckdb_warehouse"
@@ -70,11 +72,19 @@ class SourceResource(dg.ConfigurableResource):
     """The source directory: `source_dir`, else `BETON_SOURCE_DIR`, else the demo data (generated on first use).
 
     A table an enabled connector pulls is read from that connector's landing folder instead (`table` given);
-    with connectors enabled and no source directory, the other tables have no files (optional ones are absent)."""
+    with connectors enabled and no source directory, the other tables have no files (optional ones are absent).
+    The events `beton serve` tracked (`tracked_events`) are read from the tracking spool's export folder beside
+    `warehouse` (`sources.tracking.tracking_paths`), whatever the source directory."""
 
     source_dir: str | None = None
 
-    def resolve(self, settings: beton_settings.Settings, table: str | None = None, log=None) -> Path:
+    def resolve(
+        self, settings: beton_settings.Settings, table: str | None = None, log=None, warehouse: Path | None = None
+    ) -> Path:
+        if table == TRACKED_EVENTS:
+            if warehouse is None:
+                raise ValueError(f"the {TRACKED_EVENTS} table is read beside the warehouse: pass its path")
+            return tracking_paths(warehouse)[1]
         pulled = settings.sources.pulled_tables()
         if table in pulled:
             return connector_dir(pulled[table], settings.sources.landing())

@@ -1,8 +1,10 @@
 """The input data contract as code: every source table, its columns, their types and rules.
 
-One `TableSpec` per table of the source directory (README, "Data contract"). The ingest step reads a
-table's files as text, checks every row against its spec in SQL, loads the valid rows typed into
-`raw.raw_<table>` and writes every rejected row, with its reason, to `beton.quarantine`.
+One `TableSpec` per table of the source directory (`TABLES`; README, "Data contract"), and one for the
+experiment events `beton serve` records itself (`TRACKED_EVENTS`, read from the tracking spool's export beside
+the warehouse; `INGESTED_TABLES` has both). The ingest step reads a table's files as text, checks every row
+against its spec in SQL, loads the valid rows typed into `raw.raw_<table>` and writes every rejected row, with
+its reason, to `beton.quarantine`.
 """
 
 from __future__ import annotations
@@ -104,17 +106,24 @@ STRIPE_SUBSCRIPTION_STATUSES = (
 )
 STRIPE_INVOICE_STATUSES = ("draft", "open", "paid", "uncollectible", "void")
 
+EVENT_COLUMNS: tuple[Column, ...] = (
+    Column("uuid", not_null=True),
+    Column("event", not_null=True),
+    Column("timestamp", "timestamp", not_null=True),
+    Column("distinct_id", not_null=True),
+    Column("properties", "json", required=False),
+    Column("person_properties", "json", required=False),
+)
+"""The columns of a product event (PostHog's export shape): the exported `events` and the `tracked_events`."""
+
+TRACKED_EVENTS = "tracked_events"
+"""The table of the experiment exposures and conversions `beton serve` records (`sources.tracking`): not a file
+of the source directory but the spool's export beside the warehouse, read through the events' rules."""
+
 TABLES: tuple[TableSpec, ...] = (
     TableSpec(
         "events",
-        (
-            Column("uuid", not_null=True),
-            Column("event", not_null=True),
-            Column("timestamp", "timestamp", not_null=True),
-            Column("distinct_id", not_null=True),
-            Column("properties", "json", required=False),
-            Column("person_properties", "json", required=False),
-        ),
+        EVENT_COLUMNS,
         required=True,
         key=("uuid",),
         freshness_column="timestamp",
@@ -244,8 +253,24 @@ TABLES: tuple[TableSpec, ...] = (
         role="activity",
     ),
 )
+"""The tables of a source directory (what an export holds, and `beton check` profiles)."""
 
-TABLES_BY_NAME: dict[str, TableSpec] = {t.name: t for t in TABLES}
+INGESTED_TABLES: tuple[TableSpec, ...] = (
+    *TABLES,
+    TableSpec(
+        TRACKED_EVENTS,
+        EVENT_COLUMNS,
+        required=False,
+        key=("uuid",),
+        freshness_column="timestamp",
+        # No lag limit by default: exposures and conversions arrive only while an experiment runs, so a quiet
+        # month says nothing about the export (the events' own check covers the product's activity).
+        role="entity",
+    ),
+)
+"""Every table the ingest loads: the source directory's, and the experiment events `beton serve` records."""
+
+TABLES_BY_NAME: dict[str, TableSpec] = {t.name: t for t in INGESTED_TABLES}
 
 MIN_TIMESTAMP = "1990-01-01"
 """Timestamps before this are quarantined: they are sentinel values (0, 1970) or typos."""

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import duckdb
 
 from beton_pipeline.settings import Settings
-from beton_pipeline.sources.contract import TABLES
+from beton_pipeline.sources.contract import INGESTED_TABLES, TRACKED_EVENTS
 from beton_pipeline.sources.ingest import table_freshness
 from beton_pipeline.warehouse import STATE_SCHEMA, table_exists
 
@@ -43,13 +43,14 @@ def _quarantine(con: duckdb.DuckDBPyConnection) -> dict[str, dict]:
 
 
 def source_status(con: duckdb.DuckDBPyConnection, settings: Settings) -> list[dict]:
-    """One entry per contract table: `table`, `required`, `origin` (`files` or the connector that pulls it),
+    """One entry per contract table and the tracked events: `table`, `required`, `origin` (`files`, the connector
+    that pulls it, or `beton serve` for the experiment events it tracked),
     `loaded` rows (None: never ingested), `rows_read`, `duplicates`, `files`, `ingested_at`, `quarantined` and
     `quarantine_reasons`, and freshness (`newest`, `lag_days`, `age_days`, `fresh`, `freshness`: its summary)."""
     pulled: Mapping[str, str] = settings.sources.pulled_tables()
     ingests, quarantine = _ingests(con), _quarantine(con)
     status = []
-    for spec in TABLES:
+    for spec in INGESTED_TABLES:
         loaded = (
             con.sql(f"select count(*) from {spec.raw_table}").fetchall()[0][0]
             if table_exists(con, "raw", f"raw_{spec.name}")
@@ -62,7 +63,7 @@ def source_status(con: duckdb.DuckDBPyConnection, settings: Settings) -> list[di
             {
                 "table": spec.name,
                 "required": spec.required,
-                "origin": pulled.get(spec.name, "files"),
+                "origin": "beton serve" if spec.name == TRACKED_EVENTS else pulled.get(spec.name, "files"),
                 "loaded": loaded,
                 "rows_read": ingest.get("rows_read"),
                 "duplicates": ingest.get("duplicates"),

@@ -17,7 +17,7 @@ import duckdb
 import pytest
 
 from beton_pipeline.app.charts import forest_plot
-from beton_pipeline.sources.contract import TABLES
+from beton_pipeline.sources.contract import INGESTED_TABLES
 from tests.app.conftest import get, get_json, serving
 from tests.test_warehouse_lock import hold_lock
 
@@ -253,17 +253,18 @@ def test_beton_serve_without_a_warehouse_says_what_to_run(tmp_path):
 
 def test_sources_status_reconciles_every_table_with_the_warehouse(app_url, pipeline_run):
     status = {t["table"]: t for t in get_json(f"{app_url}/api/sources/status")}
-    assert set(status) == {spec.name for spec in TABLES}
+    assert set(status) == {spec.name for spec in INGESTED_TABLES}
     quarantined = dict(
         (r["source_table"], r["n"])
         for r in _rows(pipeline_run.warehouse, "select source_table, count(*) as n from beton.quarantine group by 1")
     )
-    for spec in TABLES:
+    for spec in INGESTED_TABLES:
         t = status[spec.name]
         if t["loaded"] is None:
             continue
         loaded = _rows(pipeline_run.warehouse, f"select count(*) as n from {spec.raw_table}")[0]["n"]
-        assert (t["loaded"], t["quarantined"], t["origin"]) == (loaded, quarantined.get(spec.name, 0), "files")
+        origin = "beton serve" if spec.name == "tracked_events" else "files"
+        assert (t["loaded"], t["quarantined"], t["origin"]) == (loaded, quarantined.get(spec.name, 0), origin)
         assert t["rows_read"] == t["loaded"] + t["duplicates"] + t["quarantined"], spec.name
         assert sum(n for _, n in t["quarantine_reasons"]) <= t["quarantined"]
     assert status["events"]["loaded"] > 0 and status["events"]["fresh"] is True

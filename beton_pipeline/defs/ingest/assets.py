@@ -21,6 +21,10 @@ subscriptions and invoices → billing customers) is loaded after it, so danglin
 quarantined with their reason (`Column.references`).
 
 Checks of required tables are blocking with severity ERROR; those of optional tables warn.
+
+`raw_tracked_events` first exports what `beton serve` recorded since the last run from the tracking spool
+(`sources.tracking`) as a new file of the export folder beside the warehouse, then ingests that folder like any
+source: the rows are checked by the events' rules, and only the new file is read when the ingest is incremental.
 """
 
 from collections.abc import Mapping
@@ -30,13 +34,14 @@ import dagster as dg
 from beton_pipeline.core.formatting import markdown_table
 from beton_pipeline.defs.resources import WAREHOUSE_POOL, SettingsResource, SourceResource, WarehouseResource
 from beton_pipeline.settings import load_settings
-from beton_pipeline.sources.contract import TABLES, TableSpec
+from beton_pipeline.sources.contract import INGESTED_TABLES, TRACKED_EVENTS, TableSpec
 from beton_pipeline.sources.ingest import (
     IngestResult,
     SourceFreshness,
     ingest_table,
     table_freshness,
 )
+from beton_pipeline.sources.tracking import export_beside
 
 EVENTS_KEY = dg.AssetKey("raw_events")
 
@@ -171,7 +176,9 @@ def build_ingest_asset(spec: TableSpec, pulled_by: str | None = None) -> dg.Asse
         settings: SettingsResource,
     ) -> dg.MaterializeResult:
         cfg = settings.load()
-        source_dir = source.resolve(cfg, table=spec.name, log=context.log)
+        source_dir = source.resolve(cfg, table=spec.name, log=context.log, warehouse=warehouse.resolved_path)
+        if spec.name == TRACKED_EVENTS:  # what beton serve recorded since the last run becomes the next file
+            context.log.info(export_beside(warehouse.resolved_path).summary)
         with warehouse.connect() as con:
             result = ingest_table(
                 con, source_dir, spec, max_chunk_bytes=cfg.ingest.max_chunk_bytes, incremental=cfg.ingest.incremental
@@ -262,11 +269,12 @@ def build_freshness_check(spec: TableSpec) -> dg.AssetChecksDefinition:
 
 
 def build_ingest_assets(pulled: Mapping[str, str]) -> list[dg.AssetsDefinition]:
-    """One ingest asset per contract table; `pulled` maps a table to the enabled connector landing it."""
-    return [build_ingest_asset(spec, pulled.get(spec.name)) for spec in TABLES]
+    """One ingest asset per contract table (`INGESTED_TABLES`: the tracked events too); `pulled` maps a table to
+    the enabled connector landing it."""
+    return [build_ingest_asset(spec, pulled.get(spec.name)) for spec in INGESTED_TABLES]
 
 
-freshness_checks = [build_freshness_check(spec) for spec in TABLES]
+freshness_checks = [build_freshness_check(spec) for spec in INGESTED_TABLES]
 
 
 @dg.definitions

@@ -11,7 +11,7 @@ activity as (
         min(occurred_at) as started_at,
         max(occurred_at) as last_seen_at
     from {{ ref('int_events_resolved') }}
-    where account_id is not null
+    where account_id is not null and not coalesce(is_tracked, false)
     group by account_id
 ),
 

@@ -7,6 +7,9 @@
 -- The configured property features (beton.yaml discovery.property_features) are read out of the JSON here,
 -- once, as property_1 … property_N (the value on the feature's own event, else null); the JSON text itself
 -- goes no further (it is most of an event's bytes, and every model downstream would carry it).
+-- is_tracked marks the exposures and conversions `beton serve` recorded: they feed the experiment readouts only;
+-- the behaviour models (account windows, occurrences, account features) leave them out, so discovery and the
+-- scores read the analytics export alone (a conversion sent both ways would otherwise count twice).
 with events as (
     select
         event_id,
@@ -17,7 +20,8 @@ with events as (
         person_email,
         current_url,
         feature_flag,
-        feature_flag_response
+        feature_flag_response,
+        is_tracked
         {%- for feature in var('property_features') %},
         case
             when event_name = '{{ feature.event }}' then {{ json_string('properties', [feature.property]) }}
@@ -100,6 +104,7 @@ select
     current_url,
     feature_flag,
     feature_flag_response,
+    is_tracked,
     {% for feature in var('property_features') -%}
     property_{{ loop.index }},
     {% endfor -%}

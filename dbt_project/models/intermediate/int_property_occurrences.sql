@@ -25,6 +25,7 @@ property_values as (
     from {{ ref('int_events_resolved') }} as e
     inner join windows as w on w.account_id = e.account_id
     where e.event_name = '{{ feature.event }}' and e.occurred_at < w.feature_window_end_at
+        and not coalesce(e.is_tracked, false)
     {% if not loop.last %}union all{% endif %}
     {% else -%}
     -- no property features configured: no rows, the same columns

@@ -12,7 +12,7 @@ events_in_window as (
     select e.account_id, e.event_name, e.distinct_id, e.occurred_at
     from {{ ref('int_events_resolved') }} as e
     inner join windows as w on w.account_id = e.account_id
-    where e.occurred_at < w.feature_window_end_at
+    where e.occurred_at < w.feature_window_end_at and not coalesce(e.is_tracked, false)
 ),
 
 activity as (
