@@ -44,11 +44,15 @@ class _Strict(BaseModel):
 
 class RevenueSettings(_Strict):
     acv: float = Field(12_000.0, gt=0, description="Annual contract value used when an account's own ARR is unknown.")
-    currency: str = Field("usd", pattern=r"^[a-zA-Z]{3}$")
+    currency: str = Field(
+        "usd", pattern=r"^[a-zA-Z]{3}$", description="ISO 4217 code of acv and of the ARR figures beton reports"
+    )
     baseline_conversion: float | None = Field(
         None, gt=0, lt=1, description="Expected conversion rate; null means the observed base rate."
     )
-    sales_cycle_days: int = Field(30, gt=0)
+    sales_cycle_days: int = Field(
+        30, gt=0, description="your usual days from first touch to a closed deal; informational: no figure uses it yet"
+    )
     sales_capacity: int | None = Field(
         None,
         ge=1,
@@ -81,7 +85,12 @@ class WindowSettings(_Strict):
 class ThresholdSettings(_Strict):
     min_sample: int = Field(30, ge=1, description="Minimum accounts with the signal before it can be enabled.")
     min_lift: float = Field(1.3, gt=0, description="Minimum lift (and lower CI bound above 1) to enable a signal.")
-    confidence_level: float = Field(0.95, gt=0.5, lt=1)
+    confidence_level: float = Field(
+        0.95,
+        gt=0.5,
+        lt=1,
+        description="the coverage of every confidence interval beton reports (lift, rates, readouts)",
+    )
     fdr_alpha: float = Field(0.05, gt=0, lt=1, description="Benjamini-Hochberg false-discovery rate.")
 
 
@@ -100,15 +109,20 @@ class DiscoverySettings(_Strict):
     max_thresholds_per_event: int = Field(
         16, ge=1, description="With `auto` thresholds: the most thresholds tested per event and window."
     )
-    first_n_days: tuple[int, ...] = (1, 3, 7, 14)
-    property_features: tuple[PropertyFeature, ...] = (
-        PropertyFeature(event="$pageview", property="$current_url", transform="url_path"),
+    first_n_days: tuple[int, ...] = Field(
+        (1, 3, 7, 14), description="the early windows event counts are tried in: done N times in the first d days"
+    )
+    property_features: tuple[PropertyFeature, ...] = Field(
+        (PropertyFeature(event="$pageview", property="$current_url", transform="url_path"),),
+        description="event properties whose values are tried as signals (an event with a property value, N times)",
     )
     min_property_support: int = Field(
         20, ge=1, description="Accounts a property value needs before it becomes a candidate."
     )
     min_candidate_support: int = Field(10, ge=1, description="Accounts a candidate must fire for before it is tested.")
-    intent_lookback_days: int = Field(90, gt=0)
+    intent_lookback_days: int = Field(
+        90, gt=0, description="how many days before an account's start a buying signal still counts for it"
+    )
     pair_top_k: int = Field(12, ge=0, description="Pairs (AND) are formed from this many strongest single candidates.")
     activity_strata: int = Field(
         10,
@@ -117,7 +131,10 @@ class DiscoverySettings(_Strict):
         "month, each split to a narrow activity range) for the adjusted lift; 1 stratifies by cohort month only "
         "(README, 'Adjusted lift').",
     )
-    excluded_events: tuple[str, ...] = ("$identify", "$feature_flag_called")
+    excluded_events: tuple[str, ...] = Field(
+        ("$identify", "$feature_flag_called"),
+        description="events never tried as signals nor counted as activity (bookkeeping events, not behaviour)",
+    )
     model_search_max_accounts: int | None = Field(
         20_000,
         ge=1_000,
@@ -149,8 +166,12 @@ class MonitoringSettings(_Strict):
     window_days: int = Field(90, gt=0, description="Rolling window of outcome closures each day's health looks at.")
     alpha: float = Field(0.05, gt=0, lt=1, description="False-alarm probability per signal per year of daily looks.")
     looks_per_year: int = Field(365, ge=1, description="Daily looks a year the false-alarm budget alpha covers.")
-    min_fired: int = Field(30, ge=1)
-    min_conversions: int = Field(10, ge=1)
+    min_fired: int = Field(
+        30, ge=1, description="accounts with and without the signal a health window needs before it is judged"
+    )
+    min_conversions: int = Field(
+        10, ge=1, description="conversions a health window needs before it is judged (else insufficient_data)"
+    )
     method: Literal["bonferroni", "sequential", "risk_set"] = Field(
         "risk_set",
         description="Health rule: bonferroni (rolling windows, each look at alpha / looks_per_year), sequential "
@@ -167,11 +188,14 @@ class ScoringSettings(_Strict):
     half_life_days: float = Field(
         14.0, gt=0, description="A signal's contribution halves every this many days after it fired."
     )
-    calibration_ages_days: tuple[int, ...] = (1, 3, 7, 14, 21, 30, 45)
+    calibration_ages_days: tuple[int, ...] = Field(
+        (1, 3, 7, 14, 21, 30, 45),
+        description="the account ages (days since start) at which past accounts are observed to calibrate the score",
+    )
     lead_threshold: float = Field(
         0.15, gt=0, lt=1, description="Accounts in play scoring at least this are surfaced as leads."
     )
-    top_contributions: int = Field(3, ge=1)
+    top_contributions: int = Field(3, ge=1, description="signals listed as the reasons behind each score")
     degrading_weight: float = Field(
         0.5,
         ge=0,
@@ -318,7 +342,7 @@ class PostHogSourceSettings(_ConnectorSettings):
 
 
 class AttioSourceSettings(_ConnectorSettings):
-    api_base: str = "https://api.attio.com"
+    api_base: str = Field("https://api.attio.com", description="Attio's API address (a proxy's, if you use one)")
     page_size: int = Field(500, ge=1, le=500, description="Records per query page (limit/offset; Attio's default 500).")
     deal_history: bool = Field(True, description="Pull each deal's stage history (one call per new or moved deal).")
     max_history_calls: int = Field(2000, ge=0, description="Stage-history calls per pull; the rest wait a pull.")
@@ -329,7 +353,7 @@ class AttioSourceSettings(_ConnectorSettings):
 
 
 class StripeSourceSettings(_ConnectorSettings):
-    api_base: str = "https://api.stripe.com"
+    api_base: str = Field("https://api.stripe.com", description="Stripe's API address (a proxy's, if you use one)")
     page_size: int = Field(100, ge=1, le=100, description="Objects per list page (Stripe's maximum is 100).")
 
     _url = field_validator("api_base")(_http_url)
@@ -378,8 +402,8 @@ class SourcesSettings(_Strict):
 
 
 class DemoSettings(_Strict):
-    accounts: int = Field(8000, ge=50)
-    seed: int = 7
+    accounts: int = Field(8000, ge=50, description="accounts the demo data set simulates")
+    seed: int = Field(7, description="the demo's random seed: the same seed gives the same data")
 
 
 class SignalsSettings(_Strict):
@@ -394,8 +418,8 @@ class SignalsSettings(_Strict):
 
 
 class ScheduleSettings(_Strict):
-    cron: str = "0 6 * * *"
-    timezone: str = "UTC"
+    cron: str = Field("0 6 * * *", description="when the daily run starts (cron syntax)")
+    timezone: str = Field("UTC", description="the time zone of cron (an IANA name, e.g. Europe/Berlin)")
 
 
 class AppSettings(_Strict):

@@ -299,3 +299,40 @@ def contributions(entries: Sequence[Mapping], names: Sequence[str]) -> dict:
             margin={"l": 20, "r": 20, "t": 50, "b": 50},
         ),
     }
+
+
+def variant_rates(rows: list[dict], confidence_level: float) -> dict:
+    """An experiment's conversion rate per variant with its confidence interval (markers with error bars, control
+    first), from its readout rows (beton.experiment_readouts' columns)."""
+    variants = [r["variant"] for r in rows]
+    rates = [r["rate"] for r in rows]
+    plus = [None if r["rate"] is None or r["rate_ci_high"] is None else r["rate_ci_high"] - r["rate"] for r in rows]
+    minus = [None if r["rate"] is None or r["rate_ci_low"] is None else r["rate"] - r["rate_ci_low"] for r in rows]
+    level = f"{100 * confidence_level:.0f}%"
+    drawn = any(r is not None and r == r for r in rates)  # NaN != NaN: a variant without exposures
+    return {
+        "data": [
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": "conversion rate",
+                "x": variants,
+                "y": rates,
+                "error_y": {"type": "data", "symmetric": False, "array": plus, "arrayminus": minus},
+                "hovertemplate": "%{x}: %{y:.2%}<extra></extra>",
+            }
+        ]
+        if drawn
+        else [],
+        "layout": {
+            "title": {
+                "text": f"Conversion rate by variant, with its {level} interval"
+                if drawn
+                else "No exposures yet: nothing to draw"
+            },
+            "margin": {"l": 60, "r": 70, "t": 50, "b": 50},
+            "hovermode": "closest",
+            "xaxis": {"type": "category", "title": {"text": "variant"}},
+            "yaxis": {"title": {"text": "conversion rate"}, "tickformat": ".1%", "rangemode": "tozero"},
+        },
+    }

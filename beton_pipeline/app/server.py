@@ -47,7 +47,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from beton_pipeline.app import accounts, auth, builder, charts, experiments, settings_pages
+from beton_pipeline.app import accounts, auth, builder, charts, experiments, settings_pages, tracking
 from beton_pipeline.app.access import LOCK_WAIT_SECONDS, Reader, SignalFilter, Warehouse
 from beton_pipeline.app.web import (
     HERE,
@@ -56,17 +56,20 @@ from beton_pipeline.app.web import (
     WarehouseJSON,
     WarehouseUnavailable,
     bearer_ok,
+    checked_form,
+    csrf_for,
+    decision_author,
     figure_json,
     json_object,
     local_path,
     read_form,
     same_origin,
-    signed_in,
     templates,
     writes_allowed,
 )
 from beton_pipeline.settings import Settings
 from beton_pipeline.store.accounts import UnknownAccountError
+from beton_pipeline.store.experiments import UnknownExperimentError
 from beton_pipeline.store.signal_detail import json_row, lift_in_words
 from beton_pipeline.store.signals import UnknownSignalError
 
@@ -109,8 +112,6 @@ EXAMPLE_SQL = (
 
 DECISIONS: dict[str, bool | None] = {"enable": True, "disable": False, "reset": None}
 """A decision's name → the `enabled` it records (reset: back to the recommendation)."""
-MAX_WHO, MAX_WHY = 100, 500
-"""Longest accepted `by` and `reason` of a decision (characters)."""
 
 
 def _plotly_js() -> Path:
@@ -318,7 +319,6 @@ def signals_page(request: Request, reader: Reader, query: ListQuery) -> Response
 def signal_page(request: Request, reader: Reader, signal_id: str) -> Response:
     d = reader.signal(signal_id)
     backtest, health = d.backtest.to_dicts(), d.health.to_dicts()
-    nonce = signed_in(request)
     return templates.TemplateResponse(
         request,
         "signal.html",
@@ -332,7 +332,7 @@ def signal_page(request: Request, reader: Reader, signal_id: str) -> Response:
             "backtest_chart": figure_json(charts.backtest_by_month(backtest)),
             "health_chart": figure_json(charts.health_over_time(health)),
             "writes": request.app.state.token is not None,
-            "csrf": auth.csrf_token(request.app.state.token, nonce) if nonce else None,
+            "csrf": csrf_for(request),
         },
     )
 
@@ -341,11 +341,7 @@ def _decision(decision: str | None, by: str | None, reason: str | None) -> tuple
     """A decision's fields checked: (enabled, who, why), or Refused (400) saying which is wrong."""
     if decision not in DECISIONS:
         raise Refused(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}", 400)
-    who, why = (by or "").strip(), (reason or "").strip() or None
-    if not who or len(who) > MAX_WHO:
-        raise Refused(f"say who decides (by: 1 to {MAX_WHO} characters): the decision is kept with its author", 400)
-    if why is not None and len(why) > MAX_WHY:
-        raise Refused(f"the reason is {len(why)} characters long; keep it under {MAX_WHY}", 400)
+    who, why = decision_author(by, reason)
     return DECISIONS[decision], who, why
 
 
@@ -397,14 +393,7 @@ async def logout(request: Request) -> Response:
 
 @pages.post("/signals/{signal_id}/decision")
 async def decide(request: Request, reader: Reader, signal_id: str) -> Response:
-    token = writes_allowed(request)
-    same_origin(request)
-    form = await read_form(request)
-    nonce = signed_in(request)
-    if nonce is None:
-        raise Refused("sign in with the app token first (/login)", 401)
-    if not auth.csrf_matches(form.get("csrf"), token, nonce):
-        raise Refused("this form has expired or was not made by this page: reload the page and try again", 403)
+    form = await checked_form(request)
     enabled, who, why = _decision(form.get("decision"), form.get("by"), form.get("reason"))
     await run_in_threadpool(reader.decide, signal_id, enabled, who, why)
     return RedirectResponse(f"/signals/{urllib.parse.quote(signal_id, safe='')}#decisions", status_code=303)
@@ -443,12 +432,20 @@ async def _invalid(request: Request, exc: RequestValidationError) -> Response:
     return templates.TemplateResponse(request, "error.html", context, 422)
 
 
-async def _unknown(request: Request, exc: UnknownSignalError | UnknownAccountError) -> Response:
+NOT_FOUND = {
+    UnknownSignalError: "No such signal",
+    UnknownAccountError: "No such account",
+    UnknownExperimentError: "No such experiment",
+}
+"""What a page says (its title) when the thing it names does not exist: 404."""
+
+
+async def _unknown(request: Request, exc: LookupError) -> Response:
     message = str(exc.args[0])
     if _wants_json(request):
         return WarehouseJSON({"error": message}, status_code=404)
-    title = "No such signal" if isinstance(exc, UnknownSignalError) else "No such account"
-    return templates.TemplateResponse(request, "error.html", {"title": title, "message": message}, 404)
+    context = {"title": NOT_FOUND[type(exc)], "message": message}
+    return templates.TemplateResponse(request, "error.html", context, 404)
 
 
 SECURITY_HEADERS = {
@@ -493,11 +490,15 @@ def create_app(
     app.state.reader = Warehouse(warehouse, settings or Settings(), lock_wait_seconds)
     app.state.token = token
     app.state.config_path = config_path
-    for router in (api, pages, *(r for m in (settings_pages, experiments, accounts) for r in (m.api, m.pages))):
+    for router in (
+        api,
+        pages,
+        *(r for m in (settings_pages, experiments, tracking, accounts) for r in (m.api, m.pages)),
+    ):
         app.include_router(router)
     app.add_exception_handler(WarehouseUnavailable, _unavailable)
-    app.add_exception_handler(UnknownSignalError, _unknown)
-    app.add_exception_handler(UnknownAccountError, _unknown)
+    for unknown in NOT_FOUND:
+        app.add_exception_handler(unknown, _unknown)
     app.add_exception_handler(Refused, _refused)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.middleware("http")(_headers)

@@ -43,12 +43,10 @@ from beton_pipeline.app.web import (
     WarehouseJSON,
     WarehouseUnavailable,
     bearer_ok,
+    checked_form,
     json_object,
-    read_form,
-    same_origin,
     signed_in,
     templates,
-    writes_allowed,
 )
 from beton_pipeline.core.crm_fields import CRM_FIELDS, FieldProposal
 from beton_pipeline.core.playbooks import (
@@ -480,14 +478,7 @@ def _from_form(setting: Setting, text: str) -> object:
 
 @pages.post("/settings")
 async def settings_change(request: Request, reader: Reader) -> Response:
-    token = writes_allowed(request)
-    same_origin(request)
-    form = await read_form(request)
-    nonce = signed_in(request)
-    if nonce is None:
-        raise Refused("sign in with the app token first (/login)", 401)
-    if not auth.csrf_matches(form.get("csrf"), token, nonce):
-        raise Refused("this form has expired or was not made by this page: reload the page and try again", 403)
+    form = await checked_form(request)
     known = catalog(reader.settings)
     try:
         changes = {
@@ -748,14 +739,7 @@ def destinations_page(request: Request, reader: Reader, object_slug: AttioObject
 
 @pages.post("/destinations/attio/auto-match")
 async def auto_match_form(request: Request, reader: Reader) -> Response:
-    token = writes_allowed(request)
-    same_origin(request)
-    form = await read_form(request)
-    nonce = signed_in(request)
-    if nonce is None:
-        raise Refused("sign in with the app token first (/login)", 401)
-    if not auth.csrf_matches(form.get("csrf"), token, nonce):
-        raise Refused("this form has expired or was not made by this page: reload the page and try again", 403)
+    form = await checked_form(request)
     try:
         object_slug = _object(form.get("object", "").strip())
         use = {f.name: form[f"use.{f.name}"].strip() for f in CRM_FIELDS if form.get(f"use.{f.name}", "").strip()}

@@ -23,6 +23,8 @@ RETRY_AFTER_SECONDS = 5
 """What a 503 asks the browser or client to wait."""
 MAX_BODY_BYTES = 65_536
 """The largest request body accepted (a form, a decision, a signal definition)."""
+MAX_WHO, MAX_WHY = 100, 500
+"""Longest accepted author and reason of a decision (a signal's, an experiment's), in characters."""
 
 
 class Refused(Exception):
@@ -140,6 +142,39 @@ def same_origin(request: Request) -> None:
 def local_path(target: str | None) -> str:
     """Where to go after signing in: a path on this site, else the dashboard."""
     return target if target and target.startswith("/") and not target.startswith("//") else "/"
+
+
+async def checked_form(request: Request) -> dict[str, str]:
+    """A page form that changes something: writes on, this site's origin, signed in, and the CSRF token this
+    app gave the session (Refused 403 / 401 / 403 otherwise); its fields."""
+    token = writes_allowed(request)
+    same_origin(request)
+    form = await read_form(request)
+    nonce = signed_in(request)
+    if nonce is None:
+        raise Refused("sign in with the app token first (/login)", 401)
+    if not auth.csrf_matches(form.get("csrf"), token, nonce):
+        raise Refused("this form has expired or was not made by this page: reload the page and try again", 403)
+    return form
+
+
+def csrf_for(request: Request) -> str | None:
+    """The CSRF token for this session's forms (None: not signed in, or writes off)."""
+    nonce = signed_in(request)
+    return auth.csrf_token(request.app.state.token, nonce) if nonce else None
+
+
+def decision_author(by: object, why: object, why_required: bool = False) -> tuple[str, str | None]:
+    """Who decides and why, as a decision log keeps them: (who, why), or Refused (400) naming what is wrong."""
+    who = by.strip() if isinstance(by, str) else ""
+    reason = (why.strip() if isinstance(why, str) else "") or None
+    if not who or len(who) > MAX_WHO:
+        raise Refused(f"by: say who decides (1 to {MAX_WHO} characters): the decision log keeps it", 400)
+    if reason is None and why_required:
+        raise Refused(f"why: say why (1 to {MAX_WHY} characters): the decision log keeps it", 400)
+    if reason is not None and len(reason) > MAX_WHY:
+        raise Refused(f"why: the reason is {len(reason)} characters long; keep it under {MAX_WHY}", 400)
+    return who, reason
 
 
 def bearer_ok(request: Request) -> str:

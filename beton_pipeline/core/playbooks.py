@@ -322,10 +322,10 @@ class Playbook(_Strict):
 class AttioFieldMapping(_Strict):
     """``destinations.attio.fields``: the attribute slug (or id) each field is written to; a field left out is unmapped."""
 
-    score: str | None = Field(None, pattern=SLUG)
-    rank: str | None = Field(None, pattern=SLUG)
-    top_signals: str | None = Field(None, pattern=SLUG)
-    why: str | None = Field(None, pattern=SLUG)
+    score: str | None = Field(None, pattern=SLUG, description="the number attribute the score (0-1) is written to")
+    rank: str | None = Field(None, pattern=SLUG, description="the number attribute the day's rank is written to")
+    top_signals: str | None = Field(None, pattern=SLUG, description="the text attribute the top signals go to")
+    why: str | None = Field(None, pattern=SLUG, description="the text attribute the one-line reason ($why) goes to")
 
     def mapped(self) -> dict[str, str]:
         """Field → attribute slug, for the mapped fields only, in ``CRM_FIELDS`` order."""
@@ -335,7 +335,7 @@ class AttioFieldMapping(_Strict):
 class AttioDestination(_Strict):
     """``destinations.attio``: the Attio object playbooks write to and the field → attribute mapping."""
 
-    object: str = Field("companies", pattern=SLUG)
+    object: str = Field("companies", pattern=SLUG, description="the Attio object whose records playbooks update")
     fields: AttioFieldMapping = AttioFieldMapping()
 
 
@@ -360,12 +360,14 @@ class DestinationSettings(_Strict):
         description="a day older than the latest scored (or health) day by more than this is planned as dry_run, never sent: "
         "a backfill of old days records what would have fired without paging anyone; null = send every day",
     )
-    backoff_base_seconds: float = Field(10.0, ge=0)
-    backoff_max_seconds: float = Field(3600.0, ge=0)
+    backoff_base_seconds: float = Field(
+        10.0, ge=0, description="the first wait before a failed delivery is retried; it doubles with each attempt"
+    )
+    backoff_max_seconds: float = Field(3600.0, ge=0, description="the longest wait between two delivery attempts")
     max_inline_wait_seconds: float = Field(
         30.0, ge=0, description="longer waits are left to the retry sensor instead of sleeping in the run"
     )
-    timeout_seconds: float = Field(10.0, gt=0)
+    timeout_seconds: float = Field(10.0, gt=0, description="seconds one delivery (Slack, Attio, webhook) may take")
 
     @field_validator("crm_record_url")
     @classmethod

@@ -18,9 +18,11 @@ OUT = PROJECT_ROOT / "docs" / "screenshots"
 
 def pages(url: str) -> dict[str, tuple[str, list[str]]]:
     """File name → (page URL, the charts to wait for): the dashboard, the enabled signals, the best of them, the
-    sources, the playbooks and the best-ranked account."""
+    sources, the playbooks, the best-ranked account, the experiment with the most exposures, the destinations and
+    the settings."""
     enabled = get_json(f"{url}/api/signals/list?recommendation=enable") or get_json(f"{url}/api/signals/list")
     lead = get_json(f"{url}/api/signals/dashboard/metrics")["recent_leads"][0]
+    experiment = max(get_json(f"{url}/api/experiments"), key=lambda e: e["exposures"] or 0)
     return {
         "dashboard.png": (f"{url}/", ["accuracy", "leads", "scores"]),
         "signals.png": (f"{url}/signals?recommendation=enable", ["forest"]),
@@ -28,6 +30,9 @@ def pages(url: str) -> dict[str, tuple[str, list[str]]]:
         "sources.png": (f"{url}/sources", []),
         "playbooks.png": (f"{url}/playbooks", []),
         "account.png": (f"{url}/accounts/{lead['account_id']}", ["history", "contributions"]),
+        "experiment.png": (f"{url}/experiments/{experiment['name']}", ["rates"] if experiment["exposures"] else []),
+        "destinations.png": (f"{url}/destinations", []),
+        "settings.png": (f"{url}/settings", []),
     }
 
 

@@ -9,14 +9,13 @@ import os
 import shutil
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import duckdb
 import pytest
 
 from tests.app.conftest import get, get_json, serving
+from tests.app.conftest import post_json as post
 from tests.app.test_browser import drawn
 
 TOKEN = "app-token-S3CRET-7f41"
@@ -27,18 +26,6 @@ def copy(tmp_path, pipeline_run) -> Path:
     path = tmp_path / "warehouse.duckdb"
     shutil.copy(pipeline_run.warehouse, path)
     return path
-
-
-def post(url: str, body: object, token: str | None = None, raw: bytes | None = None) -> tuple[int, dict]:
-    headers = {"Content-Type": "application/json"}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(url, data=raw or json.dumps(body).encode(), headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def beton_signals(warehouse: Path) -> dict[str, bool]:
@@ -149,7 +136,6 @@ def test_a_disable_from_the_signal_page_appears_in_beton_signals(copy, page):
         page.fill("input[name='token']", "wrong")
         page.click("#login button[type='submit']")
         assert "not the app token" in page.locator("#message").inner_text()
-        page.errors.clear()  # the 401 answer is logged by the browser
         page.fill("input[name='token']", TOKEN)
         page.click("#login button[type='submit']")
         page.wait_for_url(f"**/signals/{sid}")

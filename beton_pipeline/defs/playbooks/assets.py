@@ -1,5 +1,6 @@
 """Playbook assets: the outbox (`playbook_actions`), the holdout readouts and the experiment readouts."""
 
+import dataclasses
 from datetime import date
 
 import dagster as dg
@@ -14,7 +15,7 @@ from beton_pipeline.defs.playbooks.resources import (
     delivery_senders,
 )
 from beton_pipeline.defs.resources import WAREHOUSE_POOL, SettingsResource, WarehouseResource
-from beton_pipeline.store import playbooks, readouts
+from beton_pipeline.store import experiments, playbooks, readouts
 
 
 class PlaybookRunConfig(dg.Config):
@@ -181,7 +182,8 @@ def playbook_readouts(
     deps=["int_experiment_exposures", "int_events_resolved"],
     automation_condition=dg.AutomationCondition.eager(),
     description=(
-        "beton.experiment_readouts: per experiment in beton.yaml and variant, from PostHog $feature_flag_called exposures "
+        "beton.experiment_readouts: per experiment and variant — beton.yaml's experiments and those defined in "
+        "`beton serve` that have started (beton.experiments: Running, Readout, Shipped or Killed) — from PostHog $feature_flag_called exposures "
         "(first exposure per user) and the experiment's goal event after it: exposures, conversions, rate (Wilson CI), "
         "difference (Newcombe CI) and lift (Katz log CI) vs control, p-value (pooled z-test; Fisher exact below "
         "expected count 5), Holm-adjusted p across the variants, sample-ratio mismatch, small-sample warnings and a "
@@ -194,8 +196,18 @@ def experiment_readouts(
     cfg = settings.load()
     pcfg = load_playbook_config(settings)
     with warehouse.connect() as con:
-        results = readouts.write_experiment_readouts(con, pcfg, cfg.thresholds.confidence_level)
+        started = experiments.started_app_experiments(con, pcfg)
+        every = dataclasses.replace(pcfg, experiments=pcfg.experiments + started)
+        results = readouts.write_experiment_readouts(con, every, cfg.thresholds.confidence_level)
     for readout in results:
         context.log.info(readout.summary)
-    summary = "\n\n".join(r.summary for r in results) or "No experiment configured (experiments: in beton.yaml)."
-    return dg.MaterializeResult(metadata={"experiments": len(results), "summary": dg.MetadataValue.text(summary)})
+    summary = "\n\n".join(r.summary for r in results) or (
+        "No experiment configured (experiments: in beton.yaml) or started in beton serve."
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "experiments": len(results),
+            "app_experiments": len(started),
+            "summary": dg.MetadataValue.text(summary),
+        }
+    )
