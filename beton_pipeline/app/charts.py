@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 
 from beton_pipeline.core.playbooks import weight_note_for_rep
 
+DAY_MS = 86_400_000
+"""One day on a date axis (plotly counts milliseconds): a tick per day on a short history, not per hour."""
 LIFT_AXIS = {"type": "log", "title": {"text": "lift (log scale; 1 = no difference)"}, "zeroline": False}
 NO_EFFECT_LINE = {"type": "line", "xref": "x", "yref": "paper", "x0": 1, "x1": 1, "y0": 0, "y1": 1}
 
@@ -238,6 +240,7 @@ def score_history(rows: Sequence[Mapping]) -> dict:
     """An account's score by day (0–1, left axis) with its rank among the day's accounts (right axis, 1 at the
     top): when it became a lead and how it moved since."""
     days = [str(r["day"]) for r in rows]
+    ranks = [r.get("score_rank") for r in rows if r.get("score_rank") is not None]
     traces = [
         {
             "type": "scatter",
@@ -263,9 +266,15 @@ def score_history(rows: Sequence[Mapping]) -> dict:
         "data": traces if rows else [],
         "layout": _layout(
             "Score by day" if rows else "No scored days",
-            xaxis={"type": "date"},
+            xaxis={"type": "date", "tickformat": "%Y-%m-%d", **({"dtick": DAY_MS} if len(days) < 8 else {})},
             yaxis={"title": {"text": "score"}, "range": [0, 1], "tickformat": ".0%"},
-            yaxis2={"title": {"text": "rank"}, "overlaying": "y", "side": "right", "autorange": "reversed"},
+            # rank 1 at the top; the axis from the worst rank drawn to 0
+            yaxis2={
+                "title": {"text": "rank (1 = best)"},
+                "overlaying": "y",
+                "side": "right",
+                "range": [max(ranks, default=1) * 1.05, 0],
+            },
             legend={"orientation": "h"},
         ),
     }
@@ -313,8 +322,7 @@ def variant_rates(rows: list[dict], confidence_level: float) -> dict:
     return {
         "data": [
             {
-                "type": "scatter",
-                "mode": "markers",
+                "type": "bar",
                 "name": "conversion rate",
                 "x": variants,
                 "y": rates,

@@ -233,6 +233,14 @@ def _hand_reason(path: str) -> str | None:
     return next((why for prefix, why in BY_HAND.items() if path == prefix or path.startswith(prefix + ".")), None)
 
 
+def _sentence(text: str | None) -> str | None:
+    """A description as the page shows it: a sentence (a capital first, a full stop last)."""
+    if not text:
+        return text
+    text = text.strip()
+    return text[0].upper() + text[1:] + ("" if text.endswith((".", ")", "?")) else ".")
+
+
 def _walk(model: BaseModel, prefix: str) -> Iterator[Setting]:
     for name, info in type(model).model_fields.items():
         path, value = f"{prefix}.{name}", getattr(model, name)
@@ -248,7 +256,7 @@ def _walk(model: BaseModel, prefix: str) -> Iterator[Setting]:
             path,
             redacted(value),
             None if info.is_required() else redacted(default),
-            info.description,
+            _sentence(info.description),
             kind,
             choices,
             nullable,

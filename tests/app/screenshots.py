@@ -10,10 +10,12 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-from beton_pipeline.settings import PROJECT_ROOT, load_settings, warehouse_path
+from beton_pipeline.settings import PROJECT_ROOT, config_path, load_settings, warehouse_path
 from tests.app.conftest import BROWSER_NAMES, backtest_from_builder, get_json, serving
 
 OUT = PROJECT_ROOT / "docs" / "screenshots"
+VIEWPORT_ONLY = {"settings.png"}
+"""Pages pictured as the window shows them, not whole (the settings page lists every setting: ~10,000 px)."""
 
 
 def pages(url: str) -> dict[str, tuple[str, list[str]]]:
@@ -54,14 +56,14 @@ def main() -> int:
         sys.stderr.write("error: no Chromium on this machine: apt-get install -y chromium\n")
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
-    with serving(args.warehouse, settings=load_settings()) as url, sync_playwright() as p:
+    with serving(args.warehouse, settings=load_settings(), config_path=config_path()) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1440, "height": 900})
         for name, (address, chart_ids) in pages(url).items():
             page.goto(address)
             for chart in chart_ids:
                 page.wait_for_selector(f"#{chart}[data-drawn='true'] .main-svg", timeout=60_000)
-            page.screenshot(path=args.out / name, full_page=True)
+            page.screenshot(path=args.out / name, full_page=name not in VIEWPORT_ONLY)
             print(f"{args.out / name}")
         backtest_result(page, url, args.out / "backtest.png")
         browser.close()
