@@ -15,6 +15,7 @@ fields to build a core config.
 from __future__ import annotations
 
 import os
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
@@ -74,6 +75,18 @@ class WindowSettings(_Strict):
     as_of: str | None = Field(
         None, description="ISO timestamp of the run's 'now'; null means the latest event in the data."
     )
+
+    @field_validator("as_of")
+    @classmethod
+    def _iso_time(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} is not an ISO date or time, e.g. 2025-06-01 or 2025-06-01 00:00:00"
+                ) from None
+        return value
 
     @model_validator(mode="after")
     def _observation_fits(self) -> WindowSettings:
@@ -163,6 +176,16 @@ class MonitoringSettings(_Strict):
     start_date: str = Field(
         "2024-01-01", pattern=r"^\d{4}-\d{2}-\d{2}$", description="First day of the daily partitions (health, scores)."
     )
+
+    @field_validator("start_date")
+    @classmethod
+    def _real_day(cls, value: str) -> str:
+        try:
+            date.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a day of the calendar") from None
+        return value
+
     window_days: int = Field(90, gt=0, description="Rolling window of outcome closures each day's health looks at.")
     alpha: float = Field(0.05, gt=0, lt=1, description="False-alarm probability per signal per year of daily looks.")
     looks_per_year: int = Field(365, ge=1, description="Daily looks a year the false-alarm budget alpha covers.")
@@ -420,6 +443,26 @@ class SignalsSettings(_Strict):
 class ScheduleSettings(_Strict):
     cron: str = Field("0 6 * * *", description="when the daily run starts (cron syntax)")
     timezone: str = Field("UTC", description="the time zone of cron (an IANA name, e.g. Europe/Berlin)")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from croniter import croniter  # Dagster's own cron parser (a dependency of dagster)
+
+        if len(value.split()) != 5 or not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a cron schedule of five fields (minute hour day month weekday)")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a time zone name (an IANA name such as UTC or Europe/Berlin)") from None
+        return value
 
 
 class AppSettings(_Strict):
@@ -824,7 +867,11 @@ def settings_change_text(path: Path, changes: dict[str, object]) -> str:
             return value
         if isinstance(old, ScalarString):  # written quoted before: keep its quotes
             return type(old)(value)
-        return value if yaml.safe_load(value) == value else DoubleQuotedScalarString(value)
+        try:  # plain only when YAML reads the text back as this same string
+            plain = yaml.safe_load(value) == value
+        except (yaml.YAMLError, ValueError):  # `*x`, `[a`, `%YAML`, `2099-99-99` (read as a bad date)
+            plain = False
+        return value if plain else DoubleQuotedScalarString(value)
 
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     try:

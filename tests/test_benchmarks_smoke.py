@@ -382,5 +382,8 @@ def test_the_pages_benchmark_times_every_page(capsys, pipeline_run):
         "`/api/signals/{id}`",
         "`/api/sources/status`",
         "`/api/playbooks/list`",
+        "`/accounts/{account}`",
+        "`/api/accounts/{account}`",
+        "`/accounts?q=co`",
     ]
     assert all(0 < float(r[2]) <= float(r[3]) for r in rows)

@@ -67,7 +67,7 @@ def api_accounts(reader: Reader, q: Search = None, limit: Limit = SEARCH_LIMIT) 
     return WarehouseJSON(accounts(reader, q, limit))
 
 
-@api.get("/accounts/{account_id}", tags=["accounts"])
+@api.get("/accounts/{account_id:path}", tags=["accounts"])
 def api_account(reader: Reader, account_id: str) -> WarehouseJSON:
     """One account: its latest beton.account_scores row (`signals_fired`, `top_contributions`,
     `intent_contributions`, each entry with its plain-language `name`), its score, rank and signals fired by day
@@ -82,7 +82,7 @@ def accounts_page(request: Request, reader: Reader, q: Search = None) -> Respons
     return templates.TemplateResponse(request, "accounts.html", context)
 
 
-@pages.get("/accounts/{account_id}")
+@pages.get("/accounts/{account_id:path}")
 def account_page(request: Request, reader: Reader, account_id: str) -> Response:
     data = account(reader, account_id)
     latest = data["account"]

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 import urllib.parse
 
 from fastapi import APIRouter, Request
@@ -170,7 +172,10 @@ def move(reader: Warehouse, name: str, status: object, by: object, why: object) 
 
 MAX_CACHED_SUMMARIES = 256
 """Model summaries kept in memory (oldest dropped first), by model, endpoint and the readout's numbers."""
-_SUMMARIES: dict[tuple, LLMSummary] = {}
+RETRY_FAILED_SUMMARY_SECONDS = 60.0
+"""After the model failed for a readout, how long its pages show beton's summary alone before asking again."""
+_SUMMARIES: dict[tuple, tuple[LLMSummary, float]] = {}
+"""(model, endpoint, the readout's numbers) → the summary and until when (monotonic seconds) it stands."""
 
 
 def llm_summary(detail: dict) -> tuple[LLMSummary | None, str | None]:
@@ -184,15 +189,16 @@ def llm_summary(detail: dict) -> tuple[LLMSummary | None, str | None]:
         e["name"], e["goal_event"], readout["variants"], readout["srm_pvalue"], readout["warnings"]
     )
     key = (config, json.dumps(aggregates, sort_keys=True, default=str))
-    summary = _SUMMARIES.get(key)
-    if summary is None:
+    summary, until = _SUMMARIES.get(key, (None, 0.0))
+    if summary is None or time.monotonic() >= until:
         summary = summarize_readout(config, aggregates)
         if summary.error:
             log.warning("experiment %s: no AI summary (%s); beton's summary is shown alone", e["name"], summary.error)
-        else:  # the same numbers get the same summary: one model call per readout, not per page view
-            if len(_SUMMARIES) >= MAX_CACHED_SUMMARIES:
-                _SUMMARIES.pop(next(iter(_SUMMARIES)))
-            _SUMMARIES[key] = summary
+        # The same numbers get the same summary: one model call per readout, not per page view; after a failure,
+        # the model is asked again only after a while (a page view would wait for its timeout each time).
+        if len(_SUMMARIES) >= MAX_CACHED_SUMMARIES:
+            _SUMMARIES.pop(next(iter(_SUMMARIES)))
+        _SUMMARIES[key] = (summary, time.monotonic() + (RETRY_FAILED_SUMMARY_SECONDS if summary.error else math.inf))
     return summary, f"{config.model} at {config.host}"
 
 

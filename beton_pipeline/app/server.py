@@ -475,10 +475,11 @@ def create_app(
     config_path: Path | None = None,
 ):
     """The application over `warehouse` (a DuckDB file written by `beton run`) under `settings` (None: every
-        default): see the module docstring. `token` allows writes (`auth.app_token()`: `BETON_APP_TOKEN`); None keeps
-        the app read-only. `hosts`: the names a request's Host may carry (a page of another site whose name was made to
-        point at 127.0.0.1 carries its own, and is refused: no DNS rebinding). `config_path`: the beton.yaml the settings
-    came from, which the settings page changes (None: the settings cannot be changed from the app)."""
+    default): see the module docstring. `token` allows writes (`auth.app_token()`: `BETON_APP_TOKEN`); None keeps
+    the app read-only. `hosts`: the names a request's Host may carry (a page of another site whose name was made to
+    point at 127.0.0.1 carries its own, and is refused: no DNS rebinding), with `app.base_url`'s host added (a proxy
+    passing its own name on). `config_path`: the beton.yaml the settings came from, which the settings page changes
+    (None: the settings cannot be changed from the app)."""
     app = FastAPI(
         title="beton",
         summary="Signals that predict conversion, with their evidence: the pages' data as JSON.",
@@ -488,6 +489,9 @@ def create_app(
         redoc_url=None,
     )
     app.state.reader = Warehouse(warehouse, settings or Settings(), lock_wait_seconds)
+    public = urllib.parse.urlsplit(app.state.reader.settings.app.base_url or "")
+    app.state.public_host = public.netloc or None  # app.base_url: the address people open, maybe behind a proxy
+    hosts = (*hosts, public.hostname) if public.hostname else hosts
     app.state.token = token
     app.state.config_path = config_path
     for router in (

@@ -96,6 +96,8 @@ SECTIONS = {
 """Each section of beton.yaml in a sentence, for the settings page."""
 
 BY_HAND = {
+    "sources": "connectors send their API keys to these hosts and write where these paths say: edited in beton.yaml "
+    "by hand",
     "playbooks": "playbooks are edited in beton.yaml by hand",
     "experiments": "experiments are edited in beton.yaml by hand",
     "destinations.attio": "the Attio mapping is recorded by the auto-match on the Destinations page",
@@ -477,7 +479,7 @@ def _from_form(setting: Setting, text: str) -> object:
         return text == "true"
     try:
         return yaml.safe_load(text) if text else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: a date-like text that is no date (2099-99-99)
         raise Refused(
             f"{setting.path}: {text!r} is not a value; write a number, true or false, null, or a list like [1, 3, 7].",
             400,

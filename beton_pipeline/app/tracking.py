@@ -10,8 +10,10 @@ contract's rules as the table `tracked_events` (an exposure as PostHog's `$featu
 quarantined with a reason when bad, and read out beside PostHog's own exposures.
 
 A user's first exposure to an experiment is the one kept, and so is the first conversion: a repeat answers
-`"duplicate": true` (200) with the first one's uuid; a new event answers 201. Writes need the app token
-(`Authorization: Bearer`).
+`"duplicate": true` (200) with the first one's uuid and the variant the user counts in; a new event answers 201.
+A conversion at or before the user's tracked exposure is refused (409: it would not count, and kept first it would
+shut out the real one), and so is a time the events' rules would quarantine (400: before 1990, or ahead of the
+clock). Writes need the app token (`Authorization: Bearer`).
 
 The experiments are read from the warehouse at most every `DEFINITIONS_SECONDS` (and after this app changes one),
 so a request does not open the DuckDB file; while a run writes it, the last definitions read are used (beton.yaml's
@@ -20,6 +22,7 @@ alone before any was read).
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 import weakref
@@ -31,8 +34,16 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 
 from beton_pipeline.app.access import Reader, Warehouse
-from beton_pipeline.app.web import Refused, WarehouseJSON, WarehouseUnavailable, bearer_ok, json_object
+from beton_pipeline.app.web import (
+    RETRY_AFTER_SECONDS,
+    Refused,
+    WarehouseJSON,
+    WarehouseUnavailable,
+    bearer_ok,
+    json_object,
+)
 from beton_pipeline.core.experiments import CONFIG_STATUS
+from beton_pipeline.sources.contract import MIN_TIMESTAMP
 from beton_pipeline.sources.tracking import EXPOSURE_EVENT, TrackedEvent, TrackingSpool, tracking_paths
 from beton_pipeline.store.experiments import CONFIG_SOURCE, ExperimentEntry, defined_experiments
 
@@ -48,17 +59,26 @@ TRACKED_STATUSES = ("Running",)
 """The statuses an experiment takes events in (beton.yaml's experiments are always Running)."""
 DEFINITIONS_SECONDS = 30.0
 """How old the experiments' definitions the endpoint checks against may be before they are read again."""
+RETRY_SECONDS = 5.0
+"""After a failed read (a run holds the warehouse), how long the endpoint goes on with the last definitions before
+it tries again: tracking never waits for a run more than once in that time."""
+EARLIEST = datetime.fromisoformat(MIN_TIMESTAMP).replace(tzinfo=UTC)
+"""The earliest time the events' rules keep (`contract.MIN_TIMESTAMP`): an earlier event would be quarantined,
+yet, kept first in the spool, would stand for the user's exposure."""
 MAX_FUTURE = timedelta(minutes=5)
 """How far ahead of this machine's clock a timestamp may be (clocks differ a little; a later one is refused)."""
 
 
 @dataclass
 class _Definitions:
-    """The experiments as last read (`entries`, name and flag order as `store.experiments.find_experiment`), and
-    when (monotonic seconds; None: never)."""
+    """The experiments as last read (`entries`, in `store.experiments.find_experiment`'s order) and when (monotonic
+    seconds; None: never); `stale` when this app changed one since; `retry_at`: no new read before then (a run held
+    the warehouse at the last try)."""
 
     entries: list[ExperimentEntry]
     read_at: float | None = None
+    stale: bool = False
+    retry_at: float = 0.0
 
 
 _LOCK = threading.Lock()
@@ -69,34 +89,47 @@ _SPOOLS: weakref.WeakKeyDictionary[Warehouse, TrackingSpool] = weakref.WeakKeyDi
 
 
 def forget_definitions(reader: Warehouse) -> None:
-    """Read the experiments again on the next track (this app created or moved one)."""
+    """Read the experiments again on the next track (this app created or moved one); until that read succeeds,
+    the last ones are known to be out of date."""
     with _LOCK:
-        _READ.pop(reader, None)
+        definitions = _READ.get(reader)
+        if definitions is not None:
+            definitions.stale, definitions.retry_at = True, 0.0
 
 
-def _definitions(reader: Warehouse) -> list[ExperimentEntry]:
-    """Every experiment (beton.yaml's, then the app's), read at most every `DEFINITIONS_SECONDS`; the last read
-    while a run holds the warehouse."""
+def _definitions(reader: Warehouse) -> tuple[list[ExperimentEntry], bool]:
+    """Every experiment (beton.yaml's, then the app's) and whether the list is current: read at most every
+    `DEFINITIONS_SECONDS`, or at once after this app changed one; while a run holds the warehouse, the last list
+    read (beton.yaml's alone before any) as not current, tried again after `RETRY_SECONDS`."""
     config = reader.settings.playbook_config()
+    now = time.monotonic()
     with _LOCK:
         definitions = _READ.setdefault(reader, _Definitions([]))
-        fresh = definitions.read_at is not None and time.monotonic() - definitions.read_at < DEFINITIONS_SECONDS
-        if fresh:
-            return definitions.entries
+        fresh = definitions.read_at is not None and now - definitions.read_at < DEFINITIONS_SECONDS
+        if fresh and not definitions.stale:
+            return definitions.entries, True
+        if now < definitions.retry_at:
+            return _last(definitions, config), False
     try:
         with reader.open() as con:
             entries = [d.entry for d in defined_experiments(con, config)]
     except WarehouseUnavailable:
         with _LOCK:
-            if definitions.read_at is not None:
-                return definitions.entries
-        return [
-            ExperimentEntry(e.name, e.flag, e.variants, e.goal_event, CONFIG_STATUS, CONFIG_SOURCE)
-            for e in config.experiments
-        ]
+            definitions.retry_at = time.monotonic() + RETRY_SECONDS
+            return _last(definitions, config), False
     with _LOCK:
-        definitions.entries, definitions.read_at = entries, time.monotonic()
-    return entries
+        definitions.entries, definitions.read_at, definitions.stale = entries, time.monotonic(), False
+    return entries, True
+
+
+def _last(definitions: _Definitions, config) -> list[ExperimentEntry]:
+    """The last list read, or beton.yaml's experiments before any was."""
+    if definitions.read_at is not None:
+        return definitions.entries
+    return [
+        ExperimentEntry(e.name, e.flag, e.variants, e.goal_event, CONFIG_STATUS, CONFIG_SOURCE)
+        for e in config.experiments
+    ]
 
 
 def _text(body: dict, name: str) -> str:
@@ -117,19 +150,33 @@ def _moment(value: object) -> datetime:
         moment = None
     if moment is None:
         raise Refused(f"timestamp {value!r}: give an ISO 8601 time such as 2026-12-01T09:30:00Z", 400)
-    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    try:
+        moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:
+        raise Refused(f"timestamp {value} is out of range in UTC", 400) from None
+    if moment < EARLIEST:
+        raise Refused(f"timestamp {value} is before {EARLIEST:%Y-%m-%d}, which the events' rules quarantine", 400)
     if moment > now + MAX_FUTURE:
         raise Refused(f"timestamp {value} is in the future (now is {now:%Y-%m-%dT%H:%M:%SZ})", 400)
     return moment
 
 
-def tracked_event(entries: list[ExperimentEntry], body: dict) -> tuple[TrackedEvent, ExperimentEntry]:
+def tracked_event(
+    entries: list[ExperimentEntry], body: dict, current: bool = True
+) -> tuple[TrackedEvent, ExperimentEntry]:
     """The event a track request asks to keep, checked against the experiments: Refused (400 a field or a variant
-    not the experiment's, 404 an unknown experiment, 409 one not Running) saying what to change."""
+    not the experiment's, 404 an unknown experiment, 409 one not Running) saying what to change. With `entries`
+    not `current` (a run holds the warehouse), an experiment they do not show Running cannot be told apart from
+    one just defined or started: WarehouseUnavailable (503, retry) instead of 404 or 409."""
     key, variant, user, event = (_text(body, n) for n in ("experiment", "variant", "user", "event"))
     if event not in EVENTS:
         raise Refused(f"event {event!r}: give exposure or conversion", 400)
     entry = next((e for e in entries if e.name == key), None) or next((e for e in entries if e.flag == key), None)
+    if (entry is None or entry.status not in TRACKED_STATUSES) and not current:
+        raise WarehouseUnavailable(
+            f"A beton run is writing the warehouse and experiment {key!r} was not Running when last read; the event "
+            f"was not recorded: send it again in {RETRY_AFTER_SECONDS} s."
+        )
     if entry is None:
         known = ", ".join(e.name for e in entries) or "none yet"
         raise Refused(f"no experiment named or flagged {key!r} (known: {known}); define it first", 404)
@@ -151,20 +198,40 @@ def tracked_event(entries: list[ExperimentEntry], body: dict) -> tuple[TrackedEv
     return TrackedEvent(entry.flag, variant, user, event, name, _moment(body.get("timestamp"))), entry
 
 
+def _after_exposure(spool: TrackingSpool, conversion: TrackedEvent) -> None:
+    """Refused (409) for a conversion at or before the user's tracked exposure: it would not count (a conversion
+    counts after the exposure) and, kept first, would stop the real one from being kept."""
+    exposure = spool.kept(conversion.experiment, conversion.user_key, "exposure")
+    if exposure is not None and conversion.occurred_at <= exposure.occurred_at:
+        raise Refused(
+            f"the conversion at {conversion.occurred_at:%Y-%m-%dT%H:%M:%SZ} is not after the user's exposure at "
+            f"{exposure.occurred_at:%Y-%m-%dT%H:%M:%SZ}: it would not count, and it was not recorded",
+            409,
+        )
+
+
 def track(reader: Warehouse, body: dict) -> tuple[dict, bool]:
     """Keep one tracked event (see the module docstring): its answer, and whether it was a duplicate."""
-    event, entry = tracked_event(_definitions(reader), body)
+    entries, current = _definitions(reader)
+    event, entry = tracked_event(entries, body, current)
     with _LOCK:
         spool = _SPOOLS.get(reader) or _SPOOLS.setdefault(reader, TrackingSpool(tracking_paths(reader.path)[0]))
     try:
+        if event.event_type == "conversion":
+            _after_exposure(spool, event)
         uuid, duplicate = spool.record(event)
+        kept = spool.kept(event.experiment, event.user_key, event.event_type) if duplicate else None
     except ValueError as exc:
         raise Refused(str(exc), 400) from None
+    except sqlite3.OperationalError:  # another writer held the spool for the whole busy timeout
+        raise WarehouseUnavailable(
+            f"The tracking spool is busy; the event was not recorded: send it again in {RETRY_AFTER_SECONDS} s."
+        ) from None
     answer = {
         "uuid": uuid,
         "duplicate": duplicate,
         "experiment": entry.name,
-        "variant": event.variant,
+        "variant": kept.variant if kept else event.variant,  # a repeat: the variant the user counts in
         "event": event.event_type,
         "event_name": event.event_name,
     }

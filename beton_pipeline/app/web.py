@@ -118,24 +118,31 @@ async def read_form(request: Request) -> dict[str, str]:
     return {k: v[-1] for k, v in urllib.parse.parse_qs(body.decode("utf-8", "replace")).items()}
 
 
+def _no_constant(name: str) -> None:
+    """`json.loads` reads NaN, Infinity and -Infinity, which JSON does not have: refuse them."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
 async def json_object(request: Request, shape: str) -> dict:
     """A JSON object body sent as `application/json` (a cross-site page cannot send that type without the
     browser asking first, which this app never allows); Refused (400 or 415) otherwise, naming `shape`."""
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
         raise Refused(f"send the body as Content-Type: application/json: {shape}", 415)
     try:
-        body = json.loads(await read_body(request))
+        body = json.loads(await read_body(request), parse_constant=_no_constant)
     except ValueError:
-        raise Refused(f"the body must be a JSON object: {shape}", 400) from None
+        raise Refused(f"the body must be a JSON object (NaN and Infinity are not numbers): {shape}", 400) from None
     if not isinstance(body, dict):
         raise Refused(f"the body must be a JSON object: {shape}", 400)
     return body
 
 
 def same_origin(request: Request) -> None:
-    """Refused (403) for a POST whose Origin is another site (browsers send it with every form POST)."""
+    """Refused (403) for a POST whose Origin is another site (browsers send it with every form POST): this site is
+    the Host the request was sent to, or the public address of `app.base_url` (a proxy may rewrite the Host)."""
     origin = request.headers.get("origin")
-    if origin is not None and urllib.parse.urlsplit(origin).netloc != request.headers.get("host"):
+    ours = {request.headers.get("host"), getattr(request.app.state, "public_host", None)} - {None}
+    if origin is not None and urllib.parse.urlsplit(origin).netloc not in ours:
         raise Refused("a form from another site cannot change beton", 403)
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import string
 from collections.abc import Iterable, Mapping, Sequence
@@ -384,6 +385,18 @@ class DestinationSettings(_Strict):
         return url
 
 
+EXPOSURE_EVENT = "$feature_flag_called"
+"""PostHog's event for a feature flag shown to a user: an experiment's exposure."""
+MAX_KEY_CHARS = 256
+"""The longest flag, variant or goal event (what the tracking spool accepts: a flag key, an e-mail, a UUID)."""
+MAX_VARIANTS = 20
+"""The most variants an experiment may have (control included)."""
+MAX_WINDOW_DAYS = 3650
+"""The longest conversion window (ten years): longer ones are mistakes, and overflow date arithmetic."""
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+"""Text without control characters (line breaks, tabs, NUL)."""
+
+
 class Experiment(_Strict):
     """One experiment read from PostHog ``$feature_flag_called`` events (``experiments:`` in beton.yaml).
 
@@ -394,27 +407,38 @@ class Experiment(_Strict):
     """
 
     name: str = Field(pattern=SLUG)
-    flag: str = Field(min_length=1)
-    goal_event: str = Field(min_length=1)
+    flag: str = Field(min_length=1, max_length=MAX_KEY_CHARS, pattern=PRINTABLE)
+    goal_event: str = Field(min_length=1, max_length=MAX_KEY_CHARS, pattern=PRINTABLE)
     control: str = "control"
-    variants: tuple[str, ...] = Field(
-        (), description="the expected variants, control included; empty = every response seen"
+    variants: tuple[Annotated[str, Field(min_length=1, max_length=MAX_KEY_CHARS, pattern=PRINTABLE)], ...] = Field(
+        (), max_length=MAX_VARIANTS, description="the expected variants, control included; empty = every response seen"
     )
     weights: tuple[float, ...] = Field(
         (), description="expected traffic shares in the order of variants; empty = equal"
     )
-    conversion_window_days: int | None = Field(None, ge=1)
+    conversion_window_days: int | None = Field(None, ge=1, le=MAX_WINDOW_DAYS)
     start: date | None = None
     end: date | None = None
+
+    @field_validator("conversion_window_days", mode="before")
+    @classmethod
+    def _days_not_bool(cls, value):
+        if isinstance(value, bool):  # true would read as 1 day
+            raise ValueError("give a number of days, not true or false")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Experiment:
         if self.variants and self.control not in self.variants:
             raise ValueError(f"control {self.control!r} is not one of variants {list(self.variants)}")
+        if len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"variants must be distinct: {list(self.variants)}")
+        if self.goal_event == EXPOSURE_EVENT:
+            raise ValueError(f"goal_event cannot be {EXPOSURE_EVENT}, the exposure itself")
         if self.weights and len(self.weights) != len(self.variants):
             raise ValueError("weights need variants of the same length")
-        if any(w <= 0 for w in self.weights):
-            raise ValueError("weights must be positive")
+        if any(not math.isfinite(w) or w <= 0 for w in self.weights):
+            raise ValueError("weights must be positive numbers")
         if self.start and self.end and self.end <= self.start:
             raise ValueError("end must be after start")
         return self

@@ -45,12 +45,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, get_args
 
+from beton_pipeline.core.playbooks import EXPOSURE_EVENT
 from beton_pipeline.sources.contract import TRACKED_EVENTS
 
 EventType = Literal["exposure", "conversion"]
 
-EXPOSURE_EVENT = "$feature_flag_called"
-"""PostHog's event for a feature flag evaluated for a user: what an exposure is recorded as."""
 
 TRACKING_NAMESPACE = uuid.UUID("3a0c5f8e-7d4b-5b1e-9c2a-6f1d0e8b4a72")
 """The namespace of the tracked events' uuid5s (a constant: the uuid of an event never changes)."""
@@ -109,6 +108,15 @@ class TrackedEvent:
         """The event's id: a uuid5 of (experiment, user key, event type), the keys that make a duplicate."""
         name = json.dumps([self.experiment, self.user_key, self.event_type])
         return str(uuid.uuid5(TRACKING_NAMESPACE, name))
+
+
+@dataclass(frozen=True)
+class KeptEvent:
+    """The event the spool keeps for a key: its uuid, its variant and when it happened (UTC)."""
+
+    uuid: str
+    variant: str
+    occurred_at: datetime
 
 
 @dataclass(frozen=True)
@@ -231,6 +239,22 @@ class TrackingSpool:
             finally:
                 con.close()
             self._ready = True
+
+    def kept(self, experiment: str, user_key: str, event_type: EventType) -> KeptEvent | None:
+        """The event kept for (experiment, user key, event type): the first one recorded, or None."""
+        if not self.path.exists():
+            return None
+        self._prepare()
+        con = self._connect()
+        try:
+            row = con.execute(
+                "select uuid, variant, occurred_at from tracked_events "
+                "where experiment = ? and user_key = ? and event_type = ?",
+                [experiment, user_key, event_type],
+            ).fetchone()
+        finally:
+            con.close()
+        return None if row is None else KeptEvent(row[0], row[1], datetime.fromisoformat(row[2]))
 
     def record(self, event: TrackedEvent) -> tuple[str, bool]:
         """Keep `event` durably; returns (its uuid, whether an event with its keys was already kept).

@@ -178,12 +178,16 @@ def find_experiment(con: duckdb.DuckDBPyConnection, config: PlaybookConfig, key:
 
 
 def started_app_experiments(con: duckdb.DuckDBPyConnection, config: PlaybookConfig) -> tuple[Experiment, ...]:
-    """The app's experiments that have started (Running, Readout, Shipped, Killed) and beton.yaml does not name:
-    those the `experiment_readouts` asset reads out beside beton.yaml's."""
+    """The app's experiments that have started and beton.yaml does not name: Running, Readout or Shipped, or Killed
+    after it ran (a Draft or Review killed never had exposures to read out). Those the `experiment_readouts`
+    asset reads out beside beton.yaml's."""
+    ran = {row["experiment"] for row in experiment_decisions(con) if row["to_status"] == "Running"}
     return tuple(
         d.experiment
         for d in defined_experiments(con, config)
-        if d.source == APP_SOURCE and d.status in READ_OUT_STATUSES
+        if d.source == APP_SOURCE
+        and d.status in READ_OUT_STATUSES
+        and (d.status != "Killed" or d.experiment.name in ran)
     )
 
 

@@ -145,12 +145,17 @@ def experiment_counts(con: duckdb.DuckDBPyConnection, experiment: Experiment) ->
     Exposure = a user's first ``$feature_flag_called`` for the flag within [start, end) when given
     (``int_experiment_exposures``); variant = its response. Conversion = the goal event by the same
     ``distinct_id`` strictly after that exposure (and within ``conversion_window_days`` when given,
-    counting only users exposed at least that long before the last event). Returns the counts per
+    counting only users exposed at least that long before the last exported event: events tracked by `beton
+    serve` count as exposures and conversions but do not move that horizon). Returns the counts per
     variant (``variant``, ``exposures``, ``conversions``) and diagnostics: users who saw more than
     one variant, users still inside their window.
     """
+    tracked = con.sql(
+        "select count(*) from information_schema.columns where table_schema = 'intermediate' "
+        "and table_name = 'int_events_resolved' and column_name = 'is_tracked'"
+    ).fetchall()[0][0]
     frame = con.sql(
-        EXPERIMENT_COUNTS_SQL,
+        EXPERIMENT_COUNTS_SQL.replace("{exported_only}", "where not is_tracked" if tracked else ""),
         params={
             "flag": experiment.flag,
             "goal_event": experiment.goal_event,
@@ -168,18 +173,22 @@ def experiment_counts(con: duckdb.DuckDBPyConnection, experiment: Experiment) ->
 
 def write_experiment_readouts(
     con: duckdb.DuckDBPyConnection, config: PlaybookConfig, confidence_level: float
-) -> list[ExperimentReadout]:
-    """Recompute ``beton.experiment_readouts`` (one row per experiment and variant); returns the readouts."""
-    readouts = []
+) -> tuple[list[ExperimentReadout], dict[str, str]]:
+    """Recompute ``beton.experiment_readouts`` (one row per experiment and variant); returns the readouts and,
+    by experiment, why one could not be read out (it is left out; the others are written)."""
+    readouts, failed = [], {}
     for experiment in config.experiments:
-        counts, diagnostics = experiment_counts(con, experiment)
-        readouts.append(experiment_readout_from_counts(experiment, counts, diagnostics, confidence_level))
+        try:
+            counts, diagnostics = experiment_counts(con, experiment)
+            readouts.append(experiment_readout_from_counts(experiment, counts, diagnostics, confidence_level))
+        except (ValueError, duckdb.Error) as exc:
+            failed[experiment.name] = " ".join(str(exc).split())[:500]
     replace_table(
         con,
         EXPERIMENT_READOUTS_TABLE,
         pl.concat([r.table for r in readouts], how="vertical_relaxed") if readouts else None,
     )
-    return readouts
+    return readouts, failed
 
 
 def read_playbook_readouts(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:

@@ -4,7 +4,8 @@
 -- A user's exposure is their first inside the period (the lowest exposure_number there), its variant
 -- the one they count in; they saw several variants when the period shows more than one. Conversion:
 -- the goal event by the same user strictly after that exposure, within the window when there is one;
--- with a window, users exposed less than a window before the data's last event are only "awaiting".
+-- with a window, users exposed less than a window before the data's last exported event are only "awaiting"
+-- (store/readouts.py fills in the horizon's filter: tracked events left out, on a warehouse that has them).
 with period_exposures as (
     select distinct_id, variant, exposed_at, exposure_number
     from intermediate.int_experiment_exposures
@@ -25,8 +26,8 @@ first_exposure as (
     inner join first_in_period as f on f.distinct_id = e.distinct_id and f.exposure_number = e.exposure_number
 ),
 
-horizon as (
-    select max(occurred_at) as last_event_at from intermediate.int_events_resolved
+horizon as (  -- the export's last event: an event tracked a moment ago does not close other users' windows
+    select max(occurred_at) as last_event_at from intermediate.int_events_resolved {exported_only}
 ),
 
 converted as (

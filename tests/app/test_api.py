@@ -331,3 +331,18 @@ def test_the_account_search_is_the_latest_days_matching_accounts_by_rank(app_url
     assert answer["day"] == day.isoformat()
     assert [a["account_id"] for a in answer["accounts"]] == [r["account_id"] for r in stored]
     assert len(stored) == 5
+
+
+def test_an_account_id_with_a_slash_opens_its_page(tmp_path, pipeline_run):
+    copy = tmp_path / "warehouse.duckdb"
+    shutil.copy(pipeline_run.warehouse, copy)
+    with duckdb.connect(str(copy)) as con:
+        (account,) = con.sql(
+            "select account_id from beton.account_scores order by day desc, score_rank limit 1"
+        ).fetchall()[0]
+        con.execute("update beton.account_scores set account_id = 'org/42 x' where account_id = ?", [account])
+    with serving(copy) as url:
+        quoted = urllib.parse.quote("org/42 x", safe="")
+        assert get_json(f"{url}/api/accounts/{quoted}")["account"]["account_id"] == "org/42 x"
+        status, _, page = get(f"{url}/accounts/{quoted}")
+        assert status == 200 and b"org/42 x" in page

@@ -9,11 +9,15 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import duckdb
 import pytest
 
+from beton_pipeline.settings import Settings
 from tests.app.conftest import get, get_json, serving
 from tests.app.conftest import post_json as post
 from tests.app.test_browser import drawn
@@ -162,3 +166,32 @@ def test_a_disable_from_the_signal_page_appears_in_beton_signals(copy, page):
         assert foreign.status == 403
         assert [o[1] for o in overrides(copy, sid)] == ["ana"]
         assert TOKEN not in page.content()
+
+
+def test_behind_a_proxy_at_app_base_url_pages_and_forms_work(copy):
+    """With `app.base_url` set, a request for that host is served (a proxy passing its own name on), and a form
+    whose Origin is that address is this site's (a proxy rewriting the Host to 127.0.0.1); another site's is not."""
+    settings = Settings(app={"base_url": "https://beton.example.com/"})
+    with serving(copy, settings=settings, token=TOKEN) as url:
+        port = url.rsplit(":", 1)[1]
+
+        def send(path: str, headers: dict, data: bytes | None = None) -> int:
+            request = urllib.request.Request(f"{url}{path}", data=data, headers=headers)
+            opener = urllib.request.build_opener(NoRedirect)
+            try:
+                with opener.open(request, timeout=60) as response:
+                    return response.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert send("/signals", {"Host": "beton.example.com"}) == 200
+        assert send("/signals", {"Host": "elsewhere.example.com"}) == 400
+        login = urllib.parse.urlencode({"token": TOKEN, "next": "/"}).encode()
+        host = {"Host": f"127.0.0.1:{port}"}
+        assert send("/login", {**host, "Origin": "https://beton.example.com"}, login) == 303
+        assert send("/login", {**host, "Origin": "https://evil.example.com"}, login) == 403
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):  # the 303 itself is the answer under test
+        return None

@@ -139,7 +139,7 @@ def test_the_readout_page_shows_the_numbers_the_chart_and_that_beton_yaml_sets_t
             "—" if v["p_value_holm"] is None else f"{v['p_value_holm']:.4f}"
         )
     assert page.locator("#summary pre").inner_text() == detail["readout"]["summary"]
-    assert page.locator("#rates .scatterlayer .point").count() == 3  # one rate per variant
+    assert page.locator("#rates .barlayer .point").count() == 3  # one rate per variant
     page.goto(f"{app_url}/experiments")
     assert page.locator("#experiments tbody tr").count() == 2
     assert page.locator("#experiments tr[data-experiment='ai-assistant'] td[data-col='status']").inner_text() == (

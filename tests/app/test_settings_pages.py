@@ -180,7 +180,8 @@ def test_a_change_is_written_with_the_comments_kept_and_the_pages_use_it(warehou
             "thresholds.min_lift": 1.5,
             "windows.observation_days": 21,
             "discovery.first_n_days": [1, 3, 7],
-            "schedule.timezone": "no",  # YAML 1.1 reads a bare `no` as false: written quoted
+            "windows.as_of": "2025-06-01",  # YAML reads a bare 2025-06-01 as a date: written quoted
+            "schedule.timezone": "Europe/Berlin",
             "revenue.sales_capacity": 40,  # not in the file yet
             "thresholds.min_sample": 30,  # unchanged: not listed
         }
@@ -192,7 +193,8 @@ def test_a_change_is_written_with_the_comments_kept_and_the_pages_use_it(warehou
             {"setting": "thresholds.min_lift", "old": 1.3, "new": 1.5},
             {"setting": "windows.observation_days", "old": 14, "new": 21},
             {"setting": "discovery.first_n_days", "old": [1, 3, 7, 14], "new": [1, 3, 7]},
-            {"setting": "schedule.timezone", "old": "UTC", "new": "no"},
+            {"setting": "windows.as_of", "old": None, "new": "2025-06-01"},
+            {"setting": "schedule.timezone", "old": "UTC", "new": "Europe/Berlin"},
             {"setting": "revenue.sales_capacity", "old": None, "new": 40},
         ]
         assert answer["settings_file"] == str(config) and "next run" in answer["note"]
@@ -200,12 +202,17 @@ def test_a_change_is_written_with_the_comments_kept_and_the_pages_use_it(warehou
             SETTINGS.replace("min_lift: 1.3 ", "min_lift: 1.5 ")
             .replace("observation_days: 14 ", "observation_days: 21 ")
             .replace("first_n_days: [1, 3, 7, 14]", "first_n_days: [1, 3, 7]")
-            .replace("timezone: UTC", 'timezone: "no"')
+            .replace("# two weeks\n", '# two weeks\n  as_of: "2025-06-01"\n')
+            .replace("timezone: UTC", "timezone: Europe/Berlin")
             .replace("# our ACV\n", "# our ACV\n  sales_capacity: 40\n")
         )
         assert config.read_text() == expected
         loaded = load_settings(config)
-        assert (loaded.thresholds.min_lift, loaded.schedule.timezone, loaded.revenue.sales_capacity) == (1.5, "no", 40)
+        assert (loaded.thresholds.min_lift, loaded.windows.as_of, loaded.revenue.sales_capacity) == (
+            1.5,
+            "2025-06-01",
+            40,
+        )
         shown = by_path(get_json(f"{url}/api/settings"))
         assert {p: shown[p]["value"] for p in changes} == {**changes, "discovery.first_n_days": [1, 3, 7]}
 
@@ -219,6 +226,16 @@ def test_a_change_is_written_with_the_comments_kept_and_the_pages_use_it(warehou
             ({"destinations.webhook_allowed_hosts": ["x.io"]}, 400, "edited in beton.yaml by hand"),
             ({"freshness.max_lag_days": {}}, 400, "not a plain value"),
             ({"revenue.acv": {"value": 1}}, 400, "revenue.acv: give a number, text, true/false, null or a list"),
+            # what a run or the code location could not use is refused before the file is written
+            ({"schedule.cron": "not a cron"}, 400, "'not a cron' is not a cron schedule of five fields"),
+            ({"schedule.timezone": "Mars/Olympus"}, 400, "'Mars/Olympus' is not a time zone name"),
+            ({"monitoring.start_date": "2099-99-99"}, 400, "'2099-99-99' is not a day of the calendar"),
+            ({"windows.as_of": "2099-99-99"}, 400, "'2099-99-99' is not an ISO date or time"),
+            ({"schedule.timezone": "*anchor"}, 400, "is not a time zone name"),  # YAML-special text: no 500
+            # connectors send their keys to these hosts: never from the app
+            ({"sources.attio.api_base": "https://evil.example.com"}, 400, "edited in beton.yaml by hand"),
+            ({"sources.posthog.enabled": True}, 400, "edited in beton.yaml by hand"),
+            ({"sources.landing_dir": "/tmp/x"}, 400, "edited in beton.yaml by hand"),
         ]
         for change, status, words in refusals:
             got, answer = post(f"{url}/api/settings", {"changes": change})

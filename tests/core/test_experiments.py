@@ -159,3 +159,25 @@ def test_a_name_or_flag_another_experiment_has_is_refused():
         check_unused(mine.model_copy(update={"name": "checkout"}), [(app_one, "the app")])
     with pytest.raises(ExperimentRefused, match="name: 'onboarding-flag' is already the flag of experiment"):
         check_unused(mine.model_copy(update={"name": "onboarding-flag"}), [(yaml_one, "beton.yaml")])
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"weights": "nan, 1"}, "weights must be positive numbers"),
+        ({"weights": [1, float("inf")]}, "weights must be positive numbers"),
+        ({"variants": "control, control"}, "variants must be distinct"),
+        ({"conversion_window_days": "200000000"}, "conversion_window_days: Input should be less than or equal to 3650"),
+        ({"conversion_window_days": True}, "give a number of days, not true or false"),
+        ({"goal_event": "$feature_flag_called"}, "goal_event cannot be $feature_flag_called"),
+        ({"flag": "a\nb"}, "flag: String should match pattern"),
+        ({"flag": "f" * 257}, "flag: String should have at most 256 characters"),
+        ({"variants": ["control", *(f"v{i}" for i in range(20))]}, "variants: Tuple should have at most 20 items"),
+    ],
+)
+def test_an_intake_a_readout_could_not_use_is_refused(change, says):
+    """What once passed and broke the readout (NaN weights, repeated variants, a window past any date) or could
+    never be tracked (a flag the spool refuses) is refused at the intake, by the rules beton.yaml's follow too."""
+    with pytest.raises(ExperimentRefused) as refused:
+        parse_intake({**INTAKE, **change})
+    assert says in str(refused.value)

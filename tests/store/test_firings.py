@@ -34,19 +34,20 @@ create table intermediate.int_account_windows as select * from (values
     ('b', timestamp '2025-01-01 00:00:00', timestamp '2025-01-03 00:00:00')
 ) t(account_id, started_at, feature_window_end_at);
 create table intermediate.int_events_resolved as select * from (values
-    ('e1', 'a', 'invite', timestamp '2025-01-01 01:00:00', null),
-    ('e2', 'a', 'invite', timestamp '2025-01-02 00:00:00', null),
-    ('e3', 'a', 'invite', timestamp '2025-01-04 00:00:00', null),
-    ('e4', 'a', 'invite', timestamp '2025-01-12 00:00:00', null),
-    ('e5', 'b', 'invite', timestamp '2025-01-01 05:00:00', null),
-    ('e6', 'b', 'invite', timestamp '2025-01-03 00:00:00', null),
-    ('p1', 'a', '$pageview', timestamp '2025-01-01 02:00:00', 'https://app.a.io/settings?tab=1'),
-    ('p2', 'a', '$pageview', timestamp '2025-01-01 03:00:00', 'https://app.a.io/billing'),
-    ('p3', 'a', '$pageview', timestamp '2025-01-01 04:00:00', 'http://app.a.io/settings#x'),
-    ('p4', 'b', '$pageview', timestamp '2025-01-01 02:00:00', 'https://app.b.io/settings'),
-    ('p5', 'b', '$pageview', timestamp '2025-01-03 01:00:00', 'https://app.b.io/settings'),
-    ('x1', null, 'invite', timestamp '2025-01-01 01:00:00', null)
-) t(event_id, account_id, event_name, occurred_at, property_1);
+    ('e1', 'a', 'invite', timestamp '2025-01-01 01:00:00', null, false),
+    ('e2', 'a', 'invite', timestamp '2025-01-02 00:00:00', null, false),
+    ('e3', 'a', 'invite', timestamp '2025-01-04 00:00:00', null, false),
+    ('e4', 'a', 'invite', timestamp '2025-01-12 00:00:00', null, false),
+    ('e5', 'b', 'invite', timestamp '2025-01-01 05:00:00', null, false),
+    ('e6', 'b', 'invite', timestamp '2025-01-03 00:00:00', null, false),
+    ('p1', 'a', '$pageview', timestamp '2025-01-01 02:00:00', 'https://app.a.io/settings?tab=1', false),
+    ('p2', 'a', '$pageview', timestamp '2025-01-01 03:00:00', 'https://app.a.io/billing', false),
+    ('p3', 'a', '$pageview', timestamp '2025-01-01 04:00:00', 'http://app.a.io/settings#x', false),
+    ('p4', 'b', '$pageview', timestamp '2025-01-01 02:00:00', 'https://app.b.io/settings', false),
+    ('p5', 'b', '$pageview', timestamp '2025-01-03 01:00:00', 'https://app.b.io/settings', false),
+    ('x1', null, 'invite', timestamp '2025-01-01 01:00:00', null, false),
+    ('t1', 'b', 'invite', timestamp '2025-01-01 00:30:00', null, true)  -- tracked by beton serve: never a behaviour
+) t(event_id, account_id, event_name, occurred_at, property_1, is_tracked);
 create table intermediate.int_accounts as select * from (values ('a', 'a.io'), ('b', 'b.io')) t(account_id, domain);
 create table intermediate.int_account_keys as select * from (values
     ('a.io', 'a', 'crm_domain'), ('b.io', 'b', 'crm_domain')

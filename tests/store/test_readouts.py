@@ -78,11 +78,27 @@ def test_first_exposure_inside_the_period_and_the_window(con):
     assert counts(con, start=date(2025, 2, 1)) == ({}, {"saw_several_variants": 0, "awaiting_window": 0})
 
 
+def test_an_event_tracked_later_does_not_close_other_users_windows(con):
+    """The horizon is the last exported event: u4 (exposed on the 28th, a 7-day window, the export ending on the
+    30th) stays awaiting though beton serve tracked events after that (one in February)."""
+    window = {"start": date(2025, 1, 5), "end": date(2025, 2, 1), "conversion_window_days": 7}
+    before = counts(con, **window)
+    con.execute("alter table intermediate.int_events_resolved add column is_tracked boolean default false")
+    con.execute("insert into intermediate.int_events_resolved values ('t1', 'u4', 'goal', ?, true)", [ts(29)])
+    con.execute(
+        "insert into intermediate.int_events_resolved values ('t2', 'u9', 'other', ?, true)",
+        [ts(31) + timedelta(days=10)],
+    )
+    assert counts(con, **window) == before  # u4's tracked goal is inside its window, but its window is not over
+    assert counts(con, conversion_window_days=7)[1]["awaiting_window"] == 1
+
+
 def test_write_experiment_readouts(con):
     cfg = parse_playbook_config(
         experiments=[{"name": "onboarding", "flag": FLAG, "goal_event": "goal", "variants": ["control", "test"]}]
     )
-    [readout] = readouts.write_experiment_readouts(con, cfg, 0.95)
+    [readout], failed = readouts.write_experiment_readouts(con, cfg, 0.95)
+    assert failed == {}
     table = con.sql(
         f"select variant, exposures, conversions, is_control from {readouts.EXPERIMENT_READOUTS_TABLE} order by variant"
     ).fetchall()
@@ -130,3 +146,26 @@ def test_playbook_readout_from_the_outbox(tmp_path):
             f"select playbook, n_treated, readout_window_days from {readouts.PLAYBOOK_READOUTS_TABLE}"
         ).fetchall()
         assert stored == [("hot", 30, 30)]
+
+
+def test_an_experiment_that_cannot_be_read_out_is_left_out_and_named(con, monkeypatch):
+    cfg = parse_playbook_config(
+        experiments=[
+            {"name": "onboarding", "flag": FLAG, "goal_event": "goal", "variants": ["control", "test"]},
+            {"name": "broken", "flag": "other", "goal_event": "goal", "variants": ["control", "test"]},
+        ]
+    )
+    real = readouts.experiment_counts
+
+    def counts(con, experiment):
+        if experiment.name == "broken":
+            raise ValueError("expected_shares must be positive")
+        return real(con, experiment)
+
+    monkeypatch.setattr(readouts, "experiment_counts", counts)
+    done, failed = readouts.write_experiment_readouts(con, cfg, 0.95)
+    assert [r.experiment for r in done] == ["onboarding"]
+    assert failed == {"broken": "expected_shares must be positive"}
+    assert con.sql(f"select distinct experiment from {readouts.EXPERIMENT_READOUTS_TABLE}").fetchall() == [
+        ("onboarding",)
+    ]

@@ -198,9 +198,11 @@ def experiment_readouts(
     with warehouse.connect() as con:
         started = experiments.started_app_experiments(con, pcfg)
         every = dataclasses.replace(pcfg, experiments=pcfg.experiments + started)
-        results = readouts.write_experiment_readouts(con, every, cfg.thresholds.confidence_level)
+        results, failed = readouts.write_experiment_readouts(con, every, cfg.thresholds.confidence_level)
     for readout in results:
         context.log.info(readout.summary)
+    for name, reason in failed.items():
+        context.log.warning(f"experiment {name} could not be read out and is left out: {reason}")
     summary = "\n\n".join(r.summary for r in results) or (
         "No experiment configured (experiments: in beton.yaml) or started in beton serve."
     )
@@ -208,6 +210,7 @@ def experiment_readouts(
         metadata={
             "experiments": len(results),
             "app_experiments": len(started),
+            "not_read_out": dg.MetadataValue.json(failed),
             "summary": dg.MetadataValue.text(summary),
         }
     )
