@@ -25,12 +25,13 @@ help:
 	@echo "make bench-pages  the pages' times (WAREHOUSES='1M=path 10M=path'; default make run's warehouse)"
 	@echo "make health-sim  the three signal health rules side by side on simulated signals (about 8 minutes)"
 
-# One-time (and on dependency change) environment: uv from PyPI, then the locked dependency set.
+# One-time (and on dependency change) environment: uv from PyPI, then the locked dependency set with the `spark`
+# extra (dbt-spark and pyspark, for warehouse.engine: spark and its test; Spark also needs Java 17 on the machine).
 $(STAMP): pyproject.toml uv.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip --upgrade >/dev/null
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install -q --disable-pip-version-check "uv==0.13.8"
-	$(BIN)/uv sync --frozen --python $(BIN)/python
+	$(BIN)/uv sync --frozen --extra spark --python $(BIN)/python
 	@touch $(STAMP)
 
 # The Dagster instance: Postgres (dagster.postgres.yaml, RUNBOOK.md) when DAGSTER_PG_HOST is set, else SQLite.

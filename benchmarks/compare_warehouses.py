@@ -61,13 +61,17 @@ def read(path: str, table: str) -> pl.DataFrame | None:
         return con.sql(f"select * from {table}").pl() if exists else None
 
 
-def compare(before: pl.DataFrame, after: pl.DataFrame) -> list[str]:
+def compare(
+    before: pl.DataFrame, after: pl.DataFrame, rtol: float = 1e-12, ignore: frozenset[str] | set[str] = VOLATILE
+) -> list[str]:
+    """What differs between two tables: every column but `ignore`, after sorting by all of them; floats to `rtol`
+    (relative) or both null/NaN. Empty when they are the same."""
     problems = []
     if set(before.columns) != set(after.columns):
         problems.append(
             f"columns differ: only before {sorted(set(before.columns) - set(after.columns))}, only after {sorted(set(after.columns) - set(before.columns))}"
         )
-    columns = [c for c in before.columns if c in after.columns and c not in VOLATILE]
+    columns = [c for c in before.columns if c in after.columns and c not in ignore]
     if before.height != after.height:
         problems.append(f"rows: {before.height} before, {after.height} after")
         return problems
@@ -79,7 +83,7 @@ def compare(before: pl.DataFrame, after: pl.DataFrame) -> list[str]:
         if x.dtype.is_float() and y.dtype.is_float():
             xv, yv = x.to_numpy(), y.to_numpy()
             both_nan = np.isnan(xv) & np.isnan(yv)
-            close = np.isclose(xv, yv, rtol=1e-12, atol=0.0) | both_nan
+            close = np.isclose(xv, yv, rtol=rtol, atol=0.0) | both_nan
             if not close.all():
                 i = int(np.argmin(close))
                 problems.append(f"{c}: {int((~close).sum())} value(s) differ, e.g. {xv[i]!r} vs {yv[i]!r}")

@@ -424,6 +424,23 @@ class SourcesSettings(_Strict):
         return (path if path.is_absolute() else PROJECT_ROOT / path).resolve()
 
 
+ENGINES = ("duckdb", "spark")
+"""Where the dbt models run (`warehouse.engine`); `ENGINE_VARIABLE` overrides the setting."""
+
+ENGINE_VARIABLE = "BETON_ENGINE"
+
+
+class WarehouseSettings(_Strict):
+    engine: Literal["duckdb", "spark"] = Field(
+        "duckdb",
+        description=(
+            "where the dbt models run: duckdb (in the warehouse file) or spark (the same models through dbt-spark, "
+            "`pip install beton[spark]` and Java 17; every relation they build is then copied into the warehouse "
+            "file, which the rest of beton reads either way). BETON_ENGINE overrides it."
+        ),
+    )
+
+
 class DemoSettings(_Strict):
     accounts: int = Field(8000, ge=50, description="accounts the demo data set simulates")
     seed: int = Field(7, description="the demo's random seed: the same seed gives the same data")
@@ -504,6 +521,7 @@ class Settings(_Strict):
     signals: SignalsSettings = SignalsSettings()
     sources: SourcesSettings = SourcesSettings()
     app: AppSettings = AppSettings()
+    warehouse: WarehouseSettings = WarehouseSettings()
     playbooks: tuple[dict, ...] = ()
     experiments: tuple[dict, ...] = ()
     destinations: dict = {}
@@ -642,9 +660,23 @@ def config_path() -> Path:
 
 
 def load_settings(path: Path | str | None = None) -> Settings:
-    """Read and validate settings (the file and precedence: `settings_mapping`)."""
+    """Read and validate settings (the file and precedence: `settings_mapping`; `BETON_ENGINE` over the file's
+    `warehouse.engine`)."""
     raw, source = settings_mapping(path)
-    return _validate(raw, source)
+    return _validate(with_engine_override(raw), source)
+
+
+def with_engine_override(raw: dict) -> dict:
+    """`raw` with `warehouse.engine` set from `BETON_ENGINE` when that is set (refused unless it names an engine)."""
+    engine = os.environ.get(ENGINE_VARIABLE)
+    if not engine:
+        return raw
+    if engine not in ENGINES:
+        raise SettingsError(
+            f"{ENGINE_VARIABLE}={engine!r} is not an engine beton runs its models on: use {' or '.join(ENGINES)}"
+        )
+    section = raw.get("warehouse") if isinstance(raw.get("warehouse"), dict) else {}
+    return {**raw, "warehouse": {**section, "engine": engine}}
 
 
 def settings_mapping(path: Path | str | None = None, demo_data: bool | None = None) -> tuple[dict, Path]:
@@ -721,6 +753,15 @@ def signal_dirs() -> list[Path]:
 def warehouse_path() -> Path:
     """`BETON_WAREHOUSE` if set, else `data/warehouse.duckdb` under the project root."""
     return Path(os.environ.get("BETON_WAREHOUSE") or PROJECT_ROOT / "data" / "warehouse.duckdb").resolve()
+
+
+def spark_dir(warehouse: Path) -> Path:
+    """Spark's folder for the builds into `warehouse` (engine spark): `BETON_SPARK_DIR` if set, else
+    `<warehouse>.spark` beside the file. It holds the raw tables' Parquet, Spark's tables and its metastore
+    (Derby: one process at a time, as the warehouse pool runs one build at a time), kept between runs so that a
+    build of some models finds the others. Deleting it costs the next build nothing but a full one."""
+    value = os.environ.get("BETON_SPARK_DIR")
+    return Path(value).resolve() if value else Path(f"{Path(warehouse).resolve()}.spark")
 
 
 def source_dir() -> Path | None:

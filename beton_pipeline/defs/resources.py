@@ -107,17 +107,22 @@ class SourceResource(dg.ConfigurableResource):
 
 
 @contextmanager
-def warehouse_env(warehouse: WarehouseResource) -> Iterator[None]:
-    """Point dbt's profile (`env_var('BETON_WAREHOUSE')`) at the resource's file for the duration of a dbt call."""
-    old = os.environ.get("BETON_WAREHOUSE")
-    os.environ["BETON_WAREHOUSE"] = str(warehouse.resolved_path)
+def env_set(name: str, value: str) -> Iterator[None]:
+    """Environment variable `name` set to `value` for the duration of a block (a dbt call reads it), then restored."""
+    old = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
         if old is None:
-            os.environ.pop("BETON_WAREHOUSE", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["BETON_WAREHOUSE"] = old
+            os.environ[name] = old
+
+
+def warehouse_env(warehouse: WarehouseResource):
+    """Point dbt's profile (`env_var('BETON_WAREHOUSE')`) at the resource's file for the duration of a dbt call."""
+    return env_set("BETON_WAREHOUSE", str(warehouse.resolved_path))
 
 
 class BetonDbtCliResource(DbtCliResource):

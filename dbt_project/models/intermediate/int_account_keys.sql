@@ -4,7 +4,7 @@ with companies as (
     select
         company_record_id,
         domain,
-        row_number() over (partition by domain order by crm_created_at, company_record_id) as domain_rank
+        row_number() over (partition by domain order by crm_created_at nulls last, company_record_id) as domain_rank
     from {{ ref('stg_attio__companies') }}
 ),
 

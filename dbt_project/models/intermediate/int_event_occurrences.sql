@@ -18,5 +18,7 @@ select
     event_id,
     occurred_at,
     started_at,
-    row_number() over (partition by account_id, event_name order by occurred_at, event_id) as occurrence_number
+    cast(
+        row_number() over (partition by account_id, event_name order by occurred_at, event_id) as {{ dbt.type_bigint() }}
+    ) as occurrence_number
 from events_in_window

@@ -50,7 +50,7 @@ people as (
         select
             email,
             company_record_id,
-            row_number() over (partition by email order by crm_created_at, person_record_id) as email_rank
+            row_number() over (partition by email order by crm_created_at nulls last, person_record_id) as email_rank
         from {{ ref('stg_attio__people') }}
         where email is not null and company_record_id is not null
     ) as ranked_people

@@ -51,8 +51,10 @@ select
     event_id,
     occurred_at,
     started_at,
-    row_number() over (
-        partition by account_id, event_name, property_name, property_value order by occurred_at, event_id
+    cast(
+        row_number() over (
+            partition by account_id, event_name, property_name, property_value order by occurred_at, event_id
+        ) as {{ dbt.type_bigint() }}
     ) as occurrence_number
 from property_values
 where property_value is not null and property_value <> ''

@@ -10,7 +10,10 @@ select
     event_name,
     count(*) as n_in_window,
     {% for days in var('feature_windows_days') -%}
-    sum(case when occurred_at < {{ dbt.dateadd('day', days, 'started_at') }} then 1 else 0 end) as n_first_{{ days }}d,
+    cast(
+        sum(case when occurred_at < {{ dbt.dateadd('day', days, 'started_at') }} then 1 else 0 end)
+        as {{ dbt.type_bigint() }}
+    ) as n_first_{{ days }}d,
     {% endfor -%}
     min(occurred_at) as first_occurred_at
 from events_in_window

@@ -9,7 +9,7 @@ with signals as (
 select
     account_id,
     signal_type,
-    sum(case when occurred_at < started_at then 1 else 0 end) as n_before_start,
+    cast(sum(case when occurred_at < started_at then 1 else 0 end) as {{ dbt.type_bigint() }}) as n_before_start,
     count(*) as n_before_window_end,
     max(occurred_at) as last_occurred_at
 from signals

@@ -13,7 +13,10 @@ select
     property_value,
     count(*) as n_in_window,
     {% for days in var('feature_windows_days') -%}
-    sum(case when occurred_at < {{ dbt.dateadd('day', days, 'started_at') }} then 1 else 0 end) as n_first_{{ days }}d,
+    cast(
+        sum(case when occurred_at < {{ dbt.dateadd('day', days, 'started_at') }} then 1 else 0 end)
+        as {{ dbt.type_bigint() }}
+    ) as n_first_{{ days }}d,
     {% endfor -%}
     min(occurred_at) as first_occurred_at
 from property_values

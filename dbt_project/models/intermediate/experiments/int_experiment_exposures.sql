@@ -20,7 +20,10 @@ with exposures as (
 numbered as (
     select
         *,
-        row_number() over (partition by distinct_id, feature_flag order by exposed_at, event_id) as exposure_number
+        cast(
+            row_number() over (partition by distinct_id, feature_flag order by exposed_at, event_id)
+            as {{ dbt.type_bigint() }}
+        ) as exposure_number
     from exposures
 ),
 
