@@ -42,10 +42,9 @@ from beton_pipeline.app.web import (
     bearer_ok,
     json_object,
 )
-from beton_pipeline.core.experiments import CONFIG_STATUS
 from beton_pipeline.sources.contract import MIN_TIMESTAMP
 from beton_pipeline.sources.tracking import EXPOSURE_EVENT, TrackedEvent, TrackingSpool, tracking_paths
-from beton_pipeline.store.experiments import CONFIG_SOURCE, ExperimentEntry, defined_experiments
+from beton_pipeline.store.experiments import ExperimentEntry, configured_experiments, defined_experiments
 
 api = APIRouter(prefix="/api", default_response_class=WarehouseJSON)
 pages = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
@@ -101,13 +100,14 @@ def _definitions(reader: Warehouse) -> tuple[list[ExperimentEntry], bool]:
     """Every experiment (beton.yaml's, then the app's) and whether the list is current: read at most every
     `DEFINITIONS_SECONDS`, or at once after this app changed one; while a run holds the warehouse, the last list
     read (beton.yaml's alone before any) as not current, tried again after `RETRY_SECONDS`."""
-    config = reader.settings.playbook_config()
     now = time.monotonic()
-    with _LOCK:
+    with _LOCK:  # the common case: read a moment ago, nothing parsed or opened
         definitions = _READ.setdefault(reader, _Definitions([]))
         fresh = definitions.read_at is not None and now - definitions.read_at < DEFINITIONS_SECONDS
         if fresh and not definitions.stale:
             return definitions.entries, True
+    config = reader.settings.playbook_config()
+    with _LOCK:
         if now < definitions.retry_at:
             return _last(definitions, config), False
     try:
@@ -126,10 +126,7 @@ def _last(definitions: _Definitions, config) -> list[ExperimentEntry]:
     """The last list read, or beton.yaml's experiments before any was."""
     if definitions.read_at is not None:
         return definitions.entries
-    return [
-        ExperimentEntry(e.name, e.flag, e.variants, e.goal_event, CONFIG_STATUS, CONFIG_SOURCE)
-        for e in config.experiments
-    ]
+    return [d.entry for d in configured_experiments(config)]
 
 
 def _text(body: dict, name: str) -> str:

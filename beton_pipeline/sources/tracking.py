@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, get_args
 
-from beton_pipeline.core.playbooks import EXPOSURE_EVENT
+from beton_pipeline.core.playbooks import EXPOSURE_EVENT, MAX_KEY_CHARS
 from beton_pipeline.sources.contract import TRACKED_EVENTS
 
 EventType = Literal["exposure", "conversion"]
@@ -54,9 +54,10 @@ EventType = Literal["exposure", "conversion"]
 TRACKING_NAMESPACE = uuid.UUID("3a0c5f8e-7d4b-5b1e-9c2a-6f1d0e8b4a72")
 """The namespace of the tracked events' uuid5s (a constant: the uuid of an event never changes)."""
 
-MAX_VALUE_CHARS = 256
+MAX_VALUE_CHARS = MAX_KEY_CHARS
 """The longest experiment, variant, user key or event name accepted: room for a flag key, a variant key, an
-e-mail address (254 characters at most) or a UUID, and a bound on what a request can make the spool hold."""
+e-mail address (254 characters at most) or a UUID, and a bound on what a request can make the spool hold (the
+experiments' own bound, `core.playbooks.MAX_KEY_CHARS`, so a defined experiment can always be tracked)."""
 
 BUSY_TIMEOUT_SECONDS = 10.0
 """How long a write waits for another writer (a record, or an export writing its file) before it fails."""

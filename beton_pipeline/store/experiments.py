@@ -152,7 +152,7 @@ def _app_experiments(con: duckdb.DuckDBPyConnection) -> list[DefinedExperiment]:
 def defined_experiments(con: duckdb.DuckDBPyConnection, config: PlaybookConfig) -> list[DefinedExperiment]:
     """beton.yaml's experiments (Running), then the app's in the order they were created (those whose name
     beton.yaml now uses are left out: beton.yaml wins)."""
-    configured = [DefinedExperiment(e, CONFIG_SOURCE, CONFIG_STATUS) for e in config.experiments]
+    configured = configured_experiments(config)
     names = {e.name for e in config.experiments}
     return configured + [d for d in _app_experiments(con) if d.experiment.name not in names]
 
@@ -195,9 +195,14 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def configured_experiments(config: PlaybookConfig) -> list[DefinedExperiment]:
+    """beton.yaml's experiments, each Running as long as beton.yaml lists it."""
+    return [DefinedExperiment(e, CONFIG_SOURCE, CONFIG_STATUS) for e in config.experiments]
+
+
 def _every(con: duckdb.DuckDBPyConnection, config: PlaybookConfig) -> list[DefinedExperiment]:
     """beton.yaml's experiments and every app experiment, a shadowed one included (its keys stay taken)."""
-    return [DefinedExperiment(e, CONFIG_SOURCE, CONFIG_STATUS) for e in config.experiments] + _app_experiments(con)
+    return configured_experiments(config) + _app_experiments(con)
 
 
 def create_experiment(

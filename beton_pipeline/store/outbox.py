@@ -432,39 +432,26 @@ def status_counts(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     ).pl()
 
 
+def _actions_by(con: duckdb.DuckDBPyConnection, keys: dict[str, pl.DataType]) -> pl.DataFrame:
+    """How many actions each combination of the outbox columns `keys` has, with its first and last day, in key
+    order; empty (with the same columns) before the first delivery."""
+    schema = {**keys, "actions": pl.Int64, "first_day": pl.Date, "last_day": pl.Date}
+    if not table_exists(con, "beton", "playbook_actions"):
+        return pl.DataFrame(schema=schema)
+    columns = ", ".join(keys)
+    return con.sql(
+        f"select {columns}, count(*)::bigint as actions, min(day) as first_day, max(day) as last_day "
+        f"from {ACTIONS_TABLE} group by all order by {columns}"
+    ).pl()
+
+
 def action_counts(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """How many actions each playbook has per status (playbook, status, actions, first_day, last_day), for the
-    pages; empty before the first delivery."""
-    if not table_exists(con, "beton", "playbook_actions"):
-        return pl.DataFrame(
-            schema={
-                "playbook": pl.String,
-                "status": pl.String,
-                "actions": pl.Int64,
-                "first_day": pl.Date,
-                "last_day": pl.Date,
-            }
-        )
-    return con.sql(
-        f"select playbook, status, count(*)::bigint as actions, min(day) as first_day, max(day) as last_day "
-        f"from {ACTIONS_TABLE} group by 1, 2 order by 1, 2"
-    ).pl()
+    pages."""
+    return _actions_by(con, {"playbook": pl.String, "status": pl.String})
 
 
 def destination_counts(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """How many actions each destination has per status (destination_type, destination, status, actions, last_day),
-    for the destinations page; empty before the first delivery."""
-    if not table_exists(con, "beton", "playbook_actions"):
-        return pl.DataFrame(
-            schema={
-                "destination_type": pl.String,
-                "destination": pl.String,
-                "status": pl.String,
-                "actions": pl.Int64,
-                "last_day": pl.Date,
-            }
-        )
-    return con.sql(
-        f"select destination_type, destination, status, count(*)::bigint as actions, max(day) as last_day "
-        f"from {ACTIONS_TABLE} group by 1, 2, 3 order by 1, 2, 3"
-    ).pl()
+    """How many actions each destination has per status (destination_type, destination, status, actions,
+    first_day, last_day), for the destinations page."""
+    return _actions_by(con, {"destination_type": pl.String, "destination": pl.String, "status": pl.String})

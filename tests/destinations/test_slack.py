@@ -124,6 +124,18 @@ def test_health_message_fields():
     body = json.dumps(payload, ensure_ascii=False)
     assert "healthy → *broken*" in body and "0.90 (0.70–1.10)" in body and "&lt;b&gt;" in body and "<b>" not in body
     assert "*Signal*\\nInvited teammate &lt;x&gt;" in body
+    assert payload["blocks"][-1]["type"] != "actions"  # no app address: no button
+
+
+def test_a_health_message_links_the_signals_page_when_the_app_has_an_address():
+    fields = {
+        "signal_id": "sig_1", "name": "n", "definition": "d", "previous_health": "healthy", "health": "broken",
+        "lift": 0.9, "lift_ci_low": 0.7, "lift_ci_high": 1.1, "backtest_lift": 2.5, "day": "2026-01-05",
+    }  # fmt: skip
+    page = "https://beton.example.com/signals/sig_1"
+    (button,) = health_message("#alerts", "changed", **fields, app_url=page)["blocks"][-1]["elements"]
+    assert (button["text"]["text"], button["url"], button["action_id"]) == ("Open in beton", page, "open_beton")
+    assert health_message("#alerts", "changed", **fields, app_url="ftp://x")["blocks"][-1]["type"] != "actions"
 
 
 ACCOUNT = MatchedAccount(

@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -234,8 +235,22 @@ def test_the_pages_show_the_shapes_run(shape_run):
             "/api/sources/status",
             "/api/playbooks/list",
             "/api/posthog/events",
+            "/accounts",
+            "/experiments",
+            "/api/experiments",
+            "/destinations",
+            "/api/destinations",
+            "/settings",
+            "/api/settings",
         ):
             status, _, body = get(url + path)
             assert status == 200 and b"Traceback" not in body, (shape_run.name, path, body[:300])
+        # an account of this shape: its history is its beton.account_scores rows, day by day
+        (account, days) = shape_run.sql(
+            "select account_id, count(*) from beton.account_scores group by 1 order by 2 desc, 1 limit 1"
+        )[0]
+        shown = get_json(f"{url}/api/accounts/{urllib.parse.quote(account, safe='')}")
+        assert len(shown["history"]) == days and get(f"{url}/accounts/{urllib.parse.quote(account, safe='')}")[0] == 200
+        assert get_json(f"{url}/api/experiments") == []  # no experiment in beton.yaml, none started in the app
         loaded = {t["table"]: t["loaded"] for t in get_json(f"{url}/api/sources/status")}
         assert loaded["events"] == shape_run.sql("select count(*) from raw.raw_events")[0][0]
